@@ -1,0 +1,127 @@
+"""Atomic, pickle-free training checkpoints (safetensors + JSON), resumable from the latest complete one.
+
+Layout of ``<run>/checkpoints/checkpoint-0001200/``::
+
+    <model>.safetensors      one per trained module (and ``<model>.ema.safetensors`` for EMA weights)
+    optimizer.safetensors    every tensor of the optimizer state, keyed ``state/<param index>/<name>``
+    state.json               step, optimizer param groups and scalar state, anything else the run keeps
+    COMPLETE                 written last; a folder without it is never resumed from
+
+A checkpoint is written into a temporary ``.partial`` folder and renamed into place only after the
+marker exists, so a run killed mid-save leaves at most a stray ``.partial`` folder that is ignored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mobilediff.io import atomic_write_json, load_tensors, save_tensors
+
+MARKER = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    state: dict
+
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state/{idx}/{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split("/", 2)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, sc in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer | None, state: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically; keep only the ``keep`` newest complete ones.
+
+    ``modules`` maps a name to a state dict (already unwrapped from accelerate/DDP).
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step:07d}.", suffix=".partial", dir=root))
+    try:
+        for name, sd in modules.items():
+            save_tensors(sd, tmp / f"{name}.safetensors")
+        meta: dict = {"step": step, **state}
+        if optimizer is not None:
+            tensors, opt_meta = _optimizer_to_flat(optimizer)
+            save_tensors(tensors, tmp / "optimizer.safetensors")
+            meta["optimizer"] = opt_meta
+        atomic_write_json(tmp / "state.json", meta)
+        (tmp / MARKER).write_text("ok\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints of a run, oldest first; folders without the marker are skipped."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for p in root.iterdir():
+            m = _NAME.match(p.name)
+            if m and (p / MARKER).is_file() and (p / "state.json").is_file():
+                found.append(Checkpoint(p, int(m.group(1)), {}))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    cps = complete_checkpoints(run_dir)
+    if not cps:
+        return None
+    c = cps[-1]
+    c.state = json.loads((c.path / "state.json").read_text())
+    return c
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    from mobilediff.errors import MobilediffError
+
+    if not (path / MARKER).is_file():
+        raise MobilediffError(f"checkpoint {path} is incomplete (no {MARKER} marker): refusing to resume from it")
+    m = _NAME.match(path.name)
+    state = json.loads((path / "state.json").read_text())
+    return Checkpoint(path, int(m.group(1)) if m else int(state["step"]), state)
+
+
+def restore(ckpt: Checkpoint, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> None:
+    """Load module weights and optimizer state of ``ckpt`` in place."""
+    for name, mod in modules.items():
+        mod.load_state_dict(load_tensors(ckpt.path / f"{name}.safetensors"))
+    if optimizer is not None and "optimizer" in ckpt.state:
+        _optimizer_from_flat(optimizer, load_tensors(ckpt.path / "optimizer.safetensors"), ckpt.state["optimizer"])

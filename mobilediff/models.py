@@ -1,0 +1,97 @@
+"""Component configurations of the embedded default model family, and builders for them.
+
+The default model is a real diffusers ``StableDiffusionPipeline``: every component is the class a real
+checkpoint uses, only smaller. Sizes were chosen from measured training cost on a 2-core CPU
+(see the model's TRAINING.md): 64x64 RGB images, a 4x-downsampling VAE to 4x16x16 latents, a
+1.7M-parameter UNet with cross-attention at 8x8 and 4x4, and a 3-layer CLIP text encoder over the real
+49,408-token CLIP vocabulary.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+TOKENIZER_MAX_LENGTH = 32  # captions of the shapes domain take at most 28 tokens with bos/eos
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    sample_size: int = 64  # image side, pixels
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # 3 levels = 2 downsamplings: 64 px -> 16 latent
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16
+
+    def build(self):
+        from diffusers import AutoencoderKL
+
+        n = len(self.block_out_channels)
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+            up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block, latent_channels=self.latent_channels,
+            norm_num_groups=self.norm_num_groups, sample_size=self.sample_size,
+        )
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    vocab_size: int = 49408  # the real CLIP BPE vocabulary
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    max_position_embeddings: int = TOKENIZER_MAX_LENGTH
+
+    def build(self):
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        cfg = CLIPTextConfig(**asdict(self), projection_dim=self.hidden_size, hidden_act="quick_gelu",
+                             bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        return CLIPTextModel(cfg)
+
+
+@dataclass(frozen=True)
+class UnetConfig:
+    sample_size: int = 16  # latent side
+    in_channels: int = 4
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    cross_attention_dim: int = 64  # = text encoder hidden size
+    attention_head_dim: int = 8
+    norm_num_groups: int = 32
+    time_cond_proj_dim: int | None = None  # set for LCM students (guidance embedding input)
+
+    def build(self):
+        from diffusers import UNet2DConditionModel
+
+        kw = asdict(self)
+        kw["out_channels"] = self.in_channels
+        return UNet2DConditionModel(**kw)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The training noise schedule; samplers at inference read it from the pipeline's scheduler config."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # cosine: suits small (16x16) latents better than SD's scaled_linear
+    prediction_type: str = "v_prediction"  # stays well-posed at the near-zero terminal SNR of the cosine schedule
+    timestep_spacing: str = "trailing"  # few-step samplers start at t = T-1, not t = 0
+    clip_sample: bool = False
+    set_alpha_to_one: bool = False
+    steps_offset: int = 1  # unused by "trailing" spacing; 1 keeps diffusers from warning
+
+    def build(self):
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler(**asdict(self))
+
+
+@dataclass(frozen=True)
+class DefaultModelConfig:
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

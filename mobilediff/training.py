@@ -1,0 +1,327 @@
+"""`mobilediff train-base`: train the default model family (VAE, then text encoder + UNet) on the shapes domain.
+
+Built on accelerate, so ``accelerate launch -m mobilediff.cli train-base ...`` spreads it over many devices
+unchanged: every process takes its own slice of each global batch, selected by dataset index, so a run is a
+pure function of (seed, step) and resumes exactly. Checkpoints are pickle-free and atomic
+(:mod:`mobilediff.checkpoint`); a non-finite loss stops the run before anything is saved.
+
+Stage 1 (VAE): AutoencoderKL on 64x64 images, L1 + L2 reconstruction and a small KL term.
+Stage 2 (denoiser): CLIPTextModel + UNet2DConditionModel trained jointly on frozen-VAE latents with
+v-prediction, min-SNR-gamma loss weighting, caption dropout (so classifier-free guidance works), and an
+EMA of the weights, which is what the final pipeline holds.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mobilediff.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
+from mobilediff.data import ShapesConfig, ShapesDataset
+from mobilediff.errors import MobilediffError
+from mobilediff.io import atomic_dir, atomic_write_json
+from mobilediff.models import DefaultModelConfig
+
+
+@dataclass
+class TrainBaseConfig:
+    """Settings of `train-base`; the defaults are what trained the embedded default model."""
+
+    out: Path  # run folder: checkpoints, logs, and the final pipeline in <out>/model
+    model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
+    data: ShapesConfig = field(default_factory=ShapesConfig)
+    seed: int = 0
+    vae_steps: int = 1200  # optimizer steps of stage 1
+    vae_batch_size: int = 32
+    vae_lr: float = 4e-4
+    kl_weight: float = 1e-6
+    unet_steps: int = 3600  # optimizer steps of stage 2
+    batch_size: int = 128  # global batch of stage 2
+    lr: float = 6e-4
+    warmup_steps: int = 150
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1  # fraction of captions replaced by "" (the unconditional prompt)
+    min_snr_gamma: float = 5.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 200
+    mixed_precision: str = "bf16"  # bf16 autocast: ~2x faster matmuls on AVX-512 BF16 CPUs
+    tokenizer_dir: Path | None = None  # default: the embedded model's tokenizer
+    inject_nan_at_step: int | None = None  # test hook: poison the loss at this step
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        p = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    return f
+
+
+class EMA:
+    """Exponential moving average of named parameters, with the usual warm-up of the decay."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach().float(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+class Denoiser(torch.nn.Module):
+    """Text encoder + UNet as one module, so accelerate prepares (and DDP wraps) them together."""
+
+    def __init__(self, text_encoder, unet):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.unet = unet
+
+    def forward(self, input_ids, noisy_latents, timesteps):
+        hidden = self.text_encoder(input_ids)[0]  # (B, L, D)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=hidden).sample
+
+
+def _accelerator(cfg: TrainBaseConfig):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "fp32" else "no")
+
+
+def _progress(accelerator, total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True, mininterval=2.0)
+
+
+def _resume_point(run_dir: Path, resume: str | None):
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    return load_checkpoint(Path(resume))
+
+
+def _log(run_dir: Path, row: dict) -> None:
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
+    if not torch.isfinite(loss).all():
+        last = latest_checkpoint(run_dir)
+        where = f"; last good checkpoint: {last.path}" if last else "; no checkpoint was written yet"
+        raise MobilediffError(f"non-finite loss at step {step}: training stopped{where}")
+
+
+def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
+    """Stage 1. Writes a diffusers AutoencoderKL folder to ``out_dir`` (atomically) and returns stats."""
+    accelerator = _accelerator(cfg)
+    run_dir = cfg.out / "vae_run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    vae = cfg.model.vae.build()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps))
+    start = 0
+    ckpt = _resume_point(run_dir, resume)
+    if ckpt is not None:
+        restore(ckpt, {"vae": vae}, opt)
+        start = ckpt.step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps), last_epoch=start - 1)
+    vae, opt = accelerator.prepare(vae, opt)
+    data = ShapesDataset(seed=cfg.seed, config=cfg.data)
+    local = cfg.vae_batch_size // accelerator.num_processes
+    bar = _progress(accelerator, cfg.vae_steps, start, "train vae")
+    t0 = time.time()
+    for step in range(start, cfg.vae_steps):
+        first = step * cfg.vae_batch_size + accelerator.process_index * local
+        images, _, _ = data.batch(first, local)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        with accelerator.autocast():
+            posterior = accelerator.unwrap_model(vae).encode(images).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+            recon = accelerator.unwrap_model(vae).decode(z).sample.float()
+        rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        kl = posterior.kl().mean() / images[0].numel()
+        loss = rec + cfg.kl_weight * kl
+        if cfg.inject_nan_at_step == step:
+            loss = loss * float("nan")
+        _check_finite(loss, step, run_dir)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{F.l1_loss(recon, images).item():.4f}")
+        if accelerator.is_main_process and ((step + 1) % 50 == 0 or step + 1 == cfg.vae_steps):
+            _log(run_dir, {"stage": "vae", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
+        if accelerator.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps):
+            save_checkpoint(run_dir, step + 1, {"vae": accelerator.unwrap_model(vae).state_dict()}, opt, {})
+    bar.close()
+    vae = accelerator.unwrap_model(vae)
+    # latent scaling so that scaled latents have unit variance (SD's 0.18215, measured here)
+    vae.eval()
+    with torch.no_grad():
+        images, _, _ = data.batch(10_000_000, 512)
+        std = vae.encode(images).latent_dist.mean.float().std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    with torch.no_grad():
+        images, _, _ = data.batch(20_000_000, 256)
+        recon = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
+        psnr = (10 * torch.log10(4.0 / F.mse_loss(recon, images))).item()
+    if accelerator.is_main_process:
+        with atomic_dir(out_dir, force=True) as tmp:
+            vae.save_pretrained(tmp, safe_serialization=True)
+    return {"vae_steps": cfg.vae_steps, "vae_seconds": time.time() - t0, "vae_recon_psnr_db": psnr,
+            "scaling_factor": 1.0 / std}
+
+
+def _tokenizer(cfg: TrainBaseConfig):
+    from transformers import CLIPTokenizer
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+
+    return CLIPTokenizer.from_pretrained(str(cfg.tokenizer_dir or DEFAULT_MODEL_DIR / "tokenizer"))
+
+
+def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> tuple[dict, Denoiser]:
+    """Stage 2. Returns stats and the EMA text encoder + UNet."""
+    from diffusers import AutoencoderKL
+
+    accelerator = _accelerator(cfg)
+    run_dir = cfg.out / "unet_run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval().requires_grad_(False)
+    tokenizer = _tokenizer(cfg)
+    torch.manual_seed(cfg.seed + 1)
+    model = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
+    noise_scheduler = cfg.model.scheduler.build()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    start = 0
+    ema = EMA(model, cfg.ema_decay)
+    ckpt = _resume_point(run_dir, resume)
+    if ckpt is not None:
+        ema_holder = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
+        restore(ckpt, {"denoiser": model, "denoiser.ema": ema_holder}, opt)
+        ema.shadow = {k: v.float() for k, v in ema_holder.state_dict().items()}
+        start = ckpt.step
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps), last_epoch=start - 1)
+    model, opt = accelerator.prepare(model, opt)
+    data = ShapesDataset(seed=cfg.seed + 1, config=cfg.data)
+    local = cfg.batch_size // accelerator.num_processes
+    alphas = noise_scheduler.alphas_cumprod
+    snr_all = alphas / (1 - alphas)
+    sf = vae.config.scaling_factor
+    bar = _progress(accelerator, cfg.unet_steps, start, "train denoiser")
+    t0 = time.time()
+    for step in range(start, cfg.unet_steps):
+        first = step * cfg.batch_size + accelerator.process_index * local
+        images, captions, _ = data.batch(first, local)
+        g = torch.Generator().manual_seed((cfg.seed + 1) * 1_000_003 + step * 7919 + accelerator.process_index)
+        drop = torch.rand(local, generator=g) < cfg.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad(), accelerator.autocast():
+            latents = vae.encode(images).latent_dist.mean.float() * sf  # (B, 4, 16, 16)
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (local,), generator=g)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        target = noise_scheduler.get_velocity(latents, noise, t)
+        with accelerator.autocast():
+            pred = model(ids, noisy, t).float()
+        # min-SNR-gamma weighting (Hang et al. 2023) written for v-prediction: min(snr, gamma) / (snr + 1)
+        snr = snr_all[t]
+        w = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)
+        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        if cfg.inject_nan_at_step == step:
+            loss = loss * float("nan")
+        _check_finite(loss, step, run_dir)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(accelerator.unwrap_model(model), step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        if accelerator.is_main_process and ((step + 1) % 50 == 0 or step + 1 == cfg.unet_steps):
+            _log(run_dir, {"stage": "denoiser", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
+        if accelerator.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps):
+            save_checkpoint(run_dir, step + 1, {"denoiser": accelerator.unwrap_model(model).state_dict(),
+                                                "denoiser.ema": ema.shadow}, opt, {})
+    bar.close()
+    final = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
+    final.load_state_dict(ema.shadow)
+    return {"unet_steps": cfg.unet_steps, "unet_seconds_this_session": time.time() - t0}, final
+
+
+def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = False, command: str = "") -> Path:
+    """Run both stages and write the pipeline to ``<out>/model`` atomically. Returns that path.
+
+    Raises MobilediffError if ``out`` exists without ``resume``/``force``, or on a non-finite loss.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    out = Path(cfg.out)
+    if out.exists() and resume is None:
+        if not force:
+            raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vae_dir = out / "vae"
+    stats: dict = {}
+    record = out / "training.json"
+    if record.exists():
+        stats = json.loads(record.read_text()).get("stats", {})
+    if not (vae_dir / "config.json").is_file():
+        stats.update(train_vae(cfg, resume, vae_dir))
+        atomic_write_json(record, {"stats": stats})
+    dstats, den = train_denoiser(cfg, resume, vae_dir)
+    prev = stats.get("unet_seconds", 0.0) if resume else 0.0
+    stats["unet_seconds"] = prev + dstats["unet_seconds_this_session"]
+    stats["unet_steps"] = dstats["unet_steps"]
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(str(vae_dir)), text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg),
+        unet=den.unet, scheduler=cfg.model.scheduler.build(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    info = {
+        "command": command, "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch_threads": torch.get_num_threads()},
+        "versions": _versions(),
+    }
+    atomic_write_json(record, info)
+    with atomic_dir(out / "model", force=True) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        # keep the CLIP BPE files (vocab.json, merges.txt, licence) that the apps read, not only tokenizer.json
+        shutil.rmtree(tmp / "tokenizer")
+        shutil.copytree(Path(pipe.tokenizer.name_or_path), tmp / "tokenizer")
+        atomic_write_json(tmp / "training.json", info)
+    return out / "model"
+
+
+def _versions() -> dict:
+    import accelerate
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__}
