@@ -54,7 +54,10 @@ def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
         state.setdefault(int(idx), {})[k] = v
     for idx, sc in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(sc)
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # JSON turns tuples (Adam's betas) into lists; give them back their type
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+              for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch.Tensor]],

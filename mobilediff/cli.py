@@ -11,24 +11,33 @@ import click
 from mobilediff.errors import MobilediffError
 
 
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MobilediffError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
     """mobilediff: distil, quantize, export and benchmark small latent diffusion models for phones."""
 
 
-@main.command("train-base")
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input of any kind becomes one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="mobilediff", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code or 2)
+    except MobilediffError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+@cli.command("train-base")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the pipeline lands in OUT/model.")
-@click.option("--vae-steps", type=click.IntRange(min=1), default=1200, show_default=True, help="Optimizer steps of the VAE stage.")
-@click.option("--unet-steps", type=click.IntRange(min=1), default=3600, show_default=True, help="Optimizer steps of the text-encoder + UNet stage.")
+@click.option("--vae-steps", type=click.IntRange(min=1), default=800, show_default=True, help="Optimizer steps of the VAE stage.")
+@click.option("--unet-steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimizer steps of the text-encoder + UNet stage.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch of the denoiser stage.")
 @click.option("--vae-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch of the VAE stage.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=6e-4, show_default=True, help="Peak learning rate of the denoiser stage.")
@@ -52,6 +61,125 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
         cfg = tiny_train_config(cfg)
     path = train_base(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     click.echo(f"pipeline written to {path}")
+
+
+@cli.command("train-evaluator")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for evaluator.safetensors + config.json.")
+@click.option("--steps", type=click.IntRange(min=1), default=2500, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per step.")
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of data and initialisation.")
+def train_evaluator_cmd(out, steps, batch_size, seed):
+    """Train the shapes-domain evaluator on fresh ground-truth samples and report its accuracy."""
+    import json
+
+    from mobilediff.evaluator import train_evaluator
+
+    metrics = train_evaluator(out, steps=steps, batch_size=batch_size, seed=seed)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+@cli.command("generate")
+@click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Text prompt; repeat for several (grid rows).")
+@click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
+@click.option("--steps", type=int, default=50, show_default=True, help="Denoising steps (>= 1).")
+@click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default="ddim", show_default=True, help="Sampler (a diffusers scheduler).")
+@click.option("--guidance", type=float, default=5.0, show_default=True, help="Classifier-free guidance scale (<= 1 disables it).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
+@click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
+def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale):
+    """Generate images from a pipeline (PyTorch reference)."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from mobilediff.io import atomic_path
+    from mobilediff.loading import load_pipeline
+    from mobilediff.sampling import check_prompt_length, generate, image_grid, validate_generation
+
+    if out.suffix.lower() != ".png":
+        raise MobilediffError(f"--out must be a .png file, got {out}")
+    validate_generation(steps, guidance, list(prompts), list(seeds))
+    pipe = load_pipeline(model)
+    for p in prompts:
+        check_prompt_length(pipe.tokenizer, p, _warn)
+    all_prompts = [p for p in prompts for _ in seeds]
+    all_seeds = [s for _ in prompts for s in seeds]
+    with tqdm(total=steps * ((len(all_prompts) + 63) // 64), desc=f"{sampler} {steps} steps") as bar:
+        images = generate(pipe, all_prompts, all_seeds, steps, sampler, guidance, progress=bar.update)
+    grid = image_grid(images, len(prompts), len(seeds), pad=0 if len(all_prompts) == 1 else 2)
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
+    click.echo(f"wrote {out} ({len(all_prompts)} image{'s' if len(all_prompts) > 1 else ''})")
+
+
+@cli.command("evaluate")
+@click.option("--model", default=None, help="Score a pipeline ('default' or a folder) on the fixed prompt set.")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
+              help="Or score a folder of PNGs listed in its metadata.jsonl ({\"file_name\": ..., \"text\": prompt}).")
+@click.option("--n", type=click.IntRange(min=2), default=256, show_default=True, help="Number of prompts (with --model).")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps (with --model).")
+@click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default="ddim", show_default=True, help="Sampler (with --model).")
+@click.option("--guidance", type=float, default=5.0, show_default=True, help="Guidance scale (with --model).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
+def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
+    """Prompt accuracy, per-attribute accuracy and Fréchet distance with the shapes-domain evaluator."""
+    import json
+
+    from mobilediff.evaluator import Evaluator
+    from mobilediff.io import atomic_write_json
+
+    if (model is None) == (images_dir is None):
+        raise MobilediffError("give exactly one of --model or --images")
+    evaluator = Evaluator.load()
+    if model is not None:
+        from tqdm.auto import tqdm
+
+        from mobilediff.loading import load_pipeline
+        from mobilediff.quality import evaluate_pipeline
+
+        pipe = load_pipeline(model)
+        with tqdm(total=steps * ((n + 127) // 128), desc=f"{sampler} {steps} steps") as bar:
+            report = evaluate_pipeline(pipe, evaluator, sampler, steps, guidance, n=n, progress=bar.update)
+        result = {"model": str(model), "sampler": sampler, "steps": steps, "guidance": guidance, **report.to_dict()}
+    else:
+        result = {"images": str(images_dir), **_score_folder(evaluator, images_dir).to_dict()}
+    click.echo(json.dumps(result, indent=2))
+    if out is not None:
+        atomic_write_json(out, result)
+
+
+def _score_folder(evaluator, folder: Path):
+    import json
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from mobilediff.data import from_uint8, render
+    from mobilediff.evaluator import parse_caption
+
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        raise MobilediffError(f"{meta} not found (one JSON line per image: file_name, text)")
+    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    scenes, arrays = [], []
+    for r in rows:
+        f = folder / r["file_name"]
+        try:
+            img = Image.open(f).convert("RGB")
+        except (FileNotFoundError, UnidentifiedImageError) as e:
+            raise MobilediffError(f"cannot read image {f}: {e}") from None
+        res = evaluator.cfg.resolution
+        if img.size != (res, res):
+            img = img.resize((res, res), Image.BILINEAR)
+        arrays.append(np.asarray(img))
+        scenes.append(parse_caption(r["text"]))
+    images = from_uint8(np.stack(arrays))
+    return evaluator.score(images, scenes, evaluator.predict(render(scenes)).feature if len(scenes) > 1 else None)
 
 
 if __name__ == "__main__":

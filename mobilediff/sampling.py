@@ -1,0 +1,104 @@
+"""Samplers (diffusers schedulers, never re-implemented) and seeded generation from a pipeline.
+
+Each sampler name maps to a diffusers scheduler class built from the pipeline's own scheduler config, so
+the noise schedule, prediction type and timestep spacing a model was trained with carry over.
+Randomness comes in as seeds: image ``i`` starts from ``torch.Generator().manual_seed(seeds[i])``, so an
+image does not depend on the batch it was generated in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from mobilediff.errors import MobilediffError
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    scheduler_class: str  # diffusers class name
+    overrides: tuple[tuple[str, object], ...] = ()  # config overrides on top of the pipeline's scheduler config
+    description: str = ""
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "ddim": SamplerSpec("DDIMScheduler", (("clip_sample", False),), "DDIM, deterministic (eta = 0)"),
+    "dpmpp": SamplerSpec("DPMSolverMultistepScheduler",
+                         (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("lower_order_final", True),
+                          ("final_sigmas_type", "zero")), "DPM-Solver++(2M)"),
+    "euler": SamplerSpec("EulerDiscreteScheduler", (), "Euler (Karras et al. 2022, ODE)"),
+    "lcm": SamplerSpec("LCMScheduler", (), "latent consistency multistep sampler (for LCM students)"),
+}
+
+
+def make_scheduler(name: str, base_config) -> object:
+    """A diffusers scheduler for sampler ``name`` from a pipeline's scheduler config."""
+    import diffusers
+
+    if name not in SAMPLERS:
+        raise MobilediffError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    spec = SAMPLERS[name]
+    cls = getattr(diffusers, spec.scheduler_class)
+    return cls.from_config(base_config, **dict(spec.overrides))
+
+
+def check_prompt_length(tokenizer, prompt: str, warn: Callable[[str], None]) -> None:
+    """Prompts longer than the tokenizer allows are truncated (as diffusers does), with a warning naming what is lost."""
+    ids = tokenizer(prompt, truncation=False).input_ids
+    limit = tokenizer.model_max_length
+    if len(ids) > limit:
+        dropped = tokenizer.decode(ids[limit - 1:-1])
+        warn(f"prompt is {len(ids)} tokens, the text encoder takes {limit}: truncated, dropping {dropped!r}")
+
+
+def validate_generation(steps: int, guidance: float, prompts: list[str], seeds: list[int]) -> None:
+    if steps < 1:
+        raise MobilediffError(f"steps must be >= 1, got {steps}")
+    if guidance < 0:
+        raise MobilediffError(f"guidance must be >= 0, got {guidance}")
+    if not prompts or not seeds:
+        raise MobilediffError("need at least one prompt and one seed")
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: str = "ddim", guidance: float = 5.0,
+             batch_size: int = 64, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] for prompts[i] with seeds[i] (equal-length lists).
+
+    ``progress(k)`` is called after every denoising step of every batch with the number of steps done.
+    """
+    if len(prompts) != len(seeds):
+        raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    validate_generation(steps, guidance, prompts, seeds)
+    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
+
+        def on_step(p, step, t, kwargs):
+            if progress is not None:
+                progress(1)
+            return kwargs
+
+        images = pipe(prompt=prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
+                      generator=gens, height=size, width=size, output_type="pt",
+                      callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1]
+        out.append(images.float() * 2 - 1)
+    return torch.cat(out)
+
+
+def image_grid(images: torch.Tensor, rows: int, cols: int, pad: int = 2):
+    """(rows*cols, 3, H, W) in [-1, 1] -> a PIL image grid, row-major, with a pad-pixel white border."""
+    from PIL import Image
+
+    from mobilediff.data import to_uint8
+
+    arr = to_uint8(images)
+    n, h, w, _ = arr.shape
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for k in range(min(n, rows * cols)):
+        r, c = divmod(k, cols)
+        canvas.paste(Image.fromarray(arr[k]), (pad + c * (w + pad), pad + r * (h + pad)))
+    return canvas

@@ -1,0 +1,54 @@
+"""Tiny seeded random components of the default model's family, for tests and smoke runs.
+
+Same classes as the real model (AutoencoderKL, CLIPTextModel over the real CLIP vocabulary,
+UNet2DConditionModel, the default scheduler), a few thousand parameters each: a forward pass takes
+milliseconds, so tests exercise every code path a real checkpoint takes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from mobilediff.data import ShapesConfig
+from mobilediff.models import DefaultModelConfig, SchedulerConfig, TextEncoderConfig, UnetConfig, VaeConfig
+
+TINY_MODEL = DefaultModelConfig(
+    vae=VaeConfig(sample_size=32, block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4),
+    text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+    unet=UnetConfig(sample_size=16, block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+                    norm_num_groups=8),
+    scheduler=SchedulerConfig(),
+)
+TINY_DATA = ShapesConfig(resolution=32, supersample=2)
+
+
+def tiny_train_config(cfg):
+    """A TrainBaseConfig with tiny components, 32x32 images and small batches."""
+    return dataclasses.replace(cfg, model=TINY_MODEL, data=TINY_DATA, vae_batch_size=min(cfg.vae_batch_size, 4),
+                               batch_size=min(cfg.batch_size, 4), warmup_steps=1)
+
+
+def tiny_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
+    """A StableDiffusionPipeline of tiny random components and the real CLIP tokenizer."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline(
+        vae=model.vae.build(), text_encoder=model.text_encoder.build(), unet=model.unet.build(),
+        tokenizer=CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer")),
+        scheduler=model.scheduler.build(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(path: Path, seed: int = 0) -> Path:
+    """Write a tiny random pipeline folder (safetensors) and return its path."""
+    tiny_pipeline(seed).save_pretrained(str(path), safe_serialization=True)
+    return Path(path)

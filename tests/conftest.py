@@ -1,0 +1,28 @@
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    from mobilediff.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe", seed=0)
+
+
+def run_cli(*args):
+    """Run `mobilediff ARGS` in a subprocess; return (exit code, stdout, stderr)."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "mobilediff.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of stderr that are ours (library import chatter aside)."""
+    return [line for line in stderr.splitlines() if line.startswith(("error:", "warning:"))]
