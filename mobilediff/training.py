@@ -43,7 +43,7 @@ class TrainBaseConfig:
     vae_lr: float = 1e-3
     vae_object_weight: float = 10.0  # extra loss weight of shape pixels over background pixels
     kl_weight: float = 1e-6
-    unet_steps: int = 3000  # optimizer steps of stage 2
+    unet_steps: int = 4000  # optimizer steps of stage 2
     batch_size: int = 128  # global batch of stage 2
     lr: float = 6e-4
     warmup_steps: int = 150

@@ -106,3 +106,26 @@ def test_library_refuses_bad_arguments(tiny):
         generate(tiny, ["p"], [0], steps=2, sampler="nope")
     with pytest.raises(MobilediffError, match="1 prompts but 2 seeds"):
         generate(tiny, ["p"], [0, 1], steps=2)
+
+
+def test_evaluate_cli_scores_a_folder_of_ground_truth_images(tmp_path):
+    from mobilediff.data import ShapesDataset, to_uint8
+
+    images, captions, _ = ShapesDataset(seed=31).batch(0, 24)
+    rows = []
+    for i, (img, cap) in enumerate(zip(to_uint8(images), captions)):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": cap}))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(rows))
+    code, stdout, stderr = run_cli("evaluate", "--images", tmp_path, "--out", tmp_path / "report.json")
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["prompt_accuracy"] == 1.0 and report["n"] == 24 and report["fd"] < 1.0
+
+
+def test_evaluate_cli_refuses_captions_outside_the_domain(tmp_path):
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a photo of a cat"}))
+    code, _, stderr = run_cli("evaluate", "--images", tmp_path)
+    assert code == 2 and error_lines(stderr) == ["error: not a shapes-domain caption (need objects with size, colour, "
+                                                 "shape, position and a background): 'a photo of a cat'"]
