@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
 
 @cli.command("train-base")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the pipeline lands in OUT/model.")
-@click.option("--vae-steps", type=click.IntRange(min=1), default=800, show_default=True, help="Optimizer steps of the VAE stage.")
-@click.option("--unet-steps", type=click.IntRange(min=1), default=4000, show_default=True, help="Optimizer steps of the text-encoder + UNet stage.")
+@click.option("--vae-steps", type=click.IntRange(min=1), default=1600, show_default=True, help="Optimizer steps of the VAE stage.")
+@click.option("--unet-steps", type=click.IntRange(min=1), default=2600, show_default=True, help="Optimizer steps of the text-encoder + UNet stage.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch of the denoiser stage.")
 @click.option("--vae-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch of the VAE stage.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=6e-4, show_default=True, help="Peak learning rate of the denoiser stage.")

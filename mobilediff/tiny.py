@@ -28,7 +28,8 @@ TINY_DATA = ShapesConfig(resolution=32, supersample=2)
 def tiny_train_config(cfg):
     """A TrainBaseConfig with tiny components, 32x32 images and small batches."""
     return dataclasses.replace(cfg, model=TINY_MODEL, data=TINY_DATA, vae_batch_size=min(cfg.vae_batch_size, 4),
-                               batch_size=min(cfg.batch_size, 4), warmup_steps=1)
+                               batch_size=min(cfg.batch_size, 4), warmup_steps=1,
+                               vae_stats_samples=16)
 
 
 def tiny_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from mobilediff.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
 from mobilediff.data import ShapesConfig, ShapesDataset
 from mobilediff.errors import MobilediffError
-from mobilediff.io import atomic_dir, atomic_write_json
+from mobilediff.io import atomic_dir, atomic_write_bytes, atomic_write_json
 from mobilediff.models import DefaultModelConfig
 
 
@@ -38,12 +38,13 @@ class TrainBaseConfig:
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
     data: ShapesConfig = field(default_factory=ShapesConfig)
     seed: int = 0
-    vae_steps: int = 800  # optimizer steps of stage 1
+    vae_steps: int = 1600  # optimizer steps of stage 1
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_object_weight: float = 10.0  # extra loss weight of shape pixels over background pixels
     kl_weight: float = 1e-6
-    unet_steps: int = 4000  # optimizer steps of stage 2
+    vae_stats_samples: int = 512  # fresh images for the latent scaling factor (half as many for the PSNR)
+    unet_steps: int = 2600  # optimizer steps of stage 2
     batch_size: int = 128  # global batch of stage 2
     lr: float = 6e-4
     warmup_steps: int = 150
@@ -138,11 +139,11 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
     vae = cfg.model.vae.build()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps))
-    start = 0
+    start, elapsed0 = 0, 0.0
     ckpt = _resume_point(run_dir, resume)
     if ckpt is not None:
         restore(ckpt, {"vae": vae}, opt)
-        start = ckpt.step
+        start, elapsed0 = ckpt.step, ckpt.state.get("elapsed_seconds", 0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps), last_epoch=start - 1)
     vae, opt = accelerator.prepare(vae, opt)
     data = ShapesDataset(seed=cfg.seed, config=cfg.data)
@@ -178,23 +179,24 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
         if accelerator.is_main_process and ((step + 1) % 50 == 0 or step + 1 == cfg.vae_steps):
             _log(run_dir, {"stage": "vae", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
         if accelerator.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps):
-            save_checkpoint(run_dir, step + 1, {"vae": accelerator.unwrap_model(vae).state_dict()}, opt, {})
+            save_checkpoint(run_dir, step + 1, {"vae": accelerator.unwrap_model(vae).state_dict()}, opt,
+                            {"elapsed_seconds": elapsed0 + time.time() - t0})
     bar.close()
     vae = accelerator.unwrap_model(vae)
     # latent scaling so that scaled latents have unit variance (SD's 0.18215, measured here)
     vae.eval()
     with torch.no_grad():
-        images, _, _ = data.batch(10_000_000, 512)
+        images, _, _ = data.batch(10_000_000, cfg.vae_stats_samples)
         std = vae.encode(images).latent_dist.mean.float().std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     with torch.no_grad():
-        images, _, _ = data.batch(20_000_000, 256)
+        images, _, _ = data.batch(20_000_000, max(2, cfg.vae_stats_samples // 2))
         recon = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
         psnr = (10 * torch.log10(4.0 / F.mse_loss(recon, images))).item()
     if accelerator.is_main_process:
         with atomic_dir(out_dir, force=True) as tmp:
             vae.save_pretrained(tmp, safe_serialization=True)
-    return {"vae_steps": cfg.vae_steps, "vae_seconds": time.time() - t0, "vae_recon_psnr_db": psnr,
+    return {"vae_steps": cfg.vae_steps, "vae_seconds": elapsed0 + time.time() - t0, "vae_recon_psnr_db": psnr,
             "scaling_factor": 1.0 / std}
 
 
@@ -219,10 +221,11 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
     model = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     noise_scheduler = cfg.model.scheduler.build()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    start = 0
+    start, elapsed0 = 0, 0.0
     ema = EMA(model, cfg.ema_decay)
     ckpt = _resume_point(run_dir, resume)
     if ckpt is not None:
+        elapsed0 = ckpt.state.get("elapsed_seconds", 0.0)
         ema_holder = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
         restore(ckpt, {"denoiser": model, "denoiser.ema": ema_holder}, opt)
         ema.shadow = {k: v.float() for k, v in ema_holder.state_dict().items()}
@@ -271,11 +274,12 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
             _log(run_dir, {"stage": "denoiser", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
         if accelerator.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps):
             save_checkpoint(run_dir, step + 1, {"denoiser": accelerator.unwrap_model(model).state_dict(),
-                                                "denoiser.ema": ema.shadow}, opt, {})
+                                                "denoiser.ema": ema.shadow}, opt,
+                            {"elapsed_seconds": elapsed0 + time.time() - t0})
     bar.close()
     final = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     final.load_state_dict(ema.shadow)
-    return {"unet_steps": cfg.unet_steps, "unet_seconds_this_session": time.time() - t0}, final
+    return {"unet_steps": cfg.unet_steps, "unet_seconds": elapsed0 + time.time() - t0}, final
 
 
 def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = False, command: str = "") -> Path:
@@ -300,9 +304,7 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
         stats.update(train_vae(cfg, resume, vae_dir))
         atomic_write_json(record, {"stats": stats})
     dstats, den = train_denoiser(cfg, resume, vae_dir)
-    prev = stats.get("unet_seconds", 0.0) if resume else 0.0
-    stats["unet_seconds"] = prev + dstats["unet_seconds_this_session"]
-    stats["unet_steps"] = dstats["unet_steps"]
+    stats.update(dstats)
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(str(vae_dir)), text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg),
         unet=den.unet, scheduler=cfg.model.scheduler.build(), safety_checker=None, feature_extractor=None,
@@ -321,6 +323,7 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
         shutil.rmtree(tmp / "tokenizer")
         shutil.copytree(Path(pipe.tokenizer.name_or_path), tmp / "tokenizer")
         atomic_write_json(tmp / "training.json", info)
+        atomic_write_bytes(tmp / "TRAINING.md", training_markdown(info).encode())
     return out / "model"
 
 
@@ -331,3 +334,19 @@ def _versions() -> dict:
 
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
             "accelerate": accelerate.__version__}
+
+
+def training_markdown(info: dict) -> str:
+    """A human-readable record of how a model was trained (written next to its weights)."""
+    st, m, c = info["stats"], info["machine"], info["config"]
+    return "\n".join([
+        "# How this model was trained", "",
+        f"Command: `{info['command']}`", "",
+        f"- VAE: {st.get('vae_steps')} steps at batch {c['vae_batch_size']}, "
+        f"{st.get('vae_seconds', 0) / 60:.1f} min; reconstruction PSNR {st.get('vae_recon_psnr_db', float('nan')):.1f} dB "
+        f"on {c['vae_stats_samples'] // 2} fresh images; latent scaling factor {st.get('scaling_factor', float('nan')):.4f}",
+        f"- Text encoder + UNet: {st.get('unet_steps')} steps at batch {c['batch_size']}, "
+        f"{st.get('unet_seconds', 0) / 60:.1f} min (wall time spent in training steps, summed over resumed sessions)",
+        f"- Machine: {m['platform']}, {m['processor']}, {m['torch_threads']} torch threads, no accelerator",
+        f"- Mixed precision: {c['mixed_precision']}; seed {c['seed']}", "",
+        "Full configuration and library versions: training.json.", ""])

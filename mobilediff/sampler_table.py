@@ -1,0 +1,135 @@
+"""The sampler as data: per-step linear coefficients read off diffusers' own schedulers.
+
+Every sampler mobilediff ships (DDIM with eta = 0, DPM-Solver++(2M), Euler, LCM) updates the latent by a
+*linear* combination of quantities the app already holds. For step i (0-based, N steps):
+
+    model_input_i = input_scale[i] * latent_i                      (Euler scales its input; others use 1)
+    output_i      = denoiser(model_input_i, timestep[i], text)     (after classifier-free guidance, if any)
+    latent_{i+1}  = sum_k latent_coef[i][k] * latent_{i-k}         (k = 0 is the current latent)
+                  + sum_k output_coef[i][k] * output_{i-k}         (multistep solvers reach back one step)
+                  + noise_coef[i] * fresh N(0, I) noise            (LCM re-noises between steps)
+
+with latent_0 = init_noise_sigma * N(0, I), and latent_N the final latent to decode.
+
+The coefficients are not re-derived here: they are *measured* from the diffusers scheduler by running its
+``step`` on symbolic inputs. Each latent, output and noise draw is a basis vector, and every scheduler
+operation is linear in them, so what ``step`` returns is the coefficient vector itself. So an app that applies
+the table does exactly what the scheduler does, and no app re-implements scheduler math.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mobilediff.errors import MobilediffError
+
+_TOL = 1e-9  # coefficients smaller than this are exact zeros of the symbolic run (float32 noise aside)
+
+
+@dataclass
+class SamplerTable:
+    sampler: str
+    steps: int
+    init_noise_sigma: float
+    timesteps: list[float]
+    input_scale: list[float]
+    latent_coef: list[list[float]]  # [i][k]: weight of latent_{i-k}
+    output_coef: list[list[float]]  # [i][k]: weight of output_{i-k}
+    noise_coef: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextmanager
+def _symbolic_noise(module, draw):
+    """Replace a scheduler module's ``randn_tensor`` by ``draw`` for the duration of the block."""
+    original = module.randn_tensor
+    module.randn_tensor = lambda shape, **kw: draw()
+    try:
+        yield
+    finally:
+        module.randn_tensor = original
+
+
+def _trim(v: list[float]) -> list[float]:
+    while v and abs(v[-1]) < _TOL:
+        v.pop()
+    return v
+
+
+def sampler_table(scheduler, steps: int) -> SamplerTable:
+    """Measure the per-step coefficients of a configured diffusers scheduler for ``steps`` steps.
+
+    ``scheduler`` is a fresh instance (e.g. from :func:`mobilediff.sampling.make_scheduler`); it is copied,
+    never mutated. Raises MobilediffError if the scheduler is not linear in its inputs (e.g. thresholding).
+    """
+    import copy
+    import importlib
+
+    if steps < 1:
+        raise MobilediffError(f"steps must be >= 1, got {steps}")
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(steps)
+    timesteps = [float(t) for t in sched.timesteps]
+    n = len(timesteps)
+    # basis: latent_0..latent_{n-1}, output_0..output_{n-1}, noise_0..noise_{n-1}
+    dim = 3 * n
+    lat, out, noi = (lambda i: i), (lambda i: n + i), (lambda i: 2 * n + i)
+
+    def e(j: int) -> torch.Tensor:
+        v = torch.zeros(1, dim, dtype=torch.float32)
+        v[0, j] = 1.0
+        return v
+
+    current = {"i": 0}
+
+    def draw():  # the noise a step draws is the basis vector of that step's noise
+        return e(noi(current["i"]))
+
+    module = importlib.import_module(type(sched).__module__)
+    table = SamplerTable(sampler=type(sched).__name__, steps=n, init_noise_sigma=float(sched.init_noise_sigma),
+                         timesteps=timesteps, input_scale=[], latent_coef=[], output_coef=[], noise_coef=[])
+    with _symbolic_noise(module, draw):
+        for i, t in enumerate(sched.timesteps):
+            current["i"] = i
+            scale = sched.scale_model_input(torch.ones(1, 1), t)
+            table.input_scale.append(float(scale.flatten()[0]))
+            res = sched.step(e(out(i)), t, e(lat(i)), return_dict=False)
+            nxt = res[0][0].double()
+            # anything outside the basis means the step was not linear (clipping, thresholding, ...)
+            if not torch.isfinite(nxt).all():
+                raise MobilediffError(f"{type(sched).__name__} is not linear in its inputs: cannot tabulate it")
+            table.latent_coef.append(_trim([float(nxt[lat(i - k)]) for k in range(i + 1)]))
+            table.output_coef.append(_trim([float(nxt[out(i - k)]) for k in range(i + 1)]))
+            table.noise_coef.append(float(nxt[noi(i)]))
+            stray = nxt.clone()
+            for k in range(i + 1):
+                stray[lat(i - k)] = stray[out(i - k)] = 0
+            stray[noi(i)] = 0
+            if stray.abs().max() > 1e-5:
+                raise MobilediffError(f"{type(sched).__name__} step {i} depends on inputs outside the table")
+    return table
+
+
+def run_table(table: SamplerTable, denoise, noise: torch.Tensor, fresh_noise=None) -> torch.Tensor:
+    """Sample with a table: the Python reference of what the apps do.
+
+    ``denoise(model_input, timestep) -> output``; ``noise`` is the initial N(0, I) draw;
+    ``fresh_noise()`` gives each re-noising draw (needed only where noise_coef is non-zero).
+    """
+    latents, outputs = [], []  # newest first
+    x = noise * table.init_noise_sigma
+    for i in range(table.steps):
+        latents.insert(0, x)
+        outputs.insert(0, denoise(x * table.input_scale[i], table.timesteps[i]))
+        nxt = sum(c * latents[k] for k, c in enumerate(table.latent_coef[i]))
+        nxt = nxt + sum(c * outputs[k] for k, c in enumerate(table.output_coef[i]))
+        if table.noise_coef[i] != 0.0:
+            if fresh_noise is None:
+                raise MobilediffError(f"step {i} of {table.sampler} needs fresh noise")
+            nxt = nxt + table.noise_coef[i] * fresh_noise()
+        x = nxt
+    return x

@@ -1,0 +1,37 @@
+import json
+
+import pytest
+
+from conftest import error_lines, run_cli
+
+COMMANDS = ["generate", "evaluate", "train-base", "train-evaluator"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_has_help(command):
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0
+    options = [line.strip() for line in out.splitlines() if line.strip().startswith("--")]
+    assert options
+    for opt in options:
+        # click puts the help text on the same line or the next; a bare flag line with no text is a missing help
+        assert len(opt.split("  ")) > 1 or opt.startswith("--help"), f"{command}: {opt!r} has no help text"
+
+
+def test_unknown_command_is_one_line():
+    code, _, stderr = run_cli("frobnicate")
+    assert code == 2 and len(error_lines(stderr)) == 1
+
+
+def test_evaluate_a_pipeline_directly(tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, stderr = run_cli("evaluate", "--model", "default", "--n", 4, "--steps", 2, "--out", out)
+    assert code == 0, stderr
+    r = json.loads(out.read_text())
+    assert r["n"] == 4 and 0.0 <= r["prompt_accuracy"] <= 1.0 and r["fd"] >= 0.0
+    assert set(r["attribute_accuracy"]) == {"background", "count", "position", "shape", "color", "size"}
+
+
+def test_evaluate_needs_exactly_one_source():
+    code, _, stderr = run_cli("evaluate")
+    assert code == 2 and error_lines(stderr) == ["error: give exactly one of --model or --images"]

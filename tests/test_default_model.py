@@ -1,0 +1,36 @@
+"""The embedded default model: structure, size budget, and a quality regression guard."""
+import json
+
+import pytest
+
+from mobilediff.loading import DEFAULT_MODEL_DIR, load_pipeline
+
+
+def test_is_a_safetensors_only_stable_diffusion_pipeline():
+    index = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    files = [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".bin", ".ckpt", ".pt", ".pth", ".pkl")]
+    assert sum(p.stat().st_size for p in files) < 40 * 2**20  # the model store budget
+    pipe = load_pipeline("default")
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor >= 64
+    assert pipe.text_encoder.config.vocab_size == 49408
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_training_is_recorded_next_to_the_model():
+    info = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())
+    assert info["command"].startswith("mobilediff train-base")
+    assert info["stats"]["unet_steps"] > 0 and info["stats"]["unet_seconds"] > 0 and info["machine"]
+    assert (DEFAULT_MODEL_DIR / "TRAINING.md").is_file()
+
+
+@pytest.mark.slow
+def test_ddim50_quality_guard():
+    """64 prompts of the fixed evaluation set: a coarse guard that the committed model still works end to end
+    (the 256-prompt numbers live in benchmarks/results/baseline_quality.json)."""
+    from mobilediff.evaluator import Evaluator
+    from mobilediff.quality import evaluate_pipeline
+
+    rep = evaluate_pipeline(load_pipeline("default"), Evaluator.load(), "ddim", 50, 3.0, n=64)
+    assert rep.prompt_accuracy >= 0.75, rep
