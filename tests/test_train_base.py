@@ -57,3 +57,24 @@ def test_existing_output_without_resume_or_force_is_refused(tmp_path):
     assert code == 2 and error_lines(stderr) == [
         f"error: output directory {tmp_path / 'run'} already exists (pass --resume latest to continue, or --force)"]
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_init_from_starts_stage_two_from_checkpoint_weights(tmp_path):
+    first = _cfg(tmp_path / "a", unet_steps=2)
+    train_base(first)
+    ckpt = complete_checkpoints(tmp_path / "a" / "unet_run")[-1].path
+    # zero steps of learning rate: the pipeline written must hold exactly the checkpoint's weights
+    second = _cfg(tmp_path / "b", unet_steps=1, lr=1e-30, init_from=ckpt, text_aux_weight=0.0)
+    model = train_base(second)
+    start = load_file(ckpt / "denoiser.safetensors")
+    got = load_file(model / "unet" / "diffusion_pytorch_model.safetensors")
+    for k, v in got.items():
+        torch.testing.assert_close(v, start[f"unet.{k}"], rtol=0, atol=1e-6)
+
+
+def test_init_from_accepts_a_pipeline_folder(tmp_path):
+    model = train_base(_cfg(tmp_path / "a", unet_steps=1))
+    again = train_base(_cfg(tmp_path / "b", unet_steps=1, lr=1e-30, init_from=model, text_aux_weight=0.0))
+    a, b = _weights(model), _weights(again)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
