@@ -38,7 +38,7 @@ def best_per_budget(rows: list[dict]) -> list[dict]:
 
 
 def write_markdown(rows: list[dict], meta: dict, path: Path) -> None:
-    lines = [f"# Baseline quality of the default model", "",
+    lines = ["# Baseline quality of the default model", "",
              f"{meta['n']} prompts of the fixed evaluation set (seed {meta['prompt_seed']}), noise seeds "
              f"{meta['noise_seed']}..{meta['noise_seed'] + meta['n'] - 1}; FD against ground-truth renders of the same "
              f"prompts (real-vs-real FD of the evaluator: {meta['fd_real_vs_real']:.3f}). "
@@ -137,12 +137,12 @@ def main(argv=None) -> None:
     evaluator = Evaluator.load()
     scenes = eval_scenes(args.n)
     real = evaluator.real_features(scenes)
-    from mobilediff.data import ShapesDataset, render
+    from mobilediff.data import ShapesDataset
     from mobilediff.evaluator import frechet_distance
 
     # the floor of FD at this n: two independent sets of real images
     other = ShapesDataset(seed=EVAL_SEED + 1).scenes(0, args.n)
-    fd_floor = frechet_distance(real, evaluator.predict(render(other)).feature)
+    fd_floor = frechet_distance(real, evaluator.real_features(other))
     configs = [("ddim", 50)] + [(s, k) for s in ("ddim", "dpmpp") for k in args.steps]
     rows = []
     total = sum(k * (2 if g > 1 else 1) for _, k in configs for g in args.guidance)

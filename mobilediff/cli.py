@@ -163,7 +163,7 @@ def _score_folder(evaluator, folder: Path):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from mobilediff.data import from_uint8, render
+    from mobilediff.data import from_uint8
     from mobilediff.evaluator import parse_caption
 
     meta = folder / "metadata.jsonl"
@@ -183,7 +183,7 @@ def _score_folder(evaluator, folder: Path):
         arrays.append(np.asarray(img))
         scenes.append(parse_caption(r["text"]))
     images = from_uint8(np.stack(arrays))
-    return evaluator.score(images, scenes, evaluator.predict(render(scenes)).feature if len(scenes) > 1 else None)
+    return evaluator.score(images, scenes, evaluator.real_features(scenes) if len(scenes) > 1 else None)
 
 
 if __name__ == "__main__":

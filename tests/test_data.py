@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from mobilediff.data import (BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, ShapesConfig, ShapesDataset, render,

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from conftest import error_lines, run_cli
 from mobilediff.errors import MobilediffError
