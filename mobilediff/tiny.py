@@ -19,7 +19,7 @@ TINY_MODEL = DefaultModelConfig(
     text_encoder=TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
     unet=UnetConfig(sample_size=16, block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
-                    norm_num_groups=8),
+                    norm_num_groups=8, only_cross_attention=False),
     scheduler=SchedulerConfig(),
 )
 TINY_DATA = ShapesConfig(resolution=32, supersample=2)
@@ -29,7 +29,7 @@ def tiny_train_config(cfg):
     """A TrainBaseConfig with tiny components, 32x32 images and small batches."""
     return dataclasses.replace(cfg, model=TINY_MODEL, data=TINY_DATA, vae_batch_size=min(cfg.vae_batch_size, 4),
                                batch_size=min(cfg.batch_size, 4), warmup_steps=1,
-                               vae_stats_samples=16)
+                               vae_stats_samples=16, latent_cache=min(cfg.latent_cache, 24))
 
 
 def tiny_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):

@@ -12,6 +12,7 @@ EMA of the weights, which is what the final pipeline holds.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -58,6 +59,12 @@ class TrainBaseConfig:
     # scene (background; shape, colour, size per cell). It breaks the chicken-and-egg of joint training, where
     # the text encoder gets no signal for an attribute until the UNet uses it. The head is dropped afterwards.
     text_aux_weight: float = 0.5
+    # extra diffusion-loss weight on latent pixels covered by shapes (weight = 1 + w * covered fraction): shapes
+    # cover ~5 % of the latent, so with a uniform loss the easy background dominates the gradient
+    object_weight: float = 4.0
+    # encode this many samples once (stored in <out>/unet_run) and draw every batch from them, with fresh noise,
+    # timesteps and caption dropout per step; the frozen VAE's encoder was a third of a step. 0 = fresh samples.
+    latent_cache: int = 32768
     init_from: Path | None = None  # start stage 2 from these checkpoint weights (fresh optimizer and schedule)
     grad_clip: float = 1.0
     checkpoint_every: int = 200
@@ -228,6 +235,26 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
             "scaling_factor": 1.0 / std}
 
 
+def _load_initial(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``weights`` into ``model``, allowing whole attention blocks that the source lacks (a UNet that gained
+    cross-attention at a new resolution). Those start as the identity (zero output projection, the block's
+    residual passes through), so the model starts as the function it was. Returns the names of the new blocks."""
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    new = [name for name, m in model.named_modules() if isinstance(m, Transformer2DModel)
+           and all(f"{name}.{k}" in missing for k, _ in m.named_parameters())]
+    covered = {f"{name}.{k}" for name in new for k in model.get_submodule(name).state_dict()}
+    rest = sorted(set(missing) - covered)
+    if unexpected or rest:
+        raise MobilediffError(f"--init-from weights do not fit the model: missing {rest[:3]}, unexpected {sorted(unexpected)[:3]}")
+    for name in new:
+        proj = model.get_submodule(name).proj_out
+        torch.nn.init.zeros_(proj.weight)
+        torch.nn.init.zeros_(proj.bias)
+    return new
+
+
 def _initial_weights(path: Path) -> dict[str, torch.Tensor]:
     """Denoiser weights from a training checkpoint folder or from a pipeline folder (unet/ + text_encoder/)."""
     if (path / "denoiser.safetensors").is_file():
@@ -247,6 +274,48 @@ def _tokenizer(cfg: TrainBaseConfig):
     return CLIPTokenizer.from_pretrained(str(cfg.tokenizer_dir or DEFAULT_MODEL_DIR / "tokenizer"))
 
 
+def _object_fraction(images: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) fraction of each latent pixel's image patch covered by shapes (pixel (0, 0) is background)."""
+    is_object = ((images - images[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.1).float()
+    return F.adaptive_avg_pool2d(is_object, latent_hw)
+
+
+def _encode(vae, tokenizer, data: ShapesDataset, first: int, n: int, autocast) -> dict[str, torch.Tensor]:
+    images, captions, scenes = data.batch(first, n)
+    with torch.no_grad(), autocast():
+        latents = vae.encode(images).latent_dist.mean.float() * vae.config.scaling_factor
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return {"latents": latents, "mask": _object_fraction(images, latents.shape[-2:]), "ids": ids,
+            **{f"label.{k}": v for k, v in labels_tensor(scenes).items()}}
+
+
+def _latent_cache(cfg: TrainBaseConfig, vae, vae_dir: Path, tokenizer, data: ShapesDataset, run_dir: Path, autocast,
+                  show: bool) -> dict[str, torch.Tensor]:
+    """Samples [0, cfg.latent_cache) of ``data`` encoded once, stored in the run folder (safetensors) and reused
+    on resume when the VAE, the data settings and the size are the same."""
+    from tqdm.auto import tqdm
+
+    from mobilediff.io import save_tensors
+
+    key = json.dumps({"n": cfg.latent_cache, "data": asdict(cfg.data), "seed": data.seed,
+                      "vae": hashlib.sha256((vae_dir / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest(),
+                      "scaling_factor": vae.config.scaling_factor}, sort_keys=True, default=str)
+    path = run_dir / "latent_cache.safetensors"
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return load_tensors(path)
+    parts, chunk = [], 256
+    for first in tqdm(range(0, cfg.latent_cache, chunk), desc="encode latent cache", disable=not show):
+        parts.append(_encode(vae, tokenizer, data, first, min(chunk, cfg.latent_cache - first), autocast))
+    save_tensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, path, metadata={"key": key})
+    # train from what was saved, exactly as a resumed run will (same tensors, same key order)
+    return load_tensors(path)
+
+
 def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> tuple[dict, Denoiser]:
     """Stage 2. Returns stats and the EMA text encoder + UNet."""
     from diffusers import AutoencoderKL
@@ -259,7 +328,9 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
     torch.manual_seed(cfg.seed + 1)
     model = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     if cfg.init_from is not None:
-        model.load_state_dict(_initial_weights(Path(cfg.init_from)))
+        new = _load_initial(model, _initial_weights(Path(cfg.init_from)))
+        if new:
+            print(f"init-from: new attention blocks start as the identity: {', '.join(new)}")
     head = SceneHead(cfg.model.text_encoder.hidden_size)
     noise_scheduler = cfg.model.scheduler.build()
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.lr, weight_decay=0.01)
@@ -278,19 +349,24 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
     local = cfg.batch_size // accelerator.num_processes
     alphas = noise_scheduler.alphas_cumprod
     snr_all = alphas / (1 - alphas)
-    sf = vae.config.scaling_factor
     bar = _progress(accelerator, cfg.unet_steps, start, "train denoiser")
     t0 = time.time()
+    cache = None
+    if cfg.latent_cache > 0:
+        cache = _latent_cache(cfg, vae, vae_dir, tokenizer, data, run_dir, accelerator.autocast, accelerator.is_main_process)
+    empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
     for step in range(start, cfg.unet_steps):
-        first = step * cfg.batch_size + accelerator.process_index * local
-        images, captions, scenes = data.batch(first, local)
         g = torch.Generator().manual_seed((cfg.seed + 1) * 1_000_003 + step * 7919 + accelerator.process_index)
+        if cache is None:
+            batch = _encode(vae, tokenizer, data, step * cfg.batch_size + accelerator.process_index * local, local,
+                            accelerator.autocast)
+        else:
+            idx = torch.randint(0, cfg.latent_cache, (local,), generator=g)
+            batch = {k: v[idx] for k, v in cache.items()}
+        latents, ids = batch["latents"], batch["ids"]  # (B, 4, 16, 16), (B, 77)
         drop = torch.rand(local, generator=g) < cfg.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        with torch.no_grad(), accelerator.autocast():
-            latents = vae.encode(images).latent_dist.mean.float() * sf  # (B, 4, 16, 16)
+        ids = torch.where(drop[:, None], empty_ids, ids)
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (local,), generator=g)
         noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -301,10 +377,12 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
         # v-loss = (snr + 1) * x0-loss; min-SNR-gamma (Hang et al. 2023) re-weights the x0 error to min(snr, gamma)
         snr = snr_all[t]
         w = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
-        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        pix = 1.0 + cfg.object_weight * batch["mask"]
+        err = (F.mse_loss(pred, target, reduction="none") * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))
+        loss = (err * w).mean()
         if cfg.text_aux_weight > 0 and not drop.all():
             kept = ~drop
-            labels = {k: v[kept] for k, v in labels_tensor(scenes).items()}
+            labels = {k[len("label."):]: v[kept] for k, v in batch.items() if k.startswith("label.")}
             loss = loss + cfg.text_aux_weight * accelerator.unwrap_model(head).loss(pooled[kept], labels)
         if cfg.inject_nan_at_step == step:
             loss = loss * float("nan")

@@ -78,3 +78,58 @@ def test_init_from_accepts_a_pipeline_folder(tmp_path):
     a, b = _weights(model), _weights(again)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_fresh_samples_path_without_latent_cache(tmp_path):
+    model = train_base(_cfg(tmp_path / "a", unet_steps=2, latent_cache=0))
+    assert not (tmp_path / "a" / "unet_run" / "latent_cache.safetensors").exists()
+    assert (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_latent_cache_is_reused_only_when_it_matches(tmp_path):
+    from safetensors import safe_open
+
+    train_base(_cfg(tmp_path / "a", unet_steps=2))
+    path = tmp_path / "a" / "unet_run" / "latent_cache.safetensors"
+    with safe_open(str(path), "pt") as f:
+        assert f.get_tensor("latents").shape[0] == 24 and f.get_tensor("ids").shape == (24, 32)
+    before = path.stat().st_mtime_ns
+    train_base(_cfg(tmp_path / "a", unet_steps=3), resume="latest")
+    assert path.stat().st_mtime_ns == before  # same VAE, data and size: loaded, not re-encoded
+    train_base(_cfg(tmp_path / "a", unet_steps=4, latent_cache=16), resume="latest")
+    with safe_open(str(path), "pt") as f:
+        assert f.get_tensor("latents").shape[0] == 16
+
+
+def test_object_fraction_counts_shape_pixels_per_latent_cell():
+    from mobilediff.training import _object_fraction
+
+    images = torch.full((1, 3, 8, 8), -1.0)
+    images[0, :, 0:4, 4:8] = 1.0  # top-right quarter is an object
+    images[0, :, 4:6, 0:4] = 1.0  # half of the bottom-left quarter
+    frac = _object_fraction(images, (2, 2))
+    torch.testing.assert_close(frac[0, 0], torch.tensor([[0.0, 1.0], [0.5, 0.0]]))
+
+
+def test_init_from_a_unet_without_attention_at_full_resolution_starts_as_the_same_function(tmp_path):
+    from mobilediff.models import UnetConfig
+    from mobilediff.tiny import TINY_MODEL
+    from mobilediff.training import Denoiser, _load_initial
+
+    old = TINY_MODEL
+    new_unet = dataclasses.replace(old.unet, down_block_types=("CrossAttnDownBlock2D",) * 2,
+                                   up_block_types=("CrossAttnUpBlock2D",) * 2, only_cross_attention=(True, False))
+    torch.manual_seed(0)
+    a = Denoiser(old.text_encoder.build(), old.unet.build()).eval()
+    b = Denoiser(old.text_encoder.build(), new_unet.build()).eval()
+    new = _load_initial(b, a.state_dict())
+    assert new == ["unet.down_blocks.0.attentions.0", "unet.up_blocks.1.attentions.0", "unet.up_blocks.1.attentions.1"]
+    ids, x, t = torch.randint(0, 49407, (2, 32)), torch.randn(2, 4, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        torch.testing.assert_close(b(ids, x, t)[0], a(ids, x, t)[0], rtol=0, atol=1e-5)
+    # weights of a different width do not fit: one clear error, not a half-loaded model
+    other = Denoiser(old.text_encoder.build(), UnetConfig(sample_size=16, block_out_channels=(16, 32),
+                     down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                     cross_attention_dim=32, norm_num_groups=8, only_cross_attention=False).build())
+    with pytest.raises(MobilediffError, match="do not fit the model"):
+        _load_initial(b, {k: v for k, v in other.state_dict().items() if "up_blocks" not in k})
