@@ -97,30 +97,77 @@ def _warn(msg: str) -> None:
 @click.option("--guidance", type=float, default=5.0, show_default=True, help="Classifier-free guidance scale (<= 1 disables it).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
-def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale):
-    """Generate images from a pipeline (PyTorch reference)."""
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
+@click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime for --bundle.")
+def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime):
+    """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes)."""
     from PIL import Image
     from tqdm.auto import tqdm
 
     from mobilediff.io import atomic_path
-    from mobilediff.loading import load_pipeline
     from mobilediff.sampling import check_prompt_length, generate, image_grid, validate_generation
 
     if out.suffix.lower() != ".png":
         raise MobilediffError(f"--out must be a .png file, got {out}")
     validate_generation(steps, guidance, list(prompts), list(seeds))
-    pipe = load_pipeline(model)
-    for p in prompts:
-        check_prompt_length(pipe.tokenizer, p, _warn)
     all_prompts = [p for p in prompts for _ in seeds]
     all_seeds = [s for _ in prompts for s in seeds]
-    with tqdm(total=steps * ((len(all_prompts) + 63) // 64), desc=f"{sampler} {steps} steps") as bar:
-        images = generate(pipe, all_prompts, all_seeds, steps, sampler, guidance, progress=bar.update)
+    if bundle is not None:
+        import torch
+
+        from mobilediff.bundle import read_manifest, sampler_entry
+        from mobilediff.runtimes import BundleRunner
+
+        sampler_entry(read_manifest(bundle), sampler, steps)  # fail fast on a missing table
+        runner = BundleRunner(bundle, runtime)
+        for p in prompts:
+            check_prompt_length(runner.tokenizer, p, _warn)
+        with tqdm(total=len(all_prompts), desc=f"{runtime} {sampler} {steps} steps") as bar:
+            images = []
+            for p, sd in zip(all_prompts, all_seeds):
+                images.append(runner.generate(p, sd, steps, sampler, guidance))
+                bar.update(1)
+        images = torch.cat(images)
+    else:
+        from mobilediff.loading import load_pipeline
+
+        pipe = load_pipeline(model)
+        for p in prompts:
+            check_prompt_length(pipe.tokenizer, p, _warn)
+        with tqdm(total=steps * ((len(all_prompts) + 63) // 64), desc=f"{sampler} {steps} steps") as bar:
+            images = generate(pipe, all_prompts, all_seeds, steps, sampler, guidance, progress=bar.update)
     grid = image_grid(images, len(prompts), len(seeds), pad=0 if len(all_prompts) == 1 else 2)
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     with atomic_path(out) as tmp:
         grid.save(tmp, format="PNG")
     click.echo(f"wrote {out} ({len(all_prompts)} image{'s' if len(all_prompts) > 1 else ''})")
+
+
+@cli.command("export")
+@click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
+@click.option("--target", required=True, help="coreml | onnx | executorch | all")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create (manifest.json + component files).")
+@click.option("--height", type=click.IntRange(min=1), default=None, help="Image height (default: the model's own).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="Image width (default: the model's own).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
+@click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
+@click.option("--fused-sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
+@click.option("--guidance", type=float, default=5.0, show_default=True, help="Default guidance scale recorded in the manifest.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force):
+    """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
+    from mobilediff.exporter import export_bundle, parse_targets
+    from mobilediff.loading import load_pipeline, resolve_model
+
+    parse_targets(target)
+    if out.exists() and not force:
+        raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
+    if fused_steps is not None and not 1 <= fused_steps <= 16:
+        raise MobilediffError(f"--fused-steps must be between 1 and 16, got {fused_steps}")
+    pipe = load_pipeline(model)
+    path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
+                         progress=lambda m: click.echo(f"export {m}", err=True), source=str(resolve_model(model)))
+    click.echo(f"bundle written to {path}")
 
 
 @cli.command("evaluate")

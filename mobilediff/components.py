@@ -1,0 +1,197 @@
+"""The exported components and their I/O, declared once.
+
+Every target (ONNX, ExecuTorch, Core ML), the manifest, the parity checks and the host runtimes read the
+inputs and outputs of a component from :func:`declare`; nothing else spells out a tensor name or shape.
+Names follow optimum's ONNX export of Stable Diffusion (``input_ids`` -> ``last_hidden_state``;
+``sample``, ``timestep``, ``encoder_hidden_states`` [, ``timestep_cond``] -> ``out_sample``;
+``latent_sample`` -> ``sample``), so outside tools that know that layout read these graphs.
+
+A dimension is an int or a named dimension (``"batch"``). ONNX keeps named dimensions dynamic; targets
+that want static shapes (ExecuTorch, Core ML) fix each one at its value in ``ComponentSpec.dims``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mobilediff.errors import MobilediffError
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+SUPPORTED = {
+    "unet": ("UNet2DConditionModel",),
+    "vae": ("AutoencoderKL", "AutoencoderTiny"),
+    "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
+}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str  # "float32" | "int32"
+    description: str = ""
+
+    def static_shape(self, dims: dict[str, int]) -> tuple[int, ...]:
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
+    def to_dict(self, dims: dict[str, int]) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "static_shape": list(self.static_shape(dims)),
+                "dtype": self.dtype, "description": self.description}
+
+
+@dataclass
+class ComponentSpec:
+    name: str
+    module: torch.nn.Module  # wrapper taking the inputs positionally, returning a tuple of the outputs
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: dict[str, int] = field(default_factory=dict)  # static value of every named dimension
+    source_class: str = ""
+
+    def example_inputs(self, seed: int = 0, dims: dict[str, int] | None = None) -> tuple[torch.Tensor, ...]:
+        """Inputs in the ranges the sampler feeds: token ids, unit-variance latents, timesteps in [0, T).
+        ``dims`` overrides the values of named dimensions."""
+        g = torch.Generator().manual_seed(seed)
+        dims = {**self.dims, **(dims or {})}
+        out = []
+        for spec in self.inputs:
+            shape = spec.static_shape(dims)
+            if spec.dtype == "int32":
+                x = torch.randint(0, 49406, shape, generator=g, dtype=torch.int64).to(torch.int32)
+                if spec.name == "input_ids":  # a real prompt: BOS ... EOS + padding
+                    x[:, 0] = 49406
+                    x[:, shape[1] // 2:] = 49407
+            elif spec.name == "timestep":
+                x = torch.rand(shape, generator=g) * 999
+            elif spec.name == "guidance_scale":
+                x = torch.full(shape, 4.0)
+            else:
+                x = torch.randn(shape, generator=g)
+            out.append(x.to(_DTYPES[spec.dtype]))
+        return tuple(out)
+
+    def dynamic_names(self) -> set[str]:
+        return {d for s in self.inputs + self.outputs for d in s.shape if isinstance(d, str)}
+
+    def to_dict(self) -> dict:
+        return {"inputs": [s.to_dict(self.dims) for s in self.inputs],
+                "outputs": [s.to_dict(self.dims) for s in self.outputs], "dims": dict(self.dims),
+                "source_class": self.source_class}
+
+
+class TextEncoderWrapper(torch.nn.Module):
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        # last_hidden_state for CLIPTextModel and CLIPTextModelWithProjection alike (index 0 of the latter is the
+        # pooled projection, which Stable Diffusion's UNet does not read)
+        return (self.text_encoder(input_ids.to(torch.long)).last_hidden_state,)
+
+
+class UnetWrapper(torch.nn.Module):
+    def __init__(self, unet, with_cond: bool):
+        super().__init__()
+        self.unet = unet
+        self.with_cond = with_cond
+
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        kw = {"timestep_cond": timestep_cond} if self.with_cond else {}
+        return (self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kw)[0],)
+
+
+class VaeDecoderWrapper(torch.nn.Module):
+    """``latent_sample`` is the *unscaled* latent (sampler latent / scaling_factor), as in optimum."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample):
+        return (self.vae.decode(latent_sample, return_dict=False)[0],)
+
+
+class Fp16IO(torch.nn.Module):
+    """A component computing in float16 behind its declared float32 inputs/outputs (int inputs pass unchanged)."""
+
+    def __init__(self, module):
+        super().__init__()
+        import copy
+
+        self.inner = copy.deepcopy(module).half()
+
+    def forward(self, *args):
+        args = [a.half() if a.is_floating_point() else a for a in args]
+        return tuple(o.float() for o in self.inner(*args))
+
+
+def check_supported(pipe) -> None:
+    """Raise MobilediffError naming the first component class the exporter does not support."""
+    for comp, classes in SUPPORTED.items():
+        obj = getattr(pipe, comp, None)
+        name = type(obj).__name__
+        if name not in classes:
+            raise MobilediffError(f"unsupported {comp} class {name}: export supports {', '.join(classes)}")
+
+
+def latent_geometry(pipe, height: int | None = None, width: int | None = None) -> dict:
+    """Image and latent sizes: the pipeline's own (UNet sample size x VAE factor) unless overridden."""
+    factor = int(pipe.vae_scale_factor)
+    default = pipe.unet.config.sample_size * factor
+    height, width = height or default, width or default
+    multiple = factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)  # every UNet downsampling must divide
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+        raise MobilediffError(f"--height/--width must be positive multiples of {multiple} for this model, got {height}x{width}")
+    return {"height": height, "width": width, "vae_scale_factor": factor,
+            "latent_channels": pipe.unet.config.in_channels, "latent_height": height // factor,
+            "latent_width": width // factor,
+            "scaling_factor": float(getattr(pipe.vae.config, "scaling_factor", 1.0) or 1.0),
+            "shift_factor": float(getattr(pipe.vae.config, "shift_factor", 0.0) or 0.0)}
+
+
+def declare(pipe, geometry: dict, cfg_batch: int | None = None) -> dict[str, ComponentSpec]:
+    """The three components of ``pipe`` with their declared I/O at ``geometry`` (see :func:`latent_geometry`)."""
+    check_supported(pipe)
+    te, unet, vae = pipe.text_encoder, pipe.unet, pipe.vae
+    length = pipe.tokenizer.model_max_length
+    hidden = te.config.hidden_size
+    if unet.config.cross_attention_dim != hidden:
+        raise MobilediffError(f"UNet cross_attention_dim {unet.config.cross_attention_dim} != text encoder hidden size {hidden}")
+    c, h, w = geometry["latent_channels"], geometry["latent_height"], geometry["latent_width"]
+    cond_dim = unet.config.time_cond_proj_dim
+    if cfg_batch is None:
+        cfg_batch = 1 if cond_dim else 2  # guidance-embedding students need no unconditional batch
+    unet_inputs = [
+        TensorSpec("sample", ("batch", c, h, w), "float32", "noisy latent, scaled by the sampler table's input_scale"),
+        TensorSpec("timestep", ("batch",), "float32", "diffusion timestep of each batch row"),
+        TensorSpec("encoder_hidden_states", ("batch", length, hidden), "float32", "text encoder last_hidden_state"),
+    ]
+    if cond_dim:
+        unet_inputs.append(TensorSpec("timestep_cond", ("batch", cond_dim), "float32",
+                                      "guidance-scale embedding (w - 1, sinusoidal; see manifest guidance)"))
+    vae_channels = vae.config.latent_channels
+    if vae_channels != c:
+        raise MobilediffError(f"UNet in_channels {c} != VAE latent_channels {vae_channels}")
+    specs = {
+        "text_encoder": ComponentSpec(
+            "text_encoder", TextEncoderWrapper(te).eval(),
+            (TensorSpec("input_ids", ("batch", length), "int32", "CLIP token ids, BOS ... EOS, padded with pad_id"),),
+            (TensorSpec("last_hidden_state", ("batch", length, hidden), "float32", "per-token text features"),),
+            {"batch": 1}, type(te).__name__),
+        "unet": ComponentSpec(
+            "unet", UnetWrapper(unet, bool(cond_dim)).eval(), tuple(unet_inputs),
+            (TensorSpec("out_sample", ("batch", c, h, w), "float32",
+                        f"model output ({pipe.scheduler.config.prediction_type})"),),
+            {"batch": cfg_batch}, type(unet).__name__),
+        "vae_decoder": ComponentSpec(
+            "vae_decoder", VaeDecoderWrapper(vae).eval(),
+            (TensorSpec("latent_sample", ("batch", c, h, w), "float32",
+                        "final latent / scaling_factor + shift_factor"),),
+            (TensorSpec("sample", ("batch", 3, geometry["height"], geometry["width"]), "float32",
+                        "RGB image in [-1, 1]"),),
+            {"batch": 1}, type(vae).__name__),
+    }
+    return specs

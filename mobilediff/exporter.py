@@ -1,0 +1,134 @@
+"""`mobilediff export`: a pipeline -> a validated bundle for Core ML, ONNX and/or ExecuTorch.
+
+Everything is written into a temporary folder beside ``--out`` that replaces it only when every component
+has been exported *and* checked against PyTorch; ``manifest.json`` is the last file written. An
+interrupted or failed export leaves no bundle and no manifest behind.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mobilediff.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_name, guidance_record, sha256_path, size_bytes
+from mobilediff.components import ComponentSpec, check_supported, declare, latent_geometry
+from mobilediff.errors import MobilediffError
+from mobilediff.io import atomic_dir, atomic_write_json
+from mobilediff.targets import PRECISIONS, TARGETS, get_target
+
+# step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
+TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
+CFG_SAMPLERS = ("ddim", "dpmpp", "euler")
+FUSED_TARGETS = ("onnx", "executorch")
+
+
+def parse_targets(target: str) -> list[str]:
+    if target == "all":
+        return list(TARGETS)
+    get_target(target)  # raises on an unknown name
+    return [target]
+
+
+def sampler_tables(pipe) -> list[dict]:
+    from mobilediff.sampler_table import sampler_table
+    from mobilediff.sampling import make_scheduler
+
+    names = ("lcm",) if pipe.unet.config.time_cond_proj_dim else CFG_SAMPLERS
+    out = []
+    for name in names:
+        for steps in TABLE_STEPS:
+            table = sampler_table(make_scheduler(name, pipe.scheduler.config), steps).to_dict()
+            out.append({"name": name, **table})
+    return out
+
+
+def _tokenizer_record(pipe, bundle: Path) -> dict:
+    src = Path(pipe.tokenizer.name_or_path)
+    dst = bundle / "tokenizer"
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        pipe.tokenizer.save_pretrained(str(dst))
+    files = sorted(str(p.relative_to(bundle)) for p in dst.rglob("*") if p.is_file())
+    tok = pipe.tokenizer
+    return {"class": type(tok).__name__, "files": files, "max_length": tok.model_max_length,
+            "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
+            "lowercase": True, "note": "CLIP BPE (vocab.json + merges.txt); pad to max_length with pad_id"}
+
+
+def export_component(spec: ComponentSpec, target: str, precision: str, bundle: Path, seed: int = 0) -> dict:
+    """Export one component to ``bundle`` and check it; returns its manifest file entry."""
+    mod = get_target(target)
+    path = bundle / file_name(spec.name, target, precision, mod.EXT)
+    t0 = time.time()
+    facts = mod.export(spec, path, precision)
+    seconds = time.time() - t0
+    inputs = spec.example_inputs(seed)
+    with torch.no_grad():
+        reference = tuple(spec.module(*inputs))
+    parity = mod.validate(spec, path, precision, inputs, reference)
+    return {"target": target, "precision": precision, "path": path.name, "sha256": sha256_path(path),
+            "size_bytes": size_bytes(path), "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
+
+
+def export_bundle(model, target: str, out: Path, height: int | None = None, width: int | None = None,
+                  precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
+                  guidance: float = 5.0, force: bool = False, progress: Callable[[str], None] | None = None,
+                  source: str = "") -> Path:
+    """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring."""
+    from mobilediff.benchmarking import library_versions, tree_sha256
+
+    targets = parse_targets(target)
+    if precision not in PRECISIONS:
+        raise MobilediffError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if fused_steps is not None:
+        if fused_steps < 1 or fused_steps > 16:
+            raise MobilediffError(f"--fused-steps must be between 1 and 16, got {fused_steps}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
+    pipe = model
+    check_supported(pipe)
+    geometry = latent_geometry(pipe, height, width)
+    specs = declare(pipe, geometry)
+    say = progress or (lambda msg: None)
+    with atomic_dir(out, force=force) as tmp:
+        components: dict[str, dict] = {}
+        for name, spec in specs.items():
+            files = []
+            for tgt in targets:
+                say(f"{name} -> {tgt} ({precision})")
+                files.append(export_component(spec, tgt, precision, tmp))
+            components[name] = {**spec.to_dict(), "files": files}
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": {"model": source, "pipeline_class": type(pipe).__name__,
+                       "weights_sha256": _source_hash(pipe, tree_sha256)},
+            "versions": library_versions(),
+            "geometry": geometry,
+            "prediction_type": pipe.scheduler.config.prediction_type,
+            "tokenizer": _tokenizer_record(pipe, tmp),
+            "components": components,
+            "samplers": sampler_tables(pipe),
+            "guidance": guidance_record(pipe, guidance),
+            "quantization": None,
+        }
+        if fused_steps is not None:
+            from mobilediff.fused import export_fused
+
+            manifest["fused"] = export_fused(pipe, geometry, [t for t in targets if t in FUSED_TARGETS], precision,
+                                             fused_steps, fused_sampler, guidance, tmp, say)
+        atomic_write_json(tmp / MANIFEST, manifest)  # last: a bundle without a manifest is not a bundle
+    return out
+
+
+def _source_hash(pipe, tree_sha256) -> str | None:
+    path = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
+    if path and Path(path).is_dir():
+        return tree_sha256(Path(path))
+    return None

@@ -1,0 +1,104 @@
+"""`--fused-steps N`: one program holding text embedding, N unrolled denoiser steps and the VAE decode.
+
+For students with a fixed small step count, one call per image: no per-step dispatch, no app-side sampler.
+The sampler table's coefficients become constants of the graph; the unconditional text embedding (the
+empty prompt) is computed once at export and stored as a constant. Inputs: token ids, the initial noise,
+the guidance scale, and (for samplers that re-noise, e.g. LCM) the noise of every step.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mobilediff.components import ComponentSpec, TensorSpec
+from mobilediff.errors import MobilediffError
+
+
+class FusedSampler(torch.nn.Module):
+    def __init__(self, pipe, table: dict, geometry: dict):
+        super().__init__()
+        self.text_encoder, self.unet, self.vae = pipe.text_encoder, pipe.unet, pipe.vae
+        self.table = table
+        self.geometry = geometry
+        self.cond_dim = pipe.unet.config.time_cond_proj_dim
+        self.noisy = any(c != 0.0 for c in table["noise_coef"])
+        tok = pipe.tokenizer
+        ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        with torch.no_grad():
+            self.register_buffer("uncond", pipe.text_encoder(ids).last_hidden_state.detach().clone())
+
+    def _guidance_embedding(self, scale: torch.Tensor) -> torch.Tensor:
+        dim = self.cond_dim
+        half = dim // 2
+        freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+        emb = (scale - 1.0).reshape(-1, 1) * 1000.0 * freq[None, :]
+        emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+        if dim % 2 == 1:
+            emb = torch.nn.functional.pad(emb, (0, 1))
+        return emb
+
+    def forward(self, input_ids, noise, guidance_scale, fresh_noise=None):
+        tb = self.table
+        text = self.text_encoder(input_ids.to(torch.long)).last_hidden_state
+        x = noise * tb["init_noise_sigma"]
+        latents, outputs = [], []
+        emb = self._guidance_embedding(guidance_scale) if self.cond_dim else None
+        for i in range(tb["steps"]):
+            latents.insert(0, x)
+            xin = x * tb["input_scale"][i]
+            if emb is not None:
+                t = torch.full((1,), tb["timesteps"][i])
+                out = self.unet(xin, t, encoder_hidden_states=text, timestep_cond=emb, return_dict=False)[0]
+            else:
+                t = torch.full((2,), tb["timesteps"][i])
+                both = self.unet(torch.cat([xin, xin]), t, encoder_hidden_states=torch.cat([self.uncond, text]),
+                                 return_dict=False)[0]
+                uncond, cond = both.chunk(2)
+                out = uncond + guidance_scale.reshape(1, 1, 1, 1) * (cond - uncond)
+            outputs.insert(0, out)
+            nxt = sum(c * latents[k] for k, c in enumerate(tb["latent_coef"][i]))
+            nxt = nxt + sum(c * outputs[k] for k, c in enumerate(tb["output_coef"][i]))
+            if tb["noise_coef"][i] != 0.0:
+                nxt = nxt + tb["noise_coef"][i] * fresh_noise[i:i + 1]
+            x = nxt
+        z = x / self.geometry["scaling_factor"] + self.geometry.get("shift_factor", 0.0)
+        return (self.vae.decode(z, return_dict=False)[0].clamp(-1, 1),)
+
+
+def fused_spec(pipe, table: dict, geometry: dict, name: str) -> ComponentSpec:
+    module = FusedSampler(pipe, table, geometry).eval()
+    c, h, w = geometry["latent_channels"], geometry["latent_height"], geometry["latent_width"]
+    length = pipe.tokenizer.model_max_length
+    inputs = [TensorSpec("input_ids", (1, length), "int32", "CLIP token ids of the prompt"),
+              TensorSpec("noise", (1, c, h, w), "float32", "initial N(0, I) latent noise"),
+              TensorSpec("guidance_scale", (1,), "float32", "guidance scale")]
+    if module.noisy:
+        inputs.append(TensorSpec("fresh_noise", (table["steps"], c, h, w), "float32",
+                                 "N(0, I) noise of every step (row i re-noises step i)"))
+    outputs = (TensorSpec("image", (1, 3, geometry["height"], geometry["width"]), "float32", "RGB image in [-1, 1]"),)
+    return ComponentSpec(name, module, tuple(inputs), outputs, {}, "FusedSampler")
+
+
+def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,
+                 guidance: float, bundle: Path, say: Callable[[str], None]) -> dict:
+    from mobilediff.exporter import export_component, sampler_tables
+
+    sampler = sampler or ("lcm" if pipe.unet.config.time_cond_proj_dim else "ddim")
+    tables = [t for t in sampler_tables(pipe) if t["name"] == sampler and t["steps"] == steps]
+    if not tables:
+        from mobilediff.sampler_table import sampler_table
+        from mobilediff.sampling import make_scheduler
+
+        tables = [{"name": sampler, **sampler_table(make_scheduler(sampler, pipe.scheduler.config), steps).to_dict()}]
+    if not targets:
+        raise MobilediffError("--fused-steps needs an onnx or executorch target")
+    spec = fused_spec(pipe, tables[0], geometry, f"fused{steps}")
+    files = []
+    for tgt in targets:
+        say(f"{spec.name} -> {tgt} ({precision})")
+        files.append(export_component(spec, tgt, precision, bundle))
+    return {"name": spec.name, "steps": steps, "sampler": sampler, "default_guidance": guidance,
+            "table": tables[0], **spec.to_dict(), "files": files}

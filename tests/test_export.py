@@ -1,0 +1,203 @@
+"""Export to ONNX and ExecuTorch bundles on tiny random pipelines: parity, manifest, generate --bundle, bad input."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import error_lines, run_cli
+from mobilediff.bundle import read_manifest
+from mobilediff.components import declare, latent_geometry
+from mobilediff.errors import MobilediffError
+from mobilediff.exporter import export_bundle, export_component
+from mobilediff.parity import psnr
+from mobilediff.runtimes import BundleRunner
+from mobilediff.sampling import generate
+from mobilediff.tiny import tiny_pipeline, tiny_variant_pipeline
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def bundle(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    return export_bundle(pipe, "onnx", out, fused_steps=2, source="tiny")
+
+
+@pytest.fixture(scope="module")
+def et_bundle(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny_et"
+    return export_bundle(pipe, "executorch", out, source="tiny")
+
+
+def test_manifest_describes_every_file_and_io(bundle):
+    m = read_manifest(bundle)
+    assert m["format_version"] == 1 and m["quantization"] is None
+    assert set(m["components"]) == {"text_encoder", "unet", "vae_decoder"}
+    unet = m["components"]["unet"]
+    assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet["inputs"][0]["shape"] == ["batch", 4, 16, 16] and unet["dims"] == {"batch": 2}
+    for comp in m["components"].values():
+        for f in comp["files"]:
+            assert f["path"] == f"{f['path'].split('_onnx_')[0]}_onnx_fp32.onnx"
+            assert (bundle / f["path"]).stat().st_size == f["size_bytes"]
+            assert f["parity"]["psnr_db"] >= 60 and f["parity"]["checker"].startswith("onnx.checker")
+    geo = m["geometry"]
+    assert (geo["height"], geo["latent_height"], geo["latent_channels"]) == (32, 16, 4)
+    assert m["tokenizer"]["max_length"] == 32 and "tokenizer/vocab.json" in m["tokenizer"]["files"]
+    assert {(t["name"], t["steps"]) for t in m["samplers"]} >= {("ddim", 50), ("dpmpp", 4), ("euler", 1)}
+    assert m["guidance"]["type"] == "classifier_free"
+    assert m["fused"]["steps"] == 2 and m["fused"]["files"][0]["parity"]["psnr_db"] >= 60
+    assert not list(bundle.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("dpmpp", 2)])
+def test_generate_from_onnx_bundle_matches_pytorch(pipe, bundle, sampler, steps):
+    runner = BundleRunner(bundle, "onnx")
+    got = runner.generate("a red circle at the top", 7, steps, sampler, 4.0)
+    ref = generate(pipe, ["a red circle at the top"], [7], steps, sampler, 4.0)
+    assert psnr(got, ref) >= 40
+
+
+def test_generate_from_executorch_bundle_matches_pytorch(pipe, et_bundle):
+    m = read_manifest(et_bundle)
+    facts = m["components"]["unet"]["files"][0]["export"]
+    assert facts["backend"] == "XNNPACK" and facts["delegated_nodes"] > 0
+    runner = BundleRunner(et_bundle, "executorch")
+    got = runner.generate("a blue square", 3, 4, "ddim", 4.0)
+    ref = generate(pipe, ["a blue square"], [3], 4, "ddim", 4.0)
+    assert psnr(got, ref) >= 40
+    # guidance 1 runs a single row through the static batch-2 graph
+    assert psnr(runner.generate("a blue square", 3, 2, "ddim", 1.0),
+                generate(pipe, ["a blue square"], [3], 2, "ddim", 1.0)) >= 40
+
+
+def test_fused_program_equals_the_step_by_step_bundle(bundle):
+    import numpy as np
+    import onnxruntime as ort
+
+    m = read_manifest(bundle)
+    runner = BundleRunner(bundle, "onnx")
+    sess = ort.InferenceSession(str(bundle / m["fused"]["files"][0]["path"]), providers=["CPUExecutionProvider"])
+    ids = runner.tokenizer(["a green triangle"], padding="max_length", max_length=32, return_tensors="np").input_ids
+    noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    image = sess.run(["image"], {"input_ids": ids.astype(np.int32), "noise": noise.numpy(),
+                                 "guidance_scale": np.array([3.0], dtype=np.float32)})[0]
+    ref = runner.generate("a green triangle", 5, 2, "ddim", 3.0)
+    assert psnr(torch.from_numpy(image), ref) >= 60
+
+
+@pytest.mark.parametrize("variant", ["sd2", "lcm"])
+def test_sd_family_variants_export_and_match(variant, tmp_path):
+    vpipe = tiny_variant_pipeline(variant)
+    specs = declare(vpipe, latent_geometry(vpipe))
+    for name, spec in specs.items():
+        entry = export_component(spec, "onnx", "fp32", tmp_path)
+        assert entry["parity"]["psnr_db"] >= 60, name
+    if variant == "lcm":
+        assert [i.name for i in specs["unet"].inputs][-1] == "timestep_cond" and specs["unet"].dims["batch"] == 1
+        entry = export_component(specs["unet"], "executorch", "fp32", tmp_path)
+        assert entry["parity"]["psnr_db"] >= 60
+
+
+def test_lcm_student_bundle_generates_like_pytorch(tmp_path):
+    vpipe = tiny_variant_pipeline("lcm")
+    out = export_bundle(vpipe, "onnx", tmp_path / "b")
+    m = read_manifest(out)
+    assert m["guidance"]["type"] == "embedding" and {t["name"] for t in m["samplers"]} == {"lcm"}
+    got = BundleRunner(out, "onnx").generate("a red circle", 2, 4, "lcm", 3.0)
+    ref = generate(vpipe, ["a red circle"], [2], 4, "lcm", 3.0)
+    assert psnr(got, ref) >= 40
+
+
+def test_fp16_export_keeps_float32_io_and_close_outputs(pipe, tmp_path):
+    spec = declare(pipe, latent_geometry(pipe))["unet"]
+    entry = export_component(spec, "onnx", "fp16", tmp_path)
+    assert entry["path"] == "unet_onnx_fp16.onnx" and entry["parity"]["psnr_db"] >= 30
+
+
+# ---- bad input: one line, non-zero exit, nothing left behind ----------------------------------------------
+
+
+def test_unknown_target_is_refused(tmp_path):
+    code, _, stderr = run_cli("export", "--target", "tflite", "--out", tmp_path / "b")
+    assert code == 2 and error_lines(stderr) == ["error: unknown target 'tflite'; choose one of: onnx, executorch, coreml, all"]
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_output_without_force_is_refused(tmp_path):
+    (tmp_path / "b").mkdir()
+    code, _, stderr = run_cli("export", "--target", "onnx", "--out", tmp_path / "b")
+    assert code == 2 and error_lines(stderr) == [
+        f"error: output directory {tmp_path / 'b'} already exists (pass --force to replace it)"]
+
+
+def test_unsupported_denoiser_class_is_refused(pipe, tmp_path):
+    from diffusers import UNet2DModel
+
+    odd = tiny_pipeline(seed=0)
+    odd.unet = UNet2DModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 8),
+                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                           norm_num_groups=4)
+    with pytest.raises(MobilediffError, match="^unsupported unet class UNet2DModel: export supports UNet2DConditionModel$"):
+        export_bundle(odd, "onnx", tmp_path / "b")
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
+
+
+def test_tampered_file_is_refused_by_its_sha256(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    f = copy / "unet_onnx_fp32.onnx"
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(MobilediffError, match="does not match its sha256"):
+        BundleRunner(copy, "onnx")
+
+
+def test_future_manifest_version_is_refused(bundle, tmp_path, tiny_pipeline_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(m))
+    code, _, stderr = run_cli("generate", "--bundle", copy, "--prompt", "a red circle", "--steps", 4,
+                              "--out", tmp_path / "x.png")
+    assert code == 2 and error_lines(stderr) == [
+        f"error: {copy / 'manifest.json'} has format version 99; this mobilediff reads versions 1..1 "
+        "(upgrade mobilediff to read newer bundles)"]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_interrupted_export_leaves_no_manifest_and_no_bundle(pipe, tmp_path, monkeypatch):
+    import mobilediff.exporter as exporter
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporter, "sampler_tables", boom)  # after every component file is written
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(pipe, "onnx", tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    assert not list(tmp_path.rglob("manifest.json")) and not list(tmp_path.rglob("*.onnx"))
+
+
+def test_cli_export_and_generate_from_bundle(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "b"
+    code, stdout, stderr = run_cli("export", "--model", tiny_pipeline_dir, "--target", "onnx", "--out", out)
+    assert code == 0, stderr
+    assert "bundle written to" in stdout and (out / "manifest.json").is_file()
+    code, stdout, stderr = run_cli("generate", "--bundle", out, "--runtime", "onnx", "--prompt", "a red circle",
+                                   "--seed", 1, "--seed", 2, "--steps", 2, "--out", tmp_path / "g.png")
+    assert code == 0, stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size == ((2 * (32 + 2) + 2) * 4, (32 + 2 + 2) * 4)  # 2 seeds, 2 px pads, x4
+    code, _, stderr = run_cli("generate", "--bundle", out, "--prompt", "a red circle", "--steps", 3,
+                              "--out", tmp_path / "h.png")
+    assert code == 2 and error_lines(stderr)[0].startswith("error: bundle has no ddim table for 3 steps")
