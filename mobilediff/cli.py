@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=6e-4, show_default=True, help="Peak learning rate of the denoiser stage.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True, help="Save a checkpoint every K steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order, noise and initialisation.")
-@click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True, help="Autocast precision of the forward pass.")
+@click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the forward pass.")
 @click.option("--text-aux-weight", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Weight of the auxiliary caption-parsing loss on the text encoder (0 disables it).")
 @click.option("--min-snr-gamma", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Min-SNR-gamma loss weighting (0: plain v-prediction loss).")
 @click.option("--object-weight", type=click.FloatRange(min=0), default=4.0, show_default=True, help="Extra denoiser-loss weight on latent pixels covered by shapes.")
