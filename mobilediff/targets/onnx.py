@@ -36,11 +36,13 @@ def export(spec, path: Path, precision: str) -> dict:
     module = spec.module
     # torch.export specialises dimensions whose example size is 1: trace named dimensions at size 2
     inputs = spec.example_inputs(dims={d: 2 for d in spec.dynamic_names()})
+    dynamic = _dynamic_shapes(spec)
     if precision == "fp16":
         module = Fp16IO(module)
+        dynamic = {"args": dynamic}  # Fp16IO.forward(*args): torch.export sees one varargs entry
     with torch.no_grad():
         program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
-                                    dynamic_shapes=_dynamic_shapes(spec), dynamo=True, external_data=False,
+                                    dynamic_shapes=dynamic, dynamo=True, external_data=False,
                                     opset_version=OPSET, optimize=True, verbose=False)
     del program
     model = onnx.load(str(path))
