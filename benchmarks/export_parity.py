@@ -10,7 +10,6 @@ images >= 40 dB. Core ML is checked structurally here (coremltools cannot predic
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -37,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
-    ap.add_argument("--fused-steps", type=int, default=4)
+    ap.add_argument("--fused-steps", type=int, default=4, help="also export and check a fused N-step program (0: skip)")
     args = ap.parse_args()
 
     from mobilediff.benchmarking import library_versions, machine_info, tree_sha256
@@ -54,11 +53,13 @@ def main() -> None:
     rows, e2e = [], []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
-        bundle = export_bundle(pipe, "all", Path(tmp) / "bundle", fused_steps=args.fused_steps,
+        bundle = export_bundle(pipe, "all", Path(tmp) / "bundle", fused_steps=args.fused_steps or None,
                                progress=lambda m: print("export", m, flush=True), source=str(resolve_model(args.model)))
         export_seconds = time.time() - t0
         m = read_manifest(bundle)
-        sections = [(name, c) for name, c in m["components"].items()] + [(m["fused"]["name"], m["fused"])]
+        sections = [(name, c) for name, c in m["components"].items()]
+        if "fused" in m:
+            sections.append((m["fused"]["name"], m["fused"]))
         for name, comp in sections:
             for f in comp["files"]:
                 p = f["parity"]
