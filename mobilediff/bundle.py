@@ -42,18 +42,22 @@ def size_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def guidance_embedding(scale: float, dim: int) -> list[float]:
-    """diffusers' guidance-scale embedding (LCM): w = (scale - 1) * 1000, sinusoidal over ``dim`` features."""
+def guidance_embedding_tensor(scale, dim: int):
+    """diffusers' guidance-scale embedding (LCM): w = (scale - 1) * 1000, sinusoidal over ``dim`` features.
+    ``scale`` is a (B,) tensor; traceable, so the fused graph uses it too."""
     import torch
 
-    w = torch.tensor([(scale - 1.0) * 1000.0])
     half = dim // 2
     freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
-    emb = w[:, None] * freq[None, :]
+    emb = (scale - 1.0).reshape(-1, 1) * 1000.0 * freq[None, :]
     emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
-    if dim % 2 == 1:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb[0].tolist()
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 == 1 else emb
+
+
+def guidance_embedding(scale: float, dim: int) -> list[float]:
+    import torch
+
+    return guidance_embedding_tensor(torch.tensor([float(scale)]), dim)[0].tolist()
 
 
 def guidance_record(pipe, default_scale: float) -> dict:

@@ -89,8 +89,6 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
         if fused_steps < 1 or fused_steps > 16:
             raise MobilediffError(f"--fused-steps must be between 1 and 16, got {fused_steps}")
     out = Path(out)
-    if out.exists() and not force:
-        raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
     pipe = model
     check_supported(pipe)
     geometry = latent_geometry(pipe, height, width)

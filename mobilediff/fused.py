@@ -7,12 +7,12 @@ the guidance scale, and (for samplers that re-noise, e.g. LCM) the noise of ever
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from mobilediff.bundle import guidance_embedding_tensor
 from mobilediff.components import ComponentSpec, TensorSpec
 from mobilediff.errors import MobilediffError
 
@@ -30,22 +30,12 @@ class FusedSampler(torch.nn.Module):
         with torch.no_grad():
             self.register_buffer("uncond", pipe.text_encoder(ids).last_hidden_state.detach().clone())
 
-    def _guidance_embedding(self, scale: torch.Tensor) -> torch.Tensor:
-        dim = self.cond_dim
-        half = dim // 2
-        freq = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
-        emb = (scale - 1.0).reshape(-1, 1) * 1000.0 * freq[None, :]
-        emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
-        if dim % 2 == 1:
-            emb = torch.nn.functional.pad(emb, (0, 1))
-        return emb
-
     def forward(self, input_ids, noise, guidance_scale, fresh_noise=None):
         tb = self.table
         text = self.text_encoder(input_ids.to(torch.long)).last_hidden_state
         x = noise * tb["init_noise_sigma"]
         latents, outputs = [], []
-        emb = self._guidance_embedding(guidance_scale) if self.cond_dim else None
+        emb = guidance_embedding_tensor(guidance_scale, self.cond_dim) if self.cond_dim else None
         for i in range(tb["steps"]):
             latents.insert(0, x)
             xin = x * tb["input_scale"][i]
@@ -84,15 +74,12 @@ def fused_spec(pipe, table: dict, geometry: dict, name: str) -> ComponentSpec:
 
 def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,
                  guidance: float, bundle: Path, say: Callable[[str], None]) -> dict:
-    from mobilediff.exporter import export_component, sampler_tables
+    from mobilediff.exporter import export_component
+    from mobilediff.sampler_table import sampler_table
+    from mobilediff.sampling import make_scheduler
 
     sampler = sampler or ("lcm" if pipe.unet.config.time_cond_proj_dim else "ddim")
-    tables = [t for t in sampler_tables(pipe) if t["name"] == sampler and t["steps"] == steps]
-    if not tables:
-        from mobilediff.sampler_table import sampler_table
-        from mobilediff.sampling import make_scheduler
-
-        tables = [{"name": sampler, **sampler_table(make_scheduler(sampler, pipe.scheduler.config), steps).to_dict()}]
+    tables = [{"name": sampler, **sampler_table(make_scheduler(sampler, pipe.scheduler.config), steps).to_dict()}]
     if not targets:
         raise MobilediffError("--fused-steps needs an onnx or executorch target")
     spec = fused_spec(pipe, tables[0], geometry, f"fused{steps}")

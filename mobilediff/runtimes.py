@@ -65,6 +65,7 @@ class BundleRunner:
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest["geometry"]
         self.guidance = self.manifest["guidance"]
+        self._uncond: torch.Tensor | None = None
 
     def _tokenizer(self):
         from transformers import CLIPTokenizer
@@ -116,7 +117,9 @@ class BundleRunner:
         else:
             do_cfg = scale > 1.0
             if do_cfg:
-                text = torch.cat([self.encode(""), text])
+                if self._uncond is None:
+                    self._uncond = self.encode("")
+                text = torch.cat([self._uncond, text])
 
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
             if do_cfg:
