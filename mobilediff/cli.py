@@ -84,6 +84,35 @@ def train_evaluator_cmd(out, steps, batch_size, seed):
     click.echo(json.dumps(metrics, indent=2))
 
 
+@cli.command("distill")
+@click.option("--teacher", default="default", show_default=True, help="Teacher pipeline folder (diffusers format) or 'default'.")
+@click.option("--method", type=click.Choice(["lcm", "progressive"]), required=True, help="Latent consistency distillation or progressive (halving) distillation.")
+@click.option("--steps", type=int, required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm) or OUT/steps-N (progressive).")
+@click.option("--max-train-steps", type=int, default=1000, show_default=True, help="lcm: optimizer steps; progressive: optimizer steps per halving round.")
+@click.option("--teacher-steps", type=int, default=16, show_default=True, help="progressive: the teacher's DDIM step count the first round halves.")
+@click.option("--guidance", type=float, default=3.5, show_default=True, help="progressive: guidance scale of the teacher's target; lcm: the student's default guidance.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Peak learning rate.")
+@click.option("--latent-cache", type=int, default=8192, show_default=True, help="Shapes-domain samples encoded once with the teacher's VAE.")
+@click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Save a checkpoint every K steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order and noise.")
+@click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the student's forward pass.")
+@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
+@click.option("--force", is_flag=True, help="Delete an existing OUT first.")
+def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
+                checkpoint_every, seed, mixed_precision, resume, force):
+    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher."""
+    from mobilediff.distill import DistillConfig, distill
+
+    cfg = DistillConfig(teacher=teacher, method=method, steps=steps, out=out, max_train_steps=max_train_steps,
+                        teacher_steps=teacher_steps, guidance=guidance, batch_size=batch_size, lr=lr,
+                        latent_cache=latent_cache, checkpoint_every=checkpoint_every, seed=seed,
+                        mixed_precision=mixed_precision)
+    for path in distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:])):
+        click.echo(f"student written to {path}")
+
+
 def _warn(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 

@@ -1,0 +1,189 @@
+"""`mobilediff distill` on a tiny random teacher: the target arithmetic against diffusers, two-step runs of each
+method, exact resume (also past a checkpoint cut off mid-save), NaN stops, and bad input."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import error_lines, run_cli
+from mobilediff.checkpoint import complete_checkpoints
+from mobilediff.distill import (DistillConfig, boundary_scalings, ddim_alpha_prev, ddim_step, ddim_timesteps, distill,
+                                make_lcm_student, progressive_rounds, to_x0_eps)
+from mobilediff.errors import MobilediffError
+
+
+def _cfg(teacher, out, method, **kw):
+    base = dict(teacher=str(teacher), method=method, steps=1 if method == "progressive" else 2, out=out,
+                max_train_steps=2, batch_size=4, latent_cache=16, checkpoint_every=1, teacher_steps=4, warmup_steps=1)
+    return DistillConfig(**{**base, **kw})
+
+
+def _unet(model_dir):
+    return load_file(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+
+    return DDIMScheduler.from_pretrained(str(DEFAULT_MODEL_DIR / "scheduler"))
+
+
+@pytest.mark.parametrize("pred", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_batched_ddim_step_equals_diffusers(pred, n):
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler.from_config(_scheduler().config, prediction_type=pred)
+    ts = ddim_timesteps(s, n)
+    s.set_timesteps(n)
+    g = torch.Generator().manual_seed(0)
+    for t in ts:
+        z, out = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+        want = s.step(out, int(t), z).prev_sample
+        tb = torch.full((3,), int(t))
+        x0, eps = to_x0_eps(out, z, s.alphas_cumprod[tb], pred)
+        torch.testing.assert_close(ddim_step(x0, eps, ddim_alpha_prev(s, tb, n)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_progressive_target_makes_one_student_step_land_on_the_teachers_two():
+    """If the student predicts the target x0, DDIMScheduler's single n-step update reaches the 2n-step result."""
+    s = _scheduler()
+    n = 4
+    ts = ddim_timesteps(s, n)
+    s.set_timesteps(n)
+    g = torch.Generator().manual_seed(1)
+    for t in ts:
+        tb = torch.full((2,), int(t))
+        z, z2 = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+        a_t, a_p = s.alphas_cumprod[tb].view(-1, 1, 1, 1), ddim_alpha_prev(s, tb, n).view(-1, 1, 1, 1)
+        ratio = ((1 - a_p) / (1 - a_t)).sqrt()
+        x_tgt = (z2 - ratio * z) / (a_p.sqrt() - ratio * a_t.sqrt())
+        v = a_t.sqrt() * z - x_tgt  # a v-prediction whose x0 is x_tgt: x0 = sqrt(a) z - sqrt(1-a) v
+        v = v / (1 - a_t).sqrt()
+        torch.testing.assert_close(s.step(v, int(t), z).prev_sample, z2, rtol=1e-4, atol=1e-4)
+
+
+def test_boundary_scalings_equal_lcm_scheduler():
+    from diffusers import LCMScheduler
+
+    s = LCMScheduler.from_config(_scheduler().config)
+    for t in (0, 19, 259, 999):
+        cs, co = boundary_scalings(torch.tensor([t]))
+        want = s.get_scalings_for_boundary_condition_discrete(t)
+        assert abs(cs.item() - want[0]) < 1e-7 and abs(co.item() - want[1]) < 1e-6
+
+
+def test_lcm_student_starts_as_the_teacher(tiny_pipeline_dir):
+    from diffusers import UNet2DConditionModel
+
+    teacher = UNet2DConditionModel.from_pretrained(str(tiny_pipeline_dir / "unet"))
+    student = make_lcm_student(teacher, 256)
+    assert student.config.time_cond_proj_dim == 256
+    z, ehs = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
+    t = torch.tensor([999, 19])
+    with torch.no_grad():
+        want = teacher(z, t, encoder_hidden_states=ehs).sample
+        got = student(z, t, encoder_hidden_states=ehs, timestep_cond=torch.randn(2, 256)).sample
+    torch.testing.assert_close(got, want)
+
+
+def test_progressive_rounds():
+    assert progressive_rounds(16, 1) == [8, 4, 2, 1]
+    assert progressive_rounds(16, 4) == [8, 4]
+    for bad in (16, 3, 0, 32):
+        with pytest.raises(MobilediffError, match="must be one of 8, 4, 2, 1"):
+            progressive_rounds(16, bad)
+
+
+@pytest.mark.parametrize("method", ["lcm", "progressive"])
+def test_two_step_cli_run_writes_students_that_sample(tiny_pipeline_dir, tmp_path, method):
+    out = tmp_path / method
+    extra = ["--steps", 2] if method == "lcm" else ["--steps", 1, "--teacher-steps", 4]
+    code, stdout, stderr = run_cli("distill", "--teacher", tiny_pipeline_dir, "--method", method, "--out", out,
+                                   "--max-train-steps", 2, "--batch-size", 4, "--latent-cache", 16, *extra)
+    assert code == 0, stderr
+    from mobilediff.loading import load_pipeline
+    from mobilediff.sampling import generate
+
+    students = [out / "model"] if method == "lcm" else [out / "steps-2", out / "steps-1"]
+    assert stdout.split() == [w for p in students for w in ("student", "written", "to", str(p))]
+    for path in students:
+        info = json.loads((path / "distillation.json").read_text())
+        assert info["method"] == method and info["stats"]["train_steps"] == 2
+        assert info["command"].startswith("mobilediff distill")
+        pipe = load_pipeline(path)
+        smp = info["sampling"]
+        if method == "lcm":
+            assert pipe.unet.config.time_cond_proj_dim == 256
+            assert type(pipe.scheduler).__name__ == "LCMScheduler"
+            assert pipe.scheduler.config.original_inference_steps == 50
+            assert json.loads((path / "model_index.json").read_text())["_class_name"] == "LatentConsistencyModelPipeline"
+        else:
+            assert smp == {"sampler": "ddim", "steps": int(path.name.split("-")[1]), "guidance": 1.0}
+            assert pipe.scheduler.config.timestep_spacing == "trailing"
+        images = generate(pipe, ["a red circle"], [0], smp["steps"], smp["sampler"], smp["guidance"])
+        assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+        # the teacher's tokenizer files travel as they are (for the default model: the CLIP BPE files the apps read)
+        assert sorted(p.name for p in (path / "tokenizer").iterdir()) == sorted(
+            p.name for p in (tiny_pipeline_dir / "tokenizer").iterdir())
+        assert not list(path.rglob("*.bin"))
+
+
+@pytest.mark.parametrize("method", ["lcm", "progressive"])
+def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_path, method):
+    """A NaN at global step 3 stops the run (for progressive: inside its second round) and leaves checkpoint 3
+    intact; a checkpoint cut off mid-save (no COMPLETE marker) is never resumed from; the resumed run ends with
+    the uninterrupted run's weights."""
+    kw = {"max_train_steps": 4} if method == "lcm" else {}
+    full = distill(_cfg(tiny_pipeline_dir, tmp_path / "full", method, **kw))[-1]
+    cut = tmp_path / "cut"
+    with pytest.raises(MobilediffError, match="non-finite loss at step 3"):
+        distill(_cfg(tiny_pipeline_dir, cut, method, inject_nan_at_step=3, **kw))
+    assert [c.step for c in complete_checkpoints(cut)] == [2, 3]
+    assert not (cut / "model").exists() and not (cut / "steps-1").exists()
+    # a later checkpoint whose save was cut off: the marker is missing
+    partial = cut / "checkpoints" / "checkpoint-0000009"
+    shutil.copytree(cut / "checkpoints" / "checkpoint-0000003", partial)
+    (partial / "COMPLETE").unlink()
+    resumed = distill(_cfg(tiny_pipeline_dir, cut, method, **kw), resume="latest")[-1]
+    a, b = _unet(full), _unet(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(MobilediffError, match="incomplete"):
+        distill(_cfg(tiny_pipeline_dir, cut, method, **kw), resume=str(partial))
+
+
+def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "out"
+    lcm_student = tmp_path / "student"
+    distill(_cfg(tiny_pipeline_dir, tmp_path / "s", "lcm", max_train_steps=1))
+    shutil.copytree(tmp_path / "s" / "model", lcm_student)
+    pickles = tmp_path / "pickles"
+    shutil.copytree(tiny_pipeline_dir, pickles)
+    for f in pickles.glob("unet/*.safetensors"):
+        f.rename(f.with_name("diffusion_pytorch_model.bin"))
+    cases = [
+        (["--teacher", tmp_path / "missing", "--method", "lcm", "--steps", 4], f"model directory not found: {tmp_path / 'missing'}"),
+        (["--teacher", lcm_student, "--method", "lcm", "--steps", 4], "already takes a guidance embedding"),
+        (["--teacher", pickles, "--method", "lcm", "--steps", 4], "holds only pickle weights"),
+        (["--teacher", tiny_pipeline_dir, "--method", "progressive", "--steps", 3],
+         "--steps must be one of 8, 4, 2, 1, got 3"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 0], "samples at 1..50 steps"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 51], "samples at 1..50 steps"),
+        (["--teacher", tiny_pipeline_dir, "--method", "dmd", "--steps", 1], "Invalid value for '--method'"),
+    ]
+    for args, msg in cases:
+        code, _, stderr = run_cli("distill", *args, "--out", out)
+        lines = error_lines(stderr)
+        assert code == 2 and len(lines) == 1 and msg in lines[0], (args, stderr)
+        assert not out.exists()
+    out.mkdir()
+    code, _, stderr = run_cli("distill", "--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--out", out)
+    assert code == 2 and error_lines(stderr) == [
+        f"error: output directory {out} already exists (pass --resume latest to continue, or --force)"]
+    assert list(out.iterdir()) == []
