@@ -47,6 +47,8 @@ def tree_sha256(folder: Path, pattern: str = "**/*.safetensors") -> str:
     h = hashlib.sha256()
     folder = Path(folder)
     for f in sorted(folder.glob(pattern)):
+        if not f.is_file():
+            continue
         h.update(str(f.relative_to(folder)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()

@@ -113,6 +113,29 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
         click.echo(f"student written to {path}")
 
 
+@cli.command("pack")
+@click.option("--model", required=True, help="Pipeline folder to pack (e.g. a distilled student).")
+@click.option("--base", default="default", show_default=True, help="Pipeline folder whose identical components are borrowed.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Packed pipeline folder to create.")
+@click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
+def pack_cmd(model, base, out, fp16):
+    """Store only what a pipeline does not share with a base (students of the embedded model)."""
+    from mobilediff.loading import pack_pipeline, resolve_model
+
+    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16))
+    click.echo(f"packed {out}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+
+
+def _sampling_defaults(model, steps, sampler, guidance):
+    """Fill unset --steps/--sampler/--guidance from a distilled student's distillation.json, else 50/ddim/5.0."""
+    from mobilediff.distill import student_defaults
+    from mobilediff.loading import resolve_model
+
+    d = (student_defaults(resolve_model(model)) if model is not None else None) or {}
+    return (steps if steps is not None else d.get("steps", 50), sampler or d.get("sampler", "ddim"),
+            guidance if guidance is not None else d.get("guidance", 5.0))
+
+
 def _warn(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 
@@ -121,9 +144,9 @@ def _warn(msg: str) -> None:
 @click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Text prompt; repeat for several (grid rows).")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
-@click.option("--steps", type=int, default=50, show_default=True, help="Denoising steps (>= 1).")
-@click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default="ddim", show_default=True, help="Sampler (a diffusers scheduler).")
-@click.option("--guidance", type=float, default=5.0, show_default=True, help="Classifier-free guidance scale (<= 1 disables it).")
+@click.option("--steps", type=int, default=None, help="Denoising steps (>= 1). Default: 50, or what a distilled student was made for.")
+@click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler (a diffusers scheduler). Default: ddim, or a student's own.")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (<= 1 disables it). Default: 5.0, or a student's own.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
@@ -138,6 +161,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 
     if out.suffix.lower() != ".png":
         raise MobilediffError(f"--out must be a .png file, got {out}")
+    steps, sampler, guidance = _sampling_defaults(None if bundle is not None else model, steps, sampler, guidance)
     validate_generation(steps, guidance, list(prompts), list(seeds))
     all_prompts = [p for p in prompts for _ in seeds]
     all_seeds = [s for _ in prompts for s in seeds]

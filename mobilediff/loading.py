@@ -6,22 +6,58 @@ header parses. Errors are MobilediffError with one line naming the file.
 """
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import struct
 from pathlib import Path
+
+import torch
 
 from mobilediff.errors import MobilediffError
 from mobilediff.io import PICKLE_SUFFIXES
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+DEFAULT_STUDENTS = Path(__file__).parent / "assets" / "students"
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
+SHARED_FILE = "shared_components.json"
+SHAREABLE = ("text_encoder", "tokenizer", "unet", "vae")
+# embedded models by name: the default model and its distilled students
+NAMED_MODELS = {"default": DEFAULT_MODEL_DIR, "default:lcm": DEFAULT_STUDENTS / "lcm",
+                **{f"default:progressive-{n}": DEFAULT_STUDENTS / "progressive" / f"steps-{n}" for n in (1, 2, 4, 8)}}
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """'default' or None -> the embedded default model; otherwise the given folder."""
-    if model is None or str(model) == "default":
+    """'default' or None -> the embedded default model; 'default:lcm', 'default:progressive-N' -> its embedded
+    students; otherwise the given folder."""
+    if model is None:
         return DEFAULT_MODEL_DIR
-    return Path(model)
+    return NAMED_MODELS.get(str(model), Path(model))
+
+
+def shared_components(path: Path) -> dict[str, Path]:
+    """Components a pipeline folder borrows from another one (``shared_components.json``: a base folder relative
+    to it, and the sha256 of each borrowed component's weights); checked, so a changed base is refused."""
+    from mobilediff.benchmarking import tree_sha256
+
+    f = Path(path) / SHARED_FILE
+    if not f.is_file():
+        return {}
+    try:
+        spec = json.loads(f.read_text())
+        base = (Path(path) / spec["base"]).resolve()
+        comps = dict(spec["components"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt {f}: {e}") from None
+    out = {}
+    for comp, sha in comps.items():
+        src = base / comp
+        if not src.is_dir():
+            raise MobilediffError(f"{path} borrows {comp} from {src}, which does not exist")
+        if sha is not None and tree_sha256(src, "**/*") != sha:
+            raise MobilediffError(f"{path} borrows {comp} from {src}, whose files changed since (sha256 mismatch)")
+        out[comp] = src
+    return out
 
 
 def check_safetensors_header(path: Path) -> None:
@@ -52,10 +88,11 @@ def check_pipeline_dir(path: Path) -> dict:
         index = json.loads(index_file.read_text())
     except json.JSONDecodeError as e:
         raise MobilediffError(f"corrupt {index_file}: {e}") from None
+    shared = shared_components(path)
     for comp in WEIGHTED_COMPONENTS:
         if comp not in index or index[comp] in (None, [None, None]):
             continue
-        cdir = path / comp
+        cdir = shared.get(comp, path / comp)
         if not cdir.is_dir():
             raise MobilediffError(f"missing component folder {cdir}")
         st = sorted(cdir.glob("*.safetensors"))
@@ -84,8 +121,75 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
     if scheduler is not None:
         kwargs["scheduler"] = scheduler
     try:
+        for comp, src in shared_components(path).items():
+            library, cls_name = index[comp]
+            cls = getattr(importlib.import_module(library), cls_name)
+            extra = {"use_safetensors": True} if comp in WEIGHTED_COMPONENTS else {}
+            kwargs[comp] = cls.from_pretrained(str(src), **extra)
         pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise MobilediffError(f"could not load pipeline from {path}: {str(e).splitlines()[0]}") from None
+    pipe.to(torch.float32)  # weights may be stored in fp16 (students); the reference computes in fp32
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pack_pipeline(model: Path, base: Path, out: Path, store_fp16: tuple[str, ...] = ()) -> dict:
+    """Write ``model`` to ``out`` keeping only what differs from ``base``: components whose config and tensors
+    equal the base's are borrowed from it (``shared_components.json``), and the weights of the components named in
+    ``store_fp16`` are stored in fp16 (loaded back in fp32). Returns {component: "shared" | "own" | "own, fp16"}."""
+    import shutil
+
+    from mobilediff.benchmarking import tree_sha256
+    from mobilediff.io import atomic_dir, atomic_write_json, load_tensors, save_tensors
+
+    model, base = Path(model), Path(base)
+    index = check_pipeline_dir(model)
+    check_pipeline_dir(base)
+    if shared_components(model):
+        raise MobilediffError(f"{model} already borrows components; pack its full form")
+    report, shared = {}, {}
+    with atomic_dir(out) as tmp:
+        for item in sorted(model.iterdir()):
+            comp = item.name
+            if not item.is_dir():
+                shutil.copy2(item, tmp / comp)
+                continue
+            if comp in SHAREABLE and (base / comp).is_dir() and _same_component(item, base / comp):
+                shared[comp] = tree_sha256(base / comp, "**/*")
+                report[comp] = "shared"
+                continue
+            shutil.copytree(item, tmp / comp)
+            report[comp] = "own"
+            if comp in store_fp16:
+                for f in (tmp / comp).glob("*.safetensors"):
+                    save_tensors({k: v.half() if v.is_floating_point() else v for k, v in load_tensors(f).items()}, f,
+                                 metadata={"format": "pt"})
+                report[comp] = "own, fp16"
+        if shared:
+            rel = os.path.relpath(base.resolve(), Path(out).resolve())
+            atomic_write_json(tmp / SHARED_FILE, {"base": rel, "components": shared})
+    return report
+
+
+def _same_component(a: Path, b: Path) -> bool:
+    """Same files, same JSON configs (ignoring version stamps), same tensors."""
+    from mobilediff.io import load_tensors
+
+    names = sorted(p.name for p in a.iterdir())
+    if names != sorted(p.name for p in b.iterdir()):
+        return False
+    for n in names:
+        fa, fb = a / n, b / n
+        if n.endswith(".safetensors"):
+            ta, tb = load_tensors(fa), load_tensors(fb)
+            if ta.keys() != tb.keys() or any(not torch.equal(ta[k], tb[k]) for k in ta):
+                return False
+        elif n.endswith(".json") and n != "tokenizer.json":
+            ja, jb = (json.loads(f.read_text()) for f in (fa, fb))
+            strip = ("_diffusers_version", "transformers_version", "_name_or_path")
+            if {k: v for k, v in ja.items() if k not in strip} != {k: v for k, v in jb.items() if k not in strip}:
+                return False
+        elif fa.read_bytes() != fb.read_bytes():
+            return False
+    return True

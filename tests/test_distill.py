@@ -187,3 +187,27 @@ def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path):
     assert code == 2 and error_lines(stderr) == [
         f"error: output directory {out} already exists (pass --resume latest to continue, or --force)"]
     assert list(out.iterdir()) == []
+
+
+def test_packed_student_borrows_unchanged_components(tiny_pipeline_dir, tmp_path):
+    """A packed student stores only its UNet (fp16) and scheduler, loads like the full one, and is refused once the
+    base's borrowed files change."""
+    from mobilediff.loading import load_pipeline
+    from mobilediff.sampling import generate
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_pipeline_dir, teacher)
+    full = distill(_cfg(teacher, tmp_path / "run", "lcm", max_train_steps=1))[0]
+    packed = tmp_path / "packed"
+    code, stdout, stderr = run_cli("pack", "--model", full, "--base", teacher, "--out", packed, "--fp16", "unet")
+    assert code == 0, stderr
+    assert "text_encoder shared" in stdout and "vae shared" in stdout and "unet own, fp16" in stdout
+    assert sorted(p.name for p in packed.iterdir() if p.is_dir()) == ["scheduler", "unet"]
+    a = generate(load_pipeline(full), ["a red circle"], [0], 2, "lcm", 3.5)
+    b = generate(load_pipeline(packed), ["a red circle"], [0], 2, "lcm", 3.5)
+    assert (a - b).abs().max() < 2e-2  # fp16 storage of the UNet weights only
+    (teacher / "vae" / "config.json").write_text((teacher / "vae" / "config.json").read_text() + " ")
+    code, _, stderr = run_cli("generate", "--model", packed, "--prompt", "a red circle", "--steps", 1,
+                              "--sampler", "lcm", "--out", tmp_path / "x.png")
+    assert code == 2 and len(error_lines(stderr)) == 1 and "whose files changed since" in error_lines(stderr)[0]
+    assert not (tmp_path / "x.png").exists()
