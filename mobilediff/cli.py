@@ -206,8 +206,9 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
 @click.option("--fused-sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=float, default=5.0, show_default=True, help="Default guidance scale recorded in the manifest.")
+@click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
-def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force):
+def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     from mobilediff.exporter import export_bundle, parse_targets
     from mobilediff.loading import load_pipeline, resolve_model
@@ -217,9 +218,18 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
     if fused_steps is not None and not 1 <= fused_steps <= 16:
         raise MobilediffError(f"--fused-steps must be between 1 and 16, got {fused_steps}")
+    if quantize is not None:
+        from mobilediff.quantize import get_recipe
+
+        for t in parse_targets(target):
+            get_recipe(t, quantize)
+    from mobilediff.distill import student_defaults
+
+    sampling = student_defaults(resolve_model(model))
     pipe = load_pipeline(model)
     path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
-                         progress=lambda m: click.echo(f"export {m}", err=True), source=str(resolve_model(model)))
+                         progress=lambda m: click.echo(f"export {m}", err=True), source=str(resolve_model(model)),
+                         quantize=quantize, calibration_sampling=sampling)
     click.echo(f"bundle written to {path}")
 
 

@@ -60,25 +60,43 @@ def _tokenizer_record(pipe, bundle: Path) -> dict:
             "lowercase": True, "note": "CLIP BPE (vocab.json + merges.txt); pad to max_length with pad_id"}
 
 
-def export_component(spec: ComponentSpec, target: str, precision: str, bundle: Path, seed: int = 0) -> dict:
-    """Export one component to ``bundle`` and check it; returns its manifest file entry."""
+def export_component(spec: ComponentSpec, target: str, precision: str, bundle: Path, seed: int = 0,
+                     recipe=None, calibration=None) -> dict:
+    """Export one component to ``bundle`` and check it; returns its manifest file entry. With a quantization
+    ``recipe`` that covers this component, the graph is quantized and checked against the float component at
+    the quantized floor (mobilediff.parity)."""
     mod = get_target(target)
-    path = bundle / file_name(spec.name, target, precision, mod.EXT)
+    quantized = recipe is not None and spec.name in recipe.components
+    tag = recipe.name if quantized else precision
+    path = bundle / file_name(spec.name, target, tag, mod.EXT)
     t0 = time.time()
-    facts = mod.export(spec, path, precision)
+    if quantized:
+        from mobilediff.quantize import export_quantized
+
+        facts, check_at = export_quantized(mod, target, spec, path, recipe, precision, calibration)
+    else:
+        facts, check_at = mod.export(spec, path, precision), precision
     seconds = time.time() - t0
     inputs = spec.example_inputs(seed)
+    if quantized and recipe.calibrated:
+        inputs = calibration.batches(spec.name)[0]  # a real input: random tensors miss the calibrated ranges
+        if target == "executorch":
+            from mobilediff.quantize import _static_rows
+
+            inputs = _static_rows(spec, calibration.batches(spec.name))[0]
     with torch.no_grad():
         reference = tuple(spec.module(*inputs))
-    parity = mod.validate(spec, path, precision, inputs, reference)
-    return {"target": target, "precision": precision, "path": path.name, "sha256": sha256_path(path),
-            "size_bytes": size_bytes(path), "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
+    parity = mod.validate(spec, path, check_at, inputs, reference)
+    return {"target": target, "precision": precision, "quantization": tag if quantized else None, "path": path.name,
+            "sha256": sha256_path(path), "size_bytes": size_bytes(path), "export_seconds": round(seconds, 2),
+            "export": facts, "parity": parity}
 
 
 def export_bundle(model, target: str, out: Path, height: int | None = None, width: int | None = None,
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float = 5.0, force: bool = False, progress: Callable[[str], None] | None = None,
-                  source: str = "") -> Path:
+                  source: str = "", quantize: str | None = None, calibration_sampling: dict | None = None,
+                  calibration_prompts: int = 32, calibration_rows: int = 64) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring."""
     from mobilediff.benchmarking import library_versions, tree_sha256
 
@@ -91,16 +109,31 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
     out = Path(out)
     pipe = model
     check_supported(pipe)
+    recipes = {}
+    if quantize is not None:
+        from mobilediff.quantize import get_recipe
+
+        recipes = {t: get_recipe(t, quantize) for t in targets}  # an unknown recipe lists the valid ones
     geometry = latent_geometry(pipe, height, width)
     specs = declare(pipe, geometry)
     say = progress or (lambda msg: None)
+    calibration = None
+    if any(r.calibrated for r in recipes.values()):
+        from mobilediff.calibration import calibration_prompts as prompts_for, record_calibration
+
+        smp = {"sampler": "ddim", "steps": 8, "guidance": guidance, **(calibration_sampling or {})}
+        say(f"calibration: {calibration_prompts} prompts, {smp['sampler']} {smp['steps']} steps, guidance "
+            f"{smp['guidance']}, at most {calibration_rows} rows per component")
+        calibration = record_calibration(pipe, prompts_for(calibration_prompts), smp["steps"], smp["sampler"],
+                                         smp["guidance"], max_rows=calibration_rows)
     with atomic_dir(out, force=force) as tmp:
         components: dict[str, dict] = {}
         for name, spec in specs.items():
             files = []
             for tgt in targets:
-                say(f"{name} -> {tgt} ({precision})")
-                files.append(export_component(spec, tgt, precision, tmp))
+                r = recipes.get(tgt)
+                say(f"{name} -> {tgt} ({r.name if r and name in r.components else precision})")
+                files.append(export_component(spec, tgt, precision, tmp, recipe=r, calibration=calibration))
             components[name] = {**spec.to_dict(), "files": files}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -114,7 +147,9 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
             "components": components,
             "samplers": sampler_tables(pipe),
             "guidance": guidance_record(pipe, guidance),
-            "quantization": None,
+            "quantization": None if not recipes else {
+                "recipe": quantize, "per_target": {t: r.to_dict() for t, r in recipes.items()},
+                "calibration": calibration.summary() if calibration is not None else None},
         }
         if fused_steps is not None:
             from mobilediff.fused import export_fused

@@ -144,7 +144,7 @@ def pack_pipeline(model: Path, base: Path, out: Path, store_fp16: tuple[str, ...
     from mobilediff.io import atomic_dir, atomic_write_json, load_tensors, save_tensors
 
     model, base = Path(model), Path(base)
-    index = check_pipeline_dir(model)
+    check_pipeline_dir(model)
     check_pipeline_dir(base)
     if shared_components(model):
         raise MobilediffError(f"{model} already borrows components; pack its full form")

@@ -161,6 +161,8 @@ def _check_features(where: str, kind: str, features, declared, dims: dict[str, i
 def validate(spec, path, precision: str, inputs, reference) -> dict:
     """Check the saved package against ``spec`` (structure everywhere, numbers on macOS); return the record."""
     ct = _ct()
+    full_precision = precision
+    precision, _, recipe = precision.partition("+")  # "fp16+palettize4": compute precision + weight compression
     _precision(precision)
     where = f"coreml {spec.name}"
     on_mac = platform.system() == "Darwin"
@@ -184,17 +186,25 @@ def validate(spec, path, precision: str, inputs, reference) -> dict:
     if precision == "fp32" and program["fp16_ops"]:
         raise MobilediffError(f"{where}: expected fp32 compute, but {program['fp16_ops']} ops compute in fp16")
 
-    record = {"target": "coreml", "precision": precision,
+    if recipe:
+        from mobilediff.quantize import coreml_weight_facts
+
+        record_weights = coreml_weight_facts(mlmodel)
+        if not record_weights["compressed_weights"]:
+            raise MobilediffError(f"{where}: recipe {recipe} left no compressed weights in the program")
+    record = {"target": "coreml", "precision": full_precision,
               "checked": "structure (Core ML cannot predict on Linux)",
               "minimum_deployment_target": DEPLOYMENT_TARGET, "spec_version": proto.specificationVersion,
               "inputs": [s.name for s in spec.inputs], "outputs": [s.name for s in spec.outputs],
               "mil_opset": program["mil_opset"], "fp16_ops": program["fp16_ops"], "fp32_ops": program["fp32_ops"]}
+    if recipe:
+        record["weights"] = record_weights
     if on_mac:
         from mobilediff.parity import compare
 
         feed = {s.name: x.detach().cpu().numpy().astype(s.dtype) for s, x in zip(spec.inputs, inputs)}
         pred = mlmodel.predict(feed)
         got = [pred[s.name] for s in spec.outputs]
-        record.update(compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "coreml"))
+        record.update(compare(spec.name, [s.name for s in spec.outputs], got, reference, full_precision, "coreml"))
         record["compute_units"] = "CPU_ONLY"
     return record
