@@ -1,0 +1,67 @@
+"""Quantization: the calibration recorder (real trajectories, bounded, non-finite stop), recipe lookup, and an ONNX
+static int8 UNet checked against the float one on a tiny random pipeline."""
+import pytest
+import torch
+
+from conftest import error_lines, run_cli
+from mobilediff.calibration import calibration_prompts, record_calibration
+from mobilediff.errors import MobilediffError
+from mobilediff.quantize import RECIPES, get_recipe
+from mobilediff.tiny import tiny_pipeline
+
+
+def test_calibration_records_bounded_rows_in_declared_layout():
+    pipe = tiny_pipeline()
+    prompts = calibration_prompts(6)
+    cal = record_calibration(pipe, prompts, steps=3, sampler="ddim", guidance=3.5, max_rows=5)
+    # 6 prompts x 3 steps x 2 (CFG batch) UNet rows observed, 5 kept
+    assert cal.seen == {"text_encoder": 12, "unet": 36, "vae_decoder": 6}
+    assert {k: len(v) for k, v in cal.rows.items()} == {"text_encoder": 5, "unet": 5, "vae_decoder": 5}
+    sample, t, ehs = cal.rows["unet"][0]
+    assert sample.shape == (1, 4, 16, 16) and t.shape == (1,) and ehs.shape == (1, pipe.tokenizer.model_max_length, 32)
+    assert cal.rows["text_encoder"][0][0].dtype == torch.int32
+    # the timesteps kept are the sampler's, not random ones
+    from mobilediff.distill import ddim_timesteps
+
+    assert {int(r[1]) for r in cal.rows["unet"]} <= set(ddim_timesteps(pipe.scheduler, 3).tolist())
+    again = record_calibration(pipe, prompts, steps=3, sampler="ddim", guidance=3.5, max_rows=5)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(cal.rows["unet"], again.rows["unet"]))  # seeded
+
+
+def test_calibration_stops_on_non_finite_outputs():
+    pipe = tiny_pipeline()
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.fill_(float("inf"))
+    with pytest.raises(MobilediffError, match="non-finite"):
+        record_calibration(pipe, calibration_prompts(2), steps=2, sampler="ddim", guidance=3.5)
+
+
+def test_unknown_recipe_lists_the_valid_ones(tiny_pipeline_dir, tmp_path):
+    with pytest.raises(MobilediffError, match="valid: int8-static, int8-dynamic, fp16"):
+        get_recipe("onnx", "int4")
+    code, _, stderr = run_cli("export", "--model", tiny_pipeline_dir, "--target", "executorch", "--quantize",
+                              "palettize4", "--out", tmp_path / "b")
+    assert code == 2 and error_lines(stderr) == [
+        "error: no quantization recipe 'palettize4' for executorch; valid: " + ", ".join(RECIPES["executorch"])]
+    assert not (tmp_path / "b").exists()
+
+
+def test_onnx_static_int8_unet_is_smaller_and_close_to_float(tmp_path):
+    from mobilediff.components import declare, latent_geometry
+    from mobilediff.exporter import export_component
+    from mobilediff.tiny import TINY_MODEL, tiny_pipeline as make
+
+    import dataclasses
+
+    # a UNet wide enough that weights, not graph overhead, dominate the file
+    model = dataclasses.replace(TINY_MODEL, unet=dataclasses.replace(TINY_MODEL.unet, block_out_channels=(64, 64),
+                                                                     norm_num_groups=16))
+    pipe = make(model=model)
+    spec = declare(pipe, latent_geometry(pipe))["unet"]
+    cal = record_calibration(pipe, calibration_prompts(4), steps=4, sampler="ddim", guidance=3.5, max_rows=16)
+    float_entry = export_component(spec, "onnx", "fp32", tmp_path)
+    q = export_component(spec, "onnx", "fp32", tmp_path, recipe=get_recipe("onnx", "int8-static"), calibration=cal)
+    assert q["quantization"] == "int8-static" and q["path"] == "unet_onnx_int8-static.onnx"
+    assert float_entry["size_bytes"] / q["size_bytes"] > 2.5
+    assert q["parity"]["psnr_db"] >= 15 and q["parity"]["psnr_db"] < 60  # quantized: close, not exact
+    assert q["export"]["quantization"]["nodes_kept_float"]  # conv_in / conv_out stay float
