@@ -80,14 +80,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _check_count(what: str, value, minimum: int) -> int:
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and value >= minimum
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise MobilediffError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+from mobilediff.latency import check_count as _check_count  # noqa: E402
 
 
 def device_bundle_dir(name: str, root: str = DEVICE_ROOT) -> str:

@@ -125,13 +125,8 @@ def time_callable(fn: Callable[[], object], warmup: int, runs: int) -> list[floa
     (a GPU or asynchronous runtime has to synchronize inside it). Raises MobilediffError for bad counts;
     exceptions from ``fn`` propagate unchanged.
     """
-    for what, value, minimum in (("warmup", warmup, 0), ("runs", runs, 1)):
-        try:
-            ok = not isinstance(value, bool) and int(value) == value and value >= minimum
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise MobilediffError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    check_count("warmup", warmup, 0)
+    check_count("runs", runs, 1)
     for _ in range(int(warmup)):
         fn()
     out = []
@@ -224,3 +219,14 @@ def peak_rss_of_call(fn: Callable, *args, timeout_s: float = 600.0) -> dict:
     if status != "ok":
         raise MobilediffError(f"{getattr(fn, '__name__', fn)} failed in its measurement process: {a}")
     return {"baseline_mib": a, "peak_mib": b, "delta_mib": b - a, "source": source}
+
+
+def check_count(what: str, value, minimum: int) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (bools refused); else MobilediffError naming ``what``."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise MobilediffError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
