@@ -68,6 +68,7 @@ class DistillConfig:
     target_ema: float = 0.95  # EMA decay of the target network
     huber_c: float = 0.001
     time_cond_proj_dim: int = 256  # guidance-embedding width (as in LCM-SD)
+    init_student: str | None = None  # an earlier LCM student of the same architecture to start from (warm start)
     # progressive
     teacher_steps: int = 16  # the teacher's DDIM step count that the first round halves
     guidance: float = 3.5  # guidance scale of the teacher's target (progressive), and the LCM student's default
@@ -108,7 +109,11 @@ def validate(cfg: DistillConfig) -> None:
             raise MobilediffError(f"need 1 <= guidance_min <= guidance_max, got {cfg.guidance_min}, {cfg.guidance_max}")
         if 1000 % cfg.ddim_timesteps:
             raise MobilediffError(f"ddim_timesteps must divide 1000, got {cfg.ddim_timesteps}")
-    else:
+        if cfg.init_student is not None and not (Path(cfg.init_student) / "unet" / "config.json").is_file():
+            raise MobilediffError(f"--init-student: no student pipeline (unet/config.json) in {cfg.init_student}")
+    elif cfg.init_student is not None:
+        raise MobilediffError("--init-student is for --method lcm (progressive rounds start from their teacher)")
+    if cfg.method == "progressive":
         progressive_rounds(cfg.teacher_steps, cfg.steps)
         if cfg.guidance < 1:
             raise MobilediffError(f"--guidance must be >= 1 (1 = the teacher without guidance), got {cfg.guidance}")
@@ -208,6 +213,28 @@ def make_lcm_student(teacher_unet, time_cond_proj_dim: int):
     return student
 
 
+def load_init_student(student, path: str) -> None:
+    """Warm start: copy an earlier LCM student's UNet weights (safetensors) into ``student``; the architectures,
+    guidance-embedding width included, must match exactly."""
+    from safetensors.torch import load_file
+
+    unet_dir = Path(path) / "unet"
+    cfg = json.loads((unet_dir / "config.json").read_text())
+    if cfg.get("time_cond_proj_dim") != student.config.time_cond_proj_dim:
+        raise MobilediffError(f"--init-student {path}: not an LCM student with time_cond_proj_dim "
+                              f"{student.config.time_cond_proj_dim} (has {cfg.get('time_cond_proj_dim')})")
+    files = sorted(unet_dir.glob("*.safetensors"))
+    if not files:
+        raise MobilediffError(f"--init-student {path}: no safetensors weights in {unet_dir}")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = student.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise MobilediffError(f"--init-student {path}: architecture differs from the teacher's "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -290,6 +317,8 @@ def train_lcm(cfg: DistillConfig, run: _Run, resume: str | None) -> tuple[torch.
 
     teacher = run.teacher
     student = make_lcm_student(teacher.unet, cfg.time_cond_proj_dim)
+    if cfg.init_student is not None:
+        load_init_student(student, cfg.init_student)
     target = copy.deepcopy(student).requires_grad_(False).eval()
     start, elapsed0 = 0, 0.0
     ckpt = _resume(cfg, resume)

@@ -87,15 +87,18 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
     with torch.no_grad():
         reference = tuple(spec.module(*inputs))
     parity = mod.validate(spec, path, check_at, inputs, reference)
+    # files the graph reads from beside it (ONNX weights over 1.5 GiB): recorded and checked like the graph itself
+    external = [{"path": name, "sha256": sha256_path(path.parent / name), "size_bytes": size_bytes(path.parent / name)}
+                for name in facts.get("external_data", [])]
     return {"target": target, "precision": precision, "quantization": tag if quantized else None, "path": path.name,
-            "sha256": sha256_path(path), "size_bytes": size_bytes(path), "export_seconds": round(seconds, 2),
-            "export": facts, "parity": parity}
+            "sha256": sha256_path(path), "size_bytes": size_bytes(path), "external_data": external,
+            "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
 
 
 def export_bundle(model, target: str, out: Path, height: int | None = None, width: int | None = None,
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float = 5.0, force: bool = False, progress: Callable[[str], None] | None = None,
-                  source: str = "", quantize: str | None = None, calibration_sampling: dict | None = None,
+                  source: str = "", quantize=None, calibration_sampling: dict | None = None,
                   calibration_prompts: int = 32, calibration_rows: int = 64) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring."""
     from mobilediff.benchmarking import library_versions, tree_sha256
@@ -111,9 +114,14 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
     check_supported(pipe)
     recipes = {}
     if quantize is not None:
-        from mobilediff.quantize import get_recipe
+        from mobilediff.quantize import Recipe, get_recipe
 
-        recipes = {t: get_recipe(t, quantize) for t in targets}  # an unknown recipe lists the valid ones
+        if isinstance(quantize, Recipe):  # a variant of a named recipe (benchmarks/quantization.py's ablations)
+            if targets != [quantize.target]:
+                raise MobilediffError(f"recipe {quantize.name!r} is for {quantize.target}, not {target}")
+            recipes = {quantize.target: quantize}
+        else:
+            recipes = {t: get_recipe(t, quantize) for t in targets}  # an unknown recipe lists the valid ones
     geometry = latent_geometry(pipe, height, width)
     specs = declare(pipe, geometry)
     say = progress or (lambda msg: None)
@@ -148,7 +156,7 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
             "samplers": sampler_tables(pipe),
             "guidance": guidance_record(pipe, guidance),
             "quantization": None if not recipes else {
-                "recipe": quantize, "per_target": {t: r.to_dict() for t, r in recipes.items()},
+                "recipe": quantize if isinstance(quantize, str) else quantize.name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
                 "calibration": calibration.summary() if calibration is not None else None},
         }
         if fused_steps is not None:

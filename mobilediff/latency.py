@@ -170,8 +170,10 @@ def _vm_hwm_mib() -> float | None:
     return None
 
 
-def _measure_in_child(conn, fn, args) -> None:
+def _measure_in_child(conn, fn, args, setup=None) -> None:
     try:
+        if setup is not None:
+            setup()  # before the baseline: what it imports or allocates is not part of the call's delta
         read = _vm_hwm_mib if _vm_hwm_mib() is not None else peak_rss_mib
         before = read()
         fn(*args)
@@ -182,7 +184,7 @@ def _measure_in_child(conn, fn, args) -> None:
         conn.close()
 
 
-def peak_rss_of_call(fn: Callable, *args, timeout_s: float = 600.0) -> dict:
+def peak_rss_of_call(fn: Callable, *args, timeout_s: float = 600.0, setup: Callable[[], object] | None = None) -> dict:
     """Peak memory of ``fn(*args)`` run in a fresh (spawned) Python process, so nothing this process
     already allocated counts.
 
@@ -190,12 +192,14 @@ def peak_rss_of_call(fn: Callable, *args, timeout_s: float = 600.0) -> dict:
     "peak_mib", "delta_mib", "source"}``: the child's peak RSS just before the call (interpreter and
     imports of ``fn``'s module), after it, the difference, and where it was read ("VmHWM" on Linux;
     "ru_maxrss" elsewhere, where the baseline may include the parent's footprint, see peak_rss_mib).
-    Import heavy libraries inside ``fn`` if they should count. Raises MobilediffError if the call fails
-    or exceeds ``timeout_s``.
+    Import heavy libraries inside ``fn`` if they should count; ``setup`` (a picklable callable without
+    arguments, e.g. a ``functools.partial`` of a module-level function) runs in the child before the
+    baseline is read, so what it imports counts in ``baseline_mib`` and not in ``delta_mib``. Raises
+    MobilediffError if ``setup`` or the call fails, or the whole exceeds ``timeout_s``.
     """
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_measure_in_child, args=(send, fn, args), daemon=True)
+    proc = ctx.Process(target=_measure_in_child, args=(send, fn, args, setup), daemon=True)
     try:
         proc.start()
     except (pickle.PicklingError, AttributeError, TypeError) as e:

@@ -34,3 +34,17 @@ def evaluate_pipeline(pipe, evaluator: Evaluator, sampler: str, steps: int, guid
     if real_features is None:
         real_features = evaluator.real_features(scenes)
     return evaluator.score(images, scenes, real_features)
+
+
+def bundle_images(runner, n: int, sampler: str, steps: int, guidance: float | None,
+                  progress: Callable[[int], None] | None = None):
+    """The fixed prompt set and noise seeds of :func:`evaluate_pipeline`, sampled from a bundle through a host
+    runtime (:class:`mobilediff.runtimes.BundleRunner`), one image at a time as an app would: (n, 3, H, W) in [-1, 1]."""
+    import torch
+
+    out = []
+    for i, scene in enumerate(eval_scenes(n)):
+        out.append(runner.generate(scene.caption, NOISE_SEED + i, steps, sampler, guidance))
+        if progress is not None:
+            progress(1)
+    return torch.cat(out)

@@ -91,6 +91,24 @@ def test_lcm_student_starts_as_the_teacher(tiny_pipeline_dir):
     torch.testing.assert_close(got, want)
 
 
+def test_lcm_warm_start_from_an_earlier_student(tiny_pipeline_dir, tmp_path):
+    """--init-student: the new run's first step starts from the earlier student's weights, not the teacher's."""
+    from mobilediff.distill import load_init_student
+    from mobilediff.loading import load_pipeline
+
+    first = distill(_cfg(tiny_pipeline_dir, tmp_path / "a", "lcm", max_train_steps=2, lr=1e-2))[-1]
+    teacher = load_pipeline(tiny_pipeline_dir)
+    student = make_lcm_student(teacher.unet, 256)
+    load_init_student(student, str(first))
+    ref = _unet(first)
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=k)
+    assert student.time_embedding.cond_proj.weight.abs().sum() > 0  # trained, no longer the zero init
+    second = distill(_cfg(tiny_pipeline_dir, tmp_path / "b", "lcm", max_train_steps=1, init_student=str(first)))[-1]
+    info = json.loads((second / "distillation.json").read_text())
+    assert info["config"]["init_student"] == str(first)
+
+
 def test_progressive_rounds():
     assert progressive_rounds(16, 1) == [8, 4, 2, 1]
     assert progressive_rounds(16, 4) == [8, 4]
@@ -176,6 +194,12 @@ def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path):
         (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 0], "samples at 1..50 steps"),
         (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 51], "samples at 1..50 steps"),
         (["--teacher", tiny_pipeline_dir, "--method", "dmd", "--steps", 1], "Invalid value for '--method'"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--init-student", tmp_path / "nope"],
+         "--init-student: no student pipeline"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--init-student", tiny_pipeline_dir],
+         "not an LCM student with time_cond_proj_dim 256"),
+        (["--teacher", tiny_pipeline_dir, "--method", "progressive", "--steps", 1, "--init-student", lcm_student],
+         "--init-student is for --method lcm"),
     ]
     for args, msg in cases:
         code, _, stderr = run_cli("distill", *args, "--out", out)
