@@ -109,8 +109,14 @@ def validate(cfg: DistillConfig) -> None:
             raise MobilediffError(f"need 1 <= guidance_min <= guidance_max, got {cfg.guidance_min}, {cfg.guidance_max}")
         if 1000 % cfg.ddim_timesteps:
             raise MobilediffError(f"ddim_timesteps must divide 1000, got {cfg.ddim_timesteps}")
-        if cfg.init_student is not None and not (Path(cfg.init_student) / "unet" / "config.json").is_file():
-            raise MobilediffError(f"--init-student: no student pipeline (unet/config.json) in {cfg.init_student}")
+        if cfg.init_student is not None:
+            unet_cfg = Path(cfg.init_student) / "unet" / "config.json"
+            if not unet_cfg.is_file():
+                raise MobilediffError(f"--init-student: no student pipeline (unet/config.json) in {cfg.init_student}")
+            dim = json.loads(unet_cfg.read_text()).get("time_cond_proj_dim")
+            if dim != cfg.time_cond_proj_dim:
+                raise MobilediffError(f"--init-student {cfg.init_student}: not an LCM student with time_cond_proj_dim "
+                                      f"{cfg.time_cond_proj_dim} (has {dim})")
     elif cfg.init_student is not None:
         raise MobilediffError("--init-student is for --method lcm (progressive rounds start from their teacher)")
     if cfg.method == "progressive":
