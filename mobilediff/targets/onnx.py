@@ -92,3 +92,15 @@ def validate(spec, path: Path, precision: str, inputs, reference) -> dict:
     record["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
     record["checker"] = "onnx.checker full_check + strict shape inference"
     return record
+
+
+def load_session(path: Path, threads: int | None = None):
+    """An onnxruntime CPU session for the graph at ``path``. ``threads``: intra-op threads (onnxruntime's default,
+    one per physical core, when None)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
