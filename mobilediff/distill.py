@@ -205,6 +205,32 @@ def guided(unet, z, t, cond, uncond, scale, alpha, prediction_type):
     return to_x0_eps(ou + g * (oc - ou), z, alpha, prediction_type)
 
 
+@torch.no_grad()
+def progressive_target(teacher_unet, scheduler, z, t, t_mid, n, cond, uncond, guidance, prediction_type):
+    """(x0 target, z2) of a progressive round at ``n`` student steps: ``z2`` is two DDIM steps of the teacher at
+    ``2n`` steps from ``z`` at ``t`` (through ``t_mid``), exactly as DDIMScheduler takes them, and the x0 target is
+    the one whose single DDIM step at ``n`` steps from ``z`` lands on ``z2`` (Salimans & Ho, eq. 8).
+    ``guidance``: the classifier-free guidance scale of the teacher's prediction, or None for its plain conditional
+    prediction (a teacher that is itself a guidance-distilled student)."""
+    alphas = scheduler.alphas_cumprod.float()
+
+    def pred(zz, tt):
+        if guidance is None:
+            out = teacher_unet(zz, tt, encoder_hidden_states=cond).sample.float()
+            return to_x0_eps(out, zz, alphas[tt], prediction_type)
+        scale = torch.full((zz.shape[0],), float(guidance))
+        return guided(teacher_unet, zz, tt, cond, uncond, scale, alphas[tt], prediction_type)
+
+    x1, e1 = pred(z, t)
+    z1 = ddim_step(x1, e1, ddim_alpha_prev(scheduler, t, 2 * n))
+    x2, e2 = pred(z1, t_mid)
+    z2 = ddim_step(x2, e2, ddim_alpha_prev(scheduler, t_mid, 2 * n))
+    a_t = alphas[t].view(-1, 1, 1, 1)
+    a_p = ddim_alpha_prev(scheduler, t, n).view(-1, 1, 1, 1)
+    ratio = ((1 - a_p) / (1 - a_t)).sqrt()
+    return (z2 - ratio * z) / (a_p.sqrt() - ratio * a_t.sqrt()), z2
+
+
 def make_lcm_student(teacher_unet, time_cond_proj_dim: int):
     """The teacher's UNet with a guidance-embedding input whose projection starts at zero (same function)."""
     from diffusers import UNet2DConditionModel
@@ -411,6 +437,11 @@ def train_progressive_round(cfg: DistillConfig, run: _Run, teacher_unet, n: int,
         raise MobilediffError(f"the scheduler's {2 * n}-step timesteps do not contain its {n}-step ones "
                               f"(timestep_spacing {run.scheduler.config.timestep_spacing!r}): use 'trailing'")
     alphas = run.alphas
+    # Guidance is folded in once: the first round's target is the classifier-free-guided teacher; later rounds'
+    # teachers are earlier students, which already give the guided prediction from the text alone (and were never
+    # trained on the empty prompt), so their target is their own conditional prediction. Guiding them again would
+    # compound the guidance every round.
+    guidance = cfg.guidance if r == 0 else None
     bar = _progress(run.acc, K, start - first, f"distill progressive {2 * n}->{n} steps")
     t0 = time.time()
     for step in range(start, first + K):
@@ -420,19 +451,10 @@ def train_progressive_round(cfg: DistillConfig, run: _Run, teacher_unet, n: int,
         t, t_mid = s_ts[i], t_ts[2 * i + 1]
         noise = torch.randn(x0.shape, generator=g)
         z = run.scheduler.add_noise(x0, noise, t)
-        scale = torch.full((b,), cfg.guidance)
         with torch.no_grad():
-            # two DDIM steps of the guided teacher, exactly as DDIMScheduler takes them at 2n steps
-            x1, e1 = guided(teacher_unet, z, t, cond, run.uncond.expand_as(cond), scale, alphas[t], run.prediction_type)
-            z1 = ddim_step(x1, e1, ddim_alpha_prev(run.scheduler, t, 2 * n))
-            x2, e2 = guided(teacher_unet, z1, t_mid, cond, run.uncond.expand_as(cond), scale, alphas[t_mid],
-                            run.prediction_type)
-            z2 = ddim_step(x2, e2, ddim_alpha_prev(run.scheduler, t_mid, 2 * n))
-            # the x0 whose single DDIM step at n steps from z lands on z2 (Salimans & Ho, eq. 8)
-            a_t = alphas[t].view(-1, 1, 1, 1)
-            a_p = ddim_alpha_prev(run.scheduler, t, n).view(-1, 1, 1, 1)
-            ratio = ((1 - a_p) / (1 - a_t)).sqrt()
-            x_tgt = (z2 - ratio * z) / (a_p.sqrt() - ratio * a_t.sqrt())
+            x_tgt, _ = progressive_target(teacher_unet, run.scheduler, z, t, t_mid, n, cond, run.uncond.expand_as(cond),
+                                          guidance, run.prediction_type)
+        a_t = alphas[t].view(-1, 1, 1, 1)
         with run.acc.autocast():
             out = student(z, t, encoder_hidden_states=cond).sample.float()
         x_s = to_x0_eps(out, z, alphas[t], run.prediction_type)[0]

@@ -1,5 +1,6 @@
 """`mobilediff distill` on a tiny random teacher: the target arithmetic against diffusers, two-step runs of each
 method, exact resume (also past a checkpoint cut off mid-save), NaN stops, and bad input."""
+import copy
 import json
 import shutil
 
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import error_lines, run_cli
 from mobilediff.checkpoint import complete_checkpoints
 from mobilediff.distill import (DistillConfig, boundary_scalings, ddim_alpha_prev, ddim_step, ddim_timesteps, distill,
-                                make_lcm_student, progressive_rounds, to_x0_eps)
+                                make_lcm_student, progressive_rounds, progressive_target, to_x0_eps)
 from mobilediff.errors import MobilediffError
 
 
@@ -65,6 +66,55 @@ def test_progressive_target_makes_one_student_step_land_on_the_teachers_two():
         v = a_t.sqrt() * z - x_tgt  # a v-prediction whose x0 is x_tgt: x0 = sqrt(a) z - sqrt(1-a) v
         v = v / (1 - a_t).sqrt()
         torch.testing.assert_close(s.step(v, int(t), z).prev_sample, z2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("guidance", [None, 3.5])
+def test_progressive_target_takes_the_teachers_two_ddim_steps(guidance):
+    """z2 is two DDIMScheduler steps at 2n steps of the teacher's prediction: classifier-free guided at the given
+    scale, or (guidance None: a teacher that is an earlier, guidance-folded student) its conditional prediction."""
+    from diffusers import DDIMScheduler
+
+    from mobilediff.tiny import tiny_pipeline
+
+    unet = tiny_pipeline(seed=3).unet.eval()
+    s = DDIMScheduler.from_config(_scheduler().config, timestep_spacing="trailing", clip_sample=False)
+    n = 2
+    ts2 = ddim_timesteps(s, 2 * n)
+    g = torch.Generator().manual_seed(2)
+    size = unet.config.sample_size
+    z = torch.randn(2, unet.config.in_channels, size, size, generator=g)
+    cond = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    uncond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).expand_as(cond)
+    t, t_mid = torch.full((2,), int(ts2[0])), torch.full((2,), int(ts2[1]))
+    _, z2 = progressive_target(unet, s, z, t, t_mid, n, cond, uncond, guidance, s.config.prediction_type)
+
+    ref = copy.deepcopy(s)
+    ref.set_timesteps(2 * n)
+    want = z
+    with torch.no_grad():
+        for tt in ts2[:2]:
+            oc = unet(want, tt, encoder_hidden_states=cond).sample
+            if guidance is not None:
+                ou = unet(want, tt, encoder_hidden_states=uncond).sample
+                oc = ou + guidance * (oc - ou)
+            want = ref.step(oc, int(tt), want).prev_sample
+    torch.testing.assert_close(z2, want, rtol=1e-4, atol=1e-4)
+
+
+def test_progressive_guides_only_the_first_round(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """Round 1 folds the guidance in; later rounds' teachers (earlier students) are not guided again."""
+    import mobilediff.distill as distill_mod
+
+    seen = []
+    real = distill_mod.progressive_target
+
+    def spy(teacher_unet, scheduler, z, t, t_mid, n, cond, uncond, guidance, prediction_type):
+        seen.append((n, guidance))
+        return real(teacher_unet, scheduler, z, t, t_mid, n, cond, uncond, guidance, prediction_type)
+
+    monkeypatch.setattr(distill_mod, "progressive_target", spy)
+    distill(_cfg(tiny_pipeline_dir, tmp_path / "run", "progressive", guidance=3.5))
+    assert sorted(set(seen), key=lambda x: -x[0]) == [(2, 3.5), (1, None)]
 
 
 def test_boundary_scalings_equal_lcm_scheduler():
