@@ -98,18 +98,21 @@ def train_evaluator_cmd(out, steps, batch_size, seed):
 @click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Save a checkpoint every K steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order and noise.")
 @click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the student's forward pass.")
+@click.option("--guidance-range", type=float, nargs=2, default=(2.0, 6.0), show_default=True, help="lcm: the guidance scales drawn per training example (uniform in MIN MAX; equal values train one scale).")
+@click.option("--ddim-timesteps", type=int, default=50, show_default=True, help="lcm: the skipping-step solver's grid (1000 / N apart); the student samples from this grid.")
 @click.option("--init-student", default=None, help="lcm: start from an earlier LCM student of the same architecture (a pipeline folder) instead of the teacher's weights.")
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
-                checkpoint_every, seed, mixed_precision, init_student, resume, force):
+                checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, resume, force):
     """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher."""
     from mobilediff.distill import DistillConfig, distill
 
     cfg = DistillConfig(teacher=teacher, method=method, steps=steps, out=out, max_train_steps=max_train_steps,
                         teacher_steps=teacher_steps, guidance=guidance, batch_size=batch_size, lr=lr,
                         latent_cache=latent_cache, checkpoint_every=checkpoint_every, seed=seed,
-                        mixed_precision=mixed_precision, init_student=init_student)
+                        mixed_precision=mixed_precision, guidance_min=guidance_range[0],
+                        guidance_max=guidance_range[1], ddim_timesteps=ddim_timesteps, init_student=init_student)
     for path in distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:])):
         click.echo(f"student written to {path}")
 

@@ -102,13 +102,16 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.method not in METHODS:
         raise MobilediffError(f"unknown distillation method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
     if cfg.method == "lcm":
+        if cfg.ddim_timesteps < 1 or 1000 % cfg.ddim_timesteps:
+            raise MobilediffError(f"--ddim-timesteps must divide 1000, got {cfg.ddim_timesteps}")
         if not 1 <= cfg.steps <= cfg.ddim_timesteps:
             raise MobilediffError(f"an LCM student samples at 1..{cfg.ddim_timesteps} steps (its solver grid), "
                                   f"got --steps {cfg.steps}")
         if not 1 <= cfg.guidance_min <= cfg.guidance_max:
-            raise MobilediffError(f"need 1 <= guidance_min <= guidance_max, got {cfg.guidance_min}, {cfg.guidance_max}")
-        if 1000 % cfg.ddim_timesteps:
-            raise MobilediffError(f"ddim_timesteps must divide 1000, got {cfg.ddim_timesteps}")
+            raise MobilediffError(f"--guidance-range needs 1 <= MIN <= MAX, got {cfg.guidance_min:g} {cfg.guidance_max:g}")
+        if not cfg.guidance_min <= cfg.guidance <= cfg.guidance_max:
+            raise MobilediffError(f"--guidance {cfg.guidance:g} (the student's default) is outside the trained "
+                                  f"--guidance-range {cfg.guidance_min:g} {cfg.guidance_max:g}")
         if cfg.init_student is not None:
             unet_cfg = Path(cfg.init_student) / "unet" / "config.json"
             if not unet_cfg.is_file():

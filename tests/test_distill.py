@@ -170,7 +170,8 @@ def test_progressive_rounds():
 @pytest.mark.parametrize("method", ["lcm", "progressive"])
 def test_two_step_cli_run_writes_students_that_sample(tiny_pipeline_dir, tmp_path, method):
     out = tmp_path / method
-    extra = ["--steps", 2] if method == "lcm" else ["--steps", 1, "--teacher-steps", 4]
+    extra = (["--steps", 2, "--ddim-timesteps", 10, "--guidance-range", 3, 4] if method == "lcm"
+             else ["--steps", 1, "--teacher-steps", 4])
     code, stdout, stderr = run_cli("distill", "--teacher", tiny_pipeline_dir, "--method", method, "--out", out,
                                    "--max-train-steps", 2, "--batch-size", 4, "--latent-cache", 16, *extra)
     assert code == 0, stderr
@@ -188,7 +189,8 @@ def test_two_step_cli_run_writes_students_that_sample(tiny_pipeline_dir, tmp_pat
         if method == "lcm":
             assert pipe.unet.config.time_cond_proj_dim == 256
             assert type(pipe.scheduler).__name__ == "LCMScheduler"
-            assert pipe.scheduler.config.original_inference_steps == 50
+            assert pipe.scheduler.config.original_inference_steps == 10
+            assert (info["config"]["guidance_min"], info["config"]["guidance_max"]) == (3.0, 4.0)
             assert json.loads((path / "model_index.json").read_text())["_class_name"] == "LatentConsistencyModelPipeline"
         else:
             assert smp == {"sampler": "ddim", "steps": int(path.name.split("-")[1]), "guidance": 1.0}
@@ -244,6 +246,16 @@ def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path):
         (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 0], "samples at 1..50 steps"),
         (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 51], "samples at 1..50 steps"),
         (["--teacher", tiny_pipeline_dir, "--method", "dmd", "--steps", 1], "Invalid value for '--method'"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--ddim-timesteps", 30],
+         "--ddim-timesteps must divide 1000, got 30"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--ddim-timesteps", 0],
+         "--ddim-timesteps must divide 1000, got 0"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 20, "--ddim-timesteps", 10],
+         "samples at 1..10 steps"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--guidance-range", 5, 2],
+         "--guidance-range needs 1 <= MIN <= MAX, got 5 2"),
+        (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--guidance-range", 2, 3],
+         "--guidance 3.5 (the student's default) is outside the trained --guidance-range 2 3"),
         (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--init-student", tmp_path / "nope"],
          "--init-student: no student pipeline"),
         (["--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--init-student", tiny_pipeline_dir],
