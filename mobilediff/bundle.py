@@ -93,13 +93,15 @@ def read_manifest(bundle: Path) -> dict:
 
 
 def verify_file(bundle: Path, entry: dict) -> Path:
-    """The path of a manifest file entry, after checking that it exists and matches its sha256."""
+    """The path of a manifest file entry, after checking that it and each of its external data files (an entry's
+    optional ``external_data`` list, e.g. the weights of an ONNX graph over 1.5 GiB) exist and match their sha256."""
     path = Path(bundle) / entry["path"]
-    if not path.exists():
-        raise MobilediffError(f"bundle file missing: {path}")
-    digest = sha256_path(path)
-    if digest != entry["sha256"]:
-        raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
+    for part in [entry] + list(entry.get("external_data", [])):
+        file = Path(bundle) / part["path"]
+        if not file.exists():
+            raise MobilediffError(f"bundle file missing: {file}")
+        if sha256_path(file) != part["sha256"]:
+            raise MobilediffError(f"bundle file {file} does not match its sha256 in the manifest (modified or corrupt)")
     return path
 
 

@@ -262,6 +262,9 @@ def export_quantized(target_module, target: str, spec, path: Path, recipe: Recip
         if recipe.name == "fp16":
             return target_module.export(spec, path, "fp16"), "fp16"
         facts = target_module.export(spec, path, "fp32")
+        if facts["external_data"]:  # onnxruntime.quantization would read the whole model through protobuf (2 GiB)
+            raise MobilediffError(f"onnx {recipe.name}: quantizing a graph with external data ({spec.name}, over "
+                                  f"{target_module.EXTERNAL_DATA_MIN_BYTES / 2**30:g} GiB of weights) is not supported")
         facts["quantization"] = quantize_onnx(spec, recipe, path, calibration)
         return facts, recipe.name
     if target == "executorch":

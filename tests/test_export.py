@@ -45,7 +45,7 @@ def test_manifest_describes_every_file_and_io(bundle):
     for comp in m["components"].values():
         for f in comp["files"]:
             assert f["path"] == f"{f['path'].split('_onnx_')[0]}_onnx_fp32.onnx"
-            assert (bundle / f["path"]).stat().st_size == f["size_bytes"]
+            assert (bundle / f["path"]).stat().st_size == f["size_bytes"] and f["external_data"] == []
             assert f["parity"]["psnr_db"] >= 60 and f["parity"]["checker"].startswith("onnx.checker")
     geo = m["geometry"]
     assert (geo["height"], geo["latent_height"], geo["latent_channels"]) == (32, 16, 4)
@@ -113,6 +113,31 @@ def test_lcm_student_bundle_generates_like_pytorch(tmp_path):
     got = BundleRunner(out, "onnx").generate("a red circle", 2, 4, "lcm", 3.0)
     ref = generate(vpipe, ["a red circle"], [2], 4, "lcm", 3.0)
     assert psnr(got, ref) >= 40
+
+
+def test_large_onnx_weights_go_to_checked_external_data_files(pipe, tmp_path, monkeypatch):
+    import mobilediff.targets.onnx as onnx_target
+
+    monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_MIN_BYTES", 0)  # every graph takes the path of a > 2 GiB UNet
+    out = export_bundle(pipe, "onnx", tmp_path / "b")
+    m = read_manifest(out)
+    for comp in m["components"].values():
+        f = comp["files"][0]
+        assert [e["path"] for e in f["external_data"]] == [f["path"] + ".data"] == f["export"]["external_data"]
+        data = out / f["external_data"][0]["path"]
+        assert data.stat().st_size == f["external_data"][0]["size_bytes"] > 0
+        assert f["parity"]["psnr_db"] >= 60
+    got = BundleRunner(out, "onnx").generate("a red circle at the top", 7, 2, "ddim", 4.0)
+    assert psnr(got, generate(pipe, ["a red circle at the top"], [7], 2, "ddim", 4.0)) >= 40
+    weights = out / "unet_onnx_fp32.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(MobilediffError, match=r"unet_onnx_fp32\.onnx\.data does not match its sha256"):
+        BundleRunner(out, "onnx")
+    weights.unlink()
+    with pytest.raises(MobilediffError, match=r"^bundle file missing: .*unet_onnx_fp32\.onnx\.data$"):
+        BundleRunner(out, "onnx")
 
 
 def test_fp16_export_keeps_float32_io_and_close_outputs(pipe, tmp_path):

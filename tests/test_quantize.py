@@ -65,3 +65,16 @@ def test_onnx_static_int8_unet_is_smaller_and_close_to_float(tmp_path):
     assert float_entry["size_bytes"] / q["size_bytes"] > 2.5
     assert q["parity"]["psnr_db"] >= 15 and q["parity"]["psnr_db"] < 60  # quantized: close, not exact
     assert q["export"]["quantization"]["nodes_kept_float"]  # conv_in / conv_out stay float
+
+
+def test_onnx_quantization_of_a_graph_with_external_data_is_refused(tmp_path, monkeypatch):
+    import mobilediff.targets.onnx as onnx_target
+    from mobilediff.components import declare, latent_geometry
+    from mobilediff.exporter import export_component
+
+    monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_MIN_BYTES", 0)  # as if the UNet had over 1.5 GiB of weights
+    pipe = tiny_pipeline()
+    spec = declare(pipe, latent_geometry(pipe))["unet"]
+    with pytest.raises(MobilediffError, match="^onnx int8-dynamic: quantizing a graph with external data "
+                                              r"\(unet, over 0 GiB of weights\) is not supported$"):
+        export_component(spec, "onnx", "fp32", tmp_path, recipe=get_recipe("onnx", "int8-dynamic"))

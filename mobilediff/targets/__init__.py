@@ -4,7 +4,10 @@ A target module provides:
 
     EXT: str                                   file extension of one component ("onnx", "pte", "mlpackage")
     export(spec, path, precision) -> dict      write ``spec.module`` (a ComponentSpec) to ``path``; return facts
-                                               worth recording in the manifest (e.g. delegated node counts)
+                                               worth recording in the manifest (e.g. delegated node counts);
+                                               ``facts["external_data"]``, if present, names the files beside
+                                               ``path`` that belong to it (ONNX weights over 1.5 GiB), which the
+                                               bundle records and checks by sha256 like ``path`` itself
     validate(spec, path, precision, inputs, reference) -> dict
                                                load ``path`` back and check it against PyTorch: ``inputs`` is a
                                                tuple of example tensors, ``reference`` the PyTorch outputs (tuple).

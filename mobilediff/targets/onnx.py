@@ -3,6 +3,12 @@
 Named dimensions of the declaration (``"batch"``) stay dynamic in the graph, so one UNet file serves both a
 classifier-free-guidance batch of 2 and a single row. fp16 graphs keep float32 inputs and outputs (casts at
 the edges) so that every runtime feeds them the same tensors.
+
+A protobuf message cannot exceed 2 GiB, so a component with at least ``EXTERNAL_DATA_MIN_BYTES`` of weights
+(1.5 GiB; an fp32 SD-1.5 UNet has 3.4 GB) is written as ``<name>.onnx`` (the graph) plus ``<name>.onnx.data`` (every
+initializer) beside it. The export facts list those data files (``external_data``) so that the bundle
+records and checks their sha256 too; onnxruntime finds them next to the graph. Checks read the graph
+without its data (the data never goes through protobuf).
 """
 from __future__ import annotations
 
@@ -17,6 +23,42 @@ from mobilediff.parity import compare
 
 EXT = "onnx"
 OPSET = 18
+# Weights at or above this size go to an external data file: torch.onnx's own threshold (1.5 GiB of initializers),
+# made explicit here so that it is ours, and testable. Which files a graph reads is always read back from the graph.
+EXTERNAL_DATA_MIN_BYTES = 3 << 29
+
+
+def weight_bytes(module: torch.nn.Module, precision: str = "fp32") -> int:
+    """Bytes of ``module``'s parameters and buffers as exported at ``precision`` (fp16 halves float tensors)."""
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        size = 2 if precision == "fp16" and t.is_floating_point() else t.element_size()
+        total += t.numel() * size
+    return total
+
+
+def external_data_files(path: Path) -> list[str]:
+    """Names (relative to the graph's folder) of the external data files that the graph at ``path`` reads."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {ExternalDataInfo(t).location for t in _tensors(model.graph) if uses_external_data(t)}
+    return sorted(names)
+
+
+def _tensors(graph):
+    """Every tensor of ``graph`` that can hold external data: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for g in attr.graphs:
+                yield from _tensors(g)
 
 
 def _dynamic_shapes(spec) -> tuple:
@@ -27,10 +69,15 @@ def _dynamic_shapes(spec) -> tuple:
     return tuple(out)
 
 
-def export(spec, path: Path, precision: str) -> dict:
+def export(spec, path: Path, precision: str, external_data_min_bytes: int | None = None) -> dict:
+    """Write ``spec.module`` to ``path``, its weights to ``<path>.data`` when they reach ``external_data_min_bytes``
+    (default :data:`EXTERNAL_DATA_MIN_BYTES`); return its facts, ``external_data`` listing the data files beside
+    ``path`` (empty when there are none)."""
     import onnx
 
     path = Path(path)
+    limit = EXTERNAL_DATA_MIN_BYTES if external_data_min_bytes is None else external_data_min_bytes
+    external = weight_bytes(spec.module, precision) >= limit
     names_in = [s.name for s in spec.inputs]
     names_out = [s.name for s in spec.outputs]
     module = spec.module
@@ -42,15 +89,16 @@ def export(spec, path: Path, precision: str) -> dict:
         dynamic = {"args": dynamic}  # Fp16IO.forward(*args): torch.export sees one varargs entry
     with torch.no_grad():
         program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
-                                    dynamic_shapes=dynamic, dynamo=True, external_data=False,
+                                    dynamic_shapes=dynamic, dynamo=True, external_data=external,
                                     opset_version=OPSET, optimize=True, verbose=False)
     del program
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)
     ops: dict[str, int] = {}
     for node in model.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return {"opset": OPSET, "exporter": "torch.onnx (dynamo)", "nodes": len(model.graph.node),
-            "op_counts": dict(sorted(ops.items())), "dynamic_dims": sorted(spec.dynamic_names())}
+            "op_counts": dict(sorted(ops.items())), "dynamic_dims": sorted(spec.dynamic_names()),
+            "external_data": external_data_files(path)}
 
 
 def _check_io(spec, model) -> None:
@@ -70,33 +118,9 @@ def _check_io(spec, model) -> None:
                 raise MobilediffError(f"onnx {spec.name}: {kind} {name} has shape {shape}, declared {s.shape}")
 
 
-def validate(spec, path: Path, precision: str, inputs, reference) -> dict:
-    import onnx
-    import onnxruntime as ort
-
-    path = Path(path)
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-        model = onnx.load(str(path))
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise MobilediffError(f"onnx {spec.name}: {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
-    _check_io(spec, model)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {s.name: np.ascontiguousarray(x.numpy()) for s, x in zip(spec.inputs, inputs)}
-    got = sess.run([s.name for s in spec.outputs], feed)
-    record = compare(spec.name, [s.name for s in spec.outputs], [torch.from_numpy(g) for g in got], reference,
-                     precision, "onnx")
-    record["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
-    record["checker"] = "onnx.checker full_check + strict shape inference"
-    return record
-
-
 def load_session(path: Path, threads: int | None = None):
-    """An onnxruntime CPU session for the graph at ``path``. ``threads``: intra-op threads (onnxruntime's default,
-    one per physical core, when None)."""
+    """An onnxruntime CPU session for the graph at ``path`` (its external data files are read from beside it).
+    ``threads``: intra-op threads (onnxruntime's default, one per physical core, when None)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -104,3 +128,29 @@ def load_session(path: Path, threads: int | None = None):
     if threads is not None:
         opts.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run(sess, spec, inputs) -> list[torch.Tensor]:
+    """Outputs of ``sess`` for ``inputs`` (tensors in the order of ``spec.inputs``), in the order of ``spec.outputs``."""
+    feed = {s.name: np.ascontiguousarray(x.numpy()) for s, x in zip(spec.inputs, inputs)}
+    return [torch.from_numpy(o) for o in sess.run([s.name for s in spec.outputs], feed)]
+
+
+def validate(spec, path: Path, precision: str, inputs, reference) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    try:
+        # by path, and the graph without its weights: a model with external data never passes through protobuf whole
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise MobilediffError(f"onnx {spec.name}: {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    _check_io(spec, model)
+    got = run(load_session(path), spec, inputs)
+    record = compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "onnx")
+    record["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
+    record["checker"] = "onnx.checker full_check + strict shape inference"
+    return record
