@@ -17,8 +17,10 @@ A recipe names, per target, how each component is stored and computed, and which
   ``mixed``        6-bit palettization of the large convolution/linear weights, 8-bit linear elsewhere.
 
 Every recipe keeps ``keep_float`` layers in float: by default the UNet's first and last convolutions (``conv_in``
-sees raw latents, ``conv_out`` writes the prediction whose error every sampling step integrates) and the whole
-VAE decoder (``components`` excludes it), the choices measured in benchmarks/results/quantization.md.
+sees raw latents, ``conv_out`` writes the prediction whose error every sampling step integrates), its sinusoidal
+timestep projection ``time_proj`` (timesteps up to 999 times frequencies: int8 there turns the time embedding into
+noise; ExecuTorch's XNNPACKQuantizer quantizes it, ONNX's op list does not reach it) and the whole VAE decoder
+(``components`` excludes it), the choices measured in benchmarks/results/quantization.md.
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ DEFAULT_COMPONENTS = ("text_encoder", "unet")
 # ONNX ops whose weights are quantized: convolutions and matrix products, and Gather for the token-embedding table
 # (most of a small text encoder's bytes)
 QUANT_OPS = ["Conv", "MatMul", "Gemm", "Gather"]
-DEFAULT_KEEP_FLOAT = ("unet.conv_in", "unet.conv_out")
+# the UNet's first and last convolutions, and its sinusoidal timestep projection (no weights; int8 activations there
+# destroy the time embedding: see _KeepFloat)
+DEFAULT_KEEP_FLOAT = ("unet.conv_in", "unet.conv_out", "unet.time_proj")
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,53 @@ def _static_rows(spec, rows) -> list[tuple[torch.Tensor, ...]]:
     return out
 
 
+def _shared_refs(annotation):
+    """The nodes whose quantization parameters ``annotation`` (a PT2E QuantizationAnnotation) shares."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    for spec in [*annotation.input_qspec_map.values(), annotation.output_qspec]:
+        if isinstance(spec, SharedQuantizationSpec):
+            ref = spec.edge_or_node
+            yield from (ref if isinstance(ref, tuple) else (ref,))
+
+
+def _KeepFloat(inner, kept):
+    """``inner`` (a PT2E quantizer) with every annotation on a node that ``kept(node)`` removed afterwards.
+
+    XNNPACKQuantizer's filter function is not enough: after annotating the patterns it propagates annotations
+    through cat, slice and friends regardless of the filter, so float-kept modules still lose precision. Worst
+    of all is the UNet's sinusoidal timestep projection (``time_proj``): timesteps up to 999 times frequencies,
+    quantized to int8 before sin/cos, make the time embedding noise (the broken int8 student of
+    benchmarks/results/quantization.md, 19.8 dB)."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class KeepFloat(Quantizer):
+        def annotate(self, model):
+            model = inner.annotate(model)
+            for node in model.graph.nodes:
+                if kept(node):
+                    node.meta.pop("quantization_annotation", None)
+            # an annotation that shares quantization parameters with a node left unannotated has nothing to share:
+            # drop it too (repeat until none is left), else prepare_pt2e fails on the missing observer
+            changed = True
+            while changed:
+                changed = False
+                for node in model.graph.nodes:
+                    ann = node.meta.get("quantization_annotation")
+                    if ann is not None and any("quantization_annotation" not in n.meta for n in _shared_refs(ann)):
+                        del node.meta["quantization_annotation"]
+                        changed = True
+            return model
+
+        def transform_for_annotation(self, model):
+            return inner.transform_for_annotation(model)
+
+        def validate(self, model):
+            return inner.validate(model)
+
+    return KeepFloat()
+
+
 def quantize_executorch_module(spec, recipe: Recipe, calibration):
     """The component as a quantized torch module ready for torch.export + XNNPACK lowering."""
     inputs = spec.example_inputs()
@@ -181,12 +232,12 @@ def quantize_executorch_module(spec, recipe: Recipe, calibration):
                                                                              get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        def not_kept(node) -> bool:  # XNNPACKQuantizer annotates only nodes outside the keep-float modules
+        def kept(node) -> bool:
             stack = node.meta.get("nn_module_stack", {}).values()
-            return not any(fqn == k or fqn.startswith(k + ".") for fqn, _ in stack for k in keep)
+            return any(fqn == k or fqn.startswith(k + ".") for fqn, _ in stack for k in keep)
 
-        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        quantizer.set_filter_function(not_kept)
+        quantizer = _KeepFloat(XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
+                               kept)
         with torch.no_grad():
             graph = torch.export.export(spec.module, inputs, strict=False).module()
             prepared = prepare_pt2e(graph, quantizer)

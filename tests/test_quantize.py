@@ -78,3 +78,50 @@ def test_onnx_quantization_of_a_graph_with_external_data_is_refused(tmp_path, mo
     with pytest.raises(MobilediffError, match="^onnx int8-dynamic: quantizing a graph with external data "
                                               r"\(unet, over 0 GiB of weights\) is not supported$"):
         export_component(spec, "onnx", "fp32", tmp_path, recipe=get_recipe("onnx", "int8-dynamic"))
+
+
+def _observed_in(prepared, prefix: str) -> int:
+    """Observers (activation_post_process) on outputs of nodes inside module ``prefix``."""
+    n = 0
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and "activation_post_process" in str(node.target):
+            stack = node.args[0].meta.get("nn_module_stack", {}).values()
+            n += any(fqn == prefix or fqn.startswith(prefix + ".") for fqn, _ in stack)
+    return n
+
+
+@pytest.mark.parametrize("keep", [("unet.time_proj",), ("unet.time_proj", "unet.up_blocks.1")])
+def test_executorch_int8_keeps_float_modules_unobserved(keep):
+    """XNNPACKQuantizer propagates annotations through cat/slice past its filter; the keep-float wrapper strips
+    them, so nothing inside a kept module is quantized (without it the timestep sinusoid is: the broken int8 UNet),
+    and an annotation sharing parameters with a stripped node goes too (prepare_pt2e would fail on it)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from mobilediff.components import declare, latent_geometry
+    from mobilediff.quantize import _KeepFloat
+
+    pipe = tiny_pipeline()
+    spec = declare(pipe, latent_geometry(pipe))["unet"]
+
+    def prepared(keep_names):
+        def kept(node):
+            stack = node.meta.get("nn_module_stack", {}).values()
+            return any(fqn == k or fqn.startswith(k + ".") for fqn, _ in stack for k in keep_names)
+
+        q = _KeepFloat(XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)), kept)
+        graph = torch.export.export(spec.module, spec.example_inputs(), strict=False).module()
+        return prepare_pt2e(graph, q)
+
+    plain = prepared(())
+    assert all(_observed_in(plain, k) > 0 for k in keep)  # what the wrapper must remove
+    kept_model = prepared(keep)
+    assert all(_observed_in(kept_model, k) == 0 for k in keep)
+    assert _observed_in(kept_model, "unet.down_blocks") > 0  # the rest is still quantized
+    with torch.no_grad():
+        kept_model(*spec.example_inputs())
+
+
+def test_default_recipes_keep_the_timestep_projection_float():
+    assert "unet.time_proj" in get_recipe("executorch", "int8").keep_float
