@@ -209,7 +209,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
 @click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
 @click.option("--fused-sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
-@click.option("--guidance", type=float, default=5.0, show_default=True, help="Default guidance scale recorded in the manifest.")
+@click.option("--guidance", type=float, default=None, help="Default guidance scale recorded in the manifest (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, force):
@@ -230,6 +230,8 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     from mobilediff.distill import student_defaults
 
     sampling = student_defaults(resolve_model(model))
+    if guidance is None:
+        guidance = sampling["guidance"] if sampling else 5.0
     pipe = load_pipeline(model)
     path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
                          progress=lambda m: click.echo(f"export {m}", err=True), source=str(resolve_model(model)),

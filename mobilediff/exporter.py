@@ -123,7 +123,8 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
         else:
             recipes = {t: get_recipe(t, quantize) for t in targets}  # an unknown recipe lists the valid ones
     geometry = latent_geometry(pipe, height, width)
-    specs = declare(pipe, geometry)
+    # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
+    specs = declare(pipe, geometry, cfg_batch=1 if guidance <= 1.0 else None)
     say = progress or (lambda msg: None)
     calibration = None
     if any(r.calibrated for r in recipes.values()):

@@ -116,6 +116,10 @@ class BundleRunner:
             do_cfg = False
         else:
             do_cfg = scale > 1.0
+            if do_cfg and self.parts["unet"].static_batch == 1:
+                raise MobilediffError(f"this bundle's denoiser was exported without a classifier-free-guidance batch "
+                                      f"(guidance {g['default_scale']:g}): generate with guidance 1, or export "
+                                      f"again with --guidance > 1")
             if do_cfg:
                 if self._uncond is None:
                     self._uncond = self.encode("")

@@ -77,6 +77,20 @@ def test_generate_from_executorch_bundle_matches_pytorch(pipe, et_bundle):
                 generate(pipe, ["a blue square"], [3], 2, "ddim", 1.0)) >= 40
 
 
+def test_guidance_free_export_has_a_single_row_denoiser(pipe, tmp_path):
+    """--guidance 1 (a student with guidance distilled in): the static ExecuTorch UNet takes one row, not a CFG
+    batch of two, and asking that bundle for guidance is refused in one line."""
+    out = export_bundle(pipe, "executorch", tmp_path / "noguid", guidance=1.0, source="tiny")
+    m = read_manifest(out)
+    assert m["components"]["unet"]["dims"] == {"batch": 1}
+    assert m["components"]["unet"]["files"][0]["parity"]["psnr_db"] >= 60
+    runner = BundleRunner(out, "executorch")
+    assert psnr(runner.generate("a blue square", 3, 2, "ddim", 1.0),
+                generate(pipe, ["a blue square"], [3], 2, "ddim", 1.0)) >= 40
+    with pytest.raises(MobilediffError, match="exported without a classifier-free-guidance batch"):
+        runner.generate("a blue square", 3, 2, "ddim", 4.0)
+
+
 def test_fused_program_equals_the_step_by_step_bundle(bundle):
     import numpy as np
     import onnxruntime as ort
