@@ -92,7 +92,9 @@ end_to_end    [{"model", "bundle", "source", "role", "method", "runtime", "preci
                 "pareto_accuracy", "pareto_fd": on the frontier of (latency, quality) over all rows | null,
                 "note"}]
 targets       [{"name": "e2e_int8_4step_vs_ddim50", "runtime", "student", "baseline", "student_ms",
-                "baseline_ms", "speedup", "bar": 25.0, "met", "latency_kind"} ... ,
+                "baseline_ms", "speedup", "bar": 25.0, "speed_met", "accuracy_ratio", "fd_ratio",
+                "quality_met" (accuracy >= 0.95x and FD <= 1.5x the baseline's on this run's prompts; null: not
+                scored), "met" (speed_met and quality_met not false), "latency_kind"} ... ,
                {"name": "denoiser_step_vs_eager", "source", "fastest": {"model", "runtime", "precision"},
                 "fastest_ms", "eager_ms", "speedup", "bar": 2.0, "met"} ...;
                a target with nothing to measure has "met": null and a "reason"]
@@ -135,6 +137,9 @@ DEVICES = ("host", "android", "apple")
 INT8_RECIPES = ("int8-static", "int8-dynamic", "int8")  # 8-bit weights and activations, per target
 E2E_SPEEDUP_BAR = 25.0  # the int8 4-step student against the float 50-step DDIM teacher, same runtime
 STEP_SPEEDUP_BAR = 2.0  # the fastest runtime's denoiser step against PyTorch eager
+# ... at the distillation issue's quality bars (4-step student against the 50-step teacher, same prompts and seeds)
+QUALITY_ACCURACY_RATIO = 0.95
+QUALITY_FD_RATIO = 1.5
 OUTPUT_FILES = ("run_device_latency.png", "run_device_quality.png", "run_device.md", "run_device.json")  # JSON last
 SCHEMA = {"name": "mobilediff.run_device", "version": 1, "doc": "benchmarks/run_device.py module docstring"}
 
@@ -1073,7 +1078,7 @@ def attach_baselines(rows: list[dict]) -> None:
         if b is None or not r["latency"] or not _median(r):
             continue
         r["baseline"] = {"model": b["model"], "runtime": b["runtime"], "sampler": b["sampler"], "steps": b["steps"],
-                         "guidance": b["guidance"], "median_ms": _median(b)}
+                         "guidance": b["guidance"], "median_ms": _median(b), "quality": b.get("quality")}
         r["speedup_vs_baseline"] = _median(b) / _median(r)
 
 
@@ -1112,6 +1117,17 @@ def attach_pareto(rows: list[dict]) -> None:
         r["pareto_fd"] = f
 
 
+def quality_bars(student: dict | None, baseline: dict | None) -> dict:
+    """The distillation issue's quality bars for a 4-step student against the 50-step teacher, on this run's own
+    prompts and seeds: prompt accuracy >= 95 % of the teacher's, FD <= 1.5x. ``quality_met`` is None when either
+    side was not scored (--quality-n 0, or a device run)."""
+    if not student or not baseline or student.get("fd") is None or baseline.get("fd") is None:
+        return {"accuracy_ratio": None, "fd_ratio": None, "quality_met": None}
+    sa, ba, sf, bf = student["prompt_accuracy"], baseline["prompt_accuracy"], student["fd"], baseline["fd"]
+    return {"accuracy_ratio": sa / ba if ba else None, "fd_ratio": sf / bf if bf else None,  # None: a zero baseline
+            "quality_met": sa >= QUALITY_ACCURACY_RATIO * ba and sf <= QUALITY_FD_RATIO * bf}
+
+
 def check_targets(bundles: list[BundleInfo], components: list[dict], e2e: list[dict]) -> list[dict]:
     """The issue's two targets, measured; a target without the rows to measure it says why (met: null)."""
     out = []
@@ -1126,7 +1142,10 @@ def check_targets(bundles: list[BundleInfo], components: list[dict], e2e: list[d
                                          f"{r['baseline']['guidance']}",
                         "student_ms": _median(r), "baseline_ms": r["baseline"]["median_ms"],
                         "speedup": r["speedup_vs_baseline"], "bar": E2E_SPEEDUP_BAR,
-                        "met": r["speedup_vs_baseline"] >= E2E_SPEEDUP_BAR, "latency_kind": r["latency_kind"]})
+                        "speed_met": r["speedup_vs_baseline"] >= E2E_SPEEDUP_BAR, "latency_kind": r["latency_kind"],
+                        **quality_bars(r.get("quality"), r["baseline"].get("quality"))})
+            t = out[-1]
+            t["met"] = t["speed_met"] and t["quality_met"] is not False
     if not found:
         why = ("no int8 student bundle (quantization recipe " + "/".join(INT8_RECIPES) + ") was given"
                if not int8_students else "no int8 student row at 4 steps with a float teacher baseline on its runtime")
@@ -1156,6 +1175,14 @@ def check_targets(bundles: list[BundleInfo], components: list[dict], e2e: list[d
     return out
 
 
+def _quality_words(t: dict) -> str:
+    if t.get("quality_met") is None:
+        return "quality not scored"
+    acc = "n/a (baseline 0)" if t["accuracy_ratio"] is None else f"{t['accuracy_ratio']:.0%}"
+    fd = "n/a (baseline 0)" if t["fd_ratio"] is None else f"{t['fd_ratio']:.2f}x"
+    return f"accuracy {acc} and FD {fd} of the baseline's ({'within' if t['quality_met'] else 'OUTSIDE'} the quality bars)"
+
+
 def target_lines(targets: list[dict]) -> list[str]:
     lines = []
     for t in targets:
@@ -1165,7 +1192,8 @@ def target_lines(targets: list[dict]) -> list[str]:
         elif t["name"] == "e2e_int8_4step_vs_ddim50":
             lines.append(f"target int8 4-step student vs float {t['baseline_plan']} on {t['runtime']}: "
                          f"{t['speedup']:.1f}x ({t['student']} {t['student_ms']:.1f} ms, {t['baseline']} "
-                         f"{t['baseline_ms']:.1f} ms; bar {t['bar']:g}x; {t['latency_kind']}): {verdict}")
+                         f"{t['baseline_ms']:.1f} ms; bar {t['bar']:g}x; {t['latency_kind']}), "
+                         f"{_quality_words(t)}: {verdict}")
         else:
             f = t["fastest"]
             lines.append(f"target denoiser step of {t['source']}: fastest {f['runtime']} ({f['model']}, {f['precision']}) "
@@ -1219,7 +1247,9 @@ def write_markdown(result: dict) -> str:
         elif t["name"] == "e2e_int8_4step_vs_ddim50":
             lines.append(f"| int8 4-step student ({t['student']}) vs float {t['baseline_plan']} ({t['baseline']}), "
                          f"{t['runtime']} | {t['speedup']:.1f}x ({t['student_ms']:.1f} vs {t['baseline_ms']:.1f} ms, "
-                         f"{t['latency_kind']}) | >= {t['bar']:g}x | {'yes' if t['met'] else '**no**'} |")
+                         f"{t['latency_kind']}); {_quality_words(t)} | >= {t['bar']:g}x, accuracy >= "
+                         f"{QUALITY_ACCURACY_RATIO:.0%} and FD <= {QUALITY_FD_RATIO:g}x of the baseline's | "
+                         f"{'yes' if t['met'] else '**no**'} |")
         else:
             f = t["fastest"]
             lines.append(f"| denoiser step of {t['source']}: fastest runtime ({f['runtime']}, {f['model']}, "

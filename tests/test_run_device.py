@@ -199,7 +199,16 @@ def test_host_targets(host_result, capsys):
     e2e = t["e2e_int8_4step_vs_ddim50"]
     assert (e2e["runtime"], e2e["student"], e2e["baseline"], e2e["bar"]) == ("onnx", "lcm-int8", "teacher-fp32", 25.0)
     assert e2e["speedup"] == pytest.approx(e2e["baseline_ms"] / e2e["student_ms"])
-    assert e2e["met"] == (e2e["speedup"] >= 25.0)
+    assert e2e["speed_met"] == (e2e["speedup"] >= 25.0)
+    # the quality bars of the distillation issue, on this run's own prompts and seeds
+    student = next(x for x in r["end_to_end"] if x["bundle"] == "lcm-int8" and x["steps"] == 4)
+    teacher = next(x for x in r["end_to_end"] if x["model"] == "teacher-fp32" and x["runtime"] == "onnx")
+    sq, tq = student["quality"], teacher["quality"]
+    assert e2e["accuracy_ratio"] == (pytest.approx(sq["prompt_accuracy"] / tq["prompt_accuracy"])
+                                     if tq["prompt_accuracy"] else None)  # a tiny random teacher may score 0
+    assert e2e["fd_ratio"] == pytest.approx(sq["fd"] / tq["fd"])
+    assert e2e["quality_met"] == (sq["prompt_accuracy"] >= 0.95 * tq["prompt_accuracy"] and sq["fd"] <= 1.5 * tq["fd"])
+    assert e2e["met"] == (e2e["speed_met"] and e2e["quality_met"])
     steps = [x for x in r["targets"] if x["name"] == "denoiser_step_vs_eager"]
     assert {x["source"] for x in steps} == {"teacher", "student"}
     for x in steps:
@@ -218,6 +227,16 @@ def test_noisy_rows_are_flagged_in_the_markdown(host_result):
     md = run_device.write_markdown(r)
     line = next(line for line in md.splitlines() if line.startswith(f"| {row['model']} | {row['component']} |"))
     assert "⚠" in line and "slower than the median" in line
+
+
+def test_quality_bars_by_hand():
+    base = {"prompt_accuracy": 0.90, "fd": 20.0}
+    assert run_device.quality_bars({"prompt_accuracy": 0.90 * 0.95, "fd": 30.0}, base)["quality_met"] is True
+    assert run_device.quality_bars({"prompt_accuracy": 0.90 * 0.94, "fd": 20.0}, base)["quality_met"] is False
+    assert run_device.quality_bars({"prompt_accuracy": 0.90, "fd": 30.1}, base)["quality_met"] is False
+    assert run_device.quality_bars(None, base) == {"accuracy_ratio": None, "fd_ratio": None, "quality_met": None}
+    zero = run_device.quality_bars({"prompt_accuracy": 0.0, "fd": 10.0}, {"prompt_accuracy": 0.0, "fd": 10.0})
+    assert zero == {"accuracy_ratio": None, "fd_ratio": 1.0, "quality_met": True}
 
 
 def test_pareto_front_by_hand():
