@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mobilediff.benchmarking import library_versions, machine_info, tree_sha256  # noqa: E402
-from mobilediff.errors import MobilediffError  # noqa: E402
 from mobilediff.io import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
@@ -314,8 +313,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except MobilediffError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from mobilediff.benchmarking import run_main
+
+    run_main(main)

@@ -595,10 +595,6 @@ def _weight_bytes_estimate(arch: str, scale: str) -> int:
 
 
 if __name__ == "__main__":
-    from mobilediff.errors import MobilediffError
+    from mobilediff.benchmarking import run_main
 
-    try:
-        main()
-    except MobilediffError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

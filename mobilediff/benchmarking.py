@@ -52,3 +52,17 @@ def tree_sha256(folder: Path, pattern: str = "**/*.safetensors") -> str:
         h.update(str(f.relative_to(folder)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def run_main(main) -> None:
+    """A benchmark script's entry point: ``main()``, with a MobilediffError turned into one ``error:`` line on
+    stderr and exit code 2 (as the CLI does)."""
+    import sys
+
+    from mobilediff.errors import MobilediffError
+
+    try:
+        main()
+    except MobilediffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
