@@ -133,3 +133,30 @@ def test_init_from_a_unet_without_attention_at_full_resolution_starts_as_the_sam
                      cross_attention_dim=32, norm_num_groups=8, only_cross_attention=False).build())
     with pytest.raises(MobilediffError, match="do not fit the model"):
         _load_initial(b, {k: v for k, v in other.state_dict().items() if "up_blocks" not in k})
+
+
+def test_freeze_text_encoder_keeps_it_bit_identical_while_the_unet_trains(tmp_path):
+    a = _weights(train_base(_cfg(tmp_path / "a", unet_steps=2)))
+    # resume the same run with a frozen text encoder and a small-object weight: the UNet moves, the encoder not
+    again = train_base(_cfg(tmp_path / "a", unet_steps=4, freeze_text_encoder=True, small_object_weight=8.0,
+                            lr=1e-2), resume="latest")
+    b = _weights(again)
+    te = [k for k in a if k.startswith("te.")]
+    assert te and all(torch.equal(a[k], b[k]) for k in te)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("unet."))
+
+
+def test_small_object_cells_mark_the_cells_that_hold_small_shapes():
+    from mobilediff.training import _small_object_cells
+
+    shape = torch.zeros(2, 9, dtype=torch.long)
+    size = torch.full((2, 9), -1)
+    shape[0, 0], size[0, 0] = 1, 0  # small shape, top left
+    shape[0, 8], size[0, 8] = 2, 1  # large shape, bottom right: not marked
+    shape[1, 4], size[1, 4] = 3, 0  # small shape in the centre
+    cells = _small_object_cells(shape, size, (6, 6))
+    expect0 = torch.zeros(6, 6)
+    expect0[:2, :2] = 1
+    expect1 = torch.zeros(6, 6)
+    expect1[2:4, 2:4] = 1
+    torch.testing.assert_close(cells[:, 0], torch.stack([expect0, expect1]))
