@@ -236,9 +236,12 @@ def main(argv=None) -> None:
     plan += [("lcm", lcm, "lcm", k, g, 1) for k in args.steps for g in args.lcm_guidance]
     plan += [("progressive", pipe, "ddim", k, 1.0, 1) for k, pipe in progressive.items()]
     rows = list(reused)
-    with tqdm(total=sum(k * f for *_, k, _g, f in plan), desc="distillation quality (UNet calls per image)") as bar:
+    batch = 128
+    # progress comes per denoising step of every batch of the n prompts
+    total = -(-args.n // batch) * sum(k * f for *_, k, _g, f in plan)
+    with tqdm(total=total, desc="distillation quality (UNet calls per batch)") as bar:
         for method, pipe, sampler, steps, g, f in plan:
-            rep = evaluate_pipeline(pipe, evaluator, sampler, steps, g, n=args.n, real_features=real,
+            rep = evaluate_pipeline(pipe, evaluator, sampler, steps, g, n=args.n, batch_size=batch, real_features=real,
                                     progress=lambda k, f=f: bar.update(k * f))
             rows.append({"method": method, "sampler": sampler, "steps": steps, "nfe": steps * f, "guidance": g,
                          "prompt_accuracy": rep.prompt_accuracy, "fd": rep.fd, "n": rep.n,
