@@ -24,7 +24,7 @@ from mobilediff.benchmarking import library_versions, machine_info, tree_sha256 
 from mobilediff.evaluator import Evaluator  # noqa: E402
 from mobilediff.io import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: E402
 from mobilediff.loading import load_pipeline, resolve_model  # noqa: E402
-from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes, evaluate_pipeline  # noqa: E402
+from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes, evaluate_pipeline, progress_batches  # noqa: E402
 
 
 def best_per_budget(rows: list[dict]) -> list[dict]:
@@ -145,13 +145,11 @@ def main(argv=None) -> None:
     fd_floor = frechet_distance(real, evaluator.real_features(other))
     configs = [("ddim", 50)] + [(s, k) for s in ("ddim", "dpmpp") for k in args.steps]
     rows = []
-    batch = 128
-    # progress comes per denoising step of every batch of the n prompts
-    total = -(-args.n // batch) * sum(k * (2 if g > 1 else 1) for _, k in configs for g in args.guidance)
+    total = progress_batches(args.n) * sum(k * (2 if g > 1 else 1) for _, k in configs for g in args.guidance)
     with tqdm(total=total, desc="baseline quality (UNet calls per batch)") as bar:
         for sampler, steps in configs:
             for g in args.guidance:
-                rep = evaluate_pipeline(pipe, evaluator, sampler, steps, g, n=args.n, batch_size=batch, real_features=real,
+                rep = evaluate_pipeline(pipe, evaluator, sampler, steps, g, n=args.n, real_features=real,
                                         progress=lambda k, f=(2 if g > 1 else 1): bar.update(k * f))
                 rows.append({"sampler": sampler, "steps": steps, "nfe": steps * (2 if g > 1 else 1), "guidance": g,
                              "prompt_accuracy": rep.prompt_accuracy, "fd": rep.fd, "n": rep.n,

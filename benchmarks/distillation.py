@@ -31,7 +31,7 @@ from mobilediff.benchmarking import library_versions, machine_info, tree_sha256 
 from mobilediff.evaluator import Evaluator  # noqa: E402
 from mobilediff.io import atomic_path, atomic_write_bytes, atomic_write_json  # noqa: E402
 from mobilediff.loading import load_pipeline, resolve_model  # noqa: E402
-from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes, evaluate_pipeline  # noqa: E402
+from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes, evaluate_pipeline, progress_batches  # noqa: E402
 
 TARGETS = {"4-step prompt accuracy / teacher": 0.95, "4-step FD / teacher": 1.5, "1-step prompt accuracy / teacher": 0.85}
 METHOD_LABEL = {"teacher-ddim50": "teacher, DDIM 50 steps", "teacher-ddim": "teacher, DDIM",
@@ -236,12 +236,10 @@ def main(argv=None) -> None:
     plan += [("lcm", lcm, "lcm", k, g, 1) for k in args.steps for g in args.lcm_guidance]
     plan += [("progressive", pipe, "ddim", k, 1.0, 1) for k, pipe in progressive.items()]
     rows = list(reused)
-    batch = 128
-    # progress comes per denoising step of every batch of the n prompts
-    total = -(-args.n // batch) * sum(k * f for *_, k, _g, f in plan)
+    total = progress_batches(args.n) * sum(k * f for *_, k, _g, f in plan)
     with tqdm(total=total, desc="distillation quality (UNet calls per batch)") as bar:
         for method, pipe, sampler, steps, g, f in plan:
-            rep = evaluate_pipeline(pipe, evaluator, sampler, steps, g, n=args.n, batch_size=batch, real_features=real,
+            rep = evaluate_pipeline(pipe, evaluator, sampler, steps, g, n=args.n, real_features=real,
                                     progress=lambda k, f=f: bar.update(k * f))
             rows.append({"method": method, "sampler": sampler, "steps": steps, "nfe": steps * f, "guidance": g,
                          "prompt_accuracy": rep.prompt_accuracy, "fd": rep.fd, "n": rep.n,

@@ -16,6 +16,7 @@ from mobilediff.evaluator import Evaluator, MetricReport
 
 EVAL_SEED = 20261124  # prompt set of every quality report; training uses seeds 0.. and 1234
 NOISE_SEED = 1000  # image i starts from torch.Generator().manual_seed(NOISE_SEED + i)
+EVAL_BATCH = 128  # images generated per pipeline call by evaluate_pipeline
 
 
 def eval_scenes(n: int, seed: int = EVAL_SEED) -> list[Scene]:
@@ -23,7 +24,7 @@ def eval_scenes(n: int, seed: int = EVAL_SEED) -> list[Scene]:
 
 
 def evaluate_pipeline(pipe, evaluator: Evaluator, sampler: str, steps: int, guidance: float, n: int = 256,
-                      batch_size: int = 128, real_features: np.ndarray | None = None,
+                      batch_size: int = EVAL_BATCH, real_features: np.ndarray | None = None,
                       progress: Callable[[int], None] | None = None) -> MetricReport:
     """Generate n images for the fixed prompt set and score them (prompt/attribute accuracy, FD)."""
     from mobilediff.sampling import generate
@@ -34,6 +35,11 @@ def evaluate_pipeline(pipe, evaluator: Evaluator, sampler: str, steps: int, guid
     if real_features is None:
         real_features = evaluator.real_features(scenes)
     return evaluator.score(images, scenes, real_features)
+
+
+def progress_batches(n: int, batch_size: int = EVAL_BATCH) -> int:
+    """How many pipeline calls evaluate_pipeline makes for n images: its ``progress`` fires per step of each one."""
+    return -(-n // batch_size)
 
 
 def bundle_images(runner, n: int, sampler: str, steps: int, guidance: float | None,

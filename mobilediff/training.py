@@ -118,15 +118,9 @@ class Denoiser(torch.nn.Module):
         super().__init__()
         self.text_encoder = text_encoder
         self.unet = unet
-        self.text_frozen = False
-
-    def freeze_text_encoder(self) -> None:
-        self.text_frozen = True
-        self.text_encoder.requires_grad_(False).eval()
 
     def forward(self, input_ids, noisy_latents, timesteps):
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.text_frozen):
-            out = self.text_encoder(input_ids)
+        out = self.text_encoder(input_ids)
         pred = self.unet(noisy_latents, timesteps, encoder_hidden_states=out.last_hidden_state).sample
         return pred, out.pooler_output  # (B, 4, h, w), (B, D)
 
@@ -376,7 +370,8 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
         with torch.no_grad():
             for k, v in model.text_encoder.state_dict().items():
                 v.copy_(ema.shadow["text_encoder." + k])
-        model.freeze_text_encoder()
+        # no parameter of it requires grad, so autograd records nothing for it and the optimizer skips it
+        model.text_encoder.requires_grad_(False).eval()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps), last_epoch=start - 1)
     model, head, opt = accelerator.prepare(model, head, opt)
     data = ShapesDataset(seed=cfg.seed + 1, config=cfg.data)
