@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--min-snr-gamma", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Min-SNR-gamma loss weighting (0: plain v-prediction loss).")
 @click.option("--object-weight", type=click.FloatRange(min=0), default=4.0, show_default=True, help="Extra denoiser-loss weight on latent pixels covered by shapes.")
 @click.option("--small-object-weight", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Further denoiser-loss weight on latent pixels covered by small shapes.")
+@click.option("--timestep-bias-range", type=(click.IntRange(min=0), click.IntRange(min=1)), default=(0, 1000), show_default=True, help="Timesteps [BEGIN, END) drawn --timestep-bias-multiplier times as often as the rest.")
+@click.option("--timestep-bias-multiplier", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Sampling weight of --timestep-bias-range against the other timesteps (1: uniform).")
 @click.option("--freeze-text-encoder", is_flag=True, help="Train the UNet alone; the text encoder stays bit-identical to the one loaded (students that borrow it stay valid).")
 @click.option("--latent-cache", type=click.IntRange(min=0), default=32768, show_default=True, help="Encode this many samples once and draw batches from them (0: fresh samples every step).")
 @click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the denoiser stage from this checkpoint or pipeline folder's weights (fresh optimizer and schedule); attention blocks the source lacks start as the identity.")
@@ -55,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, checkpoint_every, seed, mixed_precision,
-                   text_aux_weight, min_snr_gamma, object_weight, small_object_weight, freeze_text_encoder, latent_cache,
-                   init_from, tiny, resume, force):
+                   text_aux_weight, min_snr_gamma, object_weight, small_object_weight, timestep_bias_range, timestep_bias_multiplier,
+                   freeze_text_encoder, latent_cache, init_from, tiny, resume, force):
     """Train the embedded default model family (VAE, text encoder, UNet) on the shapes domain."""
     from mobilediff.training import TrainBaseConfig, train_base
 
@@ -64,7 +66,8 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                           vae_batch_size=vae_batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed,
                           mixed_precision=mixed_precision, text_aux_weight=text_aux_weight, init_from=init_from,
                           min_snr_gamma=min_snr_gamma, object_weight=object_weight,
-                          small_object_weight=small_object_weight, freeze_text_encoder=freeze_text_encoder,
+                          small_object_weight=small_object_weight, timestep_bias_range=tuple(timestep_bias_range),
+                          timestep_bias_multiplier=timestep_bias_multiplier, freeze_text_encoder=freeze_text_encoder,
                           latent_cache=latent_cache)
     if tiny:
         from mobilediff.tiny import tiny_train_config

@@ -67,6 +67,12 @@ class TrainBaseConfig:
     # there). Measured on the 11,800-step model: small shapes were drawn with the right kind 0.88 of the time,
     # large ones 0.97, and a small shape gets about a third of a large one's share of the loss.
     small_object_weight: float = 0.0
+    # sample timesteps in [begin, end) this many times as often as the others (1 = uniform), as the
+    # "range" timestep bias of diffusers' SDXL training script. Measured on the 14,800-step model: real latents
+    # noised to t = 250 and denoised back (DDIM, guidance 3.5) lost small shapes' kind (0.976 -> 0.938 read), so
+    # most of the small-shape errors are made at low noise, where a uniform draw spends a quarter of the batch.
+    timestep_bias_range: tuple[int, int] = (0, 1000)
+    timestep_bias_multiplier: float = 1.0
     # train the UNet alone: the text encoder stays exactly as loaded (as do students that borrow it by sha256)
     freeze_text_encoder: bool = False
     # encode this many samples once (stored in <out>/unet_run) and draw every batch from them, with fresh noise,
@@ -286,6 +292,16 @@ def _tokenizer(cfg: TrainBaseConfig):
     return CLIPTokenizer.from_pretrained(str(cfg.tokenizer_dir or DEFAULT_MODEL_DIR / "tokenizer"))
 
 
+def _sample_timesteps(n: int, num_train_timesteps: int, bias_range: tuple[int, int], multiplier: float,
+                      g: torch.Generator) -> torch.Tensor:
+    """n training timesteps: uniform, or with [begin, end) drawn ``multiplier`` times as often as the rest."""
+    if multiplier == 1.0:
+        return torch.randint(0, num_train_timesteps, (n,), generator=g)  # the draw of every run before the bias
+    weights = torch.ones(num_train_timesteps)
+    weights[bias_range[0]:bias_range[1]] = multiplier
+    return torch.multinomial(weights, n, replacement=True, generator=g)
+
+
 def _small_object_cells(labels_shape: torch.Tensor, labels_size: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """(B, 1, h, w) 1 where a latent pixel lies in a grid cell that holds a small shape (shapes stay in their cell)."""
     h, w = hw
@@ -397,7 +413,8 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
         drop = torch.rand(local, generator=g) < cfg.caption_dropout
         ids = torch.where(drop[:, None], empty_ids, ids)
         noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (local,), generator=g)
+        t = _sample_timesteps(local, noise_scheduler.config.num_train_timesteps, cfg.timestep_bias_range,
+                              cfg.timestep_bias_multiplier, g)
         noisy = noise_scheduler.add_noise(latents, noise, t)
         target = noise_scheduler.get_velocity(latents, noise, t)
         with accelerator.autocast():
@@ -448,6 +465,10 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     out = Path(cfg.out)
+    begin, end = cfg.timestep_bias_range
+    if not 0 <= begin < end <= cfg.model.scheduler.num_train_timesteps:
+        raise MobilediffError(f"--timestep-bias-range {begin} {end}: need 0 <= BEGIN < END <= "
+                              f"{cfg.model.scheduler.num_train_timesteps} (the training timesteps)")
     if out.exists() and resume is None:
         if not force:
             raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")

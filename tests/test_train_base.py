@@ -160,3 +160,38 @@ def test_small_object_cells_mark_the_cells_that_hold_small_shapes():
     expect1 = torch.zeros(6, 6)
     expect1[2:4, 2:4] = 1
     torch.testing.assert_close(cells[:, 0], torch.stack([expect0, expect1]))
+
+
+def test_timestep_bias_draws_the_range_as_often_as_asked():
+    from mobilediff.training import _sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    # multiplier 1 keeps the uniform draw every earlier run used (same generator stream as randint)
+    torch.testing.assert_close(_sample_timesteps(64, 1000, (0, 400), 1.0, torch.Generator().manual_seed(3)),
+                               torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3)))
+    t = _sample_timesteps(200_000, 1000, (0, 400), 3.0, g)
+    assert t.min() >= 0 and t.max() <= 999
+    # [0, 400) weighs 400 * 3 against 600 * 1: two thirds of the draws
+    assert abs((t < 400).float().mean().item() - 2 / 3) < 0.01
+    assert abs((t[t >= 400] < 700).float().mean().item() - 0.5) < 0.01  # uniform outside the range
+
+
+@pytest.mark.parametrize("rng", [("400", "400"), ("0", "1001"), ("700", "300")])
+def test_impossible_timestep_bias_range_is_refused_before_anything_is_written(tmp_path, rng):
+    out = tmp_path / "run"
+    code, stdout, stderr = run_cli("train-base", "--out", out, "--tiny", "--vae-steps", 1, "--unet-steps", 1,
+                                   "--timestep-bias-range", *rng, "--timestep-bias-multiplier", 3)
+    assert code != 0
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: --timestep-bias-range"), stderr
+    assert not out.exists()
+
+
+def test_timestep_bias_reaches_the_training_loop(tmp_path):
+    plain = _weights(train_base(_cfg(tmp_path / "a", unet_steps=2)))
+    biased = _weights(train_base(_cfg(tmp_path / "b", unet_steps=2, timestep_bias_range=(0, 10),
+                                      timestep_bias_multiplier=1000.0)))
+    same = _weights(train_base(_cfg(tmp_path / "c", unet_steps=2)))
+    unet = [k for k in plain if k.startswith("unet.")]
+    assert all(torch.equal(plain[k], same[k]) for k in unet)  # deterministic, so a difference is the bias
+    assert any(not torch.equal(plain[k], biased[k]) for k in unet)
