@@ -68,8 +68,9 @@ class TrainBaseConfig:
     # large ones 0.97, and a small shape gets about a third of a large one's share of the loss.
     small_object_weight: float = 0.0
     # sample timesteps in [begin, end) this many times as often as the others (1 = uniform), as the
-    # "range" timestep bias of diffusers' SDXL training script. Measured on the 14,800-step model: real latents
-    # noised to t = 250 and denoised back (DDIM, guidance 3.5) lost small shapes' kind (0.976 -> 0.938 read), so
+    # "range" timestep bias of diffusers' SDXL training script. A diagnostic on the 14,800-step model (512 scenes, not
+    # a committed report): real latents noised to t = 250 and denoised back (DDIM, guidance 3.5) lost small shapes'
+    # kind (read 0.976 after the VAE round trip alone -> 0.938), so
     # most of the small-shape errors are made at low noise, where a uniform draw spends a quarter of the batch.
     timestep_bias_range: tuple[int, int] = (0, 1000)
     timestep_bias_multiplier: float = 1.0
