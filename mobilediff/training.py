@@ -525,7 +525,8 @@ def training_markdown(info: dict) -> str:
         f"- VAE: {st.get('vae_steps')} steps at batch {c['vae_batch_size']}, "
         f"{st.get('vae_seconds', 0) / 60:.1f} min; reconstruction PSNR {st.get('vae_recon_psnr_db', float('nan')):.1f} dB "
         f"on {c['vae_stats_samples'] // 2} fresh images; latent scaling factor {st.get('scaling_factor', float('nan')):.4f}",
-        f"- Text encoder + UNet: {st.get('unet_steps')} steps at batch {c['batch_size']}, "
+        f"- {'UNet (text encoder frozen)' if c.get('freeze_text_encoder') else 'Text encoder + UNet'}: "
+        f"{st.get('unet_steps')} steps at batch {c['batch_size']}, "
         f"{st.get('unet_seconds', 0) / 60:.1f} min (wall time spent in training steps, summed over resumed sessions)",
         f"- Machine: {m['platform']}, {m['processor']}, {m['torch_threads']} torch threads, no accelerator",
         f"- Mixed precision: {c['mixed_precision']}; seed {c['seed']}", "",

@@ -198,3 +198,16 @@ def test_timestep_bias_reaches_the_training_loop(tmp_path):
     unet = [k for k in plain if k.startswith("unet.")]
     assert all(torch.equal(plain[k], same[k]) for k in unet)  # deterministic, so a difference is the bias
     assert any(not torch.equal(plain[k], biased[k]) for k in unet)
+
+
+def test_training_markdown_names_what_was_trained():
+    """The record next to the weights says 'UNet (text encoder frozen)' for a --freeze-text-encoder leg."""
+    from pathlib import Path
+
+    from mobilediff.training import training_markdown
+
+    info = json.loads((Path(__file__).parents[1] / "mobilediff/assets/default_model/training.json").read_text())
+    info["config"]["freeze_text_encoder"] = True
+    assert "- UNet (text encoder frozen): " in training_markdown(info)
+    info["config"]["freeze_text_encoder"] = False
+    assert "- Text encoder + UNet: " in training_markdown(info)
