@@ -202,11 +202,10 @@ def test_timestep_bias_reaches_the_training_loop(tmp_path):
 
 def test_training_markdown_names_what_was_trained():
     """The record next to the weights says 'UNet (text encoder frozen)' for a --freeze-text-encoder leg."""
-    from pathlib import Path
-
+    from mobilediff.loading import DEFAULT_MODEL_DIR
     from mobilediff.training import training_markdown
 
-    info = json.loads((Path(__file__).parents[1] / "mobilediff/assets/default_model/training.json").read_text())
+    info = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())
     info["config"]["freeze_text_encoder"] = True
     assert "- UNet (text encoder frozen): " in training_markdown(info)
     info["config"]["freeze_text_encoder"] = False
