@@ -3,6 +3,7 @@ MobilediffError becomes one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -53,12 +54,17 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--freeze-text-encoder", is_flag=True, help="Train the UNet alone; the text encoder stays bit-identical to the one loaded (students that borrow it stay valid).")
 @click.option("--latent-cache", type=click.IntRange(min=0), default=32768, show_default=True, help="Encode this many samples once and draw batches from them (0: fresh samples every step).")
 @click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the denoiser stage from this checkpoint or pipeline folder's weights (fresh optimizer and schedule); attention blocks the source lacks start as the identity.")
+@click.option("--text-encoder-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the text encoder (only) from this pipeline folder ('default' models: mobilediff/assets/default_model); pair with --freeze-text-encoder.")
+@click.option("--vae-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Use this pipeline folder's VAE instead of training one.")
+@click.option("--unet-channels", default=None, help="UNet block_out_channels, comma-separated (default 32,64,64): the model size of a family member.")
+@click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1).")
 @click.option("--tiny", is_flag=True, help="Tiny components and 32x32 images (for smoke tests only).")
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, checkpoint_every, seed, mixed_precision,
                    text_aux_weight, min_snr_gamma, object_weight, small_object_weight, timestep_bias_range, timestep_bias_multiplier,
-                   freeze_text_encoder, latent_cache, init_from, tiny, resume, force):
+                   freeze_text_encoder, latent_cache, init_from, text_encoder_from, vae_from, unet_channels, unet_layers,
+                   tiny, resume, force):
     """Train the embedded default model family (VAE, text encoder, UNet) on the shapes domain."""
     from mobilediff.training import TrainBaseConfig, train_base
 
@@ -68,7 +74,11 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                           min_snr_gamma=min_snr_gamma, object_weight=object_weight,
                           small_object_weight=small_object_weight, timestep_bias_range=tuple(timestep_bias_range),
                           timestep_bias_multiplier=timestep_bias_multiplier, freeze_text_encoder=freeze_text_encoder,
-                          latent_cache=latent_cache)
+                          latent_cache=latent_cache, text_encoder_from=text_encoder_from, vae_from=vae_from)
+    if unet_channels is not None or unet_layers is not None:
+        from mobilediff.models import sized_unet
+
+        cfg.model = replace(cfg.model, unet=sized_unet(cfg.model.unet, unet_channels, unet_layers))
     if tiny:
         from mobilediff.tiny import tiny_train_config
 

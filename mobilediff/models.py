@@ -8,7 +8,7 @@ checkpoint uses, only smaller. Sizes were chosen from measured training cost on 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 TOKENIZER_MAX_LENGTH = 32  # captions of the shapes domain take at most 28 tokens with bos/eos
 
@@ -73,6 +73,33 @@ class UnetConfig:
         kw = asdict(self)
         kw["out_channels"] = self.in_channels
         return UNet2DConditionModel(**kw)
+
+
+def sized_unet(base: UnetConfig, channels: str | None, layers: int | None) -> UnetConfig:
+    """``base`` with other block widths (``"16,32,32"``; as many levels as ``base``) and/or layers per block.
+    GroupNorm groups become the largest divisor of every width up to 32; heads stay ``attention_head_dim`` wide."""
+    import math
+
+    from mobilediff.errors import MobilediffError
+
+    out = base
+    if channels is not None:
+        try:
+            widths = tuple(int(c) for c in channels.split(","))
+        except ValueError:
+            raise MobilediffError(f"--unet-channels must be comma-separated integers, got {channels!r}") from None
+        if len(widths) != len(base.block_out_channels):
+            raise MobilediffError(f"--unet-channels needs {len(base.block_out_channels)} widths (one per level), "
+                                  f"got {len(widths)}")
+        if any(w < base.attention_head_dim or w % base.attention_head_dim for w in widths):
+            raise MobilediffError(f"--unet-channels {channels}: every width must be a positive multiple of the "
+                                  f"attention head width {base.attention_head_dim}")
+        groups = math.gcd(*widths)
+        groups = max(g for g in range(1, min(32, groups) + 1) if groups % g == 0)
+        out = replace(out, block_out_channels=widths, norm_num_groups=groups)
+    if layers is not None:
+        out = replace(out, layers_per_block=layers)
+    return out
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ class TrainBaseConfig:
     # timesteps and caption dropout per step; the frozen VAE's encoder was a third of a step. 0 = fresh samples.
     latent_cache: int = 32768
     init_from: Path | None = None  # start stage 2 from these checkpoint weights (fresh optimizer and schedule)
+    # start the text encoder (only) from this pipeline folder's weights; with freeze_text_encoder, a UNet of any
+    # size trains against an existing text encoder (the model family of the scaling study shares one)
+    text_encoder_from: Path | None = None
+    # use this pipeline folder's VAE (copied into the run folder) instead of training stage 1
+    vae_from: Path | None = None
     grad_clip: float = 1.0
     checkpoint_every: int = 200
     # "bf16" autocast has ~2x faster GEMMs on AVX-512 BF16 CPUs, yet a whole step of this small UNet measured
@@ -285,6 +290,15 @@ def _initial_weights(path: Path) -> dict[str, torch.Tensor]:
             **{f"text_encoder.{k}": v for k, v in load_tensors(te).items()}}
 
 
+def _text_encoder_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Text-encoder weights of a pipeline folder, without the ``text_model.`` prefix (transformers 5 keys), whichever
+    layout the file was written in."""
+    file = path / "text_encoder" / "model.safetensors"
+    if not file.is_file():
+        raise MobilediffError(f"--text-encoder-from {path}: no text_encoder/model.safetensors (not a pipeline folder)")
+    return {k.removeprefix("text_model."): v for k, v in load_tensors(file).items()}
+
+
 def _tokenizer(cfg: TrainBaseConfig):
     from transformers import CLIPTokenizer
 
@@ -370,6 +384,15 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
         new = _load_initial(model, _initial_weights(Path(cfg.init_from)))
         if new:
             print(f"init-from: new attention blocks start as the identity: {', '.join(new)}")
+    if cfg.text_encoder_from is not None:
+        weights = _text_encoder_weights(Path(cfg.text_encoder_from))
+        if any(k.startswith("text_model.") for k in model.text_encoder.state_dict()):  # transformers 4.x layout
+            weights = {f"text_model.{k}": v for k, v in weights.items()}
+        try:
+            model.text_encoder.load_state_dict(weights)
+        except RuntimeError as e:
+            raise MobilediffError(f"--text-encoder-from {cfg.text_encoder_from}: weights do not fit the text encoder "
+                                  f"({str(e).splitlines()[0]})") from None
     head = SceneHead(cfg.model.text_encoder.hidden_size)
     noise_scheduler = cfg.model.scheduler.build()
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.lr, weight_decay=0.01)
@@ -480,6 +503,14 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     record = out / "training.json"
     if record.exists():
         stats = json.loads(record.read_text()).get("stats", {})
+    if not (vae_dir / "config.json").is_file() and cfg.vae_from is not None:
+        src = Path(cfg.vae_from) / "vae"
+        if not (src / "config.json").is_file():
+            raise MobilediffError(f"--vae-from {cfg.vae_from}: no vae/config.json (not a pipeline folder)")
+        with atomic_dir(vae_dir, force=True) as tmp:
+            for f in src.iterdir():
+                shutil.copy2(f, tmp / f.name)
+        stats["vae_from"] = str(cfg.vae_from)
     if not (vae_dir / "config.json").is_file():
         stats.update(train_vae(cfg, resume, vae_dir))
         atomic_write_json(record, {"stats": stats})
