@@ -1,0 +1,73 @@
+# Shared by the ios_demo scripts (source it, do not run it): where the Swift toolchain lives and how to run a
+# command inside it.
+#
+# The toolchain is a Debian trixie root (Swift 6 from trixie's `swiftlang`, ONNX Runtime's C library from
+# `libonnxruntime-dev`, libcrypto from `libssl-dev`) built by setup-toolchain.sh under ios_demo/.toolchain/
+# (git-ignored; MOBILEDIFF_TOOLCHAIN_DIR moves it). Trixie's binaries need glibc 2.38, newer than the bookworm
+# host's, so they run chrooted.
+#
+# Mounts: every command runs in its own private mount namespace (`unshare --mount`), so the proc, /dev and bind
+# mounts it needs are visible only to that command and disappear with it, even if it is killed; an EXIT trap
+# unmounts them in order as well. Nothing is ever mounted in the host's namespace.
+
+IOS_DEMO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TOOLCHAIN_DIR="${MOBILEDIFF_TOOLCHAIN_DIR:-$IOS_DEMO/.toolchain}"
+TRIXIE_ROOT="$TOOLCHAIN_DIR/trixie"
+# What the toolchain holds; a change here rebuilds it (the list is written into the stamp file).
+TOOLCHAIN_PACKAGES="swiftlang libc6-dev libstdc++-14-dev libonnxruntime-dev libssl-dev"
+TOOLCHAIN_STAMP_NAME=".mobilediff-toolchain"
+
+die() { echo "error: $*" >&2; exit 1; }
+
+toolchain_ready() {
+    [ -f "$TRIXIE_ROOT/$TOOLCHAIN_STAMP_NAME" ] &&
+        [ "$(cat "$TRIXIE_ROOT/$TOOLCHAIN_STAMP_NAME")" = "$TOOLCHAIN_PACKAGES" ]
+}
+
+# mounts_under DIR: prints the host-namespace mount points at or below DIR (there should never be any).
+mounts_under() {
+    local dir
+    dir="$(readlink -f "$1")"
+    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts
+}
+
+# chroot_run ROOT [--bind HOST_PATH:CHROOT_PATH]... -- COMMAND...
+# Runs COMMAND (through /bin/bash -c inside ROOT when it is one string) with proc, /dev, /dev/pts and the
+# given bind mounts, all in a private mount namespace. Returns COMMAND's exit status.
+chroot_run() {
+    local root="$1"; shift
+    local binds=()
+    while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+        case "$1" in
+            --bind) binds+=("$2"); shift 2 ;;
+            *) die "chroot_run: unknown option $1" ;;
+        esac
+    done
+    [ "${1:-}" = "--" ] && shift
+    [ "$(id -u)" = 0 ] || die "the Swift toolchain runs in a chroot: run this as root"
+    unshare --mount --propagation private /bin/bash -s -- "$root" "$#" "$@" "${binds[@]}" <<'INNER'
+set -euo pipefail
+root="$1"; ncmd="$2"; shift 2
+cmd=("${@:1:$ncmd}"); shift "$ncmd"
+mounted=()
+cleanup() {
+    local i
+    for (( i=${#mounted[@]}-1; i>=0; i-- )); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+mnt() { mount "$@"; mounted+=("${@: -1}"); }
+mkdir -p "$root/proc" "$root/dev"
+mnt -t proc proc "$root/proc"
+mnt --bind /dev "$root/dev"
+if [ -d /dev/pts ]; then mkdir -p "$root/dev/pts"; mnt --bind /dev/pts "$root/dev/pts"; fi
+for b in "$@"; do
+    src="${b%%:*}"; dst="$root${b#*:}"
+    if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")"; touch "$dst"; fi
+    mnt --bind "$src" "$dst"
+done
+export LANG=C.UTF-8 LC_ALL=C.UTF-8 HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+status=0
+chroot "$root" "${cmd[@]}" || status=$?
+exit "$status"
+INNER
+}
