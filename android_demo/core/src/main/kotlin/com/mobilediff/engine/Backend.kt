@@ -1,0 +1,31 @@
+package com.mobilediff.engine
+
+import java.io.File
+
+/**
+ * A runtime that runs the bundle's component graphs: [OnnxRuntimeBackend] (`ai.onnxruntime`) or
+ * [ExecuTorchBackend] (`org.pytorch.executorch`). The same code runs on Android (the runtimes' AARs) and on
+ * the JVM (ONNX Runtime's Java API and the ExecuTorch host shim, see android_demo/README.md).
+ */
+interface Backend {
+    /** The bundle target this backend reads: "onnx" or "executorch". */
+    val target: String
+
+    /** Load one component graph; [spec] gives its input and output names in graph order. */
+    fun load(file: File, spec: ComponentSpec): ComponentSession
+
+    companion object {
+        /** The backend for a target name. */
+        fun forTarget(target: String): Backend = when (target) {
+            "onnx" -> OnnxRuntimeBackend()
+            "executorch" -> ExecuTorchBackend()
+            else -> throw IllegalArgumentException("unknown backend '$target'; choose onnx or executorch")
+        }
+    }
+}
+
+/** One loaded component graph. */
+interface ComponentSession : AutoCloseable {
+    /** Run on [inputs] (in the graph's input order); returns the outputs in the graph's output order. */
+    fun run(inputs: List<Tensor>): List<Tensor.F32>
+}

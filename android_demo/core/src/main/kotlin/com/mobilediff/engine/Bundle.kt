@@ -1,0 +1,84 @@
+package com.mobilediff.engine
+
+import java.io.File
+import java.security.MessageDigest
+
+/**
+ * A bundle folder: its [manifest] and checked access to its files. [open] reads and validates the manifest
+ * only; [componentFile] and [tokenizer] check every file they hand out against its sha256 first.
+ */
+class Bundle private constructor(val dir: File, val manifest: Manifest) {
+
+    /** The verified file of [component] for [target] (onnx | executorch), with its external data checked too. */
+    fun componentFile(component: String, target: String, precision: String? = null): Pair<File, ComponentFile> {
+        val entry = manifest.component(component).file(target, precision)
+        for (ref in listOf(entry.file) + entry.externalData) verify(ref)
+        return File(dir, entry.file.path) to entry
+    }
+
+    /** The CLIP tokenizer from the bundle's tokenizer files (each present; vocab and merges sha256-checked when listed). */
+    fun tokenizer(): ClipTokenizer {
+        for (f in manifest.tokenizer.files) {
+            if (!File(dir, f).exists()) throw BundleError(f, "tokenizer file missing")
+        }
+        return ClipTokenizer.load(dir, manifest.tokenizer)
+    }
+
+    /** Check that [ref] exists and matches its sha256; throws [BundleError] naming the file otherwise. */
+    fun verify(ref: FileRef) {
+        val f = File(dir, ref.path)
+        if (!f.exists()) throw BundleError(ref.path, "bundle file missing")
+        val actual = sha256(f)
+        if (actual != ref.sha256) {
+            throw BundleError(ref.path, "does not match its sha256 in the manifest (modified or corrupt: expected ${ref.sha256}, got $actual)")
+        }
+    }
+
+    companion object {
+        /** Read [dir]/manifest.json. Throws [BundleError] for a missing folder/manifest, bad JSON or a newer format. */
+        fun open(dir: File): Bundle {
+            if (!dir.isDirectory) throw BundleError(dir.path, "bundle folder not found")
+            val file = File(dir, Manifest.MANIFEST)
+            if (!file.isFile) throw BundleError(Manifest.MANIFEST, "missing in ${dir.path} (not a bundle, or an interrupted export)")
+            return Bundle(dir, Manifest.parse(file.readText()))
+        }
+
+        /**
+         * sha256 of a file's bytes, or of a folder (a .mlpackage) as Python's `mobilediff.bundle.sha256_path`:
+         * over its files sorted by path components, each contributing its relative path then its bytes.
+         */
+        fun sha256(path: File): String {
+            val md = MessageDigest.getInstance("SHA-256")
+            if (path.isDirectory) {
+                val files = path.walkTopDown().filter { it.isFile }.map { it.relativeTo(path).invariantSeparatorsPath }
+                    .sortedWith { a, b -> compareParts(a.split('/'), b.split('/')) }.toList()
+                for (rel in files) {
+                    md.update(rel.toByteArray(Charsets.UTF_8))
+                    digestFile(md, File(path, rel))
+                }
+            } else {
+                digestFile(md, path)
+            }
+            return md.digest().joinToString("") { "%02x".format(it) }
+        }
+
+        private fun digestFile(md: MessageDigest, f: File) {
+            f.inputStream().use { input ->
+                val buf = ByteArray(1 shl 20)
+                while (true) {
+                    val n = input.read(buf)
+                    if (n < 0) break
+                    md.update(buf, 0, n)
+                }
+            }
+        }
+
+        private fun compareParts(a: List<String>, b: List<String>): Int {
+            for (i in 0 until minOf(a.size, b.size)) {
+                val c = a[i].compareTo(b[i])
+                if (c != 0) return c
+            }
+            return a.size - b.size
+        }
+    }
+}

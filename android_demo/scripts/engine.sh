@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The Android engine's command line on the JVM (same engine code as the app; ONNX Runtime's Java API and the
+# ExecuTorch host shim as runtimes). See android_demo/README.md and notes in benchmarks/app_parity.py.
+#   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--guidance G] --out IMG.png --json R.json
+#   engine.sh check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+"$ANDROID_DEMO/scripts/setup-toolchain.sh" >/dev/null
+"$ANDROID_DEMO/scripts/build-engine.sh"
+exec java $JAVA_NATIVE_OPTS -cp "$BUILD/engine.jar:$RUNTIME_CP" com.mobilediff.cli.EngineCliKt "$@"
