@@ -71,3 +71,15 @@ chroot "$root" "${cmd[@]}" || status=$?
 exit "$status"
 INNER
 }
+
+PACKAGE_DIR="$IOS_DEMO/MobileDiffKit"
+# Where the package is seen inside the chroot (bind-mounted, so .build/ stays on the host between runs).
+CHROOT_PACKAGE=/src/MobileDiffKit
+
+# swift_run [--bind HOST:CHROOT]... -- SHELL_COMMAND: runs SHELL_COMMAND in the package folder inside the chroot.
+swift_run() {
+    local binds=(--bind "$PACKAGE_DIR:$CHROOT_PACKAGE")
+    while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do binds+=("$1" "$2"); shift 2; done
+    [ "${1:-}" = "--" ] && shift
+    chroot_run "$TRIXIE_ROOT" "${binds[@]}" -- /bin/bash -c "cd $CHROOT_PACKAGE && $*"
+}

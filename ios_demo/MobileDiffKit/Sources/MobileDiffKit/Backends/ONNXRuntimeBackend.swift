@@ -1,0 +1,158 @@
+#if canImport(COnnxRuntime)
+import COnnxRuntime
+import Foundation
+
+/// Runs `.onnx` component files through ONNX Runtime's C API — the API ORT's mobile packages wrap. On Linux it
+/// links the system's libonnxruntime (Debian trixie: 1.21); the session runs on ORT's CPU provider.
+public final class ONNXRuntimeBackend: InferenceBackend {
+    public let target = "onnx"
+    /// Intra-op threads per session; 0 lets ONNX Runtime choose.
+    public let intraOpThreads: Int
+    private let env: OpaquePointer
+
+    public init(intraOpThreads: Int = 0) throws {
+        self.intraOpThreads = intraOpThreads
+        var env: OpaquePointer?
+        try ORT.check(ORT.api.CreateEnv(ORT_LOGGING_LEVEL_ERROR, "mobilediff", &env))
+        guard let env else { throw MobileDiffError.runtime(backend: "onnxruntime", message: "CreateEnv returned no environment") }
+        self.env = env
+    }
+
+    deinit { ORT.api.ReleaseEnv(env) }
+
+    public func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
+                          spec: BundleManifest.Component) throws -> any InferenceModel {
+        try ONNXRuntimeModel(env: env, url: url, spec: spec, intraOpThreads: intraOpThreads, backend: self)
+    }
+}
+
+/// Access to ORT's function table and its status convention (a non-null OrtStatus is an error).
+enum ORT {
+    static let api: OrtApi = {
+        guard let base = OrtGetApiBase(), let api = base.pointee.GetApi(UInt32(ORT_API_VERSION)) else {
+            fatalError("ONNX Runtime does not provide C API version \(ORT_API_VERSION)")
+        }
+        return api.pointee
+    }()
+
+    static func check(_ status: OpaquePointer?) throws {
+        guard let status else { return }
+        let message = api.GetErrorMessage(status).map { String(cString: $0) } ?? "unknown error"
+        api.ReleaseStatus(status)
+        throw MobileDiffError.runtime(backend: "onnxruntime", message: message)
+    }
+}
+
+final class ONNXRuntimeModel: InferenceModel {
+    private let session: OpaquePointer
+    private let memoryInfo: OpaquePointer
+    private let inputSpecs: [BundleManifest.TensorSpec]
+    private let outputNames: [String]
+    private let backend: ONNXRuntimeBackend  // keeps the environment alive as long as the session
+
+    init(env: OpaquePointer, url: URL, spec: BundleManifest.Component, intraOpThreads: Int, backend: ONNXRuntimeBackend) throws {
+        var options: OpaquePointer?
+        try ORT.check(ORT.api.CreateSessionOptions(&options))
+        defer { ORT.api.ReleaseSessionOptions(options) }
+        if intraOpThreads > 0 { try ORT.check(ORT.api.SetIntraOpNumThreads(options, Int32(intraOpThreads))) }
+        try ORT.check(ORT.api.SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL))
+        var session: OpaquePointer?
+        try ORT.check(url.path.withCString { ORT.api.CreateSession(env, $0, options, &session) })
+        var memoryInfo: OpaquePointer?
+        do {
+            try ORT.check(ORT.api.CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memoryInfo))
+        } catch {
+            ORT.api.ReleaseSession(session)
+            throw error
+        }
+        self.session = session!
+        self.memoryInfo = memoryInfo!
+        self.inputSpecs = spec.inputs
+        self.outputNames = spec.outputs.map(\.name)
+        self.backend = backend
+    }
+
+    deinit {
+        ORT.api.ReleaseSession(session)
+        ORT.api.ReleaseMemoryInfo(memoryInfo)
+    }
+
+    func predict(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
+        // ORT reads the input buffers during Run only: copy each into a buffer we own for that time.
+        var buffers: [UnsafeMutableRawPointer] = []
+        var values: [OpaquePointer?] = []
+        defer {
+            for value in values { ORT.api.ReleaseValue(value) }
+            for buffer in buffers { buffer.deallocate() }
+        }
+        for spec in inputSpecs {
+            guard let tensor = inputs[spec.name] else {
+                throw MobileDiffError.invalidArgument("onnxruntime: missing input \(spec.name)")
+            }
+            let (buffer, bytes, type) = ONNXRuntimeModel.copy(tensor)
+            buffers.append(buffer)
+            let shape = tensor.shape.map(Int64.init)
+            var value: OpaquePointer?
+            try ORT.check(shape.withUnsafeBufferPointer {
+                ORT.api.CreateTensorWithDataAsOrtValue(memoryInfo, buffer, bytes, $0.baseAddress, $0.count, type, &value)
+            })
+            values.append(value)
+        }
+        var outputs = [OpaquePointer?](repeating: nil, count: outputNames.count)
+        defer { for value in outputs { ORT.api.ReleaseValue(value) } }
+        let inputNames: [UnsafePointer<CChar>?] = inputSpecs.map { UnsafePointer(strdup($0.name)) }
+        let outputNamesC: [UnsafePointer<CChar>?] = outputNames.map { UnsafePointer(strdup($0)) }
+        defer { (inputNames + outputNamesC).forEach { free(UnsafeMutablePointer(mutating: $0)) } }
+        let inputValues: [OpaquePointer?] = values
+        let status: OpaquePointer? = ORT.api.Run(session, nil, inputNames, inputValues, inputValues.count,
+                                                 outputNamesC, outputNamesC.count, &outputs)
+        try ORT.check(status)
+        var result: [String: Tensor] = [:]
+        for (name, value) in zip(outputNames, outputs) {
+            result[name] = try ONNXRuntimeModel.read(value!, name: name)
+        }
+        return result
+    }
+
+    private static func copy(_ tensor: Tensor) -> (UnsafeMutableRawPointer, Int, ONNXTensorElementDataType) {
+        switch tensor.storage {
+        case .float32(let values):
+            let bytes = values.count * MemoryLayout<Float>.stride
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: 64)
+            values.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: bytes) }
+            return (buffer, bytes, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+        case .int32(let values):
+            let bytes = values.count * MemoryLayout<Int32>.stride
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 1), alignment: 64)
+            values.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: bytes) }
+            return (buffer, bytes, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
+        }
+    }
+
+    private static func read(_ value: OpaquePointer, name: String) throws -> Tensor {
+        var info: OpaquePointer?
+        try ORT.check(ORT.api.GetTensorTypeAndShape(value, &info))
+        defer { ORT.api.ReleaseTensorTypeAndShapeInfo(info) }
+        var rank = 0
+        try ORT.check(ORT.api.GetDimensionsCount(info, &rank))
+        var dims = [Int64](repeating: 0, count: rank)
+        try ORT.check(ORT.api.GetDimensions(info, &dims, rank))
+        var type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+        try ORT.check(ORT.api.GetTensorElementType(info, &type))
+        var data: UnsafeMutableRawPointer?
+        try ORT.check(ORT.api.GetTensorMutableData(value, &data))
+        let shape = dims.map { Int($0) }
+        let count = shape.reduce(1, *)
+        switch type {
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT:
+            let pointer = data!.bindMemory(to: Float.self, capacity: count)
+            return Tensor(shape: shape, floats: Array(UnsafeBufferPointer(start: pointer, count: count)))
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32:
+            let pointer = data!.bindMemory(to: Int32.self, capacity: count)
+            return Tensor(shape: shape, ints: Array(UnsafeBufferPointer(start: pointer, count: count)))
+        default:
+            throw MobileDiffError.runtime(backend: "onnxruntime", message: "output \(name) has element type \(type.rawValue); the engine reads float32 and int32")
+        }
+    }
+}
+#endif

@@ -1,0 +1,68 @@
+import Foundation
+
+/// Every failure MobileDiffKit reports: one case per kind of problem, each with what was found and what was
+/// expected, so an app can show one clear line and a test can match the case.
+public enum MobileDiffError: Error, Equatable, Sendable {
+    /// The bundle folder does not exist or holds no manifest.json.
+    case bundleNotFound(path: String)
+    /// manifest.json could not be read as a mobilediff bundle manifest.
+    case invalidManifest(path: String, reason: String)
+    /// The manifest's format_version is newer than this engine reads (fields are only added, but a new major
+    /// version may change meaning): update the app.
+    case unsupportedManifestVersion(found: Int, supported: Int)
+    /// A file the manifest lists is absent.
+    case fileMissing(path: String)
+    /// A file's bytes do not hash to the sha256 the manifest records (modified, truncated or corrupt).
+    case checksumMismatch(path: String, expected: String, actual: String)
+    /// The bundle lacks a component, or a file of that component for the backend's target.
+    case componentUnavailable(component: String, target: String, available: [String])
+    /// No sampler table for this sampler and step count.
+    case samplerUnavailable(sampler: String, steps: Int, available: [String])
+    /// An argument outside what the bundle or engine allows.
+    case invalidArgument(String)
+    /// The tokenizer files are missing or malformed.
+    case tokenizer(String)
+    /// A tensor's shape or element count is not what a component declares.
+    case shapeMismatch(name: String, expected: [Int], actual: [Int])
+    /// The backend cannot run here (e.g. Core ML on Linux).
+    case backendUnavailable(String)
+    /// The runtime (ONNX Runtime, Core ML) reported an error.
+    case runtime(backend: String, message: String)
+    /// Golden vectors or their tensors file could not be read.
+    case goldens(String)
+}
+
+extension MobileDiffError: CustomStringConvertible, LocalizedError {
+    public var description: String {
+        switch self {
+        case .bundleNotFound(let path):
+            return "bundle not found: \(path) (a bundle folder holds manifest.json)"
+        case .invalidManifest(let path, let reason):
+            return "\(path) is not a valid mobilediff bundle manifest: \(reason)"
+        case .unsupportedManifestVersion(let found, let supported):
+            return "the bundle's manifest has format version \(found); this engine reads versions 1...\(supported) (update the app)"
+        case .fileMissing(let path):
+            return "bundle file missing: \(path)"
+        case .checksumMismatch(let path, let expected, let actual):
+            return "bundle file \(path) does not match its sha256 in the manifest (expected \(expected), got \(actual))"
+        case .componentUnavailable(let component, let target, let available):
+            return "bundle has no \(target) file for \(component) (it has: \(available.isEmpty ? "none" : available.joined(separator: ", ")))"
+        case .samplerUnavailable(let sampler, let steps, let available):
+            return "bundle has no \(sampler) table for \(steps) steps (it has: \(available.joined(separator: ", ")))"
+        case .invalidArgument(let message):
+            return message
+        case .tokenizer(let message):
+            return "tokenizer: \(message)"
+        case .shapeMismatch(let name, let expected, let actual):
+            return "\(name): expected shape \(expected), got \(actual)"
+        case .backendUnavailable(let message):
+            return message
+        case .runtime(let backend, let message):
+            return "\(backend): \(message)"
+        case .goldens(let message):
+            return "goldens: \(message)"
+        }
+    }
+
+    public var errorDescription: String? { description }
+}

@@ -1,0 +1,22 @@
+/// The CLIP text encoder: token ids (1, maxLength) int32 → per-token features (1, maxLength, width).
+public final class TextEncoder: ResourceManaging {
+    public let model: ManagedModel
+
+    public init(model: ManagedModel) {
+        self.model = model
+    }
+
+    /// Features of one prompt's padded token ids.
+    public func encode(_ ids: [Int32]) throws -> Tensor {
+        let input = model.spec.inputs[0]
+        let dtype = input.dtype
+        let tensor = dtype.hasPrefix("int64") || dtype.hasPrefix("int32")
+            ? Tensor(shape: [1, ids.count], ints: ids)
+            : Tensor(shape: [1, ids.count], floats: ids.map(Float.init))
+        let outputs = try model.predict([input.name: tensor])
+        return outputs[model.spec.outputs[0].name]!
+    }
+
+    public func loadResources() throws { try model.loadResources() }
+    public func unloadResources() { model.unloadResources() }
+}

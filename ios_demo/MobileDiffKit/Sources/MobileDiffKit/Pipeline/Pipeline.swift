@@ -1,0 +1,97 @@
+import Foundation
+
+/// Text → image from a bundle alone, with any backend: tokenizer → text encoder → sampler loop over the
+/// manifest's table (guided denoiser calls) → decoder → image. The Python reference is
+/// mobilediff/runtimes.py `BundleRunner.generate`; the same seed gives the same image.
+public final class Pipeline: ResourceManaging {
+    public let bundle: MobileDiffBundle
+    public let tokenizer: BPETokenizer
+    public let textEncoder: TextEncoder
+    public let denoiser: Denoiser
+    public let decoder: VAEDecoder
+    /// Unload each model as soon as its part of a generation is done (lower peak memory, slower repeats).
+    public var reduceMemory: Bool
+
+    public var manifest: BundleManifest { bundle.manifest }
+
+    /// Opens a bundle for `backend`; models are loaded on first use (or by `loadResources()`).
+    public init(bundle url: URL, backend: any InferenceBackend, precision: String? = nil, reduceMemory: Bool = false) throws {
+        bundle = try MobileDiffBundle(url: url)
+        tokenizer = try BPETokenizer(folder: bundle.tokenizerURL(), info: bundle.manifest.tokenizer)
+        textEncoder = TextEncoder(model: try ManagedModel(component: "text_encoder", bundle: bundle, backend: backend, precision: precision))
+        denoiser = Denoiser(model: try ManagedModel(component: "unet", bundle: bundle, backend: backend, precision: precision))
+        decoder = VAEDecoder(model: try ManagedModel(component: "vae_decoder", bundle: bundle, backend: backend, precision: precision))
+        self.reduceMemory = reduceMemory
+    }
+
+    public func loadResources() throws {
+        try textEncoder.loadResources()
+        try denoiser.loadResources()
+        try decoder.loadResources()
+    }
+
+    public func unloadResources() {
+        textEncoder.unloadResources()
+        denoiser.unloadResources()
+        decoder.unloadResources()
+    }
+
+    /// Generates one image.
+    /// - Parameter onStep: called after each sampler step with the step index and the latent (1, C, h, w).
+    public func generate(_ configuration: Configuration, onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> Result {
+        try configuration.validate(against: manifest)
+        let table = try manifest.samplerTable(configuration.sampler, steps: configuration.steps)
+        let guidance = try GuidanceMode.make(manifest.guidance, scale: configuration.guidanceScale)
+        let geometry = manifest.geometry
+        var timer = SampleTimer()
+        var random = TorchRandomSource(seed: configuration.seed)
+        let latentCount = geometry.latentShape.reduce(1, *)
+        let noise = random.normalArray(count: latentCount)
+
+        // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
+        var text = try timer.time("text_encoder") { try textEncoder.encode(tokenizer.encode(configuration.prompt)) }
+        if case .classifierFree = guidance {
+            if let batch = denoiser.model.spec.staticBatch, batch < 2 {
+                throw MobileDiffError.invalidArgument("this bundle's denoiser was exported without a classifier-free-guidance batch: generate with guidance 1")
+            }
+            let unconditional = try timer.time("text_encoder") {
+                try textEncoder.encode(tokenizer.encode(manifest.guidance.unconditionalPrompt ?? ""))
+            }
+            text = Tensor(shape: [2] + text.shape.dropFirst(), floats: unconditional.floats + text.floats)
+        }
+        if reduceMemory { textEncoder.unloadResources() }
+
+        // 2. the sampler loop
+        let condition: Tensor?
+        if case .embedding(let scale, let dim) = guidance {
+            condition = Tensor(shape: [1, dim], floats: GuidanceMode.embedding(scale: scale, dim: dim))
+        } else {
+            condition = nil
+        }
+        let latentShape = geometry.latentShape
+        let latents = try SamplerLoop.run(table: table, noise: noise, denoise: { modelInput, timestep, _ in
+            try timer.time("unet") {
+                switch guidance {
+                case .classifierFree(let scale):
+                    let doubled = Tensor(shape: [2] + latentShape.dropFirst(), floats: modelInput + modelInput)
+                    let out = try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil)
+                    return GuidanceMode.combine(out.floats, scale: scale)
+                case .none, .embedding:
+                    let sample = Tensor(shape: latentShape, floats: modelInput)
+                    return try denoiser.predict(sample: sample, timestep: timestep, text: text, condition: condition).floats
+                }
+            }
+        }, freshNoise: { random.normalArray(count: latentCount) }, onStep: onStep)
+        if reduceMemory { denoiser.unloadResources() }
+
+        // 3. decode: latents / scaling_factor + shift_factor
+        let scaling = Float(geometry.scalingFactor), shift = Float(geometry.shiftFactor ?? 0)
+        let decoderInput = Tensor(shape: latentShape, floats: latents.map { $0 / scaling + shift })
+        let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput) }
+        if reduceMemory { decoder.unloadResources() }
+
+        let raw = ImageConversion.hwcClamped(chw: decoded.floats, height: decoded.shape[2], width: decoded.shape[3])
+        let image = ImageConversion.rgba(hwc: raw, height: decoded.shape[2], width: decoded.shape[3])
+        return Result(image: image, rawImage: raw, timer: timer, configuration: configuration)
+    }
+}

@@ -1,0 +1,183 @@
+// mobilediff-engine: the iOS engine's command line (the contract both app engines implement; see
+// notes/apps_contract.md and ../../README.md). Wrapped by ios_demo/scripts/engine.sh, which runs it inside the
+// Linux toolchain's chroot.
+//
+//   generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
+//            [--threads T] --out IMG.png --json RESULT.json
+//   check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
+import Foundation
+import MobileDiffKit
+
+struct UsageError: Error, CustomStringConvertible {
+    var description: String
+}
+
+let usage = """
+    usage: mobilediff-engine generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G]
+                                      [--sampler NAME] [--threads T] --out IMG.png --json RESULT.json
+           mobilediff-engine check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
+    """
+
+func parseOptions(_ arguments: ArraySlice<String>, allowed: Set<String>) throws -> [String: String] {
+    var options: [String: String] = [:]
+    var rest = arguments
+    while let flag = rest.popFirst() {
+        guard flag.hasPrefix("--"), allowed.contains(String(flag.dropFirst(2))) else {
+            throw UsageError(description: "unknown option \(flag) (allowed: \(allowed.sorted().map { "--" + $0 }.joined(separator: " ")))")
+        }
+        guard let value = rest.popFirst() else { throw UsageError(description: "\(flag) needs a value") }
+        options[String(flag.dropFirst(2))] = value
+    }
+    return options
+}
+
+func required(_ options: [String: String], _ name: String) throws -> String {
+    guard let value = options[name] else { throw UsageError(description: "missing --\(name)") }
+    return value
+}
+
+func number<T: LosslessStringConvertible>(_ options: [String: String], _ name: String, as: T.Type) throws -> T? {
+    guard let text = options[name] else { return nil }
+    guard let value = T(text) else { throw UsageError(description: "--\(name) must be a number, got \(text)") }
+    return value
+}
+
+func makeBackend(_ name: String, threads: Int) throws -> any InferenceBackend {
+    switch name {
+    case "onnx":
+        #if canImport(COnnxRuntime)
+        return try ONNXRuntimeBackend(intraOpThreads: threads)
+        #else
+        throw MobileDiffError.backendUnavailable("this build has no ONNX Runtime (COnnxRuntime module)")
+        #endif
+    case "coreml":
+        #if canImport(CoreML)
+        return CoreMLBackend()
+        #else
+        throw MobileDiffError.backendUnavailable("Core ML runs on Apple platforms only")
+        #endif
+    case "executorch":
+        throw MobileDiffError.backendUnavailable("the iOS engine has no ExecuTorch backend (onnx or coreml)")
+    default:
+        throw UsageError(description: "unknown backend \(name) (onnx, coreml)")
+    }
+}
+
+/// JSON text for plain values; non-finite numbers are written as Python's json module writes them
+/// (Infinity, -Infinity, NaN), so `json.load` reads a perfect match back as inf.
+func json(_ value: Any, indent: String = "") -> String {
+    let inner = indent + "  "
+    switch value {
+    case let dictionary as [String: Any]:
+        if dictionary.isEmpty { return "{}" }
+        let items = dictionary.keys.sorted().map { "\(inner)\(json($0)): \(json(dictionary[$0]!, indent: inner))" }
+        return "{\n" + items.joined(separator: ",\n") + "\n\(indent)}"
+    case let array as [Any]:
+        if array.isEmpty { return "[]" }
+        return "[\n" + array.map { inner + json($0, indent: inner) }.joined(separator: ",\n") + "\n\(indent)]"
+    case let string as String:
+        var out = "\""
+        for scalar in string.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            default:
+                if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
+            }
+        }
+        return out + "\""
+    case let flag as Bool:
+        return flag ? "true" : "false"
+    case let integer as Int:
+        return String(integer)
+    case let integer as UInt64:
+        return String(integer)
+    case let real as Double:
+        if real.isNaN { return "NaN" }
+        if real.isInfinite { return real > 0 ? "Infinity" : "-Infinity" }
+        return "\(real)"
+    case is NSNull:
+        return "null"
+    default:
+        return json("\(value)")
+    }
+}
+
+func write(_ value: Any, to path: String) throws {
+    try (json(value) + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+}
+
+func generate(_ options: [String: String]) throws {
+    let bundle = URL(fileURLWithPath: try required(options, "bundle"))
+    let out = try required(options, "out")
+    let resultPath = try required(options, "json")
+    let backend = try makeBackend(try required(options, "backend"), threads: try number(options, "threads", as: Int.self) ?? 0)
+    let pipeline = try Pipeline(bundle: bundle, backend: backend)
+    var configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: try required(options, "prompt"),
+                                                        seed: try number(options, "seed", as: UInt64.self) ?? 0)
+    if let sampler = options["sampler"] { configuration.sampler = sampler }
+    if let steps = try number(options, "steps", as: Int.self) { configuration.steps = steps }
+    if let guidance = try number(options, "guidance", as: Double.self) { configuration.guidanceScale = guidance }
+
+    let loadStart = Date()
+    try pipeline.loadResources()
+    let loadMs = Date().timeIntervalSince(loadStart) * 1000
+    let result = try pipeline.generate(configuration)
+
+    try PNGWriter.write(result.image, to: URL(fileURLWithPath: out))
+    let rawPath = (out as NSString).deletingPathExtension + "_raw.f32"
+    var raw = result.rawImage.map { $0.bitPattern.littleEndian }
+    try Data(bytes: &raw, count: raw.count * 4).write(to: URL(fileURLWithPath: rawPath), options: .atomic)
+    let record: [String: Any] = [
+        "ms_total": result.timer.totalMilliseconds,
+        "ms": result.timer.milliseconds.mapValues { $0 as Any },
+        "calls": result.timer.calls.mapValues { $0 as Any },
+        "load_ms": loadMs,
+        "steps": configuration.steps,
+        "sampler": configuration.sampler,
+        "guidance": configuration.guidanceScale,
+        "seed": configuration.seed,
+        "prompt": configuration.prompt,
+        "backend": backend.target,
+        "image": out,
+        "image_raw": rawPath,
+        "image_raw_shape": [result.image.height, result.image.width, 3],
+    ]
+    try write(record, to: resultPath)
+    print(String(format: "%@: %@-%d guidance %g seed %llu in %.0f ms (load %.0f ms)", out, configuration.sampler,
+                 configuration.steps, configuration.guidanceScale, configuration.seed, result.timer.totalMilliseconds, loadMs))
+}
+
+func checkGoldens(_ options: [String: String]) throws {
+    let bundle = URL(fileURLWithPath: try required(options, "bundle"))
+    let goldens = try Goldens(directory: URL(fileURLWithPath: try required(options, "goldens")))
+    let backend = try required(options, "backend")
+    let model = options["model"] ?? bundle.deletingLastPathComponent().lastPathComponent
+    let rows = try GoldenChecks(bundle: bundle, goldens: goldens, model: model, backend: backend).all()
+    try write(rows.map { $0.dictionary }, to: try required(options, "json"))
+    for row in rows {
+        print("\(row.passed ? "PASS" : "FAIL") \(row.check) \(row.model) seed=\(row.seed.map(String.init) ?? "-") psnr=\(row.psnrDB) dB max_abs=\(row.maxAbsError) \(row.detail)")
+    }
+    if rows.contains(where: { !$0.passed }) { exit(1) }
+}
+
+let arguments = CommandLine.arguments.dropFirst()
+do {
+    switch arguments.first {
+    case "generate":
+        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "out", "json"]))
+    case "check-goldens":
+        try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))
+    default:
+        throw UsageError(description: usage)
+    }
+} catch let error as UsageError {
+    FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
+    exit(2)
+} catch {
+    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+    exit(1)
+}
