@@ -1,0 +1,63 @@
+package com.mobilediff.engine
+
+import org.json.JSONObject
+import org.junit.Assume.assumeTrue
+import java.io.File
+
+/**
+ * The test fixtures `python -m mobilediff.fixtures DIR` writes (test.sh passes DIR as the system property
+ * `mobilediff.fixtures`): DIR/<model>/bundle (onnx + executorch), DIR/<model>/goldens,
+ * DIR/<model>/reference/<runtime>_seed<S>.{png,json,safetensors} (Python's `generate --bundle`, default plan).
+ */
+object Fixtures {
+    val root: File? = System.getProperty("mobilediff.fixtures")?.let(::File)?.takeIf { it.isDirectory }
+
+    /** The fixture models, from DIR/index.json when present, else every folder holding a bundle. */
+    val models: List<String> by lazy {
+        val dir = root ?: return@lazy emptyList()
+        val index = File(dir, "index.json")
+        val fromIndex = if (index.isFile) {
+            val o = JSONObject(index.readText())
+            val m = o.optJSONObject("models")?.keys()?.asSequence()?.toList()
+                ?: o.optJSONArray("models")?.let { a -> List(a.length()) { i -> a.get(i).let { v -> (v as? JSONObject)?.getString("name") ?: v.toString() } } }
+            m
+        } else {
+            null
+        }
+        (fromIndex ?: dir.listFiles()!!.filter { File(it, "bundle/manifest.json").isFile }.map { it.name }).sorted()
+    }
+
+    /** Skip the calling test (not fail) when no fixtures were generated, saying how to make them. */
+    fun require() {
+        assumeTrue("no fixtures: run android_demo/scripts/test.sh (python -m mobilediff.fixtures DIR)", models.isNotEmpty())
+    }
+
+    fun bundle(model: String) = File(root, "$model/bundle")
+    fun goldens(model: String) = File(root, "$model/goldens")
+    fun reference(model: String) = File(root, "$model/reference")
+}
+
+/** Python's reference image for [model] on [runtime] at [seed], as (H, W, 3) floats in [-1, 1]; null if absent. */
+fun Fixtures.referenceImage(model: String, runtime: String, seed: Long): FloatArray? {
+    val file = File(reference(model), "${runtime}_seed$seed.safetensors")
+    if (!file.isFile) return null
+    val st = Safetensors.read(file)
+    val key = st.keys.firstOrNull { it.contains("image") } ?: st.keys.first()
+    val shape = st.shape(key)
+    val data = st.floats(key)
+    // (1, 3, H, W) or (3, H, W) planar -> (H, W, 3); (H, W, 3) as is
+    if (shape.last() == 3) return data
+    val h = shape[shape.size - 2]
+    val w = shape[shape.size - 1]
+    return ImageConversion.toHwc(data, h, w)
+}
+
+/** The bundle targets the JVM can run here for [model]: onnx, plus executorch when the bundle has it. */
+fun Fixtures.backends(model: String): List<String> {
+    val m = Bundle.open(bundle(model)).manifest
+    return listOf("onnx", "executorch").filter { t -> m.components.values.all { c -> c.files.any { it.target == t } } }
+}
+
+/** Python's record beside a reference image (prompt, plan, ms), or null. */
+fun Fixtures.referenceRecord(model: String, runtime: String, seed: Long): JSONObject? =
+    File(reference(model), "${runtime}_seed$seed.json").takeIf { it.isFile }?.let { JSONObject(it.readText()) }
