@@ -1,21 +1,27 @@
-"""The bundle: ``manifest.json`` + one file per component, target and precision + tokenizer files.
+"""The bundle manifest as typed, frozen dataclasses, with the one reader and the one writer of ``manifest.json``.
 
-This is the one contract with the apps (see shared/DESIGN.md, "The bundle"). Fields are only ever added:
-a reader accepts any manifest whose ``format_version`` it knows and ignores fields it does not, and
-refuses a newer major format. Every file a reader opens is checked against its sha256 first.
+A bundle is ``manifest.json`` + one file per component, target and precision + the tokenizer files. It is the one
+contract with the apps (docs/bundle.md describes it field by field): an app holding only the bundle can generate
+exactly what ``mobilediff generate --bundle`` generates. Fields are only ever added: a reader accepts any manifest
+whose ``format_version`` it knows, keeps fields it does not know (``extra``) and refuses a newer major format in one
+line. Every file a reader opens is checked against its sha256 first.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mobilediff.errors import MobilediffError
 
 FORMAT = "mobilediff.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+ROLES = ("teacher", "student")
 
 
 def file_name(component: str, target: str, precision: str, ext: str) -> str:
@@ -42,6 +48,10 @@ def size_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# guidance: the classifier-free rule and the LCM guidance-scale embedding, used by every sampler loop
+
+
 def guidance_embedding_tensor(scale, dim: int):
     """diffusers' guidance-scale embedding (LCM): w = (scale - 1) * 1000, sinusoidal over ``dim`` features.
     ``scale`` is a (B,) tensor; traceable, so the fused graph uses it too."""
@@ -60,19 +70,292 @@ def guidance_embedding(scale: float, dim: int) -> list[float]:
     return guidance_embedding_tensor(torch.tensor([float(scale)]), dim)[0].tolist()
 
 
-def guidance_record(pipe, default_scale: float) -> dict:
-    dim = pipe.unet.config.time_cond_proj_dim
-    if dim:
-        return {"type": "embedding", "input": "timestep_cond", "embedding_dim": dim, "default_scale": default_scale,
-                "formula": "w = (scale - 1) * 1000; f_k = exp(-k * ln(10000) / (dim/2 - 1)), k < dim/2; "
-                           "embedding = [sin(w f_0..), cos(w f_0..)] (zero-padded to dim)",
-                "default_embedding": guidance_embedding(default_scale, dim)}
-    return {"type": "classifier_free", "default_scale": default_scale, "unconditional_prompt": "",
-            "formula": "out = out_uncond + scale * (out_cond - out_uncond); UNet batch rows [uncond, cond]"}
+def classifier_free_guidance(uncond, cond, scale):
+    """The one CFG rule: ``out = uncond + scale * (cond - uncond)`` (rows [uncond, cond] of one UNet batch)."""
+    return uncond + scale * (cond - uncond)
 
 
-def read_manifest(bundle: Path) -> dict:
-    """Load and check a bundle's manifest (format, version). Raises MobilediffError with one line."""
+# ---------------------------------------------------------------------------------------------------------------
+# the manifest's parts
+
+
+class _Record:
+    """Shared (de)serialisation: known fields by name, unknown ones kept in ``extra`` and written back."""
+
+    _NESTED: dict[str, Any] = {}  # field -> record class (or (list, class) / (dict, class))
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str):
+        if not isinstance(d, dict):
+            raise MobilediffError(f"{where}: expected an object, got {type(d).__name__}")
+        names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        missing = [n for n, f in names.items() if n not in d and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise MobilediffError(f"{where}: missing field {missing[0]!r}")
+        kw = {}
+        for n in names:
+            if n not in d:
+                continue
+            v, kind = d[n], cls._NESTED.get(n)
+            if kind is None or v is None:
+                kw[n] = v
+            elif isinstance(kind, tuple) and kind[0] is list:
+                if not isinstance(v, list):
+                    raise MobilediffError(f"{where}.{n}: expected a list")
+                kw[n] = tuple(kind[1].from_dict(x, f"{where}.{n}[{i}]") for i, x in enumerate(v))
+            elif isinstance(kind, tuple) and kind[0] is dict:
+                if not isinstance(v, dict):
+                    raise MobilediffError(f"{where}.{n}: expected an object")
+                kw[n] = {k: kind[1].from_dict(x, f"{where}.{n}.{k}") for k, x in v.items()}
+            else:
+                kw[n] = kind.from_dict(v, f"{where}.{n}")
+        extra = {k: v for k, v in d.items() if k not in names}
+        try:
+            return cls(**kw, extra=extra)
+        except (TypeError, ValueError) as e:
+            raise MobilediffError(f"{where}: {e}") from None
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, _Record):
+                v = v.to_dict()
+            elif isinstance(v, tuple) and v and isinstance(v[0], _Record):
+                v = [x.to_dict() for x in v]
+            elif isinstance(v, dict) and v and all(isinstance(x, _Record) for x in v.values()):
+                v = {k: x.to_dict() for k, x in v.items()}
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return {**out, **self.extra}
+
+
+@dataclass(frozen=True)
+class TensorEntry(_Record):
+    """One input or output of a graph. ``shape`` may name dimensions ("batch"); ``static_shape`` fixes them."""
+
+    name: str
+    shape: list
+    static_shape: list
+    dtype: str  # "float32" | "int32"
+    description: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ExternalData(_Record):
+    path: str  # relative to the bundle
+    sha256: str
+    size_bytes: int
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class FileEntry(_Record):
+    """One exported graph of a component: target, precision, where it is, and how it was checked."""
+
+    target: str  # "onnx" | "executorch" | "coreml"
+    precision: str  # "fp32" | "fp16": the compute precision the graph was exported at
+    path: str  # relative to the bundle
+    sha256: str
+    size_bytes: int
+    quantization: str | None = None  # recipe name when the graph is quantized
+    external_data: tuple = ()  # ExternalData: files the graph reads from beside it (ONNX weights over 1.5 GiB)
+    export_seconds: float | None = None
+    export: dict = field(default_factory=dict)  # target facts: opset, delegated subgraphs, deployment target, ...
+    parity: dict = field(default_factory=dict)  # the check against PyTorch: psnr_db, max_abs_error, floor, ...
+    extra: dict = field(default_factory=dict, compare=False)
+    _NESTED = {"external_data": (list, ExternalData)}
+
+    @property
+    def tag(self) -> str:
+        """The precision part of the file name: the quantization recipe if any, else the precision."""
+        return self.quantization or self.precision
+
+
+@dataclass(frozen=True)
+class ComponentEntry(_Record):
+    inputs: tuple  # TensorEntry, in call order
+    outputs: tuple  # TensorEntry
+    dims: dict  # static value of every named dimension, e.g. {"batch": 2}
+    files: tuple  # FileEntry
+    source_class: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+    _NESTED = {"inputs": (list, TensorEntry), "outputs": (list, TensorEntry), "files": (list, FileEntry)}
+
+    def file(self, target: str, precision: str | None = None) -> FileEntry | None:
+        """The first file for ``target`` whose precision or quantization tag is ``precision`` (any if None)."""
+        for f in self.files:
+            if f.target == target and precision in (None, f.precision, f.quantization):
+                return f
+        return None
+
+
+@dataclass(frozen=True)
+class Tokenizer(_Record):
+    files: tuple  # relative paths (tokenizer/vocab.json, tokenizer/merges.txt, ...)
+    max_length: int  # pad (with pad_id) or truncate every prompt to this many ids, BOS and EOS included
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    lowercase: bool = True
+    note: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Geometry(_Record):
+    height: int  # image pixels
+    width: int
+    vae_scale_factor: int
+    latent_channels: int
+    latent_height: int
+    latent_width: int
+    scaling_factor: float  # decoder input = final latent / scaling_factor + shift_factor
+    shift_factor: float = 0.0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.latent_channels, self.latent_height, self.latent_width)
+
+
+@dataclass(frozen=True)
+class SamplerEntry(_Record):
+    """A sampler as data (mobilediff.sampler_table): step i is a linear combination of the current and earlier
+    latents, the model outputs and fresh noise, with coefficients measured from diffusers' scheduler."""
+
+    name: str  # "ddim" | "dpmpp" | "euler" | "lcm"
+    steps: int
+    init_noise_sigma: float
+    timesteps: list
+    input_scale: list
+    latent_coef: list  # [i][k]: weight of latent_{i-k}
+    output_coef: list  # [i][k]: weight of output_{i-k}
+    noise_coef: list
+    sampler: str = ""  # the diffusers scheduler class it was measured from
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Guidance(_Record):
+    """``classifier_free``: UNet rows [uncond (the ``unconditional_prompt``), cond], combined by
+    :func:`classifier_free_guidance` when the scale is > 1. ``embedding``: one row; the scale enters as the
+    UNet's ``input`` (``timestep_cond``), :func:`guidance_embedding` of it."""
+
+    type: str  # "classifier_free" | "embedding"
+    default_scale: float
+    formula: str = ""
+    unconditional_prompt: str | None = None
+    input: str | None = None
+    embedding_dim: int | None = None
+    default_embedding: list | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.type not in ("classifier_free", "embedding"):
+            raise ValueError(f"unknown guidance type {self.type!r}")
+
+
+@dataclass(frozen=True)
+class ModelRole(_Record):
+    """What the exported model is: a teacher (trained directly) or a distilled student, and from what."""
+
+    role: str  # "teacher" | "student"
+    method: str | None = None  # students: "progressive" | "lcm"
+    name: str = ""  # what it was exported from ("default:progressive-4", a folder name)
+    source_sha256: str | None = None  # the pipeline folder's weights
+    teacher: str | None = None  # students: their teacher
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"unknown model role {self.role!r} (known: {', '.join(ROLES)})")
+
+
+@dataclass(frozen=True)
+class SamplingPlan(_Record):
+    """The default sampling plan: what an app does when the user sets nothing. A table ``sampler``/``steps``
+    is always in the manifest's ``samplers``."""
+
+    sampler: str
+    steps: int
+    guidance: float
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Source(_Record):
+    model: str = ""
+    pipeline_class: str = ""
+    weights_sha256: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Manifest(_Record):
+    format: str
+    format_version: int
+    created: str
+    source: Source
+    versions: dict
+    geometry: Geometry
+    prediction_type: str
+    tokenizer: Tokenizer
+    components: dict  # name -> ComponentEntry ("text_encoder", "unet", "vae_decoder")
+    samplers: tuple  # SamplerEntry
+    guidance: Guidance
+    model: ModelRole | None = None  # absent in the first bundles of format 1: read as a teacher
+    default_sampling: SamplingPlan | None = None  # absent in the first bundles: see :meth:`plan`
+    quantization: dict | None = None  # recipe, per-target settings, calibration summary
+    fused: dict | None = None  # --fused-steps: one program text -> N steps -> image (components' layout + table)
+    extra: dict = field(default_factory=dict, compare=False)
+    _NESTED = {"source": Source, "geometry": Geometry, "tokenizer": Tokenizer, "components": (dict, ComponentEntry),
+               "samplers": (list, SamplerEntry), "guidance": Guidance, "model": ModelRole,
+               "default_sampling": SamplingPlan}
+
+    @property
+    def role(self) -> ModelRole:
+        return self.model or ModelRole(role="teacher", name=self.source.model, source_sha256=self.source.weights_sha256)
+
+    @property
+    def plan(self) -> SamplingPlan:
+        """The default sampling plan (bundles written before the field existed: LCM 4 steps for guidance-embedding
+        models, else DDIM 50, at the manifest's default guidance)."""
+        if self.default_sampling is not None:
+            return self.default_sampling
+        lcm = self.guidance.type == "embedding"
+        return SamplingPlan(sampler="lcm" if lcm else "ddim", steps=4 if lcm else 50, guidance=self.guidance.default_scale)
+
+    def component(self, name: str) -> ComponentEntry:
+        comp = self.components.get(name)
+        if comp is None:
+            raise MobilediffError(f"bundle has no component {name!r} (it has: {', '.join(self.components) or 'none'})")
+        return comp
+
+    def sampler_table(self, sampler: str, steps: int) -> SamplerEntry:
+        for table in self.samplers:
+            if table.name == sampler and table.steps == steps:
+                return table
+        have = ", ".join(f"{t.name}:{t.steps}" for t in self.samplers)
+        raise MobilediffError(f"bundle has no {sampler} table for {steps} steps (it has: {have})")
+
+    def targets(self) -> set[str]:
+        """Targets every component has a file for."""
+        per = [{f.target for f in c.files} for c in self.components.values()]
+        return set.intersection(*per) if per else set()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the one reader and the one writer
+
+
+def read_manifest(bundle: Path) -> Manifest:
+    """Load and check a bundle's manifest (format, version, field types). Raises MobilediffError with one line."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise MobilediffError(f"bundle directory not found: {bundle}")
@@ -80,46 +363,49 @@ def read_manifest(bundle: Path) -> dict:
     if not path.is_file():
         raise MobilediffError(f"{bundle} has no {MANIFEST} (not a bundle, or an interrupted export)")
     try:
-        manifest = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MobilediffError(f"corrupt {path}: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise MobilediffError(f"{path} is not a mobilediff bundle manifest (format {manifest.get('format')!r})")
-    version = manifest.get("format_version")
+    except OSError as e:
+        raise MobilediffError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise MobilediffError(f"{path} is not a mobilediff bundle manifest (format {got!r})")
+    version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise MobilediffError(f"{path} has format version {version!r}; this mobilediff reads versions 1..{FORMAT_VERSION} "
                               f"(upgrade mobilediff to read newer bundles)")
-    return manifest
+    return Manifest.from_dict(raw, str(path))
 
 
-def verify_file(bundle: Path, entry: dict) -> Path:
-    """The path of a manifest file entry, after checking that it and each of its external data files (an entry's
-    optional ``external_data`` list, e.g. the weights of an ONNX graph over 1.5 GiB) exist and match their sha256."""
-    path = Path(bundle) / entry["path"]
-    for part in [entry] + list(entry.get("external_data", [])):
-        file = Path(bundle) / part["path"]
-        if not file.exists():
-            raise MobilediffError(f"bundle file missing: {file}")
-        if sha256_path(file) != part["sha256"]:
-            raise MobilediffError(f"bundle file {file} does not match its sha256 in the manifest (modified or corrupt)")
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write ``manifest`` as ``directory/manifest.json`` atomically; returns the path."""
+    from mobilediff.io import atomic_write_json
+
+    path = Path(directory) / MANIFEST
+    atomic_write_json(path, manifest.to_dict())
     return path
 
 
-def component_file(manifest: dict, bundle: Path, component: str, target: str, precision: str | None = None) -> tuple[Path, dict]:
-    """Verified path and entry of ``component`` for ``target`` (and precision, if given)."""
-    comp = manifest.get("components", {}).get(component)
-    if comp is None:
-        raise MobilediffError(f"bundle has no component {component!r}")
-    files = [f for f in comp["files"] if f["target"] == target and (precision is None or f["precision"] == precision)]
-    if not files:
-        have = sorted({f"{f['target']}/{f['precision']}" for f in comp["files"]})
-        raise MobilediffError(f"bundle has no {target} file for {component} (it has: {', '.join(have) or 'none'})")
-    return verify_file(bundle, files[0]), files[0]
+def verify_file(bundle: Path, entry: FileEntry) -> Path:
+    """The path of a manifest file entry, after checking that it and each of its external data files exist and
+    match their sha256."""
+    for part in (entry, *entry.external_data):
+        file = Path(bundle) / part.path
+        if not file.exists():
+            raise MobilediffError(f"bundle file missing: {file}")
+        if sha256_path(file) != part.sha256:
+            raise MobilediffError(f"bundle file {file} does not match its sha256 in the manifest (modified or corrupt)")
+    return Path(bundle) / entry.path
 
 
-def sampler_entry(manifest: dict, sampler: str, steps: int) -> dict:
-    for table in manifest.get("samplers", []):
-        if table["name"] == sampler and table["steps"] == steps:
-            return table
-    have = ", ".join(f"{t['name']}:{t['steps']}" for t in manifest.get("samplers", []))
-    raise MobilediffError(f"bundle has no {sampler} table for {steps} steps (it has: {have})")
+def component_file(manifest: Manifest, bundle: Path, component: str, target: str,
+                   precision: str | None = None) -> tuple[Path, FileEntry]:
+    """Verified path and entry of ``component`` for ``target`` (and precision or quantization tag, if given)."""
+    comp = manifest.component(component)
+    entry = comp.file(target, precision)
+    if entry is None:
+        have = sorted({f"{f.target}/{f.tag}" for f in comp.files})
+        raise MobilediffError(f"bundle has no {target}{'/' + precision if precision else ''} file for {component} "
+                              f"(it has: {', '.join(have) or 'none'})")
+    return verify_file(bundle, entry), entry

@@ -19,6 +19,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input of any kind becomes one line on stderr and exit code 2."""
+    from mobilediff.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         cli.main(args=argv, prog_name="mobilediff", standalone_mode=False)
     except click.exceptions.Abort:
@@ -66,7 +69,7 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                    freeze_text_encoder, latent_cache, init_from, text_encoder_from, vae_from, unet_channels, unet_layers,
                    tiny, resume, force):
     """Train the embedded default model family (VAE, text encoder, UNet) on the shapes domain."""
-    from mobilediff.training import TrainBaseConfig, train_base
+    from mobilediff.train.base import TrainBaseConfig, train_base
 
     cfg = TrainBaseConfig(out=out, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size,
                           vae_batch_size=vae_batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed,
@@ -124,7 +127,7 @@ def train_evaluator_cmd(out, steps, batch_size, seed):
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
                 checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, resume, force):
     """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher."""
-    from mobilediff.distill import DistillConfig, distill
+    from mobilediff.train.distill import DistillConfig, distill
 
     cfg = DistillConfig(teacher=teacher, method=method, steps=steps, out=out, max_train_steps=max_train_steps,
                         teacher_steps=teacher_steps, guidance=guidance, batch_size=batch_size, lr=lr,
@@ -148,14 +151,19 @@ def pack_cmd(model, base, out, fp16):
     click.echo(f"packed {out}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
 
 
-def _sampling_defaults(model, steps, sampler, guidance):
-    """Fill unset --steps/--sampler/--guidance from a distilled student's distillation.json, else 50/ddim/5.0."""
-    from mobilediff.distill import student_defaults
-    from mobilediff.loading import resolve_model
+def _sampling_defaults(plan, steps, sampler, guidance):
+    """Fill unset --steps/--sampler/--guidance from a default sampling plan (a bundle's manifest, or a model's own:
+    see mobilediff.exporter.describe_model)."""
+    return (steps if steps is not None else plan.steps, sampler or plan.sampler,
+            guidance if guidance is not None else plan.guidance)
 
-    d = (student_defaults(resolve_model(model)) if model is not None else None) or {}
-    return (steps if steps is not None else d.get("steps", 50), sampler or d.get("sampler", "ddim"),
-            guidance if guidance is not None else d.get("guidance", 5.0))
+
+def _model_plan(model):
+    from mobilediff.exporter import describe_model
+    from mobilediff.loading import load_pipeline, resolve_model
+
+    pipe = load_pipeline(model)
+    return pipe, describe_model(pipe, resolve_model(model), str(model), None)[1]
 
 
 def _warn(msg: str) -> None:
@@ -183,17 +191,18 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 
     if out.suffix.lower() != ".png":
         raise MobilediffError(f"--out must be a .png file, got {out}")
-    steps, sampler, guidance = _sampling_defaults(None if bundle is not None else model, steps, sampler, guidance)
-    validate_generation(steps, guidance, list(prompts), list(seeds))
     all_prompts = [p for p in prompts for _ in seeds]
     all_seeds = [s for _ in prompts for s in seeds]
     if bundle is not None:
         import torch
 
-        from mobilediff.bundle import read_manifest, sampler_entry
+        from mobilediff.bundle import read_manifest
         from mobilediff.runtimes import BundleRunner
 
-        sampler_entry(read_manifest(bundle), sampler, steps)  # fail fast on a missing table
+        manifest = read_manifest(bundle)
+        steps, sampler, guidance = _sampling_defaults(manifest.plan, steps, sampler, guidance)
+        validate_generation(steps, guidance, list(prompts), list(seeds))
+        manifest.sampler_table(sampler, steps)  # fail fast on a missing table
         runner = BundleRunner(bundle, runtime)
         for p in prompts:
             check_prompt_length(runner.tokenizer, p, _warn)
@@ -204,9 +213,9 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
                 bar.update(1)
         images = torch.cat(images)
     else:
-        from mobilediff.loading import load_pipeline
-
-        pipe = load_pipeline(model)
+        pipe, plan = _model_plan(model)
+        steps, sampler, guidance = _sampling_defaults(plan, steps, sampler, guidance)
+        validate_generation(steps, guidance, list(prompts), list(seeds))
         for p in prompts:
             check_prompt_length(pipe.tokenizer, p, _warn)
         with tqdm(total=steps * ((len(all_prompts) + 63) // 64), desc=f"{sampler} {steps} steps") as bar:
@@ -227,7 +236,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
 @click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
 @click.option("--fused-sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
-@click.option("--guidance", type=float, default=None, help="Default guidance scale recorded in the manifest (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
+@click.option("--guidance", type=float, default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, force):
@@ -245,16 +254,29 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
 
         for t in parse_targets(target):
             get_recipe(t, quantize)
-    from mobilediff.distill import student_defaults
+    from mobilediff.loading import student_record
 
-    sampling = student_defaults(resolve_model(model))
-    if guidance is None:
-        guidance = sampling["guidance"] if sampling else 5.0
+    record = student_record(resolve_model(model))
     pipe = load_pipeline(model)
     path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
-                         progress=lambda m: click.echo(f"export {m}", err=True), source=str(resolve_model(model)),
-                         quantize=quantize, calibration_sampling=sampling)
+                         progress=lambda m: click.echo(f"export {m}", err=True), source=str(model),
+                         quantize=quantize, calibration_sampling=record["sampling"] if record else None,
+                         model_dir=resolve_model(model))
     click.echo(f"bundle written to {path}")
+
+
+@cli.command("goldens")
+@click.option("--bundle", type=click.Path(path_type=Path), required=True, help="Bundle folder (mobilediff export) to record.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: goldens.json + goldens.safetensors.")
+@click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime that runs the bundle's graphs.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True, help="Noise seed of the recorded sampling plans.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def goldens_cmd(bundle, out, runtime, seed, force):
+    """Record the vectors the apps' engines are tested against: token ids, noise, every component call per plan."""
+    from mobilediff.goldens import write_goldens
+
+    path = write_goldens(bundle, out, runtime, seed, force, progress=lambda m: click.echo(f"goldens {m}", err=True))
+    click.echo(f"goldens written to {path}")
 
 
 @cli.command("evaluate")

@@ -14,33 +14,75 @@ from typing import Callable
 
 import torch
 
-from mobilediff.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_name, guidance_record, sha256_path, size_bytes
+from mobilediff.bundle import (FORMAT, FORMAT_VERSION, Manifest, ModelRole, SamplingPlan, file_name, guidance_embedding,
+                               sha256_path, size_bytes, write_manifest)
 from mobilediff.components import ComponentSpec, check_supported, declare, latent_geometry
 from mobilediff.errors import MobilediffError
-from mobilediff.io import atomic_dir, atomic_write_json
+from mobilediff.io import atomic_dir
 from mobilediff.targets import PRECISIONS, TARGETS, get_target
 
 # step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
 TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
+DEFAULT_GUIDANCE = 5.0  # a teacher's default guidance scale when neither the model nor the user names one
 CFG_SAMPLERS = ("ddim", "dpmpp", "euler")
 FUSED_TARGETS = ("onnx", "executorch")
 
 
 def parse_targets(target: str) -> list[str]:
+    """"all", one target name, or several separated by commas ("onnx,executorch")."""
     if target == "all":
         return list(TARGETS)
-    get_target(target)  # raises on an unknown name
-    return [target]
+    names = [t.strip() for t in target.split(",")]
+    for name in names:
+        get_target(name)  # raises on an unknown name
+    return list(dict.fromkeys(names))
 
 
-def sampler_tables(pipe) -> list[dict]:
+def describe_model(pipe, model_dir: Path | None, name: str, guidance: float | None) -> tuple[ModelRole, SamplingPlan]:
+    """The model's role and default sampling plan, from the model itself: a distilled student's
+    ``distillation.json`` (``mobilediff distill``), else its UNet (a guidance-embedding input makes it an LCM
+    student, sampled with LCM at 4 steps), else a teacher sampled with DDIM at 50 steps. ``guidance``, when
+    given, overrides the plan's guidance scale."""
+    from mobilediff.loading import student_record
+
+    record = student_record(model_dir) if model_dir is not None else None
+    sha = _source_hash(pipe)
+    if record is not None:
+        smp = record["sampling"]
+        role = ModelRole(role="student", method=record["method"], name=name, source_sha256=sha, teacher=record.get("teacher"))
+        plan = SamplingPlan(sampler=smp["sampler"], steps=int(smp["steps"]), guidance=float(smp["guidance"]))
+    elif pipe.unet.config.time_cond_proj_dim:
+        role = ModelRole(role="student", method="lcm", name=name, source_sha256=sha)
+        plan = SamplingPlan(sampler="lcm", steps=4, guidance=DEFAULT_GUIDANCE)
+    else:
+        role = ModelRole(role="teacher", name=name, source_sha256=sha)
+        plan = SamplingPlan(sampler="ddim", steps=50, guidance=DEFAULT_GUIDANCE)
+    if guidance is not None:
+        plan = SamplingPlan(sampler=plan.sampler, steps=plan.steps, guidance=float(guidance))
+    return role, plan
+
+
+def guidance_record(pipe, default_scale: float) -> dict:
+    dim = pipe.unet.config.time_cond_proj_dim
+    if dim:
+        return {"type": "embedding", "input": "timestep_cond", "embedding_dim": dim, "default_scale": default_scale,
+                "formula": "w = (scale - 1) * 1000; f_k = exp(-k * ln(10000) / (dim/2 - 1)), k < dim/2; "
+                           "embedding = [sin(w f_0..), cos(w f_0..)] (zero-padded to dim)",
+                "default_embedding": guidance_embedding(default_scale, dim)}
+    return {"type": "classifier_free", "default_scale": default_scale, "unconditional_prompt": "",
+            "formula": "out = out_uncond + scale * (out_cond - out_uncond); UNet batch rows [uncond, cond]"}
+
+
+def sampler_tables(pipe, plan: SamplingPlan | None = None) -> list[dict]:
+    """Every sampler the model can use at every tabulated step count, and the plan's own if not among them."""
     from mobilediff.sampler_table import sampler_table
     from mobilediff.sampling import make_scheduler
 
     names = ("lcm",) if pipe.unet.config.time_cond_proj_dim else CFG_SAMPLERS
     out = []
     for name in names:
-        for steps in TABLE_STEPS:
+        steps_list = sorted(set(TABLE_STEPS) | ({plan.steps} if plan is not None and plan.sampler == name else set()))
+        for steps in steps_list:
             table = sampler_table(make_scheduler(name, pipe.scheduler.config), steps).to_dict()
             out.append({"name": name, **table})
     return out
@@ -97,11 +139,14 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
 
 def export_bundle(model, target: str, out: Path, height: int | None = None, width: int | None = None,
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
-                  guidance: float = 5.0, force: bool = False, progress: Callable[[str], None] | None = None,
+                  guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_sampling: dict | None = None,
-                  calibration_prompts: int = 32, calibration_rows: int = 64) -> Path:
-    """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring."""
-    from mobilediff.benchmarking import library_versions, tree_sha256
+                  calibration_prompts: int = 32, calibration_rows: int = 64, model_dir: Path | None = None) -> Path:
+    """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring.
+
+    ``model_dir`` is the pipeline folder it was loaded from (its role and default sampling plan are read from it,
+    see :func:`describe_model`); ``guidance`` overrides the plan's guidance scale."""
+    from mobilediff.benchmarking import library_versions
 
     targets = parse_targets(target)
     if precision not in PRECISIONS:
@@ -122,6 +167,8 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
             recipes = {quantize.target: quantize}
         else:
             recipes = {t: get_recipe(t, quantize) for t in targets}  # an unknown recipe lists the valid ones
+    role, plan = describe_model(pipe, model_dir, source, guidance)
+    guidance = plan.guidance
     geometry = latent_geometry(pipe, height, width)
     # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
     specs = declare(pipe, geometry, cfg_batch=1 if guidance <= 1.0 else None)
@@ -147,14 +194,14 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {"model": source, "pipeline_class": type(pipe).__name__,
-                       "weights_sha256": _source_hash(pipe, tree_sha256)},
+            "source": {"model": source, "pipeline_class": type(pipe).__name__, "weights_sha256": role.source_sha256},
+            "model": role.to_dict(), "default_sampling": plan.to_dict(),
             "versions": library_versions(),
             "geometry": geometry,
             "prediction_type": pipe.scheduler.config.prediction_type,
             "tokenizer": _tokenizer_record(pipe, tmp),
             "components": components,
-            "samplers": sampler_tables(pipe),
+            "samplers": sampler_tables(pipe, plan),
             "guidance": guidance_record(pipe, guidance),
             "quantization": None if not recipes else {
                 "recipe": quantize if isinstance(quantize, str) else quantize.name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
@@ -165,11 +212,14 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
 
             manifest["fused"] = export_fused(pipe, geometry, [t for t in targets if t in FUSED_TARGETS], precision,
                                              fused_steps, fused_sampler, guidance, tmp, say)
-        atomic_write_json(tmp / MANIFEST, manifest)  # last: a bundle without a manifest is not a bundle
+        # last, and through the one writer (which checks every field): a bundle without a manifest is not a bundle
+        write_manifest(tmp, Manifest.from_dict(manifest, "manifest"))
     return out
 
 
-def _source_hash(pipe, tree_sha256) -> str | None:
+def _source_hash(pipe) -> str | None:
+    from mobilediff.benchmarking import tree_sha256
+
     path = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
     if path and Path(path).is_dir():
         return tree_sha256(Path(path))

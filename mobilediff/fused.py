@@ -12,16 +12,17 @@ from typing import Callable
 
 import torch
 
-from mobilediff.bundle import guidance_embedding_tensor
+from mobilediff.bundle import classifier_free_guidance, guidance_embedding_tensor
 from mobilediff.components import ComponentSpec, TensorSpec
 from mobilediff.errors import MobilediffError
+from mobilediff.sampler_table import SamplerTable, run_table
 
 
 class FusedSampler(torch.nn.Module):
     def __init__(self, pipe, table: dict, geometry: dict):
         super().__init__()
         self.text_encoder, self.unet, self.vae = pipe.text_encoder, pipe.unet, pipe.vae
-        self.table = table
+        self.table = SamplerTable(**{k: table[k] for k in SamplerTable.__dataclass_fields__})
         self.geometry = geometry
         self.cond_dim = pipe.unet.config.time_cond_proj_dim
         self.noisy = any(c != 0.0 for c in table["noise_coef"])
@@ -31,29 +32,19 @@ class FusedSampler(torch.nn.Module):
             self.register_buffer("uncond", pipe.text_encoder(ids).last_hidden_state.detach().clone())
 
     def forward(self, input_ids, noise, guidance_scale, fresh_noise=None):
-        tb = self.table
         text = self.text_encoder(input_ids.to(torch.long)).last_hidden_state
-        x = noise * tb["init_noise_sigma"]
-        latents, outputs = [], []
         emb = guidance_embedding_tensor(guidance_scale, self.cond_dim) if self.cond_dim else None
-        for i in range(tb["steps"]):
-            latents.insert(0, x)
-            xin = x * tb["input_scale"][i]
+
+        def denoise(xin, timestep):
             if emb is not None:
-                t = torch.full((1,), tb["timesteps"][i])
-                out = self.unet(xin, t, encoder_hidden_states=text, timestep_cond=emb, return_dict=False)[0]
-            else:
-                t = torch.full((2,), tb["timesteps"][i])
-                both = self.unet(torch.cat([xin, xin]), t, encoder_hidden_states=torch.cat([self.uncond, text]),
-                                 return_dict=False)[0]
-                uncond, cond = both.chunk(2)
-                out = uncond + guidance_scale.reshape(1, 1, 1, 1) * (cond - uncond)
-            outputs.insert(0, out)
-            nxt = sum(c * latents[k] for k, c in enumerate(tb["latent_coef"][i]))
-            nxt = nxt + sum(c * outputs[k] for k, c in enumerate(tb["output_coef"][i]))
-            if tb["noise_coef"][i] != 0.0:
-                nxt = nxt + tb["noise_coef"][i] * fresh_noise[i:i + 1]
-            x = nxt
+                t = torch.full((1,), timestep)
+                return self.unet(xin, t, encoder_hidden_states=text, timestep_cond=emb, return_dict=False)[0]
+            t = torch.full((2,), timestep)
+            both = self.unet(torch.cat([xin, xin]), t, encoder_hidden_states=torch.cat([self.uncond, text]),
+                             return_dict=False)[0]
+            return classifier_free_guidance(*both.chunk(2), guidance_scale.reshape(1, 1, 1, 1))
+
+        x = run_table(self.table, denoise, noise, lambda i: fresh_noise[i:i + 1])
         z = x / self.geometry["scaling_factor"] + self.geometry.get("shift_factor", 0.0)
         return (self.vae.decode(z, return_dict=False)[0].clamp(-1, 1),)
 

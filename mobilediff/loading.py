@@ -193,3 +193,22 @@ def _same_component(a: Path, b: Path) -> bool:
         elif fa.read_bytes() != fb.read_bytes():
             return False
     return True
+
+
+def student_record(model_dir: Path) -> dict | None:
+    """A distilled student's record (its ``distillation.json``, written by ``mobilediff distill``: method, sampling
+    plan, teacher, ...), or None for a folder that is not one. Raises MobilediffError on a corrupt record."""
+    import math
+
+    f = Path(model_dir) / "distillation.json"
+    if not f.is_file():
+        return None
+    try:
+        record = json.loads(f.read_text())
+        smp = record["sampling"]
+        if not (isinstance(record["method"], str) and isinstance(smp["sampler"], str) and int(smp["steps"]) >= 1
+                and math.isfinite(float(smp["guidance"]))):
+            raise ValueError("bad method or sampling plan")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise MobilediffError(f"corrupt {f}: {e}") from None
+    return record

@@ -6,26 +6,26 @@ sha256). No diffusers scheduler and no PyTorch module runs here; PyTorch only ho
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 
-from mobilediff.bundle import component_file, read_manifest, sampler_entry
+from mobilediff.bundle import (FileEntry, ComponentEntry, classifier_free_guidance, component_file, guidance_embedding,
+                               read_manifest)
 from mobilediff.errors import MobilediffError
+from mobilediff.sampler_table import run_table
 
 RUNTIMES = ("onnx", "executorch")
 
 
 class _OnnxComponent:
-    def __init__(self, path: Path, entry: dict, io: dict):
+    def __init__(self, path: Path, entry: FileEntry, io: ComponentEntry):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.inputs = [s["name"] for s in io["inputs"]]
-        self.outputs = [s["name"] for s in io["outputs"]]
+        self.inputs = [s.name for s in io.inputs]
+        self.outputs = [s.name for s in io.outputs]
         self.static_batch = None  # dynamic "batch"
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
@@ -34,11 +34,11 @@ class _OnnxComponent:
 
 
 class _ExecutorchComponent:
-    def __init__(self, path: Path, entry: dict, io: dict):
+    def __init__(self, path: Path, entry: FileEntry, io: ComponentEntry):
         from mobilediff.targets.executorch import load_method
 
         self.method = load_method(path)
-        self.static_batch = io["dims"].get("batch")
+        self.static_batch = io.dims.get("batch")
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
         from mobilediff.targets.executorch import run
@@ -61,25 +61,25 @@ class BundleRunner:
         self.parts = {}
         for name in ("text_encoder", "unet", "vae_decoder"):
             path, entry = component_file(self.manifest, self.bundle, name, runtime, precision)
-            self.parts[name] = _CLASSES[runtime](path, entry, self.manifest["components"][name])
+            self.parts[name] = _CLASSES[runtime](path, entry, self.manifest.component(name))
         self.tokenizer = self._tokenizer()
-        self.geometry = self.manifest["geometry"]
-        self.guidance = self.manifest["guidance"]
+        self.geometry = self.manifest.geometry
+        self.guidance = self.manifest.guidance
         self._uncond: torch.Tensor | None = None
 
     def _tokenizer(self):
         from transformers import CLIPTokenizer
 
-        tok = self.manifest["tokenizer"]
-        for f in tok["files"]:
+        tok = self.manifest.tokenizer
+        for f in tok.files:
             if not (self.bundle / f).is_file():
                 raise MobilediffError(f"bundle tokenizer file missing: {self.bundle / f}")
         t = CLIPTokenizer.from_pretrained(str(self.bundle / "tokenizer"))
-        t.model_max_length = tok["max_length"]
+        t.model_max_length = tok.max_length
         return t
 
     def encode(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer([prompt], padding="max_length", max_length=self.manifest["tokenizer"]["max_length"],
+        ids = self.tokenizer([prompt], padding="max_length", max_length=self.manifest.tokenizer.max_length,
                              truncation=True, return_tensors="pt").input_ids.to(torch.int32)
         return self.parts["text_encoder"](ids)[0]
 
@@ -98,27 +98,30 @@ class BundleRunner:
         return unet(*args)[0]
 
     @torch.no_grad()
-    def generate(self, prompt: str, seed: int, steps: int, sampler: str, guidance: float | None = None) -> torch.Tensor:
-        """One image (1, 3, H, W) in [-1, 1]; the noise comes from torch.Generator().manual_seed(seed) as in
-        :func:`mobilediff.sampling.generate`, so the two agree image for image."""
-        table = sampler_entry(self.manifest, sampler, steps)
+    def generate(self, prompt: str, seed: int, steps: int | None = None, sampler: str | None = None,
+                 guidance: float | None = None, trace=None) -> torch.Tensor:
+        """One image (1, 3, H, W) in [-1, 1]; unset sampling options come from the manifest's default plan. The
+        noise comes from torch.Generator().manual_seed(seed) as in :func:`mobilediff.sampling.generate`, so the two
+        agree image for image. ``trace(kind, tensor)`` sees "noise", every "fresh_noise" draw and the "latent" after
+        every step (mobilediff.goldens records them)."""
+        trace = trace or (lambda kind, tensor: None)
+        plan = self.manifest.plan
+        table = self.manifest.sampler_table(sampler or plan.sampler, steps or plan.steps)
         g = self.guidance
-        scale = g["default_scale"] if guidance is None else guidance
-        geo = self.geometry
+        scale = plan.guidance if guidance is None else guidance
         gen = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn((1, geo["latent_channels"], geo["latent_height"], geo["latent_width"]), generator=gen)
+        noise = torch.randn(self.geometry.latent_shape, generator=gen)
+        trace("noise", noise)
         text = self.encode(prompt)
         cond = None
-        if g["type"] == "embedding":
-            from mobilediff.bundle import guidance_embedding
-
-            cond = torch.tensor([guidance_embedding(scale, g["embedding_dim"])], dtype=torch.float32)
+        if g.type == "embedding":
+            cond = torch.tensor([guidance_embedding(scale, g.embedding_dim)], dtype=torch.float32)
             do_cfg = False
         else:
             do_cfg = scale > 1.0
             if do_cfg and self.parts["unet"].static_batch == 1:
                 raise MobilediffError(f"this bundle's denoiser was exported without a classifier-free-guidance batch "
-                                      f"(guidance {g['default_scale']:g}): generate with guidance 1, or export "
+                                      f"(guidance {plan.guidance:g}): generate with guidance 1, or export "
                                       f"again with --guidance > 1")
             if do_cfg:
                 if self._uncond is None:
@@ -128,17 +131,14 @@ class BundleRunner:
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
             if do_cfg:
                 out = self._unet(torch.cat([x, x]), t, text, None)
-                uncond, c = out.chunk(2)
-                return uncond + scale * (c - uncond)
+                return classifier_free_guidance(*out.chunk(2), scale)
             return self._unet(x, t, text, cond)
 
-        latents = run_table_dict(table, denoise, noise, lambda: torch.randn(noise.shape, generator=gen))
-        z = latents / geo["scaling_factor"] + geo.get("shift_factor", 0.0)
+        def fresh_noise(i: int) -> torch.Tensor:
+            draw = torch.randn(noise.shape, generator=gen)
+            trace("fresh_noise", draw)
+            return draw
+
+        latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
+        z = latents / self.geometry.scaling_factor + self.geometry.shift_factor
         return self.parts["vae_decoder"](z)[0].clamp(-1, 1)
-
-
-def run_table_dict(table: dict, denoise: Callable, noise: torch.Tensor, fresh_noise: Callable) -> torch.Tensor:
-    from mobilediff.sampler_table import SamplerTable, run_table
-
-    fields = {k: table[k] for k in SamplerTable.__dataclass_fields__}
-    return run_table(SamplerTable(**fields), denoise, noise, fresh_noise)

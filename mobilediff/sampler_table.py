@@ -114,11 +114,14 @@ def sampler_table(scheduler, steps: int) -> SamplerTable:
     return table
 
 
-def run_table(table: SamplerTable, denoise, noise: torch.Tensor, fresh_noise=None) -> torch.Tensor:
-    """Sample with a table: the Python reference of what the apps do.
+def run_table(table, denoise, noise: torch.Tensor, fresh_noise=None, on_step=None) -> torch.Tensor:
+    """Sample with a table: the one sampler loop (the Python reference of what the apps do, and the body of the
+    fused graph, where it is traced).
 
+    ``table`` is a :class:`SamplerTable` or a manifest's ``SamplerEntry`` (the same fields);
     ``denoise(model_input, timestep) -> output``; ``noise`` is the initial N(0, I) draw;
-    ``fresh_noise()`` gives each re-noising draw (needed only where noise_coef is non-zero).
+    ``fresh_noise(i)`` gives the re-noising draw of step i (needed only where noise_coef is non-zero);
+    ``on_step(i, latent)`` sees the latent after step i.
     """
     latents, outputs = [], []  # newest first
     x = noise * table.init_noise_sigma
@@ -130,6 +133,8 @@ def run_table(table: SamplerTable, denoise, noise: torch.Tensor, fresh_noise=Non
         if table.noise_coef[i] != 0.0:
             if fresh_noise is None:
                 raise MobilediffError(f"step {i} of {table.sampler} needs fresh noise")
-            nxt = nxt + table.noise_coef[i] * fresh_noise()
+            nxt = nxt + table.noise_coef[i] * fresh_noise(i)
         x = nxt
+        if on_step is not None:
+            on_step(i, x)
     return x

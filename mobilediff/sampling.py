@@ -7,6 +7,7 @@ image does not depend on the batch it was generated in.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -55,8 +56,8 @@ def check_prompt_length(tokenizer, prompt: str, warn: Callable[[str], None]) -> 
 def validate_generation(steps: int, guidance: float, prompts: list[str], seeds: list[int]) -> None:
     if steps < 1:
         raise MobilediffError(f"steps must be >= 1, got {steps}")
-    if guidance < 0:
-        raise MobilediffError(f"guidance must be >= 0, got {guidance}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise MobilediffError(f"guidance must be a finite number >= 0, got {guidance}")
     if not prompts or not seeds:
         raise MobilediffError("need at least one prompt and one seed")
 

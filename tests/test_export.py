@@ -37,22 +37,24 @@ def et_bundle(pipe, tmp_path_factory):
 
 def test_manifest_describes_every_file_and_io(bundle):
     m = read_manifest(bundle)
-    assert m["format_version"] == 1 and m["quantization"] is None
-    assert set(m["components"]) == {"text_encoder", "unet", "vae_decoder"}
-    unet = m["components"]["unet"]
-    assert [i["name"] for i in unet["inputs"]] == ["sample", "timestep", "encoder_hidden_states"]
-    assert unet["inputs"][0]["shape"] == ["batch", 4, 16, 16] and unet["dims"] == {"batch": 2}
-    for comp in m["components"].values():
-        for f in comp["files"]:
-            assert f["path"] == f"{f['path'].split('_onnx_')[0]}_onnx_fp32.onnx"
-            assert (bundle / f["path"]).stat().st_size == f["size_bytes"] and f["external_data"] == []
-            assert f["parity"]["psnr_db"] >= 60 and f["parity"]["checker"].startswith("onnx.checker")
-    geo = m["geometry"]
-    assert (geo["height"], geo["latent_height"], geo["latent_channels"]) == (32, 16, 4)
-    assert m["tokenizer"]["max_length"] == 32 and "tokenizer/vocab.json" in m["tokenizer"]["files"]
-    assert {(t["name"], t["steps"]) for t in m["samplers"]} >= {("ddim", 50), ("dpmpp", 4), ("euler", 1)}
-    assert m["guidance"]["type"] == "classifier_free"
-    assert m["fused"]["steps"] == 2 and m["fused"]["files"][0]["parity"]["psnr_db"] >= 60
+    assert m.format_version == 1 and m.quantization is None
+    assert set(m.components) == {"text_encoder", "unet", "vae_decoder"}
+    unet = m.component("unet")
+    assert [i.name for i in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet.inputs[0].shape == ["batch", 4, 16, 16] and unet.dims == {"batch": 2}
+    for comp in m.components.values():
+        for f in comp.files:
+            assert f.path == f"{f.path.split('_onnx_')[0]}_onnx_fp32.onnx"
+            assert (bundle / f.path).stat().st_size == f.size_bytes and f.external_data == ()
+            assert f.parity["psnr_db"] >= 60 and f.parity["checker"].startswith("onnx.checker")
+    geo = m.geometry
+    assert (geo.height, geo.latent_height, geo.latent_channels) == (32, 16, 4)
+    assert m.tokenizer.max_length == 32 and "tokenizer/vocab.json" in m.tokenizer.files
+    assert {(t.name, t.steps) for t in m.samplers} >= {("ddim", 50), ("dpmpp", 4), ("euler", 1)}
+    assert m.guidance.type == "classifier_free"
+    assert m.role.role == "teacher" and m.role.method is None
+    assert (m.plan.sampler, m.plan.steps, m.plan.guidance) == ("ddim", 50, 5.0)
+    assert m.fused["steps"] == 2 and m.fused["files"][0]["parity"]["psnr_db"] >= 60
     assert not list(bundle.parent.glob("*.partial"))
 
 
@@ -66,7 +68,7 @@ def test_generate_from_onnx_bundle_matches_pytorch(pipe, bundle, sampler, steps)
 
 def test_generate_from_executorch_bundle_matches_pytorch(pipe, et_bundle):
     m = read_manifest(et_bundle)
-    facts = m["components"]["unet"]["files"][0]["export"]
+    facts = m.component("unet").files[0].export
     assert facts["backend"] == "XNNPACK" and facts["delegated_nodes"] > 0
     runner = BundleRunner(et_bundle, "executorch")
     got = runner.generate("a blue square", 3, 4, "ddim", 4.0)
@@ -82,8 +84,9 @@ def test_guidance_free_export_has_a_single_row_denoiser(pipe, tmp_path):
     batch of two, and asking that bundle for guidance is refused in one line."""
     out = export_bundle(pipe, "executorch", tmp_path / "noguid", guidance=1.0, source="tiny")
     m = read_manifest(out)
-    assert m["components"]["unet"]["dims"] == {"batch": 1}
-    assert m["components"]["unet"]["files"][0]["parity"]["psnr_db"] >= 60
+    assert m.component("unet").dims == {"batch": 1}
+    assert m.component("unet").files[0].parity["psnr_db"] >= 60
+    assert m.plan.guidance == 1.0  # --guidance sets the default plan's scale
     runner = BundleRunner(out, "executorch")
     assert psnr(runner.generate("a blue square", 3, 2, "ddim", 1.0),
                 generate(pipe, ["a blue square"], [3], 2, "ddim", 1.0)) >= 40
@@ -97,7 +100,7 @@ def test_fused_program_equals_the_step_by_step_bundle(bundle):
 
     m = read_manifest(bundle)
     runner = BundleRunner(bundle, "onnx")
-    sess = ort.InferenceSession(str(bundle / m["fused"]["files"][0]["path"]), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(bundle / m.fused["files"][0]["path"]), providers=["CPUExecutionProvider"])
     ids = runner.tokenizer(["a green triangle"], padding="max_length", max_length=32, return_tensors="np").input_ids
     noise = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(5))
     image = sess.run(["image"], {"input_ids": ids.astype(np.int32), "noise": noise.numpy(),
@@ -123,7 +126,9 @@ def test_lcm_student_bundle_generates_like_pytorch(tmp_path):
     vpipe = tiny_variant_pipeline("lcm")
     out = export_bundle(vpipe, "onnx", tmp_path / "b")
     m = read_manifest(out)
-    assert m["guidance"]["type"] == "embedding" and {t["name"] for t in m["samplers"]} == {"lcm"}
+    assert m.guidance.type == "embedding" and {t.name for t in m.samplers} == {"lcm"}
+    # a guidance-embedding UNet is an LCM student, sampled by default with LCM at 4 steps
+    assert (m.role.role, m.role.method, m.plan.sampler, m.plan.steps) == ("student", "lcm", "lcm", 4)
     got = BundleRunner(out, "onnx").generate("a red circle", 2, 4, "lcm", 3.0)
     ref = generate(vpipe, ["a red circle"], [2], 4, "lcm", 3.0)
     assert psnr(got, ref) >= 40
@@ -135,12 +140,12 @@ def test_large_onnx_weights_go_to_checked_external_data_files(pipe, tmp_path, mo
     monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_MIN_BYTES", 0)  # every graph takes the path of a > 2 GiB UNet
     out = export_bundle(pipe, "onnx", tmp_path / "b")
     m = read_manifest(out)
-    for comp in m["components"].values():
-        f = comp["files"][0]
-        assert [e["path"] for e in f["external_data"]] == [f["path"] + ".data"] == f["export"]["external_data"]
-        data = out / f["external_data"][0]["path"]
-        assert data.stat().st_size == f["external_data"][0]["size_bytes"] > 0
-        assert f["parity"]["psnr_db"] >= 60
+    for comp in m.components.values():
+        f = comp.files[0]
+        assert [e.path for e in f.external_data] == [f.path + ".data"] == f.export["external_data"]
+        data = out / f.external_data[0].path
+        assert data.stat().st_size == f.external_data[0].size_bytes > 0
+        assert f.parity["psnr_db"] >= 60
     got = BundleRunner(out, "onnx").generate("a red circle at the top", 7, 2, "ddim", 4.0)
     assert psnr(got, generate(pipe, ["a red circle at the top"], [7], 2, "ddim", 4.0)) >= 40
     weights = out / "unet_onnx_fp32.onnx.data"
@@ -240,3 +245,71 @@ def test_cli_export_and_generate_from_bundle(tiny_pipeline_dir, tmp_path):
     code, _, stderr = run_cli("generate", "--bundle", out, "--prompt", "a red circle", "--steps", 3,
                               "--out", tmp_path / "h.png")
     assert code == 2 and error_lines(stderr)[0].startswith("error: bundle has no ddim table for 3 steps")
+
+
+# ---- the bundle carries the model's role and default sampling plan ---------------------------------------------
+
+
+def _student_dir(pipe, path, method, sampler, steps, guidance):
+    """A pipeline folder with the record `mobilediff distill` writes beside a student (method, sampling plan)."""
+    pipe.save_pretrained(path, safe_serialization=True)
+    (path / "distillation.json").write_text(json.dumps(
+        {"method": method, "teacher": "tiny-teacher", "sampling": {"sampler": sampler, "steps": steps, "guidance": guidance}}))
+    return path
+
+
+@pytest.mark.parametrize("method", ["progressive", "lcm"])
+def test_student_bundle_samples_with_its_own_plan_by_default(method, tmp_path):
+    """`generate --bundle` with no sampling flags uses the student's plan from the manifest alone (the source
+    folder is deleted before generating), and matches PyTorch sampling with that plan."""
+    if method == "progressive":
+        spipe, plan = tiny_pipeline(seed=3), ("ddim", 3, 1.0)  # 3 steps: not one of the tabulated step counts
+    else:
+        spipe, plan = tiny_variant_pipeline("lcm", seed=3), ("lcm", 2, 2.5)
+    src = _student_dir(spipe, tmp_path / "student", method, *plan)
+    out = tmp_path / "b"
+    code, _, stderr = run_cli("export", "--model", src, "--target", "onnx", "--out", out)
+    assert code == 0, stderr
+    m = read_manifest(out)
+    assert (m.role.role, m.role.method, m.role.teacher) == ("student", method, "tiny-teacher")
+    assert (m.plan.sampler, m.plan.steps, m.plan.guidance) == plan
+    assert m.component("unet").dims == {"batch": 1}  # guidance 1 or an embedding: no CFG batch
+    shutil.rmtree(src)
+    code, _, stderr = run_cli("generate", "--bundle", out, "--prompt", "a red circle", "--seed", 4, "--scale", 1,
+                              "--out", tmp_path / "g.png")
+    assert code == 0, stderr
+    import numpy as np
+    from PIL import Image
+
+    from mobilediff.data import to_uint8
+
+    got = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
+    ref = to_uint8(generate(spipe, ["a red circle"], [4], plan[1], plan[0], plan[2]))[0]
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_old_manifest_without_plan_reads_as_a_teacher(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    del raw["model"], raw["default_sampling"]
+    raw["a_field_from_the_future"] = {"x": 1}
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    m = read_manifest(copy)
+    assert m.role.role == "teacher" and (m.plan.sampler, m.plan.steps) == ("ddim", 50)
+    assert m.to_dict()["a_field_from_the_future"] == {"x": 1}  # unknown fields survive a round trip
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda raw: raw.pop("geometry"), "missing field 'geometry'"),
+    (lambda raw: raw["model"].update(role="grandparent"), "unknown model role 'grandparent'"),
+    (lambda raw: raw.update(components=[]), "components: expected an object"),
+])
+def test_malformed_manifest_is_one_line(bundle, tmp_path, damage, message):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    damage(raw)
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(MobilediffError, match=message):
+        read_manifest(copy)

@@ -31,7 +31,7 @@ def test_table_matches_the_scheduler(name, steps):
     want = diffusers_loop(make_scheduler(name, base), steps, noise, torch.Generator().manual_seed(5))
     table = sampler_table(make_scheduler(name, base), steps)
     g = torch.Generator().manual_seed(5)
-    got = run_table(table, fake_denoiser, noise, fresh_noise=lambda: torch.randn(noise.shape, generator=g))
+    got = run_table(table, fake_denoiser, noise, fresh_noise=lambda i: torch.randn(noise.shape, generator=g))
     # Euler starts at sigma_max ~ 2e4 on the cosine schedule: float32 rounding of O(sigma) terms that cancel
     # to O(1) makes diffusers' own first step uncertain at ~1e-6 * sigma, so the tolerance scales with it
     torch.testing.assert_close(got, want, atol=max(2e-4, 1e-6 * table.init_noise_sigma), rtol=1e-4)

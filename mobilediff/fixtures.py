@@ -1,0 +1,118 @@
+"""`python -m mobilediff.fixtures DIR`: the real bundles, goldens and reference images the apps' tests run on.
+
+For each embedded model the apps are checked with (the default model, its progressive 4-step student and its LCM
+student) this exports an ONNX + ExecuTorch fp32 bundle, records its goldens (mobilediff.goldens) and generates
+Python's reference images with ``generate --bundle`` semantics (the bundle's default plan) at seeds 0 and 1 on
+both runtimes. Idempotent: a model whose entry in ``DIR/index.json`` names the same model weights and mobilediff
+fixture version is skipped, so a second run takes a second.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+FIXTURE_VERSION = 1  # bump when what is written here changes
+MODELS = ("default", "default:progressive-4", "default:lcm")
+SEEDS = (0, 1)
+PROMPT = "a small blue triangle at the top left and a big yellow square at the bottom right on a black background"
+RUNTIMES = ("onnx", "executorch")
+
+
+def _slug(model: str) -> str:
+    return model.split(":", 1)[1] if ":" in model else model
+
+
+def build_model(model: str, folder: Path, say) -> dict:
+    """Bundle, goldens and reference images of one model in ``folder``; returns its index entry."""
+    import shutil
+
+    from PIL import Image
+
+    from mobilediff.data import to_uint8
+    from mobilediff.exporter import export_bundle
+    from mobilediff.goldens import write_goldens
+    from mobilediff.io import atomic_write_json, save_tensors
+    from mobilediff.loading import load_pipeline, resolve_model
+    from mobilediff.runtimes import BundleRunner
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    say(f"{model}: export onnx + executorch")
+    pipe = load_pipeline(model)
+    bundle = export_bundle(pipe, ",".join(RUNTIMES), folder / "bundle", source=model, model_dir=resolve_model(model))
+    say(f"{model}: goldens")
+    write_goldens(bundle, folder / "goldens")
+    refs = []
+    for runtime in RUNTIMES:
+        runner = BundleRunner(bundle, runtime)
+        for seed in SEEDS:
+            t0 = time.perf_counter()
+            image = runner.generate(PROMPT, seed)
+            ms = (time.perf_counter() - t0) * 1000
+            stem = folder / "reference" / f"{runtime}_seed{seed}"
+            stem.parent.mkdir(exist_ok=True)
+            Image.fromarray(to_uint8(image)[0]).save(stem.with_suffix(".png"))
+            save_tensors({"image": image[0].permute(1, 2, 0).contiguous()}, stem.with_suffix(".safetensors"))
+            plan = runner.manifest.plan
+            row = {"runtime": runtime, "seed": seed, "prompt": PROMPT, "sampler": plan.sampler, "steps": plan.steps,
+                   "guidance": plan.guidance, "ms": round(ms, 2), "png": str(stem.with_suffix(".png").relative_to(folder)),
+                   "raw": str(stem.with_suffix(".safetensors").relative_to(folder))}
+            atomic_write_json(stem.with_suffix(".json"), row)
+            refs.append(row)
+    return {"model": model, "weights_sha256": _weights_sha(model), "bundle": "bundle", "goldens": "goldens",
+            "references": refs}
+
+
+def _weights_sha(model: str) -> str:
+    from mobilediff.benchmarking import tree_sha256
+    from mobilediff.loading import resolve_model
+
+    return tree_sha256(resolve_model(model))
+
+
+def build(out: Path, models=MODELS, say=print) -> Path:
+    """Build (or reuse) every model's fixtures under ``out``; returns ``out/index.json``."""
+    from mobilediff.io import atomic_write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    if index.get("fixture_version") != FIXTURE_VERSION:
+        index = {"fixture_version": FIXTURE_VERSION, "models": {}}
+    for model in models:
+        name = _slug(model)
+        entry = index["models"].get(name)
+        if entry is not None and entry.get("weights_sha256") == _weights_sha(model) and (out / name / "bundle").is_dir():
+            say(f"{model}: up to date")
+            continue
+        index["models"][name] = build_model(model, out / name, say)
+        atomic_write_json(index_path, index)  # after each model: an interrupted run keeps what it finished
+    atomic_write_json(index_path, index)
+    return index_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mobilediff.errors import MobilediffError
+    from mobilediff.quiet import quiet_libraries
+
+    parser = argparse.ArgumentParser(prog="python -m mobilediff.fixtures", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="fixtures folder (created; reused when up to date)")
+    parser.add_argument("--model", action="append", choices=MODELS, help="only these models (repeatable)")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    try:
+        build(args.out, tuple(args.model or MODELS), say=lambda m: print(f"fixtures {m}", file=sys.stderr))
+    except MobilediffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"fixtures in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
