@@ -83,3 +83,26 @@ swift_run() {
     [ "${1:-}" = "--" ] && shift
     chroot_run "$TRIXIE_ROOT" "${binds[@]}" -- /bin/bash -c "cd $CHROOT_PACKAGE && $*"
 }
+
+# Trixie's libonnxruntime and libonnx each register ONNX's operator schemas, and ONNX prints one "Schema error"
+# paragraph per duplicate on stderr at load (harmless: the first registration is kept). Filters those lines.
+filter_schema_noise() {
+    grep -v -E '^(Schema error: Trying to register schema with name .* but it is already registered from file .*)?$' || true
+}
+
+# The engine binary (debug build, shared with the tests) and how to run it on the host: trixie's dynamic loader
+# with the root's libraries, so it sees the host's paths (bundles, outputs) without a chroot.
+ENGINE_BIN="$PACKAGE_DIR/.build/debug/mobilediff-engine"
+run_on_host() {
+    local libs="$TRIXIE_ROOT/usr/lib/x86_64-linux-gnu:$TRIXIE_ROOT/lib/x86_64-linux-gnu:$TRIXIE_ROOT/usr/lib/swift/linux"
+    "$TRIXIE_ROOT/lib64/ld-linux-x86-64.so.2" --library-path "$libs" "$@"
+}
+
+# Builds the package (library, engine and tests) if any source is newer than the engine binary.
+build_if_stale() {
+    if [ ! -x "$ENGINE_BIN" ] || [ -n "$(find "$PACKAGE_DIR/Package.swift" "$PACKAGE_DIR/Sources" "$PACKAGE_DIR/Tests" -newer "$ENGINE_BIN" -print -quit)" ]; then
+        echo "[ios] swift build --build-tests" >&2
+        if ! swift_run -- "swift build --build-tests 2>&1" | filter_schema_noise >&2; then die "swift build failed"; fi
+        touch "$ENGINE_BIN"
+    fi
+}

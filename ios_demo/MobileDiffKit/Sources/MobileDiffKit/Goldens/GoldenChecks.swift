@@ -92,14 +92,16 @@ public struct GoldenChecks {
     /// only the components' outputs come from the recording (and the inputs it would feed them are compared
     /// with the recorded ones).
     public func sampler(plan: Goldens.Plan) throws -> SamplerReplay {
-        let replay = ReplayBackend(target: goldens.document.runtime ?? backend, calls: plan.calls, tensors: goldens.tensors)
+        let textCalls = goldens.document.plans.flatMap(\.calls).filter { $0.component == "text_encoder" }
+        let replay = ReplayBackend(target: goldens.document.runtime ?? backend, calls: plan.calls.filter { $0.component != "text_encoder" },
+                                   textEncoderCalls: textCalls, tensors: goldens.tensors)
         let pipeline = try Pipeline(bundle: bundle, backend: replay)
         var steps: [[Float]] = []
         let configuration = Pipeline.Configuration(prompt: plan.prompt, seed: plan.seed, sampler: plan.sampler,
                                                    steps: plan.steps, guidanceScale: plan.guidance)
         let result = try pipeline.generate(configuration) { _, latent in steps.append(latent) }
-        guard replay.cursor == plan.calls.count else {
-            throw MobileDiffError.goldens("plan \(plan.name): the engine made \(replay.cursor) component calls, the recording has \(plan.calls.count)")
+        guard replay.cursor == replay.calls.count else {
+            throw MobileDiffError.goldens("plan \(plan.name): the engine made \(replay.cursor) denoiser/decoder calls, the recording has \(replay.calls.count)")
         }
         guard steps.count == plan.latents.count else {
             throw MobileDiffError.goldens("plan \(plan.name): \(steps.count) steps, the recording has \(plan.latents.count)")
@@ -134,17 +136,23 @@ public struct GoldenChecks {
 
 /// A backend whose models return a recording's outputs, call by call, and measure how close the inputs the
 /// engine passes are to the recorded inputs. Lets the engine's loop be tested without running any model.
+///
+/// Denoiser and decoder calls must come in the recorded order. Text encoder calls are looked up by their token
+/// ids among all recorded text encoder calls: the Python runner encodes the unconditional prompt once and
+/// reuses it, so a recording of a second plan may lack that call.
 public final class ReplayBackend: InferenceBackend {
     public let target: String
     let calls: [Goldens.Call]
+    let textEncoderCalls: [Goldens.Call]
     let tensors: SafetensorsFile
     public private(set) var cursor = 0
     /// Lowest PSNR of any input tensor the engine passed, against the recorded one.
     public private(set) var worstInputPSNR = Double.infinity
 
-    public init(target: String, calls: [Goldens.Call], tensors: SafetensorsFile) {
+    public init(target: String, calls: [Goldens.Call], textEncoderCalls: [Goldens.Call], tensors: SafetensorsFile) {
         self.target = target
         self.calls = calls
+        self.textEncoderCalls = textEncoderCalls
         self.tensors = tensors
     }
 
@@ -154,6 +162,15 @@ public final class ReplayBackend: InferenceBackend {
     }
 
     func next(component: String, inputs: [String: Tensor]) throws -> [String: Tensor] {
+        if component == "text_encoder" {
+            for call in textEncoderCalls {
+                let recorded = try call.inputs.mapValues { try tensors.tensor($0) }
+                if recorded.allSatisfy({ inputs[$0.key]?.floats == $0.value.floats }) {
+                    return try call.outputs.mapValues { try tensors.tensor($0) }
+                }
+            }
+            throw MobileDiffError.goldens("the recording has no text encoder call with the engine's token ids")
+        }
         guard cursor < calls.count else {
             throw MobileDiffError.goldens("the engine made more component calls than the recording's \(calls.count)")
         }

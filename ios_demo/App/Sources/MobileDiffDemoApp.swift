@@ -1,0 +1,10 @@
+import SwiftUI
+
+@main
+struct MobileDiffDemoApp: App {
+    var body: some Scene {
+        WindowGroup {
+            ContentView()
+        }
+    }
+}

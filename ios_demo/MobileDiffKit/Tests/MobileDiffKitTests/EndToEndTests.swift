@@ -1,0 +1,60 @@
+import XCTest
+@testable import MobileDiffKit
+
+/// The whole engine through ONNX Runtime's C API on real bundles, against Python's `mobilediff generate
+/// --bundle` image for the same prompt, seed and default plan: PSNR >= 40 dB (images in [-1, 1], peak 2).
+final class EndToEndTests: XCTestCase {
+    static let floorDB = 40.0
+
+    private func check(_ name: String, seeds: [Int] = [0, 1]) throws {
+        #if canImport(COnnxRuntime)
+        let pipeline = try Pipeline(bundle: try Fixtures.bundle(name), backend: try ONNXRuntimeBackend())
+        let plan = Pipeline.Configuration.defaults(for: pipeline.manifest)
+        for seed in seeds {
+            let (reference, expected) = try Fixtures.reference(name, seed: seed)
+            let configuration = Pipeline.Configuration(prompt: reference.prompt, seed: reference.seed, sampler: reference.sampler,
+                                                       steps: reference.steps, guidanceScale: reference.guidance)
+            XCTAssertEqual([configuration.sampler, "\(configuration.steps)", "\(configuration.guidanceScale)"],
+                           [plan.sampler, "\(plan.steps)", "\(plan.guidanceScale)"], "\(name): the reference uses the manifest's default plan")
+            let result = try pipeline.generate(configuration)
+            let psnr = Compare.psnr(result.rawImage, expected, peak: 2)
+            print(String(format: "end_to_end %@ %@-%d guidance %g seed %d: %.1f dB (max abs %.2e), engine %.0f ms, python %.0f ms",
+                         name, configuration.sampler, configuration.steps, configuration.guidanceScale, seed, psnr,
+                         Compare.maxAbsError(result.rawImage, expected), result.timer.totalMilliseconds, reference.ms ?? .nan))
+            XCTAssertGreaterThanOrEqual(psnr, EndToEndTests.floorDB, "\(name) seed \(seed)")
+        }
+        #else
+        throw XCTSkip("no ONNX Runtime in this build")
+        #endif
+    }
+
+    func testDefaultModelDDIM50WithCFG() throws {
+        try check("default")
+        let manifest = try BundleManifest.load(bundle: try Fixtures.bundle("default"))
+        let plan = Pipeline.Configuration.defaults(for: manifest)
+        XCTAssertEqual(plan.sampler, "ddim")
+        XCTAssertEqual(plan.steps, 50)
+        XCTAssertGreaterThan(plan.guidanceScale, 1, "the default plan uses classifier-free guidance")
+    }
+
+    func testProgressive4StepStudent() throws {
+        try check("progressive-4")
+        XCTAssertEqual(Pipeline.Configuration.defaults(for: try BundleManifest.load(bundle: try Fixtures.bundle("progressive-4"))).steps, 4)
+    }
+
+    func testLCMStudent() throws {
+        try check("lcm", seeds: [0])
+    }
+
+    func testReduceMemoryUnloadsEveryModel() throws {
+        #if canImport(COnnxRuntime)
+        let pipeline = try Pipeline(bundle: try Fixtures.bundle("progressive-4"), backend: try ONNXRuntimeBackend(), reduceMemory: true)
+        _ = try pipeline.generate(.defaults(for: pipeline.manifest, prompt: "a red circle", seed: 3))
+        XCTAssertFalse(pipeline.textEncoder.model.isLoaded)
+        XCTAssertFalse(pipeline.denoiser.model.isLoaded)
+        XCTAssertFalse(pipeline.decoder.model.isLoaded)
+        #else
+        throw XCTSkip("no ONNX Runtime in this build")
+        #endif
+    }
+}

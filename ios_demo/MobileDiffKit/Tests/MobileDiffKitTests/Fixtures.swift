@@ -1,0 +1,71 @@
+import Foundation
+import XCTest
+@testable import MobileDiffKit
+
+/// The fixtures the Python side writes for the app tests (`python -m mobilediff.fixtures DIR`, run by
+/// ios_demo/scripts/test.sh): DIR/<name>/bundle, DIR/<name>/goldens, DIR/<name>/reference/onnx_seed<S>.*
+/// for name in default, progressive-4, lcm. Tests that need them skip when MOBILEDIFF_FIXTURES is unset
+/// (test.sh always sets it, and fails on any skip).
+enum Fixtures {
+    static var root: URL? {
+        ProcessInfo.processInfo.environment["MOBILEDIFF_FIXTURES"].map { URL(fileURLWithPath: $0) }
+    }
+
+    static func requireRoot() throws -> URL {
+        guard let root else { throw XCTSkip("MOBILEDIFF_FIXTURES is not set (ios_demo/scripts/test.sh sets it)") }
+        return root
+    }
+
+    /// Names of the fixtures present (folders holding bundle/manifest.json), sorted.
+    static func names() throws -> [String] {
+        let root = try requireRoot()
+        let entries = try FileManager.default.contentsOfDirectory(atPath: root.path)
+        return entries.filter { FileManager.default.fileExists(atPath: root.appendingPathComponent("\($0)/bundle/manifest.json").path) }.sorted()
+    }
+
+    static func bundle(_ name: String) throws -> URL {
+        let url = try requireRoot().appendingPathComponent(name).appendingPathComponent("bundle")
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent("manifest.json").path) else {
+            throw XCTSkip("fixture \(name) has no bundle at \(url.path)")
+        }
+        return url
+    }
+
+    static func goldens(_ name: String) throws -> Goldens {
+        try Goldens(directory: try requireRoot().appendingPathComponent(name).appendingPathComponent("goldens"))
+    }
+
+    /// What Python's `mobilediff generate --bundle` made for one seed: reference/<runtime>_seed<S>.json
+    /// (prompt, sampler, steps, guidance, ms) and the raw image (.safetensors, "image": (H, W, 3) in [-1, 1]).
+    struct Reference: Decodable {
+        var runtime: String
+        var seed: UInt64
+        var prompt: String
+        var sampler: String
+        var steps: Int
+        var guidance: Double
+        var ms: Double?
+        var raw: String
+    }
+
+    static func reference(_ name: String, runtime: String = "onnx", seed: Int) throws -> (Reference, [Float]) {
+        let folder = try requireRoot().appendingPathComponent(name)
+        let json = folder.appendingPathComponent("reference/\(runtime)_seed\(seed).json")
+        guard let data = try? Data(contentsOf: json) else { throw XCTSkip("fixture \(name) has no \(json.path)") }
+        let reference = try JSONDecoder().decode(Reference.self, from: data)
+        let file = try SafetensorsFile(url: folder.appendingPathComponent(reference.raw))
+        let key = file.entries["image"] != nil ? "image" : file.entries.keys.sorted()[0]
+        let tensor = try file.tensor(key)
+        let shape = tensor.shape
+        if shape.last == 3 { return (reference, tensor.floats) }  // (…, H, W, 3)
+        return (reference, ImageConversion.hwcClamped(chw: tensor.floats, height: shape[shape.count - 2], width: shape[shape.count - 1]))
+    }
+
+    /// A writable copy of a fixture's bundle (for the error tests, which damage it).
+    static func bundleCopy(_ name: String) throws -> URL {
+        let source = try bundle(name)
+        let copy = FileManager.default.temporaryDirectory.appendingPathComponent("mobilediff-\(UUID().uuidString)")
+        try FileManager.default.copyItem(at: source, to: copy)
+        return copy
+    }
+}

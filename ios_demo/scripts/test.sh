@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds and tests the iOS engine (MobileDiffKit) on Linux: the toolchain (cached), the fixtures (cached: bundles,
+# goldens and Python's reference images from `python -m mobilediff.fixtures`), then `swift build` and `swift test`
+# (XCTest) inside the trixie chroot. Fails on any failed or skipped test.
+#   MOBILEDIFF_FIXTURES=DIR   use/cache the fixtures in DIR (default: ios_demo/.toolchain/fixtures); share one DIR
+#                             with android_demo/scripts/test.sh to build them once
+#   MOBILEDIFF_PYTHON=PY      the Python with mobilediff installed (default: the repo's .venv, else python3)
+set -euo pipefail
+. "$(dirname "$0")/lib/chroot.sh"
+start=$SECONDS
+"$IOS_DEMO/scripts/setup-toolchain.sh"
+
+REPO="$(cd "$IOS_DEMO/.." && pwd)"
+PYTHON="${MOBILEDIFF_PYTHON:-$REPO/.venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON=python3
+FIXTURES="${MOBILEDIFF_FIXTURES:-$TOOLCHAIN_DIR/fixtures}"
+if "$PYTHON" -c "import mobilediff.fixtures" 2>/dev/null; then
+    echo "[ios] fixtures in $FIXTURES ($PYTHON -m mobilediff.fixtures, cached)" >&2
+    HF_HUB_OFFLINE=1 "$PYTHON" -m mobilediff.fixtures "$FIXTURES" >&2
+elif [ ! -d "$FIXTURES/default" ]; then
+    die "this mobilediff has no fixtures module (python -m mobilediff.fixtures) and $FIXTURES holds none: nothing to test against"
+fi
+FIXTURES="$(cd "$FIXTURES" && pwd -P)"
+
+build_if_stale
+echo "[ios] swift test (fixtures bound at /fixtures)" >&2
+log="$TOOLCHAIN_DIR/swift-test.log"
+status=0
+swift_run --bind "$FIXTURES:/fixtures" -- "MOBILEDIFF_FIXTURES=/fixtures swift test --skip-build 2>&1" \
+    | filter_schema_noise | tee "$log" || status=$?
+summary="$(grep -E 'Executed [0-9]+ tests' "$log" | tail -1 || true)"
+skipped="$(grep -c -E "Test Case .* skipped" "$log" || true)"
+echo "[ios] $summary; skipped: $skipped; $((SECONDS - start)) s in all" >&2
+if ! grep -q -E 'Executed [0-9]+ tests, with 0 failures' "$log"; then status=1; fi
+if [ "$skipped" != 0 ] && [ -z "${MOBILEDIFF_ALLOW_SKIPS:-}" ]; then
+    echo "error: $skipped test(s) skipped (a fixture is missing?); MOBILEDIFF_ALLOW_SKIPS=1 accepts that" >&2
+    status=1
+fi
+exit "$status"
