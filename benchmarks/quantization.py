@@ -220,12 +220,12 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     from mobilediff.components import declare, latent_geometry
-    from mobilediff.distill import student_defaults
     from mobilediff.evaluator import Evaluator
     from mobilediff.exporter import export_bundle
     from mobilediff.loading import load_pipeline, resolve_model
     from mobilediff.quality import bundle_images, eval_scenes
     from mobilediff.runtimes import BundleRunner
+    from mobilediff.train.distill import student_defaults
 
     t_start = time.time()
     model_dir = resolve_model(args.model)

@@ -361,7 +361,7 @@ def inspect_bundle(path: Path, name: str, given_source: str, settings: Settings)
 
     Raises MobilediffError naming the first problem."""
     from mobilediff.bundle import read_manifest, sampler_entry, verify_file
-    from mobilediff.distill import student_defaults
+    from mobilediff.train.distill import student_defaults
 
     manifest = read_manifest(path)
     try:

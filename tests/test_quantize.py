@@ -21,7 +21,7 @@ def test_calibration_records_bounded_rows_in_declared_layout():
     assert sample.shape == (1, 4, 16, 16) and t.shape == (1,) and ehs.shape == (1, pipe.tokenizer.model_max_length, 32)
     assert cal.rows["text_encoder"][0][0].dtype == torch.int32
     # the timesteps kept are the sampler's, not random ones
-    from mobilediff.distill import ddim_timesteps
+    from mobilediff.train.diffusion import ddim_timesteps
 
     assert {int(r[1]) for r in cal.rows["unet"]} <= set(ddim_timesteps(pipe.scheduler, 3).tolist())
     again = record_calibration(pipe, prompts, steps=3, sampler="ddim", guidance=3.5, max_rows=5)

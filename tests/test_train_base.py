@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import error_lines, run_cli
-from mobilediff.checkpoint import complete_checkpoints
+from mobilediff.train.checkpoint import complete_checkpoints
 from mobilediff.errors import MobilediffError
 from mobilediff.tiny import tiny_train_config
-from mobilediff.training import TrainBaseConfig, train_base
+from mobilediff.train.base import TrainBaseConfig, train_base
 
 
 def _cfg(out, **kw):
@@ -102,7 +102,7 @@ def test_latent_cache_is_reused_only_when_it_matches(tmp_path):
 
 
 def test_object_fraction_counts_shape_pixels_per_latent_cell():
-    from mobilediff.training import _object_fraction
+    from mobilediff.train.base import _object_fraction
 
     images = torch.full((1, 3, 8, 8), -1.0)
     images[0, :, 0:4, 4:8] = 1.0  # top-right quarter is an object
@@ -114,7 +114,7 @@ def test_object_fraction_counts_shape_pixels_per_latent_cell():
 def test_init_from_a_unet_without_attention_at_full_resolution_starts_as_the_same_function(tmp_path):
     from mobilediff.models import UnetConfig
     from mobilediff.tiny import TINY_MODEL
-    from mobilediff.training import Denoiser, _load_initial
+    from mobilediff.train.base import Denoiser, _load_initial
 
     old = TINY_MODEL
     new_unet = dataclasses.replace(old.unet, down_block_types=("CrossAttnDownBlock2D",) * 2,
@@ -147,7 +147,7 @@ def test_freeze_text_encoder_keeps_it_bit_identical_while_the_unet_trains(tmp_pa
 
 
 def test_small_object_cells_mark_the_cells_that_hold_small_shapes():
-    from mobilediff.training import _small_object_cells
+    from mobilediff.train.base import _small_object_cells
 
     shape = torch.zeros(2, 9, dtype=torch.long)
     size = torch.full((2, 9), -1)
@@ -163,7 +163,7 @@ def test_small_object_cells_mark_the_cells_that_hold_small_shapes():
 
 
 def test_timestep_bias_draws_the_range_as_often_as_asked():
-    from mobilediff.training import _sample_timesteps
+    from mobilediff.train.base import _sample_timesteps
 
     g = torch.Generator().manual_seed(0)
     # multiplier 1 keeps the uniform draw every earlier run used (same generator stream as randint)
@@ -203,7 +203,7 @@ def test_timestep_bias_reaches_the_training_loop(tmp_path):
 def test_training_markdown_names_what_was_trained():
     """The record next to the weights says 'UNet (text encoder frozen)' for a --freeze-text-encoder leg."""
     from mobilediff.loading import DEFAULT_MODEL_DIR
-    from mobilediff.training import training_markdown
+    from mobilediff.train.base import training_markdown
 
     info = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())
     info["config"]["freeze_text_encoder"] = True

@@ -1,9 +1,8 @@
-"""`mobilediff train-base`: train the default model family (VAE, then text encoder + UNet) on the shapes domain.
+"""`mobilediff train-base`: the two losses that train the default model family (VAE, then text encoder + UNet) on
+the shapes domain, run by the one training loop (:mod:`mobilediff.train.loop`), and the pipeline they write.
 
-Built on accelerate, so ``accelerate launch -m mobilediff.cli train-base ...`` spreads it over many devices
-unchanged: every process takes its own slice of each global batch, selected by dataset index, so a run is a
-pure function of (seed, step) and resumes exactly. Checkpoints are pickle-free and atomic
-(:mod:`mobilediff.checkpoint`); a non-finite loss stops the run before anything is saved.
+Every process takes its own slice of each global batch, selected by dataset index (VAE) or by seeded indices into
+the latent cache (denoiser), so a run is a pure function of (seed, step) and resumes exactly.
 
 Stage 1 (VAE): AutoencoderKL on 64x64 images, L1 + L2 reconstruction and a small KL term.
 Stage 2 (denoiser): CLIPTextModel + UNet2DConditionModel trained jointly on frozen-VAE latents with
@@ -15,21 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mobilediff.checkpoint import latest_checkpoint, load_checkpoint, restore, save_checkpoint
 from mobilediff.data import GRID, ShapesConfig, ShapesDataset, labels_tensor
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_bytes, atomic_write_json, load_tensors
 from mobilediff.models import DefaultModelConfig
+from mobilediff.train.loop import EMA, Leg, make_accelerator, resume_point, run_leg
 
 
 @dataclass
@@ -94,35 +91,6 @@ class TrainBaseConfig:
     inject_nan_at_step: int | None = None  # test hook: poison the loss at this step
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        p = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-    return f
-
-
-class EMA:
-    """Exponential moving average of named parameters, with the usual warm-up of the decay."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module, step: int, skip: str | None = None) -> None:
-        """``skip``: a key prefix whose entries keep their shadow values (a frozen submodule)."""
-        d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in module.state_dict().items():
-            if skip is not None and k.startswith(skip):
-                continue
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach().float(), 1 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-
 class Denoiser(torch.nn.Module):
     """Text encoder + UNet as one module, so accelerate prepares (and DDP wraps) them together."""
 
@@ -156,67 +124,37 @@ class SceneHead(torch.nn.Module):
         return loss + F.cross_entropy(size.reshape(b, 9, -1)[occ], labels["size"][occ])
 
 
-def _accelerator(cfg: TrainBaseConfig):
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision=cfg.mixed_precision if cfg.mixed_precision != "fp32" else "no")
+# ---------------------------------------------------------------------------------------------- stage 1: VAE
 
 
-def _progress(accelerator, total: int, initial: int, desc: str):
-    from tqdm.auto import tqdm
+class VaeObjective:
+    """Stage 1's loss: object-weighted L1 + L2 reconstruction of 64x64 images and a small KL term."""
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True, mininterval=2.0)
+    log_fields = {"stage": "vae"}
+    clip = "vae"
 
+    def __init__(self, cfg: TrainBaseConfig, accelerator, vae):
+        self.cfg, self.accelerator, self.vae = cfg, accelerator, vae
+        self.models = {"vae": vae}
+        self.data = ShapesDataset(seed=cfg.seed, config=cfg.data)
+        self.local = cfg.vae_batch_size // accelerator.num_processes
 
-def _resume_point(run_dir: Path, resume: str | None):
-    if resume is None:
-        return None
-    if resume == "latest":
-        return latest_checkpoint(run_dir)
-    return load_checkpoint(Path(resume))
+    def checkpointed(self) -> dict:
+        return {"vae": self.vae}
 
+    def after_resume(self) -> None:
+        pass
 
-def _log(run_dir: Path, row: dict) -> None:
-    with open(run_dir / "log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
-    if not torch.isfinite(loss).all():
-        last = latest_checkpoint(run_dir)
-        where = f"; last good checkpoint: {last.path}" if last else "; no checkpoint was written yet"
-        raise MobilediffError(f"non-finite loss at step {step}: training stopped{where}")
-
-
-def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
-    """Stage 1. Writes a diffusers AutoencoderKL folder to ``out_dir`` (atomically) and returns stats."""
-    accelerator = _accelerator(cfg)
-    run_dir = cfg.out / "vae_run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    vae = cfg.model.vae.build()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps))
-    start, elapsed0 = 0, 0.0
-    ckpt = _resume_point(run_dir, resume)
-    if ckpt is not None:
-        restore(ckpt, {"vae": vae}, opt)
-        start, elapsed0 = ckpt.step, ckpt.state.get("elapsed_seconds", 0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(50, cfg.vae_steps), last_epoch=start - 1)
-    vae, opt = accelerator.prepare(vae, opt)
-    data = ShapesDataset(seed=cfg.seed, config=cfg.data)
-    local = cfg.vae_batch_size // accelerator.num_processes
-    bar = _progress(accelerator, cfg.vae_steps, start, "train vae")
-    t0 = time.time()
-    for step in range(start, cfg.vae_steps):
-        first = step * cfg.vae_batch_size + accelerator.process_index * local
-        images, _, _ = data.batch(first, local)
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        cfg, acc = self.cfg, self.accelerator
+        first = step * cfg.vae_batch_size + acc.process_index * self.local
+        images, _, _ = self.data.batch(first, self.local)  # (B, 3, H, W) in [-1, 1]
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        with accelerator.autocast():
-            posterior = accelerator.unwrap_model(vae).encode(images).latent_dist
+        vae = acc.unwrap_model(self.models["vae"])
+        with acc.autocast():
+            posterior = vae.encode(images).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
-            recon = accelerator.unwrap_model(vae).decode(z).sample.float()
+            recon = vae.decode(z).sample.float()
         # shapes cover a few percent of the pixels: weight them up, or the background dominates the loss
         # (pixel (0, 0) is always background in this domain)
         is_object = ((images - images[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.1).float()
@@ -224,24 +162,27 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
         err = recon - images
         rec = ((err.abs() + err.square()) * weight).mean() / weight.mean()
         kl = posterior.kl().mean() / images[0].numel()
-        loss = rec + cfg.kl_weight * kl
-        if cfg.inject_nan_at_step == step:
-            loss = loss * float("nan")
-        _check_finite(loss, step, run_dir)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{F.l1_loss(recon, images).item():.4f}")
-        if accelerator.is_main_process and ((step + 1) % 50 == 0 or step + 1 == cfg.vae_steps):
-            _log(run_dir, {"stage": "vae", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
-        if accelerator.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps):
-            save_checkpoint(run_dir, step + 1, {"vae": accelerator.unwrap_model(vae).state_dict()}, opt,
-                            {"elapsed_seconds": elapsed0 + time.time() - t0})
-    bar.close()
-    vae = accelerator.unwrap_model(vae)
+        return rec + cfg.kl_weight * kl, {"l1": f"{F.l1_loss(recon, images).item():.4f}"}
+
+    def after_step(self, step: int) -> None:
+        pass
+
+
+def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
+    """Stage 1. Writes a diffusers AutoencoderKL folder to ``out_dir`` (atomically) and returns stats."""
+    accelerator = make_accelerator(cfg.mixed_precision)
+    run_dir = cfg.out / "vae_run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    vae = cfg.model.vae.build()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    objective = VaeObjective(cfg, accelerator, vae)
+    leg = Leg(run_dir=run_dir, desc="train vae", steps=cfg.vae_steps, lr_warmup_steps=50,
+              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
+              inject_nan_at_step=cfg.inject_nan_at_step)
+    seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
+    vae = accelerator.unwrap_model(objective.models["vae"])
+    data = objective.data
     # latent scaling so that scaled latents have unit variance (SD's 0.18215, measured here)
     vae.eval()
     with torch.no_grad():
@@ -255,8 +196,11 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
     if accelerator.is_main_process:
         with atomic_dir(out_dir, force=True) as tmp:
             vae.save_pretrained(tmp, safe_serialization=True)
-    return {"vae_steps": cfg.vae_steps, "vae_seconds": elapsed0 + time.time() - t0, "vae_recon_psnr_db": psnr,
+    return {"vae_steps": cfg.vae_steps, "vae_seconds": seconds, "vae_recon_psnr_db": psnr,
             "scaling_factor": 1.0 / std}
+
+
+# ---------------------------------------------------------------------------------------------- stage 2: denoiser
 
 
 def _load_initial(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -369,11 +313,79 @@ def _latent_cache(cfg: TrainBaseConfig, vae, vae_dir: Path, tokenizer, data: Sha
     return load_tensors(path)
 
 
+class DenoiserObjective:
+    """Stage 2's loss: the v-prediction loss of text encoder + UNet on frozen-VAE latents (object-weighted per latent
+    pixel, min-SNR-gamma optional), caption dropout, the auxiliary caption-parsing loss, and the EMA of the weights."""
+
+    log_fields = {"stage": "denoiser"}
+    clip = "denoiser"
+
+    def __init__(self, cfg: TrainBaseConfig, accelerator, model: Denoiser, head: SceneHead, noise_scheduler,
+                 cache: dict[str, torch.Tensor] | None, encode, empty_ids: torch.Tensor):
+        self.cfg, self.accelerator, self.model, self.head = cfg, accelerator, model, head
+        self.models = {"denoiser": model, "scene_head": head}
+        self.noise_scheduler, self.cache, self.encode, self.empty_ids = noise_scheduler, cache, encode, empty_ids
+        self.ema = EMA.of(model, cfg.ema_decay)
+        self.local = cfg.batch_size // accelerator.num_processes
+        alphas = noise_scheduler.alphas_cumprod
+        self.snr_all = alphas / (1 - alphas)
+
+    def checkpointed(self) -> dict:
+        return {"denoiser": self.model, "denoiser.ema": self.ema, "scene_head": self.head}
+
+    def after_resume(self) -> None:
+        if self.cfg.freeze_text_encoder:
+            # the averaged text encoder is the one a pipeline of this run holds: train against exactly that one
+            with torch.no_grad():
+                for k, v in self.model.text_encoder.state_dict().items():
+                    v.copy_(self.ema.shadow["text_encoder." + k])
+            # no parameter of it requires grad, so autograd records nothing for it and the optimizer skips it
+            self.model.text_encoder.requires_grad_(False).eval()
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        cfg, acc, local = self.cfg, self.accelerator, self.local
+        g = torch.Generator().manual_seed((cfg.seed + 1) * 1_000_003 + step * 7919 + acc.process_index)
+        if self.cache is None:
+            batch = self.encode(step * cfg.batch_size + acc.process_index * local, local)
+        else:
+            idx = torch.randint(0, cfg.latent_cache, (local,), generator=g)
+            batch = {k: v[idx] for k, v in self.cache.items()}
+        latents, ids = batch["latents"], batch["ids"]  # (B, 4, 16, 16), (B, 77)
+        drop = torch.rand(local, generator=g) < cfg.caption_dropout
+        ids = torch.where(drop[:, None], self.empty_ids, ids)
+        noise = torch.randn(latents.shape, generator=g)
+        t = _sample_timesteps(local, self.noise_scheduler.config.num_train_timesteps, cfg.timestep_bias_range,
+                              cfg.timestep_bias_multiplier, g)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        target = self.noise_scheduler.get_velocity(latents, noise, t)
+        with acc.autocast():
+            pred, pooled = self.models["denoiser"](ids, noisy, t)
+        pred = pred.float()
+        # v-loss = (snr + 1) * x0-loss; min-SNR-gamma (Hang et al. 2023) re-weights the x0 error to min(snr, gamma)
+        snr = self.snr_all[t]
+        w = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
+        pix = 1.0 + cfg.object_weight * batch["mask"]
+        if cfg.small_object_weight > 0:
+            small = _small_object_cells(batch["label.shape"], batch["label.size"], latents.shape[-2:])
+            pix = pix + cfg.small_object_weight * batch["mask"] * small
+        err = (F.mse_loss(pred, target, reduction="none") * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))
+        loss = (err * w).mean()
+        if cfg.text_aux_weight > 0 and not cfg.freeze_text_encoder and not drop.all():
+            kept = ~drop
+            labels = {k[len("label."):]: v[kept] for k, v in batch.items() if k.startswith("label.")}
+            loss = loss + cfg.text_aux_weight * acc.unwrap_model(self.models["scene_head"]).loss(pooled[kept], labels)
+        return loss, {}
+
+    def after_step(self, step: int) -> None:
+        self.ema.update(self.accelerator.unwrap_model(self.models["denoiser"]), step,
+                        skip="text_encoder." if self.cfg.freeze_text_encoder else None)
+
+
 def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> tuple[dict, Denoiser]:
     """Stage 2. Returns stats and the EMA text encoder + UNet."""
     from diffusers import AutoencoderKL
 
-    accelerator = _accelerator(cfg)
+    accelerator = make_accelerator(cfg.mixed_precision)
     run_dir = cfg.out / "unet_run"
     run_dir.mkdir(parents=True, exist_ok=True)
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval().requires_grad_(False)
@@ -396,89 +408,24 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
     head = SceneHead(cfg.model.text_encoder.hidden_size)
     noise_scheduler = cfg.model.scheduler.build()
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.lr, weight_decay=0.01)
-    start, elapsed0 = 0, 0.0
-    ema = EMA(model, cfg.ema_decay)
-    ckpt = _resume_point(run_dir, resume)
-    if ckpt is not None:
-        elapsed0 = ckpt.state.get("elapsed_seconds", 0.0)
-        ema_holder = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
-        restore(ckpt, {"denoiser": model, "denoiser.ema": ema_holder, "scene_head": head}, opt)
-        ema.shadow = {k: v.float() for k, v in ema_holder.state_dict().items()}
-        start = ckpt.step
-    if cfg.freeze_text_encoder:
-        # the averaged text encoder is the one a pipeline of this run holds: train against exactly that one
-        with torch.no_grad():
-            for k, v in model.text_encoder.state_dict().items():
-                v.copy_(ema.shadow["text_encoder." + k])
-        # no parameter of it requires grad, so autograd records nothing for it and the optimizer skips it
-        model.text_encoder.requires_grad_(False).eval()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps), last_epoch=start - 1)
-    model, head, opt = accelerator.prepare(model, head, opt)
     data = ShapesDataset(seed=cfg.seed + 1, config=cfg.data)
-    local = cfg.batch_size // accelerator.num_processes
-    alphas = noise_scheduler.alphas_cumprod
-    snr_all = alphas / (1 - alphas)
-    bar = _progress(accelerator, cfg.unet_steps, start, "train denoiser")
-    t0 = time.time()
     cache = None
     if cfg.latent_cache > 0:
         cache = _latent_cache(cfg, vae, vae_dir, tokenizer, data, run_dir, accelerator.autocast, accelerator.is_main_process)
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                           return_tensors="pt").input_ids
-    for step in range(start, cfg.unet_steps):
-        g = torch.Generator().manual_seed((cfg.seed + 1) * 1_000_003 + step * 7919 + accelerator.process_index)
-        if cache is None:
-            batch = _encode(vae, tokenizer, data, step * cfg.batch_size + accelerator.process_index * local, local,
-                            accelerator.autocast)
-        else:
-            idx = torch.randint(0, cfg.latent_cache, (local,), generator=g)
-            batch = {k: v[idx] for k, v in cache.items()}
-        latents, ids = batch["latents"], batch["ids"]  # (B, 4, 16, 16), (B, 77)
-        drop = torch.rand(local, generator=g) < cfg.caption_dropout
-        ids = torch.where(drop[:, None], empty_ids, ids)
-        noise = torch.randn(latents.shape, generator=g)
-        t = _sample_timesteps(local, noise_scheduler.config.num_train_timesteps, cfg.timestep_bias_range,
-                              cfg.timestep_bias_multiplier, g)
-        noisy = noise_scheduler.add_noise(latents, noise, t)
-        target = noise_scheduler.get_velocity(latents, noise, t)
-        with accelerator.autocast():
-            pred, pooled = model(ids, noisy, t)
-        pred = pred.float()
-        # v-loss = (snr + 1) * x0-loss; min-SNR-gamma (Hang et al. 2023) re-weights the x0 error to min(snr, gamma)
-        snr = snr_all[t]
-        w = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
-        pix = 1.0 + cfg.object_weight * batch["mask"]
-        if cfg.small_object_weight > 0:
-            small = _small_object_cells(batch["label.shape"], batch["label.size"], latents.shape[-2:])
-            pix = pix + cfg.small_object_weight * batch["mask"] * small
-        err = (F.mse_loss(pred, target, reduction="none") * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))
-        loss = (err * w).mean()
-        if cfg.text_aux_weight > 0 and not cfg.freeze_text_encoder and not drop.all():
-            kept = ~drop
-            labels = {k[len("label."):]: v[kept] for k, v in batch.items() if k.startswith("label.")}
-            loss = loss + cfg.text_aux_weight * accelerator.unwrap_model(head).loss(pooled[kept], labels)
-        if cfg.inject_nan_at_step == step:
-            loss = loss * float("nan")
-        _check_finite(loss, step, run_dir)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(accelerator.unwrap_model(model), step, skip="text_encoder." if cfg.freeze_text_encoder else None)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-        if accelerator.is_main_process and ((step + 1) % 50 == 0 or step + 1 == cfg.unet_steps):
-            _log(run_dir, {"stage": "denoiser", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
-        if accelerator.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps):
-            save_checkpoint(run_dir, step + 1, {"denoiser": accelerator.unwrap_model(model).state_dict(),
-                                                "denoiser.ema": ema.shadow,
-                                                "scene_head": accelerator.unwrap_model(head).state_dict()}, opt,
-                            {"elapsed_seconds": elapsed0 + time.time() - t0})
-    bar.close()
+
+    def encode(first: int, n: int) -> dict[str, torch.Tensor]:
+        return _encode(vae, tokenizer, data, first, n, accelerator.autocast)
+
+    objective = DenoiserObjective(cfg, accelerator, model, head, noise_scheduler, cache, encode, empty_ids)
+    leg = Leg(run_dir=run_dir, desc="train denoiser", steps=cfg.unet_steps, lr_warmup_steps=cfg.warmup_steps,
+              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
+              inject_nan_at_step=cfg.inject_nan_at_step)
+    seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
     final = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
-    final.load_state_dict(ema.shadow)
-    return {"unet_steps": cfg.unet_steps, "unet_seconds": elapsed0 + time.time() - t0}, final
+    final.load_state_dict(objective.ema.shadow)
+    return {"unet_steps": cfg.unet_steps, "unet_seconds": seconds}, final
 
 
 def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = False, command: str = "") -> Path:

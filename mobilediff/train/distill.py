@@ -1,4 +1,5 @@
-"""`mobilediff distill`: few-step students of a Stable-Diffusion-family teacher.
+"""`mobilediff distill`: few-step students of a Stable-Diffusion-family teacher, each method a loss run by the one
+training loop (:mod:`mobilediff.train.loop`) over the arithmetic of :mod:`mobilediff.train.diffusion`.
 
 Two methods, both trained on the teacher's own latents of shapes-domain samples (a latent cache encoded once
 with the teacher's VAE), both with one denoiser call per sampling step (guidance is distilled in):
@@ -15,11 +16,9 @@ with the teacher's VAE), both with one denoiser call per sampling step (guidance
   teaching the next. Every round's student is kept in ``OUT/steps-N`` and samples with the teacher's DDIM
   scheduler at N steps and guidance 1 (no CFG batch).
 
-Training is built on accelerate (``accelerate launch -m mobilediff.cli distill ...`` spreads it over devices:
-each process takes its slice of every global batch, chosen by seeded indices), checkpoints are atomic and
-pickle-free (:mod:`mobilediff.checkpoint`), ``--resume latest`` continues exactly where a run stopped, and a
-non-finite loss stops the run before anything is saved. The DDIM arithmetic of the targets is batched (one
-timestep per example) and tested against ``diffusers.DDIMScheduler.step``, which samples the students.
+Each process takes its slice of every global batch, chosen by seeded indices into the latent cache, so
+``--resume latest`` continues exactly where a run stopped; a progressive run's checkpoints number its steps across
+rounds.
 """
 from __future__ import annotations
 
@@ -27,20 +26,20 @@ import copy
 import json
 import platform
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from mobilediff.checkpoint import save_checkpoint
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_json
+from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, classifier_free_guidance,
+                                        consistency_output, ddim_step, ddim_timesteps, guidance_embedding,
+                                        lcm_solver_grid, pred_original_and_epsilon, progressive_target)
+from mobilediff.train.loop import EMA, Leg, make_accelerator, resume_point, run_leg
 
 METHODS = ("lcm", "progressive")
-LCM_TIMESTEP_SCALING = 10.0  # LCMScheduler's default boundary-condition time scaling
-SIGMA_DATA = 0.5
 
 
 @dataclass
@@ -144,94 +143,9 @@ def load_teacher(teacher: str):
         raise MobilediffError("the teacher already takes a guidance embedding (an LCM student): distil from its "
                               "classifier-free-guided teacher instead")
     pred = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if pred not in ("epsilon", "v_prediction", "sample"):
+    if pred not in PREDICTION_TYPES:
         raise MobilediffError(f"unsupported prediction type {pred!r} in the teacher's scheduler config")
     return pipe
-
-
-# ---------------------------------------------------------------------------------------------- diffusion arithmetic
-
-
-def to_x0_eps(out: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, prediction_type: str):
-    """(x0, eps) from a model output at noisy sample ``z`` whose alphas_cumprod is ``alpha`` (B,)."""
-    a = alpha.view(-1, 1, 1, 1).to(z.dtype)
-    sa, sb = a.sqrt(), (1 - a).sqrt()
-    if prediction_type == "epsilon":
-        return (z - sb * out) / sa, out
-    if prediction_type == "v_prediction":
-        return sa * z - sb * out, sa * out + sb * z
-    if prediction_type == "sample":
-        return out, (z - sa * out) / sb
-    raise MobilediffError(f"unsupported prediction type {prediction_type!r}")
-
-
-def ddim_step(x0: torch.Tensor, eps: torch.Tensor, alpha_prev: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM update (eta = 0): the sample at ``alpha_prev`` (B,)."""
-    a = alpha_prev.view(-1, 1, 1, 1).to(x0.dtype)
-    return a.sqrt() * x0 + (1 - a).sqrt() * eps
-
-
-def ddim_alpha_prev(scheduler, t: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """alphas_cumprod of the previous timestep exactly as ``DDIMScheduler.step`` computes it at ``num_steps``."""
-    ac = scheduler.alphas_cumprod
-    prev = t - scheduler.config.num_train_timesteps // num_steps
-    return torch.where(prev >= 0, ac[prev.clamp(min=0)], torch.as_tensor(scheduler.final_alpha_cumprod, dtype=ac.dtype))
-
-
-def ddim_timesteps(scheduler, num_steps: int) -> torch.Tensor:
-    s = copy.deepcopy(scheduler)
-    s.set_timesteps(num_steps)
-    return s.timesteps.clone()
-
-
-def boundary_scalings(t: torch.Tensor, timestep_scaling: float = LCM_TIMESTEP_SCALING):
-    """LCM's consistency boundary-condition scalings (c_skip, c_out) at discrete timesteps ``t`` (as LCMScheduler)."""
-    st = t.float() * timestep_scaling
-    c_skip = SIGMA_DATA ** 2 / (st ** 2 + SIGMA_DATA ** 2)
-    c_out = st / (st ** 2 + SIGMA_DATA ** 2) ** 0.5
-    return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
-
-
-def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """The guidance-scale embedding diffusers' pipelines feed to ``timestep_cond`` (w = guidance scale - 1)."""
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
-
-
-@torch.no_grad()
-def guided(unet, z, t, cond, uncond, scale, alpha, prediction_type):
-    """The teacher's classifier-free-guided (x0, eps) at scale ``scale`` (B,), one batched call (cond + uncond)."""
-    out = unet(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([cond, uncond])).sample
-    oc, ou = out.float().chunk(2)
-    g = scale.view(-1, 1, 1, 1)
-    return to_x0_eps(ou + g * (oc - ou), z, alpha, prediction_type)
-
-
-@torch.no_grad()
-def progressive_target(teacher_unet, scheduler, z, t, t_mid, n, cond, uncond, guidance, prediction_type):
-    """(x0 target, z2) of a progressive round at ``n`` student steps: ``z2`` is two DDIM steps of the teacher at
-    ``2n`` steps from ``z`` at ``t`` (through ``t_mid``), exactly as DDIMScheduler takes them, and the x0 target is
-    the one whose single DDIM step at ``n`` steps from ``z`` lands on ``z2`` (Salimans & Ho, eq. 8).
-    ``guidance``: the classifier-free guidance scale of the teacher's prediction, or None for its plain conditional
-    prediction (a teacher that is itself a guidance-distilled student)."""
-    alphas = scheduler.alphas_cumprod.float()
-
-    def pred(zz, tt):
-        if guidance is None:
-            out = teacher_unet(zz, tt, encoder_hidden_states=cond).sample.float()
-            return to_x0_eps(out, zz, alphas[tt], prediction_type)
-        scale = torch.full((zz.shape[0],), float(guidance))
-        return guided(teacher_unet, zz, tt, cond, uncond, scale, alphas[tt], prediction_type)
-
-    x1, e1 = pred(z, t)
-    z1 = ddim_step(x1, e1, ddim_alpha_prev(scheduler, t, 2 * n))
-    x2, e2 = pred(z1, t_mid)
-    z2 = ddim_step(x2, e2, ddim_alpha_prev(scheduler, t_mid, 2 * n))
-    a_t = alphas[t].view(-1, 1, 1, 1)
-    a_p = ddim_alpha_prev(scheduler, t, n).view(-1, 1, 1, 1)
-    ratio = ((1 - a_p) / (1 - a_t)).sqrt()
-    return (z2 - ratio * z) / (a_p.sqrt() - ratio * a_t.sqrt()), z2
 
 
 def make_lcm_student(teacher_unet, time_cond_proj_dim: int):
@@ -273,217 +187,223 @@ def load_init_student(student, path: str) -> None:
 # ---------------------------------------------------------------------------------------------- training
 
 
-class _Run:
-    """What both methods share: accelerator, data, frozen text encoder, logging, checkpoints, progress."""
+class DistillData:
+    """What both methods train on: the teacher's latents of shapes-domain samples (a latent cache encoded once with
+    its VAE), their text embeddings from the teacher's frozen text encoder, and the empty prompt's embedding."""
 
-    def __init__(self, cfg: DistillConfig, teacher):
-        from accelerate import Accelerator
-
+    def __init__(self, cfg: DistillConfig, teacher, accelerator):
         from mobilediff.data import ShapesConfig, ShapesDataset
         from mobilediff.loading import resolve_model
-        from mobilediff.training import _latent_cache
+        from mobilediff.train.base import _latent_cache
 
-        self.cfg = cfg
-        self.acc = Accelerator(mixed_precision="no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision)
-        self.teacher = teacher
-        self.prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
-        from diffusers import DDIMScheduler
-
-        # the teacher's noise schedule and prediction type; trailing spacing so that the n-step timesteps are every
-        # other 2n-step one (progressive rounds) -- this is also the scheduler the progressive students sample with
-        self.scheduler = DDIMScheduler.from_config(teacher.scheduler.config, timestep_spacing="trailing",
-                                                   clip_sample=False, thresholding=False)
-        self.alphas = self.scheduler.alphas_cumprod.float()
-        teacher.text_encoder.requires_grad_(False).eval()
-        teacher.unet.requires_grad_(False).eval()
-        teacher.vae.requires_grad_(False).eval()
+        self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
         res = teacher.unet.config.sample_size * teacher.vae_scale_factor
         data_cfg = ShapesConfig(resolution=res, supersample=2 if res <= 32 else 4)
         data = ShapesDataset(seed=cfg.seed + 2, config=data_cfg)
         vae_dir = resolve_model(cfg.teacher) / "vae"
         ns = SimpleNamespace(latent_cache=cfg.latent_cache, data=data_cfg)
-        self.cache = _latent_cache(ns, teacher.vae, vae_dir, teacher.tokenizer, data, cfg.out, self.acc.autocast,
-                                   self.acc.is_main_process)
+        self.cache = _latent_cache(ns, teacher.vae, vae_dir, teacher.tokenizer, data, cfg.out, accelerator.autocast,
+                                   accelerator.is_main_process)
         tok = teacher.tokenizer
         empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
         with torch.no_grad():
-            self.uncond = teacher.text_encoder(empty).last_hidden_state.float()
-        self.local = cfg.batch_size // self.acc.num_processes
+            self.uncond = teacher.text_encoder(empty).last_hidden_state.float()  # (1, 77, D)
+        self.local = cfg.batch_size // accelerator.num_processes
 
     def batch(self, step: int):
-        """(generator, latents, object mask, text embeddings) of global step ``step`` for this process."""
-        g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919 + self.acc.process_index)
+        """(generator, latents (B, 4, h, w), object mask (B, 1, h, w), text embeddings (B, 77, D)) of global step
+        ``step`` for this process; the generator goes on to draw the step's noise and timesteps."""
+        g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919 + self.accelerator.process_index)
         idx = torch.randint(0, self.cfg.latent_cache, (self.local,), generator=g)
         with torch.no_grad():
             cond = self.teacher.text_encoder(self.cache["ids"][idx]).last_hidden_state.float()
         return g, self.cache["latents"][idx], self.cache["mask"][idx], cond
 
-    def pix(self, mask):
+    def pixel_weight(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) loss weight per latent pixel: 1 + object_weight x the fraction of it covered by shapes."""
         return 1.0 + self.cfg.object_weight * mask
 
-    def log(self, row: dict) -> None:
-        if self.acc.is_main_process:
-            with open(self.cfg.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+
+@dataclass
+class TeacherPredictor:
+    """The teacher as the solvers call it: (z_t, t) -> (x̂_0, ε̂) of its classifier-free-guided prediction at
+    ``guidance_scale`` (B,), one batched call (cond + uncond); or of its conditional prediction alone when
+    ``guidance_scale`` is None (a teacher that is itself a guidance-distilled student)."""
+
+    unet: torch.nn.Module
+    alphas_cumprod: torch.Tensor  # (T,) float32
+    cond: torch.Tensor  # (B, 77, D) text embeddings of the captions
+    uncond: torch.Tensor  # (B, 77, D) the empty prompt's
+    guidance_scale: torch.Tensor | None  # (B,) pipeline convention, or None
+    prediction_type: str
+
+    @torch.no_grad()
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.guidance_scale is None:
+            model_output = self.unet(sample, timestep, encoder_hidden_states=self.cond).sample.float()
+        else:
+            out = self.unet(torch.cat([sample, sample]), torch.cat([timestep, timestep]),
+                            encoder_hidden_states=torch.cat([self.cond, self.uncond])).sample
+            cond_output, uncond_output = out.float().chunk(2)
+            model_output = classifier_free_guidance(uncond_output, cond_output, self.guidance_scale)
+        return pred_original_and_epsilon(model_output, sample, self.alphas_cumprod[timestep], self.prediction_type)
 
 
-def _lr_schedule(cfg: DistillConfig, opt, done_in_leg: int, leg_steps: int):
-    """Warm-up then cosine decay over a leg (the whole LCM run, or one progressive round), resumable."""
-    from mobilediff.training import _lr_lambda
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, leg_steps), last_epoch=done_in_leg - 1)
+def _pixel_weighted(per_pixel_loss: torch.Tensor, pixel_weight: torch.Tensor) -> torch.Tensor:
+    """(B,) each example's pixel-weighted mean of a (B, C, h, w) loss."""
+    return (per_pixel_loss * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
 
 
-def _resume(cfg: DistillConfig, resume: str | None):
-    from mobilediff.training import _resume_point
+class LcmObjective:
+    """Latent consistency distillation's loss (Luo et al. 2023, Algorithm 1): at a grid timestep t_{n+k} the student's
+    consistency output f(z_{t_{n+k}}, w) is pulled (pseudo-Huber) towards the EMA target network's f at z_{t_n}, one
+    skipping-step DDIM step of the teacher guided at w from z_{t_{n+k}}."""
 
-    return _resume_point(cfg.out, resume)
+    log_fields = {"method": "lcm"}
+    clip = "student"
+
+    def __init__(self, cfg: DistillConfig, data: DistillData, student, target, scheduler, prediction_type: str):
+        self.cfg, self.data, self.student, self.target = cfg, data, student, target
+        self.models = {"student": student}
+        self.target_ema = EMA(target.state_dict(), cfg.target_ema, warmup=False)
+        self.scheduler, self.prediction_type = scheduler, prediction_type
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.grid, self.skip = lcm_solver_grid(scheduler.config.num_train_timesteps, cfg.ddim_timesteps)
+
+    def checkpointed(self) -> dict:
+        return {"student": self.student, "target": self.target}
+
+    def after_resume(self) -> None:
+        self.student.train()
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        cfg, data, alphas_cumprod = self.cfg, self.data, self.alphas_cumprod
+        g, latents, mask, cond = data.batch(step)
+        b = latents.shape[0]
+        # 1. a grid timestep t_{n+k} per example and the solver's landing point t_n = t_{n+k} - k (0 below the grid)
+        timestep = self.grid[torch.randint(0, cfg.ddim_timesteps, (b,), generator=g)]
+        timestep_prev = (timestep - self.skip).clamp(min=0)
+        noise = torch.randn(latents.shape, generator=g)
+        # 2. a guidance scale w per example, fed to the student as the embedding of w - 1
+        guidance_scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=g)
+        w_embedding = guidance_embedding(guidance_scale, cfg.time_cond_proj_dim)
+        sample = self.scheduler.add_noise(latents, noise, timestep)
+        # 3. the student's consistency output at z_{t_{n+k}}
+        with data.accelerator.autocast():
+            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond,
+                                                  timestep_cond=w_embedding).sample.float()
+        pred_original_sample = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep],
+                                                         self.prediction_type)[0]
+        student_output = consistency_output(sample, pred_original_sample, timestep)
+        with torch.no_grad():
+            # 4. the skipping-step solver: one DDIM step of the guided teacher from t_{n+k} to t_n
+            predict = TeacherPredictor(data.teacher.unet, alphas_cumprod, cond, data.uncond.expand_as(cond),
+                                        guidance_scale, self.prediction_type)
+            sample_prev = ddim_step(*predict(sample, timestep), alphas_cumprod[timestep_prev])
+            # 5. the target network's consistency output at z_{t_n}
+            target_output = self.target(sample_prev, timestep_prev, encoder_hidden_states=cond,
+                                        timestep_cond=w_embedding).sample.float()
+            target_original_sample = pred_original_and_epsilon(target_output, sample_prev,
+                                                               alphas_cumprod[timestep_prev], self.prediction_type)[0]
+            target = consistency_output(sample_prev, target_original_sample, timestep_prev)
+        huber = torch.sqrt((student_output - target) ** 2 + cfg.huber_c ** 2) - cfg.huber_c
+        return _pixel_weighted(huber, data.pixel_weight(mask)).mean(), {}
+
+    def after_step(self, step: int) -> None:
+        self.target_ema.update(self.data.accelerator.unwrap_model(self.models["student"]), step)
 
 
-def _check_finite(loss, step, cfg):
-    from mobilediff.training import _check_finite as check
-
-    check(loss, step, cfg.out)
-
-
-def train_lcm(cfg: DistillConfig, run: _Run, resume: str | None) -> tuple[torch.nn.Module, dict]:
-    from mobilediff.checkpoint import restore
-    from mobilediff.training import _progress
-
-    teacher = run.teacher
-    student = make_lcm_student(teacher.unet, cfg.time_cond_proj_dim)
+def train_lcm(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str,
+              resume: str | None) -> tuple[torch.nn.Module, dict]:
+    student = make_lcm_student(data.teacher.unet, cfg.time_cond_proj_dim)
     if cfg.init_student is not None:
         load_init_student(student, cfg.init_student)
     target = copy.deepcopy(student).requires_grad_(False).eval()
-    start, elapsed0 = 0, 0.0
-    ckpt = _resume(cfg, resume)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
-    if ckpt is not None:
-        restore(ckpt, {"student": student, "target": target}, opt)
-        start, elapsed0 = ckpt.step, ckpt.state.get("elapsed_seconds", 0.0)
-    sched = _lr_schedule(cfg, opt, start, cfg.max_train_steps)
-    student.train()
-    student, opt = run.acc.prepare(student, opt)
-    k = run.scheduler.config.num_train_timesteps // cfg.ddim_timesteps
-    grid = torch.arange(1, cfg.ddim_timesteps + 1) * k - 1  # LCMScheduler's original timesteps: 19, 39, ..., 999
-    alphas = run.alphas
-    bar = _progress(run.acc, cfg.max_train_steps, start, "distill lcm")
-    t0 = time.time()
-    for step in range(start, cfg.max_train_steps):
-        g, x0, mask, cond = run.batch(step)
-        b = x0.shape[0]
-        idx = torch.randint(0, cfg.ddim_timesteps, (b,), generator=g)
-        t = grid[idx]
-        t_prev = (t - k).clamp(min=0)
-        noise = torch.randn(x0.shape, generator=g)
-        scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=g)
-        w_emb = guidance_embedding(scale - 1, cfg.time_cond_proj_dim)
-        z = run.scheduler.add_noise(x0, noise, t)
-        with run.acc.autocast():
-            out = student(z, t, encoder_hidden_states=cond, timestep_cond=w_emb).sample.float()
-        c_skip, c_out = boundary_scalings(t)
-        pred = c_skip * z + c_out * to_x0_eps(out, z, alphas[t], run.prediction_type)[0]
+    objective = LcmObjective(cfg, data, student, target, scheduler, prediction_type)
+    leg = Leg(run_dir=cfg.out, desc="distill lcm", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
+              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
+              inject_nan_at_step=cfg.inject_nan_at_step)
+    seconds = run_leg(leg, objective, opt, data.accelerator, resume_point(cfg.out, resume))
+    return (data.accelerator.unwrap_model(objective.models["student"]).eval(),
+            {"train_steps": cfg.max_train_steps, "train_seconds": seconds})
+
+
+class ProgressiveObjective:
+    """One progressive round's loss (Salimans & Ho 2022): the student's x̂_0 at a timestep of its n-step DDIM schedule
+    against the x̂_0 whose single DDIM step lands where two of the teacher's 2n-step DDIM steps do, with truncated-SNR
+    weighting max(SNR, 1)."""
+
+    clip = "student"
+
+    def __init__(self, cfg: DistillConfig, data: DistillData, student, teacher_unet, scheduler, prediction_type: str,
+                 num_inference_steps: int, guidance: float | None):
+        self.cfg, self.data, self.student, self.teacher_unet = cfg, data, student, teacher_unet
+        self.models = {"student": student}
+        self.log_fields = {"method": "progressive", "round_steps": num_inference_steps}
+        self.scheduler, self.prediction_type = scheduler, prediction_type
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.n, self.guidance = num_inference_steps, guidance
+        self.student_timesteps = ddim_timesteps(scheduler, num_inference_steps)  # e.g. [999, 874, ...] for 8 (trailing)
+        self.teacher_timesteps = ddim_timesteps(scheduler, 2 * num_inference_steps)
+        if not torch.equal(self.teacher_timesteps[::2], self.student_timesteps):
+            raise MobilediffError(f"the scheduler's {2 * num_inference_steps}-step timesteps do not contain its "
+                                  f"{num_inference_steps}-step ones (timestep_spacing "
+                                  f"{scheduler.config.timestep_spacing!r}): use 'trailing'")
+
+    def checkpointed(self) -> dict:
+        return {"student": self.student}
+
+    def after_resume(self) -> None:
+        self.student.train()
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        data, alphas_cumprod = self.data, self.alphas_cumprod
+        g, latents, mask, cond = data.batch(step)
+        b = latents.shape[0]
+        i = torch.randint(0, self.n, (b,), generator=g)
+        timestep, timestep_mid = self.student_timesteps[i], self.teacher_timesteps[2 * i + 1]
+        noise = torch.randn(latents.shape, generator=g)
+        sample = self.scheduler.add_noise(latents, noise, timestep)
         with torch.no_grad():
-            x_hat, e_hat = guided(teacher.unet, z, t, cond, run.uncond.expand_as(cond), scale, alphas[t],
-                                  run.prediction_type)
-            # the skipping-step solver: one DDIM step of the guided teacher from t to t - k (alpha at 0 for t < k)
-            z_prev = ddim_step(x_hat, e_hat, alphas[t_prev])
-            out_t = target(z_prev, t_prev, encoder_hidden_states=cond, timestep_cond=w_emb).sample.float()
-            cs, co = boundary_scalings(t_prev)
-            tgt = cs * z_prev + co * to_x0_eps(out_t, z_prev, alphas[t_prev], run.prediction_type)[0]
-        pix = run.pix(mask)
-        huber = torch.sqrt((pred - tgt) ** 2 + cfg.huber_c ** 2) - cfg.huber_c
-        loss = ((huber * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))).mean()
-        if cfg.inject_nan_at_step == step:
-            loss = loss * float("nan")
-        _check_finite(loss, step, cfg)
-        run.acc.backward(loss)
-        run.acc.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for pt, ps in zip(target.parameters(), run.acc.unwrap_model(student).parameters()):
-                pt.lerp_(ps.detach(), 1 - cfg.target_ema)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.5f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-        if (step + 1) % 25 == 0 or step + 1 == cfg.max_train_steps:
-            run.log({"method": "lcm", "step": step + 1, "loss": loss.item(), "time": time.time() - t0})
-        if run.acc.is_main_process and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.max_train_steps):
-            save_checkpoint(cfg.out, step + 1, {"student": run.acc.unwrap_model(student).state_dict(),
-                                                "target": target.state_dict()}, opt,
-                            {"elapsed_seconds": elapsed0 + time.time() - t0})
-    bar.close()
-    return run.acc.unwrap_model(student).eval(), {"train_steps": cfg.max_train_steps,
-                                                  "train_seconds": elapsed0 + time.time() - t0}
+            scale = None if self.guidance is None else torch.full((b,), float(self.guidance))
+            predict = TeacherPredictor(self.teacher_unet, alphas_cumprod, cond, data.uncond.expand_as(cond), scale,
+                                        self.prediction_type)
+            target, _ = progressive_target(predict, self.scheduler, sample, timestep, timestep_mid, self.n)
+        alpha_prod_t = alphas_cumprod[timestep].view(-1, 1, 1, 1)
+        with data.accelerator.autocast():
+            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond).sample.float()
+        pred_original_sample = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep],
+                                                         self.prediction_type)[0]
+        # truncated-SNR weighting max(snr, 1) of the x0 error (Salimans & Ho), object-weighted per latent pixel
+        snr_weight = torch.clamp(alpha_prod_t / (1 - alpha_prod_t), min=1.0).view(-1)
+        return (snr_weight * _pixel_weighted((pred_original_sample - target) ** 2, data.pixel_weight(mask))).mean(), {}
+
+    def after_step(self, step: int) -> None:
+        pass
 
 
-def train_progressive_round(cfg: DistillConfig, run: _Run, teacher_unet, n: int, r: int, ckpt) -> tuple[torch.nn.Module, dict]:
-    """Round ``r``: a student at ``n`` steps learns the ``2n``-step guided teacher. Global steps r*K .. (r+1)*K."""
-    from mobilediff.checkpoint import restore
-    from mobilediff.training import _progress
-
+def train_progressive_round(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str, teacher_unet,
+                            n: int, r: int, ckpt) -> tuple[torch.nn.Module, dict]:
+    """Round ``r``: a student at ``n`` steps learns the ``2n``-step teacher. Global steps r*K .. (r+1)*K."""
     K = cfg.max_train_steps
     student = copy.deepcopy(teacher_unet).requires_grad_(True)
     teacher_unet = teacher_unet.requires_grad_(False).eval()
-    first, start, elapsed0 = r * K, r * K, 0.0
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
-    if ckpt is not None and first < ckpt.step <= first + K:
-        restore(ckpt, {"student": student}, opt)
-        start, elapsed0 = ckpt.step, ckpt.state.get("round_elapsed_seconds", 0.0)
-    sched = _lr_schedule(cfg, opt, start - first, K)
-    student.train()
-    student, opt = run.acc.prepare(student, opt)
-    s_ts = ddim_timesteps(run.scheduler, n)  # the student's timesteps, e.g. [999, 874, ...] for 8 (trailing)
-    t_ts = ddim_timesteps(run.scheduler, 2 * n)
-    if not torch.equal(t_ts[::2], s_ts):
-        raise MobilediffError(f"the scheduler's {2 * n}-step timesteps do not contain its {n}-step ones "
-                              f"(timestep_spacing {run.scheduler.config.timestep_spacing!r}): use 'trailing'")
-    alphas = run.alphas
     # Guidance is folded in once: the first round's target is the classifier-free-guided teacher; later rounds'
     # teachers are earlier students, which already give the guided prediction from the text alone (and were never
     # trained on the empty prompt), so their target is their own conditional prediction. Guiding them again would
     # compound the guidance every round.
     guidance = cfg.guidance if r == 0 else None
-    bar = _progress(run.acc, K, start - first, f"distill progressive {2 * n}->{n} steps")
-    t0 = time.time()
-    for step in range(start, first + K):
-        g, x0, mask, cond = run.batch(step)
-        b = x0.shape[0]
-        i = torch.randint(0, n, (b,), generator=g)
-        t, t_mid = s_ts[i], t_ts[2 * i + 1]
-        noise = torch.randn(x0.shape, generator=g)
-        z = run.scheduler.add_noise(x0, noise, t)
-        with torch.no_grad():
-            x_tgt, _ = progressive_target(teacher_unet, run.scheduler, z, t, t_mid, n, cond, run.uncond.expand_as(cond),
-                                          guidance, run.prediction_type)
-        a_t = alphas[t].view(-1, 1, 1, 1)
-        with run.acc.autocast():
-            out = student(z, t, encoder_hidden_states=cond).sample.float()
-        x_s = to_x0_eps(out, z, alphas[t], run.prediction_type)[0]
-        # truncated-SNR weighting max(snr, 1) of the x0 error (Salimans & Ho), object-weighted per latent pixel
-        w = torch.clamp(a_t / (1 - a_t), min=1.0).view(-1)
-        pix = run.pix(mask)
-        err = (((x_s - x_tgt) ** 2) * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))
-        loss = (w * err).mean()
-        if cfg.inject_nan_at_step == step:
-            loss = loss * float("nan")
-        _check_finite(loss, step, cfg)
-        run.acc.backward(loss)
-        run.acc.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.5f}", lr=f"{sched.get_last_lr()[0]:.1e}")
-        if (step + 1) % 25 == 0 or step + 1 == first + K:
-            run.log({"method": "progressive", "round_steps": n, "step": step + 1, "loss": loss.item(),
-                     "time": time.time() - t0})
-        if run.acc.is_main_process and ((step + 1 - first) % cfg.checkpoint_every == 0 or step + 1 == first + K):
-            save_checkpoint(cfg.out, step + 1, {"student": run.acc.unwrap_model(student).state_dict()}, opt,
-                            {"round": r, "round_steps": n, "round_elapsed_seconds": elapsed0 + time.time() - t0})
-    bar.close()
-    return run.acc.unwrap_model(student).eval(), {"train_steps": K, "train_seconds": elapsed0 + time.time() - t0}
+    objective = ProgressiveObjective(cfg, data, student, teacher_unet, scheduler, prediction_type, n, guidance)
+    leg = Leg(run_dir=cfg.out, desc=f"distill progressive {2 * n}->{n} steps", steps=K, first_step=r * K,
+              lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
+              grad_clip=cfg.grad_clip, elapsed_key="round_elapsed_seconds",
+              checkpoint_state={"round": r, "round_steps": n}, loss_format=".5f",
+              inject_nan_at_step=cfg.inject_nan_at_step)
+    in_round = ckpt is not None and leg.first_step < ckpt.step <= leg.end_step
+    seconds = run_leg(leg, objective, opt, data.accelerator, ckpt if in_round else None)
+    return data.accelerator.unwrap_model(objective.models["student"]).eval(), {"train_steps": K, "train_seconds": seconds}
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -532,6 +452,8 @@ def student_defaults(model_dir: Path) -> dict | None:
 
 def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, command: str = "") -> list[Path]:
     """Run the distillation; returns the student pipeline folder(s) written (atomically)."""
+    from diffusers import DDIMScheduler
+
     from mobilediff.loading import resolve_model
 
     validate(cfg)
@@ -545,18 +467,26 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
     if out.exists() and resume is None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = _Run(cfg, teacher)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
+    # the teacher's noise schedule and prediction type; trailing spacing so that the n-step timesteps are every other
+    # 2n-step one (progressive rounds) -- this is also the scheduler the progressive students sample with
+    scheduler = DDIMScheduler.from_config(teacher.scheduler.config, timestep_spacing="trailing", clip_sample=False,
+                                          thresholding=False)
+    for module in (teacher.text_encoder, teacher.unet, teacher.vae):
+        module.requires_grad_(False).eval()
+    data = DistillData(cfg, teacher, accelerator)
     if cfg.method == "lcm":
         from diffusers import LCMScheduler
 
-        student, stats = train_lcm(cfg, run, resume)
+        student, stats = train_lcm(cfg, data, scheduler, prediction_type, resume)
         sched = LCMScheduler.from_config(teacher.scheduler.config, original_inference_steps=cfg.ddim_timesteps,
                                          timestep_scaling=LCM_TIMESTEP_SCALING)
         info = _record(cfg, command, stats, sampling={"sampler": "lcm", "steps": cfg.steps, "guidance": cfg.guidance})
-        if run.acc.is_main_process:
+        if accelerator.is_main_process:
             _save_student(out / "model", teacher, resolve_model(cfg.teacher), student, sched, "LatentConsistencyModelPipeline", info)
         return [out / "model"]
-    ckpt = _resume(cfg, resume)
+    ckpt = resume_point(cfg.out, resume)
     written, unet = [], teacher.unet
     for r, n in enumerate(progressive_rounds(cfg.teacher_steps, cfg.steps)):
         path = out / f"steps-{n}"
@@ -567,11 +497,11 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
             unet = UNet2DConditionModel.from_pretrained(str(path / "unet"), use_safetensors=True)
             written.append(path)
             continue
-        unet, stats = train_progressive_round(cfg, run, unet, n, r, ckpt)
+        unet, stats = train_progressive_round(cfg, data, scheduler, prediction_type, unet, n, r, ckpt)
         info = _record(cfg, command, stats, round=r, teacher_steps=2 * n,
                        sampling={"sampler": "ddim", "steps": n, "guidance": 1.0})
-        if run.acc.is_main_process:
-            _save_student(path, teacher, resolve_model(cfg.teacher), unet, copy.deepcopy(run.scheduler),
+        if accelerator.is_main_process:
+            _save_student(path, teacher, resolve_model(cfg.teacher), unet, copy.deepcopy(scheduler),
                           "StableDiffusionPipeline", info)
         written.append(path)
     return written

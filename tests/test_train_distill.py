@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import error_lines, run_cli
-from mobilediff.checkpoint import complete_checkpoints
-from mobilediff.distill import (DistillConfig, boundary_scalings, ddim_alpha_prev, ddim_step, ddim_timesteps, distill,
-                                make_lcm_student, progressive_rounds, progressive_target, to_x0_eps)
 from mobilediff.errors import MobilediffError
+from mobilediff.train.checkpoint import complete_checkpoints
+from mobilediff.train.diffusion import (boundary_scalings, ddim_alpha_prod_prev, ddim_step, ddim_timesteps,
+                                        pred_original_and_epsilon, progressive_target)
+from mobilediff.train.distill import DistillConfig, TeacherPredictor, distill, make_lcm_student, progressive_rounds
 
 
 def _cfg(teacher, out, method, **kw):
@@ -46,8 +47,8 @@ def test_batched_ddim_step_equals_diffusers(pred, n):
         z, out = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
         want = s.step(out, int(t), z).prev_sample
         tb = torch.full((3,), int(t))
-        x0, eps = to_x0_eps(out, z, s.alphas_cumprod[tb], pred)
-        torch.testing.assert_close(ddim_step(x0, eps, ddim_alpha_prev(s, tb, n)), want, rtol=1e-5, atol=1e-5)
+        x0, eps = pred_original_and_epsilon(out, z, s.alphas_cumprod[tb], pred)
+        torch.testing.assert_close(ddim_step(x0, eps, ddim_alpha_prod_prev(s, tb, n)), want, rtol=1e-5, atol=1e-5)
 
 
 def test_progressive_target_makes_one_student_step_land_on_the_teachers_two():
@@ -60,7 +61,7 @@ def test_progressive_target_makes_one_student_step_land_on_the_teachers_two():
     for t in ts:
         tb = torch.full((2,), int(t))
         z, z2 = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
-        a_t, a_p = s.alphas_cumprod[tb].view(-1, 1, 1, 1), ddim_alpha_prev(s, tb, n).view(-1, 1, 1, 1)
+        a_t, a_p = s.alphas_cumprod[tb].view(-1, 1, 1, 1), ddim_alpha_prod_prev(s, tb, n).view(-1, 1, 1, 1)
         ratio = ((1 - a_p) / (1 - a_t)).sqrt()
         x_tgt = (z2 - ratio * z) / (a_p.sqrt() - ratio * a_t.sqrt())
         v = a_t.sqrt() * z - x_tgt  # a v-prediction whose x0 is x_tgt: x0 = sqrt(a) z - sqrt(1-a) v
@@ -86,7 +87,9 @@ def test_progressive_target_takes_the_teachers_two_ddim_steps(guidance):
     cond = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
     uncond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).expand_as(cond)
     t, t_mid = torch.full((2,), int(ts2[0])), torch.full((2,), int(ts2[1]))
-    _, z2 = progressive_target(unet, s, z, t, t_mid, n, cond, uncond, guidance, s.config.prediction_type)
+    scale = None if guidance is None else torch.full((2,), guidance)
+    predict = TeacherPredictor(unet, s.alphas_cumprod.float(), cond, uncond, scale, s.config.prediction_type)
+    _, z2 = progressive_target(predict, s, z, t, t_mid, n)
 
     ref = copy.deepcopy(s)
     ref.set_timesteps(2 * n)
@@ -103,14 +106,14 @@ def test_progressive_target_takes_the_teachers_two_ddim_steps(guidance):
 
 def test_progressive_guides_only_the_first_round(tiny_pipeline_dir, tmp_path, monkeypatch):
     """Round 1 folds the guidance in; later rounds' teachers (earlier students) are not guided again."""
-    import mobilediff.distill as distill_mod
+    import mobilediff.train.distill as distill_mod
 
     seen = []
     real = distill_mod.progressive_target
 
-    def spy(teacher_unet, scheduler, z, t, t_mid, n, cond, uncond, guidance, prediction_type):
-        seen.append((n, guidance))
-        return real(teacher_unet, scheduler, z, t, t_mid, n, cond, uncond, guidance, prediction_type)
+    def spy(predict, scheduler, z, t, t_mid, n):
+        seen.append((n, None if predict.guidance_scale is None else predict.guidance_scale.unique().item()))
+        return real(predict, scheduler, z, t, t_mid, n)
 
     monkeypatch.setattr(distill_mod, "progressive_target", spy)
     distill(_cfg(tiny_pipeline_dir, tmp_path / "run", "progressive", guidance=3.5))
@@ -143,7 +146,7 @@ def test_lcm_student_starts_as_the_teacher(tiny_pipeline_dir):
 
 def test_lcm_warm_start_from_an_earlier_student(tiny_pipeline_dir, tmp_path):
     """--init-student: the new run's first step starts from the earlier student's weights, not the teacher's."""
-    from mobilediff.distill import load_init_student
+    from mobilediff.train.distill import load_init_student
     from mobilediff.loading import load_pipeline
 
     first = distill(_cfg(tiny_pipeline_dir, tmp_path / "a", "lcm", max_train_steps=2, lr=1e-2))[-1]

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from mobilediff.checkpoint import complete_checkpoints, latest_checkpoint, restore, save_checkpoint
+from mobilediff.train.checkpoint import complete_checkpoints, latest_checkpoint, restore, save_checkpoint
 
 
 def _model_and_opt(seed):

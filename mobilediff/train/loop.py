@@ -1,0 +1,196 @@
+"""The one training loop that every training method runs: accelerator, resume, LR schedule, finite-loss stop, logging,
+checkpoint cadence, EMA and progress bar, with the method supplied as an :class:`Objective` (a loss on top).
+
+Built on accelerate, so ``accelerate launch -m mobilediff.cli ...`` spreads a run over many devices unchanged: an
+objective draws its own slice of every global batch from seeded generators, so a run is a pure function of
+(seed, step) and ``--resume`` continues it exactly. Checkpoints are pickle-free and atomic
+(:mod:`mobilediff.train.checkpoint`); a non-finite loss stops the run before anything is saved.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mobilediff.errors import MobilediffError
+from mobilediff.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, restore, save_checkpoint
+
+
+@dataclass
+class Leg:
+    """A stretch of optimizer steps with one optimizer and one LR schedule (a training stage, an LCM run, one
+    progressive round). Steps are numbered globally across the legs of a run, as the checkpoints are."""
+
+    run_dir: Path  # checkpoints/ and log.jsonl go here
+    desc: str  # progress-bar label
+    steps: int  # optimizer steps in this leg
+    lr_warmup_steps: int  # linear warm-up, then cosine decay to 10 % of the peak over the leg
+    checkpoint_every: int  # a checkpoint every K steps counted from the leg's start, and one at its end
+    log_every: int  # a log.jsonl row every K global steps, and one at the leg's end
+    grad_clip: float  # max gradient norm of the objective's clipped module
+    first_step: int = 0  # global number of the leg's first step
+    elapsed_key: str = "elapsed_seconds"  # state.json key of the wall time the leg has spent, over resumed sessions
+    checkpoint_state: dict = field(default_factory=dict)  # further state.json entries (a progressive round's number)
+    loss_format: str = ".4f"  # of the loss on the progress bar
+    inject_nan_at_step: int | None = None  # test hook: poison the loss at this global step
+
+    @property
+    def end_step(self) -> int:
+        return self.first_step + self.steps
+
+
+class Objective(Protocol):
+    """A training method as the loop sees it."""
+
+    # modules the optimizer trains, in the order accelerate prepares them; the loop replaces them with the prepared
+    # (possibly DDP-wrapped) ones, which ``loss`` must call so that gradients are synchronised
+    models: dict[str, torch.nn.Module]
+    clip: str  # key of ``models`` whose gradient norm is clipped
+    log_fields: dict  # leading fields of every log.jsonl row, e.g. {"stage": "vae"}
+
+    def checkpointed(self) -> dict[str, Any]:
+        """Name -> unwrapped module or :class:`EMA` (anything with state_dict / load_state_dict) that a checkpoint
+        holds, as ``<name>.safetensors``."""
+
+    def after_resume(self) -> None:
+        """Called once the checkpoint (if any) is loaded, before the models are prepared."""
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        """The scalar loss of global step ``step`` and extra progress-bar fields."""
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step (EMA updates)."""
+
+
+class EMA:
+    """Exponential moving average of a module's state, in float32: shadow <- d shadow + (1 - d) current.
+
+    ``warmup``: the decay grows as min(decay, (1 + step) / (10 + step)), the usual start of an EMA of weights that
+    start random; without it the decay is constant (LCM's target network, which starts as the student).
+    ``shadow`` may be the state dict of a module (its tensors share storage), which then holds the average.
+    """
+
+    def __init__(self, shadow: dict[str, torch.Tensor], decay: float, warmup: bool = True):
+        self.shadow, self.decay, self.warmup = shadow, decay, warmup
+
+    @classmethod
+    def of(cls, module: torch.nn.Module, decay: float, warmup: bool = True) -> "EMA":
+        """An EMA starting at a float32 copy of ``module``'s state."""
+        return cls({k: v.detach().clone().float() for k, v in module.state_dict().items()}, decay, warmup)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int, skip: str | None = None) -> None:
+        """Move the average towards ``module``'s state; keys starting with ``skip`` (a frozen submodule) keep their
+        shadow values. Non-float entries are copied."""
+        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+        for k, v in module.state_dict().items():
+            if skip is not None and k.startswith(skip):
+                continue
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach().float(), 1 - decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state.keys() != self.shadow.keys():
+            raise MobilediffError(f"EMA weights do not fit the model: missing {sorted(self.shadow.keys() - state.keys())[:3]}, "
+                                  f"unexpected {sorted(state.keys() - self.shadow.keys())[:3]}")
+        self.shadow = {k: v.float() for k, v in state.items()}
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    """LR multiplier at a step: linear warm-up over ``warmup_steps``, then cosine from 1 down to 0.1 at ``total_steps``."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return multiplier
+
+
+def make_accelerator(mixed_precision: str):
+    """An accelerate Accelerator; ``mixed_precision`` "fp32" (none) or "bf16"."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision="no" if mixed_precision == "fp32" else mixed_precision)
+
+
+def resume_point(run_dir: Path, resume: str | None) -> Checkpoint | None:
+    """The checkpoint to resume from: None (fresh run), "latest" (the newest complete one in ``run_dir``, or None if
+    there is none), or a checkpoint folder (raises MobilediffError if it is incomplete)."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(run_dir)
+    return load_checkpoint(Path(resume))
+
+
+def check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
+    """Raise MobilediffError, naming the last good checkpoint, if ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        last = latest_checkpoint(run_dir)
+        where = f"; last good checkpoint: {last.path}" if last else "; no checkpoint was written yet"
+        raise MobilediffError(f"non-finite loss at step {step}: training stopped{where}")
+
+
+def progress_bar(accelerator, total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True, mininterval=2.0)
+
+
+def append_log(run_dir: Path, row: dict) -> None:
+    with open(Path(run_dir) / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, accelerator,
+            resume: Checkpoint | None) -> float:
+    """Train ``objective`` for the steps of ``leg`` that are not done yet; returns the leg's wall time in seconds,
+    summed over the sessions that resumed it.
+
+    ``resume``: a checkpoint of this leg (its step in (first_step, end_step]) whose modules and optimizer state are
+    loaded first, or None to start the leg. Raises MobilediffError on a non-finite loss (nothing is saved then).
+    """
+    start, elapsed0 = leg.first_step, 0.0
+    if resume is not None:
+        restore(resume, objective.checkpointed(), optimizer)
+        start, elapsed0 = resume.step, resume.state.get(leg.elapsed_key, 0.0)
+    objective.after_resume()
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(leg.lr_warmup_steps, leg.steps),
+                                                 last_epoch=start - leg.first_step - 1)
+    *prepared, optimizer = accelerator.prepare(*objective.models.values(), optimizer)
+    objective.models = dict(zip(objective.models, prepared))
+    bar = progress_bar(accelerator, leg.steps, start - leg.first_step, leg.desc)
+    t0 = time.time()
+    for step in range(start, leg.end_step):
+        loss, fields = objective.loss(step)
+        if leg.inject_nan_at_step == step:
+            loss = loss * float("nan")
+        check_finite(loss, step, leg.run_dir)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(objective.models[objective.clip].parameters(), leg.grad_clip)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        objective.after_step(step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():{leg.loss_format}}", **fields, lr=f"{schedule.get_last_lr()[0]:.1e}")
+        last = step + 1 == leg.end_step
+        if accelerator.is_main_process and ((step + 1) % leg.log_every == 0 or last):
+            append_log(leg.run_dir, {**objective.log_fields, "step": step + 1, "loss": loss.item(),
+                                     "time": time.time() - t0})
+        if accelerator.is_main_process and ((step + 1 - leg.first_step) % leg.checkpoint_every == 0 or last):
+            save_checkpoint(leg.run_dir, step + 1, {k: m.state_dict() for k, m in objective.checkpointed().items()},
+                            optimizer, {**leg.checkpoint_state, leg.elapsed_key: elapsed0 + time.time() - t0})
+    bar.close()
+    return elapsed0 + time.time() - t0
