@@ -155,7 +155,7 @@ func checkGoldens(_ options: [String: String]) throws {
     let bundle = URL(fileURLWithPath: try required(options, "bundle"))
     let goldens = try Goldens(directory: URL(fileURLWithPath: try required(options, "goldens")))
     let backend = try required(options, "backend")
-    let model = options["model"] ?? bundle.deletingLastPathComponent().lastPathComponent
+    let model = try options["model"] ?? BundleManifest.load(bundle: bundle).model?.name ?? bundle.deletingLastPathComponent().lastPathComponent
     let rows = try GoldenChecks(bundle: bundle, goldens: goldens, model: model, backend: backend).all()
     try write(rows.map { $0.dictionary }, to: try required(options, "json"))
     for row in rows {

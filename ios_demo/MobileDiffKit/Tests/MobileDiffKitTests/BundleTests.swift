@@ -53,8 +53,8 @@ final class BundleTests: XCTestCase {
         XCTAssertThrowsError(try opened.verifiedURL(of: entry)) { error in
             XCTAssertEqual(error as? MobileDiffError, .fileMissing(path: bundle.appendingPathComponent(entry.path).path))
         }
-        // and through the pipeline, which checks at load
-        XCTAssertThrowsError(try Pipeline(bundle: bundle, backend: NullBackend()).loadResources()) { error in
+        // and through the pipeline, which checks each file when it loads its model
+        XCTAssertThrowsError(try Pipeline(bundle: bundle, backend: NullBackend()).denoiser.loadResources()) { error in
             guard case .fileMissing = error as? MobileDiffError else { return XCTFail("expected fileMissing, got \(error)") }
         }
     }

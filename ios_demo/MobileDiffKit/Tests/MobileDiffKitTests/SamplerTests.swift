@@ -45,7 +45,7 @@ final class SamplerTests: XCTestCase {
             let manifest = try BundleManifest.load(bundle: try Fixtures.bundle(name))
             guard manifest.guidance.type == "embedding", let dim = manifest.guidance.embeddingDim,
                   let expected = manifest.guidance.defaultEmbedding else { continue }
-            let embedding = GuidanceMode.embedding(scale: manifest.guidance.defaultScale, dim: dim)
+            let embedding = GuidanceMode.embeddingVector(scale: manifest.guidance.defaultScale, dim: dim)
             XCTAssertLessThanOrEqual(Compare.maxAbsError(embedding, expected.map(Float.init)), 1e-4, name)
             checked += 1
         }

@@ -32,7 +32,7 @@ public enum GuidanceMode: Sendable, Equatable {
     /// diffusers' guidance-scale embedding (mobilediff/bundle.py `guidance_embedding_tensor`):
     /// w = (scale - 1)·1000, f_k = exp(-k·ln(10000)/(dim/2 - 1)), embedding = [sin(w f), cos(w f)], zero-padded to dim.
     /// Computed in float32 like the reference.
-    public static func embedding(scale: Double, dim: Int) -> [Float] {
+    public static func embeddingVector(scale: Double, dim: Int) -> [Float] {
         let half = dim / 2
         let step = Float(-(log(10000.0) / Double(half - 1)))
         let w = (Float(scale) - 1) * 1000
