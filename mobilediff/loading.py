@@ -38,7 +38,7 @@ def resolve_model(model: str | Path | None) -> Path:
 def shared_components(path: Path) -> dict[str, Path]:
     """Components a pipeline folder borrows from another one (``shared_components.json``: a base folder relative
     to it, and the sha256 of each borrowed component's weights); checked, so a changed base is refused."""
-    from mobilediff.benchmarking import tree_sha256
+    from mobilediff.io import tree_sha256
 
     f = Path(path) / SHARED_FILE
     if not f.is_file():
@@ -140,7 +140,7 @@ def pack_pipeline(model: Path, base: Path, out: Path, store_fp16: tuple[str, ...
     ``store_fp16`` are stored in fp16 (loaded back in fp32). Returns {component: "shared" | "own" | "own, fp16"}."""
     import shutil
 
-    from mobilediff.benchmarking import tree_sha256
+    from mobilediff.io import tree_sha256
     from mobilediff.io import atomic_dir, atomic_write_json, load_tensors, save_tensors
 
     model, base = Path(model), Path(base)
@@ -181,8 +181,8 @@ def _same_component(a: Path, b: Path) -> bool:
         return False
     for n in names:
         fa, fb = a / n, b / n
-        if n.endswith(".safetensors"):
-            ta, tb = load_tensors(fa), load_tensors(fb)
+        if n.endswith(".safetensors"):  # keys compared without the text_model. prefix (see save_pipeline)
+            ta, tb = ({k.removeprefix("text_model."): v for k, v in load_tensors(f).items()} for f in (fa, fb))
             if ta.keys() != tb.keys() or any(not torch.equal(ta[k], tb[k]) for k in ta):
                 return False
         elif n.endswith(".json") and n != "tokenizer.json":
@@ -193,6 +193,32 @@ def _same_component(a: Path, b: Path) -> bool:
         elif fa.read_bytes() != fb.read_bytes():
             return False
     return True
+
+
+TEXT_MODEL_PREFIXES = ("text_model.", "text_projection.")
+
+
+def save_pipeline(pipe, path: Path, tokenizer_dir: Path | None = None) -> None:
+    """``pipe.save_pretrained(path)`` (safetensors), written so that transformers 4.x loads it too.
+
+    transformers 5 saves ``CLIPTextModel`` weights without the ``text_model.`` key prefix; transformers 4.x then
+    finds none of its keys and silently starts the text encoder from random weights. Both versions load the
+    prefixed keys, so the text encoder's file is rewritten with them. ``tokenizer_dir``: a folder whose files
+    replace the saved tokenizer (the CLIP BPE files vocab.json / merges.txt that the apps read)."""
+    import shutil
+
+    from mobilediff.io import load_tensors, save_tensors
+
+    path = Path(path)
+    pipe.save_pretrained(str(path), safe_serialization=True)
+    for f in sorted((path / "text_encoder").glob("*.safetensors")):
+        tensors = load_tensors(f)
+        if not all(k.startswith(TEXT_MODEL_PREFIXES) for k in tensors):
+            save_tensors({k if k.startswith(TEXT_MODEL_PREFIXES) else f"text_model.{k}": v for k, v in tensors.items()},
+                         f, metadata={"format": "pt"})
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        shutil.rmtree(path / "tokenizer")
+        shutil.copytree(tokenizer_dir, path / "tokenizer")
 
 
 def student_record(model_dir: Path) -> dict | None:

@@ -51,7 +51,9 @@ def tiny_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
 
 def save_tiny_pipeline(path: Path, seed: int = 0) -> Path:
     """Write a tiny random pipeline folder (safetensors) and return its path."""
-    tiny_pipeline(seed).save_pretrained(str(path), safe_serialization=True)
+    from mobilediff.loading import save_pipeline
+
+    save_pipeline(tiny_pipeline(seed), path)
     return Path(path)
 
 

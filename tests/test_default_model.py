@@ -37,3 +37,25 @@ def test_ddim50_quality_guard():
     # attribute but shape 1.000, shape 0.952), with room for the sampling noise of n = 64
     assert rep.prompt_accuracy >= 0.85 and rep.attribute_accuracy["position"] >= 0.95, rep
     assert rep.attribute_accuracy["color"] >= 0.95 and rep.attribute_accuracy["shape"] >= 0.86, rep
+
+
+def test_pipelines_are_written_with_the_text_model_key_prefix(tmp_path):
+    """transformers 4.x reads CLIPTextModel weights only under ``text_model.``; without the prefix it silently starts
+    from random weights. Every pipeline mobilediff writes (and the embedded one) carries it, and loads unchanged."""
+    import torch
+    from transformers import CLIPTextModel
+
+    from mobilediff.io import load_tensors
+    from mobilediff.loading import DEFAULT_MODEL_DIR, save_pipeline
+    from mobilediff.tiny import tiny_pipeline
+
+    for folder in (DEFAULT_MODEL_DIR, None):
+        if folder is None:
+            pipe = tiny_pipeline(seed=0)
+            save_pipeline(pipe, tmp_path / "p")
+            folder = tmp_path / "p"
+        keys = load_tensors(folder / "text_encoder" / "model.safetensors").keys()
+        assert keys and all(k.startswith("text_model.") for k in keys), folder
+    loaded = CLIPTextModel.from_pretrained(str(tmp_path / "p" / "text_encoder"))
+    ids = torch.tensor([[49406, 320, 49407]])
+    assert torch.equal(loaded(ids).last_hidden_state, pipe.text_encoder(ids).last_hidden_state)
