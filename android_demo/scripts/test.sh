@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Build the toolchain (cached), the fixtures (cached: bundles, goldens and Python's reference images, written by
 # `python -m mobilediff.fixtures`), the engine, and run the Kotlin JUnit tests on the JVM.
-#   MOBILEDIFF_FIXTURES=DIR  use/cache the fixtures in DIR (default: android_demo/build/fixtures)
+#   MOBILEDIFF_FIXTURES=DIR     use/cache the fixtures in DIR (default: android_demo/build/fixtures)
+#   MOBILEDIFF_FIXTURES_READY=1 use DIR as it is (do not run the fixtures module)
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 start=$SECONDS
 "$ANDROID_DEMO/scripts/setup-toolchain.sh"
 
 FIXTURES="${MOBILEDIFF_FIXTURES:-$BUILD/fixtures}"
-if "$VENV/bin/python" -c "import mobilediff.fixtures" 2>/dev/null; then
+if [[ -n "${MOBILEDIFF_FIXTURES_READY:-}" ]]; then
+  echo "[test] fixtures in $FIXTURES (as they are: MOBILEDIFF_FIXTURES_READY)" >&2
+elif "$VENV/bin/python" -c "import mobilediff.fixtures" 2>/dev/null; then
   echo "[test] fixtures in $FIXTURES (python -m mobilediff.fixtures; cached)" >&2
   HF_HUB_OFFLINE=1 "$VENV/bin/python" -m mobilediff.fixtures "$FIXTURES" >&2
 elif [[ ! -f "$FIXTURES/index.json" && -z "${MOBILEDIFF_FIXTURES:-}" ]]; then

@@ -95,10 +95,13 @@ class ClipTokenizer(
         private const val START = "<|startoftext|>"
         private const val END = "<|endoftext|>"
         private val SPECIAL: Pattern = Pattern.compile(Pattern.quote(START) + "|" + Pattern.quote(END))
-        private val WHITESPACE: Pattern = Pattern.compile("\\s+", Pattern.UNICODE_CHARACTER_CLASS)
-        private val WORD: Pattern = Pattern.compile(
-            "'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+", Pattern.UNICODE_CHARACTER_CLASS,
-        )
+        /**
+         * Unicode's White_Space characters, spelled out: Java's `\s` is ASCII-only and Android's regex engine does not
+         * take UNICODE_CHARACTER_CLASS, while the tokenizers library splits on Unicode whitespace.
+         */
+        private const val WS = "\\t-\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000"
+        private val WHITESPACE: Pattern = Pattern.compile("[$WS]+")
+        private val WORD: Pattern = Pattern.compile("'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^$WS\\p{L}\\p{N}]+")
 
         /** GPT-2's byte -> printable character map: printable Latin-1 bytes map to themselves, the rest to 256+n. */
         private val BYTE_TO_CHAR: CharArray = CharArray(256).also { table ->

@@ -36,9 +36,9 @@ class OnnxRuntimeBackend : Backend {
                     }
                 }
                 session.run(feed, spec.outputs.map { it.name }.toSet()).use { result ->
+                    val byName = result.associate { it.key to it.value }
                     return spec.outputs.map { o ->
-                        val value = result.get(o.name).orElseThrow { IllegalStateException("${spec.name}: no output ${o.name}") }
-                        val tensor = value as OnnxTensor
+                        val tensor = byName[o.name] as? OnnxTensor ?: throw IllegalStateException("${spec.name}: no output ${o.name}")
                         val buffer = tensor.floatBuffer
                         val data = FloatArray(buffer.remaining()).also { buffer.get(it) }
                         Tensor.F32(tensor.info.shape.map { it.toInt() }.toIntArray(), data)

@@ -1,0 +1,119 @@
+package com.mobilediff.demo
+
+import android.app.Activity
+import android.os.Bundle
+import android.widget.AdapterView
+import android.widget.ArrayAdapter
+import android.widget.Button
+import android.widget.EditText
+import android.widget.ImageView
+import android.widget.Spinner
+import android.widget.TextView
+import com.mobilediff.engine.Backend
+import com.mobilediff.engine.BundleError
+import com.mobilediff.engine.GenerationListener
+import com.mobilediff.engine.GenerationRequest
+import com.mobilediff.engine.GenerationResult
+import com.mobilediff.engine.Pipeline
+import java.io.File
+import java.util.concurrent.Executors
+import com.mobilediff.engine.Bundle as MobilediffBundle
+
+/**
+ * Pick a bundle from app storage, type a prompt and seed (steps default to the manifest's plan), Generate: the
+ * image and the milliseconds per component. All engine work runs on one background thread; the loaded pipeline
+ * is kept until another bundle or backend is picked.
+ */
+class MainActivity : Activity() {
+    private val worker = Executors.newSingleThreadExecutor()
+    private var pipeline: Pipeline? = null
+    private var bundles: List<File> = emptyList()
+
+    private lateinit var bundleSpinner: Spinner
+    private lateinit var backendSpinner: Spinner
+    private lateinit var prompt: EditText
+    private lateinit var seed: EditText
+    private lateinit var steps: EditText
+    private lateinit var generate: Button
+    private lateinit var image: ImageView
+    private lateinit var status: TextView
+
+    override fun onCreate(savedInstanceState: Bundle?) {
+        super.onCreate(savedInstanceState)
+        setContentView(R.layout.activity_main)
+        bundleSpinner = findViewById(R.id.bundle) as Spinner
+        backendSpinner = findViewById(R.id.backend) as Spinner
+        prompt = findViewById(R.id.prompt) as EditText
+        seed = findViewById(R.id.seed) as EditText
+        steps = findViewById(R.id.steps) as EditText
+        generate = findViewById(R.id.generate) as Button
+        image = findViewById(R.id.image) as ImageView
+        status = findViewById(R.id.status) as TextView
+
+        backendSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, listOf("onnx", "executorch"))
+        val store = BundleStore(this)
+        bundles = store.list()
+        bundleSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, bundles.map { it.name })
+        if (bundles.isEmpty()) status.text = getString(R.string.no_bundles, store.folders.first().path)
+        val reset = object : AdapterView.OnItemSelectedListener {
+            override fun onItemSelected(parent: AdapterView<*>?, view: android.view.View?, position: Int, id: Long) = unload()
+            override fun onNothingSelected(parent: AdapterView<*>?) = Unit
+        }
+        bundleSpinner.onItemSelectedListener = reset
+        backendSpinner.onItemSelectedListener = reset
+        generate.setOnClickListener { onGenerate() }
+    }
+
+    override fun onDestroy() {
+        unload()
+        worker.shutdown()
+        super.onDestroy()
+    }
+
+    private fun unload() {
+        val old = pipeline ?: return
+        pipeline = null
+        worker.execute { old.close() }
+    }
+
+    private fun onGenerate() {
+        val dir = bundles.getOrNull(bundleSpinner.selectedItemPosition) ?: return
+        val backend = backendSpinner.selectedItem as String
+        val request = GenerationRequest(
+            prompt = prompt.text.toString(),
+            seed = seed.text.toString().toLongOrNull() ?: 0L,
+            steps = steps.text.toString().toIntOrNull(),
+        )
+        generate.isEnabled = false
+        status.text = "loading ${dir.name} ($backend)…"
+        worker.execute {
+            val message = try {
+                val p = pipeline ?: Pipeline(MobilediffBundle.open(dir), Backend.forTarget(backend)).also { pipeline = it }
+                runOnUiThread { if (steps.text.isEmpty()) steps.setText(p.manifest.defaultSampling.steps.toString()) }
+                val result = p.generate(request, object : GenerationListener {
+                    override fun onStep(step: Int, steps: Int, latent: FloatArray) {
+                        runOnUiThread { status.text = "step ${step + 1} / $steps" }
+                    }
+                })
+                runOnUiThread { image.setImageBitmap(result.toBitmap()) }
+                describe(result)
+            } catch (e: BundleError) {
+                "Bad bundle: ${e.file}: ${e.problem}"
+            } catch (e: IllegalArgumentException) {
+                "Cannot generate: ${e.message}"
+            } catch (e: UnsatisfiedLinkError) {
+                "The $backend runtime's native library is missing from this build (${e.message})"
+            }
+            runOnUiThread {
+                status.text = message
+                generate.isEnabled = true
+            }
+        }
+    }
+
+    private fun describe(r: GenerationResult): String = buildString {
+        append("${r.plan.sampler} ${r.plan.steps} steps, guidance ${r.plan.guidance}\n")
+        for ((component, ms) in r.componentMs) append("%-13s %8.1f ms\n".format(component, ms))
+        append("%-13s %8.1f ms".format("total", r.totalMs))
+    }
+}
