@@ -9,17 +9,16 @@ images >= 40 dB. Core ML is checked structurally here (coremltools cannot predic
 """
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from mobilediff.bench import bars
+from mobilediff.bench.envelope import Parser, envelope, fmt, run_command, write_results
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
+RESULTS = Path(__file__).resolve().parent / "results"
+COMPONENT_BAR, IMAGE_BAR = bars.bar("export_fp32_component_psnr_db"), bars.bar("export_e2e_image_psnr_db")
 
 PROMPTS = ["a large red triangle in the lower right against a white background",
            "a small cyan square in the middle, a big green circle at the bottom right, black background",
@@ -29,20 +28,21 @@ E2E = [("ddim", 50, 6.0), ("ddim", 8, 2.0), ("dpmpp", 4, 2.0)]
 
 
 def _fmt(x: float) -> str:
-    return "inf" if math.isinf(x) else f"{x:.1f}"
+    return fmt(x, ".1f")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--out", type=Path, default=ROOT / "results")
+def main(argv: list[str] | None = None) -> None:
+    ap = Parser(__doc__)
+    ap.add_argument("--model", default="default", help="pipeline folder or a named model (default: default)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
     ap.add_argument("--fused-steps", type=int, default=4, help="also export and check a fused N-step program (0: skip)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    from mobilediff.benchmarking import library_versions, machine_info, tree_sha256
+    import torch
+
     from mobilediff.bundle import read_manifest
     from mobilediff.exporter import export_bundle
-    from mobilediff.io import atomic_write_bytes, atomic_write_json
+    from mobilediff.io import tree_sha256
     from mobilediff.loading import load_pipeline, resolve_model
     from mobilediff.parity import psnr
     from mobilediff.runtimes import BundleRunner
@@ -57,16 +57,17 @@ def main() -> None:
                                progress=lambda m: print("export", m, flush=True), source=str(resolve_model(args.model)))
         export_seconds = time.time() - t0
         m = read_manifest(bundle)
-        sections = [(name, c) for name, c in m["components"].items()]
-        if "fused" in m:
-            sections.append((m["fused"]["name"], m["fused"]))
-        for name, comp in sections:
-            for f in comp["files"]:
+        sections = [(name, [f.to_dict() for f in c.files]) for name, c in m.components.items()]
+        if m.fused:  # the fused program's record is untyped in the manifest: its files as written
+            sections.append((m.fused["name"], m.fused["files"]))
+        for name, files in sections:
+            for f in files:
                 p = f["parity"]
                 rows.append({"target": f["target"], "component": name, "precision": f["precision"],
                              "max_abs_error": p.get("max_abs_error"), "psnr_db": p.get("psnr_db"),
                              "checked": p["checked"], "size_bytes": f["size_bytes"],
                              "export_seconds": f["export_seconds"],
+                             "met": bars.check(COMPONENT_BAR.id, p.get("psnr_db")) if f["precision"] == "fp32" else None,
                              **({"delegated_nodes": f["export"]["delegated_nodes"],
                                  "non_delegated_nodes": f["export"]["non_delegated_nodes"]}
                                 if f["target"] == "executorch" else {})})
@@ -79,19 +80,18 @@ def main() -> None:
                 vals = [psnr(got[i:i + 1], ref[i:i + 1]) for i in range(len(PROMPTS))]
                 e2e.append({"runtime": runtime, "sampler": sampler, "steps": steps, "guidance": guidance,
                             "images": len(PROMPTS), "min_psnr_db": min(vals),
-                            "max_abs_error": (got - ref).abs().max().item()})
+                            "max_abs_error": (got - ref).abs().max().item(),
+                            "met": bars.check(IMAGE_BAR.id, min(vals))})
                 print(e2e[-1], flush=True)
     result = {"model": str(resolve_model(args.model)), "model_sha256": tree_sha256(resolve_model(args.model)),
-              "machine": machine_info(), "versions": library_versions(), "export_seconds_all_targets": export_seconds,
-              "targets": {"fp32_component_min_psnr_db": 60, "end_to_end_min_psnr_db": 40},
-              "rows": rows, "end_to_end": e2e, "wall_seconds": time.time() - t_start,
-              "command": "python benchmarks/export_parity.py " + " ".join(sys.argv[1:])}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "export_parity.json", result)
+              "export_seconds_all_targets": export_seconds,
+              "targets": {"fp32_component_min_psnr_db": COMPONENT_BAR.value, "end_to_end_min_psnr_db": IMAGE_BAR.value},
+              "rows": rows, "end_to_end": e2e, **envelope("export_parity", argv, t_start)}
     md = ["# Export parity of the default model", "",
           f"Generated by `{result['command'].strip()}` in {result['wall_seconds'] / 60:.1f} min on "
-          f"{result['machine']['cpu']} ({result['machine']['cores']} cores). Targets: fp32 components >= 60 dB PSNR "
-          "against PyTorch, end-to-end images >= 40 dB. Core ML cannot run predictions on Linux: its rows are "
+          f"{result['machine']['cpu']} ({result['machine']['cores']} cores). Targets: fp32 components "
+          f">= {COMPONENT_BAR.value:g} dB PSNR against PyTorch, end-to-end images >= {IMAGE_BAR.value:g} dB. "
+          "Core ML cannot run predictions on Linux: its rows are "
           "structural checks (I/O names, shapes, dtypes, deployment target, precision).", "",
           "| target | component | precision | max abs error | PSNR (dB) | checked | size (KiB) | export (s) | XNNPACK nodes (delegated / not) |",
           "|---|---|---|---|---|---|---|---|---|"]
@@ -106,9 +106,9 @@ def main() -> None:
     for r in e2e:
         md.append(f"| {r['runtime']} | {r['sampler']} | {r['steps']} | {r['guidance']} | {r['images']} | "
                   f"{_fmt(r['min_psnr_db'])} | {r['max_abs_error']:.2e} |")
-    atomic_write_bytes(args.out / "export_parity.md", ("\n".join(md) + "\n").encode())
+    write_results(args.out, {"export_parity.md": "\n".join(md) + "\n", "export_parity.json": result})
     print(f"wrote {args.out / 'export_parity.json'} and .md")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -4,7 +4,7 @@ Modules, one per stage: data (the shapes domain), evaluator (its quality metrics
 configurations), loading (safe pipeline loading), sampling (diffusers samplers, seeded generation),
 sampler_table (the sampler as data for bundles), training / checkpoint (train-base on accelerate),
 quality (fixed-prompt evaluation), components / targets / parity / exporter / bundle / fused (export),
-runtimes (generate from a bundle), benchmarking (machine and version records). Nothing heavy is imported
+runtimes (generate from a bundle), bench/ (the benchmark library). Nothing heavy is imported
 here: importing mobilediff stays cheap.
 """
 import logging as _logging

@@ -68,7 +68,7 @@ def build_model(model: str, folder: Path, say) -> dict:
 
 
 def _weights_sha(model: str) -> str:
-    from mobilediff.benchmarking import tree_sha256
+    from mobilediff.io import tree_sha256
     from mobilediff.loading import resolve_model
 
     return tree_sha256(resolve_model(model))

@@ -99,3 +99,18 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise MobilediffError(f"corrupt safetensors file {path}: {str(e).splitlines()[0]}") from None
+
+
+def tree_sha256(folder: Path, pattern: str = "**/*.safetensors") -> str:
+    """sha256 over the (relative path, bytes) of every file of ``folder`` matching ``pattern`` (by default a model
+    folder's weights): ties a bundle or a result to the exact weights it came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    folder = Path(folder)
+    for f in sorted(folder.glob(pattern)):
+        if not f.is_file():
+            continue
+        h.update(str(f.relative_to(folder)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()

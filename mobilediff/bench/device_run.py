@@ -1,0 +1,340 @@
+"""The device benchmark as a library: its settings, the measurement on the host, an Android phone or a Mac, the
+numbers derived from the rows (baselines, estimates, Pareto frontiers) and its targets checked against the bars.
+
+``benchmarks/run_device.py`` is the command over :func:`execute`; its module docstring holds the result schema.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mobilediff.bench import bars
+from mobilediff.bench.android import AndroidOptions, CommandRunner, subprocess_runner
+from mobilediff.bench.bundles import COMPONENTS, INT8_RECIPES, BundleInfo, PlanChoice
+from mobilediff.bench.host import BUNDLE_RUNTIMES, HOST_RUNTIMES, end_to_end_row
+from mobilediff.bench.stats import check_count, pareto_front, row_median
+from mobilediff.errors import MobilediffError
+
+DEVICES = ("host", "android", "apple")
+OUTPUT_FILES = ("run_device_latency.png", "run_device_quality.png", "run_device.md", "run_device.json")  # JSON last
+SCHEMA = {"name": "mobilediff.run_device", "version": 1, "doc": "benchmarks/run_device.py module docstring"}
+NOT_RUN = {"host": "Android (adb) and Apple (Core ML) devices were not run: these are host measurements only.",
+           "android": "host runtimes, PyTorch eager and Apple (Core ML) were not run; end-to-end rows are estimates "
+                      "from component medians and carry no quality (measure quality with --device host on the same "
+                      "bundles).",
+           "apple": "host runtimes, PyTorch eager and Android were not run; end-to-end rows are estimates from "
+                    "component medians and carry no quality."}
+
+
+@dataclass
+class Settings:
+    bundles: tuple[Path, ...]  # bundle folders, all measured in one run
+    device: str  # host | android | apple
+    out: Path  # result folder (may exist; only OUTPUT_FILES are replaced)
+    plans: PlanChoice = field(default_factory=PlanChoice)
+    runs: int = 10  # timed runs after warm-up, per component and per end-to-end row
+    warmup: int = 3  # untimed component runs first
+    e2e_warmup: int = 1  # untimed full generates first
+    load_runs: int = 3  # loads timed per component file (the first one is the cold one)
+    quality_n: int = 256  # prompts scored per end-to-end row (0: skip quality)
+    memory: bool = True  # peak RSS of each component and of one generate, each in a fresh process
+    runtimes: tuple[str, ...] = HOST_RUNTIMES  # host runtimes to run (those a bundle lacks are skipped)
+    threads: int | None = None  # host: CPU threads of every runtime (None: each runtime's default)
+    sources: tuple[str, ...] | None = None  # per bundle, the eager reference: a model, "manifest" or "none"
+    android: AndroidOptions = field(default_factory=AndroidOptions)
+    compute_units: tuple[str, ...] | None = None  # Core ML compute units (None: all four)
+    command: str = ""
+
+    def check(self) -> None:
+        """Refuse bad settings in one line before any file is read."""
+        if self.device not in DEVICES:
+            raise MobilediffError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        check_count("--runs", self.runs, 1)
+        check_count("--warmup", self.warmup, 0)
+        check_count("--e2e-warmup", self.e2e_warmup, 0)
+        check_count("--load-runs", self.load_runs, 1)
+        for s in self.plans.steps:
+            check_count("--steps", s, 1)
+        if self.quality_n != 0:
+            check_count("--quality-n (0 to skip, else >= 2 for FD)", self.quality_n, 2)
+        if self.threads is not None:
+            check_count("--threads", self.threads, 1)
+        for name, g in (("--baseline-guidance", self.plans.baseline_guidance),
+                        ("--student-guidance", self.plans.student_guidance)):
+            if g is not None and not (math.isfinite(g) and g >= 0):
+                raise MobilediffError(f"{name} must be a number >= 0, got {g}")
+        unknown = [r for r in self.runtimes if r not in HOST_RUNTIMES]
+        if unknown:
+            raise MobilediffError(f"unknown runtime {unknown[0]!r}; choose from: {', '.join(HOST_RUNTIMES)}")
+        if self.sources is not None and len(self.sources) != len(self.bundles):
+            raise MobilediffError(f"--source must be given once per --bundle ({len(self.bundles)}), "
+                                  f"got {len(self.sources)}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise MobilediffError(f"--out {self.out} exists and is not a folder")
+
+
+def parse_baseline(text: str) -> tuple[str, int]:
+    """'ddim50' -> ('ddim', 50)."""
+    from mobilediff.sampling import SAMPLERS
+
+    m = re.fullmatch(r"([a-z]+)(\d+)", str(text).strip())
+    if not m or m.group(1) not in SAMPLERS or int(m.group(2)) < 1:
+        raise MobilediffError(f"--baseline must be a sampler and a step count such as ddim50 "
+                              f"(samplers: {', '.join(SAMPLERS)}), got {text!r}")
+    return m.group(1), int(m.group(2))
+
+
+def prepare(s: Settings) -> list[BundleInfo]:
+    """Check the settings and every bundle (and, for eager rows, each bundle's reference pipeline)."""
+    from mobilediff.bench.bundles import inspect_bundles
+    from mobilediff.bench.host import resolve_eager_reference
+
+    s.check()
+    bundles = inspect_bundles(list(s.bundles), s.plans)
+    if s.device != "host":
+        return bundles
+    if "eager" in s.runtimes:
+        for b, given in zip(bundles, s.sources or ["manifest"] * len(bundles)):
+            resolve_eager_reference(b, given)
+    wanted = [r for r in s.runtimes if r in BUNDLE_RUNTIMES]
+    if wanted and not any(r in b.targets for b in bundles for r in wanted):
+        raise MobilediffError(f"no bundle has files for {' or '.join(wanted)} (they have: "
+                              f"{', '.join(sorted({t for b in bundles for t in b.targets}))})")
+    if not wanted and not any(b.eager_dir for b in bundles):
+        raise MobilediffError("only --runtimes eager was asked for, and no bundle's source model was found")
+    return bundles
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subprocess_runner,
+            device_info: dict | None = None, pipes: dict | None = None, platform: str | None = None,
+            coremltools_module=None) -> dict:
+    """Measure everything and return the result (see the schema); writes nothing."""
+    from tqdm.auto import tqdm
+
+    from mobilediff.bench.envelope import library_versions, machine_info
+    from mobilediff.bench.host import host_components, host_end_to_end, runtime_threads
+    from mobilediff.quality import EVAL_SEED, NOISE_SEED
+
+    t0 = time.time()
+    components, e2e = [], []
+    if s.device == "host":
+        pipes = pipes or {}
+        n_comp = sum(len(COMPONENTS) * sum(rt in b.targets for rt in s.runtimes) for b in bundles)
+        n_comp += len(COMPONENTS) * len({_eager(b) for b in bundles if str(b.eager_dir) in pipes})
+        with tqdm(total=n_comp, desc="components (load, latency, memory)", file=sys.stderr) as bar:
+            components = host_components(bundles, s.runtimes, s.runs, s.warmup, s.load_runs, s.threads, s.memory, bar)
+        evaluator = None
+        if s.quality_n:
+            from mobilediff.evaluator import Evaluator
+
+            evaluator = Evaluator.load()
+        n_rows = sum(len(b.plans) * sum(rt in b.targets for rt in s.runtimes) for b in bundles)
+        n_rows += len({(_eager(b), p) for b in bundles if str(b.eager_dir) in pipes for p in b.plans})
+        with tqdm(total=n_rows, desc="end to end (latency, memory)", file=sys.stderr) as bar, \
+                tqdm(total=n_rows * s.quality_n, desc="quality (images)", file=sys.stderr,
+                     disable=not s.quality_n) as qbar:
+            e2e = host_end_to_end(bundles, s.runtimes, s.runs, s.e2e_warmup, s.threads, s.memory, s.quality_n, pipes,
+                                  bar, qbar, evaluator)
+    elif s.device == "android":
+        from mobilediff.bench.android import android_components
+
+        o = s.android
+        n = sum(len(COMPONENTS) * ((bool(o.et_runner) and "executorch" in b.targets)
+                                   + (bool(o.ort_perf_test) and "onnx" in b.targets)) for b in bundles)
+        with tqdm(total=n, desc="android components", file=sys.stderr) as bar:
+            components = android_components(bundles, o, s.runs, s.warmup, runner, bar)
+        e2e = estimated_end_to_end(bundles, components)
+    else:
+        from mobilediff.bench.apple import apple_components
+
+        n = sum(len(COMPONENTS) for b in bundles if "coreml" in b.targets)
+        with tqdm(total=n, desc="Core ML components", file=sys.stderr) as bar:
+            components = apple_components(bundles, s.runs, s.warmup, s.compute_units, bar, coremltools_module, platform)
+        e2e = estimated_end_to_end(bundles, components)
+    attach_baselines(e2e)
+    attach_pareto(e2e)
+    return {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "command": s.command,
+        "wall_seconds": time.time() - t0,
+        "device": {"kind": s.device, "machine": machine_info(),
+                   "android": device_info if s.device == "android" else None,
+                   "apple": {"platform": platform or sys.platform} if s.device == "apple" else None,
+                   "not_run": [NOT_RUN[s.device]]},
+        "versions": library_versions(),
+        "settings": {"runs": s.runs, "warmup": s.warmup, "e2e_warmup": s.e2e_warmup, "load_runs": s.load_runs,
+                     "steps": list(s.plans.steps),
+                     "baseline": {"sampler": s.plans.baseline[0], "steps": s.plans.baseline[1]},
+                     "baseline_guidance": s.plans.baseline_guidance, "student_guidance": s.plans.student_guidance,
+                     "quality_n": s.quality_n, "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED,
+                     "memory": s.memory if s.device == "host" else None,
+                     "runtimes": list(s.runtimes) if s.device == "host" else None,
+                     "threads": s.threads,
+                     "runtime_threads": runtime_threads(s.runtimes, s.threads) if s.device == "host" else None,
+                     "android": vars(s.android) if s.device == "android" else None,
+                     "apple": {"compute_units": list(s.compute_units) if s.compute_units else "all"}
+                     if s.device == "apple" else None},
+        "bundles": [b.summary() for b in bundles],
+        "components": components,
+        "end_to_end": e2e,
+        "targets": check_targets(bundles, components, e2e),
+    }
+
+
+def _eager(b: BundleInfo) -> tuple:
+    from mobilediff.bench.host import eager_key
+
+    return eager_key(b)
+
+
+def execute(s: Settings, runner: CommandRunner = subprocess_runner) -> dict:
+    """Check everything, measure, and write the result files into ``s.out`` (only once everything was measured).
+    Returns the result. Raises MobilediffError on bad input, before any work and without writing anything."""
+    from mobilediff.bench.android import check_android
+    from mobilediff.bench.apple import check_apple
+    from mobilediff.bench.device_report import output_files
+    from mobilediff.bench.envelope import write_results
+    from mobilediff.bench.host import load_eager_pipelines
+
+    if s.device == "apple":
+        check_apple()
+    bundles = prepare(s)
+    device_info = check_android(s.android, runner) if s.device == "android" else None
+    pipes = load_eager_pipelines(bundles) if s.device == "host" and "eager" in s.runtimes else {}
+    if not any(b.role == "teacher" for b in bundles):
+        print("warning: no teacher bundle was given: end-to-end rows have no baseline and no speedup", file=sys.stderr)
+    result = measure(s, bundles, runner, device_info, pipes)
+    write_results(s.out, output_files(result))
+    return result
+
+
+# ------------------------------------------------------------------------------------------ derived numbers
+def estimated_end_to_end(bundles: list[BundleInfo], components: list[dict]) -> list[dict]:
+    """Device end to end from component medians: text_encoder + steps x unet + vae_decoder (the UNet file's
+    declared batch already holds a CFG teacher's two rows). No sampler arithmetic, tokenizer or copies."""
+    rows, by = [], {}
+    for r in components:
+        by.setdefault((r["bundle"], r["runtime"]), {})[r["component"]] = r
+    for b in bundles:
+        for (bundle_name, runtime), comps in by.items():
+            if bundle_name != b.name or set(comps) != set(COMPONENTS):
+                continue
+            for plan in b.plans:
+                row = end_to_end_row(b, plan, runtime, b.name, b.name, b.precision)
+                row["latency_kind"] = "estimate"
+                te, unet, vae = (row_median(comps[c]) for c in COMPONENTS)
+                if None in (te, unet, vae):
+                    row["note"] = "a component has no latency; no estimate"
+                    rows.append(row)
+                    continue
+                noisy = [c for c in COMPONENTS if comps[c]["latency"].get("too_noisy")]
+                row["latency"] = {"n": None, "median_ms": te + plan.steps * unet + vae, "p90_ms": None,
+                                  "mean_ms": None, "trimmed_mean_ms": None, "min_ms": None, "max_ms": None,
+                                  "iqr_ms": None, "spread": None, "too_noisy": bool(noisy),
+                                  "reportable": all(comps[c]["latency"].get("reportable") for c in COMPONENTS),
+                                  "note": None, "warmup": None,
+                                  "source": f"estimate: text_encoder + {plan.steps} x unet + vae_decoder medians"}
+                declared = b.manifest.component("unet").dims.get("batch")
+                notes = [f"estimated from component medians (text_encoder {te:.2f} + {plan.steps} x unet {unet:.2f} + "
+                         f"vae_decoder {vae:.2f} ms); quality is not measured on the device."]
+                if noisy:
+                    notes.append(f"too noisy components: {', '.join(noisy)}.")
+                if declared and declared != row["unet_batch"]:
+                    notes.append(f"the UNet was timed at its declared batch {declared}, this plan needs "
+                                 f"{row['unet_batch']}.")
+                row["note"] = " ".join(notes)
+                rows.append(row)
+    return rows
+
+
+def attach_baselines(rows: list[dict]) -> None:
+    """speedup_vs_baseline: the float teacher's baseline row on the same runtime."""
+    base = {}
+    for r in sorted(rows, key=lambda r: r["precision"] != "fp32"):  # an fp32 teacher first, then fp16
+        if r["role"] == "teacher" and r["precision"] in ("fp32", "fp16") and r["latency"] and row_median(r):
+            base.setdefault(r["runtime"], r)
+    for r in rows:
+        b = base.get(r["runtime"])
+        if b is None or not r["latency"] or not row_median(r):
+            continue
+        r["baseline"] = {"model": b["model"], "runtime": b["runtime"], "sampler": b["sampler"], "steps": b["steps"],
+                         "guidance": b["guidance"], "median_ms": row_median(b), "quality": b.get("quality")}
+        r["speedup_vs_baseline"] = row_median(b) / row_median(r)
+
+
+def attach_pareto(rows: list[dict]) -> None:
+    """pareto_accuracy / pareto_fd of every scored row: on the frontier of (latency, that metric) over all rows."""
+    scored = [r for r in rows if r["quality"] and row_median(r)]
+    if not scored:
+        return
+    acc = pareto_front([(row_median(r), r["quality"]["prompt_accuracy"]) for r in scored], True)
+    with_fd = [r for r in scored if r["quality"]["fd"] is not None]
+    fd = pareto_front([(row_median(r), r["quality"]["fd"]) for r in with_fd], False)
+    for r, f in zip(scored, acc):
+        r["pareto_accuracy"] = f
+    for r, f in zip(with_fd, fd):
+        r["pareto_fd"] = f
+
+
+def quality_bars(student: dict | None, baseline: dict | None) -> dict:
+    """The 4-step student's quality bars against the 50-step teacher, on this run's own prompts and seeds
+    (``student_4step_accuracy_ratio``, ``student_4step_fd_ratio``). ``quality_met`` is None when either side was not
+    scored (--quality-n 0, or a device run)."""
+    if not student or not baseline or student.get("fd") is None or baseline.get("fd") is None:
+        return {"accuracy_ratio": None, "fd_ratio": None, "quality_met": None}
+    sa, ba, sf, bf = student["prompt_accuracy"], baseline["prompt_accuracy"], student["fd"], baseline["fd"]
+    met = bars.check_ratio("student_4step_accuracy_ratio", sa, ba) and bars.check_ratio("student_4step_fd_ratio", sf, bf)
+    return {"accuracy_ratio": sa / ba if ba else None, "fd_ratio": sf / bf if bf else None, "quality_met": met}
+
+
+def check_targets(bundles: list[BundleInfo], components: list[dict], e2e: list[dict]) -> list[dict]:
+    """The device targets, measured: the int8 4-step student's end-to-end speedup (and quality) and each source's
+    denoiser step speedup; a target without the rows to measure it says why (met: null)."""
+    out = []
+    speed = bars.bar("e2e_int8_4step_speedup")
+    int8_students = {b.name for b in bundles if b.role == "student" and b.quantization in INT8_RECIPES}
+    for r in e2e:
+        if r["bundle"] in int8_students and r["steps"] == 4 and r["baseline"]:
+            t = {"name": "e2e_int8_4step_vs_ddim50", "bar_id": speed.id, "runtime": r["runtime"],
+                 "student": r["model"], "student_precision": r["precision"], "baseline": r["baseline"]["model"],
+                 "baseline_plan": f"{r['baseline']['sampler']}-{r['baseline']['steps']} guidance "
+                                  f"{r['baseline']['guidance']}",
+                 "student_ms": row_median(r), "baseline_ms": r["baseline"]["median_ms"],
+                 "speedup": r["speedup_vs_baseline"], "bar": speed.value,
+                 "speed_met": bars.check(speed.id, r["speedup_vs_baseline"]), "latency_kind": r["latency_kind"],
+                 **quality_bars(r.get("quality"), r["baseline"].get("quality"))}
+            t["met"] = t["speed_met"] and t["quality_met"] is not False
+            out.append(t)
+    if not any(t["name"] == "e2e_int8_4step_vs_ddim50" for t in out):
+        why = ("no int8 student bundle (quantization recipe " + "/".join(INT8_RECIPES) + ") was given"
+               if not int8_students else "no int8 student row at 4 steps with a float teacher baseline on its runtime")
+        out.append({"name": "e2e_int8_4step_vs_ddim50", "bar_id": speed.id, "bar": speed.value, "met": None,
+                    "reason": why})
+    step = bars.bar("denoiser_step_speedup")
+    found = False
+    for src in sorted({r["source"] for r in components}):
+        unets = [r for r in components if r["source"] == src and r["component"] == "unet"]
+        eager = [r for r in unets if r["runtime"] == "eager"]
+        others = [r for r in unets if r["runtime"] != "eager" and row_median(r)]
+        if not eager or not others:
+            continue
+        e = eager[0]
+        fastest = min([r for r in others if r["input_shapes"] == e["input_shapes"]] or others, key=row_median)
+        found = True
+        speedup = row_median(e) / row_median(fastest)
+        out.append({"name": "denoiser_step_vs_eager", "bar_id": step.id, "source": src,
+                    "fastest": {"model": fastest["model"], "runtime": fastest["runtime"],
+                                "precision": fastest["precision"]},
+                    "unet_input_shapes": fastest["input_shapes"], "fastest_ms": row_median(fastest),
+                    "eager_ms": row_median(e), "speedup": speedup, "bar": step.value,
+                    "met": bars.check(step.id, speedup)})
+    if not found:
+        out.append({"name": "denoiser_step_vs_eager", "bar_id": step.id, "bar": step.value, "met": None,
+                    "reason": "no UNet measured both in PyTorch eager and in a bundle runtime on this device"})
+    return out

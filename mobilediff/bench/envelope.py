@@ -1,0 +1,180 @@
+"""The result envelope every benchmark writes: schema, machine, library versions, command and wall time around its
+rows; its files (JSON + Markdown + PNG) written all or nothing; and the one-line ``error:`` exit for expected failures.
+
+A benchmark command is ``sys.exit(run_command(main))`` over a ``main(argv)`` that parses its flags with
+:class:`Parser`, measures, and ends in :func:`write_results`. Bad input raises :class:`MobilediffError` before any
+work; the user sees one ``error: ...`` line, exit code 2, and no file is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+from mobilediff.errors import MobilediffError
+
+
+def machine_info() -> dict:
+    """CPU model, core count, memory and threads: every result file says where it ran."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib,
+            "torch_threads": torch.get_num_threads(), "accelerator": "none (CPU only)"}
+
+
+def library_versions() -> dict:
+    """Versions of Python and of every library a measurement can depend on (those installed)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "numpy", "onnx", "onnxruntime", "executorch",
+                 "coremltools", "torchao"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How the result was made, as a user would type it: ``python benchmarks/<script>.py ARGS``."""
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    return f"python benchmarks/{script}.py {shlex.join(args)}".rstrip()
+
+
+def envelope(script: str, argv: list[str] | None, started: float) -> dict:
+    """The record every result file carries: ``created`` (UTC, ISO 8601), ``command``, ``machine``, ``versions``
+    and ``wall_seconds`` since ``started`` (a ``time.time()``)."""
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line(script, argv),
+            "machine": machine_info(), "versions": library_versions(), "wall_seconds": time.time() - started}
+
+
+# --------------------------------------------------------------------------------------------------- writing
+Content = str | bytes | dict | list | Callable[[Path], None] | None
+
+
+def json_safe(obj):
+    """A copy of ``obj`` with non-finite floats as None (json.dumps would write the non-standard Infinity/NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_results(out: Path, files: Mapping[str, Content]) -> list[Path]:
+    """Write a result's files into the folder ``out`` (created if missing; other files in it are left alone).
+
+    ``files`` maps a file name to its content: text (Markdown), bytes, a dict or list (JSON, indented), a function
+    that writes the file at the path it is given (a matplotlib ``savefig``), or None to remove a file of that name
+    left by an earlier run (a plot this run has no data for would contradict the new JSON). Everything is rendered
+    into a temporary folder inside ``out`` first, so a failure while rendering leaves ``out`` untouched; then each
+    file is moved into place (``os.replace``) in the order given: put the JSON last, so that a reader that sees the
+    new JSON also sees the new Markdown and plots. Returns the paths written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MobilediffError(f"result folder {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(prefix=".results.", dir=out) as tmp:
+        tmp = Path(tmp)
+        for name, content in files.items():
+            if content is None:
+                continue
+            path = tmp / name
+            if callable(content):
+                content(path)
+            elif isinstance(content, (dict, list)):
+                path.write_text(json.dumps(content, indent=2) + "\n")
+            else:
+                path.write_bytes(content.encode() if isinstance(content, str) else content)
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        for name, content in files.items():
+            if content is None:
+                (out / name).unlink(missing_ok=True)
+            else:
+                os.replace(tmp / name, out / name)
+                written.append(out / name)
+    return written
+
+
+def fmt(x, spec: str = ".2f", none: str = "–") -> str:
+    """A value for a Markdown table: ``none`` for None, "inf" for infinities, a float as ``format(x, spec)``, anything
+    else as ``str(x)``."""
+    if x is None:
+        return none
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return format(x, spec) if isinstance(x, float) else str(x)
+
+
+def savefig(fig, dpi: int = 110) -> Callable[[Path], None]:
+    """A :func:`write_results` content that saves a matplotlib figure as PNG and closes it."""
+    def write(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        fig.savefig(path, dpi=dpi, format="png")
+        plt.close(fig)
+    return write
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display is ever opened)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------------- running
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a MobilediffError (one ``error:`` line) instead of usage + exit."""
+
+    def __init__(self, doc: str, **kw):
+        super().__init__(description=doc.strip().split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                         **kw)
+
+    def error(self, message):
+        raise MobilediffError(message)
+
+
+def run_command(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run a benchmark's ``main(argv)``: 0 when it returns; a MobilediffError becomes one ``error:`` line on stderr
+    and exit code 2, an interrupt exit code 130 (nothing is written in either case)."""
+    try:
+        main(argv)
+    except MobilediffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
