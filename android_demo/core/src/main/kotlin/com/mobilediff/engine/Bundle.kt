@@ -16,12 +16,14 @@ class Bundle private constructor(val dir: File, val manifest: Manifest) {
         return File(dir, entry.file.path) to entry
     }
 
-    /** The CLIP tokenizer from the bundle's tokenizer files (each present; vocab and merges sha256-checked when listed). */
+    /** The CLIP tokenizer from the bundle's tokenizer files (each present, and sha256-checked where the manifest lists one). */
     fun tokenizer(): ClipTokenizer {
-        for (f in manifest.tokenizer.files) {
-            if (!File(dir, f).exists()) throw BundleError(f, "tokenizer file missing")
+        val spec = manifest.tokenizer
+        for (f in spec.files) {
+            val sha = spec.fileSha256[f]
+            if (sha != null) verify(FileRef(f, sha, -1)) else if (!File(dir, f).exists()) throw BundleError(f, "tokenizer file missing")
         }
-        return ClipTokenizer.load(dir, manifest.tokenizer)
+        return ClipTokenizer.load(dir, spec)
     }
 
     /** Check that [ref] exists and matches its sha256; throws [BundleError] naming the file otherwise. */

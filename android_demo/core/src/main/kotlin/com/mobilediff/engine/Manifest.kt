@@ -104,10 +104,21 @@ class Geometry(
     }
 }
 
-/** CLIP tokenizer settings: files relative to the bundle, pad every prompt to [maxLength] with [padId]. */
-class TokenizerSpec(val files: List<String>, val maxLength: Int, val bosId: Int, val eosId: Int, val padId: Int) {
+/**
+ * CLIP tokenizer settings: files relative to the bundle, pad every prompt to [maxLength] with [padId].
+ * [fileSha256] (optional `tokenizer.file_sha256`: path -> sha256) is checked when the manifest has it.
+ */
+class TokenizerSpec(
+    val files: List<String>,
+    val maxLength: Int,
+    val bosId: Int,
+    val eosId: Int,
+    val padId: Int,
+    val fileSha256: Map<String, String> = emptyMap(),
+) {
     companion object {
         internal fun parse(r: JsonReader, t: JSONObject) = TokenizerSpec(
+            fileSha256 = t.optJSONObject("file_sha256")?.let { o -> o.keys().asSequence().associateWith { o.getString(it) } } ?: emptyMap(),
             files = r.arr(t, "files", "tokenizer.files").strings(),
             maxLength = r.int(t, "max_length", "tokenizer.max_length"),
             bosId = r.int(t, "bos_id", "tokenizer.bos_id"),

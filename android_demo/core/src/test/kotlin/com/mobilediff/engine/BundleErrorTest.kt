@@ -61,6 +61,14 @@ class BundleErrorTest {
     }
 
     @Test
+    fun missingTokenizerFileIsNamed() {
+        val dir = copyBundle()
+        File(dir, "tokenizer/merges.txt").delete()
+        val e = expectError { Bundle.open(dir).tokenizer() }
+        assertEquals("tokenizer/merges.txt", e.file)
+    }
+
+    @Test
     fun newerManifestIsRefused() {
         val dir = copyBundle()
         val manifest = File(dir, "manifest.json")
