@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from mobilediff.bench.envelope import Parser, envelope, pyplot, run_command, savefig, write_results
+from mobilediff.bench.envelope import Parser, command_line, envelope, pyplot, run_command, savefig, write_results
 from mobilediff.bench.sweep import Point, best_rows, image_grid, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     ref = max((r for r in rows if r["sampler"] == "ddim" and r["steps"] == 50), key=lambda r: r["prompt_accuracy"])
     meta = {"model": str(args.model), "model_sha256": tree_sha256(resolve_model(args.model)), "n": args.n,
             "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED, "fd_real_vs_real": fd_floor,
-            **envelope("baseline_quality", argv, t0)}
+            **envelope("baseline_quality", command_line("baseline_quality", argv), t0)}
     write_results(args.out, {"baseline_grid.png": savefig(sample_grid(pipe, ref["guidance"]), dpi=100),
                              "baseline_quality.md": write_markdown(rows, meta),
                              "baseline_quality.png": savefig(plot(rows)),

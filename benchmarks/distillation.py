@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from mobilediff.bench import bars
-from mobilediff.bench.envelope import Parser, envelope, pyplot, run_command, savefig, write_results
+from mobilediff.bench.envelope import Parser, command_line, envelope, pyplot, run_command, savefig, write_results
 from mobilediff.bench.sweep import Point, best_rows as best_by, image_grid, sweep
 from mobilediff.io import tree_sha256
 from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"teacher": str(args.teacher), "teacher_sha256": teacher_sha,
             "teacher_rows_from": str(args.teacher_rows) if reused else None,
             "students": students, "n": args.n, "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED,
-            "targets": check_targets(rows), **envelope("distillation", argv, t0)}
+            "targets": check_targets(rows), **envelope("distillation", command_line("distillation", argv), t0)}
     write_results(args.out, {"distillation_grid.png": savefig(sample_grid(cols), dpi=100),
                              "distillation.md": write_markdown(rows, meta), "distillation.png": savefig(plot(rows)),
                              "distillation_meta.json": meta, "distillation.json": rows})

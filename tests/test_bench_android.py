@@ -1,5 +1,6 @@
-"""Phone benchmark plumbing (mobilediff.bench.android, mobilediff.bench.apple): exact adb command lists, and the parsers on recorded real runner outputs
-(tests/data/device_outputs/, sources in its README). Nothing here needs a device."""
+"""Phone benchmark plumbing (mobilediff.bench.android, mobilediff.bench.apple): exact adb command lists, and the
+parsers on recorded real runner outputs (tests/data/device_outputs/, sources in its README). Nothing here needs a
+device."""
 import ast
 import importlib.util
 from pathlib import Path

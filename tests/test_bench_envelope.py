@@ -6,7 +6,7 @@ import math
 import pytest
 
 from mobilediff.bench import bars
-from mobilediff.bench.envelope import envelope, fmt, json_safe, run_command, write_results
+from mobilediff.bench.envelope import command_line, envelope, fmt, json_safe, run_command, write_results
 from mobilediff.errors import MobilediffError
 
 
@@ -45,8 +45,9 @@ def test_run_command_turns_expected_failures_into_one_error_line(capsys):
 
 
 def test_envelope_and_formatting():
-    env = envelope("run_device", ["--out", "a b"], started=0.0)
+    env = envelope("run_device", command_line("run_device", ["--out", "a b"]), started=0.0)
     assert env["command"] == "python benchmarks/run_device.py --out 'a b'"
+    assert env["schema"] == {"name": "mobilediff.run_device", "version": 1}
     assert {"created", "machine", "versions", "wall_seconds"} <= set(env) and env["machine"]["cores"] >= 1
     assert json_safe({"a": [math.inf, 1.0], "b": math.nan}) == {"a": [None, 1.0], "b": None}
     assert (fmt(None), fmt(math.inf), fmt(1.234, ".1f"), fmt(3), fmt("x")) == ("–", "inf", "1.2", "3", "x")

@@ -172,7 +172,7 @@ def plot_quality(e2e: list[dict], path: Path, title: str) -> None:
                     for r in rs:
                         ax.annotate(str(r["steps"]), (row_median(r), r["quality"][key]), fontsize=6,
                                     xytext=(3, 3), textcoords="offset points")
-        front = sorted((r for r in pts if r[flag]), key=_median)
+        front = sorted((r for r in pts if r[flag]), key=row_median)
         if front:
             ax.step([row_median(r) for r in front], [r["quality"][key] for r in front], where="post", color="k", lw=1,
                     ls="--", label="Pareto frontier", zorder=2)

@@ -64,10 +64,12 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return f"python benchmarks/{script}.py {shlex.join(args)}".rstrip()
 
 
-def envelope(script: str, argv: list[str] | None, started: float) -> dict:
-    """The record every result file carries: ``created`` (UTC, ISO 8601), ``command``, ``machine``, ``versions``
-    and ``wall_seconds`` since ``started`` (a ``time.time()``)."""
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line(script, argv),
+def envelope(name: str, command: str, started: float, version: int = 1) -> dict:
+    """The record every result file carries: ``schema`` ({"name": "mobilediff.<name>", "version"}; fields are only
+    ever added within a version), ``created`` (UTC, ISO 8601), ``command`` (:func:`command_line`), ``machine``,
+    ``versions`` and ``wall_seconds`` since ``started`` (a ``time.time()``)."""
+    return {"schema": {"name": f"mobilediff.{name}", "version": version},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
             "machine": machine_info(), "versions": library_versions(), "wall_seconds": time.time() - started}
 
 

@@ -258,7 +258,7 @@ def host_components(bundles: list[BundleInfo], runtimes, runs: int, warmup: int,
                              "runtime": runtime, "file": entry.path if entry else None, "precision": precision,
                              "input_shapes": shapes, "load": load, "latency": lat, "memory": mem,
                              "speedup_vs_eager": None, "note": lat["note"]})
-                del fn
+                fn = None  # release the runtime's session or program before the next one loads
                 bar.update(1)
     speedups_vs_eager(rows)
     return rows

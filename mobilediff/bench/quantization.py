@@ -202,7 +202,7 @@ def measure(cfg: QuantizationConfig, command: str = "") -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from mobilediff.bench.envelope import library_versions, machine_info
+    from mobilediff.bench.envelope import envelope
     from mobilediff.evaluator import Evaluator
     from mobilediff.exporter import export_bundle
     from mobilediff.io import tree_sha256
@@ -255,8 +255,7 @@ def measure(cfg: QuantizationConfig, command: str = "") -> dict:
             "warmup": cfg.warmup,
             "calibration": f"{cfg.calibration_prompts} prompts of the student's own {smp['sampler']} {smp['steps']}-step "
                            f"trajectories, at most {cfg.calibration_rows} rows per component",
-            "machine": machine_info(), "versions": library_versions(), "wall_seconds": time.time() - t_start,
-            "command": command}
+            **envelope("quantization", command, t_start)}
     return {"meta": meta, "components": components, "end_to_end": e2e, "targets": check_targets(components, e2e)}
 
 

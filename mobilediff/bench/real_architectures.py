@@ -5,7 +5,6 @@ over :func:`measure`; its module docstring holds the result schema."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
