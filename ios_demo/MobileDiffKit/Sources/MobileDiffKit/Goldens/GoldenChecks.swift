@@ -10,10 +10,13 @@ public struct GoldenRow: Sendable {
     public var maxAbsError: Double
     public var passed: Bool
     public var detail: String
+    /// The golden plan a sampler row replays (nil for other checks).
+    public var plan: String? = nil
 
     public var dictionary: [String: Any] {
         ["check": check, "backend": backend, "model": model, "seed": seed.map { $0 as Any } ?? NSNull(),
-         "psnr_db": psnrDB, "max_abs_error": maxAbsError, "passed": passed, "detail": detail]
+         "psnr_db": psnrDB, "max_abs_error": maxAbsError, "passed": passed, "detail": detail,
+         "plan": plan.map { $0 as Any } ?? NSNull()]
     }
 }
 
@@ -130,7 +133,7 @@ public struct GoldenChecks {
         return SamplerReplay(stepPSNR: stepPSNR, stepMaxAbsError: stepError, inputPSNR: replay.worstInputPSNR,
                              decodedPSNR: decodedPSNR, imagePSNR: imagePSNR, imageMaxAbsError: imageError,
                              row: GoldenRow(check: "sampler", backend: backend, model: model, seed: plan.seed, psnrDB: worst,
-                                            maxAbsError: stepError, passed: passed, detail: detail))
+                                            maxAbsError: stepError, passed: passed, detail: detail, plan: plan.name))
     }
 }
 

@@ -29,6 +29,16 @@ public enum GuidanceMode: Sendable, Equatable {
         return (0..<half).map { j in output[j] + s * (output[half + j] - output[j]) }
     }
 
+    /// The embedding for `scale`: the manifest's own `default_embedding` (Python's exact values) at the default
+    /// scale, else computed. Computing it cannot match Python bit for bit: the angles reach (scale - 1)·1000 rad,
+    /// so a 1-ulp difference between platform float32 `exp`s moves a feature by up to ~3e-4.
+    public static func embeddingVector(scale: Double, dim: Int, record: BundleManifest.Guidance) -> [Float] {
+        if scale == record.defaultScale, let stored = record.defaultEmbedding, stored.count == dim {
+            return stored.map(Float.init)
+        }
+        return embeddingVector(scale: scale, dim: dim)
+    }
+
     /// diffusers' guidance-scale embedding (mobilediff/bundle.py `guidance_embedding_tensor`):
     /// w = (scale - 1)·1000, f_k = exp(-k·ln(10000)/(dim/2 - 1)), embedding = [sin(w f), cos(w f)], zero-padded to dim.
     /// Computed in float32 like the reference.

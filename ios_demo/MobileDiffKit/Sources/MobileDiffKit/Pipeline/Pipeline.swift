@@ -64,7 +64,7 @@ public final class Pipeline: ResourceManaging {
         // 2. the sampler loop
         let condition: Tensor?
         if case .embedding(let scale, let dim) = guidance {
-            condition = Tensor(shape: [1, dim], floats: GuidanceMode.embeddingVector(scale: scale, dim: dim))
+            condition = Tensor(shape: [1, dim], floats: GuidanceMode.embeddingVector(scale: scale, dim: dim, record: manifest.guidance))
         } else {
             condition = nil
         }
