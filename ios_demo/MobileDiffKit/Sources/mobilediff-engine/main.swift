@@ -3,7 +3,7 @@
 // Linux toolchain's chroot.
 //
 //   generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
-//            [--threads T] --out IMG.png --json RESULT.json
+//            [--threads T] [--warmup N (untimed runs first, default 1)] --out IMG.png --json RESULT.json
 //   check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
 import Foundation
 import MobileDiffKit
@@ -125,6 +125,9 @@ func generate(_ options: [String: String]) throws {
     let loadStart = Date()
     try pipeline.loadResources()
     let loadMs = Date().timeIntervalSince(loadStart) * 1000
+    // untimed warm-up runs: a session's first calls include one-off allocations (ONNX Runtime's arenas)
+    let warmups = try number(options, "warmup", as: Int.self) ?? 1
+    for _ in 0..<max(warmups, 0) { _ = try pipeline.generate(configuration) }
     let result = try pipeline.generate(configuration)
 
     try PNGWriter.write(result.image, to: URL(fileURLWithPath: out))
@@ -136,6 +139,7 @@ func generate(_ options: [String: String]) throws {
         "ms": result.timer.milliseconds.mapValues { $0 as Any },
         "calls": result.timer.calls.mapValues { $0 as Any },
         "load_ms": loadMs,
+        "warmup_runs": max(warmups, 0),
         "steps": configuration.steps,
         "sampler": configuration.sampler,
         "guidance": configuration.guidanceScale,
@@ -168,7 +172,7 @@ let arguments = CommandLine.arguments.dropFirst()
 do {
     switch arguments.first {
     case "generate":
-        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "out", "json"]))
+        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "out", "json"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))
     default:

@@ -15,7 +15,8 @@ public struct GoldenRow: Sendable {
 
     public var dictionary: [String: Any] {
         ["check": check, "backend": backend, "model": model, "seed": seed.map { $0 as Any } ?? NSNull(),
-         "psnr_db": psnrDB, "max_abs_error": maxAbsError, "passed": passed, "detail": detail,
+         "psnr_db": psnrDB.isInfinite ? NSNull() : psnrDB as Any,  // null = identical, as app_parity.json
+         "max_abs_error": maxAbsError, "passed": passed, "detail": detail,
          "plan": plan.map { $0 as Any } ?? NSNull()]
     }
 }
