@@ -2,6 +2,7 @@
 MobilediffError becomes one line on stderr and exit code 2."""
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import replace
 import sys
@@ -10,6 +11,18 @@ from pathlib import Path
 import click
 
 from mobilediff.errors import MobilediffError
+
+
+class Finite(click.FloatRange):
+    """A float option that must be finite (click's FloatRange lets nan through every bound)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     except MobilediffError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:  # a path the user gave: missing, unwritable, a file where a folder belongs, a full disk
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(2)
 
 
 @cli.command("train-base")
@@ -44,16 +61,16 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--unet-steps", type=click.IntRange(min=1), default=1600, show_default=True, help="Optimizer steps of the text-encoder + UNet stage.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch of the denoiser stage.")
 @click.option("--vae-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch of the VAE stage.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=6e-4, show_default=True, help="Peak learning rate of the denoiser stage.")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=6e-4, show_default=True, help="Peak learning rate of the denoiser stage.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True, help="Save a checkpoint every K steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order, noise and initialisation.")
 @click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the forward pass.")
-@click.option("--text-aux-weight", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Weight of the auxiliary caption-parsing loss on the text encoder (0 disables it).")
-@click.option("--min-snr-gamma", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Min-SNR-gamma loss weighting (0: plain v-prediction loss).")
-@click.option("--object-weight", type=click.FloatRange(min=0), default=4.0, show_default=True, help="Extra denoiser-loss weight on latent pixels covered by shapes.")
-@click.option("--small-object-weight", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Further denoiser-loss weight on latent pixels covered by small shapes.")
+@click.option("--text-aux-weight", type=Finite(min=0), default=0.5, show_default=True, help="Weight of the auxiliary caption-parsing loss on the text encoder (0 disables it).")
+@click.option("--min-snr-gamma", type=Finite(min=0), default=0.0, show_default=True, help="Min-SNR-gamma loss weighting (0: plain v-prediction loss).")
+@click.option("--object-weight", type=Finite(min=0), default=4.0, show_default=True, help="Extra denoiser-loss weight on latent pixels covered by shapes.")
+@click.option("--small-object-weight", type=Finite(min=0), default=0.0, show_default=True, help="Further denoiser-loss weight on latent pixels covered by small shapes.")
 @click.option("--timestep-bias-range", type=(click.IntRange(min=0), click.IntRange(min=1)), default=(0, 1000), show_default=True, help="Timesteps [BEGIN, END) drawn --timestep-bias-multiplier times as often as the rest.")
-@click.option("--timestep-bias-multiplier", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Sampling weight of --timestep-bias-range against the other timesteps (1: uniform).")
+@click.option("--timestep-bias-multiplier", type=Finite(min=0, min_open=True), default=1.0, show_default=True, help="Sampling weight of --timestep-bias-range against the other timesteps (1: uniform).")
 @click.option("--freeze-text-encoder", is_flag=True, help="Train the UNet alone; the text encoder stays bit-identical to the one loaded (students that borrow it stay valid).")
 @click.option("--latent-cache", type=click.IntRange(min=0), default=32768, show_default=True, help="Encode this many samples once and draw batches from them (0: fresh samples every step).")
 @click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the denoiser stage from this checkpoint or pipeline folder's weights (fresh optimizer and schedule); attention blocks the source lacks start as the identity.")
@@ -112,14 +129,14 @@ def train_evaluator_cmd(out, steps, batch_size, seed):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm) or OUT/steps-N (progressive).")
 @click.option("--max-train-steps", type=int, default=1000, show_default=True, help="lcm: optimizer steps; progressive: optimizer steps per halving round.")
 @click.option("--teacher-steps", type=int, default=16, show_default=True, help="progressive: the teacher's DDIM step count the first round halves.")
-@click.option("--guidance", type=float, default=3.5, show_default=True, help="progressive: guidance scale of the teacher's target; lcm: the student's default guidance.")
+@click.option("--guidance", type=Finite(min=0), default=3.5, show_default=True, help="progressive: guidance scale of the teacher's target; lcm: the student's default guidance.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=1e-4, show_default=True, help="Peak learning rate.")
 @click.option("--latent-cache", type=int, default=8192, show_default=True, help="Shapes-domain samples encoded once with the teacher's VAE.")
 @click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Save a checkpoint every K steps.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order and noise.")
 @click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the student's forward pass.")
-@click.option("--guidance-range", type=float, nargs=2, default=(2.0, 6.0), show_default=True, help="lcm: the guidance scales drawn per training example (uniform in MIN MAX; equal values train one scale).")
+@click.option("--guidance-range", type=Finite(min=0), nargs=2, default=(2.0, 6.0), show_default=True, help="lcm: the guidance scales drawn per training example (uniform in MIN MAX; equal values train one scale).")
 @click.option("--ddim-timesteps", type=int, default=50, show_default=True, help="lcm: the skipping-step solver's grid (1000 / N apart); the student samples from this grid.")
 @click.option("--init-student", default=None, help="lcm: start from an earlier LCM student of the same architecture (a pipeline folder) instead of the teacher's weights.")
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
@@ -176,7 +193,7 @@ def _warn(msg: str) -> None:
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
 @click.option("--steps", type=int, default=None, help="Denoising steps (>= 1). Default: 50, or what a distilled student was made for.")
 @click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler (a diffusers scheduler). Default: ddim, or a student's own.")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (<= 1 disables it). Default: 5.0, or a student's own.")
+@click.option("--guidance", type=Finite(min=0), default=None, help="Classifier-free guidance scale (<= 1 disables it). Default: 5.0, or a student's own.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
@@ -189,8 +206,11 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
     from mobilediff.io import atomic_path
     from mobilediff.sampling import check_prompt_length, generate, image_grid, validate_generation
 
+    from mobilediff.io import check_output
+
     if out.suffix.lower() != ".png":
         raise MobilediffError(f"--out must be a .png file, got {out}")
+    check_output(out)
     all_prompts = [p for p in prompts for _ in seeds]
     all_seeds = [s for _ in prompts for s in seeds]
     if bundle is not None:
@@ -236,7 +256,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
 @click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
 @click.option("--fused-sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
-@click.option("--guidance", type=float, default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
+@click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, force):
@@ -244,7 +264,10 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     from mobilediff.exporter import export_bundle, parse_targets
     from mobilediff.loading import load_pipeline, resolve_model
 
+    from mobilediff.io import check_output
+
     parse_targets(target)
+    check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
     if fused_steps is not None and not 1 <= fused_steps <= 16:
@@ -274,7 +297,9 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
 def goldens_cmd(bundle, out, runtime, seed, force):
     """Record the vectors the apps' engines are tested against: token ids, noise, every component call per plan."""
     from mobilediff.goldens import write_goldens
+    from mobilediff.io import check_output
 
+    check_output(out, folder=True)
     path = write_goldens(bundle, out, runtime, seed, force, progress=lambda m: click.echo(f"goldens {m}", err=True))
     click.echo(f"goldens written to {path}")
 
@@ -286,7 +311,7 @@ def goldens_cmd(bundle, out, runtime, seed, force):
 @click.option("--n", type=click.IntRange(min=2), default=256, show_default=True, help="Number of prompts (with --model).")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps (with --model).")
 @click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default="ddim", show_default=True, help="Sampler (with --model).")
-@click.option("--guidance", type=float, default=5.0, show_default=True, help="Guidance scale (with --model).")
+@click.option("--guidance", type=Finite(min=0), default=5.0, show_default=True, help="Guidance scale (with --model).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     """Prompt accuracy, per-attribute accuracy and Fréchet distance with the shapes-domain evaluator."""
@@ -295,8 +320,12 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     from mobilediff.evaluator import Evaluator
     from mobilediff.io import atomic_write_json
 
+    from mobilediff.io import check_output
+
     if (model is None) == (images_dir is None):
         raise MobilediffError("give exactly one of --model or --images")
+    if out is not None:
+        check_output(out)
     evaluator = Evaluator.load()
     if model is not None:
         from tqdm.auto import tqdm

@@ -109,30 +109,24 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
     the quantized floor (mobilediff.parity)."""
     mod = get_target(target)
     quantized = recipe is not None and spec.name in recipe.components
-    tag = recipe.name if quantized else precision
-    path = bundle / file_name(spec.name, target, tag, mod.EXT)
+    quantization = recipe.name if quantized else None
+    path = bundle / file_name(spec.name, target, quantization or precision, mod.EXT)
     t0 = time.time()
-    if quantized:
-        from mobilediff.quantize import export_quantized
-
-        facts, check_at = export_quantized(mod, target, spec, path, recipe, precision, calibration)
-    else:
-        facts, check_at = mod.export(spec, path, precision), precision
+    facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized else mod.export(spec, path, precision)
     seconds = time.time() - t0
     inputs = spec.example_inputs(seed)
-    if quantized and recipe.calibrated:
-        inputs = calibration.batches(spec.name)[0]  # a real input: random tensors miss the calibrated ranges
-        if target == "executorch":
-            from mobilediff.quantize import _static_rows
+    if quantized and recipe.calibrated:  # a real input: random tensors miss the calibrated ranges
+        from mobilediff.quantize import static_rows
 
-            inputs = _static_rows(spec, calibration.batches(spec.name))[0]
+        rows = calibration.batches(spec.name)
+        inputs = static_rows(spec, rows)[0] if mod.STATIC_SHAPES else rows[0]
     with torch.no_grad():
         reference = tuple(spec.module(*inputs))
-    parity = mod.validate(spec, path, check_at, inputs, reference)
+    parity = mod.validate(spec, path, precision, inputs, reference, quantization)
     # files the graph reads from beside it (ONNX weights over 1.5 GiB): recorded and checked like the graph itself
     external = [{"path": name, "sha256": sha256_path(path.parent / name), "size_bytes": size_bytes(path.parent / name)}
                 for name in facts.get("external_data", [])]
-    return {"target": target, "precision": precision, "quantization": tag if quantized else None, "path": path.name,
+    return {"target": target, "precision": precision, "quantization": quantization, "path": path.name,
             "sha256": sha256_path(path), "size_bytes": size_bytes(path), "external_data": external,
             "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
 

@@ -20,6 +20,21 @@ from mobilediff.errors import MobilediffError
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 
 
+def check_output(path: Path, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work: a file where a folder belongs (or the
+    reverse), a parent that is a file, a read-only place. Raises MobilediffError naming the path."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise MobilediffError(f"{path} is a {'file' if folder else 'folder'}; expected a {'folder' if folder else 'file'} path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MobilediffError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MobilediffError(f"cannot write {path}: {parent} is not writable")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

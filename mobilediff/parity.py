@@ -20,8 +20,10 @@ def psnr(got: torch.Tensor, ref: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(rng * rng / mse)
 
 
-def compare(name: str, outputs: list[str], got, reference, precision: str, target: str) -> dict:
-    """Compare output tensors; return the parity record; raise MobilediffError below the threshold."""
+def compare(name: str, outputs: list[str], got, reference, precision: str, target: str,
+            quantization: str | None = None) -> dict:
+    """Compare output tensors; return the parity record; raise MobilediffError below the threshold (the
+    precision's floor, or the quantized floor when ``quantization`` names a recipe)."""
     rows = {}
     for out_name, g, r in zip(outputs, got, reference):
         g = torch.as_tensor(g).float()
@@ -32,11 +34,13 @@ def compare(name: str, outputs: list[str], got, reference, precision: str, targe
             raise MobilediffError(f"{target} {name}: output {out_name} is not finite")
         rows[out_name] = {"max_abs_error": (g - r).abs().max().item(), "psnr_db": psnr(g, r)}
     worst = min(v["psnr_db"] for v in rows.values())
-    # quantized recipes ("int8-static", "fp16+palettize4", ...): a floor that catches a broken recipe
-    need = MIN_PSNR_DB.get(precision, MIN_PSNR_DB_QUANTIZED)
-    record = {"target": target, "precision": precision, "outputs": rows, "psnr_db": worst,
+    # quantized recipes ("int8-static", "palettize4", ...): a floor that catches a broken recipe
+    # (a recipe that is a precision, ONNX's "fp16", keeps that precision's floor)
+    need = MIN_PSNR_DB.get(quantization, MIN_PSNR_DB_QUANTIZED) if quantization else MIN_PSNR_DB[precision]
+    record = {"target": target, "precision": precision, "quantization": quantization, "outputs": rows, "psnr_db": worst,
               "max_abs_error": max(v["max_abs_error"] for v in rows.values()), "min_psnr_db": need,
               "checked": "numerically against PyTorch"}
     if worst < need:
-        raise MobilediffError(f"{target} {name} does not match PyTorch: {worst:.1f} dB < {need:.0f} dB ({precision})")
+        raise MobilediffError(f"{target} {name} does not match PyTorch: {worst:.1f} dB < {need:.0f} dB "
+                              f"({quantization or precision})")
     return record

@@ -6,53 +6,21 @@ sha256). No diffusers scheduler and no PyTorch module runs here; PyTorch only ho
 from __future__ import annotations
 
 from pathlib import Path
-import numpy as np
+
 import torch
 
-from mobilediff.bundle import (FileEntry, ComponentEntry, classifier_free_guidance, component_file, guidance_embedding,
-                               read_manifest)
+from mobilediff.bundle import classifier_free_guidance, component_file, guidance_embedding, read_manifest
 from mobilediff.errors import MobilediffError
 from mobilediff.sampler_table import run_table
+from mobilediff.targets import get_target
 
 RUNTIMES = ("onnx", "executorch")
-
-
-class _OnnxComponent:
-    def __init__(self, path: Path, entry: FileEntry, io: ComponentEntry):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.inputs = [s.name for s in io.inputs]
-        self.outputs = [s.name for s in io.outputs]
-        self.static_batch = None  # dynamic "batch"
-
-    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
-        feed = {n: np.ascontiguousarray(a.numpy()) for n, a in zip(self.inputs, args)}
-        return [torch.from_numpy(o) for o in self.sess.run(self.outputs, feed)]
-
-
-class _ExecutorchComponent:
-    def __init__(self, path: Path, entry: FileEntry, io: ComponentEntry):
-        from mobilediff.targets.executorch import load_method
-
-        self.method = load_method(path)
-        self.static_batch = io.dims.get("batch")
-
-    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
-        from mobilediff.targets.executorch import run
-
-        return run(self.method, [a.contiguous() for a in args])
-
-
-_CLASSES = {"onnx": _OnnxComponent, "executorch": _ExecutorchComponent}
 
 
 class BundleRunner:
     """Loads a bundle's three components for one host runtime and samples with its tables."""
 
-    def __init__(self, bundle: Path, runtime: str, precision: str | None = None):
+    def __init__(self, bundle: Path, runtime: str, precision: str | None = None, threads: int | None = None):
         if runtime not in RUNTIMES:
             raise MobilediffError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
         self.bundle = Path(bundle)
@@ -61,7 +29,7 @@ class BundleRunner:
         self.parts = {}
         for name in ("text_encoder", "unet", "vae_decoder"):
             path, entry = component_file(self.manifest, self.bundle, name, runtime, precision)
-            self.parts[name] = _CLASSES[runtime](path, entry, self.manifest.component(name))
+            self.parts[name] = get_target(runtime).load(path, self.manifest.component(name), threads)
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest.geometry
         self.guidance = self.manifest.guidance

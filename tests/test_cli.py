@@ -4,7 +4,7 @@ import pytest
 
 from conftest import error_lines, run_cli
 
-COMMANDS = ["generate", "evaluate", "train-base", "train-evaluator"]
+COMMANDS = ["generate", "evaluate", "train-base", "train-evaluator", "distill", "export", "pack", "goldens"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -37,3 +37,25 @@ def test_evaluate_a_pipeline_directly(tmp_path):
 def test_evaluate_needs_exactly_one_source():
     code, _, stderr = run_cli("evaluate")
     assert code == 2 and error_lines(stderr) == ["error: give exactly one of --model or --images"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("generate", "--prompt", "x", "--guidance", "nan"), "Invalid value for '--guidance': nan is not a finite number"),
+    (("generate", "--bundle", "B", "--prompt", "x", "--guidance", "inf"), "Invalid value for '--guidance': inf is not a finite number"),
+    (("distill", "--method", "lcm", "--steps", "4", "--out", "OUT", "--lr", "nan"), "Invalid value for '--lr': nan is not a finite number"),
+    (("train-base", "--out", "OUT", "--object-weight", "-inf"), "Invalid value for '--object-weight'"),
+])
+def test_non_finite_numbers_are_refused_before_any_work(args, message, tmp_path):
+    args = [str(tmp_path / a) if a in ("B", "OUT") else a for a in args]
+    code, _, stderr = run_cli(*args, "--out", tmp_path / "x.png") if args[0] == "generate" else run_cli(*args)
+    lines = error_lines(stderr)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_output_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("user data")
+    code, _, stderr = run_cli("generate", "--prompt", "x", "--steps", 1, "--out", tmp_path / "f" / "x.png")
+    lines = error_lines(stderr)
+    assert code == 2 and lines == [f"error: cannot write {tmp_path / 'f' / 'x.png'}: {tmp_path / 'f'} is a file, not a folder"], stderr
+    assert (tmp_path / "f").read_text() == "user data"

@@ -100,7 +100,7 @@ def test_executorch_int8_keeps_float_modules_unobserved(keep):
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     from mobilediff.components import declare, latent_geometry
-    from mobilediff.quantize import _KeepFloat
+    from mobilediff.targets.executorch import _KeepFloat
 
     pipe = tiny_pipeline()
     spec = declare(pipe, latent_geometry(pipe))["unet"]

@@ -1,33 +1,31 @@
-"""Export targets, in a registry. Heavy imports (onnx, executorch, coremltools) live inside the functions.
+"""Export targets in a registry: a module per target implementing :class:`mobilediff.targets.base.Target`.
 
-A target module provides:
-
-    EXT: str                                   file extension of one component ("onnx", "pte", "mlpackage")
-    export(spec, path, precision) -> dict      write ``spec.module`` (a ComponentSpec) to ``path``; return facts
-                                               worth recording in the manifest (e.g. delegated node counts);
-                                               ``facts["external_data"]``, if present, names the files beside
-                                               ``path`` that belong to it (ONNX weights over 1.5 GiB), which the
-                                               bundle records and checks by sha256 like ``path`` itself
-    validate(spec, path, precision, inputs, reference) -> dict
-                                               load ``path`` back and check it against PyTorch: ``inputs`` is a
-                                               tuple of example tensors, ``reference`` the PyTorch outputs (tuple).
-                                               Returns the parity record (see mobilediff.parity.compare); raises
-                                               MobilediffError if the check fails.
-
-``precision`` is "fp32" or "fp16". I/O names, shapes and dtypes come only from the ComponentSpec.
+Adding a target is one module here (``EXT``, ``STATIC_SHAPES``, ``export``, ``quantize``, ``validate``, ``load``)
+plus one line in ``TARGETS``, and its recipes in ``mobilediff.quantize.RECIPES``. Modules are imported on first
+use, so importing mobilediff never pulls in onnx, executorch or coremltools.
 """
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 from mobilediff.errors import MobilediffError
+from mobilediff.targets.base import REQUIRED, Target
 
-TARGETS = ("onnx", "executorch", "coreml")
+# name -> module implementing it
+TARGETS: dict[str, str] = {
+    "onnx": "mobilediff.targets.onnx",
+    "executorch": "mobilediff.targets.executorch",
+    "coreml": "mobilediff.targets.coreml",
+}
 PRECISIONS = ("fp32", "fp16")
 
 
-def get_target(name: str) -> ModuleType:
+def get_target(name: str) -> Target:
+    """The target module registered as ``name``; raises MobilediffError naming the known ones."""
     if name not in TARGETS:
         raise MobilediffError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}, all")
-    return importlib.import_module(f"mobilediff.targets.{name}")
+    module = importlib.import_module(TARGETS[name])
+    missing = [a for a in REQUIRED if not hasattr(module, a)]
+    if missing:  # a programming error in a new target, not bad user input
+        raise TypeError(f"target module {TARGETS[name]} lacks {', '.join(missing)}")
+    return module

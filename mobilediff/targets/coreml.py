@@ -23,6 +23,7 @@ from mobilediff import __version__
 from mobilediff.errors import MobilediffError
 
 EXT = "mlpackage"
+STATIC_SHAPES = True  # every input shape is fixed at the declaration's values
 DEPLOYMENT_TARGET = "iOS17"  # coremltools.target.iOS17: spec version 8, MIL opset CoreML7 (macOS 14 and later)
 CONVERSION_PATH = "torch.export.export(...).run_decompositions({}) -> coremltools.convert(convert_to='mlprogram')"
 
@@ -158,11 +159,11 @@ def _check_features(where: str, kind: str, features, declared, dims: dict[str, i
             raise MobilediffError(f"{where}: {kind} {name} is {dtype}, declared {s.dtype}")
 
 
-def validate(spec, path, precision: str, inputs, reference) -> dict:
-    """Check the saved package against ``spec`` (structure everywhere, numbers on macOS); return the record."""
+def validate(spec, path, precision: str, inputs, reference, quantization: str | None = None) -> dict:
+    """Check the saved package against ``spec`` (structure everywhere, numbers on macOS); return the record.
+    ``quantization``: the weight-compression recipe the package was written with, if any."""
     ct = _ct()
-    full_precision = precision
-    precision, _, recipe = precision.partition("+")  # "fp16+palettize4": compute precision + weight compression
+    recipe = quantization
     _precision(precision)
     where = f"coreml {spec.name}"
     on_mac = platform.system() == "Darwin"
@@ -187,12 +188,10 @@ def validate(spec, path, precision: str, inputs, reference) -> dict:
         raise MobilediffError(f"{where}: expected fp32 compute, but {program['fp16_ops']} ops compute in fp16")
 
     if recipe:
-        from mobilediff.quantize import coreml_weight_facts
-
-        record_weights = coreml_weight_facts(mlmodel)
+        record_weights = weight_facts(mlmodel)
         if not record_weights["compressed_weights"]:
             raise MobilediffError(f"{where}: recipe {recipe} left no compressed weights in the program")
-    record = {"target": "coreml", "precision": full_precision,
+    record = {"target": "coreml", "precision": precision, "quantization": quantization,
               "checked": "structure (Core ML cannot predict on Linux)",
               "minimum_deployment_target": DEPLOYMENT_TARGET, "spec_version": proto.specificationVersion,
               "inputs": [s.name for s in spec.inputs], "outputs": [s.name for s in spec.outputs],
@@ -205,6 +204,66 @@ def validate(spec, path, precision: str, inputs, reference) -> dict:
         feed = {s.name: x.detach().cpu().numpy().astype(s.dtype) for s, x in zip(spec.inputs, inputs)}
         pred = mlmodel.predict(feed)
         got = [pred[s.name] for s in spec.outputs]
-        record.update(compare(spec.name, [s.name for s in spec.outputs], got, reference, full_precision, "coreml"))
+        record.update(compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "coreml",
+                              quantization))
         record["compute_units"] = "CPU_ONLY"
     return record
+
+
+def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
+    """Convert ``spec`` at ``precision`` and compress its weights with ``recipe`` (coremltools.optimize: weights
+    only, compute stays at ``precision``); returns the export facts, with ``quantization`` facts."""
+    import shutil
+
+    ct = _ct()
+    facts = export(spec, path, precision)
+    model, qfacts = _compress(ct.models.MLModel(str(path), skip_model_load=True), recipe)
+    shutil.rmtree(path)
+    model.save(str(path))
+    return {**facts, "quantization": qfacts, "size_bytes": _package_size(Path(path))}
+
+
+def load(path: Path, io, threads: int | None = None):
+    """Core ML programs run on Apple platforms only (the iOS engine and benchmarks/run_device.py --device apple)."""
+    raise MobilediffError("coreml bundles run on macOS/iOS only: use --runtime onnx or executorch here")
+
+
+def _config(recipe):
+    import coremltools.optimize.coreml as cto
+
+    if recipe.name.startswith("palettize"):
+        return cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=recipe.options["nbits"], mode="kmeans"))
+    if recipe.name == "int8-weights":
+        return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
+                                                                                dtype="int8", granularity="per_channel"))
+    raise MobilediffError(f"unknown coreml recipe {recipe.name}")
+
+
+def _compress(mlmodel, recipe):
+    """Compress a converted Core ML model's weights with ``recipe``; returns (model, facts)."""
+    import coremltools.optimize.coreml as cto
+
+    if recipe.name == "mixed":
+        big = recipe.options["large"]
+        pal = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=recipe.options["nbits"], mode="kmeans",
+                                                                          weight_threshold=big))
+        mlmodel = cto.palettize_weights(mlmodel, pal)
+        lin = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                                              weight_threshold=2048))
+        return cto.linear_quantize_weights(mlmodel, lin), {"large_weight_threshold": big}
+    cfg = _config(recipe)
+    if recipe.name.startswith("palettize"):
+        return cto.palettize_weights(mlmodel, cfg), {}
+    return cto.linear_quantize_weights(mlmodel, cfg), {}
+
+
+def weight_facts(mlmodel) -> dict:
+    """How many of a saved ML program's weights are stored compressed (palettized / quantized ops in its MIL)."""
+    proto = mlmodel.get_spec()
+    counts: dict[str, int] = {}
+    for fn in proto.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            for op in block.operations:
+                if op.type.startswith(("constexpr_",)):
+                    counts[op.type] = counts.get(op.type, 0) + 1
+    return {"compressed_weights": sum(counts.values()), "ops": dict(sorted(counts.items()))}

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch
 
+from mobilediff.errors import MobilediffError
 from mobilediff.parity import compare
 
 EXT = "pte"
+STATIC_SHAPES = True  # named dimensions fixed at the declaration's values
 
 
 def lower(module, inputs, precision: str = "fp32"):
@@ -58,9 +60,128 @@ def run(method, inputs) -> list[torch.Tensor]:
     return [o.float() for o in method.execute(list(inputs))]
 
 
-def validate(spec, path: Path, precision: str, inputs, reference) -> dict:
+def validate(spec, path: Path, precision: str, inputs, reference, quantization: str | None = None) -> dict:
     method = load_method(path)
     got = run(method, inputs)
-    record = compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "executorch")
+    record = compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "executorch", quantization)
     record["runtime"] = "executorch.runtime (XNNPACK + portable kernels)"
     return record
+
+
+class Runner:
+    """A loaded program as the bundle runner calls it: tensors in the declared input order -> declared outputs."""
+
+    def __init__(self, path: Path, io, threads: int | None = None):
+        self.method = load_method(path)
+        self.static_batch = io.dims.get("batch")  # shapes are static: the runner pads a smaller batch
+
+    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        return run(self.method, [a.contiguous() for a in args])
+
+
+def load(path: Path, io, threads: int | None = None) -> Runner:
+    """Open a verified bundle program; ``io`` is its component's manifest entry. ``threads`` is not settable per
+    program in executorch.runtime (its thread pool is process-wide)."""
+    return Runner(path, io, threads)
+
+
+def _shared_refs(annotation):
+    """The nodes whose quantization parameters ``annotation`` (a PT2E QuantizationAnnotation) shares."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    for spec in [*annotation.input_qspec_map.values(), annotation.output_qspec]:
+        if isinstance(spec, SharedQuantizationSpec):
+            ref = spec.edge_or_node
+            yield from (ref if isinstance(ref, tuple) else (ref,))
+
+
+def _KeepFloat(inner, kept):
+    """``inner`` (a PT2E quantizer) with every annotation on a node that ``kept(node)`` removed afterwards.
+
+    XNNPACKQuantizer's filter function is not enough: after annotating the patterns it propagates annotations
+    through cat, slice and friends regardless of the filter, so float-kept modules still lose precision. Worst
+    of all is the UNet's sinusoidal timestep projection (``time_proj``): timesteps up to 999 times frequencies,
+    quantized to int8 before sin/cos, make the time embedding noise (the broken int8 student of
+    benchmarks/results/quantization.md, 19.8 dB)."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class KeepFloat(Quantizer):
+        def annotate(self, model):
+            model = inner.annotate(model)
+            for node in model.graph.nodes:
+                if kept(node):
+                    node.meta.pop("quantization_annotation", None)
+            # an annotation that shares quantization parameters with a node left unannotated has nothing to share:
+            # drop it too (repeat until none is left), else prepare_pt2e fails on the missing observer
+            changed = True
+            while changed:
+                changed = False
+                for node in model.graph.nodes:
+                    ann = node.meta.get("quantization_annotation")
+                    if ann is not None and any("quantization_annotation" not in n.meta for n in _shared_refs(ann)):
+                        del node.meta["quantization_annotation"]
+                        changed = True
+            return model
+
+        def transform_for_annotation(self, model):
+            return inner.transform_for_annotation(model)
+
+        def validate(self, model):
+            return inner.validate(model)
+
+    return KeepFloat()
+
+
+def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
+    """Export ``spec`` to ``path`` quantized with ``recipe`` (torchao PT2E / quantize_, then XNNPACK lowering);
+    returns the export facts, with ``quantization`` facts."""
+    from mobilediff.io import atomic_write_bytes
+
+    module, qfacts = _quantized_module(spec, recipe, calibration)
+    program, facts = lower(module, spec.example_inputs(), "fp32")
+    atomic_write_bytes(Path(path), program.buffer)
+    return {**facts, "quantization": qfacts}
+
+
+def _quantized_module(spec, recipe, calibration):
+    """The component as a quantized torch module ready for torch.export + XNNPACK lowering."""
+    import copy
+
+    from mobilediff.quantize import kept_modules, static_rows
+
+    inputs = spec.example_inputs()
+    keep = kept_modules(recipe, spec.name)
+    if recipe.name == "int8":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                             get_symmetric_quantization_config)
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        def kept(node) -> bool:
+            stack = node.meta.get("nn_module_stack", {}).values()
+            return any(fqn == k or fqn.startswith(k + ".") for fqn, _ in stack for k in keep)
+
+        quantizer = _KeepFloat(XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
+                               kept)
+        with torch.no_grad():
+            graph = torch.export.export(spec.module, inputs, strict=False).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            rows = static_rows(spec, calibration.batches(spec.name))
+            for row in rows:
+                prepared(*row)
+            return convert_pt2e(prepared), {"calibration_batches": len(rows)}
+    if recipe.name == "int4-weights":
+        from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+        from torchao.quantization.granularity import PerGroup
+
+        module = copy.deepcopy(spec.module)
+        group = recipe.options["group_size"]
+
+        def eligible(m, fqn):
+            return (isinstance(m, torch.nn.Linear) and m.in_features % group == 0
+                    and not any(fqn == k or fqn.startswith(k + ".") for k in keep))
+
+        quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                                weight_granularity=PerGroup(group)), filter_fn=eligible)
+        n = sum(1 for fqn, m in spec.module.named_modules() if eligible(m, fqn))
+        return module, {"linear_layers_4bit": n}
+    raise MobilediffError(f"unknown executorch recipe {recipe.name}")

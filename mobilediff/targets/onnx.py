@@ -26,6 +26,10 @@ OPSET = 18
 # Weights at or above this size go to an external data file: torch.onnx's own threshold (1.5 GiB of initializers),
 # made explicit here so that it is ours, and testable. Which files a graph reads is always read back from the graph.
 EXTERNAL_DATA_MIN_BYTES = 3 << 29
+STATIC_SHAPES = False  # named dimensions stay dynamic
+# ops whose weights the int8 recipes quantize: convolutions and matrix products, and Gather for the token-embedding
+# table (most of a small text encoder's bytes)
+QUANT_OPS = ["Conv", "MatMul", "Gemm", "Gather"]
 
 
 def weight_bytes(module: torch.nn.Module, precision: str = "fp32") -> int:
@@ -136,7 +140,7 @@ def run(sess, spec, inputs) -> list[torch.Tensor]:
     return [torch.from_numpy(o) for o in sess.run([s.name for s in spec.outputs], feed)]
 
 
-def validate(spec, path: Path, precision: str, inputs, reference) -> dict:
+def validate(spec, path: Path, precision: str, inputs, reference, quantization: str | None = None) -> dict:
     import onnx
     import onnxruntime as ort
 
@@ -150,7 +154,107 @@ def validate(spec, path: Path, precision: str, inputs, reference) -> dict:
         raise MobilediffError(f"onnx {spec.name}: {path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
     _check_io(spec, model)
     got = run(load_session(path), spec, inputs)
-    record = compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "onnx")
+    record = compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "onnx", quantization)
     record["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider"
     record["checker"] = "onnx.checker full_check + strict shape inference"
     return record
+
+
+class Runner:
+    """A loaded graph as the bundle runner calls it: tensors in the declared input order -> declared outputs."""
+
+    static_batch = None  # named dimensions are dynamic
+
+    def __init__(self, path: Path, io, threads: int | None = None):
+        self.sess = load_session(path, threads)
+        self.inputs = [s.name for s in io.inputs]
+        self.outputs = [s.name for s in io.outputs]
+
+    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        feed = {n: np.ascontiguousarray(a.numpy()) for n, a in zip(self.inputs, args)}
+        return [torch.from_numpy(o) for o in self.sess.run(self.outputs, feed)]
+
+
+def load(path: Path, io, threads: int | None = None) -> Runner:
+    """Open a verified bundle graph; ``io`` is its component's manifest entry (inputs, outputs, dims)."""
+    return Runner(path, io, threads)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over recorded rows."""
+
+    def __init__(self, names: list[str], rows):
+        self.names, self.rows, self.i = names, rows, 0
+
+    def get_next(self):
+        if self.i >= len(self.rows):
+            return None
+        row = self.rows[self.i]
+        self.i += 1
+        return {n: np.ascontiguousarray(t.numpy()) for n, t in zip(self.names, row)}
+
+    def rewind(self):
+        self.i = 0
+
+
+def _onnx_float_nodes(path: Path, keep: list[str]) -> list[str]:
+    """ONNX node names of the keep-float modules: the dynamo exporter records each node's module path in its
+    ``pkg.torch.onnx.name_scopes`` metadata."""
+    import onnx
+
+    if not keep:
+        return []
+    model = onnx.load(str(path), load_external_data=False)
+    out = []
+    for node in model.graph.node:
+        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+        # e.g. "['', 'unet', 'unet.conv_in']" -> the innermost module path
+        path_names = [s.strip(" '\"") for s in scopes.strip("[]").split(",") if s.strip(" '\"")]
+        if any(p == k or p.startswith(k + ".") for p in path_names for k in keep):
+            out.append(node.name)
+    return out
+
+
+def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
+    """Export ``spec`` to ``path`` with ``recipe`` (onnxruntime's quantization tool on the fp32 graph, or the fp16
+    export for the ``fp16`` recipe); returns the export facts, with ``quantization`` facts."""
+    if recipe.name == "fp16":
+        return export(spec, path, "fp16")
+    facts = export(spec, path, "fp32")
+    if facts["external_data"]:  # onnxruntime.quantization would read the whole model through protobuf (2 GiB)
+        raise MobilediffError(f"onnx {recipe.name}: quantizing a graph with external data ({spec.name}, over "
+                              f"{EXTERNAL_DATA_MIN_BYTES / 2**30:g} GiB of weights) is not supported")
+    return {**facts, "quantization": _quantize_graph(spec, recipe, Path(path), calibration)}
+
+
+def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
+    """Quantize the fp32 graph at ``path`` in place; returns facts for the manifest."""
+    import shutil
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from mobilediff.quantize import kept_modules
+
+    keep = _onnx_float_nodes(path, kept_modules(recipe, spec.name))
+    with tempfile.TemporaryDirectory(dir=path.parent) as td:
+        pre = Path(td) / "pre.onnx"
+        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+        out = Path(td) / "q.onnx"
+        if recipe.name == "int8-static":
+            rows = calibration.batches(spec.name)
+            quantize_static(str(pre), str(out), _Reader([s.name for s in spec.inputs], rows),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=QUANT_OPS,
+                            nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+            facts = {"calibration_rows": len(rows)}
+        elif recipe.name == "int8-dynamic":
+            quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=QUANT_OPS, nodes_to_exclude=keep)
+            facts = {}
+        else:
+            raise MobilediffError(f"unknown onnx recipe {recipe.name}")
+        shutil.move(str(out), str(path))
+    return {**facts, "nodes_kept_float": keep}
