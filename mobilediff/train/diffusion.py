@@ -114,6 +114,16 @@ def lcm_solver_grid(num_train_timesteps: int, num_ddim_timesteps: int) -> tuple[
     return torch.arange(1, num_ddim_timesteps + 1) * skip - 1, skip
 
 
+@torch.no_grad()
+def skipping_step_solver(predict: Predictor, alphas_cumprod: torch.Tensor, sample: torch.Tensor, timestep: torch.Tensor,
+                         skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_{t_n}, t_n): LCM's skipping-step solver (Luo et al. 2023, eq. 8 with DDIM as Ψ), one deterministic DDIM step
+    of the teacher from z_{t_{n+k}} at ``timestep`` straight to t_n = t_{n+k} - k; below the grid's first point it
+    lands on t = 0 (ᾱ_0, as diffusers' DDIMSolver)."""
+    timestep_prev = (timestep - skip).clamp(min=0)
+    return ddim_step(*predict(sample, timestep), alphas_cumprod[timestep_prev]), timestep_prev
+
+
 def boundary_scalings(timestep: torch.Tensor, timestep_scaling: float = LCM_TIMESTEP_SCALING):
     """(c_skip, c_out), each (B, 1, 1, 1), at discrete timesteps (B,), as LCMScheduler computes them:
     c_skip = σ² / ((s t)² + σ²), c_out = s t / sqrt((s t)² + σ²) with σ = σ_data, s = ``timestep_scaling``."""

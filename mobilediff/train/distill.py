@@ -35,8 +35,8 @@ import torch
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_json
 from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, classifier_free_guidance,
-                                        consistency_output, ddim_step, ddim_timesteps, guidance_embedding,
-                                        lcm_solver_grid, pred_original_and_epsilon, progressive_target)
+                                        consistency_output, ddim_timesteps, guidance_embedding, lcm_solver_grid,
+                                        pred_original_and_epsilon, progressive_target, skipping_step_solver)
 from mobilediff.train.loop import EMA, Leg, make_accelerator, resume_point, run_leg
 
 METHODS = ("lcm", "progressive")
@@ -280,9 +280,8 @@ class LcmObjective:
         cfg, data, alphas_cumprod = self.cfg, self.data, self.alphas_cumprod
         g, latents, mask, cond = data.batch(step)
         b = latents.shape[0]
-        # 1. a grid timestep t_{n+k} per example and the solver's landing point t_n = t_{n+k} - k (0 below the grid)
+        # 1. a grid timestep t_{n+k} per example
         timestep = self.grid[torch.randint(0, cfg.ddim_timesteps, (b,), generator=g)]
-        timestep_prev = (timestep - self.skip).clamp(min=0)
         noise = torch.randn(latents.shape, generator=g)
         # 2. a guidance scale w per example, fed to the student as the embedding of w - 1
         guidance_scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=g)
@@ -299,7 +298,7 @@ class LcmObjective:
             # 4. the skipping-step solver: one DDIM step of the guided teacher from t_{n+k} to t_n
             predict = TeacherPredictor(data.teacher.unet, alphas_cumprod, cond, data.uncond.expand_as(cond),
                                         guidance_scale, self.prediction_type)
-            sample_prev = ddim_step(*predict(sample, timestep), alphas_cumprod[timestep_prev])
+            sample_prev, timestep_prev = skipping_step_solver(predict, alphas_cumprod, sample, timestep, self.skip)
             # 5. the target network's consistency output at z_{t_n}
             target_output = self.target(sample_prev, timestep_prev, encoder_hidden_states=cond,
                                         timestep_cond=w_embedding).sample.float()
