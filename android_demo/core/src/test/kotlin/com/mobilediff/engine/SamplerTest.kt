@@ -27,7 +27,7 @@ class SamplerTest {
             val goldens = Goldens.load(Fixtures.goldens(model))
             Pipeline(Bundle.open(Fixtures.bundle(model)), OnnxRuntimeBackend()).use { pipeline ->
                 for (row in GoldenChecks(goldens, model).sampler(pipeline)) {
-                    println("sampler $model seed ${row.seed}: psnr ${row.psnrDb ?: "inf"} dB, max abs ${row.maxAbsError}")
+                    println("sampler $model ${row.detail.substringBefore(';')} seed ${row.seed}: psnr ${row.psnrDb ?: "inf"} dB, max abs ${row.maxAbsError}")
                     assertTrue("$model: ${row.detail}: ${row.psnrDb} dB", row.passed)
                 }
             }
