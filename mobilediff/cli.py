@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from mobilediff.errors import MobilediffError
+from mobilediff.samplers import SAMPLERS
 
 
 class Finite(click.FloatRange):
@@ -192,7 +193,7 @@ def _warn(msg: str) -> None:
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Text prompt; repeat for several (grid rows).")
 @click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
 @click.option("--steps", type=int, default=None, help="Denoising steps (>= 1). Default: 50, or what a distilled student was made for.")
-@click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler (a diffusers scheduler). Default: ddim, or a student's own.")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler (a diffusers scheduler). Default: ddim, or a student's own.")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Classifier-free guidance scale (<= 1 disables it). Default: 5.0, or a student's own.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
@@ -255,7 +256,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Image width (default: the model's own).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
 @click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
-@click.option("--fused-sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
+@click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
@@ -310,7 +311,7 @@ def goldens_cmd(bundle, out, runtime, seed, force):
               help="Or score a folder of PNGs listed in its metadata.jsonl ({\"file_name\": ..., \"text\": prompt}).")
 @click.option("--n", type=click.IntRange(min=2), default=256, show_default=True, help="Number of prompts (with --model).")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps (with --model).")
-@click.option("--sampler", type=click.Choice(["ddim", "dpmpp", "euler", "lcm"]), default="ddim", show_default=True, help="Sampler (with --model).")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True, help="Sampler (with --model).")
 @click.option("--guidance", type=Finite(min=0), default=5.0, show_default=True, help="Guidance scale (with --model).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):

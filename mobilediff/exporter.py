@@ -24,7 +24,6 @@ from mobilediff.targets import PRECISIONS, TARGETS, get_target
 # step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
 TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
 DEFAULT_GUIDANCE = 5.0  # a teacher's default guidance scale when neither the model nor the user names one
-CFG_SAMPLERS = ("ddim", "dpmpp", "euler")
 FUSED_TARGETS = ("onnx", "executorch")
 
 
@@ -76,9 +75,9 @@ def guidance_record(pipe, default_scale: float) -> dict:
 def sampler_tables(pipe, plan: SamplingPlan | None = None) -> list[dict]:
     """Every sampler the model can use at every tabulated step count, and the plan's own if not among them."""
     from mobilediff.sampler_table import sampler_table
-    from mobilediff.sampling import make_scheduler
+    from mobilediff.samplers import make_scheduler, samplers_for
 
-    names = ("lcm",) if pipe.unet.config.time_cond_proj_dim else CFG_SAMPLERS
+    names = samplers_for(bool(pipe.unet.config.time_cond_proj_dim))
     out = []
     for name in names:
         steps_list = sorted(set(TABLE_STEPS) | ({plan.steps} if plan is not None and plan.sampler == name else set()))

@@ -8,40 +8,12 @@ image does not depend on the batch it was generated in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from mobilediff.errors import MobilediffError
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    scheduler_class: str  # diffusers class name
-    overrides: tuple[tuple[str, object], ...] = ()  # config overrides on top of the pipeline's scheduler config
-    description: str = ""
-
-
-SAMPLERS: dict[str, SamplerSpec] = {
-    "ddim": SamplerSpec("DDIMScheduler", (("clip_sample", False),), "DDIM, deterministic (eta = 0)"),
-    "dpmpp": SamplerSpec("DPMSolverMultistepScheduler",
-                         (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("lower_order_final", True),
-                          ("final_sigmas_type", "zero")), "DPM-Solver++(2M)"),
-    "euler": SamplerSpec("EulerDiscreteScheduler", (), "Euler (Karras et al. 2022, ODE)"),
-    "lcm": SamplerSpec("LCMScheduler", (), "latent consistency multistep sampler (for LCM students)"),
-}
-
-
-def make_scheduler(name: str, base_config) -> object:
-    """A diffusers scheduler for sampler ``name`` from a pipeline's scheduler config."""
-    import diffusers
-
-    if name not in SAMPLERS:
-        raise MobilediffError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    spec = SAMPLERS[name]
-    cls = getattr(diffusers, spec.scheduler_class)
-    return cls.from_config(base_config, **dict(spec.overrides))
+from mobilediff.samplers import SAMPLERS, make_scheduler  # noqa: F401 (re-exported: samplers are looked up here too)
 
 
 def check_prompt_length(tokenizer, prompt: str, warn: Callable[[str], None]) -> None:
