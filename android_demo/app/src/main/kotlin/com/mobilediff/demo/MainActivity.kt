@@ -55,12 +55,17 @@ class MainActivity : Activity() {
         bundles = store.list()
         bundleSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, bundles.map { it.name })
         if (bundles.isEmpty()) status.text = getString(R.string.no_bundles, store.folders.first().path)
-        val reset = object : AdapterView.OnItemSelectedListener {
+        bundleSpinner.onItemSelectedListener = object : AdapterView.OnItemSelectedListener {
+            override fun onItemSelected(parent: AdapterView<*>?, view: android.view.View?, position: Int, id: Long) {
+                unload()
+                bundles.getOrNull(position)?.let(::showPlan)
+            }
+            override fun onNothingSelected(parent: AdapterView<*>?) = Unit
+        }
+        backendSpinner.onItemSelectedListener = object : AdapterView.OnItemSelectedListener {
             override fun onItemSelected(parent: AdapterView<*>?, view: android.view.View?, position: Int, id: Long) = unload()
             override fun onNothingSelected(parent: AdapterView<*>?) = Unit
         }
-        bundleSpinner.onItemSelectedListener = reset
-        backendSpinner.onItemSelectedListener = reset
         generate.setOnClickListener { onGenerate() }
     }
 
@@ -76,6 +81,21 @@ class MainActivity : Activity() {
         worker.execute { old.close() }
     }
 
+    /** Read the picked bundle's manifest: fill in its default steps, or say what is wrong with it. */
+    private fun showPlan(dir: File) {
+        worker.execute {
+            val text = try {
+                val m = MobilediffBundle.open(dir).manifest
+                val plan = m.defaultSampling
+                runOnUiThread { steps.setText(plan.steps.toString()) }
+                "${dir.name}: ${m.model?.role ?: "model"}, default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}"
+            } catch (e: BundleError) {
+                "Bad bundle: ${e.file}: ${e.problem}"
+            }
+            runOnUiThread { status.text = text }
+        }
+    }
+
     private fun onGenerate() {
         val dir = bundles.getOrNull(bundleSpinner.selectedItemPosition) ?: return
         val backend = backendSpinner.selectedItem as String
@@ -89,7 +109,6 @@ class MainActivity : Activity() {
         worker.execute {
             val message = try {
                 val p = pipeline ?: Pipeline(MobilediffBundle.open(dir), Backend.forTarget(backend)).also { pipeline = it }
-                runOnUiThread { if (steps.text.isEmpty()) steps.setText(p.manifest.defaultSampling.steps.toString()) }
                 val result = p.generate(request, object : GenerationListener {
                     override fun onStep(step: Int, steps: Int, latent: FloatArray) {
                         runOnUiThread { status.text = "step ${step + 1} / $steps" }
