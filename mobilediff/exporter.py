@@ -139,7 +139,7 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
 
     ``model_dir`` is the pipeline folder it was loaded from (its role and default sampling plan are read from it,
     see :func:`describe_model`); ``guidance`` overrides the plan's guidance scale."""
-    from mobilediff.benchmarking import library_versions
+    from mobilediff.bench.envelope import library_versions
 
     targets = parse_targets(target)
     if precision not in PRECISIONS:
@@ -211,7 +211,7 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
 
 
 def _source_hash(pipe) -> str | None:
-    from mobilediff.benchmarking import tree_sha256
+    from mobilediff.io import tree_sha256
 
     path = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
     if path and Path(path).is_dir():
