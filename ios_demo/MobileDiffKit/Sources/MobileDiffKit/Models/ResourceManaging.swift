@@ -18,7 +18,8 @@ extension ResourceManaging {
     }
 }
 
-/// One component file behind a backend, loaded on first use (sha256 checked at every load) and droppable.
+/// One component file behind a backend, loaded on first use and droppable. The file (and any external data) is
+/// checked against its sha256 at the first load; reloads after `unloadResources()` reuse that check.
 public final class ManagedModel: ResourceManaging {
     public let component: String
     public let spec: BundleManifest.Component
@@ -26,6 +27,7 @@ public final class ManagedModel: ResourceManaging {
     private let bundle: MobileDiffBundle
     private let backend: any InferenceBackend
     private var loaded: (any InferenceModel)?
+    private var verified: URL?
     /// Seconds the last load took (sha256 check + runtime load), for the app's timing display.
     public private(set) var lastLoadSeconds: Double = 0
 
@@ -42,7 +44,8 @@ public final class ManagedModel: ResourceManaging {
     public func loadResources() throws {
         guard loaded == nil else { return }
         let start = DispatchTime.now()
-        let url = try bundle.verifiedURL(of: file)
+        let url = try verified ?? bundle.verifiedURL(of: file)
+        verified = url
         loaded = try backend.loadModel(at: url, component: component, file: file, spec: spec)
         lastLoadSeconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     }
