@@ -8,7 +8,8 @@
 #
 # Mounts: every command runs in its own private mount namespace (`unshare --mount`), so the proc, /dev and bind
 # mounts it needs are visible only to that command and disappear with it, even if it is killed; an EXIT trap
-# unmounts them in order as well. Nothing is ever mounted in the host's namespace.
+# unmounts them in order as well. Nothing is ever mounted in the host's namespace. The command also gets its own
+# PID namespace, so no process it started outlives it.
 
 IOS_DEMO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLCHAIN_DIR="${MOBILEDIFF_TOOLCHAIN_DIR:-$IOS_DEMO/.toolchain}"
@@ -45,7 +46,9 @@ chroot_run() {
     done
     [ "${1:-}" = "--" ] && shift
     [ "$(id -u)" = 0 ] || die "the Swift toolchain runs in a chroot: run this as root"
-    unshare --mount --propagation private /bin/bash -s -- "$root" "$#" "$@" "${binds[@]}" <<'INNER'
+    # --pid --fork: the command's processes live in their own PID namespace, so the kernel ends any that outlive
+    # it (e.g. a compiler job orphaned by a failed build) when it exits.
+    unshare --mount --pid --fork --propagation private /bin/bash -s -- "$root" "$#" "$@" "${binds[@]}" <<'INNER'
 set -euo pipefail
 root="$1"; ncmd="$2"; shift 2
 cmd=("${@:1:$ncmd}"); shift "$ncmd"
