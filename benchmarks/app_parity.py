@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -146,8 +147,10 @@ def main() -> None:
     from mobilediff.io import atomic_write_bytes, atomic_write_json
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fixtures", type=Path, default=REPO / "android_demo" / "build" / "fixtures",
-                    help="fixtures folder (made or reused by python -m mobilediff.fixtures)")
+    ap.add_argument("--fixtures", type=Path,
+                    default=Path(os.environ.get("MOBILEDIFF_FIXTURES", REPO / "android_demo" / "build" / "fixtures")),
+                    help="fixtures folder, made or reused by python -m mobilediff.fixtures (default: $MOBILEDIFF_FIXTURES, "
+                         "else android_demo/build/fixtures)")
     ap.add_argument("--app", action="append", choices=sorted(APPS), help="only these apps (default: every app with engine.sh)")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--no-apk", action="store_true", help="skip the APK build row")
