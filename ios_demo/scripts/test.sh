@@ -4,6 +4,7 @@
 # (XCTest) inside the trixie chroot. Fails on any failed or skipped test.
 #   MOBILEDIFF_FIXTURES=DIR   use/cache the fixtures in DIR (default: ios_demo/.toolchain/fixtures); share one DIR
 #                             with android_demo/scripts/test.sh to build them once
+#   MOBILEDIFF_FIXTURES_READY=1  use DIR as it is (do not run the fixtures module)
 #   MOBILEDIFF_PYTHON=PY      the Python with mobilediff installed (default: the repo's .venv, else python3)
 set -euo pipefail
 . "$(dirname "$0")/lib/chroot.sh"
@@ -14,7 +15,9 @@ REPO="$(cd "$IOS_DEMO/.." && pwd)"
 PYTHON="${MOBILEDIFF_PYTHON:-$REPO/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 FIXTURES="${MOBILEDIFF_FIXTURES:-$TOOLCHAIN_DIR/fixtures}"
-if "$PYTHON" -c "import mobilediff.fixtures" 2>/dev/null; then
+if [ -n "${MOBILEDIFF_FIXTURES_READY:-}" ]; then
+    echo "[ios] fixtures in $FIXTURES (as they are: MOBILEDIFF_FIXTURES_READY)" >&2
+elif "$PYTHON" -c "import mobilediff.fixtures" 2>/dev/null; then
     echo "[ios] fixtures in $FIXTURES ($PYTHON -m mobilediff.fixtures, cached)" >&2
     HF_HUB_OFFLINE=1 "$PYTHON" -m mobilediff.fixtures "$FIXTURES" >&2
 elif [ ! -d "$FIXTURES/default" ]; then
