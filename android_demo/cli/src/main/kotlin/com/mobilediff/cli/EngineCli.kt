@@ -19,7 +19,8 @@ import kotlin.system.exitProcess
 
 private const val USAGE = """usage:
   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--sampler NAME]
-                     [--guidance G] --out IMG.png --json RESULT.json
+                     [--guidance G] [--warmup 1] [--repeats 1] --out IMG.png --json RESULT.json
+                     (ms_total: the median of the timed repeats, after the untimed warm-up runs)
   engine.sh check-goldens --bundle B --goldens DIR --backend onnx|executorch [--model NAME] --json ROWS.json"""
 
 /**
@@ -72,8 +73,12 @@ private fun generate(o: Options) {
     val bundle = Bundle.open(File(o.required("bundle")))
     Pipeline(bundle, Backend.forTarget(o.required("backend"))).use { pipeline ->
         val request = GenerationRequest(o.required("prompt"), seed, o.int("steps"), o.optional("sampler"), o.double("guidance"))
-        pipeline.generate(request) // warm-up: first calls of a session include one-off allocations
-        val r = pipeline.generate(request)
+        val warmup = o.int("warmup") ?: 1
+        val repeats = o.int("repeats") ?: 1
+        require(warmup >= 0 && repeats >= 1) { "--warmup must be >= 0 and --repeats >= 1" }
+        repeat(warmup) { pipeline.generate(request) } // the first calls of a session include one-off allocations
+        val runs = List(repeats) { pipeline.generate(request) }
+        val r = runs.sortedBy { it.totalMs }[repeats / 2] // the median run (every run gives the same image)
         val image = BufferedImage(r.width, r.height, BufferedImage.TYPE_INT_RGB)
         image.setRGB(0, 0, r.width, r.height, r.argb, 0, r.width)
         atomicWrite(out) { ImageIO.write(image, "png", it) }
@@ -89,7 +94,8 @@ private fun generate(o: Options) {
             .put("load_ms", JSONObject(pipeline.loadMs as Map<*, *>))
             .put("steps", r.plan.steps).put("sampler", r.plan.sampler).put("guidance", r.plan.guidance)
             .put("image_raw", raw.absolutePath).put("image_raw_shape", JSONArray(listOf(r.height, r.width, 3)))
-            .put("backend", pipeline.backend.target).put("warmup_runs", 1)
+            .put("backend", pipeline.backend.target).put("warmup_runs", warmup).put("repeats", repeats)
+            .put("ms_total_runs", JSONArray(runs.map { it.totalMs }))
         atomicWrite(json) { it.writeText(record.toString(2)) }
         println("wrote $out (${r.plan.sampler}-${r.plan.steps}, guidance ${r.plan.guidance}, ${"%.1f".format(r.totalMs)} ms)")
     }
