@@ -13,7 +13,6 @@ and app_parity.md, atomically. psnr_db null means identical.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilediff.bench import bars
+from mobilediff.bench.envelope import Parser, command_line, run_command, write_results
+
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-sys.path.insert(0, str(REPO))
 
 # app -> (folder, backends its engine runs on this machine)
 APPS = {"android": ("android_demo", ("onnx", "executorch")), "ios": ("ios_demo", ("onnx",))}
-MIN_PSNR_DB = 40.0
+MIN_PSNR_DB = bars.bar("app_image_psnr_db").value
 REPEATS = 3  # timed images per (model, backend, seed), after one untimed warm-up; the median is reported
 
 
@@ -102,7 +103,7 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
         psnr = _psnr(got, expected)
         plan = f"{result['sampler']}-{result['steps']}, guidance {result['guidance']:g}"
         rows.append({**row, "psnr_db": psnr, "max_abs_error": float(np.abs(got - expected).max()),
-                     "passed": psnr is None or psnr >= MIN_PSNR_DB, "plan": plan,
+                     "passed": psnr is None or bars.check("app_image_psnr_db", psnr), "plan": plan,
                      "engine_ms": round(result["ms_total"], 1), "engine_component_ms": result["ms"],
                      "python_ms": round(python_ms(folder / "bundle", backend, ref["prompt"], seed), 1),
                      "detail": f"{plan}; bar >= {MIN_PSNR_DB:g} dB vs Python's generate --bundle"})
@@ -150,11 +151,10 @@ def markdown(result: dict) -> str:
     return "\n".join(md) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from mobilediff.bench.envelope import library_versions, machine_info
-    from mobilediff.io import atomic_write_bytes, atomic_write_json
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(__doc__)
     ap.add_argument("--fixtures", type=Path,
                     default=Path(os.environ.get("MOBILEDIFF_FIXTURES", REPO / "android_demo" / "build" / "fixtures")),
                     help="fixtures folder, made or reused by python -m mobilediff.fixtures (default: $MOBILEDIFF_FIXTURES, "
@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--no-apk", action="store_true", help="skip the APK build row")
     ap.add_argument("--fixtures-ready", action="store_true", help="use --fixtures as it is (do not run the fixtures module)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t0 = time.perf_counter()
     load_start = round(os.getloadavg()[0], 1)
     if not args.fixtures_ready:
@@ -183,17 +183,16 @@ def main() -> None:
                 rows += end_to_end(app, engine, backends, model, args.fixtures / model, entry, work)
             if app == "android" and not args.no_apk:
                 rows.append(apk_row(Path(folder)))
-    result = {"command": "python benchmarks/app_parity.py " + " ".join(sys.argv[1:]),
+    result = {"command": command_line("app_parity", argv),
               "wall_seconds": round(time.perf_counter() - t0, 1), "machine": machine_info(),
               "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
               "timing": f"median of {REPEATS} images after one untimed warm-up, engine and Python alike",
               "versions": library_versions(), "fixtures": {m: e.get("weights_sha256") for m, e in index["models"].items()},
               "rows": rows}
-    atomic_write_json(args.out / "app_parity.json", result)
-    atomic_write_bytes(args.out / "app_parity.md", markdown(result).encode())
+    write_results(args.out, {"app_parity.md": markdown(result), "app_parity.json": result})
     failed = [r for r in rows if not r["passed"]]
     print(f"wrote {args.out / 'app_parity.json'}: {len(rows)} rows, {len(failed)} failed")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))
