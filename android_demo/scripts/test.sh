@@ -9,6 +9,7 @@ start=$SECONDS
 "$ANDROID_DEMO/scripts/setup-toolchain.sh"
 
 FIXTURES="${MOBILEDIFF_FIXTURES:-$BUILD/fixtures}"
+mkdir -p "$FIXTURES" && FIXTURES="$(cd "$FIXTURES" && pwd)"
 if [[ -n "${MOBILEDIFF_FIXTURES_READY:-}" ]]; then
   echo "[test] fixtures in $FIXTURES (as they are: MOBILEDIFF_FIXTURES_READY)" >&2
 elif "$VENV/bin/python" -c "import mobilediff.fixtures" 2>/dev/null; then

@@ -81,15 +81,40 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
 
         val generator = TorchGenerator(request.seed)
         val noise = generator.normal(shape)
-        val guidance = manifest.guidance
-        val encoded = encode(request.prompt, timings, listener)  // (1, L, D)
+        val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, timings, listener)
+        val latent = sample(table, noise, denoise, { generator.normal(shape) }) { i, x -> listener?.onStep(i, table.steps, x) }
+
+        // decoder input = latent / scaling_factor + shift_factor (a float32 division, as Python)
+        val sf = geo.scalingFactor.toFloat()
+        val shift = geo.shiftFactor.toFloat()
+        val z = FloatArray(latent.size) { latent[it] / sf + shift }
+        val decoded = call("vae_decoder", listOf(Tensor.F32(shape, z)), timings, listener)[0].data
+        val argb = ImageConversion.toArgb(decoded, geo.height, geo.width)
+        val raw = ImageConversion.toHwc(decoded, geo.height, geo.width)
+        val totalMs = (System.nanoTime() - start) / 1e6
+        return GenerationResult(geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs)
+    }
+
+    /**
+     * The denoiser as the sampler sees it, (model input, timestep) -> guided output, for [prompt] at guidance [scale]:
+     * classifier-free guidance runs the UNet on rows [uncond, cond] and returns uncond + scale * (cond - uncond)
+     * (float32, as Python), only when scale > 1; a guidance embedding is one more UNet input.
+     */
+    private fun guidedDenoiser(
+        prompt: String,
+        scale: Double,
+        latentShape: IntArray,
+        timings: Timings,
+        listener: GenerationListener?,
+    ): (FloatArray, Double) -> FloatArray {
+        val encoded = encode(prompt, timings, listener)  // (1, L, D)
         var text = encoded.data
-        var cond: Tensor.F32? = null
+        var extra: Tensor.F32? = null
         var cfg = false
-        when (guidance) {
-            is Guidance.Embedding -> cond = Tensor.F32(intArrayOf(1, guidance.embeddingDim), guidance.embedding(plan.guidance))
+        when (val guidance = manifest.guidance) {
+            is Guidance.Embedding -> extra = Tensor.F32(intArrayOf(1, guidance.embeddingDim), guidance.embedding(scale))
             is Guidance.ClassifierFree -> {
-                cfg = plan.guidance > 1.0
+                cfg = scale > 1.0
                 if (cfg && components.getValue("unet").staticBatch == 1) {
                     throw IllegalArgumentException(
                         "this bundle's denoiser was exported without a classifier-free-guidance batch: generate with guidance 1",
@@ -103,35 +128,18 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         }
         val rows = if (cfg) 2 else 1
         val textTensor = Tensor.F32(intArrayOf(rows, encoded.shape[1], encoded.shape[2]), text)
-        val scale = plan.guidance.toFloat()
-
-        val denoise = { x: FloatArray, t: Double ->
-            val sampleShape = intArrayOf(rows) + shape.copyOfRange(1, shape.size)
+        val sampleShape = intArrayOf(rows) + latentShape.copyOfRange(1, latentShape.size)
+        val w = scale.toFloat()
+        return { x, t ->
             val inputs = mutableListOf<Tensor>(
                 Tensor.F32(sampleShape, if (cfg) x + x else x),
                 Tensor.F32(intArrayOf(rows), FloatArray(rows) { t.toFloat() }),
                 textTensor,
             )
-            cond?.let { inputs.add(it) }
+            extra?.let { inputs.add(it) }
             val out = call("unet", inputs, timings, listener)[0].data
-            if (cfg) {
-                // out = uncond + scale * (cond - uncond), float32 as in Python
-                val n = x.size
-                FloatArray(n) { j -> out[j] + scale * (out[n + j] - out[j]) }
-            } else {
-                out
-            }
+            if (cfg) FloatArray(x.size) { j -> out[j] + w * (out[x.size + j] - out[j]) } else out
         }
-        val latent = sample(table, noise, denoise, { generator.normal(shape) }) { i, x -> listener?.onStep(i, table.steps, x) }
-
-        val sf = geo.scalingFactor.toFloat()
-        val shift = geo.shiftFactor.toFloat()
-        val z = FloatArray(latent.size) { latent[it] / sf + shift }
-        val decoded = call("vae_decoder", listOf(Tensor.F32(shape, z)), timings, listener)[0].data
-        val argb = ImageConversion.toArgb(decoded, geo.height, geo.width)
-        val raw = ImageConversion.toHwc(decoded, geo.height, geo.width)
-        val totalMs = (System.nanoTime() - start) / 1e6
-        return GenerationResult(geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs)
     }
 
     /** The text encoder's features of [prompt]: (1, L, D). */

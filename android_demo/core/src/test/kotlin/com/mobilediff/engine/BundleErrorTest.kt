@@ -21,7 +21,7 @@ class BundleErrorTest {
         src.walkTopDown().filter { it.isFile }.forEach { f ->
             val target = File(dst, f.relativeTo(src).path)
             target.parentFile.mkdirs()
-            if (f.length() < 4_000_000) f.copyTo(target) else java.nio.file.Files.createSymbolicLink(target.toPath(), f.toPath())
+            if (f.length() < 4_000_000) f.copyTo(target) else java.nio.file.Files.createSymbolicLink(target.toPath(), f.absoluteFile.toPath())
         }
         return dst
     }

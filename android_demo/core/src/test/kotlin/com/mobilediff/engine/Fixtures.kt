@@ -10,7 +10,7 @@ import java.io.File
  * DIR/<model>/reference/<runtime>_seed<S>.{png,json,safetensors} (Python's `generate --bundle`, default plan).
  */
 object Fixtures {
-    val root: File? = System.getProperty("mobilediff.fixtures")?.let(::File)?.takeIf { it.isDirectory }
+    val root: File? = System.getProperty("mobilediff.fixtures")?.let { File(it).absoluteFile }?.takeIf { it.isDirectory }
 
     /** The fixture models, from DIR/index.json when present, else every folder holding a bundle. */
     val models: List<String> by lazy {
