@@ -23,8 +23,11 @@ data class CheckRow(
     fun toJson(): JSONObject = JSONObject()
         .put("check", check).put("backend", backend).put("model", model)
         .put("seed", seed ?: JSONObject.NULL)
-        .put("psnr_db", psnrDb ?: JSONObject.NULL)  // null = identical (infinite PSNR)
-        .put("max_abs_error", maxAbsError).put("passed", passed).put("detail", detail)
+        .put("psnr_db", psnrDb?.let(::finite) ?: JSONObject.NULL)  // null = identical (infinite PSNR)
+        .put("max_abs_error", finite(maxAbsError)).put("passed", passed).put("detail", detail)
+
+    /** JSON has no NaN or infinity: such a value (a broken output) is written as null. */
+    private fun finite(x: Double): Any = if (x.isFinite()) x else JSONObject.NULL
 }
 
 /**
@@ -39,10 +42,14 @@ class GoldenChecks(private val goldens: Goldens, private val model: String) {
         var worst = 0.0
         val wrong = goldens.tokenizer.filter { case ->
             val got = pipeline.tokenize(case.prompt)
-            if (got.size == case.ids.size) worst = maxOf(worst, Comparison.of(got, case.ids).maxAbsError) else worst = Double.NaN
+            // ids compared position by position; a missing position counts as id -1
+            val n = maxOf(got.size, case.ids.size)
+            val a = IntArray(n) { got.getOrElse(it) { -1 } }
+            val b = IntArray(n) { case.ids.getOrElse(it) { -1 } }
+            worst = maxOf(worst, Comparison.of(a, b).maxAbsError)
             !got.contentEquals(case.ids)
         }
-        return CheckRow("tokenizer", "none", model, null, null, if (wrong.isEmpty()) 0.0 else worst, wrong.isEmpty(),
+        return CheckRow("tokenizer", "none", model, null, null, worst, wrong.isEmpty(),
             "${goldens.tokenizer.size - wrong.size}/${goldens.tokenizer.size} prompts identical" +
                 wrong.joinToString("") { "; differs: '${it.prompt}'" })
     }
