@@ -204,6 +204,7 @@ class Tokenizer(_Record):
     pad_id: int
     lowercase: bool = True
     note: str = ""
+    file_sha256: dict = field(default_factory=dict)  # relative path -> sha256 (bundles written before it: empty)
     extra: dict = field(default_factory=dict, compare=False)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mobilediff.bundle import classifier_free_guidance, component_file, guidance_embedding, read_manifest
+from mobilediff.bundle import classifier_free_guidance, component_file, guidance_embedding, read_manifest, sha256_path
 from mobilediff.errors import MobilediffError
 from mobilediff.sampler_table import run_table
 from mobilediff.targets import get_target
@@ -40,8 +40,11 @@ class BundleRunner:
 
         tok = self.manifest.tokenizer
         for f in tok.files:
-            if not (self.bundle / f).is_file():
-                raise MobilediffError(f"bundle tokenizer file missing: {self.bundle / f}")
+            path = self.bundle / f
+            if not path.is_file():
+                raise MobilediffError(f"bundle tokenizer file missing: {path}")
+            if f in tok.file_sha256 and sha256_path(path) != tok.file_sha256[f]:
+                raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
         t = CLIPTokenizer.from_pretrained(str(self.bundle / "tokenizer"))
         t.model_max_length = tok.max_length
         return t
