@@ -321,7 +321,13 @@ class Manifest(_Record):
 
     @property
     def role(self) -> ModelRole:
-        return self.model or ModelRole(role="teacher", name=self.source.model, source_sha256=self.source.weights_sha256)
+        """The model's role (bundles written before the field existed: an LCM student for a guidance-embedding
+        denoiser, else a teacher)."""
+        if self.model is not None:
+            return self.model
+        lcm = self.guidance.type == "embedding"
+        return ModelRole(role="student" if lcm else "teacher", method="lcm" if lcm else None, name=self.source.model,
+                         source_sha256=self.source.weights_sha256)
 
     @property
     def plan(self) -> SamplingPlan:
