@@ -3,7 +3,8 @@
 // Linux toolchain's chroot.
 //
 //   generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
-//            [--threads T] [--warmup N (untimed runs first, default 1)] --out IMG.png --json RESULT.json
+//            [--threads T] [--warmup N (untimed runs first, default 1)] [--repeats N (timed runs; the median is
+//            reported, default 1)] --out IMG.png --json RESULT.json
 //   check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
 import Foundation
 import MobileDiffKit
@@ -128,7 +129,10 @@ func generate(_ options: [String: String]) throws {
     // untimed warm-up runs: a session's first calls include one-off allocations (ONNX Runtime's arenas)
     let warmups = try number(options, "warmup", as: Int.self) ?? 1
     for _ in 0..<max(warmups, 0) { _ = try pipeline.generate(configuration) }
-    let result = try pipeline.generate(configuration)
+    // timed runs: the median one is reported (every run gives the same image)
+    let repeats = max(try number(options, "repeats", as: Int.self) ?? 1, 1)
+    let runs = try (0..<repeats).map { _ in try pipeline.generate(configuration) }
+    let result = runs.sorted { $0.timer.totalMilliseconds < $1.timer.totalMilliseconds }[repeats / 2]
 
     try PNGWriter.write(result.image, to: URL(fileURLWithPath: out))
     let rawPath = (out as NSString).deletingPathExtension + "_raw.f32"
@@ -140,6 +144,8 @@ func generate(_ options: [String: String]) throws {
         "calls": result.timer.calls.mapValues { $0 as Any },
         "load_ms": loadMs,
         "warmup_runs": max(warmups, 0),
+        "repeats": repeats,
+        "ms_total_runs": runs.map { $0.timer.totalMilliseconds },
         "steps": configuration.steps,
         "sampler": configuration.sampler,
         "guidance": configuration.guidanceScale,
@@ -172,7 +178,7 @@ let arguments = CommandLine.arguments.dropFirst()
 do {
     switch arguments.first {
     case "generate":
-        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "out", "json"]))
+        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "out", "json"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))
     default:
