@@ -1,5 +1,9 @@
 """`mobilediff export`: a pipeline -> a validated bundle for Core ML, ONNX and/or ExecuTorch.
 
+An ONNX bundle is also a diffusers-style folder that optimum's ONNX Runtime pipelines load as is: each component's
+float graph at ``<component>/model.onnx`` with the source model's ``config.json`` beside it, ``model_index.json``,
+``scheduler/`` and ``tokenizer/`` (quantized graphs and other targets keep flat ``<component>_<target>_<tag>`` names).
+
 Everything is written into a temporary folder beside ``--out`` that replaces it only when every component
 has been exported *and* checked against PyTorch; ``manifest.json`` is the last file written. An
 interrupted or failed export leaves no bundle and no manifest behind.
@@ -21,6 +25,9 @@ from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir
 from mobilediff.targets import PRECISIONS, TARGETS, get_target
 
+# optimum's layout of a diffusion pipeline: the bundle component -> the pipeline module whose config it carries
+PIPELINE_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
+PIPELINE_GRAPH = "model.onnx"
 # step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
 TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
 DEFAULT_GUIDANCE = 5.0  # a teacher's default guidance scale when neither the model nor the user names one
@@ -96,9 +103,45 @@ def _tokenizer_record(pipe, bundle: Path) -> dict:
         pipe.tokenizer.save_pretrained(str(dst))
     files = sorted(str(p.relative_to(bundle)) for p in dst.rglob("*") if p.is_file())
     tok = pipe.tokenizer
-    return {"class": type(tok).__name__, "files": files, "max_length": tok.model_max_length,
+    return {"class": type(tok).__name__, "files": files,
+            "file_sha256": {f: sha256_path(bundle / f) for f in files}, "max_length": tok.model_max_length,
             "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
             "lowercase": True, "note": "CLIP BPE (vocab.json + merges.txt); pad to max_length with pad_id"}
+
+
+def component_path(component: str, target: str, tag: str, ext: str, quantized: bool) -> str:
+    """Where a component's graph lives in the bundle: the float ONNX graph at ``<component>/model.onnx`` (the
+    folder layout optimum's ONNX Runtime pipelines load), every other file at ``<component>_<target>_<tag>.<ext>``."""
+    if target == "onnx" and not quantized and component in PIPELINE_FOLDERS:
+        return f"{component}/{PIPELINE_GRAPH}"
+    return file_name(component, target, tag, ext)
+
+
+def _pipeline_files(pipe, plan: SamplingPlan, bundle: Path, components: dict[str, dict]) -> None:
+    """The files besides the graphs that make an ONNX bundle a folder optimum's ONNX Runtime diffusion pipelines
+    load: each ``<component>/model.onnx`` gets its source module's ``config.json``; when every component has one,
+    ``model_index.json`` (the source pipeline's, scheduler entry set to the default plan's sampler) and
+    ``scheduler/scheduler_config.json`` (the default plan's sampler) are written too."""
+    import json
+
+    from mobilediff.samplers import make_scheduler
+
+    graphs = {name for name, comp in components.items()
+              if any(f["path"] == f"{name}/{PIPELINE_GRAPH}" for f in comp["files"])}
+    for name in graphs:
+        module = getattr(pipe, PIPELINE_FOLDERS[name])
+        if hasattr(module, "save_config"):  # diffusers (UNet, VAE)
+            module.save_config(str(bundle / name))
+        else:  # transformers (the text encoder)
+            module.config.save_pretrained(str(bundle / name))
+    if graphs != set(PIPELINE_FOLDERS):
+        return
+    scheduler = make_scheduler(plan.sampler, pipe.scheduler.config)
+    scheduler.save_pretrained(str(bundle / "scheduler"))
+    index = json.loads(pipe.to_json_string())
+    index.pop("_name_or_path", None)
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    (bundle / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def export_component(spec: ComponentSpec, target: str, precision: str, bundle: Path, seed: int = 0,
@@ -109,7 +152,8 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
     mod = get_target(target)
     quantized = recipe is not None and spec.name in recipe.components
     quantization = recipe.name if quantized else None
-    path = bundle / file_name(spec.name, target, quantization or precision, mod.EXT)
+    path = bundle / component_path(spec.name, target, quantization or precision, mod.EXT, quantized)
+    path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized else mod.export(spec, path, precision)
     seconds = time.time() - t0
@@ -123,9 +167,10 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
         reference = tuple(spec.module(*inputs))
     parity = mod.validate(spec, path, precision, inputs, reference, quantization)
     # files the graph reads from beside it (ONNX weights over 1.5 GiB): recorded and checked like the graph itself
-    external = [{"path": name, "sha256": sha256_path(path.parent / name), "size_bytes": size_bytes(path.parent / name)}
-                for name in facts.get("external_data", [])]
-    return {"target": target, "precision": precision, "quantization": quantization, "path": path.name,
+    external = [{"path": (path.parent / name).relative_to(bundle).as_posix(), "sha256": sha256_path(path.parent / name),
+                 "size_bytes": size_bytes(path.parent / name)} for name in facts.get("external_data", [])]
+    return {"target": target, "precision": precision, "quantization": quantization,
+            "path": path.relative_to(bundle).as_posix(),
             "sha256": sha256_path(path), "size_bytes": size_bytes(path), "external_data": external,
             "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
 
@@ -184,6 +229,7 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                 say(f"{name} -> {tgt} ({r.name if r and name in r.components else precision})")
                 files.append(export_component(spec, tgt, precision, tmp, recipe=r, calibration=calibration))
             components[name] = {**spec.to_dict(), "files": files}
+        _pipeline_files(pipe, plan, tmp, components)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -27,8 +27,9 @@ def recorded(name: str) -> str:
 def bundle(tmp_path):
     b = tmp_path / "bundle"
     (b / "tokenizer").mkdir(parents=True)
+    (b / "unet").mkdir()
     (b / "unet_coreml_fp16.mlpackage" / "Data").mkdir(parents=True)
-    for rel in ("manifest.json", "unet_onnx_fp32.onnx", "tokenizer/vocab.json",
+    for rel in ("manifest.json", "unet/model.onnx", "tokenizer/vocab.json",
                 "unet_coreml_fp16.mlpackage/Data/w.bin"):
         (b / rel).write_text("x")
     return b
@@ -38,10 +39,10 @@ def test_push_bundle_commands(bundle):
     dest = "/data/local/tmp/mobilediff/tiny-lcm"
     assert push_bundle_commands(bundle, "tiny-lcm", Adb(serial="R5CT1234")) == [
         SERIAL + ["shell", "rm", "-rf", dest],
-        SERIAL + ["shell", "mkdir", "-p", dest, f"{dest}/tokenizer"],
+        SERIAL + ["shell", "mkdir", "-p", dest, f"{dest}/tokenizer", f"{dest}/unet"],
         SERIAL + ["push", str(bundle / "manifest.json"), f"{dest}/manifest.json"],
         SERIAL + ["push", str(bundle / "tokenizer" / "vocab.json"), f"{dest}/tokenizer/vocab.json"],
-        SERIAL + ["push", str(bundle / "unet_onnx_fp32.onnx"), f"{dest}/unet_onnx_fp32.onnx"],
+        SERIAL + ["push", str(bundle / "unet" / "model.onnx"), f"{dest}/unet/model.onnx"],
     ]  # the Core ML package is not pushed
 
 

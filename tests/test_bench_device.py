@@ -372,7 +372,7 @@ def test_android_onnxruntime_perf_test(bundles, adb_exe, tmp_path, capsys):
     for comp, batch in (("text_encoder", 1), ("unet", 2), ("vae_decoder", 1)):
         expected.append(_adb(adb_exe, "shell", "LD_LIBRARY_PATH=/data/local/tmp/ort", ORT_PERF, "-e", "cpu", "-m",
                              "times", "-r", "5", "-I", "-s", "-S", "0", "-x", "1", "-f", f"batch:{batch}",
-                             f"{dest}/{comp}_onnx_fp32.onnx"))
+                             f"{dest}/{comp}/model.onnx"))
     expected.append(_adb(adb_exe, "shell", "rm", "-rf", dest))
     assert fake.calls == expected
     r = json.loads((out / "run_device.json").read_text())
@@ -586,10 +586,10 @@ def test_damaged_bundle(bundles, tmp_path, capsys, damage, expect):
         del m["guidance"]
         manifest.write_text(json.dumps(m))
     elif damage == "sha256":
-        f = bundle / "unet_onnx_fp32.onnx"
+        f = bundle / "unet" / "model.onnx"
         f.write_bytes(f.read_bytes()[:-1] + b"\x00")
     else:
-        (bundle / "vae_decoder_onnx_fp32.onnx").unlink()
+        (bundle / "vae_decoder" / "model.onnx").unlink()
     out = tmp_path / "out"
     _assert_refused(capsys, settings(bundle, out=out), out, expect)
 

@@ -50,7 +50,7 @@ def test_tiny_run_writes_the_documented_schema(tmp_path):
     assert onnx["parity"]["psnr_db"] >= MIN_PSNR_DB["fp32"] and onnx["parity"]["max_abs_error"] < 1e-3
     assert onnx["parity"]["checked"] == "numerically against PyTorch"
     export = onnx["export"]
-    assert [f["path"] for f in export["files"]] == ["unet_onnx_fp32.onnx"] and export["facts"]["external_data"] == []
+    assert [f["path"] for f in export["files"]] == ["unet/model.onnx"] and export["facts"]["external_data"] == []
     assert export["total_bytes"] == export["files"][0]["bytes"] > 4 * arch["params"]
     assert export["seconds"] > 0 and export["peak_rss_mib"] > 0 and onnx["load_seconds"] > 0
     assert math.isclose(onnx["speedup_vs_eager"], eager["latency"]["median_ms"] / onnx["latency"]["median_ms"])

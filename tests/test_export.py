@@ -9,7 +9,7 @@ from conftest import error_lines, run_cli
 from mobilediff.bundle import read_manifest
 from mobilediff.components import declare, latent_geometry
 from mobilediff.errors import MobilediffError
-from mobilediff.exporter import export_bundle, export_component
+from mobilediff.exporter import component_path, export_bundle, export_component
 from mobilediff.parity import psnr
 from mobilediff.runtimes import BundleRunner
 from mobilediff.sampling import generate
@@ -42,9 +42,9 @@ def test_manifest_describes_every_file_and_io(bundle):
     unet = m.component("unet")
     assert [i.name for i in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
     assert unet.inputs[0].shape == ["batch", 4, 16, 16] and unet.dims == {"batch": 2}
-    for comp in m.components.values():
+    for name, comp in m.components.items():
         for f in comp.files:
-            assert f.path == f"{f.path.split('_onnx_')[0]}_onnx_fp32.onnx"
+            assert f.path == f"{name}/model.onnx"  # optimum's layout of a diffusion pipeline folder
             assert (bundle / f.path).stat().st_size == f.size_bytes and f.external_data == ()
             assert f.parity["psnr_db"] >= 60 and f.parity["checker"].startswith("onnx.checker")
     geo = m.geometry
@@ -55,7 +55,34 @@ def test_manifest_describes_every_file_and_io(bundle):
     assert m.role.role == "teacher" and m.role.method is None
     assert (m.plan.sampler, m.plan.steps, m.plan.guidance) == ("ddim", 50, 5.0)
     assert m.fused["steps"] == 2 and m.fused["files"][0]["parity"]["psnr_db"] >= 60
+    assert m.fused["files"][0]["path"] == "fused2_onnx_fp32.onnx"  # not a pipeline component: the flat name
     assert not list(bundle.parent.glob("*.partial"))
+
+
+def test_onnx_bundle_is_a_diffusers_style_pipeline_folder(pipe, bundle):
+    """What optimum's ONNX Runtime pipelines read beside the graphs: model_index.json, each component's source
+    config.json, the default plan's scheduler config, the tokenizer."""
+    index = json.loads((bundle / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and "_name_or_path" not in index
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"] and index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    configs = {name: json.loads((bundle / name / "config.json").read_text()) for name in ("text_encoder", "unet", "vae_decoder")}
+    assert configs["text_encoder"]["model_type"] == "clip_text_model"
+    assert configs["text_encoder"]["num_hidden_layers"] == pipe.text_encoder.config.num_hidden_layers
+    assert configs["unet"]["_class_name"] == "UNet2DConditionModel" and configs["unet"]["sample_size"] == 16
+    assert configs["vae_decoder"]["_class_name"] == "AutoencoderKL"
+    assert configs["vae_decoder"]["scaling_factor"] == pipe.vae.config.scaling_factor
+    scheduler = json.loads((bundle / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["clip_sample"] is False
+    assert (bundle / "tokenizer" / "vocab.json").is_file() and (bundle / "tokenizer" / "merges.txt").is_file()
+
+
+def test_only_float_onnx_graphs_take_the_pipeline_layout():
+    assert component_path("unet", "onnx", "fp32", "onnx", quantized=False) == "unet/model.onnx"
+    assert component_path("vae_decoder", "onnx", "fp16", "onnx", quantized=False) == "vae_decoder/model.onnx"
+    assert component_path("unet", "onnx", "int8-static", "onnx", quantized=True) == "unet_onnx_int8-static.onnx"
+    assert component_path("unet", "executorch", "fp32", "pte", quantized=False) == "unet_executorch_fp32.pte"
+    assert component_path("text_encoder", "coreml", "fp16", "mlpackage", quantized=False) == \
+        "text_encoder_coreml_fp16.mlpackage"
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("dpmpp", 2)])
@@ -127,6 +154,9 @@ def test_lcm_student_bundle_generates_like_pytorch(tmp_path):
     out = export_bundle(vpipe, "onnx", tmp_path / "b")
     m = read_manifest(out)
     assert m.guidance.type == "embedding" and {t.name for t in m.samplers} == {"lcm"}
+    index = json.loads((out / "model_index.json").read_text())  # optimum picks its pipeline class from this
+    assert index["scheduler"] == ["diffusers", "LCMScheduler"]
+    assert json.loads((out / "unet" / "config.json").read_text())["time_cond_proj_dim"] == vpipe.unet.config.time_cond_proj_dim
     # a guidance-embedding UNet is an LCM student, sampled by default with LCM at 4 steps
     assert (m.role.role, m.role.method, m.plan.sampler, m.plan.steps) == ("student", "lcm", "lcm", 4)
     got = BundleRunner(out, "onnx").generate("a red circle", 2, 4, "lcm", 3.0)
@@ -140,29 +170,31 @@ def test_large_onnx_weights_go_to_checked_external_data_files(pipe, tmp_path, mo
     monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_MIN_BYTES", 0)  # every graph takes the path of a > 2 GiB UNet
     out = export_bundle(pipe, "onnx", tmp_path / "b")
     m = read_manifest(out)
-    for comp in m.components.values():
+    for name, comp in m.components.items():
         f = comp.files[0]
-        assert [e.path for e in f.external_data] == [f.path + ".data"] == f.export["external_data"]
+        # beside the graph, named as torch.onnx names it (onnxruntime reads the name from the graph)
+        assert [e.path for e in f.external_data] == [f"{name}/model.onnx.data"] == [f.path + ".data"]
+        assert f.export["external_data"] == ["model.onnx.data"]
         data = out / f.external_data[0].path
         assert data.stat().st_size == f.external_data[0].size_bytes > 0
         assert f.parity["psnr_db"] >= 60
     got = BundleRunner(out, "onnx").generate("a red circle at the top", 7, 2, "ddim", 4.0)
     assert psnr(got, generate(pipe, ["a red circle at the top"], [7], 2, "ddim", 4.0)) >= 40
-    weights = out / "unet_onnx_fp32.onnx.data"
+    weights = out / "unet" / "model.onnx.data"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(MobilediffError, match=r"unet_onnx_fp32\.onnx\.data does not match its sha256"):
+    with pytest.raises(MobilediffError, match=r"unet/model\.onnx\.data does not match its sha256"):
         BundleRunner(out, "onnx")
     weights.unlink()
-    with pytest.raises(MobilediffError, match=r"^bundle file missing: .*unet_onnx_fp32\.onnx\.data$"):
+    with pytest.raises(MobilediffError, match=r"^bundle file missing: .*unet/model\.onnx\.data$"):
         BundleRunner(out, "onnx")
 
 
 def test_fp16_export_keeps_float32_io_and_close_outputs(pipe, tmp_path):
     spec = declare(pipe, latent_geometry(pipe))["unet"]
     entry = export_component(spec, "onnx", "fp16", tmp_path)
-    assert entry["path"] == "unet_onnx_fp16.onnx" and entry["parity"]["psnr_db"] >= 30
+    assert entry["path"] == "unet/model.onnx" and entry["parity"]["psnr_db"] >= 30
 
 
 # ---- bad input: one line, non-zero exit, nothing left behind ----------------------------------------------
@@ -196,7 +228,7 @@ def test_unsupported_denoiser_class_is_refused(pipe, tmp_path):
 def test_tampered_file_is_refused_by_its_sha256(bundle, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)
-    f = copy / "unet_onnx_fp32.onnx"
+    f = copy / "unet" / "model.onnx"
     data = bytearray(f.read_bytes())
     data[-10] ^= 0xFF
     f.write_bytes(bytes(data))
