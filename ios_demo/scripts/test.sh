@@ -29,7 +29,7 @@ build_if_stale
 echo "[ios] swift test (fixtures bound at /fixtures)" >&2
 log="$TOOLCHAIN_DIR/swift-test.log"
 status=0
-swift_run --bind "$FIXTURES:/fixtures" -- "MOBILEDIFF_FIXTURES=/fixtures swift test --skip-build 2>&1" \
+swift_run --bind "$FIXTURES:/fixtures" -- "MOBILEDIFF_FIXTURES=/fixtures swift test --skip-build --disable-swift-testing 2>&1" \
     | filter_schema_noise | tee "$log" || status=$?
 summary="$(grep -E 'Executed [0-9]+ tests' "$log" | tail -1 | sed 's/^[[:space:]]*//' || true)"
 failures="$(echo "$summary" | sed -n -E 's/.* ([0-9]+) failures? .*/\1/p')"
