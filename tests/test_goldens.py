@@ -1,0 +1,73 @@
+"""`mobilediff goldens` on a tiny exported bundle: the recorded vectors are what the bundle really computes."""
+import json
+
+import pytest
+import torch
+
+from conftest import error_lines, run_cli
+from mobilediff.bundle import classifier_free_guidance, read_manifest
+from mobilediff.exporter import export_bundle
+from mobilediff.goldens import NOISE_SEEDS, TOKENIZER_PROMPTS, write_goldens
+from mobilediff.io import load_tensors
+from mobilediff.runtimes import BundleRunner
+from mobilediff.sampler_table import run_table
+from mobilediff.tiny import tiny_pipeline
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    pipe = tiny_pipeline(seed=0)
+    root = tmp_path_factory.mktemp("goldens")
+    bundle = export_bundle(pipe, "onnx", root / "b", source="tiny")
+    out = write_goldens(bundle, root / "g")
+    return pipe, bundle, json.loads((out / "goldens.json").read_text()), load_tensors(out / "goldens.safetensors")
+
+
+def test_token_ids_and_noise_are_the_tokenizer_and_torch(recorded):
+    pipe, bundle, index, tensors = recorded
+    assert [t["prompt"] for t in index["tokenizer"]] == list(TOKENIZER_PROMPTS)
+    length = read_manifest(bundle).tokenizer.max_length
+    for t in index["tokenizer"]:
+        want = pipe.tokenizer([t["prompt"]], padding="max_length", max_length=length, truncation=True).input_ids[0]
+        assert t["ids"] == list(want) and len(t["ids"]) == length
+    assert [n["seed"] for n in index["noise"]] == list(NOISE_SEEDS)
+    for n in index["noise"]:
+        assert torch.equal(tensors[n["tensor"]], torch.randn(n["shape"], generator=torch.Generator().manual_seed(n["seed"])))
+
+
+def test_each_plan_replays_from_its_recorded_denoiser_outputs(recorded):
+    """The sampler loop over the manifest's table, fed the recorded UNet outputs, gives every recorded latent: what an
+    app's loop is checked against without a runtime."""
+    _, bundle, index, tensors = recorded
+    m = read_manifest(bundle)
+    assert index["plans"][0]["name"] == "default" and (index["plans"][0]["sampler"], index["plans"][0]["steps"]) == (
+        m.plan.sampler, m.plan.steps)
+    assert {p["sampler"] for p in index["plans"]} == {t.name for t in m.samplers}
+    for plan in index["plans"]:
+        unet_calls = [c for c in plan["calls"] if c["component"] == "unet"]
+        assert len(unet_calls) == plan["steps"] == len(plan["latents"])
+        outputs = iter(tensors[c["outputs"]["out_sample"]] for c in unet_calls)
+
+        def denoise(x, t):
+            out = next(outputs)
+            return classifier_free_guidance(*out.chunk(2), plan["guidance"]) if out.shape[0] == 2 else out
+
+        seen = []
+        noise = tensors[f"noise/seed{plan['seed']}"] if plan["seed"] in NOISE_SEEDS else None
+        run_table(m.sampler_table(plan["sampler"], plan["steps"]), denoise, noise, None, lambda i, x: seen.append(x))
+        for got, key in zip(seen, plan["latents"]):
+            assert torch.allclose(got, tensors[key], atol=1e-6)
+        image = BundleRunner(bundle, "onnx").generate(plan["prompt"], plan["seed"], plan["steps"], plan["sampler"],
+                                                      plan["guidance"])
+        assert torch.equal(image, tensors[plan["decoded"]])
+        assert tensors[plan["image"]].dtype == torch.uint8 and tensors[plan["image"]].shape[-1] == 3
+
+
+def test_goldens_refuse_an_existing_output_in_one_line(recorded, tmp_path):
+    _, bundle, _, _ = recorded
+    (tmp_path / "g").mkdir()
+    code, _, stderr = run_cli("goldens", "--bundle", bundle, "--out", tmp_path / "g")
+    assert code == 2 and error_lines(stderr) == [
+        f"error: output directory {tmp_path / 'g'} already exists (pass --force to replace it)"]
