@@ -19,6 +19,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # torch configures its own loggers ("onnx", "export") when it is imported: ask it, through its variable, for
+    # errors only (an explicit TORCH_LOGS of the user's wins)
+    os.environ.setdefault("TORCH_LOGS", "-onnx,-export")
     for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     for category in _CATEGORIES:
