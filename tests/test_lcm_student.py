@@ -3,7 +3,8 @@
 Near the data (t <= 139) one DDIM step of the guided teacher already lands almost exactly where its whole ODE does,
 so a consistency function worth its name is at least about as close to the ODE endpoint as that one step. Each
 LCMScheduler step ends in the student's output, so an error here is paid once per sampling step: a student that fails
-this gets worse with more steps (issue 21: 1 step 0.848, 4 steps 0.801, 8 steps 0.770 prompt accuracy).
+this gets worse with more steps (benchmarks/results/distillation.md: 1 step 0.848, 4 steps 0.801, 8 steps 0.770 prompt
+accuracy).
 """
 import pytest
 import torch
@@ -35,7 +36,7 @@ def _guided(teacher, z, t, cond, uncond):
                                      teacher.scheduler.alphas_cumprod[tt], teacher.scheduler.config.prediction_type)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: the embedded LCM student is 2-4x further from its teacher's ODE "
+@pytest.mark.xfail(strict=True, reason="the embedded LCM student is 2-4x further from its teacher's ODE "
                                        "than one teacher step near the data; remove once a re-distilled student passes")
 @torch.no_grad()
 def test_lcm_student_is_consistent_with_its_teacher_near_the_data():
