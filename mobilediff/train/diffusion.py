@@ -74,8 +74,11 @@ def signal_to_noise(alpha_prod_t: torch.Tensor) -> torch.Tensor:
 
 def classifier_free_guidance(uncond_output: torch.Tensor, cond_output: torch.Tensor,
                              guidance_scale: torch.Tensor) -> torch.Tensor:
-    """uncond + w (cond - uncond), w (B,) in the pipelines' convention (1 = the conditional output)."""
-    return uncond_output + _per_example(guidance_scale, cond_output) * (cond_output - uncond_output)
+    """uncond + w (cond - uncond), w (B,) in the pipelines' convention (1 = the conditional output): the one CFG rule
+    (mobilediff.bundle.classifier_free_guidance) with a scale per example."""
+    from mobilediff.bundle import classifier_free_guidance as rule
+
+    return rule(uncond_output, cond_output, _per_example(guidance_scale, cond_output))
 
 
 # ---------------------------------------------------------------------------------------------- DDIM
