@@ -53,7 +53,10 @@ def export(spec, path: Path, precision: str) -> dict:
 def load_method(path: Path):
     from executorch.runtime import Runtime
 
-    return Runtime.get().load_program(str(path)).load_method("forward")
+    try:
+        return Runtime.get().load_program(str(path)).load_method("forward")
+    except RuntimeError as e:  # executorch.runtime reports a truncated or foreign program file as a RuntimeError
+        raise MobilediffError(f"cannot load ExecuTorch program {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def run(method, inputs) -> list[torch.Tensor]:

@@ -131,7 +131,13 @@ def load_session(path: Path, threads: int | None = None):
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile, ort_errors.Fail) as e:
+        # a truncated, corrupt or foreign graph file (or its external data): onnxruntime cannot open it
+        raise MobilediffError(f"cannot load ONNX graph {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def run(sess, spec, inputs) -> list[torch.Tensor]:
