@@ -27,6 +27,7 @@ import torch
 
 from mobilediff.bench import bars
 from mobilediff.bench.envelope import Parser, command_line, run_command, write_results
+from mobilediff.errors import MobilediffError
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -168,7 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     load_start = round(os.getloadavg()[0], 1)
     if not args.fixtures_ready:
         subprocess.run([sys.executable, "-m", "mobilediff.fixtures", str(args.fixtures)], check=True)
-    index = json.loads((args.fixtures / "index.json").read_text())
+    index_file = args.fixtures / "index.json"
+    try:
+        index = json.loads(index_file.read_text())
+        models = index["models"]
+        if not isinstance(models, dict):
+            raise TypeError("'models' is not an object")
+    except FileNotFoundError:
+        raise MobilediffError(f"--fixtures {args.fixtures}: no index.json (run python -m mobilediff.fixtures "
+                              f"{args.fixtures} first, or drop --fixtures-ready)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt {index_file}: {type(e).__name__}: {e}") from None
     rows = []
     with tempfile.TemporaryDirectory(prefix="app_parity_") as tmp:
         work = Path(tmp)

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from mobilediff.bench.envelope import Parser, command_line, envelope, pyplot, run_command, savefig, write_results
+from mobilediff.bench.envelope import (Parser, command_line, count, envelope, finite, pyplot, run_command, savefig,
+                                       write_results)
 from mobilediff.bench.sweep import Point, best_rows, image_grid, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -97,9 +98,9 @@ def sample_grid(pipe, guidance: float, n_prompts: int = 8, n_seeds: int = 6):
 def main(argv: list[str] | None = None) -> None:
     ap = Parser(__doc__)
     ap.add_argument("--model", default="default", help="pipeline folder or 'default'")
-    ap.add_argument("--n", type=int, default=256, help="prompts (and images) per row")
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="few-step budgets")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.5, 6.0], help="guidance sweep")
+    ap.add_argument("--n", type=count(2), default=256, help="prompts (and images) per row")
+    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8, 16], help="few-step budgets")
+    ap.add_argument("--guidance", type=finite(0), nargs="+", default=[1.0, 2.0, 3.5, 6.0], help="guidance sweep")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
     args = ap.parse_args(argv)
 

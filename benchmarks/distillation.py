@@ -24,8 +24,10 @@ import time
 from pathlib import Path
 
 from mobilediff.bench import bars
-from mobilediff.bench.envelope import Parser, command_line, envelope, pyplot, run_command, savefig, write_results
+from mobilediff.bench.envelope import (Parser, command_line, count, envelope, finite, pyplot, run_command, savefig,
+                                       write_results)
 from mobilediff.bench.sweep import Point, best_rows as best_by, image_grid, sweep
+from mobilediff.errors import MobilediffError
 from mobilediff.io import tree_sha256
 from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes
 
@@ -68,21 +70,33 @@ def reuse_teacher_rows(path: Path, teacher_sha: str, n: int, steps: list[int], g
     meta_path = path.with_name(path.stem + "_meta.json")
     if not path.is_file() or not meta_path.is_file():
         return []
-    meta = json.loads(meta_path.read_text())
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise MobilediffError(f"corrupt {meta_path}: expected an object")
     if (meta.get("model_sha256"), meta.get("n"), meta.get("prompt_seed"), meta.get("noise_seed")) != \
             (teacher_sha, n, EVAL_SEED, NOISE_SEED):
         return []
     out = []
-    for r in json.loads(path.read_text()):
-        if r["sampler"] == "ddim" and r["steps"] == 50 and r["guidance"] == 3.5:
-            method = "teacher-ddim50"
-        elif r["sampler"] in ("ddim", "dpmpp") and r["steps"] in steps and r["guidance"] in guidance:
-            method = f"teacher-{r['sampler']}"
-        else:
-            continue
-        out.append({"method": method, **{k: r[k] for k in ("sampler", "steps", "nfe", "guidance", "prompt_accuracy",
-                                                           "fd", "n", "attribute_accuracy")}})
+    try:
+        for r in _read_json(path):
+            if r["sampler"] == "ddim" and r["steps"] == 50 and r["guidance"] == 3.5:
+                method = "teacher-ddim50"
+            elif r["sampler"] in ("ddim", "dpmpp") and r["steps"] in steps and r["guidance"] in guidance:
+                method = f"teacher-{r['sampler']}"
+            else:
+                continue
+            out.append({"method": method, **{k: r[k] for k in ("sampler", "steps", "nfe", "guidance",
+                                                               "prompt_accuracy", "fd", "n", "attribute_accuracy")}})
+    except (KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt {path}: a row lacks {e} (not baseline_quality.py's rows)") from None
     return out if any(r["method"] == "teacher-ddim50" for r in out) else []
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MobilediffError(f"corrupt {path}: {e}") from None
 
 
 def write_markdown(rows: list[dict], meta: dict) -> str:
@@ -163,12 +177,15 @@ def sample_grid(columns: list[tuple[str, object, str, int, float]], n_prompts: i
 
 
 def _student_info(path: Path) -> dict:
-    d = json.loads((path / "distillation.json").read_text())
-    m = d["machine"]
-    return {"path": str(path), "sha256": tree_sha256(path), "train_steps": d["stats"]["train_steps"],
-            "train_seconds": d["stats"]["train_seconds"], "batch_size": d["config"]["batch_size"],
-            "command": d["command"], "machine": f"{m['processor']}, {m['torch_threads']} threads, "
-                                                f"accelerator {m.get('accelerator', 'none')}"}
+    d = _read_json(path / "distillation.json")
+    try:
+        m = d["machine"]
+        return {"path": str(path), "sha256": tree_sha256(path), "train_steps": d["stats"]["train_steps"],
+                "train_seconds": d["stats"]["train_seconds"], "batch_size": d["config"]["batch_size"],
+                "command": d["command"], "machine": f"{m['processor']}, {m['torch_threads']} threads, "
+                                                    f"accelerator {m.get('accelerator', 'none')}"}
+    except (KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt {path / 'distillation.json'}: no {e} (not written by mobilediff distill)") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,10 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lcm", type=Path, default=DEFAULT_STUDENTS / "lcm", help="LCM student pipeline")
     ap.add_argument("--progressive", type=Path, default=DEFAULT_STUDENTS / "progressive",
                     help="folder of steps-N progressive students")
-    ap.add_argument("--n", type=int, default=256, help="prompts (and images) per row")
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="step counts")
-    ap.add_argument("--teacher-guidance", type=float, nargs="+", default=[1.0, 2.0, 3.5, 6.0], help="teacher sweep")
-    ap.add_argument("--lcm-guidance", type=float, nargs="+", default=[1.5, 2.5, 3.5, 5.0], help="LCM student sweep")
+    ap.add_argument("--n", type=count(2), default=256, help="prompts (and images) per row")
+    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8], help="step counts")
+    ap.add_argument("--teacher-guidance", type=finite(0), nargs="+", default=[1.0, 2.0, 3.5, 6.0], help="teacher sweep")
+    ap.add_argument("--lcm-guidance", type=finite(0), nargs="+", default=[1.5, 2.5, 3.5, 5.0], help="LCM student sweep")
     ap.add_argument("--teacher-rows", type=Path, default=RESULTS / "baseline_quality.json",
                     help="take the teacher's rows from this baseline_quality.json when it was measured on the same "
                          "teacher weights, prompts and seeds (its _meta.json says so); else they are measured here")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from mobilediff.bench import bars
-from mobilediff.bench.envelope import Parser, command_line, envelope, fmt, run_command, write_results
+from mobilediff.bench.envelope import Parser, command_line, count, envelope, fmt, run_command, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMPONENT_BAR, IMAGE_BAR = bars.bar("export_fp32_component_psnr_db"), bars.bar("export_e2e_image_psnr_db")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = Parser(__doc__)
     ap.add_argument("--model", default="default", help="pipeline folder or a named model (default: default)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
-    ap.add_argument("--fused-steps", type=int, default=4, help="also export and check a fused N-step program (0: skip)")
+    ap.add_argument("--fused-steps", type=count(0, 16), default=4, help="also export and check a fused N-step program (0: skip)")
     args = ap.parse_args(argv)
 
     import torch

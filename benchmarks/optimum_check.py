@@ -202,11 +202,11 @@ def markdown(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mobilediff.bench.envelope import Parser, command_line, envelope, write_results
+    from mobilediff.bench.envelope import Parser, command_line, count, envelope, write_results
 
     ap = Parser(__doc__)
     ap.add_argument("--models", default="default,default:progressive-4,default:lcm", help="models, comma-separated")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    ap.add_argument("--seed", type=count(0, 2**63 - 1), default=0, help="noise seed (default 0)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
     ap.add_argument("--venv", type=Path, default=WORK / "venv", help="the optimum environment (built if needed)")
     args = ap.parse_args(argv)

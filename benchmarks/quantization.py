@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mobilediff.bench.envelope import Parser, command_line, run_command, write_results
+from mobilediff.bench.envelope import Parser, command_line, count, run_command, write_results
 from mobilediff.bench.quantization import TARGETS, QuantizationConfig, measure, output_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = Parser(__doc__)
     ap.add_argument("--model", default="default:lcm", help="Student pipeline folder or a named model.")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="Targets to export.")
-    ap.add_argument("--n", type=int, default=256, help="Prompts (images) per end-to-end row; 0 skips end to end.")
-    ap.add_argument("--runs", type=int, default=30, help="Timed calls per component (after warm-up).")
-    ap.add_argument("--warmup", type=int, default=5, help="Untimed calls per component first.")
-    ap.add_argument("--calibration-prompts", type=int, default=32, help="Prompts whose trajectories calibrate.")
-    ap.add_argument("--calibration-rows", type=int, default=64, help="Calibration rows kept per component.")
+    ap.add_argument("--n", type=count(0), default=256, help="Prompts (images) per end-to-end row; 0 skips end to end.")
+    ap.add_argument("--runs", type=count(1), default=30, help="Timed calls per component (after warm-up).")
+    ap.add_argument("--warmup", type=count(0), default=5, help="Untimed calls per component first.")
+    ap.add_argument("--calibration-prompts", type=count(1), default=32, help="Prompts whose trajectories calibrate.")
+    ap.add_argument("--calibration-rows", type=count(1), default=64, help="Calibration rows kept per component.")
     ap.add_argument("--out", type=Path, default=RESULTS, help="Result folder (default benchmarks/results).")
     ap.add_argument("--work", type=Path, default=None, help="Folder for the bundles (default: a temporary folder).")
     ap.add_argument("--reuse", action="store_true", help="With --work: measure the bundles already exported there "

@@ -70,7 +70,7 @@ import os
 import sys
 from pathlib import Path
 
-from mobilediff.bench.envelope import Parser, command_line, run_command
+from mobilediff.bench.envelope import Parser, command_line, count, finite, run_command
 from mobilediff.bench.real_architectures import (ARCHITECTURES, RUNTIMES, SCALES, TARGETS, RealArchConfig, measure)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -82,27 +82,27 @@ def main(argv: list[str] | None = None) -> dict:
                     help="architectures to measure (default: all)")
     ap.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(RUNTIMES),
                     help="export targets (default: onnx executorch; coreml converts on Linux but has no latency here)")
-    ap.add_argument("--resolution", nargs="+", type=int, default=[256],
+    ap.add_argument("--resolution", nargs="+", type=count(1), default=[256],
                     help="image sizes in pixels, square (default 256; 512 where memory and time allow)")
-    ap.add_argument("--runs", type=int, default=10, help="timed runs per runtime after warm-up (>= 10 to be reportable)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
-    ap.add_argument("--batch", type=int, default=None,
+    ap.add_argument("--runs", type=count(1), default=10, help="timed runs per runtime after warm-up (>= 10 to be reportable)")
+    ap.add_argument("--warmup", type=count(0), default=3, help="untimed runs before timing")
+    ap.add_argument("--batch", type=count(1), default=None,
                     help="UNet batch (default: the declared CFG batch, 2 for a classifier-free-guidance model)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--threads", type=count(1), default=os.cpu_count() or 1,
                     help="CPU threads for PyTorch, onnxruntime and XNNPACK (default: all cores)")
     ap.add_argument("--scale", choices=list(SCALES), default="full",
                     help="full: the real widths; tiny: every channel width / 10 (a smoke test in seconds)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the example inputs")
+    ap.add_argument("--seed", type=count(0, 2**63 - 1), default=0, help="seed of the random weights and of the example inputs")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for real_architectures.json and .md")
     ap.add_argument("--work", type=Path, default=None,
                     help="folder for the exported files (default: a new temporary folder); each file is deleted once "
                          "measured, and the folder at the end, unless --keep")
     ap.add_argument("--keep", action="store_true", help="keep the exported files")
-    ap.add_argument("--max-memory-gib", type=float, default=None,
+    ap.add_argument("--max-memory-gib", type=finite(0, open_min=True), default=None,
                     help="memory limit of each step's process (default: available memory now minus --reserve-gib)")
-    ap.add_argument("--reserve-gib", type=float, default=3.0,
+    ap.add_argument("--reserve-gib", type=finite(0), default=3.0,
                     help="memory left to the rest of the machine by the default --max-memory-gib")
-    ap.add_argument("--cell-timeout", type=float, default=5400.0, help="seconds before one step is stopped")
+    ap.add_argument("--cell-timeout", type=finite(0, open_min=True), default=5400.0, help="seconds before one step is stopped")
     a = ap.parse_args(argv)
     cfg = RealArchConfig(out=a.out, arch=tuple(a.arch), targets=tuple(a.targets), resolution=tuple(a.resolution),
                          runs=a.runs, warmup=a.warmup, batch=a.batch, threads=a.threads, scale=a.scale, seed=a.seed,

@@ -118,7 +118,7 @@ from pathlib import Path
 from mobilediff.bench.android import AndroidOptions, CommandRunner, subprocess_runner
 from mobilediff.bench.bundles import PlanChoice
 from mobilediff.bench.device_run import DEVICES, Settings, execute, parse_baseline
-from mobilediff.bench.envelope import Parser, run_command
+from mobilediff.bench.envelope import Parser, count, finite, run_command
 from mobilediff.bench.host import HOST_RUNTIMES
 
 
@@ -132,21 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "on this Mac.")
     ap.add_argument("--out", type=Path, required=True,
                     help="Result folder (created if missing; only run_device.* files are replaced).")
-    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8],
+    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8],
                     help="Step counts of LCM students (each must have a table in the bundle). Default: 1 2 4 8.")
     ap.add_argument("--baseline", default="ddim50",
                     help="The teacher's sampler and step count, e.g. ddim50 (default) or dpmpp25.")
-    ap.add_argument("--baseline-guidance", type=float, default=None,
+    ap.add_argument("--baseline-guidance", type=finite(0), default=None,
                     help="Guidance of the baseline (default: the teacher bundle's default plan).")
-    ap.add_argument("--student-guidance", type=float, default=None,
+    ap.add_argument("--student-guidance", type=finite(0), default=None,
                     help="Guidance of the students (default: each student bundle's default plan).")
-    ap.add_argument("--runs", type=int, default=10,
+    ap.add_argument("--runs", type=count(1), default=10,
                     help="Timed runs after warm-up, per component and per end-to-end row (>= 1; >= 10 to publish).")
-    ap.add_argument("--warmup", type=int, default=3, help="Untimed component runs before timing (>= 0).")
-    ap.add_argument("--e2e-warmup", type=int, default=1, help="Untimed full generates before timing (>= 0).")
-    ap.add_argument("--load-runs", type=int, default=3,
+    ap.add_argument("--warmup", type=count(0), default=3, help="Untimed component runs before timing (>= 0).")
+    ap.add_argument("--e2e-warmup", type=count(0), default=1, help="Untimed full generates before timing (>= 0).")
+    ap.add_argument("--load-runs", type=count(1), default=3,
                     help="Loads timed per component file (>= 1); the first is reported as the cold load.")
-    ap.add_argument("--quality-n", type=int, default=256,
+    ap.add_argument("--quality-n", type=count(0), default=256,
                     help="Prompts of the fixed evaluation set scored per end-to-end row (0 skips quality; else >= 2).")
     ap.add_argument("--runtimes", nargs="+", default=list(HOST_RUNTIMES), choices=HOST_RUNTIMES,
                     help="Host runtimes to run (default: all; a bundle without a runtime's files skips it).")
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Eager reference of each --bundle, in the same order (a folder, 'default', 'default:lcm'; "
                          "'manifest': the manifest's source record, the default; 'none': no eager rows). Give it "
                          "once per --bundle or not at all.")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=count(1), default=None,
                     help="CPU threads of every runtime: host -- torch.set_num_threads, ExecuTorch's threadpool, ONNX "
                          "Runtime's intra-op threads; android -- the runners' --cpu_threads / -x. Default: each "
                          "runtime's own (one per core). Use it on a shared machine: threads that wait on each other "

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import click
 
-from mobilediff.errors import MobilediffError
+from mobilediff.errors import MobilediffError, shorten
 from mobilediff.samplers import SAMPLERS
+
+
+SEED = click.IntRange(min=0, max=2**63 - 1)  # what torch.Generator.manual_seed takes
 
 
 class Finite(click.FloatRange):
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--vae-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch of the VAE stage.")
 @click.option("--lr", type=Finite(min=0, min_open=True), default=6e-4, show_default=True, help="Peak learning rate of the denoiser stage.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True, help="Save a checkpoint every K steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order, noise and initialisation.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of data order, noise and initialisation.")
 @click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the forward pass.")
 @click.option("--text-aux-weight", type=Finite(min=0), default=0.5, show_default=True, help="Weight of the auxiliary caption-parsing loss on the text encoder (0 disables it).")
 @click.option("--min-snr-gamma", type=Finite(min=0), default=0.0, show_default=True, help="Min-SNR-gamma loss weighting (0: plain v-prediction loss).")
@@ -87,7 +90,10 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                    freeze_text_encoder, latent_cache, init_from, text_encoder_from, vae_from, unet_channels, unet_layers,
                    tiny, resume, force):
     """Train the embedded default model family (VAE, text encoder, UNet) on the shapes domain."""
+    from mobilediff.io import check_output
     from mobilediff.train.base import TrainBaseConfig, train_base
+
+    check_output(out, folder=True)
 
     cfg = TrainBaseConfig(out=out, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size,
                           vae_batch_size=vae_batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed,
@@ -112,40 +118,48 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for evaluator.safetensors + config.json.")
 @click.option("--steps", type=click.IntRange(min=1), default=2500, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per step.")
-@click.option("--seed", type=int, default=1234, show_default=True, help="Seed of data and initialisation.")
-def train_evaluator_cmd(out, steps, batch_size, seed):
+@click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed of data and initialisation.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def train_evaluator_cmd(out, steps, batch_size, seed, force):
     """Train the shapes-domain evaluator on fresh ground-truth samples and report its accuracy."""
     import json
 
     from mobilediff.evaluator import train_evaluator
+    from mobilediff.io import check_output
 
-    metrics = train_evaluator(out, steps=steps, batch_size=batch_size, seed=seed)
+    check_output(out, folder=True)
+    if out.exists() and not force:
+        raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
+    metrics = train_evaluator(out, steps=steps, batch_size=batch_size, seed=seed, force=force)
     click.echo(json.dumps(metrics, indent=2))
 
 
 @cli.command("distill")
 @click.option("--teacher", default="default", show_default=True, help="Teacher pipeline folder (diffusers format) or 'default'.")
 @click.option("--method", type=click.Choice(["lcm", "progressive"]), required=True, help="Latent consistency distillation or progressive (halving) distillation.")
-@click.option("--steps", type=int, required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k).")
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm) or OUT/steps-N (progressive).")
-@click.option("--max-train-steps", type=int, default=1000, show_default=True, help="lcm: optimizer steps; progressive: optimizer steps per halving round.")
-@click.option("--teacher-steps", type=int, default=16, show_default=True, help="progressive: the teacher's DDIM step count the first round halves.")
+@click.option("--max-train-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="lcm: optimizer steps; progressive: optimizer steps per halving round.")
+@click.option("--teacher-steps", type=click.IntRange(min=2), default=16, show_default=True, help="progressive: the teacher's DDIM step count the first round halves.")
 @click.option("--guidance", type=Finite(min=0), default=3.5, show_default=True, help="progressive: guidance scale of the teacher's target; lcm: the student's default guidance.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Global batch.")
 @click.option("--lr", type=Finite(min=0, min_open=True), default=1e-4, show_default=True, help="Peak learning rate.")
-@click.option("--latent-cache", type=int, default=8192, show_default=True, help="Shapes-domain samples encoded once with the teacher's VAE.")
-@click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Save a checkpoint every K steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of data order and noise.")
+@click.option("--latent-cache", type=click.IntRange(min=1), default=8192, show_default=True, help="Shapes-domain samples encoded once with the teacher's VAE.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Save a checkpoint every K steps.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of data order and noise.")
 @click.option("--mixed-precision", type=click.Choice(["bf16", "fp32"]), default="fp32", show_default=True, help="Autocast precision of the student's forward pass.")
 @click.option("--guidance-range", type=Finite(min=0), nargs=2, default=(2.0, 6.0), show_default=True, help="lcm: the guidance scales drawn per training example (uniform in MIN MAX; equal values train one scale).")
-@click.option("--ddim-timesteps", type=int, default=50, show_default=True, help="lcm: the skipping-step solver's grid (1000 / N apart); the student samples from this grid.")
+@click.option("--ddim-timesteps", type=click.IntRange(1, 1000), default=50, show_default=True, help="lcm: the skipping-step solver's grid (1000 / N apart); the student samples from this grid.")
 @click.option("--init-student", default=None, help="lcm: start from an earlier LCM student of the same architecture (a pipeline folder) instead of the teacher's weights.")
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
                 checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, resume, force):
     """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher."""
+    from mobilediff.io import check_output
     from mobilediff.train.distill import DistillConfig, distill
+
+    check_output(out, folder=True)
 
     cfg = DistillConfig(teacher=teacher, method=method, steps=steps, out=out, max_train_steps=max_train_steps,
                         teacher_steps=teacher_steps, guidance=guidance, batch_size=batch_size, lr=lr,
@@ -163,7 +177,10 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
 @click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
 def pack_cmd(model, base, out, fp16):
     """Store only what a pipeline does not share with a base (students of the embedded model)."""
+    from mobilediff.io import check_output
     from mobilediff.loading import pack_pipeline, resolve_model
+
+    check_output(out, folder=True)
 
     report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16))
     click.echo(f"packed {out}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
@@ -185,14 +202,15 @@ def _model_plan(model):
 
 
 def _warn(msg: str) -> None:
-    click.echo(f"warning: {msg}", err=True)
+    """One short warning line (a message quoting a long prompt is cut)."""
+    click.echo(f"warning: {shorten(msg, 200)}", err=True)
 
 
 @cli.command("generate")
 @click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Text prompt; repeat for several (grid rows).")
-@click.option("--seed", "seeds", type=int, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
-@click.option("--steps", type=int, default=None, help="Denoising steps (>= 1). Default: 50, or what a distilled student was made for.")
+@click.option("--seed", "seeds", type=SEED, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (>= 1). Default: 50, or what a distilled student was made for.")
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler (a diffusers scheduler). Default: ddim, or a student's own.")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Classifier-free guidance scale (<= 1 disables it). Default: 5.0, or a student's own.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
@@ -204,10 +222,8 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from mobilediff.io import atomic_path
+    from mobilediff.io import atomic_path, check_output
     from mobilediff.sampling import check_prompt_length, generate, image_grid, validate_generation
-
-    from mobilediff.io import check_output
 
     if out.suffix.lower() != ".png":
         raise MobilediffError(f"--out must be a .png file, got {out}")
@@ -255,7 +271,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--height", type=click.IntRange(min=1), default=None, help="Image height (default: the model's own).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Image width (default: the model's own).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
-@click.option("--fused-steps", type=int, default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
+@click.option("--fused-steps", type=click.IntRange(1, 16), default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
 @click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
@@ -263,16 +279,13 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     from mobilediff.exporter import export_bundle, parse_targets
-    from mobilediff.loading import load_pipeline, resolve_model
-
     from mobilediff.io import check_output
+    from mobilediff.loading import load_pipeline, resolve_model
 
     parse_targets(target)
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
-    if fused_steps is not None and not 1 <= fused_steps <= 16:
-        raise MobilediffError(f"--fused-steps must be between 1 and 16, got {fused_steps}")
     if quantize is not None:
         from mobilediff.quantize import get_recipe
 
@@ -293,7 +306,7 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
 @click.option("--bundle", type=click.Path(path_type=Path), required=True, help="Bundle folder (mobilediff export) to record.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: goldens.json + goldens.safetensors.")
 @click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime that runs the bundle's graphs.")
-@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True, help="Noise seed of the recorded sampling plans.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Noise seed of the recorded sampling plans.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def goldens_cmd(bundle, out, runtime, seed, force):
     """Record the vectors the apps' engines are tested against: token ids, noise, every component call per plan."""
@@ -319,57 +332,92 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     import json
 
     from mobilediff.evaluator import Evaluator
-    from mobilediff.io import atomic_write_json
-
-    from mobilediff.io import check_output
+    from mobilediff.io import atomic_write_json, check_output
 
     if (model is None) == (images_dir is None):
         raise MobilediffError("give exactly one of --model or --images")
     if out is not None:
         check_output(out)
+    if images_dir is not None:
+        rows = _read_image_rows(images_dir)  # checked before the evaluator loads
+    else:
+        from mobilediff.loading import load_pipeline
+
+        pipe = load_pipeline(model)
     evaluator = Evaluator.load()
     if model is not None:
         from tqdm.auto import tqdm
 
-        from mobilediff.loading import load_pipeline
         from mobilediff.quality import evaluate_pipeline
 
-        pipe = load_pipeline(model)
         with tqdm(total=steps * ((n + 127) // 128), desc=f"{sampler} {steps} steps") as bar:
             report = evaluate_pipeline(pipe, evaluator, sampler, steps, guidance, n=n, progress=bar.update)
         result = {"model": str(model), "sampler": sampler, "steps": steps, "guidance": guidance, **report.to_dict()}
     else:
-        result = {"images": str(images_dir), **_score_folder(evaluator, images_dir).to_dict()}
+        result = {"images": str(images_dir), **_score_folder(evaluator, images_dir, rows).to_dict()}
     click.echo(json.dumps(result, indent=2))
     if out is not None:
         atomic_write_json(out, result)
 
 
-def _score_folder(evaluator, folder: Path):
+def _read_image_rows(folder: Path) -> list[tuple[Path, object]]:
+    """(image path, scene) for each line of ``folder``/metadata.jsonl ({"file_name": ..., "text": caption}), each line
+    and caption checked; the images themselves are opened when scored. Raises MobilediffError naming the file and
+    line."""
     import json
 
+    from mobilediff.evaluator import parse_caption
+
+    if not folder.is_dir():
+        raise MobilediffError(f"--images {folder}: not a folder")
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        raise MobilediffError(f"{meta} not found (one JSON line per image: file_name, text)")
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise MobilediffError(f"{meta} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MobilediffError(f"{meta} line {i}: not JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(r, dict):
+            raise MobilediffError(f"{meta} line {i}: expected an object with file_name and text, got {type(r).__name__}")
+        for key in ("file_name", "text"):
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise MobilediffError(f"{meta} line {i}: {key!r} missing or not a non-empty string")
+        try:
+            scene = parse_caption(r["text"])
+        except MobilediffError as e:
+            raise MobilediffError(f"{meta} line {i}: {e}") from None
+        rows.append((folder / r["file_name"], scene))
+    if not rows:
+        raise MobilediffError(f"{meta} lists no images")
+    return rows
+
+
+def _score_folder(evaluator, folder: Path, rows: list[tuple[Path, object]]):
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     from mobilediff.data import from_uint8
-    from mobilediff.evaluator import parse_caption
 
-    meta = folder / "metadata.jsonl"
-    if not meta.is_file():
-        raise MobilediffError(f"{meta} not found (one JSON line per image: file_name, text)")
-    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
     scenes, arrays = [], []
-    for r in rows:
-        f = folder / r["file_name"]
+    res = evaluator.cfg.resolution
+    for f, scene in rows:
         try:
-            img = Image.open(f).convert("RGB")
-        except (FileNotFoundError, UnidentifiedImageError) as e:
-            raise MobilediffError(f"cannot read image {f}: {e}") from None
-        res = evaluator.cfg.resolution
+            with Image.open(f) as im:
+                img = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise MobilediffError(f"cannot read image {f}: {shorten(getattr(e, 'strerror', None) or e, 160)}") from None
         if img.size != (res, res):
             img = img.resize((res, res), Image.BILINEAR)
         arrays.append(np.asarray(img))
-        scenes.append(parse_caption(r["text"]))
+        scenes.append(scene)
     images = from_uint8(np.stack(arrays))
     return evaluator.score(images, scenes, evaluator.real_features(scenes) if len(scenes) > 1 else None)
 

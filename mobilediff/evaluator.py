@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from mobilediff.data import (BACKGROUNDS, COLORS, GRID, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, ShapesConfig,
                              ShapesDataset, labels_tensor, _POS_WORDS, _SHAPE_WORDS, _SIZE_WORDS)
-from mobilediff.errors import MobilediffError
+from mobilediff.errors import MobilediffError, shorten
 from mobilediff.io import atomic_write_json, load_tensors, save_tensors
 
 EVALUATOR_DIR = Path(__file__).parent / "assets" / "evaluator"
@@ -134,10 +134,17 @@ class Evaluator:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise MobilediffError(f"evaluator not found: {cfg_file}")
-        raw = json.loads(cfg_file.read_text())["architecture"]
-        cfg = EvaluatorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        try:
+            raw = json.loads(cfg_file.read_text())["architecture"]
+            cfg = EvaluatorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise MobilediffError(f"corrupt evaluator config {cfg_file}: {type(e).__name__}: {e}") from None
         net = EvaluatorNet(cfg)
-        net.load_state_dict(load_tensors(path / "evaluator.safetensors"))
+        try:
+            net.load_state_dict(load_tensors(path / "evaluator.safetensors"))
+        except RuntimeError as e:
+            raise MobilediffError(f"evaluator weights {path / 'evaluator.safetensors'} do not fit {cfg_file}: "
+                                  f"{str(e).splitlines()[0][:200]}") from None
         return cls(net, cfg)
 
     @torch.no_grad()
@@ -227,15 +234,23 @@ def parse_caption(caption: str) -> Scene:
             for m in _OBJ_RE.findall(text)]
     if bg is None or not objs or len({o.position for o in objs}) != len(objs):
         raise MobilediffError(f"not a shapes-domain caption (need objects with size, colour, shape, position and "
-                              f"a background): {caption!r}")
+                              f"a background): {shorten(caption, 80)!r}")
     return Scene(background=BACKGROUNDS.index(bg.group(1)), objects=tuple(objs), caption=caption)
 
 
 # ---- training ------------------------------------------------------------------------------------
 def train_evaluator(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 2e-3, seed: int = 1234,
-                    cfg: EvaluatorConfig = EvaluatorConfig(), eval_samples: int = 4096, progress: bool = True) -> dict:
-    """Train the evaluator on fresh ground-truth samples and write it (safetensors + config.json) to ``out``."""
+                    cfg: EvaluatorConfig = EvaluatorConfig(), eval_samples: int = 4096, progress: bool = True,
+                    force: bool = False) -> dict:
+    """Train the evaluator on fresh ground-truth samples and write it (safetensors + config.json) to the folder
+    ``out``, all or nothing. Raises MobilediffError if ``out`` exists and ``force`` is false (before training)."""
     from tqdm.auto import tqdm
+
+    from mobilediff.io import atomic_dir
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
 
     torch.manual_seed(seed)
     net = EvaluatorNet(cfg)
@@ -261,7 +276,7 @@ def train_evaluator(out: Path, steps: int = 2500, batch_size: int = 64, lr: floa
     a, b = ev.predict(images[: eval_samples // 2]).feature, ev.predict(images[eval_samples // 2:]).feature
     metrics = {"clean": clean.to_dict(), "degraded": degraded.to_dict(),
                "fd_real_vs_real_2048": frechet_distance(a, b), "train_steps": steps, "batch_size": batch_size}
-    out = Path(out)
-    save_tensors(net.state_dict(), out / "evaluator.safetensors")
-    atomic_write_json(out / "config.json", {"architecture": asdict(cfg), "metrics": metrics})
+    with atomic_dir(out, force=force) as tmp:
+        save_tensors(net.state_dict(), tmp / "evaluator.safetensors")
+        atomic_write_json(tmp / "config.json", {"architecture": asdict(cfg), "metrics": metrics})
     return metrics

@@ -157,15 +157,62 @@ def pyplot():
 
 
 # ---------------------------------------------------------------------------------------------------- running
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as a MobilediffError (one ``error:`` line) instead of usage + exit."""
+def count(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in [minimum, maximum]; anything else is refused with one line."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
 
-    def __init__(self, doc: str, **kw):
+
+def finite(minimum: float | None = None, maximum: float | None = None, open_min: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float in [minimum, maximum] (``open_min``: strictly above ``minimum``); NaN,
+    infinities and numbers out of range are refused with one line."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if minimum is not None and (value < minimum or (open_min and value == minimum)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if open_min else '>='} {minimum:g}, got {value:g}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {value:g}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a MobilediffError (one ``error:`` line) instead of usage + exit, and
+    checks the result folders it parsed (``folders``: destinations such as ``out``) before the command does any
+    work: not a file, not under a file, writable."""
+
+    def __init__(self, doc: str, folders: tuple[str, ...] = ("out", "work"), **kw):
         super().__init__(description=doc.strip().split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                          **kw)
+        self.folders = folders
 
     def error(self, message):
         raise MobilediffError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        from mobilediff.io import check_output
+
+        ns = super().parse_args(args, namespace)
+        for name in self.folders:
+            value = getattr(ns, name, None)
+            if value is not None:
+                check_output(Path(value), folder=True)
+        return ns
 
 
 def run_command(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:

@@ -440,20 +440,17 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     if not 0 <= begin < end <= cfg.model.scheduler.num_train_timesteps:
         raise MobilediffError(f"--timestep-bias-range {begin} {end}: need 0 <= BEGIN < END <= "
                               f"{cfg.model.scheduler.num_train_timesteps} (the training timesteps)")
+    if out.exists() and resume is None and not force:
+        raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
+    _check_sources(cfg)
+    stats = _check_resume(out, resume)  # everything the run reads is checked before anything is written
     if out.exists() and resume is None:
-        if not force:
-            raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     vae_dir = out / "vae"
-    stats: dict = {}
     record = out / "training.json"
-    if record.exists():
-        stats = json.loads(record.read_text()).get("stats", {})
     if not (vae_dir / "config.json").is_file() and cfg.vae_from is not None:
         src = Path(cfg.vae_from) / "vae"
-        if not (src / "config.json").is_file():
-            raise MobilediffError(f"--vae-from {cfg.vae_from}: no vae/config.json (not a pipeline folder)")
         with atomic_dir(vae_dir, force=True) as tmp:
             for f in src.iterdir():
                 shutil.copy2(f, tmp / f.name)
@@ -483,6 +480,56 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
         atomic_write_json(tmp / "training.json", info)
         atomic_write_bytes(tmp / "TRAINING.md", training_markdown(info).encode())
     return out / "model"
+
+
+RUN_ITEMS = ("training.json", "vae", "vae_run", "unet_run", "model")  # what a train-base run folder holds
+
+
+def _check_sources(cfg: TrainBaseConfig) -> None:
+    """Refuse --vae-from, --init-from and --text-encoder-from folders that do not hold what the run reads."""
+    if cfg.vae_from is not None and not (Path(cfg.vae_from) / "vae" / "config.json").is_file():
+        raise MobilediffError(f"--vae-from {cfg.vae_from}: no vae/config.json (not a pipeline folder)")
+    if cfg.init_from is not None:
+        path = Path(cfg.init_from)
+        pipeline = (path / "unet" / "diffusion_pytorch_model.safetensors").is_file() and \
+            (path / "text_encoder" / "model.safetensors").is_file()
+        if not ((path / "denoiser.safetensors").is_file() or pipeline):
+            raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline folder")
+    if cfg.text_encoder_from is not None and not (Path(cfg.text_encoder_from) / "text_encoder" / "model.safetensors").is_file():
+        raise MobilediffError(f"--text-encoder-from {cfg.text_encoder_from}: no text_encoder/model.safetensors "
+                              f"(not a pipeline folder)")
+
+
+def _check_resume(out: Path, resume: str | None) -> dict:
+    """Check what ``--resume`` points at before anything is written; returns the stats an earlier session of the run
+    recorded in its training.json (empty for a fresh run). Raises MobilediffError naming the folder or file: a
+    checkpoint folder that is missing, incomplete, corrupt or not one of train-base's; an OUT that is not a
+    train-base run folder; a corrupt training.json or newest checkpoint."""
+    from mobilediff.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    if resume is None:
+        return {}
+    if resume != "latest":
+        ckpt = load_checkpoint(Path(resume))
+        if not any((ckpt.path / f).is_file() for f in ("vae.safetensors", "denoiser.safetensors")):
+            raise MobilediffError(f"checkpoint {ckpt.path} is not a train-base checkpoint (no vae.safetensors or "
+                                  f"denoiser.safetensors)")
+    if not out.exists():
+        return {}
+    if any(out.iterdir()) and not any((out / item).exists() for item in RUN_ITEMS):
+        raise MobilediffError(f"--resume: {out} is not a train-base run folder (it has none of {', '.join(RUN_ITEMS)})")
+    for stage in ("vae_run", "unet_run"):
+        latest_checkpoint(out / stage)
+    record = out / "training.json"
+    if not record.exists():
+        return {}
+    try:
+        stats = json.loads(record.read_text()).get("stats", {})
+        if not isinstance(stats, dict):
+            raise ValueError("'stats' is not an object")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as e:
+        raise MobilediffError(f"corrupt {record}: {e}") from None
+    return stats
 
 
 def _versions() -> dict:

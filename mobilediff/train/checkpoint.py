@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_write_json, load_tensors, save_tensors
 
 MARKER = "COMPLETE"
@@ -102,29 +103,58 @@ def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
+def read_state(path: Path) -> dict:
+    """The ``state.json`` of checkpoint folder ``path``, checked to be an object with an integer ``step``.
+    Raises MobilediffError naming the file if it is unreadable, not JSON or not a checkpoint's state."""
+    f = Path(path) / "state.json"
+    try:
+        state = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise MobilediffError(f"checkpoint {path} has no state.json: refusing to resume from it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MobilediffError(f"corrupt checkpoint state {f}: {e}") from None
+    except OSError as e:
+        raise MobilediffError(f"cannot read {f}: {e.strerror}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        raise MobilediffError(f"corrupt checkpoint state {f}: expected an object with an integer 'step'")
+    return state
+
+
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest complete checkpoint of a run with its state, or None if there is none. Raises MobilediffError
+    if that checkpoint's state.json is corrupt (an older one is never silently taken in its place)."""
     cps = complete_checkpoints(run_dir)
     if not cps:
         return None
     c = cps[-1]
-    c.state = json.loads((c.path / "state.json").read_text())
+    c.state = read_state(c.path)
     return c
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint folder given by the user, checked: it exists, is complete and its state parses."""
     path = Path(path)
-    from mobilediff.errors import MobilediffError
-
+    if not path.is_dir():
+        raise MobilediffError(f"checkpoint folder not found: {path}")
     if not (path / MARKER).is_file():
         raise MobilediffError(f"checkpoint {path} is incomplete (no {MARKER} marker): refusing to resume from it")
     m = _NAME.match(path.name)
-    state = json.loads((path / "state.json").read_text())
-    return Checkpoint(path, int(m.group(1)) if m else int(state["step"]), state)
+    state = read_state(path)
+    return Checkpoint(path, int(m.group(1)) if m else state["step"], state)
 
 
 def restore(ckpt: Checkpoint, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None) -> None:
-    """Load module weights and optimizer state of ``ckpt`` in place."""
+    """Load module weights and optimizer state of ``ckpt`` in place. Raises MobilediffError, naming the checkpoint,
+    if a file is missing or corrupt or if the weights or optimizer state do not fit (a checkpoint of another run)."""
     for name, mod in modules.items():
-        mod.load_state_dict(load_tensors(ckpt.path / f"{name}.safetensors"))
+        try:
+            mod.load_state_dict(load_tensors(ckpt.path / f"{name}.safetensors"))
+        except RuntimeError as e:  # key or shape mismatch
+            raise MobilediffError(f"checkpoint {ckpt.path} does not fit this run ({name}): "
+                                  f"{str(e).splitlines()[0][:200]}") from None
     if optimizer is not None and "optimizer" in ckpt.state:
-        _optimizer_from_flat(optimizer, load_tensors(ckpt.path / "optimizer.safetensors"), ckpt.state["optimizer"])
+        try:
+            _optimizer_from_flat(optimizer, load_tensors(ckpt.path / "optimizer.safetensors"), ckpt.state["optimizer"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise MobilediffError(f"checkpoint {ckpt.path} has an optimizer state that does not fit this run: "
+                                  f"{type(e).__name__}: {str(e)[:200]}") from None

@@ -449,6 +449,28 @@ def student_defaults(model_dir: Path) -> dict | None:
     return json.loads(f.read_text()).get("sampling")
 
 
+def _check_resume(cfg: DistillConfig, resume: str | None) -> None:
+    """Check what ``--resume`` points at before anything is written. Raises MobilediffError naming the folder or
+    file: a checkpoint folder that is missing, incomplete, corrupt or not a distillation checkpoint; an OUT that holds
+    files but no distillation run; a corrupt newest checkpoint in OUT."""
+    from mobilediff.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    if resume is None:
+        return
+    out = Path(cfg.out)
+    if resume != "latest":
+        ckpt = load_checkpoint(Path(resume))
+        if not (ckpt.path / "student.safetensors").is_file():
+            raise MobilediffError(f"checkpoint {ckpt.path} is not a distillation checkpoint (no student.safetensors)")
+        return
+    run_items = ("checkpoints", "latent_cache.safetensors", "log.jsonl", "model")
+    if out.exists() and any(out.iterdir()) and not any((out / item).exists() for item in run_items) \
+            and not any(out.glob("steps-*")):
+        raise MobilediffError(f"--resume latest: {out} is not a distillation run folder (it has none of "
+                              f"{', '.join(run_items)}, steps-N)")
+    latest_checkpoint(out)
+
+
 def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, command: str = "") -> list[Path]:
     """Run the distillation; returns the student pipeline folder(s) written (atomically)."""
     from diffusers import DDIMScheduler
@@ -460,8 +482,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
     if out.exists() and resume is None:
         if not force:
             raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
-    if resume is not None and resume != "latest" and not Path(resume).is_dir():
-        raise MobilediffError(f"checkpoint folder not found: {resume}")
+    _check_resume(cfg, resume)
     teacher = load_teacher(cfg.teacher)  # refuses bad teachers before anything is written
     if out.exists() and resume is None:
         shutil.rmtree(out)
