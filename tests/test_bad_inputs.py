@@ -1,0 +1,602 @@
+"""Bad input to every command and every benchmark script, as a table: each case must end in exactly one
+``error: ...`` line on stderr naming the file or option, exit code 2, no traceback, and leave every file and folder
+of the case (and of the shared fixtures) exactly as it was: no output, no temporary sibling, user data unchanged.
+
+Each row is (name, argv builder, setup, expected text of the error line). ``setup(c)`` prepares the case's folder
+``c.t`` (copies of the tiny pipeline and of a synthetic bundle from ``c.w``, damaged as the case needs); ``argv(c)``
+is the command line; the commands run in-process (``mobilediff.cli.main`` and the scripts' ``run_command(main)``),
+a few also as real processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CAPTION = "a large red circle in the center on a white background"
+
+
+# ------------------------------------------------------------------------------------------- shared fixtures
+@dataclass
+class World:
+    pipe: Path  # a tiny pipeline folder (safetensors)
+    bundle: Path  # a synthetic ONNX bundle: a valid manifest over a small valid graph per component
+
+
+def _tiny_graph(path: Path) -> None:
+    """A valid ONNX graph (int32 ids -> float32): what a truncated or corrupt copy is made from."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Cast", ["input_ids"], ["last_hidden_state"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT32, [1, 4])],
+                              [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, 4])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def make_bundle(path: Path) -> Path:
+    """A bundle folder whose manifest reads cleanly (format 1, a ddim 1-step table, one ONNX file per component)."""
+    from mobilediff import bundle as b
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+
+    shutil.copytree(DEFAULT_MODEL_DIR / "tokenizer", path / "tokenizer")
+    components = {}
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        graph = path / name / "model.onnx"
+        _tiny_graph(graph)
+        io = b.TensorEntry(name="input_ids", shape=[1, 4], static_shape=[1, 4], dtype="int32")
+        out = b.TensorEntry(name="last_hidden_state", shape=[1, 4], static_shape=[1, 4], dtype="float32")
+        entry = b.FileEntry(target="onnx", precision="fp32", path=f"{name}/model.onnx", sha256=b.sha256_path(graph),
+                            size_bytes=graph.stat().st_size)
+        components[name] = b.ComponentEntry(inputs=(io,), outputs=(out,), dims={}, files=(entry,))
+    table = b.SamplerEntry(name="ddim", steps=1, init_noise_sigma=1.0, timesteps=[999], input_scale=[1.0],
+                           latent_coef=[[0.0]], output_coef=[[1.0]], noise_coef=[0.0])
+    manifest = b.Manifest(
+        format=b.FORMAT, format_version=b.FORMAT_VERSION, created="2000-01-01T00:00:00+00:00",
+        source=b.Source(model="synthetic"), versions={},
+        geometry=b.Geometry(height=32, width=32, vae_scale_factor=2, latent_channels=4, latent_height=16,
+                            latent_width=16, scaling_factor=1.0),
+        prediction_type="v_prediction",
+        tokenizer=b.Tokenizer(files=("tokenizer/vocab.json", "tokenizer/merges.txt"), max_length=77, bos_id=49406,
+                              eos_id=49407, pad_id=49407),
+        components=components, samplers=(table,), guidance=b.Guidance(type="classifier_free", default_scale=1.0),
+        model=b.ModelRole(role="teacher"), default_sampling=b.SamplingPlan(sampler="ddim", steps=1, guidance=1.0))
+    b.write_manifest(path, manifest)
+    b.read_manifest(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tiny_pipeline_dir, tmp_path_factory):
+    return World(pipe=tiny_pipeline_dir, bundle=make_bundle(tmp_path_factory.mktemp("world") / "bundle"))
+
+
+@dataclass
+class Ctx:
+    """One case: its folder ``t``, the shared fixtures ``w``, and the read-only mounts to undo."""
+
+    t: Path
+    w: World
+    mounts: list = field(default_factory=list)
+
+    def read_only(self, name: str = "ro") -> Path:
+        """A read-only tmpfs at t/name (root ignores permission bits; a read-only file system stops it too)."""
+        d = self.t / name
+        d.mkdir()
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(d)], capture_output=True, text=True)
+        if p.returncode != 0:
+            d.rmdir()
+            pytest.skip(f"cannot mount a read-only tmpfs here ({p.stderr.strip() or 'mount failed'})")
+        self.mounts.append(d)
+        return d
+
+
+# -------------------------------------------------------------------------------------------------- set-ups
+def user_file(c: Ctx, name: str = "f", text: str = "user data") -> Path:
+    (c.t / name).parent.mkdir(parents=True, exist_ok=True)
+    (c.t / name).write_text(text)
+    return c.t / name
+
+
+def user_folder(c: Ctx, name: str = "d") -> Path:
+    (c.t / name).mkdir()
+    (c.t / name / "keep.txt").write_text("user data")
+    return c.t / name
+
+
+def pipe_copy(c: Ctx, name: str = "p") -> Path:
+    return Path(shutil.copytree(c.w.pipe, c.t / name))
+
+
+def pipe_pickle(suffix: str) -> Callable[[Ctx], None]:
+    def setup(c):
+        w = pipe_copy(c) / "unet" / "diffusion_pytorch_model.safetensors"
+        w.rename(w.with_suffix(suffix))
+    return setup
+
+
+def pipe_truncated(c: Ctx) -> None:
+    w = pipe_copy(c) / "unet" / "diffusion_pytorch_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+
+
+def pipe_config_not_json(c: Ctx) -> None:
+    (pipe_copy(c) / "unet" / "config.json").write_text("{not json")
+
+
+def pipe_unsupported_class(c: Ctx) -> None:
+    index = pipe_copy(c) / "model_index.json"
+    d = json.loads(index.read_text())
+    d["unet"] = ["diffusers", "UNet3DConditionModel"]
+    index.write_text(json.dumps(d))
+
+
+def bundle_copy(c: Ctx, name: str = "b") -> Path:
+    return Path(shutil.copytree(c.w.bundle, c.t / name))
+
+
+def bundle_missing_graph(c: Ctx) -> None:
+    (bundle_copy(c) / "text_encoder" / "model.onnx").unlink()
+
+
+def bundle_corrupt_graph(c: Ctx) -> None:
+    f = bundle_copy(c) / "text_encoder" / "model.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def bundle_truncated_graph(c: Ctx) -> None:
+    """Truncated, with the manifest's sha256 and size updated: only opening the graph can find it."""
+    b = bundle_copy(c)
+    f = b / "text_encoder" / "model.onnx"
+    f.write_bytes(f.read_bytes()[:20])
+    m = json.loads((b / "manifest.json").read_text())
+    m["components"]["text_encoder"]["files"][0].update(sha256=hashlib.sha256(f.read_bytes()).hexdigest(), size_bytes=20)
+    (b / "manifest.json").write_text(json.dumps(m))
+
+
+def bundle_newer(c: Ctx) -> None:
+    f = bundle_copy(c) / "manifest.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "format_version": 99}))
+
+
+def bundle_manifest_not_json(c: Ctx) -> None:
+    f = bundle_copy(c) / "manifest.json"
+    f.write_text(f.read_text()[:100])
+
+
+def checkpoint(c: Ctx, folder: str, files: tuple[str, ...] = (), state: str = '{"step": 2,', complete: bool = True) -> Path:
+    """A checkpoint folder: ``files`` (empty stand-ins), a state.json (by default corrupt), the COMPLETE marker."""
+    d = c.t / folder
+    d.mkdir(parents=True)
+    for f in files:
+        (d / f).write_bytes(b"")
+    (d / "state.json").write_text(state)
+    if complete:
+        (d / "COMPLETE").write_text("ok\n")
+    return d
+
+
+def images(c: Ctx, rows: list[str], write_png: bool = True) -> Path:
+    """A folder for evaluate --images: metadata.jsonl with ``rows`` (raw lines) and a 64x64 PNG a.png."""
+    from PIL import Image
+
+    d = c.t / "imgs"
+    d.mkdir()
+    (d / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    if write_png:
+        Image.new("RGB", (64, 64), "white").save(d / "a.png")
+    return d
+
+
+def good_row(name: str = "a.png", text: str = CAPTION) -> str:
+    return json.dumps({"file_name": name, "text": text})
+
+
+def fixtures(c: Ctx, index: str | None) -> None:
+    d = c.t / "fx"
+    d.mkdir()
+    if index is not None:
+        (d / "index.json").write_text(index)
+
+
+# ------------------------------------------------------------------------------------------------- the table
+@dataclass
+class Case:
+    name: str
+    argv: Callable[[Ctx], list]  # command line; the first item is "mobilediff" or a benchmarks/<script>.py name
+    setup: Callable[[Ctx], object] | None = None
+    expect: str = ""  # text the error line contains ({t}: the case folder)
+    xfail: str | None = None
+
+
+def gen(*extra):
+    return lambda c: ["mobilediff", "generate", "--prompt", "a red circle", "--steps", "1", *[a(c) if callable(a) else a for a in extra]]
+
+
+def P(rel: str) -> Callable[[Ctx], str]:
+    """A path inside the case folder, for argv rows."""
+    return lambda c: str(c.t / rel)
+
+
+UNSUPPORTED = "refusal of unsupported classes lands with the architecture validation"
+
+CASES = [
+    # generate -------------------------------------------------------------------------------------------------
+    Case("generate-out-under-a-file", gen("--model", P("p"), "--out", P("f/x.png")),
+         lambda c: (pipe_copy(c), user_file(c)), "{t}/f is a file"),
+    Case("generate-out-is-a-folder", gen("--model", P("p"), "--out", P("x.png")),
+         lambda c: (pipe_copy(c), user_folder(c, "x.png")), "{t}/x.png is a folder"),
+    Case("generate-out-not-png", gen("--out", P("x.jpg")), None, "--out must be a .png file"),
+    Case("generate-out-read-only", gen("--model", P("p"), "--out", P("ro/x.png")),
+         lambda c: (pipe_copy(c), c.read_only()), "{t}/ro is not writable"),
+    Case("generate-guidance-nan", gen("--model", P("p"), "--guidance", "nan", "--out", P("x.png")), pipe_copy,
+         "'--guidance': nan is not a finite number"),
+    Case("generate-guidance-inf-bundle", gen("--bundle", P("b"), "--guidance", "inf", "--out", P("x.png")), bundle_copy,
+         "'--guidance': inf is not a finite number"),
+    Case("generate-guidance-nan-bundle", gen("--bundle", P("b"), "--guidance", "nan", "--out", P("x.png")), bundle_copy,
+         "'--guidance': nan is not a finite number"),
+    Case("generate-guidance-negative", gen("--model", P("p"), "--guidance", "-1", "--out", P("x.png")), pipe_copy,
+         "'--guidance'"),
+    Case("generate-steps-zero", gen("--steps", "0", "--out", P("x.png")), None, "'--steps'"),
+    Case("generate-seed-negative", gen("--seed", "-1", "--out", P("x.png")), None, "'--seed'"),
+    Case("generate-seed-too-large", gen("--seed", str(2**64), "--out", P("x.png")), None, "'--seed'"),
+    Case("generate-missing-model", gen("--model", P("nope"), "--out", P("x.png")), None, "{t}/nope"),
+    Case("generate-pickle-bin-model", gen("--model", P("p"), "--out", P("x.png")), pipe_pickle(".bin"),
+         "diffusion_pytorch_model.bin"),
+    Case("generate-pickle-ckpt-model", gen("--model", P("p"), "--out", P("x.png")), pipe_pickle(".ckpt"),
+         "diffusion_pytorch_model.ckpt"),
+    Case("generate-truncated-safetensors", gen("--model", P("p"), "--out", P("x.png")), pipe_truncated,
+         "{t}/p/unet/diffusion_pytorch_model.safetensors"),
+    Case("generate-config-not-json", gen("--model", P("p"), "--out", P("x.png")), pipe_config_not_json,
+         "{t}/p/unet/config.json"),
+    Case("generate-unsupported-class", gen("--model", P("p"), "--out", P("x.png")), pipe_unsupported_class,
+         "UNet3DConditionModel", xfail=UNSUPPORTED),
+    Case("generate-bundle-missing-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_missing_graph,
+         "{t}/b/text_encoder/model.onnx"),
+    Case("generate-bundle-corrupt-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_corrupt_graph,
+         "{t}/b/text_encoder/model.onnx does not match its sha256"),
+    Case("generate-bundle-truncated-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_truncated_graph,
+         "cannot load ONNX graph {t}/b/text_encoder/model.onnx"),
+    Case("generate-bundle-newer-format", gen("--bundle", P("b"), "--out", P("x.png")), bundle_newer,
+         "{t}/b/manifest.json has format version 99"),
+    Case("generate-bundle-manifest-not-json", gen("--bundle", P("b"), "--out", P("x.png")), bundle_manifest_not_json,
+         "corrupt {t}/b/manifest.json"),
+    Case("generate-bundle-no-table", gen("--bundle", P("b"), "--steps", "3", "--out", P("x.png")), bundle_copy,
+         "no ddim table for 3 steps"),
+    # export ---------------------------------------------------------------------------------------------------
+    Case("export-out-is-a-file", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
+                                            "--out", str(c.t / "f")],
+         lambda c: (pipe_copy(c), user_file(c)), "{t}/f is a file"),
+    Case("export-out-under-a-file", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
+                                               "--out", str(c.t / "f" / "b")],
+         lambda c: (pipe_copy(c), user_file(c)), "{t}/f is a file"),
+    Case("export-out-read-only", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
+                                            "--out", str(c.t / "ro" / "b")],
+         lambda c: (pipe_copy(c), c.read_only()), "{t}/ro is not writable"),
+    Case("export-out-exists", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
+                                         "--out", str(c.t / "d")],
+         lambda c: (pipe_copy(c), user_folder(c)), "{t}/d already exists"),
+    Case("export-pickle-model", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
+                                           "--out", str(c.t / "b")], pipe_pickle(".pt"), "diffusion_pytorch_model.pt"),
+    Case("export-truncated-safetensors", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target",
+                                                    "onnx", "--out", str(c.t / "b")], pipe_truncated,
+         "{t}/p/unet/diffusion_pytorch_model.safetensors"),
+    Case("export-unsupported-class", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
+                                                "--out", str(c.t / "b")], pipe_unsupported_class,
+         "UNet3DConditionModel", xfail=UNSUPPORTED),
+    Case("export-fused-steps-out-of-range", lambda c: ["mobilediff", "export", "--target", "onnx", "--fused-steps",
+                                                       "99", "--out", str(c.t / "b")], None, "'--fused-steps'"),
+    Case("export-guidance-nan", lambda c: ["mobilediff", "export", "--target", "onnx", "--guidance", "nan",
+                                           "--out", str(c.t / "b")], None, "'--guidance': nan is not a finite number"),
+    Case("export-unknown-target", lambda c: ["mobilediff", "export", "--target", "tflite", "--out", str(c.t / "b")],
+         None, "tflite"),
+    Case("export-unknown-recipe", lambda c: ["mobilediff", "export", "--target", "onnx", "--quantize", "int3",
+                                             "--out", str(c.t / "b")], None, "int3"),
+    # goldens --------------------------------------------------------------------------------------------------
+    Case("goldens-bundle-newer-format", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                                   str(c.t / "g")], bundle_newer, "format version 99"),
+    Case("goldens-bundle-missing-graph", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                                    str(c.t / "g")], bundle_missing_graph,
+         "{t}/b/text_encoder/model.onnx"),
+    Case("goldens-bundle-truncated-graph", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                                      str(c.t / "g")], bundle_truncated_graph,
+         "cannot load ONNX graph {t}/b/text_encoder/model.onnx"),
+    Case("goldens-out-is-a-file", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                             str(c.t / "f")], lambda c: (bundle_copy(c), user_file(c)), "{t}/f is a file"),
+    Case("goldens-out-exists", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                          str(c.t / "d")], lambda c: (bundle_copy(c), user_folder(c)), "{t}/d already exists"),
+    Case("goldens-out-read-only", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                             str(c.t / "ro" / "g")], lambda c: (bundle_copy(c), c.read_only()),
+         "{t}/ro is not writable"),
+    # evaluate -------------------------------------------------------------------------------------------------
+    Case("evaluate-metadata-not-json", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: images(c, [good_row(), '{"file_name": "a.png", "text": "x"']), "{t}/imgs/metadata.jsonl line 2"),
+    Case("evaluate-row-without-file-name", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: images(c, [json.dumps({"text": CAPTION})]), "line 1: 'file_name' missing"),
+    Case("evaluate-row-not-an-object", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: images(c, ["[1, 2]"]), "line 1: expected an object"),
+    Case("evaluate-metadata-empty", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: images(c, [""]), "lists no images"),
+    Case("evaluate-missing-image", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: images(c, [good_row(), good_row("b.png")]), "cannot read image {t}/imgs/b.png"),
+    Case("evaluate-image-not-an-image", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: (images(c, [good_row("m.jsonl")]), (c.t / "imgs" / "m.jsonl").write_text("{}")),
+         "cannot read image {t}/imgs/m.jsonl"),
+    Case("evaluate-long-caption-outside-domain", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs")],
+         lambda c: images(c, [good_row(text="zebra " * 2000)]), "not a shapes-domain caption"),
+    Case("evaluate-images-not-a-folder", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "f")],
+         user_file, "{t}/f: not a folder"),
+    Case("evaluate-no-metadata", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "d")],
+         user_folder, "{t}/d/metadata.jsonl not found"),
+    Case("evaluate-out-is-a-folder", lambda c: ["mobilediff", "evaluate", "--model", str(c.t / "p"), "--n", "2",
+                                                "--steps", "1", "--out", str(c.t / "d")],
+         lambda c: (pipe_copy(c), user_folder(c)), "{t}/d is a folder"),
+    Case("evaluate-out-read-only", lambda c: ["mobilediff", "evaluate", "--images", str(c.t / "imgs"),
+                                              "--out", str(c.t / "ro" / "r.json")],
+         lambda c: (images(c, [good_row()]), c.read_only()), "{t}/ro is not writable"),
+    Case("evaluate-guidance-nan", lambda c: ["mobilediff", "evaluate", "--model", str(c.t / "p"), "--guidance", "nan"],
+         pipe_copy, "'--guidance': nan is not a finite number"),
+    Case("evaluate-pickle-model", lambda c: ["mobilediff", "evaluate", "--model", str(c.t / "p"), "--n", "2"],
+         pipe_pickle(".bin"), "diffusion_pytorch_model.bin"),
+    # train-base -----------------------------------------------------------------------------------------------
+    Case("train-base-resume-missing", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
+                                                 "--resume", str(c.t / "run" / "checkpoints" / "checkpoint-0000001")],
+         None, "checkpoint folder not found: {t}/run/checkpoints/checkpoint-0000001"),
+    Case("train-base-resume-incomplete", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
+                                                    "--resume", str(c.t / "ck")],
+         lambda c: checkpoint(c, "ck", ("vae.safetensors",), '{"step": 1}', complete=False), "{t}/ck is incomplete"),
+    Case("train-base-resume-latest-corrupt-state", lambda c: ["mobilediff", "train-base", "--tiny", "--out",
+                                                              str(c.t / "run"), "--resume", "latest"],
+         lambda c: checkpoint(c, "run/vae_run/checkpoints/checkpoint-0000002", ("vae.safetensors",)),
+         "corrupt checkpoint state {t}/run/vae_run/checkpoints/checkpoint-0000002/state.json"),
+    Case("train-base-resume-corrupt-state", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
+                                                       "--resume", str(c.t / "ck" / "checkpoint-0000002")],
+         lambda c: checkpoint(c, "ck/checkpoint-0000002", ("vae.safetensors",), state="[]"),
+         "{t}/ck/checkpoint-0000002/state.json"),
+    Case("train-base-resume-foreign-checkpoint", lambda c: ["mobilediff", "train-base", "--tiny", "--out",
+                                                            str(c.t / "run"), "--resume", str(c.t / "ck")],
+         lambda c: checkpoint(c, "ck", ("student.safetensors",), '{"step": 3}'), "{t}/ck is not a train-base checkpoint"),
+    Case("train-base-resume-latest-foreign-folder", lambda c: ["mobilediff", "train-base", "--tiny", "--out",
+                                                               str(c.t / "d"), "--resume", "latest"],
+         user_folder, "{t}/d is not a train-base run folder"),
+    Case("train-base-out-exists", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "d")],
+         user_folder, "{t}/d already exists"),
+    Case("train-base-out-is-a-file", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "f"),
+                                                "--resume", "latest"], user_file, "{t}/f is a file"),
+    Case("train-base-out-read-only", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "ro" / "run")],
+         lambda c: c.read_only(), "{t}/ro is not writable"),
+    Case("train-base-lr-nan", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"), "--lr", "nan"],
+         None, "'--lr': nan is not a finite number"),
+    Case("train-base-lr-zero", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"), "--lr", "0"],
+         None, "'--lr'"),
+    Case("train-base-bias-range-empty", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
+                                                   "--timestep-bias-range", "5", "5"], None, "--timestep-bias-range 5 5"),
+    Case("train-base-vae-from-not-a-pipeline", lambda c: ["mobilediff", "train-base", "--tiny", "--out",
+                                                          str(c.t / "run"), "--vae-from", str(c.t / "d")],
+         user_folder, "--vae-from {t}/d"),
+    Case("train-base-init-from-not-a-pipeline", lambda c: ["mobilediff", "train-base", "--tiny", "--out",
+                                                           str(c.t / "run"), "--init-from", str(c.t / "d")],
+         user_folder, "--init-from {t}/d"),
+    # train-evaluator ------------------------------------------------------------------------------------------
+    Case("train-evaluator-out-is-a-file", lambda c: ["mobilediff", "train-evaluator", "--out", str(c.t / "f")],
+         user_file, "{t}/f is a file"),
+    Case("train-evaluator-out-exists", lambda c: ["mobilediff", "train-evaluator", "--out", str(c.t / "d")],
+         user_folder, "{t}/d already exists"),
+    Case("train-evaluator-out-read-only", lambda c: ["mobilediff", "train-evaluator", "--out", str(c.t / "ro" / "e")],
+         lambda c: c.read_only(), "{t}/ro is not writable"),
+    Case("train-evaluator-steps-zero", lambda c: ["mobilediff", "train-evaluator", "--steps", "0", "--out",
+                                                  str(c.t / "e")], None, "'--steps'"),
+    # distill --------------------------------------------------------------------------------------------------
+    Case("distill-resume-latest-corrupt-state", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                           "--method", "lcm", "--steps", "2", "--out", str(c.t / "run"),
+                                                           "--resume", "latest"],
+         lambda c: (pipe_copy(c), checkpoint(c, "run/checkpoints/checkpoint-0000002", ("student.safetensors",))),
+         "corrupt checkpoint state {t}/run/checkpoints/checkpoint-0000002/state.json"),
+    Case("distill-resume-missing", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"), "--method", "lcm",
+                                              "--steps", "2", "--out", str(c.t / "run"), "--resume", str(c.t / "ck")],
+         pipe_copy, "checkpoint folder not found: {t}/ck"),
+    Case("distill-resume-foreign-checkpoint", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                         "--method", "lcm", "--steps", "2", "--out", str(c.t / "run"),
+                                                         "--resume", str(c.t / "ck")],
+         lambda c: (pipe_copy(c), checkpoint(c, "ck", ("vae.safetensors",), '{"step": 3}')),
+         "{t}/ck is not a distillation checkpoint"),
+    Case("distill-resume-latest-foreign-folder", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                            "--method", "lcm", "--steps", "2", "--out", str(c.t / "d"),
+                                                            "--resume", "latest"],
+         lambda c: (pipe_copy(c), user_folder(c)), "{t}/d is not a distillation run folder"),
+    Case("distill-teacher-pickle", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"), "--method", "lcm",
+                                              "--steps", "2", "--out", str(c.t / "run")], pipe_pickle(".bin"),
+         "diffusion_pytorch_model.bin"),
+    Case("distill-teacher-truncated-safetensors", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                             "--method", "lcm", "--steps", "2", "--out",
+                                                             str(c.t / "run")], pipe_truncated,
+         "{t}/p/unet/diffusion_pytorch_model.safetensors"),
+    Case("distill-guidance-nan", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "2", "--out",
+                                            str(c.t / "run"), "--guidance", "nan"], None,
+         "'--guidance': nan is not a finite number"),
+    Case("distill-guidance-range-inf", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "2", "--out",
+                                                  str(c.t / "run"), "--guidance-range", "1", "inf"], None,
+         "'--guidance-range'"),
+    Case("distill-batch-size-zero", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "2", "--out",
+                                               str(c.t / "run"), "--batch-size", "0"], None, "'--batch-size'"),
+    Case("distill-steps-zero", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "0", "--out",
+                                          str(c.t / "run")], None, "'--steps'"),
+    Case("distill-out-is-a-file", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "2", "--out",
+                                             str(c.t / "f")], user_file, "{t}/f is a file"),
+    Case("distill-out-read-only", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"), "--method", "lcm",
+                                             "--steps", "2", "--out", str(c.t / "ro" / "run")],
+         lambda c: (pipe_copy(c), c.read_only()), "{t}/ro is not writable"),
+    # pack -----------------------------------------------------------------------------------------------------
+    Case("pack-model-pickle", lambda c: ["mobilediff", "pack", "--model", str(c.t / "p"), "--base", str(c.w.pipe),
+                                         "--out", str(c.t / "o")], pipe_pickle(".bin"), "diffusion_pytorch_model.bin"),
+    Case("pack-out-is-a-file", lambda c: ["mobilediff", "pack", "--model", str(c.w.pipe), "--base", str(c.w.pipe),
+                                          "--out", str(c.t / "f")], user_file, "{t}/f is a file"),
+    Case("pack-out-exists", lambda c: ["mobilediff", "pack", "--model", str(c.w.pipe), "--base", str(c.w.pipe),
+                                       "--out", str(c.t / "d")], user_folder, "{t}/d already exists"),
+    Case("pack-out-read-only", lambda c: ["mobilediff", "pack", "--model", str(c.w.pipe), "--base", str(c.w.pipe),
+                                          "--out", str(c.t / "ro" / "o")], lambda c: c.read_only(), "{t}/ro is not writable"),
+    # benchmarks -----------------------------------------------------------------------------------------------
+    Case("baseline_quality-guidance-nan", lambda c: ["baseline_quality", "--guidance", "1", "nan", "--out",
+                                                     str(c.t / "r")], None, "--guidance: must be a finite number"),
+    Case("baseline_quality-n-one", lambda c: ["baseline_quality", "--n", "1", "--out", str(c.t / "r")], None,
+         "--n: must be an integer >= 2"),
+    Case("baseline_quality-out-is-a-file", lambda c: ["baseline_quality", "--out", str(c.t / "f")], user_file,
+         "{t}/f is a file"),
+    Case("baseline_quality-out-read-only", lambda c: ["baseline_quality", "--out", str(c.t / "ro" / "r")],
+         lambda c: c.read_only(), "{t}/ro is not writable"),
+    Case("distillation-teacher-rows-not-json", lambda c: ["distillation", "--teacher", str(c.w.pipe), "--lcm",
+                                                          str(c.w.pipe), "--progressive", str(c.t / "none"), "--n", "2",
+                                                          "--teacher-rows", str(c.t / "rows.json"), "--out",
+                                                          str(c.t / "r")],
+         lambda c: (user_file(c, "rows.json", "[]"), user_file(c, "rows_meta.json", "{not json")),
+         "corrupt {t}/rows_meta.json"),
+    Case("distillation-lcm-guidance-inf", lambda c: ["distillation", "--lcm-guidance", "inf", "--out", str(c.t / "r")],
+         None, "--lcm-guidance: must be a finite number"),
+    Case("run_device-missing-bundle", lambda c: ["run_device", "--bundle", str(c.t / "nope"), "--device", "host",
+                                                 "--out", str(c.t / "r"), "--no-memory"], None, "{t}/nope"),
+    Case("run_device-bundle-newer-format", lambda c: ["run_device", "--bundle", str(c.t / "b"), "--device", "host",
+                                                      "--out", str(c.t / "r"), "--no-memory"], bundle_newer,
+         "format version 99"),
+    Case("run_device-guidance-nan", lambda c: ["run_device", "--bundle", str(c.t / "b"), "--device", "host",
+                                               "--student-guidance", "nan", "--out", str(c.t / "r")], bundle_copy,
+         "--student-guidance: must be a finite number"),
+    Case("run_device-out-is-a-file", lambda c: ["run_device", "--bundle", str(c.t / "b"), "--device", "host",
+                                                "--out", str(c.t / "f")], lambda c: (bundle_copy(c), user_file(c)),
+         "{t}/f is a file"),
+    Case("real_architectures-max-memory-nan", lambda c: ["real_architectures", "--max-memory-gib", "nan", "--out",
+                                                         str(c.t / "r")], None, "--max-memory-gib: must be a finite"),
+    Case("real_architectures-runs-zero", lambda c: ["real_architectures", "--runs", "0", "--out", str(c.t / "r")], None,
+         "--runs: must be an integer >= 1"),
+    Case("quantization-runs-not-a-number", lambda c: ["quantization", "--runs", "many", "--out", str(c.t / "r")], None,
+         "--runs: must be an integer, got 'many'"),
+    Case("quantization-work-is-a-file", lambda c: ["quantization", "--work", str(c.t / "f"), "--out", str(c.t / "r")],
+         user_file, "{t}/f is a file"),
+    Case("export_parity-fused-steps-too-many", lambda c: ["export_parity", "--fused-steps", "17", "--out",
+                                                          str(c.t / "r")], None, "--fused-steps: must be an integer between 0 and 16"),
+    Case("optimum_check-out-under-a-file", lambda c: ["optimum_check", "--out", str(c.t / "f" / "r")], user_file,
+         "{t}/f is a file"),
+    Case("app_parity-fixtures-without-index", lambda c: ["app_parity", "--fixtures-ready", "--fixtures",
+                                                         str(c.t / "fx"), "--out", str(c.t / "r")],
+         lambda c: fixtures(c, None), "--fixtures {t}/fx: no index.json"),
+    Case("app_parity-fixtures-index-not-json", lambda c: ["app_parity", "--fixtures-ready", "--fixtures",
+                                                          str(c.t / "fx"), "--out", str(c.t / "r")],
+         lambda c: fixtures(c, '{"models": '), "corrupt {t}/fx/index.json"),
+]
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+_SCRIPTS: dict[str, object] = {}
+
+
+def _script(name: str):
+    """benchmarks/<name>.py as a module (imported once; importing one runs nothing)."""
+    if name not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]
+
+
+def run_in_process(argv: list[str]) -> int:
+    """Exit code of ``mobilediff ARGV`` or ``python benchmarks/<script>.py ARGV``, run in this process."""
+    if argv[0] == "mobilediff":
+        from mobilediff.cli import main
+
+        try:
+            main(argv[1:])
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+        return 0
+    from mobilediff.bench.envelope import run_command
+
+    return run_command(_script(argv[0]).main, argv[1:])
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file and folder under ``roots``: path -> sha256 of its bytes (or "<dir>")."""
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            out[str(p)] = "<dir>" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def check_refusal(code: int, stdout: str, stderr: str, expect: str) -> str:
+    """Exit code 2, stderr exactly one short ``error:`` line containing ``expect``, no traceback; returns the line."""
+    assert "Traceback" not in stdout + stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, (code, stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert expect in lines[0], (expect, lines[0])
+    assert len(lines[0]) < 500, f"error line of {len(lines[0])} characters"
+    return lines[0]
+
+
+@pytest.fixture
+def ctx(world, tmp_path):
+    c = Ctx(t=tmp_path / "case", w=world)
+    c.t.mkdir()
+    yield c
+    for d in reversed(c.mounts):
+        subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)]
+                                               if c.xfail else []) for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(case, ctx, capsys):
+    if case.setup is not None:
+        case.setup(ctx)
+    argv = [str(a) for a in case.argv(ctx)]
+    before = snapshot(ctx.t, ctx.w.pipe, ctx.w.bundle)
+    capsys.readouterr()
+    code = run_in_process(argv)
+    captured = capsys.readouterr()
+    check_refusal(code, captured.out, captured.err, case.expect.format(t=ctx.t))
+    assert snapshot(ctx.t, ctx.w.pipe, ctx.w.bundle) == before  # nothing written, removed or changed
+
+
+def test_the_table_covers_every_command_and_benchmark():
+    from mobilediff.cli import cli
+
+    commands = {c.argv(Ctx(Path("/t"), World(Path("/p"), Path("/b"))))[1] for c in CASES
+                if c.name.split("-")[0] in ("generate", "export", "goldens", "evaluate", "train", "distill", "pack")}
+    scripts = {c.name.split("-")[0] for c in CASES}
+    assert set(cli.commands) <= commands
+    assert {p.stem for p in (REPO / "benchmarks").glob("*.py")} <= scripts
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["-m", "mobilediff", "generate", "--prompt", "x", "--guidance", "nan", "--out", "{t}/x.png"],
+     "'--guidance': nan is not a finite number"),
+    ([str(REPO / "benchmarks" / "baseline_quality.py"), "--steps", "0", "--out", "{t}/r"],
+     "--steps: must be an integer >= 1"),
+], ids=["mobilediff", "benchmark-script"])
+def test_a_real_process_exits_2_with_one_line(argv, expect, tmp_path):
+    p = subprocess.run([sys.executable, *[a.format(t=tmp_path) for a in argv]], capture_output=True, text=True,
+                       timeout=300, cwd=REPO)
+    check_refusal(p.returncode, p.stdout, p.stderr, expect)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_long_prompt_warning_stays_one_short_line(world, tmp_path, capsys):
+    from mobilediff.cli import main
+
+    main(["generate", "--model", str(world.pipe), "--prompt", "a red circle " * 1000, "--steps", "1",
+          "--out", str(tmp_path / "x.png")])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and len(warnings[0]) <= 220 and warnings[0].endswith("…"), warnings
+    assert (tmp_path / "x.png").is_file()
