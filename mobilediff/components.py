@@ -18,11 +18,6 @@ import torch
 from mobilediff.errors import MobilediffError
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-SUPPORTED = {
-    "unet": ("UNet2DConditionModel",),
-    "vae": ("AutoencoderKL", "AutoencoderTiny"),
-    "text_encoder": ("CLIPTextModel", "CLIPTextModelWithProjection"),
-}
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32}
 
 
@@ -41,6 +36,27 @@ class TensorSpec:
                 "dtype": self.dtype, "description": self.description}
 
 
+@dataclass(frozen=True)
+class InputRanges:
+    """Where a model's inputs live, read from its own tokenizer and scheduler config: example inputs are drawn there.
+
+    ``vocab_size``: token ids the tokenizer produces are in [0, vocab_size); ``bos_id``, ``eos_id``, ``pad_id``: its
+    special ids; ``num_train_timesteps``: the scheduler's T (timesteps are in [0, T))."""
+
+    vocab_size: int | None = None
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+    num_train_timesteps: int | None = None
+
+    @classmethod
+    def of(cls, pipe) -> "InputRanges":
+        tok = pipe.tokenizer
+        return cls(vocab_size=min(len(tok), pipe.text_encoder.config.vocab_size), bos_id=tok.bos_token_id,
+                   eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                   num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps))
+
+
 @dataclass
 class ComponentSpec:
     name: str
@@ -49,22 +65,29 @@ class ComponentSpec:
     outputs: tuple[TensorSpec, ...]
     dims: dict[str, int] = field(default_factory=dict)  # static value of every named dimension
     source_class: str = ""
+    ranges: InputRanges = field(default_factory=InputRanges)  # the model's token ids and timesteps
 
     def example_inputs(self, seed: int = 0, dims: dict[str, int] | None = None) -> tuple[torch.Tensor, ...]:
-        """Inputs in the ranges the sampler feeds: token ids, unit-variance latents, timesteps in [0, T).
-        ``dims`` overrides the values of named dimensions."""
+        """Inputs in the ranges the sampler feeds: token ids of the model's tokenizer laid out as a prompt (BOS, ids,
+        EOS, padding), unit-variance latents, timesteps in [0, T) of its scheduler. ``dims`` overrides the values of
+        named dimensions. Raises ValueError for token ids of a spec declared without a vocabulary."""
         g = torch.Generator().manual_seed(seed)
         dims = {**self.dims, **(dims or {})}
+        r = self.ranges
         out = []
         for spec in self.inputs:
             shape = spec.static_shape(dims)
             if spec.dtype == "int32":
-                x = torch.randint(0, 49406, shape, generator=g, dtype=torch.int64).to(torch.int32)
+                if r.vocab_size is None:
+                    raise ValueError(f"{self.name}: integer input {spec.name} needs InputRanges.vocab_size")
+                x = torch.randint(0, r.vocab_size, shape, generator=g, dtype=torch.int64).to(torch.int32)
                 if spec.name == "input_ids":  # a real prompt: BOS ... EOS + padding
-                    x[:, 0] = 49406
-                    x[:, shape[1] // 2:] = 49407
+                    x[:, 0] = r.bos_id
+                    x[:, shape[1] // 2] = r.eos_id
+                    x[:, shape[1] // 2 + 1:] = r.pad_id
             elif spec.name == "timestep":
-                x = torch.rand(shape, generator=g) * 999
+                # diffusers' default T (1000) only for a spec declared without a scheduler (shape-only benchmarks)
+                x = torch.rand(shape, generator=g) * ((r.num_train_timesteps or 1000) - 1)
             elif spec.name == "guidance_scale":
                 x = torch.full(shape, 4.0)
             else:
@@ -129,12 +152,11 @@ class Fp16IO(torch.nn.Module):
 
 
 def check_supported(pipe) -> None:
-    """Raise MobilediffError naming the first component class the exporter does not support."""
-    for comp, classes in SUPPORTED.items():
-        obj = getattr(pipe, comp, None)
-        name = type(obj).__name__
-        if name not in classes:
-            raise MobilediffError(f"unsupported {comp} class {name}: export supports {', '.join(classes)}")
+    """Raise MobilediffError naming the first class or config field outside the Stable Diffusion family
+    (mobilediff.family)."""
+    from mobilediff.family import check_pipeline
+
+    check_pipeline(pipe)
 
 
 def latent_geometry(pipe, height: int | None = None, width: int | None = None) -> dict:
@@ -148,7 +170,7 @@ def latent_geometry(pipe, height: int | None = None, width: int | None = None) -
     return {"height": height, "width": width, "vae_scale_factor": factor,
             "latent_channels": pipe.unet.config.in_channels, "latent_height": height // factor,
             "latent_width": width // factor,
-            "scaling_factor": float(getattr(pipe.vae.config, "scaling_factor", 1.0) or 1.0),
+            "scaling_factor": float(pipe.vae.config.scaling_factor),
             "shift_factor": float(getattr(pipe.vae.config, "shift_factor", 0.0) or 0.0)}
 
 
@@ -158,8 +180,7 @@ def declare(pipe, geometry: dict, cfg_batch: int | None = None) -> dict[str, Com
     te, unet, vae = pipe.text_encoder, pipe.unet, pipe.vae
     length = pipe.tokenizer.model_max_length
     hidden = te.config.hidden_size
-    if unet.config.cross_attention_dim != hidden:
-        raise MobilediffError(f"UNet cross_attention_dim {unet.config.cross_attention_dim} != text encoder hidden size {hidden}")
+    ranges = InputRanges.of(pipe)
     c, h, w = geometry["latent_channels"], geometry["latent_height"], geometry["latent_width"]
     cond_dim = unet.config.time_cond_proj_dim
     if cfg_batch is None:
@@ -172,26 +193,23 @@ def declare(pipe, geometry: dict, cfg_batch: int | None = None) -> dict[str, Com
     if cond_dim:
         unet_inputs.append(TensorSpec("timestep_cond", ("batch", cond_dim), "float32",
                                       "guidance-scale embedding (w - 1, sinusoidal; see manifest guidance)"))
-    vae_channels = vae.config.latent_channels
-    if vae_channels != c:
-        raise MobilediffError(f"UNet in_channels {c} != VAE latent_channels {vae_channels}")
     specs = {
         "text_encoder": ComponentSpec(
             "text_encoder", TextEncoderWrapper(te).eval(),
             (TensorSpec("input_ids", ("batch", length), "int32", "CLIP token ids, BOS ... EOS, padded with pad_id"),),
             (TensorSpec("last_hidden_state", ("batch", length, hidden), "float32", "per-token text features"),),
-            {"batch": 1}, type(te).__name__),
+            {"batch": 1}, type(te).__name__, ranges),
         "unet": ComponentSpec(
             "unet", UnetWrapper(unet, bool(cond_dim)).eval(), tuple(unet_inputs),
             (TensorSpec("out_sample", ("batch", c, h, w), "float32",
                         f"model output ({pipe.scheduler.config.prediction_type})"),),
-            {"batch": cfg_batch}, type(unet).__name__),
+            {"batch": cfg_batch}, type(unet).__name__, ranges),
         "vae_decoder": ComponentSpec(
             "vae_decoder", VaeDecoderWrapper(vae).eval(),
             (TensorSpec("latent_sample", ("batch", c, h, w), "float32",
                         "final latent / scaling_factor + shift_factor"),),
             (TensorSpec("sample", ("batch", 3, geometry["height"], geometry["width"]), "float32",
                         "RGB image in [-1, 1]"),),
-            {"batch": 1}, type(vae).__name__),
+            {"batch": 1}, type(vae).__name__, ranges),
     }
     return specs

@@ -94,6 +94,25 @@ def sampler_tables(pipe, plan: SamplingPlan | None = None) -> list[dict]:
     return out
 
 
+BPE_FILES = ("vocab.json", "merges.txt")  # what the apps' CLIP tokenizers read
+
+
+def _bpe_files_from_tokenizer_json(folder: Path) -> None:
+    """Write vocab.json and merges.txt from a tokenizer.json (a tokenizer saved by the tokenizers library alone
+    has only that file): the same BPE vocabulary and merges, in the files the apps read."""
+    import json
+
+    f = folder / "tokenizer.json"
+    if all((folder / name).is_file() for name in BPE_FILES) or not f.is_file():
+        return
+    model = json.loads(f.read_text(encoding="utf-8")).get("model") or {}
+    if model.get("type") != "BPE":
+        raise MobilediffError(f"tokenizer {f} is not a BPE tokenizer: mobilediff bundles carry CLIP BPE files")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
 def _tokenizer_record(pipe, bundle: Path) -> dict:
     src = Path(pipe.tokenizer.name_or_path)
     dst = bundle / "tokenizer"
@@ -101,6 +120,10 @@ def _tokenizer_record(pipe, bundle: Path) -> dict:
         shutil.copytree(src, dst)
     else:
         pipe.tokenizer.save_pretrained(str(dst))
+    _bpe_files_from_tokenizer_json(dst)
+    missing = [name for name in BPE_FILES if not (dst / name).is_file()]
+    if missing:
+        raise MobilediffError(f"the tokenizer has no {' or '.join(missing)} (CLIP BPE files the bundle must carry)")
     files = sorted(str(p.relative_to(bundle)) for p in dst.rglob("*") if p.is_file())
     tok = pipe.tokenizer
     return {"class": type(tok).__name__, "files": files,

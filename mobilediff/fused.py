@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from mobilediff.bundle import classifier_free_guidance, guidance_embedding_tensor
-from mobilediff.components import ComponentSpec, TensorSpec
+from mobilediff.components import ComponentSpec, InputRanges, TensorSpec
 from mobilediff.errors import MobilediffError
 from mobilediff.sampler_table import SamplerTable, run_table
 
@@ -60,7 +60,7 @@ def fused_spec(pipe, table: dict, geometry: dict, name: str) -> ComponentSpec:
         inputs.append(TensorSpec("fresh_noise", (table["steps"], c, h, w), "float32",
                                  "N(0, I) noise of every step (row i re-noises step i)"))
     outputs = (TensorSpec("image", (1, 3, geometry["height"], geometry["width"]), "float32", "RGB image in [-1, 1]"),)
-    return ComponentSpec(name, module, tuple(inputs), outputs, {}, "FusedSampler")
+    return ComponentSpec(name, module, tuple(inputs), outputs, {}, "FusedSampler", InputRanges.of(pipe))
 
 
 def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,

@@ -107,6 +107,32 @@ def check_pipeline_dir(path: Path) -> dict:
     return index
 
 
+CONFIG_FILES = {"text_encoder": "config.json", "unet": "config.json", "vae": "config.json",
+                "scheduler": "scheduler_config.json"}
+
+
+def check_architecture(path: Path, index: dict) -> None:
+    """Refuse a pipeline folder outside the Stable Diffusion family (mobilediff.family) from its model_index.json
+    and component configs, before any weights are read. A missing or unreadable config is left to the loader."""
+    from mobilediff.family import CLASSES, check_configs
+
+    path = Path(path)
+    shared = shared_components(path)
+    classes, configs = {}, {}
+    for comp in CLASSES:
+        entry = index.get(comp)
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
+            continue
+        classes[comp] = entry[1]
+        if comp in CONFIG_FILES:
+            f = shared.get(comp, path / comp) / CONFIG_FILES[comp]
+            try:
+                configs[comp] = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    check_configs(classes, configs)
+
+
 def load_pipeline(model: str | Path | None = None, scheduler=None):
     """Load a StableDiffusionPipeline (fp32, CPU) from a checked folder, safetensors only."""
     from diffusers import StableDiffusionPipeline
@@ -116,6 +142,7 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
     cls = index.get("_class_name", "")
     if cls not in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline"):
         raise MobilediffError(f"unsupported pipeline class {cls!r} in {path}: expected StableDiffusionPipeline")
+    check_architecture(path, index)
     kwargs = {"use_safetensors": True, "safety_checker": None, "feature_extractor": None,
               "requires_safety_checker": False}
     if scheduler is not None:
@@ -129,6 +156,9 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
         pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise MobilediffError(f"could not load pipeline from {path}: {str(e).splitlines()[0]}") from None
+    from mobilediff.family import check_tokenizer
+
+    check_tokenizer(pipe.tokenizer, pipe.text_encoder)
     pipe.to(torch.float32)  # weights may be stored in fp16 (students); the reference computes in fp32
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -45,8 +45,10 @@ class TextEncoderConfig:
     def build(self):
         from transformers import CLIPTextConfig, CLIPTextModel
 
+        # CLIP's vocabulary ends with <|startoftext|>, <|endoftext|> (the padding token too): mobilediff.tokenizer
+        last = self.vocab_size - 1
         cfg = CLIPTextConfig(**asdict(self), projection_dim=self.hidden_size, hidden_act="quick_gelu",
-                             bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+                             bos_token_id=last - 1, eos_token_id=last, pad_token_id=last)
         return CLIPTextModel(cfg)
 
 

@@ -60,57 +60,77 @@ def _trim(v: list[float]) -> list[float]:
     return v
 
 
-def sampler_table(scheduler, steps: int) -> SamplerTable:
-    """Measure the per-step coefficients of a configured diffusers scheduler for ``steps`` steps.
+_PROBE_SCALE = 1000.0  # a second measurement with every input scaled by this: a linear step scales its result alike
 
-    ``scheduler`` is a fresh instance (e.g. from :func:`mobilediff.sampling.make_scheduler`); it is copied,
-    never mutated. Raises MobilediffError if the scheduler is not linear in its inputs (e.g. thresholding).
-    """
+
+def _measure(scheduler, steps: int, unit: float):
+    """Run a copy of ``scheduler`` for ``steps`` steps on basis vectors times ``unit``; return (the copy, and per step
+    (input scale, next latent as a coefficient vector over the basis divided by ``unit``))."""
     import copy
     import importlib
 
-    if steps < 1:
-        raise MobilediffError(f"steps must be >= 1, got {steps}")
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
-    timesteps = [float(t) for t in sched.timesteps]
-    n = len(timesteps)
+    n = len(sched.timesteps)
     # basis: latent_0..latent_{n-1}, output_0..output_{n-1}, noise_0..noise_{n-1}
     dim = 3 * n
-    lat, out, noi = (lambda i: i), (lambda i: n + i), (lambda i: 2 * n + i)
 
     def e(j: int) -> torch.Tensor:
         v = torch.zeros(1, dim, dtype=torch.float32)
-        v[0, j] = 1.0
+        v[0, j] = unit
         return v
 
     current = {"i": 0}
 
     def draw():  # the noise a step draws is the basis vector of that step's noise
-        return e(noi(current["i"]))
+        return e(2 * n + current["i"])
 
     module = importlib.import_module(type(sched).__module__)
-    table = SamplerTable(sampler=type(sched).__name__, steps=n, init_noise_sigma=float(sched.init_noise_sigma),
-                         timesteps=timesteps, input_scale=[], latent_coef=[], output_coef=[], noise_coef=[])
+    rows = []
     with _symbolic_noise(module, draw):
         for i, t in enumerate(sched.timesteps):
             current["i"] = i
-            scale = sched.scale_model_input(torch.ones(1, 1), t)
-            table.input_scale.append(float(scale.flatten()[0]))
-            res = sched.step(e(out(i)), t, e(lat(i)), return_dict=False)
-            nxt = res[0][0].double()
-            # anything outside the basis means the step was not linear (clipping, thresholding, ...)
-            if not torch.isfinite(nxt).all():
-                raise MobilediffError(f"{type(sched).__name__} is not linear in its inputs: cannot tabulate it")
-            table.latent_coef.append(_trim([float(nxt[lat(i - k)]) for k in range(i + 1)]))
-            table.output_coef.append(_trim([float(nxt[out(i - k)]) for k in range(i + 1)]))
-            table.noise_coef.append(float(nxt[noi(i)]))
-            stray = nxt.clone()
-            for k in range(i + 1):
-                stray[lat(i - k)] = stray[out(i - k)] = 0
-            stray[noi(i)] = 0
-            if stray.abs().max() > 1e-5:
-                raise MobilediffError(f"{type(sched).__name__} step {i} depends on inputs outside the table")
+            scale = float(sched.scale_model_input(torch.ones(1, 1), t).flatten()[0])
+            res = sched.step(e(n + i), t, e(i), return_dict=False)
+            rows.append((scale, res[0][0].double() / unit))
+    return sched, rows
+
+
+def sampler_table(scheduler, steps: int) -> SamplerTable:
+    """Measure the per-step coefficients of a configured diffusers scheduler for ``steps`` steps.
+
+    ``scheduler`` is a fresh instance (e.g. from :func:`mobilediff.sampling.make_scheduler`); it is copied,
+    never mutated. The measurement is repeated with every input scaled by ``_PROBE_SCALE``: a step that clips or
+    thresholds its sample (``clip_sample``, ``thresholding``) gives other coefficients there, and is refused.
+    Raises MobilediffError if the scheduler is not linear in its inputs.
+    """
+    if steps < 1:
+        raise MobilediffError(f"steps must be >= 1, got {steps}")
+    name = type(scheduler).__name__
+    sched, rows = _measure(scheduler, steps, 1.0)
+    _, probe = _measure(scheduler, steps, _PROBE_SCALE)
+    timesteps = [float(t) for t in sched.timesteps]
+    n = len(timesteps)
+    lat, out, noi = (lambda i: i), (lambda i: n + i), (lambda i: 2 * n + i)
+    table = SamplerTable(sampler=name, steps=n, init_noise_sigma=float(sched.init_noise_sigma),
+                         timesteps=timesteps, input_scale=[], latent_coef=[], output_coef=[], noise_coef=[])
+    for i, ((scale, nxt), (_, scaled)) in enumerate(zip(rows, probe)):
+        # anything outside the basis means the step was not linear (clipping, thresholding, ...)
+        if not (torch.isfinite(nxt).all() and torch.isfinite(scaled).all()):
+            raise MobilediffError(f"{name} is not linear in its inputs: cannot tabulate it")
+        if ((nxt - scaled).abs() > 1e-4 * nxt.abs().clamp(min=1.0)).any():
+            raise MobilediffError(f"{name} step {i} is not linear in its inputs (clip_sample or thresholding?): "
+                                  "cannot tabulate it")
+        table.input_scale.append(scale)
+        table.latent_coef.append(_trim([float(nxt[lat(i - k)]) for k in range(i + 1)]))
+        table.output_coef.append(_trim([float(nxt[out(i - k)]) for k in range(i + 1)]))
+        table.noise_coef.append(float(nxt[noi(i)]))
+        stray = nxt.clone()
+        for k in range(i + 1):
+            stray[lat(i - k)] = stray[out(i - k)] = 0
+        stray[noi(i)] = 0
+        if stray.abs().max() > 1e-5:
+            raise MobilediffError(f"{name} step {i} depends on inputs outside the table")
     return table
 
 

@@ -2,6 +2,10 @@
 
 Adding a sampler is one entry in ``SAMPLERS``: the CLI's choices, the bundle's sampler tables and the apps (which
 read tables, not scheduler code) follow. Nothing heavy is imported here.
+
+Each sampler is built from the source pipeline's scheduler config whatever its class (DDIM, PNDM, Euler, DPM-Solver,
+LCM, ...): the betas, prediction type and timestep spacing carry over. Sample clipping is switched off (a clipped
+step is not linear, so it has no table; latent-space models are not trained with it).
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
                          (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("lower_order_final", True),
                           ("final_sigmas_type", "zero")), "DPM-Solver++(2M)"),
     "euler": SamplerSpec("EulerDiscreteScheduler", (), "Euler (Karras et al. 2022, ODE)"),
-    "lcm": SamplerSpec("LCMScheduler", (), "latent consistency multistep sampler (for LCM students)",
+    "lcm": SamplerSpec("LCMScheduler", (("clip_sample", False),),
+                      "latent consistency multistep sampler (for LCM students)",
                       guidance_embedding=True),
 }
 

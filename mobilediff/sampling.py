@@ -34,6 +34,17 @@ def validate_generation(steps: int, guidance: float, prompts: list[str], seeds: 
         raise MobilediffError("need at least one prompt and one seed")
 
 
+def text_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
+    """(B, max_length, hidden) text features the UNet attends to: the text encoder's ``last_hidden_state`` of the
+    prompts padded to the tokenizer's maximum length. For a CLIPTextModel this is what StableDiffusionPipeline
+    computes itself; a CLIPTextModelWithProjection returns its pooled projection first, which the pipeline would
+    take instead, so the features are always passed to it (as ``prompt_embeds``)."""
+    tok = pipe.tokenizer
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device)).last_hidden_state
+
+
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: str = "ddim", guidance: float = 5.0,
              batch_size: int = 64, progress: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -55,8 +66,13 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
                 progress(1)
             return kwargs
 
-        images = pipe(prompt=prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                      generator=gens, height=size, width=size, output_type="pt",
+        batch = prompts[i:i + batch_size]
+        embeds = text_embeddings(pipe, batch)
+        # the pipeline's own rule for a classifier-free-guidance batch; its unconditional prompt is ""
+        uncond = text_embeddings(pipe, [""] * len(batch)) if guidance > 1 and not pipe.unet.config.time_cond_proj_dim \
+            else None
+        images = pipe(prompt_embeds=embeds, negative_prompt_embeds=uncond, num_inference_steps=steps,
+                      guidance_scale=guidance, generator=gens, height=size, width=size, output_type="pt",
                       callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1]
         out.append(images.float() * 2 - 1)
     return torch.cat(out)

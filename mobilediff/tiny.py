@@ -57,6 +57,57 @@ def save_tiny_pipeline(path: Path, seed: int = 0) -> Path:
     return Path(path)
 
 
+# words the tiny tokenizers spell with merges (anything else falls back to byte symbols): the shapes domain's
+TINY_WORDS = ("a", "red", "green", "blue", "yellow", "circle", "square", "triangle", "at", "the", "top", "bottom",
+              "left", "right", "on", "white", "black", "background")
+
+
+def write_tiny_tokenizer(out_dir: Path, max_length: int, specials_first: bool = False, pad_token: str = "<|endoftext|>",
+                         words: tuple[str, ...] = TINY_WORDS) -> Path:
+    """Write a small CLIP BPE tokenizer folder (vocab.json, merges.txt, tokenizer_config.json,
+    special_tokens_map.json) that ``CLIPTokenizer.from_pretrained`` loads, and return ``out_dir``.
+
+    The vocabulary holds the 512 byte symbols of CLIP's byte-level BPE (mobilediff.tokenizer.bytes_to_unicode, with
+    and without the end-of-word marker), the merges that spell ``words`` left to right, and ``<|startoftext|>``,
+    ``<|endoftext|>``: at ids 0 and 1 when ``specials_first``, else last (as in CLIP). ``pad_token`` is
+    ``<|endoftext|>`` (SD 1.x) or any vocabulary entry, e.g. ``"!"`` (SD 2.x). Vocabularies, special ids and maximum
+    lengths other than CLIP's, for tests; nothing is downloaded."""
+    import json
+
+    from mobilediff.io import atomic_write_bytes
+    from mobilediff.tokenizer import BOS, EOS, bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            if (parts[0], parts[1]) not in merges:
+                merges.append((parts[0], parts[1]))
+            parts = [parts[0] + parts[1]] + parts[2:]
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    tokens = list(dict.fromkeys([BOS, EOS] + tokens if specials_first else tokens + [BOS, EOS]))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    atomic_write_bytes(out_dir / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode("utf-8"))
+    atomic_write_bytes(out_dir / "merges.txt",
+                       ("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n").encode("utf-8"))
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": pad_token, "unk_token": EOS}
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "do_lower_case": True,
+              "clean_up_tokenization_spaces": True, "errors": "replace", **special}
+    atomic_write_bytes(out_dir / "tokenizer_config.json", json.dumps(config, indent=2).encode())
+    atomic_write_bytes(out_dir / "special_tokens_map.json", json.dumps(special, indent=2).encode())
+    return out_dir
+
+
+def text_encoder_ids(tokenizer) -> dict:
+    """The CLIPTextConfig fields a text encoder takes from its tokenizer: vocabulary size, maximum length, special ids."""
+    return dict(vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
 def tiny_variant_pipeline(variant: str, seed: int = 0):
     """Tiny random pipelines over the SD family's configuration options, beyond the default model's:
 
@@ -72,9 +123,8 @@ def tiny_variant_pipeline(variant: str, seed: int = 0):
 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer"))
-    te_cfg = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                  max_position_embeddings=tokenizer.model_max_length, bos_token_id=49406, eos_token_id=49407,
-                  pad_token_id=49407)
+    te_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  **text_encoder_ids(tokenizer))
     if variant == "sd2":
         text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**te_cfg, hidden_act="gelu", projection_dim=16))
         unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),

@@ -220,7 +220,7 @@ def test_unsupported_denoiser_class_is_refused(pipe, tmp_path):
     odd.unet = UNet2DModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 8),
                            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                            norm_num_groups=4)
-    with pytest.raises(MobilediffError, match="^unsupported unet class UNet2DModel: export supports UNet2DConditionModel$"):
+    with pytest.raises(MobilediffError, match="^unsupported unet class UNet2DModel: mobilediff supports UNet2DConditionModel$"):
         export_bundle(odd, "onnx", tmp_path / "b")
     assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())
 
