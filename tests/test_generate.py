@@ -89,7 +89,7 @@ def test_unknown_sampler(tmp_path):
 
 def test_steps_below_one(tmp_path):
     out = tmp_path / "x.png"
-    _assert_refused(["generate", "--prompt", "p", "--steps", "0", "--out", out], out, "steps must be >= 1")
+    _assert_refused(["generate", "--prompt", "p", "--steps", "0", "--out", out], out, "Invalid value for '--steps': 0 is not in the range x>=1")
 
 
 def test_long_prompt_is_truncated_with_a_warning(tiny_pipeline_dir, tmp_path):
@@ -127,5 +127,6 @@ def test_evaluate_cli_refuses_captions_outside_the_domain(tmp_path):
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "a photo of a cat"}))
     code, _, stderr = run_cli("evaluate", "--images", tmp_path)
-    assert code == 2 and error_lines(stderr) == ["error: not a shapes-domain caption (need objects with size, colour, "
-                                                 "shape, position and a background): 'a photo of a cat'"]
+    assert code == 2 and error_lines(stderr) == [f"error: {tmp_path / 'metadata.jsonl'} line 1: not a shapes-domain caption "
+                                                 "(need objects with size, colour, shape, position and a background): "
+                                                 "'a photo of a cat'"]
