@@ -27,8 +27,11 @@ def lower(module, inputs, precision: str = "fp32"):
         from mobilediff.components import Fp16IO
 
         module = Fp16IO(module)
+    from mobilediff.targets.xnnpack_forms import decompositions
+
     with torch.no_grad():
-        ep = torch.export.export(module, inputs, strict=False)
+        # norms, attention, nearest upsampling and splits in forms XNNPACK takes whole (few delegated subgraphs)
+        ep = torch.export.export(module, inputs, strict=False).run_decompositions(decompositions())
     edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
     info = get_delegation_info(edge.exported_program().graph_module)

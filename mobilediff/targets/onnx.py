@@ -66,9 +66,11 @@ def _tensors(graph):
 
 
 def _dynamic_shapes(spec) -> tuple:
+    # at most 63: torch.export derives a guard batch <= 63 for the UNet and the VAE decoder, and a range that
+    # contradicts it makes torch.onnx trace the module a second time with the suggested range (twice the time)
     out = []
     for s in spec.inputs:
-        dims = {i: torch.export.Dim(d, min=1, max=64) for i, d in enumerate(s.shape) if isinstance(d, str)}
+        dims = {i: torch.export.Dim(d, min=1, max=63) for i, d in enumerate(s.shape) if isinstance(d, str)}
         out.append(dims or None)
     return tuple(out)
 

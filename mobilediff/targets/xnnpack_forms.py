@@ -1,0 +1,186 @@
+"""Operators rewritten into forms XNNPACK takes whole, applied to an exported program before ExecuTorch lowering.
+
+XNNPACK's partitioner has no group norm, layer norm, nearest upsampling or scaled-dot-product attention; torch's
+own decompositions of them also bring in operators it does not take (the safe-softmax mask handling of the SDPA
+math path: ``logical_not`` / ``any`` / ``where`` / ``full_like`` / ``eq``). Each such operator leaves the graph on
+the portable kernels and splits it into many delegated pieces (the default UNet: 116 subgraphs, 585 nodes outside
+XNNPACK). The decompositions here express the same arithmetic with operators XNNPACK does take -- view, permute,
+``mean.dim`` over the two innermost axes of a 4-D tensor, sub, mul, add, rsqrt, bmm, softmax over the last axis,
+cat -- so a UNet or a VAE decoder lowers as a few delegated subgraphs. Numerically they are the same model
+(normalisation with the biased variance as torch computes it, attention with the softmax over keys); the bundle's
+parity check measures it, as for any graph.
+
+Attention masks and causal attention (the text encoder) keep working: the mask arithmetic itself then runs outside
+XNNPACK, the matrix products inside.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+aten = torch.ops.aten
+
+
+def _stats_4d(x4: torch.Tensor, eps: float):
+    """(x - mean) / sqrt(var + eps) over axes 2 and 3 of a 4-D tensor (biased variance, as torch's norms), with
+    the mean and the reciprocal standard deviation."""
+    mean = aten.mean.dim(x4, [2, 3], True)
+    centred = aten.sub.Tensor(x4, mean)
+    var = aten.mean.dim(aten.mul.Tensor(centred, centred), [2, 3], True)
+    rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
+    return aten.mul.Tensor(centred, rstd), mean, rstd
+
+
+def _channel_affine(y: torch.Tensor, weight, bias) -> torch.Tensor:
+    """y * weight + bias with per-channel (axis 1) parameters broadcast over the trailing axes."""
+    shape = [1, y.shape[1]] + [1] * (y.dim() - 2)
+    if weight is not None:
+        y = aten.mul.Tensor(y, aten.reshape.default(weight, shape))
+    if bias is not None:
+        y = aten.add.Tensor(y, aten.reshape.default(bias, shape))
+    return y
+
+
+def native_group_norm(x, weight, bias, n, c, hw, groups, eps):
+    grouped = aten.reshape.default(x, [n, groups, c // groups, hw])
+    y, mean, rstd = _stats_4d(grouped, eps)
+    out = _channel_affine(aten.reshape.default(y, list(x.shape)), weight, bias)
+    return out, aten.reshape.default(mean, [n, groups]), aten.reshape.default(rstd, [n, groups])
+
+
+def group_norm(x, groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    n, c = x.shape[0], x.shape[1]
+    hw = math.prod(x.shape[2:]) if x.dim() > 2 else 1
+    return native_group_norm(x, weight, bias, n, c, hw, groups, eps)[0]
+
+
+def native_layer_norm(x, normalized_shape, weight, bias, eps):
+    inner = math.prod(normalized_shape)
+    outer = x.numel() // inner if inner else 0
+    rows = aten.reshape.default(x, [1, outer, inner, 1])  # mean.dim over axes 2, 3 = over the normalised axes
+    y, mean, rstd = _stats_4d(rows, eps)
+    y = aten.reshape.default(y, list(x.shape))
+    if weight is not None:
+        y = aten.mul.Tensor(y, weight)
+    if bias is not None:
+        y = aten.add.Tensor(y, bias)
+    stat_shape = list(x.shape[:x.dim() - len(normalized_shape)]) + [1] * len(normalized_shape)
+    return y, aten.reshape.default(mean, stat_shape), aten.reshape.default(rstd, stat_shape)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+    return native_layer_norm(x, list(normalized_shape), weight, bias, eps)[0]
+
+
+def _repeat_axis(x4: torch.Tensor, axis: int, k: int) -> torch.Tensor:
+    """Each element of ``x4`` (4-D) repeated ``k`` times along ``axis`` (2 or 3), by cat on a trailing axis."""
+    n, c, h, w = x4.shape
+    if axis == 3:  # (n, c*h, w, 1) x k -> (n, c*h, w, k) -> (n, c, h, w*k)
+        col = aten.reshape.default(x4, [n, c * h, w, 1])
+        return aten.reshape.default(aten.cat.default(_copies(col, k), 3), [n, c, h, w * k])
+    # axis 2: (n, c*h, 1, w) x k -> (n, c*h, k, w) -> (n, c, h*k, w)
+    row = aten.reshape.default(x4, [n, c * h, 1, w])
+    return aten.reshape.default(aten.cat.default(_copies(row, k), 2), [n, c, h * k, w])
+
+
+def _copies(x: torch.Tensor, k: int) -> list:
+    """``x`` and k - 1 clones of it: XNNPACK's cat counts distinct inputs, so [x, x] would stay outside it."""
+    return [x] + [aten.clone.default(x) for _ in range(k - 1)]
+
+
+def _nearest_factors(x, output_size, scale_factors):
+    h, w = x.shape[2], x.shape[3]
+    if output_size is not None:
+        oh, ow = output_size
+    else:
+        oh, ow = int(math.floor(h * scale_factors[0])), int(math.floor(w * scale_factors[1]))
+    if h == 0 or w == 0 or oh % h or ow % w:
+        return None
+    return oh // h, ow // w
+
+
+def upsample_nearest2d_vec(x, output_size, scale_factors):
+    factors = _nearest_factors(x, output_size, scale_factors)
+    if factors is None:  # a non-integer factor: torch's own decomposition
+        from torch._decomp import decomposition_table
+
+        return decomposition_table[aten.upsample_nearest2d.vec](x, output_size, scale_factors)
+    y = x
+    if factors[1] > 1:
+        y = _repeat_axis(y, 3, factors[1])
+    if factors[0] > 1:
+        y = _repeat_axis(y, 2, factors[0])
+    return y if y is not x else aten.clone.default(x)
+
+
+def upsample_nearest2d(x, output_size, scales_h=None, scales_w=None):
+    oh, ow = output_size
+    if x.shape[2] and x.shape[3] and oh % x.shape[2] == 0 and ow % x.shape[3] == 0:
+        return upsample_nearest2d_vec(x, list(output_size), None)
+    from torch._decomp import decomposition_table
+
+    return decomposition_table[aten.upsample_nearest2d.default](x, output_size, scales_h, scales_w)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """softmax(q k^T * scale + mask) v with batched matrix products over (batch x heads)."""
+    *lead, lq, d = q.shape
+    lk, dv = k.shape[-2], v.shape[-1]
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        rep = q.shape[-3] // k.shape[-3]
+        k = aten.repeat_interleave.self_int(k, rep, -3)
+        v = aten.repeat_interleave.self_int(v, rep, -3)
+    b = math.prod(lead)
+    q3 = aten.reshape.default(q, [b, lq, d])
+    kt = aten.permute.default(aten.reshape.default(k, [b, lk, d]), [0, 2, 1])
+    v3 = aten.reshape.default(v, [b, lk, dv])
+    s = 1.0 / math.sqrt(d) if scale is None else scale
+    scores = aten.mul.Tensor(aten.bmm.default(q3, kt), s)
+    if is_causal:
+        keep = aten.tril.default(aten.ones.default([lq, lk], dtype=torch.bool, device=q.device))
+        attn_mask = keep if attn_mask is None else aten.logical_and.default(attn_mask, keep)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn_mask = aten.where.Scalar(attn_mask, 0.0, float("-inf"))
+        scores = aten.reshape.default(aten.add.Tensor(aten.reshape.default(scores, [*lead, lq, lk]), attn_mask), [b, lq, lk])
+    probs = aten._softmax.default(scores, -1, False)
+    return aten.reshape.default(aten.bmm.default(probs, v3), [*lead, lq, dv])
+
+
+def split_with_sizes(x, split_sizes, dim=0):
+    """Pieces of ``x`` as slices (XNNPACK takes slice_copy, not split_with_sizes_copy: GEGLU's chunk)."""
+    out, start = [], 0
+    for size in split_sizes:
+        out.append(aten.slice.Tensor(x, dim, start, start + size))
+        start += size
+    return out
+
+
+def split(x, split_size, dim=0):
+    n = x.shape[dim]
+    sizes = [min(split_size, n - i) for i in range(0, n, split_size)] if split_size else [n]
+    return split_with_sizes(x, sizes, dim)
+
+
+def chunk(x, chunks, dim=0):
+    n = x.shape[dim]
+    return split(x, -(-n // chunks) if chunks else n, dim)
+
+
+def decompositions() -> dict:
+    """The decomposition table for ``ExportedProgram.run_decompositions``: only the operators above, so that the
+    rest (linear among them) reaches ExecuTorch's lowering as it would without this table."""
+    table = {}
+    table[aten.group_norm.default] = group_norm
+    table[aten.native_group_norm.default] = native_group_norm
+    table[aten.layer_norm.default] = layer_norm
+    table[aten.native_layer_norm.default] = native_layer_norm
+    table[aten.upsample_nearest2d.vec] = upsample_nearest2d_vec
+    table[aten.upsample_nearest2d.default] = upsample_nearest2d
+    table[aten.scaled_dot_product_attention.default] = scaled_dot_product_attention
+    table[aten.split_with_sizes.default] = split_with_sizes
+    table[aten.split.Tensor] = split
+    table[aten.chunk.default] = chunk
+    return table
