@@ -432,7 +432,7 @@ CASES = [
     Case("distill-batch-size-zero", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "2", "--out",
                                                str(c.t / "run"), "--batch-size", "0"], None, "'--batch-size'"),
     Case("distill-steps-zero", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "0", "--out",
-                                          str(c.t / "run")], None, "'--steps'"),
+                                          str(c.t / "run")], None, "samples at 1..50 steps (its solver grid), got --steps 0"),
     Case("distill-out-is-a-file", lambda c: ["mobilediff", "distill", "--method", "lcm", "--steps", "2", "--out",
                                              str(c.t / "f")], user_file, "{t}/f is a file"),
     Case("distill-out-read-only", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"), "--method", "lcm",
