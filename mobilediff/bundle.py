@@ -382,7 +382,37 @@ def read_manifest(bundle: Path) -> Manifest:
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise MobilediffError(f"{path} has format version {version!r}; this mobilediff reads versions 1..{FORMAT_VERSION} "
                               f"(upgrade mobilediff to read newer bundles)")
-    return Manifest.from_dict(raw, str(path))
+    manifest = Manifest.from_dict(raw, str(path))
+    _check_finite(manifest, path)
+    return manifest
+
+
+def _check_finite(manifest: Manifest, path: Path) -> None:
+    """Refuse a manifest whose sampling numbers (sampler tables, guidance, latent scaling) are not finite: an app would
+    sample NaN images from it. Recorded measurements (parity PSNR of identical outputs is inf) are not checked."""
+    def numbers(x):
+        if isinstance(x, (list, tuple)):
+            for v in x:
+                yield from numbers(v)
+        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+            yield x
+        else:
+            raise TypeError(type(x).__name__)
+
+    g = manifest.geometry
+    fields = [("geometry.scaling_factor", g.scaling_factor), ("geometry.shift_factor", g.shift_factor),
+              ("guidance.default_scale", manifest.guidance.default_scale),
+              ("default_sampling.guidance", manifest.plan.guidance)]
+    for t in manifest.samplers:
+        fields += [(f"samplers[{t.name}:{t.steps}].{n}", getattr(t, n))
+                   for n in ("init_noise_sigma", "timesteps", "input_scale", "latent_coef", "output_coef", "noise_coef")]
+    for name, value in fields:
+        try:
+            bad = any(not math.isfinite(v) for v in numbers(value))
+        except TypeError:
+            bad = True
+        if bad:
+            raise MobilediffError(f"{path}: {name} holds a number that is not finite (or not a number)")
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -171,6 +171,19 @@ def bundle_newer(c: Ctx) -> None:
     f.write_text(json.dumps({**json.loads(f.read_text()), "format_version": 99}))
 
 
+def bundle_nan(where: str) -> Callable[[Ctx], None]:
+    """A manifest with NaN in a sampler coefficient or in the default guidance (json.dumps writes NaN as is)."""
+    def setup(c):
+        f = bundle_copy(c) / "manifest.json"
+        m = json.loads(f.read_text())
+        if where == "table":
+            m["samplers"][0]["output_coef"][0][0] = float("nan")
+        else:
+            m["guidance"]["default_scale"] = float("inf")
+        f.write_text(json.dumps(m))
+    return setup
+
+
 def bundle_manifest_not_json(c: Ctx) -> None:
     f = bundle_copy(c) / "manifest.json"
     f.write_text(f.read_text()[:100])
@@ -273,6 +286,11 @@ CASES = [
          "{t}/b/manifest.json has format version 99"),
     Case("generate-bundle-manifest-not-json", gen("--bundle", P("b"), "--out", P("x.png")), bundle_manifest_not_json,
          "corrupt {t}/b/manifest.json"),
+    Case("generate-bundle-nan-in-sampler-table", gen("--bundle", P("b"), "--out", P("x.png")), bundle_nan("table"),
+         "{t}/b/manifest.json: samplers[ddim:1].output_coef holds a number that is not finite"),
+    Case("goldens-bundle-inf-guidance", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
+                                                   str(c.t / "g")], bundle_nan("guidance"),
+         "{t}/b/manifest.json: guidance.default_scale holds a number that is not finite"),
     Case("generate-bundle-no-table", gen("--bundle", P("b"), "--steps", "3", "--out", P("x.png")), bundle_copy,
          "no ddim table for 3 steps"),
     # export ---------------------------------------------------------------------------------------------------
