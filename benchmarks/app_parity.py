@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     load_start = round(os.getloadavg()[0], 1)
     if not args.fixtures_ready:
-        subprocess.run([sys.executable, "-m", "mobilediff.fixtures", str(args.fixtures)], check=True)
+        subprocess.run([sys.executable, "-m", "mobilediff.fixtures", str(args.fixtures), "--all-runtimes"], check=True)
     index_file = args.fixtures / "index.json"
     try:
         index = json.loads(index_file.read_text())

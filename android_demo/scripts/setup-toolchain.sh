@@ -30,8 +30,12 @@ command -v g++ >/dev/null || missing+=(g++)
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # one host apt at a time: ios_demo's setup may be installing beside this one (CI runs them side by side)
+  (
+    flock 9
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  ) 9>/var/lock/mobilediff-host-apt
 fi
 
 # --- 2. trixie / bullseye through a private apt state (the system's sources stay untouched) -----------------

@@ -21,13 +21,17 @@ fi
 [ "$(uname -m)" = x86_64 ] || die "setup-toolchain.sh supports x86-64 hosts only (found $(uname -m))"
 
 start=$(date +%s)
-if ! command -v debootstrap >/dev/null; then
-    echo "toolchain: installing debootstrap"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-fi
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-[ -f "$keyring" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debian-archive-keyring >/dev/null
+if ! command -v debootstrap >/dev/null || [ ! -f "$keyring" ]; then
+    echo "toolchain: installing debootstrap"
+    # one host apt at a time: android_demo's setup may be installing beside this one (CI runs them side by side)
+    (
+        flock 9
+        apt-get -o DPkg::Lock::Timeout=600 update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap \
+            debian-archive-keyring >/dev/null
+    ) 9>/var/lock/mobilediff-host-apt
+fi
 
 partial="$TOOLCHAIN_DIR/trixie.partial"
 for d in "$partial" "$TRIXIE_ROOT"; do
