@@ -243,8 +243,6 @@ def P(rel: str) -> Callable[[Ctx], str]:
     return lambda c: str(c.t / rel)
 
 
-UNSUPPORTED = "refusal of unsupported classes lands with the architecture validation"
-
 CASES = [
     # generate -------------------------------------------------------------------------------------------------
     Case("generate-out-under-a-file", gen("--model", P("p"), "--out", P("f/x.png")),
@@ -275,7 +273,7 @@ CASES = [
     Case("generate-config-not-json", gen("--model", P("p"), "--out", P("x.png")), pipe_config_not_json,
          "{t}/p/unet/config.json"),
     Case("generate-unsupported-class", gen("--model", P("p"), "--out", P("x.png")), pipe_unsupported_class,
-         "UNet3DConditionModel", xfail=UNSUPPORTED),
+         "UNet3DConditionModel"),
     Case("generate-bundle-missing-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_missing_graph,
          "{t}/b/text_encoder/model.onnx"),
     Case("generate-bundle-corrupt-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_corrupt_graph,
@@ -313,7 +311,7 @@ CASES = [
          "{t}/p/unet/diffusion_pytorch_model.safetensors"),
     Case("export-unsupported-class", lambda c: ["mobilediff", "export", "--model", str(c.t / "p"), "--target", "onnx",
                                                 "--out", str(c.t / "b")], pipe_unsupported_class,
-         "UNet3DConditionModel", xfail=UNSUPPORTED),
+         "UNet3DConditionModel"),
     Case("export-fused-steps-out-of-range", lambda c: ["mobilediff", "export", "--target", "onnx", "--fused-steps",
                                                        "99", "--out", str(c.t / "b")], None, "'--fused-steps'"),
     Case("export-guidance-nan", lambda c: ["mobilediff", "export", "--target", "onnx", "--guidance", "nan",
