@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                              "export_seconds": f["export_seconds"],
                              "met": bars.check(COMPONENT_BAR.id, p.get("psnr_db")) if f["precision"] == "fp32" else None,
                              **({"delegated_nodes": f["export"]["delegated_nodes"],
-                                 "non_delegated_nodes": f["export"]["non_delegated_nodes"]}
+                                 "non_delegated_nodes": f["export"]["non_delegated_nodes"],
+                                 "delegated_subgraphs": f["export"].get("delegated_subgraphs"),
+                                 "non_delegated_ops": f["export"].get("non_delegated_ops", {})}
                                 if f["target"] == "executorch" else {})})
         for runtime in ("onnx", "executorch"):
             runner = BundleRunner(bundle, runtime)
@@ -94,14 +96,15 @@ def main(argv: list[str] | None = None) -> None:
           f">= {COMPONENT_BAR.value:g} dB PSNR against PyTorch, end-to-end images >= {IMAGE_BAR.value:g} dB. "
           "Core ML cannot run predictions on Linux: its rows are "
           "structural checks (I/O names, shapes, dtypes, deployment target, precision).", "",
-          "| target | component | precision | max abs error | PSNR (dB) | checked | size (KiB) | export (s) | XNNPACK nodes (delegated / not) |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| target | component | precision | max abs error | PSNR (dB) | checked | size (KiB) | export (s) | XNNPACK nodes (delegated / not) | XNNPACK subgraphs |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         err = "-" if r["max_abs_error"] is None else f"{r['max_abs_error']:.2e}"
         ps = "-" if r["psnr_db"] is None else _fmt(r["psnr_db"])
         xn = f"{r['delegated_nodes']} / {r['non_delegated_nodes']}" if "delegated_nodes" in r else "-"
+        sub = r.get("delegated_subgraphs")
         md.append(f"| {r['target']} | {r['component']} | {r['precision']} | {err} | {ps} | {r['checked']} | "
-                  f"{r['size_bytes'] / 1024:.0f} | {r['export_seconds']:.1f} | {xn} |")
+                  f"{r['size_bytes'] / 1024:.0f} | {r['export_seconds']:.1f} | {xn} | {'-' if sub is None else sub} |")
     md += ["", "## End to end: `generate --bundle` against the PyTorch pipeline (same prompts, seeds, steps)", "",
            "| runtime | sampler | steps | guidance | images | min PSNR (dB) | max abs error |", "|---|---|---|---|---|---|---|"]
     for r in e2e:
