@@ -144,7 +144,8 @@ VARIANTS = {
                                   "euler", "CFG teacher from an LCM scheduler config, sample prediction"),
 }
 # The fast tier: together these vary every axis at least once (tokenizer, text encoder, UNet, latent space, the three
-# prediction types); every other variant, and the other targets of these, are @slow. An export takes seconds per
+# prediction types); every other variant, and the other targets of these, are in the extended tier (not in the
+# default run, which CI makes: `python -m pytest -m extended`). An export takes seconds per
 # component even at these sizes (torch.export, then ONNX translation and optimisation, or XNNPACK lowering).
 FAST_ONNX = ("sd2-v", "lcm", "plain-mid-c8")
 FAST_EXECUTORCH = ("lcm",)
@@ -302,8 +303,9 @@ def bundles(library, _export_once, tmp_path_factory):
 
 
 def _variants(fast: tuple[str, ...] | None = None):
-    """All variants as parameters; with ``fast``, the ones not in it are marked slow."""
-    return [pytest.param(n, marks=() if fast is None or n in fast else pytest.mark.slow) for n in VARIANTS]
+    """All variants as parameters; with ``fast``, the ones not in it are marked extended (and slow)."""
+    return [pytest.param(n, marks=() if fast is None or n in fast else (pytest.mark.slow, pytest.mark.extended))
+            for n in VARIANTS]
 
 
 def _check_manifest(pipe, bundle: Path, target: str) -> None:
