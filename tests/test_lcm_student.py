@@ -1,10 +1,12 @@
-"""The embedded LCM student (default:lcm) as a consistency function of its teacher, checked where that is easy.
+"""The embedded LCM student (default:lcm): its quality does not fall with more steps, and it is a consistency
+function of its teacher where that is easy to check.
+
+An LCM student that gets worse with more sampling steps is broken (a student warm-started from a chain of earlier
+students did: 1 step 0.848, 4 steps 0.801, 8 steps 0.770 prompt accuracy); the first test measures that directly.
 
 Near the data (t <= 139) one DDIM step of the guided teacher already lands almost exactly where its whole ODE does,
 so a consistency function worth its name is at least about as close to the ODE endpoint as that one step. Each
-LCMScheduler step ends in the student's output, so an error here is paid once per sampling step: a student that fails
-this gets worse with more steps (benchmarks/results/distillation.md: 1 step 0.848, 4 steps 0.801, 8 steps 0.770 prompt
-accuracy).
+LCMScheduler step ends in the student's output, so an error here is paid once per sampling step.
 """
 import pytest
 import torch
@@ -36,8 +38,20 @@ def _guided(teacher, z, t, cond, uncond):
                                      teacher.scheduler.alphas_cumprod[tt], teacher.scheduler.config.prediction_type)
 
 
-@pytest.mark.xfail(strict=True, reason="the embedded LCM student is 2-4x further from its teacher's ODE "
-                                       "than one teacher step near the data; remove once a re-distilled student passes")
+@pytest.mark.slow
+@torch.no_grad()
+def test_lcm_student_does_not_get_worse_with_more_steps():
+    from mobilediff.evaluator import Evaluator
+    from mobilediff.loading import load_pipeline
+    from mobilediff.quality import evaluate_pipeline
+
+    student, evaluator = load_pipeline("default:lcm"), Evaluator.load()
+    one, four = (evaluate_pipeline(student, evaluator, "lcm", steps, GUIDANCE, n=64).prompt_accuracy for steps in (1, 4))
+    assert four >= one, (one, four)
+
+
+@pytest.mark.xfail(strict=True, reason="the embedded LCM student (75 steps of distillation) passes at t = 139 and 59 "
+                                       "but not yet at t = 19 (squared error 2.0e-4 against a bound of 1.7e-4)")
 @torch.no_grad()
 def test_lcm_student_is_consistent_with_its_teacher_near_the_data():
     from mobilediff.data import ShapesDataset
