@@ -3,6 +3,7 @@ MobilediffError becomes one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from dataclasses import replace
 import sys
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code or 2)
     except MobilediffError as e:
-        click.echo(f"error: {e}", err=True)
+        # under `accelerate launch` every process refuses the same input: the main process says so once (a process
+        # that fails alone is named by the launcher, with its exit code)
+        if os.environ.get("RANK", "0") == "0":
+            click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except OSError as e:  # a path the user gave: missing, unwritable, a file where a folder belongs, a full disk
         where = f"{e.filename}: " if e.filename else ""
@@ -92,6 +96,7 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
     """Train the embedded default model family (VAE, text encoder, UNet) on the shapes domain."""
     from mobilediff.io import check_output
     from mobilediff.train.base import TrainBaseConfig, train_base
+    from mobilediff.train.loop import main_process
 
     check_output(out, folder=True)
 
@@ -111,7 +116,8 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
 
         cfg = tiny_train_config(cfg)
     path = train_base(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
-    click.echo(f"pipeline written to {path}")
+    if main_process():  # once under `accelerate launch`
+        click.echo(f"pipeline written to {path}")
 
 
 @cli.command("train-evaluator")
@@ -158,6 +164,7 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
     """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher."""
     from mobilediff.io import check_output
     from mobilediff.train.distill import DistillConfig, distill
+    from mobilediff.train.loop import main_process
 
     check_output(out, folder=True)
 
@@ -166,8 +173,10 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
                         latent_cache=latent_cache, checkpoint_every=checkpoint_every, seed=seed,
                         mixed_precision=mixed_precision, guidance_min=guidance_range[0],
                         guidance_max=guidance_range[1], ddim_timesteps=ddim_timesteps, init_student=init_student)
-    for path in distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:])):
-        click.echo(f"student written to {path}")
+    paths = distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
+    if main_process():  # once under `accelerate launch`
+        for path in paths:
+            click.echo(f"student written to {path}")
 
 
 @cli.command("pack")

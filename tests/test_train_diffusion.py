@@ -100,7 +100,8 @@ def _lcm_loss(student, scheduler, cond, uncond, ddim_timesteps=50, guidance_rang
     acc = SimpleNamespace(autocast=nullcontext, unwrap_model=lambda m: m)
     data = SimpleNamespace(accelerator=acc, teacher=SimpleNamespace(unet=GaussianTeacher(scheduler.alphas_cumprod)),
                            uncond=uncond, pixel_weight=lambda mask: torch.ones_like(mask),
-                           batch=lambda step: (torch.Generator().manual_seed(step), latents, torch.zeros(n, 1, 4, 4), cond))
+                           batch=lambda step: (torch.Generator().manual_seed(step), latents, torch.zeros(n, 1, 4, 4), cond),
+                           draw=lambda sample, *shape: sample((n, *shape)))  # one process: every row is ours
     cfg = DistillConfig(teacher="fake", method="lcm", steps=4, out=None, ddim_timesteps=ddim_timesteps,
                         guidance_min=guidance_range[0], guidance_max=guidance_range[1], time_cond_proj_dim=EMB_DIM)
     objective = LcmObjective(cfg, data, student, student, scheduler, "v_prediction")

@@ -1,8 +1,10 @@
 """`mobilediff train-base`: the two losses that train the default model family (VAE, then text encoder + UNet) on
 the shapes domain, run by the one training loop (:mod:`mobilediff.train.loop`), and the pipeline they write.
 
-Every process takes its own slice of each global batch, selected by dataset index (VAE) or by seeded indices into
-the latent cache (denoiser), so a run is a pure function of (seed, step) and resumes exactly.
+Every process takes its own rows of each global batch, selected by dataset index (VAE) or by indices into the latent
+cache drawn for the whole batch from a generator seeded by (seed, step), as are the noise, timesteps and caption
+dropout (denoiser); so a run is a pure function of (seed, step), resumes exactly, and trains on the same examples
+over N processes (``accelerate launch``) as on one.
 
 Stage 1 (VAE): AutoencoderKL on 64x64 images, L1 + L2 reconstruction and a small KL term.
 Stage 2 (denoiser): CLIPTextModel + UNet2DConditionModel trained jointly on frozen-VAE latents with
@@ -26,7 +28,7 @@ from mobilediff.data import GRID, ShapesConfig, ShapesDataset, labels_tensor
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_bytes, atomic_write_json, load_tensors
 from mobilediff.models import DefaultModelConfig
-from mobilediff.train.loop import EMA, Leg, make_accelerator, resume_point, run_leg
+from mobilediff.train.loop import EMA, Leg, make_accelerator, process_rows, resume_point, run_leg
 
 
 @dataclass
@@ -115,7 +117,8 @@ class SceneHead(torch.nn.Module):
         self.sizes = (len(BACKGROUNDS), 9 * (len(SHAPES) + 1), 9 * len(COLORS), 9 * len(SIZES))
         self.proj = torch.nn.Linear(dim, sum(self.sizes))
 
-    def loss(self, pooled: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, pooled: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The caption-parsing loss (a forward pass, so that DDP synchronises the head's gradients)."""
         bg, shape, color, size = self.proj(pooled.float()).split(self.sizes, dim=-1)
         b = pooled.shape[0]
         occ = labels["shape"] > 0
@@ -127,6 +130,21 @@ class SceneHead(torch.nn.Module):
 # ---------------------------------------------------------------------------------------------- stage 1: VAE
 
 
+class VaeRoundTrip(torch.nn.Module):
+    """The VAE's training pass as one module call (so that accelerate prepares, and DDP synchronises, it): encode,
+    sample the posterior with the given unit-normal ``noise`` (B, C, h, w), decode. Returns the reconstruction
+    (B, 3, H, W) and the posterior's KL divergence from the unit normal (B,)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(images).latent_dist
+        z = posterior.mean + posterior.std * noise
+        return self.vae.decode(z).sample, posterior.kl()
+
+
 class VaeObjective:
     """Stage 1's loss: object-weighted L1 + L2 reconstruction of 64x64 images and a small KL term."""
 
@@ -135,9 +153,11 @@ class VaeObjective:
 
     def __init__(self, cfg: TrainBaseConfig, accelerator, vae):
         self.cfg, self.accelerator, self.vae = cfg, accelerator, vae
-        self.models = {"vae": vae}
+        self.models = {"vae": VaeRoundTrip(vae)}
         self.data = ShapesDataset(seed=cfg.seed, config=cfg.data)
-        self.local = cfg.vae_batch_size // accelerator.num_processes
+        self.rows = process_rows(cfg.vae_batch_size, accelerator, "--vae-batch-size")
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_shape = (vae.config.latent_channels, cfg.data.resolution // down, cfg.data.resolution // down)
 
     def checkpointed(self) -> dict:
         return {"vae": self.vae}
@@ -146,33 +166,32 @@ class VaeObjective:
         pass
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
-        cfg, acc = self.cfg, self.accelerator
-        first = step * cfg.vae_batch_size + acc.process_index * self.local
-        images, _, _ = self.data.batch(first, self.local)  # (B, 3, H, W) in [-1, 1]
+        cfg, acc, rows = self.cfg, self.accelerator, self.rows
+        images, _, _ = self.data.batch(step * cfg.vae_batch_size + rows.start, rows.stop - rows.start)  # (b, 3, H, W)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        vae = acc.unwrap_model(self.models["vae"])
+        noise = torch.randn((cfg.vae_batch_size, *self.latent_shape), generator=g)[rows]  # the global batch's, our rows
         with acc.autocast():
-            posterior = vae.encode(images).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
-            recon = vae.decode(z).sample.float()
+            recon, kl = self.models["vae"](images, noise)
+        recon = recon.float()
         # shapes cover a few percent of the pixels: weight them up, or the background dominates the loss
         # (pixel (0, 0) is always background in this domain)
         is_object = ((images - images[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.1).float()
         weight = 1.0 + cfg.vae_object_weight * is_object
         err = recon - images
         rec = ((err.abs() + err.square()) * weight).mean() / weight.mean()
-        kl = posterior.kl().mean() / images[0].numel()
+        kl = kl.float().mean() / images[0].numel()
         return rec + cfg.kl_weight * kl, {"l1": f"{F.l1_loss(recon, images).item():.4f}"}
 
     def after_step(self, step: int) -> None:
         pass
 
 
-def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
-    """Stage 1. Writes a diffusers AutoencoderKL folder to ``out_dir`` (atomically) and returns stats."""
-    accelerator = make_accelerator(cfg.mixed_precision)
+def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path, accelerator) -> dict:
+    """Stage 1. Writes a diffusers AutoencoderKL folder to ``out_dir`` (atomically, from the main process) and returns
+    stats."""
     run_dir = cfg.out / "vae_run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     vae = cfg.model.vae.build()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -181,8 +200,10 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
               checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
               inject_nan_at_step=cfg.inject_nan_at_step)
     seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
-    vae = accelerator.unwrap_model(objective.models["vae"])
-    data = objective.data
+    vae, data = objective.vae, objective.data
+    if not accelerator.is_main_process:  # the main process measures and writes the VAE
+        accelerator.wait_for_everyone()
+        return {}
     # latent scaling so that scaled latents have unit variance (SD's 0.18215, measured here)
     vae.eval()
     with torch.no_grad():
@@ -193,9 +214,9 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path) -> dict:
         images, _, _ = data.batch(20_000_000, max(2, cfg.vae_stats_samples // 2))
         recon = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
         psnr = (10 * torch.log10(4.0 / F.mse_loss(recon, images))).item()
-    if accelerator.is_main_process:
-        with atomic_dir(out_dir, force=True) as tmp:
-            vae.save_pretrained(tmp, safe_serialization=True)
+    with atomic_dir(out_dir, force=True) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()  # stage 2 reads it on every process
     return {"vae_steps": cfg.vae_steps, "vae_seconds": seconds, "vae_recon_psnr_db": psnr,
             "scaling_factor": 1.0 / std}
 
@@ -326,7 +347,7 @@ class DenoiserObjective:
         self.models = {"denoiser": model, "scene_head": head}
         self.noise_scheduler, self.cache, self.encode, self.empty_ids = noise_scheduler, cache, encode, empty_ids
         self.ema = EMA.of(model, cfg.ema_decay)
-        self.local = cfg.batch_size // accelerator.num_processes
+        self.rows = process_rows(cfg.batch_size, accelerator)
         alphas = noise_scheduler.alphas_cumprod
         self.snr_all = alphas / (1 - alphas)
 
@@ -343,19 +364,21 @@ class DenoiserObjective:
             self.model.text_encoder.requires_grad_(False).eval()
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
-        cfg, acc, local = self.cfg, self.accelerator, self.local
-        g = torch.Generator().manual_seed((cfg.seed + 1) * 1_000_003 + step * 7919 + acc.process_index)
+        cfg, acc, rows, batch_size = self.cfg, self.accelerator, self.rows, self.cfg.batch_size
+        # every draw is for the whole global batch, of which this process keeps its rows
+        g = torch.Generator().manual_seed((cfg.seed + 1) * 1_000_003 + step * 7919)
         if self.cache is None:
-            batch = self.encode(step * cfg.batch_size + acc.process_index * local, local)
+            batch = self.encode(step * batch_size + rows.start, rows.stop - rows.start)
         else:
-            idx = torch.randint(0, cfg.latent_cache, (local,), generator=g)
+            idx = torch.randint(0, cfg.latent_cache, (batch_size,), generator=g)[rows]
             batch = {k: v[idx] for k, v in self.cache.items()}
-        latents, ids = batch["latents"], batch["ids"]  # (B, 4, 16, 16), (B, 77)
-        drop = torch.rand(local, generator=g) < cfg.caption_dropout
+        latents, ids = batch["latents"], batch["ids"]  # (b, 4, 16, 16), (b, 77)
+        drop_global = torch.rand(batch_size, generator=g) < cfg.caption_dropout
+        drop = drop_global[rows]
         ids = torch.where(drop[:, None], self.empty_ids, ids)
-        noise = torch.randn(latents.shape, generator=g)
-        t = _sample_timesteps(local, self.noise_scheduler.config.num_train_timesteps, cfg.timestep_bias_range,
-                              cfg.timestep_bias_multiplier, g)
+        noise = torch.randn((batch_size, *latents.shape[1:]), generator=g)[rows]
+        t = _sample_timesteps(batch_size, self.noise_scheduler.config.num_train_timesteps, cfg.timestep_bias_range,
+                              cfg.timestep_bias_multiplier, g)[rows]
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         target = self.noise_scheduler.get_velocity(latents, noise, t)
         with acc.autocast():
@@ -370,10 +393,12 @@ class DenoiserObjective:
             pix = pix + cfg.small_object_weight * batch["mask"] * small
         err = (F.mse_loss(pred, target, reduction="none") * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))
         loss = (err * w).mean()
-        if cfg.text_aux_weight > 0 and not cfg.freeze_text_encoder and not drop.all():
-            kept = ~drop
+        if cfg.text_aux_weight > 0 and not cfg.freeze_text_encoder and not drop_global.all():
+            # every process calls the head whenever one does (its DDP gradient sync is a collective); a process
+            # whose own rows were all dropped calls it on them at weight 0
+            kept, weight = (~drop, cfg.text_aux_weight) if not drop.all() else (drop, 0.0)
             labels = {k[len("label."):]: v[kept] for k, v in batch.items() if k.startswith("label.")}
-            loss = loss + cfg.text_aux_weight * acc.unwrap_model(self.models["scene_head"]).loss(pooled[kept], labels)
+            loss = loss + weight * self.models["scene_head"](pooled[kept], labels)
         return loss, {}
 
     def after_step(self, step: int) -> None:
@@ -381,20 +406,21 @@ class DenoiserObjective:
                         skip="text_encoder." if self.cfg.freeze_text_encoder else None)
 
 
-def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> tuple[dict, Denoiser]:
+def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path, accelerator) -> tuple[dict, Denoiser]:
     """Stage 2. Returns stats and the EMA text encoder + UNet."""
     from diffusers import AutoencoderKL
 
-    accelerator = make_accelerator(cfg.mixed_precision)
     run_dir = cfg.out / "unet_run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval().requires_grad_(False)
     tokenizer = _tokenizer(cfg)
     torch.manual_seed(cfg.seed + 1)
     model = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     if cfg.init_from is not None:
         new = _load_initial(model, _initial_weights(Path(cfg.init_from)))
-        if new:
+        if new and accelerator.is_main_process:
             print(f"init-from: new attention blocks start as the identity: {', '.join(new)}")
     if cfg.text_encoder_from is not None:
         weights = _text_encoder_weights(Path(cfg.text_encoder_from))
@@ -411,7 +437,9 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path) -> t
     data = ShapesDataset(seed=cfg.seed + 1, config=cfg.data)
     cache = None
     if cfg.latent_cache > 0:
-        cache = _latent_cache(cfg, vae, vae_dir, tokenizer, data, run_dir, accelerator.autocast, accelerator.is_main_process)
+        with accelerator.main_process_first():  # the main process encodes and writes it, the others then read it
+            cache = _latent_cache(cfg, vae, vae_dir, tokenizer, data, run_dir, accelerator.autocast,
+                                  accelerator.is_main_process)
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                           return_tensors="pt").input_ids
 
@@ -440,26 +468,39 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     if not 0 <= begin < end <= cfg.model.scheduler.num_train_timesteps:
         raise MobilediffError(f"--timestep-bias-range {begin} {end}: need 0 <= BEGIN < END <= "
                               f"{cfg.model.scheduler.num_train_timesteps} (the training timesteps)")
+    accelerator = make_accelerator(cfg.mixed_precision)
+    process_rows(cfg.vae_batch_size, accelerator, "--vae-batch-size")  # refuse batches that do not split over the
+    process_rows(cfg.batch_size, accelerator)  # processes, before any work
     if out.exists() and resume is None and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
     _check_sources(cfg)
     stats = _check_resume(out, resume)  # everything the run reads is checked before anything is written
-    if out.exists() and resume is None:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     vae_dir = out / "vae"
     record = out / "training.json"
-    if not (vae_dir / "config.json").is_file() and cfg.vae_from is not None:
-        src = Path(cfg.vae_from) / "vae"
-        with atomic_dir(vae_dir, force=True) as tmp:
-            for f in src.iterdir():
-                shutil.copy2(f, tmp / f.name)
+    vae_done = resume is not None and (vae_dir / "config.json").is_file()  # else OUT is new or replaced
+    accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
+    main = accelerator.is_main_process
+    if main:
+        if out.exists() and resume is None:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    if not vae_done and cfg.vae_from is not None:
+        if main:
+            src = Path(cfg.vae_from) / "vae"
+            with atomic_dir(vae_dir, force=True) as tmp:
+                for f in src.iterdir():
+                    shutil.copy2(f, tmp / f.name)
         stats["vae_from"] = str(cfg.vae_from)
-    if not (vae_dir / "config.json").is_file():
-        stats.update(train_vae(cfg, resume, vae_dir))
-        atomic_write_json(record, {"stats": stats})
-    dstats, den = train_denoiser(cfg, resume, vae_dir)
+        vae_done = True
+    accelerator.wait_for_everyone()
+    if not vae_done:
+        stats.update(train_vae(cfg, resume, vae_dir, accelerator))
+        if main:
+            atomic_write_json(record, {"stats": stats})
+    dstats, den = train_denoiser(cfg, resume, vae_dir, accelerator)
     stats.update(dstats)
+    if not main:
+        return out / "model"
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(str(vae_dir)), text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg),
         unet=den.unet, scheduler=cfg.model.scheduler.build(), safety_checker=None, feature_extractor=None,

@@ -8,7 +8,10 @@ Layout of ``<run>/checkpoints/checkpoint-0001200/``::
     COMPLETE                 written last; a folder without it is never resumed from
 
 A checkpoint is written into a temporary ``.partial`` folder and renamed into place only after the
-marker exists, so a run killed mid-save leaves at most a stray ``.partial`` folder that is ignored.
+marker exists, so a run killed mid-save leaves at most a stray ``.partial`` folder that is ignored (and removed by
+the next save). An old checkpoint is renamed out of the ``checkpoint-N`` pattern before its files are deleted, so a
+kill mid-delete never leaves a marked folder with missing files. Only one process may save (the main process of an
+``accelerate launch`` run).
 """
 from __future__ import annotations
 
@@ -69,6 +72,8 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stray in root.glob(".checkpoint-*"):  # left by a session killed mid-save or mid-delete
+        shutil.rmtree(stray, ignore_errors=True)
     final = root / f"checkpoint-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step:07d}.", suffix=".partial", dir=root))
     try:
@@ -82,13 +87,21 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch
         atomic_write_json(tmp / "state.json", meta)
         (tmp / MARKER).write_text("ok\n")
         if final.exists():
-            shutil.rmtree(final)
+            _delete(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        _delete(old.path)
     return final
+
+
+def _delete(path: Path) -> None:
+    """Remove a checkpoint folder: first out of the name pattern (one atomic rename), then its files."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:

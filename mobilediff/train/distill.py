@@ -16,9 +16,11 @@ with the teacher's VAE), both with one denoiser call per sampling step (guidance
   teaching the next. Every round's student is kept in ``OUT/steps-N`` and samples with the teacher's DDIM
   scheduler at N steps and guidance 1 (no CFG batch).
 
-Each process takes its slice of every global batch, chosen by seeded indices into the latent cache, so
-``--resume latest`` continues exactly where a run stopped; a progressive run's checkpoints number its steps across
-rounds.
+Every global batch is drawn from a generator seeded by (seed, step): indices into the latent cache, then the noise,
+timesteps and guidance scales of all its examples, of which each process keeps its own rows
+(:func:`mobilediff.train.loop.process_rows`). So ``--resume latest`` continues exactly where a run stopped, and a run
+over N processes (``accelerate launch``) trains on the same examples as one process; a progressive run's checkpoints
+number its steps across rounds.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from mobilediff.io import atomic_dir, atomic_write_json
 from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, classifier_free_guidance,
                                         consistency_output, ddim_timesteps, guidance_embedding, lcm_solver_grid,
                                         pred_original_and_epsilon, progressive_target, skipping_step_solver)
-from mobilediff.train.loop import EMA, Leg, make_accelerator, resume_point, run_leg
+from mobilediff.train.loop import EMA, Leg, make_accelerator, process_rows, resume_point, run_leg
 
 METHODS = ("lcm", "progressive")
 
@@ -202,19 +204,26 @@ class DistillData:
         data = ShapesDataset(seed=cfg.seed + 2, config=data_cfg)
         vae_dir = resolve_model(cfg.teacher) / "vae"
         ns = SimpleNamespace(latent_cache=cfg.latent_cache, data=data_cfg)
-        self.cache = _latent_cache(ns, teacher.vae, vae_dir, teacher.tokenizer, data, cfg.out, accelerator.autocast,
-                                   accelerator.is_main_process)
+        with accelerator.main_process_first():  # the main process encodes and writes it, the others then read it
+            self.cache = _latent_cache(ns, teacher.vae, vae_dir, teacher.tokenizer, data, cfg.out, accelerator.autocast,
+                                       accelerator.is_main_process)
         tok = teacher.tokenizer
         empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
         with torch.no_grad():
             self.uncond = teacher.text_encoder(empty).last_hidden_state.float()  # (1, 77, D)
-        self.local = cfg.batch_size // accelerator.num_processes
+        self.rows = process_rows(cfg.batch_size, accelerator)  # this process's rows of every global batch
+
+    def draw(self, sample, *shape) -> torch.Tensor:
+        """This process's rows of a draw for the whole global batch: ``sample(size)`` is e.g.
+        ``lambda size: torch.randn(size, generator=g)`` and ``shape`` the per-example shape."""
+        return sample((self.cfg.batch_size, *shape))[self.rows]
 
     def batch(self, step: int):
-        """(generator, latents (B, 4, h, w), object mask (B, 1, h, w), text embeddings (B, 77, D)) of global step
-        ``step`` for this process; the generator goes on to draw the step's noise and timesteps."""
-        g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919 + self.accelerator.process_index)
-        idx = torch.randint(0, self.cfg.latent_cache, (self.local,), generator=g)
+        """(generator, latents (b, 4, h, w), object mask (b, 1, h, w), text embeddings (b, 77, D)) of this process's
+        b rows of global step ``step``; the generator goes on to draw the step's noise and timesteps (with
+        :meth:`draw`, so that every process draws the whole batch's numbers in the same order)."""
+        g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919)
+        idx = self.draw(lambda size: torch.randint(0, self.cfg.latent_cache, size, generator=g))
         with torch.no_grad():
             cond = self.teacher.text_encoder(self.cache["ids"][idx]).last_hidden_state.float()
         return g, self.cache["latents"][idx], self.cache["mask"][idx], cond
@@ -279,12 +288,12 @@ class LcmObjective:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
         cfg, data, alphas_cumprod = self.cfg, self.data, self.alphas_cumprod
         g, latents, mask, cond = data.batch(step)
-        b = latents.shape[0]
         # 1. a grid timestep t_{n+k} per example
-        timestep = self.grid[torch.randint(0, cfg.ddim_timesteps, (b,), generator=g)]
-        noise = torch.randn(latents.shape, generator=g)
+        timestep = self.grid[data.draw(lambda size: torch.randint(0, cfg.ddim_timesteps, size, generator=g))]
+        noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
         # 2. a guidance scale w per example, fed to the student as the embedding of w - 1
-        guidance_scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(b, generator=g)
+        guidance_scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * data.draw(
+            lambda size: torch.rand(size, generator=g))
         w_embedding = guidance_embedding(guidance_scale, cfg.time_cond_proj_dim)
         sample = self.scheduler.add_noise(latents, noise, timestep)
         # 3. the student's consistency output at z_{t_{n+k}}
@@ -360,9 +369,9 @@ class ProgressiveObjective:
         data, alphas_cumprod = self.data, self.alphas_cumprod
         g, latents, mask, cond = data.batch(step)
         b = latents.shape[0]
-        i = torch.randint(0, self.n, (b,), generator=g)
+        i = data.draw(lambda size: torch.randint(0, self.n, size, generator=g))
         timestep, timestep_mid = self.student_timesteps[i], self.teacher_timesteps[2 * i + 1]
-        noise = torch.randn(latents.shape, generator=g)
+        noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
         sample = self.scheduler.add_noise(latents, noise, timestep)
         with torch.no_grad():
             scale = None if self.guidance is None else torch.full((b,), float(self.guidance))
@@ -478,16 +487,20 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
     from mobilediff.loading import resolve_model
 
     validate(cfg)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    process_rows(cfg.batch_size, accelerator)  # refuses a batch that does not split over the processes
     out = Path(cfg.out)
     if out.exists() and resume is None:
         if not force:
             raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
     _check_resume(cfg, resume)
     teacher = load_teacher(cfg.teacher)  # refuses bad teachers before anything is written
-    if out.exists() and resume is None:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(cfg.mixed_precision)
+    accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
+    if accelerator.is_main_process:
+        if out.exists() and resume is None:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
     # the teacher's noise schedule and prediction type; trailing spacing so that the n-step timesteps are every other
     # 2n-step one (progressive rounds) -- this is also the scheduler the progressive students sample with

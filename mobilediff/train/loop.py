@@ -1,10 +1,13 @@
 """The one training loop that every training method runs: accelerator, resume, LR schedule, finite-loss stop, logging,
 checkpoint cadence, EMA and progress bar, with the method supplied as an :class:`Objective` (a loss on top).
 
-Built on accelerate, so ``accelerate launch -m mobilediff.cli ...`` spreads a run over many devices unchanged: an
-objective draws its own slice of every global batch from seeded generators, so a run is a pure function of
-(seed, step) and ``--resume`` continues it exactly. Checkpoints are pickle-free and atomic
-(:mod:`mobilediff.train.checkpoint`); a non-finite loss stops the run before anything is saved.
+Built on accelerate, so ``accelerate launch --multi_gpu --num_processes N -m mobilediff ...`` spreads a run over N
+processes (DDP) unchanged: every process draws the whole global batch's random numbers from generators seeded by
+(seed, step) and keeps its own rows of it (:func:`process_rows`), so a run is a pure function of (seed, step) whatever
+the number of processes, and ``--resume`` continues it exactly. Each process's loss is the mean over its rows and DDP
+averages the gradients, which makes the update that of the mean over the global batch. Only the main process writes
+(checkpoints, log, progress bar); checkpoints are pickle-free and atomic (:mod:`mobilediff.train.checkpoint`); a
+non-finite loss on any process stops every process before anything is saved.
 """
 from __future__ import annotations
 
@@ -117,10 +120,38 @@ def lr_lambda(warmup_steps: int, total_steps: int):
 
 
 def make_accelerator(mixed_precision: str):
-    """An accelerate Accelerator; ``mixed_precision`` "fp32" (none) or "bf16"."""
+    """An accelerate Accelerator; ``mixed_precision`` "fp32" (none) or "bf16".
+
+    Raises MobilediffError if the run was launched as several processes (``accelerate launch --num_processes N``)
+    that accelerate does not join into one run: without a GPU each would train alone and write the same files,
+    unless ``ACCELERATE_USE_CPU=1`` asks for processes on the CPU (gloo)."""
+    import os
+
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision="no" if mixed_precision == "fp32" else mixed_precision)
+    accelerator = Accelerator(mixed_precision="no" if mixed_precision == "fp32" else mixed_precision)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise MobilediffError(f"launched as {launched} processes, but accelerate found no devices to spread them over "
+                              f"(each would train alone): on CPUs set ACCELERATE_USE_CPU=1 to join them with gloo")
+    return accelerator
+
+
+def main_process() -> bool:
+    """Whether this is the process that writes and prints (the only one outside ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def process_rows(batch_size: int, accelerator, option: str = "--batch-size") -> slice:
+    """The rows of a global batch of ``batch_size`` examples that this process trains on: an equal share each.
+    Raises MobilediffError, naming ``option``, if the batch does not split evenly over the processes."""
+    n = accelerator.num_processes
+    if batch_size % n:
+        raise MobilediffError(f"{option} {batch_size} does not split evenly over {n} processes: use a multiple of {n}")
+    local = batch_size // n
+    return slice(accelerator.process_index * local, (accelerator.process_index + 1) * local)
 
 
 def resume_point(run_dir: Path, resume: str | None) -> Checkpoint | None:
@@ -153,6 +184,27 @@ def append_log(run_dir: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def trim_log(run_dir: Path, step: int) -> None:
+    """Drop the log.jsonl rows past global step ``step`` (written after the checkpoint a run resumes from, by a
+    session that was stopped), so that every step is logged once."""
+    from mobilediff.io import atomic_write_bytes
+
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if _row_step(line) <= step]
+    if len(keep) != len(lines):
+        atomic_write_bytes(path, "".join(keep).encode())
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf  # a row cut off mid-write by a kill
+
+
 def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, accelerator,
             resume: Checkpoint | None) -> float:
     """Train ``objective`` for the steps of ``leg`` that are not done yet; returns the leg's wall time in seconds,
@@ -165,6 +217,8 @@ def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, ac
     if resume is not None:
         restore(resume, objective.checkpointed(), optimizer)
         start, elapsed0 = resume.step, resume.state.get(leg.elapsed_key, 0.0)
+        if accelerator.is_main_process:
+            trim_log(leg.run_dir, start)
     objective.after_resume()
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(leg.lr_warmup_steps, leg.steps),
                                                  last_epoch=start - leg.first_step - 1)
@@ -176,7 +230,9 @@ def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, ac
         loss, fields = objective.loss(step)
         if leg.inject_nan_at_step == step:
             loss = loss * float("nan")
-        check_finite(loss, step, leg.run_dir)
+        # the mean of the processes' losses is what is logged, and a NaN on any process stops all of them here
+        mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+        check_finite(torch.tensor(mean_loss), step, leg.run_dir)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(objective.models[objective.clip].parameters(), leg.grad_clip)
         optimizer.step()
@@ -184,13 +240,14 @@ def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, ac
         optimizer.zero_grad(set_to_none=True)
         objective.after_step(step)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():{leg.loss_format}}", **fields, lr=f"{schedule.get_last_lr()[0]:.1e}")
+        bar.set_postfix(loss=f"{mean_loss:{leg.loss_format}}", **fields, lr=f"{schedule.get_last_lr()[0]:.1e}")
         last = step + 1 == leg.end_step
         if accelerator.is_main_process and ((step + 1) % leg.log_every == 0 or last):
-            append_log(leg.run_dir, {**objective.log_fields, "step": step + 1, "loss": loss.item(),
+            append_log(leg.run_dir, {**objective.log_fields, "step": step + 1, "loss": mean_loss,
                                      "time": time.time() - t0})
         if accelerator.is_main_process and ((step + 1 - leg.first_step) % leg.checkpoint_every == 0 or last):
             save_checkpoint(leg.run_dir, step + 1, {k: m.state_dict() for k, m in objective.checkpointed().items()},
                             optimizer, {**leg.checkpoint_state, leg.elapsed_key: elapsed0 + time.time() - t0})
     bar.close()
+    accelerator.wait_for_everyone()  # the leg's last checkpoint is on disk before any process goes on
     return elapsed0 + time.time() - t0
