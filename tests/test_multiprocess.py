@@ -234,6 +234,22 @@ def test_two_process_train_base(tmp_path):
     assert not list(out.rglob("*.partial")) and not list(out.rglob(".*"))
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with GPUs the processes join over them")
+def test_processes_that_accelerate_would_not_join_are_refused(tiny_pipeline_dir, tmp_path):
+    """Without ACCELERATE_USE_CPU on a machine without GPUs, accelerate runs each launched process alone: refused in
+    one line, before anything is written (else both would write the same run folder)."""
+    out = tmp_path / "run"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    p = subprocess.run([str(accelerate), "launch", *LAUNCH, "-m", "mobilediff", *map(str, _distill_args(tiny_pipeline_dir, out))],
+                       capture_output=True, text=True, timeout=300, env=_env(tmp_path))
+    assert p.returncode != 0
+    assert error_lines(p.stderr) == ["error: launched as 2 processes, but accelerate found no devices to spread them "
+                                     "over (each would train alone): on CPUs set ACCELERATE_USE_CPU=1 to join them "
+                                     "with gloo"]
+    assert not out.exists()
+
+
 def test_process_rows_split_the_global_batch():
     from types import SimpleNamespace
 
@@ -248,6 +264,17 @@ def test_process_rows_split_the_global_batch():
 
 
 # ---------------------------------------------------------------------------------------------- SIGKILL
+
+
+def test_resumed_run_drops_the_log_rows_of_the_lost_steps(tmp_path):
+    """Rows logged after the checkpoint a run resumes from (and a row cut off by the kill) are dropped, so that every
+    step is logged once."""
+    from mobilediff.train.loop import trim_log
+
+    rows = [json.dumps({"step": s, "loss": 0.5}) + "\n" for s in (2, 4, 6)]
+    (tmp_path / "log.jsonl").write_text("".join(rows) + '{"step": 8, "lo')
+    trim_log(tmp_path, 4)
+    assert (tmp_path / "log.jsonl").read_text() == "".join(rows[:2])
 
 
 def _kill_seed() -> int:

@@ -185,8 +185,8 @@ def append_log(run_dir: Path, row: dict) -> None:
 
 
 def trim_log(run_dir: Path, step: int) -> None:
-    """Drop the log.jsonl rows past global step ``step`` (written after the checkpoint a run resumes from, by a
-    session that was stopped), so that every step is logged once."""
+    """Drop the log.jsonl rows past global step ``step``, where a leg starts or resumes (rows a stopped session wrote
+    after its last checkpoint), so that every step is logged once."""
     from mobilediff.io import atomic_write_bytes
 
     path = Path(run_dir) / "log.jsonl"
@@ -217,8 +217,8 @@ def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, ac
     if resume is not None:
         restore(resume, objective.checkpointed(), optimizer)
         start, elapsed0 = resume.step, resume.state.get(leg.elapsed_key, 0.0)
-        if accelerator.is_main_process:
-            trim_log(leg.run_dir, start)
+    if accelerator.is_main_process:
+        trim_log(leg.run_dir, start)
     objective.after_resume()
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(leg.lr_warmup_steps, leg.steps),
                                                  last_epoch=start - leg.first_step - 1)
