@@ -4,8 +4,8 @@ Two-process runs: the CLI under `accelerate launch -m mobilediff`, checkpoints w
 both processes' weights bit-identical after every leg (DDP), the global batch split in equal halves (the logged loss
 is a single-process run's), output printed once, a two-process run resumed bit-identically, an odd batch refused in
 one line before any work. Killed runs: a distillation killed at a random step (or in the middle of writing a
-checkpoint) and resumed with `--resume latest` ends bit-identical to an uninterrupted run and loses at most one
-checkpoint interval. The kill step comes from the test's own RNG; set MOBILEDIFF_KILL_SEED to replay a failure.
+checkpoint), a CLI subprocess, and resumed from the latest checkpoint (distill(resume="latest"), what `--resume
+latest` calls) ends bit-identical to an uninterrupted run and loses at most one checkpoint interval. The kill step comes from the test's own RNG; set MOBILEDIFF_KILL_SEED to replay a failure.
 """
 from __future__ import annotations
 
