@@ -40,8 +40,12 @@ def machine_info() -> dict:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
+    try:  # what else was running: the 1/5/15-minute load averages when the record is made (this run included)
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib,
-            "torch_threads": torch.get_num_threads(), "accelerator": "none (CPU only)"}
+            "torch_threads": torch.get_num_threads(), "accelerator": "none (CPU only)", "load_average": load}
 
 
 def library_versions() -> dict:
