@@ -271,6 +271,7 @@ def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads)
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # an ExecuTorch export of three components and a timed run: minutes on two cores
 def test_host_executorch_bundle(models, tmp_path, capsys, keep_threads):
     from mobilediff.exporter import export_bundle
     from mobilediff.loading import load_pipeline

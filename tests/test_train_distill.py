@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, run_cli, run_cli_here
 from mobilediff.errors import MobilediffError
 from mobilediff.train.checkpoint import complete_checkpoints
 from mobilediff.train.diffusion import (boundary_scalings, ddim_alpha_prod_prev, ddim_step, ddim_timesteps,
@@ -231,7 +231,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_pat
         distill(_cfg(tiny_pipeline_dir, cut, method, **kw), resume=str(partial))
 
 
-def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path):
+def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "out"
     lcm_student = tmp_path / "student"
     distill(_cfg(tiny_pipeline_dir, tmp_path / "s", "lcm", max_train_steps=1))
@@ -267,12 +267,12 @@ def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path):
          "--init-student is for --method lcm"),
     ]
     for args, msg in cases:
-        code, _, stderr = run_cli("distill", *args, "--out", out)
+        code, _, stderr = run_cli_here(capsys, "distill", *args, "--out", out)
         lines = error_lines(stderr)
         assert code == 2 and len(lines) == 1 and msg in lines[0], (args, stderr)
         assert not out.exists()
     out.mkdir()
-    code, _, stderr = run_cli("distill", "--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--out", out)
+    code, _, stderr = run_cli_here(capsys, "distill", "--teacher", tiny_pipeline_dir, "--method", "lcm", "--steps", 4, "--out", out)
     assert code == 2 and error_lines(stderr) == [
         f"error: output directory {out} already exists (pass --resume latest to continue, or --force)"]
     assert list(out.iterdir()) == []
