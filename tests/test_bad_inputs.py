@@ -243,11 +243,15 @@ def P(rel: str) -> Callable[[Ctx], str]:
     return lambda c: str(c.t / rel)
 
 
+GEN_MODEL = gen("--model", P("p"), "--out", P("x.png"))  # generate from the case's pipeline copy "p"
+GEN_BUNDLE = gen("--bundle", P("b"), "--out", P("x.png"))  # generate from the case's bundle copy "b"
+
+
 CASES = [
     # generate -------------------------------------------------------------------------------------------------
     Case("generate-out-under-a-file", gen("--model", P("p"), "--out", P("f/x.png")),
          lambda c: (pipe_copy(c), user_file(c)), "{t}/f is a file"),
-    Case("generate-out-is-a-folder", gen("--model", P("p"), "--out", P("x.png")),
+    Case("generate-out-is-a-folder", GEN_MODEL,
          lambda c: (pipe_copy(c), user_folder(c, "x.png")), "{t}/x.png is a folder"),
     Case("generate-out-not-png", gen("--out", P("x.jpg")), None, "--out must be a .png file"),
     Case("generate-out-read-only", gen("--model", P("p"), "--out", P("ro/x.png")),
@@ -264,27 +268,27 @@ CASES = [
     Case("generate-seed-negative", gen("--seed", "-1", "--out", P("x.png")), None, "'--seed'"),
     Case("generate-seed-too-large", gen("--seed", str(2**64), "--out", P("x.png")), None, "'--seed'"),
     Case("generate-missing-model", gen("--model", P("nope"), "--out", P("x.png")), None, "{t}/nope"),
-    Case("generate-pickle-bin-model", gen("--model", P("p"), "--out", P("x.png")), pipe_pickle(".bin"),
+    Case("generate-pickle-bin-model", GEN_MODEL, pipe_pickle(".bin"),
          "diffusion_pytorch_model.bin"),
-    Case("generate-pickle-ckpt-model", gen("--model", P("p"), "--out", P("x.png")), pipe_pickle(".ckpt"),
+    Case("generate-pickle-ckpt-model", GEN_MODEL, pipe_pickle(".ckpt"),
          "diffusion_pytorch_model.ckpt"),
-    Case("generate-truncated-safetensors", gen("--model", P("p"), "--out", P("x.png")), pipe_truncated,
+    Case("generate-truncated-safetensors", GEN_MODEL, pipe_truncated,
          "{t}/p/unet/diffusion_pytorch_model.safetensors"),
-    Case("generate-config-not-json", gen("--model", P("p"), "--out", P("x.png")), pipe_config_not_json,
+    Case("generate-config-not-json", GEN_MODEL, pipe_config_not_json,
          "{t}/p/unet/config.json"),
-    Case("generate-unsupported-class", gen("--model", P("p"), "--out", P("x.png")), pipe_unsupported_class,
+    Case("generate-unsupported-class", GEN_MODEL, pipe_unsupported_class,
          "UNet3DConditionModel"),
-    Case("generate-bundle-missing-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_missing_graph,
+    Case("generate-bundle-missing-graph", GEN_BUNDLE, bundle_missing_graph,
          "{t}/b/text_encoder/model.onnx"),
-    Case("generate-bundle-corrupt-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_corrupt_graph,
+    Case("generate-bundle-corrupt-graph", GEN_BUNDLE, bundle_corrupt_graph,
          "{t}/b/text_encoder/model.onnx does not match its sha256"),
-    Case("generate-bundle-truncated-graph", gen("--bundle", P("b"), "--out", P("x.png")), bundle_truncated_graph,
+    Case("generate-bundle-truncated-graph", GEN_BUNDLE, bundle_truncated_graph,
          "cannot load ONNX graph {t}/b/text_encoder/model.onnx"),
-    Case("generate-bundle-newer-format", gen("--bundle", P("b"), "--out", P("x.png")), bundle_newer,
+    Case("generate-bundle-newer-format", GEN_BUNDLE, bundle_newer,
          "{t}/b/manifest.json has format version 99"),
-    Case("generate-bundle-manifest-not-json", gen("--bundle", P("b"), "--out", P("x.png")), bundle_manifest_not_json,
+    Case("generate-bundle-manifest-not-json", GEN_BUNDLE, bundle_manifest_not_json,
          "corrupt {t}/b/manifest.json"),
-    Case("generate-bundle-nan-in-sampler-table", gen("--bundle", P("b"), "--out", P("x.png")), bundle_nan("table"),
+    Case("generate-bundle-nan-in-sampler-table", GEN_BUNDLE, bundle_nan("table"),
          "{t}/b/manifest.json: samplers[ddim:1].output_coef holds a number that is not finite"),
     Case("goldens-bundle-inf-guidance", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
                                                    str(c.t / "g")], bundle_nan("guidance"),
