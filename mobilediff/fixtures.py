@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except MobilediffError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the fixtures folder: a file in its place, not writable, a full disk
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"fixtures in {args.out}")
     return 0
 
