@@ -179,19 +179,53 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
             click.echo(f"student written to {path}")
 
 
+@cli.command("distill-decoder")
+@click.option("--model", default="default", show_default=True, help="Pipeline folder or named model whose VAE is distilled (its encoder makes the latents, its decoder the targets); OUT/model is this model with the tiny decoder.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the decoder lands in OUT/decoder, the model with it in OUT/model.")
+@click.option("--width", type=click.IntRange(min=1), default=16, show_default=True, help="Decoder channels, the same at every level (AutoencoderTiny's decoder keeps one width).")
+@click.option("--blocks", default=None, help="Residual blocks per level, coarsest first, comma-separated (default: 3 per level, 1 at full resolution; for the default model 3,3,1).")
+@click.option("--max-train-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch.")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--latent-cache", type=click.IntRange(min=1), default=8192, show_default=True, help="Shapes-domain samples encoded once with the model's VAE (and decoded once by it: the targets).")
+@click.option("--sampled-latents", type=click.IntRange(min=0), default=0, show_default=True, help="Also train on this many latents sampled once with the model's own default plan.")
+@click.option("--perceptual-weight", type=Finite(min=0), default=0.25, show_default=True, help="Weight of the evaluator-feature term against the pixel L1 + L2 (0: pixels only).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Save a checkpoint every K steps.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of initialisation, data order and sampled latents.")
+@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
+@click.option("--force", is_flag=True, help="Delete an existing OUT first.")
+def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, lr, latent_cache, sampled_latents,
+                        perceptual_weight, checkpoint_every, seed, resume, force):
+    """Distil a tiny decoder (AutoencoderTiny) from a model's VAE decoder, for its latents."""
+    from mobilediff.io import check_output
+    from mobilediff.train.decoder import DecoderDistillConfig, distill_decoder, parse_blocks
+    from mobilediff.train.loop import main_process
+
+    check_output(out, folder=True)
+    cfg = DecoderDistillConfig(model=model, out=out, width=width, blocks=parse_blocks(blocks),
+                               max_train_steps=max_train_steps, batch_size=batch_size, lr=lr, latent_cache=latent_cache,
+                               sampled_latents=sampled_latents, perceptual_weight=perceptual_weight,
+                               checkpoint_every=checkpoint_every, seed=seed)
+    decoder, pipeline = distill_decoder(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
+    if main_process():  # once under `accelerate launch`
+        click.echo(f"decoder written to {decoder}")
+        click.echo(f"pipeline written to {pipeline}")
+
+
 @cli.command("pack")
 @click.option("--model", required=True, help="Pipeline folder to pack (e.g. a distilled student).")
 @click.option("--base", default="default", show_default=True, help="Pipeline folder whose identical components are borrowed.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Packed pipeline folder to create.")
 @click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
-def pack_cmd(model, base, out, fp16):
+@click.option("--decoder", type=click.Path(path_type=Path), default=None, help="A tiny decoder folder (mobilediff distill-decoder) that replaces the model's VAE; refused unless it decodes the model's latents.")
+def pack_cmd(model, base, out, fp16, decoder):
     """Store only what a pipeline does not share with a base (students of the embedded model)."""
     from mobilediff.io import check_output
     from mobilediff.loading import pack_pipeline, resolve_model
 
     check_output(out, folder=True)
 
-    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16))
+    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16), decoder=decoder)
     click.echo(f"packed {out}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
 
 
@@ -284,8 +318,10 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
+@click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (mobilediff distill-decoder) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
-def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, force):
+def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
+               force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     from mobilediff.exporter import export_bundle, parse_targets
     from mobilediff.io import check_output
@@ -303,11 +339,19 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     from mobilediff.loading import student_record
 
     record = student_record(resolve_model(model))
+    if decoder is not None:
+        from mobilediff.decoder import check_decoder_dir, check_fits, latent_space, vae_folder
+
+        check_fits(decoder, check_decoder_dir(decoder), latent_space(vae_folder(resolve_model(model))))
     pipe = load_pipeline(model)
+    if decoder is not None:
+        from mobilediff.decoder import with_decoder
+
+        pipe = with_decoder(pipe, decoder, resolve_model(model))
     path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
                          progress=lambda m: click.echo(f"export {m}", err=True), source=str(model),
                          quantize=quantize, calibration_sampling=record["sampling"] if record else None,
-                         model_dir=resolve_model(model))
+                         model_dir=resolve_model(model), decoder=decoder)
     click.echo(f"bundle written to {path}")
 
 
@@ -367,6 +411,30 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     click.echo(json.dumps(result, indent=2))
     if out is not None:
         atomic_write_json(out, result)
+
+
+@cli.command("recommend")
+@click.option("--latency-ms", type=Finite(min=0, min_open=True), default=None, help="Latency budget per image (ms): the most accurate configuration within it.")
+@click.option("--min-accuracy", type=Finite(min=0, max=1), default=None, help="Quality floor (prompt accuracy, 0..1): the fastest configuration that reaches it.")
+@click.option("--runtime", default=None, help="Only configurations on this runtime, as the table (or --device file) names it: eager, onnx, executorch, ...")
+@click.option("--precision", default=None, help="Only configurations at this precision, as the table (or --device file) names it: fp32, int8, ...")
+@click.option("--device", default="host", show_default=True, help="Latencies: 'host' (the study's own), or a run_device.json (benchmarks/run_device.py) whose component medians re-estimate the models it covers.")
+@click.option("--table", type=click.Path(path_type=Path, dir_okay=True), default=None, help="The scaling study's rows (benchmarks/scaling.py's scaling.json; default benchmarks/results/scaling.json).")
+def recommend_cmd(latency_ms, min_accuracy, runtime, precision, device, table):
+    """The best model size, sampler, steps, runtime and precision for a latency budget or a quality floor."""
+    from mobilediff.recommend import DEFAULT_TABLE, candidates_for, format_recommendation, recommend
+
+    if (latency_ms is None) == (min_accuracy is None):
+        raise MobilediffError("give exactly one of --latency-ms or --min-accuracy")
+    if table is None:
+        if not DEFAULT_TABLE.is_file():
+            raise MobilediffError(f"no scaling study at {DEFAULT_TABLE}: run python benchmarks/scaling.py, or give "
+                                  f"--table FILE")
+        table = DEFAULT_TABLE
+    candidates, notes, source = candidates_for(table, device)
+    rec = recommend(candidates, latency_ms=latency_ms, min_accuracy=min_accuracy, runtime=runtime,
+                    precision=precision, notes=notes, source=source)
+    click.echo(format_recommendation(rec))
 
 
 def _read_image_rows(folder: Path) -> list[tuple[Path, object]]:

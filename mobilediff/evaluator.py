@@ -51,6 +51,7 @@ class EvaluatorNet(nn.Module):
                        nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
             c_in = c
         self.backbone = nn.Sequential(*layers)
+        self.levels = len(cfg.channels)
         side = cfg.resolution // 2 ** len(cfg.channels)  # 4 for 64 px
         self.to_feature = nn.Linear(c_in * side * side, cfg.feature_dim)
         self.background = nn.Linear(cfg.feature_dim, len(BACKGROUNDS))
@@ -61,6 +62,18 @@ class EvaluatorNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 64, 64) in [-1, 1] -> (B, feature_dim)."""
         return F.silu(self.to_feature(self.backbone(x).flatten(1)))
+
+    def level_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, 64, 64) in [-1, 1] -> the activations at the end of every level of the backbone, (B, C_l, H_l, W_l)
+        with H_l = 64 / 2^l, then the feature (B, feature_dim): the evaluator's view of an image at every scale (a
+        perceptual loss reads them)."""
+        out, h = [], x
+        per_level = len(self.backbone) // self.levels
+        for i, layer in enumerate(self.backbone):
+            h = layer(h)
+            if (i + 1) % per_level == 0:
+                out.append(h)
+        return out + [F.silu(self.to_feature(h.flatten(1)))]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)

@@ -21,6 +21,7 @@ import torch
 from mobilediff.bundle import (FORMAT, FORMAT_VERSION, Manifest, ModelRole, SamplingPlan, file_name, guidance_embedding,
                                sha256_path, size_bytes, write_manifest)
 from mobilediff.components import ComponentSpec, check_supported, declare, latent_geometry
+from mobilediff.decoder import decoder_source
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir
 from mobilediff.targets import PRECISIONS, TARGETS, get_target
@@ -202,11 +203,14 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_sampling: dict | None = None,
-                  calibration_prompts: int = 32, calibration_rows: int = 64, model_dir: Path | None = None) -> Path:
+                  calibration_prompts: int = 32, calibration_rows: int = 64, model_dir: Path | None = None,
+                  decoder: Path | None = None) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring.
 
     ``model_dir`` is the pipeline folder it was loaded from (its role and default sampling plan are read from it,
-    see :func:`describe_model`); ``guidance`` overrides the plan's guidance scale."""
+    see :func:`describe_model`); ``guidance`` overrides the plan's guidance scale. ``decoder``: the tiny decoder
+    folder whose AutoencoderTiny replaced the pipeline's VAE (:func:`mobilediff.decoder.with_decoder`), recorded in
+    the manifest's ``source.decoder``."""
     from mobilediff.bench.envelope import library_versions
 
     targets = parse_targets(target)
@@ -256,7 +260,8 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {"model": source, "pipeline_class": type(pipe).__name__, "weights_sha256": role.source_sha256},
+            "source": {"model": source, "pipeline_class": type(pipe).__name__, "weights_sha256": role.source_sha256,
+                       **({"decoder": decoder_source(decoder)} if decoder is not None else {})},
             "model": role.to_dict(), "default_sampling": plan.to_dict(),
             "versions": library_versions(),
             "geometry": geometry,

@@ -164,38 +164,51 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
     return pipe
 
 
-def pack_pipeline(model: Path, base: Path, out: Path, store_fp16: tuple[str, ...] = ()) -> dict:
+def pack_pipeline(model: Path, base: Path | None, out: Path, store_fp16: tuple[str, ...] = (),
+                  decoder: Path | None = None, force: bool = False) -> dict:
     """Write ``model`` to ``out`` keeping only what differs from ``base``: components whose config and tensors
     equal the base's are borrowed from it (``shared_components.json``), and the weights of the components named in
-    ``store_fp16`` are stored in fp16 (loaded back in fp32). Returns {component: "shared" | "own" | "own, fp16"}."""
+    ``store_fp16`` are stored in fp16 (loaded back in fp32). Components ``model`` itself borrows are read from where
+    it borrows them. ``base`` None: nothing is borrowed (the full form). ``decoder``: a tiny decoder folder
+    (``mobilediff distill-decoder``) that replaces the model's VAE, refused unless it decodes the model's latent
+    space (:mod:`mobilediff.decoder`). Returns {component: "shared" | "own" | "own, fp16" | "decoder ..."}."""
     import shutil
 
     from mobilediff.io import tree_sha256
     from mobilediff.io import atomic_dir, atomic_write_json, load_tensors, save_tensors
 
-    model, base = Path(model), Path(base)
-    check_pipeline_dir(model)
-    check_pipeline_dir(base)
-    if shared_components(model):
-        raise MobilediffError(f"{model} already borrows components; pack its full form")
+    model = Path(model)
+    index = check_pipeline_dir(model)
+    if base is not None:
+        base = Path(base)
+        check_pipeline_dir(base)
+    sources = {item.name: item for item in model.iterdir() if item.name != SHARED_FILE}
+    sources.update(shared_components(model))
+    if decoder is not None:
+        from mobilediff.decoder import CLASS, check_decoder_dir, check_fits, latent_space
+
+        check_fits(decoder, check_decoder_dir(decoder), latent_space(sources.get("vae", model / "vae")))
+        sources["vae"] = Path(decoder)
+        index["vae"] = ["diffusers", CLASS]
     report, shared = {}, {}
-    with atomic_dir(out) as tmp:
-        for item in sorted(model.iterdir()):
-            comp = item.name
+    with atomic_dir(out, force=force) as tmp:
+        for comp, item in sorted(sources.items()):
             if not item.is_dir():
                 shutil.copy2(item, tmp / comp)
                 continue
-            if comp in SHAREABLE and (base / comp).is_dir() and _same_component(item, base / comp):
+            if base is not None and comp in SHAREABLE and (base / comp).is_dir() and _same_component(item, base / comp):
                 shared[comp] = tree_sha256(base / comp, "**/*")
                 report[comp] = "shared"
                 continue
             shutil.copytree(item, tmp / comp)
-            report[comp] = "own"
+            report[comp] = f"decoder {item}" if comp == "vae" and decoder is not None else "own"
             if comp in store_fp16:
                 for f in (tmp / comp).glob("*.safetensors"):
                     save_tensors({k: v.half() if v.is_floating_point() else v for k, v in load_tensors(f).items()}, f,
                                  metadata={"format": "pt"})
-                report[comp] = "own, fp16"
+                report[comp] += ", fp16"
+        if decoder is not None:
+            atomic_write_json(tmp / "model_index.json", index)
         if shared:
             rel = os.path.relpath(base.resolve(), Path(out).resolve())
             atomic_write_json(tmp / SHARED_FILE, {"base": rel, "components": shared})

@@ -47,8 +47,10 @@ def text_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: str = "ddim", guidance: float = 5.0,
-             batch_size: int = 64, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Images (N, 3, H, W) in [-1, 1] for prompts[i] with seeds[i] (equal-length lists).
+             batch_size: int = 64, progress: Callable[[int], None] | None = None,
+             latents_only: bool = False) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] for prompts[i] with seeds[i] (equal-length lists); with ``latents_only`` the
+    sampler's final latents (N, C, h, w) instead, before the VAE decoder (scaled: what the decoder input is made of).
 
     ``progress(k)`` is called after every denoising step of every batch with the number of steps done.
     """
@@ -72,9 +74,10 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
         uncond = text_embeddings(pipe, [""] * len(batch)) if guidance > 1 and not pipe.unet.config.time_cond_proj_dim \
             else None
         images = pipe(prompt_embeds=embeds, negative_prompt_embeds=uncond, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, height=size, width=size, output_type="pt",
-                      callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1]
-        out.append(images.float() * 2 - 1)
+                      guidance_scale=guidance, generator=gens, height=size, width=size,
+                      output_type="latent" if latents_only else "pt",
+                      callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1], or (B, C, h, w) latents
+        out.append(images.float() if latents_only else images.float() * 2 - 1)
     return torch.cat(out)
 
 

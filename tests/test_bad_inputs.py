@@ -201,6 +201,41 @@ def checkpoint(c: Ctx, folder: str, files: tuple[str, ...] = (), state: str = '{
     return d
 
 
+def decoder_folder(c: Ctx, name: str = "dec", record: bool = True, **latent) -> Path:
+    """A decoder folder (``distill-decoder``'s layout, seeded random weights) for the tiny pipeline's latents, its
+    record's latent space changed by ``latent``; ``record=False``: no decoder.json."""
+    from mobilediff.decoder import KIND, RECORD, build_tiny
+
+    d = c.t / name
+    build_tiny(4, 8, (1, 1), seed=0).save_pretrained(str(d), safe_serialization=True)
+    scaling = json.loads((c.w.pipe / "vae" / "config.json").read_text())["scaling_factor"]
+    space = {"latent_channels": 4, "vae_scale_factor": 2, "scaling_factor": scaling, "shift_factor": 0.0, **latent}
+    if record:
+        (d / RECORD).write_text(json.dumps({"kind": KIND, "latent": space}))
+    return d
+
+
+def decoder_damaged(how: str) -> Callable[[Ctx], None]:
+    def setup(c):
+        d = decoder_folder(c)
+        w = d / "diffusion_pytorch_model.safetensors"
+        if how == "pickle":
+            w.rename(w.with_suffix(".bin"))
+        elif how == "truncated":
+            w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+        else:
+            (d / "decoder.json").write_text("{not json")
+    return setup
+
+
+def pipe_with_tiny_decoder(c: Ctx) -> Path:
+    """A copy of the tiny pipeline whose VAE is a tiny decoder (what ``distill-decoder`` writes to OUT/model)."""
+    from mobilediff.loading import pack_pipeline
+
+    pack_pipeline(c.w.pipe, None, c.t / "p", decoder=decoder_folder(c))
+    return c.t / "p"
+
+
 def images(c: Ctx, rows: list[str], write_png: bool = True) -> Path:
     """A folder for evaluate --images: metadata.jsonl with ``rows`` (raw lines) and a 64x64 PNG a.png."""
     from PIL import Image
@@ -241,6 +276,19 @@ def gen(*extra):
 def P(rel: str) -> Callable[[Ctx], str]:
     """A path inside the case folder, for argv rows."""
     return lambda c: str(c.t / rel)
+
+
+def dd(*extra):
+    """distill-decoder on the shared tiny pipeline."""
+    return lambda c: ["mobilediff", "distill-decoder", "--model", str(c.w.pipe),
+                      *[a(c) if callable(a) else a for a in extra]]
+
+
+def with_decoder(command: str, *extra):
+    """pack / export of the shared tiny pipeline with the case's decoder folder "dec"."""
+    tail = ["--base", lambda c: str(c.w.pipe), "--out", P("o")] if command == "pack" else ["--target", "onnx", "--out", P("o")]
+    return lambda c: ["mobilediff", command, "--model", str(c.w.pipe), "--decoder", str(c.t / "dec"),
+                      *[a(c) if callable(a) else a for a in [*tail, *extra]]]
 
 
 GEN_MODEL = gen("--model", P("p"), "--out", P("x.png"))  # generate from the case's pipeline copy "p"
@@ -458,6 +506,49 @@ CASES = [
     Case("distill-out-read-only", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"), "--method", "lcm",
                                              "--steps", "2", "--out", str(c.t / "ro" / "run")],
          lambda c: (pipe_copy(c), c.read_only()), "{t}/ro is not writable"),
+    # distill-decoder ------------------------------------------------------------------------------------------
+    Case("distill-decoder-out-exists", dd("--out", P("d")), user_folder, "{t}/d already exists"),
+    Case("distill-decoder-out-is-a-file", dd("--out", P("f")), user_file, "{t}/f is a file"),
+    Case("distill-decoder-width-zero", dd("--width", "0", "--out", P("run")), None, "'--width'"),
+    Case("distill-decoder-lr-nan", dd("--lr", "nan", "--out", P("run")), None, "'--lr': nan is not a finite number"),
+    Case("distill-decoder-blocks-not-integers", dd("--blocks", "3,x", "--out", P("run")), None,
+         "--blocks must be comma-separated integers (blocks per level), got '3,x'"),
+    Case("distill-decoder-blocks-negative", dd("--blocks", "3,-1", "--out", P("run")), None,
+         "--blocks needs one count >= 0 per level, got 3,-1"),
+    Case("distill-decoder-blocks-wrong-levels", dd("--blocks", "3,3,1", "--out", P("run")), None,
+         "--blocks 3,3,1 gives 3 levels; the model's VAE upsamples 2x, which takes 2"),
+    Case("distill-decoder-model-holds-a-tiny-decoder", lambda c: ["mobilediff", "distill-decoder", "--model",
+                                                                  str(c.t / "p"), "--out", str(c.t / "run")],
+         pipe_with_tiny_decoder, "the model's VAE is an AutoencoderTiny"),
+    Case("distill-decoder-model-pickle", lambda c: ["mobilediff", "distill-decoder", "--model", str(c.t / "p"),
+                                                    "--out", str(c.t / "run")], pipe_pickle(".bin"),
+         "diffusion_pytorch_model.bin"),
+    Case("distill-decoder-resume-foreign-checkpoint", dd("--out", P("run"), "--resume", P("ck")),
+         lambda c: checkpoint(c, "ck", ("student.safetensors",), '{"step": 3}'), "{t}/ck is not a decoder checkpoint"),
+    Case("distill-decoder-resume-latest-corrupt-state", dd("--out", P("run"), "--resume", "latest"),
+         lambda c: checkpoint(c, "run/checkpoints/checkpoint-0000002", ("decoder.safetensors",)),
+         "corrupt checkpoint state {t}/run/checkpoints/checkpoint-0000002/state.json"),
+    Case("distill-decoder-resume-latest-foreign-folder", dd("--out", P("d"), "--resume", "latest"), user_folder,
+         "{t}/d is not a distill-decoder run folder"),
+    # pack / export --decoder: a decoder that does not decode the model's latents ---------------------------------
+    Case("pack-decoder-other-scale", with_decoder("pack"), lambda c: decoder_folder(c, scaling_factor=0.5),
+         "was distilled for latents of scaling_factor 0.5; the model's VAE has 0.18215 (another VAE's latent space)"),
+    Case("pack-decoder-other-channels", with_decoder("pack"), lambda c: decoder_folder(c, latent_channels=8),
+         "{t}/dec decodes 8-channel latents; the model's have 4"),
+    Case("pack-decoder-no-record", with_decoder("pack"), lambda c: decoder_folder(c, record=False),
+         "decoder {t}/dec has no record of the latents it decodes"),
+    Case("pack-decoder-missing", with_decoder("pack"), None, "decoder folder not found: {t}/dec"),
+    Case("export-decoder-other-upsampling", with_decoder("export"), lambda c: decoder_folder(c, vae_scale_factor=4),
+         "{t}/dec upsamples latents 4x; the model's VAE 2x"),
+    Case("export-decoder-not-tiny", lambda c: ["mobilediff", "export", "--model", str(c.w.pipe), "--decoder",
+                                               str(c.t / "p" / "vae"), "--target", "onnx", "--out", str(c.t / "o")],
+         pipe_copy, "decoder {t}/p/vae holds class AutoencoderKL, not AutoencoderTiny"),
+    Case("export-decoder-pickle", with_decoder("export"), decoder_damaged("pickle"),
+         "{t}/dec holds only pickle weights (diffusion_pytorch_model.bin)"),
+    Case("export-decoder-truncated", with_decoder("export"), decoder_damaged("truncated"),
+         "corrupt safetensors file {t}/dec/diffusion_pytorch_model.safetensors"),
+    Case("export-decoder-record-not-json", with_decoder("export"), decoder_damaged("record"),
+         "corrupt {t}/dec/decoder.json"),
     # pack -----------------------------------------------------------------------------------------------------
     Case("pack-model-pickle", lambda c: ["mobilediff", "pack", "--model", str(c.t / "p"), "--base", str(c.w.pipe),
                                          "--out", str(c.t / "o")], pipe_pickle(".bin"), "diffusion_pytorch_model.bin"),
