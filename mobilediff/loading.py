@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,17 +21,75 @@ from mobilediff.io import PICKLE_SUFFIXES
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 DEFAULT_STUDENTS = Path(__file__).parent / "assets" / "students"
+DEFAULT_FAMILY = Path(__file__).parent / "assets" / "family"
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
 SHARED_FILE = "shared_components.json"
 SHAREABLE = ("text_encoder", "tokenizer", "unet", "vae")
-# embedded models by name: the default model and its distilled students
+# the family's sizes, smallest first (a size folder with another name is listed after these, by name)
+FAMILY_SIZES = ("xs", "s", "m", "l", "xl")
+_FOLDER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+@dataclass(frozen=True)
+class FamilyMember:
+    """One UNet size of the embedded model family: ``mobilediff/assets/family/unet-<size>/`` (it borrows the default
+    model's text encoder, tokenizer and VAE) and its distilled students in ``students/<kind>/``."""
+
+    size: str  # "xs", "s", "m", ...
+    path: Path
+    students: dict[str, Path]  # kind ("progressive-1", "progressive-4", "lcm", ...) -> pipeline folder
+
+    @property
+    def name(self) -> str:
+        return f"default:unet-{self.size}"
+
+    def student_name(self, kind: str) -> str:
+        return f"{self.name}:{kind}"
+
+
+def find_family(root: Path = DEFAULT_FAMILY) -> list[FamilyMember]:
+    """The family members present under ``root``, smallest size first: every ``unet-<size>/`` folder holding a
+    ``model_index.json``, with every ``students/<kind>/`` folder of it that holds one too. A size that is not on disk
+    (not trained yet) is simply not listed. Folder names other than lower-case letters, digits and dashes are
+    skipped (they could not be spelled as a model name)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.glob("unet-*"):
+        size = folder.name.removeprefix("unet-")
+        if not _FOLDER_NAME.fullmatch(size) or not (folder / "model_index.json").is_file():
+            continue
+        students = {}
+        if (folder / "students").is_dir():
+            for s in sorted((folder / "students").iterdir()):
+                if _FOLDER_NAME.fullmatch(s.name) and (s / "model_index.json").is_file():
+                    students[s.name] = s
+        found.append(FamilyMember(size=size, path=folder, students=students))
+    order = {s: i for i, s in enumerate(FAMILY_SIZES)}
+    return sorted(found, key=lambda m: (order.get(m.size, len(order)), m.size))
+
+
+def family_names(family: list[FamilyMember]) -> dict[str, Path]:
+    """``default:unet-<size>`` and ``default:unet-<size>:<student kind>`` -> folder, for :data:`NAMED_MODELS`."""
+    out = {}
+    for m in family:
+        out[m.name] = m.path
+        out.update({m.student_name(kind): path for kind, path in m.students.items()})
+    return out
+
+
+FAMILY = find_family()
+# embedded models by name: the default model, its distilled students, and the UNet-size family that is on disk
 NAMED_MODELS = {"default": DEFAULT_MODEL_DIR, "default:lcm": DEFAULT_STUDENTS / "lcm",
-                **{f"default:progressive-{n}": DEFAULT_STUDENTS / "progressive" / f"steps-{n}" for n in (1, 2, 4, 8)}}
+                **{f"default:progressive-{n}": DEFAULT_STUDENTS / "progressive" / f"steps-{n}" for n in (1, 2, 4, 8)},
+                **family_names(FAMILY)}
 
 
 def resolve_model(model: str | Path | None) -> Path:
     """'default' or None -> the embedded default model; 'default:lcm', 'default:progressive-N' -> its embedded
-    students; otherwise the given folder."""
+    students; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md);
+    otherwise the given folder."""
     if model is None:
         return DEFAULT_MODEL_DIR
     return NAMED_MODELS.get(str(model), Path(model))
