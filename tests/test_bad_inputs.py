@@ -252,6 +252,25 @@ def good_row(name: str = "a.png", text: str = CAPTION) -> str:
     return json.dumps({"file_name": name, "text": text})
 
 
+STUDY_ROW = {"model": "xs", "pipeline": "xs", "unet_params": 1000, "gflops_per_image": 1.0, "sampler": "ddim",
+             "method": "teacher", "steps": 4, "guidance": 1.0, "runtime": "eager", "precision": "fp32",
+             "latency_ms": 50.0, "prompt_accuracy": 0.9, "attribute_accuracy": {"shape": 0.9}, "fd": 30.0, "nfe": 4,
+             "unet_rows": 1, "cfg": False, "n": 256}
+
+
+def study(c: Ctx, text: str | None = None) -> Path:
+    """A scaling study table for recommend at t/s.json (benchmarks/scaling.py's rows), or ``text`` in its place."""
+    return user_file(c, "s.json", json.dumps([STUDY_ROW]) if text is None else text)
+
+
+def student_copy(c: Ctx, teacher: str = "elsewhere") -> Path:
+    """A copy of the tiny pipeline at t/s with the distillation.json of a progressive student of ``teacher``."""
+    d = pipe_copy(c, "s")
+    (d / "distillation.json").write_text(json.dumps({"method": "progressive", "teacher": teacher,
+                                                     "sampling": {"sampler": "ddim", "steps": 1, "guidance": 1.0}}))
+    return d
+
+
 def fixtures(c: Ctx, index: str | None) -> None:
     d = c.t / "fx"
     d.mkdir()
@@ -289,6 +308,18 @@ def with_decoder(command: str, *extra):
     tail = ["--base", lambda c: str(c.w.pipe), "--out", P("o")] if command == "pack" else ["--target", "onnx", "--out", P("o")]
     return lambda c: ["mobilediff", command, "--model", str(c.w.pipe), "--decoder", str(c.t / "dec"),
                       *[a(c) if callable(a) else a for a in [*tail, *extra]]]
+
+
+def rec(*extra):
+    """mobilediff recommend over the case's study table t/s.json."""
+    return lambda c: ["mobilediff", "recommend", "--table", str(c.t / "s.json"),
+                      *[a(c) if callable(a) else a for a in extra]]
+
+
+def scaling(*extra):
+    """benchmarks/scaling.py on the tiny pipeline, results into t/r."""
+    return lambda c: ["scaling", "--model", str(c.w.pipe), "--out", str(c.t / "r"),
+                      *[a(c) if callable(a) else a for a in extra]]
 
 
 GEN_MODEL = gen("--model", P("p"), "--out", P("x.png"))  # generate from the case's pipeline copy "p"
@@ -558,6 +589,36 @@ CASES = [
                                        "--out", str(c.t / "d")], user_folder, "{t}/d already exists"),
     Case("pack-out-read-only", lambda c: ["mobilediff", "pack", "--model", str(c.w.pipe), "--base", str(c.w.pipe),
                                           "--out", str(c.t / "ro" / "o")], lambda c: c.read_only(), "{t}/ro is not writable"),
+    # recommend ------------------------------------------------------------------------------------------------
+    Case("recommend-both-constraints", rec("--latency-ms", "50", "--min-accuracy", "0.9"), study,
+         "give exactly one of --latency-ms or --min-accuracy"),
+    Case("recommend-no-constraint", rec(), study, "give exactly one of --latency-ms or --min-accuracy"),
+    Case("recommend-latency-nan", rec("--latency-ms", "nan"), study, "'--latency-ms': nan is not a finite number"),
+    Case("recommend-latency-inf", rec("--latency-ms", "inf"), study, "'--latency-ms': inf is not a finite number"),
+    Case("recommend-latency-negative", rec("--latency-ms", "-5"), study, "'--latency-ms'"),
+    Case("recommend-accuracy-above-one", rec("--min-accuracy", "1.5"), study, "'--min-accuracy'"),
+    Case("recommend-nothing-meets-the-budget", rec("--latency-ms", "1"), study,
+         "nothing in {t}/s.json meets latency <= 1 ms: the fastest is xs (teacher), ddim 4 steps"),
+    Case("recommend-nothing-reaches-the-floor", rec("--min-accuracy", "0.95"), study,
+         "nothing in {t}/s.json meets prompt accuracy >= 0.95"),
+    Case("recommend-runtime-not-in-table", rec("--latency-ms", "60", "--runtime", "coreml"), study,
+         "--runtime coreml: not in {t}/s.json (there: eager)"),
+    Case("recommend-precision-not-in-table", rec("--latency-ms", "60", "--precision", "int8"), study,
+         "--precision int8: not in {t}/s.json (there: fp32)"),
+    Case("recommend-table-missing", rec("--latency-ms", "60"), None, "--table {t}/s.json: not found"),
+    Case("recommend-table-is-a-folder", rec("--latency-ms", "60"), lambda c: user_folder(c, "s.json"),
+         "--table {t}/s.json: is a folder"),
+    Case("recommend-table-not-json", rec("--latency-ms", "60"), lambda c: study(c, "[{"), "corrupt {t}/s.json"),
+    Case("recommend-table-not-rows", rec("--latency-ms", "60"), lambda c: study(c, '{"rows": []}'),
+         "corrupt {t}/s.json: expected a list of rows"),
+    Case("recommend-table-accuracy-out-of-range", rec("--latency-ms", "60"),
+         lambda c: study(c, json.dumps([{**STUDY_ROW, "prompt_accuracy": 2}])),
+         "corrupt {t}/s.json: row 0: 'prompt_accuracy' missing or not a number in [0, 1]"),
+    Case("recommend-device-missing", rec("--latency-ms", "60", "--device", P("d.json")), study,
+         "--device {t}/d.json: not found"),
+    Case("recommend-device-not-run-device", rec("--latency-ms", "60", "--device", P("d.json")),
+         lambda c: (study(c), user_file(c, "d.json", json.dumps({"schema": {"name": "mobilediff.scaling"}}))),
+         "--device {t}/d.json is not a run_device result"),
     # benchmarks -----------------------------------------------------------------------------------------------
     Case("baseline_quality-guidance-nan", lambda c: ["baseline_quality", "--guidance", "1", "nan", "--out",
                                                      str(c.t / "r")], None, "--guidance: must be a finite number"),
@@ -586,6 +647,18 @@ CASES = [
     Case("run_device-out-is-a-file", lambda c: ["run_device", "--bundle", str(c.t / "b"), "--device", "host",
                                                 "--out", str(c.t / "f")], lambda c: (bundle_copy(c), user_file(c)),
          "{t}/f is a file"),
+    Case("scaling-guidance-nan", scaling("--guidance", "1", "nan"), None, "--guidance: must be a finite number"),
+    Case("scaling-n-one", scaling("--n", "1"), None, "--n: must be an integer >= 2"),
+    Case("scaling-sampler-of-students", scaling("--samplers", "lcm"), None, "--samplers: invalid choice: 'lcm'"),
+    Case("scaling-unknown-runtime", scaling("--runtime", "tflite"), None, "--runtime: invalid choice: 'tflite'"),
+    Case("scaling-out-is-a-file", lambda c: ["scaling", "--model", str(c.w.pipe), "--out", str(c.t / "f")], user_file,
+         "{t}/f is a file"),
+    Case("scaling-missing-model", scaling("--model", P("nope")), None, "model directory not found: {t}/nope"),
+    Case("scaling-pickle-model", scaling("--model", P("p")), pipe_pickle(".bin"), "diffusion_pytorch_model.bin"),
+    Case("scaling-student-without-record", scaling("--students", P("p")), pipe_copy,
+         "--students {t}/p: no distillation.json"),
+    Case("scaling-student-of-no-model", scaling("--model", P("p"), "--students", P("s")),
+         lambda c: (pipe_copy(c), student_copy(c)), "--students {t}/s: cannot tell which --model it belongs to"),
     Case("real_architectures-max-memory-nan", lambda c: ["real_architectures", "--max-memory-gib", "nan", "--out",
                                                          str(c.t / "r")], None, "--max-memory-gib: must be a finite"),
     Case("real_architectures-runs-zero", lambda c: ["real_architectures", "--runs", "0", "--out", str(c.t / "r")], None,
@@ -683,7 +756,8 @@ def test_the_table_covers_every_command_and_benchmark():
     from mobilediff.cli import cli
 
     commands = {c.argv(Ctx(Path("/t"), World(Path("/p"), Path("/b"))))[1] for c in CASES
-                if c.name.split("-")[0] in ("generate", "export", "goldens", "evaluate", "train", "distill", "pack")}
+                if c.name.split("-")[0] in ("generate", "export", "goldens", "evaluate", "train", "distill", "pack",
+                                                 "recommend")}
     scripts = {c.name.split("-")[0] for c in CASES}
     assert set(cli.commands) <= commands
     assert {p.stem for p in (REPO / "benchmarks").glob("*.py")} <= scripts

@@ -4,7 +4,8 @@ import pytest
 
 from conftest import error_lines, run_cli
 
-COMMANDS = ["generate", "evaluate", "train-base", "train-evaluator", "distill", "distill-decoder", "export", "pack", "goldens"]
+COMMANDS = ["generate", "evaluate", "train-base", "train-evaluator", "distill", "distill-decoder", "export", "pack", "goldens",
+            "recommend"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
