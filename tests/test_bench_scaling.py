@@ -238,3 +238,23 @@ def test_no_family_registered_is_one_line(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: no model family is registered") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_latency_on_onnx_runtime(family, tmp_path, capsys):
+    """--runtime onnx: each pipeline exported to a bundle (graphs checked against PyTorch) and timed through
+    BundleRunner, which encodes the unconditional prompt once: one text-encoder call per image, CFG or not."""
+    from mobilediff.bench.envelope import run_command
+
+    out = tmp_path / "results"
+    argv = ["--model", family / "small", "--students", "--samplers", "ddim", "--n", "2", "--steps", "2",
+            "--guidance", "1", "3.5", "--runs", "2", "--warmup", "1", "--e2e-runs", "1", "--runtime", "onnx",
+            "--work", tmp_path / "work", "--out", out]
+    code = run_command(_script("scaling").main, [str(a) for a in argv])
+    assert code == 0, capsys.readouterr().err
+    rows = json.loads((out / "scaling.json").read_text())
+    assert len(rows) == 2 and all(r["runtime"] == "onnx" for r in rows)
+    assert [r["latency_parts"]["text_encoder_calls"] for r in rows] == [1, 1] and rows[1]["cfg"]
+    assert (tmp_path / "work" / "00-small" / "manifest.json").is_file()  # the bundle the latencies were timed on
+    check = json.loads((out / "scaling_meta.json").read_text())["models"][0]["latency_check"]
+    assert check["measured_ms"] > 0 and check["steps"] == 2 and check["guidance"] == 3.5
