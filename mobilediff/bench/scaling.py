@@ -164,6 +164,7 @@ def resolve_subjects(models: list[str] | None,
     MobilediffError: no family registered, a folder that is not a pipeline, a student without its distillation.json or
     that belongs to none of the models."""
     from mobilediff.loading import FAMILY, check_pipeline_dir, resolve_model, student_record
+    from mobilediff.samplers import SAMPLERS
 
     if models is None:
         if not FAMILY:
@@ -194,6 +195,9 @@ def resolve_subjects(models: list[str] | None,
             raise MobilediffError(f"--students {label}: unknown distillation method {record['method']!r} in its "
                                   f"distillation.json (known: {', '.join(METHODS[1:])})")
         smp = record["sampling"]
+        if smp["sampler"] not in SAMPLERS:
+            raise MobilediffError(f"--students {label}: its distillation.json plans sampler {smp['sampler']!r}, which "
+                                  f"mobilediff does not know (known: {', '.join(SAMPLERS)})")
         out.append(Subject(label=str(label), path=path, model=_owner(path, record, subjects, str(label)),
                            method=record["method"], plan=(smp["sampler"], int(smp["steps"]), float(smp["guidance"]))))
     return subjects, tuple(out)
