@@ -51,7 +51,7 @@ def test_two_step_run_writes_a_pipeline_that_decodes_the_samplers_latents(studen
     teacher_vae = json.loads((student / "vae" / "config.json").read_text())
     assert record["latent"] == {"latent_channels": 4, "vae_scale_factor": 2,
                                 "scaling_factor": teacher_vae["scaling_factor"], "shift_factor": 0.0}
-    assert record["architecture"] == {"width": 16, "blocks": [3, 1]}  # the default pattern for a 2-level VAE
+    assert record["architecture"] == {"width": 24, "blocks": [6, 0]}  # the default pattern for a 2-level VAE
     assert record["stats"]["train_steps"] == 2 and record["stats"]["pool"] == 16 + 4
     assert record["gflop_per_image"]["decoder"] > 0 and record["command"].startswith("mobilediff ")
     # the model keeps everything but its VAE, its distillation record (the sampling plan) included
