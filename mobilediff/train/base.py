@@ -530,6 +530,14 @@ def _check_sources(cfg: TrainBaseConfig) -> None:
     """Refuse --vae-from, --init-from and --text-encoder-from folders that do not hold what the run reads."""
     if cfg.vae_from is not None and not (Path(cfg.vae_from) / "vae" / "config.json").is_file():
         raise MobilediffError(f"--vae-from {cfg.vae_from}: no vae/config.json (not a pipeline folder)")
+    if cfg.vae_from is not None:
+        try:
+            vae_class = json.loads((Path(cfg.vae_from) / "vae" / "config.json").read_text()).get("_class_name")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise MobilediffError(f"--vae-from {cfg.vae_from}: corrupt vae/config.json ({e})") from None
+        if vae_class != "AutoencoderKL":
+            raise MobilediffError(f"--vae-from {cfg.vae_from}: its VAE is an {vae_class}, not an AutoencoderKL (a tiny "
+                                  f"decoder has no encoder to make the training latents)")
     if cfg.init_from is not None:
         path = Path(cfg.init_from)
         pipeline = (path / "unet" / "diffusion_pytorch_model.safetensors").is_file() and \

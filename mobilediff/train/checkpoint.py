@@ -171,3 +171,24 @@ def restore(ckpt: Checkpoint, modules: dict[str, torch.nn.Module], optimizer: to
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobilediffError(f"checkpoint {ckpt.path} has an optimizer state that does not fit this run: "
                                   f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def check_resume(out: Path, resume: str | None, weights: str, what: str, run_items: tuple[str, ...],
+                 run_globs: tuple[str, ...] = ()) -> None:
+    """Check what ``--resume`` points at before anything is written. A checkpoint folder must be complete, readable
+    and hold ``weights`` (else it is not a ``what`` checkpoint); ``latest`` needs OUT to be empty, missing or a run
+    folder (one of ``run_items`` or a ``run_globs`` match in it) whose newest checkpoint is readable. Raises
+    MobilediffError naming the folder or file."""
+    if resume is None:
+        return
+    out = Path(out)
+    if resume != "latest":
+        ckpt = load_checkpoint(Path(resume))
+        if not (ckpt.path / weights).is_file():
+            raise MobilediffError(f"checkpoint {ckpt.path} is not a {what} checkpoint (no {weights})")
+        return
+    if out.exists() and any(out.iterdir()) and not any((out / item).exists() for item in run_items) \
+            and not any(any(out.glob(g)) for g in run_globs):
+        raise MobilediffError(f"--resume latest: {out} is not a {what} run folder (it has none of "
+                              f"{', '.join(run_items + run_globs)})")
+    latest_checkpoint(out)

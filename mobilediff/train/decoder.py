@@ -300,23 +300,10 @@ class DecoderObjective:
 
 
 def _check_resume(cfg: DecoderDistillConfig, resume: str | None) -> None:
-    """Check what ``--resume`` points at before anything is written (as ``distill`` does): a checkpoint folder that
-    is missing, incomplete, corrupt or not a decoder checkpoint; an OUT that holds files but no decoder run; a corrupt
-    newest checkpoint in OUT. Raises MobilediffError naming the folder or file."""
-    from mobilediff.train.checkpoint import latest_checkpoint, load_checkpoint
+    """Check what ``--resume`` points at before anything is written (as ``distill`` does)."""
+    from mobilediff.train.checkpoint import check_resume
 
-    if resume is None:
-        return
-    out = Path(cfg.out)
-    if resume != "latest":
-        ckpt = load_checkpoint(Path(resume))
-        if not (ckpt.path / "decoder.safetensors").is_file():
-            raise MobilediffError(f"checkpoint {ckpt.path} is not a decoder checkpoint (no decoder.safetensors)")
-        return
-    if out.exists() and any(out.iterdir()) and not any((out / item).exists() for item in RUN_ITEMS):
-        raise MobilediffError(f"--resume latest: {out} is not a distill-decoder run folder (it has none of "
-                              f"{', '.join(RUN_ITEMS)})")
-    latest_checkpoint(out)
+    check_resume(cfg.out, resume, "decoder.safetensors", "decoder", RUN_ITEMS)
 
 
 @torch.no_grad()

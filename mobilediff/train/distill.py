@@ -138,6 +138,12 @@ def load_teacher(teacher: str):
 
     from mobilediff.loading import load_pipeline
 
+    from mobilediff.decoder import RECORD, vae_folder
+    from mobilediff.loading import resolve_model
+
+    if (vae_folder(resolve_model(teacher)) / RECORD).is_file():
+        raise MobilediffError(f"the teacher {teacher} holds a tiny decoder (mobilediff distill-decoder), whose encoder "
+                              f"is empty: distil from the model it was made for, whose VAE encodes the training images")
     pipe = load_pipeline(teacher)
     if not isinstance(pipe.unet, UNet2DConditionModel):
         raise MobilediffError(f"unsupported denoiser {type(pipe.unet).__name__}: expected UNet2DConditionModel")
@@ -459,25 +465,11 @@ def student_defaults(model_dir: Path) -> dict | None:
 
 
 def _check_resume(cfg: DistillConfig, resume: str | None) -> None:
-    """Check what ``--resume`` points at before anything is written. Raises MobilediffError naming the folder or
-    file: a checkpoint folder that is missing, incomplete, corrupt or not a distillation checkpoint; an OUT that holds
-    files but no distillation run; a corrupt newest checkpoint in OUT."""
-    from mobilediff.train.checkpoint import latest_checkpoint, load_checkpoint
+    """Check what ``--resume`` points at before anything is written (:func:`train.checkpoint.check_resume`)."""
+    from mobilediff.train.checkpoint import check_resume
 
-    if resume is None:
-        return
-    out = Path(cfg.out)
-    if resume != "latest":
-        ckpt = load_checkpoint(Path(resume))
-        if not (ckpt.path / "student.safetensors").is_file():
-            raise MobilediffError(f"checkpoint {ckpt.path} is not a distillation checkpoint (no student.safetensors)")
-        return
-    run_items = ("checkpoints", "latent_cache.safetensors", "log.jsonl", "model")
-    if out.exists() and any(out.iterdir()) and not any((out / item).exists() for item in run_items) \
-            and not any(out.glob("steps-*")):
-        raise MobilediffError(f"--resume latest: {out} is not a distillation run folder (it has none of "
-                              f"{', '.join(run_items)}, steps-N)")
-    latest_checkpoint(out)
+    check_resume(cfg.out, resume, "student.safetensors", "distillation",
+                 ("checkpoints", "latent_cache.safetensors", "log.jsonl", "model"), ("steps-*",))
 
 
 def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, command: str = "") -> list[Path]:
