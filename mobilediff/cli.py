@@ -217,7 +217,7 @@ def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, 
 @click.option("--base", default="default", show_default=True, help="Pipeline folder whose identical components are borrowed.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Packed pipeline folder to create.")
 @click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
-@click.option("--decoder", type=click.Path(path_type=Path), default=None, help="A tiny decoder folder (mobilediff distill-decoder) that replaces the model's VAE; refused unless it decodes the model's latents.")
+@click.option("--decoder", type=click.Path(path_type=Path), default=None, help="A tiny decoder folder (mobilediff distill-decoder) or 'default:tiny' (the default model's) that replaces the model's VAE; refused unless it decodes the model's latents.")
 def pack_cmd(model, base, out, fp16, decoder):
     """Store only what a pipeline does not share with a base (students of the embedded model)."""
     from mobilediff.io import check_output
@@ -225,7 +225,9 @@ def pack_cmd(model, base, out, fp16, decoder):
 
     check_output(out, folder=True)
 
-    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16), decoder=decoder)
+    from mobilediff.decoder import resolve_decoder
+
+    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16), decoder=resolve_decoder(decoder))
     click.echo(f"packed {out}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
 
 
@@ -318,7 +320,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
-@click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (mobilediff distill-decoder) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
+@click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (a mobilediff distill-decoder folder, or 'default:tiny': the default model's) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
                force):
@@ -339,6 +341,9 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     from mobilediff.loading import student_record
 
     record = student_record(resolve_model(model))
+    from mobilediff.decoder import resolve_decoder
+
+    decoder = resolve_decoder(decoder)
     if decoder is not None:
         from mobilediff.decoder import check_decoder_dir, check_fits, latent_space, vae_folder
 

@@ -24,6 +24,9 @@ import torch
 
 from mobilediff.errors import MobilediffError
 
+DEFAULT_DECODERS = Path(__file__).parent / "assets" / "decoders"
+# embedded decoders by name: the default model's tiny decoder (docs/models.md, benchmarks/results/decoder.md)
+NAMED_DECODERS = {"default:tiny": DEFAULT_DECODERS / "tiny"}
 RECORD = "decoder.json"
 KIND = "mobilediff.decoder"
 CLASS = "AutoencoderTiny"
@@ -197,8 +200,18 @@ def with_decoder(pipe, decoder_dir: Path, model_dir: Path):
     return new
 
 
+def resolve_decoder(decoder: str | Path | None) -> Path | None:
+    """'default:tiny' -> the embedded tiny decoder of the default model; otherwise the given folder (or None)."""
+    if decoder is None:
+        return None
+    return NAMED_DECODERS.get(str(decoder), Path(decoder))
+
+
 def decoder_source(decoder_dir: Path) -> dict:
-    """What a bundle's manifest records of a swapped-in decoder: its folder and the sha256 of its weights."""
+    """What a bundle's manifest records of a swapped-in decoder: its name (an embedded one) or folder, and the sha256
+    of its weights."""
     from mobilediff.io import tree_sha256
 
-    return {"path": str(decoder_dir), "class": CLASS, "weights_sha256": tree_sha256(Path(decoder_dir))}
+    names = {p.resolve(): name for name, p in NAMED_DECODERS.items()}
+    label = names.get(Path(decoder_dir).resolve(), str(decoder_dir))
+    return {"path": label, "class": CLASS, "weights_sha256": tree_sha256(Path(decoder_dir))}

@@ -49,3 +49,30 @@ def test_registered_family_names_resolve():
         assert resolve_model(m.name) == m.path and (m.path / "model_index.json").is_file()
         for kind, path in m.students.items():
             assert resolve_model(m.student_name(kind)) == path
+
+
+def test_the_embedded_tiny_decoder_fits_the_default_model_and_decodes_its_latents():
+    """'default:tiny' is the default model's tiny decoder: it fits the default model's latent space (and its
+    students', which share the VAE), costs <= 0.15 GFLOP (the issue's bar, measured here, not read from its record),
+    and decodes the VAE's own latents of fresh samples close to the VAE decoder's images."""
+    import torch
+
+    from mobilediff.data import ShapesConfig, ShapesDataset
+    from mobilediff.decoder import (NAMED_DECODERS, check_decoder_dir, check_fits, decoder_gflop, latent_space,
+                                    load_decoder, resolve_decoder, vae_folder)
+    from mobilediff.loading import load_pipeline
+
+    d = resolve_decoder("default:tiny")
+    assert d == NAMED_DECODERS["default:tiny"] and resolve_decoder("x/y") == Path("x/y") and resolve_decoder(None) is None
+    for model in ("default", "default:progressive-4", "default:lcm"):
+        check_fits(d, check_decoder_dir(d), latent_space(vae_folder(resolve_model(model))))
+    tiny = load_decoder(d)
+    assert decoder_gflop(tiny, (4, 16, 16)) <= 0.15
+    vae = load_pipeline("default").vae.eval()
+    images, _, _ = ShapesDataset(seed=77, config=ShapesConfig(resolution=64, supersample=2)).batch(0, 16)
+    with torch.no_grad():
+        z = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+        target = vae.decode(z / vae.config.scaling_factor).sample.clamp(-1, 1)
+        got = tiny.decode(z).sample.clamp(-1, 1)
+    psnr = float(10 * torch.log10(4.0 / torch.nn.functional.mse_loss(got, target)))
+    assert psnr >= 28, psnr  # 32.9 dB at training's held-out check (decoder.json)
