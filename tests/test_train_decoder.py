@@ -159,3 +159,49 @@ def test_export_takes_the_decoder_at_the_parity_floor(student, run, tmp_path, ca
     spec = declare(pipe, latent_geometry(pipe))["vae_decoder"]
     entry = export_component(spec, "executorch", "fp32", tmp_path / "et")
     assert entry["parity"]["psnr_db"] >= 60 and entry["export"]["delegated_nodes"] > 0
+
+
+def test_decoder_benchmark_pairs_each_student_row_with_both_decoders(tmp_path):
+    """benchmarks/decoder.py on a tiny 64-px student (the evaluator's resolution) and a random decoder of its latent
+    space: one VAE row and one tiny row per plan, paired on the same latents, the decoders' cost measured, the bars
+    checked, every report file written; a model without a sampling plan is refused before any sampling."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from mobilediff.decoder import KIND, RECORD, build_tiny
+    from mobilediff.models import VaeConfig
+    from mobilediff.tiny import TINY_MODEL, tiny_pipeline
+
+    vae = VaeConfig(sample_size=64, block_out_channels=(4, 8, 8), layers_per_block=1, latent_channels=4,
+                    norm_num_groups=4)  # 64 px <-> 16 x 16 latents
+    pipe = tiny_pipeline(0, dataclasses.replace(TINY_MODEL, vae=vae))
+    student = tmp_path / "student"
+    pipe.save_pretrained(str(student), safe_serialization=True)
+    (student / "distillation.json").write_text(json.dumps({"method": "progressive", "teacher": "t", "sampling": PLAN}))
+    dec = tmp_path / "dec"
+    build_tiny(4, 8, (1, 1, 0), seed=0).save_pretrained(str(dec), safe_serialization=True)
+    (dec / RECORD).write_text(json.dumps({"kind": KIND, "latent": {
+        "latent_channels": 4, "vae_scale_factor": 4, "scaling_factor": pipe.vae.config.scaling_factor,
+        "shift_factor": 0.0}}))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import decoder as bench
+
+    out = tmp_path / "results"
+    res = bench.main(["--decoder", str(dec), "--students", str(student), "--n", "2", "--psnr-samples", "3",
+                      "--out", str(out)])
+    assert [(r["decoder"], r["steps"]) for r in res["rows"]] == [("vae", 2), ("tiny", 2)]
+    (pair,) = res["pairs"]
+    assert pair["accuracy_drop_points"] == pytest.approx(100 * (pair["vae_accuracy"] - pair["tiny_accuracy"]))
+    vae_row, tiny_row = res["decoders"]
+    assert 0 < tiny_row["params"] < vae_row["params"] and tiny_row["psnr_db"] < 100
+    assert tiny_row["gflop_per_image"] > 0 and vae_row["gflop_per_image"] > 0
+    assert {t["check"] for t in res["targets"]} == {"tiny_decoder_gflop", "tiny_decoder_accuracy_drop_points"}
+    saved = json.loads((out / "decoder.json").read_text())
+    assert saved["meta"]["n"] == 2 and "grid" not in saved
+    for f in ("decoder.md", "decoder.png", "decoder_grid.png"):
+        assert (out / f).stat().st_size > 0
+    (student / "distillation.json").unlink()
+    with pytest.raises(MobilediffError, match="not a distilled student"):
+        bench.main(["--decoder", str(dec), "--students", str(student), "--n", "2", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

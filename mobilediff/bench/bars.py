@@ -22,6 +22,9 @@ int8_e2e_speedup                 >     1      float / int8 end-to-end median (qu
 export_fp32_component_psnr_db    >=    60     PSNR of an fp32 component against PyTorch (export_parity)
 export_e2e_image_psnr_db         >=    40     PSNR of a bundle's image against the PyTorch pipeline (export_parity)
 app_image_psnr_db                >=    40     PSNR of a demo app engine's image against ``generate --bundle``
+tiny_decoder_gflop               <=    0.15   GFLOP of one decode by the tiny decoder (decoder)
+tiny_decoder_accuracy_drop_...   <=    2      VAE-decoded - tiny-decoded prompt accuracy, in points, per student
+                                              row, same latents (decoder)
 ===============================  ====  =====  ===============================================================
 """
 from __future__ import annotations
@@ -57,6 +60,8 @@ BARS: dict[str, Bar] = {b.id: b for b in (
     Bar("export_fp32_component_psnr_db", "fp32 component PSNR against PyTorch (dB)", ">=", 60.0),
     Bar("export_e2e_image_psnr_db", "end-to-end image PSNR against PyTorch (dB)", ">=", 40.0),
     Bar("app_image_psnr_db", "app engine image PSNR against generate --bundle (dB)", ">=", 40.0),
+    Bar("tiny_decoder_gflop", "tiny decoder GFLOP per image", "<=", 0.15),
+    Bar("tiny_decoder_accuracy_drop_points", "prompt accuracy drop with the tiny decoder (points)", "<=", 2.0),
 )}
 
 
