@@ -27,13 +27,15 @@ def lower(module, inputs, precision: str = "fp32"):
         from mobilediff.components import Fp16IO
 
         module = Fp16IO(module)
+    from mobilediff.targets.provenance import shared_provenance
     from mobilediff.targets.xnnpack_forms import decompositions
 
-    with torch.no_grad():
+    with torch.no_grad(), shared_provenance():
         # norms, attention, nearest upsampling and splits in forms XNNPACK takes whole (few delegated subgraphs)
         ep = torch.export.export(module, inputs, strict=False).run_decompositions(decompositions())
-    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        program = edge.to_executorch()
     info = get_delegation_info(edge.exported_program().graph_module)
     non_delegated: dict[str, int] = {}
     for op, breakdown in info.delegation_by_operator.items():
@@ -42,7 +44,7 @@ def lower(module, inputs, precision: str = "fp32"):
     facts = {"backend": "XNNPACK", "delegated_nodes": info.num_delegated_nodes,
              "non_delegated_nodes": info.num_non_delegated_nodes, "delegated_subgraphs": info.num_delegated_subgraphs,
              "non_delegated_ops": dict(sorted(non_delegated.items(), key=lambda kv: -kv[1]))}
-    return edge.to_executorch(), facts
+    return program, facts
 
 
 def export(spec, path: Path, precision: str) -> dict:
