@@ -37,9 +37,11 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input of any kind becomes one line on stderr and exit code 2."""
-    from mobilediff.quiet import quiet_libraries
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        # silencing the libraries imports diffusers and torch (seconds): help is printed without them
+        from mobilediff.quiet import quiet_libraries
 
-    quiet_libraries()
+        quiet_libraries()
     try:
         cli.main(args=argv, prog_name="mobilediff", standalone_mode=False)
     except click.exceptions.Abort:

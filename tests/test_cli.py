@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, run_cli, run_cli_here
 
 COMMANDS = ["generate", "evaluate", "train-base", "train-evaluator", "distill", "distill-decoder", "export", "pack", "goldens",
             "recommend"]
@@ -35,8 +35,8 @@ def test_evaluate_a_pipeline_directly(tmp_path):
     assert set(r["attribute_accuracy"]) == {"background", "count", "position", "shape", "color", "size"}
 
 
-def test_evaluate_needs_exactly_one_source():
-    code, _, stderr = run_cli("evaluate")
+def test_evaluate_needs_exactly_one_source(capsys):
+    code, _, stderr = run_cli_here(capsys, "evaluate")
     assert code == 2 and error_lines(stderr) == ["error: give exactly one of --model or --images"]
 
 
@@ -46,17 +46,18 @@ def test_evaluate_needs_exactly_one_source():
     (("distill", "--method", "lcm", "--steps", "4", "--out", "OUT", "--lr", "nan"), "Invalid value for '--lr': nan is not a finite number"),
     (("train-base", "--out", "OUT", "--object-weight", "-inf"), "Invalid value for '--object-weight'"),
 ])
-def test_non_finite_numbers_are_refused_before_any_work(args, message, tmp_path):
+def test_non_finite_numbers_are_refused_before_any_work(args, message, tmp_path, capsys):
     args = [str(tmp_path / a) if a in ("B", "OUT") else a for a in args]
-    code, _, stderr = run_cli(*args, "--out", tmp_path / "x.png") if args[0] == "generate" else run_cli(*args)
+    extra = ("--out", tmp_path / "x.png") if args[0] == "generate" else ()
+    code, _, stderr = run_cli_here(capsys, *args, *extra)
     lines = error_lines(stderr)
     assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_output_under_a_file_is_one_line(tmp_path):
+def test_output_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "f").write_text("user data")
-    code, _, stderr = run_cli("generate", "--prompt", "x", "--steps", 1, "--out", tmp_path / "f" / "x.png")
+    code, _, stderr = run_cli_here(capsys, "generate", "--prompt", "x", "--steps", 1, "--out", tmp_path / "f" / "x.png")
     lines = error_lines(stderr)
     assert code == 2 and lines == [f"error: cannot write {tmp_path / 'f' / 'x.png'}: {tmp_path / 'f'} is a file, not a folder"], stderr
     assert (tmp_path / "f").read_text() == "user data"
