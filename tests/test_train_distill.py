@@ -300,3 +300,15 @@ def test_packed_student_borrows_unchanged_components(tiny_pipeline_dir, tmp_path
                               "--sampler", "lcm", "--out", tmp_path / "x.png")
     assert code == 2 and len(error_lines(stderr)) == 1 and "whose files changed since" in error_lines(stderr)[0]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_packed_teacher_is_distilled_from_its_borrowed_vae(tiny_pipeline_dir, tmp_path):
+    """A teacher packed against a base (a family member: its own UNet, the rest borrowed) is a teacher like any
+    other: its latent cache is encoded with the VAE it borrows."""
+    from mobilediff.loading import pack_pipeline
+
+    teacher = tmp_path / "teacher"
+    pack_pipeline(tiny_pipeline_dir, tiny_pipeline_dir, teacher, ("unet",))
+    assert not (teacher / "vae").exists()
+    (student,) = distill(_cfg(teacher, tmp_path / "run", "lcm", max_train_steps=1))
+    assert (student / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -208,7 +208,9 @@ class DistillData:
         res = teacher.unet.config.sample_size * teacher.vae_scale_factor
         data_cfg = ShapesConfig(resolution=res, supersample=2 if res <= 32 else 4)
         data = ShapesDataset(seed=cfg.seed + 2, config=data_cfg)
-        vae_dir = resolve_model(cfg.teacher) / "vae"
+        from mobilediff.decoder import vae_folder
+
+        vae_dir = vae_folder(resolve_model(cfg.teacher))  # a packed teacher borrows its VAE from its base
         ns = SimpleNamespace(latent_cache=cfg.latent_cache, data=data_cfg)
         with accelerator.main_process_first():  # the main process encodes and writes it, the others then read it
             self.cache = _latent_cache(ns, teacher.vae, vae_dir, teacher.tokenizer, data, cfg.out, accelerator.autocast,
