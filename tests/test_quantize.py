@@ -3,7 +3,7 @@ static int8 UNet checked against the float one on a tiny random pipeline."""
 import pytest
 import torch
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, run_cli_here
 from mobilediff.calibration import calibration_prompts, record_calibration
 from mobilediff.errors import MobilediffError
 from mobilediff.quantize import RECIPES, get_recipe
@@ -36,10 +36,10 @@ def test_calibration_stops_on_non_finite_outputs():
         record_calibration(pipe, calibration_prompts(2), steps=2, sampler="ddim", guidance=3.5)
 
 
-def test_unknown_recipe_lists_the_valid_ones(tiny_pipeline_dir, tmp_path):
+def test_unknown_recipe_lists_the_valid_ones(tiny_pipeline_dir, tmp_path, capsys):
     with pytest.raises(MobilediffError, match="valid: int8-static, int8-dynamic, fp16"):
         get_recipe("onnx", "int4")
-    code, _, stderr = run_cli("export", "--model", tiny_pipeline_dir, "--target", "executorch", "--quantize",
+    code, _, stderr = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "executorch", "--quantize",
                               "palettize4", "--out", tmp_path / "b")
     assert code == 2 and error_lines(stderr) == [
         "error: no quantization recipe 'palettize4' for executorch; valid: " + ", ".join(RECIPES["executorch"])]
@@ -78,6 +78,7 @@ def test_onnx_quantization_of_a_graph_with_external_data_is_refused(tmp_path, mo
     with pytest.raises(MobilediffError, match="^onnx int8-dynamic: quantizing a graph with external data "
                                               r"\(unet, over 0 GiB of weights\) is not supported$"):
         export_component(spec, "onnx", "fp32", tmp_path, recipe=get_recipe("onnx", "int8-dynamic"))
+    assert not list(tmp_path.rglob("*.onnx*"))  # refused before the export
 
 
 def _observed_in(prepared, prefix: str) -> int:

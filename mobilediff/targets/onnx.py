@@ -228,10 +228,11 @@ def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
     export for the ``fp16`` recipe); returns the export facts, with ``quantization`` facts."""
     if recipe.name == "fp16":
         return export(spec, path, "fp16")
-    facts = export(spec, path, "fp32")
-    if facts["external_data"]:  # onnxruntime.quantization would read the whole model through protobuf (2 GiB)
+    # refused before the export: onnxruntime.quantization would read the whole model through protobuf (2 GiB)
+    if weight_bytes(spec.module, "fp32") >= EXTERNAL_DATA_MIN_BYTES:
         raise MobilediffError(f"onnx {recipe.name}: quantizing a graph with external data ({spec.name}, over "
                               f"{EXTERNAL_DATA_MIN_BYTES / 2**30:g} GiB of weights) is not supported")
+    facts = export(spec, path, "fp32")
     return {**facts, "quantization": _quantize_graph(spec, recipe, Path(path), calibration)}
 
 
