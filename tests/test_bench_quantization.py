@@ -9,13 +9,19 @@ from mobilediff.bench.envelope import write_results
 
 
 def test_component_rows_for_onnx_recipes_and_an_ablation(tiny_pipeline_dir, tmp_path, monkeypatch):
-    """Every ONNX recipe and ablation is planned; three of them (float, the default int8 recipe, the VAE-decoder
-    ablation) are exported and measured here, each a whole bundle; every one of them is measured by
+    """Every ONNX recipe and ablation is planned; two of them (float and the VAE-decoder ablation of the default int8
+    recipe) are exported and measured here, each a whole bundle; every one of them is measured by
     `python benchmarks/quantization.py` (benchmarks/results/quantization.json)."""
     planned = qb.variants(["onnx"])
     assert [v for _, v, _ in planned] == ["fp32", "int8-static", "int8-dynamic", "fp16",
                                           "int8-static, nothing kept float", "int8-static + VAE decoder"]
-    variants = ["fp32", "int8-static", "int8-static + VAE decoder"]
+    variants = ["fp32", "int8-static + VAE decoder"]
+    from mobilediff.quantize import RECIPES
+
+    default = RECIPES["onnx"]["int8-static"]
+    assert "vae_decoder" not in default.components  # the default keeps the VAE decoder float
+    ablation = next(r for _, v, r in planned if v == "int8-static + VAE decoder")
+    assert ablation.components == default.components + ("vae_decoder",)
     monkeypatch.setattr(qb, "variants", lambda targets: [p for p in planned if p[1] in variants])
     res = qb.measure(qb.QuantizationConfig(model=str(tiny_pipeline_dir), targets=("onnx",), n=0, runs=2, warmup=1,
                                            calibration_prompts=4, calibration_rows=8))
@@ -26,10 +32,10 @@ def test_component_rows_for_onnx_recipes_and_an_ablation(tiny_pipeline_dir, tmp_
         assert r["size_bytes"] > 0 and r["median_ms"] > 0 and r["n"] == 2
         assert r["psnr_db"] >= 15  # every exported graph was checked against PyTorch at export
     # the UNet shrinks under int8 (weights 4x smaller; float conv_in/conv_out and QDQ scales stay)
-    assert rows[("int8-static", "unet")]["size_bytes"] * 2.5 < rows[("fp32", "unet")]["size_bytes"]
-    # the default keeps the VAE decoder float; the ablation quantizes it
-    assert not rows[("int8-static", "vae_decoder")]["quantized"]
+    assert rows[("int8-static + VAE decoder", "unet")]["size_bytes"] * 2.5 < rows[("fp32", "unet")]["size_bytes"]
+    # the ablation quantizes the VAE decoder too, the float bundle nothing
     assert rows[("int8-static + VAE decoder", "vae_decoder")]["quantized"]
+    assert not any(rows[("fp32", c)]["quantized"] for c in ("text_encoder", "unet", "vae_decoder"))
     saved = json.loads((tmp_path / "quantization.json").read_text())
     assert saved["meta"]["machine"]["cores"] >= 1 and saved["end_to_end"] == []
     assert (tmp_path / "quantization.md").read_text().startswith("# Quantization")
