@@ -79,9 +79,27 @@ def _weights_sha(model: str) -> str:
     return tree_sha256(resolve_model(model))
 
 
-def build(out: Path, models=MODELS, say=print, all_runtimes: bool = False) -> Path:
+def _say_stderr(message: str) -> None:
+    print(f"fixtures {message}", file=sys.stderr, flush=True)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    from mobilediff.quiet import quiet_libraries
+
+    quiet_libraries()
+    torch.set_num_threads(threads)
+
+
+def build(out: Path, models=MODELS, say=print, all_runtimes: bool = False, jobs: int = 1) -> Path:
     """Build (or reuse) every model's fixtures under ``out``; returns ``out/index.json``. A model's fixtures are
-    reused when their weights and runtimes cover what is asked."""
+    reused when their weights and runtimes cover what is asked. ``jobs`` > 1 builds that many models at once, each in
+    its own process with its share of the CPU threads (exporting is mostly single-threaded Python)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
     from mobilediff.io import atomic_write_json
 
     out = Path(out)
@@ -90,6 +108,7 @@ def build(out: Path, models=MODELS, say=print, all_runtimes: bool = False) -> Pa
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     if index.get("fixture_version") != FIXTURE_VERSION:
         index = {"fixture_version": FIXTURE_VERSION, "models": {}}
+    todo = []
     for model in models:
         name = _slug(model)
         runtimes = ALL_RUNTIMES if all_runtimes else RUNTIMES[model]
@@ -98,8 +117,21 @@ def build(out: Path, models=MODELS, say=print, all_runtimes: bool = False) -> Pa
                 and set(runtimes) <= set(entry.get("runtimes", ())) and (out / name / "bundle").is_dir()):
             say(f"{model}: up to date")
             continue
-        index["models"][name] = build_model(model, out / name, say, runtimes)
-        atomic_write_json(index_path, index)  # after each model: an interrupted run keeps what it finished
+        todo.append((model, runtimes))
+    jobs = max(1, min(jobs, len(todo)))
+    if jobs == 1:
+        for model, runtimes in todo:
+            index["models"][_slug(model)] = build_model(model, out / _slug(model), say, runtimes)
+            atomic_write_json(index_path, index)  # after each model: an interrupted run keeps what it finished
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            running = {pool.submit(build_model, model, out / _slug(model), _say_stderr, runtimes): model
+                       for model, runtimes in todo}
+            for done in as_completed(running):
+                index["models"][_slug(running[done])] = done.result()
+                atomic_write_json(index_path, index)
     atomic_write_json(index_path, index)
     return index_path
 
@@ -113,11 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", choices=MODELS, help="only these models (repeatable)")
     parser.add_argument("--all-runtimes", action="store_true",
                         help="ONNX and ExecuTorch for every model (default: ExecuTorch for the progressive student only)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="models built at once, each in its own process (default 1; CI uses the cores it has)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     quiet_libraries()
     try:
-        build(args.out, tuple(args.model or MODELS), say=lambda m: print(f"fixtures {m}", file=sys.stderr),
-              all_runtimes=args.all_runtimes)
+        build(args.out, tuple(args.model or MODELS), say=_say_stderr, all_runtimes=args.all_runtimes, jobs=args.jobs)
     except MobilediffError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
