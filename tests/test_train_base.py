@@ -210,3 +210,7 @@ def test_training_markdown_names_what_was_trained():
     assert "- UNet (text encoder frozen): " in training_markdown(info)
     info["config"]["freeze_text_encoder"] = False
     assert "- Text encoder + UNet: " in training_markdown(info)
+    assert "- VAE: " in training_markdown(info) and "copied from" not in training_markdown(info)
+    info["config"]["vae_from"] = "/models/base"  # a --vae-from run (also when it was resumed: stats lack it)
+    assert "- VAE: copied from /models/base (not trained here)" in training_markdown(info)
+    assert "nan" not in training_markdown(info)

@@ -593,12 +593,17 @@ def _versions() -> dict:
 def training_markdown(info: dict) -> str:
     """A human-readable record of how a model was trained (written next to its weights)."""
     st, m, c = info["stats"], info["machine"], info["config"]
+    if c.get("vae_from") or st.get("vae_from"):
+        vae = f"- VAE: copied from {c.get('vae_from') or st['vae_from']} (not trained here)"
+    else:
+        vae = (f"- VAE: {st.get('vae_steps')} steps at batch {c['vae_batch_size']}, "
+               f"{st.get('vae_seconds', 0) / 60:.1f} min; reconstruction PSNR "
+               f"{st.get('vae_recon_psnr_db', float('nan')):.1f} dB on {c['vae_stats_samples'] // 2} fresh images; "
+               f"latent scaling factor {st.get('scaling_factor', float('nan')):.4f}")
     return "\n".join([
         "# How this model was trained", "",
         f"Command: `{info['command']}`", "",
-        f"- VAE: {st.get('vae_steps')} steps at batch {c['vae_batch_size']}, "
-        f"{st.get('vae_seconds', 0) / 60:.1f} min; reconstruction PSNR {st.get('vae_recon_psnr_db', float('nan')):.1f} dB "
-        f"on {c['vae_stats_samples'] // 2} fresh images; latent scaling factor {st.get('scaling_factor', float('nan')):.4f}",
+        vae,
         f"- {'UNet (text encoder frozen)' if c.get('freeze_text_encoder') else 'Text encoder + UNet'}: "
         f"{st.get('unet_steps')} steps at batch {c['batch_size']}, "
         f"{st.get('unet_seconds', 0) / 60:.1f} min (wall time spent in training steps, summed over resumed sessions)",
