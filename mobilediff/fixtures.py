@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="models built at once, each in its own process (default 1; CI uses the cores it has)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
-        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     quiet_libraries()
     try:
         build(args.out, tuple(args.model or MODELS), say=_say_stderr, all_runtimes=args.all_runtimes, jobs=args.jobs)
