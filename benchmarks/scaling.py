@@ -19,7 +19,8 @@ Writes to --out (default benchmarks/results/):
   scaling_budget.png     best accuracy within a latency budget per size, and the winner per budget
   scaling_guidance.png   guidance sweeps per size
 
-Run:  python benchmarks/scaling.py     (every registered default:unet-* model and its students; hours on 2 CPU cores)
+Run:  python benchmarks/scaling.py     (every registered default:unet-* model and its students; hours on 2 CPU cores;
+                                        scored rows are cached, so an interrupted run picks up where it stopped)
       python benchmarks/scaling.py --model default:unet-xs --model DIR --students DIR ... --n 64
 `mobilediff recommend` answers budget questions from scaling.json.
 """
@@ -32,6 +33,13 @@ from pathlib import Path
 from mobilediff.bench.envelope import Parser, command_line, count, finite, run_command, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_cache() -> Path:
+    """$XDG_CACHE_HOME/mobilediff/scaling-rows (~/.cache when unset)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mobilediff" / "scaling-rows"
 
 
 def build_parser() -> Parser:
@@ -65,6 +73,11 @@ def build_parser() -> Parser:
                     help="timed end-to-end generates per pipeline that check the composed latency (default 5)")
     ap.add_argument("--work", type=Path, default=None,
                     help="--runtime onnx: folder for the exported bundles (default: a temporary folder, removed)")
+    ap.add_argument("--cache", type=Path, default=default_cache(), metavar="DIR",
+                    help="scored rows are kept here as they are scored, so an interrupted run resumes and a run with "
+                         "one more model scores only its rows; a row is reused only for the same weights, settings, "
+                         "evaluator and mobilediff version (default: %(default)s)")
+    ap.add_argument("--no-cache", action="store_true", help="score every row again and keep nothing")
     ap.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
     return ap
 
@@ -79,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                         steps=tuple(dict.fromkeys(args.steps)), guidance=tuple(dict.fromkeys(args.guidance)),
                         student_steps=tuple(dict.fromkeys(args.student_steps)), n=args.n, runtime=args.runtime,
                         threads=args.threads, runs=args.runs, warmup=args.warmup, e2e_runs=args.e2e_runs,
-                        work=args.work)
+                        work=args.work, cache=None if args.no_cache else args.cache)
     cfg.check()
     result = measure(cfg, command_line("scaling", argv))
     result["meta"]["wall_seconds"] = time.time() - t0

@@ -660,6 +660,7 @@ CASES = [
     Case("scaling-unknown-runtime", scaling("--runtime", "tflite"), None, "--runtime: invalid choice: 'tflite'"),
     Case("scaling-out-is-a-file", lambda c: ["scaling", "--model", str(c.w.pipe), "--out", str(c.t / "f")], user_file,
          "{t}/f is a file"),
+    Case("scaling-cache-in-a-file", scaling("--cache", P("f/rows")), user_file, "cannot write {t}/f/rows/row.json: {t}/f is a file"),
     Case("scaling-missing-model", scaling("--model", P("nope")), None, "model directory not found: {t}/nope"),
     Case("scaling-pickle-model", scaling("--model", P("p")), pipe_pickle(".bin"), "diffusion_pytorch_model.bin"),
     Case("scaling-student-without-record", scaling("--students", P("p")), pipe_copy,

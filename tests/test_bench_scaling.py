@@ -13,6 +13,7 @@ import pytest
 from mobilediff.bench.claims import (BudgetRule, budget_grid, budget_table, claim_a, claim_b, claim_c, claim_d,
                                      relative_spread, verdicts)
 from mobilediff.bench.scaling import compose_latency
+from mobilediff.errors import MobilediffError
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = {"small": 1_000, "big": 10_000}
@@ -180,7 +181,7 @@ def test_the_script_end_to_end_on_tiny_pipelines(family, tmp_path, capsys):
     out = tmp_path / "results"
     argv = ["--model", family / "small", "--model", family / "big", "--students", family / "big-p1",
             family / "small-lcm", "--samplers", "ddim", "--n", "4", "--steps", "1", "2", "--guidance", "1", "3.5",
-            "--runs", "3", "--warmup", "1", "--e2e-runs", "2", "--out", out]
+            "--runs", "3", "--warmup", "1", "--e2e-runs", "2", "--cache", tmp_path / "cache", "--out", out]
     code = run_command(_script("scaling").main, [str(a) for a in argv])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -227,6 +228,43 @@ def test_the_script_end_to_end_on_tiny_pipelines(family, tmp_path, capsys):
     md = (out / "scaling.md").read_text()
     assert "## Verdicts" in md and "## Which size wins at which latency budget" in md and "## Students" in md
     assert "(a)" in captured.out and "wrote" in captured.out
+    assert meta["settings"]["rows_from_cache"] == 0 and len(list((tmp_path / "cache").glob("*.json"))) == len(rows)
+
+    # run again with the same cache: every row is read back (same quality), only the latencies are measured anew
+    code = run_command(_script("scaling").main, [str(a) for a in argv])
+    assert code == 0, capsys.readouterr().err
+    again = json.loads((out / "scaling.json").read_text())
+    assert json.loads((out / "scaling_meta.json").read_text())["settings"]["rows_from_cache"] == len(rows)
+    quality = ("pipeline", "sampler", "steps", "guidance", "prompt_accuracy", "fd", "attribute_accuracy")
+    assert [[r[k] for k in quality] for r in again] == [[r[k] for k in quality] for r in rows]
+
+
+def test_row_cache_misses_on_any_change(tmp_path):
+    """A cached row is reused only for the same weights, point, n and context; a torn file is scored again."""
+    from mobilediff.bench.sweep import Point, RowCache
+
+    class Pipe:
+        class unet:
+            class config:
+                time_cond_proj_dim = None
+
+    a, b = Pipe(), Pipe()
+    cache = RowCache(tmp_path / "c", {"evaluator": "e1"}, {id(a): "sha-a", id(b): "sha-b"})
+    p = Point(a, "ddim", 4, 2.0, {"model": "m"})
+    assert cache.get(p, 8) is None
+    cache.put(p, 8, {"prompt_accuracy": 0.5})
+    assert cache.get(p, 8) == {"prompt_accuracy": 0.5} and cache.hits == 1
+    for other in (Point(b, "ddim", 4, 2.0, {"model": "m"}), Point(a, "dpmpp", 4, 2.0, {"model": "m"}),
+                  Point(a, "ddim", 8, 2.0, {"model": "m"}), Point(a, "ddim", 4, 3.5, {"model": "m"}),
+                  Point(a, "ddim", 4, 2.0, {"model": "m2"})):
+        assert cache.get(other, 8) is None, other
+    assert cache.get(p, 16) is None
+    assert RowCache(tmp_path / "c", {"evaluator": "e2"}, {id(a): "sha-a"}).get(p, 8) is None
+    cache.path(p, 8).write_text('{"prompt_acc')  # a torn write
+    assert cache.get(p, 8) is None
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MobilediffError, match="is a file"):
+        RowCache(tmp_path / "file" / "c", {}, {})
 
 
 def test_no_family_registered_is_one_line(monkeypatch, tmp_path, capsys):
@@ -249,7 +287,7 @@ def test_latency_on_onnx_runtime(family, tmp_path, capsys):
     out = tmp_path / "results"
     argv = ["--model", family / "small", "--students", "--samplers", "ddim", "--n", "2", "--steps", "2",
             "--guidance", "1", "3.5", "--runs", "2", "--warmup", "1", "--e2e-runs", "1", "--runtime", "onnx",
-            "--work", tmp_path / "work", "--out", out]
+            "--work", tmp_path / "work", "--no-cache", "--out", out]
     code = run_command(_script("scaling").main, [str(a) for a in argv])
     assert code == 0, capsys.readouterr().err
     rows = json.loads((out / "scaling.json").read_text())

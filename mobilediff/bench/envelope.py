@@ -221,8 +221,8 @@ class Parser(argparse.ArgumentParser):
 
 def run_command(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run a benchmark's ``main(argv)``: 0 when it returns; a MobilediffError becomes one ``error:`` line on stderr
-    and exit code 2 (so does an OS error on a path the user gave), an interrupt exit code 130 (nothing is written in
-    either case). Library notices a user cannot act on are kept off the terminal."""
+    and exit code 2 (so does an OS error on a path the user gave), an interrupt exit code 130 (no result file is
+    written in either case; a sweep's row cache keeps the rows already scored). Library notices a user cannot act on are kept off the terminal."""
     from mobilediff.quiet import quiet_libraries
 
     quiet_libraries()
@@ -235,6 +235,6 @@ def run_command(main: Callable[[list[str] | None], object], argv: list[str] | No
         print(f"error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
+        print("error: interrupted; no result file was written", file=sys.stderr)
         return 130
     return 0

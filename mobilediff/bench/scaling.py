@@ -94,6 +94,7 @@ class ScalingConfig:
     warmup: int = 3
     e2e_runs: int = 5  # timed end-to-end generates of the composition check, after one warm-up
     work: Path | None = None  # onnx: folder for the exported bundles (None: a temporary folder, removed)
+    cache: Path | None = None  # scored rows kept here (mobilediff.bench.sweep.RowCache); None: no cache
     rule: BudgetRule = field(default_factory=BudgetRule)
 
     def check(self) -> None:
@@ -117,6 +118,10 @@ class ScalingConfig:
         for g in self.guidance:
             if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):
                 raise MobilediffError(f"--guidance must be finite numbers >= 0, got {g!r}")
+        if self.cache is not None:
+            from mobilediff.io import check_output
+
+            check_output(Path(self.cache) / "row.json")
         labels = [s.label for s in self.models + self.students]
         if len(set(labels)) != len(labels):
             twice = sorted({x for x in labels if labels.count(x) > 1})
@@ -398,7 +403,17 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
     evaluator = Evaluator.load()
     real = evaluator.real_features(eval_scenes(cfg.n))
     fd_floor = frechet_distance(real, evaluator.real_features(ShapesDataset(seed=EVAL_SEED + 1).scenes(0, cfg.n)))
-    quality = sweep(points, evaluator, cfg.n, real, "scaling study (UNet calls per batch)")
+    shas = {s.label: tree_sha256(s.path) for s in subjects}
+    cache = None
+    if cfg.cache is not None:
+        import mobilediff
+        from mobilediff.bench.sweep import RowCache
+        from mobilediff.evaluator import EVALUATOR_DIR
+
+        context = {"evaluator": tree_sha256(EVALUATOR_DIR), "mobilediff": mobilediff.__version__,
+                   "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED}
+        cache = RowCache(cfg.cache, context, {id(pipes[s.label]): shas[s.label] for s in subjects})
+    quality = sweep(points, evaluator, cfg.n, real, "scaling study (UNet calls per batch)", cache)
     rows = []
     for p, q in zip(points, quality):
         label = p.fields["pipeline"]
@@ -411,7 +426,7 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
                      "latency_parts": parts, "latency_kind": "composed"})
     models = []
     for s in subjects:
-        models.append({"label": s.label, "path": str(s.path), "weights_sha256": tree_sha256(s.path),
+        models.append({"label": s.label, "path": str(s.path), "weights_sha256": shas[s.label],
                        "model": s.model, "method": s.method, "plan": list(s.plan) if s.plan else None,
                        "unet_params": params[s.label],
                        "gflop": costs[s.label]["gflop"], "latency": costs[s.label]["latency"],
@@ -421,6 +436,7 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
             "settings": {"samplers": list(cfg.samplers), "steps": list(cfg.steps), "guidance": list(cfg.guidance),
                          "student_steps": list(cfg.student_steps), "runtime": cfg.runtime, "threads": cfg.threads,
                          "runs": cfg.runs, "warmup": cfg.warmup, "e2e_runs": cfg.e2e_runs,
+                         "rows_from_cache": cache.hits if cache is not None else 0,
                          "rule": {"budgets": cfg.rule.budgets, "margin": cfg.rule.margin,
                                   "min_prefix": cfg.rule.min_prefix}},
             "latency_method": "composed: text_encoder_ms x text_encoder_calls + steps x unet_step_ms(unet_rows) + "

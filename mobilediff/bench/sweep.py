@@ -2,8 +2,11 @@
 per budget, and grids of sample images. The baseline and distillation reports are sweeps."""
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -22,23 +25,68 @@ class Point:
         return 2 if self.guidance > 1 and not self.pipe.unet.config.time_cond_proj_dim else 1
 
 
-def sweep(points: list[Point], evaluator, n: int, real_features, desc: str) -> list[dict]:
+class RowCache:
+    """Scored rows kept on disk, so that a sweep of hours that is interrupted (or extended by a new model) resumes
+    where it stopped: one JSON file per row in ``folder``, named by the sha256 of everything the row depends on -- the
+    point (its fields, sampler, steps, guidance), ``n``, the sampled pipeline's weights (``weights``: id(pipe) ->
+    sha256 of its safetensors files) and ``context`` (the evaluator's weights, mobilediff's version, the seeds). A
+    changed model, setting or version is a miss, never a stale hit. Rows are written atomically as they are scored."""
+
+    def __init__(self, folder: Path, context: dict, weights: dict[int, str]):
+        from mobilediff.io import check_output
+
+        self.folder = Path(folder)
+        check_output(self.folder / "row.json")
+        self.context, self.weights = context, weights
+        self.hits = 0
+
+    def path(self, p: Point, n: int) -> Path:
+        key = {"context": self.context, "weights": self.weights[id(p.pipe)], "fields": p.fields,
+               "sampler": p.sampler, "steps": p.steps, "guidance": float(p.guidance), "n": n}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.folder / f"{digest[:32]}.json"
+
+    def get(self, p: Point, n: int) -> dict | None:
+        try:
+            row = json.loads(self.path(p, n).read_text())
+        except (OSError, ValueError):  # not scored yet, or a torn file from a crash: score it again
+            return None
+        self.hits += 1
+        return row
+
+    def put(self, p: Point, n: int, row: dict) -> None:
+        from mobilediff.io import atomic_write_json
+
+        atomic_write_json(self.path(p, n), row)
+
+
+def sweep(points: list[Point], evaluator, n: int, real_features, desc: str,
+          cache: RowCache | None = None) -> list[dict]:
     """Score every point on ``n`` prompts of the fixed evaluation set (mobilediff.quality.evaluate_pipeline), with a
     progress bar in UNet calls per batch. Row: the point's fields, sampler, steps, nfe (UNet evaluations per image),
-    guidance, prompt_accuracy, fd, n, attribute_accuracy."""
+    guidance, prompt_accuracy, fd, n, attribute_accuracy. With a ``cache``, rows scored before are read back and
+    each new row is stored as soon as it is scored."""
     from tqdm.auto import tqdm
 
     from mobilediff.quality import evaluate_pipeline, progress_batches
 
     rows = []
-    total = progress_batches(n) * sum(p.steps * p.unet_rows for p in points)
-    with tqdm(total=total, desc=desc, file=sys.stderr) as bar:
+    work = {id(p): progress_batches(n) * p.steps * p.unet_rows for p in points}
+    with tqdm(total=sum(work.values()), desc=desc, file=sys.stderr) as bar:
         for p in points:
+            cached = cache.get(p, n) if cache is not None else None
+            if cached is not None:
+                rows.append(cached)
+                bar.update(work[id(p)])
+                continue
             rep = evaluate_pipeline(p.pipe, evaluator, p.sampler, p.steps, p.guidance, n=n, real_features=real_features,
                                     progress=lambda k, f=p.unet_rows: bar.update(k * f))
-            rows.append({**p.fields, "sampler": p.sampler, "steps": p.steps, "nfe": p.steps * p.unet_rows,
-                         "guidance": p.guidance, "prompt_accuracy": rep.prompt_accuracy, "fd": rep.fd, "n": rep.n,
-                         "attribute_accuracy": rep.attribute_accuracy})
+            row = {**p.fields, "sampler": p.sampler, "steps": p.steps, "nfe": p.steps * p.unet_rows,
+                   "guidance": p.guidance, "prompt_accuracy": rep.prompt_accuracy, "fd": rep.fd, "n": rep.n,
+                   "attribute_accuracy": rep.attribute_accuracy}
+            if cache is not None:
+                cache.put(p, n, row)
+            rows.append(row)
             label = " ".join(str(v) for v in p.fields.values())
             bar.set_postfix(last=f"{label} {p.sampler}-{p.steps} g{p.guidance}: acc {rep.prompt_accuracy:.3f} "
                                  f"fd {rep.fd:.3f}")
