@@ -62,6 +62,8 @@ device        {"kind": "host"|"android"|"apple", "machine": mobilediff.bench.env
                "apple": {"platform"} | null,
                "not_run": [one sentence per device kind that this file has no measurement from]}
 versions      mobilediff.bench.envelope.library_versions() of the host
+gemm_peak     host: mobilediff.bench.peak.gemm_peak() at --threads {"n", "threads", "runs", "fp32_gflops",
+               "int8_gops", "measured": {how: GFLOP/s}} | null (device kinds)
 settings      {"runs", "warmup", "e2e_warmup", "load_runs", "steps", "baseline": {"sampler", "steps"},
                "baseline_guidance", "student_guidance", "quality_n", "prompt_seed", "noise_seed", "memory",
                "runtimes", "threads", "runtime_threads": {...}, "android": {...} | null, "apple": {...} | null}
@@ -69,7 +71,8 @@ bundles       [{"name", "path", "role": "teacher"|"student", "method": "teacher"
                 "precision": "fp32"|"fp16"|<quantization recipe>, "quantization": recipe name | null,
                 "targets": [targets with all three components], "guidance_type", "geometry": {...},
                 "source": {"model", "path" (resolved, or null), "weights_sha256", "checked": bool, "from":
-                "manifest"|"--source"|"none" (no eager reference)}, "plans": [{"sampler", "steps", "guidance",
+                "manifest"|"--source"|"none" (no eager reference), "decoder": the swapped-in decoder's name or
+                folder | null (such a bundle has no eager reference), "note"?}, "plans": [{"sampler", "steps", "guidance",
                 "guidance_from": "--baseline-guidance"|"--student-guidance"|"manifest"}],
                 "default_plan": the manifest's default sampling plan {"sampler", "steps", "guidance"}}]
 components    [{"model": bundle name, or "eager:<source>" for PyTorch rows, "bundle": name | null,
@@ -83,14 +86,19 @@ components    [{"model": bundle name, or "eager:<source>" for PyTorch rows, "bun
                 "latency": summarize() keys + "warmup" and "source" ("perf_counter" or the tool's name),
                 "memory": {"baseline_mib", "peak_mib", "delta_mib", "source", "what"} | null,
                 "speedup_vs_eager": eager median / this median (same source and component) | null,
+                "gflop": one call at input_shapes (the manifest's components.<name>.gflop) | null,
+                "gflops_per_s": gflop / median latency | null, "peak_fraction": gflops_per_s / gemm_peak's fp32
+                  or int8 (int8 recipes) peak | null,
                 "note": problems in one sentence each | null}]
 end_to_end    [{"model", "bundle", "source", "role", "method", "runtime", "precision", "sampler", "steps",
                 "guidance", "guidance_from", "cfg": bool, "unet_calls_per_step", "unet_batch", "nfe",
+                "gflop": text encoder + steps x UNet (at unet_batch) + decoder, from the manifest | null,
                 "latency_kind": "measured" (one full generate: text encode + steps x denoiser + VAE decode, one
                   image, timed whole) | "estimate" (device kinds: text_encoder + steps x unet + vae_decoder
                   component medians; no sampler arithmetic, no tokenizer),
                 "latency": as in components, "memory": peak of one full generate in a fresh process | null,
-                "baseline": {"model", "runtime", "median_ms"} | null, "speedup_vs_baseline": baseline median /
+                "baseline": {"model", "runtime", "sampler", "steps", "guidance", "median_ms", "quality", "gflop"}
+                  | null, "speedup_vs_baseline": baseline median /
                   this median | null,
                 "quality": {"n", "prompt_accuracy", "fd", "attribute_accuracy"} | null,
                 "pareto_accuracy", "pareto_fd": on the frontier of (latency, quality) over all rows | null,
@@ -98,7 +106,10 @@ end_to_end    [{"model", "bundle", "source", "role", "method", "runtime", "preci
 targets       [{"name": "e2e_int8_4step_vs_ddim50", "runtime", "student", "baseline", "student_ms",
                 "baseline_ms", "speedup", "bar": 25.0, "speed_met", "accuracy_ratio", "fd_ratio",
                 "quality_met" (accuracy >= 0.95x and FD <= 1.5x the baseline's on this run's prompts; null: not
-                scored), "met" (speed_met and quality_met not false), "latency_kind"} ... ,
+                scored), "met" (speed_met and quality_met not false), "latency_kind", "flop_ratio" (baseline
+                GFLOP / student GFLOP: the speedup at equal efficiency) | null} ... ,
+               {"name": "e2e_4step_vs_ddim50", the same keys + "candidates", "within_quality": per runtime, the
+                fastest 4-step student (any precision, decoder or size) within the quality bars, "bar": 50.0} ...,
                {"name": "denoiser_step_vs_eager", "source", "fastest": {"model", "runtime", "precision"},
                 "fastest_ms", "eager_ms", "speedup", "bar": 2.0, "met"} ...;
                a target with nothing to measure has "met": null and a "reason"; every target has "bar_id", its row

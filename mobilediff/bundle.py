@@ -184,6 +184,7 @@ class ComponentEntry(_Record):
     dims: dict  # static value of every named dimension, e.g. {"batch": 2}
     files: tuple  # FileEntry
     source_class: str = ""
+    gflop: float | None = None  # FLOPs of one call at ``dims`` (mobilediff.flops); None in bundles made before it
     extra: dict = field(default_factory=dict, compare=False)
     _NESTED = {"inputs": (list, TensorEntry), "outputs": (list, TensorEntry), "files": (list, FileEntry)}
 
@@ -406,13 +407,15 @@ def _check_finite(manifest: Manifest, path: Path) -> None:
     for t in manifest.samplers:
         fields += [(f"samplers[{t.name}:{t.steps}].{n}", getattr(t, n))
                    for n in ("init_noise_sigma", "timesteps", "input_scale", "latent_coef", "output_coef", "noise_coef")]
+    fields += [(f"components.{n}.gflop", c.gflop) for n, c in manifest.components.items() if c.gflop is not None]
     for name, value in fields:
         try:
-            bad = any(not math.isfinite(v) for v in numbers(value))
+            bad = any(not math.isfinite(v) or (name.endswith(".gflop") and v < 0) for v in numbers(value))
         except TypeError:
             bad = True
         if bad:
-            raise MobilediffError(f"{path}: {name} holds a number that is not finite (or not a number)")
+            raise MobilediffError(f"{path}: {name} holds a number that is not finite (or not a number"
+                                  f"{', or is negative' if name.endswith('.gflop') else ''})")
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

@@ -61,12 +61,9 @@ def build_tiny(latent_channels: int, width: int, blocks: tuple[int, ...], seed: 
 def decoder_gflop(vae, latent_shape: tuple[int, int, int]) -> float:
     """GFLOP of one decode of a (C, h, w) latent at batch 1 (torch's FLOP counter: 2 per multiply-add of the convs
     and matmuls; activations, upsampling and adds are not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from mobilediff.flops import count_gflop
 
-    z = torch.zeros(1, *latent_shape)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        vae.decode(z)
-    return counter.get_total_flops() / 1e9
+    return count_gflop(vae.decode, (torch.zeros(1, *latent_shape),))
 
 
 # ------------------------------------------------------------------------------------------ latent spaces

@@ -23,6 +23,7 @@ from mobilediff.bundle import (FORMAT, FORMAT_VERSION, Manifest, ModelRole, Samp
 from mobilediff.components import ComponentSpec, check_supported, declare, latent_geometry
 from mobilediff.decoder import decoder_source
 from mobilediff.errors import MobilediffError
+from mobilediff.flops import count_gflop
 from mobilediff.io import atomic_dir
 from mobilediff.targets import PRECISIONS, TARGETS, get_target
 
@@ -255,7 +256,8 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                 r = recipes.get(tgt)
                 say(f"{name} -> {tgt} ({r.name if r and name in r.components else precision})")
                 files.append(export_component(spec, tgt, precision, tmp, recipe=r, calibration=calibration))
-            components[name] = {**spec.to_dict(), "files": files}
+            components[name] = {**spec.to_dict(), "files": files,
+                                "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}
         _pipeline_files(pipe, plan, tmp, components)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,

@@ -302,6 +302,23 @@ def bundles(library, _export_once, tmp_path_factory):
     return get
 
 
+MATRIX: list[dict] = []  # one row per variant x target checked in this run (see matrix_report)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matrix_report():
+    """With MOBILEDIFF_MATRIX_REPORT=FILE set, the rows checked in this run (variant, target, lowest component PSNR,
+    generate PSNR) are written to FILE as JSON at the end: the numbers behind "exported / total per target, lowest
+    parity" (``MOBILEDIFF_MATRIX_REPORT=m.json python -m pytest -m "extended or not extended"
+    tests/test_architectures.py`` for the whole matrix)."""
+    import os
+
+    yield
+    path = os.environ.get("MOBILEDIFF_MATRIX_REPORT")
+    if path:
+        Path(path).write_text(json.dumps({"variants": len(VARIANTS), "rows": MATRIX}, indent=1) + "\n")
+
+
 def _variants(fast: tuple[str, ...] | None = None):
     """All variants as parameters; with ``fast``, the ones not in it are marked extended (and slow)."""
     return [pytest.param(n, marks=() if fast is None or n in fast else (pytest.mark.slow, pytest.mark.extended))
@@ -327,6 +344,9 @@ def _check_manifest(pipe, bundle: Path, target: str) -> None:
         assert f.target == target and (bundle / f.path).exists(), name
         if target != "coreml":
             assert f.parity["psnr_db"] >= MIN_PSNR_DB["fp32"], (name, f.parity)
+    MATRIX.append({"variant": bundle.name.rsplit("-", 1)[0], "target": target,
+                   "min_component_psnr_db": None if target == "coreml" else
+                   min(c.files[0].parity["psnr_db"] for c in m.components.values())})
 
 
 def _check_generate(library, name: str, bundle: Path, runtime: str) -> float:
@@ -340,6 +360,7 @@ def _check_generate(library, name: str, bundle: Path, runtime: str) -> float:
     assert got.shape == ref.shape
     db = psnr(got, ref)
     assert db >= GENERATE_MIN_PSNR_DB, f"{name} ({v.axes}): {runtime} bundle vs PyTorch {db:.1f} dB"
+    MATRIX[-1]["generate_psnr_db"] = db
     return db
 
 

@@ -173,6 +173,18 @@ def test_host_component_rows(host_result):
     for x in onnx:
         e = next(y for y in eager if y["source"] == x["source"] and y["component"] == x["component"])
         assert x["speedup_vs_eager"] == pytest.approx(e["latency"]["median_ms"] / x["latency"]["median_ms"])
+    # FLOPs from the manifest (counted at export on the PyTorch module), their rate and the share of the GEMM peak
+    peak = r["gemm_peak"]
+    assert peak["threads"] == 1 and peak["fp32_gflops"] > 0 and peak["int8_gops"] > 0
+    assert set(peak["measured"]) == {"torch.mm fp32", "onnxruntime MatMul fp32", "onnxruntime MatMulInteger int8"}
+    for x in rows:
+        assert x["gflop"] > 0, x["model"]
+        assert x["gflops_per_s"] == pytest.approx(x["gflop"] / (x["latency"]["median_ms"] / 1e3))
+        top = peak["int8_gops"] if x["precision"] == "int8-dynamic" else peak["fp32_gflops"]
+        assert x["peak_fraction"] == pytest.approx(x["gflops_per_s"] / top)
+    # a teacher's UNet row is its CFG batch: twice the FLOPs of the student's one-row call (same widths)
+    assert unet["teacher-fp32"]["gflop"] == pytest.approx(2 * unet["lcm-fp32"]["gflop"], rel=0.01)
+    assert unet["lcm-int8"]["gflop"] == unet["lcm-fp32"]["gflop"]  # quantization does not change the count
 
 
 def test_host_end_to_end_rows(host_result):
@@ -201,6 +213,13 @@ def test_host_end_to_end_rows(host_result):
     assert fastest["pareto_accuracy"] and fastest["pareto_fd"]
     # the float bundle on ONNX Runtime makes the images its source makes in PyTorch: same prompts and seeds
     eager4 = next(x for x in rows if x["model"] == "eager:student" and x["steps"] == 4)
+    # FLOPs per image: text encoder + steps x UNet (at the row's batch) + decoder, eager rows as their bundle's
+    comp = {(x["model"], x["component"]): x["gflop"] for x in r["components"] if x["runtime"] == "onnx"}
+    assert lcm4["gflop"] == pytest.approx(comp["lcm-fp32", "text_encoder"] + 4 * comp["lcm-fp32", "unet"]
+                                          + comp["lcm-fp32", "vae_decoder"])
+    assert teacher["gflop"] == pytest.approx(comp["teacher-fp32", "text_encoder"] + 2 * comp["teacher-fp32", "unet"]
+                                             + comp["teacher-fp32", "vae_decoder"])
+    assert eager4["gflop"] == pytest.approx(lcm4["gflop"]) and lcm4["baseline"]["gflop"] == teacher["gflop"]
     assert lcm4["quality"]["prompt_accuracy"] == eager4["quality"]["prompt_accuracy"]
     assert lcm4["quality"]["fd"] == pytest.approx(eager4["quality"]["fd"], rel=0.02)
 
@@ -226,8 +245,21 @@ def test_host_targets(host_result, capsys):
     for x in steps:
         assert x["fastest"]["runtime"] == "onnx" and x["met"] == (x["speedup"] >= 2.0)
         assert x["speedup"] == pytest.approx(x["eager_ms"] / x["fastest_ms"])
+    assert e2e["flop_ratio"] == pytest.approx(teacher["gflop"] / student["gflop"])
+    # the fastest 4-step student of each runtime within the quality bars, whatever its precision
+    (best,) = [x for x in r["targets"] if x["name"] == "e2e_4step_vs_ddim50"]
+    fours = [x for x in r["end_to_end"] if x["role"] == "student" and x["steps"] == 4 and x["runtime"] == "onnx"]
+    assert best["bar"] == 50.0 and best["candidates"] == len(fours) == 2
+    within = [x for x in fours if x["quality"]["prompt_accuracy"] >= 0.95 * tq["prompt_accuracy"]
+              and x["quality"]["fd"] <= 1.5 * tq["fd"]]
+    assert best["within_quality"] == len(within)
+    assert best["student"] == max(within or fours, key=lambda x: x["speedup_vs_baseline"])["model"]
+    assert best["met"] == (best["speedup"] >= 50.0 and bool(within))
     lines = device_report.target_lines(r["targets"])
     assert any("int8 4-step" in line and ("met" in line or "MISSED" in line) for line in lines)
+    assert any("fastest 4-step student" in line for line in lines)
+    md = (r_out := host_result[0] / "run_device.md").read_text()
+    assert "GEMM peak at 1 thread(s)" in md and "% of peak" in md and "fewer FLOPs" in md, r_out
 
 
 def test_noisy_rows_are_flagged_in_the_markdown(host_result):
@@ -265,7 +297,8 @@ def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads)
         if sys.platform.startswith("linux"):
             assert m["source"] == "VmHWM"
     assert r["end_to_end"][0]["quality"] is None
-    assert r["targets"][1] == {"name": "denoiser_step_vs_eager", "bar_id": "denoiser_step_speedup", "bar": 2.0,
+    assert r["targets"][1]["name"] == "e2e_4step_vs_ddim50" and r["targets"][1]["met"] is None  # no student
+    assert r["targets"][2] == {"name": "denoiser_step_vs_eager", "bar_id": "denoiser_step_speedup", "bar": 2.0,
                                "met": None,
                                "reason": "no UNet measured both in PyTorch eager and in a bundle runtime on this device"}
 
@@ -646,3 +679,19 @@ def test_unknown_device_from_the_command_line(bundles, tmp_path):
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("error: argument --device: invalid choice: 'ios'")
     assert not out.exists()
+
+
+def test_a_bundle_with_another_decoder_has_no_eager_reference(bundles, tmp_path):
+    """A bundle exported with --decoder decodes with another module than its source folder's VAE: the source is no
+    eager reference for it (its rows would compare different decoders), and the report names the decoder."""
+    from mobilediff.bench.host import resolve_eager_reference
+
+    b = tmp_path / "tiny-decoder"
+    shutil.copytree(bundles.student, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["source"]["decoder"] = {"path": "default:tiny", "class": "AutoencoderTiny", "weights_sha256": "0" * 64}
+    (b / "manifest.json").write_text(json.dumps(m))
+    (info,) = inspect_bundles([b], PlanChoice())
+    resolve_eager_reference(info, "manifest")
+    assert info.eager_dir is None and info.source["decoder"] == "default:tiny"
+    assert "decodes with default:tiny" in info.source["note"]

@@ -20,6 +20,12 @@ def _quality_words(t: dict) -> str:
     return f"accuracy {acc} and FD {fd} of the baseline's ({'within' if t['quality_met'] else 'OUTSIDE'} the quality bars)"
 
 
+def _flop_words(t: dict) -> str:
+    """'; 9.8x fewer FLOPs': what the speedup would be at equal efficiency (nothing when not counted)."""
+    r = t.get("flop_ratio")
+    return "" if r is None else f"; {r:.1f}x fewer FLOPs"
+
+
 def target_lines(targets: list[dict]) -> list[str]:
     """One line per target, as the command prints them at the end of a run."""
     lines = []
@@ -27,10 +33,15 @@ def target_lines(targets: list[dict]) -> list[str]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
         if t["met"] is None:
             lines.append(f"target {t['name']} (bar {t['bar']:g}x): {verdict}: {t['reason']}")
+        elif t["name"] == "e2e_4step_vs_ddim50":
+            lines.append(f"target fastest 4-step student within the quality bars vs float {t['baseline_plan']} on "
+                         f"{t['runtime']}: {t['speedup']:.1f}x ({t['student']} {t['student_ms']:.1f} ms, "
+                         f"{t['baseline']} {t['baseline_ms']:.1f} ms; bar {t['bar']:g}x; {t['latency_kind']}"
+                         f"{_flop_words(t)}), {_quality_words(t)}: {verdict}")
         elif t["name"] == "e2e_int8_4step_vs_ddim50":
             lines.append(f"target int8 4-step student vs float {t['baseline_plan']} on {t['runtime']}: "
                          f"{t['speedup']:.1f}x ({t['student']} {t['student_ms']:.1f} ms, {t['baseline']} "
-                         f"{t['baseline_ms']:.1f} ms; bar {t['bar']:g}x; {t['latency_kind']}), "
+                         f"{t['baseline_ms']:.1f} ms; bar {t['bar']:g}x; {t['latency_kind']}{_flop_words(t)}), "
                          f"{_quality_words(t)}: {verdict}")
         else:
             f = t["fastest"]
@@ -38,6 +49,18 @@ def target_lines(targets: list[dict]) -> list[str]:
                          f"{t['fastest_ms']:.2f} ms vs eager {t['eager_ms']:.2f} ms = {t['speedup']:.2f}x "
                          f"(bar {t['bar']:g}x): {verdict}")
     return lines
+
+
+def _percent(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _peak_lines(peak: dict | None) -> list[str]:
+    if not peak:
+        return ["GEMM peak: not measured on this device (GFLOP/s are still given).", ""]
+    how = ", ".join(f"{k} {v:.1f}" for k, v in peak["measured"].items())
+    return [f"GEMM peak at {peak['threads'] or 'the default number of'} thread(s), {peak['n']}^3, best of "
+            f"{peak['runs']}: fp32 {peak['fp32_gflops']:.1f} GFLOP/s, int8 {peak['int8_gops']:.1f} GOP/s ({how}).", ""]
 
 
 def write_markdown(result: dict) -> str:
@@ -63,10 +86,17 @@ def write_markdown(result: dict) -> str:
     for t in result["targets"]:
         if t["met"] is None:
             lines.append(f"| {t['name']} | not measured: {t['reason']} | {t['bar']:g}x | – |")
+        elif t["name"] == "e2e_4step_vs_ddim50":
+            lines.append(f"| fastest 4-step student within the quality bars ({t['student']}, {t['student_precision']}; "
+                         f"{t['within_quality']} of {t['candidates']} 4-step rows within them) vs float "
+                         f"{t['baseline_plan']} ({t['baseline']}), {t['runtime']} | {t['speedup']:.1f}x "
+                         f"({t['student_ms']:.1f} vs {t['baseline_ms']:.1f} ms, {t['latency_kind']}{_flop_words(t)}); "
+                         f"{_quality_words(t)} | >= {t['bar']:g}x, accuracy >= {ACC.value:.0%} and FD <= "
+                         f"{FD.value:g}x of the baseline's | {'yes' if t['met'] else '**no**'} |")
         elif t["name"] == "e2e_int8_4step_vs_ddim50":
             lines.append(f"| int8 4-step student ({t['student']}) vs float {t['baseline_plan']} ({t['baseline']}), "
                          f"{t['runtime']} | {t['speedup']:.1f}x ({t['student_ms']:.1f} vs {t['baseline_ms']:.1f} ms, "
-                         f"{t['latency_kind']}); {_quality_words(t)} | >= {t['bar']:g}x, accuracy >= "
+                         f"{t['latency_kind']}{_flop_words(t)}); {_quality_words(t)} | >= {t['bar']:g}x, accuracy >= "
                          f"{ACC.value:.0%} and FD <= {FD.value:g}x of the baseline's | "
                          f"{'yes' if t['met'] else '**no**'} |")
         else:
@@ -80,14 +110,17 @@ def write_markdown(result: dict) -> str:
         src = b["source"]
         role = b["role"] if b["role"] == b["method"] else f"{b['role']} ({b['method']})"
         lines.append(f"| {b['name']} | {role} | {b['precision']} | {', '.join(b['targets'])} | "
-                     f"{src['model'] or '–'}{' (sha256 checked)' if src['checked'] else ''} | {plans} |")
+                     f"{src['model'] or '–'}{' (sha256 checked)' if src['checked'] else ''}"
+                     f"{', decoder ' + src['decoder'] if src.get('decoder') else ''} | {plans} |")
     lines += ["", "## Components", "",
               "Per component and runtime: cold load (first load in the process; file in the OS page cache), warm "
               "latency, peak memory of a fresh process that loads the component and runs it once (delta over the "
-              "interpreter with the runtime's libraries imported).", "",
+              "interpreter with the runtime's libraries imported). GFLOP: one call at its input shapes (counted on "
+              "the PyTorch module at export, mobilediff.flops); GFLOP/s at the median; % of peak: of this machine's "
+              "GEMM peak for the precision (below).", ""] + _peak_lines(result.get("gemm_peak")) + [
               "| model | component | runtime | precision | input shapes | load ms (first / median) | median ms | p90 ms | "
-              "trimmed mean ms | spread | peak MiB (delta) | vs eager | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "trimmed mean ms | spread | peak MiB (delta) | vs eager | GFLOP | GFLOP/s | % of peak | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["components"]:
         lat, load, mem = r["latency"], r["load"], r["memory"]
         shapes = "; ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["input_shapes"].items())
@@ -96,14 +129,15 @@ def write_markdown(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['component']} | {r['runtime']} | {r['precision']} | {shapes} | "
                      f"{fmt(load['first_ms'], '.1f')} / {fmt(load['median_ms'], '.1f')} | {fmt(lat['median_ms'], '.3f')}{flag} | "
                      f"{fmt(lat['p90_ms'], '.3f')} | {fmt(lat['trimmed_mean_ms'], '.3f')} | {fmt(lat['spread'], '.2f')} | {mem_s} | "
-                     f"{fmt(r['speedup_vs_eager'], '.2f')} | {r['note'] or ''} |")
+                     f"{fmt(r['speedup_vs_eager'], '.2f')} | {fmt(r.get('gflop'), '.3f')} | "
+                     f"{fmt(r.get('gflops_per_s'), '.1f')} | {_percent(r.get('peak_fraction'))} | {r['note'] or ''} |")
     lines += ["", "## End to end", "",
               "One image: text encoding + N denoiser steps (a CFG teacher runs both rows in one batch-2 UNet call per "
               "step) + VAE decode. Speedup is against the float teacher's baseline on the same runtime. "
               "P = on the Pareto frontier of latency and that quality metric over all rows.", "",
-              "| model | runtime | precision | sampler | steps | guidance | NFE | median ms | p90 ms | spread | "
+              "| model | runtime | precision | sampler | steps | guidance | NFE | GFLOP | median ms | p90 ms | spread | "
               "peak MiB | speedup vs baseline | prompt accuracy | FD | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["end_to_end"]:
         lat, q, mem = r["latency"] or {}, r["quality"], r["memory"]
         flag = " ⚠" if lat.get("too_noisy") or not lat.get("reportable") else ""
@@ -111,7 +145,8 @@ def write_markdown(result: dict) -> str:
         acc = "–" if not q else f"{q['prompt_accuracy']:.3f}{' P' if r['pareto_accuracy'] else ''}"
         fd = "–" if not q or q["fd"] is None else f"{q['fd']:.1f}{' P' if r['pareto_fd'] else ''}"
         lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['sampler']} | {r['steps']} | "
-                     f"{r['guidance']:g} | {r['nfe']} | {fmt(lat.get('median_ms'), '.1f')}{kind}{flag} | "
+                     f"{r['guidance']:g} | {r['nfe']} | {fmt(r.get('gflop'), '.2f')} | "
+                     f"{fmt(lat.get('median_ms'), '.1f')}{kind}{flag} | "
                      f"{fmt(lat.get('p90_ms'), '.1f')} | {fmt(lat.get('spread'), '.2f')} | "
                      f"{fmt(mem['peak_mib'], '.0f') if mem else '–'} | {fmt(r['speedup_vs_baseline'], '.1f')} | {acc} | {fd} | "
                      f"{r['note'] or ''} |")

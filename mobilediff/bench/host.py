@@ -37,6 +37,11 @@ def resolve_eager_reference(b: BundleInfo, given: str) -> None:
     model, sha = b.manifest.source.model, b.manifest.source.weights_sha256
     if given == "none" or (given == "manifest" and not model):
         return
+    decoder = b.manifest.source.extra.get("decoder")
+    if decoder:  # the source folder's own VAE is not what the bundle decodes with: it is no reference for it
+        b.source["note"] = (f"no eager reference: the bundle decodes with {decoder.get('path', 'another decoder')}, "
+                            f"not its source model's VAE")
+        return
     path = Path(resolve_model(model if given == "manifest" else given))
     if given == "manifest" and not path.is_dir():
         raise MobilediffError(f"the bundle's source model {model!r} (manifest source.model) is not a folder here; "
@@ -256,7 +261,7 @@ def host_components(bundles: list[BundleInfo], runtimes, runs: int, warmup: int,
                 lat = latency(samples, warmup)
                 rows.append({"model": model, "bundle": bundle_name, "source": b.source_label, "component": comp,
                              "runtime": runtime, "file": entry.path if entry else None, "precision": precision,
-                             "input_shapes": shapes, "load": load, "latency": lat, "memory": mem,
+                             "input_shapes": shapes, "gflop": io.gflop, "load": load, "latency": lat, "memory": mem,
                              "speedup_vs_eager": None, "note": lat["note"]})
                 fn = None  # release the runtime's session or program before the next one loads
                 bar.update(1)

@@ -51,6 +51,7 @@ from mobilediff.bench.claims import BudgetRule, budget_table, models_by_size, ve
 from mobilediff.bench.envelope import fmt, json_safe, pyplot, savefig
 from mobilediff.bench.stats import check_count
 from mobilediff.errors import MobilediffError
+from mobilediff.flops import count_gflop
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 RUNTIMES = ("eager", "onnx")
@@ -228,17 +229,6 @@ def study_points(cfg: ScalingConfig, pipes: dict) -> list:
 
 
 # ------------------------------------------------------------------------------------------------- cost per pipeline
-def count_gflop(module, inputs) -> float:
-    """GFLOP of one call ``module(*inputs)``, counted by torch.utils.flop_counter.FlopCounterMode (matmuls,
-    convolutions, attention; elementwise ops are not counted)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(*inputs)
-    return counter.get_total_flops() / 1e9
-
-
 @contextmanager
 def torch_threads(n: int):
     """torch's intra-op threads set to ``n`` inside the block, restored after."""
