@@ -93,14 +93,18 @@ components    [{"model": bundle name, or "eager:<source>" for PyTorch rows, "bun
 end_to_end    [{"model", "bundle", "source", "role", "method", "runtime", "precision", "sampler", "steps",
                 "guidance", "guidance_from", "cfg": bool, "unet_calls_per_step", "unet_batch", "nfe",
                 "gflop": text encoder + steps x UNet (at unet_batch) + decoder, from the manifest | null,
+                "fused": true for the fused N-step program of a bundle exported with --fused-steps (host: one
+                  call of the one graph, tokenizing included; model "<bundle> (fused)"),
                 "latency_kind": "measured" (one full generate: text encode + steps x denoiser + VAE decode, one
-                  image, timed whole) | "estimate" (device kinds: text_encoder + steps x unet + vae_decoder
-                  component medians; no sampler arithmetic, no tokenizer),
+                  image, timed whole) | "measured (fused program)" | "estimate" (device kinds: text_encoder +
+                  steps x unet + vae_decoder component medians; no sampler arithmetic, no tokenizer),
                 "latency": as in components, "memory": peak of one full generate in a fresh process | null,
                 "baseline": {"model", "runtime", "sampler", "steps", "guidance", "median_ms", "quality", "gflop"}
                   | null, "speedup_vs_baseline": baseline median /
                   this median | null,
-                "quality": {"n", "prompt_accuracy", "fd", "attribute_accuracy"} | null,
+                "quality": {"n", "prompt_accuracy", "fd", "attribute_accuracy"} | null (a fused row: copied from
+                  the same bundle's row at the same plan and runtime, "quality_from" naming it; the graph was
+                  checked against PyTorch at export),
                 "pareto_accuracy", "pareto_fd": on the frontier of (latency, quality) over all rows | null,
                 "note"}]
 targets       [{"name": "e2e_int8_4step_vs_ddim50", "runtime", "student", "baseline", "student_ms",

@@ -78,5 +78,8 @@ def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps
     for tgt in targets:
         say(f"{spec.name} -> {tgt} ({precision})")
         files.append(export_component(spec, tgt, precision, bundle))
+    from mobilediff.flops import count_gflop
+
     return {"name": spec.name, "steps": steps, "sampler": sampler, "default_guidance": guidance,
-            "table": tables[0], **spec.to_dict(), "files": files}
+            "table": tables[0], **spec.to_dict(), "files": files,
+            "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}

@@ -17,6 +17,28 @@ from mobilediff.targets import get_target
 RUNTIMES = ("onnx", "executorch")
 
 
+def bundle_tokenizer(bundle: Path, manifest):
+    """The bundle's own tokenizer (its files checked against the manifest's sha256), at the manifest's length."""
+    from transformers import CLIPTokenizer
+
+    tok = manifest.tokenizer
+    for f in tok.files:
+        path = Path(bundle) / f
+        if not path.is_file():
+            raise MobilediffError(f"bundle tokenizer file missing: {path}")
+        if f in tok.file_sha256 and sha256_path(path) != tok.file_sha256[f]:
+            raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
+    t = CLIPTokenizer.from_pretrained(str(Path(bundle) / "tokenizer"))
+    t.model_max_length = tok.max_length
+    return t
+
+
+def token_ids(tokenizer, manifest, prompt: str) -> torch.Tensor:
+    """(1, max_length) int32 ids of ``prompt``: BOS, the prompt truncated to fit, EOS, padding."""
+    return tokenizer([prompt], padding="max_length", max_length=manifest.tokenizer.max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(torch.int32)
+
+
 class BundleRunner:
     """Loads a bundle's three components for one host runtime and samples with its tables."""
 
@@ -36,23 +58,10 @@ class BundleRunner:
         self._uncond: torch.Tensor | None = None
 
     def _tokenizer(self):
-        from transformers import CLIPTokenizer
-
-        tok = self.manifest.tokenizer
-        for f in tok.files:
-            path = self.bundle / f
-            if not path.is_file():
-                raise MobilediffError(f"bundle tokenizer file missing: {path}")
-            if f in tok.file_sha256 and sha256_path(path) != tok.file_sha256[f]:
-                raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
-        t = CLIPTokenizer.from_pretrained(str(self.bundle / "tokenizer"))
-        t.model_max_length = tok.max_length
-        return t
+        return bundle_tokenizer(self.bundle, self.manifest)
 
     def encode(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer([prompt], padding="max_length", max_length=self.manifest.tokenizer.max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(torch.int32)
-        return self.parts["text_encoder"](ids)[0]
+        return self.parts["text_encoder"](token_ids(self.tokenizer, self.manifest, prompt))[0]
 
     def _unet(self, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         unet = self.parts["unet"]

@@ -132,10 +132,22 @@ def inspect_bundles(paths: list[Path], choice: PlanChoice) -> list[BundleInfo]:
     return out
 
 
-def component_inputs(manifest: Manifest, component: str, seed: int = 0) -> list:
-    """Inputs of ``component`` at the manifest's static shapes, in the ranges the sampler feeds: a real-looking
-    token sequence (BOS, a few tokens, EOS, padding), timestep 500, unit-variance latents, the default guidance
-    embedding. (B, ...) shapes as declared: a CFG teacher's UNet gets its batch of 2."""
+def fused_entry(manifest: Manifest):
+    """The fused N-step program of a bundle exported with --fused-steps, as a ComponentEntry (None without one)."""
+    from mobilediff.bundle import ComponentEntry
+
+    f = manifest.fused
+    if not f:
+        return None
+    return ComponentEntry.from_dict({k: f[k] for k in ("inputs", "outputs", "dims", "files", "source_class", "gflop")
+                                     if k in f}, "manifest.fused")
+
+
+def component_inputs(manifest: Manifest, component: str, seed: int = 0, entry=None) -> list:
+    """Inputs of ``component`` (or of ``entry``, e.g. :func:`fused_entry`) at the manifest's static shapes, in the
+    ranges the sampler feeds: a real-looking token sequence (BOS, a few tokens, EOS, padding), timestep 500,
+    unit-variance latents and noise, the default guidance (scale or embedding). (B, ...) shapes as declared: a CFG
+    teacher's UNet gets its batch of 2."""
     import torch
 
     from mobilediff.bundle import guidance_embedding
@@ -143,7 +155,7 @@ def component_inputs(manifest: Manifest, component: str, seed: int = 0) -> list:
     g = torch.Generator().manual_seed(seed)
     tok = manifest.tokenizer
     out = []
-    for spec in manifest.component(component).inputs:
+    for spec in (entry or manifest.component(component)).inputs:
         shape = list(spec.static_shape)
         if spec.name == "input_ids":
             x = torch.full(shape, int(tok.pad_id), dtype=torch.int32)
@@ -153,6 +165,9 @@ def component_inputs(manifest: Manifest, component: str, seed: int = 0) -> list:
             x[:, 1 + n] = int(tok.eos_id)
         elif spec.name == "timestep":
             x = torch.full(shape, 500.0)
+        elif spec.name == "guidance_scale":
+            x = torch.full(shape, float((manifest.fused or {}).get("default_guidance",
+                                                                   manifest.guidance.default_scale)))
         elif spec.name == "timestep_cond":
             emb = guidance_embedding(float(manifest.guidance.default_scale), shape[1])
             x = torch.tensor([emb] * shape[0], dtype=torch.float32)

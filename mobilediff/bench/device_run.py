@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mobilediff.bench import bars
 from mobilediff.bench.android import AndroidOptions, CommandRunner, subprocess_runner
-from mobilediff.bench.bundles import COMPONENTS, INT8_RECIPES, BundleInfo, PlanChoice
+from mobilediff.bench.bundles import COMPONENTS, INT8_RECIPES, BundleInfo, PlanChoice, fused_entry
 from mobilediff.bench.host import BUNDLE_RUNTIMES, HOST_RUNTIMES, end_to_end_row
 from mobilediff.bench.peak import attach_compute, gemm_peak
 from mobilediff.bench.stats import check_count, pareto_front, row_median
@@ -118,7 +118,7 @@ def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subp
     from tqdm.auto import tqdm
 
     from mobilediff.bench.envelope import library_versions, machine_info
-    from mobilediff.bench.host import host_components, host_end_to_end, runtime_threads
+    from mobilediff.bench.host import host_components, host_end_to_end, host_fused, runtime_threads
     from mobilediff.quality import EVAL_SEED, NOISE_SEED
 
     t0 = time.time()
@@ -141,6 +141,11 @@ def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subp
                      disable=not s.quality_n) as qbar:
             e2e = host_end_to_end(bundles, s.runtimes, s.runs, s.e2e_warmup, s.threads, s.memory, s.quality_n, pipes,
                                   bar, qbar, evaluator)
+        n_fused = sum(1 for b in bundles if fused_entry(b.manifest) for f in fused_entry(b.manifest).files
+                      if f.target in s.runtimes)
+        if n_fused:
+            with tqdm(total=n_fused, desc="fused programs", file=sys.stderr) as bar:
+                e2e += host_fused(bundles, s.runtimes, s.runs, s.e2e_warmup, s.threads, e2e, bar)
     elif s.device == "android":
         from mobilediff.bench.android import android_components
 
@@ -279,6 +284,9 @@ def attach_image_gflop(rows: list[dict], bundles: list[BundleInfo]) -> None:
     for r in rows:
         b = by_name.get(r["bundle"]) or next((x for x in bundles if f"eager:{x.source_label}" == r["model"]
                                               and not x.source.get("decoder")), None)
+        if r.get("fused"):
+            r["gflop"] = b.manifest.fused.get("gflop")
+            continue
         r["gflop"] = image_gflop(b, r["steps"], r["unet_batch"]) if b is not None else None
 
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from mobilediff.bench.bundles import COMPONENTS, BundleInfo, Plan, component_inputs, file_precision
+from mobilediff.bench.bundles import COMPONENTS, BundleInfo, Plan, component_inputs, file_precision, fused_entry
 from mobilediff.bench.stats import peak_rss_of_call, row_median, summarize, time_callable
 from mobilediff.errors import MobilediffError
 
@@ -287,7 +287,7 @@ def end_to_end_row(b: BundleInfo, plan: Plan, runtime: str, model: str, bundle_n
     return {"model": model, "bundle": bundle_name, "source": b.source_label, "role": b.role, "method": b.method,
             "runtime": runtime, "precision": precision, "sampler": plan.sampler, "steps": plan.steps,
             "guidance": plan.guidance, "guidance_from": plan.guidance_from, "cfg": cfg, "unet_calls_per_step": 1,
-            "unet_batch": batch, "nfe": plan.steps * batch, "latency_kind": "measured", "latency": None,
+            "unet_batch": batch, "nfe": plan.steps * batch, "fused": False, "latency_kind": "measured", "latency": None,
             "memory": None, "baseline": None, "speedup_vs_baseline": None, "quality": None, "pareto_accuracy": None,
             "pareto_fd": None, "note": None}
 
@@ -330,6 +330,59 @@ def host_end_to_end(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: 
                 if evaluator is not None:
                     row["quality"] = quality(evaluator, real, rt, obj, plan, quality_n, quality_bar)
                 rows.append(row)
+    return rows
+
+
+def host_fused(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, threads: int | None,
+               e2e: list[dict], bar) -> list[dict]:
+    """An end-to-end row per fused N-step program (``export --fused-steps``) and host runtime: one call of the one
+    graph (text encoding, N denoiser steps, decode; the tokenizer's ids and the noise made outside it, as an app
+    does, and timed with it). Its quality is that of the same bundle's row at the same plan and runtime (the graph
+    was checked against the PyTorch pipeline at export), copied with ``quality_from`` saying so; None without one."""
+    import torch
+
+    from mobilediff.bundle import verify_file
+    from mobilediff.quality import eval_scenes
+    from mobilediff.runtimes import bundle_tokenizer, token_ids
+
+    prompt = eval_scenes(1)[0].caption
+    rows = []
+    for b in bundles:
+        entry = fused_entry(b.manifest)
+        if entry is None:
+            continue
+        f = b.manifest.fused
+        plan = Plan(f["sampler"], int(f["steps"]), float(f["default_guidance"]), "manifest (fused program)")
+        for file in entry.files:
+            rt = file.target
+            if rt not in runtimes:
+                continue
+            import_runtime(rt, threads)
+            part = load_component(rt, str(verify_file(b.path, file)), entry, threads)
+            tokenizer = bundle_tokenizer(b.path, b.manifest)
+            inputs = component_inputs(b.manifest, "", entry=entry)
+
+            def call():
+                inputs[0] = token_ids(tokenizer, b.manifest, prompt)
+                with torch.no_grad():
+                    return part(*inputs)
+            row = end_to_end_row(b, plan, rt, f"{b.name} (fused)", b.name, file_precision(file))
+            row.update(cfg=b.cfg and plan.guidance > 1.0, unet_batch=2 if b.cfg and plan.guidance > 1.0 else 1,
+                       fused=True, latency_kind="measured (fused program)")
+            row["nfe"] = plan.steps * row["unet_batch"]
+            row["latency"] = latency(time_callable(call, e2e_warmup, runs), e2e_warmup)
+            twin = next((r for r in e2e if r["bundle"] == b.name and r["runtime"] == rt and r["quality"]
+                         and (r["sampler"], r["steps"], r["guidance"]) == (plan.sampler, plan.steps, plan.guidance)),
+                        None)
+            notes = [row["latency"]["note"]] if row["latency"]["note"] else []
+            if twin is not None:
+                row["quality"], row["quality_from"] = twin["quality"], f"{twin['model']} {rt} row (same plan)"
+            else:
+                notes.append("quality not scored: no row of this bundle at the fused plan")
+            row["note"] = " ".join(notes) or None
+            part = None
+            rows.append(row)
+            bar.update(1)
     return rows
 
 
