@@ -71,7 +71,7 @@ def bundles(models, tmp_path_factory):
         teacher=export_bundle(load_pipeline(models.teacher), "onnx", root / "teacher-fp32", source=str(models.teacher),
                               model_dir=models.teacher),
         student=export_bundle(load_pipeline(models.student), "onnx", root / "lcm-fp32", source=str(models.student),
-                              model_dir=models.student, fused_steps=4))
+                              model_dir=models.student, fused_steps=1))
     out.student_int8 = export_bundle(load_pipeline(models.student), "onnx", root / "lcm-int8", source=str(models.student),
                                      quantize="int8-dynamic", model_dir=models.student)
     return out
@@ -192,14 +192,14 @@ def test_host_end_to_end_rows(host_result):
     rows = r["end_to_end"]
     key = {(x["model"], x["runtime"], x["sampler"], x["steps"]) for x in rows}
     assert key == {("teacher-fp32", "onnx", "ddim", 2), ("eager:teacher", "eager", "ddim", 2),
-                   ("lcm-fp32", "onnx", "lcm", 1), ("lcm-fp32", "onnx", "lcm", 4), ("lcm-fp32 (fused)", "onnx", "lcm", 4),
+                   ("lcm-fp32", "onnx", "lcm", 1), ("lcm-fp32", "onnx", "lcm", 4), ("lcm-fp32 (fused)", "onnx", "lcm", 1),
                    ("eager:student", "eager", "lcm", 1), ("eager:student", "eager", "lcm", 4),
                    ("lcm-int8", "onnx", "lcm", 1), ("lcm-int8", "onnx", "lcm", 4)}
     base = {x["runtime"]: x for x in rows if x["role"] == "teacher"}
-    # the fused 4-step program (export --fused-steps 4): one graph timed whole, its quality that of the same plan
+    # the fused 1-step program (export --fused-steps 1): one graph timed whole, its quality that of the same plan
     fused = next(x for x in rows if x["fused"])
     assert fused["latency_kind"] == "measured (fused program)" and fused["quality_from"] == "lcm-fp32 onnx row (same plan)"
-    assert fused["guidance"] == 2.5 and fused["nfe"] == 4 and fused["gflop"] > 0
+    assert fused["guidance"] == 2.5 and fused["nfe"] == 1 and fused["gflop"] > 0
     for x in rows:
         assert x["latency_kind"] in ("measured", "measured (fused program)") and set(x["latency"]) >= SUMMARY_KEYS
         b = base[x["runtime"]]  # the baseline is on the same runtime
@@ -253,7 +253,7 @@ def test_host_targets(host_result, capsys):
     # the fastest 4-step student of each runtime within the quality bars, whatever its precision
     (best,) = [x for x in r["targets"] if x["name"] == "e2e_4step_vs_ddim50"]
     fours = [x for x in r["end_to_end"] if x["role"] == "student" and x["steps"] == 4 and x["runtime"] == "onnx"]
-    assert best["bar"] == 50.0 and best["candidates"] == len(fours) == 3  # float, int8 and the fused program
+    assert best["bar"] == 50.0 and best["candidates"] == len(fours) == 2  # float and int8
     within = [x for x in fours if x["quality"]["prompt_accuracy"] >= 0.95 * tq["prompt_accuracy"]
               and x["quality"]["fd"] <= 1.5 * tq["fd"]]
     assert best["within_quality"] == len(within)

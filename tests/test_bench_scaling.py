@@ -279,6 +279,7 @@ def test_no_family_registered_is_one_line(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_latency_on_onnx_runtime(family, tmp_path, capsys):
     """--runtime onnx: each pipeline exported to a bundle (graphs checked against PyTorch) and timed through
     BundleRunner, which encodes the unconditional prompt once: one text-encoder call per image, CFG or not."""

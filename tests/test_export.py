@@ -93,6 +93,8 @@ def test_generate_from_onnx_bundle_matches_pytorch(pipe, bundle, sampler, steps)
     assert psnr(got, ref) >= 40
 
 
+@pytest.mark.slow
+@pytest.mark.extended  # the default run's ExecuTorch export and generate check is the architecture matrix's
 def test_generate_from_executorch_bundle_matches_pytorch(pipe, et_bundle):
     m = read_manifest(et_bundle)
     facts = m.component("unet").files[0].export

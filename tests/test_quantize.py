@@ -59,10 +59,12 @@ def test_onnx_static_int8_unet_is_smaller_and_close_to_float(tmp_path):
     pipe = make(model=model)
     spec = declare(pipe, latent_geometry(pipe))["unet"]
     cal = record_calibration(pipe, calibration_prompts(4), steps=4, sampler="ddim", guidance=3.5, max_rows=16)
-    float_entry = export_component(spec, "onnx", "fp32", tmp_path)
     q = export_component(spec, "onnx", "fp32", tmp_path, recipe=get_recipe("onnx", "int8-static"), calibration=cal)
     assert q["quantization"] == "int8-static" and q["path"] == "unet_onnx_int8-static.onnx"
-    assert float_entry["size_bytes"] / q["size_bytes"] > 2.5
+    # against the float weights alone (the float graph file is a little larger still; both files are compared in
+    # tests/test_bench_quantization.py)
+    float_bytes = 4 * sum(p.numel() for p in pipe.unet.parameters())
+    assert float_bytes / q["size_bytes"] > 2.5
     assert q["parity"]["psnr_db"] >= 15 and q["parity"]["psnr_db"] < 60  # quantized: close, not exact
     assert q["export"]["quantization"]["nodes_kept_float"]  # conv_in / conv_out stay float
 
