@@ -331,6 +331,12 @@ def quality_bars(student: dict | None, baseline: dict | None) -> dict:
     return {"accuracy_ratio": sa / ba if ba else None, "fd_ratio": sf / bf if bf else None, "quality_met": met}
 
 
+def flop_ratio(r: dict) -> float | None:
+    """Baseline GFLOP / this row's: the speedup at equal efficiency (None where either was not counted)."""
+    base = (r.get("baseline") or {}).get("gflop")
+    return base / r["gflop"] if r.get("gflop") and base else None
+
+
 def fastest_student_targets(e2e: list[dict]) -> list[dict]:
     """``e2e_4step_vs_ddim50`` per runtime: the fastest 4-step student row (any precision, decoder or UNet size)
     whose quality meets the bars (or was not scored: a device run) against the float teacher's baseline; when none
@@ -350,8 +356,7 @@ def fastest_student_targets(e2e: list[dict]) -> list[dict]:
              "student_ms": row_median(r), "baseline_ms": r["baseline"]["median_ms"],
              "speedup": r["speedup_vs_baseline"], "bar": speed.value,
              "speed_met": bars.check(speed.id, r["speedup_vs_baseline"]), "latency_kind": r["latency_kind"],
-             "flop_ratio": (r["baseline"]["gflop"] / r["gflop"] if r.get("gflop") and r["baseline"].get("gflop")
-                            else None),
+             "flop_ratio": flop_ratio(r),
              "candidates": len(cands), "within_quality": len(ok), **q}
         t["met"] = t["speed_met"] and t["quality_met"] is not False
         out.append(t)
@@ -375,8 +380,7 @@ def check_targets(bundles: list[BundleInfo], components: list[dict], e2e: list[d
                                   f"{r['baseline']['guidance']}",
                  "student_ms": row_median(r), "baseline_ms": r["baseline"]["median_ms"],
                  "speedup": r["speedup_vs_baseline"], "bar": speed.value,
-                 "flop_ratio": (r["baseline"]["gflop"] / r["gflop"] if r.get("gflop") and r["baseline"].get("gflop")
-                                else None),
+                 "flop_ratio": flop_ratio(r),
                  "speed_met": bars.check(speed.id, r["speedup_vs_baseline"]), "latency_kind": r["latency_kind"],
                  **quality_bars(r.get("quality"), r["baseline"].get("quality"))}
             t["met"] = t["speed_met"] and t["quality_met"] is not False
