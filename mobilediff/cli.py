@@ -383,9 +383,9 @@ def goldens_cmd(bundle, out, runtime, seed, force):
 @click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
               help="Or score a folder of PNGs listed in its metadata.jsonl ({\"file_name\": ..., \"text\": prompt}).")
 @click.option("--n", type=click.IntRange(min=2), default=256, show_default=True, help="Number of prompts (with --model).")
-@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps (with --model).")
-@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True, help="Sampler (with --model).")
-@click.option("--guidance", type=Finite(min=0), default=5.0, show_default=True, help="Guidance scale (with --model).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (with --model). Default: 50, or what a distilled student was made for.")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler (with --model). Default: ddim, or a student's own.")
+@click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale (with --model). Default: 5.0, or a student's own.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
 def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     """Prompt accuracy, per-attribute accuracy and Fréchet distance with the shapes-domain evaluator."""
@@ -401,9 +401,8 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     if images_dir is not None:
         rows = _read_image_rows(images_dir)  # checked before the evaluator loads
     else:
-        from mobilediff.loading import load_pipeline
-
-        pipe = load_pipeline(model)
+        pipe, plan = _model_plan(model)
+        steps, sampler, guidance = _sampling_defaults(plan, steps, sampler, guidance)
     evaluator = Evaluator.load()
     if model is not None:
         from tqdm.auto import tqdm

@@ -35,6 +35,25 @@ def test_evaluate_a_pipeline_directly(tmp_path):
     assert set(r["attribute_accuracy"]) == {"background", "count", "position", "shape", "color", "size"}
 
 
+def test_evaluate_samples_a_student_with_its_own_plan(capsys):
+    """Like generate, evaluate of a distilled student uses the plan it was made for unless a flag overrides it
+    (a 1-step student scored with 50-step DDIM + CFG would be a meaningless number)."""
+    import json as _json
+
+    from mobilediff.train.distill import student_defaults
+    from mobilediff.loading import resolve_model
+
+    plan = student_defaults(resolve_model("default:progressive-1"))
+    code, stdout, stderr = run_cli_here(capsys, "evaluate", "--model", "default:progressive-1", "--n", 2)
+    assert code == 0, stderr
+    r = _json.loads(stdout[stdout.index("{"):])
+    assert (r["sampler"], r["steps"], r["guidance"]) == (plan["sampler"], plan["steps"], plan["guidance"])
+    code, stdout, stderr = run_cli_here(capsys, "evaluate", "--model", "default:progressive-1", "--n", 2,
+                                        "--steps", 2)
+    r = _json.loads(stdout[stdout.index("{"):])
+    assert code == 0 and r["steps"] == 2 and r["sampler"] == plan["sampler"]
+
+
 def test_evaluate_needs_exactly_one_source(capsys):
     code, _, stderr = run_cli_here(capsys, "evaluate")
     assert code == 2 and error_lines(stderr) == ["error: give exactly one of --model or --images"]

@@ -312,3 +312,10 @@ def test_packed_teacher_is_distilled_from_its_borrowed_vae(tiny_pipeline_dir, tm
     assert not (teacher / "vae").exists()
     (student,) = distill(_cfg(teacher, tmp_path / "run", "lcm", max_train_steps=1))
     assert (student / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    # the student keeps the tokenizer files the teacher borrows (not a re-serialised copy), so packing it against
+    # the same base borrows the tokenizer too instead of storing it again
+    base_tok, student_tok = tiny_pipeline_dir / "tokenizer", student / "tokenizer"
+    assert sorted(p.name for p in student_tok.iterdir()) == sorted(p.name for p in base_tok.iterdir())
+    assert all((student_tok / p.name).read_bytes() == p.read_bytes() for p in base_tok.iterdir())
+    report = pack_pipeline(student, tiny_pipeline_dir, tmp_path / "packed-student", ("unet",))
+    assert report["tokenizer"] == "shared" and report["vae"] == "shared"

@@ -446,13 +446,17 @@ def _record(cfg: DistillConfig, command: str, stats: dict, **extra) -> dict:
 def _save_student(path: Path, teacher, teacher_dir: Path, unet, scheduler, pipeline_class: str, info: dict) -> None:
     import diffusers
 
+    from mobilediff.loading import shared_components
+
     cls = getattr(diffusers, pipeline_class)
     pipe = cls(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer, unet=unet,
                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with atomic_dir(path, force=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        src = teacher_dir / "tokenizer"
-        if src.is_dir():  # keep the CLIP BPE files (vocab.json, merges.txt, licence) the apps read
+        # keep the CLIP BPE files (vocab.json, merges.txt, licence) the apps read, also where a packed teacher
+        # borrows its tokenizer from a base (shared_components.json)
+        src = shared_components(teacher_dir).get("tokenizer", teacher_dir / "tokenizer")
+        if src.is_dir():
             shutil.rmtree(tmp / "tokenizer")
             shutil.copytree(src, tmp / "tokenizer")
         atomic_write_json(tmp / "distillation.json", info)
