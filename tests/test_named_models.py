@@ -45,10 +45,17 @@ def test_the_family_is_what_is_on_disk(tmp_path):
 
 
 def test_registered_family_names_resolve():
+    """Every committed family member and student resolves by name, is a complete pipeline folder and borrows only
+    components whose files match their recorded sha256 (shared_components checks them)."""
+    from mobilediff.loading import check_pipeline_dir, shared_components
+
     for m in find_family():
         assert resolve_model(m.name) == m.path and (m.path / "model_index.json").is_file()
-        for kind, path in m.students.items():
-            assert resolve_model(m.student_name(kind)) == path
+        for kind, path in [(None, m.path), *m.students.items()]:
+            if kind is not None:
+                assert resolve_model(m.student_name(kind)) == path
+            check_pipeline_dir(path)
+            assert set(shared_components(path)) <= {"text_encoder", "tokenizer", "vae"}
 
 
 def test_the_embedded_tiny_decoder_fits_the_default_model_and_decodes_its_latents():
