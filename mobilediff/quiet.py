@@ -2,6 +2,7 @@
 missing-torchvision lines, deprecation warnings of the export stacks. mobilediff's own warnings are unaffected."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -39,3 +40,20 @@ def quiet_libraries() -> None:
         tlog.disable_progress_bar()
     except ImportError:  # pragma: no cover - both are dependencies
         pass
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Send file descriptor 2 to /dev/null for the duration (native libraries that write to it directly, e.g.
+    ExecuTorch's CPU-info probe when a program loads); Python's own sys.stderr is flushed first and restored."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -699,3 +699,28 @@ def test_a_bundle_with_another_decoder_has_no_eager_reference(bundles, tmp_path)
     resolve_eager_reference(info, "manifest")
     assert info.eager_dir is None and info.source["decoder"] == "default:tiny"
     assert "decodes with default:tiny" in info.source["note"]
+
+
+def test_op_profile_script_profiles_float_and_int8_bundles(bundles, tmp_path, keep_threads):
+    """benchmarks/op_profile.py on real bundles: one row per component file, every kind accounted for, the int8
+    (dynamic) UNet's quantize cost visible as its own kind, FLOPs from the manifest, the Markdown and plot written."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import op_profile
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "results"
+    res = op_profile.main(["--bundle", str(bundles.student), "--bundle", str(bundles.student_int8), "--component",
+                           "unet", "--runs", "3", "--warmup", "1", "--out", str(out)])
+    rows = {(r["bundle"], r["precision"]): r for r in res["rows"]}
+    assert set(rows) == {("lcm-fp32", "fp32"), ("lcm-int8", "int8-dynamic")}
+    fp32, int8 = rows["lcm-fp32", "fp32"], rows["lcm-int8", "int8-dynamic"]
+    assert int8["kinds"]["quantize"] > 0 and any("Integer" in op or "Quantize" in op for op in int8["ops"])
+    assert fp32["kinds"]["quantize"] == 0
+    for r in (fp32, int8):
+        assert r["calls"] == 3 and r["gflop"] > 0 and r["gflops_per_s"] > 0 and 0 < r["peak_fraction"]
+    saved = json.loads((out / "op_profile.json").read_text())
+    assert saved["schema"]["name"] == "mobilediff.op_profile" and len(saved["rows"]) == 2
+    assert (out / "op_profile.png").stat().st_size > 0 and "## unet" in (out / "op_profile.md").read_text()
+    code = run_command(op_profile.main, ["--bundle", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")])
+    assert code == 2 and not (tmp_path / "r2" / "op_profile.json").exists()
