@@ -63,6 +63,15 @@ Output: ``real_architectures.json`` and ``real_architectures.md`` in ``--out``. 
                parity {max_abs_error, psnr_db, min_psnr_db, checked},
                load_seconds (cold), first_call_ms, latency (summarize()), runtime_threads, peak_rss_mib (of the
                load + timing process), speedup_vs_eager (eager median / this median; > 1 is faster)
+      peers (--peer): runtime "stable-diffusion.cpp", peer true, latency (summarize() of per-step estimates:
+               (t(N-step generate) - t(1-step generate)) / (N - 1), one per pair of generates), load_seconds,
+               peer_run {generate_1_ms, generate_N_ms, cfg_scale, threads, package, weights, sampler},
+               speedup_vs_eager; status "not run" with the reason when the package is not installed
+
+The peer (--peer sdcpp) loads a checkpoint, not a graph: the script writes a whole diffusers-layout SD pipeline
+folder around the same seeded UNet (SD-1.x's VAE and CLIP ViT-L/14 text encoder, random too;
+mobilediff.bench.real_architectures.peer_pipeline_dir), which stable-diffusion.cpp reads directly, and times whole
+generates (euler, CFG scale 7 against our CFG batch of 2) at the same thread count.
 """
 from __future__ import annotations
 
@@ -71,7 +80,8 @@ import sys
 from pathlib import Path
 
 from mobilediff.bench.envelope import Parser, command_line, count, finite, run_command
-from mobilediff.bench.real_architectures import (ARCHITECTURES, RUNTIMES, SCALES, TARGETS, RealArchConfig, measure)
+from mobilediff.bench.real_architectures import (ARCHITECTURES, PEERS, RUNTIMES, SCALES, TARGETS, RealArchConfig,
+                                                 measure)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -103,11 +113,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reserve-gib", type=finite(0), default=3.0,
                     help="memory left to the rest of the machine by the default --max-memory-gib")
     ap.add_argument("--cell-timeout", type=finite(0, open_min=True), default=5400.0, help="seconds before one step is stopped")
+    ap.add_argument("--peer", nargs="+", choices=list(PEERS), default=[],
+                    help="also time another CPU engine on the same UNet weights in this run: sdcpp = "
+                         "stable-diffusion.cpp (pip install -e '.[peer]', a source build; not in CI)")
+    ap.add_argument("--peer-steps", type=count(2), default=3,
+                    help="the peer's long generate; a step = (t(N steps) - t(1 step)) / (N - 1) (default 3)")
+    ap.add_argument("--peer-runs", type=count(1), default=3, help="timed generates of each length (default 3)")
     a = ap.parse_args(argv)
     cfg = RealArchConfig(out=a.out, arch=tuple(a.arch), targets=tuple(a.targets), resolution=tuple(a.resolution),
                          runs=a.runs, warmup=a.warmup, batch=a.batch, threads=a.threads, scale=a.scale, seed=a.seed,
                          work=a.work, keep=a.keep, max_memory_gib=a.max_memory_gib, reserve_gib=a.reserve_gib,
-                         cell_timeout=a.cell_timeout)
+                         cell_timeout=a.cell_timeout, peers=tuple(a.peer), peer_steps=a.peer_steps,
+                         peer_runs=a.peer_runs)
     return measure(cfg, command_line("real_architectures", argv))
 
 

@@ -91,3 +91,52 @@ def test_bad_resolution_is_refused_before_any_work(tmp_path):
     with pytest.raises(MobilediffError, match="^--resolution must be a positive multiple of 64 for sd15, got 96$"):
         ra.measure(RealArchConfig(out=tmp_path / "out", arch=("sd15",), resolution=(96,)))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_peer_pipeline_holds_our_unet_weights_in_the_layout_a_checkpoint_engine_reads(tmp_path):
+    """--peer: stable-diffusion.cpp reads a diffusers folder (unet/, vae/, text_encoder/ safetensors); the UNet in it
+    has exactly the seeded weights our rows time (build_spec), the VAE and text encoder SD-1.x's shapes."""
+    from safetensors.torch import load_file
+
+    folder = ra.peer_pipeline_dir("bk-sdm-tiny", "tiny", 3, tmp_path / "pipe")
+    for f in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+              "text_encoder/model.safetensors", "model_index.json", "tokenizer/vocab.json"):
+        assert (folder / f).is_file(), f
+    assert not list(folder.rglob("*.bin"))  # safetensors only
+    ours = ra.build_spec("bk-sdm-tiny", "tiny", 64, None, 3).module.unet.state_dict()
+    theirs = load_file(str(folder / "unet/diffusion_pytorch_model.safetensors"))
+    assert set(theirs) == set(ours) and all((theirs[k] == ours[k]).all() for k in ours)
+    vae = json.loads((folder / "vae/config.json").read_text())
+    te = json.loads((folder / "text_encoder/config.json").read_text())
+    assert vae["block_out_channels"] == [128, 256, 512, 512] and vae["scaling_factor"] == 0.18215
+    assert (te["hidden_size"], te["num_hidden_layers"], te["max_position_embeddings"]) == (768, 12, 77)
+    keys = load_file(str(folder / "text_encoder/model.safetensors")).keys()
+    assert all(k.startswith(("text_model.", "text_projection.")) for k in keys)  # the layout older loaders read
+
+
+@pytest.mark.parametrize("kw,message", [({"peers": ("sdcpp",), "scale": "tiny"}, "--peer needs --scale full"),
+                                        ({"peers": ("other",)}, "--peer must be one of sdcpp"),
+                                        ({"peers": ("sdcpp",), "peer_steps": 1}, "--peer-steps")])
+def test_bad_peer_settings_are_refused_before_any_work(tmp_path, kw, message):
+    with pytest.raises(MobilediffError, match=message):
+        RealArchConfig(out=tmp_path / "out", **kw).check()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_peer_row_is_written_with_how_its_step_was_measured(tmp_path):
+    """The Markdown says how the peer's step was measured (a difference of whole generates), and its row sits in
+    the same table as ours with a speedup against the same eager median."""
+    peer_run = {"generate_1_ms": [100.0], "generate_3_ms": [300.0], "cfg_scale": 7.0, "threads": 2,
+                "package": "stable-diffusion-cpp-python 0.4.7", "weights": "f32", "sampler": "euler"}
+    result = {"schema": ra.SCHEMA, "command": "python benchmarks/real_architectures.py --peer sdcpp", "created": "now",
+              "complete": True, "parity_floor_db": 60.0,
+              "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 24, "load_average_at_start": [0.1]},
+              "settings": {"batch": None, "runs": 10, "warmup": 3, "threads": 2, "scale": "full", "peer_steps": 3},
+              "architectures": {}, "rows": [
+                  {"arch": "sd15", "resolution": 512, "runtime": "stable-diffusion.cpp", "peer": True, "status": "ok",
+                   "batch": 2, "latency": {**ra._latency([100.0]), "median_ms": 100.0}, "load_seconds": 4.0,
+                   "peer_run": peer_run, "speedup_vs_eager": 2.0}]}
+    ra.write_results(tmp_path, result)
+    md = (tmp_path / "real_architectures.md").read_text()
+    assert "| stable-diffusion.cpp |" in md and "(t(3-step generate) - t(1-step generate)) / 2" in md
+    assert "stable-diffusion-cpp-python 0.4.7" in md

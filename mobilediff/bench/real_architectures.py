@@ -80,6 +80,9 @@ class RealArchConfig:
     max_memory_gib: float | None = None  # memory limit of each step's process (None: available now - reserve_gib)
     reserve_gib: float = 3.0  # memory left to the rest of the machine by the default limit
     cell_timeout: float = 5400.0  # seconds before one step is stopped
+    peers: tuple[str, ...] = ()  # other CPU engines timed in the same run (PEERS)
+    peer_steps: int = 3  # the peer's long generate (per step = (t(peer_steps) - t(1)) / (peer_steps - 1))
+    peer_runs: int = 3  # timed generates of each length (each a whole image: seconds to minutes at 512 px)
 
     def check(self) -> None:
         """Raise MobilediffError on bad settings, before any work."""
@@ -95,6 +98,14 @@ class RealArchConfig:
             for res in self.resolution:
                 if res <= 0 or res % multiple:
                     raise MobilediffError(f"--resolution must be a positive multiple of {multiple} for {arch}, got {res}")
+        check_count("--peer-steps", self.peer_steps, 2)
+        check_count("--peer-runs", self.peer_runs, 1)
+        for peer in self.peers:
+            if peer not in PEERS:
+                raise MobilediffError(f"--peer must be one of {', '.join(PEERS)}, got {peer}")
+        if self.peers and self.scale != "full":
+            raise MobilediffError("--peer needs --scale full: stable-diffusion.cpp builds its networks from the real "
+                                  "SD-1.x widths and cannot load a narrowed UNet")
         if self.max_memory_gib is not None and self.max_memory_gib <= 0:
             raise MobilediffError(f"--max-memory-gib must be > 0, got {self.max_memory_gib}")
 
@@ -244,6 +255,117 @@ def cell_run(job: dict, result: str) -> None:
     _write(result, {"load_seconds": load, "first_call_ms": first, "samples_ms": samples, "runtime_threads": threads})
 
 
+# ---------------------------------------------------------------------------------------------- the peer
+PEERS = ("sdcpp",)
+PEER_NAMES = {"sdcpp": "stable-diffusion.cpp"}
+PEER_PROMPT = "a red circle in the center on a white background"
+# SD-1.x's VAE (runwayml/stable-diffusion-v1-5 vae/config.json) and text encoder (CLIP ViT-L/14's text tower,
+# text_encoder/config.json): the pipeline around the UNet that a single-checkpoint engine loads whole
+SD_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+              act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
+CLIP_L = dict(vocab_size=49408, hidden_size=TEXT_DIM, intermediate_size=3072, num_hidden_layers=12,
+              num_attention_heads=12, max_position_embeddings=TEXT_TOKENS, hidden_act="quick_gelu",
+              projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def peer_pipeline_dir(arch: str, scale: str, seed: int, folder: Path) -> Path:
+    """A whole diffusers-layout pipeline folder around the architecture's UNet, for an engine that loads a
+    checkpoint, not a graph: the UNet with exactly the seeded weights :func:`build_spec` gives ours, SD-1.x's VAE
+    and CLIP ViT-L/14 text encoder (seeded random weights too), the embedded CLIP BPE tokenizer at 77 tokens and
+    SD-1.5's DDIM scheduler; safetensors only."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR, save_pipeline
+
+    torch.manual_seed(seed)  # first, as in build_spec: the same UNet weights
+    unet = UNet2DConditionModel(**ARCHITECTURES[arch].config(scale)).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**SD_VAE).eval()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L)).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer"))
+    tokenizer.model_max_length = TEXT_TOKENS
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, prediction_type="epsilon")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    # mobilediff's writer: the text encoder's keys keep their text_model. prefix (the layout other loaders read) and
+    # the tokenizer is stored as the CLIP BPE files
+    save_pipeline(pipe, folder, tokenizer_dir=DEFAULT_MODEL_DIR / "tokenizer")
+    return folder
+
+
+def cell_peer(job: dict, result: str) -> None:
+    """One peer engine on the same UNet weights: whole generates of 1 and ``peer_steps`` steps (euler; CFG at
+    scale 7 when our UNet row runs the CFG batch of 2, so both compute two UNet rows a step), ``peer_runs``
+    timed each after one untimed; a step's time is the difference divided by the extra steps (text encoder,
+    VAE decoder and loading cancel out)."""
+    _prepare(job)
+    try:
+        import stable_diffusion_cpp
+        from stable_diffusion_cpp import StableDiffusion
+    except ImportError:
+        raise MobilediffError("stable-diffusion-cpp-python is not installed (pip install -e '.[peer]': a source "
+                              "build of stable-diffusion.cpp, several minutes)") from None
+    from importlib.metadata import version
+
+    folder = peer_pipeline_dir(job["arch"], job["scale"], job["seed"], Path(job["dir"]))
+    t0 = time.perf_counter()
+    sd = StableDiffusion(model_path=str(folder), n_threads=job["threads"], wtype="f32", verbose=False)
+    load = time.perf_counter() - t0
+    cfg = 7.0 if job["cfg_batch"] == 2 else 1.0
+
+    def generate(steps: int) -> float:
+        t = time.perf_counter()
+        images = sd.generate_image(prompt=PEER_PROMPT, width=job["resolution"], height=job["resolution"],
+                                   sample_steps=steps, cfg_scale=cfg, sample_method="euler", seed=job["seed"])
+        if not images:
+            raise MobilediffError("stable-diffusion.cpp returned no image")
+        return (time.perf_counter() - t) * 1e3
+
+    generate(1)  # untimed: first-call allocations
+    short, long_ = [], []
+    for _ in range(job["peer_runs"]):  # interleaved, so drift in the machine's speed hits both alike
+        short.append(generate(1))
+        long_.append(generate(job["peer_steps"]))
+    per_step = [(b - a) / (job["peer_steps"] - 1) for a, b in zip(short, long_)]
+    _write(result, {"load_seconds": load, "generate_1_ms": short, f"generate_{job['peer_steps']}_ms": long_,
+                    "per_step_ms": per_step, "cfg_scale": cfg, "threads": job["threads"],
+                    "package": f"stable-diffusion-cpp-python {version('stable-diffusion-cpp-python')}",
+                    "weights": "f32", "sampler": "euler"})
+    del stable_diffusion_cpp
+
+
+def _peer_row(peer: str, job: dict, folder: Path, eager_median: float | None, args, io: dict | None) -> dict:
+    """The peer's per-step time on the same architecture, resolution and weights as ours (cell_peer)."""
+    arch, res = job["arch"], job["resolution"]
+    batch = io["dims"]["batch"] if io else (args.batch or 2)
+    row = {"arch": arch, "resolution": res, "runtime": PEER_NAMES[peer], "peer": True, "latency_only": True,
+           "status": "ok", "reason": None, "batch": batch}
+    if io is not None:
+        row["input_shapes"] = {i["name"]: i["static_shape"] for i in io["inputs"]}
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    try:
+        out, mem, err = run_cell(cell_peer, {**job, "dir": str(folder), "cfg_batch": batch,
+                                             "peer_steps": args.peer_steps, "peer_runs": args.peer_runs},
+                                 folder.parent, f"{arch}_{res}_{peer}", args.cell_timeout)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if out is None:
+        _say(f"  {PEER_NAMES[peer]} not run: {err}")
+        return {**row, "status": "not run" if "not installed" in (err or "") else "failed", "reason": err}
+    lat = _latency(out.pop("per_step_ms"))
+    row.update(load_seconds=out.pop("load_seconds"), latency=lat, peer_run=out, peak_rss_mib=mem,
+               runtime_threads=out["threads"], cell_seconds=round(time.time() - t0, 1),
+               speedup_vs_eager=(eager_median / lat["median_ms"]) if eager_median and lat["median_ms"] > 0 else None)
+    _say(f"  {PEER_NAMES[peer]}: {lat['median_ms']:.1f} ms a step (median of {lat['n']})")
+    return row
+
+
 # ---------------------------------------------------------------------------------------------- the driver
 
 
@@ -344,7 +466,15 @@ def write_results(out: Path, result: dict) -> None:
             f"| {_fmt(lat.get('median_ms'))}{noisy} | {_fmt(lat.get('p90_ms'))} | {_fmt(lat.get('trimmed_mean_ms'))} "
             f"| {_fmt(r.get('speedup_vs_eager'), '.2f')} | {_fmt(r.get('peak_rss_mib'), '.0f')} | {status} |")
     md += ["", "Peak RSS: of the process that built and timed the eager model, or that loaded and timed the exported "
-           "file (the export process's own peak is in the JSON, `export.peak_rss_mib`).", "", "## Architectures", ""]
+           "file (the export process's own peak is in the JSON, `export.peak_rss_mib`)."]
+    for r in result["rows"]:
+        if r.get("peer") and r["status"] == "ok":
+            run = r["peer_run"]
+            md += ["", f"{r['runtime']} ({run['package']}, {run['weights']} weights, {run['sampler']}, CFG scale "
+                   f"{run['cfg_scale']:g}, {run['threads']} threads) on the same seeded UNet inside a whole SD-1.x "
+                   f"pipeline at {r['resolution']} px: a step is (t({s['peer_steps']}-step generate) - t(1-step "
+                   f"generate)) / {s['peer_steps'] - 1}, {r['latency']['n']} pairs; load {r['load_seconds']:.1f} s."]
+    md += ["", "## Architectures", ""]
     for name, a in result["architectures"].items():
         cfg = a["unet_config"]
         md.append(f"- `{name}`: {a['title']}, {a['params']:,} parameters ({a['weight_bytes'] / 1e9:.2f} GB fp32) at scale "
@@ -384,12 +514,13 @@ def measure(args: RealArchConfig, command: str = "") -> dict:
                      "batch": args.batch, "precision": "fp32", "runs": args.runs, "warmup": args.warmup,
                      "threads": args.threads, "seed": args.seed,
                      "max_memory_gib": round(limit / GIB, 2) if limit else None, "cell_timeout_s": args.cell_timeout,
-                     "text_context": [TEXT_TOKENS, TEXT_DIM]},
+                     "text_context": [TEXT_TOKENS, TEXT_DIM], "peers": list(args.peers),
+                     "peer_steps": args.peer_steps, "peer_runs": args.peer_runs},
         "architectures": {}, "rows": [], "wall_seconds": None,
     }
     base = {"scale": args.scale, "batch": args.batch, "seed": args.seed, "threads": args.threads, "runs": args.runs,
             "warmup": args.warmup, "max_memory_bytes": limit}
-    cells = len(args.arch) * len(args.resolution) * (1 + len(args.targets))
+    cells = len(args.arch) * len(args.resolution) * (1 + len(args.targets) + len(args.peers))
     done = 0
 
     def record(row: dict) -> None:
@@ -430,6 +561,10 @@ def measure(args: RealArchConfig, command: str = "") -> dict:
                     _say(f"[{done + 1}/{cells}] {tag} {target}: export + parity")
                     row = _target_row(target, job, work / f"{arch}_{res}", eager_median, args, io)
                     record(row)
+                for peer in args.peers:
+                    _say(f"[{done + 1}/{cells}] {tag} {PEER_NAMES[peer]}: the same weights, "
+                         f"{args.peer_runs} x (1-step and {args.peer_steps}-step generates)")
+                    record(_peer_row(peer, job, work / f"{arch}_{res}_{peer}", eager_median, args, io))
                 if "coreml" not in args.targets:  # said in the table, not left to be guessed
                     where = "on Linux" if platform.system() == "Linux" else "by default"
                     result["rows"].append({
