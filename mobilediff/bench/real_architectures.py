@@ -169,6 +169,9 @@ def _prepare(job: dict) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
+    from mobilediff.quiet import quiet_libraries
+
+    quiet_libraries()  # also diffusers' and transformers' progress bars (a saved pipeline's "Writing model shards")
     import torch
 
     torch.set_num_threads(job["threads"])
