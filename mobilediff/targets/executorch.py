@@ -58,8 +58,13 @@ def export(spec, path: Path, precision: str) -> dict:
 def load_method(path: Path):
     from executorch.runtime import Runtime
 
+    from mobilediff.quiet import quiet_stderr
+
     try:
-        return Runtime.get().load_program(str(path)).load_method("forward")
+        # the runtime's CPU-info probe writes straight to file descriptor 2 on first load ("Failed to open midr
+        # file ..."): nothing a user can act on; a failed load still raises with its message
+        with quiet_stderr():
+            return Runtime.get().load_program(str(path)).load_method("forward")
     except RuntimeError as e:  # executorch.runtime reports a truncated or foreign program file as a RuntimeError
         raise MobilediffError(f"cannot load ExecuTorch program {path}: {str(e).splitlines()[0][:200]}") from None
 
