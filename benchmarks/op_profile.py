@@ -70,7 +70,7 @@ def write_markdown(res: dict) -> str:
     lines = ["# Operator profiles", "",
              f"`{res['command']}`", "",
              f"{res['settings']['runs']} profiled calls after {res['settings']['warmup']} warm-up, "
-             f"{res['settings']['threads']} thread(s); machine: {res['machine'].get('processor') or res['machine'].get('platform')}. "
+             f"{res['settings']['threads']} thread(s); machine: {res['machine'].get('cpu') or res['machine'].get('platform')} ({res['machine'].get('cores', '?')} cores). "
              f"GEMM peak at this thread count: {peak['fp32_gflops']:.1f} GFLOP/s fp32, {peak['int8_gops']:.1f} GOP/s int8. "
              "Profiled calls run slower than unprofiled ones (every kernel is timed): compare kinds within a row, take "
              "latency from run_device.", ""]

@@ -67,6 +67,20 @@ def test_onnx_static_int8_unet_is_smaller_and_close_to_float(tmp_path):
     assert float_bytes / q["size_bytes"] > 2.5
     assert q["parity"]["psnr_db"] >= 15 and q["parity"]["psnr_db"] < 60  # quantized: close, not exact
     assert q["export"]["quantization"]["nodes_kept_float"]  # conv_in / conv_out stay float
+    # the attention's activation x activation products stay float (no QLinearSoftmax / QLinearMatMul between two
+    # activations, slower than float on the CPU provider); every quantized MatMul multiplies by a weight
+    import onnx
+
+    graph = onnx.load(str(tmp_path / q["path"])).graph
+    assert q["export"]["quantization"]["activation_matmuls_kept_float"] >= 2
+    assert not [n for n in graph.node if n.op_type in ("QLinearSoftmax", "QLinearMatMul")]
+    initializers = {t.name for t in graph.initializer}
+    quantized_weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers}
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    products = [n for n in matmuls if not any(i in initializers | quantized_weights for i in n.input)]
+    assert len(products) >= 2 and not any(i in dequantized for n in products for i in n.input)  # float in, float out
+    assert any(i in quantized_weights for n in matmuls for i in n.input)  # the projections are quantized
 
 
 def test_onnx_quantization_of_a_graph_with_external_data_is_refused(tmp_path, monkeypatch):
