@@ -118,14 +118,26 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def tree_sha256(folder: Path, pattern: str = "**/*.safetensors") -> str:
     """sha256 over the (relative path, bytes) of every file of ``folder`` matching ``pattern`` (by default a model
-    folder's weights): ties a bundle or a result to the exact weights it came from."""
+    folder's weights): ties a bundle or a result to the exact weights it came from. A pipeline folder nested inside
+    (one with its own ``model_index.json``, e.g. a family member's ``students/<kind>/``) is another model and is not
+    part of this one's hash: adding a student does not change its teacher's identity."""
     import hashlib
 
     h = hashlib.sha256()
     folder = Path(folder)
     for f in sorted(folder.glob(pattern)):
-        if not f.is_file():
+        if not f.is_file() or _inside_nested_pipeline(f, folder):
             continue
         h.update(str(f.relative_to(folder)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
+
+
+def _inside_nested_pipeline(f: Path, root: Path) -> bool:
+    """Whether ``f`` lies in a pipeline folder (``model_index.json``) below ``root`` (not ``root`` itself)."""
+    p = f.parent
+    while p != root and root in p.parents:
+        if (p / "model_index.json").is_file():
+            return True
+        p = p.parent
+    return False

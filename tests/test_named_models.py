@@ -83,3 +83,21 @@ def test_the_embedded_tiny_decoder_fits_the_default_model_and_decodes_its_latent
         got = tiny.decode(z).sample.clamp(-1, 1)
     psnr = float(10 * torch.log10(4.0 / torch.nn.functional.mse_loss(got, target)))
     assert psnr >= 28, psnr  # 32.9 dB at training's held-out check (decoder.json)
+
+
+def test_a_teachers_weight_hash_ignores_the_students_stored_inside_it(tmp_path):
+    """A family member keeps its students in students/<kind>/ (pipelines of their own): distilling or replacing a
+    student must not change the teacher's identity (the row cache of the scaling study, a bundle's source check)."""
+    from mobilediff.io import tree_sha256
+
+    teacher = pipeline_folder(tmp_path / "unet-m")
+    (teacher / "unet").mkdir()
+    (teacher / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"teacher weights")
+    before = tree_sha256(teacher)
+    student = pipeline_folder(teacher / "students" / "lcm")
+    (student / "unet").mkdir()
+    (student / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"student weights")
+    assert tree_sha256(teacher) == before
+    assert tree_sha256(student) != before
+    (teacher / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"retrained teacher")
+    assert tree_sha256(teacher) != before  # its own weights still count
