@@ -173,6 +173,9 @@ def _vm_hwm_mib() -> float | None:
 
 def _measure_in_child(conn, fn, args, setup=None) -> None:
     try:
+        from mobilediff.quiet import quiet_libraries
+
+        quiet_libraries()  # a spawned process starts without the parent's settings (weight-loading progress bars)
         if setup is not None:
             setup()  # before the baseline: what it imports or allocates is not part of the call's delta
         read = _vm_hwm_mib if _vm_hwm_mib() is not None else peak_rss_mib
