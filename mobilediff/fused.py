@@ -19,8 +19,13 @@ from mobilediff.sampler_table import SamplerTable, run_table
 
 
 class FusedSampler(torch.nn.Module):
-    def __init__(self, pipe, table: dict, geometry: dict):
+    """``cfg``: run the classifier-free-guidance batch (unconditional + conditional rows) at every step. A plan at
+    guidance <= 1 has none (the conditional row alone is the same image at half the UNet cost), and its program
+    ignores ``guidance_scale``; a guidance-embedding (LCM) UNet never has one."""
+
+    def __init__(self, pipe, table: dict, geometry: dict, cfg: bool = True):
         super().__init__()
+        self.cfg = cfg
         self.text_encoder, self.unet, self.vae = pipe.text_encoder, pipe.unet, pipe.vae
         self.table = SamplerTable(**{k: table[k] for k in SamplerTable.__dataclass_fields__})
         self.geometry = geometry
@@ -36,7 +41,7 @@ class FusedSampler(torch.nn.Module):
         emb = guidance_embedding_tensor(guidance_scale, self.cond_dim) if self.cond_dim else None
 
         def denoise(xin, timestep):
-            if emb is not None:
+            if emb is not None or not self.cfg:
                 t = torch.full((1,), timestep)
                 return self.unet(xin, t, encoder_hidden_states=text, timestep_cond=emb, return_dict=False)[0]
             t = torch.full((2,), timestep)
@@ -49,8 +54,14 @@ class FusedSampler(torch.nn.Module):
         return (self.vae.decode(z, return_dict=False)[0].clamp(-1, 1),)
 
 
-def fused_spec(pipe, table: dict, geometry: dict, name: str) -> ComponentSpec:
-    module = FusedSampler(pipe, table, geometry).eval()
+def fused_has_cfg(pipe, guidance: float) -> bool:
+    """Whether the fused program runs a CFG batch: the denoiser's rule (mobilediff.exporter: none at a default
+    guidance <= 1, a progressive student's plan), and never for a guidance-embedding (LCM) UNet."""
+    return not pipe.unet.config.time_cond_proj_dim and guidance > 1.0
+
+
+def fused_spec(pipe, table: dict, geometry: dict, name: str, cfg: bool = True) -> ComponentSpec:
+    module = FusedSampler(pipe, table, geometry, cfg).eval()
     c, h, w = geometry["latent_channels"], geometry["latent_height"], geometry["latent_width"]
     length = pipe.tokenizer.model_max_length
     inputs = [TensorSpec("input_ids", (1, length), "int32", "CLIP token ids of the prompt"),
@@ -73,7 +84,8 @@ def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps
     tables = [{"name": sampler, **sampler_table(make_scheduler(sampler, pipe.scheduler.config), steps).to_dict()}]
     if not targets:
         raise MobilediffError("--fused-steps needs an onnx or executorch target")
-    spec = fused_spec(pipe, tables[0], geometry, f"fused{steps}")
+    cfg = fused_has_cfg(pipe, guidance)
+    spec = fused_spec(pipe, tables[0], geometry, f"fused{steps}", cfg)
     files = []
     for tgt in targets:
         say(f"{spec.name} -> {tgt} ({precision})")
@@ -81,5 +93,5 @@ def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps
     from mobilediff.flops import count_gflop
 
     return {"name": spec.name, "steps": steps, "sampler": sampler, "default_guidance": guidance,
-            "table": tables[0], **spec.to_dict(), "files": files,
+            "cfg_batch": 2 if cfg else 1, "table": tables[0], **spec.to_dict(), "files": files,
             "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}

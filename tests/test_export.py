@@ -144,6 +144,28 @@ def test_fused_program_equals_the_step_by_step_bundle(bundle):
     assert psnr(torch.from_numpy(image), ref) >= 60
 
 
+def test_a_guidance_free_plan_gets_a_fused_program_without_the_cfg_batch(pipe):
+    """At a default guidance <= 1 the fused program runs the conditional row alone: the same image as with the CFG
+    batch at scale 1, at about half the UNet FLOPs; a teacher's plan (guidance > 1) keeps the batch."""
+    from mobilediff.components import latent_geometry
+    from mobilediff.flops import count_gflop
+    from mobilediff.fused import fused_has_cfg, fused_spec
+    from mobilediff.sampler_table import sampler_table
+    from mobilediff.sampling import make_scheduler
+
+    assert not fused_has_cfg(pipe, 1.0) and fused_has_cfg(pipe, 3.5)
+    assert not fused_has_cfg(tiny_variant_pipeline("lcm"), 3.5)  # a guidance embedding, never a batch
+    table = {"name": "ddim", **sampler_table(make_scheduler("ddim", pipe.scheduler.config), 2).to_dict()}
+    geometry = latent_geometry(pipe)
+    single, batch = (fused_spec(pipe, table, geometry, "fused2", cfg) for cfg in (False, True))
+    inputs = list(single.example_inputs())
+    inputs[2] = torch.ones_like(inputs[2])  # guidance 1: the CFG combination is the conditional row
+    with torch.no_grad():
+        a, b = single.module(*inputs)[0], batch.module(*inputs)[0]
+    assert psnr(a, b) >= 60
+    assert 0 < count_gflop(single.module, inputs) < count_gflop(batch.module, inputs)
+
+
 def test_guidance_embedding_unet_is_an_lcm_student_by_default():
     """Without a distillation.json, a UNet with a guidance-embedding input is an LCM student sampled with LCM at 4
     steps; a plain UNet is a teacher sampled with DDIM at 50 (the manifest's role and default plan)."""
