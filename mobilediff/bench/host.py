@@ -102,7 +102,10 @@ def import_runtime(runtime: str, threads: int | None = None) -> None:
             # the XNNPACK threadpool of executorch's Python runtime (an API executorch marks experimental)
             from executorch.extension.pybindings import portable_lib
 
-            portable_lib._unsafe_reset_threadpool(threads)
+            from mobilediff.quiet import quiet_stderr
+
+            with quiet_stderr():  # "Resetting threadpool to N threads." on fd 2
+                portable_lib._unsafe_reset_threadpool(threads)
     elif runtime == "eager":
         # diffusers and transformers import their model classes lazily: import them here, not inside the measurement
         from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401

@@ -233,11 +233,14 @@ def cell_run(job: dict, result: str) -> None:
     elif job["target"] == "executorch":
         from mobilediff.targets import executorch as target
 
-        try:  # XNNPACK's threadpool; executorch sizes it to the cores by default
-            from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
-                                                                      _unsafe_reset_threadpool)
+        from mobilediff.quiet import quiet_stderr
 
-            _unsafe_reset_threadpool(job["threads"])
+        try:  # XNNPACK's threadpool; executorch sizes it to the cores by default
+            with quiet_stderr():  # the runtime's CPU-info probe and threadpool lines (fd 2)
+                from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                                          _unsafe_reset_threadpool)
+
+                _unsafe_reset_threadpool(job["threads"])
             threads = _threadpool_get_thread_count()
         except ImportError:
             threads = None
