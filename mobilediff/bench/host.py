@@ -97,7 +97,10 @@ def import_runtime(runtime: str, threads: int | None = None) -> None:
     elif runtime == "executorch":
         from executorch.runtime import Runtime
 
-        Runtime.get()
+        from mobilediff.quiet import quiet_stderr
+
+        with quiet_stderr():  # the runtime's CPU-info probe writes to fd 2 when it starts
+            Runtime.get()
         if threads is not None:
             # the XNNPACK threadpool of executorch's Python runtime (an API executorch marks experimental)
             from executorch.extension.pybindings import portable_lib
