@@ -26,9 +26,9 @@ def test_unknown_command_is_one_line():
     assert code == 2 and len(error_lines(stderr)) == 1
 
 
-def test_evaluate_a_pipeline_directly(tmp_path):
+def test_evaluate_a_pipeline_directly(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code, stdout, stderr = run_cli("evaluate", "--model", "default", "--n", 4, "--steps", 2, "--out", out)
+    code, stdout, stderr = run_cli_here(capsys, "evaluate", "--model", "default", "--n", 4, "--steps", 2, "--out", out)
     assert code == 0, stderr
     r = json.loads(out.read_text())
     assert r["n"] == 4 and 0.0 <= r["prompt_accuracy"] <= 1.0 and r["fd"] >= 0.0

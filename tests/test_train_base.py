@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import error_lines, run_cli
+from conftest import error_lines, run_cli, run_cli_here
 from mobilediff.train.checkpoint import complete_checkpoints
 from mobilediff.errors import MobilediffError
 from mobilediff.tiny import tiny_train_config
@@ -51,9 +51,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
 
 
-def test_existing_output_without_resume_or_force_is_refused(tmp_path):
+def test_existing_output_without_resume_or_force_is_refused(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    code, _, stderr = run_cli("train-base", "--out", tmp_path / "run", "--tiny", "--vae-steps", 1, "--unet-steps", 1)
+    code, _, stderr = run_cli_here(capsys, "train-base", "--out", tmp_path / "run", "--tiny", "--vae-steps", 1, "--unet-steps", 1)
     assert code == 2 and error_lines(stderr) == [
         f"error: output directory {tmp_path / 'run'} already exists (pass --resume latest to continue, or --force)"]
     assert list((tmp_path / "run").iterdir()) == []
@@ -176,9 +176,9 @@ def test_timestep_bias_draws_the_range_as_often_as_asked():
     assert abs((t[t >= 400] < 700).float().mean().item() - 0.5) < 0.01  # uniform outside the range
 
 
-def test_impossible_timestep_bias_range_is_refused_before_anything_is_written(tmp_path):
+def test_impossible_timestep_bias_range_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli("train-base", "--out", out, "--tiny", "--vae-steps", 1, "--unet-steps", 1,
+    code, stdout, stderr = run_cli_here(capsys, "train-base", "--out", out, "--tiny", "--vae-steps", 1, "--unet-steps", 1,
                                    "--timestep-bias-range", 700, 300, "--timestep-bias-multiplier", 3)
     assert code != 0
     lines = error_lines(stderr)
