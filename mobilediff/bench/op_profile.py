@@ -10,7 +10,7 @@ pays" (or why it does not).
 
 Every operator is put in one of a few kinds (:func:`op_kind`): ``gemm`` (convolutions and matrix multiplies, float
 or integer), ``quantize`` (quantize / dequantize / dtype conversions: the cost int8 adds), ``norm`` (group and
-layer norms and their reductions), ``elementwise`` and ``other``; what the call took beyond its kernels is
+layer norms, softmax and their reductions), ``elementwise`` and ``other``; what the call took beyond its kernels is
 ``overhead`` (dispatch, copies between delegate calls). A profiled call runs slower than an unprofiled one (every
 kernel is timed), so compare kinds within one profile and take latency from run_device.
 """
