@@ -93,6 +93,8 @@ def test_bad_resolution_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.extended  # only the peer benchmark (never in CI) reads this folder
 def test_the_peer_pipeline_holds_our_unet_weights_in_the_layout_a_checkpoint_engine_reads(tmp_path):
     """--peer: stable-diffusion.cpp reads a diffusers folder (unet/, vae/, text_encoder/ safetensors); the UNet in it
     has exactly the seeded weights our rows time (build_spec), the VAE and text encoder SD-1.x's shapes."""
