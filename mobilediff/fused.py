@@ -31,10 +31,11 @@ class FusedSampler(torch.nn.Module):
         self.geometry = geometry
         self.cond_dim = pipe.unet.config.time_cond_proj_dim
         self.noisy = any(c != 0.0 for c in table["noise_coef"])
-        tok = pipe.tokenizer
-        ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-        with torch.no_grad():
-            self.register_buffer("uncond", pipe.text_encoder(ids).last_hidden_state.detach().clone())
+        if cfg and not self.cond_dim:  # the unconditional row's text embedding, a constant of the graph
+            tok = pipe.tokenizer
+            ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+            with torch.no_grad():
+                self.register_buffer("uncond", pipe.text_encoder(ids).last_hidden_state.detach().clone())
 
     def forward(self, input_ids, noise, guidance_scale, fresh_noise=None):
         text = self.text_encoder(input_ids.to(torch.long)).last_hidden_state

@@ -113,6 +113,14 @@ class RealArchConfig:
 # ---------------------------------------------------------------------------------------------- in the cells
 
 
+def sd15_scheduler():
+    """SD-1.5's DDIM scheduler (runwayml/stable-diffusion-v1-5 scheduler/scheduler_config.json)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, prediction_type="epsilon")
+
+
 def build_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: int):
     """The UNet's ComponentSpec exactly as ``mobilediff export`` declares it, with seeded random weights.
 
@@ -121,7 +129,7 @@ def build_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: 
     Raises MobilediffError if ``resolution`` does not suit the UNet.
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from mobilediff.components import declare, latent_geometry
@@ -137,8 +145,7 @@ def build_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: 
     vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
                         layers_per_block=1)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, prediction_type="epsilon")  # SD-1.5's
+    scheduler = sd15_scheduler()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, tokenizer=tokenizer,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -281,7 +288,7 @@ def peer_pipeline_dir(arch: str, scale: str, seed: int, folder: Path) -> Path:
     and CLIP ViT-L/14 text encoder (seeded random weights too), the embedded CLIP BPE tokenizer at 77 tokens and
     SD-1.5's DDIM scheduler; safetensors only."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from mobilediff.loading import DEFAULT_MODEL_DIR, save_pipeline
@@ -293,8 +300,7 @@ def peer_pipeline_dir(arch: str, scale: str, seed: int, folder: Path) -> Path:
     text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP_L)).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer"))
     tokenizer.model_max_length = TEXT_TOKENS
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, prediction_type="epsilon")
+    scheduler = sd15_scheduler()
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, unet=unet, tokenizer=tokenizer,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -311,7 +317,6 @@ def cell_peer(job: dict, result: str) -> None:
     VAE decoder and loading cancel out)."""
     _prepare(job)
     try:
-        import stable_diffusion_cpp
         from stable_diffusion_cpp import StableDiffusion
     except ImportError:
         raise MobilediffError("stable-diffusion-cpp-python is not installed (pip install -e '.[peer]': a source "
@@ -342,7 +347,6 @@ def cell_peer(job: dict, result: str) -> None:
                     "per_step_ms": per_step, "cfg_scale": cfg, "threads": job["threads"],
                     "package": f"stable-diffusion-cpp-python {version('stable-diffusion-cpp-python')}",
                     "weights": "f32", "sampler": "euler"})
-    del stable_diffusion_cpp
 
 
 def _peer_row(peer: str, job: dict, folder: Path, eager_median: float | None, args, io: dict | None) -> dict:
