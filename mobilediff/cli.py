@@ -144,12 +144,12 @@ def train_evaluator_cmd(out, steps, batch_size, seed, force):
 
 @cli.command("distill")
 @click.option("--teacher", default="default", show_default=True, help="Teacher pipeline folder (diffusers format) or 'default'.")
-@click.option("--method", type=click.Choice(["lcm", "progressive"]), required=True, help="Latent consistency distillation or progressive (halving) distillation.")
-@click.option("--steps", type=int, required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm) or OUT/steps-N (progressive).")
-@click.option("--max-train-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="lcm: optimizer steps; progressive: optimizer steps per halving round.")
+@click.option("--method", type=click.Choice(["lcm", "progressive", "slim"]), required=True, help="Latent consistency distillation, progressive (halving) distillation, or block-removal distillation into a slimmer UNet (slim).")
+@click.option("--steps", type=int, required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k); slim: the DDIM step count the student trains at and samples with (a progressive teacher's own).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm, slim) or OUT/steps-N (progressive).")
+@click.option("--max-train-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="lcm, slim: optimizer steps; progressive: optimizer steps per halving round.")
 @click.option("--teacher-steps", type=click.IntRange(min=2), default=16, show_default=True, help="progressive: the teacher's DDIM step count the first round halves.")
-@click.option("--guidance", type=Finite(min=0), default=3.5, show_default=True, help="progressive: guidance scale of the teacher's target; lcm: the student's default guidance.")
+@click.option("--guidance", type=Finite(min=0), default=3.5, show_default=True, help="progressive, slim: guidance scale of the teacher's target (slim from a progressive student: unused, its own prediction is the target); lcm: the student's default guidance.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Global batch.")
 @click.option("--lr", type=Finite(min=0, min_open=True), default=1e-4, show_default=True, help="Peak learning rate.")
 @click.option("--latent-cache", type=click.IntRange(min=1), default=8192, show_default=True, help="Shapes-domain samples encoded once with the teacher's VAE.")
@@ -159,11 +159,14 @@ def train_evaluator_cmd(out, steps, batch_size, seed, force):
 @click.option("--guidance-range", type=Finite(min=0), nargs=2, default=(2.0, 6.0), show_default=True, help="lcm: the guidance scales drawn per training example (uniform in MIN MAX; equal values train one scale).")
 @click.option("--ddim-timesteps", type=int, default=50, show_default=True, help="lcm: the skipping-step solver's grid (1000 / N apart); the student samples from this grid.")
 @click.option("--init-student", default=None, help="lcm: start from an earlier LCM student of the same architecture (a pipeline folder) instead of the teacher's weights.")
+@click.option("--remove", default="mid,attention-0", show_default=True, help="slim: blocks removed from the teacher's UNet, comma-separated: mid (the middle block), attention-K (the transformers of resolution level K, 0 = highest).")
+@click.option("--feature-weight", type=Finite(min=0), default=1.0, show_default=True, help="slim: weight of the block-output (feature) distillation term.")
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
-                checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, resume, force):
-    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher."""
+                checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, remove,
+                feature_weight, resume, force):
+    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher, or a slimmer UNet (slim)."""
     from mobilediff.io import check_output
     from mobilediff.train.distill import DistillConfig, distill
     from mobilediff.train.loop import main_process
@@ -174,7 +177,8 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
                         teacher_steps=teacher_steps, guidance=guidance, batch_size=batch_size, lr=lr,
                         latent_cache=latent_cache, checkpoint_every=checkpoint_every, seed=seed,
                         mixed_precision=mixed_precision, guidance_min=guidance_range[0],
-                        guidance_max=guidance_range[1], ddim_timesteps=ddim_timesteps, init_student=init_student)
+                        guidance_max=guidance_range[1], ddim_timesteps=ddim_timesteps, init_student=init_student,
+                        remove=remove, feature_weight=feature_weight)
     paths = distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process():  # once under `accelerate launch`
         for path in paths:
@@ -321,7 +325,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--fused-steps", type=click.IntRange(1, 16), default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
 @click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
-@click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
+@click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int8-decoder|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (a mobilediff distill-decoder folder, or 'default:tiny': the default model's) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,

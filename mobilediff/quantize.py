@@ -9,6 +9,7 @@ A recipe names, per target, how each component is stored and computed, and which
   ``fp16``         the fp16 export (float16 weights and compute behind float32 I/O).
 - ExecuTorch (torchao's PT2E flow with executorch's XNNPACKQuantizer, then XNNPACK lowering):
   ``int8``         static int8, per-channel symmetric weights, calibrated like ONNX ``int8-static``;
+  ``int8-decoder`` ``int8`` with the VAE decoder quantized too (meant for a tiny decoder);
   ``int4-weights`` 4-bit grouped weights with int8 dynamic activations on the Linear layers (XNNPACK's 8da4w
                    kernels); convolutions stay float (XNNPACK has no 4-bit convolution).
 - Core ML (coremltools.optimize on the converted program; weights only, compute stays fp16/fp32):
@@ -20,7 +21,7 @@ Every recipe keeps ``keep_float`` layers in float: by default the UNet's first a
 sees raw latents, ``conv_out`` writes the prediction whose error every sampling step integrates), its sinusoidal
 timestep projection ``time_proj`` (timesteps up to 999 times frequencies: int8 there turns the time embedding into
 noise; ExecuTorch's XNNPACKQuantizer quantizes it, ONNX's op list does not reach it) and the whole VAE decoder
-(``components`` excludes it), the choices measured in benchmarks/results/quantization.md.
+(``components`` excludes it, except in ``int8-decoder``), the choices measured in benchmarks/results/quantization.md.
 """
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ RECIPES: dict[str, dict[str, Recipe]] = {
     "executorch": {
         "int8": Recipe("executorch", "int8", "PT2E static int8 (XNNPACKQuantizer, per-channel symmetric weights), "
                        "calibrated on sampling trajectories", calibrated=True),
+        "int8-decoder": Recipe("executorch", "int8-decoder", "int8 as above, the VAE decoder too (for a tiny decoder, "
+                               "whose float convolutions are a third of a slim student's image)", calibrated=True,
+                               components=DEFAULT_COMPONENTS + ("vae_decoder",)),
         "int4-weights": Recipe("executorch", "int4-weights", "4-bit grouped Linear weights, int8 dynamic activations "
                                "(XNNPACK 8da4w); convolutions float", options={"group_size": 32}),
     },

@@ -18,6 +18,7 @@ def test_the_default_names_stay():
     assert resolve_model("default") == DEFAULT_MODEL_DIR and resolve_model(None) == DEFAULT_MODEL_DIR
     assert NAMED_MODELS["default:lcm"] == DEFAULT_STUDENTS / "lcm"
     assert NAMED_MODELS["default:progressive-4"] == DEFAULT_STUDENTS / "progressive" / "steps-4"
+    assert NAMED_MODELS["default:slim-4"] == DEFAULT_STUDENTS / "slim-4"
     assert resolve_model("some/folder") == Path("some/folder")
 
 

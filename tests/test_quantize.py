@@ -142,3 +142,21 @@ def test_executorch_int8_keeps_float_modules_unobserved(keep):
 
 def test_default_recipes_keep_the_timestep_projection_float():
     assert "unet.time_proj" in get_recipe("executorch", "int8").keep_float
+
+
+def test_executorch_int8_decoder_recipe_quantizes_the_decoder_too(tmp_path):
+    """`--quantize int8-decoder` is `int8` with the VAE decoder in int8 as well: the decoder's program is quantized,
+    calibrated on the final latents of sampling, and checked against PyTorch at export (close, not exact)."""
+    from mobilediff.components import declare, latent_geometry
+    from mobilediff.exporter import export_component
+
+    recipe = get_recipe("executorch", "int8-decoder")
+    assert recipe.components == get_recipe("executorch", "int8").components + ("vae_decoder",)
+    assert "vae_decoder" not in get_recipe("executorch", "int8").components
+    pipe = tiny_pipeline()
+    spec = declare(pipe, latent_geometry(pipe))["vae_decoder"]
+    cal = record_calibration(pipe, calibration_prompts(4), steps=2, sampler="ddim", guidance=3.5, max_rows=8)
+    q = export_component(spec, "executorch", "fp32", tmp_path, recipe=recipe, calibration=cal)
+    assert q["quantization"] == "int8-decoder" and q["path"] == "vae_decoder_executorch_int8-decoder.pte"
+    assert q["export"]["quantization"]["calibration_batches"] >= 1
+    assert 15 <= q["parity"]["psnr_db"] < 60  # quantized: close, not exact

@@ -206,12 +206,13 @@ def test_two_step_cli_run_writes_students_that_sample(tiny_pipeline_dir, tmp_pat
         assert not list(path.rglob("*.bin"))
 
 
-@pytest.mark.parametrize("method", ["lcm", "progressive"])
+@pytest.mark.parametrize("method", ["lcm", "progressive", "slim"])
 def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_path, method):
     """A NaN at global step 3 stops the run (for progressive: inside its second round) and leaves checkpoint 3
     intact; a checkpoint cut off mid-save (no COMPLETE marker) is never resumed from; the resumed run ends with
     the uninterrupted run's weights."""
-    kw = {"max_train_steps": 4} if method == "lcm" else {}
+    kw = {"lcm": {"max_train_steps": 4}, "progressive": {},
+          "slim": {"max_train_steps": 4, "remove": "mid,attention-1"}}[method]
     full = distill(_cfg(tiny_pipeline_dir, tmp_path / "full", method, **kw))[-1]
     cut = tmp_path / "cut"
     with pytest.raises(MobilediffError, match="non-finite loss at step 3"):
@@ -265,6 +266,15 @@ def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path, capsys)
          "not an LCM student with time_cond_proj_dim 256"),
         (["--teacher", tiny_pipeline_dir, "--method", "progressive", "--steps", 1, "--init-student", lcm_student],
          "--init-student is for --method lcm"),
+        (["--teacher", tiny_pipeline_dir, "--method", "slim", "--steps", 4], "level 0 has no attention to remove"),
+        (["--teacher", tiny_pipeline_dir, "--method", "slim", "--steps", 4, "--remove", "blocks"],
+         "--remove: unknown block 'blocks'"),
+        (["--teacher", tiny_pipeline_dir, "--method", "slim", "--steps", 0, "--remove", "mid"],
+         "a slim student samples at 1..1000 DDIM steps, got 0"),
+        (["--teacher", lcm_student, "--method", "slim", "--steps", 4, "--remove", "mid"],
+         "already takes a guidance embedding"),
+        (["--teacher", tiny_pipeline_dir, "--method", "slim", "--steps", 4, "--remove", "mid", "--feature-weight",
+          "nan"], "--feature-weight"),
     ]
     for args, msg in cases:
         code, _, stderr = run_cli_here(capsys, "distill", *args, "--out", out)
@@ -319,3 +329,61 @@ def test_packed_teacher_is_distilled_from_its_borrowed_vae(tiny_pipeline_dir, tm
     assert all((student_tok / p.name).read_bytes() == p.read_bytes() for p in base_tok.iterdir())
     report = pack_pipeline(student, tiny_pipeline_dir, tmp_path / "packed-student", ("unet",))
     assert report["tokenizer"] == "shared" and report["vae"] == "shared"
+
+
+def test_slim_student_is_the_teacher_minus_the_removed_blocks(tiny_pipeline_dir):
+    from mobilediff.flops import count_gflop
+    from mobilediff.loading import load_pipeline
+    from mobilediff.train.slim import parse_removal, slim_config, slim_unet
+
+    teacher = load_pipeline(tiny_pipeline_dir).unet
+    student = slim_unet(teacher, parse_removal("mid,attention-1"))
+    assert student.mid_block is None
+    assert [type(b).__name__ for b in student.down_blocks] == ["DownBlock2D", "DownBlock2D"]
+    assert [type(b).__name__ for b in student.up_blocks] == ["UpBlock2D", "UpBlock2D"]
+    t, s = teacher.state_dict(), student.state_dict()
+    assert set(s) < set(t)
+    assert set(t) - set(s) == {k for k in t if k.startswith(("mid_block.", "down_blocks.1.attentions.",
+                                                              "up_blocks.0.attentions."))}
+    for k in s:  # every kept weight is the teacher's
+        torch.testing.assert_close(s[k], t[k], rtol=0, atol=0, msg=k)
+    x, ctx = torch.randn(1, 4, 16, 16), torch.randn(1, 77, teacher.config.cross_attention_dim)
+    assert student(x, torch.tensor([500]), encoder_hidden_states=ctx).sample.shape == (1, 4, 16, 16)
+    args = (x, torch.tensor([500]), ctx)
+    assert count_gflop(student, args) < count_gflop(teacher, args)
+    for spec, msg in [("", "expected a comma-separated list"), ("mid,", "expected a comma-separated list"),
+                      ("attn-0", "unknown block 'attn-0'"), ("mid,mid", "names a block twice")]:
+        with pytest.raises(MobilediffError, match=msg):
+            parse_removal(spec)
+    for spec, msg in [("attention-0", "level 0 has no attention to remove"),
+                      ("attention-2", "has resolution levels 0..1")]:
+        with pytest.raises(MobilediffError, match=msg):
+            slim_config(dict(teacher.config), parse_removal(spec))
+    with pytest.raises(MobilediffError, match="has no middle block"):
+        slim_config(dict(student.config), ["mid"])
+
+
+def test_slim_run_from_a_guided_teacher_and_from_a_progressive_student(tiny_pipeline_dir, tmp_path):
+    """From the classifier-free-guided teacher the target is guided (and recorded so); from a progressive student
+    the target is its own prediction and the student's plan must be the teacher's; the student samples."""
+    from mobilediff.loading import load_pipeline
+    from mobilediff.sampling import generate
+
+    out = distill(_cfg(tiny_pipeline_dir, tmp_path / "slim", "slim", steps=4, remove="mid,attention-1"))[-1]
+    assert out == tmp_path / "slim" / "model"
+    info = json.loads((out / "distillation.json").read_text())
+    assert info["method"] == "slim" and info["removed"] == ["mid", "attention-1"] and info["target_guidance"] == 3.5
+    assert info["sampling"] == {"sampler": "ddim", "steps": 4, "guidance": 1.0}
+    pipe = load_pipeline(out)
+    assert pipe.unet.mid_block is None and pipe.scheduler.config.timestep_spacing == "trailing"
+    teacher = _unet(tiny_pipeline_dir)
+    trained = _unet(out)
+    assert set(trained) < set(teacher) and any(not torch.equal(trained[k], teacher[k]) for k in trained)
+    images = generate(pipe, ["a red circle"], [0], 4, "ddim", 1.0)
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+    progressive = distill(_cfg(tiny_pipeline_dir, tmp_path / "p", "progressive", max_train_steps=1))[0]  # steps-2
+    out = distill(_cfg(progressive, tmp_path / "slim2", "slim", steps=2, remove="mid"))[-1]
+    assert json.loads((out / "distillation.json").read_text())["target_guidance"] is None
+    with pytest.raises(MobilediffError, match="a slim student learns a DDIM student at its own step count"):
+        distill(_cfg(progressive, tmp_path / "slim3", "slim", steps=4, remove="mid"))
+    assert not (tmp_path / "slim3").exists()

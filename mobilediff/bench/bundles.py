@@ -13,7 +13,7 @@ from mobilediff.bundle import Manifest
 from mobilediff.errors import MobilediffError
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-INT8_RECIPES = ("int8-static", "int8-dynamic", "int8")  # 8-bit weights and activations, per target
+INT8_RECIPES = ("int8-static", "int8-dynamic", "int8", "int8-decoder")  # 8-bit weights and activations, per target
 
 
 @dataclass(frozen=True)

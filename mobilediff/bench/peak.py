@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-INT8_PRECISIONS = ("int8", "int8-static", "int8-dynamic")
+INT8_PRECISIONS = ("int8", "int8-decoder", "int8-static", "int8-dynamic")
 
 
 def _best_seconds(fn, runs: int, warmup: int = 2) -> float:

@@ -164,7 +164,7 @@ def _quantized_module(spec, recipe, calibration):
 
     inputs = spec.example_inputs()
     keep = kept_modules(recipe, spec.name)
-    if recipe.name == "int8":
+    if recipe.name in ("int8", "int8-decoder"):  # static int8; they differ in the components quantized
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                              get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e

@@ -1,8 +1,8 @@
 """`mobilediff distill`: few-step students of a Stable-Diffusion-family teacher, each method a loss run by the one
 training loop (:mod:`mobilediff.train.loop`) over the arithmetic of :mod:`mobilediff.train.diffusion`.
 
-Two methods, both trained on the teacher's own latents of shapes-domain samples (a latent cache encoded once
-with the teacher's VAE), both with one denoiser call per sampling step (guidance is distilled in):
+Three methods, all trained on the teacher's own latents of shapes-domain samples (a latent cache encoded once
+with the teacher's VAE), all with one denoiser call per sampling step (guidance is distilled in):
 
 - ``lcm`` -- latent consistency distillation (Luo et al. 2023, as in diffusers' ``train_lcm_distill_sd``):
   a skipping-step DDIM solver on the teacher's guided prediction over a ``ddim_timesteps``-point grid, the
@@ -15,6 +15,14 @@ with the teacher's VAE), both with one denoiser call per sampling step (guidance
   teacher does in two; rounds halve the step count from ``teacher_steps`` down to ``steps``, each round's student
   teaching the next. Every round's student is kept in ``OUT/steps-N`` and samples with the teacher's DDIM
   scheduler at N steps and guidance 1 (no CFG batch).
+- ``slim`` -- block-removal knowledge distillation (BK-SDM, Kim et al. 2023): the student is the teacher's UNet with
+  whole blocks removed (``remove``, :mod:`mobilediff.train.slim`), started from the teacher's remaining weights, and
+  trained on the teacher's prediction (output distillation, x̂_0 error with truncated-SNR weighting as
+  ``progressive``) plus the outputs of every down and up block (feature distillation, each stage's squared error
+  relative to the teacher feature's mean square). It trains at the DDIM timesteps of ``steps`` steps (trailing
+  spacing) and samples there at guidance 1: from a classifier-free-guided teacher the target is its guided
+  prediction at ``guidance``; from a progressive student (whose plan must be DDIM at ``steps`` steps) its own
+  conditional prediction. The student is written to ``OUT/model``.
 
 Every global batch is drawn from a generator seeded by (seed, step): indices into the latent cache, then the noise,
 timesteps and guidance scales of all its examples, of which each process keeps its own rows
@@ -41,7 +49,7 @@ from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, 
                                         pred_original_and_epsilon, progressive_target, skipping_step_solver)
 from mobilediff.train.loop import EMA, Leg, make_accelerator, process_rows, resume_point, run_leg
 
-METHODS = ("lcm", "progressive")
+METHODS = ("lcm", "progressive", "slim")
 
 
 @dataclass
@@ -73,6 +81,9 @@ class DistillConfig:
     # progressive
     teacher_steps: int = 16  # the teacher's DDIM step count that the first round halves
     guidance: float = 3.5  # guidance scale of the teacher's target (progressive), and the LCM student's default
+    # slim
+    remove: str = "mid,attention-0"  # blocks removed from the teacher's UNet (mobilediff.train.slim)
+    feature_weight: float = 1.0  # weight of the feature-distillation term against the output term
     inject_nan_at_step: int | None = None  # test hook: poison the loss at this global step
 
 
@@ -123,8 +134,17 @@ def validate(cfg: DistillConfig) -> None:
                                       f"{cfg.time_cond_proj_dim} (has {dim})")
     elif cfg.init_student is not None:
         raise MobilediffError("--init-student is for --method lcm (progressive rounds start from their teacher)")
-    if cfg.method == "progressive":
-        progressive_rounds(cfg.teacher_steps, cfg.steps)
+    if cfg.method == "slim":
+        from mobilediff.train.slim import parse_removal
+
+        parse_removal(cfg.remove)
+        if not 1 <= cfg.steps <= 1000:
+            raise MobilediffError(f"--steps: a slim student samples at 1..1000 DDIM steps, got {cfg.steps}")
+        if not cfg.feature_weight >= 0:
+            raise MobilediffError(f"--feature-weight must be >= 0, got {cfg.feature_weight}")
+    if cfg.method in ("progressive", "slim"):
+        if cfg.method == "progressive":
+            progressive_rounds(cfg.teacher_steps, cfg.steps)
         if cfg.guidance < 1:
             raise MobilediffError(f"--guidance must be >= 1 (1 = the teacher without guidance), got {cfg.guidance}")
     for name in ("max_train_steps", "batch_size", "checkpoint_every", "latent_cache"):
@@ -422,6 +442,113 @@ def train_progressive_round(cfg: DistillConfig, data: DistillData, scheduler, pr
     return data.accelerator.unwrap_model(objective.models["student"]).eval(), {"train_steps": K, "train_seconds": seconds}
 
 
+class StageRecorder:
+    """Forward hooks that keep the outputs of a UNet's down and up blocks (a down block's hidden state, not its skip
+    tuple) of the last call."""
+
+    def __init__(self, unet):
+        from mobilediff.train.slim import stage_outputs
+
+        self.outputs: list[torch.Tensor | None] = []
+        self.handles = []
+        for i, module in enumerate(stage_outputs(unet)):
+            self.outputs.append(None)
+            self.handles.append(module.register_forward_hook(self._keep(i)))
+
+    def _keep(self, i: int):
+        def hook(module, args, output):
+            self.outputs[i] = (output[0] if isinstance(output, tuple) else output).float()
+        return hook
+
+
+class SlimObjective:
+    """Block-removal knowledge distillation (BK-SDM): the slimmed student's x̂_0 against the teacher's (truncated-SNR
+    weighted, object-weighted per latent pixel, as :class:`ProgressiveObjective`) plus ``feature_weight`` x the mean
+    over the down and up blocks of each block output's squared error relative to the teacher's mean square."""
+
+    clip = "student"
+
+    def __init__(self, cfg: DistillConfig, data: DistillData, student, teacher_unet, scheduler, prediction_type: str,
+                 guidance: float | None):
+        self.cfg, self.data, self.teacher_unet = cfg, data, teacher_unet
+        self.models = {"student": student}
+        self.log_fields = {"method": "slim"}
+        self.scheduler, self.prediction_type, self.guidance = scheduler, prediction_type, guidance
+        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.timesteps = ddim_timesteps(scheduler, cfg.steps)
+        self.teacher_stages = StageRecorder(teacher_unet)
+        self.student_stages = StageRecorder(student)
+
+    def checkpointed(self) -> dict:
+        return {"student": self.models["student"]}
+
+    def after_resume(self) -> None:
+        self.models["student"].train()
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        data, alphas_cumprod = self.data, self.alphas_cumprod
+        g, latents, mask, cond = data.batch(step)
+        b = latents.shape[0]
+        timestep = self.timesteps[data.draw(lambda size: torch.randint(0, len(self.timesteps), size, generator=g))]
+        noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
+        sample = self.scheduler.add_noise(latents, noise, timestep)
+        with torch.no_grad():
+            if self.guidance is None:
+                teacher_out = self.teacher_unet(sample, timestep, encoder_hidden_states=cond).sample.float()
+                features = list(self.teacher_stages.outputs)
+            else:  # the guided prediction; the features compared are the conditional half's
+                out = self.teacher_unet(torch.cat([sample, sample]), torch.cat([timestep, timestep]),
+                                        encoder_hidden_states=torch.cat([cond, data.uncond.expand_as(cond)])).sample
+                cond_out, uncond_out = out.float().chunk(2)
+                teacher_out = classifier_free_guidance(uncond_out, cond_out, torch.full((b,), float(self.guidance)))
+                features = [f[:b] for f in self.teacher_stages.outputs]
+            target = pred_original_and_epsilon(teacher_out, sample, alphas_cumprod[timestep], self.prediction_type)[0]
+        with data.accelerator.autocast():
+            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond).sample.float()
+        pred = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep], self.prediction_type)[0]
+        alpha_prod_t = alphas_cumprod[timestep].view(-1, 1, 1, 1)
+        snr_weight = torch.clamp(alpha_prod_t / (1 - alpha_prod_t), min=1.0).view(-1)
+        out_loss = (snr_weight * _pixel_weighted((pred - target) ** 2, data.pixel_weight(mask))).mean()
+        feat_loss = torch.stack([((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-8)
+                                 for s, t in zip(self.student_stages.outputs, features)]).mean()
+        return out_loss + self.cfg.feature_weight * feat_loss, {"out": f"{out_loss.item():.5f}",
+                                                                 "feat": f"{feat_loss.item():.4f}"}
+
+    def after_step(self, step: int) -> None:
+        pass
+
+
+def slim_guidance(cfg: DistillConfig, teacher_dir: Path) -> float | None:
+    """The slim student's target: None (the teacher's conditional prediction) for a guidance-distilled student
+    teacher, whose plan must be DDIM at ``cfg.steps`` steps; else the classifier-free guidance scale ``cfg.guidance``
+    (None at 1: the conditional prediction)."""
+    plan = student_defaults(teacher_dir)
+    if plan is None:
+        return None if cfg.guidance == 1 else cfg.guidance
+    if plan.get("sampler") != "ddim" or plan.get("steps") != cfg.steps or float(plan.get("guidance", 1.0)) > 1:
+        raise MobilediffError(f"the teacher {cfg.teacher} is a distilled student sampling {plan.get('sampler')} at "
+                              f"{plan.get('steps')} steps, guidance {plan.get('guidance')}: a slim student learns a "
+                              f"DDIM student at its own step count without guidance (pass --steps {plan.get('steps')}"
+                              f" for a progressive student)")
+    return None
+
+
+def train_slim(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str, teacher_unet,
+               guidance: float | None, ckpt) -> tuple[torch.nn.Module, dict]:
+    from mobilediff.train.slim import parse_removal, slim_unet
+
+    student = slim_unet(teacher_unet, parse_removal(cfg.remove)).requires_grad_(True).train()
+    teacher_unet = teacher_unet.requires_grad_(False).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
+    objective = SlimObjective(cfg, data, student, teacher_unet, scheduler, prediction_type, guidance)
+    leg = Leg(run_dir=cfg.out, desc=f"distill slim (remove {cfg.remove})", steps=cfg.max_train_steps,
+              lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
+              grad_clip=cfg.grad_clip, loss_format=".5f", inject_nan_at_step=cfg.inject_nan_at_step)
+    seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
+    unet = data.accelerator.unwrap_model(objective.models["student"]).eval()
+    return unet, {"train_steps": cfg.max_train_steps, "train_seconds": seconds}
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 
@@ -493,6 +620,12 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
             raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
     _check_resume(cfg, resume)
     teacher = load_teacher(cfg.teacher)  # refuses bad teachers before anything is written
+    guidance = None
+    if cfg.method == "slim":  # the removal must fit the teacher's UNet, and a student teacher's plan the steps
+        from mobilediff.train.slim import parse_removal, slim_config
+
+        slim_config(dict(teacher.unet.config), parse_removal(cfg.remove))
+        guidance = slim_guidance(cfg, resolve_model(cfg.teacher))
     accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
     if accelerator.is_main_process:
         if out.exists() and resume is None:
@@ -518,6 +651,16 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
             _save_student(out / "model", teacher, resolve_model(cfg.teacher), student, sched, "LatentConsistencyModelPipeline", info)
         return [out / "model"]
     ckpt = resume_point(cfg.out, resume)
+    if cfg.method == "slim":
+        from mobilediff.train.slim import parse_removal
+
+        unet, stats = train_slim(cfg, data, scheduler, prediction_type, teacher.unet, guidance, ckpt)
+        info = _record(cfg, command, stats, removed=parse_removal(cfg.remove), target_guidance=guidance,
+                       sampling={"sampler": "ddim", "steps": cfg.steps, "guidance": 1.0})
+        if accelerator.is_main_process:
+            _save_student(out / "model", teacher, resolve_model(cfg.teacher), unet, copy.deepcopy(scheduler),
+                          "StableDiffusionPipeline", info)
+        return [out / "model"]
     written, unet = [], teacher.unet
     for r, n in enumerate(progressive_rounds(cfg.teacher_steps, cfg.steps)):
         path = out / f"steps-{n}"
