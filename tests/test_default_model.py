@@ -59,3 +59,24 @@ def test_pipelines_are_written_with_the_text_model_key_prefix(tmp_path):
     loaded = CLIPTextModel.from_pretrained(str(tmp_path / "p" / "text_encoder"))
     ids = torch.tensor([[49406, 320, 49407]])
     assert torch.equal(loaded(ids).last_hidden_state, pipe.text_encoder(ids).last_hidden_state)
+
+
+def test_the_slim_student_is_its_teacher_minus_three_blocks_and_still_works():
+    """default:slim-4 (docs/models.md): the progressive-4 student's UNet without the middle block and the 16x16 and
+    8x8 transformers, every kept weight shape unchanged, sampled with its teacher's plan; a coarse quality guard on
+    64 prompts below its committed 128-prompt numbers (prompt accuracy 0.953, shape 0.963; run_device.json)."""
+    from mobilediff.evaluator import Evaluator
+    from mobilediff.loading import resolve_model, student_record
+    from mobilediff.quality import evaluate_pipeline
+
+    slim, teacher = load_pipeline("default:slim-4"), load_pipeline("default:progressive-4")
+    record = student_record(resolve_model("default:slim-4"))
+    assert record["method"] == "slim" and record["removed"] == ["mid", "attention-0", "attention-1"]
+    assert record["sampling"] == {"sampler": "ddim", "steps": 4, "guidance": 1.0}
+    assert slim.unet.mid_block is None
+    assert [type(b).__name__ for b in slim.unet.down_blocks] == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
+    kept = {k: v.shape for k, v in slim.unet.state_dict().items()}
+    full = {k: v.shape for k, v in teacher.unet.state_dict().items()}
+    assert set(kept) < set(full) and all(full[k] == s for k, s in kept.items())
+    rep = evaluate_pipeline(slim, Evaluator.load(), "ddim", 4, 1.0, n=64)
+    assert rep.prompt_accuracy >= 0.85 and rep.attribute_accuracy["shape"] >= 0.86, rep
