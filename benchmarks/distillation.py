@@ -1,5 +1,6 @@
 """Few-step students against their 50-step teacher: LCM and progressive students at 1, 2, 4, 8 steps next to the
-teacher with DDIM and DPM-Solver++ at the same step counts and the teacher's 50-step DDIM.
+teacher with DDIM and DPM-Solver++ at the same step counts and the teacher's 50-step DDIM, and the slim student
+(`distill --method slim`: a student's UNet with blocks removed) at its own plan.
 
 Every row is scored on the same fixed prompts and noise seeds (n >= 256) with the shapes-domain evaluator.
 Guidance is swept for every row that takes it (the teacher's samplers: a CFG batch, 2 UNet calls per step; the
@@ -13,8 +14,9 @@ Writes to --out (default benchmarks/results/):
   distillation.png        prompt accuracy and FD against steps, per method
   distillation_grid.png   the same prompts and seeds from the teacher (DDIM-50) and each student at 1 and 4 steps
 
-Run:  python benchmarks/distillation.py --lcm DIR --progressive DIR   (about 15 minutes on 2 CPU cores)
-      DIR: a student pipeline (lcm) or a folder of steps-N pipelines (progressive); default: the committed ones.
+Run:  python benchmarks/distillation.py --lcm DIR --progressive DIR --slim DIR   (about 15 minutes on 2 CPU cores)
+      DIR: a student pipeline (lcm, slim) or a folder of steps-N pipelines (progressive); default: the committed
+      ones; a folder that does not exist is left out (progressive, slim).
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CHECKS = (("student_4step_accuracy_ratio", 4, "prompt_accuracy"), ("student_4step_fd_ratio", 4, "fd"),
           ("student_1step_accuracy_ratio", 1, "prompt_accuracy"))
 METHOD_LABEL = {"teacher-ddim50": "teacher, DDIM 50 steps", "teacher-ddim": "teacher, DDIM",
-                "teacher-dpmpp": "teacher, DPM-Solver++", "lcm": "LCM student", "progressive": "progressive student"}
+                "teacher-dpmpp": "teacher, DPM-Solver++", "lcm": "LCM student", "progressive": "progressive student",
+                "slim": "slim student (blocks removed)"}
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
@@ -51,7 +54,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
     best = {(r["method"], r["steps"]): r for r in best_rows(rows)}
     ref = best[("teacher-ddim50", 50)]
     out = []
-    for method in ("lcm", "progressive"):
+    for method in ("lcm", "progressive", "slim"):
         for bar_id, steps, key in CHECKS:
             r = best.get((method, steps))
             if r is None:
@@ -139,7 +142,8 @@ def plot(rows: list[dict]):
     best = best_rows(rows)
     ref = next(r for r in best if r["method"] == "teacher-ddim50")
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
-    for method, marker in (("teacher-ddim", "o"), ("teacher-dpmpp", "s"), ("lcm", "^"), ("progressive", "D")):
+    for method, marker in (("teacher-ddim", "o"), ("teacher-dpmpp", "s"), ("lcm", "^"), ("progressive", "D"),
+                           ("slim", "*")):
         rs = [r for r in best if r["method"] == method]
         if not rs:
             continue
@@ -197,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lcm", type=Path, default=DEFAULT_STUDENTS / "lcm", help="LCM student pipeline")
     ap.add_argument("--progressive", type=Path, default=DEFAULT_STUDENTS / "progressive",
                     help="folder of steps-N progressive students")
+    ap.add_argument("--slim", type=Path, default=DEFAULT_STUDENTS / "slim-4",
+                    help="slim student pipeline (distill --method slim), scored at its own plan")
     ap.add_argument("--n", type=count(2), default=256, help="prompts (and images) per row")
     ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8], help="step counts")
     ap.add_argument("--teacher-guidance", type=finite(0), nargs="+", default=[1.0, 2.0, 3.5, 6.0], help="teacher sweep")
@@ -212,6 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     lcm = load_pipeline(args.lcm)
     progressive = {k: load_pipeline(args.progressive / f"steps-{k}") for k in args.steps
                    if (args.progressive / f"steps-{k}").is_dir()}
+    slim = load_pipeline(args.slim) if args.slim.is_dir() else None
+    slim_plan = None
+    if slim is not None:
+        from mobilediff.train.distill import student_defaults
+
+        slim_plan = student_defaults(args.slim)
+        if slim_plan is None:
+            raise MobilediffError(f"--slim {args.slim}: not a distilled student (no distillation.json)")
     evaluator = Evaluator.load()
     real = evaluator.real_features(eval_scenes(args.n))
     teacher_sha = tree_sha256(resolve_model(args.teacher))
@@ -225,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
                    for g in args.teacher_guidance]
     points += [Point(lcm, "lcm", k, g, {"method": "lcm"}) for k in args.steps for g in args.lcm_guidance]
     points += [Point(pipe, "ddim", k, 1.0, {"method": "progressive"}) for k, pipe in progressive.items()]
+    if slim is not None:
+        points.append(Point(slim, slim_plan["sampler"], int(slim_plan["steps"]), float(slim_plan["guidance"]),
+                            {"method": "slim"}))
     rows = list(reused) + sweep(points, evaluator, args.n, real, "distillation quality (UNet calls per batch)")
     best = {(r["method"], r["steps"]): r for r in best_rows(rows)}
     cols = [("teacher DDIM-50", teacher, "ddim", 50, best[("teacher-ddim50", 50)]["guidance"])]
@@ -235,8 +252,12 @@ def main(argv: list[str] | None = None) -> None:
             cols.append((f"LCM {k} step{'s' * (k > 1)}", lcm, "lcm", k, best[("lcm", k)]["guidance"]))
         if k in progressive:
             cols.append((f"progressive {k} step{'s' * (k > 1)}", progressive[k], "ddim", k, 1.0))
+        if ("slim", k) in best:
+            cols.append((f"slim {k} step{'s' * (k > 1)}", slim, slim_plan["sampler"], k, float(slim_plan["guidance"])))
     students = {"lcm": _student_info(args.lcm)}
     students.update({f"progressive steps-{k}": _student_info(args.progressive / f"steps-{k}") for k in progressive})
+    if slim is not None:
+        students["slim"] = _student_info(args.slim)
     meta = {"teacher": str(args.teacher), "teacher_sha256": teacher_sha,
             "teacher_rows_from": str(args.teacher_rows) if reused else None,
             "students": students, "n": args.n, "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED,

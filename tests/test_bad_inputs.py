@@ -641,6 +641,8 @@ CASES = [
                                                           str(c.t / "r")],
          lambda c: (user_file(c, "rows.json", "[]"), user_file(c, "rows_meta.json", "{not json")),
          "corrupt {t}/rows_meta.json"),
+    Case("distillation-slim-not-a-student", lambda c: ["distillation", "--slim", str(c.t / "p"), "--out", str(c.t / "r")],
+         lambda c: pipe_copy(c, "p"), "--slim {t}/p: not a distilled student (no distillation.json)"),
     Case("distillation-lcm-guidance-inf", lambda c: ["distillation", "--lcm-guidance", "inf", "--out", str(c.t / "r")],
          None, "--lcm-guidance: must be a finite number"),
     Case("run_device-missing-bundle", lambda c: ["run_device", "--bundle", str(c.t / "nope"), "--device", "host",
