@@ -291,6 +291,14 @@ def _pixel_weighted(per_pixel_loss: torch.Tensor, pixel_weight: torch.Tensor) ->
     return (per_pixel_loss * pixel_weight).mean(dim=(1, 2, 3)) / pixel_weight.mean(dim=(1, 2, 3))
 
 
+def _x0_loss(pred_original_sample: torch.Tensor, target: torch.Tensor, alpha_prod_t: torch.Tensor,
+             pixel_weight: torch.Tensor) -> torch.Tensor:
+    """The x̂_0 error with truncated-SNR weighting max(SNR, 1) (Salimans & Ho), object-weighted per latent pixel;
+    ``alpha_prod_t`` (B,) is ᾱ at each example's timestep."""
+    snr_weight = torch.clamp(alpha_prod_t / (1 - alpha_prod_t), min=1.0)
+    return (snr_weight * _pixel_weighted((pred_original_sample - target) ** 2, pixel_weight)).mean()
+
+
 class LcmObjective:
     """Latent consistency distillation's loss (Luo et al. 2023, Algorithm 1): at a grid timestep t_{n+k} the student's
     consistency output f(z_{t_{n+k}}, w) is pulled (pseudo-Huber) towards the EMA target network's f at z_{t_n}, one
@@ -406,14 +414,11 @@ class ProgressiveObjective:
             predict = TeacherPredictor(self.teacher_unet, alphas_cumprod, cond, data.uncond.expand_as(cond), scale,
                                         self.prediction_type)
             target, _ = progressive_target(predict, self.scheduler, sample, timestep, timestep_mid, self.n)
-        alpha_prod_t = alphas_cumprod[timestep].view(-1, 1, 1, 1)
         with data.accelerator.autocast():
             model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond).sample.float()
         pred_original_sample = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep],
                                                          self.prediction_type)[0]
-        # truncated-SNR weighting max(snr, 1) of the x0 error (Salimans & Ho), object-weighted per latent pixel
-        snr_weight = torch.clamp(alpha_prod_t / (1 - alpha_prod_t), min=1.0).view(-1)
-        return (snr_weight * _pixel_weighted((pred_original_sample - target) ** 2, data.pixel_weight(mask))).mean(), {}
+        return _x0_loss(pred_original_sample, target, alphas_cumprod[timestep], data.pixel_weight(mask)), {}
 
     def after_step(self, step: int) -> None:
         pass
@@ -493,22 +498,17 @@ class SlimObjective:
         noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
         sample = self.scheduler.add_noise(latents, noise, timestep)
         with torch.no_grad():
-            if self.guidance is None:
-                teacher_out = self.teacher_unet(sample, timestep, encoder_hidden_states=cond).sample.float()
-                features = list(self.teacher_stages.outputs)
-            else:  # the guided prediction; the features compared are the conditional half's
-                out = self.teacher_unet(torch.cat([sample, sample]), torch.cat([timestep, timestep]),
-                                        encoder_hidden_states=torch.cat([cond, data.uncond.expand_as(cond)])).sample
-                cond_out, uncond_out = out.float().chunk(2)
-                teacher_out = classifier_free_guidance(uncond_out, cond_out, torch.full((b,), float(self.guidance)))
-                features = [f[:b] for f in self.teacher_stages.outputs]
-            target = pred_original_and_epsilon(teacher_out, sample, alphas_cumprod[timestep], self.prediction_type)[0]
+            scale = None if self.guidance is None else torch.full((b,), float(self.guidance))
+            predict = TeacherPredictor(self.teacher_unet, alphas_cumprod, cond, data.uncond.expand_as(cond), scale,
+                                        self.prediction_type)
+            target = predict(sample, timestep)[0]
+            # the block outputs of the conditional rows (a guided call's batch is the conditional rows, then the
+            # unconditional ones)
+            features = [f[:b] for f in self.teacher_stages.outputs]
         with data.accelerator.autocast():
             model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond).sample.float()
         pred = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep], self.prediction_type)[0]
-        alpha_prod_t = alphas_cumprod[timestep].view(-1, 1, 1, 1)
-        snr_weight = torch.clamp(alpha_prod_t / (1 - alpha_prod_t), min=1.0).view(-1)
-        out_loss = (snr_weight * _pixel_weighted((pred - target) ** 2, data.pixel_weight(mask))).mean()
+        out_loss = _x0_loss(pred, target, alphas_cumprod[timestep], data.pixel_weight(mask))
         feat_loss = torch.stack([((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-8)
                                  for s, t in zip(self.student_stages.outputs, features)]).mean()
         return out_loss + self.cfg.feature_weight * feat_loss, {"out": f"{out_loss.item():.5f}",
