@@ -299,6 +299,27 @@ def _x0_loss(pred_original_sample: torch.Tensor, target: torch.Tensor, alpha_pro
     return (snr_weight * _pixel_weighted((pred_original_sample - target) ** 2, pixel_weight)).mean()
 
 
+def _noised(data: "DistillData", g: torch.Generator, latents: torch.Tensor, timestep: torch.Tensor, scheduler):
+    """The latents noised to ``timestep`` with this process's rows of the step's noise draw."""
+    noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
+    return scheduler.add_noise(latents, noise, timestep)
+
+
+def _teacher(unet, alphas_cumprod: torch.Tensor, data: "DistillData", cond: torch.Tensor, guidance: float | None,
+             prediction_type: str) -> "TeacherPredictor":
+    """The teacher guided at ``guidance`` on these captions (its conditional prediction alone when None)."""
+    scale = None if guidance is None else torch.full((cond.shape[0],), float(guidance))
+    return TeacherPredictor(unet, alphas_cumprod, cond, data.uncond.expand_as(cond), scale, prediction_type)
+
+
+def _student_x0(student, data: "DistillData", sample: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
+                alphas_cumprod: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The student's x̂_0 (its forward pass under the run's autocast)."""
+    with data.accelerator.autocast():
+        model_output = student(sample, timestep, encoder_hidden_states=cond).sample.float()
+    return pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep], prediction_type)[0]
+
+
 class LcmObjective:
     """Latent consistency distillation's loss (Luo et al. 2023, Algorithm 1): at a grid timestep t_{n+k} the student's
     consistency output f(z_{t_{n+k}}, w) is pulled (pseudo-Huber) towards the EMA target network's f at z_{t_n}, one
@@ -404,20 +425,14 @@ class ProgressiveObjective:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
         data, alphas_cumprod = self.data, self.alphas_cumprod
         g, latents, mask, cond = data.batch(step)
-        b = latents.shape[0]
         i = data.draw(lambda size: torch.randint(0, self.n, size, generator=g))
         timestep, timestep_mid = self.student_timesteps[i], self.teacher_timesteps[2 * i + 1]
-        noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
-        sample = self.scheduler.add_noise(latents, noise, timestep)
+        sample = _noised(data, g, latents, timestep, self.scheduler)
         with torch.no_grad():
-            scale = None if self.guidance is None else torch.full((b,), float(self.guidance))
-            predict = TeacherPredictor(self.teacher_unet, alphas_cumprod, cond, data.uncond.expand_as(cond), scale,
-                                        self.prediction_type)
+            predict = _teacher(self.teacher_unet, alphas_cumprod, data, cond, self.guidance, self.prediction_type)
             target, _ = progressive_target(predict, self.scheduler, sample, timestep, timestep_mid, self.n)
-        with data.accelerator.autocast():
-            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond).sample.float()
-        pred_original_sample = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep],
-                                                         self.prediction_type)[0]
+        pred_original_sample = _student_x0(self.models["student"], data, sample, timestep, cond, alphas_cumprod,
+                                           self.prediction_type)
         return _x0_loss(pred_original_sample, target, alphas_cumprod[timestep], data.pixel_weight(mask)), {}
 
     def after_step(self, step: int) -> None:
@@ -493,21 +508,15 @@ class SlimObjective:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
         data, alphas_cumprod = self.data, self.alphas_cumprod
         g, latents, mask, cond = data.batch(step)
-        b = latents.shape[0]
         timestep = self.timesteps[data.draw(lambda size: torch.randint(0, len(self.timesteps), size, generator=g))]
-        noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
-        sample = self.scheduler.add_noise(latents, noise, timestep)
+        sample = _noised(data, g, latents, timestep, self.scheduler)
         with torch.no_grad():
-            scale = None if self.guidance is None else torch.full((b,), float(self.guidance))
-            predict = TeacherPredictor(self.teacher_unet, alphas_cumprod, cond, data.uncond.expand_as(cond), scale,
-                                        self.prediction_type)
-            target = predict(sample, timestep)[0]
+            target = _teacher(self.teacher_unet, alphas_cumprod, data, cond, self.guidance,
+                              self.prediction_type)(sample, timestep)[0]
             # the block outputs of the conditional rows (a guided call's batch is the conditional rows, then the
             # unconditional ones)
-            features = [f[:b] for f in self.teacher_stages.outputs]
-        with data.accelerator.autocast():
-            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond).sample.float()
-        pred = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep], self.prediction_type)[0]
+            features = [f[:latents.shape[0]] for f in self.teacher_stages.outputs]
+        pred = _student_x0(self.models["student"], data, sample, timestep, cond, alphas_cumprod, self.prediction_type)
         out_loss = _x0_loss(pred, target, alphas_cumprod[timestep], data.pixel_weight(mask))
         feat_loss = torch.stack([((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-8)
                                  for s, t in zip(self.student_stages.outputs, features)]).mean()
