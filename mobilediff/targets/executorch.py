@@ -23,12 +23,14 @@ def lower(module, inputs, precision: str = "fp32"):
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
+    from mobilediff.targets.provenance import shared_provenance
+    from mobilediff.targets.xnnpack_forms import decompositions, split_wide_convs
+
+    module, split_convs = split_wide_convs(module)  # convolutions too wide for XNNPACK's weight streaming
     if precision == "fp16":
         from mobilediff.components import Fp16IO
 
         module = Fp16IO(module)
-    from mobilediff.targets.provenance import shared_provenance
-    from mobilediff.targets.xnnpack_forms import decompositions
 
     with torch.no_grad(), shared_provenance():
         # norms, attention, nearest upsampling and splits in forms XNNPACK takes whole (few delegated subgraphs)
@@ -43,7 +45,8 @@ def lower(module, inputs, precision: str = "fp32"):
             non_delegated[op] = int(breakdown.non_delegated)
     facts = {"backend": "XNNPACK", "delegated_nodes": info.num_delegated_nodes,
              "non_delegated_nodes": info.num_non_delegated_nodes, "delegated_subgraphs": info.num_delegated_subgraphs,
-             "non_delegated_ops": dict(sorted(non_delegated.items(), key=lambda kv: -kv[1]))}
+             "non_delegated_ops": dict(sorted(non_delegated.items(), key=lambda kv: -kv[1])),
+             "split_convolutions": split_convs}
     return program, facts
 
 
