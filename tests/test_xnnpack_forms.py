@@ -90,6 +90,10 @@ def test_wide_convolutions_are_split_over_input_channels_without_touching_the_mo
     with torch.no_grad():
         _close(split(x), net(x))
     assert forms.split_wide_convs(net)[1] == 0 and forms.split_wide_convs(net)[0] is net  # default budget: all fit
+    bare, n = forms.split_wide_convs(net.inner[0], budget=1200)  # a convolution on its own
+    assert n == 1 and isinstance(bare, forms.InputSplitConv2d)
+    with torch.no_grad():
+        _close(bare(x), net.inner[0](x))
 
 
 def test_lowered_module_with_every_form_is_delegated_and_matches_torch(monkeypatch):

@@ -226,6 +226,8 @@ def split_wide_convs(module: torch.nn.Module, budget: int | None = None):
     plan = {name: parts for name, m in module.named_modules() if (parts := _split_parts(m, budget)) > 1}
     if not plan:
         return module, 0
+    if "" in plan:  # the module is itself a wide convolution
+        return InputSplitConv2d(module, plan[""]), 1
     copies: dict[str, torch.nn.Module] = {}
 
     def own(path: str) -> torch.nn.Module:
