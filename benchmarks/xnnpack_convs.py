@@ -102,33 +102,20 @@ def measure_conv(cfg: dict, runs: int, warmup: int, seed: int, folder: Path) -> 
 
 
 def unet_profile(arch: str, scale: str, resolution: int, seed: int, runs: int, warmup: int, folder: Path,
-                 split: bool) -> dict:
-    """One UNet step lowered as the exporter lowers it (``split``) or with every convolution whole, profiled."""
-    import gc
-
-    from mobilediff.bench.op_profile import profile_executorch
-    from mobilediff.bench.real_architectures import build_spec
+                 split: bool, threads: int = 2) -> dict:
+    """One UNet step lowered as the exporter lowers it (``split``) or with every convolution whole, profiled, in a
+    process of its own (a lowering's memory is given back only when its process ends)."""
+    from mobilediff.bench.real_architectures import cell_profile, run_cell
+    from mobilediff.errors import MobilediffError
     from mobilediff.targets import xnnpack_forms
-    from mobilediff.targets.executorch import lower
 
-    spec = build_spec(arch, scale, resolution, None, seed)
-    inputs = spec.example_inputs(seed)
-    original = xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES
-    if not split:
-        xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES = float("inf")
-    try:
-        program, facts = lower(spec.module, inputs)
-    finally:
-        xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES = original
-    path = folder / "unet.pte"
-    path.write_bytes(program.buffer)
-    del program, spec
-    gc.collect()
-    try:
-        prof = profile_executorch(path, list(inputs), runs, warmup)
-    finally:
-        path.unlink()
-    return {"facts": facts, **prof}
+    job = {"arch": arch, "scale": scale, "resolution": resolution, "batch": None, "seed": seed, "runs": runs,
+           "warmup": warmup, "threads": threads, "max_memory_bytes": None, "dir": str(folder),
+           "budget": xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES if split else None}
+    out, peak_mib, error = run_cell(cell_profile, job, folder, f"unet-{'split' if split else 'whole'}", 3 * 3600.0)
+    if error:
+        raise MobilediffError(f"profiling the {arch} UNet ({'split' if split else 'whole'}) failed: {error}")
+    return {**out, "peak_rss_mib": peak_mib}
 
 
 def totals(rows: list[dict]) -> dict:
@@ -250,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         unet = None
         if not args.no_unet:
             unet = {name: unet_profile(args.arch, args.scale, args.resolution, args.seed, args.unet_runs, 1, Path(td),
-                                       name == "split")
+                                       name == "split", args.threads)
                     for name in tqdm(("whole", "split"), desc="whole UNet, profiled")}
     res = {**envelope("xnnpack_convs", command_line("xnnpack_convs", argv), started),
            "settings": {"arch": args.arch, "scale": args.scale, "resolution": args.resolution, "batch": 2,

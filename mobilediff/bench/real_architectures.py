@@ -221,6 +221,33 @@ def cell_export(job: dict, result: str) -> None:
     _write(result, {"entry": entry, "io": spec.to_dict()})
 
 
+def cell_profile(job: dict, result: str) -> None:
+    """One UNet step lowered for XNNPACK with its convolutions split above ``job["budget"]`` bytes of weight (None:
+    none split), profiled per XNNPACK kernel with an ETDump (benchmarks/xnnpack_convs.py)."""
+    _prepare(job)
+    import gc
+
+    from mobilediff.bench.host import import_runtime
+    from mobilediff.bench.op_profile import profile_executorch
+    from mobilediff.targets import xnnpack_forms
+    from mobilediff.targets.executorch import lower
+
+    import_runtime("executorch", job["threads"])
+    xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES = float("inf") if job["budget"] is None else job["budget"]
+    spec = build_spec(job["arch"], job["scale"], job["resolution"], job["batch"], job["seed"])
+    inputs = spec.example_inputs(job["seed"])
+    program, facts = lower(spec.module, inputs)
+    path = Path(job["dir"]) / "unet.pte"
+    path.write_bytes(program.buffer)
+    del program, spec
+    gc.collect()
+    try:
+        prof = profile_executorch(path, list(inputs), job["runs"], job["warmup"])
+    finally:
+        path.unlink(missing_ok=True)
+    _write(result, {"facts": facts, **prof})
+
+
 def cell_run(job: dict, result: str) -> None:
     """Cold load of an exported file in its runtime, then its latency; the PyTorch model is never built here."""
     _prepare(job)
