@@ -22,9 +22,9 @@ Two forms are for speed rather than delegation, both measured per kernel with an
   groups of its input channels (:func:`split_wide_convs`, applied to the module before export). XNNPACK's
   convolution streams its whole packed weight once per tile of output pixels, so a weight that outgrows the
   last-level cache comes from memory again for every tile: the 3x3 convolutions with 1280-2560 input channels ran
-  at 160-220 GFLOP/s against 430-490 for those whose weight fits, and split they reach 450-490 (1280 -> 1280
-  channels at 32x32: 292 -> 124 ms). XNNPACK's fully connected operator does not have this problem (a 52 MB
-  weight still runs at 430 GFLOP/s), so linear layers are left alone.
+  at 180-220 GFLOP/s against 380-500 for those under 16 MiB, and split most reach 420-500 (1280 -> 1280 channels at
+  32x32: 292 -> 121 ms; benchmarks/xnnpack_convs.py, benchmarks/results/xnnpack_convs.md). XNNPACK's fully connected
+  operator does not have this problem (a 52 MB weight still runs at 430 GFLOP/s), so linear layers are left alone.
 """
 from __future__ import annotations
 
