@@ -13,11 +13,13 @@ parity check measures it, as for any graph.
 Attention masks and causal attention (the text encoder) keep working: the mask arithmetic itself then runs outside
 XNNPACK, the matrix products inside.
 
-Two forms are for speed rather than delegation, both measured per kernel with an ETDump on the SD-1.5-shaped UNet at
+Three forms are for speed rather than delegation, measured per kernel with an ETDump on the SD-1.5-shaped UNet at
 512 px (CFG batch 2, 2 threads of an AMD EPYC host):
 
 - Attention scales the queries, not the scores: the scale is one pass over a (tokens x head width) tensor instead of
   one over the (tokens x tokens) score matrix -- 33 ms of 220 for a 4096-token self-attention.
+- GroupNorm multiplies its weight into the (batch, groups, channels per group, 1) scale before the scale meets the
+  activation: one pass over the activation fewer.
 - A convolution whose weight is larger than :data:`CONV_WEIGHT_BUDGET_BYTES` runs as the sum of convolutions over
   groups of its input channels (:func:`split_wide_convs`, applied to the module before export). XNNPACK's
   convolution streams its whole packed weight once per tile of output pixels, so a weight that outgrows the
@@ -39,22 +41,17 @@ aten = torch.ops.aten
 CONV_WEIGHT_BUDGET_BYTES = 16 * 2**20
 
 
-def _stats_4d(x4: torch.Tensor, eps: float):
-    """(x - mean) / sqrt(var + eps) over axes 2 and 3 of a 4-D tensor (biased variance, as torch's norms), with
-    the mean and the reciprocal standard deviation."""
+def _moments_4d(x4: torch.Tensor, eps: float):
+    """x - mean, the mean and 1 / sqrt(var + eps) over axes 2 and 3 of a 4-D tensor (biased variance, as torch's
+    norms)."""
     mean = aten.mean.dim(x4, [2, 3], True)
     centred = aten.sub.Tensor(x4, mean)
     var = aten.mean.dim(aten.mul.Tensor(centred, centred), [2, 3], True)
-    rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
-    return aten.mul.Tensor(centred, rstd), mean, rstd
+    return centred, mean, aten.rsqrt.default(aten.add.Tensor(var, eps))
 
 
 def native_group_norm(x, weight, bias, n, c, hw, groups, eps):
-    grouped = aten.reshape.default(x, [n, groups, c // groups, hw])
-    mean = aten.mean.dim(grouped, [2, 3], True)
-    centred = aten.sub.Tensor(grouped, mean)
-    var = aten.mean.dim(aten.mul.Tensor(centred, centred), [2, 3], True)
-    rstd = aten.rsqrt.default(aten.add.Tensor(var, eps))
+    centred, mean, rstd = _moments_4d(aten.reshape.default(x, [n, groups, c // groups, hw]), eps)
     # the weight joins the (n, groups, c/groups, 1) scale before it meets the activation: one pass over it, not two
     per_channel = [1, groups, c // groups, 1]
     scale = rstd if weight is None else aten.mul.Tensor(rstd, aten.reshape.default(weight, per_channel))
@@ -75,8 +72,8 @@ def native_layer_norm(x, normalized_shape, weight, bias, eps):
     inner = math.prod(normalized_shape)
     outer = x.numel() // inner if inner else 0
     rows = aten.reshape.default(x, [1, outer, inner, 1])  # mean.dim over axes 2, 3 = over the normalised axes
-    y, mean, rstd = _stats_4d(rows, eps)
-    y = aten.reshape.default(y, list(x.shape))
+    centred, mean, rstd = _moments_4d(rows, eps)
+    y = aten.reshape.default(aten.mul.Tensor(centred, rstd), list(x.shape))
     if weight is not None:
         y = aten.mul.Tensor(y, weight)
     if bias is not None:
@@ -219,8 +216,7 @@ def _split_parts(conv: torch.nn.Module, budget: int) -> int:
 
 def split_wide_convs(module: torch.nn.Module, budget: int | None = None):
     """``module`` with every plain ``Conv2d`` whose weight exceeds ``budget`` bytes (default
-    :data:`CONV_WEIGHT_BUDGET_BYTES`) replaced by an
-    :class:`InputSplitConv2d`, and how many were replaced. ``module`` itself is not changed: the modules on the path
+    :data:`CONV_WEIGHT_BUDGET_BYTES`) replaced by an :class:`InputSplitConv2d`, and how many were replaced. ``module`` itself is not changed: the modules on the path
     to a replaced convolution are shallow copies with their own child table, the rest is shared."""
     budget = CONV_WEIGHT_BUDGET_BYTES if budget is None else budget
     plan = {name: parts for name, m in module.named_modules() if (parts := _split_parts(m, budget)) > 1}
@@ -231,21 +227,17 @@ def split_wide_convs(module: torch.nn.Module, budget: int | None = None):
     copies: dict[str, torch.nn.Module] = {}
 
     def own(path: str) -> torch.nn.Module:
-        """The copy of the module at ``path`` (created along with its parents' on first use)."""
-        if path in copies:
-            return copies[path]
-        if path == "":
-            original = module
-        else:
+        """The copy of the module at ``path`` (made, with its parents' copies, on first use)."""
+        if path not in copies:
             parent_path, _, leaf = path.rpartition(".")
-            original = own(parent_path)._modules[leaf]
-        clone = copy.copy(original)
-        clone._modules = dict(original._modules)
-        copies[path] = clone
-        if path:
-            parent_path, _, leaf = path.rpartition(".")
-            copies[parent_path]._modules[leaf] = clone
-        return clone
+            parent = own(parent_path) if path else None
+            original = parent._modules[leaf] if path else module
+            clone = copy.copy(original)
+            clone._modules = dict(original._modules)
+            if parent is not None:
+                parent._modules[leaf] = clone
+            copies[path] = clone
+        return copies[path]
 
     for name, parts in plan.items():
         parent_path, _, leaf = name.rpartition(".")
