@@ -76,19 +76,14 @@ def measure_conv(cfg: dict, runs: int, warmup: int, seed: int, folder: Path) -> 
         out = conv(x)
         eager = sorted(time_callable(lambda: conv(x), warmup, runs))[runs // 2]
     gflop = 2 * out.numel() * (cfg["in_channels"] // cfg["groups"]) * cfg["kernel"][0] * cfg["kernel"][1] / 1e9
-    parts = xnnpack_forms._split_parts(conv, xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES)
+    budget = xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES
+    parts = xnnpack_forms.split_parts(conv, budget)
     row = {**cfg, "weight_mib": conv.weight.numel() * 4 / 2**20, "parts": parts, "gflop": gflop, "eager_ms": eager}
-    budgets = {"whole": float("inf"), "split": None}
-    for name, budget in budgets.items():
+    for name, conv_budget in (("whole", float("inf")), ("split", budget)):
         if name == "split" and parts == 1:
             row["split_ms"] = row["whole_ms"]
             continue
-        original = xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES
-        xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES = budget if budget is not None else original
-        try:
-            program, _ = lower(conv, (x,))
-        finally:
-            xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES = original
+        program, _ = lower(conv, (x,), conv_budget=conv_budget)
         path = folder / f"{name}.pte"
         path.write_bytes(program.buffer)
         prof = profile_executorch(path, [x], runs, warmup)

@@ -229,14 +229,12 @@ def cell_profile(job: dict, result: str) -> None:
 
     from mobilediff.bench.host import import_runtime
     from mobilediff.bench.op_profile import profile_executorch
-    from mobilediff.targets import xnnpack_forms
     from mobilediff.targets.executorch import lower
 
     import_runtime("executorch", job["threads"])
-    xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES = float("inf") if job["budget"] is None else job["budget"]
     spec = build_spec(job["arch"], job["scale"], job["resolution"], job["batch"], job["seed"])
     inputs = spec.example_inputs(job["seed"])
-    program, facts = lower(spec.module, inputs)
+    program, facts = lower(spec.module, inputs, conv_budget=float("inf") if job["budget"] is None else job["budget"])
     path = Path(job["dir"]) / "unet.pte"
     path.write_bytes(program.buffer)
     del program, spec

@@ -17,8 +17,10 @@ EXT = "pte"
 STATIC_SHAPES = True  # named dimensions fixed at the declaration's values
 
 
-def lower(module, inputs, precision: str = "fp32"):
-    """Export and lower ``module`` for XNNPACK; returns (executorch program manager, delegation facts)."""
+def lower(module, inputs, precision: str = "fp32", conv_budget: float | None = None):
+    """Export and lower ``module`` for XNNPACK; returns (executorch program manager, delegation facts).
+    ``conv_budget``: the weight bytes above which a convolution is split (xnnpack_forms.split_wide_convs; None: its
+    default)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
@@ -26,7 +28,7 @@ def lower(module, inputs, precision: str = "fp32"):
     from mobilediff.targets.provenance import shared_provenance
     from mobilediff.targets.xnnpack_forms import decompositions, split_wide_convs
 
-    module, split_convs = split_wide_convs(module)  # convolutions too wide for XNNPACK's weight streaming
+    module, split_convs = split_wide_convs(module, conv_budget)  # convolutions too wide for XNNPACK's weight streaming
     if precision == "fp16":
         from mobilediff.components import Fp16IO
 

@@ -206,7 +206,7 @@ class InputSplitConv2d(torch.nn.Module):
         return out
 
 
-def _split_parts(conv: torch.nn.Module, budget: int) -> int:
+def split_parts(conv: torch.nn.Module, budget: float) -> int:
     """How many input-channel groups ``conv`` is split into (1: left whole)."""
     if type(conv) is not torch.nn.Conv2d or conv.groups != 1 or conv.padding_mode != "zeros" or conv.in_channels < 2:
         return 1
@@ -214,12 +214,13 @@ def _split_parts(conv: torch.nn.Module, budget: int) -> int:
     return min(conv.in_channels, -(-nbytes // budget)) if nbytes > budget else 1
 
 
-def split_wide_convs(module: torch.nn.Module, budget: int | None = None):
+def split_wide_convs(module: torch.nn.Module, budget: float | None = None):
     """``module`` with every plain ``Conv2d`` whose weight exceeds ``budget`` bytes (default
-    :data:`CONV_WEIGHT_BUDGET_BYTES`) replaced by an :class:`InputSplitConv2d`, and how many were replaced. ``module`` itself is not changed: the modules on the path
-    to a replaced convolution are shallow copies with their own child table, the rest is shared."""
+    :data:`CONV_WEIGHT_BUDGET_BYTES`; ``float("inf")`` splits none) replaced by an :class:`InputSplitConv2d`, and how
+    many were replaced. ``module`` itself is not changed: the modules on the path to a replaced convolution are
+    shallow copies with their own child table, the rest is shared."""
     budget = CONV_WEIGHT_BUDGET_BYTES if budget is None else budget
-    plan = {name: parts for name, m in module.named_modules() if (parts := _split_parts(m, budget)) > 1}
+    plan = {name: parts for name, m in module.named_modules() if (parts := split_parts(m, budget)) > 1}
     if not plan:
         return module, 0
     if "" in plan:  # the module is itself a wide convolution
