@@ -30,6 +30,61 @@ class Finite(click.FloatRange):
         return value
 
 
+DATA_FIELDS = ("prompts", "images", "wds", "synthesize", "strict", "fit", "background", "validation_fraction",
+               "cache_dir")
+
+
+def data_options(*, images: bool = True, synthesize: bool = False):
+    """The data options every data-consuming command takes (mobilediff.sources.DataOptions), plus --dry-run."""
+    from mobilediff.sources.files import FITS
+
+    opts = [click.option("--prompts", type=click.Path(path_type=Path), default=None,
+                         help="Your prompts: .txt (one a line), .jsonl or .csv with a 'text' field.")]
+    if images:
+        opts += [click.option("--images", type=click.Path(path_type=Path), default=None,
+                              help="Your captioned images: an imagefolder (metadata.jsonl with file_name and text) or "
+                                   "images with a sidecar <image>.txt caption each."),
+                 click.option("--wds", default=None,
+                              help="Your captioned images as webdataset shards, e.g. 'shards-{000..009}.tar' "
+                                   "(jpg|png|webp + txt|caption|json per example)."),
+                 click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True,
+                              help="How an image reaches the model's size: shorter side scaled and centre cropped, "
+                                   "padded with --background, or stretched."),
+                 click.option("--background", default="white", show_default=True,
+                              help="What transparent pixels are composited on: white, black, gray or #rrggbb."),
+                 click.option("--validation-fraction", type=Finite(min=0, max=1, max_open=True), default=0.05,
+                              show_default=True, help="Share of the images held out (a fixed split by a hash of "
+                                                      "each file's name; never trained on).")]
+    if synthesize:
+        opts.append(click.option("--synthesize", type=click.IntRange(min=0), default=0, show_default=True,
+                                 help="With --prompts only: the teacher renders this many latents from them (its "
+                                      "own plan) for methods that need images."))
+    opts += [click.option("--strict", is_flag=True, help="Refuse the data at the first unusable item (default: skip "
+                                                         "and count it)."),
+             click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                          help="Where decoded images are cached between runs (default: $MOBILEDIFF_CACHE or "
+                               "~/.cache/mobilediff)."),
+             click.option("--dry-run", is_flag=True, help="Report the data (counts, sizes, caption lengths, "
+                                                          "skips) and stop before any training.")]
+
+    def deco(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def pop_data_options(kwargs: dict):
+    """(DataOptions, dry_run) taken out of a command's keyword arguments."""
+    from mobilediff.sources import DataOptions
+
+    fields = {k: kwargs.pop(k) for k in DATA_FIELDS if k in kwargs}
+    options = DataOptions(**{k: v for k, v in fields.items() if v is not None or k in ("prompts", "images", "wds")})
+    options.validate()
+    return options, kwargs.pop("dry_run", False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """mobilediff: distil, quantize, export and benchmark small latent diffusion models for phones."""
@@ -89,18 +144,25 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--unet-channels", default=None, help="UNet block_out_channels, comma-separated (default 32,64,64): the model size of a family member.")
 @click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1).")
 @click.option("--tiny", is_flag=True, help="Tiny components and 32x32 images (for smoke tests only).")
+@data_options()
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, checkpoint_every, seed, mixed_precision,
                    text_aux_weight, min_snr_gamma, object_weight, small_object_weight, timestep_bias_range, timestep_bias_multiplier,
                    freeze_text_encoder, latent_cache, init_from, text_encoder_from, vae_from, unet_channels, unet_layers,
-                   tiny, resume, force):
-    """Train the embedded default model family (VAE, text encoder, UNet) on the shapes domain."""
+                   tiny, resume, force, **data):
+    """Train a model of the default family's architecture (VAE, text encoder, UNet): on the shapes domain, or on your
+    captioned images (--images / --wds; object weights and the caption-parsing loss apply to the shapes domain only)."""
     from mobilediff.io import check_output
+    from mobilediff.sources import check_needs
     from mobilediff.train.base import TrainBaseConfig, train_base
     from mobilediff.train.loop import main_process
 
-    check_output(out, folder=True)
+    source, dry_run = pop_data_options(data)
+    if source.given:
+        check_needs(source, "train-base")
+    if not dry_run:
+        check_output(out, folder=True)
 
     cfg = TrainBaseConfig(out=out, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size,
                           vae_batch_size=vae_batch_size, lr=lr, checkpoint_every=checkpoint_every, seed=seed,
@@ -108,7 +170,8 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                           min_snr_gamma=min_snr_gamma, object_weight=object_weight,
                           small_object_weight=small_object_weight, timestep_bias_range=tuple(timestep_bias_range),
                           timestep_bias_multiplier=timestep_bias_multiplier, freeze_text_encoder=freeze_text_encoder,
-                          latent_cache=latent_cache, text_encoder_from=text_encoder_from, vae_from=vae_from)
+                          latent_cache=latent_cache, text_encoder_from=text_encoder_from, vae_from=vae_from,
+                          source=source, dry_run=dry_run)
     if unet_channels is not None or unet_layers is not None:
         from mobilediff.models import sized_unet
 
@@ -118,8 +181,22 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
 
         cfg = tiny_train_config(cfg)
     path = train_base(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
-    if main_process():  # once under `accelerate launch`
+    if main_process() and path is not None:  # once under `accelerate launch`
         click.echo(f"pipeline written to {path}")
+
+
+@cli.command("build-emoji-data")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: the imagefolder (PNGs + metadata.jsonl + NOTICE).")
+@click.option("--tarball", type=click.Path(path_type=Path, dir_okay=False), default=None, help="The pinned npm package's tarball, if already downloaded (checked against its sha512 all the same); default: fetched with npm.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def build_emoji_data_cmd(out, tarball, force):
+    """Build the emoji imagefolder (Noto emoji sprites captioned with their names) from the pinned npm package."""
+    from mobilediff.io import check_output
+    from mobilediff.sources.emoji import build_emoji_folder
+
+    check_output(out, folder=True)
+    info = build_emoji_folder(out, tarball=tarball, force=force)
+    click.echo(f"{info['images']} captioned images of {info['package']} written to {out}")
 
 
 @cli.command("train-evaluator")

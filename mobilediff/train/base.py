@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilediff.data import GRID, ShapesConfig, ShapesDataset, labels_tensor
+from mobilediff.sources import DataOptions, ImageSet, report_dict
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_bytes, atomic_write_json, load_tensors
 from mobilediff.models import DefaultModelConfig
@@ -37,7 +38,9 @@ class TrainBaseConfig:
 
     out: Path  # run folder: checkpoints, logs, and the final pipeline in <out>/model
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
-    data: ShapesConfig = field(default_factory=ShapesConfig)
+    data: ShapesConfig = field(default_factory=ShapesConfig)  # the shapes domain's settings (when no source is given)
+    # captioned images to train on (--images / --wds); none given: the shapes domain
+    source: DataOptions = field(default_factory=DataOptions)
     seed: int = 0
     vae_steps: int = 1600  # optimizer steps of stage 1
     vae_batch_size: int = 32
@@ -90,6 +93,7 @@ class TrainBaseConfig:
     # slower in bf16 (2.3 s) than in fp32 (1.6 s) on the 2-core machine: conversions and unfused ops dominate
     mixed_precision: str = "fp32"
     tokenizer_dir: Path | None = None  # default: the embedded model's tokenizer
+    dry_run: bool = False  # report the data (counts, sizes, caption lengths, skips) and stop before training
     inject_nan_at_step: int | None = None  # test hook: poison the loss at this step
 
 
@@ -154,10 +158,11 @@ class VaeObjective:
     def __init__(self, cfg: TrainBaseConfig, accelerator, vae):
         self.cfg, self.accelerator, self.vae = cfg, accelerator, vae
         self.models = {"vae": VaeRoundTrip(vae)}
-        self.data = ShapesDataset(seed=cfg.seed, config=cfg.data)
+        self.data = training_images(cfg, cfg.seed)
         self.rows = process_rows(cfg.vae_batch_size, accelerator, "--vae-batch-size")
         down = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_shape = (vae.config.latent_channels, cfg.data.resolution // down, cfg.data.resolution // down)
+        h, w = image_size(cfg)
+        self.latent_shape = (vae.config.latent_channels, h // down, w // down)
 
     def checkpointed(self) -> dict:
         return {"vae": self.vae}
@@ -174,9 +179,12 @@ class VaeObjective:
             recon, kl = self.models["vae"](images, noise)
         recon = recon.float()
         # shapes cover a few percent of the pixels: weight them up, or the background dominates the loss
-        # (pixel (0, 0) is always background in this domain)
-        is_object = ((images - images[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.1).float()
-        weight = 1.0 + cfg.vae_object_weight * is_object
+        # (pixel (0, 0) is always background in this domain; other data is weighted uniformly)
+        if isinstance(self.data, ShapesDataset):
+            is_object = ((images - images[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.1).float()
+            weight = 1.0 + cfg.vae_object_weight * is_object
+        else:
+            weight = torch.ones_like(images[:, :1])
         err = recon - images
         rec = ((err.abs() + err.square()) * weight).mean() / weight.mean()
         kl = kl.float().mean() / images[0].numel()
@@ -211,7 +219,10 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path, accelerat
         std = vae.encode(images).latent_dist.mean.float().std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     with torch.no_grad():
-        images, _, _ = data.batch(20_000_000, max(2, cfg.vae_stats_samples // 2))
+        if isinstance(data, ImageSet) and len(data.validation_rows) >= 2:  # held-out images
+            images = data.images(data.validation_rows[: max(2, cfg.vae_stats_samples // 2)])
+        else:
+            images, _, _ = data.batch(20_000_000, max(2, cfg.vae_stats_samples // 2))
         recon = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
         psnr = (10 * torch.log10(4.0 / F.mse_loss(recon, images))).item()
     with atomic_dir(out_dir, force=True) as tmp:
@@ -298,28 +309,60 @@ def _object_fraction(images: torch.Tensor, latent_hw: tuple[int, int]) -> torch.
     return F.adaptive_avg_pool2d(is_object, latent_hw)
 
 
-def _encode(vae, tokenizer, data: ShapesDataset, first: int, n: int, autocast) -> dict[str, torch.Tensor]:
-    images, captions, scenes = data.batch(first, n)
+def image_size(cfg: TrainBaseConfig) -> tuple[int, int]:
+    """(H, W) of the images the run trains on: the shapes domain's resolution, or the model's VAE sample size."""
+    if not cfg.source.given:
+        return cfg.data.resolution, cfg.data.resolution
+    side = cfg.model.vae.sample_size
+    return (side, side) if isinstance(side, int) else tuple(side)
+
+
+def training_images(cfg: TrainBaseConfig, seed: int, show: bool = True):
+    """What the run draws its images from: the shapes domain (seeded by ``seed``) or the user's captioned images."""
+    if not cfg.source.given:
+        return ShapesDataset(seed=seed, config=cfg.data)
+    from mobilediff.sources import load_images
+
+    return load_images(cfg.source, image_size(cfg), tokenizer=_tokenizer(cfg), seed=seed, show_progress=show,
+                       warn=None if show else (lambda msg: None))
+
+
+def encode_batch(vae, tokenizer, images: torch.Tensor, captions: list[str], scenes, autocast) -> dict[str, torch.Tensor]:
+    """Latents (B, c, h, w) scaled by the VAE's factor, token ids (B, L), the fraction of each latent pixel covered
+    by shapes (B, 1, h, w; zero for data without ground truth) and, for the shapes domain, the scene labels."""
     with torch.no_grad(), autocast():
         latents = vae.encode(images).latent_dist.mean.float() * vae.config.scaling_factor
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
+    if scenes is None:
+        return {"latents": latents, "mask": torch.zeros_like(latents[:, :1]), "ids": ids}
     return {"latents": latents, "mask": _object_fraction(images, latents.shape[-2:]), "ids": ids,
             **{f"label.{k}": v for k, v in labels_tensor(scenes).items()}}
 
 
-def _latent_cache(cfg: TrainBaseConfig, vae, vae_dir: Path, tokenizer, data: ShapesDataset, run_dir: Path, autocast,
-                  show: bool) -> dict[str, torch.Tensor]:
-    """Samples [0, cfg.latent_cache) of ``data`` encoded once, stored in the run folder (safetensors) and reused
-    on resume when the VAE, the data settings and the size are the same."""
+def _encode(vae, tokenizer, data, first: int, n: int, autocast) -> dict[str, torch.Tensor]:
+    return encode_batch(vae, tokenizer, *data.batch(first, n), autocast)
+
+
+def latent_cache(vae, vae_sha256: str, tokenizer, data, n: int, path: Path, autocast, show: bool,
+                 shapes: ShapesConfig | None = None) -> dict[str, torch.Tensor]:
+    """Examples of ``data`` encoded once by ``vae`` (whose weights hash to ``vae_sha256``), stored at ``path``
+    (safetensors) and reused while the VAE, the data and the size are the same.
+
+    The shapes domain (``data`` a ShapesDataset with settings ``shapes``) gives samples [0, n); a user's ImageSet gives
+    every training image once, in row order (``n`` is ignored: the cache is the data set)."""
     from tqdm.auto import tqdm
 
     from mobilediff.io import save_tensors
 
-    key = json.dumps({"n": cfg.latent_cache, "data": asdict(cfg.data), "seed": data.seed,
-                      "vae": hashlib.sha256((vae_dir / "diffusion_pytorch_model.safetensors").read_bytes()).hexdigest(),
-                      "scaling_factor": vae.config.scaling_factor}, sort_keys=True, default=str)
-    path = run_dir / "latent_cache.safetensors"
+    if isinstance(data, ImageSet):
+        rows = data.train_rows
+        key = {"n": len(rows), "data": data.fingerprint, "split": data.validation.tolist().count(True)}
+    else:
+        rows = None
+        key = {"n": n, "data": asdict(shapes), "seed": data.seed}
+    key = json.dumps({**key, "vae": vae_sha256, "scaling_factor": vae.config.scaling_factor}, sort_keys=True,
+                     default=str)
     if path.is_file():
         from safetensors import safe_open
 
@@ -327,11 +370,21 @@ def _latent_cache(cfg: TrainBaseConfig, vae, vae_dir: Path, tokenizer, data: Sha
             if (f.metadata() or {}).get("key") == key:
                 return load_tensors(path)
     parts, chunk = [], 256
-    for first in tqdm(range(0, cfg.latent_cache, chunk), desc="encode latent cache", disable=not show):
-        parts.append(_encode(vae, tokenizer, data, first, min(chunk, cfg.latent_cache - first), autocast))
+    total = n if rows is None else len(rows)
+    for first in tqdm(range(0, total, chunk), desc="encode latent cache", disable=not show):
+        if rows is None:
+            parts.append(_encode(vae, tokenizer, data, first, min(chunk, total - first), autocast))
+        else:
+            part = rows[first:first + chunk]
+            parts.append(encode_batch(vae, tokenizer, data.images(part), [data.captions[r] for r in part], None,
+                                      autocast))
     save_tensors({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, path, metadata={"key": key})
     # train from what was saved, exactly as a resumed run will (same tensors, same key order)
     return load_tensors(path)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class DenoiserObjective:
@@ -370,7 +423,7 @@ class DenoiserObjective:
         if self.cache is None:
             batch = self.encode(step * batch_size + rows.start, rows.stop - rows.start)
         else:
-            idx = torch.randint(0, cfg.latent_cache, (batch_size,), generator=g)[rows]
+            idx = torch.randint(0, len(self.cache["latents"]), (batch_size,), generator=g)[rows]
             batch = {k: v[idx] for k, v in self.cache.items()}
         latents, ids = batch["latents"], batch["ids"]  # (b, 4, 16, 16), (b, 77)
         drop_global = torch.rand(batch_size, generator=g) < cfg.caption_dropout
@@ -393,7 +446,7 @@ class DenoiserObjective:
             pix = pix + cfg.small_object_weight * batch["mask"] * small
         err = (F.mse_loss(pred, target, reduction="none") * pix).mean(dim=(1, 2, 3)) / pix.mean(dim=(1, 2, 3))
         loss = (err * w).mean()
-        if cfg.text_aux_weight > 0 and not cfg.freeze_text_encoder and not drop_global.all():
+        if cfg.text_aux_weight > 0 and not cfg.freeze_text_encoder and not drop_global.all() and "label.shape" in batch:
             # every process calls the head whenever one does (its DDP gradient sync is a collective); a process
             # whose own rows were all dropped calls it on them at weight 0
             kept, weight = (~drop, cfg.text_aux_weight) if not drop.all() else (drop, 0.0)
@@ -434,12 +487,13 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path, acce
     head = SceneHead(cfg.model.text_encoder.hidden_size)
     noise_scheduler = cfg.model.scheduler.build()
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.lr, weight_decay=0.01)
-    data = ShapesDataset(seed=cfg.seed + 1, config=cfg.data)
+    data = training_images(cfg, cfg.seed + 1, show=False)
     cache = None
-    if cfg.latent_cache > 0:
+    if cfg.latent_cache > 0 or isinstance(data, ImageSet):  # a user's images are always encoded once
         with accelerator.main_process_first():  # the main process encodes and writes it, the others then read it
-            cache = _latent_cache(cfg, vae, vae_dir, tokenizer, data, run_dir, accelerator.autocast,
-                                  accelerator.is_main_process)
+            cache = latent_cache(vae, file_sha256(vae_dir / "diffusion_pytorch_model.safetensors"), tokenizer, data,
+                                 cfg.latent_cache, run_dir / "latent_cache.safetensors", accelerator.autocast,
+                                 accelerator.is_main_process, shapes=cfg.data)
     empty_ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                           return_tensors="pt").input_ids
 
@@ -456,8 +510,9 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path, acce
     return {"unet_steps": cfg.unet_steps, "unet_seconds": seconds}, final
 
 
-def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = False, command: str = "") -> Path:
-    """Run both stages and write the pipeline to ``<out>/model`` atomically. Returns that path.
+def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = False, command: str = "") -> Path | None:
+    """Run both stages and write the pipeline to ``<out>/model`` atomically. Returns that path (None for a dry run,
+    which prints the data report and writes nothing).
 
     Raises MobilediffError if ``out`` exists without ``resume``/``force``, or on a non-finite loss.
     """
@@ -468,6 +523,12 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     if not 0 <= begin < end <= cfg.model.scheduler.num_train_timesteps:
         raise MobilediffError(f"--timestep-bias-range {begin} {end}: need 0 <= BEGIN < END <= "
                               f"{cfg.model.scheduler.num_train_timesteps} (the training timesteps)")
+    if cfg.dry_run:  # the data report, nothing written (decoded images do land in the cache folder)
+        if not cfg.source.given:
+            print(f"data: the shapes domain (procedural, unlimited), {cfg.data.resolution}x{cfg.data.resolution}")
+        else:
+            print(training_images(cfg, cfg.seed).report.text())
+        return None
     accelerator = make_accelerator(cfg.mixed_precision)
     process_rows(cfg.vae_batch_size, accelerator, "--vae-batch-size")  # refuse batches that do not split over the
     process_rows(cfg.batch_size, accelerator)  # processes, before any work
@@ -475,6 +536,8 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
         raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
     _check_sources(cfg)
     stats = _check_resume(out, resume)  # everything the run reads is checked before anything is written
+    if cfg.source.given:  # the user's images are read (and any unusable one refused under --strict) before OUT changes
+        stats["data"] = report_dict(training_images(cfg, cfg.seed, show=accelerator.is_main_process).report)
     vae_dir = out / "vae"
     record = out / "training.json"
     vae_done = resume is not None and (vae_dir / "config.json").is_file()  # else OUT is new or replaced

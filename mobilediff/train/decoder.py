@@ -36,7 +36,6 @@ import platform
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -172,7 +171,7 @@ class DecoderData:
         from mobilediff.data import ShapesConfig, ShapesDataset
         from mobilediff.decoder import vae_folder
         from mobilediff.loading import shared_components
-        from mobilediff.train.base import _latent_cache
+        from mobilediff.train.base import latent_cache
 
         self.cfg, self.accelerator = cfg, accelerator
         show = accelerator.is_main_process
@@ -190,9 +189,10 @@ class DecoderData:
         with accelerator.main_process_first():
             pool = self._read(path, key)
             if pool is None:
-                ns = SimpleNamespace(latent_cache=cfg.latent_cache, data=data_cfg)
-                cache = _latent_cache(ns, pipe.vae, vae_dir, pipe.tokenizer, ShapesDataset(seed=cfg.seed + 2,
-                                      config=data_cfg), Path(cfg.out), accelerator.autocast, show)
+                cache = latent_cache(pipe.vae, _sha256(vae_dir / "diffusion_pytorch_model.safetensors"), pipe.tokenizer,
+                                     ShapesDataset(seed=cfg.seed + 2, config=data_cfg), cfg.latent_cache,
+                                     Path(cfg.out) / "latent_cache.safetensors", accelerator.autocast, show,
+                                     shapes=data_cfg)
                 latents, sampled = cache["latents"], None
                 if cfg.sampled_latents:
                     extra, sampled = _sampled_latents(cfg, pipe, model_dir, show)

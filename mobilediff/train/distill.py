@@ -38,7 +38,6 @@ import platform
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -222,7 +221,7 @@ class DistillData:
     def __init__(self, cfg: DistillConfig, teacher, accelerator):
         from mobilediff.data import ShapesConfig, ShapesDataset
         from mobilediff.loading import resolve_model
-        from mobilediff.train.base import _latent_cache
+        from mobilediff.train.base import file_sha256, latent_cache
 
         self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
         res = teacher.unet.config.sample_size * teacher.vae_scale_factor
@@ -231,10 +230,11 @@ class DistillData:
         from mobilediff.decoder import vae_folder
 
         vae_dir = vae_folder(resolve_model(cfg.teacher))  # a packed teacher borrows its VAE from its base
-        ns = SimpleNamespace(latent_cache=cfg.latent_cache, data=data_cfg)
         with accelerator.main_process_first():  # the main process encodes and writes it, the others then read it
-            self.cache = _latent_cache(ns, teacher.vae, vae_dir, teacher.tokenizer, data, cfg.out, accelerator.autocast,
-                                       accelerator.is_main_process)
+            self.cache = latent_cache(teacher.vae, file_sha256(vae_dir / "diffusion_pytorch_model.safetensors"),
+                                      teacher.tokenizer, data, cfg.latent_cache,
+                                      Path(cfg.out) / "latent_cache.safetensors", accelerator.autocast,
+                                      accelerator.is_main_process, shapes=data_cfg)
         tok = teacher.tokenizer
         empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
         with torch.no_grad():
@@ -251,7 +251,7 @@ class DistillData:
         b rows of global step ``step``; the generator goes on to draw the step's noise and timesteps (with
         :meth:`draw`, so that every process draws the whole batch's numbers in the same order)."""
         g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919)
-        idx = self.draw(lambda size: torch.randint(0, self.cfg.latent_cache, size, generator=g))
+        idx = self.draw(lambda size: torch.randint(0, len(self.cache["latents"]), size, generator=g))
         with torch.no_grad():
             cond = self.teacher.text_encoder(self.cache["ids"][idx]).last_hidden_state.float()
         return g, self.cache["latents"][idx], self.cache["mask"][idx], cond
