@@ -85,6 +85,29 @@ def pop_data_options(kwargs: dict):
     return options, kwargs.pop("dry_run", False)
 
 
+def _print_data_report(source, model: str) -> None:
+    """--dry-run of a command that reads a model: the data as that model's tokenizer and resolution would see it."""
+    if not source.given:
+        click.echo("data: the shapes domain (procedural, unlimited)")
+        return
+    from mobilediff.loading import load_pipeline
+    from mobilediff.sources import load_images, load_prompts
+
+    pipe = load_pipeline(model)
+    if source.has_images:
+        side = pipe.unet.config.sample_size
+        hw = (side, side) if isinstance(side, int) else tuple(side)
+        images = load_images(source, tuple(n * pipe.vae_scale_factor for n in hw), pipe.tokenizer)
+        click.echo(images.report.text())
+    else:
+        from mobilediff.sources import DataReport, caption_report
+
+        prompts = load_prompts(source)
+        report = DataReport(source=f"--prompts {source.prompts}", examples=len(prompts), train=len(prompts))
+        caption_report(report, prompts, pipe.tokenizer)
+        click.echo(report.text())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """mobilediff: distil, quantize, export and benchmark small latent diffusion models for phones."""
@@ -238,16 +261,29 @@ def train_evaluator_cmd(out, steps, batch_size, seed, force):
 @click.option("--init-student", default=None, help="lcm: start from an earlier LCM student of the same architecture (a pipeline folder) instead of the teacher's weights.")
 @click.option("--remove", default="mid,attention-0", show_default=True, help="slim: blocks removed from the teacher's UNet, comma-separated: mid (the middle block), attention-K (the transformers of resolution level K, 0 = highest).")
 @click.option("--feature-weight", type=Finite(min=0), default=1.0, show_default=True, help="slim: weight of the block-output (feature) distillation term.")
+@data_options(synthesize=True)
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
                 checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, remove,
-                feature_weight, resume, force):
-    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher, or a slimmer UNet (slim)."""
+                feature_weight, resume, force, **data):
+    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher, or a slimmer UNet (slim).
+
+    Data: the shapes domain unless given. progressive needs prompts (--prompts alone: it trains on the teacher's own
+    trajectories from noise; images give noised real latents); lcm and slim need latents: --images, --wds, or
+    --prompts with --synthesize N."""
     from mobilediff.io import check_output
     from mobilediff.train.distill import DistillConfig, distill
     from mobilediff.train.loop import main_process
 
+    source, dry_run = pop_data_options(data)
+    if dry_run:
+        from mobilediff.sources import check_needs
+
+        if source.given:
+            check_needs(source, f"distill:{method}")
+        _print_data_report(source, teacher)
+        return
     check_output(out, folder=True)
 
     cfg = DistillConfig(teacher=teacher, method=method, steps=steps, out=out, max_train_steps=max_train_steps,
@@ -255,7 +291,7 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
                         latent_cache=latent_cache, checkpoint_every=checkpoint_every, seed=seed,
                         mixed_precision=mixed_precision, guidance_min=guidance_range[0],
                         guidance_max=guidance_range[1], ddim_timesteps=ddim_timesteps, init_student=init_student,
-                        remove=remove, feature_weight=feature_weight)
+                        remove=remove, feature_weight=feature_weight, source=source)
     paths = distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process():  # once under `accelerate launch`
         for path in paths:
@@ -336,12 +372,12 @@ def _warn(msg: str) -> None:
 
 @cli.command("generate")
 @click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
-@click.option("--prompt", "prompts", multiple=True, required=True, help="Text prompt; repeat for several (grid rows).")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Text prompt; repeat for several (grid rows). UTF-8 text: invalid UTF-8 bytes and control characters are refused, except tab, newline and carriage return (read as spaces).")
 @click.option("--seed", "seeds", type=SEED, multiple=True, default=(0,), show_default=True, help="Noise seed; repeat for several (grid columns).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (>= 1). Default: 50, or what a distilled student was made for.")
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler (a diffusers scheduler). Default: ddim, or a student's own.")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Classifier-free guidance scale (<= 1 disables it). Default: 5.0, or a student's own.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid. Written whole or not at all; a file already there is replaced (concurrent runs leave one complete image, the last to finish), a folder never.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
 @click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime for --bundle.")

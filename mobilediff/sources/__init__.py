@@ -161,9 +161,12 @@ class DataReport:
     fingerprint: str = ""
 
     def text(self) -> str:
-        lines = [f"data: {self.source}",
-                 f"  usable captioned images: {self.examples} ({self.train} train, {self.validation} held out)",
-                 f"  decoded at {self.resolution[0]}x{self.resolution[1]} ({self.fit})"]
+        if self.resolution == (0, 0):  # prompts alone
+            lines = [f"data: {self.source}", f"  usable prompts: {self.examples}"]
+        else:
+            lines = [f"data: {self.source}",
+                     f"  usable captioned images: {self.examples} ({self.train} train, {self.validation} held out)",
+                     f"  decoded at {self.resolution[0]}x{self.resolution[1]} ({self.fit})"]
         if self.skipped:
             lines.append(f"  skipped: {sum(self.skipped.values())}")
             lines += [f"    {n} {reason} (e.g. {self.skipped_examples.get(reason, '')})" for reason, n in self.skipped.items()]

@@ -36,12 +36,13 @@ import copy
 import json
 import platform
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from mobilediff.errors import MobilediffError
+from mobilediff.sources import DataOptions
 from mobilediff.io import atomic_dir, atomic_write_json
 from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, classifier_free_guidance,
                                         consistency_output, ddim_timesteps, guidance_embedding, lcm_solver_grid,
@@ -84,6 +85,8 @@ class DistillConfig:
     remove: str = "mid,attention-0"  # blocks removed from the teacher's UNet (mobilediff.train.slim)
     feature_weight: float = 1.0  # weight of the feature-distillation term against the output term
     inject_nan_at_step: int | None = None  # test hook: poison the loss at this global step
+    # the data: none given = the shapes domain; each method's needs: mobilediff.sources.NEEDS
+    source: DataOptions = field(default_factory=DataOptions)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -137,6 +140,10 @@ def validate(cfg: DistillConfig) -> None:
         from mobilediff.train.slim import parse_removal
 
         parse_removal(cfg.remove)
+    if cfg.source.given:
+        from mobilediff.sources import check_needs
+
+        check_needs(cfg.source, f"distill:{cfg.method}")
         if not 1 <= cfg.steps <= 1000:
             raise MobilediffError(f"--steps: a slim student samples at 1..1000 DDIM steps, got {cfg.steps}")
         if not cfg.feature_weight >= 0:
@@ -215,26 +222,57 @@ def load_init_student(student, path: str) -> None:
 
 
 class DistillData:
-    """What both methods train on: the teacher's latents of shapes-domain samples (a latent cache encoded once with
-    its VAE), their text embeddings from the teacher's frozen text encoder, and the empty prompt's embedding."""
+    """What every method trains on: captions with the teacher's latents of their images, their text embeddings from
+    the teacher's frozen text encoder, and the empty prompt's embedding.
+
+    The latents come from the shapes domain (no data option: a latent cache encoded once with the teacher's VAE, in
+    the run folder), from the user's images (--images / --wds: encoded once, cached by the data's and the VAE's
+    sha256 in the cache folder), or are rendered by the teacher from the user's prompts (--synthesize N). With
+    prompts alone there are no latents (``self.cache`` holds only ``ids``): the progressive objective then trains on
+    its round teacher's own trajectories from pure noise."""
 
     def __init__(self, cfg: DistillConfig, teacher, accelerator):
         from mobilediff.data import ShapesConfig, ShapesDataset
+        from mobilediff.decoder import vae_folder
         from mobilediff.loading import resolve_model
         from mobilediff.train.base import file_sha256, latent_cache
 
         self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
-        res = teacher.unet.config.sample_size * teacher.vae_scale_factor
-        data_cfg = ShapesConfig(resolution=res, supersample=2 if res <= 32 else 4)
-        data = ShapesDataset(seed=cfg.seed + 2, config=data_cfg)
-        from mobilediff.decoder import vae_folder
-
+        sample_size = teacher.unet.config.sample_size
+        self.latent_hw = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        self.latent_channels = teacher.unet.config.in_channels
+        size = tuple(n * teacher.vae_scale_factor for n in self.latent_hw)
         vae_dir = vae_folder(resolve_model(cfg.teacher))  # a packed teacher borrows its VAE from its base
+        vae_sha256 = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
+        source, show = cfg.source, accelerator.is_main_process
+        self.report = None
         with accelerator.main_process_first():  # the main process encodes and writes it, the others then read it
-            self.cache = latent_cache(teacher.vae, file_sha256(vae_dir / "diffusion_pytorch_model.safetensors"),
-                                      teacher.tokenizer, data, cfg.latent_cache,
-                                      Path(cfg.out) / "latent_cache.safetensors", accelerator.autocast,
-                                      accelerator.is_main_process, shapes=data_cfg)
+            if not source.given:
+                data_cfg = ShapesConfig(resolution=size[0], supersample=2 if size[0] <= 32 else 4)
+                data = ShapesDataset(seed=cfg.seed + 2, config=data_cfg)
+                self.cache = latent_cache(teacher.vae, vae_sha256, teacher.tokenizer, data, cfg.latent_cache,
+                                          Path(cfg.out) / "latent_cache.safetensors", accelerator.autocast, show,
+                                          shapes=data_cfg)
+            elif source.has_images:
+                from mobilediff.sources import default_cache_dir, load_images
+
+                # skips and truncations were reported when the data was first read (preflight_data)
+                images = load_images(source, size, teacher.tokenizer, seed=cfg.seed + 2, show_progress=False,
+                                     warn=lambda m: None)
+                self.report = images.report
+                folder = Path(source.cache_dir or default_cache_dir()) / "latents"
+                self.cache = latent_cache(teacher.vae, vae_sha256, teacher.tokenizer, images, 0,
+                                          folder / f"{images.fingerprint}-{vae_sha256[:16]}.safetensors",
+                                          accelerator.autocast, show)
+            else:
+                from mobilediff.sources import load_prompts
+
+                prompts = load_prompts(source, warn=lambda m: None)
+                ids = _token_ids(teacher.tokenizer, prompts)
+                if source.synthesize:
+                    self.cache = synthesized_latents(cfg, teacher, prompts, show)
+                else:
+                    self.cache = {"ids": ids}
         tok = teacher.tokenizer
         empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
         with torch.no_grad():
@@ -246,19 +284,94 @@ class DistillData:
         ``lambda size: torch.randn(size, generator=g)`` and ``shape`` the per-example shape."""
         return sample((self.cfg.batch_size, *shape))[self.rows]
 
+    @property
+    def has_latents(self) -> bool:
+        return "latents" in self.cache
+
     def batch(self, step: int):
-        """(generator, latents (b, 4, h, w), object mask (b, 1, h, w), text embeddings (b, 77, D)) of this process's
-        b rows of global step ``step``; the generator goes on to draw the step's noise and timesteps (with
-        :meth:`draw`, so that every process draws the whole batch's numbers in the same order)."""
+        """(generator, latents (b, 4, h, w) or None (prompts alone), object mask (b, 1, h, w), text embeddings
+        (b, 77, D)) of this process's b rows of global step ``step``; the generator goes on to draw the step's noise
+        and timesteps (with :meth:`draw`, so that every process draws the whole batch's numbers in the same order)."""
         g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919)
-        idx = self.draw(lambda size: torch.randint(0, len(self.cache["latents"]), size, generator=g))
+        idx = self.draw(lambda size: torch.randint(0, len(self.cache["ids"]), size, generator=g))
         with torch.no_grad():
             cond = self.teacher.text_encoder(self.cache["ids"][idx]).last_hidden_state.float()
+        if not self.has_latents:
+            return g, None, torch.zeros(len(idx), 1, *self.latent_hw), cond
         return g, self.cache["latents"][idx], self.cache["mask"][idx], cond
 
     def pixel_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) loss weight per latent pixel: 1 + object_weight x the fraction of it covered by shapes."""
         return 1.0 + self.cfg.object_weight * mask
+
+
+def teacher_image_size(teacher) -> tuple[int, int]:
+    """(H, W) of the teacher's images: its UNet's sample size (an int or a pair) times the VAE's downsampling."""
+    side = teacher.unet.config.sample_size
+    return tuple(n * teacher.vae_scale_factor for n in ((side, side) if isinstance(side, int) else side))
+
+
+def preflight_data(source: DataOptions, teacher, show: bool) -> None:
+    """Read the user's data once (decoded images land in the cache) so that unusable data is refused before any
+    output is written."""
+    from mobilediff.sources import load_images, load_prompts
+
+    quiet = None if show else (lambda m: None)
+    if source.has_images:
+        load_images(source, teacher_image_size(teacher), teacher.tokenizer, show_progress=show, warn=quiet)
+    else:
+        load_prompts(source, warn=quiet)
+
+
+def _token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def synthesized_latents(cfg: DistillConfig, teacher, prompts: list[str], show: bool) -> dict[str, torch.Tensor]:
+    """``cfg.source.synthesize`` latents the teacher renders with its own default plan from the prompts (cycled),
+    seeded per example; cached in the cache folder keyed by the prompts, the teacher's weights, the plan, N and the
+    seed. The teacher's scheduler is left as it was."""
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    from mobilediff.exporter import describe_model
+    from mobilediff.io import load_tensors, save_tensors
+    from mobilediff.loading import resolve_model
+    from mobilediff.sampling import generate
+    from mobilediff.sources import default_cache_dir
+
+    n = cfg.source.synthesize
+    captions = [prompts[i % len(prompts)] for i in range(n)]
+    seeds = [(cfg.seed + 11) * 1_000_003 + i for i in range(n)]
+    model_dir = resolve_model(cfg.teacher)
+    plan = describe_model(teacher, model_dir, str(cfg.teacher), None)[1]
+    unet_hash = hashlib.sha256()
+    for k, v in sorted(teacher.unet.state_dict().items()):
+        unet_hash.update(k.encode())
+        unet_hash.update(v.detach().float().numpy().tobytes())
+    key = json.dumps({"captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(), "seeds": seeds[:1] + [n],
+                      "unet": unet_hash.hexdigest(), "plan": [plan.sampler, plan.steps, plan.guidance]}, sort_keys=True)
+    path = Path(cfg.source.cache_dir or default_cache_dir()) / "latents" / f"synth-{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                return load_tensors(path)
+    scheduler = teacher.scheduler
+    try:
+        with tqdm(total=plan.steps * -(-n // 64), desc=f"synthesize latents ({plan.sampler} {plan.steps} steps)",
+                  disable=not show) as bar:
+            latents = generate(teacher, captions, seeds, plan.steps, plan.sampler, plan.guidance,
+                               progress=bar.update, latents_only=True)
+    finally:
+        teacher.scheduler = scheduler  # generate() sets its sampler's scheduler on the pipeline
+    pool = {"latents": latents.float(), "mask": torch.zeros_like(latents[:, :1]),
+            "ids": _token_ids(teacher.tokenizer, captions)}
+    save_tensors(pool, path, metadata={"key": key})
+    return load_tensors(path)
 
 
 @dataclass
@@ -427,9 +540,12 @@ class ProgressiveObjective:
         g, latents, mask, cond = data.batch(step)
         i = data.draw(lambda size: torch.randint(0, self.n, size, generator=g))
         timestep, timestep_mid = self.student_timesteps[i], self.teacher_timesteps[2 * i + 1]
-        sample = _noised(data, g, latents, timestep, self.scheduler)
         with torch.no_grad():
             predict = _teacher(self.teacher_unet, alphas_cumprod, data, cond, self.guidance, self.prediction_type)
+            if latents is None:
+                sample = self._on_trajectory(predict, g, i)
+            else:
+                sample = _noised(data, g, latents, timestep, self.scheduler)
             target, _ = progressive_target(predict, self.scheduler, sample, timestep, timestep_mid, self.n)
         pred_original_sample = _student_x0(self.models["student"], data, sample, timestep, cond, alphas_cumprod,
                                            self.prediction_type)
@@ -437,6 +553,19 @@ class ProgressiveObjective:
 
     def after_step(self, step: int) -> None:
         pass
+
+    def _on_trajectory(self, predict: "TeacherPredictor", g: torch.Generator, i: torch.Tensor) -> torch.Tensor:
+        """z at each example's student timestep t_i on the round teacher's own 2n-step DDIM trajectory from pure
+        noise z_T (data-free: the inputs the student meets when it samples): 2 i teacher calls for example i, run in
+        lockstep up to the batch's largest i (cost: up to 2 (n - 1) extra teacher calls a step)."""
+        data = self.data
+        sample = data.draw(lambda size: torch.randn(size, generator=g), data.latent_channels, *data.latent_hw)
+        for k in range(int(i.max())):
+            t = self.student_timesteps[k].expand(len(i))
+            _, moved = progressive_target(predict, self.scheduler, sample, t, self.teacher_timesteps[2 * k + 1].expand(len(i)),
+                                          self.n)
+            sample = torch.where((k < i)[:, None, None, None], moved, sample)
+        return sample
 
 
 def train_progressive_round(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str, teacher_unet,
@@ -569,6 +698,8 @@ def _record(cfg: DistillConfig, command: str, stats: dict, **extra) -> dict:
     from mobilediff.loading import resolve_model
 
     teacher_dir = resolve_model(cfg.teacher)
+    if cfg.source.given:
+        extra = {**extra, "data": _data_record(cfg.source)}
     return {"method": cfg.method, **extra, "command": command,
             "teacher": str(cfg.teacher) if str(cfg.teacher) == "default" else str(teacher_dir),
             "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
@@ -577,6 +708,11 @@ def _record(cfg: DistillConfig, command: str, stats: dict, **extra) -> dict:
                         "accelerator": "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)},
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                          "transformers": transformers.__version__, "accelerate": accelerate.__version__}}
+
+
+def _data_record(source: DataOptions) -> dict:
+    """What the student was distilled on, as the user named it (paths as given on the command line)."""
+    return {k: str(v) for k, v in asdict(source).items() if v not in (None, 0, False) and k != "cache_dir"}
 
 
 def _save_student(path: Path, teacher, teacher_dir: Path, unet, scheduler, pipeline_class: str, info: dict) -> None:
@@ -635,6 +771,8 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
 
         slim_config(dict(teacher.unet.config), parse_removal(cfg.remove))
         guidance = slim_guidance(cfg, resolve_model(cfg.teacher))
+    if cfg.source.given:  # the user's data is read (bad data refused) before OUT changes
+        preflight_data(cfg.source, teacher, show=accelerator.is_main_process)
     accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
     if accelerator.is_main_process:
         if out.exists() and resume is None:
