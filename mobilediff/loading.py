@@ -194,6 +194,20 @@ def check_architecture(path: Path, index: dict) -> None:
     check_configs(classes, configs)
 
 
+def drop_load_paths(folder: Path) -> None:
+    """Remove diffusers' ``_name_or_path`` (the folder a model was loaded from when it was saved, an absolute path of
+    the machine that wrote it) from every component config under ``folder``: a saved pipeline records no path of the
+    machine that made it, and nothing reads the key back."""
+    for f in sorted(Path(folder).rglob("*config.json")):
+        try:
+            config = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(config, dict) and "_name_or_path" in config:
+            del config["_name_or_path"]
+            f.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def load_pipeline(model: str | Path | None = None, scheduler=None):
     """Load a StableDiffusionPipeline (fp32, CPU) from a checked folder, safetensors only."""
     from diffusers import StableDiffusionPipeline
@@ -315,6 +329,7 @@ def save_pipeline(pipe, path: Path, tokenizer_dir: Path | None = None) -> None:
 
     path = Path(path)
     pipe.save_pretrained(str(path), safe_serialization=True)
+    drop_load_paths(path)
     for f in sorted((path / "text_encoder").glob("*.safetensors")):
         tensors = load_tensors(f)
         if not all(k.startswith(TEXT_MODEL_PREFIXES) for k in tensors):

@@ -152,3 +152,47 @@ def tiny_variant_pipeline(variant: str, seed: int = 0):
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_tiny_clip(folder: Path, projection_dim: int = 16, seed: int = 0) -> Path:
+    """A tiny random transformers CLIPModel (32 px images) with the embedded model's CLIP tokenizer, as a local folder
+    that ``evaluate --clip`` and ``--fd-features`` load (tests of the metrics for any model)."""
+    import shutil
+
+    from transformers import CLIPConfig, CLIPModel
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=32)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)).save_pretrained(
+        folder, safe_serialization=True)
+    for f in (DEFAULT_MODEL_DIR / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+class _TinyFeatures(torch.nn.Module):
+    """(B, 3, S, S) in [0, 255] -> (B, 8): a random convolution and global pooling (a stand-in for an Inception)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x / 255.0)).mean((2, 3))
+
+
+def save_tiny_feature_extractor(path: Path, seed: int = 0) -> Path:
+    """A tiny random TorchScript feature extractor file (the format of clean-fid's Inception)."""
+    import warnings
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream; clean-fid's file is TorchScript all the same
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_TinyFeatures()), str(path))
+    return Path(path)

@@ -62,3 +62,16 @@ def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
+
+
+def poison_loss_at(monkeypatch, step: int) -> None:
+    """Make the training loop see a non-finite loss at global step ``step`` (what a diverged run looks like to it):
+    the loop's finiteness check is handed NaN there, before the backward pass and any checkpoint of that step."""
+    import mobilediff.train.loop as loop
+
+    real = loop.check_finite
+
+    def check_finite(loss, at, run_dir):
+        return real(loss * float("nan") if at == step else loss, at, run_dir)
+
+    monkeypatch.setattr(loop, "check_finite", check_finite)

@@ -38,19 +38,10 @@ def _refuses(match, fn, *args, **kwargs):
 # ---- tiny models built in code --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
+    from mobilediff.tiny import save_tiny_clip
 
-    folder = tmp_path_factory.mktemp("clip") / "clip"
-    torch.manual_seed(0)
-    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=32)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION)).save_pretrained(
-        folder, safe_serialization=True)
-    for f in TOKENIZER.iterdir():  # the project's real CLIP BPE tokenizer (model_max_length 32)
-        shutil.copy(f, folder / f.name)
-    return folder
+    # the project's real CLIP BPE tokenizer (model_max_length 32) beside a tiny random CLIPModel
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "clip", projection_dim=PROJECTION)
 
 
 @pytest.fixture(scope="module")

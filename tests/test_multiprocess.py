@@ -336,3 +336,35 @@ def test_killed_distillation_resumes_bit_identically(tiny_pipeline_dir, tmp_path
     for name in ("student", "target"):
         _assert_bit_identical(load_file(full / "checkpoints" / "checkpoint-0000008" / f"{name}.safetensors"),
                               load_file(cut / "checkpoints" / "checkpoint-0000008" / f"{name}.safetensors"), name)
+
+
+@pytest.mark.parametrize("command", ["train-base --images", "distill lcm --wds", "distill progressive --prompts"])
+def test_two_processes_on_your_data(command, tiny_pipeline_dir, tmp_path):
+    """Training on the user's data over two processes: one data read and cache (main process first), both processes'
+    weights bit-identical after the run, output once."""
+    from test_sources import CAPTIONS, make_imagefolder, make_shards
+
+    data = tmp_path / "data"
+    script, ranks = tmp_path / "record_ranks.py", tmp_path / "ranks"
+    script.write_text(RECORD_RANKS)
+    ranks.mkdir()
+    out = tmp_path / "run"
+    common = ["--cache-dir", tmp_path / "cache", "--out", out]
+    if command == "train-base --images":
+        args = ["train-base", "--tiny", "--vae-steps", 2, "--unet-steps", 2, "--checkpoint-every", 1,
+                "--vae-batch-size", 4, "--batch-size", 4, "--images", make_imagefolder(data / "f", 8), *common]
+    elif command == "distill lcm --wds":
+        args = [*_distill_args(tiny_pipeline_dir, out, steps=2, every=1)[:-2], "--wds",
+                make_shards(data / "w", 8), *common]
+    else:
+        (data / "p.txt").parent.mkdir(parents=True)
+        (data / "p.txt").write_text("\n".join(CAPTIONS))
+        args = ["distill", "--teacher", tiny_pipeline_dir, "--method", "progressive", "--steps", 1, "--teacher-steps",
+                2, "--max-train-steps", 2, "--batch-size", 4, "--checkpoint-every", 1, "--prompts", data / "p.txt",
+                *common]
+    p = _launch(tmp_path, [str(script)], *args, RANK_WEIGHTS=str(ranks))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(p.stdout.splitlines()) == 1  # "... written to ...", once
+    last = sorted(ranks.glob("*-rank0.safetensors"))[-1]
+    _assert_bit_identical(load_file(last), load_file(last.with_name(last.name.replace("rank0", "rank1"))),
+                          f"process 0 vs process 1 ({last.name})")

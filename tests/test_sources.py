@@ -324,8 +324,7 @@ def test_progressive_from_prompts_trains_on_the_teachers_trajectory(tiny_pipelin
     from diffusers import DDIMScheduler
 
     from mobilediff.loading import load_pipeline
-    from mobilediff.train.distill import (DistillConfig, DistillData, ProgressiveObjective, TeacherPredictor,
-                                          _teacher)
+    from mobilediff.train.distill import (DistillConfig, DistillData, ProgressiveObjective, _teacher)
     from mobilediff.train.loop import make_accelerator
 
     cfg = DistillConfig(teacher=str(tiny_pipeline_dir), method="progressive", steps=2, out=tmp_path / "o",
@@ -374,3 +373,89 @@ def test_dry_run_reports_and_writes_nothing(data_dir, tmp_path, capsys):
 
 def test_load_prompts_from_captions(data_dir):
     assert sorted(load_prompts(DataOptions(images=data_dir / "folder"))) == sorted(CAPTIONS)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate, any model
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from mobilediff.tiny import save_tiny_clip, save_tiny_feature_extractor
+
+    d = tmp_path_factory.mktemp("weights")
+    return {"clip": save_tiny_clip(d / "clip"), "fx": save_tiny_feature_extractor(d / "fx.pt")}
+
+
+def test_evaluate_with_fidelity_clip_and_fd(data_dir, weights, tmp_path, capsys, tiny_pipeline_dir):
+    out = tmp_path / "report.json"
+    code, stdout, err = run_cli_here(capsys, "evaluate", "--model", str(tiny_pipeline_dir), "--prompts",
+                                     str(data_dir / "prompts.txt"), "--n", "4", "--steps", "2",
+                                     "--teacher", str(tiny_pipeline_dir), "--clip", str(weights["clip"]),
+                                     "--fd-features", str(weights["fx"]), "--fd-image-size", "32",
+                                     "--reference-images", str(data_dir / "folder"), "--out", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    m = report["metrics"]
+    assert report["n"] == 4 and set(m) == {"psnr_db_vs_teacher", "ssim_vs_teacher", "clip_score", "fd"}
+    assert 0 <= m["clip_score"] <= 100 and m["fd"] >= 0 and -1 <= m["ssim_vs_teacher"] <= 1
+    # the teacher at its own 50 steps against itself at 2: not the same images
+    assert m["psnr_db_vs_teacher"] < 200
+    # the teacher's own CLIP score and FD, and the student's ratio to them
+    t = report["teacher_metrics"]
+    assert report["vs_teacher"]["clip_score"]["ratio"] == pytest.approx(m["clip_score"] / t["clip_score"])
+    assert "bar" not in report["vs_teacher"]["clip_score"]  # the bars are for 4-step students; this ran 2 steps
+
+
+def test_evaluate_teacher_against_itself_is_exact(data_dir, tmp_path, capsys, tiny_pipeline_dir):
+    code, stdout, err = run_cli_here(capsys, "evaluate", "--model", str(tiny_pipeline_dir), "--prompts",
+                                     str(data_dir / "prompts.txt"), "--n", "2", "--steps", "50", "--sampler", "ddim",
+                                     "--teacher", str(tiny_pipeline_dir))
+    assert code == 0, err
+    m = json.loads(stdout)["metrics"]
+    assert m["ssim_vs_teacher"] == pytest.approx(1.0) and m["psnr_db_vs_teacher"] == float("inf")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fd-features", "{w}/fx.pt"], "needs both --fd-features"),
+    (["--reference-images", "{d}/folder"], "needs both --fd-features"),
+    (["--clip", "{d}/folder"], "config.json"),
+    (["--fd-features", "{d}/prompts.txt", "--reference-images", "{d}/folder"], ""),
+    (["--fd-features", "{w}/fx.pt", "--reference-images", "{d}/prompts.txt"], "not a folder"),
+    (["--prompts", "{d}/none.txt"], "does not exist"),
+])
+def test_evaluate_refuses_metrics_without_their_weights(args, message, data_dir, weights, capsys, tiny_pipeline_dir):
+    args = [a.format(d=data_dir, w=weights["fx"].parent) for a in args]
+    code, _, err = run_cli_here(capsys, "evaluate", "--model", str(tiny_pipeline_dir), "--n", "2", "--steps", "1", *args)
+    lines = [line for line in error_lines(err) if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+@pytest.mark.parametrize("data", [["--images", "{d}/folder"], ["--prompts", "{d}/prompts.txt", "--synthesize", "3"]])
+def test_distill_decoder_on_your_data(data, data_dir, tmp_path, capsys, tiny_pipeline_dir):
+    out = tmp_path / "run"
+    code, _, err = run_cli_here(capsys, "distill-decoder", "--model", str(tiny_pipeline_dir), "--out", str(out),
+                                "--max-train-steps", "2", "--batch-size", "2", "--checkpoint-every", "1",
+                                "--validation-fraction", "0.5", "--cache-dir", str(tmp_path / "cache"),
+                                *[a.format(d=data_dir) for a in data])
+    assert code == 0, err
+    record = json.loads((out / "decoder" / "decoder.json").read_text())
+    assert record["config"]["perceptual_weight"] == 0.0  # the shapes evaluator's features are not used on your data
+    assert "held-out images" in record["stats"]["held_out"] or "unseen seeds" in record["stats"]["held_out"]
+    assert record["stats"]["pool"] == (3 if "--synthesize" in data else None) or "--images" in data
+
+
+def test_export_int8_static_calibrated_on_your_prompts(data_dir, tmp_path, capsys, tiny_pipeline_dir):
+    out = tmp_path / "bundle"
+    code, _, err = run_cli_here(capsys, "export", "--model", str(tiny_pipeline_dir), "--target", "onnx", "--out",
+                                str(out), "--quantize", "int8-static", "--calibration-prompts",
+                                str(data_dir / "prompts.txt"))
+    assert code == 0, err
+    assert "calibration: 6 prompts" in err  # the user's six, not the shapes domain's 32
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "int8" in json.dumps(manifest["components"]["unet"]["files"])
+
+
+def test_calibration_prompts_need_a_calibrated_recipe(data_dir, tmp_path, capsys, tiny_pipeline_dir):
+    code, _, err = run_cli_here(capsys, "export", "--model", str(tiny_pipeline_dir), "--target", "onnx", "--out",
+                                str(tmp_path / "b"), "--calibration-prompts", str(data_dir / "prompts.txt"))
+    assert code == 2 and "static int8 recipe" in err and not (tmp_path / "b").exists()

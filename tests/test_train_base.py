@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import error_lines, run_cli, run_cli_here
+from conftest import error_lines, poison_loss_at, run_cli, run_cli_here
 from mobilediff.train.checkpoint import complete_checkpoints
 from mobilediff.errors import MobilediffError
 from mobilediff.tiny import tiny_train_config
@@ -37,10 +37,11 @@ def test_two_step_cli_run_writes_a_loadable_pipeline(tmp_path):
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.partial"))
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
     full = train_base(_cfg(tmp_path / "full"))
-    with pytest.raises(MobilediffError, match="non-finite loss at step 3"):
-        train_base(_cfg(tmp_path / "cut", inject_nan_at_step=3))
+    with monkeypatch.context() as m, pytest.raises(MobilediffError, match="non-finite loss at step 3"):
+        poison_loss_at(m, 3)
+        train_base(_cfg(tmp_path / "cut"))
     # the NaN stopped the run without a new checkpoint: the last good one (step 2) is intact
     assert [c.step for c in complete_checkpoints(tmp_path / "cut" / "unet_run")] == [2]
     assert not (tmp_path / "cut" / "model").exists()

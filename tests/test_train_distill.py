@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import error_lines, run_cli, run_cli_here
+from conftest import error_lines, poison_loss_at, run_cli, run_cli_here
 from mobilediff.errors import MobilediffError
 from mobilediff.train.checkpoint import complete_checkpoints
 from mobilediff.train.diffusion import (boundary_scalings, ddim_alpha_prod_prev, ddim_step, ddim_timesteps,
@@ -207,7 +207,7 @@ def test_two_step_cli_run_writes_students_that_sample(tiny_pipeline_dir, tmp_pat
 
 
 @pytest.mark.parametrize("method", ["lcm", "progressive", "slim"])
-def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_path, method):
+def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_path, method, monkeypatch):
     """A NaN at global step 3 stops the run (for progressive: inside its second round) and leaves checkpoint 3
     intact; a checkpoint cut off mid-save (no COMPLETE marker) is never resumed from; the resumed run ends with
     the uninterrupted run's weights."""
@@ -215,8 +215,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_pat
           "slim": {"max_train_steps": 4, "remove": "mid,attention-1"}}[method]
     full = distill(_cfg(tiny_pipeline_dir, tmp_path / "full", method, **kw))[-1]
     cut = tmp_path / "cut"
-    with pytest.raises(MobilediffError, match="non-finite loss at step 3"):
-        distill(_cfg(tiny_pipeline_dir, cut, method, inject_nan_at_step=3, **kw))
+    with monkeypatch.context() as m, pytest.raises(MobilediffError, match="non-finite loss at step 3"):
+        poison_loss_at(m, 3)
+        distill(_cfg(tiny_pipeline_dir, cut, method, **kw))
     assert [c.step for c in complete_checkpoints(cut)] == [2, 3]
     assert not (cut / "model").exists() and not (cut / "steps-1").exists()
     # a later checkpoint whose save was cut off: the marker is missing

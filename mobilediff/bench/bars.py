@@ -15,7 +15,10 @@ e2e_4step_speedup                >=    50     float DDIM-50 teacher / the fastes
 denoiser_step_speedup            >=    2      PyTorch eager / the fastest bundle runtime, one UNet step (run_device)
 student_4step_accuracy_ratio     >=    0.95   4-step student's prompt accuracy / the 50-step teacher's
                                               (distillation; run_device's int8 row)
-student_4step_fd_ratio           <=    1.5    4-step student's FD / the 50-step teacher's (same)
+student_4step_fd_ratio           <=    1.5    4-step student's FD / the 50-step teacher's (same; any extractor:
+                                              the shapes evaluator's features, or ``evaluate --fd-features``)
+student_4step_clip_ratio         >=    0.95   4-step student's CLIP score / the 50-step teacher's, same prompts and
+                                              seeds (``evaluate --clip``; models outside the shapes domain)
 student_1step_accuracy_ratio     >=    0.85   1-step student's prompt accuracy / the 50-step teacher's (distillation)
 int8_accuracy_drop_points        <=    2      float - int8 prompt accuracy, in points, same runtime (quantization)
 int8_fd_ratio                    <=    1.10   int8 FD / float FD (quantization)
@@ -56,6 +59,7 @@ BARS: dict[str, Bar] = {b.id: b for b in (
     Bar("denoiser_step_speedup", "denoiser step speedup of the fastest bundle runtime over PyTorch eager", ">=", 2.0),
     Bar("student_4step_accuracy_ratio", "4-step prompt accuracy / teacher", ">=", 0.95),
     Bar("student_4step_fd_ratio", "4-step FD / teacher", "<=", 1.5),
+    Bar("student_4step_clip_ratio", "4-step CLIP score / teacher", ">=", 0.95),
     Bar("student_1step_accuracy_ratio", "1-step prompt accuracy / teacher", ">=", 0.85),
     Bar("int8_accuracy_drop_points", "prompt accuracy drop (points)", "<=", 2.0),
     Bar("int8_fd_ratio", "FD ratio to float", "<=", 1.10),

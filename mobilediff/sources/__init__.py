@@ -347,3 +347,29 @@ def caption_report(report: DataReport, captions: list[str], tokenizer) -> None:
 
 def report_dict(report: DataReport) -> dict:
     return json.loads(json.dumps(asdict(report)))
+
+
+def load_reference_images(folder: Path, size: tuple[int, int], fit: str = "crop", background: str = "white",
+                          warn=None) -> torch.Tensor:
+    """Every image under ``folder`` (captions not needed: the reference set of a Fréchet distance), decoded at
+    ``size`` = (H, W): (N, 3, H, W) in [-1, 1]. Unreadable images are skipped and reported through ``warn``; raises
+    MobilediffError for a missing folder or one without a readable image."""
+    from mobilediff.data import from_uint8
+    from mobilediff.sources.files import _walk_images
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MobilediffError(f"--reference-images {folder}: not a folder")
+    skips, arrays = Skips(), []
+    rgb = parse_background(background)
+    for path in _walk_images(folder):
+        try:
+            arrays.append(decode_image(path.read_bytes(), size, fit, rgb)[0])
+        except (OSError, ValueError) as e:
+            skips.skip(str(e) if isinstance(e, ValueError) else f"unreadable file ({e.strerror})", path.name)
+    if not arrays:
+        raise MobilediffError(f"--reference-images {folder}: no readable image"
+                              + (f" ({skips.summary()})" if skips.total else ""))
+    if skips.total:
+        (warn or _warn)(f"--reference-images: skipped {skips.total}: {skips.summary()}")
+    return from_uint8(np.stack(arrays))

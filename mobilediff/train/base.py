@@ -14,9 +14,7 @@ samples encoded once, and an EMA of the weights, which is what the final pipelin
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +27,8 @@ from mobilediff.sources import DataOptions, ImageSet, report_dict
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_bytes, atomic_write_json, load_tensors
 from mobilediff.models import DefaultModelConfig
-from mobilediff.train.loop import EMA, Leg, make_accelerator, process_rows, resume_point, run_leg
+from mobilediff.train.loop import (EMA, Leg, file_sha256, make_accelerator, prepare_run_folder, process_rows,
+                                   provenance, resume_point, run_leg)
 
 
 @dataclass
@@ -94,7 +93,6 @@ class TrainBaseConfig:
     mixed_precision: str = "fp32"
     tokenizer_dir: Path | None = None  # default: the embedded model's tokenizer
     dry_run: bool = False  # report the data (counts, sizes, caption lengths, skips) and stop before training
-    inject_nan_at_step: int | None = None  # test hook: poison the loss at this step
 
 
 class Denoiser(torch.nn.Module):
@@ -205,8 +203,7 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path, accelerat
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     objective = VaeObjective(cfg, accelerator, vae)
     leg = Leg(run_dir=run_dir, desc="train vae", steps=cfg.vae_steps, lr_warmup_steps=50,
-              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
-              inject_nan_at_step=cfg.inject_nan_at_step)
+              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip)
     seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
     vae, data = objective.vae, objective.data
     if not accelerator.is_main_process:  # the main process measures and writes the VAE
@@ -227,6 +224,9 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path, accelerat
         psnr = (10 * torch.log10(4.0 / F.mse_loss(recon, images))).item()
     with atomic_dir(out_dir, force=True) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
+        from mobilediff.loading import drop_load_paths
+
+        drop_load_paths(tmp)
     accelerator.wait_for_everyone()  # stage 2 reads it on every process
     return {"vae_steps": cfg.vae_steps, "vae_seconds": seconds, "vae_recon_psnr_db": psnr,
             "scaling_factor": 1.0 / std}
@@ -383,8 +383,6 @@ def latent_cache(vae, vae_sha256: str, tokenizer, data, n: int, path: Path, auto
     return load_tensors(path)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class DenoiserObjective:
@@ -502,8 +500,7 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path, acce
 
     objective = DenoiserObjective(cfg, accelerator, model, head, noise_scheduler, cache, encode, empty_ids)
     leg = Leg(run_dir=run_dir, desc="train denoiser", steps=cfg.unet_steps, lr_warmup_steps=cfg.warmup_steps,
-              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
-              inject_nan_at_step=cfg.inject_nan_at_step)
+              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip)
     seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
     final = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     final.load_state_dict(objective.ema.shadow)
@@ -541,12 +538,8 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     vae_dir = out / "vae"
     record = out / "training.json"
     vae_done = resume is not None and (vae_dir / "config.json").is_file()  # else OUT is new or replaced
-    accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
+    prepare_run_folder(out, resume, accelerator)
     main = accelerator.is_main_process
-    if main:
-        if out.exists() and resume is None:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
     if not vae_done and cfg.vae_from is not None:
         if main:
             src = Path(cfg.vae_from) / "vae"
@@ -569,15 +562,14 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
         unet=den.unet, scheduler=cfg.model.scheduler.build(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
-    info = {
-        "command": command, "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads()},
-        "versions": _versions(),
-    }
+    info = {"command": command, "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
+            **provenance()}
     atomic_write_json(record, info)
     with atomic_dir(out / "model", force=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        from mobilediff.loading import drop_load_paths
+
+        drop_load_paths(tmp)
         # keep the CLIP BPE files (vocab.json, merges.txt, licence) that the apps read, not only tokenizer.json
         shutil.rmtree(tmp / "tokenizer")
         shutil.copytree(Path(pipe.tokenizer.name_or_path), tmp / "tokenizer")
@@ -642,15 +634,6 @@ def _check_resume(out: Path, resume: str | None) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, ValueError) as e:
         raise MobilediffError(f"corrupt {record}: {e}") from None
     return stats
-
-
-def _versions() -> dict:
-    import accelerate
-    import diffusers
-    import transformers
-
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__}
 
 
 def training_markdown(info: dict) -> str:

@@ -32,16 +32,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from mobilediff.errors import MobilediffError
-from mobilediff.train.loop import Leg, make_accelerator, process_rows, resume_point, run_leg
+from mobilediff.sources import DataOptions
+from mobilediff.train.loop import (Leg, file_sha256, make_accelerator, prepare_run_folder, process_rows, provenance,
+                                   resume_point, run_leg)
 
 # default decoder, picked by measurement on the default model: at the same cost, 24 channels with the
 # blocks at the coarse levels beat TAESD's pattern at 16 channels (3,3,1): after 400 steps 26.2 against 25.1 dB PSNR
@@ -78,7 +78,9 @@ class DecoderDistillConfig:
     perceptual_weight: float = 0.25  # λ: weight of the evaluator-feature term
     object_weight: float = 4.0  # extra pixel-loss weight on shape pixels (shapes cover a few % of an image)
     grad_clip: float = 1.0
-    inject_nan_at_step: int | None = None  # test hook: poison the loss at this global step
+    # the data: none given = the shapes domain; else the user's images (encoded by the model's VAE) or latents the
+    # model renders from the user's prompts (--prompts with --synthesize N)
+    source: DataOptions = field(default_factory=DataOptions)
 
 
 def validate(cfg: DecoderDistillConfig) -> None:
@@ -126,10 +128,6 @@ def _levels_and_blocks(cfg: DecoderDistillConfig, vae) -> tuple[int, tuple[int, 
 # ---------------------------------------------------------------------------------------------- data
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _teacher_images(vae, latents: torch.Tensor, show: bool, chunk: int = 128) -> torch.Tensor:
     """x_T = clamp(D_T(z / s), -1, 1) for every latent, (N, 3, H, W), in chunks."""
     from tqdm.auto import tqdm
@@ -142,9 +140,10 @@ def _teacher_images(vae, latents: torch.Tensor, show: bool, chunk: int = 128) ->
     return torch.cat(out)
 
 
-def _sampled_latents(cfg: DecoderDistillConfig, pipe, model_dir: Path, show: bool) -> tuple[torch.Tensor, dict]:
-    """``cfg.sampled_latents`` final latents of the model's own default sampling plan, for captions of a dataset
-    seed no other set uses, with seeds of their own."""
+def _sampled_latents(cfg: DecoderDistillConfig, pipe, model_dir: Path, show: bool, n: int,
+                     prompts: list[str] | None = None, seed_offset: int = 5) -> tuple[torch.Tensor, dict]:
+    """``n`` final latents of the model's own default sampling plan, for the user's ``prompts`` (cycled) or captions
+    of a shapes dataset seed no other set uses, with seeds of their own (``seed_offset`` keeps sets apart)."""
     from tqdm.auto import tqdm
 
     from mobilediff.data import ShapesDataset
@@ -152,9 +151,11 @@ def _sampled_latents(cfg: DecoderDistillConfig, pipe, model_dir: Path, show: boo
     from mobilediff.sampling import generate
 
     plan = describe_model(pipe, model_dir, cfg.model, None)[1]
-    n = cfg.sampled_latents
-    captions = [s.caption for s in ShapesDataset(seed=cfg.seed + 5).scenes(0, n)]
-    seeds = [(cfg.seed + 5) * 1_000_003 + i for i in range(n)]
+    if prompts is None:
+        captions = [s.caption for s in ShapesDataset(seed=cfg.seed + seed_offset).scenes(0, n)]
+    else:
+        captions = [prompts[i % len(prompts)] for i in range(n)]
+    seeds = [(cfg.seed + seed_offset) * 1_000_003 + i for i in range(n)]
     with tqdm(total=plan.steps * -(-n // 64), desc=f"sample latents ({plan.sampler} {plan.steps} steps)",
               disable=not show) as bar:
         latents = generate(pipe, captions, seeds, plan.steps, plan.sampler, plan.guidance, progress=bar.update,
@@ -172,30 +173,58 @@ class DecoderData:
         from mobilediff.decoder import vae_folder
         from mobilediff.loading import shared_components
         from mobilediff.train.base import latent_cache
+        from mobilediff.train.distill import teacher_image_size
 
         self.cfg, self.accelerator = cfg, accelerator
         show = accelerator.is_main_process
         vae_dir = vae_folder(model_dir)
-        res = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        data_cfg = ShapesConfig(resolution=res, supersample=2 if res <= 32 else 4)
+        vae_sha256 = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
+        size = teacher_image_size(pipe)
+        data_cfg = ShapesConfig(resolution=size[0], supersample=2 if size[0] <= 32 else 4)
         self.data_cfg = data_cfg
+        self.images_set = None  # the user's images (their held-out rows score the decoder), if any
+        source = cfg.source
+        if source.has_images:
+            from mobilediff.sources import load_images
+
+            self.images_set = load_images(source, size, pipe.tokenizer, seed=cfg.seed + 2, show_progress=show,
+                                          warn=None if show else (lambda m: None))
+        prompts = None
+        if source.given and not source.has_images:
+            from mobilediff.sources import load_prompts
+
+            prompts = load_prompts(source, warn=None if show else (lambda m: None))
+        sampled_n = source.synthesize if prompts is not None else cfg.sampled_latents
         unet_dir = shared_components(model_dir).get("unet", model_dir / "unet")
         unet_weights = sorted(unet_dir.glob("*.safetensors"))
-        key = json.dumps({"latent_cache": cfg.latent_cache, "sampled_latents": cfg.sampled_latents, "seed": cfg.seed,
-                          "data": asdict(data_cfg), "vae": _sha256(vae_dir / "diffusion_pytorch_model.safetensors"),
-                          "unet": [_sha256(f) for f in unet_weights] if cfg.sampled_latents else None,
+        data_key = (asdict(data_cfg) if not source.given else
+                    self.images_set.fingerprint if self.images_set is not None else
+                    hashlib.sha256("\n".join(prompts).encode()).hexdigest())
+        key = json.dumps({"latent_cache": cfg.latent_cache, "sampled_latents": sampled_n, "seed": cfg.seed,
+                          "data": data_key, "vae": vae_sha256,
+                          "unet": [file_sha256(f) for f in unet_weights] if sampled_n else None,
                           "scaling_factor": pipe.vae.config.scaling_factor}, sort_keys=True, default=str)
         path = Path(cfg.out) / "decoder_targets.safetensors"
         with accelerator.main_process_first():
             pool = self._read(path, key)
             if pool is None:
-                cache = latent_cache(pipe.vae, _sha256(vae_dir / "diffusion_pytorch_model.safetensors"), pipe.tokenizer,
-                                     ShapesDataset(seed=cfg.seed + 2, config=data_cfg), cfg.latent_cache,
-                                     Path(cfg.out) / "latent_cache.safetensors", accelerator.autocast, show,
-                                     shapes=data_cfg)
-                latents, sampled = cache["latents"], None
-                if cfg.sampled_latents:
-                    extra, sampled = _sampled_latents(cfg, pipe, model_dir, show)
+                sampled = None
+                if not source.given:
+                    latents = latent_cache(pipe.vae, vae_sha256, pipe.tokenizer,
+                                           ShapesDataset(seed=cfg.seed + 2, config=data_cfg), cfg.latent_cache,
+                                           Path(cfg.out) / "latent_cache.safetensors", accelerator.autocast, show,
+                                           shapes=data_cfg)["latents"]
+                elif self.images_set is not None:
+                    from mobilediff.sources import default_cache_dir
+
+                    folder = Path(source.cache_dir or default_cache_dir()) / "latents"
+                    latents = latent_cache(pipe.vae, vae_sha256, pipe.tokenizer, self.images_set, 0,
+                                           folder / f"{self.images_set.fingerprint}-{vae_sha256[:16]}.safetensors",
+                                           accelerator.autocast, show)["latents"]
+                else:
+                    latents = torch.zeros(0, pipe.unet.config.in_channels, *(n // pipe.vae_scale_factor for n in size))
+                if sampled_n:
+                    extra, sampled = _sampled_latents(cfg, pipe, model_dir, show, sampled_n, prompts)
                     latents = torch.cat([latents, extra])
                 images = _teacher_images(pipe.vae, latents, show)
                 from mobilediff.io import load_tensors, save_tensors
@@ -283,7 +312,8 @@ class DecoderObjective:
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
         latents, target = self.data.batch(step)  # z (b, c, h, w), x_T (b, 3, H, W)
         student = self.models["decoder"](latents).float()  # x_S
-        weight = object_weight_map(target, self.cfg.object_weight)  # m
+        # m: shape pixels weighted up in the shapes domain; other data uniformly
+        weight = object_weight_map(target, self.cfg.object_weight if not self.cfg.source.given else 0.0)
         err = student - target
         pixel = ((err.abs() + err.square()) * weight).mean() / weight.mean()
         if self.cfg.perceptual_weight == 0:
@@ -307,23 +337,23 @@ def _check_resume(cfg: DecoderDistillConfig, resume: str | None) -> None:
 
 
 @torch.no_grad()
-def held_out_psnr(vae, teacher_vae, cfg: DecoderDistillConfig, data_cfg, n: int = HELD_OUT) -> float:
+def held_out_psnr(vae, teacher_vae, cfg: DecoderDistillConfig, data_cfg, n: int = HELD_OUT,
+                  z: torch.Tensor | None = None, images: torch.Tensor | None = None) -> float:
     """PSNR (dB, images in [-1, 1]: peak-to-peak 2) of the student's clamped images against the teacher decoder's, on
-    ``n`` fresh samples (a dataset seed the training never read) encoded by the teacher VAE."""
+    held-out latents ``z`` (scaled), or on held-out ``images`` encoded by the teacher VAE, or by default on ``n``
+    fresh shapes samples (a dataset seed the training never read)."""
     from mobilediff.data import ShapesDataset
 
-    images, _, _ = ShapesDataset(seed=cfg.seed + 9, config=data_cfg).batch(0, n)
-    z = teacher_vae.encode(images).latent_dist.mean * teacher_vae.config.scaling_factor
+    if z is None:
+        if images is None:
+            images, _, _ = ShapesDataset(seed=cfg.seed + 9, config=data_cfg).batch(0, n)
+        z = teacher_vae.encode(images).latent_dist.mean * teacher_vae.config.scaling_factor
     target = teacher_vae.decode(z / teacher_vae.config.scaling_factor).sample.clamp(-1, 1)
     got = vae.decode(z).sample.clamp(-1, 1)
     return float(10 * torch.log10(4.0 / F.mse_loss(got, target)))
 
 
 def _record(cfg: DecoderDistillConfig, command: str, pipe, vae_dir: Path, blocks, stats: dict, gflop: dict) -> dict:
-    import accelerate
-    import diffusers
-    import transformers
-
     from mobilediff.decoder import KIND
 
     shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
@@ -334,14 +364,10 @@ def _record(cfg: DecoderDistillConfig, command: str, pipe, vae_dir: Path, blocks
             "latent_shape": list(shape), "image_size": shape[1] * int(pipe.vae_scale_factor),
             "note": "decodes the sampler's latent z as it is (scaling_factor 1); the teacher VAE decodes "
                     "z / latent.scaling_factor. The encoder is untrained (zero weights).",
-            "teacher": {"model": cfg.model, "vae_sha256": _sha256(vae_dir / "diffusion_pytorch_model.safetensors")},
+            "teacher": {"model": cfg.model, "vae_sha256": file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")},
             "architecture": {"width": cfg.width, "blocks": list(blocks)},
             "gflop_per_image": gflop, "command": command,
-            "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "torch_threads": torch.get_num_threads()},
-            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__, "accelerate": accelerate.__version__}}
+            "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats, **provenance()}
 
 
 def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force: bool = False,
@@ -357,6 +383,10 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
     from mobilediff.loading import pack_pipeline, resolve_model
 
     validate(cfg)
+    if cfg.source.given:
+        from mobilediff.sources import check_needs
+
+        check_needs(cfg.source, "distill-decoder")
     accelerator = make_accelerator("fp32")
     process_rows(cfg.batch_size, accelerator)  # refuses a batch that does not split over the processes
     out = Path(cfg.out)
@@ -367,12 +397,11 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
     model_dir = resolve_model(cfg.model)
     levels, blocks = _levels_and_blocks(cfg, pipe.vae)
     evaluator = Evaluator.load()
-    accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
-    if accelerator.is_main_process:
-        if out.exists() and resume is None:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    if cfg.source.given:  # the user's data is read (bad data refused) before OUT changes
+        from mobilediff.train.distill import preflight_data
+
+        preflight_data(cfg.source, pipe, show=accelerator.is_main_process)
+    prepare_run_folder(out, resume, accelerator)
     data = DecoderData(cfg, pipe, model_dir, accelerator)
     vae = build_tiny(pipe.unet.config.in_channels, cfg.width, blocks, cfg.seed)
     vae.decoder.requires_grad_(True)
@@ -380,7 +409,7 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
     objective = DecoderObjective(cfg, data, vae, evaluator)
     leg = Leg(run_dir=out, desc=f"distill decoder (width {cfg.width}, blocks {','.join(map(str, blocks))})",
               steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every,
-              log_every=25, grad_clip=cfg.grad_clip, inject_nan_at_step=cfg.inject_nan_at_step)
+              log_every=25, grad_clip=cfg.grad_clip)
     seconds = run_leg(leg, objective, opt, accelerator, resume_point(out, resume))
     vae = accelerator.unwrap_model(objective.models["decoder"]).vae.requires_grad_(False).eval()
     if not accelerator.is_main_process:
@@ -388,12 +417,26 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
     latent_shape = tuple(data.latents.shape[1:])
     gflop = {"decoder": round(decoder_gflop(vae, latent_shape), 4),
              "teacher_decoder": round(decoder_gflop(pipe.vae, latent_shape), 4)}
+    held_z, held_images, held_what = None, None, f"{HELD_OUT} fresh shapes-domain samples"
+    if data.images_set is not None and len(data.images_set.validation_rows) >= 1:
+        held_images = data.images_set.images(data.images_set.validation_rows[:HELD_OUT])
+        held_what = f"{len(held_images)} held-out images"
+    elif cfg.source.given:  # prompts: latents rendered with seeds the pool never used
+        from mobilediff.sources import load_prompts
+
+        held_z, _ = _sampled_latents(cfg, pipe, model_dir, False, min(HELD_OUT, 16), load_prompts(cfg.source),
+                                     seed_offset=9)
+        held_what = f"{len(held_z)} latents rendered from the prompts with unseen seeds"
     stats = {"train_steps": cfg.max_train_steps, "train_seconds": seconds, "pool": len(data.latents),
-             "held_out_psnr_db_vs_teacher_decoder": round(held_out_psnr(vae, pipe.vae, cfg, data.data_cfg), 2),
-             "held_out_samples": HELD_OUT}
+             "held_out_psnr_db_vs_teacher_decoder": round(held_out_psnr(vae, pipe.vae, cfg, data.data_cfg, z=held_z,
+                                                                        images=held_images), 2),
+             "held_out": held_what}
     record = _record(cfg, command, pipe, vae_folder(model_dir), blocks, stats, gflop)
     with atomic_dir(out / "decoder", force=True) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
+        from mobilediff.loading import drop_load_paths
+
+        drop_load_paths(tmp)
         atomic_write_json(tmp / "decoder.json", record)
     pack_pipeline(model_dir, None, out / "model", decoder=out / "decoder", force=True)
     return out / "decoder", out / "model"

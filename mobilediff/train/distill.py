@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +46,8 @@ from mobilediff.io import atomic_dir, atomic_write_json
 from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, classifier_free_guidance,
                                         consistency_output, ddim_timesteps, guidance_embedding, lcm_solver_grid,
                                         pred_original_and_epsilon, progressive_target, skipping_step_solver)
-from mobilediff.train.loop import EMA, Leg, make_accelerator, process_rows, resume_point, run_leg
+from mobilediff.train.loop import (EMA, Leg, make_accelerator, prepare_run_folder, process_rows, provenance,
+                                   resume_point, run_leg)
 
 METHODS = ("lcm", "progressive", "slim")
 
@@ -84,7 +84,6 @@ class DistillConfig:
     # slim
     remove: str = "mid,attention-0"  # blocks removed from the teacher's UNet (mobilediff.train.slim)
     feature_weight: float = 1.0  # weight of the feature-distillation term against the output term
-    inject_nan_at_step: int | None = None  # test hook: poison the loss at this global step
     # the data: none given = the shapes domain; each method's needs: mobilediff.sources.NEEDS
     source: DataOptions = field(default_factory=DataOptions)
 
@@ -235,7 +234,8 @@ class DistillData:
         from mobilediff.data import ShapesConfig, ShapesDataset
         from mobilediff.decoder import vae_folder
         from mobilediff.loading import resolve_model
-        from mobilediff.train.base import file_sha256, latent_cache
+        from mobilediff.train.base import latent_cache
+        from mobilediff.train.loop import file_sha256
 
         self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
         sample_size = teacher.unet.config.sample_size
@@ -500,8 +500,7 @@ def train_lcm(cfg: DistillConfig, data: DistillData, scheduler, prediction_type:
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     objective = LcmObjective(cfg, data, student, target, scheduler, prediction_type)
     leg = Leg(run_dir=cfg.out, desc="distill lcm", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
-              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
-              inject_nan_at_step=cfg.inject_nan_at_step)
+              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f")
     seconds = run_leg(leg, objective, opt, data.accelerator, resume_point(cfg.out, resume))
     return (data.accelerator.unwrap_model(objective.models["student"]).eval(),
             {"train_steps": cfg.max_train_steps, "train_seconds": seconds})
@@ -584,8 +583,7 @@ def train_progressive_round(cfg: DistillConfig, data: DistillData, scheduler, pr
     leg = Leg(run_dir=cfg.out, desc=f"distill progressive {2 * n}->{n} steps", steps=K, first_step=r * K,
               lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
               grad_clip=cfg.grad_clip, elapsed_key="round_elapsed_seconds",
-              checkpoint_state={"round": r, "round_steps": n}, loss_format=".5f",
-              inject_nan_at_step=cfg.inject_nan_at_step)
+              checkpoint_state={"round": r, "round_steps": n}, loss_format=".5f")
     in_round = ckpt is not None and leg.first_step < ckpt.step <= leg.end_step
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt if in_round else None)
     return data.accelerator.unwrap_model(objective.models["student"]).eval(), {"train_steps": K, "train_seconds": seconds}
@@ -681,7 +679,7 @@ def train_slim(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
     objective = SlimObjective(cfg, data, student, teacher_unet, scheduler, prediction_type, guidance)
     leg = Leg(run_dir=cfg.out, desc=f"distill slim (remove {cfg.remove})", steps=cfg.max_train_steps,
               lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
-              grad_clip=cfg.grad_clip, loss_format=".5f", inject_nan_at_step=cfg.inject_nan_at_step)
+              grad_clip=cfg.grad_clip, loss_format=".5f")
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
     unet = data.accelerator.unwrap_model(objective.models["student"]).eval()
     return unet, {"train_steps": cfg.max_train_steps, "train_seconds": seconds}
@@ -691,23 +689,11 @@ def train_slim(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
 
 
 def _record(cfg: DistillConfig, command: str, stats: dict, **extra) -> dict:
-    import accelerate
-    import diffusers
-    import transformers
-
-    from mobilediff.loading import resolve_model
-
-    teacher_dir = resolve_model(cfg.teacher)
     if cfg.source.given:
         extra = {**extra, "data": _data_record(cfg.source)}
     return {"method": cfg.method, **extra, "command": command,
-            "teacher": str(cfg.teacher) if str(cfg.teacher) == "default" else str(teacher_dir),
-            "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "torch_threads": torch.get_num_threads(),
-                        "accelerator": "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)},
-            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__, "accelerate": accelerate.__version__}}
+            "teacher": str(cfg.teacher),  # as given (a registered name, or the user's path): no path of this machine
+            "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats, **provenance()}
 
 
 def _data_record(source: DataOptions) -> dict:
@@ -725,6 +711,9 @@ def _save_student(path: Path, teacher, teacher_dir: Path, unet, scheduler, pipel
                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     with atomic_dir(path, force=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        from mobilediff.loading import drop_load_paths
+
+        drop_load_paths(tmp)
         # keep the CLIP BPE files (vocab.json, merges.txt, licence) the apps read, also where a packed teacher
         # borrows its tokenizer from a base (shared_components.json)
         src = shared_components(teacher_dir).get("tokenizer", teacher_dir / "tokenizer")
@@ -773,12 +762,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
         guidance = slim_guidance(cfg, resolve_model(cfg.teacher))
     if cfg.source.given:  # the user's data is read (bad data refused) before OUT changes
         preflight_data(cfg.source, teacher, show=accelerator.is_main_process)
-    accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
-    if accelerator.is_main_process:
-        if out.exists() and resume is None:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
+    prepare_run_folder(out, resume, accelerator)
     prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
     # the teacher's noise schedule and prediction type; trailing spacing so that the n-step timesteps are every other
     # 2n-step one (progressive rounds) -- this is also the scheduler the progressive students sample with

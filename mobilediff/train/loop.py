@@ -40,7 +40,6 @@ class Leg:
     elapsed_key: str = "elapsed_seconds"  # state.json key of the wall time the leg has spent, over resumed sessions
     checkpoint_state: dict = field(default_factory=dict)  # further state.json entries (a progressive round's number)
     loss_format: str = ".4f"  # of the loss on the progress bar
-    inject_nan_at_step: int | None = None  # test hook: poison the loss at this global step
 
     @property
     def end_step(self) -> int:
@@ -137,6 +136,43 @@ def make_accelerator(mixed_precision: str):
     return accelerator
 
 
+def prepare_run_folder(out: Path, resume: str | None, accelerator) -> None:
+    """The run folder every training command writes into, once every process has checked its inputs: a fresh run
+    (``resume`` None; an existing OUT was refused unless --force) starts from an empty OUT, a resumed one keeps it.
+    The main process changes OUT; every process waits for it, before and after."""
+    import shutil
+
+    out = Path(out)
+    accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
+    if accelerator.is_main_process:
+        if out.exists() and resume is None:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (weights that caches and records are keyed by)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def provenance() -> dict:
+    """What a training record says about where it ran: the machine and the library versions."""
+    import platform
+
+    import accelerate
+    import diffusers
+    import transformers
+
+    return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "torch_threads": torch.get_num_threads(),
+                        "accelerator": "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)},
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "transformers": transformers.__version__, "accelerate": accelerate.__version__}}
+
+
 def main_process() -> bool:
     """Whether this is the process that writes and prints (the only one outside ``accelerate launch``)."""
     from accelerate import PartialState
@@ -228,8 +264,6 @@ def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, ac
     t0 = time.time()
     for step in range(start, leg.end_step):
         loss, fields = objective.loss(step)
-        if leg.inject_nan_at_step == step:
-            loss = loss * float("nan")
         # the mean of the processes' losses is what is logged, and a NaN on any process stops all of them here
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
         check_finite(torch.tensor(mean_loss), step, leg.run_dir)
