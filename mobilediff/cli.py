@@ -95,9 +95,9 @@ def _print_data_report(source, model: str) -> None:
 
     pipe = load_pipeline(model)
     if source.has_images:
-        side = pipe.unet.config.sample_size
-        hw = (side, side) if isinstance(side, int) else tuple(side)
-        images = load_images(source, tuple(n * pipe.vae_scale_factor for n in hw), pipe.tokenizer)
+        from mobilediff.components import image_size
+
+        images = load_images(source, image_size(pipe), pipe.tokenizer)
         click.echo(images.report.text())
     else:
         from mobilediff.sources import DataReport, caption_report
@@ -223,7 +223,7 @@ def build_emoji_data_cmd(out, tarball, force):
 
 
 @cli.command("train-evaluator")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for evaluator.safetensors + config.json.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for evaluator.safetensors + config.json. It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--steps", type=click.IntRange(min=1), default=2500, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per step.")
 @click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed of data and initialisation.")
@@ -308,23 +308,35 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
 @click.option("--lr", type=Finite(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--latent-cache", type=click.IntRange(min=1), default=8192, show_default=True, help="Shapes-domain samples encoded once with the model's VAE (and decoded once by it: the targets).")
 @click.option("--sampled-latents", type=click.IntRange(min=0), default=0, show_default=True, help="Also train on this many latents sampled once with the model's own default plan.")
-@click.option("--perceptual-weight", type=Finite(min=0), default=0.25, show_default=True, help="Weight of the evaluator-feature term against the pixel L1 + L2 (0: pixels only).")
+@click.option("--perceptual-weight", type=Finite(min=0), default=None, help="Weight of the shapes evaluator's feature term against the pixel L1 + L2 (0: pixels only). Default: 0.25 on the shapes domain, 0 on your data (the evaluator knows only shapes).")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Save a checkpoint every K steps.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of initialisation, data order and sampled latents.")
+@data_options(synthesize=True)
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, lr, latent_cache, sampled_latents,
-                        perceptual_weight, checkpoint_every, seed, resume, force):
-    """Distil a tiny decoder (AutoencoderTiny) from a model's VAE decoder, for its latents."""
+                        perceptual_weight, checkpoint_every, seed, resume, force, **data):
+    """Distil a tiny decoder (AutoencoderTiny) from a model's VAE decoder, for its latents: of the shapes domain, of
+    your images (--images / --wds), or rendered by the model from your prompts (--prompts with --synthesize N)."""
     from mobilediff.io import check_output
     from mobilediff.train.decoder import DecoderDistillConfig, distill_decoder, parse_blocks
     from mobilediff.train.loop import main_process
 
+    source, dry_run = pop_data_options(data)
+    if source.given:
+        from mobilediff.sources import check_needs
+
+        check_needs(source, "distill-decoder")
+    if dry_run:
+        _print_data_report(source, model)
+        return
     check_output(out, folder=True)
+    if perceptual_weight is None:
+        perceptual_weight = 0.0 if source.given else 0.25
     cfg = DecoderDistillConfig(model=model, out=out, width=width, blocks=parse_blocks(blocks),
                                max_train_steps=max_train_steps, batch_size=batch_size, lr=lr, latent_cache=latent_cache,
                                sampled_latents=sampled_latents, perceptual_weight=perceptual_weight,
-                               checkpoint_every=checkpoint_every, seed=seed)
+                               checkpoint_every=checkpoint_every, seed=seed, source=source)
     decoder, pipeline = distill_decoder(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process():  # once under `accelerate launch`
         click.echo(f"decoder written to {decoder}")
@@ -334,10 +346,11 @@ def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, 
 @cli.command("pack")
 @click.option("--model", required=True, help="Pipeline folder to pack (e.g. a distilled student).")
 @click.option("--base", default="default", show_default=True, help="Pipeline folder whose identical components are borrowed.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Packed pipeline folder to create.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Packed pipeline folder to create. It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
 @click.option("--decoder", type=click.Path(path_type=Path), default=None, help="A tiny decoder folder (mobilediff distill-decoder) or 'default:tiny' (the default model's) that replaces the model's VAE; refused unless it decodes the model's latents.")
-def pack_cmd(model, base, out, fp16, decoder):
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def pack_cmd(model, base, out, fp16, decoder, force):
     """Store only what a pipeline does not share with a base (students of the embedded model)."""
     from mobilediff.io import check_output
     from mobilediff.loading import pack_pipeline, resolve_model
@@ -346,7 +359,8 @@ def pack_cmd(model, base, out, fp16, decoder):
 
     from mobilediff.decoder import resolve_decoder
 
-    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16), decoder=resolve_decoder(decoder))
+    report = pack_pipeline(resolve_model(model), resolve_model(base), out, tuple(fp16), decoder=resolve_decoder(decoder),
+                           force=force)
     click.echo(f"packed {out}: " + ", ".join(f"{k} {v}" for k, v in report.items()))
 
 
@@ -387,8 +401,9 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
     from tqdm.auto import tqdm
 
     from mobilediff.io import atomic_path, check_output
-    from mobilediff.sampling import check_prompt_length, generate, image_grid, validate_generation
+    from mobilediff.sampling import check_prompt_length, check_prompts, generate, image_grid, validate_generation
 
+    check_prompts(prompts, "--prompt")
     if out.suffix.lower() != ".png":
         raise MobilediffError(f"--out must be a .png file, got {out}")
     check_output(out)
@@ -431,8 +446,8 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @cli.command("export")
 @click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
 @click.option("--target", required=True, help="coreml | onnx | executorch | all")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create (manifest.json + component files).")
-@click.option("--height", type=click.IntRange(min=1), default=None, help="Image height (default: the model's own).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create (manifest.json + component files). It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
+@click.option("--height", type=click.IntRange(min=1), default=None, help="Image height (default: the model's own, its UNet config's sample_size, an int or a [height, width] pair, times the VAE factor).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Image width (default: the model's own).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
 @click.option("--fused-steps", type=click.IntRange(1, 16), default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
@@ -440,9 +455,10 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int8-decoder|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (a mobilediff distill-decoder folder, or 'default:tiny': the default model's) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
+@click.option("--calibration-prompts", type=click.Path(path_type=Path), default=None, help="Prompts whose sampling trajectories calibrate a static int8 recipe (.txt one a line, .jsonl/.csv with a 'text' field; at most the first 64 are used). Default: 32 prompts of the shapes domain.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
-               force):
+               calibration_prompts, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     from mobilediff.exporter import export_bundle, parse_targets
     from mobilediff.io import check_output
@@ -459,6 +475,15 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
             get_recipe(t, quantize)
     from mobilediff.loading import student_record
 
+    prompts = 32
+    if calibration_prompts is not None:
+        from mobilediff.quantize import get_recipe as _recipe
+        from mobilediff.sources import DataOptions, load_prompts
+
+        if quantize is None or not any(_recipe(t, quantize).calibrated for t in parse_targets(target)):
+            raise MobilediffError("--calibration-prompts calibrates a static int8 recipe: pass --quantize with one "
+                                  "(onnx int8-static, executorch int8 / int8-decoder)")
+        prompts = load_prompts(DataOptions(prompts=calibration_prompts), warn=_warn)[:64]
     record = student_record(resolve_model(model))
     from mobilediff.decoder import resolve_decoder
 
@@ -475,13 +500,14 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
                          progress=lambda m: click.echo(f"export {m}", err=True), source=str(model),
                          quantize=quantize, calibration_sampling=record["sampling"] if record else None,
+                         calibration_prompts=prompts,
                          model_dir=resolve_model(model), decoder=decoder)
     click.echo(f"bundle written to {path}")
 
 
 @cli.command("goldens")
 @click.option("--bundle", type=click.Path(path_type=Path), required=True, help="Bundle folder (mobilediff export) to record.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: goldens.json + goldens.safetensors.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: goldens.json + goldens.safetensors. It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime that runs the bundle's graphs.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Noise seed of the recorded sampling plans.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
@@ -503,9 +529,18 @@ def goldens_cmd(bundle, out, runtime, seed, force):
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Denoising steps (with --model). Default: 50, or what a distilled student was made for.")
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler (with --model). Default: ddim, or a student's own.")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale (with --model). Default: 5.0, or a student's own.")
+@click.option("--prompts", type=click.Path(path_type=Path), default=None, help="With --model: your prompts (.txt one a line, .jsonl/.csv with a 'text' field) instead of the shapes domain's fixed set; the first --n are used (fewer if the file holds fewer).")
+@click.option("--teacher", default=None, help="With --model: teacher fidelity, PSNR and SSIM of each image against this pipeline's DDIM-50 image from the same prompt and noise (needs no weights beyond the teacher's).")
+@click.option("--clip", "clip_dir", type=click.Path(path_type=Path), default=None, help="With --model: CLIP score (100 x cosine, Hessel et al.) with the CLIP model in this local folder (transformers CLIPModel, safetensors).")
+@click.option("--fd-features", type=click.Path(path_type=Path), default=None, help="With --model: Fréchet distance in the features of this extractor: a TorchScript file (e.g. clean-fid's Inception: the standard FID) or a local vision model folder (CLIP, DINOv2).")
+@click.option("--fd-image-size", type=click.IntRange(min=8), default=None, help="Side the images are resized to for a TorchScript --fd-features (default 299, Inception's).")
+@click.option("--reference-images", type=click.Path(path_type=Path), default=None, help="The real images --fd-features compares against (any images in a folder).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON here.")
-def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
-    """Prompt accuracy, per-attribute accuracy and Fréchet distance with the shapes-domain evaluator."""
+def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, prompts, teacher, clip_dir, fd_features, fd_image_size,
+                 reference_images, out):
+    """Quality of a pipeline's images: on the shapes domain, prompt and attribute accuracy and Fréchet distance with its
+    evaluator; for any model, teacher fidelity (--teacher), CLIP score (--clip) and FD with your feature extractor
+    (--fd-features + --reference-images) on your prompts (--prompts)."""
     import json
 
     from mobilediff.evaluator import Evaluator
@@ -513,6 +548,11 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
 
     if (model is None) == (images_dir is None):
         raise MobilediffError("give exactly one of --model or --images")
+    if images_dir is not None and any(x is not None for x in (prompts, teacher, clip_dir, fd_features, reference_images)):
+        raise MobilediffError("--prompts, --teacher, --clip, --fd-features and --reference-images go with --model")
+    if (fd_features is None) != (reference_images is None):
+        raise MobilediffError("a Fréchet distance needs both --fd-features (the extractor) and --reference-images "
+                              "(the real images)")
     if out is not None:
         check_output(out)
     if images_dir is not None:
@@ -520,6 +560,13 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, out):
     else:
         pipe, plan = _model_plan(model)
         steps, sampler, guidance = _sampling_defaults(plan, steps, sampler, guidance)
+    if model is not None and (prompts is not None or any(x is not None for x in (teacher, clip_dir, fd_features))):
+        result = _evaluate_any(model, pipe, n, steps, sampler, guidance, prompts, teacher, clip_dir, fd_features,
+                               fd_image_size, reference_images)
+        click.echo(json.dumps(result, indent=2))
+        if out is not None:
+            atomic_write_json(out, result)
+        return
     evaluator = Evaluator.load()
     if model is not None:
         from tqdm.auto import tqdm
@@ -558,6 +605,70 @@ def recommend_cmd(latency_ms, min_accuracy, runtime, precision, device, table):
     rec = recommend(candidates, latency_ms=latency_ms, min_accuracy=min_accuracy, runtime=runtime,
                     precision=precision, notes=notes, source=source)
     click.echo(format_recommendation(rec))
+
+
+def _evaluate_any(model, pipe, n, steps, sampler, guidance, prompts_file, teacher, clip_dir, fd_features, fd_image_size,
+                  reference_images) -> dict:
+    """evaluate's metric set for any model (mobilediff.metrics): every weight file is loaded and every input read
+    before any image is generated."""
+    from tqdm.auto import tqdm
+
+    from mobilediff.metrics import ClipScorer, FeatureExtractor, MetricSet
+    from mobilediff.quality import NOISE_SEED, eval_scenes
+    from mobilediff.sampling import generate, image_size
+    from mobilediff.sources import DataOptions, load_prompts, load_reference_images
+
+    if prompts_file is not None:
+        prompts = load_prompts(DataOptions(prompts=prompts_file))[:n]
+    else:
+        prompts = [s.caption for s in eval_scenes(n)]
+    seeds = [NOISE_SEED + i for i in range(len(prompts))]
+    clip = ClipScorer.load(clip_dir) if clip_dir is not None else None
+    extractor = reference = None
+    if fd_features is not None:
+        extractor = FeatureExtractor.load(fd_features, image_size=fd_image_size)
+        real = load_reference_images(reference_images, image_size(pipe), warn=_warn)
+        reference = extractor.features(real)
+    teacher_pipe = None
+    if teacher is not None:
+        teacher_pipe, teacher_plan = _model_plan(teacher)
+        if image_size(teacher_pipe) != image_size(pipe):
+            raise MobilediffError(f"--teacher {teacher} makes {image_size(teacher_pipe)} images, the model "
+                                  f"{image_size(pipe)}: fidelity compares images of one size")
+    metrics = MetricSet(clip=clip, fd_features=extractor, fd_reference=reference)
+    with tqdm(total=steps * -(-len(prompts) // 64), desc=f"{sampler} {steps} steps") as bar:
+        images = generate(pipe, prompts, seeds, steps, sampler, guidance, progress=bar.update)
+    teacher_images = None
+    if teacher_pipe is not None:
+        with tqdm(total=50 * -(-len(prompts) // 64), desc="teacher ddim 50 steps") as bar:
+            teacher_images = generate(teacher_pipe, prompts, seeds, 50, "ddim", teacher_plan.guidance,
+                                      progress=bar.update)
+    result = {"model": str(model), "sampler": sampler, "steps": steps, "guidance": guidance, "n": len(prompts),
+              "prompts": str(prompts_file) if prompts_file is not None else "the shapes domain's fixed set"}
+    if teacher is not None:
+        result["teacher"] = {"model": str(teacher), "sampler": "ddim", "steps": 50, "guidance": teacher_plan.guidance}
+    if clip_dir is not None:
+        result["clip"] = str(clip_dir)
+    if fd_features is not None:
+        result["fd_features"] = {"extractor": str(fd_features), "kind": extractor.kind,
+                                 "reference_images": str(reference_images), "reference_count": len(reference)}
+    result["metrics"] = metrics.compute(images, prompts, teacher_images)
+    if teacher_images is not None and (clip is not None or extractor is not None):
+        from mobilediff.bench.bars import bar, check_ratio
+
+        teacher_metrics = metrics.compute(teacher_images, prompts)
+        result["teacher_metrics"] = teacher_metrics
+        ratios = {}
+        for key, bar_id in (("clip_score", "student_4step_clip_ratio"), ("fd", "student_4step_fd_ratio")):
+            if key in teacher_metrics and teacher_metrics[key] > 0:
+                ratio = {"ratio": result["metrics"][key] / teacher_metrics[key]}
+                if steps == 4:  # the bars are stated for 4-step students
+                    b = bar(bar_id)
+                    ratio.update(bar=bar_id, op=b.op, value=b.value,
+                                 passed=check_ratio(bar_id, result["metrics"][key], teacher_metrics[key]))
+                ratios[key] = ratio
+        result["vs_teacher"] = ratios
+    return result
 
 
 def _read_image_rows(folder: Path) -> list[tuple[Path, object]]:

@@ -159,11 +159,39 @@ def check_supported(pipe) -> None:
     check_pipeline(pipe)
 
 
-def latent_geometry(pipe, height: int | None = None, width: int | None = None) -> dict:
-    """Image and latent sizes: the pipeline's own (UNet sample size x VAE factor) unless overridden."""
+def latent_size(unet_config) -> tuple[int, int] | None:
+    """(height, width) of the latent a UNet config names as its default: ``sample_size`` in every form diffusers
+    accepts, an int (square) or a (height, width) pair (a list once read from config.json); None when unset.
+    Raises MobilediffError for any other value."""
+    size = getattr(unet_config, "sample_size", None)
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise MobilediffError(f"unsupported unet sample_size {size!r}: diffusers takes a positive int or a "
+                              f"[height, width] pair")
+    return pair
+
+
+def image_size(pipe) -> tuple[int, int]:
+    """(height, width) in pixels that ``pipe`` generates by default, as diffusers' pipelines compute it: the UNet's
+    ``sample_size`` (int or pair, see :func:`latent_size`) times the VAE factor. Raises MobilediffError when the
+    UNet config has no ``sample_size``."""
+    size = latent_size(pipe.unet.config)
+    if size is None:
+        raise MobilediffError("the UNet config has no sample_size, so the model has no default image size: "
+                              "give --height and --width")
     factor = int(pipe.vae_scale_factor)
-    default = pipe.unet.config.sample_size * factor
-    height, width = height or default, width or default
+    return size[0] * factor, size[1] * factor
+
+
+def latent_geometry(pipe, height: int | None = None, width: int | None = None) -> dict:
+    """Image and latent sizes: the pipeline's own (UNet sample size x VAE factor, :func:`image_size`) unless
+    overridden."""
+    factor = int(pipe.vae_scale_factor)
+    if height is None or width is None:
+        default_height, default_width = image_size(pipe)
+        height, width = height or default_height, width or default_width
     multiple = factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)  # every UNet downsampling must divide
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise MobilediffError(f"--height/--width must be positive multiples of {multiple} for this model, got {height}x{width}")

@@ -256,14 +256,26 @@ def train_evaluator(out: Path, steps: int = 2500, batch_size: int = 64, lr: floa
                     cfg: EvaluatorConfig = EvaluatorConfig(), eval_samples: int = 4096, progress: bool = True,
                     force: bool = False) -> dict:
     """Train the evaluator on fresh ground-truth samples and write it (safetensors + config.json) to the folder
-    ``out``, all or nothing. Raises MobilediffError if ``out`` exists and ``force`` is false (before training)."""
-    from tqdm.auto import tqdm
-
+    ``out``, all or nothing (:func:`mobilediff.io.atomic_dir`). Raises MobilediffError, before training, if ``out``
+    exists and ``force`` is false or another process is writing it; after, if it appeared meanwhile (never replaced
+    without ``force``) or cannot be written."""
     from mobilediff.io import atomic_dir
 
     out = Path(out)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
+    # OUT is claimed before training, not after it: a second writer of OUT fails now (mobilediff.io)
+    with atomic_dir(out, force=force) as tmp:
+        net, metrics = _fit(steps, batch_size, lr, seed, cfg, eval_samples, progress)
+        save_tensors(net.state_dict(), tmp / "evaluator.safetensors")
+        atomic_write_json(tmp / "config.json", {"architecture": asdict(cfg), "metrics": metrics})
+    return metrics
+
+
+def _fit(steps: int, batch_size: int, lr: float, seed: int, cfg: EvaluatorConfig, eval_samples: int,
+         progress: bool) -> tuple["EvaluatorNet", dict]:
+    """Train an evaluator (see :func:`train_evaluator`); return it and its metrics."""
+    from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
     net = EvaluatorNet(cfg)
@@ -289,7 +301,4 @@ def train_evaluator(out: Path, steps: int = 2500, batch_size: int = 64, lr: floa
     a, b = ev.predict(images[: eval_samples // 2]).feature, ev.predict(images[eval_samples // 2:]).feature
     metrics = {"clean": clean.to_dict(), "degraded": degraded.to_dict(),
                "fd_real_vs_real_2048": frechet_distance(a, b), "train_steps": steps, "batch_size": batch_size}
-    with atomic_dir(out, force=force) as tmp:
-        save_tensors(net.state_dict(), tmp / "evaluator.safetensors")
-        atomic_write_json(tmp / "config.json", {"architecture": asdict(cfg), "metrics": metrics})
-    return metrics
+    return net, metrics

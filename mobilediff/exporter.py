@@ -204,7 +204,7 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_sampling: dict | None = None,
-                  calibration_prompts: int = 32, calibration_rows: int = 64, model_dir: Path | None = None,
+                  calibration_prompts: int | list[str] = 32, calibration_rows: int = 64, model_dir: Path | None = None,
                   decoder: Path | None = None) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring.
 
@@ -239,16 +239,19 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
     # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
     specs = declare(pipe, geometry, cfg_batch=1 if guidance <= 1.0 else None)
     say = progress or (lambda msg: None)
-    calibration = None
-    if any(r.calibrated for r in recipes.values()):
-        from mobilediff.calibration import calibration_prompts as prompts_for, record_calibration
-
-        smp = {"sampler": "ddim", "steps": 8, "guidance": guidance, **(calibration_sampling or {})}
-        say(f"calibration: {calibration_prompts} prompts, {smp['sampler']} {smp['steps']} steps, guidance "
-            f"{smp['guidance']}, at most {calibration_rows} rows per component")
-        calibration = record_calibration(pipe, prompts_for(calibration_prompts), smp["steps"], smp["sampler"],
-                                         smp["guidance"], max_rows=calibration_rows)
+    # OUT is claimed before the work, not after it: a second writer of OUT fails now (mobilediff.io)
     with atomic_dir(out, force=force) as tmp:
+        calibration = None
+        if any(r.calibrated for r in recipes.values()):
+            from mobilediff.calibration import calibration_prompts as prompts_for, record_calibration
+
+            smp = {"sampler": "ddim", "steps": 8, "guidance": guidance, **(calibration_sampling or {})}
+            # the user's prompts (export --calibration-prompts FILE), or that many of the shapes domain's
+            prompts = calibration_prompts if isinstance(calibration_prompts, list) else prompts_for(calibration_prompts)
+            say(f"calibration: {len(prompts)} prompts, {smp['sampler']} {smp['steps']} steps, guidance "
+                f"{smp['guidance']}, at most {calibration_rows} rows per component")
+            calibration = record_calibration(pipe, prompts, smp["steps"], smp["sampler"], smp["guidance"],
+                                             max_rows=calibration_rows)
         components: dict[str, dict] = {}
         for name, spec in specs.items():
             files = []

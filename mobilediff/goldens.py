@@ -61,17 +61,29 @@ class _Recorder:
 def write_goldens(bundle: Path, out: Path, runtime: str = "onnx", seed: int = 0, force: bool = False,
                   progress=None) -> Path:
     """Record the goldens of ``bundle`` on ``runtime`` into the folder ``out`` (written atomically); returns it.
-    ``seed`` is the noise seed of the recorded plans. Raises MobilediffError on a bad bundle or an existing ``out``."""
-    from mobilediff.data import to_uint8
+    ``seed`` is the noise seed of the recorded plans. Raises MobilediffError on a bad bundle, an existing ``out``
+    (without ``force``) or one another process is writing, before recording; on one that appeared meanwhile or
+    cannot be written, after (:func:`mobilediff.io.atomic_dir`)."""
     from mobilediff.runtimes import BundleRunner
 
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
-    say = progress or (lambda msg: None)
-    tensors: dict[str, torch.Tensor] = {}
     runner = BundleRunner(bundle, runtime)
+    # OUT is claimed before the recording, not after it: a second writer of OUT fails now (mobilediff.io)
+    with atomic_dir(out, force=force) as tmp:
+        tensors, index = _record(bundle, manifest, runner, runtime, seed, progress or (lambda msg: None))
+        save_tensors(tensors, tmp / "goldens.safetensors")
+        atomic_write_json(tmp / "goldens.json", index)
+    return out
+
+
+def _record(bundle: Path, manifest, runner, runtime: str, seed: int, say) -> tuple[dict[str, torch.Tensor], dict]:
+    """(every recorded tensor by key, the goldens.json index) of ``bundle`` run by ``runner``."""
+    from mobilediff.data import to_uint8
+
+    tensors: dict[str, torch.Tensor] = {}
     tok = runner.tokenizer
     length = manifest.tokenizer.max_length
     index = {"format": FORMAT, "format_version": FORMAT_VERSION, "bundle_manifest_sha256": sha256_path(bundle / MANIFEST),
@@ -115,7 +127,4 @@ def write_goldens(bundle: Path, out: Path, runtime: str = "onnx", seed: int = 0,
         tensors[f"plan{p}/image"] = torch.from_numpy(to_uint8(image)[0])
         entry["decoded"], entry["image"] = f"plan{p}/decoded", f"plan{p}/image"
         index["plans"].append(entry)
-    with atomic_dir(out, force=force) as tmp:
-        save_tensors(tensors, tmp / "goldens.safetensors")
-        atomic_write_json(tmp / "goldens.json", index)
-    return out
+    return tensors, index

@@ -37,18 +37,35 @@ DEFAULT_COMPONENTS = ("text_encoder", "unet")
 DEFAULT_KEEP_FLOAT = ("unet.conv_in", "unet.conv_out", "unet.time_proj")
 
 
+# what a recipe does, whatever its target; each target maps a kind to its own quantizer
+STATIC_INT8 = "static-int8"  # int8 weights and activations, activation ranges calibrated on sampling trajectories
+DYNAMIC_INT8 = "dynamic-int8"  # int8 activations quantized at run time; weights int8 (or int4: options weight_bits)
+WEIGHT_ONLY = "weight-only"  # compressed weights (palettized or linear), float compute
+FLOAT = "float"  # a lower float precision (fp16), no integer arithmetic
+KINDS = (STATIC_INT8, DYNAMIC_INT8, WEIGHT_ONLY, FLOAT)
+
+
 @dataclass(frozen=True)
 class Recipe:
     target: str
     name: str
     description: str
-    calibrated: bool = False
+    kind: str  # one of KINDS: how the target quantizes (its quantizer is chosen by this, never by the name)
     components: tuple[str, ...] = DEFAULT_COMPONENTS
     keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT
     options: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise MobilediffError(f"recipe {self.name!r}: unknown kind {self.kind!r}; one of {', '.join(KINDS)}")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether export records calibration inputs for it (static int8 only)."""
+        return self.kind == STATIC_INT8
+
     def to_dict(self) -> dict:
-        return {"target": self.target, "name": self.name, "description": self.description,
+        return {"target": self.target, "name": self.name, "description": self.description, "kind": self.kind,
                 "calibrated": self.calibrated, "components": list(self.components),
                 "keep_float": list(self.keep_float), "options": dict(self.options)}
 
@@ -56,25 +73,28 @@ class Recipe:
 RECIPES: dict[str, dict[str, Recipe]] = {
     "onnx": {
         "int8-static": Recipe("onnx", "int8-static", "QDQ int8: per-channel symmetric int8 weights, uint8 activations "
-                              "calibrated (MinMax) on sampling trajectories", calibrated=True),
-        "int8-dynamic": Recipe("onnx", "int8-dynamic", "int8 per-channel weights, activations quantized at run time"),
-        "fp16": Recipe("onnx", "fp16", "float16 weights and compute, float32 I/O", keep_float=()),
+                              "calibrated (MinMax) on sampling trajectories", STATIC_INT8),
+        "int8-dynamic": Recipe("onnx", "int8-dynamic", "int8 per-channel weights, activations quantized at run time",
+                               DYNAMIC_INT8),
+        "fp16": Recipe("onnx", "fp16", "float16 weights and compute, float32 I/O", FLOAT, keep_float=()),
     },
     "executorch": {
         "int8": Recipe("executorch", "int8", "PT2E static int8 (XNNPACKQuantizer, per-channel symmetric weights), "
-                       "calibrated on sampling trajectories", calibrated=True),
+                       "calibrated on sampling trajectories", STATIC_INT8),
         "int8-decoder": Recipe("executorch", "int8-decoder", "int8 as above, the VAE decoder too (for a tiny decoder, "
-                               "whose float convolutions are a third of a slim student's image)", calibrated=True,
+                               "whose float convolutions are a third of a slim student's image)", STATIC_INT8,
                                components=DEFAULT_COMPONENTS + ("vae_decoder",)),
         "int4-weights": Recipe("executorch", "int4-weights", "4-bit grouped Linear weights, int8 dynamic activations "
-                               "(XNNPACK 8da4w); convolutions float", options={"group_size": 32}),
+                               "(XNNPACK 8da4w); convolutions float", DYNAMIC_INT8,
+                               options={"weight_bits": 4, "group_size": 32}),
     },
     "coreml": {
-        **{f"palettize{b}": Recipe("coreml", f"palettize{b}", f"{b}-bit k-means weight palettization",
-                                   options={"nbits": b}) for b in (4, 6, 8)},
-        "int8-weights": Recipe("coreml", "int8-weights", "linear symmetric int8 per-channel weights"),
+        **{f"palettize{b}": Recipe("coreml", f"palettize{b}", f"{b}-bit k-means weight palettization", WEIGHT_ONLY,
+                                   options={"method": "palettize", "nbits": b}) for b in (4, 6, 8)},
+        "int8-weights": Recipe("coreml", "int8-weights", "linear symmetric int8 per-channel weights", WEIGHT_ONLY,
+                               options={"method": "linear"}),
         "mixed": Recipe("coreml", "mixed", "6-bit palettization of weights >= 16k elements, int8 linear below",
-                        options={"nbits": 6, "large": 16384}),
+                        WEIGHT_ONLY, options={"method": "mixed", "nbits": 6, "large": 16384}),
     },
 }
 

@@ -84,6 +84,9 @@ class BundleRunner:
         noise comes from torch.Generator().manual_seed(seed) as in :func:`mobilediff.sampling.generate`, so the two
         agree image for image. ``trace(kind, tensor)`` sees "noise", every "fresh_noise" draw and the "latent" after
         every step (mobilediff.goldens records them)."""
+        from mobilediff.sampling import check_prompt
+
+        check_prompt(prompt)
         trace = trace or (lambda kind, tensor: None)
         plan = self.manifest.plan
         table = self.manifest.sampler_table(sampler or plan.sampler, steps or plan.steps)

@@ -12,8 +12,45 @@ from typing import Callable
 
 import torch
 
+from mobilediff.components import image_size
 from mobilediff.errors import MobilediffError
 from mobilediff.samplers import SAMPLERS, make_scheduler  # noqa: F401 (re-exported: samplers are looked up here too)
+
+
+# control characters a prompt may hold: CLIP's tokenizer reads them as spaces (the goldens' tokenizer rows pin that)
+PROMPT_CONTROLS = "\t\n\r"
+
+
+def check_prompt(prompt: str, label: str = "prompt") -> None:
+    """Refuse a prompt that is not valid UTF-8 text, in one line naming ``label`` and the first bad byte or character.
+
+    A command line's undecodable bytes reach Python as surrogate escapes ('\\udcff' for the byte 0xff): they are
+    refused, never replaced (a replaced prompt would silently be another prompt). Control characters other than
+    tab, newline and carriage return (which the tokenizer reads as spaces) are refused too: an escape sequence or a
+    NUL pasted into a prompt is a mistake, and stripping it would be a silent edit. Raises MobilediffError."""
+    import unicodedata
+
+    if not isinstance(prompt, str):
+        raise MobilediffError(f"{label} must be text, got {type(prompt).__name__}")
+    try:
+        raw = prompt.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as e:  # a surrogate that stands for no byte (from code, not from a command line)
+        at = len(prompt[:e.start].encode("utf-8", "surrogateescape"))
+        raise MobilediffError(f"{label} is not valid UTF-8 (character U+{ord(prompt[e.start]):04X} at {at})") from None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MobilediffError(f"{label} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at {e.start})") from None
+    for i, ch in enumerate(prompt):
+        if ch not in PROMPT_CONTROLS and unicodedata.category(ch) == "Cc":
+            raise MobilediffError(f"{label} has a control character (U+{ord(ch):04X} at character {i}): only tab, "
+                                  f"newline and carriage return are allowed")
+
+
+def check_prompts(prompts, option: str = "prompt") -> None:
+    """:func:`check_prompt` on each prompt, named ``option`` and its position from 1 ("--prompt 2")."""
+    for i, p in enumerate(prompts, 1):
+        check_prompt(p, f"{option} {i}")
 
 
 def check_prompt_length(tokenizer, prompt: str, warn: Callable[[str], None]) -> None:
@@ -32,6 +69,7 @@ def validate_generation(steps: int, guidance: float, prompts: list[str], seeds: 
         raise MobilediffError(f"guidance must be a finite number >= 0, got {guidance}")
     if not prompts or not seeds:
         raise MobilediffError("need at least one prompt and one seed")
+    check_prompts(prompts)
 
 
 def text_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
@@ -58,7 +96,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
         raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     validate_generation(steps, guidance, prompts, seeds)
     pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    height, width = image_size(pipe)  # the UNet's sample_size, an int or a (height, width) pair
     out = []
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
@@ -74,7 +112,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
         uncond = text_embeddings(pipe, [""] * len(batch)) if guidance > 1 and not pipe.unet.config.time_cond_proj_dim \
             else None
         images = pipe(prompt_embeds=embeds, negative_prompt_embeds=uncond, num_inference_steps=steps,
-                      guidance_scale=guidance, generator=gens, height=size, width=size,
+                      guidance_scale=guidance, generator=gens, height=height, width=width,
                       output_type="latent" if latents_only else "pt",
                       callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1], or (B, C, h, w) latents
         out.append(images.float() if latents_only else images.float() * 2 - 1)

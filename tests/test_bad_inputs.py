@@ -343,6 +343,16 @@ CASES = [
          "'--guidance': nan is not a finite number"),
     Case("generate-guidance-negative", gen("--model", P("p"), "--guidance", "-1", "--out", P("x.png")), pipe_copy,
          "'--guidance'"),
+    # a prompt as a shell passes undecodable bytes: Python holds byte 0xff as the surrogate escape '\udcff'
+    Case("generate-prompt-invalid-utf8", gen("--model", P("p"), "--prompt", "abc\udcff", "--out", P("x.png")),
+         pipe_copy, "--prompt 2 is not valid UTF-8 (byte 0xff at 3)"),
+    Case("generate-prompt-truncated-utf8-bundle", gen("--bundle", P("b"), "--prompt", "caf\udcc3", "--out",
+                                                      P("x.png")), bundle_copy, "--prompt 2 is not valid UTF-8 (byte 0xc3 at 3)"),
+    Case("generate-prompt-control-character", gen("--model", P("p"), "--prompt", "red\x1b[0m", "--out", P("x.png")),
+         pipe_copy, "--prompt 2 has a control character (U+001B at character 3): only tab, newline and carriage "
+                    "return are allowed"),
+    Case("generate-prompt-nul-bundle", gen("--bundle", P("b"), "--prompt", "a\x00b", "--out", P("x.png")), bundle_copy,
+         "--prompt 2 has a control character (U+0000 at character 1)"),
     Case("generate-steps-zero", gen("--steps", "0", "--out", P("x.png")), None, "'--steps'"),
     Case("generate-seed-negative", gen("--seed", "-1", "--out", P("x.png")), None, "'--seed'"),
     Case("generate-seed-too-large", gen("--seed", str(2**64), "--out", P("x.png")), None, "'--seed'"),
@@ -576,6 +586,13 @@ CASES = [
     Case("pack-decoder-no-record", with_decoder("pack"), lambda c: decoder_folder(c, record=False),
          "decoder {t}/dec has no record of the latents it decodes"),
     Case("pack-decoder-missing", with_decoder("pack"), None, "decoder folder not found: {t}/dec"),
+    # the emoji data builder checks the package it is given against the pinned sha512 before reading it
+    Case("build-emoji-data-wrong-tarball", lambda c: ["mobilediff", "build-emoji-data", "--tarball", str(c.t / "x.tgz"),
+                                                      "--out", str(c.t / "e")],
+         lambda c: (c.t / "x.tgz").write_bytes(b"not the package"), "is not the pinned emoji-datasource-google@16.0.0"),
+    Case("build-emoji-data-missing-tarball", lambda c: ["mobilediff", "build-emoji-data", "--tarball",
+                                                        str(c.t / "none.tgz"), "--out", str(c.t / "e")], None,
+         "does not exist"),
     Case("export-decoder-other-upsampling", with_decoder("export"), lambda c: decoder_folder(c, vae_scale_factor=4),
          "{t}/dec upsamples latents 4x; the model's VAE 2x"),
     Case("export-decoder-not-tiny", lambda c: ["mobilediff", "export", "--model", str(c.w.pipe), "--decoder",
@@ -797,7 +814,7 @@ def test_the_table_covers_every_command_and_benchmark():
 
     commands = {c.argv(Ctx(Path("/t"), World(Path("/p"), Path("/b"))))[1] for c in CASES
                 if c.name.split("-")[0] in ("generate", "export", "goldens", "evaluate", "train", "distill", "pack",
-                                                 "recommend")}
+                                                 "recommend", "build")}
     scripts = {c.name.split("-")[0] for c in CASES}
     assert set(cli.commands) <= commands
     assert {p.stem for p in (REPO / "benchmarks").glob("*.py")} <= scripts
@@ -825,3 +842,54 @@ def test_a_long_prompt_warning_stays_one_short_line(world, tmp_path, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and len(warnings[0]) <= 220 and warnings[0].endswith("…"), warnings
     assert (tmp_path / "x.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------------------ prompts
+def test_a_prompt_of_bytes_a_shell_passes_is_refused_on_both_paths(world, tmp_path, capsys):
+    """What `mobilediff generate --prompt $'abc\\xff'` hands Python (sys.argv of a real process), given to the CLI:
+    refused in one line naming the prompt and the byte, from a pipeline and from a bundle; nothing written."""
+    import ast
+
+    from conftest import run_cli_here
+
+    p = subprocess.run([sys.executable, "-c", "import sys; print(ascii(sys.argv[1:]))", b"a red circle", b"abc\xff"],
+                       capture_output=True, text=True, check=True)
+    prompts = ast.literal_eval(p.stdout)  # a list literal of two strings, printed by ascii()
+    assert prompts == ["a red circle", "abc\udcff"]
+    for source in (["--model", world.pipe], ["--bundle", world.bundle]):
+        code, out, err = run_cli_here(capsys, "generate", *source, "--prompt", prompts[0], "--prompt", prompts[1],
+                                      "--out", tmp_path / "x.png")
+        check_refusal(code, out, err, "error: --prompt 2 is not valid UTF-8 (byte 0xff at 3)")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tabs_and_newlines_in_a_prompt_are_spaces(world, tmp_path, capsys):
+    """The control characters a prompt may hold are the tokenizer's whitespace: the same image as with spaces."""
+    from conftest import run_cli_here
+
+    for name, prompt in (("spaces", "a red circle at the top"), ("controls", "a red\tcircle\r\nat the top\n")):
+        code, _, err = run_cli_here(capsys, "generate", "--model", world.pipe, "--prompt", prompt, "--steps", "1",
+                                    "--out", tmp_path / f"{name}.png")
+        assert code == 0, err
+    assert (tmp_path / "spaces.png").read_bytes() == (tmp_path / "controls.png").read_bytes()
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ("abc\udcff", "prompt is not valid UTF-8 (byte 0xff at 3)"),
+    ("é\udce9", "prompt is not valid UTF-8 (byte 0xe9 at 2)"),  # after a 2-byte character: a byte offset
+    ("x\ud800", "prompt is not valid UTF-8 (character U+D800 at 1)"),  # a surrogate no byte stands for
+    ("a\x7fb", "prompt has a control character (U+007F at character 1)"),
+    ("a\x85b", "prompt has a control character (U+0085 at character 1)"),
+])
+def test_the_library_refuses_the_same_prompts(prompt, message):
+    """generate() and BundleRunner.generate() check their prompts too (mobilediff.sampling.check_prompt)."""
+    from mobilediff.errors import MobilediffError
+    from mobilediff.sampling import check_prompt, validate_generation
+
+    with pytest.raises(MobilediffError) as e:
+        check_prompt(prompt)
+    assert str(e.value).startswith(message)
+    with pytest.raises(MobilediffError, match="prompt 2 "):
+        validate_generation(1, 1.0, ["ok", prompt], [0])
+    for fine in ("café 😀 naïve", "tab\there", "line\nbreak\r\n", ""):
+        check_prompt(fine)

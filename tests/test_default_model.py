@@ -1,7 +1,6 @@
 """The embedded default model: structure, size budget, and a quality regression guard."""
 import json
 
-import pytest
 
 from mobilediff.loading import DEFAULT_MODEL_DIR, load_pipeline
 

@@ -12,7 +12,6 @@ import math
 from contextlib import nullcontext
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from mobilediff.train.diffusion import (boundary_scalings, consistency_output, guidance_embedding, lcm_solver_grid,

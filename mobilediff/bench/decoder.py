@@ -89,8 +89,10 @@ def measure(cfg: DecoderBenchConfig, command: str) -> dict:
     real = evaluator.real_features(eval_scenes(cfg.n))
     rows = sweep(points, evaluator, cfg.n, real, "decoder quality (UNet calls per batch)")
     pipe, tiny = next(iter(pipes.values()))
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-    image_size = shape[1] * int(pipe.vae_scale_factor)
+    from mobilediff.components import latent_size
+
+    shape = (pipe.unet.config.in_channels, *latent_size(pipe.unet.config))  # (c, h, w): sample_size int or pair
+    image_size = shape[1] * int(pipe.vae_scale_factor) if shape[1] == shape[2] else [n * int(pipe.vae_scale_factor) for n in shape[1:]]
     decoders = [
         {"decoder": "vae", "class": type(pipe.vae).__name__, "params": _params(pipe.vae.decoder) +
          _params(pipe.vae.post_quant_conv), "gflop_per_image": decoder_gflop(pipe.vae, shape), "psnr_db": None},

@@ -59,6 +59,7 @@ def resolve_eager_reference(b: BundleInfo, given: str) -> None:
 def load_eager_pipelines(bundles: list[BundleInfo]) -> dict:
     """The eager reference pipeline of every bundle that has one, loaded before any measurement so that one that
     cannot run at its bundle's size fails first. Returns {reference folder: pipeline}."""
+    from mobilediff.components import image_size
     from mobilediff.loading import load_pipeline
 
     pipes = {}
@@ -67,10 +68,10 @@ def load_eager_pipelines(bundles: list[BundleInfo]) -> dict:
             continue
         pipe = pipes.get(str(b.eager_dir)) or load_pipeline(b.eager_dir)
         geo = b.manifest.geometry
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # what mobilediff.sampling.generate makes
-        if (geo.height, geo.width) != (size, size):
+        height, width = image_size(pipe)  # what mobilediff.sampling.generate makes
+        if (geo.height, geo.width) != (height, width):
             raise MobilediffError(f"bundle {b.name} was exported at {geo.height}x{geo.width} but its source model "
-                                  f"generates {size}x{size}; the eager reference cannot run at the bundle's size "
+                                  f"generates {height}x{width}; the eager reference cannot run at the bundle's size "
                                   f"(leave eager out of --runtimes, or pass --source none for this bundle)")
         pipes[str(b.eager_dir)] = pipe
     return pipes

@@ -83,7 +83,7 @@ def build_emoji_folder(out: Path, tarball: Path | None = None, force: bool = Fal
     with tempfile.TemporaryDirectory() as work:
         tarball = Path(tarball) if tarball is not None else fetch_package(Path(work))
         if not tarball.is_file():
-            raise MobilediffError(f"{tarball} does not exist")
+            raise MobilediffError(f"--tarball {tarball} does not exist")
         check_integrity(tarball)
         with tarfile.open(tarball, "r:gz") as tar:
             emoji = json.load(tar.extractfile("package/emoji.json"))

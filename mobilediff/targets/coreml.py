@@ -231,19 +231,22 @@ def load(path: Path, io, threads: int | None = None):
 def _config(recipe):
     import coremltools.optimize.coreml as cto
 
-    if recipe.name.startswith("palettize"):
+    if recipe.options["method"] == "palettize":
         return cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=recipe.options["nbits"], mode="kmeans"))
-    if recipe.name == "int8-weights":
-        return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
-                                                                                dtype="int8", granularity="per_channel"))
-    raise MobilediffError(f"unknown coreml recipe {recipe.name}")
+    return cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric",
+                                                                            dtype="int8", granularity="per_channel"))
 
 
 def _compress(mlmodel, recipe):
-    """Compress a converted Core ML model's weights with ``recipe``; returns (model, facts)."""
+    """Compress a converted Core ML model's weights with ``recipe`` (weight-only kinds: Core ML computes in float);
+    returns (model, facts)."""
     import coremltools.optimize.coreml as cto
 
-    if recipe.name == "mixed":
+    from mobilediff.quantize import WEIGHT_ONLY
+
+    if recipe.kind != WEIGHT_ONLY:
+        raise MobilediffError(f"coreml has no quantizer for {recipe.kind} recipes ({recipe.name})")
+    if recipe.options["method"] == "mixed":
         big = recipe.options["large"]
         pal = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(nbits=recipe.options["nbits"], mode="kmeans",
                                                                           weight_threshold=big))
@@ -252,7 +255,7 @@ def _compress(mlmodel, recipe):
                                                                               weight_threshold=2048))
         return cto.linear_quantize_weights(mlmodel, lin), {"large_weight_threshold": big}
     cfg = _config(recipe)
-    if recipe.name.startswith("palettize"):
+    if recipe.options["method"] == "palettize":
         return cto.palettize_weights(mlmodel, cfg), {}
     return cto.linear_quantize_weights(mlmodel, cfg), {}
 

@@ -169,7 +169,9 @@ def _quantized_module(spec, recipe, calibration):
 
     inputs = spec.example_inputs()
     keep = kept_modules(recipe, spec.name)
-    if recipe.name in ("int8", "int8-decoder"):  # static int8; they differ in the components quantized
+    from mobilediff.quantize import DYNAMIC_INT8, STATIC_INT8
+
+    if recipe.kind == STATIC_INT8:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                              get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -187,19 +189,19 @@ def _quantized_module(spec, recipe, calibration):
             for row in rows:
                 prepared(*row)
             return convert_pt2e(prepared), {"calibration_batches": len(rows)}
-    if recipe.name == "int4-weights":
+    if recipe.kind == DYNAMIC_INT8:  # int8 dynamic activations, grouped intN Linear weights (XNNPACK 8daNw)
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
         from torchao.quantization.granularity import PerGroup
 
         module = copy.deepcopy(spec.module)
-        group = recipe.options["group_size"]
+        group, bits = recipe.options["group_size"], recipe.options["weight_bits"]
 
         def eligible(m, fqn):
             return (isinstance(m, torch.nn.Linear) and m.in_features % group == 0
                     and not any(fqn == k or fqn.startswith(k + ".") for k in keep))
 
-        quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+        quantize_(module, Int8DynamicActivationIntxWeightConfig(weight_dtype=getattr(torch, f"int{bits}"),
                                                                 weight_granularity=PerGroup(group)), filter_fn=eligible)
         n = sum(1 for fqn, m in spec.module.named_modules() if eligible(m, fqn))
-        return module, {"linear_layers_4bit": n}
-    raise MobilediffError(f"unknown executorch recipe {recipe.name}")
+        return module, {f"linear_layers_{bits}bit": n}
+    raise MobilediffError(f"executorch has no quantizer for {recipe.kind} recipes ({recipe.name})")

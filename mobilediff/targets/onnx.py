@@ -240,7 +240,9 @@ def _activation_matmuls(path: Path) -> list[str]:
 def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
     """Export ``spec`` to ``path`` with ``recipe`` (onnxruntime's quantization tool on the fp32 graph, or the fp16
     export for the ``fp16`` recipe); returns the export facts, with ``quantization`` facts."""
-    if recipe.name == "fp16":
+    from mobilediff.quantize import FLOAT
+
+    if recipe.kind == FLOAT:
         return export(spec, path, "fp16")
     # refused before the export: onnxruntime.quantization would read the whole model through protobuf (2 GiB)
     if weight_bytes(spec.module, "fp32") >= EXTERNAL_DATA_MIN_BYTES:
@@ -258,7 +260,7 @@ def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from mobilediff.quantize import kept_modules
+    from mobilediff.quantize import DYNAMIC_INT8, STATIC_INT8, kept_modules
 
     keep = _onnx_float_nodes(path, kept_modules(recipe, spec.name))
     with tempfile.TemporaryDirectory(dir=path.parent) as td:
@@ -267,7 +269,7 @@ def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
         activation_products = _activation_matmuls(pre)
         keep = keep + [n for n in activation_products if n not in keep]
         out = Path(td) / "q.onnx"
-        if recipe.name == "int8-static":
+        if recipe.kind == STATIC_INT8:
             rows = calibration.batches(spec.name)
             quantize_static(str(pre), str(out), _Reader([s.name for s in spec.inputs], rows),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
@@ -275,11 +277,11 @@ def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
                             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
             facts = {"calibration_rows": len(rows)}
-        elif recipe.name == "int8-dynamic":
+        elif recipe.kind == DYNAMIC_INT8:
             quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8,
                              op_types_to_quantize=QUANT_OPS, nodes_to_exclude=keep)
             facts = {}
         else:
-            raise MobilediffError(f"unknown onnx recipe {recipe.name}")
+            raise MobilediffError(f"onnx has no quantizer for {recipe.kind} recipes ({recipe.name})")
         shutil.move(str(out), str(path))
     return {**facts, "nodes_kept_float": keep, "activation_matmuls_kept_float": len(activation_products)}

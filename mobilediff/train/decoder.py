@@ -356,12 +356,14 @@ def held_out_psnr(vae, teacher_vae, cfg: DecoderDistillConfig, data_cfg, n: int 
 def _record(cfg: DecoderDistillConfig, command: str, pipe, vae_dir: Path, blocks, stats: dict, gflop: dict) -> dict:
     from mobilediff.decoder import KIND
 
-    shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
+    from mobilediff.components import latent_size
+
+    shape = (pipe.unet.config.in_channels, *latent_size(pipe.unet.config))  # (c, h, w): sample_size int or pair
     return {"kind": KIND,
             "latent": {"latent_channels": shape[0], "vae_scale_factor": int(pipe.vae_scale_factor),
                        "scaling_factor": float(pipe.vae.config.scaling_factor),
                        "shift_factor": float(getattr(pipe.vae.config, "shift_factor", 0.0) or 0.0)},
-            "latent_shape": list(shape), "image_size": shape[1] * int(pipe.vae_scale_factor),
+            "latent_shape": list(shape), "image_size": [n * int(pipe.vae_scale_factor) for n in shape[1:]] if shape[1] != shape[2] else shape[1] * int(pipe.vae_scale_factor),
             "note": "decodes the sampler's latent z as it is (scaling_factor 1); the teacher VAE decodes "
                     "z / latent.scaling_factor. The encoder is untrained (zero weights).",
             "teacher": {"model": cfg.model, "vae_sha256": file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")},

@@ -234,14 +234,14 @@ class DistillData:
         from mobilediff.data import ShapesConfig, ShapesDataset
         from mobilediff.decoder import vae_folder
         from mobilediff.loading import resolve_model
+        from mobilediff.components import latent_size
         from mobilediff.train.base import latent_cache
         from mobilediff.train.loop import file_sha256
 
         self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
-        sample_size = teacher.unet.config.sample_size
-        self.latent_hw = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        self.latent_hw = latent_size(teacher.unet.config)
         self.latent_channels = teacher.unet.config.in_channels
-        size = tuple(n * teacher.vae_scale_factor for n in self.latent_hw)
+        size = teacher_image_size(teacher)
         vae_dir = vae_folder(resolve_model(cfg.teacher))  # a packed teacher borrows its VAE from its base
         vae_sha256 = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
         source, show = cfg.source, accelerator.is_main_process
@@ -307,8 +307,9 @@ class DistillData:
 
 def teacher_image_size(teacher) -> tuple[int, int]:
     """(H, W) of the teacher's images: its UNet's sample size (an int or a pair) times the VAE's downsampling."""
-    side = teacher.unet.config.sample_size
-    return tuple(n * teacher.vae_scale_factor for n in ((side, side) if isinstance(side, int) else side))
+    from mobilediff.components import image_size
+
+    return image_size(teacher)
 
 
 def preflight_data(source: DataOptions, teacher, show: bool) -> None:
