@@ -675,9 +675,8 @@ def _read_image_rows(folder: Path) -> list[tuple[Path, object]]:
     """(image path, scene) for each line of ``folder``/metadata.jsonl ({"file_name": ..., "text": caption}), each line
     and caption checked; the images themselves are opened when scored. Raises MobilediffError naming the file and
     line."""
-    import json
-
     from mobilediff.evaluator import parse_caption
+    from mobilediff.sources.files import read_jsonl
 
     if not folder.is_dir():
         raise MobilediffError(f"--images {folder}: not a folder")
@@ -685,19 +684,11 @@ def _read_image_rows(folder: Path) -> list[tuple[Path, object]]:
     if not meta.is_file():
         raise MobilediffError(f"{meta} not found (one JSON line per image: file_name, text)")
     try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
+        text = meta.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise MobilediffError(f"{meta} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MobilediffError(f"{meta} line {i}: not JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(r, dict):
-            raise MobilediffError(f"{meta} line {i}: expected an object with file_name and text, got {type(r).__name__}")
+    for i, r in read_jsonl(text, str(meta)):
         for key in ("file_name", "text"):
             if not isinstance(r.get(key), str) or not r[key]:
                 raise MobilediffError(f"{meta} line {i}: {key!r} missing or not a non-empty string")

@@ -95,6 +95,15 @@ class ComponentSpec:
             out.append(x.to(_DTYPES[spec.dtype]))
         return tuple(out)
 
+    @property
+    def module_prefix(self) -> str:
+        """The attribute under which the wrapper holds the diffusers/transformers model: the first part of the module
+        names a recipe keeps in float (``unet.conv_in``)."""
+        module = self.module
+        while not hasattr(module, "prefix") and hasattr(module, "inner"):  # Fp16IO and other thin wrappers
+            module = module.inner
+        return getattr(module, "prefix", self.name)
+
     def dynamic_names(self) -> set[str]:
         return {d for s in self.inputs + self.outputs for d in s.shape if isinstance(d, str)}
 
@@ -105,6 +114,8 @@ class ComponentSpec:
 
 
 class TextEncoderWrapper(torch.nn.Module):
+    prefix = "text_encoder"  # the attribute holding the model (ComponentSpec.module_prefix)
+
     def __init__(self, text_encoder):
         super().__init__()
         self.text_encoder = text_encoder
@@ -116,6 +127,8 @@ class TextEncoderWrapper(torch.nn.Module):
 
 
 class UnetWrapper(torch.nn.Module):
+    prefix = "unet"
+
     def __init__(self, unet, with_cond: bool):
         super().__init__()
         self.unet = unet
@@ -128,6 +141,8 @@ class UnetWrapper(torch.nn.Module):
 
 class VaeDecoderWrapper(torch.nn.Module):
     """``latent_sample`` is the *unscaled* latent (sampler latent / scaling_factor), as in optimum."""
+
+    prefix = "vae"
 
     def __init__(self, vae):
         super().__init__()

@@ -107,9 +107,11 @@ def get_recipe(target: str, name: str) -> Recipe:
     return RECIPES[target][name]
 
 
-def kept_modules(recipe: Recipe, component: str) -> list[str]:
-    """Module names of ``recipe``'s keep-float layers inside ``component``'s wrapper (``unet.conv_in``)."""
-    return [n for n in recipe.keep_float if n.split(".")[0] == component.split("_")[0]]
+def kept_modules(recipe: Recipe, spec) -> list[str]:
+    """Module names of ``recipe``'s keep-float layers inside the component ``spec``'s wrapper (``unet.conv_in``,
+    ``text_encoder.text_model.final_layer_norm``): those under the wrapper's model attribute
+    (:attr:`ComponentSpec.module_prefix`)."""
+    return [n for n in recipe.keep_float if n.split(".")[0] == spec.module_prefix]
 
 
 def static_rows(spec, rows) -> list[tuple[torch.Tensor, ...]]:

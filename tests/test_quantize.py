@@ -160,3 +160,22 @@ def test_executorch_int8_decoder_recipe_quantizes_the_decoder_too(tmp_path):
     assert q["quantization"] == "int8-decoder" and q["path"] == "vae_decoder_executorch_int8-decoder.pte"
     assert q["export"]["quantization"]["calibration_batches"] >= 1
     assert 15 <= q["parity"]["psnr_db"] < 60  # quantized: close, not exact
+
+
+def test_kept_modules_follow_each_components_model_attribute():
+    """A keep-float layer is found under the wrapper attribute of its own component: the text encoder's too (its
+    name starts with text_encoder., which no splitting of "text_encoder" at "_" gives), and the VAE decoder's (vae.)."""
+    import dataclasses
+
+    from mobilediff.components import ComponentSpec, Fp16IO, TextEncoderWrapper, UnetWrapper, VaeDecoderWrapper
+    from mobilediff.quantize import kept_modules
+
+    recipe = dataclasses.replace(get_recipe("onnx", "int8-static"), keep_float=(
+        "text_encoder.text_model.final_layer_norm", "unet.conv_in", "vae.post_quant_conv"))
+    specs = {"text_encoder": TextEncoderWrapper(torch.nn.Identity()), "unet": UnetWrapper(torch.nn.Identity(), False),
+             "vae_decoder": VaeDecoderWrapper(torch.nn.Identity())}
+    for name, module in specs.items():
+        for wrapped in (module, Fp16IO(module)):
+            spec = ComponentSpec(name=name, module=wrapped, inputs=(), outputs=())
+            assert kept_modules(recipe, spec) == [n for n in recipe.keep_float
+                                                  if n.startswith({"vae_decoder": "vae."}.get(name, name + "."))]

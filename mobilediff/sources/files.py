@@ -119,6 +119,23 @@ def _read_text(path: Path, what: str) -> str:
         raise MobilediffError(f"{what} {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
 
 
+def read_jsonl(text: str, where: str) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON-lines text; raises MobilediffError naming ``where`` and
+    the line for a line that is not JSON or not an object."""
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MobilediffError(f"{where} line {i}: not JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise MobilediffError(f"{where} line {i}: expected an object, got {type(row).__name__}")
+        rows.append((i, row))
+    return rows
+
+
 def read_prompts(path: Path, skips: Skips) -> list[str]:
     """The prompts of a ``.txt`` (one a line; blank lines ignored), ``.jsonl`` or ``.csv`` (a ``text`` column) file.
     Unusable prompts are skipped and counted in ``skips``; raises MobilediffError for a missing, unreadable,
@@ -135,14 +152,8 @@ def read_prompts(path: Path, skips: Skips) -> list[str]:
     if suffix == ".txt":
         raw = [(f"{path.name}:{i}", line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     elif suffix == ".jsonl":
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MobilediffError(f"prompts file {path} line {i}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "text" not in row:
+        for i, row in read_jsonl(text, f"prompts file {path}"):
+            if "text" not in row:
                 raise MobilediffError(f"prompts file {path} line {i}: no 'text' field")
             raw.append((f"{path.name}:{i}", row["text"]))
     else:
@@ -201,16 +212,9 @@ def read_image_folder(root: Path, skips: Skips) -> Iterator[Example]:
         raise MobilediffError(f"--images {root} is a file; expected a folder (imagefolder layout or sidecar captions)")
     meta = root / "metadata.jsonl"
     if meta.exists():
-        text = _read_text(meta, "metadata file")
         rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MobilediffError(f"{meta} line {i}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+        for i, row in read_jsonl(_read_text(meta, "metadata file"), str(meta)):
+            if not isinstance(row.get("file_name"), str):
                 raise MobilediffError(f"{meta} line {i}: no 'file_name' string")
             if "text" not in row:
                 raise MobilediffError(f"{meta} line {i}: no 'text' field (the caption)")

@@ -168,7 +168,7 @@ def _quantized_module(spec, recipe, calibration):
     from mobilediff.quantize import kept_modules, static_rows
 
     inputs = spec.example_inputs()
-    keep = kept_modules(recipe, spec.name)
+    keep = kept_modules(recipe, spec)
     from mobilediff.quantize import DYNAMIC_INT8, STATIC_INT8
 
     if recipe.kind == STATIC_INT8:

@@ -262,7 +262,7 @@ def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
 
     from mobilediff.quantize import DYNAMIC_INT8, STATIC_INT8, kept_modules
 
-    keep = _onnx_float_nodes(path, kept_modules(recipe, spec.name))
+    keep = _onnx_float_nodes(path, kept_modules(recipe, spec))
     with tempfile.TemporaryDirectory(dir=path.parent) as td:
         pre = Path(td) / "pre.onnx"
         quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
