@@ -439,6 +439,55 @@ def verify_file(bundle: Path, entry: FileEntry) -> Path:
     return Path(bundle) / entry.path
 
 
+@dataclass(frozen=True)
+class GraphTensor:
+    """One input or output as a loaded graph declares it (what a runtime reports, before the first call)."""
+
+    name: str | None  # None where the format keeps no names (an ExecuTorch program's method)
+    shape: tuple  # one entry per dimension: an int where fixed, None where dynamic
+    dtype: str  # "float32", "int32", ...: numpy's name of the element type
+
+
+def _names(tensors) -> str:
+    return ", ".join(str(t.name) for t in tensors)
+
+
+def _shape(entry: TensorEntry) -> str:
+    return ", ".join(str(d) if d == s else f"{d}={s}" for d, s in zip(entry.shape, entry.static_shape))
+
+
+def check_graph_io(component: str, path: Path, io: ComponentEntry, inputs, outputs) -> None:
+    """Refuse a graph whose declared inputs or outputs disagree with its component's manifest entry, before the
+    first call: a graph of another component (its sha256 valid) would otherwise fail inside the runtime.
+
+    ``inputs``, ``outputs``: the graph's own :class:`GraphTensor` lists, in call order. Checked in this order, the first
+    mismatch raised: the number and names of inputs, then of outputs (names only where the graph keeps them), then
+    for each tensor its dtype, its rank and every fixed dimension against the manifest's ``static_shape`` (a dynamic
+    dimension of the graph takes any size).
+
+    Raises MobilediffError, one line naming the file (``path`` as given), the component and the first mismatch."""
+    where = str(path)
+    what = f"the manifest's {component}"
+    for kind, verb, declared, got in (("input", "takes", io.inputs, inputs), ("output", "gives", io.outputs, outputs)):
+        named = all(g.name is not None for g in got)
+        if len(got) != len(declared) or (named and [g.name for g in got] != [d.name for d in declared]):
+            if named:
+                raise MobilediffError(f"{where} declares {kind}s ({_names(got)}) but {what} {verb} "
+                                      f"({_names(declared)}): a graph of another component?")
+            raise MobilediffError(f"{where} has {len(got)} {kind}{'s' * (len(got) != 1)} but {what} {verb} "
+                                  f"{len(declared)} ({_names(declared)}): a graph of another component?")
+        for i, (g, d) in enumerate(zip(got, declared)):
+            label = f"{kind} {d.name}" if named else f"{kind} {i} ({d.name} in the manifest)"
+            if g.dtype != d.dtype:
+                raise MobilediffError(f"{where}: {label} is {g.dtype} but {what} declares {d.dtype}")
+            if len(g.shape) != len(d.static_shape):
+                raise MobilediffError(f"{where}: {label} has rank {len(g.shape)} but {what} declares rank "
+                                      f"{len(d.static_shape)} ({_shape(d)})")
+            if any(n is not None and n != s for n, s in zip(g.shape, d.static_shape)):
+                shown = ", ".join("?" if n is None else str(n) for n in g.shape)
+                raise MobilediffError(f"{where}: {label} has shape ({shown}) but {what} declares ({_shape(d)})")
+
+
 def component_file(manifest: Manifest, bundle: Path, component: str, target: str,
                    precision: str | None = None) -> tuple[Path, FileEntry]:
     """Verified path and entry of ``component`` for ``target`` (and precision or quantization tag, if given)."""

@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the denoiser stage from this checkpoint or pipeline folder's weights (fresh optimizer and schedule); attention blocks the source lacks start as the identity.")
 @click.option("--text-encoder-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the text encoder (only) from this pipeline folder ('default' models: mobilediff/assets/default_model); pair with --freeze-text-encoder.")
 @click.option("--vae-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Use this pipeline folder's VAE instead of training one.")
-@click.option("--unet-channels", default=None, help="UNet block_out_channels, comma-separated (default 32,64,64): the model size of a family member.")
-@click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1).")
+@click.option("--unet-channels", default=None, help="UNet block_out_channels, comma-separated (default 32,64,64; with --tiny 16,32): the model size of a family member.")
+@click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1; with --tiny too).")
 @click.option("--tiny", is_flag=True, help="Tiny components and 32x32 images (for smoke tests only).")
 @data_options()
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
@@ -195,14 +195,14 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                           timestep_bias_multiplier=timestep_bias_multiplier, freeze_text_encoder=freeze_text_encoder,
                           latent_cache=latent_cache, text_encoder_from=text_encoder_from, vae_from=vae_from,
                           source=source, dry_run=dry_run)
-    if unet_channels is not None or unet_layers is not None:
-        from mobilediff.models import sized_unet
-
-        cfg.model = replace(cfg.model, unet=sized_unet(cfg.model.unet, unet_channels, unet_layers))
     if tiny:
         from mobilediff.tiny import tiny_train_config
 
         cfg = tiny_train_config(cfg)
+    if unet_channels is not None or unet_layers is not None:  # after --tiny: the sizes apply to its UNet too
+        from mobilediff.models import sized_unet
+
+        cfg.model = replace(cfg.model, unet=sized_unet(cfg.model.unet, unet_channels, unet_layers))
     path = train_base(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process() and path is not None:  # once under `accelerate launch`
         click.echo(f"pipeline written to {path}")

@@ -7,8 +7,9 @@ keep the denoiser's inputs to (latent, timestep, text features [, guidance embed
   tokenizer ``CLIPTokenizer`` (any vocabulary, special ids and maximum length that the text encoder can take);
 - denoiser: ``UNet2DConditionModel`` with cross-attention and plain down/up blocks, a cross-attention, plain or no
   mid block, any widths, layers, transformer layers, head sizes, linear or convolutional attention projections, and
-  optionally a guidance-embedding input (``time_cond_proj_dim``, LCM students); SDXL's added conditions, class
-  embeddings, projected text inputs, GLIGEN's gated attention and other time embeddings are outside it;
+  optionally a guidance-embedding input (``time_cond_proj_dim``, LCM students), a sinusoidal (``positional``) or
+  Gaussian Fourier (``fourier``) time embedding; SDXL's added conditions, class embeddings, projected text inputs and
+  GLIGEN's gated attention are outside it;
 - decoder: ``AutoencoderKL`` (any depth, latent channels, scaling factor) or ``AutoencoderTiny`` (TAESD-style);
 - scheduler: a diffusers discrete-time scheduler over a beta schedule (its config gives the betas, the prediction
   type and the timestep spacing that every mobilediff sampler is built from).
@@ -41,7 +42,9 @@ MID_BLOCKS = ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D", None)
 # projected text features): set to anything but their default, they take the model out of the family
 UNET_UNSET = ("addition_embed_type", "addition_time_embed_dim", "class_embed_type", "num_class_embeds",
               "encoder_hid_dim", "encoder_hid_dim_type")
-UNET_FIXED = {"time_embedding_type": "positional", "attention_type": "default", "dual_cross_attention": False}
+UNET_FIXED = {"attention_type": "default", "dual_cross_attention": False}
+# both time embeddings UNet2DConditionModel builds: a function of the timestep alone, so the denoiser's inputs stay
+TIME_EMBEDDINGS = ("positional", "fourier")
 VAE_KL_UP_BLOCKS = ("UpDecoderBlock2D",)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -68,6 +71,15 @@ def _check_unet(cfg: dict) -> None:
     for key, want in UNET_FIXED.items():
         if key in cfg and cfg[key] != want:
             _refuse("unet", f"config {key}={cfg[key]!r}", f"{key}={want!r}")
+    kind = cfg.get("time_embedding_type", "positional")
+    if kind not in TIME_EMBEDDINGS:
+        _refuse("unet", f"config time_embedding_type={kind!r}", _names(TIME_EMBEDDINGS))
+    if kind == "fourier":
+        # diffusers' own constraint (UNet2DConditionModel._set_time_proj): half the width is sines, half cosines
+        width = cfg.get("time_embedding_dim") or 2 * (cfg.get("block_out_channels") or (320,))[0]
+        if width % 2:
+            _refuse("unet", f"config time_embedding_dim={width} with time_embedding_type='fourier'",
+                    "an even Fourier time embedding width (sines and cosines in pairs)")
     for key, allowed in (("down_block_types", DOWN_BLOCKS), ("up_block_types", UP_BLOCKS)):
         for block in cfg.get(key) or ():
             if block not in allowed:

@@ -153,7 +153,7 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
         _ACTIVE.add(tmp)
         try:
             yield Path(tmp)
-            _apply_umask(Path(tmp))
+            apply_umask(Path(tmp))
         except BaseException as e:
             reason = _failed_write(e, tmp)
             if reason is not None:  # named by the output path, not by the hidden temporary
@@ -464,7 +464,7 @@ def umask() -> int:
     return mask
 
 
-def _apply_umask(root: Path) -> None:
+def apply_umask(root: Path) -> None:
     """Folders 0o777, files 0o666 (0o777 if executable) less the umask, throughout ``root`` (tempfile's 0o700 and
     0o600, and modes copied from a source, become what the user's umask says)."""
     mask = umask()

@@ -51,7 +51,7 @@ class BundleRunner:
         self.parts = {}
         for name in ("text_encoder", "unet", "vae_decoder"):
             path, entry = component_file(self.manifest, self.bundle, name, runtime, precision)
-            self.parts[name] = get_target(runtime).load(path, self.manifest.component(name), threads)
+            self.parts[name] = get_target(runtime).load(path, self.manifest.component(name), threads, name)
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest.geometry
         self.guidance = self.manifest.guidance

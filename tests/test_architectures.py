@@ -503,6 +503,11 @@ REFUSED_FOLDERS = [
     ("unet/config.json", {"in_channels": 9},
      "unsupported unet in_channels 9 != out_channels 4: mobilediff supports denoisers whose output has the latent's "
      "channels (no inpainting or extra-input UNets)"),
+    ("unet/config.json", {"time_embedding_type": "learned"},
+     "unsupported unet config time_embedding_type='learned': mobilediff supports positional, fourier"),
+    ("unet/config.json", {"time_embedding_type": "fourier", "time_embedding_dim": 33},
+     "unsupported unet config time_embedding_dim=33 with time_embedding_type='fourier': mobilediff supports an even "
+     "Fourier time embedding width (sines and cosines in pairs)"),
     ("model_index.json", {"vae": ["diffusers", "VQModel"]},
      "unsupported vae class VQModel: mobilediff supports AutoencoderKL, AutoencoderTiny"),
     ("vae/config.json", {"shift_factor": 0.0609},
@@ -550,6 +555,27 @@ def test_cli_export_refuses_sdxl_conditioning_in_one_line(pipeline_copy, tmp_pat
         "error: unsupported unet config addition_embed_type='text_time': mobilediff supports addition_embed_type=None "
         "(Stable Diffusion's conditioning: text only)"]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_fourier_time_embedding_is_in_the_family_and_exports_with_parity(pipeline_copy, tmp_path):
+    """UNet2DConditionModel's Gaussian Fourier time embedding (``time_embedding_type="fourier"``: sin and cos of the
+    raw timestep times fixed random frequencies, a function of the timestep alone): a folder with it loads, and its
+    UNet exports to ONNX at the fp32 floor."""
+    from diffusers import UNet2DConditionModel
+
+    from mobilediff.components import declare, latent_geometry
+    from mobilediff.exporter import export_component
+    from mobilediff.loading import load_pipeline
+
+    config = json.loads((pipeline_copy / "unet" / "config.json").read_text())
+    torch.manual_seed(0)
+    fourier = dict(time_embedding_type="fourier", flip_sin_to_cos=True, time_embedding_dim=32)
+    UNet2DConditionModel(**{**{k: v for k, v in config.items() if not k.startswith("_")}, **fourier}).save_pretrained(
+        pipeline_copy / "unet")
+    pipe = load_pipeline(pipeline_copy)  # the family check reads the folder's config first
+    assert pipe.unet.config.time_embedding_type == "fourier"
+    entry = export_component(declare(pipe, latent_geometry(pipe))["unet"], "onnx", "fp32", tmp_path / "bundle")
+    assert entry["parity"]["psnr_db"] >= MIN_PSNR_DB["fp32"], entry["parity"]
 
 
 def _with(library, **components):

@@ -166,6 +166,15 @@ def bundle_truncated_graph(c: Ctx) -> None:
     (b / "manifest.json").write_text(json.dumps(m))
 
 
+def bundle_io_mismatch(c: Ctx) -> None:
+    """The manifest's unet takes ``sample`` where its graph (sha256 valid) declares ``input_ids``: what a manifest
+    naming another component's graph looks like to a loader."""
+    f = bundle_copy(c) / "manifest.json"
+    m = json.loads(f.read_text())
+    m["components"]["unet"]["inputs"][0]["name"] = "sample"
+    f.write_text(json.dumps(m))
+
+
 def bundle_newer(c: Ctx) -> None:
     f = bundle_copy(c) / "manifest.json"
     f.write_text(json.dumps({**json.loads(f.read_text()), "format_version": 99}))
@@ -198,6 +207,17 @@ def checkpoint(c: Ctx, folder: str, files: tuple[str, ...] = (), state: str = '{
     (d / "state.json").write_text(state)
     if complete:
         (d / "COMPLETE").write_text("ok\n")
+    return d
+
+
+def foreign_student(c: Ctx, names: tuple[str, ...] = ("student",)) -> Path:
+    """A complete distillation checkpoint (step 3) whose student is of another architecture (a 2-channel conv_in)."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = checkpoint(c, "ck", state='{"step": 3}')
+    for name in names:
+        save_file({"conv_in.weight": torch.zeros(2, 4, 3, 3)}, str(d / f"{name}.safetensors"))
     return d
 
 
@@ -373,6 +393,9 @@ CASES = [
          "{t}/b/text_encoder/model.onnx does not match its sha256"),
     Case("generate-bundle-truncated-graph", GEN_BUNDLE, bundle_truncated_graph,
          "cannot load ONNX graph {t}/b/text_encoder/model.onnx"),
+    Case("generate-bundle-graph-io-not-the-manifests", GEN_BUNDLE, bundle_io_mismatch,
+         "{t}/b/unet/model.onnx declares inputs (input_ids) but the manifest's unet takes (sample): a graph of another "
+         "component?"),
     Case("generate-bundle-newer-format", GEN_BUNDLE, bundle_newer,
          "{t}/b/manifest.json has format version 99"),
     Case("generate-bundle-manifest-not-json", GEN_BUNDLE, bundle_manifest_not_json,
@@ -422,6 +445,10 @@ CASES = [
     Case("goldens-bundle-truncated-graph", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
                                                       str(c.t / "g")], bundle_truncated_graph,
          "cannot load ONNX graph {t}/b/text_encoder/model.onnx"),
+    Case("goldens-bundle-graph-io-not-the-manifests", lambda c: ["mobilediff", "goldens", "--bundle",
+                                                                 str(c.t / "b"), "--out", str(c.t / "g")],
+         bundle_io_mismatch,
+         "{t}/b/unet/model.onnx declares inputs (input_ids) but the manifest's unet takes (sample)"),
     Case("goldens-out-is-a-file", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
                                              str(c.t / "f")], lambda c: (bundle_copy(c), user_file(c)), "{t}/f is a file"),
     Case("goldens-out-exists", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
@@ -524,6 +551,17 @@ CASES = [
                                                          "--resume", str(c.t / "ck")],
          lambda c: (pipe_copy(c), checkpoint(c, "ck", ("vae.safetensors",), '{"step": 3}')),
          "{t}/ck is not a distillation checkpoint"),
+    Case("distill-resume-another-architecture", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                           "--method", "progressive", "--steps", "2", "--out",
+                                                           str(c.t / "run"), "--resume", str(c.t / "ck")],
+         lambda c: (pipe_copy(c), foreign_student(c)),
+         "checkpoint {t}/ck does not fit this run (student: weight conv_in.weight is [2, 4, 3, 3], this run's is "
+         "[16, 4, 3, 3];"),
+    Case("distill-lcm-resume-another-architecture", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                               "--method", "lcm", "--steps", "2", "--out",
+                                                               str(c.t / "run"), "--resume", str(c.t / "ck")],
+         lambda c: (pipe_copy(c), foreign_student(c, ("student", "target"))),
+         "a checkpoint of another architecture"),
     Case("distill-resume-latest-foreign-folder", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
                                                             "--method", "lcm", "--steps", "2", "--out", str(c.t / "d"),
                                                             "--resume", "latest"],

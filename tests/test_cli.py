@@ -80,3 +80,26 @@ def test_output_under_a_file_is_one_line(tmp_path, capsys):
     lines = error_lines(stderr)
     assert code == 2 and lines == [f"error: cannot write {tmp_path / 'f' / 'x.png'}: {tmp_path / 'f'} is a file, not a folder"], stderr
     assert (tmp_path / "f").read_text() == "user data"
+
+
+@pytest.mark.parametrize("sizes,expect", [
+    (["--unet-channels", "8,16", "--unet-layers", "2"], ((8, 16), 2, 8)),
+    (["--unet-layers", "3"], ((16, 32), 3, 8)),
+    (["--unet-channels", "32,64,64"], "error: --unet-channels needs 2 widths (one per level), got 3"),
+])
+def test_train_base_tiny_applies_the_unet_sizes_to_its_unet(sizes, expect, monkeypatch, tmp_path, capsys):
+    """--tiny with --unet-channels / --unet-layers trains the tiny UNet at those sizes (they were silently dropped)."""
+    import mobilediff.train.base as base
+    from mobilediff.tiny import TINY_DATA
+
+    seen = []
+    monkeypatch.setattr(base, "train_base", lambda cfg, **kw: seen.append(cfg))
+    code, _, stderr = run_cli_here(capsys, "train-base", "--tiny", *sizes, "--out", tmp_path / "run")
+    if isinstance(expect, str):
+        assert code == 2 and error_lines(stderr) == [expect] and not seen
+    else:
+        (cfg,) = seen
+        unet = cfg.model.unet
+        assert code == 0 and cfg.data == TINY_DATA
+        assert (unet.block_out_channels, unet.layers_per_block, unet.norm_num_groups) == expect
+    assert not (tmp_path / "run").exists()

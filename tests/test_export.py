@@ -249,6 +249,86 @@ def test_tampered_file_is_refused_by_its_sha256(bundle, tmp_path):
         BundleRunner(copy, "onnx")
 
 
+@pytest.mark.parametrize("runtime,fixture,graph,message", [
+    ("onnx", "bundle", "text_encoder/model.onnx",
+     "declares inputs (input_ids) but the manifest's unet takes (sample, timestep, encoder_hidden_states): a graph of "
+     "another component?"),
+    ("executorch", "et_bundle", "text_encoder_executorch_fp32.pte",
+     "has 1 input but the manifest's unet takes 3 (sample, timestep, encoder_hidden_states): a graph of another "
+     "component?"),
+])
+def test_a_manifest_naming_another_components_graph_is_refused_before_the_first_call(runtime, fixture, graph, message,
+                                                                                     request, tmp_path, capsys):
+    """The unet's file entry names the text encoder's graph (sha256 and size valid): one line from the graph's own
+    declared inputs, not the runtime's error from inside its first call."""
+    copy = tmp_path / "copy"
+    shutil.copytree(request.getfixturevalue(fixture), copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["components"]["unet"]["files"] = m["components"]["text_encoder"]["files"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    code, _, stderr = run_cli_here(capsys, "generate", "--bundle", copy, "--runtime", runtime, "--prompt",
+                                   "a red circle", "--steps", 2, "--out", tmp_path / "x.png")
+    assert code == 2 and error_lines(stderr) == [f"error: {copy / graph} {message}"]
+    assert not (tmp_path / "x.png").exists()
+
+
+def _graph_tensors(*specs):
+    from mobilediff.bundle import GraphTensor
+
+    return [GraphTensor(name, shape, dtype) for name, shape, dtype in specs]
+
+
+def _unet_entry():
+    from mobilediff.bundle import ComponentEntry, TensorEntry
+
+    def t(name, shape, dtype="float32"):
+        return TensorEntry(name=name, shape=shape, static_shape=[2 if d == "batch" else d for d in shape], dtype=dtype)
+
+    return ComponentEntry(inputs=(t("sample", ["batch", 4, 16, 16]), t("timestep", ["batch"]),
+                                  t("encoder_hidden_states", ["batch", 8, 32])),
+                          outputs=(t("out_sample", ["batch", 4, 16, 16]),), dims={"batch": 2}, files=())
+
+
+# the unet entry above as an ONNX graph declares it (batch dynamic) and as an ExecuTorch program does (no names)
+ONNX_UNET = (("sample", (None, 4, 16, 16), "float32"), ("timestep", (None,), "float32"),
+             ("encoder_hidden_states", (None, 8, 32), "float32"))
+PTE_UNET = ((None, (2, 4, 16, 16), "float32"), (None, (2,), "float32"), (None, (2, 8, 32), "float32"))
+
+
+@pytest.mark.parametrize("inputs,outputs,message", [
+    (ONNX_UNET, (("out_sample", (None, 4, 16, 16), "float32"),), None),
+    (PTE_UNET, ((None, (2, 4, 16, 16), "float32"),), None),
+    (ONNX_UNET, (("sample", (None, 4, 16, 16), "float32"),),
+     "g declares outputs (sample) but the manifest's unet gives (out_sample): a graph of another component?"),
+    (ONNX_UNET[:1] + (("timestep", (None,), "int32"),) + ONNX_UNET[2:], (("out_sample", (None, 4, 16, 16), "float32"),),
+     "g: input timestep is int32 but the manifest's unet declares float32"),
+    (ONNX_UNET[:1] + (("timestep", (), "float32"),) + ONNX_UNET[2:], (("out_sample", (None, 4, 16, 16), "float32"),),
+     "g: input timestep has rank 0 but the manifest's unet declares rank 1 (batch=2)"),
+    ((("sample", (None, 4, 8, 8), "float32"),) + ONNX_UNET[1:], (("out_sample", (None, 4, 8, 8), "float32"),),
+     "g: input sample has shape (?, 4, 8, 8) but the manifest's unet declares (batch=2, 4, 16, 16)"),
+    (PTE_UNET[:2], ((None, (2, 4, 16, 16), "float32"),),
+     "g has 2 inputs but the manifest's unet takes 3 (sample, timestep, encoder_hidden_states): a graph of another "
+     "component?"),
+    ((PTE_UNET[0], (None, (2,), "int64"), PTE_UNET[2]), ((None, (2, 4, 16, 16), "float32"),),
+     "g: input 1 (timestep in the manifest) is int64 but the manifest's unet declares float32"),
+    (PTE_UNET, ((None, (1, 4, 16, 16), "float32"),),
+     "g: output 0 (out_sample in the manifest) has shape (1, 4, 16, 16) but the manifest's unet declares "
+     "(batch=2, 4, 16, 16)"),
+], ids=["onnx-ok", "pte-ok", "output-names", "dtype", "rank", "latent-size", "pte-count", "pte-dtype", "pte-batch"])
+def test_graph_io_is_checked_against_the_manifest(inputs, outputs, message):
+    from mobilediff.bundle import check_graph_io
+
+    def check():
+        check_graph_io("unet", "g", _unet_entry(), _graph_tensors(*inputs), _graph_tensors(*outputs))
+
+    if message is None:
+        check()
+    else:
+        with pytest.raises(MobilediffError) as err:
+            check()
+        assert str(err.value) == message
+
+
 def test_future_manifest_version_is_refused(bundle, tmp_path, tiny_pipeline_dir, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)

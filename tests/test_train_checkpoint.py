@@ -46,3 +46,21 @@ def test_only_the_newest_are_kept(tmp_path):
     for s in (1, 2, 3, 4):
         save_checkpoint(tmp_path, s, {"m": m.state_dict()}, opt, {}, keep=2)
     assert [c.step for c in complete_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_checkpoint_modes_follow_the_umask(tmp_path):
+    """A checkpoint folder is 0o777 and its files 0o666 less the umask (as every output of mobilediff.io), not
+    tempfile's private 0o700."""
+    import os
+    import stat
+
+    m, opt = _model_and_opt(0)
+    for mask in (0o022, 0o027):
+        old = os.umask(mask)
+        try:
+            path = save_checkpoint(tmp_path / oct(mask), 1, {"m": m.state_dict()}, opt, {})
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()} == \
+            {f.name: 0o666 & ~mask for f in path.iterdir()}

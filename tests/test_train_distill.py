@@ -233,6 +233,27 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tiny_pipeline_dir, tmp_pat
         distill(_cfg(tiny_pipeline_dir, cut, method, **kw), resume=str(partial))
 
 
+def test_a_checkpoint_of_another_architecture_is_refused_before_any_work(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """A slim student's checkpoint given to a progressive run in a new --out: refused from the weights' names and
+    shapes before a round trains or --out is made (it used to be refused only after the first round)."""
+    import mobilediff.train.distill as distill_module
+
+    slim = tmp_path / "slim"
+    distill(_cfg(tiny_pipeline_dir, slim, "slim", max_train_steps=1, remove="mid,attention-1"))
+    (ckpt,) = complete_checkpoints(slim)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("training started before the checkpoint was checked")
+
+    monkeypatch.setattr(distill_module, "run_leg", no_work)
+    out = tmp_path / "progressive"
+    message = (rf"^checkpoint {ckpt.path} does not fit this run \(student: no weight \S+; \d+ missing, 0 unexpected, "
+               r"0 of another shape\): a checkpoint of another architecture$")
+    with pytest.raises(MobilediffError, match=message):
+        distill(_cfg(tiny_pipeline_dir, out, "progressive"), resume=str(ckpt.path))
+    assert not out.exists()
+
+
 def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path, capsys):
     out = tmp_path / "out"
     lcm_student = tmp_path / "student"

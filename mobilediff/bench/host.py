@@ -157,10 +157,11 @@ def eager_component(source_dir: str, component: str):
     return VaeDecoderWrapper(model).eval()
 
 
-def load_component(runtime: str, location: str, io, threads: int | None = None):
+def load_component(runtime: str, location: str, io, threads: int | None = None, component: str = "component"):
     """A callable ``f(*inputs) -> outputs`` for one component. ``location``: the verified bundle file (onnx,
     executorch), loaded by its target (``mobilediff.targets``, as BundleRunner loads it; ``io`` its manifest
-    ComponentEntry), or the reference pipeline folder (eager; ``io`` the component's name)."""
+    ComponentEntry, checked against the graph; ``component`` its name in messages), or the reference pipeline folder
+    (eager; ``io`` the component's name)."""
     import torch
 
     if runtime == "eager":
@@ -172,7 +173,7 @@ def load_component(runtime: str, location: str, io, threads: int | None = None):
         return call
     from mobilediff.targets import get_target
 
-    return get_target(runtime).load(Path(location), io, threads)
+    return get_target(runtime).load(Path(location), io, threads, component)
 
 
 def bundle_runner(bundle: Path, runtime: str, threads: int | None):
@@ -188,7 +189,7 @@ def component_once(runtime: str, location: str, bundle: str, component: str, thr
 
     m = read_manifest(Path(bundle))
     io = m.component(component)
-    fn = load_component(runtime, location, component if runtime == "eager" else io, threads)
+    fn = load_component(runtime, location, component if runtime == "eager" else io, threads, component)
     fn(*component_inputs(m, component))
 
 
@@ -259,7 +260,7 @@ def host_components(bundles: list[BundleInfo], runtimes, runs: int, warmup: int,
                     import_runtime(runtime, threads)
                     imported.add(runtime)
                 what = comp if runtime == "eager" else io
-                fn, load = time_loads(lambda: load_component(runtime, location, what, threads), load_runs)
+                fn, load = time_loads(lambda: load_component(runtime, location, what, threads, comp), load_runs)
                 load["what"] = LOAD_WHAT[runtime]
                 with torch.no_grad():
                     samples = time_callable(lambda: fn(*inputs), warmup, runs)
@@ -365,7 +366,7 @@ def host_fused(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, 
             if rt not in runtimes:
                 continue
             import_runtime(rt, threads)
-            part = load_component(rt, str(verify_file(b.path, file)), entry, threads)
+            part = load_component(rt, str(verify_file(b.path, file)), entry, threads, "fused program")
             tokenizer = bundle_tokenizer(b.path, b.manifest)
             inputs = component_inputs(b.manifest, "", entry=entry)
 
@@ -419,7 +420,7 @@ def component_latency(bundle: Path, target: str, component: str, runs: int, warm
     m = read_manifest(bundle)
     path, _ = component_file(m, bundle, component, target)
     t0 = time.perf_counter()
-    part = load_component(target, str(path), m.component(component))
+    part = load_component(target, str(path), m.component(component), component=component)
     load_s = time.perf_counter() - t0
     inputs = component_inputs(m, component, seed)
     return {"load_seconds": load_s, **summarize(time_callable(lambda: part(*inputs), warmup=warmup, runs=runs))}

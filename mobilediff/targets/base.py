@@ -39,8 +39,10 @@ class Target(Protocol):
         """Load ``path`` back and check it against PyTorch (``reference`` = outputs for ``inputs``); return the
         parity record (mobilediff.parity.compare); raise MobilediffError if it fails."""
 
-    def load(self, path: Path, io, threads: int | None = None) -> Runner:
-        """Open a verified bundle file for generation; ``io`` is its component's manifest entry."""
+    def load(self, path: Path, io, threads: int | None = None, component: str = "component") -> Runner:
+        """Open a verified bundle file for generation; ``io`` is the manifest entry of ``component``. Before it
+        returns, the graph's own inputs and outputs are checked against ``io``
+        (:func:`mobilediff.bundle.check_graph_io`)."""
 
 
 REQUIRED: tuple[str, ...] = ("EXT", "STATIC_SHAPES", "export", "quantize", "validate", "load")

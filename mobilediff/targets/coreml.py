@@ -223,7 +223,7 @@ def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
     return {**facts, "quantization": qfacts, "size_bytes": _package_size(Path(path))}
 
 
-def load(path: Path, io, threads: int | None = None):
+def load(path: Path, io, threads: int | None = None, component: str = "component"):
     """Core ML programs run on Apple platforms only (the iOS engine and benchmarks/run_device.py --device apple)."""
     raise MobilediffError("coreml bundles run on macOS/iOS only: use --runtime onnx or executorch here")
 

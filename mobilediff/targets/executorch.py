@@ -86,21 +86,46 @@ def validate(spec, path: Path, precision: str, inputs, reference, quantization: 
     return record
 
 
+# executorch's ScalarType codes (runtime/core/portable_type/scalar_type.h) as numpy names
+_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64",
+                 11: "bool", 15: "bfloat16"}
+
+
+def graph_io(method) -> tuple[list, list]:
+    """The inputs and outputs a loaded method (executorch.runtime ``Method``) declares, from its ``MethodMeta``, as
+    :class:`mobilediff.bundle.GraphTensor` lists in call order. A program keeps no tensor names (``name`` is None)
+    and every dimension is fixed."""
+    from mobilediff.bundle import GraphTensor
+
+    meta = method.metadata
+
+    def tensor(info):
+        code = info.dtype()
+        return GraphTensor(None, tuple(int(n) for n in info.sizes()), _SCALAR_TYPES.get(code, f"scalar type {code}"))
+
+    return ([tensor(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())],
+            [tensor(meta.output_tensor_meta(i)) for i in range(meta.num_outputs())])
+
+
 class Runner:
     """A loaded program as the bundle runner calls it: tensors in the declared input order -> declared outputs."""
 
-    def __init__(self, path: Path, io, threads: int | None = None):
+    def __init__(self, path: Path, io, threads: int | None = None, component: str = "component"):
+        from mobilediff.bundle import check_graph_io
+
         self.method = load_method(path)
+        check_graph_io(component, path, io, *graph_io(self.method))
         self.static_batch = io.dims.get("batch")  # shapes are static: the runner pads a smaller batch
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
         return run(self.method, [a.contiguous() for a in args])
 
 
-def load(path: Path, io, threads: int | None = None) -> Runner:
-    """Open a verified bundle program; ``io`` is its component's manifest entry. ``threads`` is not settable per
-    program in executorch.runtime (its thread pool is process-wide)."""
-    return Runner(path, io, threads)
+def load(path: Path, io, threads: int | None = None, component: str = "component") -> Runner:
+    """Open a verified bundle program; ``io`` is the manifest entry of ``component``. ``threads`` is not settable per
+    program in executorch.runtime (its thread pool is process-wide). Raises MobilediffError when the program's inputs
+    or outputs (count, dtype, sizes) disagree with the entry (:func:`mobilediff.bundle.check_graph_io`)."""
+    return Runner(path, io, threads, component)
 
 
 def _shared_refs(annotation):

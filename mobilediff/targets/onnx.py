@@ -168,13 +168,33 @@ def validate(spec, path: Path, precision: str, inputs, reference, quantization: 
     return record
 
 
+# onnxruntime's element type names ("tensor(float)") where they differ from numpy's
+_ORT_DTYPES = {"float": "float32", "double": "float64"}
+
+
+def graph_io(sess) -> tuple[list, list]:
+    """The inputs and outputs ``sess`` (an onnxruntime session) declares, as :class:`mobilediff.bundle.GraphTensor`
+    lists in call order; a symbolic or unknown dimension is None."""
+    from mobilediff.bundle import GraphTensor
+
+    def tensor(arg):
+        elem = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else arg.type
+        shape = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
+        return GraphTensor(arg.name, shape, _ORT_DTYPES.get(elem, elem))
+
+    return [tensor(a) for a in sess.get_inputs()], [tensor(a) for a in sess.get_outputs()]
+
+
 class Runner:
     """A loaded graph as the bundle runner calls it: tensors in the declared input order -> declared outputs."""
 
     static_batch = None  # named dimensions are dynamic
 
-    def __init__(self, path: Path, io, threads: int | None = None):
+    def __init__(self, path: Path, io, threads: int | None = None, component: str = "component"):
+        from mobilediff.bundle import check_graph_io
+
         self.sess = load_session(path, threads)
+        check_graph_io(component, path, io, *graph_io(self.sess))
         self.inputs = [s.name for s in io.inputs]
         self.outputs = [s.name for s in io.outputs]
 
@@ -183,9 +203,10 @@ class Runner:
         return [torch.from_numpy(o) for o in self.sess.run(self.outputs, feed)]
 
 
-def load(path: Path, io, threads: int | None = None) -> Runner:
-    """Open a verified bundle graph; ``io`` is its component's manifest entry (inputs, outputs, dims)."""
-    return Runner(path, io, threads)
+def load(path: Path, io, threads: int | None = None, component: str = "component") -> Runner:
+    """Open a verified bundle graph; ``io`` is the manifest entry (inputs, outputs, dims) of ``component``. Raises
+    MobilediffError when the graph's inputs or outputs disagree with it (:func:`mobilediff.bundle.check_graph_io`)."""
+    return Runner(path, io, threads, component)
 
 
 class _Reader:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mobilediff.errors import MobilediffError
-from mobilediff.io import atomic_write_json, load_tensors, save_tensors
+from mobilediff.io import apply_umask, atomic_write_json, load_tensors, save_tensors
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -86,6 +86,7 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch
             meta["optimizer"] = opt_meta
         atomic_write_json(tmp / "state.json", meta)
         (tmp / MARKER).write_text("ok\n")
+        apply_umask(tmp)  # mkdtemp makes it 0o700: a checkpoint is as readable as the rest of the run folder
         if final.exists():
             _delete(final)
         os.replace(tmp, final)
@@ -171,6 +172,36 @@ def restore(ckpt: Checkpoint, modules: dict[str, torch.nn.Module], optimizer: to
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobilediffError(f"checkpoint {ckpt.path} has an optimizer state that does not fit this run: "
                                   f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def check_fits(ckpt: Checkpoint, shapes: dict[str, dict[str, tuple]]) -> None:
+    """Refuse, before any work, a checkpoint whose weights are not those of the modules this run builds.
+
+    ``shapes`` maps a checkpointed name (``<name>.safetensors``) to the weight names and shapes of the module it
+    would be loaded into. Only the files' headers are read. Raises MobilediffError naming the checkpoint, the module and
+    the first difference (a missing or unexpected weight, or a shape)."""
+    from safetensors import SafetensorError, safe_open
+
+    for name, want in shapes.items():
+        path = ckpt.path / f"{name}.safetensors"
+        if not path.is_file():
+            raise MobilediffError(f"checkpoint {ckpt.path} does not fit this run: no {name}.safetensors")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise MobilediffError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        missing = [k for k in want if k not in got]
+        unexpected = [k for k in got if k not in want]
+        resized = [k for k in want if k in got and got[k] != tuple(want[k])]
+        if missing or unexpected or resized:
+            if resized:
+                first = f"weight {resized[0]} is {list(got[resized[0]])}, this run's is {list(want[resized[0]])}"
+            else:
+                first = f"no weight {missing[0]}" if missing else f"unexpected weight {unexpected[0]}"
+            raise MobilediffError(f"checkpoint {ckpt.path} does not fit this run ({name}: {first}; {len(missing)} "
+                                  f"missing, {len(unexpected)} unexpected, {len(resized)} of another shape): a "
+                                  f"checkpoint of another architecture")
 
 
 def check_resume(out: Path, resume: str | None, weights: str, what: str, run_items: tuple[str, ...],

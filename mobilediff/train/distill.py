@@ -139,14 +139,14 @@ def validate(cfg: DistillConfig) -> None:
         from mobilediff.train.slim import parse_removal
 
         parse_removal(cfg.remove)
-    if cfg.source.given:
-        from mobilediff.sources import check_needs
-
-        check_needs(cfg.source, f"distill:{cfg.method}")
         if not 1 <= cfg.steps <= 1000:
             raise MobilediffError(f"--steps: a slim student samples at 1..1000 DDIM steps, got {cfg.steps}")
         if not cfg.feature_weight >= 0:
             raise MobilediffError(f"--feature-weight must be >= 0, got {cfg.feature_weight}")
+    if cfg.source.given:
+        from mobilediff.sources import check_needs
+
+        check_needs(cfg.source, f"distill:{cfg.method}")
     if cfg.method in ("progressive", "slim"):
         if cfg.method == "progressive":
             progressive_rounds(cfg.teacher_steps, cfg.steps)
@@ -740,6 +740,28 @@ def _check_resume(cfg: DistillConfig, resume: str | None) -> None:
                  ("checkpoints", "latent_cache.safetensors", "log.jsonl", "model"), ("steps-*",))
 
 
+def _check_resume_fits(cfg: DistillConfig, teacher_unet, resume: str | None) -> None:
+    """Refuse, before any work, a checkpoint whose student is not the one ``cfg.method`` builds from this teacher:
+    the teacher's UNet (progressive: every round's student has its architecture), with a guidance embedding (lcm; its
+    target network too) or with blocks removed (slim). Weight names and shapes only (file headers)."""
+    from mobilediff.train.checkpoint import check_fits
+
+    ckpt = resume_point(cfg.out, resume)
+    if ckpt is None:
+        return
+    names = ("student",)
+    if cfg.method == "lcm":
+        student, names = make_lcm_student(teacher_unet, cfg.time_cond_proj_dim), ("student", "target")
+    elif cfg.method == "slim":
+        from mobilediff.train.slim import parse_removal, slim_unet
+
+        student = slim_unet(teacher_unet, parse_removal(cfg.remove))
+    else:
+        student = teacher_unet
+    shapes = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+    check_fits(ckpt, {name: shapes for name in names})
+
+
 def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, command: str = "") -> list[Path]:
     """Run the distillation; returns the student pipeline folder(s) written (atomically)."""
     from diffusers import DDIMScheduler
@@ -761,6 +783,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
 
         slim_config(dict(teacher.unet.config), parse_removal(cfg.remove))
         guidance = slim_guidance(cfg, resolve_model(cfg.teacher))
+    _check_resume_fits(cfg, teacher.unet, resume)  # a checkpoint of another architecture, before a round is trained
     if cfg.source.given:  # the user's data is read (bad data refused) before OUT changes
         preflight_data(cfg.source, teacher, show=accelerator.is_main_process)
     prepare_run_folder(out, resume, accelerator)
