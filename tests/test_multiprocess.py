@@ -338,7 +338,11 @@ def test_killed_distillation_resumes_bit_identically(tiny_pipeline_dir, tmp_path
                               load_file(cut / "checkpoints" / "checkpoint-0000008" / f"{name}.safetensors"), name)
 
 
-@pytest.mark.parametrize("command", ["train-base --images", "distill lcm --wds", "distill progressive --prompts"])
+# one launch in the default run (the user's data through the shared cache, main process first, DDP); the other two
+# commands, ~30 s a launch, in the extended tier (python -m pytest -m extended), which keeps CI under 20 minutes
+@pytest.mark.parametrize("command", [pytest.param("train-base --images", marks=pytest.mark.extended),
+                                     "distill lcm --wds",
+                                     pytest.param("distill progressive --prompts", marks=pytest.mark.extended)])
 def test_two_processes_on_your_data(command, tiny_pipeline_dir, tmp_path):
     """Training on the user's data over two processes: one data read and cache (main process first), both processes'
     weights bit-identical after the run, output once."""
