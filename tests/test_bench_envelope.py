@@ -67,3 +67,13 @@ def test_every_bar_is_checked_by_the_one_function():
     assert bars.check_all({"int8_fd_ratio": 2.0, "int8_denoiser_shrink": None}) is False
     with pytest.raises(MobilediffError, match="unknown bar 'nope'; known: e2e_int8_4step_speedup"):
         bars.check("nope", 1.0)
+
+
+def test_command_line_names_no_absolute_path():
+    from pathlib import Path
+
+    from mobilediff.bench.envelope import command_line
+
+    repo = Path(__file__).resolve().parents[1]
+    line = command_line("run_device", ["--bundle", str(repo / "runs" / "b"), "--out", "rel/out", "--steps", "4"])
+    assert line == "python benchmarks/run_device.py --bundle runs/b --out rel/out --steps 4"

@@ -63,8 +63,11 @@ def library_versions() -> dict:
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
-    """How the result was made, as a user would type it: ``python benchmarks/<script>.py ARGS``."""
+    """How the result was made, as a user would type it from the repository root: ``python benchmarks/<script>.py
+    ARGS``, absolute paths made relative to the repository (a committed record names no path of this machine)."""
+    root = Path(__file__).resolve().parents[2]
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = [os.path.relpath(a, root) if os.path.isabs(a) else a for a in args]
     return f"python benchmarks/{script}.py {shlex.join(args)}".rstrip()
 
 
