@@ -105,6 +105,14 @@ def _caption_problem(text: object) -> str:
     return "caption holds control characters"
 
 
+def usable_caption(value: object, item: str, skips: Skips) -> str | None:
+    """``value`` as a clean caption, or None after counting ``item`` in ``skips`` under the reason it is unusable."""
+    caption = clean_caption(value)
+    if caption is None:
+        skips.skip(_caption_problem(value), item)
+    return caption
+
+
 def _read_text(path: Path, what: str) -> str:
     """A file's text, strict UTF-8 (a byte-order mark allowed); refuses other encodings naming the byte."""
     try:
@@ -166,10 +174,8 @@ def read_prompts(path: Path, skips: Skips) -> list[str]:
         raw = [(f"{path.name}:{i}", row["text"]) for i, row in enumerate(rows, 2)]
     prompts = []
     for where, value in raw:
-        caption = clean_caption(value)
-        if caption is None:
-            skips.skip(_caption_problem(value), where)
-        else:
+        caption = usable_caption(value, where, skips)
+        if caption is not None:
             prompts.append(caption)
     if not prompts:
         raise MobilediffError(f"prompts file {path} holds no usable prompt"
@@ -235,9 +241,8 @@ def read_image_folder(root: Path, skips: Skips) -> Iterator[Example]:
             if not path.is_file():
                 skips.skip("missing file", name)
                 continue
-            caption = clean_caption(row["text"])
+            caption = usable_caption(row["text"], name, skips)
             if caption is None:
-                skips.skip(_caption_problem(row["text"]), name)
                 continue
             data = _read_bytes(path, name, skips)
             if data is not None:
@@ -260,9 +265,8 @@ def read_image_folder(root: Path, skips: Skips) -> Iterator[Example]:
         except (OSError, UnicodeDecodeError):
             skips.skip("caption file unreadable or not UTF-8", name)
             continue
-        caption = clean_caption(text)
+        caption = usable_caption(text, name, skips)
         if caption is None:
-            skips.skip(_caption_problem(text), name)
             continue
         data = _read_bytes(path, name, skips)
         if data is not None:
@@ -335,9 +339,8 @@ def read_webdataset(pattern: str, skips: Skips) -> Iterator[Example]:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 skips.skip("caption not UTF-8 text or JSON", item)
                 continue
-            caption = clean_caption(value)
+            caption = usable_caption(value, item, skips)
             if caption is None:
-                skips.skip(_caption_problem(value), item)
                 continue
             yield Example(item, caption, parts[image_ext])
 
