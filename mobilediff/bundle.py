@@ -22,6 +22,7 @@ FORMAT = "mobilediff.bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ROLES = ("teacher", "student")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # every bundle holds these three
 
 
 def file_name(component: str, target: str, precision: str, ext: str) -> str:
@@ -79,42 +80,75 @@ def classifier_free_guidance(uncond, cond, scale):
 # the manifest's parts
 
 
+_JSON_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list": (list, tuple),
+               "tuple": (list, tuple), "dict": (dict,), "None": (type(None),)}
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "list": "a list", "tuple": "a list", "dict": "an object", "None": "null"}
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _at(where: str, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+def _check_type(value: Any, annotation: str, where: str) -> None:
+    """Refuse a JSON value of the wrong type for a field annotated with plain types (``int``, ``str | None``, ...);
+    record-typed fields are checked by their own record. A bool is not a number, a number is not a string."""
+    names = [a.strip() for a in annotation.split("|")]
+    if not all(n in _JSON_TYPES for n in names):
+        return
+    ok = any(isinstance(value, _JSON_TYPES[n]) and not (isinstance(value, bool) and n in ("int", "float"))
+             for n in names)
+    if not ok:
+        want = " or ".join(_TYPE_WORDS[n] for n in names)
+        raise MobilediffError(_at(where, f"expected {want}, got {json.dumps(value)[:40]}"))
+
+
 class _Record:
-    """Shared (de)serialisation: known fields by name, unknown ones kept in ``extra`` and written back."""
+    """Shared (de)serialisation: known fields by name, unknown ones kept in ``extra`` and written back; fields of
+    plain types are type-checked when read."""
 
     _NESTED: dict[str, Any] = {}  # field -> record class (or (list, class) / (dict, class))
 
     @classmethod
-    def from_dict(cls, d: Any, where: str):
+    def from_dict(cls, d: Any, where: str = ""):
+        """The record read from JSON ``d``; ``where`` is its field path in the manifest ("" for the manifest itself),
+        which every error names."""
         if not isinstance(d, dict):
-            raise MobilediffError(f"{where}: expected an object, got {type(d).__name__}")
+            raise MobilediffError(_at(where, f"expected an object, got {json.dumps(d)[:40]}"))
         names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
         missing = [n for n, f in names.items() if n not in d and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
         if missing:
-            raise MobilediffError(f"{where}: missing field {missing[0]!r}")
+            raise MobilediffError(f"missing field {_join(where, missing[0])!r}")
         kw = {}
         for n in names:
             if n not in d:
                 continue
-            v, kind = d[n], cls._NESTED.get(n)
-            if kind is None or v is None:
+            v, kind, at = d[n], cls._NESTED.get(n), _join(where, n)
+            if kind is None:
+                _check_type(v, names[n].type, at)
+                kw[n] = v
+            elif v is None:
                 kw[n] = v
             elif isinstance(kind, tuple) and kind[0] is list:
                 if not isinstance(v, list):
-                    raise MobilediffError(f"{where}.{n}: expected a list")
-                kw[n] = tuple(kind[1].from_dict(x, f"{where}.{n}[{i}]") for i, x in enumerate(v))
+                    raise MobilediffError(_at(at, "expected a list"))
+                kw[n] = tuple(kind[1].from_dict(x, f"{at}[{i}]") for i, x in enumerate(v))
             elif isinstance(kind, tuple) and kind[0] is dict:
                 if not isinstance(v, dict):
-                    raise MobilediffError(f"{where}.{n}: expected an object")
-                kw[n] = {k: kind[1].from_dict(x, f"{where}.{n}.{k}") for k, x in v.items()}
+                    raise MobilediffError(_at(at, "expected an object"))
+                kw[n] = {k: kind[1].from_dict(x, f"{at}.{k}") for k, x in v.items()}
             else:
-                kw[n] = kind.from_dict(v, f"{where}.{n}")
+                kw[n] = kind.from_dict(v, at)
         extra = {k: v for k, v in d.items() if k not in names}
         try:
             return cls(**kw, extra=extra)
         except (TypeError, ValueError) as e:
-            raise MobilediffError(f"{where}: {e}") from None
+            raise MobilediffError(_at(where, str(e))) from None
 
     def to_dict(self) -> dict:
         out = {}
@@ -260,7 +294,12 @@ class Guidance(_Record):
 
     def __post_init__(self):
         if self.type not in ("classifier_free", "embedding"):
-            raise ValueError(f"unknown guidance type {self.type!r}")
+            raise ValueError(f"unknown guidance type {self.type!r} (known: classifier_free, embedding)")
+        if not (math.isfinite(self.default_scale) and self.default_scale >= 0):
+            raise ValueError(f"default_scale must be a finite number >= 0, got {self.default_scale}")
+        if self.type == "embedding" and (not self.input or not self.embedding_dim or self.embedding_dim < 1):
+            raise ValueError("an embedding guidance names its UNet input and embedding_dim "
+                             f"(input {self.input!r}, embedding_dim {self.embedding_dim!r})")
 
 
 @dataclass(frozen=True)
@@ -288,6 +327,12 @@ class SamplingPlan(_Record):
     steps: int
     guidance: float
     extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
 
 
 @dataclass(frozen=True)
@@ -319,6 +364,13 @@ class Manifest(_Record):
     _NESTED = {"source": Source, "geometry": Geometry, "tokenizer": Tokenizer, "components": (dict, ComponentEntry),
                "samplers": (list, SamplerEntry), "guidance": Guidance, "model": ModelRole,
                "default_sampling": SamplingPlan}
+
+    def __post_init__(self):
+        missing = [c for c in COMPONENTS if c not in self.components]
+        if missing:
+            raise ValueError(f"components has no {missing[0]!r} (a bundle holds {', '.join(COMPONENTS)})")
+        if not self.samplers:
+            raise ValueError("samplers is empty (a bundle without sampler tables cannot sample)")
 
     @property
     def role(self) -> ModelRole:
@@ -383,7 +435,10 @@ def read_manifest(bundle: Path) -> Manifest:
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise MobilediffError(f"{path} has format version {version!r}; this mobilediff reads versions 1..{FORMAT_VERSION} "
                               f"(upgrade mobilediff to read newer bundles)")
-    manifest = Manifest.from_dict(raw, str(path))
+    try:
+        manifest = Manifest.from_dict(raw)
+    except MobilediffError as e:
+        raise MobilediffError(f"{path}: {e}") from None
     _check_finite(manifest, path)
     return manifest
 

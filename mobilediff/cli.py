@@ -421,7 +421,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         manifest.sampler_table(sampler, steps)  # fail fast on a missing table
         runner = BundleRunner(bundle, runtime)
         for p in prompts:
-            check_prompt_length(runner.tokenizer, p, _warn)
+            check_prompt_length(runner.tokenizer.bpe, p, _warn)
         with tqdm(total=len(all_prompts), desc=f"{runtime} {sampler} {steps} steps") as bar:
             images = []
             for p, sd in zip(all_prompts, all_seeds):

@@ -128,10 +128,30 @@ def _tokenizer_record(pipe, bundle: Path) -> dict:
         raise MobilediffError(f"the tokenizer has no {' or '.join(missing)} (CLIP BPE files the bundle must carry)")
     files = sorted(str(p.relative_to(bundle)) for p in dst.rglob("*") if p.is_file())
     tok = pipe.tokenizer
-    return {"class": type(tok).__name__, "files": files,
-            "file_sha256": {f: sha256_path(bundle / f) for f in files}, "max_length": tok.model_max_length,
-            "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
-            "lowercase": True, "note": "CLIP BPE (vocab.json + merges.txt); pad to max_length with pad_id"}
+    record = {"class": type(tok).__name__, "files": files,
+              "file_sha256": {f: sha256_path(bundle / f) for f in files}, "max_length": tok.model_max_length,
+              "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
+              "lowercase": True, "note": "CLIP BPE (vocab.json + merges.txt); pad to max_length with pad_id"}
+    _check_bundle_tokenizer(tok, bundle, record)
+    return record
+
+
+def _check_bundle_tokenizer(tok, bundle: Path, record: dict) -> None:
+    """The bundle's tokenizer as every reader builds it (vocab.json + merges.txt, the manifest's ids: see
+    runtimes.BundleTokenizer) must give the pipeline's own token ids: a tokenizer.json that disagrees with the two
+    files would have the apps feed the text encoder other ids than the model was made with."""
+    from mobilediff.bundle import Tokenizer
+    from mobilediff.goldens import TOKENIZER_PROMPTS
+    from mobilediff.runtimes import BundleTokenizer
+
+    ours = BundleTokenizer(bundle, Tokenizer(**{k: record[k] for k in ("max_length", "bos_id", "eos_id", "pad_id")},
+                                             files=tuple(record["files"])))
+    for prompt in TOKENIZER_PROMPTS:
+        want = tok([prompt], padding="max_length", max_length=record["max_length"], truncation=True).input_ids[0]
+        if ours.ids(prompt)[0].tolist() != [int(i) for i in want]:
+            raise MobilediffError(f"the tokenizer's vocab.json and merges.txt tokenize {prompt!r} differently from the "
+                                  f"pipeline's tokenizer (its tokenizer.json?): the bundle's readers use the two files; "
+                                  f"make them agree")
 
 
 def component_path(component: str, target: str, tag: str, ext: str, quantized: bool) -> str:
@@ -285,7 +305,7 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
             manifest["fused"] = export_fused(pipe, geometry, [t for t in targets if t in FUSED_TARGETS], precision,
                                              fused_steps, fused_sampler, guidance, tmp, say)
         # last, and through the one writer (which checks every field): a bundle without a manifest is not a bundle
-        write_manifest(tmp, Manifest.from_dict(manifest, "manifest"))
+        write_manifest(tmp, Manifest.from_dict(manifest))
     return out
 
 

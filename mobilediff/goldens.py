@@ -85,12 +85,10 @@ def _record(bundle: Path, manifest, runner, runtime: str, seed: int, say) -> tup
 
     tensors: dict[str, torch.Tensor] = {}
     tok = runner.tokenizer
-    length = manifest.tokenizer.max_length
     index = {"format": FORMAT, "format_version": FORMAT_VERSION, "bundle_manifest_sha256": sha256_path(bundle / MANIFEST),
              "runtime": runtime, "tokenizer": [], "noise": [], "plans": []}
     for prompt in TOKENIZER_PROMPTS:
-        ids = tok([prompt], padding="max_length", max_length=length, truncation=True).input_ids[0]
-        index["tokenizer"].append({"prompt": prompt, "ids": [int(i) for i in ids]})
+        index["tokenizer"].append({"prompt": prompt, "ids": tok.ids(prompt)[0].tolist()})
     shape = list(manifest.geometry.latent_shape)
     for s in NOISE_SEEDS:
         key = f"noise/seed{s}"

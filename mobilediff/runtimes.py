@@ -5,6 +5,7 @@ sha256). No diffusers scheduler and no PyTorch module runs here; PyTorch only ho
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,26 +18,52 @@ from mobilediff.targets import get_target
 RUNTIMES = ("onnx", "executorch")
 
 
-def bundle_tokenizer(bundle: Path, manifest):
+class BundleTokenizer:
+    """A bundle's tokenizer as the contract defines it (tests/contract/tokenizer.json): the CLIP BPE of its
+    ``vocab.json`` and ``merges.txt`` (a ``tokenizer.json`` beside them is for other tools and never read, as in the
+    apps), then ``[bos_id]`` + the prompt's first ``max_length - 2`` ids + ``[eos_id]``, padded with ``pad_id``. The
+    two files are checked against the manifest's sha256 before they are read."""
+
+    def __init__(self, bundle: Path, spec):
+        from transformers import CLIPTokenizer
+
+        bundle = Path(bundle)
+        for f in spec.files:
+            path = bundle / f
+            if not path.is_file():
+                raise MobilediffError(f"bundle tokenizer file missing: {path}")
+            if f in spec.file_sha256 and sha256_path(path) != spec.file_sha256[f]:
+                raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
+        paths = {}
+        for name in ("vocab.json", "merges.txt"):
+            listed = [f for f in spec.files if Path(f).name == name]
+            paths[name] = bundle / (listed[0] if listed else f"tokenizer/{name}")
+            if not paths[name].is_file():
+                raise MobilediffError(f"bundle tokenizer file missing: {paths[name]}")
+        try:
+            vocab = json.loads(paths["vocab.json"].read_text(encoding="utf-8"))
+            lines = paths["merges.txt"].read_text(encoding="utf-8").split("\n")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise MobilediffError(f"corrupt bundle tokenizer file in {bundle / 'tokenizer'}: {e}") from None
+        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        if not isinstance(vocab, dict) or any(len(m) != 2 for m in merges):
+            raise MobilediffError(f"corrupt bundle tokenizer in {bundle / 'tokenizer'}: vocab.json must map tokens to "
+                                  f"ids and merges.txt hold one pair a line")
+        self.spec = spec
+        self.bpe = CLIPTokenizer(vocab=vocab, merges=merges)  # the BPE alone; ids() adds the manifest's specials
+        self.bpe.model_max_length = spec.max_length
+
+    def ids(self, prompt: str) -> torch.Tensor:
+        """(1, max_length) int32 ids of ``prompt``."""
+        s = self.spec
+        body = self.bpe(prompt, add_special_tokens=False).input_ids[: s.max_length - 2]
+        ids = [s.bos_id, *body, s.eos_id] + [s.pad_id] * (s.max_length - 2 - len(body))
+        return torch.tensor([ids], dtype=torch.int32)
+
+
+def bundle_tokenizer(bundle: Path, manifest) -> BundleTokenizer:
     """The bundle's own tokenizer (its files checked against the manifest's sha256), at the manifest's length."""
-    from transformers import CLIPTokenizer
-
-    tok = manifest.tokenizer
-    for f in tok.files:
-        path = Path(bundle) / f
-        if not path.is_file():
-            raise MobilediffError(f"bundle tokenizer file missing: {path}")
-        if f in tok.file_sha256 and sha256_path(path) != tok.file_sha256[f]:
-            raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
-    t = CLIPTokenizer.from_pretrained(str(Path(bundle) / "tokenizer"))
-    t.model_max_length = tok.max_length
-    return t
-
-
-def token_ids(tokenizer, manifest, prompt: str) -> torch.Tensor:
-    """(1, max_length) int32 ids of ``prompt``: BOS, the prompt truncated to fit, EOS, padding."""
-    return tokenizer([prompt], padding="max_length", max_length=manifest.tokenizer.max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(torch.int32)
+    return BundleTokenizer(bundle, manifest.tokenizer)
 
 
 class BundleRunner:
@@ -61,7 +88,7 @@ class BundleRunner:
         return bundle_tokenizer(self.bundle, self.manifest)
 
     def encode(self, prompt: str) -> torch.Tensor:
-        return self.parts["text_encoder"](token_ids(self.tokenizer, self.manifest, prompt))[0]
+        return self.parts["text_encoder"](self.tokenizer.ids(prompt))[0]
 
     def _unet(self, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         unet = self.parts["unet"]

@@ -404,7 +404,7 @@ CASES = [
          "{t}/b/manifest.json: samplers[ddim:1].output_coef holds a number that is not finite"),
     Case("goldens-bundle-inf-guidance", lambda c: ["mobilediff", "goldens", "--bundle", str(c.t / "b"), "--out",
                                                    str(c.t / "g")], bundle_nan("guidance"),
-         "{t}/b/manifest.json: guidance.default_scale holds a number that is not finite"),
+         "{t}/b/manifest.json: guidance: default_scale must be a finite number >= 0, got inf"),
     Case("generate-bundle-no-table", gen("--bundle", P("b"), "--steps", "3", "--out", P("x.png")), bundle_copy,
          "no ddim table for 3 steps"),
     # export ---------------------------------------------------------------------------------------------------

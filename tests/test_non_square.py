@@ -97,8 +97,7 @@ def test_the_fused_program_is_the_step_by_step_bundle(wide):
     m = read_manifest(bundle)
     runner = BundleRunner(bundle, "onnx")
     sess = ort.InferenceSession(str(bundle / m.fused["files"][0]["path"]), providers=["CPUExecutionProvider"])
-    ids = runner.tokenizer(["a green triangle"], padding="max_length", max_length=m.tokenizer.max_length,
-                           return_tensors="np").input_ids
+    ids = runner.tokenizer.ids("a green triangle").numpy()
     noise = torch.randn(m.geometry.latent_shape, generator=torch.Generator().manual_seed(5))
     image = sess.run(["image"], {"input_ids": ids.astype(np.int32), "noise": noise.numpy(),
                                  "guidance_scale": np.array([3.0], dtype=np.float32)})[0]

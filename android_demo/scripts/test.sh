@@ -31,6 +31,6 @@ if [[ ! -f "$TESTS_JAR" || -n "$(find "$TEST_SRC" "$BUILD/engine.jar" -newer "$T
 fi
 CLASSES=$(unzip -Z1 "$TESTS_JAR" | grep -E 'Test\.class$' | sed 's/\.class$//; s#/#.#g' | sort)
 echo "[test] JUnit: $(echo $CLASSES | wc -w) classes" >&2
-java $JAVA_NATIVE_OPTS -Dmobilediff.fixtures="$FIXTURES" -cp "$TESTS_JAR:$BUILD/engine.jar:$RUNTIME_CP:$JUNIT_CP" \
+java $JAVA_NATIVE_OPTS -Dmobilediff.fixtures="$FIXTURES" -Dmobilediff.repo="$REPO_ROOT" -cp "$TESTS_JAR:$BUILD/engine.jar:$RUNTIME_CP:$JUNIT_CP" \
   org.junit.runner.JUnitCore $CLASSES
 echo "[test] done in $((SECONDS - start)) s" >&2

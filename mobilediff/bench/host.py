@@ -351,7 +351,7 @@ def host_fused(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, 
 
     from mobilediff.bundle import verify_file
     from mobilediff.quality import eval_scenes
-    from mobilediff.runtimes import bundle_tokenizer, token_ids
+    from mobilediff.runtimes import bundle_tokenizer
 
     prompt = eval_scenes(1)[0].caption
     rows = []
@@ -371,7 +371,7 @@ def host_fused(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, 
             inputs = component_inputs(b.manifest, "", entry=entry)
 
             def call():
-                inputs[0] = token_ids(tokenizer, b.manifest, prompt)
+                inputs[0] = tokenizer.ids(prompt)
                 with torch.no_grad():
                     return part(*inputs)
             row = end_to_end_row(b, plan, rt, f"{b.name} (fused)", b.name, file_precision(file))

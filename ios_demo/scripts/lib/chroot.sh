@@ -75,13 +75,17 @@ exit "$status"
 INNER
 }
 
+REPO_DIR="$(cd "$IOS_DEMO/.." && pwd)"
 PACKAGE_DIR="$IOS_DEMO/MobileDiffKit"
-# Where the package is seen inside the chroot (bind-mounted, so .build/ stays on the host between runs).
-CHROOT_PACKAGE=/src/MobileDiffKit
+# Where the repository is seen inside the chroot: bind-mounted whole (so .build/ stays on the host between runs),
+# with the package at the same place in it as on the host; the contract tests read the repository's tests/contract
+# and tokenizer files relative to their own source file.
+CHROOT_REPO=/src/mobilediff
+CHROOT_PACKAGE="$CHROOT_REPO/ios_demo/MobileDiffKit"
 
 # swift_run [--bind HOST:CHROOT]... -- SHELL_COMMAND: runs SHELL_COMMAND in the package folder inside the chroot.
 swift_run() {
-    local binds=(--bind "$PACKAGE_DIR:$CHROOT_PACKAGE")
+    local binds=(--bind "$REPO_DIR:$CHROOT_REPO")
     while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do binds+=("$1" "$2"); shift 2; done
     [ "${1:-}" = "--" ] && shift
     chroot_run "$TRIXIE_ROOT" "${binds[@]}" -- /bin/bash -c "cd $CHROOT_PACKAGE && $*"

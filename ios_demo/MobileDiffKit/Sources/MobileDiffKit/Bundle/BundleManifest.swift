@@ -2,12 +2,18 @@ import Foundation
 
 /// `manifest.json` of a mobilediff bundle, as written by `mobilediff export` (mobilediff/bundle.py).
 ///
-/// Only the fields an app needs are decoded; fields are only ever added to the format, so unknown ones are
-/// ignored. Keys are the manifest's snake_case names (decoded with `.convertFromSnakeCase`).
-public struct BundleManifest: Decodable, Sendable {
+/// Only the fields an app needs are read; fields are only ever added to the format, so unknown ones are ignored.
+/// `load(bundle:)` reads a manifest whole or not at all: a missing, mistyped or out-of-range field is one
+/// `invalidManifest` naming it as the manifest spells it (`samplers[0].init_noise_sigma`). The rules are
+/// docs/bundle.md's, pinned down by the conformance cases in tests/contract/ (ContractTests).
+public struct BundleManifest: Sendable {
     public static let format = "mobilediff.bundle"
     /// The newest format version this engine reads.
     public static let supportedFormatVersion = 1
+    /// The components every bundle has.
+    public static let componentNames = ["text_encoder", "unet", "vae_decoder"]
+    public static let roles = ["teacher", "student"]
+    public static let guidanceTypes = ["classifier_free", "embedding"]
 
     public var format: String
     public var formatVersion: Int
@@ -17,13 +23,29 @@ public struct BundleManifest: Decodable, Sendable {
     public var samplers: [SamplerTable]
     public var guidance: Guidance
     public var predictionType: String?
-    /// What the model is (teacher or distilled student); absent in bundles exported before it was added.
+    /// The manifest's `model`: what the model is; absent in bundles exported before it was added (see `role`).
     public var model: ModelInfo?
-    /// The plan an app uses when the user sets nothing; absent in older bundles (then: ddim, 50 steps, the
-    /// guidance's default scale — see `Pipeline.Configuration.defaults(for:)`).
+    /// The manifest's `default_sampling`; absent in bundles exported before it was added (see `plan`).
     public var defaultSampling: DefaultSampling?
 
-    public struct Geometry: Decodable, Sendable {
+    /// What the model is: the manifest's `model`, or for bundles exported before it existed an LCM student when the
+    /// denoiser takes a guidance embedding, else a teacher.
+    public var role: ModelInfo {
+        if let model { return model }
+        return guidance.type == "embedding" ? ModelInfo(role: "student", method: "lcm") : ModelInfo(role: "teacher")
+    }
+
+    /// The plan an app uses when the user sets nothing: the manifest's `default_sampling`, or for bundles exported
+    /// before it existed LCM with 4 steps for a guidance-embedding denoiser, else DDIM with 50 steps, at the
+    /// guidance's default scale. Its table may be missing: `samplerTable` says so.
+    public var plan: DefaultSampling {
+        if let defaultSampling { return defaultSampling }
+        return guidance.type == "embedding"
+            ? DefaultSampling(sampler: "lcm", steps: 4, guidance: guidance.defaultScale)
+            : DefaultSampling(sampler: "ddim", steps: 50, guidance: guidance.defaultScale)
+    }
+
+    public struct Geometry: Sendable {
         public var height: Int
         public var width: Int
         public var latentChannels: Int
@@ -36,7 +58,7 @@ public struct BundleManifest: Decodable, Sendable {
         public var latentShape: [Int] { [1, latentChannels, latentHeight, latentWidth] }
     }
 
-    public struct TokenizerInfo: Decodable, Sendable {
+    public struct TokenizerInfo: Sendable {
         public var files: [String]
         public var maxLength: Int
         public var bosId: Int32
@@ -46,13 +68,13 @@ public struct BundleManifest: Decodable, Sendable {
 
     /// One tensor a component takes or returns. `shape` mixes named dims ("batch") and sizes;
     /// `staticShape` has the sizes of the exported graph.
-    public struct TensorSpec: Decodable, Sendable {
+    public struct TensorSpec: Sendable {
         public var name: String
         public var dtype: String
         public var staticShape: [Int]?
     }
 
-    public struct ComponentFile: Decodable, Sendable {
+    public struct ComponentFile: Sendable {
         public var target: String
         public var precision: String
         public var path: String
@@ -60,29 +82,18 @@ public struct BundleManifest: Decodable, Sendable {
         public var sizeBytes: Int?
         public var externalData: [ExternalData]?
 
-        public struct ExternalData: Decodable, Sendable {
+        public struct ExternalData: Sendable {
             public var path: String
             public var sha256: String
         }
     }
 
-    public struct Component: Decodable, Sendable {
+    public struct Component: Sendable {
         public var inputs: [TensorSpec]
         public var outputs: [TensorSpec]
         /// Static dims of the exported graph (e.g. `batch`); only integer-valued entries are kept.
         public var dims: [String: Int]
         public var files: [ComponentFile]
-
-        enum CodingKeys: String, CodingKey { case inputs, outputs, dims, files }
-
-        public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            inputs = try c.decode([TensorSpec].self, forKey: .inputs)
-            outputs = try c.decode([TensorSpec].self, forKey: .outputs)
-            files = try c.decode([ComponentFile].self, forKey: .files)
-            let raw = try c.decodeIfPresent([String: LenientInt].self, forKey: .dims) ?? [:]
-            dims = raw.compactMapValues(\.value)
-        }
 
         /// The graph's static batch, if it was exported with one.
         public var staticBatch: Int? { dims["batch"] }
@@ -91,7 +102,7 @@ public struct BundleManifest: Decodable, Sendable {
     /// The sampler as data (mobilediff/sampler_table.py): for step i,
     /// `latent_{i+1} = Σ_k latentCoef[i][k]·latent_{i-k} + Σ_k outputCoef[i][k]·output_{i-k} + noiseCoef[i]·fresh noise`
     /// where `output_i = denoiser(inputScale[i]·latent_i, timesteps[i])`, and `latent_0 = initNoiseSigma·noise`.
-    public struct SamplerTable: Decodable, Sendable {
+    public struct SamplerTable: Sendable {
         public var name: String
         public var steps: Int
         public var initNoiseSigma: Double
@@ -102,7 +113,7 @@ public struct BundleManifest: Decodable, Sendable {
         public var noiseCoef: [Double]
     }
 
-    public struct Guidance: Decodable, Sendable {
+    public struct Guidance: Sendable {
         /// "classifier_free" (UNet batch rows [uncond, cond]) or "embedding" (LCM: an extra UNet input).
         public var type: String
         public var defaultScale: Double
@@ -113,16 +124,31 @@ public struct BundleManifest: Decodable, Sendable {
         public var defaultEmbedding: [Double]?
     }
 
-    public struct ModelInfo: Decodable, Sendable {
-        public var role: String?
+    /// What the model is: `role` one of `roles` (teacher, student); for a student, the `method` that made it
+    /// (progressive, lcm, slim, or one from a newer mobilediff: informational); `name`, what it was exported from.
+    public struct ModelInfo: Sendable, Equatable {
+        public var role: String
         public var method: String?
         public var name: String?
+
+        public init(role: String, method: String? = nil, name: String? = nil) {
+            self.role = role
+            self.method = method
+            self.name = name
+        }
     }
 
-    public struct DefaultSampling: Decodable, Sendable {
+    /// A sampling plan: a sampler table name, steps (>= 1) and guidance scale (>= 0).
+    public struct DefaultSampling: Sendable, Equatable {
         public var sampler: String
         public var steps: Int
-        public var guidance: Double?
+        public var guidance: Double
+
+        public init(sampler: String, steps: Int, guidance: Double) {
+            self.sampler = sampler
+            self.steps = steps
+            self.guidance = guidance
+        }
     }
 
     /// The sampler table for `sampler` with `steps` steps.
@@ -141,17 +167,9 @@ public struct BundleManifest: Decodable, Sendable {
     }
 }
 
-/// An integer that decodes to nil (instead of failing) when the JSON value is something else.
-struct LenientInt: Decodable {
-    var value: Int?
-    init(from decoder: any Decoder) throws {
-        value = try? decoder.singleValueContainer().decode(Int.self)
-    }
-}
-
 extension BundleManifest {
-    /// Reads `<bundle>/manifest.json`: checks the format name and refuses a newer format version before
-    /// decoding anything else (a newer manifest may not decode with this engine's types).
+    /// Reads `<bundle>/manifest.json`: checks the format name and refuses another format version before reading
+    /// anything else (a newer manifest may not read with this engine's types), then reads every field it uses.
     public static func load(bundle: URL) throws -> BundleManifest {
         let url = bundle.appendingPathComponent("manifest.json")
         var isDirectory: ObjCBool = false
@@ -163,25 +181,152 @@ extension BundleManifest {
         do { data = try Data(contentsOf: url) } catch {
             throw MobileDiffError.invalidManifest(path: url.path, reason: "\(error)")
         }
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try BundleManifest(ManifestValue.parse(data, file: url.path))
+    }
 
-        struct Header: Decodable { var format: String?; var formatVersion: Int? }
-        let header: Header
-        do { header = try decoder.decode(Header.self, from: data) } catch {
-            throw MobileDiffError.invalidManifest(path: url.path, reason: "not JSON (\(error))")
+    init(_ root: ManifestObject) throws {
+        let format = root.fields["format"] ?? .null
+        guard case .string(BundleManifest.format) = format else {
+            throw MobileDiffError.invalidManifest(path: root.file, reason: "format is \(format.described), expected \(BundleManifest.format)")
         }
-        guard header.format == BundleManifest.format else {
-            throw MobileDiffError.invalidManifest(path: url.path, reason: "format is \(header.format ?? "missing"), expected \(BundleManifest.format)")
+        let version = root.fields["format_version"] ?? .null
+        guard case .integer(let formatVersion) = version, (1...BundleManifest.supportedFormatVersion).contains(formatVersion) else {
+            if case .integer(let newer) = version, newer > BundleManifest.supportedFormatVersion {
+                throw MobileDiffError.unsupportedManifestVersion(found: newer, supported: BundleManifest.supportedFormatVersion)
+            }
+            let found = root.has("format_version") ? "format version \(version.described)" : "no format version (format_version)"
+            throw MobileDiffError.invalidManifest(
+                path: root.file, reason: "has \(found); this engine reads versions 1...\(BundleManifest.supportedFormatVersion)")
         }
-        guard let version = header.formatVersion, version >= 1 else {
-            throw MobileDiffError.invalidManifest(path: url.path, reason: "format_version is missing or below 1")
+        self.format = BundleManifest.format
+        self.formatVersion = formatVersion
+        geometry = try Geometry(root.object("geometry"))
+        tokenizer = try TokenizerInfo(root.object("tokenizer"))
+        let components = try root.object("components")
+        var byName: [String: Component] = [:]
+        for name in BundleManifest.componentNames { byName[name] = try Component(components.object(name)) }
+        self.components = byName
+        samplers = try root.objects("samplers").map(SamplerTable.init)
+        guard !samplers.isEmpty else { throw root.error("samplers", "no sampler tables (a bundle has at least one)") }
+        guidance = try Guidance(root.object("guidance"))
+        predictionType = try root.optionalString("prediction_type")
+        model = try root.optionalObject("model").map(ModelInfo.init)
+        defaultSampling = try root.optionalObject("default_sampling").map(DefaultSampling.init)
+    }
+}
+
+extension BundleManifest.Geometry {
+    init(_ o: ManifestObject) throws {
+        height = try o.int("height")
+        width = try o.int("width")
+        latentChannels = try o.int("latent_channels")
+        latentHeight = try o.int("latent_height")
+        latentWidth = try o.int("latent_width")
+        scalingFactor = try o.double("scaling_factor")
+        shiftFactor = try o.optionalDouble("shift_factor")
+    }
+}
+
+extension BundleManifest.TokenizerInfo {
+    init(_ o: ManifestObject) throws {
+        files = try o.strings("files")
+        maxLength = try o.int("max_length")
+        bosId = try o.int32("bos_id")
+        eosId = try o.int32("eos_id")
+        padId = try o.int32("pad_id")
+    }
+}
+
+extension BundleManifest.TensorSpec {
+    init(_ o: ManifestObject) throws {
+        name = try o.string("name")
+        dtype = try o.string("dtype")
+        staticShape = o.has("static_shape") ? try o.ints("static_shape") : nil
+    }
+}
+
+extension BundleManifest.ComponentFile {
+    init(_ o: ManifestObject) throws {
+        target = try o.string("target")
+        precision = try o.string("precision")
+        path = try o.string("path")
+        sha256 = try o.string("sha256")
+        sizeBytes = try o.optionalInt("size_bytes")
+        externalData = o.has("external_data") ? try o.objects("external_data").map(ExternalData.init) : nil
+    }
+}
+
+extension BundleManifest.ComponentFile.ExternalData {
+    init(_ o: ManifestObject) throws {
+        path = try o.string("path")
+        sha256 = try o.string("sha256")
+    }
+}
+
+extension BundleManifest.Component {
+    init(_ o: ManifestObject) throws {
+        inputs = try o.objects("inputs").map(BundleManifest.TensorSpec.init)
+        outputs = try o.objects("outputs").map(BundleManifest.TensorSpec.init)
+        files = try o.objects("files").map(BundleManifest.ComponentFile.init)
+        var dims: [String: Int] = [:]
+        for (name, value) in try o.optionalObject("dims")?.fields ?? [:] {
+            if case .integer(let size) = value { dims[name] = size }
         }
-        guard version <= supportedFormatVersion else {
-            throw MobileDiffError.unsupportedManifestVersion(found: version, supported: supportedFormatVersion)
+        self.dims = dims
+    }
+}
+
+extension BundleManifest.SamplerTable {
+    init(_ o: ManifestObject) throws {
+        name = try o.string("name")
+        steps = try o.int("steps")
+        initNoiseSigma = try o.double("init_noise_sigma")
+        timesteps = try o.doubles("timesteps")
+        inputScale = try o.doubles("input_scale")
+        latentCoef = try o.rows("latent_coef")
+        outputCoef = try o.rows("output_coef")
+        noiseCoef = try o.doubles("noise_coef")
+    }
+}
+
+extension BundleManifest.Guidance {
+    init(_ o: ManifestObject) throws {
+        type = try o.string("type")
+        guard BundleManifest.guidanceTypes.contains(type) else {
+            throw o.error(o.field("type"), "unknown guidance type \(type.debugDescription) (known: \(BundleManifest.guidanceTypes.joined(separator: ", ")))")
         }
-        do { return try decoder.decode(BundleManifest.self, from: data) } catch {
-            throw MobileDiffError.invalidManifest(path: url.path, reason: "\(error)")
+        defaultScale = try o.double("default_scale")
+        guard defaultScale >= 0 else { throw o.error(o.field("default_scale"), "must be >= 0, got \(defaultScale)") }
+        unconditionalPrompt = try o.optionalString("unconditional_prompt")
+        input = try o.optionalString("input")
+        embeddingDim = try o.optionalInt("embedding_dim")
+        if type == "embedding" {
+            // an embedding names the UNet input it feeds and its width; classifier-free guidance has neither
+            guard try !o.string("input").isEmpty else { throw o.error(o.field("input"), "is empty (an embedding names the UNet input it feeds)") }
+            let dim = try o.int("embedding_dim")
+            guard dim >= 1 else { throw o.error(o.field("embedding_dim"), "must be >= 1, got \(dim)") }
         }
+        defaultEmbedding = try o.optionalDoubles("default_embedding")
+    }
+}
+
+extension BundleManifest.ModelInfo {
+    init(_ o: ManifestObject) throws {
+        role = try o.string("role")
+        guard BundleManifest.roles.contains(role) else {
+            throw o.error(o.field("role"), "unknown role \(role.debugDescription) (known: \(BundleManifest.roles.joined(separator: ", ")))")
+        }
+        method = try o.optionalString("method")
+        name = try o.optionalString("name")
+    }
+}
+
+extension BundleManifest.DefaultSampling {
+    init(_ o: ManifestObject) throws {
+        sampler = try o.string("sampler")
+        steps = try o.int("steps")
+        guard steps >= 1 else { throw o.error(o.field("steps"), "must be >= 1, got \(steps)") }
+        guidance = try o.double("guidance")
+        guard guidance >= 0 else { throw o.error(o.field("guidance"), "must be >= 0, got \(guidance)") }
     }
 }

@@ -1,6 +1,7 @@
 extension Pipeline {
-    /// What to generate. `defaults(for:)` gives the bundle's own plan (its `default_sampling`, or DDIM-50 at
-    /// the guidance's default scale for bundles exported before that field existed).
+    /// What to generate. `defaults(for:)` gives the bundle's own plan (`BundleManifest.plan`: its
+    /// `default_sampling`, or for bundles exported before that field existed LCM-4 for a guidance-embedding model,
+    /// else DDIM-50, at the guidance's default scale).
     public struct Configuration: Sendable {
         public var prompt: String
         public var seed: UInt64
@@ -18,9 +19,8 @@ extension Pipeline {
         }
 
         public static func defaults(for manifest: BundleManifest, prompt: String = "", seed: UInt64 = 0) -> Configuration {
-            let plan = manifest.defaultSampling
-            return Configuration(prompt: prompt, seed: seed, sampler: plan?.sampler ?? "ddim", steps: plan?.steps ?? 50,
-                                 guidanceScale: plan?.guidance ?? manifest.guidance.defaultScale)
+            let plan = manifest.plan
+            return Configuration(prompt: prompt, seed: seed, sampler: plan.sampler, steps: plan.steps, guidanceScale: plan.guidance)
         }
 
         /// Checks the arguments before any work starts.

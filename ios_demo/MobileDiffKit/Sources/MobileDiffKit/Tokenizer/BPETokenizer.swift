@@ -3,9 +3,11 @@ import Foundation
 /// CLIP's byte-level BPE tokenizer (the text encoder's own vocabulary: vocab.json + merges.txt).
 ///
 /// Steps, as CLIP and transformers' CLIPTokenizer do them:
-/// 1. normalise: Unicode NFC, runs of whitespace to one space, trim, lower-case;
-/// 2. split into words with CLIP's pattern (special tokens, English contractions, letter runs, single digits,
-///    runs of other non-space characters);
+/// 0. the special tokens' own text (`<|startoftext|>`, `<|endoftext|>`, exactly so spelled) maps to their ids; the
+///    text between them goes through steps 1-4;
+/// 1. normalise: Unicode NFC, runs of whitespace to one space, trim, lower-case (each character on its own);
+/// 2. split into words with CLIP's pattern (English contractions, letter runs, single digits, runs of other
+///    non-space characters);
 /// 3. map each word's UTF-8 bytes to printable characters (GPT-2's byte-to-unicode table) and mark the word's
 ///    end with `</w>`;
 /// 4. merge adjacent symbol pairs, lowest merge rank first, until no ranked pair remains; look up the ids;
@@ -53,14 +55,33 @@ public final class BPETokenizer: @unchecked Sendable {
         return ids + [Int32](repeating: padId, count: maxLength - ids.count)
     }
 
-    /// Token ids of `text` without special tokens, padding or truncation.
+    /// Token ids of `text` without bos/eos framing, padding or truncation. The special tokens' text inside `text`
+    /// maps to their ids, as in transformers (which matches it before normalising, so only this exact spelling).
     public func tokenize(_ text: String) -> [Int32] {
         var ids: [Int32] = []
-        for word in BPETokenizer.words(in: BPETokenizer.normalize(text)) {
-            if let special = vocabulary[word], word == "<|startoftext|>" || word == "<|endoftext|>" {
-                ids.append(special)
+        let scalars = Array(text.unicodeScalars)
+        var start = 0, i = 0
+        func flush(upTo end: Int) {
+            ids.append(contentsOf: tokenizeText(String(String.UnicodeScalarView(scalars[start..<end]))))
+        }
+        while i < scalars.count {
+            guard let special = BPETokenizer.specialTokens.first(where: { scalars[i...].starts(with: $0.unicodeScalars) }) else {
+                i += 1
                 continue
             }
+            flush(upTo: i)
+            ids.append(vocabulary[special] ?? eosId)
+            i += special.unicodeScalars.count
+            start = i
+        }
+        flush(upTo: scalars.count)
+        return ids
+    }
+
+    /// Ids of text holding no special token: steps 1-4.
+    private func tokenizeText(_ text: String) -> [Int32] {
+        var ids: [Int32] = []
+        for word in BPETokenizer.words(in: BPETokenizer.normalize(text)) {
             let encoded = String(word.utf8.map { byteEncoder[Int($0)] })
             ids.append(contentsOf: bpeIds(encoded))
         }
@@ -69,14 +90,29 @@ public final class BPETokenizer: @unchecked Sendable {
 
     // MARK: - steps
 
+    static let specialTokens = ["<|startoftext|>", "<|endoftext|>"]
+
+    /// NFC, every run of Unicode whitespace to one space (trimmed at both ends), lower-case. Works on Unicode
+    /// scalars, not characters: a space followed by a combining mark is one `Character` that is not whitespace
+    /// as a whole, where the reference sees a space and a mark. Lower-cases each scalar on its own, as the
+    /// tokenizers library's Lowercase normaliser does (no final-sigma rule).
     static func normalize(_ text: String) -> String {
-        let composed = text.precomposedStringWithCanonicalMapping
-        let collapsed = composed.split(whereSeparator: { $0.isWhitespace }).joined(separator: " ")
-        return collapsed.lowercased()
+        var out = String.UnicodeScalarView()
+        var pendingSpace = false
+        for scalar in text.precomposedStringWithCanonicalMapping.unicodeScalars {
+            if scalar.properties.isWhitespace {
+                pendingSpace = !out.isEmpty
+                continue
+            }
+            if pendingSpace { out.append(" ") }
+            pendingSpace = false
+            out.append(contentsOf: scalar.properties.lowercaseMapping.unicodeScalars)
+        }
+        return String(out)
     }
 
-    /// CLIP's pre-tokenization pattern:
-    /// `<|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+` (case-insensitive).
+    /// CLIP's pre-tokenization pattern, on normalised text:
+    /// `'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`.
     static func words(in text: String) -> [String] {
         var words: [String] = []
         let scalars = Array(text.unicodeScalars)
@@ -96,16 +132,11 @@ public final class BPETokenizer: @unchecked Sendable {
         func hasPrefix(_ p: String, at index: Int) -> Bool {
             let ps = Array(p.unicodeScalars)
             guard index + ps.count <= scalars.count else { return false }
-            for k in 0..<ps.count where String(scalars[index + k]).lowercased() != String(ps[k]) { return false }
+            for k in 0..<ps.count where scalars[index + k] != ps[k] { return false }
             return true
         }
         outer: while i < scalars.count {
             let s = scalars[i]
-            for special in ["<|startoftext|>", "<|endoftext|>"] where hasPrefix(special, at: i) {
-                words.append(special)
-                i += special.unicodeScalars.count
-                continue outer
-            }
             if s == "'" {
                 for contraction in ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"] where hasPrefix(contraction, at: i) {
                     words.append(String(String.UnicodeScalarView(scalars[i..<(i + contraction.unicodeScalars.count)])))

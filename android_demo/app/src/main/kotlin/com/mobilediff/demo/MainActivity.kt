@@ -88,7 +88,7 @@ class MainActivity : Activity() {
                 val m = MobilediffBundle.open(dir).manifest
                 val plan = m.defaultSampling
                 runOnUiThread { steps.setText(plan.steps.toString()) }
-                "${dir.name}: ${m.model?.role ?: "model"}, default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}"
+                "${dir.name}: ${m.role.role}, default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}"
             } catch (e: BundleError) {
                 "Bad bundle: ${e.file}: ${e.problem}"
             }

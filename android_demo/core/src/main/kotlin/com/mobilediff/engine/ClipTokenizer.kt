@@ -10,7 +10,7 @@ import java.util.regex.Pattern
  * CLIP's byte-level BPE tokenizer over a bundle's `vocab.json` + `merges.txt`, giving the ids of
  * transformers' `CLIPTokenizer(prompt, padding="max_length", max_length=L, truncation=True)`:
  *
- *  1. normalize: Unicode NFC, every whitespace run -> one space, lowercase;
+ *  1. normalize: Unicode NFC, every whitespace run -> one space, lowercase (each character on its own);
  *  2. split into words with CLIP's pattern (contractions, letter runs, single digits, other-symbol runs),
  *     whitespace dropped; the special tokens `<|startoftext|>` / `<|endoftext|>` map to their ids directly;
  *  3. each word -> its UTF-8 bytes as GPT-2's printable byte alphabet, `</w>` appended to the last symbol,
@@ -55,7 +55,22 @@ class ClipTokenizer(
     }
 
     private fun normalize(text: String): String =
-        WHITESPACE.matcher(Normalizer.normalize(text, Normalizer.Form.NFC)).replaceAll(" ").lowercase(Locale.ROOT)
+        lowercase(WHITESPACE.matcher(Normalizer.normalize(text, Normalizer.Form.NFC)).replaceAll(" "))
+
+    /**
+     * Each code point lower-cased on its own, as the tokenizers library's Lowercase normalizer does: Java's
+     * String.lowercase would apply the final-sigma rule (a word-final Σ to ς, where the reference gives σ).
+     */
+    private fun lowercase(text: String): String {
+        val out = StringBuilder(text.length)
+        var i = 0
+        while (i < text.length) {
+            val end = i + Character.charCount(text.codePointAt(i))
+            out.append(text.substring(i, end).lowercase(Locale.ROOT))
+            i = end
+        }
+        return out.toString()
+    }
 
     private fun words(text: String): List<String> {
         val m = WORD.matcher(text)

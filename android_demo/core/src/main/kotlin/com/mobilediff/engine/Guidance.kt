@@ -46,21 +46,36 @@ sealed class Guidance {
     }
 
     companion object {
-        internal fun parse(r: JsonReader, g: JSONObject): Guidance =
-            when (val type = r.str(g, "type", "guidance.type")) {
-                "classifier_free" -> ClassifierFree(
-                    r.double(g, "default_scale", "guidance.default_scale"),
-                    g.optString("unconditional_prompt", ""),
-                )
-                "embedding" -> Embedding(
-                    defaultScale = r.double(g, "default_scale", "guidance.default_scale"),
-                    input = r.str(g, "input", "guidance.input"),
-                    embeddingDim = r.int(g, "embedding_dim", "guidance.embedding_dim"),
-                    defaultEmbedding = g.optJSONArray("default_embedding")?.toDoubles()?.let { d ->
-                        FloatArray(d.size) { d[it].toFloat() }
-                    } ?: FloatArray(0),
-                )
-                else -> throw BundleError(Manifest.MANIFEST, "field 'guidance.type': unknown guidance type '$type'")
+        const val CLASSIFIER_FREE = "classifier_free"
+        const val EMBEDDING = "embedding"
+
+        internal fun parse(r: JsonReader, g: JSONObject): Guidance {
+            val type = r.str(g, "type", "guidance.type")
+            if (type != CLASSIFIER_FREE && type != EMBEDDING) {
+                val known = "$CLASSIFIER_FREE, $EMBEDDING"
+                r.fail("guidance.type", "unknown guidance type ${JsonReader.describe(type)} (known: $known)")
             }
+            val scale = r.double(g, "default_scale", "guidance.default_scale")
+            if (scale < 0) r.fail("guidance.default_scale", "must be >= 0, got $scale")
+            return when (type) {
+                CLASSIFIER_FREE ->
+                    ClassifierFree(scale, r.optStr(g, "unconditional_prompt", "guidance.unconditional_prompt") ?: "")
+                else -> {
+                    // the UNet input the embedding feeds, and its width
+                    val input = r.str(g, "input", "guidance.input")
+                    if (input.isEmpty()) r.fail("guidance.input", "is empty (an embedding names the UNet input it feeds)")
+                    val dim = r.int(g, "embedding_dim", "guidance.embedding_dim")
+                    if (dim < 1) r.fail("guidance.embedding_dim", "must be >= 1, got $dim")
+                    Embedding(
+                        defaultScale = scale,
+                        input = input,
+                        embeddingDim = dim,
+                        defaultEmbedding = r.optDoubles(g, "default_embedding", "guidance.default_embedding")?.let { d ->
+                            FloatArray(d.size) { d[it].toFloat() }
+                        } ?: FloatArray(0),
+                    )
+                }
+            }
+        }
     }
 }

@@ -1,11 +1,11 @@
 package com.mobilediff.engine
 
-import org.json.JSONException
 import org.json.JSONObject
 
 /**
  * The typed `manifest.json` of a bundle: every field the engine uses, nothing else (fields are only ever added,
  * so unknown ones are ignored). Parse with [Manifest.parse]; [Bundle.open] also checks the files it names.
+ * The rules are docs/bundle.md's, pinned down by the conformance cases in tests/contract/ (ContractTest).
  */
 class Manifest(
     val formatVersion: Int,
@@ -14,17 +14,27 @@ class Manifest(
     val components: Map<String, ComponentSpec>,
     val samplers: List<SamplerTable>,
     val guidance: Guidance,
-    /** The model's role (null in bundles written before the field existed). */
+    /** The manifest's `model` (null in bundles written before the field existed; see [role]). */
     val model: ModelInfo?,
-    /** The plan an app uses when the user sets nothing (see [defaultSampling]). */
+    /** The manifest's `default_sampling` (see [defaultSampling]). */
     private val declaredDefault: SamplingPlan?,
 ) {
     /**
-     * The manifest's `default_sampling`, or for bundles written before it existed: DDIM with 50 steps at the
-     * guidance default (what `mobilediff generate --bundle` does without options).
+     * What the model is: the manifest's `model`, or for bundles written before it existed an LCM student when the
+     * denoiser takes a guidance embedding, else a teacher.
+     */
+    val role: ModelInfo
+        get() = model ?: if (guidance is Guidance.Embedding) ModelInfo(ROLE_STUDENT, "lcm") else ModelInfo(ROLE_TEACHER, null)
+
+    /**
+     * The plan an app uses when the user sets nothing: the manifest's `default_sampling`, or for bundles written
+     * before it existed LCM with 4 steps for a guidance-embedding denoiser, else DDIM with 50 steps, at the guidance
+     * default (what `mobilediff generate --bundle` does without options). Its table may be missing: [sampler] says so.
      */
     val defaultSampling: SamplingPlan
-        get() = declaredDefault ?: SamplingPlan("ddim", 50, guidance.defaultScale)
+        get() = declaredDefault
+            ?: if (guidance is Guidance.Embedding) SamplingPlan("lcm", 4, guidance.defaultScale)
+            else SamplingPlan("ddim", 50, guidance.defaultScale)
 
     fun component(name: String): ComponentSpec =
         components[name] ?: throw BundleError(MANIFEST, "has no component '$name' (it has: ${components.keys.joinToString()})")
@@ -43,36 +53,46 @@ class Manifest(
         /** The newest manifest format this engine reads; a newer one is refused, never half-read. */
         const val FORMAT_VERSION = 1
         val COMPONENTS = listOf("text_encoder", "unet", "vae_decoder")
+        const val ROLE_TEACHER = "teacher"
+        const val ROLE_STUDENT = "student"
+        val ROLES = listOf(ROLE_TEACHER, ROLE_STUDENT)
 
-        /** Parse manifest text. Throws [BundleError] (file "manifest.json") for any missing or malformed field. */
+        /**
+         * Parse manifest text. Throws one [BundleError] (file "manifest.json") naming the field, as the manifest
+         * spells it, for any missing, mistyped or out-of-range field: a manifest is read whole or not at all.
+         */
         fun parse(text: String): Manifest {
             val r = JsonReader(MANIFEST)
-            val root = try {
-                JSONObject(text)
-            } catch (e: JSONException) {
-                throw BundleError(MANIFEST, "is not valid JSON (${e.message})", e)
+            val root = r.document(text)
+            val format = root.opt("format")
+            if (format != FORMAT) {
+                throw BundleError(MANIFEST, "is not a mobilediff bundle manifest (format ${JsonReader.describe(format)})")
             }
-            val format = root.optString("format")
-            if (format != FORMAT) throw BundleError(MANIFEST, "is not a mobilediff bundle manifest (format '$format')")
-            val version = r.int(root, "format_version")
-            if (version > FORMAT_VERSION || version < 1) {
-                throw BundleError(
-                    MANIFEST,
-                    "has format version $version; this engine reads versions 1..$FORMAT_VERSION (update the app to read newer bundles)",
-                )
+            val version = root.opt("format_version")
+            val formatVersion = JsonReader.integer(version)
+            if (formatVersion == null || formatVersion < 1 || formatVersion > FORMAT_VERSION) {
+                val found = if (version == null || version == JSONObject.NULL) "no format version (format_version)"
+                else "format version ${JsonReader.describe(version)}"
+                val newer = version is Number && version.toDouble() > FORMAT_VERSION
+                val advice = if (newer) " (update the app to read newer bundles)" else ""
+                throw BundleError(MANIFEST, "has $found; this engine reads versions 1..$FORMAT_VERSION$advice")
             }
+            val geometry = Geometry.parse(r, r.obj(root, "geometry"))
+            val tokenizer = TokenizerSpec.parse(r, r.obj(root, "tokenizer"))
             val components = r.obj(root, "components").let { c ->
-                COMPONENTS.filter { c.has(it) }.associateWith { ComponentSpec.parse(r, it, r.obj(c, it, "components.$it")) }
+                COMPONENTS.associateWith { ComponentSpec.parse(r, it, r.obj(c, it, "components.$it")) }
             }
+            val samplers = r.objects(root, "samplers").mapIndexed { i, t -> SamplerTable.parse(r, t, "samplers[$i]") }
+            if (samplers.isEmpty()) r.fail("samplers", "no sampler tables (a bundle has at least one)")
             return Manifest(
-                formatVersion = version,
-                geometry = Geometry.parse(r, r.obj(root, "geometry")),
-                tokenizer = TokenizerSpec.parse(r, r.obj(root, "tokenizer")),
+                formatVersion = formatVersion,
+                geometry = geometry,
+                tokenizer = tokenizer,
                 components = components,
-                samplers = r.arr(root, "samplers").objects().mapIndexed { i, t -> SamplerTable.parse(r, t, "samplers[$i]") },
+                samplers = samplers,
                 guidance = Guidance.parse(r, r.obj(root, "guidance")),
-                model = root.optJSONObject("model")?.let { ModelInfo(it.optString("role", "teacher"), it.optStringOrNull("method")) },
-                declaredDefault = root.optJSONObject("default_sampling")?.let { SamplingPlan.parse(r, it) },
+                model = r.optObj(root, "model")?.let { ModelInfo.parse(r, it) },
+                declaredDefault = r.optObj(root, "default_sampling")?.let { SamplingPlan.parse(r, it) },
             )
         }
     }
@@ -99,7 +119,7 @@ class Geometry(
             latentHeight = r.int(g, "latent_height", "geometry.latent_height"),
             latentWidth = r.int(g, "latent_width", "geometry.latent_width"),
             scalingFactor = r.double(g, "scaling_factor", "geometry.scaling_factor"),
-            shiftFactor = g.optDouble("shift_factor", 0.0),
+            shiftFactor = r.optDouble(g, "shift_factor", "geometry.shift_factor") ?: 0.0,
         )
     }
 }
@@ -118,8 +138,10 @@ class TokenizerSpec(
 ) {
     companion object {
         internal fun parse(r: JsonReader, t: JSONObject) = TokenizerSpec(
-            fileSha256 = t.optJSONObject("file_sha256")?.let { o -> o.keys().asSequence().associateWith { o.getString(it) } } ?: emptyMap(),
-            files = r.arr(t, "files", "tokenizer.files").strings(),
+            fileSha256 = r.optObj(t, "file_sha256", "tokenizer.file_sha256")?.let { o ->
+                o.keys().asSequence().associateWith { r.str(o, it, "tokenizer.file_sha256.$it") }
+            } ?: emptyMap(),
+            files = r.strings(t, "files", "tokenizer.files"),
             maxLength = r.int(t, "max_length", "tokenizer.max_length"),
             bosId = r.int(t, "bos_id", "tokenizer.bos_id"),
             eosId = r.int(t, "eos_id", "tokenizer.eos_id"),
@@ -165,41 +187,64 @@ class ComponentSpec(
     companion object {
         internal fun parse(r: JsonReader, name: String, c: JSONObject): ComponentSpec {
             val p = "components.$name"
-            fun specs(key: String) = r.arr(c, key, "$p.$key").objects().mapIndexed { i, s ->
+            fun specs(key: String) = r.objects(c, key, "$p.$key").mapIndexed { i, s ->
                 TensorSpec(r.str(s, "name", "$p.$key[$i].name"), r.str(s, "dtype", "$p.$key[$i].dtype"))
             }
             fun ref(o: JSONObject, at: String) =
                 FileRef(r.str(o, "path", "$at.path"), r.str(o, "sha256", "$at.sha256"), o.optLong("size_bytes", -1))
-            val files = r.arr(c, "files", "$p.files").objects().mapIndexed { i, f ->
+            val files = r.objects(c, "files", "$p.files").mapIndexed { i, f ->
                 val at = "$p.files[$i]"
                 val target = r.str(f, "target", "$at.target")
-                val dynamic = f.optJSONObject("export")?.optJSONArray("dynamic_dims")?.strings()?.contains("batch")
+                val dynamic = f.optJSONObject("export")?.optJSONArray("dynamic_dims")
+                    ?.let { d -> List(d.length()) { d.opt(it) }.contains("batch") }
                 ComponentFile(
                     target = target,
                     precision = r.str(f, "precision", "$at.precision"),
                     file = ref(f, at),
-                    externalData = f.optJSONArray("external_data")?.objects()?.mapIndexed { k, e -> ref(e, "$at.external_data[$k]") }
-                        ?: emptyList(),
+                    externalData = if (f.isNull("external_data")) {
+                        emptyList()
+                    } else {
+                        r.objects(f, "external_data", "$at.external_data").mapIndexed { k, e -> ref(e, "$at.external_data[$k]") }
+                    },
                     // older manifests do not record it: ONNX graphs are exported with a dynamic batch, the others not
                     dynamicBatch = dynamic ?: (target == "onnx"),
                 )
             }
-            val batch = c.optJSONObject("dims")?.let { if (it.has("batch")) r.int(it, "batch", "$p.dims.batch") else null }
+            val batch = r.optObj(c, "dims", "$p.dims")
+                ?.let { if (it.isNull("batch")) null else r.int(it, "batch", "$p.dims.batch") }
             return ComponentSpec(name, specs("inputs"), specs("outputs"), batch, files)
         }
     }
 }
 
-/** What the model is: a teacher, or a student made by [method] (progressive | lcm). */
-class ModelInfo(val role: String, val method: String?)
+/**
+ * What the model is: a [role] of [Manifest.ROLES] (teacher, student), and for a student the [method] that made it
+ * (progressive, lcm, slim, or one from a newer mobilediff: informational).
+ */
+data class ModelInfo(val role: String, val method: String?) {
+    companion object {
+        internal fun parse(r: JsonReader, o: JSONObject): ModelInfo {
+            val role = r.str(o, "role", "model.role")
+            if (role !in Manifest.ROLES) {
+                r.fail("model.role", "unknown role ${JsonReader.describe(role)} (known: ${Manifest.ROLES.joinToString()})")
+            }
+            return ModelInfo(role, r.optStr(o, "method", "model.method"))
+        }
+    }
+}
 
-/** A sampling plan: sampler table name, steps and guidance scale. */
+/** A sampling plan: sampler table name, steps (>= 1) and guidance scale (>= 0). */
 data class SamplingPlan(val sampler: String, val steps: Int, val guidance: Double) {
     companion object {
-        internal fun parse(r: JsonReader, o: JSONObject) = SamplingPlan(
-            r.str(o, "sampler", "default_sampling.sampler"),
-            r.int(o, "steps", "default_sampling.steps"),
-            r.double(o, "guidance", "default_sampling.guidance"),
-        )
+        internal fun parse(r: JsonReader, o: JSONObject): SamplingPlan {
+            val plan = SamplingPlan(
+                r.str(o, "sampler", "default_sampling.sampler"),
+                r.int(o, "steps", "default_sampling.steps"),
+                r.double(o, "guidance", "default_sampling.guidance"),
+            )
+            if (plan.steps < 1) r.fail("default_sampling.steps", "must be >= 1, got ${plan.steps}")
+            if (plan.guidance < 0) r.fail("default_sampling.guidance", "must be >= 0, got ${plan.guidance}")
+            return plan
+        }
     }
 }

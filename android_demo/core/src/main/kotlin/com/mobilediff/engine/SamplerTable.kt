@@ -32,7 +32,7 @@ class SamplerTable(
 
     companion object {
         internal fun parse(r: JsonReader, t: JSONObject, at: String): SamplerTable {
-            fun rows(key: String) = r.arr(t, key, "$at.$key").let { a -> List(a.length()) { a.getJSONArray(it).toDoubles() } }
+            fun rows(key: String) = r.rows(t, key, "$at.$key")
             return SamplerTable(
                 name = r.str(t, "name", "$at.name"),
                 steps = r.int(t, "steps", "$at.steps"),

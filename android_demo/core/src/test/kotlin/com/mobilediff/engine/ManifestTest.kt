@@ -25,12 +25,20 @@ class ManifestTest {
     }
 
     @Test
-    fun withoutDefaultSamplingTheFallbackIsDdim50AtTheGuidanceDefault() {
-        val (_, text) = fixtureManifests().first()
-        val o = JSONObject(text)
-        o.remove("default_sampling")
-        val m = Manifest.parse(o.toString())
-        assertEquals(SamplingPlan("ddim", 50, m.guidance.defaultScale), m.defaultSampling)
+    fun withoutModelAndDefaultSamplingTheGuidanceDecidesRoleAndPlan() {
+        for ((model, text) in fixtureManifests()) {
+            val o = JSONObject(text)
+            o.remove("model")
+            o.remove("default_sampling")
+            val m = Manifest.parse(o.toString())
+            // a guidance-embedding denoiser is an LCM student sampled with LCM-4, any other a teacher with DDIM-50
+            val expected = if (m.guidance is Guidance.Embedding) {
+                ModelInfo("student", "lcm") to SamplingPlan("lcm", 4, m.guidance.defaultScale)
+            } else {
+                ModelInfo("teacher", null) to SamplingPlan("ddim", 50, m.guidance.defaultScale)
+            }
+            assertEquals(model, expected, m.role to m.defaultSampling)
+        }
     }
 
     @Test
