@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mobilediff.bench import bars
 from mobilediff.bench.envelope import Parser, command_line, count, envelope, fmt, run_command, write_results
+from mobilediff.targets import HOST_RUNTIMES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMPONENT_BAR, IMAGE_BAR = bars.bar("export_fp32_component_psnr_db"), bars.bar("export_e2e_image_psnr_db")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "delegated_subgraphs": f["export"].get("delegated_subgraphs"),
                                  "non_delegated_ops": f["export"].get("non_delegated_ops", {})}
                                 if f["target"] == "executorch" else {})})
-        for runtime in ("onnx", "executorch"):
+        for runtime in HOST_RUNTIMES:
             runner = BundleRunner(bundle, runtime)
             for sampler, steps, guidance in E2E:
                 seeds = list(range(len(PROMPTS)))

@@ -25,7 +25,7 @@ from pathlib import Path
 from mobilediff.bench.envelope import Parser, command_line, count, envelope, run_command, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = ("onnx", "executorch")
+TARGETS = ("onnx", "executorch")  # the host runtimes whose per-operator profilers mobilediff.bench.op_profile has
 
 
 def profile_rows(bundle: Path, components: list[str], runs: int, warmup: int, threads: int) -> list[dict]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mobilediff.bundle import COMPONENTS
 from mobilediff.errors import MobilediffError
 
 CALIBRATION_SEED = 77_000  # data seed of the calibration prompts: disjoint from the evaluation set's
@@ -76,7 +77,7 @@ def record_calibration(pipe, prompts: list[str], steps: int, sampler: str, guida
 
     if max_rows < 1:
         raise MobilediffError(f"max_rows must be >= 1, got {max_rows}")
-    res = {c: _Reservoir(max_rows, seed * 1009 + i) for i, c in enumerate(("text_encoder", "unet", "vae_decoder"))}
+    res = {c: _Reservoir(max_rows, seed * 1009 + i) for i, c in enumerate(COMPONENTS)}
     with_cond = bool(pipe.unet.config.time_cond_proj_dim)
 
     def te_hook(module, args, kwargs):

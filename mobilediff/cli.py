@@ -13,6 +13,7 @@ import click
 
 from mobilediff.errors import MobilediffError, shorten
 from mobilediff.samplers import SAMPLERS
+from mobilediff.targets import FUSED_TARGETS, HOST_RUNTIMES, TARGETS
 
 
 SEED = click.IntRange(min=0, max=2**63 - 1)  # what torch.Generator.manual_seed takes
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1; with --tiny too).")
 @click.option("--tiny", is_flag=True, help="Tiny components and 32x32 images (for smoke tests only).")
 @data_options()
-@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
+@click.option("--resume", default=None, help="'latest' (each stage from its newest complete checkpoint in OUT), or a checkpoint folder of either stage (OUT/vae_run/checkpoints/checkpoint-N, OUT/unet_run/...): one of OUT's continues in place; another run's continues in OUT as a new run folder (OUT must not exist, or pass --force), a denoiser-stage one with the VAE of its run folder (or --vae-from). Must match: the architecture (model sizes, --tiny, --unet-channels/--unet-layers) and the stage's steps at least the checkpoint's (--vae-steps/--unet-steps); may differ: batch sizes, learning rate, loss weights, seed, data, checkpoint cadence (the run continues with them; the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, checkpoint_every, seed, mixed_precision,
                    text_aux_weight, min_snr_gamma, object_weight, small_object_weight, timestep_bias_range, timestep_bias_multiplier,
@@ -227,8 +228,10 @@ def build_emoji_data_cmd(out, tarball, force):
 @click.option("--steps", type=click.IntRange(min=1), default=2500, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per step.")
 @click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed of data and initialisation.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True, help="Also keep training checkpoints (every K steps and the last; the two newest) in OUT/checkpoints, which appear with the rest of OUT when the command succeeds (0: none).")
+@click.option("--resume", default=None, help="A checkpoint folder of another run (OUT/checkpoints/checkpoint-N, kept with --checkpoint-every), continued to --steps in this OUT. Must match: the architecture, --steps at least the checkpoint's step; may differ: batch size, seed, checkpoint cadence (the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
-def train_evaluator_cmd(out, steps, batch_size, seed, force):
+def train_evaluator_cmd(out, steps, batch_size, seed, checkpoint_every, resume, force):
     """Train the shapes-domain evaluator on fresh ground-truth samples and report its accuracy."""
     import json
 
@@ -238,7 +241,8 @@ def train_evaluator_cmd(out, steps, batch_size, seed, force):
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
-    metrics = train_evaluator(out, steps=steps, batch_size=batch_size, seed=seed, force=force)
+    metrics = train_evaluator(out, steps=steps, batch_size=batch_size, seed=seed, force=force, resume=resume,
+                              checkpoint_every=checkpoint_every)
     click.echo(json.dumps(metrics, indent=2))
 
 
@@ -262,7 +266,7 @@ def train_evaluator_cmd(out, steps, batch_size, seed, force):
 @click.option("--remove", default="mid,attention-0", show_default=True, help="slim: blocks removed from the teacher's UNet, comma-separated: mid (the middle block), attention-K (the transformers of resolution level K, 0 = highest).")
 @click.option("--feature-weight", type=Finite(min=0), default=1.0, show_default=True, help="slim: weight of the block-output (feature) distillation term.")
 @data_options(synthesize=True)
-@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
+@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder (RUN/checkpoints/checkpoint-N): one of OUT's continues in place; another run's continues in OUT as a new run folder (OUT must not exist, or pass --force; a progressive checkpoint brings its run's earlier rounds' students). Must match: the method, the teacher's weights, the student's architecture (slim: --remove), --max-train-steps at least the checkpoint's step (progressive: the same --max-train-steps and --teacher-steps, which number the rounds' steps); may differ: batch size, learning rate, guidance, loss weights, seed, data, checkpoint cadence (the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
                 checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, remove,
@@ -312,7 +316,7 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Save a checkpoint every K steps.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of initialisation, data order and sampled latents.")
 @data_options(synthesize=True)
-@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder.")
+@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder (RUN/checkpoints/checkpoint-N): one of OUT's continues in place; another run's continues in OUT as a new run folder (OUT must not exist, or pass --force). Must match: the model's VAE weights, the decoder's architecture (--width, --blocks), --max-train-steps at least the checkpoint's step; may differ: batch size, learning rate, loss weights, latent pool, seed, data, checkpoint cadence (the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, lr, latent_cache, sampled_latents,
                         perceptual_weight, checkpoint_every, seed, resume, force, **data):
@@ -394,7 +398,7 @@ def _warn(msg: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output PNG: one image, or a prompts x seeds grid. Written whole or not at all; a file already there is replaced (concurrent runs leave one complete image, the last to finish), a folder never.")
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
-@click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime for --bundle.")
+@click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True, help="Host runtime for --bundle.")
 def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime):
     """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes)."""
     from PIL import Image
@@ -445,12 +449,12 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 
 @cli.command("export")
 @click.option("--model", default="default", show_default=True, help="Pipeline folder (diffusers format) or 'default'.")
-@click.option("--target", required=True, help="coreml | onnx | executorch | all")
+@click.option("--target", required=True, help=f"{' | '.join(TARGETS)} | all (or a comma-separated list)")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create (manifest.json + component files). It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--height", type=click.IntRange(min=1), default=None, help="Image height (default: the model's own, its UNet config's sample_size, an int or a [height, width] pair, times the VAE factor).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="Image width (default: the model's own).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True, help="Compute precision of the exported graphs.")
-@click.option("--fused-steps", type=click.IntRange(1, 16), default=None, help="Also export one program: text encoder + N unrolled denoiser steps + VAE decoder (onnx, executorch).")
+@click.option("--fused-steps", type=click.IntRange(1, 16), default=None, help=f"Also export one program: text encoder + N unrolled denoiser steps + VAE decoder ({', '.join(FUSED_TARGETS)}).")
 @click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int8-decoder|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
@@ -508,7 +512,8 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
 @cli.command("goldens")
 @click.option("--bundle", type=click.Path(path_type=Path), required=True, help="Bundle folder (mobilediff export) to record.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: goldens.json + goldens.safetensors. It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
-@click.option("--runtime", type=click.Choice(["onnx", "executorch"]), default="onnx", show_default=True, help="Host runtime that runs the bundle's graphs.")
+@click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True,
+              help="Host runtime that runs the bundle's graphs.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Noise seed of the recorded sampling plans.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def goldens_cmd(bundle, out, runtime, seed, force):

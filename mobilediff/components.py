@@ -17,7 +17,6 @@ import torch
 
 from mobilediff.errors import MobilediffError
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int32": torch.int32}
 
 

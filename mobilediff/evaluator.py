@@ -254,36 +254,82 @@ def parse_caption(caption: str) -> Scene:
 # ---- training ------------------------------------------------------------------------------------
 def train_evaluator(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 2e-3, seed: int = 1234,
                     cfg: EvaluatorConfig = EvaluatorConfig(), eval_samples: int = 4096, progress: bool = True,
-                    force: bool = False) -> dict:
+                    force: bool = False, resume: str | None = None, checkpoint_every: int = 0) -> dict:
     """Train the evaluator on fresh ground-truth samples and write it (safetensors + config.json) to the folder
-    ``out``, all or nothing (:func:`mobilediff.io.atomic_dir`). Raises MobilediffError, before training, if ``out``
-    exists and ``force`` is false or another process is writing it; after, if it appeared meanwhile (never replaced
-    without ``force``) or cannot be written."""
+    ``out``, all or nothing (:func:`mobilediff.io.atomic_dir`).
+
+    ``checkpoint_every`` K > 0 also keeps training checkpoints (every K steps and the last; the two newest) in
+    ``out/checkpoints``, which appear with the rest of ``out`` when the command succeeds. ``resume``: such a
+    checkpoint folder (of another ``out``), from whose step training continues to ``steps``; it must fit the
+    architecture and lie within ``steps`` (batch size, learning rate and seed may differ; with the same ones the
+    result is that of one uninterrupted run).
+
+    Raises MobilediffError, before training, if ``out`` exists and ``force`` is false, another process is writing
+    it, or the checkpoint cannot be continued; after, if ``out`` appeared meanwhile (never replaced without
+    ``force``) or cannot be written."""
     from mobilediff.io import atomic_dir
 
     out = Path(out)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
+    ckpt = _evaluator_checkpoint(resume, cfg, steps)
     # OUT is claimed before training, not after it: a second writer of OUT fails now (mobilediff.io)
     with atomic_dir(out, force=force) as tmp:
-        net, metrics = _fit(steps, batch_size, lr, seed, cfg, eval_samples, progress)
+        net, metrics = _fit(steps, batch_size, lr, seed, cfg, eval_samples, progress, ckpt,
+                            tmp if checkpoint_every > 0 else None, checkpoint_every)
         save_tensors(net.state_dict(), tmp / "evaluator.safetensors")
         atomic_write_json(tmp / "config.json", {"architecture": asdict(cfg), "metrics": metrics})
     return metrics
 
 
+def _evaluator_checkpoint(resume: str | None, cfg: EvaluatorConfig, steps: int):
+    """The train-evaluator checkpoint ``resume`` names (None: a fresh run), checked before anything is written: a
+    complete checkpoint folder of this architecture, within ``steps``. Raises MobilediffError naming it."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        raise MobilediffError("train-evaluator writes --out whole when it finishes, so there is no unfinished run in "
+                              "it to continue: pass a checkpoint folder to --resume (OUT/checkpoints/checkpoint-N of a "
+                              "run with --checkpoint-every)")
+    from mobilediff.train.checkpoint import check_continues, check_fits, load_checkpoint
+
+    ckpt = load_checkpoint(Path(resume))
+    if not (ckpt.path / "evaluator.safetensors").is_file():
+        raise MobilediffError(f"checkpoint {ckpt.path} is not a train-evaluator checkpoint (no evaluator.safetensors)")
+    with torch.random.fork_rng(devices=[]):
+        shapes = {k: tuple(v.shape) for k, v in EvaluatorNet(cfg).state_dict().items()}
+    check_fits(ckpt, {"evaluator": shapes})
+    check_continues(ckpt, {"command": "train-evaluator"}, steps, f"--steps {steps}")
+    return ckpt
+
+
 def _fit(steps: int, batch_size: int, lr: float, seed: int, cfg: EvaluatorConfig, eval_samples: int,
-         progress: bool) -> tuple["EvaluatorNet", dict]:
-    """Train an evaluator (see :func:`train_evaluator`); return it and its metrics."""
+         progress: bool, ckpt=None, run_dir: Path | None = None, checkpoint_every: int = 0) -> tuple["EvaluatorNet", dict]:
+    """Train an evaluator (see :func:`train_evaluator`), from the start or from the checkpoint ``ckpt``, keeping
+    checkpoints in ``run_dir`` (if given) every ``checkpoint_every`` steps; return it and its metrics."""
+    import warnings
+
     from tqdm.auto import tqdm
+
+    from mobilediff.train.checkpoint import restore, run_record, save_checkpoint
 
     torch.manual_seed(seed)
     net = EvaluatorNet(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     data = ShapesDataset(seed=seed, config=ShapesConfig(resolution=cfg.resolution))
     g = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="train evaluator", disable=not progress, mininterval=2.0)
+    start = 0
+    if ckpt is not None:
+        restore(ckpt, {"evaluator": net}, opt)
+        g.set_state(load_tensors(ckpt.path / "augment_rng.safetensors")["state"])
+        start = ckpt.step
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    with warnings.catch_warnings():  # (stepping the schedule to the checkpoint's step, no optimizer step between)
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start):
+            sched.step()
+    bar = tqdm(range(start, steps), desc="train evaluator", disable=not progress, mininterval=2.0, initial=start,
+               total=steps)
     for step in bar:
         images, _, scenes = data.batch(step * batch_size, batch_size)
         loss = evaluator_loss(net(augment(images, g)), labels_tensor(scenes))
@@ -292,6 +338,9 @@ def _fit(steps: int, batch_size: int, lr: float, seed: int, cfg: EvaluatorConfig
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if run_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save_checkpoint(run_dir, step + 1, {"evaluator": net.state_dict(), "augment_rng": {"state": g.get_state()}},
+                            opt, run_record(command="train-evaluator"))
     ev = Evaluator(net.eval(), cfg)
     # fresh samples from a seed the training never saw: clean, and with generator-like degradation
     test = ShapesDataset(seed=seed + 777, config=ShapesConfig(resolution=cfg.resolution))

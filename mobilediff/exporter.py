@@ -25,7 +25,7 @@ from mobilediff.decoder import decoder_source
 from mobilediff.errors import MobilediffError
 from mobilediff.flops import count_gflop
 from mobilediff.io import atomic_dir
-from mobilediff.targets import PRECISIONS, TARGETS, get_target
+from mobilediff.targets import FUSED_TARGETS, PRECISIONS, TARGETS, get_target
 
 # optimum's layout of a diffusion pipeline: the bundle component -> the pipeline module whose config it carries
 PIPELINE_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
@@ -33,7 +33,6 @@ PIPELINE_GRAPH = "model.onnx"
 # step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
 TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
 DEFAULT_GUIDANCE = 5.0  # a teacher's default guidance scale when neither the model nor the user names one
-FUSED_TARGETS = ("onnx", "executorch")
 
 
 def parse_targets(target: str) -> list[str]:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from mobilediff.targets import HOST_RUNTIMES
+
 FIXTURE_VERSION = 2  # bump when what is written here changes
 RUNTIMES = {"default": ("onnx",), "default:progressive-4": ("onnx", "executorch"), "default:lcm": ("onnx",)}
 MODELS = tuple(RUNTIMES)
@@ -26,7 +28,7 @@ def _slug(model: str) -> str:
     return model.split(":", 1)[1] if ":" in model else model
 
 
-ALL_RUNTIMES = ("onnx", "executorch")
+ALL_RUNTIMES = HOST_RUNTIMES
 
 
 def build_model(model: str, folder: Path, say, runtimes: tuple[str, ...] | None = None) -> dict:

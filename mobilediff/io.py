@@ -11,6 +11,10 @@ Every command output goes through here, under one discipline:
 - **One writer per folder**: a writer holds an advisory lock (``flock``) on ``.<name>.mobilediff.lock`` beside the
   folder for its whole run, the lock file naming its pid and command line; a second writer fails at once naming
   the first. The kernel drops the lock when the process ends, however it ends (SIGKILL included).
+- **A training run folder** (train-base, distill, distill-decoder) grows checkpoint by checkpoint instead of being
+  renamed into place: its writer holds the same lock (:func:`folder_lock`) for the whole run, creates the folder
+  only where nothing is (a folder that appeared at the path since the command checked it is left alone, and the
+  command fails naming it), and replaces an existing one only with ``--force``.
 - **Leftovers of a killed writer** (its ``.partial`` folder or ``.tmp`` file, its lock file) are removed by the
   next writer of the same path, with one ``warning:`` line on stderr. The writer's pid is in every temporary's
   name; a temporary is removed only when that process no longer runs (and is not this one's own, in use).
@@ -169,6 +173,36 @@ def atomic_dir(path: Path, force: bool = False) -> Iterator[Path]:
             lock.release()
         if not ok:
             for p in made:  # the parents this call created, deepest first, if nothing else went in
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+
+
+@contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of the folder ``path`` (:class:`_Lock`, as :func:`atomic_dir` does) while the block writes into
+    ``path`` in place: a training run folder, which grows checkpoint by checkpoint and is never renamed into place.
+
+    A second writer of ``path`` (this block, or an :func:`atomic_dir`, in another process) fails at once naming this
+    one. Leftovers of killed writers beside ``path`` (their lock file, temporaries) are removed on entry, one
+    ``warning:`` line each. Parents created for the lock file are removed again if the block fails and nothing else
+    went into them. Raises MobilediffError naming the writer that holds the lock; WriteError naming ``path`` if the
+    lock file cannot be written (a read-only place, a full disk)."""
+    path = Path(path)
+    made = _make_parent(path)
+    lock = None
+    ok = False
+    try:
+        lock = _Lock.acquire(path)
+        _clear_leftovers(path, lock.previous if lock else None)
+        yield
+        ok = True
+    finally:
+        if lock is not None:
+            lock.release()
+        if not ok:
+            for p in made:
                 try:
                     p.rmdir()
                 except OSError:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 
-from mobilediff.bundle import classifier_free_guidance, component_file, guidance_embedding, read_manifest, sha256_path
+from mobilediff.bundle import (COMPONENTS, classifier_free_guidance, component_file, guidance_embedding, read_manifest,
+                               sha256_path)
 from mobilediff.errors import MobilediffError
 from mobilediff.sampler_table import run_table
-from mobilediff.targets import get_target
-
-RUNTIMES = ("onnx", "executorch")
+from mobilediff.targets import get_runtime
 
 
 class BundleTokenizer:
@@ -70,15 +69,14 @@ class BundleRunner:
     """Loads a bundle's three components for one host runtime and samples with its tables."""
 
     def __init__(self, bundle: Path, runtime: str, precision: str | None = None, threads: int | None = None):
-        if runtime not in RUNTIMES:
-            raise MobilediffError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}")
+        target = get_runtime(runtime)  # refuses a name that is not a host runtime
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         self.runtime = runtime
         self.parts = {}
-        for name in ("text_encoder", "unet", "vae_decoder"):
+        for name in COMPONENTS:
             path, entry = component_file(self.manifest, self.bundle, name, runtime, precision)
-            self.parts[name] = get_target(runtime).load(path, self.manifest.component(name), threads, name)
+            self.parts[name] = target.load(path, self.manifest.component(name), threads, name)
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest.geometry
         self.guidance = self.manifest.guidance

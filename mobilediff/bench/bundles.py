@@ -9,10 +9,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobilediff.bundle import Manifest
+from mobilediff.bundle import COMPONENTS, Manifest
 from mobilediff.errors import MobilediffError
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 INT8_RECIPES = ("int8-static", "int8-dynamic", "int8", "int8-decoder")  # 8-bit weights and activations, per target
 
 

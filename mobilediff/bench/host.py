@@ -19,9 +19,11 @@ from typing import Callable
 from mobilediff.bench.bundles import COMPONENTS, BundleInfo, Plan, component_inputs, file_precision, fused_entry
 from mobilediff.bench.stats import peak_rss_of_call, row_median, summarize, time_callable
 from mobilediff.errors import MobilediffError
+from mobilediff.targets import HOST_RUNTIMES as TARGET_RUNTIMES
+from mobilediff.targets import get_runtime
 
-BUNDLE_RUNTIMES = ("onnx", "executorch")  # host runtimes that read a bundle
-HOST_RUNTIMES = (*BUNDLE_RUNTIMES, "eager")
+BUNDLE_RUNTIMES = TARGET_RUNTIMES  # host runtimes that read a bundle (mobilediff.targets)
+HOST_RUNTIMES = (*BUNDLE_RUNTIMES, "eager")  # and the reference pipeline run by PyTorch
 LOAD_WHAT = {"eager": "from_pretrained of the source folder's component", "onnx": "onnxruntime.InferenceSession",
              "executorch": "executorch.runtime load_program + load_method"}
 
@@ -93,23 +95,8 @@ def import_runtime(runtime: str, threads: int | None = None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if runtime == "onnx":
-        import onnxruntime  # noqa: F401
-    elif runtime == "executorch":
-        from executorch.runtime import Runtime
-
-        from mobilediff.quiet import quiet_stderr
-
-        with quiet_stderr():  # the runtime's CPU-info probe writes to fd 2 when it starts
-            Runtime.get()
-        if threads is not None:
-            # the XNNPACK threadpool of executorch's Python runtime (an API executorch marks experimental)
-            from executorch.extension.pybindings import portable_lib
-
-            from mobilediff.quiet import quiet_stderr
-
-            with quiet_stderr():  # "Resetting threadpool to N threads." on fd 2
-                portable_lib._unsafe_reset_threadpool(threads)
+    if runtime in BUNDLE_RUNTIMES:
+        get_runtime(runtime).prepare_runtime(threads)
     elif runtime == "eager":
         # diffusers and transformers import their model classes lazily: import them here, not inside the measurement
         from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
@@ -121,15 +108,9 @@ def runtime_threads(runtimes, threads: int | None) -> dict:
     import torch
 
     out = {"torch (eager)": torch.get_num_threads()}
-    if "onnx" in runtimes:
-        out["onnxruntime intra-op"] = threads if threads is not None else "default (one per physical core)"
-    if "executorch" in runtimes:
-        try:
-            from executorch.extension.pybindings import portable_lib
-
-            out["executorch threadpool"] = portable_lib._threadpool_get_thread_count()
-        except (ImportError, AttributeError):
-            out["executorch threadpool"] = "unknown"
+    for runtime in runtimes:
+        if runtime in BUNDLE_RUNTIMES:
+            out.update(get_runtime(runtime).runtime_threads(threads))
     return out
 
 

@@ -17,9 +17,10 @@ from mobilediff.bench.bundles import COMPONENTS
 from mobilediff.bench.envelope import pyplot, savefig
 from mobilediff.bench.host import BUNDLE_RUNTIMES as HOST_RUNTIMES
 from mobilediff.bench.stats import check_count
+from mobilediff.targets import TARGETS as EXPORT_TARGETS
 
 INT8 = {"onnx": "int8-static", "executorch": "int8"}  # the int8 recipe checked against the bars, per target
-TARGETS = ("onnx", "executorch", "coreml")
+TARGETS = tuple(EXPORT_TARGETS)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from mobilediff.bench.envelope import fmt
 from mobilediff.errors import MobilediffError
+from mobilediff.targets import HOST_RUNTIMES
+from mobilediff.targets import TARGETS as EXPORT_TARGETS
 
 SCHEMA = "mobilediff.real_architectures/1"
 TEXT_TOKENS = 77  # CLIP context length of SD-1.x and BK-SDM
 TEXT_DIM = 768  # CLIP ViT-L/14 hidden size = the UNets' cross_attention_dim
-RUNTIMES = ("onnx", "executorch")  # targets with a host runtime; coreml predicts on macOS only
-TARGETS = ("onnx", "executorch", "coreml")
+RUNTIMES = HOST_RUNTIMES  # targets with a host runtime (coreml predicts on macOS only)
+TARGETS = tuple(EXPORT_TARGETS)
 SCALES = {"full": 1, "tiny": 10}  # channel-width divisor
 GIB = 1 << 30
 # what a step's error says when it hit --max-memory-gib (torch's allocator, numpy/Python, mmap of a library or file)
@@ -252,38 +254,20 @@ def cell_run(job: dict, result: str) -> None:
     spec = _io_spec(job["io"])
     inputs = spec.example_inputs(job["seed"])
     path = Path(job["path"])
-    if job["target"] == "onnx":
-        from mobilediff.targets import onnx as target
+    from mobilediff.bundle import ComponentEntry
+    from mobilediff.targets import get_runtime
 
-        t0 = time.perf_counter()
-        session = target.load_session(path, threads=job["threads"])
-        load = time.perf_counter() - t0
-        threads = job["threads"]
+    target = get_runtime(job["target"])
+    target.prepare_runtime(job["threads"])
+    threads = next(iter(target.runtime_threads(job["threads"]).values()))  # what the runtime runs with
+    entry = ComponentEntry.from_dict({**job["io"], "files": []}, "unet")
+    t0 = time.perf_counter()
+    runner = target.load(path, entry, job["threads"], "unet")  # also checks the graph's I/O against the entry
+    load = time.perf_counter() - t0
 
-        def call():
-            return target.run(session, spec, inputs)
-    elif job["target"] == "executorch":
-        from mobilediff.targets import executorch as target
+    def call():
+        return runner(*inputs)
 
-        from mobilediff.quiet import quiet_stderr
-
-        try:  # XNNPACK's threadpool; executorch sizes it to the cores by default
-            with quiet_stderr():  # the runtime's CPU-info probe and threadpool lines (fd 2)
-                from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
-                                                                          _unsafe_reset_threadpool)
-
-                _unsafe_reset_threadpool(job["threads"])
-            threads = _threadpool_get_thread_count()
-        except ImportError:
-            threads = None
-        t0 = time.perf_counter()
-        method = target.load_method(path)
-        load = time.perf_counter() - t0
-
-        def call():
-            return target.run(method, inputs)
-    else:
-        raise ValueError(f"no host runtime for {job['target']}")
     from mobilediff.bench.stats import time_callable
 
     t0 = time.perf_counter()

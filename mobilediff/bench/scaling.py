@@ -50,10 +50,10 @@ from pathlib import Path
 from mobilediff.bench.claims import BudgetRule, budget_table, models_by_size, verdicts
 from mobilediff.bench.envelope import fmt, json_safe, pyplot, savefig
 from mobilediff.bench.stats import check_count
+from mobilediff.bundle import COMPONENTS
 from mobilediff.errors import MobilediffError
 from mobilediff.flops import count_gflop
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 RUNTIMES = ("eager", "onnx")
 METHODS = ("teacher", "progressive", "lcm")
 DEFAULT_STUDENT_KINDS = ("progressive-1", "progressive-4", "lcm")  # family students the study takes by default

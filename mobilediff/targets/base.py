@@ -45,5 +45,14 @@ class Target(Protocol):
         (:func:`mobilediff.bundle.check_graph_io`)."""
 
 
+    def prepare_runtime(self, threads: int | None = None) -> None:
+        """Host runtimes: import and initialise the runtime's libraries (quietly) and set its thread count, before
+        anything is loaded or timed."""
+
+    def runtime_threads(self, threads: int | None = None) -> dict:
+        """Host runtimes: {what: thread count it runs with} after :meth:`prepare_runtime` (for result files)."""
+
+
 REQUIRED: tuple[str, ...] = ("EXT", "STATIC_SHAPES", "export", "quantize", "validate", "load")
+REQUIRED_HOST_RUNTIME: tuple[str, ...] = ("prepare_runtime", "runtime_threads")
 

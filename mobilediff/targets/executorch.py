@@ -60,6 +60,30 @@ def export(spec, path: Path, precision: str) -> dict:
     return facts
 
 
+def prepare_runtime(threads: int | None = None) -> None:
+    """Start executorch's runtime and size the XNNPACK thread pool, which is process-wide (executorch's Python
+    runtime sizes it to the cores by default; resizing it is an API executorch marks experimental)."""
+    from executorch.runtime import Runtime
+
+    from mobilediff.quiet import quiet_stderr
+
+    with quiet_stderr():  # the runtime's CPU-info probe and "Resetting threadpool to N threads." go to fd 2
+        Runtime.get()
+        if threads is not None:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(threads)
+
+
+def runtime_threads(threads: int | None = None) -> dict:
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        return {"executorch threadpool": portable_lib._threadpool_get_thread_count()}
+    except (ImportError, AttributeError):
+        return {"executorch threadpool": "unknown"}
+
+
 def load_method(path: Path):
     from executorch.runtime import Runtime
 

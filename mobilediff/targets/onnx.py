@@ -142,6 +142,15 @@ def load_session(path: Path, threads: int | None = None):
         raise MobilediffError(f"cannot load ONNX graph {path}: {str(e).splitlines()[0][:200]}") from None
 
 
+def prepare_runtime(threads: int | None = None) -> None:
+    """Import onnxruntime (its threads are a session option: see :func:`load_session`)."""
+    import onnxruntime  # noqa: F401
+
+
+def runtime_threads(threads: int | None = None) -> dict:
+    return {"onnxruntime intra-op": threads if threads is not None else "default (one per physical core)"}
+
+
 def run(sess, spec, inputs) -> list[torch.Tensor]:
     """Outputs of ``sess`` for ``inputs`` (tensors in the order of ``spec.inputs``), in the order of ``spec.outputs``."""
     feed = {s.name: np.ascontiguousarray(x.numpy()) for s, x in zip(spec.inputs, inputs)}

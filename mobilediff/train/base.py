@@ -27,8 +27,9 @@ from mobilediff.sources import DataOptions, ImageSet, report_dict
 from mobilediff.errors import MobilediffError
 from mobilediff.io import atomic_dir, atomic_write_bytes, atomic_write_json, load_tensors
 from mobilediff.models import DefaultModelConfig
-from mobilediff.train.loop import (EMA, Leg, file_sha256, make_accelerator, prepare_run_folder, process_rows,
-                                   provenance, resume_point, run_leg)
+from mobilediff.train.checkpoint import Checkpoint, complete_checkpoints, run_record
+from mobilediff.train.loop import (EMA, Leg, file_sha256, make_accelerator, module_shapes, prepare_run_folder,
+                                   process_rows, provenance, refuse_existing, run_folder_lock, run_leg)
 
 
 @dataclass
@@ -192,9 +193,9 @@ class VaeObjective:
         pass
 
 
-def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path, accelerator) -> dict:
-    """Stage 1. Writes a diffusers AutoencoderKL folder to ``out_dir`` (atomically, from the main process) and returns
-    stats."""
+def train_vae(cfg: TrainBaseConfig, ckpt: Checkpoint | None, out_dir: Path, accelerator) -> dict:
+    """Stage 1, from the start or from the VAE-stage checkpoint ``ckpt``. Writes a diffusers AutoencoderKL folder to
+    ``out_dir`` (atomically, from the main process) and returns stats."""
     run_dir = cfg.out / "vae_run"
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +204,9 @@ def train_vae(cfg: TrainBaseConfig, resume: str | None, out_dir: Path, accelerat
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     objective = VaeObjective(cfg, accelerator, vae)
     leg = Leg(run_dir=run_dir, desc="train vae", steps=cfg.vae_steps, lr_warmup_steps=50,
-              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip)
-    seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
+              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
+              checkpoint_state=run_record(command="train-base", stage="vae"))
+    seconds = run_leg(leg, objective, opt, accelerator, ckpt)
     vae, data = objective.vae, objective.data
     if not accelerator.is_main_process:  # the main process measures and writes the VAE
         accelerator.wait_for_everyone()
@@ -457,8 +459,10 @@ class DenoiserObjective:
                         skip="text_encoder." if self.cfg.freeze_text_encoder else None)
 
 
-def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path, accelerator) -> tuple[dict, Denoiser]:
-    """Stage 2. Returns stats and the EMA text encoder + UNet."""
+def train_denoiser(cfg: TrainBaseConfig, ckpt: Checkpoint | None, vae_dir: Path,
+                   accelerator) -> tuple[dict, Denoiser]:
+    """Stage 2, from the start or from the denoiser-stage checkpoint ``ckpt``. Returns stats and the EMA text encoder
+    + UNet."""
     from diffusers import AutoencoderKL
 
     run_dir = cfg.out / "unet_run"
@@ -500,8 +504,9 @@ def train_denoiser(cfg: TrainBaseConfig, resume: str | None, vae_dir: Path, acce
 
     objective = DenoiserObjective(cfg, accelerator, model, head, noise_scheduler, cache, encode, empty_ids)
     leg = Leg(run_dir=run_dir, desc="train denoiser", steps=cfg.unet_steps, lr_warmup_steps=cfg.warmup_steps,
-              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip)
-    seconds = run_leg(leg, objective, opt, accelerator, resume_point(run_dir, resume))
+              checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
+              checkpoint_state=run_record(command="train-base", stage="denoiser"))
+    seconds = run_leg(leg, objective, opt, accelerator, ckpt)
     final = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     final.load_state_dict(objective.ema.shadow)
     return {"unet_steps": cfg.unet_steps, "unet_seconds": seconds}, final
@@ -511,10 +516,13 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     """Run both stages and write the pipeline to ``<out>/model`` atomically. Returns that path (None for a dry run,
     which prints the data report and writes nothing).
 
-    Raises MobilediffError if ``out`` exists without ``resume``/``force``, or on a non-finite loss.
-    """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    ``resume``: "latest" (the newest checkpoint of each stage in ``out``), or a checkpoint folder of either stage
+    (:func:`_resume_plan`): of this run folder (continued in place) or of another one, continued in ``out`` as a new
+    run folder. ``out`` is locked for the whole run (a second command writing it fails at once).
 
+    Raises MobilediffError, before anything is written, if ``out`` exists without ``resume``/``force``, another
+    process writes it, or the checkpoint cannot be continued by this run; on a non-finite loss.
+    """
     out = Path(cfg.out)
     begin, end = cfg.timestep_bias_range
     if not 0 <= begin < end <= cfg.model.scheduler.num_train_timesteps:
@@ -529,31 +537,43 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
     accelerator = make_accelerator(cfg.mixed_precision)
     process_rows(cfg.vae_batch_size, accelerator, "--vae-batch-size")  # refuse batches that do not split over the
     process_rows(cfg.batch_size, accelerator)  # processes, before any work
-    if out.exists() and resume is None and not force:
-        raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
+    refuse_existing(cfg.out, resume, force)  # (again under the lock: OUT may appear meanwhile)
+    with run_folder_lock(out, accelerator):  # a second command writing OUT fails at once
+        return _train_base(cfg, resume, force, command, accelerator)
+
+
+def _train_base(cfg: TrainBaseConfig, resume: str | None, force: bool, command: str, accelerator) -> Path:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+
+    out = Path(cfg.out)
+    existed = out.exists()
+    refuse_existing(out, resume, force)
     _check_sources(cfg)
-    stats = _check_resume(out, resume)  # everything the run reads is checked before anything is written
+    plan = _resume_plan(cfg, resume, force)  # everything the run reads is checked before anything is written
+    stats = plan.stats
     if cfg.source.given:  # the user's images are read (and any unusable one refused under --strict) before OUT changes
         stats["data"] = report_dict(training_images(cfg, cfg.seed, show=accelerator.is_main_process).report)
     vae_dir = out / "vae"
     record = out / "training.json"
-    vae_done = resume is not None and (vae_dir / "config.json").is_file()  # else OUT is new or replaced
-    prepare_run_folder(out, resume, accelerator)
+    vae_done = plan.vae_done
+    prepare_run_folder(out, plan.keep, existed, accelerator)
     main = accelerator.is_main_process
-    if not vae_done and cfg.vae_from is not None:
+    vae_source = cfg.vae_from if cfg.vae_from is not None else plan.vae_source
+    if not vae_done and vae_source is not None:
         if main:
-            src = Path(cfg.vae_from) / "vae"
+            src = Path(vae_source) / "vae"
             with atomic_dir(vae_dir, force=True) as tmp:
                 for f in src.iterdir():
                     shutil.copy2(f, tmp / f.name)
-        stats["vae_from"] = str(cfg.vae_from)
+        if cfg.vae_from is not None:
+            stats["vae_from"] = str(cfg.vae_from)
         vae_done = True
     accelerator.wait_for_everyone()
     if not vae_done:
-        stats.update(train_vae(cfg, resume, vae_dir, accelerator))
+        stats.update(train_vae(cfg, plan.vae_checkpoint, vae_dir, accelerator))
         if main:
             atomic_write_json(record, {"stats": stats})
-    dstats, den = train_denoiser(cfg, resume, vae_dir, accelerator)
+    dstats, den = train_denoiser(cfg, plan.denoiser_checkpoint, vae_dir, accelerator)
     stats.update(dstats)
     if not main:
         return out / "model"
@@ -604,27 +624,87 @@ def _check_sources(cfg: TrainBaseConfig) -> None:
                               f"(not a pipeline folder)")
 
 
-def _check_resume(out: Path, resume: str | None) -> dict:
-    """Check what ``--resume`` points at before anything is written; returns the stats an earlier session of the run
-    recorded in its training.json (empty for a fresh run). Raises MobilediffError naming the folder or file: a
-    checkpoint folder that is missing, incomplete, corrupt or not one of train-base's; an OUT that is not a
-    train-base run folder; a corrupt training.json or newest checkpoint."""
-    from mobilediff.train.checkpoint import latest_checkpoint, load_checkpoint
+@dataclass
+class ResumePlan:
+    """Where each stage of a train-base run starts (:func:`_resume_plan`)."""
 
+    keep: bool = False  # OUT is continued as it is (else it starts empty)
+    vae_done: bool = False  # OUT/vae holds the finished VAE stage
+    vae_checkpoint: Checkpoint | None = None  # the VAE stage continues from it
+    denoiser_checkpoint: Checkpoint | None = None  # the denoiser stage continues from it
+    vae_source: Path | None = None  # a folder whose vae/ is copied into OUT (the run of a denoiser checkpoint)
+    stats: dict = field(default_factory=dict)  # what earlier sessions of the run recorded (training.json)
+
+
+def _resume_plan(cfg: TrainBaseConfig, resume: str | None, force: bool) -> ResumePlan:
+    """Check what ``--resume`` points at before anything is written, and where each stage starts.
+
+    ``latest``: each stage from its newest checkpoint in OUT. A checkpoint folder is of the VAE stage (it holds
+    vae.safetensors) or of the denoiser stage (denoiser.safetensors). Inside OUT it continues in place; a checkpoint
+    of another run folder continues in OUT as a new run (an existing OUT is refused unless ``force``, which replaces
+    it): a VAE-stage checkpoint trains the VAE on from it, then the denoiser from the start; a denoiser-stage one
+    takes the VAE it was trained with (the ``vae/`` of its run folder, or ``--vae-from``) and the stats its run
+    recorded, and trains the denoiser on from it. Either way the checkpoint must fit the architecture this run
+    builds and lie within its steps (--vae-steps / --unet-steps); the other settings may differ (the run continues
+    with them). Raises MobilediffError naming the folder or file."""
+    from mobilediff.train.checkpoint import check_continues, check_fits, check_resume, inside, latest_checkpoint
+
+    out = Path(cfg.out)
+    plan = ResumePlan()
+    ckpt = check_resume(out, resume, ("vae.safetensors", "denoiser.safetensors"), "train-base", RUN_ITEMS,
+                        force=force)
     if resume is None:
-        return {}
-    if resume != "latest":
-        ckpt = load_checkpoint(Path(resume))
-        if not any((ckpt.path / f).is_file() for f in ("vae.safetensors", "denoiser.safetensors")):
-            raise MobilediffError(f"checkpoint {ckpt.path} is not a train-base checkpoint (no vae.safetensors or "
-                                  f"denoiser.safetensors)")
-    if not out.exists():
-        return {}
-    if any(out.iterdir()) and not any((out / item).exists() for item in RUN_ITEMS):
-        raise MobilediffError(f"--resume: {out} is not a train-base run folder (it has none of {', '.join(RUN_ITEMS)})")
-    for stage in ("vae_run", "unet_run"):
-        latest_checkpoint(out / stage)
-    record = out / "training.json"
+        return plan
+    if resume == "latest" or inside(ckpt.path, out):
+        if out.exists() and any(out.iterdir()) and not any((out / item).exists() for item in RUN_ITEMS):
+            raise MobilediffError(f"--resume: {out} is not a train-base run folder (it has none of "
+                                  f"{', '.join(RUN_ITEMS)})")
+        plan.keep = out.exists()
+        plan.vae_done = (out / "vae" / "config.json").is_file()
+        plan.stats = _recorded_stats(out)
+        if resume == "latest":
+            plan.vae_checkpoint = None if plan.vae_done else latest_checkpoint(out / "vae_run")
+            plan.denoiser_checkpoint = latest_checkpoint(out / "unet_run")
+        elif (ckpt.path / "vae.safetensors").is_file():
+            if complete_checkpoints(out / "unet_run"):
+                raise MobilediffError(f"checkpoint {ckpt.path} is of the VAE stage, and the denoiser stage of {out} "
+                                      f"has begun on the VAE trained after it ({out / 'unet_run'}): continue it in a "
+                                      f"new --out")
+            plan.vae_done, plan.vae_checkpoint = False, ckpt
+        else:
+            if not plan.vae_done:
+                raise MobilediffError(f"checkpoint {ckpt.path} is of the denoiser stage, but {out} holds no VAE "
+                                      f"(vae/config.json)")
+            plan.vae_checkpoint, plan.denoiser_checkpoint = None, ckpt
+    elif (ckpt.path / "vae.safetensors").is_file():
+        plan.vae_checkpoint = ckpt
+    else:
+        run = ckpt.path.parent.parent.parent  # <run>/unet_run/checkpoints/checkpoint-N
+        if cfg.vae_from is None:
+            if not (run / "vae" / "config.json").is_file():
+                raise MobilediffError(f"checkpoint {ckpt.path} is of the denoiser stage, and the VAE it was trained "
+                                      f"with is not in its run folder ({run / 'vae'}): pass --vae-from with the "
+                                      f"folder that holds it")
+            plan.vae_source, plan.stats = run, _recorded_stats(run)
+        plan.denoiser_checkpoint = ckpt
+    with torch.random.fork_rng(devices=[]):  # the shapes of the modules this run builds (its own seeds stay put)
+        if plan.vae_checkpoint is not None:
+            check_fits(plan.vae_checkpoint, {"vae": module_shapes(cfg.model.vae.build())})
+            check_continues(plan.vae_checkpoint, {"command": "train-base", "stage": "vae"}, cfg.vae_steps,
+                            f"--vae-steps {cfg.vae_steps}")
+        if plan.denoiser_checkpoint is not None:
+            denoiser = module_shapes(Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build()))
+            check_fits(plan.denoiser_checkpoint, {"denoiser": denoiser, "denoiser.ema": denoiser,
+                                                  "scene_head": module_shapes(SceneHead(cfg.model.text_encoder.hidden_size))})
+            check_continues(plan.denoiser_checkpoint, {"command": "train-base", "stage": "denoiser"},
+                            cfg.unet_steps, f"--unet-steps {cfg.unet_steps}")
+    return plan
+
+
+def _recorded_stats(run: Path) -> dict:
+    """The stats an earlier session of the run folder ``run`` recorded in its training.json (empty if none).
+    Raises MobilediffError on a corrupt training.json."""
+    record = run / "training.json"
     if not record.exists():
         return {}
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mobilediff.errors import MobilediffError
-from mobilediff.io import apply_umask, atomic_write_json, load_tensors, save_tensors
+from mobilediff.io import WriteError, apply_umask, atomic_write_json, load_tensors, save_tensors
 
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -71,11 +71,14 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch
     ``modules`` maps a name to a state dict (already unwrapped from accelerate/DDP).
     """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stray in root.glob(".checkpoint-*"):  # left by a session killed mid-save or mid-delete
-        shutil.rmtree(stray, ignore_errors=True)
     final = root / f"checkpoint-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step:07d}.", suffix=".partial", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stray in root.glob(".checkpoint-*"):  # left by a session killed mid-save or mid-delete
+            shutil.rmtree(stray, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step:07d}.", suffix=".partial", dir=root))
+    except OSError as e:
+        raise WriteError(final, e.strerror or str(e)) from None
     try:
         for name, sd in modules.items():
             save_tensors(sd, tmp / f"{name}.safetensors")
@@ -90,6 +93,8 @@ def save_checkpoint(run_dir: Path, step: int, modules: dict[str, dict[str, torch
         if final.exists():
             _delete(final)
         os.replace(tmp, final)
+    except (OSError, WriteError) as e:  # a full disk, a read-only place: named by the checkpoint, not its temporary
+        raise WriteError(final, e.reason if isinstance(e, WriteError) else (e.strerror or str(e))) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in complete_checkpoints(run_dir)[:-keep]:
@@ -204,22 +209,58 @@ def check_fits(ckpt: Checkpoint, shapes: dict[str, dict[str, tuple]]) -> None:
                                   f"checkpoint of another architecture")
 
 
-def check_resume(out: Path, resume: str | None, weights: str, what: str, run_items: tuple[str, ...],
-                 run_globs: tuple[str, ...] = ()) -> None:
-    """Check what ``--resume`` points at before anything is written. A checkpoint folder must be complete, readable
-    and hold ``weights`` (else it is not a ``what`` checkpoint); ``latest`` needs OUT to be empty, missing or a run
-    folder (one of ``run_items`` or a ``run_globs`` match in it) whose newest checkpoint is readable. Raises
-    MobilediffError naming the folder or file."""
+def check_resume(out: Path, resume: str | None, weights: str | tuple[str, ...], what: str,
+                 run_items: tuple[str, ...], run_globs: tuple[str, ...] = (), force: bool = False) -> Checkpoint | None:
+    """Check what ``--resume`` points at before anything is written; return the checkpoint the run continues from
+    (None: a fresh run, or ``latest`` in an OUT without one yet).
+
+    A checkpoint folder must be complete, readable and hold one of ``weights`` (else it is not a ``what``
+    checkpoint). It continues in place when it lies inside OUT, else in OUT as a new run folder: then an existing OUT
+    is refused unless ``force`` (which replaces it). ``latest`` needs OUT to be empty, missing or a run folder (one of
+    ``run_items`` or a ``run_globs`` match in it) whose newest checkpoint is readable. Raises MobilediffError naming
+    the folder or file."""
     if resume is None:
-        return
+        return None
     out = Path(out)
+    weights = (weights,) if isinstance(weights, str) else tuple(weights)
     if resume != "latest":
         ckpt = load_checkpoint(Path(resume))
-        if not (ckpt.path / weights).is_file():
-            raise MobilediffError(f"checkpoint {ckpt.path} is not a {what} checkpoint (no {weights})")
-        return
+        if not any((ckpt.path / w).is_file() for w in weights):
+            raise MobilediffError(f"checkpoint {ckpt.path} is not a {what} checkpoint (no {' or '.join(weights)})")
+        if out.exists() and not inside(ckpt.path, out) and not force:
+            raise MobilediffError(f"output directory {out} already exists and {ckpt.path} is not one of its "
+                                  f"checkpoints: pass a new --out to continue that checkpoint in (or --force to "
+                                  f"replace {out})")
+        return ckpt
     if out.exists() and any(out.iterdir()) and not any((out / item).exists() for item in run_items) \
             and not any(any(out.glob(g)) for g in run_globs):
         raise MobilediffError(f"--resume latest: {out} is not a {what} run folder (it has none of "
                               f"{', '.join(run_items + run_globs)})")
-    latest_checkpoint(out)
+    return latest_checkpoint(out)
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies inside ``folder`` (links resolved)."""
+    return Path(folder).resolve() in Path(path).resolve().parents
+
+
+def check_continues(ckpt: Checkpoint, run: dict, last_step: int, steps_option: str) -> None:
+    """Refuse, before any work, a checkpoint this run cannot continue: one past the run's last step ``last_step``
+    (``steps_option`` names the option and value that set it, e.g. "--unet-steps 4"), or one whose run record (``state.json``'s ``run``, see :func:`run_record`) differs
+    from ``run`` in a setting that must match. A checkpoint without a record is judged by its weights alone
+    (:func:`check_fits`). Raises MobilediffError naming the checkpoint, the setting and both values."""
+    if ckpt.step > last_step:
+        raise MobilediffError(f"checkpoint {ckpt.path} is at step {ckpt.step}, past this run's last step "
+                              f"{last_step} ({steps_option}): a run continuing it needs at least {ckpt.step} steps")
+    recorded = ckpt.state.get("run")
+    if not isinstance(recorded, dict):
+        return
+    for key, want in run.items():
+        if key in recorded and recorded[key] != want:
+            raise MobilediffError(f"checkpoint {ckpt.path} is of another run: its {key} is {recorded[key]}, this "
+                                  f"run's {want}")
+
+
+def run_record(**settings) -> dict:
+    """The ``run`` entry of a checkpoint's state.json: the settings a run continuing it must share (JSON values)."""
+    return {"run": json.loads(json.dumps(settings))}

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 
 from mobilediff.errors import MobilediffError
 from mobilediff.sources import DataOptions
-from mobilediff.train.loop import (Leg, file_sha256, make_accelerator, prepare_run_folder, process_rows, provenance,
-                                   resume_point, run_leg)
+from mobilediff.train.loop import (Leg, continues_in_place, file_sha256, make_accelerator, module_shapes,
+                                   prepare_run_folder, process_rows, provenance, refuse_existing, run_folder_lock,
+                                   run_leg)
 
 # default decoder, picked by measurement on the default model: at the same cost, 24 channels with the
 # blocks at the coarse levels beat TAESD's pattern at 16 channels (3,3,1): after 400 steps 26.2 against 25.1 dB PSNR
@@ -329,11 +330,22 @@ class DecoderObjective:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _check_resume(cfg: DecoderDistillConfig, resume: str | None) -> None:
-    """Check what ``--resume`` points at before anything is written (as ``distill`` does)."""
+def _check_resume(cfg: DecoderDistillConfig, resume: str | None, force: bool):
+    """Check what ``--resume`` points at before anything is written (as ``distill`` does); return the checkpoint the
+    run continues from, or None."""
     from mobilediff.train.checkpoint import check_resume
 
-    check_resume(cfg.out, resume, "decoder.safetensors", "decoder", RUN_ITEMS)
+    return check_resume(cfg.out, resume, "decoder.safetensors", "decoder", RUN_ITEMS, force=force)
+
+
+def _check_continues(cfg: DecoderDistillConfig, ckpt, decoder, run: dict) -> None:
+    """Refuse, before any work, a checkpoint this run cannot continue: a decoder of another architecture (--width,
+    --blocks, the model's latent channels; weight names and shapes from the file headers), one past
+    --max-train-steps, or one whose run record (``run``: the teacher VAE's weights) differs."""
+    from mobilediff.train.checkpoint import check_continues, check_fits
+
+    check_fits(ckpt, {"decoder": module_shapes(decoder)})
+    check_continues(ckpt, run, cfg.max_train_steps, f"--max-train-steps {cfg.max_train_steps}")
 
 
 @torch.no_grad()
@@ -377,13 +389,12 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
     """Run the distillation; returns (OUT/decoder, OUT/model), each written atomically: the decoder folder, and the
     model's pipeline with its VAE replaced by the decoder (full form; a student keeps its distillation.json).
 
-    Raises MobilediffError, before anything is written, on bad options, a bad model or resume point, and an OUT that
-    exists without ``resume``/``force``; on a non-finite loss (nothing is saved then)."""
-    from mobilediff.decoder import build_tiny, decoder_gflop, vae_folder
-    from mobilediff.evaluator import Evaluator
-    from mobilediff.io import atomic_dir, atomic_write_json
-    from mobilediff.loading import pack_pipeline, resolve_model
-
+    ``resume``: "latest" (the newest checkpoint in OUT) or a checkpoint folder: of this run folder (continued in
+    place), or of another one, continued in OUT as a new run folder (an existing one is refused unless ``force``).
+    OUT is locked for the whole run (a second command writing it fails at once). Raises MobilediffError, before
+    anything is written, on bad options, a bad model, an OUT that exists without ``resume``/``force`` or that another
+    process writes, and a checkpoint this run cannot continue (:func:`_check_continues`); on a non-finite loss
+    (nothing is saved then)."""
     validate(cfg)
     if cfg.source.given:
         from mobilediff.sources import check_needs
@@ -391,19 +402,37 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
         check_needs(cfg.source, "distill-decoder")
     accelerator = make_accelerator("fp32")
     process_rows(cfg.batch_size, accelerator)  # refuses a batch that does not split over the processes
+    refuse_existing(cfg.out, resume, force)  # (again under the lock: OUT may appear meanwhile)
+    with run_folder_lock(cfg.out, accelerator):  # a second command writing OUT fails at once
+        return _distill_decoder(cfg, resume, force, command, accelerator)
+
+
+def _distill_decoder(cfg: DecoderDistillConfig, resume: str | None, force: bool, command: str,
+                     accelerator) -> tuple[Path, Path]:
+    from mobilediff.decoder import build_tiny, decoder_gflop, vae_folder
+    from mobilediff.evaluator import Evaluator
+    from mobilediff.io import atomic_dir, atomic_write_json
+    from mobilediff.loading import pack_pipeline, resolve_model
+    from mobilediff.train.checkpoint import run_record
+    from mobilediff.train.loop import state_sha256
+
     out = Path(cfg.out)
-    if out.exists() and resume is None and not force:
-        raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
-    _check_resume(cfg, resume)
+    existed = out.exists()
+    refuse_existing(out, resume, force)
+    ckpt = _check_resume(cfg, resume, force)
     pipe = load_teacher(cfg.model)
     model_dir = resolve_model(cfg.model)
     levels, blocks = _levels_and_blocks(cfg, pipe.vae)
+    run = {"command": "distill-decoder", "teacher_vae_sha256": state_sha256(pipe.vae)}
+    if ckpt is not None:
+        with torch.random.fork_rng(devices=[]):  # the decoder this run builds, for its shapes (its seed stays put)
+            _check_continues(cfg, ckpt, build_tiny(pipe.unet.config.in_channels, cfg.width, blocks, cfg.seed), run)
     evaluator = Evaluator.load()
     if cfg.source.given:  # the user's data is read (bad data refused) before OUT changes
         from mobilediff.train.distill import preflight_data
 
         preflight_data(cfg.source, pipe, show=accelerator.is_main_process)
-    prepare_run_folder(out, resume, accelerator)
+    prepare_run_folder(out, continues_in_place(out, resume), existed, accelerator)
     data = DecoderData(cfg, pipe, model_dir, accelerator)
     vae = build_tiny(pipe.unet.config.in_channels, cfg.width, blocks, cfg.seed)
     vae.decoder.requires_grad_(True)
@@ -411,8 +440,8 @@ def distill_decoder(cfg: DecoderDistillConfig, resume: str | None = None, force:
     objective = DecoderObjective(cfg, data, vae, evaluator)
     leg = Leg(run_dir=out, desc=f"distill decoder (width {cfg.width}, blocks {','.join(map(str, blocks))})",
               steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every,
-              log_every=25, grad_clip=cfg.grad_clip)
-    seconds = run_leg(leg, objective, opt, accelerator, resume_point(out, resume))
+              log_every=25, grad_clip=cfg.grad_clip, checkpoint_state=run_record(**run))
+    seconds = run_leg(leg, objective, opt, accelerator, ckpt)
     vae = accelerator.unwrap_model(objective.models["decoder"]).vae.requires_grad_(False).eval()
     if not accelerator.is_main_process:
         return out / "decoder", out / "model"

@@ -46,8 +46,9 @@ from mobilediff.io import atomic_dir, atomic_write_json
 from mobilediff.train.diffusion import (LCM_TIMESTEP_SCALING, PREDICTION_TYPES, classifier_free_guidance,
                                         consistency_output, ddim_timesteps, guidance_embedding, lcm_solver_grid,
                                         pred_original_and_epsilon, progressive_target, skipping_step_solver)
-from mobilediff.train.loop import (EMA, Leg, make_accelerator, prepare_run_folder, process_rows, provenance,
-                                   resume_point, run_leg)
+from mobilediff.train.loop import (EMA, Leg, continues_in_place, make_accelerator, module_shapes,
+                                   prepare_run_folder, process_rows, provenance, refuse_existing, run_folder_lock,
+                                   run_leg, state_sha256)
 
 METHODS = ("lcm", "progressive", "slim")
 
@@ -239,6 +240,7 @@ class DistillData:
         from mobilediff.train.loop import file_sha256
 
         self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
+        self.run_record: dict = {}  # the "run" entry of every checkpoint of the run (distill sets it)
         self.latent_hw = latent_size(teacher.unet.config)
         self.latent_channels = teacher.unet.config.in_channels
         size = teacher_image_size(teacher)
@@ -493,7 +495,7 @@ class LcmObjective:
 
 
 def train_lcm(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str,
-              resume: str | None) -> tuple[torch.nn.Module, dict]:
+              ckpt) -> tuple[torch.nn.Module, dict]:
     student = make_lcm_student(data.teacher.unet, cfg.time_cond_proj_dim)
     if cfg.init_student is not None:
         load_init_student(student, cfg.init_student)
@@ -501,8 +503,9 @@ def train_lcm(cfg: DistillConfig, data: DistillData, scheduler, prediction_type:
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     objective = LcmObjective(cfg, data, student, target, scheduler, prediction_type)
     leg = Leg(run_dir=cfg.out, desc="distill lcm", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
-              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f")
-    seconds = run_leg(leg, objective, opt, data.accelerator, resume_point(cfg.out, resume))
+              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
+              checkpoint_state=data.run_record)
+    seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
     return (data.accelerator.unwrap_model(objective.models["student"]).eval(),
             {"train_steps": cfg.max_train_steps, "train_seconds": seconds})
 
@@ -584,7 +587,7 @@ def train_progressive_round(cfg: DistillConfig, data: DistillData, scheduler, pr
     leg = Leg(run_dir=cfg.out, desc=f"distill progressive {2 * n}->{n} steps", steps=K, first_step=r * K,
               lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
               grad_clip=cfg.grad_clip, elapsed_key="round_elapsed_seconds",
-              checkpoint_state={"round": r, "round_steps": n}, loss_format=".5f")
+              checkpoint_state={"round": r, "round_steps": n, **data.run_record}, loss_format=".5f")
     in_round = ckpt is not None and leg.first_step < ckpt.step <= leg.end_step
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt if in_round else None)
     return data.accelerator.unwrap_model(objective.models["student"]).eval(), {"train_steps": K, "train_seconds": seconds}
@@ -680,7 +683,7 @@ def train_slim(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
     objective = SlimObjective(cfg, data, student, teacher_unet, scheduler, prediction_type, guidance)
     leg = Leg(run_dir=cfg.out, desc=f"distill slim (remove {cfg.remove})", steps=cfg.max_train_steps,
               lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
-              grad_clip=cfg.grad_clip, loss_format=".5f")
+              grad_clip=cfg.grad_clip, loss_format=".5f", checkpoint_state=data.run_record)
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
     unet = data.accelerator.unwrap_model(objective.models["student"]).eval()
     return unet, {"train_steps": cfg.max_train_steps, "train_seconds": seconds}
@@ -732,50 +735,102 @@ def student_defaults(model_dir: Path) -> dict | None:
     return json.loads(f.read_text()).get("sampling")
 
 
-def _check_resume(cfg: DistillConfig, resume: str | None) -> None:
-    """Check what ``--resume`` points at before anything is written (:func:`train.checkpoint.check_resume`)."""
+def _check_resume(cfg: DistillConfig, resume: str | None, force: bool):
+    """Check what ``--resume`` points at before anything is written (:func:`train.checkpoint.check_resume`); return
+    the checkpoint the run continues from, or None."""
     from mobilediff.train.checkpoint import check_resume
 
-    check_resume(cfg.out, resume, "student.safetensors", "distillation",
-                 ("checkpoints", "latent_cache.safetensors", "log.jsonl", "model"), ("steps-*",))
+    return check_resume(cfg.out, resume, "student.safetensors", "distillation",
+                        ("checkpoints", "latent_cache.safetensors", "log.jsonl", "model"), ("steps-*",), force=force)
 
 
-def _check_resume_fits(cfg: DistillConfig, teacher_unet, resume: str | None) -> None:
-    """Refuse, before any work, a checkpoint whose student is not the one ``cfg.method`` builds from this teacher:
-    the teacher's UNet (progressive: every round's student has its architecture), with a guidance embedding (lcm; its
-    target network too) or with blocks removed (slim). Weight names and shapes only (file headers)."""
-    from mobilediff.train.checkpoint import check_fits
+def _check_resume_fits(cfg: DistillConfig, teacher_unet, ckpt, run: dict) -> None:
+    """Refuse, before any work, a checkpoint this run cannot continue: its student is not the one ``cfg.method``
+    builds from this teacher (the teacher's UNet; progressive: every round's student has its architecture; with a
+    guidance embedding, lcm, its target network too; with blocks removed, slim), judged by weight names and shapes
+    (file headers); it is another method's (a progressive checkpoint records its round); it lies past the run's
+    last step; a progressive checkpoint's step falls in another round under this run's --max-train-steps and
+    --teacher-steps; or its run record (``run``: the method, the teacher's weights) differs."""
+    from mobilediff.train.checkpoint import check_continues, check_fits
 
-    ckpt = resume_point(cfg.out, resume)
     if ckpt is None:
         return
     names = ("student",)
-    if cfg.method == "lcm":
-        student, names = make_lcm_student(teacher_unet, cfg.time_cond_proj_dim), ("student", "target")
-    elif cfg.method == "slim":
-        from mobilediff.train.slim import parse_removal, slim_unet
+    with torch.random.fork_rng(devices=[]):  # the student this run builds, for its shapes (the run's seeds stay put)
+        if cfg.method == "lcm":
+            student, names = make_lcm_student(teacher_unet, cfg.time_cond_proj_dim), ("student", "target")
+        elif cfg.method == "slim":
+            from mobilediff.train.slim import parse_removal, slim_unet
 
-        student = slim_unet(teacher_unet, parse_removal(cfg.remove))
-    else:
-        student = teacher_unet
-    shapes = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+            student = slim_unet(teacher_unet, parse_removal(cfg.remove))
+        else:
+            student = teacher_unet
+        shapes = module_shapes(student)
     check_fits(ckpt, {name: shapes for name in names})
+    progressive = "round" in ckpt.state
+    if progressive != (cfg.method == "progressive"):
+        raise MobilediffError(f"checkpoint {ckpt.path} is {'a progressive' if progressive else 'not a progressive'} "
+                              f"distillation's: this run is --method {cfg.method}")
+    last, option = cfg.max_train_steps, f"--max-train-steps {cfg.max_train_steps}"
+    if progressive:
+        rounds = progressive_rounds(cfg.teacher_steps, cfg.steps)
+        last = cfg.max_train_steps * len(rounds)
+        option = f"--max-train-steps {cfg.max_train_steps} x {len(rounds)} rounds"
+        r = min(max(ckpt.step - 1, 0) // cfg.max_train_steps, len(rounds) - 1)
+        if (ckpt.state.get("round"), ckpt.state.get("round_steps")) != (r, rounds[r]) and ckpt.step <= last:
+            raise MobilediffError(f"checkpoint {ckpt.path} (step {ckpt.step}) is of round {ckpt.state.get('round')}, "
+                                  f"a {ckpt.state.get('round_steps')}-step student; with --max-train-steps "
+                                  f"{cfg.max_train_steps} and --teacher-steps {cfg.teacher_steps} this run puts step "
+                                  f"{ckpt.step} in round {r}, a {rounds[r]}-step student: use the settings of the run "
+                                  f"that wrote it")
+    check_continues(ckpt, run, last, option)
+
+
+def _earlier_rounds(cfg: DistillConfig, ckpt) -> list[Path]:
+    """The students of the rounds before a progressive checkpoint's, in the run folder that holds it (each is the
+    next round's teacher): what a checkpoint continued in a new OUT needs beside it. Raises MobilediffError naming
+    a missing one."""
+    if ckpt is None or cfg.method != "progressive" or continues_in_place(cfg.out, str(ckpt.path)):
+        return []
+    run = ckpt.path.parent.parent  # <run>/checkpoints/checkpoint-N
+    folders = []
+    for r, n in enumerate(progressive_rounds(cfg.teacher_steps, cfg.steps)):
+        if ckpt.step <= (r + 1) * cfg.max_train_steps:
+            break
+        folder = run / f"steps-{n}"
+        if not (folder / "distillation.json").is_file():
+            raise MobilediffError(f"checkpoint {ckpt.path} is of round {r + 1}, whose teacher is round {r}'s "
+                                  f"student, and that is not in its run folder ({folder})")
+        folders.append(folder)
+    return folders
 
 
 def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, command: str = "") -> list[Path]:
-    """Run the distillation; returns the student pipeline folder(s) written (atomically)."""
+    """Run the distillation; returns the student pipeline folder(s) written (atomically).
+
+    ``resume``: "latest" (the newest checkpoint in ``cfg.out``) or a checkpoint folder: of this run folder (continued
+    in place), or of another one, continued in ``cfg.out`` as a new run folder (an existing one is refused unless
+    ``force``; a progressive checkpoint brings the earlier rounds' students of its run along). ``cfg.out`` is locked
+    for the whole run (a second command writing it fails at once). Raises MobilediffError, before anything is
+    written, on bad options, a bad teacher or data, an OUT that exists without ``resume``/``force`` or that another
+    process writes, and a checkpoint this run cannot continue (:func:`_check_resume_fits`)."""
+    validate(cfg)
+    accelerator = make_accelerator(cfg.mixed_precision)
+    process_rows(cfg.batch_size, accelerator)  # refuses a batch that does not split over the processes
+    refuse_existing(cfg.out, resume, force)  # (again under the lock: OUT may appear meanwhile)
+    with run_folder_lock(cfg.out, accelerator):  # a second command writing OUT fails at once
+        return _distill(cfg, resume, force, command, accelerator)
+
+
+def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, accelerator) -> list[Path]:
     from diffusers import DDIMScheduler
 
     from mobilediff.loading import resolve_model
 
-    validate(cfg)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    process_rows(cfg.batch_size, accelerator)  # refuses a batch that does not split over the processes
     out = Path(cfg.out)
-    if out.exists() and resume is None:
-        if not force:
-            raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
-    _check_resume(cfg, resume)
+    existed = out.exists()
+    refuse_existing(out, resume, force)
+    ckpt = _check_resume(cfg, resume, force)
     teacher = load_teacher(cfg.teacher)  # refuses bad teachers before anything is written
     guidance = None
     if cfg.method == "slim":  # the removal must fit the teacher's UNet, and a student teacher's plan the steps
@@ -783,10 +838,17 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
 
         slim_config(dict(teacher.unet.config), parse_removal(cfg.remove))
         guidance = slim_guidance(cfg, resolve_model(cfg.teacher))
-    _check_resume_fits(cfg, teacher.unet, resume)  # a checkpoint of another architecture, before a round is trained
+    run = {"command": "distill", "method": cfg.method, "teacher_unet_sha256": state_sha256(teacher.unet)}
+    _check_resume_fits(cfg, teacher.unet, ckpt, run)  # a checkpoint this run cannot continue, before any work
+    earlier = _earlier_rounds(cfg, ckpt)
     if cfg.source.given:  # the user's data is read (bad data refused) before OUT changes
         preflight_data(cfg.source, teacher, show=accelerator.is_main_process)
-    prepare_run_folder(out, resume, accelerator)
+    prepare_run_folder(out, continues_in_place(out, resume), existed, accelerator)
+    if accelerator.is_main_process:  # a progressive checkpoint of another run: its earlier rounds' students come along
+        for folder in earlier:
+            with atomic_dir(out / folder.name, force=True) as tmp:
+                shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    accelerator.wait_for_everyone()
     prediction_type = teacher.scheduler.config.get("prediction_type", "epsilon")
     # the teacher's noise schedule and prediction type; trailing spacing so that the n-step timesteps are every other
     # 2n-step one (progressive rounds) -- this is also the scheduler the progressive students sample with
@@ -795,17 +857,19 @@ def distill(cfg: DistillConfig, resume: str | None = None, force: bool = False, 
     for module in (teacher.text_encoder, teacher.unet, teacher.vae):
         module.requires_grad_(False).eval()
     data = DistillData(cfg, teacher, accelerator)
+    from mobilediff.train.checkpoint import run_record
+
+    data.run_record = run_record(**run)
     if cfg.method == "lcm":
         from diffusers import LCMScheduler
 
-        student, stats = train_lcm(cfg, data, scheduler, prediction_type, resume)
+        student, stats = train_lcm(cfg, data, scheduler, prediction_type, ckpt)
         sched = LCMScheduler.from_config(teacher.scheduler.config, original_inference_steps=cfg.ddim_timesteps,
                                          timestep_scaling=LCM_TIMESTEP_SCALING)
         info = _record(cfg, command, stats, sampling={"sampler": "lcm", "steps": cfg.steps, "guidance": cfg.guidance})
         if accelerator.is_main_process:
             _save_student(out / "model", teacher, resolve_model(cfg.teacher), student, sched, "LatentConsistencyModelPipeline", info)
         return [out / "model"]
-    ckpt = resume_point(cfg.out, resume)
     if cfg.method == "slim":
         from mobilediff.train.slim import parse_removal
 

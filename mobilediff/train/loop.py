@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import torch
 
 from mobilediff.errors import MobilediffError
-from mobilediff.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, restore, save_checkpoint
+from mobilediff.train.checkpoint import Checkpoint, latest_checkpoint, restore, save_checkpoint
 
 
 @dataclass
@@ -136,19 +137,77 @@ def make_accelerator(mixed_precision: str):
     return accelerator
 
 
-def prepare_run_folder(out: Path, resume: str | None, accelerator) -> None:
-    """The run folder every training command writes into, once every process has checked its inputs: a fresh run
-    (``resume`` None; an existing OUT was refused unless --force) starts from an empty OUT, a resumed one keeps it.
-    The main process changes OUT; every process waits for it, before and after."""
+@contextmanager
+def run_folder_lock(out: Path, accelerator) -> Iterator[None]:
+    """Hold the lock of the run folder OUT for the whole run (:func:`mobilediff.io.folder_lock`): a second command
+    writing OUT fails at once, naming this one. Only the main process writes, so only it holds the lock."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    from mobilediff.io import folder_lock
+
+    with folder_lock(out):
+        yield
+
+
+def refuse_existing(out: Path, resume: str | None, force: bool) -> None:
+    """Refuse an existing OUT for a fresh run (no ``resume``) unless ``force``: MobilediffError naming it."""
+    if resume is None and not force and Path(out).exists():
+        raise MobilediffError(f"output directory {out} already exists (pass --resume latest to continue, or --force)")
+
+
+def continues_in_place(out: Path, resume: str | None) -> bool:
+    """Whether a run resumes inside the run folder OUT (``latest``, or a checkpoint folder of OUT), rather than
+    starting OUT anew (a fresh run, or a checkpoint of another run folder continued in OUT)."""
+    from mobilediff.train.checkpoint import inside
+
+    return resume == "latest" or (resume is not None and inside(Path(resume), out))
+
+
+def prepare_run_folder(out: Path, keep: bool, existed: bool, accelerator) -> None:
+    """The run folder every training command writes into, once every process has checked its inputs: a resumed run
+    (``keep``) continues OUT as it is; any other starts from an empty OUT, created where nothing is or, when OUT
+    ``existed`` at the command's checks (which refused it without --force), replaced. A folder that appeared at OUT
+    since those checks is someone else's: left as it is (MobilediffError naming it). The main process changes OUT;
+    every process waits for it, before and after. Raises WriteError naming OUT if it cannot be created."""
     import shutil
+
+    from mobilediff.io import WriteError
 
     out = Path(out)
     accelerator.wait_for_everyone()  # every process has checked OUT before the main process changes it
     if accelerator.is_main_process:
-        if out.exists() and resume is None:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            if keep and existed:
+                out.mkdir(parents=True, exist_ok=True)
+            else:
+                if existed and out.exists():
+                    shutil.rmtree(out)
+                try:
+                    out.mkdir(parents=True)
+                except FileExistsError:
+                    raise MobilediffError(f"{out} appeared while this command ran (it did not create it): left as "
+                                          f"it is (pass --force to replace it)") from None
+        except OSError as e:
+            raise WriteError(out, e.strerror or str(e)) from None
     accelerator.wait_for_everyone()
+
+
+def state_sha256(module: torch.nn.Module) -> str:
+    """sha256 of a module's weights (names and float32 values), whatever file layout they were loaded from: what a
+    run's checkpoints record of the teacher they were trained against."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def module_shapes(module: torch.nn.Module) -> dict[str, tuple]:
+    """Weight name -> shape of a module's state (what :func:`mobilediff.train.checkpoint.check_fits` compares)."""
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 def file_sha256(path: Path) -> str:
@@ -190,16 +249,6 @@ def process_rows(batch_size: int, accelerator, option: str = "--batch-size") -> 
     return slice(accelerator.process_index * local, (accelerator.process_index + 1) * local)
 
 
-def resume_point(run_dir: Path, resume: str | None) -> Checkpoint | None:
-    """The checkpoint to resume from: None (fresh run), "latest" (the newest complete one in ``run_dir``, or None if
-    there is none), or a checkpoint folder (raises MobilediffError if it is incomplete)."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        return latest_checkpoint(run_dir)
-    return load_checkpoint(Path(resume))
-
-
 def check_finite(loss: torch.Tensor, step: int, run_dir: Path) -> None:
     """Raise MobilediffError, naming the last good checkpoint, if ``loss`` is NaN or infinite."""
     if not torch.isfinite(loss).all():
@@ -216,8 +265,14 @@ def progress_bar(accelerator, total: int, initial: int, desc: str):
 
 
 def append_log(run_dir: Path, row: dict) -> None:
-    with open(Path(run_dir) / "log.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    from mobilediff.io import WriteError
+
+    path = Path(run_dir) / "log.jsonl"
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:  # a full disk, a read-only place: one line naming the log
+        raise WriteError(path, e.strerror or str(e)) from None
 
 
 def trim_log(run_dir: Path, step: int) -> None:
