@@ -55,7 +55,7 @@ class BundleTokenizer:
     def ids(self, prompt: str) -> torch.Tensor:
         """(1, max_length) int32 ids of ``prompt``."""
         s = self.spec
-        body = self.bpe(prompt, add_special_tokens=False).input_ids[: s.max_length - 2]
+        body = self.bpe(prompt, add_special_tokens=False, verbose=False).input_ids[: s.max_length - 2]
         ids = [s.bos_id, *body, s.eos_id] + [s.pad_id] * (s.max_length - 2 - len(body))
         return torch.tensor([ids], dtype=torch.int32)
 

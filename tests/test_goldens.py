@@ -65,6 +65,40 @@ def test_each_plan_replays_from_its_recorded_denoiser_outputs(recorded):
         assert tensors[plan["image"]].dtype == torch.uint8 and tensors[plan["image"]].shape[-1] == 3
 
 
+def test_recorded_latents_are_diffusers_own_scheduler_steps(recorded):
+    """An independent reference for the recorded sampling: diffusers' own scheduler (the class each table was
+    measured from, configured as mobilediff.samplers says), stepped with the recorded denoiser outputs from the
+    recorded noise, calls the denoiser at the recorded timesteps and inputs and gives every recorded latent. Nothing
+    of mobilediff's table code runs here."""
+    import diffusers
+
+    from mobilediff.samplers import SAMPLERS
+
+    pipe, _, index, tensors = recorded
+    checked = set()
+    for plan in index["plans"]:
+        assert not plan["fresh_noise"]  # the tiny teacher's samplers are deterministic: no draw to replay
+        spec = SAMPLERS[plan["sampler"]]
+        sched = getattr(diffusers, spec.scheduler_class).from_config(pipe.scheduler.config, **dict(spec.overrides))
+        sched.set_timesteps(plan["steps"])
+        unet_calls = [c for c in plan["calls"] if c["component"] == "unet"]
+        assert len(unet_calls) == len(sched.timesteps) == len(plan["latents"])
+        x = tensors[f"noise/seed{plan['seed']}"] * sched.init_noise_sigma
+        # float32 holds the initial latent to eps * |x|: at Euler's first sigma (2e4 for this schedule) that is 1e-3,
+        # and two float32 evaluations of the same step (the table's and diffusers') may differ by a few of it
+        atol = 1e-5 + 4 * torch.finfo(torch.float32).eps * x.abs().max().item()
+        for t, call, key in zip(sched.timesteps, unet_calls, plan["latents"]):
+            given = tensors[call["inputs"]["sample"]]
+            assert torch.allclose(given, sched.scale_model_input(x, t).expand_as(given), atol=atol)
+            assert torch.allclose(tensors[call["inputs"]["timestep"]], t.float().expand(given.shape[0]))
+            out = tensors[call["outputs"]["out_sample"]]
+            out = classifier_free_guidance(*out.chunk(2), plan["guidance"]) if out.shape[0] == 2 else out
+            x = sched.step(out, t, x).prev_sample
+            assert torch.allclose(x, tensors[key], atol=atol), (plan["name"], int(t), (x - tensors[key]).abs().max())
+        checked.add(plan["sampler"])
+    assert checked == {"ddim", "dpmpp", "euler"}
+
+
 def test_goldens_refuse_an_existing_output_in_one_line(recorded, tmp_path):
     _, bundle, _, _ = recorded
     (tmp_path / "g").mkdir()

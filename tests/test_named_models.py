@@ -50,7 +50,9 @@ def test_registered_family_names_resolve():
     components whose files match their recorded sha256 (shared_components checks them)."""
     from mobilediff.loading import check_pipeline_dir, shared_components
 
-    for m in find_family():
+    family = find_family()
+    assert [m.size for m in family] == ["xs", "s", "m"] and all(m.students for m in family)  # never an empty loop
+    for m in family:
         assert resolve_model(m.name) == m.path and (m.path / "model_index.json").is_file()
         for kind, path in [(None, m.path), *m.students.items()]:
             if kind is not None:
