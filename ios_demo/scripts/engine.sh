@@ -7,11 +7,13 @@
 # RESULT.json: ms_total, ms {component: ms}, steps, sampler, guidance, image_raw (float32 LE (H, W, 3) in [-1, 1]);
 # the timed run follows N untimed warm-up runs (default 1).
 # ROWS.json: [{check: tokenizer|noise|sampler, backend, model, seed, psnr_db, max_abs_error, passed, detail}]
-# (psnr_db is null for an exact match). Exit status 1 on error or a failed row.
+# (psnr_db is null for an exact match). Bad input (bundle, option, prompt, output path): one line `error: ...` on
+# stderr, exit status 2; a runtime failing inside a call or a failed row: exit status 1.
 set -euo pipefail
 . "$(dirname "$0")/lib/chroot.sh"
 "$IOS_DEMO/scripts/setup-toolchain.sh" >/dev/null
-build_if_stale
+# a rebuild's output is shown only when it fails: on success stderr holds the engine's own lines alone
+build_log="$(build_if_stale 2>&1)" || { echo "$build_log" >&2; exit 1; }
 status=0
 run_on_host "$ENGINE_BIN" "$@" 2> >(filter_schema_noise >&2) || status=$?
 wait

@@ -1,15 +1,22 @@
 // JNI side of the host shim of org.pytorch.executorch.Module: loads a .pte with ExecuTorch's C++ Module
 // (extension/module) from the executorch wheel and runs a method on copies of the Java arrays.
 // Errors become java.lang.RuntimeException with ExecuTorch's error code, never a crash.
+//
+// ExecuTorch's log lines never reach stderr (the executorch-android AAR sends them to logcat): the error lines a
+// failing call logs become part of its exception's message, the rest is dropped. MOBILEDIFF_EXECUTORCH_LOG=1
+// prints every line on stderr instead, as ExecuTorch's default platform layer does.
 #include <jni.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/platform/platform.h>
 
 #include "org_pytorch_executorch_Module.h"
 
@@ -23,8 +30,34 @@ using executorch::runtime::EValue;
 
 namespace {
 
+// The error lines ExecuTorch logged on this thread during the current native call.
+thread_local std::string logged_errors;
+
+void emit_log_message(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
+                      const char* message, size_t length) {
+  static const bool to_stderr = std::getenv("MOBILEDIFF_EXECUTORCH_LOG") != nullptr;
+  std::string text(message, length);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '.' || text.back() == ' ')) text.pop_back();
+  if (to_stderr) {
+    std::fprintf(stderr, "%c executorch:%s:%zu] %s\n", static_cast<char>(level), filename, line, text.c_str());
+  } else if (level == kError || level == kFatal) {
+    logged_errors += (logged_errors.empty() ? "" : "; ") + text;
+  }
+}
+
+// Start collecting the error lines of one native call.
+void begin_call() {
+  static const bool registered =
+      executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_log_message, __FILE__));
+  (void)registered;
+  logged_errors.clear();
+}
+
+// Throws RuntimeException(message), with the error lines ExecuTorch logged during the call appended.
 void throw_runtime(JNIEnv* env, const std::string& message) {
-  env->ThrowNew(env->FindClass("java/lang/RuntimeException"), message.c_str());
+  std::string full = logged_errors.empty() ? message : message + ": " + logged_errors;
+  logged_errors.clear();
+  env->ThrowNew(env->FindClass("java/lang/RuntimeException"), full.c_str());
 }
 
 std::string to_string(JNIEnv* env, jstring s) {
@@ -89,6 +122,7 @@ jobject to_java_array(JNIEnv* env, const executorch::aten::Tensor& t) {
 }  // namespace
 
 JNIEXPORT jlong JNICALL Java_org_pytorch_executorch_Module_nativeLoad(JNIEnv* env, jclass, jstring jpath) {
+  begin_call();
   std::string path = to_string(env, jpath);
   auto module = std::make_unique<Module>(path, Module::LoadMode::File);
   Error err = module->load_method("forward");
@@ -101,6 +135,7 @@ JNIEXPORT jlong JNICALL Java_org_pytorch_executorch_Module_nativeLoad(JNIEnv* en
 
 JNIEXPORT jobjectArray JNICALL Java_org_pytorch_executorch_Module_nativeExecute(
     JNIEnv* env, jclass, jlong handle, jstring jmethod, jobjectArray jdata, jobjectArray jshapes, jintArray jdtypes) {
+  begin_call();
   auto* module = reinterpret_cast<Module*>(handle);
   std::string method = to_string(env, jmethod);
   jsize n = env->GetArrayLength(jdata);

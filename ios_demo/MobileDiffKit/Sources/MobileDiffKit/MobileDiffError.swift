@@ -24,6 +24,14 @@ public enum MobileDiffError: Error, Equatable, Sendable {
     case tokenizer(String)
     /// A tensor's shape or element count is not what a component declares.
     case shapeMismatch(name: String, expected: [Int], actual: [Int])
+    /// A component file's own inputs or outputs disagree with its component's manifest entry (checked when it is
+    /// loaded, before the first call): `reason` names the component and the first difference.
+    case graphMismatch(path: String, component: String, reason: String)
+    /// The runtime cannot open a component file (not a graph it reads, or a corrupt one whose sha256 was updated).
+    case graphUnreadable(path: String, backend: String, message: String)
+    /// A NaN or infinity at run time: `path` is the graph whose output held it, or the manifest whose numbers took
+    /// the engine's own arithmetic out of float32's range. No image is made of it.
+    case nonFinite(path: String, reason: String)
     /// The backend cannot run here (e.g. Core ML on Linux).
     case backendUnavailable(String)
     /// The runtime (ONNX Runtime, Core ML) reported an error.
@@ -55,6 +63,12 @@ extension MobileDiffError: CustomStringConvertible, LocalizedError {
             return "tokenizer: \(message)"
         case .shapeMismatch(let name, let expected, let actual):
             return "\(name): expected shape \(expected), got \(actual)"
+        case .graphMismatch(let path, _, let reason):
+            return "\(path): \(reason)"
+        case .graphUnreadable(let path, let backend, let message):
+            return "\(path): \(backend) cannot load it (\(message))"
+        case .nonFinite(let path, let reason):
+            return "\(path): \(reason)"
         case .backendUnavailable(let message):
             return message
         case .runtime(let backend, let message):

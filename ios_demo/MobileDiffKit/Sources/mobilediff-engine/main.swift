@@ -6,6 +6,10 @@
 //            [--threads T] [--warmup N (untimed runs first, default 1)] [--repeats N (timed runs; the median is
 //            reported, default 1)] --out IMG.png --json RESULT.json
 //   check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
+//
+// Errors follow the Python CLI's convention: bad input (a bad bundle, option or prompt, a path that cannot be
+// written) prints exactly one line `error: ...` on stderr and exits 2; a runtime that fails while running a graph
+// prints one line and exits 1, as does a failed check row.
 import Foundation
 import MobileDiffKit
 
@@ -115,9 +119,11 @@ func generate(_ options: [String: String]) throws {
     let bundle = URL(fileURLWithPath: try required(options, "bundle"))
     let out = try required(options, "out")
     let resultPath = try required(options, "json")
+    let prompt = try required(options, "prompt")
+    try Prompts.check(prompt, label: "--prompt")
     let backend = try makeBackend(try required(options, "backend"), threads: try number(options, "threads", as: Int.self) ?? 0)
     let pipeline = try Pipeline(bundle: bundle, backend: backend)
-    var configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: try required(options, "prompt"),
+    var configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: prompt,
                                                         seed: try number(options, "seed", as: UInt64.self) ?? 0)
     if let sampler = options["sampler"] { configuration.sampler = sampler }
     if let steps = try number(options, "steps", as: Int.self) { configuration.steps = steps }
@@ -174,20 +180,50 @@ func checkGoldens(_ options: [String: String]) throws {
     if rows.contains(where: { !$0.passed }) { exit(1) }
 }
 
-let arguments = CommandLine.arguments.dropFirst()
+/// The command line's arguments from the bytes it was given: `CommandLine.arguments` repairs invalid UTF-8 with
+/// U+FFFD, which would silently turn a prompt into another prompt; the value of `--prompt` is refused instead, as
+/// Python refuses it.
+func rawArguments() throws -> [String] {
+    var out: [String] = []
+    for i in 1..<Int(CommandLine.argc) {
+        guard let pointer = CommandLine.unsafeArgv[i] else { continue }
+        let bytes = UnsafeRawBufferPointer(start: pointer, count: strlen(pointer))
+        out.append(out.last == "--prompt" ? try Prompts.decodeUTF8(bytes, label: "--prompt") : String(decoding: bytes, as: UTF8.self))
+    }
+    return out
+}
+
+/// Prints `error: <message>` as one line on stderr and exits with `status` (2: bad input).
+func fail(_ message: String, status: Int32) -> Never {
+    let line = message.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+        .filter { !$0.isEmpty }.joined(separator: " ")
+    FileHandle.standardError.write(Data("error: \(line)\n".utf8))
+    exit(status)
+}
+
 do {
+    let arguments = try rawArguments()
     switch arguments.first {
     case "generate":
         try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "out", "json"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))
-    default:
-        throw UsageError(description: usage)
+    case "-h", "--help", "help":
+        print(usage)
+    case nil:
+        throw UsageError(description: "a command is required: generate or check-goldens (--help for usage)")
+    case let command?:
+        throw UsageError(description: "unknown command '\(command)': generate or check-goldens (--help for usage)")
     }
 } catch let error as UsageError {
-    FileHandle.standardError.write(Data("error: \(error.description)\n".utf8))
-    exit(2)
+    fail(error.description, status: 2)
+} catch let error as MobileDiffError {
+    // a runtime failing inside a call is not the input's fault; every other case is a bad bundle or argument
+    if case .runtime = error { fail(error.description, status: 1) }
+    fail(error.description, status: 2)
+} catch let error as CocoaError {
+    // a path the user gave: missing, unwritable, a file where a folder belongs, a full disk
+    fail((error.filePath.map { "\($0): " } ?? "") + error.localizedDescription, status: 2)
 } catch {
-    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-    exit(1)
+    fail("\(error)", status: 1)
 }

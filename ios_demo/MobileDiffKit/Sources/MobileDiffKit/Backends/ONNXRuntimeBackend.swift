@@ -3,7 +3,9 @@ import COnnxRuntime
 import Foundation
 
 /// Runs `.onnx` component files through ONNX Runtime's C API — the API ORT's mobile packages wrap. On Linux it
-/// links the system's libonnxruntime (Debian trixie: 1.21); the session runs on ORT's CPU provider.
+/// links the system's libonnxruntime (Debian trixie: 1.21); the session runs on ORT's CPU provider. A loaded graph's
+/// inputs and outputs are checked against its component's manifest entry before it is returned (`GraphIO.check`);
+/// a file ONNX Runtime cannot open is `graphUnreadable`.
 public final class ONNXRuntimeBackend: InferenceBackend {
     public let target = "onnx"
     /// Intra-op threads per session; 0 lets ONNX Runtime choose.
@@ -22,7 +24,7 @@ public final class ONNXRuntimeBackend: InferenceBackend {
 
     public func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
                           spec: BundleManifest.Component) throws -> any InferenceModel {
-        try ONNXRuntimeModel(env: env, url: url, spec: spec, intraOpThreads: intraOpThreads, backend: self)
+        try ONNXRuntimeModel(env: env, url: url, component: component, spec: spec, intraOpThreads: intraOpThreads, backend: self)
     }
 }
 
@@ -50,16 +52,23 @@ final class ONNXRuntimeModel: InferenceModel {
     private let outputNames: [String]
     private let backend: ONNXRuntimeBackend  // keeps the environment alive as long as the session
 
-    init(env: OpaquePointer, url: URL, spec: BundleManifest.Component, intraOpThreads: Int, backend: ONNXRuntimeBackend) throws {
+    init(env: OpaquePointer, url: URL, component: String, spec: BundleManifest.Component, intraOpThreads: Int,
+         backend: ONNXRuntimeBackend) throws {
         var options: OpaquePointer?
         try ORT.check(ORT.api.CreateSessionOptions(&options))
         defer { ORT.api.ReleaseSessionOptions(options) }
         if intraOpThreads > 0 { try ORT.check(ORT.api.SetIntraOpNumThreads(options, Int32(intraOpThreads))) }
         try ORT.check(ORT.api.SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL))
         var session: OpaquePointer?
-        try ORT.check(url.path.withCString { ORT.api.CreateSession(env, $0, options, &session) })
+        do {
+            try ORT.check(url.path.withCString { ORT.api.CreateSession(env, $0, options, &session) })
+        } catch MobileDiffError.runtime(_, let message) {
+            throw MobileDiffError.graphUnreadable(path: url.path, backend: "ONNX Runtime", message: message)
+        }
         var memoryInfo: OpaquePointer?
         do {
+            let (inputs, outputs) = try ONNXRuntimeModel.graphIO(session!)
+            try GraphIO.check(component: component, path: url.path, spec: spec, inputs: inputs, outputs: outputs)
             try ORT.check(ORT.api.CreateCpuMemoryInfo(OrtArenaAllocator, OrtMemTypeDefault, &memoryInfo))
         } catch {
             ORT.api.ReleaseSession(session)
@@ -112,6 +121,64 @@ final class ONNXRuntimeModel: InferenceModel {
             result[name] = try ONNXRuntimeModel.read(value!, name: name)
         }
         return result
+    }
+
+    /// The inputs and outputs `session` declares, in graph order; a symbolic or unknown dimension is nil.
+    static func graphIO(_ session: OpaquePointer) throws -> (inputs: [GraphTensor], outputs: [GraphTensor]) {
+        var allocator: UnsafeMutablePointer<OrtAllocator>?
+        try ORT.check(ORT.api.GetAllocatorWithDefaultOptions(&allocator))
+        func tensors(count: (inout Int) -> OpaquePointer?,
+                     name: (Int, inout UnsafeMutablePointer<CChar>?) -> OpaquePointer?,
+                     type: (Int, inout OpaquePointer?) -> OpaquePointer?) throws -> [GraphTensor] {
+            var n = 0
+            try ORT.check(count(&n))
+            return try (0..<n).map { i in
+                var cName: UnsafeMutablePointer<CChar>?
+                try ORT.check(name(i, &cName))
+                let tensorName = cName.map { String(cString: $0) } ?? ""
+                _ = ORT.api.AllocatorFree(allocator, cName)
+                var typeInfo: OpaquePointer?
+                try ORT.check(type(i, &typeInfo))
+                defer { ORT.api.ReleaseTypeInfo(typeInfo) }
+                var kind = ONNX_TYPE_UNKNOWN
+                try ORT.check(ORT.api.GetOnnxTypeFromTypeInfo(typeInfo, &kind))
+                guard kind == ONNX_TYPE_TENSOR else { return GraphTensor(name: tensorName, shape: [], dtype: "not a tensor") }
+                var info: OpaquePointer?
+                try ORT.check(ORT.api.CastTypeInfoToTensorInfo(typeInfo, &info))
+                var element = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED
+                try ORT.check(ORT.api.GetTensorElementType(info, &element))
+                var rank = 0
+                try ORT.check(ORT.api.GetDimensionsCount(info, &rank))
+                var dims = [Int64](repeating: 0, count: rank)
+                try ORT.check(ORT.api.GetDimensions(info, &dims, rank))
+                return GraphTensor(name: tensorName, shape: dims.map { $0 >= 0 ? Int($0) : nil }, dtype: dtypeName(element))
+            }
+        }
+        let inputs = try tensors(count: { ORT.api.SessionGetInputCount(session, &$0) },
+                                 name: { ORT.api.SessionGetInputName(session, $0, allocator, &$1) },
+                                 type: { ORT.api.SessionGetInputTypeInfo(session, $0, &$1) })
+        let outputs = try tensors(count: { ORT.api.SessionGetOutputCount(session, &$0) },
+                                  name: { ORT.api.SessionGetOutputName(session, $0, allocator, &$1) },
+                                  type: { ORT.api.SessionGetOutputTypeInfo(session, $0, &$1) })
+        return (inputs, outputs)
+    }
+
+    /// ONNX's element type as numpy names it ("float32", "int64", ...).
+    static func dtypeName(_ type: ONNXTensorElementDataType) -> String {
+        switch type {
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool"
+        case ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING: return "string"
+        default: return "element type \(type.rawValue)"
+        }
     }
 
     private static func copy(_ tensor: Tensor) -> (UnsafeMutableRawPointer, Int, ONNXTensorElementDataType) {

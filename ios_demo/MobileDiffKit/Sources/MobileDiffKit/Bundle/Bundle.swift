@@ -32,10 +32,16 @@ public struct MobileDiffBundle: Sendable {
         return url.appendingPathComponent(entry.path)
     }
 
-    /// The tokenizer folder after checking that every tokenizer file the manifest lists exists.
+    /// The tokenizer folder after checking that every tokenizer file the manifest lists exists and, where the
+    /// manifest records one (`tokenizer.file_sha256`), matches its sha256 (`fileMissing`, `checksumMismatch`).
     public func tokenizerURL() throws -> URL {
-        for file in manifest.tokenizer.files where !FileManager.default.fileExists(atPath: url.appendingPathComponent(file).path) {
-            throw MobileDiffError.fileMissing(path: url.appendingPathComponent(file).path)
+        for file in manifest.tokenizer.files {
+            let fileURL = url.appendingPathComponent(file)
+            if let sha256 = manifest.tokenizer.fileSha256[file] {
+                try FileChecks.verify(fileURL, sha256: sha256)
+            } else if !FileManager.default.fileExists(atPath: fileURL.path) {
+                throw MobileDiffError.fileMissing(path: fileURL.path)
+            }
         }
         return url.appendingPathComponent("tokenizer")
     }

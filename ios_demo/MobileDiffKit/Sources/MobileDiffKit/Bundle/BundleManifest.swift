@@ -64,14 +64,17 @@ public struct BundleManifest: Sendable {
         public var bosId: Int32
         public var eosId: Int32
         public var padId: Int32
+        /// `file_sha256`: path -> sha256 of tokenizer files; each listed file is checked before it is read.
+        public var fileSha256: [String: String] = [:]
     }
 
-    /// One tensor a component takes or returns. `shape` mixes named dims ("batch") and sizes;
-    /// `staticShape` has the sizes of the exported graph.
+    /// One tensor a component takes or returns. `shape` mixes named dims ("batch") and sizes (as text: it is only
+    /// shown in messages); `staticShape` has the sizes of the exported graph.
     public struct TensorSpec: Sendable {
         public var name: String
         public var dtype: String
         public var staticShape: [Int]?
+        public var shape: [String]? = nil
     }
 
     public struct ComponentFile: Sendable {
@@ -234,6 +237,9 @@ extension BundleManifest.TokenizerInfo {
         bosId = try o.int32("bos_id")
         eosId = try o.int32("eos_id")
         padId = try o.int32("pad_id")
+        if let sums = try o.optionalObject("file_sha256") {
+            for key in sums.fields.keys.sorted() { fileSha256[key] = try sums.string(key) }
+        }
     }
 }
 
@@ -242,6 +248,15 @@ extension BundleManifest.TensorSpec {
         name = try o.string("name")
         dtype = try o.string("dtype")
         staticShape = o.has("static_shape") ? try o.ints("static_shape") : nil
+        if case .array(let dims)? = o.fields["shape"] {
+            shape = dims.map { dim -> String in
+                switch dim {
+                case .string(let name): return name
+                case .integer(let size): return String(size)
+                default: return dim.described
+                }
+            }
+        }
     }
 }
 

@@ -23,10 +23,13 @@ extension Pipeline {
             return Configuration(prompt: prompt, seed: seed, sampler: plan.sampler, steps: plan.steps, guidanceScale: plan.guidance)
         }
 
-        /// Checks the arguments before any work starts.
+        /// Checks the arguments before any work starts (the prompt with `Prompts.check`).
         func validate(against manifest: BundleManifest) throws {
             guard steps >= 1 else { throw MobileDiffError.invalidArgument("steps must be >= 1, got \(steps)") }
-            guard guidanceScale >= 0 else { throw MobileDiffError.invalidArgument("guidance must be >= 0, got \(guidanceScale)") }
+            guard guidanceScale.isFinite, guidanceScale >= 0 else {
+                throw MobileDiffError.invalidArgument("guidance must be a finite number >= 0, got \(guidanceScale)")
+            }
+            try Prompts.check(prompt)
             _ = try manifest.samplerTable(sampler, steps: steps)
         }
     }

@@ -36,7 +36,8 @@ public final class Pipeline: ResourceManaging {
         decoder.unloadResources()
     }
 
-    /// Generates one image.
+    /// Generates one image. A NaN or infinity at run time is `nonFinite` naming where it came from (a component's
+    /// graph, or the manifest whose numbers took the engine's float32 arithmetic out of range), never an image.
     /// - Parameter onStep: called after each sampler step with the step index and the latent (1, C, h, w).
     public func generate(_ configuration: Configuration, onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> Result {
         try configuration.validate(against: manifest)
@@ -50,6 +51,7 @@ public final class Pipeline: ResourceManaging {
 
         // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
         var text = try timer.time("text_encoder") { try textEncoder.encode(tokenizer.encode(configuration.prompt)) }
+        try requireFinite(text.floats, "its output", from: textEncoder.model)
         if case .classifierFree = guidance {
             if let batch = denoiser.model.spec.staticBatch, batch < 2 {
                 throw MobileDiffError.invalidArgument("this bundle's denoiser was exported without a classifier-free-guidance batch: generate with guidance 1")
@@ -57,6 +59,7 @@ public final class Pipeline: ResourceManaging {
             let unconditional = try timer.time("text_encoder") {
                 try textEncoder.encode(tokenizer.encode(manifest.guidance.unconditionalPrompt ?? ""))
             }
+            try requireFinite(unconditional.floats, "its output", from: textEncoder.model)
             text = Tensor(shape: [2] + text.shape.dropFirst(), floats: unconditional.floats + text.floats)
         }
         if reduceMemory { textEncoder.unloadResources() }
@@ -70,28 +73,49 @@ public final class Pipeline: ResourceManaging {
         }
         let latentShape = geometry.latentShape
         let latents = try SamplerLoop.run(table: table, noise: noise, denoise: { modelInput, timestep, _ in
-            try timer.time("unet") {
+            let out = try timer.time("unet") {
                 switch guidance {
-                case .classifierFree(let scale):
+                case .classifierFree:
                     let doubled = Tensor(shape: [2] + latentShape.dropFirst(), floats: modelInput + modelInput)
-                    let out = try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil)
-                    return GuidanceMode.combine(out.floats, scale: scale)
+                    return try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil).floats
                 case .none, .embedding:
                     let sample = Tensor(shape: latentShape, floats: modelInput)
                     return try denoiser.predict(sample: sample, timestep: timestep, text: text, condition: condition).floats
                 }
             }
+            try requireFinite(out, "its output at timestep \(timestep)", from: denoiser.model)
+            if case .classifierFree(let scale) = guidance { return GuidanceMode.combine(out, scale: scale) }
+            return out
         }, freshNoise: { random.normalArray(count: latentCount) }, onStep: onStep)
+        // every denoiser output was finite: only the table's arithmetic can have left float32's range
+        try requireFinite(latents, "the final latent (sampler \(table.name):\(table.steps))", from: nil)
         if reduceMemory { denoiser.unloadResources() }
 
         // 3. decode: latents / scaling_factor + shift_factor
         let scaling = Float(geometry.scalingFactor), shift = Float(geometry.shiftFactor ?? 0)
         let decoderInput = Tensor(shape: latentShape, floats: latents.map { $0 / scaling + shift })
+        try requireFinite(decoderInput.floats, "the decoder's input (final latent / geometry.scaling_factor + geometry.shift_factor)", from: nil)
         let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput) }
+        try requireFinite(decoded.floats, "the decoded image", from: decoder.model)
         if reduceMemory { decoder.unloadResources() }
 
         let raw = ImageConversion.hwcClamped(chw: decoded.floats, height: decoded.shape[2], width: decoded.shape[3])
         let image = ImageConversion.rgba(hwc: raw, height: decoded.shape[2], width: decoded.shape[3])
         return Result(image: image, rawImage: raw, timer: timer, configuration: configuration)
+    }
+
+    /// One pass over `values`: a NaN or infinity throws `nonFinite` naming `model`'s file when the values are its
+    /// output, else the manifest.
+    private func requireFinite(_ values: [Float], _ what: String, from model: ManagedModel?) throws {
+        guard let at = values.firstIndex(where: { !$0.isFinite }) else { return }
+        let bad = values.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+        let value = values[at].isNaN ? "NaN" : values[at] > 0 ? "Infinity" : "-Infinity"
+        let where_ = "\(what) holds \(value) at index \(at) (\(bad) of \(values.count) values not finite)"
+        guard let model else {
+            throw MobileDiffError.nonFinite(path: bundle.url.appendingPathComponent("manifest.json").path,
+                                            reason: "\(where_): the manifest's numbers overflow float32; no image is made of them")
+        }
+        throw MobileDiffError.nonFinite(path: bundle.url.appendingPathComponent(model.file.path).path,
+                                        reason: "\(model.component) gave non-finite values: \(where_); no image is made of them")
     }
 }

@@ -22,7 +22,8 @@ import com.mobilediff.engine.Bundle as MobilediffBundle
 /**
  * Pick a bundle from app storage, type a prompt and seed (steps default to the manifest's plan), Generate: the
  * image and the milliseconds per component. All engine work runs on one background thread; the loaded pipeline
- * is kept until another bundle or backend is picked.
+ * is kept until another bundle or backend is picked. Whatever the engine or a runtime throws on that thread is
+ * shown in the status line ([describeFailure]), never let through to crash the app.
  */
 class MainActivity : Activity() {
     private val worker = Executors.newSingleThreadExecutor()
@@ -78,7 +79,14 @@ class MainActivity : Activity() {
     private fun unload() {
         val old = pipeline ?: return
         pipeline = null
-        worker.execute { old.close() }
+        worker.execute {
+            try {
+                old.close()
+            } catch (e: Throwable) {
+                val message = describeFailure(e, "runtime")
+                runOnUiThread { status.text = message }
+            }
+        }
     }
 
     /** Read the picked bundle's manifest: fill in its default steps, or say what is wrong with it. */
@@ -89,8 +97,8 @@ class MainActivity : Activity() {
                 val plan = m.defaultSampling
                 runOnUiThread { steps.setText(plan.steps.toString()) }
                 "${dir.name}: ${m.role.role}, default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}"
-            } catch (e: BundleError) {
-                "Bad bundle: ${e.file}: ${e.problem}"
+            } catch (e: Throwable) {
+                describeFailure(e, "manifest reader")
             }
             runOnUiThread { status.text = text }
         }
@@ -99,11 +107,16 @@ class MainActivity : Activity() {
     private fun onGenerate() {
         val dir = bundles.getOrNull(bundleSpinner.selectedItemPosition) ?: return
         val backend = backendSpinner.selectedItem as String
-        val request = GenerationRequest(
-            prompt = prompt.text.toString(),
-            seed = seed.text.toString().toLongOrNull() ?: 0L,
-            steps = steps.text.toString().toIntOrNull(),
-        )
+        val seedText = seed.text.toString().trim()
+        val stepsText = steps.text.toString().trim()
+        val seedValue = if (seedText.isEmpty()) 0L else seedText.toLongOrNull()
+        val stepsValue = stepsText.toIntOrNull()
+        if (seedValue == null || (stepsText.isNotEmpty() && stepsValue == null)) {
+            status.text = if (seedValue == null) "Cannot generate: seed must be an integer, got '$seedText'"
+            else "Cannot generate: steps must be an integer, got '$stepsText'"
+            return
+        }
+        val request = GenerationRequest(prompt = prompt.text.toString(), seed = seedValue, steps = stepsValue)
         generate.isEnabled = false
         status.text = "loading ${dir.name} ($backend)…"
         worker.execute {
@@ -114,20 +127,32 @@ class MainActivity : Activity() {
                         runOnUiThread { status.text = "step ${step + 1} / $steps" }
                     }
                 })
-                runOnUiThread { image.setImageBitmap(result.toBitmap()) }
+                val bitmap = result.toBitmap()
+                runOnUiThread { image.setImageBitmap(bitmap) }
                 describe(result)
-            } catch (e: BundleError) {
-                "Bad bundle: ${e.file}: ${e.problem}"
-            } catch (e: IllegalArgumentException) {
-                "Cannot generate: ${e.message}"
-            } catch (e: UnsatisfiedLinkError) {
-                "The $backend runtime's native library is missing from this build (${e.message})"
+            } catch (e: Throwable) {
+                describeFailure(e, backend)
             }
             runOnUiThread {
                 status.text = message
                 generate.isEnabled = true
             }
         }
+    }
+
+    /**
+     * What went wrong, as the status line shows it: a bad bundle names the file and the problem; a bad option or
+     * prompt says why; a runtime whose native library or classes are missing from this build says so; anything else
+     * (a runtime failing inside a call, memory) by its type and message.
+     */
+    private fun describeFailure(e: Throwable, backend: String): String = when (e) {
+        is BundleError -> "Bad bundle: ${e.file}: ${e.problem}"
+        is IllegalArgumentException -> "Cannot generate: ${e.message}"
+        is UnsatisfiedLinkError -> "The $backend runtime's native library is missing from this build (${e.message})"
+        is NoClassDefFoundError, is ExceptionInInitializerError ->
+            "The $backend runtime cannot start in this build (${e.javaClass.simpleName}: ${e.message ?: e.cause?.message})"
+        is OutOfMemoryError -> "Out of memory running the $backend runtime: try a smaller bundle"
+        else -> "Generation failed: ${e.javaClass.simpleName}: ${e.message}"
     }
 
     private fun describe(r: GenerationResult): String = buildString {

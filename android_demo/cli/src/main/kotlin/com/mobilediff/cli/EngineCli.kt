@@ -5,6 +5,7 @@ import com.mobilediff.engine.Bundle
 import com.mobilediff.engine.BundleError
 import com.mobilediff.engine.GenerationRequest
 import com.mobilediff.engine.Pipeline
+import com.mobilediff.engine.Prompts
 import com.mobilediff.verify.CheckRow
 import com.mobilediff.verify.GoldenChecks
 import com.mobilediff.verify.Goldens
@@ -12,6 +13,7 @@ import org.json.JSONArray
 import org.json.JSONObject
 import java.awt.image.BufferedImage
 import java.io.File
+import java.io.IOException
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
 import javax.imageio.ImageIO
@@ -26,40 +28,95 @@ private const val USAGE = """usage:
 /**
  * The engine's command line on the JVM (the contract both demo apps implement; benchmarks/app_parity.py calls it):
  * `generate` writes a PNG, the raw float image and a timing record; `check-goldens` writes check rows.
- * A bad bundle or option prints one line and exits 2.
+ *
+ * Errors follow the Python CLI's convention: bad input (a bad bundle, option or prompt, a path that cannot be
+ * written) prints exactly one line `error: ...` on stderr and exits 2; a runtime that fails while running a graph
+ * prints one line and exits 1, as does a failed check row.
  */
-fun main(args: Array<String>) {
+fun main(jvmArgs: Array<String>) {
     try {
+        val args = rawArguments(jvmArgs)
         when (args.firstOrNull()) {
-            "generate" -> generate(Options(args.drop(1)))
-            "check-goldens" -> checkGoldens(Options(args.drop(1)))
-            else -> fail(USAGE)
+            "generate" -> generate(Options(args.drop(1), GENERATE_OPTIONS))
+            "check-goldens" -> checkGoldens(Options(args.drop(1), CHECK_GOLDENS_OPTIONS))
+            "-h", "--help", "help" -> println(USAGE)
+            null -> fail("a command is required: generate or check-goldens (--help for usage)")
+            else -> fail("unknown command '${args[0]}': generate or check-goldens (--help for usage)")
         }
     } catch (e: BundleError) {
-        fail("error: bad bundle: ${e.message}")
+        fail("bad bundle: ${e.message}")
     } catch (e: IllegalArgumentException) {
-        fail("error: ${e.message}")
+        fail(e.message ?: e.toString())
+    } catch (e: IOException) {
+        fail(e.message ?: e.toString())
+    } catch (e: Throwable) {
+        // a runtime failing inside a call (OrtException, ExecuTorch's RuntimeException), a missing native library
+        fail("${e.javaClass.simpleName}: ${e.message}", status = 1)
     }
 }
 
-private fun fail(message: String): Nothing {
-    System.err.println(message)
-    exitProcess(2)
+/** Print `error: <message>` as one line on stderr and exit with [status] (2: bad input). */
+private fun fail(message: String, status: Int = 2): Nothing {
+    System.err.println("error: " + message.lineSequence().map { it.trim() }.filter { it.isNotEmpty() }.joinToString(" "))
+    System.err.flush()
+    exitProcess(status)
 }
 
-/** `--name value` pairs. */
-private class Options(args: List<String>) {
+/**
+ * The command line's arguments as the bytes it was given, decoded as UTF-8, where Linux shows them
+ * (/proc/self/cmdline; [jvmArgs] otherwise). The JVM decodes arguments with the locale's charset and replaces what
+ * it cannot decode: a prompt with invalid UTF-8 would silently become another prompt, and under the C locale every
+ * non-ASCII character would. Invalid UTF-8 in `--prompt` is refused as Python refuses it.
+ */
+private fun rawArguments(jvmArgs: Array<String>): List<String> {
+    val raw = try {
+        splitNul(File("/proc/self/cmdline").readBytes())
+    } catch (e: IOException) {
+        return jvmArgs.toList()
+    }
+    // the program's arguments are the last entries, after the main class
+    if (raw.size <= jvmArgs.size || String(raw[raw.size - jvmArgs.size - 1], Charsets.UTF_8) != MAIN_CLASS) return jvmArgs.toList()
+    val tail = raw.takeLast(jvmArgs.size)
+    return tail.mapIndexed { i, bytes ->
+        if (i > 0 && String(tail[i - 1], Charsets.UTF_8) == "--prompt") Prompts.decodeUtf8(bytes, "--prompt") else String(bytes, Charsets.UTF_8)
+    }
+}
+
+private val GENERATE_OPTIONS =
+    setOf("bundle", "backend", "prompt", "seed", "steps", "sampler", "guidance", "warmup", "repeats", "out", "json")
+private val CHECK_GOLDENS_OPTIONS = setOf("bundle", "goldens", "backend", "model", "json")
+
+private const val MAIN_CLASS = "com.mobilediff.cli.EngineCliKt"
+
+private fun splitNul(bytes: ByteArray): List<ByteArray> {
+    val out = ArrayList<ByteArray>()
+    var start = 0
+    for (i in bytes.indices) {
+        if (bytes[i] == 0.toByte()) {
+            out.add(bytes.copyOfRange(start, i))
+            start = i + 1
+        }
+    }
+    if (start < bytes.size) out.add(bytes.copyOfRange(start, bytes.size))
+    return out
+}
+
+/** `--name value` pairs, each name one of [allowed]. */
+private class Options(args: List<String>, allowed: Set<String>) {
     private val values = HashMap<String, String>()
 
     init {
-        require(args.size % 2 == 0) { "options come in '--name value' pairs\n$USAGE" }
         for (i in args.indices step 2) {
-            require(args[i].startsWith("--")) { "unexpected argument '${args[i]}'\n$USAGE" }
-            values[args[i].removePrefix("--")] = args[i + 1]
+            val name = args[i].removePrefix("--")
+            require(args[i].startsWith("--") && name in allowed) {
+                "unknown option '${args[i]}' (allowed: ${allowed.sorted().joinToString(" ") { "--$it" }})"
+            }
+            require(i + 1 < args.size) { "${args[i]} needs a value (--help for usage)" }
+            values[name] = args[i + 1]
         }
     }
 
-    fun required(name: String): String = values[name] ?: throw IllegalArgumentException("--$name is required\n$USAGE")
+    fun required(name: String): String = values[name] ?: throw IllegalArgumentException("--$name is required (--help for usage)")
     fun optional(name: String): String? = values[name]
     fun int(name: String): Int? = values[name]?.let { it.toIntOrNull() ?: throw IllegalArgumentException("--$name must be an integer, got '$it'") }
     fun double(name: String): Double? = values[name]?.let { it.toDoubleOrNull() ?: throw IllegalArgumentException("--$name must be a number, got '$it'") }
@@ -70,9 +127,10 @@ private fun generate(o: Options) {
     require(out.name.endsWith(".png")) { "--out must be a .png file, got $out" }
     val json = File(o.required("json"))
     val seed = o.required("seed").toLongOrNull() ?: throw IllegalArgumentException("--seed must be an integer")
+    val prompt = o.required("prompt").also { Prompts.check(it, "--prompt") }
     val bundle = Bundle.open(File(o.required("bundle")))
     Pipeline(bundle, Backend.forTarget(o.required("backend"))).use { pipeline ->
-        val request = GenerationRequest(o.required("prompt"), seed, o.int("steps"), o.optional("sampler"), o.double("guidance"))
+        val request = GenerationRequest(prompt, seed, o.int("steps"), o.optional("sampler"), o.double("guidance"))
         val warmup = o.int("warmup") ?: 1
         val repeats = o.int("repeats") ?: 1
         require(warmup >= 0 && repeats >= 1) { "--warmup must be >= 0 and --repeats >= 1" }
@@ -81,7 +139,8 @@ private fun generate(o: Options) {
         val r = runs.sortedBy { it.totalMs }[repeats / 2] // the median run (every run gives the same image)
         val image = BufferedImage(r.width, r.height, BufferedImage.TYPE_INT_RGB)
         image.setRGB(0, 0, r.width, r.height, r.argb, 0, r.width)
-        atomicWrite(out) { ImageIO.write(image, "png", it) }
+        // through our own stream: ImageIO given a File prints the stack trace of a failed open itself
+        atomicWrite(out) { f -> f.outputStream().use { ImageIO.write(image, "png", it) } }
         val raw = File(out.path.removeSuffix(".png") + ".f32")
         atomicWrite(raw) { f ->
             val buf = ByteBuffer.allocate(4 * r.raw.size).order(ByteOrder.LITTLE_ENDIAN)
@@ -125,8 +184,9 @@ private fun checkGoldens(o: Options) {
 
 /** Write through a temporary file in the same folder, then rename: readers never see a partial file. */
 private fun atomicWrite(target: File, write: (File) -> Unit) {
-    target.absoluteFile.parentFile.mkdirs()
-    val tmp = File(target.absoluteFile.parentFile, ".${target.name}.partial")
+    val folder = target.absoluteFile.parentFile
+    if (!folder.mkdirs() && !folder.isDirectory) throw IOException("$target: cannot create the folder $folder")
+    val tmp = File(folder, ".${target.name}.partial")
     write(tmp)
-    if (!tmp.renameTo(target)) throw IllegalStateException("could not rename $tmp to $target")
+    if (!tmp.renameTo(target)) throw IOException("could not rename $tmp to $target")
 }

@@ -11,8 +11,12 @@ interface Backend {
     /** The bundle target this backend reads: "onnx" or "executorch". */
     val target: String
 
-    /** Load one component graph; [spec] gives its input and output names in graph order. */
-    fun load(file: File, spec: ComponentSpec): ComponentSession
+    /**
+     * Load one component graph; [spec] gives its inputs and outputs in graph order. The graph's own inputs and
+     * outputs are checked against [spec] before it is returned ([checkGraphIo]): a mismatch is a [BundleError]
+     * naming [path] (the file as the manifest names it), as is a file the runtime cannot load.
+     */
+    fun load(file: File, spec: ComponentSpec, path: String = file.name): ComponentSession
 
     companion object {
         /** The backend for a target name. */

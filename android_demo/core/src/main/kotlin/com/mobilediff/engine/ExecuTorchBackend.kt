@@ -8,15 +8,21 @@ import org.pytorch.executorch.Tensor as EtTensor
 /**
  * ExecuTorch through `org.pytorch.executorch.Module`: the executorch-android AAR on a phone, the host shim
  * (android_demo/hostshim, built by setup-toolchain.sh over the executorch wheel) on the JVM.
+ *
+ * The program's inputs and outputs are checked against the manifest before the runtime opens it, from the
+ * program's own declaration ([ExecuTorchProgram]: the Module API exposes no tensor metadata). A program keeps no
+ * tensor names, so the check covers the count, dtype and sizes of every input and output, not their names.
  */
 class ExecuTorchBackend : Backend {
     override val target = "executorch"
 
-    override fun load(file: File, spec: ComponentSpec): ComponentSession {
+    override fun load(file: File, spec: ComponentSpec, path: String): ComponentSession {
+        val (inputs, outputs) = ExecuTorchProgram.methodIo(file, path)
+        checkGraphIo(spec.name, path, spec, inputs, outputs)
         val module = try {
             Module.load(file.path)
         } catch (e: RuntimeException) {
-            throw BundleError(file.name, "ExecuTorch cannot load it (${e.message})", e)
+            throw BundleError(path, "ExecuTorch cannot load it (${e.message})", e)
         }
         return Session(module, spec)
     }

@@ -59,6 +59,8 @@ internal class JsonReader(val file: String) {
     fun optStr(o: JSONObject, key: String, path: String = key): String? = optional(o, key)?.let { asString(it, path) }
     fun optDouble(o: JSONObject, key: String, path: String = key): Double? =
         optional(o, key)?.let { asFinite(it, path) }
+    fun optInts(o: JSONObject, key: String, path: String = key): IntArray? =
+        optional(o, key)?.let { v -> asList(v, path).let { a -> IntArray(a.length()) { i -> asInt(a.get(i), "$path[$i]") } } }
     fun optDoubles(o: JSONObject, key: String, path: String = key): DoubleArray? =
         optional(o, key)?.let { finites(it, path) }
 

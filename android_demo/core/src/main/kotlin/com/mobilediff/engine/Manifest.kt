@@ -150,8 +150,12 @@ class TokenizerSpec(
     }
 }
 
-/** One input or output of a component graph, in the order the graph takes them. */
-class TensorSpec(val name: String, val dtype: String)
+/**
+ * One input or output of a component graph, in the order the graph takes them: [shape] as the manifest writes it
+ * (sizes and named dimensions such as "batch"), [staticShape] the sizes the graph was exported with (null in a
+ * manifest without `static_shape`).
+ */
+class TensorSpec(val name: String, val dtype: String, val staticShape: IntArray? = null, val shape: List<String>? = null)
 
 /** A file of the bundle with its checksum; [path] is relative to the bundle folder. */
 class FileRef(val path: String, val sha256: String, val sizeBytes: Long)
@@ -188,7 +192,14 @@ class ComponentSpec(
         internal fun parse(r: JsonReader, name: String, c: JSONObject): ComponentSpec {
             val p = "components.$name"
             fun specs(key: String) = r.objects(c, key, "$p.$key").mapIndexed { i, s ->
-                TensorSpec(r.str(s, "name", "$p.$key[$i].name"), r.str(s, "dtype", "$p.$key[$i].dtype"))
+                val at = "$p.$key[$i]"
+                TensorSpec(
+                    name = r.str(s, "name", "$at.name"),
+                    dtype = r.str(s, "dtype", "$at.dtype"),
+                    staticShape = r.optInts(s, "static_shape", "$at.static_shape"),
+                    // only shown in messages: each entry a size or a dimension's name
+                    shape = s.optJSONArray("shape")?.let { a -> List(a.length()) { a.opt(it).toString() } },
+                )
             }
             fun ref(o: JSONObject, at: String) =
                 FileRef(r.str(o, "path", "$at.path"), r.str(o, "sha256", "$at.sha256"), o.optLong("size_bytes", -1))

@@ -1,8 +1,12 @@
 package com.mobilediff.engine
 
+import ai.onnxruntime.NodeInfo
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
+import ai.onnxruntime.OrtException
+import ai.onnxruntime.OrtLoggingLevel
 import ai.onnxruntime.OrtSession
+import ai.onnxruntime.TensorInfo
 import java.io.File
 import java.nio.FloatBuffer
 import java.nio.IntBuffer
@@ -12,16 +16,41 @@ class OnnxRuntimeBackend : Backend {
     override val target = "onnx"
     private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
 
-    override fun load(file: File, spec: ComponentSpec): ComponentSession {
+    override fun load(file: File, spec: ComponentSpec, path: String): ComponentSession {
         val options = OrtSession.SessionOptions()
-        options.setSessionLogLevel(ai.onnxruntime.OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR)
+        // a graph ONNX Runtime refuses is reported by the exception alone
+        options.setSessionLogLevel(OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL)
         val session = try {
             env.createSession(file.path, options)
-        } catch (e: ai.onnxruntime.OrtException) {
-            throw BundleError(file.name, "ONNX Runtime cannot load it (${e.message})", e)
+        } catch (e: OrtException) {
+            throw BundleError(path, "ONNX Runtime cannot load it (${oneLine(e.message)})", e)
+        }
+        try {
+            checkGraphIo(spec.name, path, spec, graphTensors(session.inputInfo), graphTensors(session.outputInfo))
+        } catch (e: Exception) {
+            session.close()
+            throw e
         }
         return Session(session, spec)
     }
+
+    /** The inputs or outputs a session declares, in graph order; a symbolic or unknown dimension is null. */
+    private fun graphTensors(info: Map<String, NodeInfo>): List<GraphTensor> = info.map { (name, node) ->
+        when (val v = node.info) {
+            is TensorInfo -> GraphTensor(name, v.shape.map { d -> d.takeIf { it >= 0 } }, dtypeName(v.onnxType))
+            else -> GraphTensor(name, emptyList(), v.toString().substringBefore('(').ifEmpty { "not a tensor" })
+        }
+    }
+
+    /** ONNX's element type as numpy names it ("float32", "int64", ...). */
+    private fun dtypeName(type: TensorInfo.OnnxTensorType): String =
+        when (val t = type.name.removePrefix("ONNX_TENSOR_ELEMENT_DATA_TYPE_").lowercase()) {
+            "float" -> "float32"
+            "double" -> "float64"
+            else -> t
+        }
+
+    private fun oneLine(message: String?): String = message.orEmpty().lineSequence().map { it.trim() }.filter { it.isNotEmpty() }.joinToString(" ")
 
     private inner class Session(private val session: OrtSession, private val spec: ComponentSpec) : ComponentSession {
         override fun run(inputs: List<Tensor>): List<Tensor.F32> {

@@ -55,10 +55,10 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
             for (name in Manifest.COMPONENTS) {
                 val spec = manifest.component(name)
                 val (file, entry) = bundle.componentFile(name, backend.target, precision)
-                val session = load.measure(name) { backend.load(file, spec) }
-                loaded[name] = Component(name, session, if (entry.dynamicBatch) null else spec.batch)
+                val session = load.measure(name) { backend.load(file, spec, entry.file.path) }
+                loaded[name] = Component(name, entry.file.path, session, if (entry.dynamicBatch) null else spec.batch)
             }
-        } catch (e: Exception) {
+        } catch (e: Throwable) {
             loaded.values.forEach { it.close() }
             throw e
         }
@@ -66,13 +66,17 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         loadMs = load.perComponent
     }
 
-    /** Generate one image. Throws IllegalArgumentException for bad options, [BundleError] for a missing table. */
+    /**
+     * Generate one image. Throws IllegalArgumentException for bad options or a prompt [Prompts.check] refuses,
+     * [BundleError] for a missing table or a component that gives non-finite values (never an image made of them).
+     */
     fun generate(request: GenerationRequest, listener: GenerationListener? = null): GenerationResult {
         val plan = manifest.defaultSampling.let {
             SamplingPlan(request.sampler ?: it.sampler, request.steps ?: it.steps, request.guidance ?: it.guidance)
         }
         require(plan.steps >= 1) { "steps must be >= 1, got ${plan.steps}" }
-        require(plan.guidance >= 0) { "guidance must be >= 0, got ${plan.guidance}" }
+        require(plan.guidance.isFinite() && plan.guidance >= 0) { "guidance must be a finite number >= 0, got ${plan.guidance}" }
+        Prompts.check(request.prompt)
         val table = manifest.sampler(plan.sampler, plan.steps)
         val timings = Timings()
         val start = System.nanoTime()
@@ -83,12 +87,16 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         val noise = generator.normal(shape)
         val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, timings, listener)
         val latent = sample(table, noise, denoise, { generator.normal(shape) }) { i, x -> listener?.onStep(i, table.steps, x) }
+        // every denoiser output was finite: only the table's arithmetic can have left float32's range
+        requireFinite(null, latent, "the final latent (sampler ${table.name}:${table.steps})")
 
         // decoder input = latent / scaling_factor + shift_factor (a float32 division, as Python)
         val sf = geo.scalingFactor.toFloat()
         val shift = geo.shiftFactor.toFloat()
         val z = FloatArray(latent.size) { latent[it] / sf + shift }
+        requireFinite(null, z, "the decoder's input (final latent / geometry.scaling_factor + geometry.shift_factor)")
         val decoded = call("vae_decoder", listOf(Tensor.F32(shape, z)), timings, listener)[0].data
+        requireFinite("vae_decoder", decoded, "the decoded image")
         val argb = ImageConversion.toArgb(decoded, geo.height, geo.width)
         val raw = ImageConversion.toHwc(decoded, geo.height, geo.width)
         val totalMs = (System.nanoTime() - start) / 1e6
@@ -138,6 +146,7 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
             )
             extra?.let { inputs.add(it) }
             val out = call("unet", inputs, timings, listener)[0].data
+            requireFinite("unet", out, "its output at timestep $t")
             if (cfg) FloatArray(x.size) { j -> out[j] + w * (out[x.size + j] - out[j]) } else out
         }
     }
@@ -146,6 +155,7 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
     private fun encode(prompt: String, timings: Timings, listener: GenerationListener?): Tensor.F32 {
         val ids = tokenizer.encode(prompt)
         return call("text_encoder", listOf(Tensor.I32(intArrayOf(1, ids.size), ids)), timings, listener)[0]
+            .also { requireFinite("text_encoder", it.data, "its output") }
     }
 
     private fun call(name: String, inputs: List<Tensor>, timings: Timings, listener: GenerationListener?): List<Tensor.F32> {
@@ -157,6 +167,20 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         return out
     }
 
+    /**
+     * One pass over [values]: a NaN or infinity is a [BundleError], never an image. It names [component]'s graph
+     * when the values are that graph's output (a graph overflowing, e.g. in float16), else the manifest (its sampler
+     * table or latent scaling taking the engine's own float32 arithmetic out of range).
+     */
+    private fun requireFinite(component: String?, values: FloatArray, what: String) {
+        val at = values.indexOfFirst { !it.isFinite() }
+        if (at < 0) return
+        val bad = values.count { !it.isFinite() }
+        val where = "$what holds ${values[at]} at index $at ($bad of ${values.size} values not finite)"
+        if (component == null) throw BundleError(Manifest.MANIFEST, "$where: the manifest's numbers overflow float32; no image is made of them")
+        throw BundleError(components.getValue(component).path, "$component gave non-finite values: $where; no image is made of them")
+    }
+
     /** The CLIP token ids the engine feeds the text encoder for [prompt]. */
     fun tokenize(prompt: String): IntArray = tokenizer.encode(prompt)
 
@@ -166,7 +190,7 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
      * A loaded graph; a graph exported for a static batch ([staticBatch] rows) gets its inputs padded with copies of
      * their last row and its outputs cut back, as the Python runner does.
      */
-    private class Component(val name: String, val session: ComponentSession, val staticBatch: Int?) : AutoCloseable {
+    private class Component(val name: String, val path: String, val session: ComponentSession, val staticBatch: Int?) : AutoCloseable {
         fun run(inputs: List<Tensor>): List<Tensor.F32> {
             val rows = inputs[0].shape[0]
             val need = staticBatch ?: return session.run(inputs)

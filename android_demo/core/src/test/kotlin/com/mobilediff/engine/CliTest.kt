@@ -1,0 +1,113 @@
+package com.mobilediff.engine
+
+import com.mobilediff.engine.TinyBundle.component
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertTrue
+import org.junit.Rule
+import org.junit.Test
+import org.junit.rules.TemporaryFolder
+import java.io.File
+import java.util.concurrent.TimeUnit
+
+/**
+ * The engine's command line (android_demo/cli, what engine.sh runs) keeps the Python CLI's convention: bad input (a bad
+ * bundle, option or prompt) is exactly one line `error: ...` on stderr and exit code 2; nothing else reaches stderr,
+ * ExecuTorch's own log lines included. Runs the CLI in a child JVM on the tiny bundle.
+ */
+class CliTest {
+    @get:Rule
+    val tmp = TemporaryFolder()
+
+    private class Run(val status: Int, val stdout: String, val stderr: String)
+
+    /** The CLI with [args]; a `$'...'` argument is passed through bash, so it can hold bytes no Java string can. */
+    private fun cli(vararg args: String): Run {
+        val java = File(System.getProperty("java.home"), "bin/java").path
+        val command = listOf(java, "-cp", System.getProperty("java.class.path"),
+            "-Djava.library.path=${System.getProperty("java.library.path")}",
+            "-Donnxruntime.native.path=${System.getProperty("onnxruntime.native.path") ?: ""}",
+            "com.mobilediff.cli.EngineCliKt") + args
+        val script = command.joinToString(" ") { if (it.startsWith("$'")) it else "'" + it.replace("'", "'\\''") + "'" }
+        val p = ProcessBuilder("bash", "-c", "exec $script").start()
+        val out = p.inputStream.bufferedReader().readText()
+        val err = p.errorStream.bufferedReader().readText()
+        assertTrue("the CLI did not finish", p.waitFor(120, TimeUnit.SECONDS))
+        return Run(p.exitValue(), out, err)
+    }
+
+    private fun assertBadInput(run: Run, vararg mentions: String) {
+        val lines = run.stderr.lines().filter { it.isNotEmpty() }
+        assertEquals("exit status (stderr: ${run.stderr})", 2, run.status)
+        assertEquals("one line on stderr: ${run.stderr}", 1, lines.size)
+        assertTrue(lines[0], lines[0].startsWith("error: "))
+        for (m in mentions) assertTrue("'$m' not in: ${lines[0]}", lines[0].contains(m))
+    }
+
+    private fun generate(bundle: File, prompt: String = "a red circle", backend: String = "onnx", vararg more: String) =
+        cli("generate", "--bundle", bundle.path, "--backend", backend, "--prompt", prompt, "--seed", "0",
+            "--out", File(tmp.root, "out.png").path, "--json", File(tmp.root, "out.json").path, *more)
+
+    @Test
+    fun generatesOnTheTinyBundle() {
+        val run = generate(TinyBundle.write(tmp.newFolder("bundle")), prompt = "café\tau lait")
+        assertEquals(run.stderr, 0, run.status)
+        assertEquals("", run.stderr.trim())
+        assertTrue(File(tmp.root, "out.png").isFile)
+    }
+
+    @Test
+    fun badBundlesAreOneLine() {
+        assertBadInput(generate(File(tmp.root, "missing")), "bad bundle: ", "bundle folder not found")
+        val swapped = TinyBundle.write(tmp.newFolder("swapped")) { m ->
+            m.component("unet").put("files", m.component("vae_decoder").getJSONArray("files"))
+        }
+        assertBadInput(generate(swapped), "vae_decoder/model.onnx: declares inputs (latent_sample) but the manifest's unet takes")
+        val nan = TinyBundle.write(tmp.newFolder("nan"), unetScale = Float.NaN)
+        assertBadInput(generate(nan), "unet/model.onnx: unet gave non-finite values")
+    }
+
+    @Test
+    fun badPromptsAreOneLine() {
+        val bundle = TinyBundle.write(tmp.newFolder("bundle"))
+        assertBadInput(generate(bundle, prompt = "red\u001b[0m"), "error: --prompt has a control character (U+001B at character 3)")
+        assertBadInput(generate(bundle, prompt = "$'a\\xffb'"), "error: --prompt is not valid UTF-8 (byte 0xff at 1)")
+    }
+
+    @Test
+    fun badArgumentsAreOneLine() {
+        val bundle = TinyBundle.write(tmp.newFolder("bundle"))
+        assertBadInput(cli(), "error: a command is required")
+        assertBadInput(cli("render"), "error: unknown command 'render'")
+        assertBadInput(generate(bundle, "x", "onnx", "--stpes", "4"), "error: unknown option '--stpes'")
+        assertBadInput(generate(bundle, "x", "onnx", "--steps", "four"), "error: --steps must be an integer, got 'four'")
+        assertBadInput(generate(bundle, "x", "onnx", "--steps"), "error: --steps needs a value")
+        assertBadInput(generate(bundle, "x", "tflite"), "error: unknown backend 'tflite'")
+        assertBadInput(generate(bundle, "x", "onnx", "--steps", "7"), "error: bad bundle: manifest.json: has no ddim table for 7 steps")
+        assertEquals(0, cli("--help").status)
+        // an output path that cannot be written (/proc takes no new files)
+        assertBadInput(cli("generate", "--bundle", bundle.path, "--backend", "onnx", "--prompt", "x", "--seed", "0",
+            "--out", "/proc/mobilediff/x.png", "--json", File(tmp.root, "x.json").path), "error: /proc/mobilediff/x.png: cannot create the folder")
+    }
+
+    @Test
+    fun executorchErrorsAreOneLineWithoutRuntimeLogs() {
+        // a program of another component: refused from its declaration, before ExecuTorch opens it
+        val swapped = TinyBundle.write(tmp.newFolder("swapped"), executorch = true) { m ->
+            m.component("text_encoder").put("files", m.component("unet").getJSONArray("files"))
+        }
+        assertBadInput(generate(swapped, backend = "executorch"), "unet_executorch_fp32.pte: has 3 inputs but the manifest's text_encoder takes 1")
+        // a program ExecuTorch itself refuses (its inputs and outputs are right, an operator is unknown): what
+        // ExecuTorch logs becomes part of the one error line
+        val unknownOp = TinyBundle.write(tmp.newFolder("unknown_op"), executorch = true) { m ->
+            val entry = m.component("vae_decoder").getJSONArray("files").getJSONObject(1)
+            val f = File(tmp.root, "unknown_op/" + entry.getString("path"))
+            val text = String(f.readBytes(), Charsets.ISO_8859_1)
+            assertTrue(text.contains("aten::mul"))
+            f.writeBytes(text.replace("aten::mul", "aten::mux").toByteArray(Charsets.ISO_8859_1))
+            entry.put("sha256", Bundle.sha256(f))
+        }
+        val run = generate(unknownOp, backend = "executorch")
+        assertBadInput(run, "vae_decoder_executorch_fp32.pte: ExecuTorch cannot load it", "aten::mux")
+        assertTrue(run.stderr, !run.stderr.contains("executorch:"))
+    }
+}
