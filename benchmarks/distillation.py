@@ -221,9 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     slim = load_pipeline(args.slim) if args.slim.is_dir() else None
     slim_plan = None
     if slim is not None:
-        from mobilediff.train.distill import student_defaults
+        from mobilediff.card import distillation_record
 
-        slim_plan = student_defaults(args.slim)
+        record = distillation_record(args.slim)
+        slim_plan = record["sampling"] if record else None
         if slim_plan is None:
             raise MobilediffError(f"--slim {args.slim}: not a distilled student (no distillation.json)")
     evaluator = Evaluator.load()

@@ -112,11 +112,14 @@ class _Record:
     plain types are type-checked when read."""
 
     _NESTED: dict[str, Any] = {}  # field -> record class (or (list, class) / (dict, class))
+    _KEYS: tuple[str, ...] = ()  # keys a writer may add besides the fields (kept in ``extra``)
+    _OMIT_NONE: tuple[str, ...] = ()  # fields written only when set
 
     @classmethod
-    def from_dict(cls, d: Any, where: str = ""):
+    def from_dict(cls, d: Any, where: str = "", strict: bool = False):
         """The record read from JSON ``d``; ``where`` is its field path in the manifest ("" for the manifest itself),
-        which every error names."""
+        which every error names. ``strict`` (a writer building a manifest): a key that is not a field is an error,
+        not an unknown field kept in ``extra``."""
         if not isinstance(d, dict):
             raise MobilediffError(_at(where, f"expected an object, got {json.dumps(d)[:40]}"))
         names = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
@@ -137,14 +140,17 @@ class _Record:
             elif isinstance(kind, tuple) and kind[0] is list:
                 if not isinstance(v, list):
                     raise MobilediffError(_at(at, "expected a list"))
-                kw[n] = tuple(kind[1].from_dict(x, f"{at}[{i}]") for i, x in enumerate(v))
+                kw[n] = tuple(kind[1].from_dict(x, f"{at}[{i}]", strict) for i, x in enumerate(v))
             elif isinstance(kind, tuple) and kind[0] is dict:
                 if not isinstance(v, dict):
                     raise MobilediffError(_at(at, "expected an object"))
-                kw[n] = {k: kind[1].from_dict(x, f"{at}.{k}") for k, x in v.items()}
+                kw[n] = {k: kind[1].from_dict(x, f"{at}.{k}", strict) for k, x in v.items()}
             else:
-                kw[n] = kind.from_dict(v, at)
+                kw[n] = kind.from_dict(v, at, strict)
         extra = {k: v for k, v in d.items() if k not in names}
+        unknown = [k for k in extra if k not in cls._KEYS]
+        if strict and unknown:  # a misspelled field would otherwise be written as an unknown one
+            raise ValueError(f"{_join(where, unknown[0])}: not a field of {cls.__name__}")
         try:
             return cls(**kw, extra=extra)
         except (TypeError, ValueError) as e:
@@ -164,6 +170,8 @@ class _Record:
                 v = {k: x.to_dict() for k, x in v.items()}
             elif isinstance(v, tuple):
                 v = list(v)
+            if v is None and f.name in self._OMIT_NONE:
+                continue
             out[f.name] = v
         return {**out, **self.extra}
 
@@ -241,6 +249,7 @@ class Tokenizer(_Record):
     note: str = ""
     file_sha256: dict = field(default_factory=dict)  # relative path -> sha256 (bundles written before it: empty)
     extra: dict = field(default_factory=dict, compare=False)
+    _KEYS = ("class",)  # the source tokenizer's class name
 
 
 @dataclass(frozen=True)
@@ -340,7 +349,9 @@ class Source(_Record):
     model: str = ""
     pipeline_class: str = ""
     weights_sha256: str | None = None
+    decoder: dict | None = None  # export --decoder: the tiny decoder that replaced the VAE (path, class, sha256)
     extra: dict = field(default_factory=dict, compare=False)
+    _OMIT_NONE = ("decoder",)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @cli.command("train-base")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the pipeline lands in OUT/model.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the pipeline lands in OUT/model. It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--vae-steps", type=click.IntRange(min=1), default=1600, show_default=True, help="Optimizer steps of the VAE stage.")
 @click.option("--unet-steps", type=click.IntRange(min=1), default=1600, show_default=True, help="Optimizer steps of the text-encoder + UNet stage.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch of the denoiser stage.")
@@ -250,7 +250,7 @@ def train_evaluator_cmd(out, steps, batch_size, seed, checkpoint_every, resume, 
 @click.option("--teacher", default="default", show_default=True, help="Teacher pipeline folder (diffusers format) or 'default'.")
 @click.option("--method", type=click.Choice(["lcm", "progressive", "slim"]), required=True, help="Latent consistency distillation, progressive (halving) distillation, or block-removal distillation into a slimmer UNet (slim).")
 @click.option("--steps", type=int, required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k); slim: the DDIM step count the student trains at and samples with (a progressive teacher's own).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm, slim) or OUT/steps-N (progressive).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm, slim) or OUT/steps-N (progressive). It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--max-train-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="lcm, slim: optimizer steps; progressive: optimizer steps per halving round.")
 @click.option("--teacher-steps", type=click.IntRange(min=2), default=16, show_default=True, help="progressive: the teacher's DDIM step count the first round halves.")
 @click.option("--guidance", type=Finite(min=0), default=3.5, show_default=True, help="progressive, slim: guidance scale of the teacher's target (slim from a progressive student: unused, its own prediction is the target); lcm: the student's default guidance.")
@@ -304,7 +304,7 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
 
 @cli.command("distill-decoder")
 @click.option("--model", default="default", show_default=True, help="Pipeline folder or named model whose VAE is distilled (its encoder makes the latents, its decoder the targets); OUT/model is this model with the tiny decoder.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the decoder lands in OUT/decoder, the model with it in OUT/model.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the decoder lands in OUT/decoder, the model with it in OUT/model. It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--width", type=click.IntRange(min=1), default=24, show_default=True, help="Decoder channels, the same at every level (AutoencoderTiny's decoder keeps one width).")
 @click.option("--blocks", default=None, help="Residual blocks per level, coarsest first, comma-separated (default: 6 at the coarsest level, 1 at every middle one, 0 at full resolution; for the default model 6,1,0).")
 @click.option("--max-train-steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimizer steps.")
@@ -370,17 +370,17 @@ def pack_cmd(model, base, out, fp16, decoder, force):
 
 def _sampling_defaults(plan, steps, sampler, guidance):
     """Fill unset --steps/--sampler/--guidance from a default sampling plan (a bundle's manifest, or a model's own:
-    see mobilediff.exporter.describe_model)."""
+    see mobilediff.card)."""
     return (steps if steps is not None else plan.steps, sampler or plan.sampler,
             guidance if guidance is not None else plan.guidance)
 
 
 def _model_plan(model):
-    from mobilediff.exporter import describe_model
+    from mobilediff.card import model_card
     from mobilediff.loading import load_pipeline, resolve_model
 
     pipe = load_pipeline(model)
-    return pipe, describe_model(pipe, resolve_model(model), str(model), None)[1]
+    return pipe, model_card(pipe, resolve_model(model), str(model)).plan
 
 
 def _warn(msg: str) -> None:
@@ -464,48 +464,37 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
                calibration_prompts, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
-    from mobilediff.exporter import export_bundle, parse_targets
+    from mobilediff.decoder import resolve_decoder
+    from mobilediff.exporter import ExportConfig, run_export
     from mobilediff.io import check_output
     from mobilediff.loading import load_pipeline, resolve_model
 
-    parse_targets(target)
+    # every option checked once, before the model or the user's prompts are read (an empty tuple stands for the
+    # user's prompts: only a static int8 recipe takes them)
+    cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
+                          fused_sampler=fused_sampler, guidance=guidance, force=force, source=str(model),
+                          quantize=quantize, calibration_prompts=() if calibration_prompts is not None else 32,
+                          model_dir=resolve_model(model), decoder=resolve_decoder(decoder))
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
-    if quantize is not None:
-        from mobilediff.quantize import get_recipe
-
-        for t in parse_targets(target):
-            get_recipe(t, quantize)
-    from mobilediff.loading import student_record
-
-    prompts = 32
     if calibration_prompts is not None:
-        from mobilediff.quantize import get_recipe as _recipe
+        import dataclasses
+
         from mobilediff.sources import DataOptions, load_prompts
 
-        if quantize is None or not any(_recipe(t, quantize).calibrated for t in parse_targets(target)):
-            raise MobilediffError("--calibration-prompts calibrates a static int8 recipe: pass --quantize with one "
-                                  "(onnx int8-static, executorch int8 / int8-decoder)")
         prompts = load_prompts(DataOptions(prompts=calibration_prompts), warn=_warn)[:64]
-    record = student_record(resolve_model(model))
-    from mobilediff.decoder import resolve_decoder
-
-    decoder = resolve_decoder(decoder)
-    if decoder is not None:
+        cfg = dataclasses.replace(cfg, calibration_prompts=tuple(prompts))
+    if cfg.decoder is not None:
         from mobilediff.decoder import check_decoder_dir, check_fits, latent_space, vae_folder
 
-        check_fits(decoder, check_decoder_dir(decoder), latent_space(vae_folder(resolve_model(model))))
+        check_fits(cfg.decoder, check_decoder_dir(cfg.decoder), latent_space(vae_folder(cfg.model_dir)))
     pipe = load_pipeline(model)
-    if decoder is not None:
+    if cfg.decoder is not None:
         from mobilediff.decoder import with_decoder
 
-        pipe = with_decoder(pipe, decoder, resolve_model(model))
-    path = export_bundle(pipe, target, out, height, width, precision, fused_steps, fused_sampler, guidance, force,
-                         progress=lambda m: click.echo(f"export {m}", err=True), source=str(model),
-                         quantize=quantize, calibration_sampling=record["sampling"] if record else None,
-                         calibration_prompts=prompts,
-                         model_dir=resolve_model(model), decoder=decoder)
+        pipe = with_decoder(pipe, cfg.decoder, cfg.model_dir)
+    path = run_export(pipe, cfg, progress=lambda m: click.echo(f"export {m}", err=True))
     click.echo(f"bundle written to {path}")
 
 

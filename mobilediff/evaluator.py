@@ -304,7 +304,8 @@ def _evaluator_checkpoint(resume: str | None, cfg: EvaluatorConfig, steps: int):
 
 
 def _fit(steps: int, batch_size: int, lr: float, seed: int, cfg: EvaluatorConfig, eval_samples: int,
-         progress: bool, ckpt=None, run_dir: Path | None = None, checkpoint_every: int = 0) -> tuple["EvaluatorNet", dict]:
+         progress: bool, ckpt=None, run_dir: Path | None = None,
+         checkpoint_every: int = 0) -> tuple["EvaluatorNet", dict]:
     """Train an evaluator (see :func:`train_evaluator`), from the start or from the checkpoint ``ckpt``, keeping
     checkpoints in ``run_dir`` (if given) every ``checkpoint_every`` steps; return it and its metrics."""
     import warnings

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from mobilediff.bundle import (FORMAT, FORMAT_VERSION, Manifest, ModelRole, SamplingPlan, file_name, guidance_embedding,
-                               sha256_path, size_bytes, write_manifest)
+from mobilediff.bundle import (FORMAT, FORMAT_VERSION, ComponentEntry, Geometry, Guidance, Manifest, SamplerEntry,
+                               SamplingPlan, Source, Tokenizer, file_name, guidance_embedding, sha256_path, size_bytes,
+                               write_manifest)
 from mobilediff.components import ComponentSpec, check_supported, declare, latent_geometry
 from mobilediff.decoder import decoder_source
 from mobilediff.errors import MobilediffError
@@ -32,7 +34,6 @@ PIPELINE_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder
 PIPELINE_GRAPH = "model.onnx"
 # step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
 TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
-DEFAULT_GUIDANCE = 5.0  # a teacher's default guidance scale when neither the model nor the user names one
 
 
 def parse_targets(target: str) -> list[str]:
@@ -43,30 +44,6 @@ def parse_targets(target: str) -> list[str]:
     for name in names:
         get_target(name)  # raises on an unknown name
     return list(dict.fromkeys(names))
-
-
-def describe_model(pipe, model_dir: Path | None, name: str, guidance: float | None) -> tuple[ModelRole, SamplingPlan]:
-    """The model's role and default sampling plan, from the model itself: a distilled student's
-    ``distillation.json`` (``mobilediff distill``), else its UNet (a guidance-embedding input makes it an LCM
-    student, sampled with LCM at 4 steps), else a teacher sampled with DDIM at 50 steps. ``guidance``, when
-    given, overrides the plan's guidance scale."""
-    from mobilediff.loading import student_record
-
-    record = student_record(model_dir) if model_dir is not None else None
-    sha = _source_hash(pipe)
-    if record is not None:
-        smp = record["sampling"]
-        role = ModelRole(role="student", method=record["method"], name=name, source_sha256=sha, teacher=record.get("teacher"))
-        plan = SamplingPlan(sampler=smp["sampler"], steps=int(smp["steps"]), guidance=float(smp["guidance"]))
-    elif pipe.unet.config.time_cond_proj_dim:
-        role = ModelRole(role="student", method="lcm", name=name, source_sha256=sha)
-        plan = SamplingPlan(sampler="lcm", steps=4, guidance=DEFAULT_GUIDANCE)
-    else:
-        role = ModelRole(role="teacher", name=name, source_sha256=sha)
-        plan = SamplingPlan(sampler="ddim", steps=50, guidance=DEFAULT_GUIDANCE)
-    if guidance is not None:
-        plan = SamplingPlan(sampler=plan.sampler, steps=plan.steps, guidance=float(guidance))
-    return role, plan
 
 
 def guidance_record(pipe, default_scale: float) -> dict:
@@ -161,7 +138,7 @@ def component_path(component: str, target: str, tag: str, ext: str, quantized: b
     return file_name(component, target, tag, ext)
 
 
-def _pipeline_files(pipe, plan: SamplingPlan, bundle: Path, components: dict[str, dict]) -> None:
+def _pipeline_files(pipe, plan: SamplingPlan, bundle: Path, components: dict[str, ComponentEntry]) -> None:
     """The files besides the graphs that make an ONNX bundle a folder optimum's ONNX Runtime diffusion pipelines
     load: each ``<component>/model.onnx`` gets its source module's ``config.json``; when every component has one,
     ``model_index.json`` (the source pipeline's, scheduler entry set to the default plan's sampler) and
@@ -171,7 +148,7 @@ def _pipeline_files(pipe, plan: SamplingPlan, bundle: Path, components: dict[str
     from mobilediff.samplers import make_scheduler
 
     graphs = {name for name, comp in components.items()
-              if any(f["path"] == f"{name}/{PIPELINE_GRAPH}" for f in comp["files"])}
+              if any(f.path == f"{name}/{PIPELINE_GRAPH}" for f in comp.files)}
     for name in graphs:
         module = getattr(pipe, PIPELINE_FOLDERS[name])
         if hasattr(module, "save_config"):  # diffusers (UNet, VAE)
@@ -219,99 +196,173 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
             "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """What an export is asked for, checked once when constructed (before any model is loaded): unknown targets,
+    precisions, recipes and samplers, impossible step counts and non-finite scales are refused in one line.
+
+    ``model_dir``: the pipeline folder the model was loaded from (its card: role and plan); ``guidance`` overrides
+    the plan's guidance scale. ``calibration_prompts``: how many shapes-domain prompts, or the user's own (a static
+    int8 recipe only); ``calibration_sampling``: the sampler, steps and guidance of the calibration trajectories
+    (default: a student's own plan, else DDIM 8 steps at the plan's guidance). ``decoder``: the tiny decoder folder
+    whose AutoencoderTiny replaced the pipeline's VAE (:func:`mobilediff.decoder.with_decoder`), recorded in the
+    manifest's ``source.decoder``."""
+
+    targets: tuple[str, ...]
+    out: Path
+    height: int | None = None
+    width: int | None = None
+    precision: str = "fp32"
+    fused_steps: int | None = None
+    fused_sampler: str | None = None
+    guidance: float | None = None
+    force: bool = False
+    source: str = ""
+    quantize: Any = None  # a recipe name, or a Recipe (a variant of a named one, for one target)
+    calibration_prompts: int | tuple[str, ...] = 32
+    calibration_rows: int = 64
+    calibration_sampling: dict | None = None
+    model_dir: Path | None = None
+    decoder: Path | None = None
+
+    @classmethod
+    def of(cls, target: str, out: Path, **options) -> "ExportConfig":
+        """``target``: "all", one target name, or several separated by commas."""
+        prompts = options.get("calibration_prompts", 32)
+        if isinstance(prompts, list):
+            options["calibration_prompts"] = tuple(prompts)
+        return cls(targets=tuple(parse_targets(target)), out=Path(out), **options)
+
+    def __post_init__(self):
+        import math
+
+        from mobilediff.samplers import SAMPLERS
+
+        if not self.targets:
+            raise MobilediffError("no export target given")
+        for t in self.targets:
+            get_target(t)
+        if self.precision not in PRECISIONS:
+            raise MobilediffError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        for name, v in (("--height", self.height), ("--width", self.width)):
+            if v is not None and v < 1:
+                raise MobilediffError(f"{name} must be >= 1, got {v}")
+        if self.fused_steps is not None and not 1 <= self.fused_steps <= 16:
+            raise MobilediffError(f"--fused-steps must be between 1 and 16, got {self.fused_steps}")
+        if self.fused_sampler is not None and self.fused_sampler not in SAMPLERS:
+            raise MobilediffError(f"unknown sampler {self.fused_sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise MobilediffError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if self.calibration_rows < 1:
+            raise MobilediffError(f"calibration rows must be >= 1, got {self.calibration_rows}")
+        recipes = self.recipes  # an unknown recipe, or one for another target, is refused here
+        if isinstance(self.calibration_prompts, tuple) and not any(r.calibrated for r in recipes.values()):
+            raise MobilediffError("--calibration-prompts calibrates a static int8 recipe: pass --quantize with one "
+                                  "(onnx int8-static, executorch int8 / int8-decoder)")
+
+    @property
+    def recipes(self) -> dict:
+        """target -> Recipe of every target the export quantizes."""
+        if self.quantize is None:
+            return {}
+        from mobilediff.quantize import Recipe, get_recipe
+
+        if isinstance(self.quantize, Recipe):  # a variant of a named recipe (benchmarks/quantization.py's ablations)
+            if list(self.targets) != [self.quantize.target]:
+                raise MobilediffError(f"recipe {self.quantize.name!r} is for {self.quantize.target}, "
+                                      f"not {','.join(self.targets)}")
+            return {self.quantize.target: self.quantize}
+        return {t: get_recipe(t, self.quantize) for t in self.targets}  # an unknown recipe lists the valid ones
+
+    @property
+    def recipe_name(self) -> str | None:
+        return self.quantize if isinstance(self.quantize, str) or self.quantize is None else self.quantize.name
+
+
 def export_bundle(model, target: str, out: Path, height: int | None = None, width: int | None = None,
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_sampling: dict | None = None,
                   calibration_prompts: int | list[str] = 32, calibration_rows: int = 64, model_dir: Path | None = None,
                   decoder: Path | None = None) -> Path:
-    """Export ``model`` (a loaded pipeline) and return the bundle path. See module docstring.
+    """Export ``model`` (a loaded pipeline) and return the bundle path: :func:`run_export` with the
+    :class:`ExportConfig` of these options."""
+    cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
+                          fused_sampler=fused_sampler, guidance=guidance, force=force, source=source,
+                          quantize=quantize, calibration_prompts=calibration_prompts, calibration_rows=calibration_rows,
+                          calibration_sampling=calibration_sampling, model_dir=model_dir, decoder=decoder)
+    return run_export(model, cfg, progress)
 
-    ``model_dir`` is the pipeline folder it was loaded from (its role and default sampling plan are read from it,
-    see :func:`describe_model`); ``guidance`` overrides the plan's guidance scale. ``decoder``: the tiny decoder
-    folder whose AutoencoderTiny replaced the pipeline's VAE (:func:`mobilediff.decoder.with_decoder`), recorded in
-    the manifest's ``source.decoder``."""
+
+def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None = None) -> Path:
+    """Export ``pipe`` as ``cfg`` asks, in straight stages: plan (the model's card, geometry, component
+    declarations, sampler tables: everything read from the model before anything runs it) -> calibrate (static
+    int8 recipes: the pipeline samples, and is left as it was) -> files (every graph exported and checked against
+    PyTorch) -> the typed manifest -> write. Returns the bundle path."""
     from mobilediff.bench.envelope import library_versions
+    from mobilediff.card import model_card
 
-    targets = parse_targets(target)
-    if precision not in PRECISIONS:
-        raise MobilediffError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if fused_steps is not None:
-        if fused_steps < 1 or fused_steps > 16:
-            raise MobilediffError(f"--fused-steps must be between 1 and 16, got {fused_steps}")
-    out = Path(out)
-    pipe = model
-    check_supported(pipe)
-    recipes = {}
-    if quantize is not None:
-        from mobilediff.quantize import Recipe, get_recipe
-
-        if isinstance(quantize, Recipe):  # a variant of a named recipe (benchmarks/quantization.py's ablations)
-            if targets != [quantize.target]:
-                raise MobilediffError(f"recipe {quantize.name!r} is for {quantize.target}, not {target}")
-            recipes = {quantize.target: quantize}
-        else:
-            recipes = {t: get_recipe(t, quantize) for t in targets}  # an unknown recipe lists the valid ones
-    role, plan = describe_model(pipe, model_dir, source, guidance)
-    guidance = plan.guidance
-    geometry = latent_geometry(pipe, height, width)
-    # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
-    specs = declare(pipe, geometry, cfg_batch=1 if guidance <= 1.0 else None)
     say = progress or (lambda msg: None)
+    check_supported(pipe)
+    # plan
+    card = model_card(pipe, cfg.model_dir, cfg.source, cfg.guidance)
+    recipes = cfg.recipes
+    geometry = Geometry.from_dict(latent_geometry(pipe, cfg.height, cfg.width), "geometry", strict=True)
+    # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
+    specs = declare(pipe, geometry.to_dict(), cfg_batch=1 if card.plan.guidance <= 1.0 else None)
+    tables = tuple(SamplerEntry.from_dict(t, f"samplers[{i}]", strict=True)
+                   for i, t in enumerate(sampler_tables(pipe, card.plan)))
+    guidance = Guidance.from_dict(guidance_record(pipe, card.plan.guidance), "guidance", strict=True)
     # OUT is claimed before the work, not after it: a second writer of OUT fails now (mobilediff.io)
-    with atomic_dir(out, force=force) as tmp:
-        calibration = None
-        if any(r.calibrated for r in recipes.values()):
-            from mobilediff.calibration import calibration_prompts as prompts_for, record_calibration
-
-            smp = {"sampler": "ddim", "steps": 8, "guidance": guidance, **(calibration_sampling or {})}
-            # the user's prompts (export --calibration-prompts FILE), or that many of the shapes domain's
-            prompts = calibration_prompts if isinstance(calibration_prompts, list) else prompts_for(calibration_prompts)
-            say(f"calibration: {len(prompts)} prompts, {smp['sampler']} {smp['steps']} steps, guidance "
-                f"{smp['guidance']}, at most {calibration_rows} rows per component")
-            calibration = record_calibration(pipe, prompts, smp["steps"], smp["sampler"], smp["guidance"],
-                                             max_rows=calibration_rows)
-        components: dict[str, dict] = {}
+    with atomic_dir(cfg.out, force=cfg.force) as tmp:
+        calibration = _calibrate(pipe, cfg, card, recipes, say)
+        components = {}
         for name, spec in specs.items():
             files = []
-            for tgt in targets:
+            for tgt in cfg.targets:
                 r = recipes.get(tgt)
-                say(f"{name} -> {tgt} ({r.name if r and name in r.components else precision})")
-                files.append(export_component(spec, tgt, precision, tmp, recipe=r, calibration=calibration))
-            components[name] = {**spec.to_dict(), "files": files,
-                                "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}
-        _pipeline_files(pipe, plan, tmp, components)
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {"model": source, "pipeline_class": type(pipe).__name__, "weights_sha256": role.source_sha256,
-                       **({"decoder": decoder_source(decoder)} if decoder is not None else {})},
-            "model": role.to_dict(), "default_sampling": plan.to_dict(),
-            "versions": library_versions(),
-            "geometry": geometry,
-            "prediction_type": pipe.scheduler.config.prediction_type,
-            "tokenizer": _tokenizer_record(pipe, tmp),
-            "components": components,
-            "samplers": sampler_tables(pipe, plan),
-            "guidance": guidance_record(pipe, guidance),
-            "quantization": None if not recipes else {
-                "recipe": quantize if isinstance(quantize, str) else quantize.name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
-                "calibration": calibration.summary() if calibration is not None else None},
-        }
-        if fused_steps is not None:
+                say(f"{name} -> {tgt} ({r.name if r and name in r.components else cfg.precision})")
+                files.append(export_component(spec, tgt, cfg.precision, tmp, recipe=r, calibration=calibration))
+            components[name] = ComponentEntry.from_dict(
+                {**spec.to_dict(), "files": files, "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)},
+                f"components.{name}", strict=True)
+        _pipeline_files(pipe, card.plan, tmp, components)
+        fused = None
+        if cfg.fused_steps is not None:
             from mobilediff.fused import export_fused
 
-            manifest["fused"] = export_fused(pipe, geometry, [t for t in targets if t in FUSED_TARGETS], precision,
-                                             fused_steps, fused_sampler, guidance, tmp, say)
-        # last, and through the one writer (which checks every field): a bundle without a manifest is not a bundle
-        write_manifest(tmp, Manifest.from_dict(manifest))
-    return out
+            fused = export_fused(pipe, geometry.to_dict(), [t for t in cfg.targets if t in FUSED_TARGETS],
+                                 cfg.precision, cfg.fused_steps, cfg.fused_sampler, card.plan.guidance, tmp, say)
+        manifest = Manifest(
+            format=FORMAT, format_version=FORMAT_VERSION,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            source=Source(model=cfg.source, pipeline_class=type(pipe).__name__, weights_sha256=card.role.source_sha256,
+                          decoder=decoder_source(cfg.decoder) if cfg.decoder is not None else None),
+            model=card.role, default_sampling=card.plan, versions=library_versions(), geometry=geometry,
+            prediction_type=pipe.scheduler.config.prediction_type,
+            tokenizer=Tokenizer.from_dict(_tokenizer_record(pipe, tmp), "tokenizer", strict=True),
+            components=components, samplers=tables, guidance=guidance,
+            quantization=None if not recipes else {
+                "recipe": cfg.recipe_name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
+                "calibration": calibration.summary() if calibration is not None else None},
+            fused=fused)
+        # last, through the one writer: a bundle without a manifest is not a bundle
+        write_manifest(tmp, manifest)
+    return cfg.out
 
 
-def _source_hash(pipe) -> str | None:
-    from mobilediff.io import tree_sha256
+def _calibrate(pipe, cfg: ExportConfig, card, recipes: dict, say):
+    """The recorded sampler inputs a static int8 recipe is calibrated on (None when no recipe needs them)."""
+    if not any(r.calibrated for r in recipes.values()):
+        return None
+    from mobilediff.calibration import calibration_prompts as prompts_for, record_calibration
 
-    path = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
-    if path and Path(path).is_dir():
-        return tree_sha256(Path(path))
-    return None
+    own = card.record["sampling"] if card.record is not None else {}
+    smp = {"sampler": "ddim", "steps": 8, "guidance": card.plan.guidance, **(cfg.calibration_sampling or own)}
+    # the user's prompts (export --calibration-prompts FILE), or that many of the shapes domain's
+    prompts = list(cfg.calibration_prompts) if isinstance(cfg.calibration_prompts, tuple) \
+        else prompts_for(cfg.calibration_prompts)
+    say(f"calibration: {len(prompts)} prompts, {smp['sampler']} {smp['steps']} steps, guidance "
+        f"{smp['guidance']}, at most {cfg.calibration_rows} rows per component")
+    return record_calibration(pipe, prompts, smp["steps"], smp["sampler"], smp["guidance"],
+                              max_rows=cfg.calibration_rows)

@@ -340,20 +340,3 @@ def save_pipeline(pipe, path: Path, tokenizer_dir: Path | None = None) -> None:
         shutil.copytree(tokenizer_dir, path / "tokenizer")
 
 
-def student_record(model_dir: Path) -> dict | None:
-    """A distilled student's record (its ``distillation.json``, written by ``mobilediff distill``: method, sampling
-    plan, teacher, ...), or None for a folder that is not one. Raises MobilediffError on a corrupt record."""
-    import math
-
-    f = Path(model_dir) / "distillation.json"
-    if not f.is_file():
-        return None
-    try:
-        record = json.loads(f.read_text())
-        smp = record["sampling"]
-        if not (isinstance(record["method"], str) and isinstance(smp["sampler"], str) and int(smp["steps"]) >= 1
-                and math.isfinite(float(smp["guidance"]))):
-            raise ValueError("bad method or sampling plan")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise MobilediffError(f"corrupt {f}: {e}") from None
-    return record

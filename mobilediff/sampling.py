@@ -95,7 +95,15 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
     if len(prompts) != len(seeds):
         raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     validate_generation(steps, guidance, prompts, seeds)
-    pipe.scheduler = make_scheduler(sampler, pipe.scheduler.config)
+    own = pipe.scheduler  # the pipeline keeps its own scheduler: the sampler's is made from its config for this call
+    pipe.scheduler = make_scheduler(sampler, own.config)
+    try:
+        return _generate(pipe, prompts, seeds, steps, guidance, batch_size, progress, latents_only)
+    finally:
+        pipe.scheduler = own
+
+
+def _generate(pipe, prompts, seeds, steps, guidance, batch_size, progress, latents_only) -> torch.Tensor:
     height, width = image_size(pipe)  # the UNet's sample_size, an int or a (height, width) pair
     out = []
     for i in range(0, len(prompts), batch_size):

@@ -40,10 +40,10 @@ def test_evaluate_samples_a_student_with_its_own_plan(capsys):
     (a 1-step student scored with 50-step DDIM + CFG would be a meaningless number)."""
     import json as _json
 
-    from mobilediff.train.distill import student_defaults
+    from mobilediff.card import distillation_record
     from mobilediff.loading import resolve_model
 
-    plan = student_defaults(resolve_model("default:progressive-1"))
+    plan = distillation_record(resolve_model("default:progressive-1"))["sampling"]
     code, stdout, stderr = run_cli_here(capsys, "evaluate", "--model", "default:progressive-1", "--n", 2)
     assert code == 0, stderr
     r = _json.loads(stdout[stdout.index("{"):])

@@ -65,11 +65,12 @@ def test_the_slim_student_is_its_teacher_minus_three_blocks_and_still_works():
     8x8 transformers, every kept weight shape unchanged, sampled with its teacher's plan; a coarse quality guard on
     64 prompts below its committed 128-prompt numbers (prompt accuracy 0.953, shape 0.963; run_device.json)."""
     from mobilediff.evaluator import Evaluator
-    from mobilediff.loading import resolve_model, student_record
+    from mobilediff.card import distillation_record
+    from mobilediff.loading import resolve_model
     from mobilediff.quality import evaluate_pipeline
 
     slim, teacher = load_pipeline("default:slim-4"), load_pipeline("default:progressive-4")
-    record = student_record(resolve_model("default:slim-4"))
+    record = distillation_record(resolve_model("default:slim-4"))
     assert record["method"] == "slim" and record["removed"] == ["mid", "attention-0", "attention-1"]
     assert record["sampling"] == {"sampler": "ddim", "steps": 4, "guidance": 1.0}
     assert slim.unet.mid_block is None

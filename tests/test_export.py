@@ -169,11 +169,13 @@ def test_a_guidance_free_plan_gets_a_fused_program_without_the_cfg_batch(pipe):
 def test_guidance_embedding_unet_is_an_lcm_student_by_default():
     """Without a distillation.json, a UNet with a guidance-embedding input is an LCM student sampled with LCM at 4
     steps; a plain UNet is a teacher sampled with DDIM at 50 (the manifest's role and default plan)."""
-    from mobilediff.exporter import describe_model
+    from mobilediff.card import model_card
 
-    role, plan = describe_model(tiny_variant_pipeline("lcm"), None, "x", None)
+    card = model_card(tiny_variant_pipeline("lcm"), None, "x")
+    role, plan = card.role, card.plan
     assert (role.role, role.method, plan.sampler, plan.steps) == ("student", "lcm", "lcm", 4)
-    role, plan = describe_model(tiny_pipeline(seed=1), None, "x", 2.0)
+    card = model_card(tiny_pipeline(seed=1), None, "x", 2.0)
+    role, plan = card.role, card.plan
     assert (role.role, role.method, plan.sampler, plan.steps, plan.guidance) == ("teacher", None, "ddim", 50, 2.0)
 
 

@@ -10,6 +10,11 @@ touches it while the command runs.
 | the disk fills up                      | exit 2, "cannot write OUT: No space left on device"       | the same                         |
 | --force                                | an existing or appearing --out is replaced (atomic swap)  | (no --force: files are replaced) |
 
+Training run folders (train-base, distill, distill-decoder) grow checkpoint by checkpoint instead of being renamed
+into place: a second writer fails at once naming the first (the same lock); a folder appearing at --out before the
+run makes it is left alone (one line); a SIGKILLed run leaves OUT for --resume latest, which removes its lock file
+with one warning; a read-only place or a full disk fails in one line naming what could not be written.
+
 Every command runs in this process (``mobilediff.cli.main``); the other writer is a small subprocess that holds
 ``atomic_dir`` / ``atomic_path`` open on the same path until released or killed. The export of the tiny pipeline is
 done once for real; the tests then replay its component files (``export_component``), so each export here costs
@@ -125,8 +130,14 @@ def user_folder(path: Path) -> None:
 HOLDER = """
 import sys
 from pathlib import Path
-from mobilediff.io import atomic_dir, atomic_path
+from mobilediff.io import atomic_dir, atomic_path, folder_lock
 kind, path, text = sys.argv[1:4]
+if kind == "run":  # a training run: its folder made in place, under the lock
+    with folder_lock(path):
+        Path(path).mkdir()
+        print("ready", flush=True)
+        sys.stdin.readline()
+    sys.exit(0)
 with (atomic_dir(path) if kind == "dir" else atomic_path(path)) as tmp:
     (tmp / "writer.txt" if kind == "dir" else tmp).write_text(text)
     print("ready", flush=True)
@@ -135,7 +146,8 @@ with (atomic_dir(path) if kind == "dir" else atomic_path(path)) as tmp:
 
 
 class Writer:
-    """Another process writing ``path`` (``kind`` "dir": atomic_dir; "file": atomic_path) until released."""
+    """Another process writing ``path`` (``kind`` "dir": atomic_dir; "file": atomic_path; "run": a training run
+    folder, made in place under folder_lock) until released."""
 
     def __init__(self, kind: str, path: Path, text: str = "the other writer"):
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, kind, str(path), text], stdin=subprocess.PIPE,
@@ -435,6 +447,140 @@ def test_generate_after_a_killed_writer_umask_and_full_disk(monkeypatch, tiny_pi
     code, _, stderr = gen(capsys, tiny_pipeline_dir, tmp_path / "y.png")
     assert one_error(code, stderr) == f"error: cannot write {tmp_path / 'y.png'}: No space left on device"
     assert not (tmp_path / "y.png").exists() and leftovers(tmp_path / "y.png") == []
+
+
+# ---------------------------------------------------------------------------------- training run folders
+@dataclass
+class RunCommand:
+    argv: Callable[[Path, Path], list]  # (tiny pipeline folder, OUT) -> a one-step run's command line
+    module: str  # where the command looks up prepare_run_folder and run_leg
+    made: str  # what a finished run holds in OUT
+
+
+RUN_COMMANDS = {
+    "train-base": RunCommand(lambda p, o: ["train-base", "--out", o, "--tiny", "--vae-steps", 1, "--unet-steps", 1,
+                                           "--latent-cache", 4],
+                             "mobilediff.train.base", "model"),
+    "distill": RunCommand(lambda p, o: ["distill", "--teacher", p, "--method", "lcm", "--steps", 2, "--out", o,
+                                        "--max-train-steps", 1, "--batch-size", 2, "--latent-cache", 4],
+                          "mobilediff.train.distill", "model"),
+    "distill-decoder": RunCommand(lambda p, o: ["distill-decoder", "--model", p, "--out", o, "--max-train-steps", 1,
+                                                "--batch-size", 2, "--latent-cache", 4],
+                                  "mobilediff.train.decoder", "decoder"),
+}
+
+
+def run_training(capsys, name: str, pipe: Path, out: Path, *extra):
+    return run_cli_here(capsys, *RUN_COMMANDS[name].argv(pipe, out), *extra)
+
+
+TRY_LOCK = """
+import sys
+from mobilediff.io import folder_lock
+with folder_lock(sys.argv[1]):
+    pass
+"""
+
+
+@pytest.mark.parametrize("name", list(RUN_COMMANDS))
+def test_a_run_folder_has_one_writer(name, monkeypatch, tiny_pipeline_dir, tmp_path, capsys):
+    """A training command started while another process writes OUT fails at once naming it, OUT untouched; and
+    while a training command runs, it holds OUT's lock: another writer fails naming it."""
+    out = tmp_path / "out"
+    first = Writer("run", out)
+    try:
+        code, _, stderr = run_training(capsys, name, tiny_pipeline_dir, out, "--resume", "latest")
+        line = one_error(code, stderr)
+        assert line.startswith(f"error: {out} is being written by another process (pid {first.pid}, since ")
+        assert list(out.iterdir()) == []
+    finally:
+        assert first.release() == 0
+    out.rmdir()
+    seen = []
+
+    def second_writer():
+        p = subprocess.run([sys.executable, "-c", TRY_LOCK, str(out)], capture_output=True, text=True, timeout=60)
+        seen.append((p.returncode, p.stderr.strip().splitlines()[-1]))
+        raise KeyboardInterrupt  # the test has seen what it came for: stop the run here
+
+    during(monkeypatch, (RUN_COMMANDS[name].module, "prepare_run_folder"), second_writer)
+    code, _, stderr = run_training(capsys, name, tiny_pipeline_dir, out)
+    assert code == 130, stderr
+    ((rc, last),) = seen
+    assert rc != 0 and f"{out} is being written by another process (pid {os.getpid()}, since " in last, last
+    assert not out.exists() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("name", list(RUN_COMMANDS))
+def test_a_folder_appearing_at_a_run_folder_is_left_alone(name, monkeypatch, tiny_pipeline_dir, tmp_path, capsys):
+    """A folder made at OUT after the command checked OUT, before the run folder is made: left as it is, one
+    line naming it."""
+    out = tmp_path / "out"
+    during(monkeypatch, (RUN_COMMANDS[name].module, "prepare_run_folder"), lambda: user_folder(out))
+    code, _, stderr = run_training(capsys, name, tiny_pipeline_dir, out)
+    assert one_error(code, stderr) == (f"error: {out} appeared while this command ran (it did not create it): left "
+                                       f"as it is (pass --force to replace it)")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("name", list(RUN_COMMANDS))
+def test_a_killed_run_is_named_then_resumed(name, tiny_pipeline_dir, tmp_path, capsys):
+    """A run SIGKILLed right after making OUT: a fresh run into OUT is refused in one line naming the way on, and
+    --resume latest runs, removing the killed run's lock file with one warning."""
+    out = tmp_path / "out"
+    killed = Writer("run", out)
+    killed.kill()
+    assert leftovers(out) == [".out.mobilediff.lock"]
+    code, _, stderr = run_training(capsys, name, tiny_pipeline_dir, out)
+    assert one_error(code, stderr) == (f"error: output directory {out} already exists (pass --resume latest to "
+                                       f"continue, or --force)")
+    code, _, stderr = run_training(capsys, name, tiny_pipeline_dir, out, "--resume", "latest")
+    assert code == 0, stderr
+    assert [line for line in stderr.splitlines() if line.startswith(("warning:", "error:"))] == [
+        f"warning: removed what process {killed.pid} left unfinished beside {out} (it no longer runs): "
+        f".out.mobilediff.lock"]
+    assert (out / RUN_COMMANDS[name].made).is_dir() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("name", list(RUN_COMMANDS))
+def test_a_run_folder_under_a_read_only_parent(name, mounts, tiny_pipeline_dir, tmp_path, capsys):
+    parent = tmp_path / "place"
+    parent.mkdir()
+    out = parent / "out"
+    read_only_bind(mounts, parent)
+    code, _, stderr = run_training(capsys, name, tiny_pipeline_dir, out)
+    assert one_error(code, stderr) == f"error: cannot write {out}: {parent} is not writable"
+    mounts.undo()
+    assert list(parent.iterdir()) == []
+
+
+def test_a_run_folder_turning_read_only_or_full_mid_run(monkeypatch, mounts, tiny_pipeline_dir, tmp_path, capsys):
+    """The training loop's writes (log, checkpoints) fail in one line naming what they write; the run folder stays
+    as far as it got, and --resume latest goes on once the place is writable."""
+    import mobilediff.io as io
+
+    parent = tmp_path / "place"
+    parent.mkdir()
+    out = parent / "out"
+    with monkeypatch.context() as m:
+        during(m, ("mobilediff.train.base", "run_leg"), lambda: read_only_bind(mounts, parent))
+        code, _, stderr = run_training(capsys, "train-base", tiny_pipeline_dir, out)
+    assert one_error(code, stderr) == f"error: cannot write {out / 'vae_run' / 'log.jsonl'}: Read-only file system"
+    mounts.undo()
+
+    def full(file):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "_fsync", full)
+        code, _, stderr = run_training(capsys, "train-base", tiny_pipeline_dir, out, "--resume", "latest")
+    checkpoint = out / "vae_run" / "checkpoints" / "checkpoint-0000001"
+    assert one_error(code, stderr) == f"error: cannot write {checkpoint}: No space left on device"
+    assert not checkpoint.exists() and list((out / "vae_run" / "checkpoints").iterdir()) == []
+    code, _, stderr = run_training(capsys, "train-base", tiny_pipeline_dir, out, "--resume", "latest")
+    assert code == 0, stderr
+    assert (out / "model").is_dir() and leftovers(out) == []
 
 
 def test_training_commands_keep_replacing_their_own_folders(tmp_path):

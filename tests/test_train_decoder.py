@@ -152,7 +152,7 @@ def test_export_takes_the_decoder_at_the_parity_floor(student, run, tmp_path, ca
     assert m.geometry.scaling_factor == 1.0 and m.geometry.shift_factor == 0.0
     dec = m.component("vae_decoder")
     assert dec.source_class == "AutoencoderTiny" and dec.files[0].parity["psnr_db"] >= 60
-    assert m.source.extra["decoder"]["path"] == str(run / "decoder") and len(m.source.extra["decoder"]["weights_sha256"]) == 64
+    assert m.source.decoder["path"] == str(run / "decoder") and len(m.source.decoder["weights_sha256"]) == 64
     assert (m.plan.sampler, m.plan.steps, m.plan.guidance) == ("ddim", 2, 1.0)  # the student's own plan
     pipe = load_pipeline(run / "model")
     got = BundleRunner(out, "onnx").generate("a red circle at the top", 7, 2, "ddim", 1.0)

@@ -116,7 +116,7 @@ def inspect_bundle(path: Path, name: str, choice: PlanChoice) -> BundleInfo:
     for p in plans:
         m.sampler_table(p.sampler, p.steps)  # a missing table fails here, before any work
     source = {"model": m.source.model, "path": None, "weights_sha256": m.source.weights_sha256, "checked": False,
-              "from": "none", "decoder": (m.source.extra.get("decoder") or {}).get("path")}
+              "from": "none", "decoder": (m.source.decoder or {}).get("path")}
     return BundleInfo(name=name, path=Path(path), manifest=m, precision=precision, quantization=quantization,
                       targets=targets, plans=plans, source=source)
 

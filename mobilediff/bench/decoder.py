@@ -31,9 +31,10 @@ def plan(model: str) -> list[tuple[str, int, float]]:
     """(sampler, steps, guidance) rows a student is measured at: its own plan (distillation.json); an LCM student at
     every step count of the config is added by :func:`measure`. Refuses a model that is not a distilled student."""
     from mobilediff.loading import resolve_model
-    from mobilediff.train.distill import student_defaults
+    from mobilediff.card import distillation_record
 
-    rec = student_defaults(resolve_model(model))
+    record = distillation_record(resolve_model(model))  # a corrupt record is refused there
+    rec = record["sampling"] if record else None
     if not rec:
         raise MobilediffError(f"{model} is not a distilled student (no distillation.json with its sampling plan)")
     try:

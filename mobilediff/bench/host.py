@@ -39,7 +39,7 @@ def resolve_eager_reference(b: BundleInfo, given: str) -> None:
     model, sha = b.manifest.source.model, b.manifest.source.weights_sha256
     if given == "none" or (given == "manifest" and not model):
         return
-    decoder = b.manifest.source.extra.get("decoder")
+    decoder = b.manifest.source.decoder
     if decoder:  # the source folder's own VAE is not what the bundle decodes with: it is no reference for it
         b.source["note"] = (f"no eager reference: the bundle decodes with {decoder.get('path', 'another decoder')}, "
                             f"not its source model's VAE")

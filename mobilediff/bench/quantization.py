@@ -168,9 +168,9 @@ def plot(res: dict):
 
 def sampling_plan(model_dir: Path) -> dict:
     """The student's own sampler, steps and guidance (its distillation record), else DDIM 4 steps at guidance 3.5."""
-    from mobilediff.loading import student_record
+    from mobilediff.card import distillation_record
 
-    record = student_record(model_dir)
+    record = distillation_record(model_dir)
     return dict(record["sampling"]) if record else {"sampler": "ddim", "steps": 4, "guidance": 3.5}
 
 

@@ -169,7 +169,8 @@ def resolve_subjects(models: list[str] | None,
     progressive-1 / progressive-4 / LCM students of those models that are family members; [] none. Raises
     MobilediffError: no family registered, a folder that is not a pipeline, a student without its distillation.json or
     that belongs to none of the models."""
-    from mobilediff.loading import FAMILY, check_pipeline_dir, resolve_model, student_record
+    from mobilediff.card import distillation_record
+    from mobilediff.loading import FAMILY, check_pipeline_dir, resolve_model
     from mobilediff.samplers import SAMPLERS
 
     if models is None:
@@ -193,7 +194,7 @@ def resolve_subjects(models: list[str] | None,
     for label in students:
         path = Path(resolve_model(label))
         check_pipeline_dir(path)
-        record = student_record(path)
+        record = distillation_record(path)
         if record is None:
             raise MobilediffError(f"--students {label}: no distillation.json in {path} (a student's method and "
                                   f"sampling plan, written by mobilediff distill)")

@@ -694,8 +694,8 @@ def _resume_plan(cfg: TrainBaseConfig, resume: str | None, force: bool) -> Resum
                             f"--vae-steps {cfg.vae_steps}")
         if plan.denoiser_checkpoint is not None:
             denoiser = module_shapes(Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build()))
-            check_fits(plan.denoiser_checkpoint, {"denoiser": denoiser, "denoiser.ema": denoiser,
-                                                  "scene_head": module_shapes(SceneHead(cfg.model.text_encoder.hidden_size))})
+            head = module_shapes(SceneHead(cfg.model.text_encoder.hidden_size))
+            check_fits(plan.denoiser_checkpoint, {"denoiser": denoiser, "denoiser.ema": denoiser, "scene_head": head})
             check_continues(plan.denoiser_checkpoint, {"command": "train-base", "stage": "denoiser"},
                             cfg.unet_steps, f"--unet-steps {cfg.unet_steps}")
     return plan

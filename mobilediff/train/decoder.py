@@ -148,10 +148,10 @@ def _sampled_latents(cfg: DecoderDistillConfig, pipe, model_dir: Path, show: boo
     from tqdm.auto import tqdm
 
     from mobilediff.data import ShapesDataset
-    from mobilediff.exporter import describe_model
+    from mobilediff.card import model_card
     from mobilediff.sampling import generate
 
-    plan = describe_model(pipe, model_dir, cfg.model, None)[1]
+    plan = model_card(pipe, model_dir, cfg.model).plan
     if prompts is None:
         captions = [s.caption for s in ShapesDataset(seed=cfg.seed + seed_offset).scenes(0, n)]
     else:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from mobilediff.card import distillation_record
 from mobilediff.errors import MobilediffError
 from mobilediff.sources import DataOptions
 from mobilediff.io import atomic_dir, atomic_write_json
@@ -339,7 +340,7 @@ def synthesized_latents(cfg: DistillConfig, teacher, prompts: list[str], show: b
 
     from tqdm.auto import tqdm
 
-    from mobilediff.exporter import describe_model
+    from mobilediff.card import model_card
     from mobilediff.io import load_tensors, save_tensors
     from mobilediff.loading import resolve_model
     from mobilediff.sampling import generate
@@ -349,7 +350,7 @@ def synthesized_latents(cfg: DistillConfig, teacher, prompts: list[str], show: b
     captions = [prompts[i % len(prompts)] for i in range(n)]
     seeds = [(cfg.seed + 11) * 1_000_003 + i for i in range(n)]
     model_dir = resolve_model(cfg.teacher)
-    plan = describe_model(teacher, model_dir, str(cfg.teacher), None)[1]
+    plan = model_card(teacher, model_dir, str(cfg.teacher)).plan
     unet_hash = hashlib.sha256()
     for k, v in sorted(teacher.unet.state_dict().items()):
         unet_hash.update(k.encode())
@@ -363,14 +364,10 @@ def synthesized_latents(cfg: DistillConfig, teacher, prompts: list[str], show: b
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") == key:
                 return load_tensors(path)
-    scheduler = teacher.scheduler
-    try:
-        with tqdm(total=plan.steps * -(-n // 64), desc=f"synthesize latents ({plan.sampler} {plan.steps} steps)",
-                  disable=not show) as bar:
-            latents = generate(teacher, captions, seeds, plan.steps, plan.sampler, plan.guidance,
-                               progress=bar.update, latents_only=True)
-    finally:
-        teacher.scheduler = scheduler  # generate() sets its sampler's scheduler on the pipeline
+    with tqdm(total=plan.steps * -(-n // 64), desc=f"synthesize latents ({plan.sampler} {plan.steps} steps)",
+              disable=not show) as bar:
+        latents = generate(teacher, captions, seeds, plan.steps, plan.sampler, plan.guidance,
+                           progress=bar.update, latents_only=True)
     pool = {"latents": latents.float(), "mask": torch.zeros_like(latents[:, :1]),
             "ids": _token_ids(teacher.tokenizer, captions)}
     save_tensors(pool, path, metadata={"key": key})
@@ -662,7 +659,8 @@ def slim_guidance(cfg: DistillConfig, teacher_dir: Path) -> float | None:
     """The slim student's target: None (the teacher's conditional prediction) for a guidance-distilled student
     teacher, whose plan must be DDIM at ``cfg.steps`` steps; else the classifier-free guidance scale ``cfg.guidance``
     (None at 1: the conditional prediction)."""
-    plan = student_defaults(teacher_dir)
+    record = distillation_record(teacher_dir)
+    plan = record["sampling"] if record else None
     if plan is None:
         return None if cfg.guidance == 1 else cfg.guidance
     if plan.get("sampler") != "ddim" or plan.get("steps") != cfg.steps or float(plan.get("guidance", 1.0)) > 1:
@@ -725,14 +723,6 @@ def _save_student(path: Path, teacher, teacher_dir: Path, unet, scheduler, pipel
             shutil.rmtree(tmp / "tokenizer")
             shutil.copytree(src, tmp / "tokenizer")
         atomic_write_json(tmp / "distillation.json", info)
-
-
-def student_defaults(model_dir: Path) -> dict | None:
-    """The sampler, steps and guidance a distilled student was made for (from its distillation.json), or None."""
-    f = Path(model_dir) / "distillation.json"
-    if not f.is_file():
-        return None
-    return json.loads(f.read_text()).get("sampling")
 
 
 def _check_resume(cfg: DistillConfig, resume: str | None, force: bool):

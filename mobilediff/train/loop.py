@@ -316,27 +316,29 @@ def run_leg(leg: Leg, objective: Objective, optimizer: torch.optim.Optimizer, ac
     *prepared, optimizer = accelerator.prepare(*objective.models.values(), optimizer)
     objective.models = dict(zip(objective.models, prepared))
     bar = progress_bar(accelerator, leg.steps, start - leg.first_step, leg.desc)
-    t0 = time.time()
-    for step in range(start, leg.end_step):
-        loss, fields = objective.loss(step)
-        # the mean of the processes' losses is what is logged, and a NaN on any process stops all of them here
-        mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-        check_finite(torch.tensor(mean_loss), step, leg.run_dir)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(objective.models[objective.clip].parameters(), leg.grad_clip)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        objective.after_step(step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:{leg.loss_format}}", **fields, lr=f"{schedule.get_last_lr()[0]:.1e}")
-        last = step + 1 == leg.end_step
-        if accelerator.is_main_process and ((step + 1) % leg.log_every == 0 or last):
-            append_log(leg.run_dir, {**objective.log_fields, "step": step + 1, "loss": mean_loss,
-                                     "time": time.time() - t0})
-        if accelerator.is_main_process and ((step + 1 - leg.first_step) % leg.checkpoint_every == 0 or last):
-            save_checkpoint(leg.run_dir, step + 1, {k: m.state_dict() for k, m in objective.checkpointed().items()},
-                            optimizer, {**leg.checkpoint_state, leg.elapsed_key: elapsed0 + time.time() - t0})
-    bar.close()
+    try:  # an error mid-leg ends the bar's line first, so that the error is a line of its own
+        t0 = time.time()
+        for step in range(start, leg.end_step):
+            loss, fields = objective.loss(step)
+            # the mean of the processes' losses is what is logged, and a NaN on any process stops all of them here
+            mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+            check_finite(torch.tensor(mean_loss), step, leg.run_dir)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(objective.models[objective.clip].parameters(), leg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            objective.after_step(step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:{leg.loss_format}}", **fields, lr=f"{schedule.get_last_lr()[0]:.1e}")
+            last = step + 1 == leg.end_step
+            if accelerator.is_main_process and ((step + 1) % leg.log_every == 0 or last):
+                append_log(leg.run_dir, {**objective.log_fields, "step": step + 1, "loss": mean_loss,
+                                         "time": time.time() - t0})
+            if accelerator.is_main_process and ((step + 1 - leg.first_step) % leg.checkpoint_every == 0 or last):
+                save_checkpoint(leg.run_dir, step + 1, {k: m.state_dict() for k, m in objective.checkpointed().items()},
+                                optimizer, {**leg.checkpoint_state, leg.elapsed_key: elapsed0 + time.time() - t0})
+    finally:
+        bar.close()
     accelerator.wait_for_everyone()  # the leg's last checkpoint is on disk before any process goes on
     return elapsed0 + time.time() - t0
