@@ -1,10 +1,12 @@
 """`python -m mobilediff.fixtures DIR`: the real bundles, goldens and reference images the apps' tests run on.
 
-For each embedded model the apps are checked with (the default model, its progressive 4-step student and its LCM
-student) this exports an fp32 bundle (ONNX for all three; ExecuTorch too for the progressive student: one model
-exercises the ExecuTorch backend, whose sampling code is shared with ONNX Runtime's, at a fifth of the export time
-of all three; ``--all-runtimes``: both runtimes for every model, as benchmarks/app_parity.py uses), records its goldens (mobilediff.goldens) and generates Python's reference images with
-``generate --bundle`` semantics (the bundle's default plan) at seeds 0 and 1 on each runtime of the bundle. Idempotent: a model whose entry in ``DIR/index.json`` names the same model weights and mobilediff
+For each fixture (the default model, its progressive 4-step student, its LCM student, and the LCM student exported
+at a non-square 48 x 80: every engine's geometry with height != width) this exports an fp32 bundle (ONNX for all;
+ExecuTorch too for the progressive student: one model exercises the ExecuTorch backend, whose sampling code is
+shared with ONNX Runtime's, at a fifth of the export time of all of them; ``--all-runtimes``: both runtimes for
+every fixture, as benchmarks/app_parity.py uses), records its goldens (mobilediff.goldens) and generates Python's
+reference images with ``generate --bundle`` semantics (the bundle's default plan) at seeds 0 and 1 on each runtime
+of the bundle. Idempotent: a fixture whose entry in ``DIR/index.json`` names the same model weights and mobilediff
 fixture version is skipped, so a second run takes a second.
 """
 from __future__ import annotations
@@ -13,26 +15,37 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 2  # bump when what is written here changes
-RUNTIMES = {"default": ("onnx",), "default:progressive-4": ("onnx", "executorch"), "default:lcm": ("onnx",)}
-MODELS = tuple(RUNTIMES)
+FIXTURE_VERSION = 3  # bump when what is written here changes
+
+
+@dataclass(frozen=True)
+class Fixture:
+    model: str  # a named model
+    runtimes: tuple[str, ...]  # the host runtimes its bundle is exported for (--all-runtimes: every one)
+    height: int | None = None  # the export's image size (None: the model's own)
+    width: int | None = None
+
+
+# fixture name (its folder) -> what it is
+FIXTURES = {"default": Fixture("default", ("onnx",)),
+            "progressive-4": Fixture("default:progressive-4", ("onnx", "executorch")),
+            "lcm": Fixture("default:lcm", ("onnx",)),
+            "lcm-48x80": Fixture("default:lcm", ("onnx",), height=48, width=80)}
+MODELS = tuple(FIXTURES)
 SEEDS = (0, 1)
 PROMPT = "a small blue triangle at the top left and a big yellow square at the bottom right on a black background"
-
-
-def _slug(model: str) -> str:
-    return model.split(":", 1)[1] if ":" in model else model
 
 
 ALL_RUNTIMES = HOST_RUNTIMES
 
 
-def build_model(model: str, folder: Path, say, runtimes: tuple[str, ...] | None = None) -> dict:
-    """Bundle, goldens and reference images of one model in ``folder``; returns its index entry."""
+def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None = None) -> dict:
+    """Bundle, goldens and reference images of fixture ``name`` in ``folder``; returns its index entry."""
     import shutil
 
     from PIL import Image
@@ -47,11 +60,14 @@ def build_model(model: str, folder: Path, say, runtimes: tuple[str, ...] | None 
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    runtimes = runtimes or RUNTIMES[model]
-    say(f"{model}: export {' + '.join(runtimes)}")
+    fixture = FIXTURES[name]
+    model = fixture.model
+    runtimes = runtimes or fixture.runtimes
+    say(f"{name}: export {' + '.join(runtimes)}")
     pipe = load_pipeline(model)
-    bundle = export_bundle(pipe, ",".join(runtimes), folder / "bundle", source=model, model_dir=resolve_model(model))
-    say(f"{model}: goldens")
+    bundle = export_bundle(pipe, ",".join(runtimes), folder / "bundle", fixture.height, fixture.width, source=model,
+                           model_dir=resolve_model(model))
+    say(f"{name}: goldens")
     write_goldens(bundle, folder / "goldens")
     refs = []
     for runtime in runtimes:
@@ -71,7 +87,8 @@ def build_model(model: str, folder: Path, say, runtimes: tuple[str, ...] | None 
             atomic_write_json(stem.with_suffix(".json"), row)
             refs.append(row)
     return {"model": model, "weights_sha256": _weights_sha(model), "runtimes": list(runtimes), "bundle": "bundle",
-            "goldens": "goldens", "references": refs}
+            "goldens": "goldens", "references": refs,
+            "geometry": {"height": runner.geometry.height, "width": runner.geometry.width}}
 
 
 def _weights_sha(model: str) -> str:
@@ -111,28 +128,28 @@ def build(out: Path, models=MODELS, say=print, all_runtimes: bool = False, jobs:
     if index.get("fixture_version") != FIXTURE_VERSION:
         index = {"fixture_version": FIXTURE_VERSION, "models": {}}
     todo = []
-    for model in models:
-        name = _slug(model)
-        runtimes = ALL_RUNTIMES if all_runtimes else RUNTIMES[model]
+    for name in models:
+        fixture = FIXTURES[name]
+        runtimes = ALL_RUNTIMES if all_runtimes else fixture.runtimes
         entry = index["models"].get(name)
-        if (entry is not None and entry.get("weights_sha256") == _weights_sha(model)
+        if (entry is not None and entry.get("weights_sha256") == _weights_sha(fixture.model)
                 and set(runtimes) <= set(entry.get("runtimes", ())) and (out / name / "bundle").is_dir()):
-            say(f"{model}: up to date")
+            say(f"{name}: up to date")
             continue
-        todo.append((model, runtimes))
+        todo.append((name, runtimes))
     jobs = max(1, min(jobs, len(todo)))
     if jobs == 1:
-        for model, runtimes in todo:
-            index["models"][_slug(model)] = build_model(model, out / _slug(model), say, runtimes)
+        for name, runtimes in todo:
+            index["models"][name] = build_model(name, out / name, say, runtimes)
             atomic_write_json(index_path, index)  # after each model: an interrupted run keeps what it finished
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_worker_init,
                                  initargs=(threads,)) as pool:
-            running = {pool.submit(build_model, model, out / _slug(model), _say_stderr, runtimes): model
-                       for model, runtimes in todo}
+            running = {pool.submit(build_model, name, out / name, _say_stderr, runtimes): name
+                       for name, runtimes in todo}
             for done in as_completed(running):
-                index["models"][_slug(running[done])] = done.result()
+                index["models"][running[done]] = done.result()
                 atomic_write_json(index_path, index)
     atomic_write_json(index_path, index)
     return index_path
@@ -144,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m mobilediff.fixtures", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="fixtures folder (created; reused when up to date)")
-    parser.add_argument("--model", action="append", choices=MODELS, help="only these models (repeatable)")
+    parser.add_argument("--model", action="append", choices=MODELS, help="only these fixtures (repeatable)")
     parser.add_argument("--all-runtimes", action="store_true",
                         help="ONNX and ExecuTorch for every model (default: ExecuTorch for the progressive student only)")
     parser.add_argument("--jobs", type=int, default=1,

@@ -46,6 +46,14 @@ final class EndToEndTests: XCTestCase {
         try check("lcm", seeds: [0])
     }
 
+    /// A non-square bundle (48 x 80 pixels, 12 x 20 latents): height and width are never assumed equal.
+    func testNonSquareBundle() throws {
+        try check("lcm-48x80", seeds: [0])
+        let manifest = try BundleManifest.load(bundle: try Fixtures.bundle("lcm-48x80"))
+        XCTAssertEqual([manifest.geometry.height, manifest.geometry.width], [48, 80])
+        XCTAssertEqual(manifest.geometry.latentShape, [1, 4, 12, 20])
+    }
+
     func testReduceMemoryUnloadsEveryModel() throws {
         #if canImport(COnnxRuntime)
         let pipeline = try Pipeline(bundle: try Fixtures.bundle("progressive-4"), backend: try ONNXRuntimeBackend(), reduceMemory: true)

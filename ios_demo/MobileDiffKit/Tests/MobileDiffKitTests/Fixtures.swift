@@ -4,7 +4,7 @@ import XCTest
 
 /// The fixtures the Python side writes for the app tests (`python -m mobilediff.fixtures DIR`, run by
 /// ios_demo/scripts/test.sh): DIR/<name>/bundle, DIR/<name>/goldens, DIR/<name>/reference/onnx_seed<S>.*
-/// for name in default, progressive-4, lcm. Tests that need them skip when MOBILEDIFF_FIXTURES is unset
+/// for name in default, progressive-4, lcm, lcm-48x80. Tests that need them skip when MOBILEDIFF_FIXTURES is unset
 /// (test.sh always sets it, and fails on any skip).
 enum Fixtures {
     static var root: URL? {
