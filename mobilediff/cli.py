@@ -109,6 +109,30 @@ def _print_data_report(source, model: str) -> None:
         click.echo(report.text())
 
 
+def _refuse_conflicts(*rules: tuple[str, str, str, str]) -> None:
+    """Options that contradict each other, or one that does nothing without another, refused in one line before any
+    work. A rule is ("conflicts", a, b, why) or ("needs", a, b, why) over parameter names; an option counts as given
+    when it is on the command line (or in the environment), not when it holds its default."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+    for kind, a, b, why in rules:
+        if kind == "conflicts" and given(a) and given(b):
+            raise MobilediffError(f"{flags[a]} and {flags[b]} conflict: {why}")
+        if kind == "needs" and given(a) and not given(b):
+            raise MobilediffError(f"{flags[a]} needs {flags[b]}: {why}")
+
+
+def _refuse_resume_latest_with_force(resume, force) -> None:
+    if resume == "latest" and force:
+        raise MobilediffError("--resume latest and --force conflict: --force deletes OUT, --resume latest continues it")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """mobilediff: distil, quantize, export and benchmark small latent diffusion models for phones."""
@@ -177,6 +201,10 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                    tiny, resume, force, **data):
     """Train a model of the default family's architecture (VAE, text encoder, UNet): on the shapes domain, or on your
     captioned images (--images / --wds; object weights and the caption-parsing loss apply to the shapes domain only)."""
+    _refuse_resume_latest_with_force(resume, force)
+    _refuse_conflicts(("conflicts", "vae_from", "vae_steps", "the VAE is taken, not trained"),
+                      ("conflicts", "vae_from", "vae_batch_size", "the VAE is taken, not trained"),
+                      ("conflicts", "init_from", "resume", "a resumed run continues from its checkpoint's weights"))
     from mobilediff.io import check_output
     from mobilediff.sources import check_needs
     from mobilediff.train.base import TrainBaseConfig, train_base
@@ -276,6 +304,8 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
     Data: the shapes domain unless given. progressive needs prompts (--prompts alone: it trains on the teacher's own
     trajectories from noise; images give noised real latents); lcm and slim need latents: --images, --wds, or
     --prompts with --synthesize N."""
+    _refuse_resume_latest_with_force(resume, force)
+    _refuse_conflicts(("conflicts", "init_student", "resume", "a resumed run continues from its checkpoint's weights"))
     from mobilediff.io import check_output
     from mobilediff.train.distill import DistillConfig, distill
     from mobilediff.train.loop import main_process
@@ -322,6 +352,7 @@ def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, 
                         perceptual_weight, checkpoint_every, seed, resume, force, **data):
     """Distil a tiny decoder (AutoencoderTiny) from a model's VAE decoder, for its latents: of the shapes domain, of
     your images (--images / --wds), or rendered by the model from your prompts (--prompts with --synthesize N)."""
+    _refuse_resume_latest_with_force(resume, force)
     from mobilediff.io import check_output
     from mobilediff.train.decoder import DecoderDistillConfig, distill_decoder, parse_blocks
     from mobilediff.train.loop import main_process
@@ -401,6 +432,8 @@ def _warn(msg: str) -> None:
 @click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True, help="Host runtime for --bundle.")
 def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime):
     """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes)."""
+    _refuse_conflicts(("conflicts", "bundle", "model", "a bundle holds its own model"),
+                      ("needs", "runtime", "bundle", "the runtime runs a bundle's graphs"))
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -464,6 +497,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
                calibration_prompts, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
+    _refuse_conflicts(("needs", "fused_sampler", "fused_steps", "it is the fused program's sampler"))
     from mobilediff.decoder import resolve_decoder
     from mobilediff.exporter import ExportConfig, run_export
     from mobilediff.io import check_output
