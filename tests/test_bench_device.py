@@ -115,6 +115,7 @@ def host_result(bundles, models, tmp_path_factory):
     return out, json.loads((out / "run_device.json").read_text())
 
 
+@pytest.mark.slow
 def test_host_schema_and_files(host_result):
     out, r = host_result
     assert {p.name for p in out.iterdir()} == set(OUTPUT_FILES)  # no temporary folder left behind
@@ -287,6 +288,7 @@ def test_quality_bars_by_hand():
     assert zero == {"accuracy_ratio": None, "fd_ratio": 1.0, "quality_met": True}
 
 
+@pytest.mark.slow
 def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads):
     out = tmp_path / "mem"
     code, _, err = run_main(capsys, settings(bundles.teacher, out=out, runtimes=("onnx",), baseline="ddim1", runs=2,

@@ -20,6 +20,7 @@ def test_full_configs_have_the_published_parameter_counts(arch, params):
     assert ra._weight_bytes_estimate(arch, "full") == 4 * params
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_the_documented_schema(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     returned = ra.measure(RealArchConfig(out=out, arch=("bk-sdm-tiny",), scale="tiny", targets=("onnx",),

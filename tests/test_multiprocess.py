@@ -147,6 +147,7 @@ def two_process_lcm(tiny_pipeline_dir, tmp_path_factory):
     return tmp, p, ranks
 
 
+@pytest.mark.slow
 def test_two_process_distillation(two_process_lcm, tiny_pipeline_dir):
     """Checkpoints once, from the main process; both processes end with the same weights; each trains on half of the
     global batch, the halves making up the batch of a single-process run (same logged loss); output printed once."""
@@ -179,6 +180,7 @@ def test_two_process_distillation(two_process_lcm, tiny_pipeline_dir):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * 4  # Adam moves each weight by <= lr a step
 
 
+@pytest.mark.slow
 def test_two_process_run_resumes_bit_identically(two_process_lcm, tiny_pipeline_dir):
     """The run above, cut back to checkpoint 2 and resumed over two processes with `-m mobilediff ... --resume
     latest`, ends with the uninterrupted run's weights exactly."""
@@ -343,6 +345,7 @@ def test_killed_distillation_resumes_bit_identically(tiny_pipeline_dir, tmp_path
 @pytest.mark.parametrize("command", [pytest.param("train-base --images", marks=pytest.mark.extended),
                                      "distill lcm --wds",
                                      pytest.param("distill progressive --prompts", marks=pytest.mark.extended)])
+@pytest.mark.slow
 def test_two_processes_on_your_data(command, tiny_pipeline_dir, tmp_path):
     """Training on the user's data over two processes: one data read and cache (main process first), both processes'
     weights bit-identical after the run, output once."""

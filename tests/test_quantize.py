@@ -144,6 +144,7 @@ def test_default_recipes_keep_the_timestep_projection_float():
     assert "unet.time_proj" in get_recipe("executorch", "int8").keep_float
 
 
+@pytest.mark.slow
 def test_executorch_int8_decoder_recipe_quantizes_the_decoder_too(tmp_path):
     """`--quantize int8-decoder` is `int8` with the VAE decoder in int8 as well: the decoder's program is quantized,
     calibrated on the final latents of sampling, and checked against PyTorch at export (close, not exact)."""

@@ -132,6 +132,7 @@ def test_pack_takes_the_decoder(student, tiny_pipeline_dir, run, tmp_path, capsy
     assert torch.equal(generate(load_pipeline(again), ["a blue square"], [1], 2, "ddim", 1.0), a)
 
 
+@pytest.mark.slow
 def test_export_takes_the_decoder_at_the_parity_floor(student, run, tmp_path, capsys):
     """`export --decoder`: the bundle's decoder is the AutoencoderTiny (ONNX and ExecuTorch graphs >= 60 dB against
     PyTorch), its geometry says scaling_factor 1 (the decoder takes the sampler's latent), the manifest names the

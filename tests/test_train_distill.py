@@ -310,6 +310,7 @@ def test_bad_input_one_line_nothing_written(tiny_pipeline_dir, tmp_path, capsys)
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_packed_student_borrows_unchanged_components(tiny_pipeline_dir, tmp_path):
     """A packed student stores only its UNet (fp16) and scheduler, loads like the full one, and is refused once the
     base's borrowed files change."""
