@@ -329,8 +329,6 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
         _pipeline_files(pipe, card.plan, tmp, components)
         fused = None
         if cfg.fused_steps is not None:
-            from mobilediff.fused import export_fused
-
             fused = export_fused(pipe, geometry.to_dict(), [t for t in cfg.targets if t in FUSED_TARGETS],
                                  cfg.precision, cfg.fused_steps, cfg.fused_sampler, card.plan.guidance, tmp, say)
         manifest = Manifest(
@@ -349,6 +347,29 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
         # last, through the one writer: a bundle without a manifest is not a bundle
         write_manifest(tmp, manifest)
     return cfg.out
+
+
+def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,
+                 guidance: float, bundle: Path, say: Callable[[str], None]) -> dict:
+    """The --fused-steps program (mobilediff.fused: text encoder + ``steps`` unrolled denoiser steps + decoder) on
+    each fused target, checked against PyTorch like every component; returns the manifest's ``fused`` record."""
+    from mobilediff.fused import fused_has_cfg, fused_spec
+    from mobilediff.sampler_table import sampler_table
+    from mobilediff.samplers import make_scheduler
+
+    sampler = sampler or ("lcm" if pipe.unet.config.time_cond_proj_dim else "ddim")
+    table = {"name": sampler, **sampler_table(make_scheduler(sampler, pipe.scheduler.config), steps).to_dict()}
+    if not targets:
+        raise MobilediffError(f"--fused-steps needs one of these targets: {', '.join(FUSED_TARGETS)}")
+    cfg = fused_has_cfg(pipe, guidance)
+    spec = fused_spec(pipe, table, geometry, f"fused{steps}", cfg)
+    files = []
+    for tgt in targets:
+        say(f"{spec.name} -> {tgt} ({precision})")
+        files.append(export_component(spec, tgt, precision, bundle))
+    return {"name": spec.name, "steps": steps, "sampler": sampler, "default_guidance": guidance,
+            "cfg_batch": 2 if cfg else 1, "table": table, **spec.to_dict(), "files": files,
+            "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}
 
 
 def _calibrate(pipe, cfg: ExportConfig, card, recipes: dict, say):

@@ -7,14 +7,11 @@ the guidance scale, and (for samplers that re-noise, e.g. LCM) the noise of ever
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
 
 import torch
 
 from mobilediff.bundle import classifier_free_guidance, guidance_embedding_tensor
 from mobilediff.components import ComponentSpec, InputRanges, TensorSpec
-from mobilediff.errors import MobilediffError
 from mobilediff.sampler_table import SamplerTable, run_table
 
 
@@ -73,26 +70,3 @@ def fused_spec(pipe, table: dict, geometry: dict, name: str, cfg: bool = True) -
                                  "N(0, I) noise of every step (row i re-noises step i)"))
     outputs = (TensorSpec("image", (1, 3, geometry["height"], geometry["width"]), "float32", "RGB image in [-1, 1]"),)
     return ComponentSpec(name, module, tuple(inputs), outputs, {}, "FusedSampler", InputRanges.of(pipe))
-
-
-def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,
-                 guidance: float, bundle: Path, say: Callable[[str], None]) -> dict:
-    from mobilediff.exporter import export_component
-    from mobilediff.sampler_table import sampler_table
-    from mobilediff.sampling import make_scheduler
-
-    sampler = sampler or ("lcm" if pipe.unet.config.time_cond_proj_dim else "ddim")
-    tables = [{"name": sampler, **sampler_table(make_scheduler(sampler, pipe.scheduler.config), steps).to_dict()}]
-    if not targets:
-        raise MobilediffError("--fused-steps needs an onnx or executorch target")
-    cfg = fused_has_cfg(pipe, guidance)
-    spec = fused_spec(pipe, tables[0], geometry, f"fused{steps}", cfg)
-    files = []
-    for tgt in targets:
-        say(f"{spec.name} -> {tgt} ({precision})")
-        files.append(export_component(spec, tgt, precision, bundle))
-    from mobilediff.flops import count_gflop
-
-    return {"name": spec.name, "steps": steps, "sampler": sampler, "default_guidance": guidance,
-            "cfg_batch": 2 if cfg else 1, "table": tables[0], **spec.to_dict(), "files": files,
-            "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}
