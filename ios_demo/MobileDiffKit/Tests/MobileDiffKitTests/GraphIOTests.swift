@@ -67,54 +67,59 @@ final class GraphIOTests: XCTestCase {
         XCTAssertEqual(result.rawImage, ImageConversion.hwcClamped(chw: noise.map { $0 * 0.5 }, height: 4, width: 4))
     }
 
+    /// The path and reason of the `graphMismatch` naming `component` that loading the bundle at `url` gives; nil,
+    /// after failing the test, for any other outcome.
+    private func mismatch(_ url: URL, _ component: String,
+                          file: StaticString = #filePath, line: UInt = #line) throws -> (path: String, reason: String)? {
+        guard case .graphMismatch(let path, component, let reason)? = try loadError(url) else {
+            XCTFail("expected graphMismatch", file: file, line: line)
+            return nil
+        }
+        return (path, reason)
+    }
+
+    /// `fields` set in the first entry of `component`'s `list` ("inputs", "files") in the manifest `m`.
+    private static func setFirst(_ m: inout [String: Any], _ component: String, _ list: String, _ fields: [String: Any]) {
+        var entries = TinyBundle.get(m, component, list) as! [[String: Any]]
+        entries[0].merge(fields) { $1 }
+        TinyBundle.set(&m, component, list, entries)
+    }
+
     func testGraphOfAnotherComponentIsRefused() throws {
         // the unet entry names the decoder's graph, with its true sha256: only the graph check can tell
         let url = try TinyBundle.write { m, _ in TinyBundle.set(&m, "unet", "files", TinyBundle.get(m, "vae_decoder", "files")) }
-        guard case .graphMismatch(let path, "unet", let reason)? = try loadError(url) else { return XCTFail("expected graphMismatch") }
-        XCTAssertTrue(path.hasSuffix("/vae_decoder/model.onnx"), path)
-        XCTAssertEqual(reason, "declares inputs (latent_sample) but the manifest's unet takes (sample, timestep, encoder_hidden_states): a graph of another component?")
+        guard let error = try mismatch(url, "unet") else { return }
+        XCTAssertTrue(error.path.hasSuffix("/vae_decoder/model.onnx"), error.path)
+        XCTAssertEqual(error.reason, "declares inputs (latent_sample) but the manifest's unet takes (sample, timestep, encoder_hidden_states): a graph of another component?")
     }
 
     func testRenamedInputIsRefused() throws {
-        let url = try TinyBundle.write { m, _ in
-            var inputs = TinyBundle.get(m, "vae_decoder", "inputs") as! [[String: Any]]
-            inputs[0]["name"] = "latents"
-            TinyBundle.set(&m, "vae_decoder", "inputs", inputs)
-        }
-        guard case .graphMismatch(let path, "vae_decoder", let reason)? = try loadError(url) else { return XCTFail("expected graphMismatch") }
-        XCTAssertTrue(path.hasSuffix("/vae_decoder/model.onnx"), path)
-        XCTAssertTrue(reason.hasPrefix("declares inputs (latent_sample) but the manifest's vae_decoder takes (latents)"), reason)
+        let url = try TinyBundle.write { m, _ in Self.setFirst(&m, "vae_decoder", "inputs", ["name": "latents"]) }
+        guard let error = try mismatch(url, "vae_decoder") else { return }
+        XCTAssertTrue(error.path.hasSuffix("/vae_decoder/model.onnx"), error.path)
+        XCTAssertTrue(error.reason.hasPrefix("declares inputs (latent_sample) but the manifest's vae_decoder takes (latents)"), error.reason)
     }
 
     func testWrongLatentSizeIsRefused() throws {
         let url = try TinyBundle.write { m, _ in
-            var inputs = TinyBundle.get(m, "unet", "inputs") as! [[String: Any]]
-            inputs[0]["shape"] = ["batch", 3, 8, 8] as [Any]
-            inputs[0]["static_shape"] = [1, 3, 8, 8]
-            TinyBundle.set(&m, "unet", "inputs", inputs)
+            Self.setFirst(&m, "unet", "inputs", ["shape": ["batch", 3, 8, 8] as [Any], "static_shape": [1, 3, 8, 8]])
         }
-        guard case .graphMismatch(let path, "unet", let reason)? = try loadError(url) else { return XCTFail("expected graphMismatch") }
-        XCTAssertTrue(path.hasSuffix("/unet/model.onnx"), path)
-        XCTAssertEqual(reason, "input sample has shape (?, 3, 4, 4) but the manifest's unet declares (batch=1, 3, 8, 8)")
+        guard let error = try mismatch(url, "unet") else { return }
+        XCTAssertTrue(error.path.hasSuffix("/unet/model.onnx"), error.path)
+        XCTAssertEqual(error.reason, "input sample has shape (?, 3, 4, 4) but the manifest's unet declares (batch=1, 3, 8, 8)")
     }
 
     func testWrongDtypeIsRefused() throws {
-        let url = try TinyBundle.write { m, _ in
-            var inputs = TinyBundle.get(m, "text_encoder", "inputs") as! [[String: Any]]
-            inputs[0]["dtype"] = "float32"
-            TinyBundle.set(&m, "text_encoder", "inputs", inputs)
-        }
-        guard case .graphMismatch(_, "text_encoder", let reason)? = try loadError(url) else { return XCTFail("expected graphMismatch") }
-        XCTAssertEqual(reason, "input input_ids is int32 but the manifest's text_encoder declares float32")
+        let url = try TinyBundle.write { m, _ in Self.setFirst(&m, "text_encoder", "inputs", ["dtype": "float32"]) }
+        guard let error = try mismatch(url, "text_encoder") else { return }
+        XCTAssertEqual(error.reason, "input input_ids is int32 but the manifest's text_encoder declares float32")
     }
 
     func testUnreadableGraphIsOneLine() throws {
         let url = try TinyBundle.write { m, dir in
             let graph = dir.appendingPathComponent("unet/model.onnx")
             try Data(repeating: 1, count: 64).write(to: graph)
-            var files = TinyBundle.get(m, "unet", "files") as! [[String: Any]]
-            files[0]["sha256"] = try FileChecks.sha256(of: graph)
-            TinyBundle.set(&m, "unet", "files", files)
+            Self.setFirst(&m, "unet", "files", ["sha256": try FileChecks.sha256(of: graph)])
         }
         guard case .graphUnreadable(let path, "ONNX Runtime", _)? = try loadError(url) else { return XCTFail("expected graphUnreadable") }
         XCTAssertTrue(path.hasSuffix("/unet/model.onnx"), path)

@@ -247,7 +247,7 @@ extension BundleManifest.TensorSpec {
     init(_ o: ManifestObject) throws {
         name = try o.string("name")
         dtype = try o.string("dtype")
-        staticShape = o.has("static_shape") ? try o.ints("static_shape") : nil
+        staticShape = try o.optional("static_shape", o.ints)
         if case .array(let dims)? = o.fields["shape"] {
             shape = dims.map { dim -> String in
                 switch dim {
@@ -267,7 +267,7 @@ extension BundleManifest.ComponentFile {
         path = try o.string("path")
         sha256 = try o.string("sha256")
         sizeBytes = try o.optionalInt("size_bytes")
-        externalData = o.has("external_data") ? try o.objects("external_data").map(ExternalData.init) : nil
+        externalData = try o.optional("external_data", o.objects)?.map(ExternalData.init)
     }
 }
 
@@ -306,20 +306,15 @@ extension BundleManifest.SamplerTable {
 
 extension BundleManifest.Guidance {
     init(_ o: ManifestObject) throws {
-        type = try o.string("type")
-        guard BundleManifest.guidanceTypes.contains(type) else {
-            throw o.error(o.field("type"), "unknown guidance type \(type.debugDescription) (known: \(BundleManifest.guidanceTypes.joined(separator: ", ")))")
-        }
-        defaultScale = try o.double("default_scale")
-        guard defaultScale >= 0 else { throw o.error(o.field("default_scale"), "must be >= 0, got \(defaultScale)") }
+        type = try o.oneOf(BundleManifest.guidanceTypes, "type", "guidance type")
+        defaultScale = try o.atLeast(0, "default_scale", o.double)
         unconditionalPrompt = try o.optionalString("unconditional_prompt")
         input = try o.optionalString("input")
         embeddingDim = try o.optionalInt("embedding_dim")
         if type == "embedding" {
             // an embedding names the UNet input it feeds and its width; classifier-free guidance has neither
-            guard try !o.string("input").isEmpty else { throw o.error(o.field("input"), "is empty (an embedding names the UNet input it feeds)") }
-            let dim = try o.int("embedding_dim")
-            guard dim >= 1 else { throw o.error(o.field("embedding_dim"), "must be >= 1, got \(dim)") }
+            _ = try o.checked("input", o.string) { $0.isEmpty ? "is empty (an embedding names the UNet input it feeds)" : nil }
+            _ = try o.atLeast(1, "embedding_dim", o.int)
         }
         defaultEmbedding = try o.optionalDoubles("default_embedding")
     }
@@ -327,10 +322,7 @@ extension BundleManifest.Guidance {
 
 extension BundleManifest.ModelInfo {
     init(_ o: ManifestObject) throws {
-        role = try o.string("role")
-        guard BundleManifest.roles.contains(role) else {
-            throw o.error(o.field("role"), "unknown role \(role.debugDescription) (known: \(BundleManifest.roles.joined(separator: ", ")))")
-        }
+        role = try o.oneOf(BundleManifest.roles, "role", "role")
         method = try o.optionalString("method")
         name = try o.optionalString("name")
     }
@@ -339,9 +331,7 @@ extension BundleManifest.ModelInfo {
 extension BundleManifest.DefaultSampling {
     init(_ o: ManifestObject) throws {
         sampler = try o.string("sampler")
-        steps = try o.int("steps")
-        guard steps >= 1 else { throw o.error(o.field("steps"), "must be >= 1, got \(steps)") }
-        guidance = try o.double("guidance")
-        guard guidance >= 0 else { throw o.error(o.field("guidance"), "must be >= 0, got \(guidance)") }
+        steps = try o.atLeast(1, "steps", o.int)
+        guidance = try o.atLeast(0, "guidance", o.double)
     }
 }

@@ -104,21 +104,13 @@ struct ManifestObject {
     func int(_ key: String) throws -> Int { try asInt(value(key), field(key)) }
     /// A finite number.
     func double(_ key: String) throws -> Double { try asFinite(value(key), field(key)) }
-    func objects(_ key: String) throws -> [ManifestObject] {
-        try list(key).enumerated().map { try asObject($1, "\(field(key))[\($0)]") }
-    }
-    func strings(_ key: String) throws -> [String] {
-        try list(key).enumerated().map { try asString($1, "\(field(key))[\($0)]") }
-    }
-    func ints(_ key: String) throws -> [Int] {
-        try list(key).enumerated().map { try asInt($1, "\(field(key))[\($0)]") }
-    }
+    func objects(_ key: String) throws -> [ManifestObject] { try list(key, asObject) }
+    func strings(_ key: String) throws -> [String] { try list(key, asString) }
+    func ints(_ key: String) throws -> [Int] { try list(key, asInt) }
     /// A list of finite numbers.
-    func doubles(_ key: String) throws -> [Double] { try asFinites(value(key), field(key)) }
+    func doubles(_ key: String) throws -> [Double] { try list(key, asFinite) }
     /// A list of lists of finite numbers (`latent_coef[i][k]`).
-    func rows(_ key: String) throws -> [[Double]] {
-        try list(key).enumerated().map { try asFinites($1, "\(field(key))[\($0)]") }
-    }
+    func rows(_ key: String) throws -> [[Double]] { try list(key, asFinites) }
 
     func int32(_ key: String) throws -> Int32 {
         let value = try int(key)
@@ -126,16 +118,36 @@ struct ManifestObject {
         return narrow
     }
 
-    func optionalObject(_ key: String) throws -> ManifestObject? { has(key) ? try object(key) : nil }
-    func optionalString(_ key: String) throws -> String? { has(key) ? try string(key) : nil }
-    func optionalInt(_ key: String) throws -> Int? { has(key) ? try int(key) : nil }
-    func optionalDouble(_ key: String) throws -> Double? { has(key) ? try double(key) : nil }
-    func optionalDoubles(_ key: String) throws -> [Double]? { has(key) ? try doubles(key) : nil }
+    /// `key` as `read` takes it, or nil when it is absent or null.
+    func optional<T>(_ key: String, _ read: (String) throws -> T) throws -> T? { has(key) ? try read(key) : nil }
+    func optionalObject(_ key: String) throws -> ManifestObject? { try optional(key, object) }
+    func optionalString(_ key: String) throws -> String? { try optional(key, string) }
+    func optionalInt(_ key: String) throws -> Int? { try optional(key, int) }
+    func optionalDouble(_ key: String) throws -> Double? { try optional(key, double) }
+    func optionalDoubles(_ key: String) throws -> [Double]? { try optional(key, doubles) }
 
-    private func list(_ key: String) throws -> [ManifestValue] {
-        let value = try value(key)
-        guard case .array(let items) = value else { throw error(field(key), "expected a list, got \(value.described)") }
-        return items
+    /// `key` as `read` takes it, refused naming the field when `problem` finds one in it (a message, else nil).
+    func checked<T>(_ key: String, _ read: (String) throws -> T, _ problem: (T) -> String?) throws -> T {
+        let value = try read(key)
+        if let problem = problem(value) { throw error(field(key), problem) }
+        return value
+    }
+
+    /// `key` as `read` takes it, a number of at least `minimum`.
+    func atLeast<T: Comparable & Numeric>(_ minimum: Int, _ key: String, _ read: (String) throws -> T) throws -> T {
+        try checked(key, read) { $0 >= T(exactly: minimum)! ? nil : "must be >= \(minimum), got \($0)" }
+    }
+
+    /// The string at `key`, one of `known`; `what` names such a value in the error.
+    func oneOf(_ known: [String], _ key: String, _ what: String) throws -> String {
+        try checked(key, string) {
+            known.contains($0) ? nil : "unknown \(what) \($0.debugDescription) (known: \(known.joined(separator: ", ")))"
+        }
+    }
+
+    /// The list at `key`, each item taken by `take` at its own path (`key[i]`).
+    private func list<T>(_ key: String, _ take: (ManifestValue, String) throws -> T) throws -> [T] {
+        try asList(value(key), field(key), take)
     }
 
     private func asObject(_ value: ManifestValue, _ at: String) throws -> ManifestObject {
@@ -164,8 +176,10 @@ struct ManifestObject {
         return number
     }
 
-    private func asFinites(_ value: ManifestValue, _ at: String) throws -> [Double] {
+    private func asFinites(_ value: ManifestValue, _ at: String) throws -> [Double] { try asList(value, at, asFinite) }
+
+    private func asList<T>(_ value: ManifestValue, _ at: String, _ take: (ManifestValue, String) throws -> T) throws -> [T] {
         guard case .array(let items) = value else { throw error(at, "expected a list, got \(value.described)") }
-        return try items.enumerated().map { try asFinite($1, "\(at)[\($0)]") }
+        return try items.enumerated().map { try take($1, "\(at)[\($0)]") }
     }
 }

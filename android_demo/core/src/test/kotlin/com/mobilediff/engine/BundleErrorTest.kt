@@ -2,7 +2,6 @@ package com.mobilediff.engine
 
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
-import org.junit.Assert.fail
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.TemporaryFolder
@@ -26,23 +25,13 @@ class BundleErrorTest {
         return dst
     }
 
-    private fun expectError(block: () -> Unit): BundleError {
-        try {
-            block()
-        } catch (e: BundleError) {
-            return e
-        }
-        fail("expected a BundleError")
-        throw AssertionError()
-    }
-
     @Test
     fun missingComponentFileIsNamed() {
         val dir = copyBundle()
         val bundle = Bundle.open(dir)
         val path = bundle.manifest.component("unet").file("onnx").file.path
         File(dir, path).delete()
-        val e = expectError { bundle.componentFile("unet", "onnx") }
+        val e = expectBundleError { bundle.componentFile("unet", "onnx") }
         assertEquals(path, e.file)
         assertTrue(e.problem, e.problem.contains("missing"))
     }
@@ -55,7 +44,7 @@ class BundleErrorTest {
         val f = File(dir, path)
         f.delete()
         f.writeBytes(ByteArray(16) { 7 })
-        val e = expectError { Pipeline(bundle, OnnxRuntimeBackend()) }
+        val e = expectBundleError { Pipeline(bundle, OnnxRuntimeBackend()) }
         assertEquals(path, e.file)
         assertTrue(e.problem, e.problem.contains("sha256"))
     }
@@ -64,7 +53,7 @@ class BundleErrorTest {
     fun missingTokenizerFileIsNamed() {
         val dir = copyBundle()
         File(dir, "tokenizer/merges.txt").delete()
-        val e = expectError { Bundle.open(dir).tokenizer() }
+        val e = expectBundleError { Bundle.open(dir).tokenizer() }
         assertEquals("tokenizer/merges.txt", e.file)
     }
 
@@ -73,7 +62,7 @@ class BundleErrorTest {
         val dir = copyBundle()
         val manifest = File(dir, "manifest.json")
         manifest.writeText(manifest.readText().replaceFirst(Regex("\"format_version\"\\s*:\\s*1"), "\"format_version\": 2"))
-        val e = expectError { Bundle.open(dir) }
+        val e = expectBundleError { Bundle.open(dir) }
         assertEquals("manifest.json", e.file)
         assertTrue(e.problem, e.problem.contains("format version 2"))
     }
@@ -82,8 +71,8 @@ class BundleErrorTest {
     fun missingManifestAndMissingTableAreNamed() {
         val dir = copyBundle()
         File(dir, "manifest.json").delete()
-        assertEquals("manifest.json", expectError { Bundle.open(dir) }.file)
+        assertEquals("manifest.json", expectBundleError { Bundle.open(dir) }.file)
         val manifest = Bundle.open(Fixtures.bundle(Fixtures.models.first())).manifest
-        assertTrue(expectError { manifest.sampler("ddim", 7) }.problem.contains("no ddim table for 7 steps"))
+        assertTrue(expectBundleError { manifest.sampler("ddim", 7) }.problem.contains("no ddim table for 7 steps"))
     }
 }

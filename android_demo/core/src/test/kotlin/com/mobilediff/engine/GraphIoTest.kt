@@ -2,10 +2,10 @@ package com.mobilediff.engine
 
 import com.mobilediff.engine.TinyBundle.component
 import org.json.JSONArray
+import org.json.JSONObject
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertFalse
 import org.junit.Assert.assertTrue
-import org.junit.Assert.fail
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.TemporaryFolder
@@ -20,15 +20,14 @@ class GraphIoTest {
     @get:Rule
     val tmp = TemporaryFolder()
 
-    private fun expectError(block: () -> Unit): BundleError {
-        try {
-            block()
-        } catch (e: BundleError) {
-            assertFalse("one line: ${e.message}", e.message!!.contains('\n'))
-            return e
-        }
-        fail("expected a BundleError")
-        throw AssertionError()
+    /** The BundleError that [block] throws, its message one line. */
+    private fun expectError(block: () -> Unit): BundleError =
+        expectBundleError(block).also { assertFalse("one line: ${it.message}", it.message!!.contains('\n')) }
+
+    /** Writes a tiny bundle whose manifest [edit] changes; the error that loading it on ONNX Runtime gives. */
+    private fun loadError(edit: (JSONObject) -> Unit): BundleError {
+        val dir = TinyBundle.write(tmp.newFolder("bundle"), edit = edit)
+        return expectError { TinyBundle.pipeline(dir) }
     }
 
     private fun spec(vararg inputs: TensorSpec) =
@@ -68,7 +67,7 @@ class GraphIoTest {
     @Test
     fun tinyBundleLoadsAndGenerates() {
         val dir = TinyBundle.write(tmp.newFolder("bundle"))
-        Pipeline(Bundle.open(dir), OnnxRuntimeBackend()).use { p ->
+        TinyBundle.pipeline(dir).use { p ->
             val r = p.generate(GenerationRequest("a red circle", 0))
             val noise = TorchGenerator(0).normal(intArrayOf(1, 3, 4, 4))
             // image = decoder(unet(noise)) = noise / 2, (H, W, 3) from (3, H, W)
@@ -79,10 +78,9 @@ class GraphIoTest {
     @Test
     fun graphOfAnotherComponentIsRefused() {
         // the unet entry names the decoder's graph, with its true sha256: only the graph check can tell
-        val dir = TinyBundle.write(tmp.newFolder("bundle")) { m ->
+        val e = loadError { m ->
             m.component("unet").put("files", m.component("vae_decoder").getJSONArray("files"))
         }
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
         assertEquals("vae_decoder/model.onnx", e.file)
         assertEquals(
             "declares inputs (latent_sample) but the manifest's unet takes (sample, timestep, encoder_hidden_states): a graph of another component?",
@@ -92,43 +90,39 @@ class GraphIoTest {
 
     @Test
     fun renamedInputIsRefused() {
-        val dir = TinyBundle.write(tmp.newFolder("bundle")) { m ->
+        val e = loadError { m ->
             m.component("vae_decoder").getJSONArray("inputs").getJSONObject(0).put("name", "latents")
         }
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
         assertEquals("vae_decoder/model.onnx", e.file)
         assertTrue(e.problem, e.problem.startsWith("declares inputs (latent_sample) but the manifest's vae_decoder takes (latents)"))
     }
 
     @Test
     fun wrongLatentSizeIsRefused() {
-        val dir = TinyBundle.write(tmp.newFolder("bundle")) { m ->
+        val e = loadError { m ->
             m.component("unet").getJSONArray("inputs").getJSONObject(0)
                 .put("shape", JSONArray(listOf<Any>("batch", 3, 8, 8))).put("static_shape", JSONArray(listOf(1, 3, 8, 8)))
         }
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
         assertEquals("unet/model.onnx", e.file)
         assertEquals("input sample has shape (?, 3, 4, 4) but the manifest's unet declares (batch=1, 3, 8, 8)", e.problem)
     }
 
     @Test
     fun wrongDtypeIsRefused() {
-        val dir = TinyBundle.write(tmp.newFolder("bundle")) { m ->
+        val e = loadError { m ->
             m.component("text_encoder").getJSONArray("inputs").getJSONObject(0).put("dtype", "float32")
         }
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
         assertEquals("text_encoder/model.onnx", e.file)
         assertEquals("input input_ids is int32 but the manifest's text_encoder declares float32", e.problem)
     }
 
     @Test
     fun unreadableGraphIsOneLine() {
-        val dir = TinyBundle.write(tmp.newFolder("bundle")) { m ->
+        val e = loadError { m ->
             val f = File(tmp.root, "bundle/unet/model.onnx")
             f.writeBytes(ByteArray(64) { 1 })
             m.component("unet").getJSONArray("files").getJSONObject(0).put("sha256", Bundle.sha256(f))
         }
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
         assertEquals("unet/model.onnx", e.file)
         assertTrue(e.problem, e.problem.startsWith("ONNX Runtime cannot load it"))
     }
@@ -161,7 +155,7 @@ class GraphIoTest {
         val dir = TinyBundle.write(tmp.newFolder("bundle"), executorch = true) { m ->
             m.component("text_encoder").put("files", m.component("vae_decoder").getJSONArray("files"))
         }
-        val e = expectError { Pipeline(Bundle.open(dir), ExecuTorchBackend()) }
+        val e = expectError { TinyBundle.pipeline(dir, ExecuTorchBackend()) }
         assertEquals("vae_decoder_executorch_fp32.pte", e.file)
         assertEquals("input 0 (input_ids in the manifest) is float32 but the manifest's text_encoder declares int32", e.problem)
         val sized = TinyBundle.write(tmp.newFolder("sized"), executorch = true) { m ->
@@ -170,7 +164,7 @@ class GraphIoTest {
         }
         assertEquals(
             "output 0 (out_sample in the manifest) has shape (1, 3, 4, 4) but the manifest's unet declares (batch=1, 4, 4, 4)",
-            expectError { Pipeline(Bundle.open(sized), ExecuTorchBackend()) }.problem,
+            expectError { TinyBundle.pipeline(sized, ExecuTorchBackend()) }.problem,
         )
     }
 
@@ -178,8 +172,8 @@ class GraphIoTest {
     fun executorchTinyBundleMatchesOnnx() {
         val dir = TinyBundle.write(tmp.newFolder("bundle"), executorch = true)
         val request = GenerationRequest("a red circle", 3)
-        val onnx = Pipeline(Bundle.open(dir), OnnxRuntimeBackend()).use { it.generate(request) }
-        val et = Pipeline(Bundle.open(dir), ExecuTorchBackend()).use { it.generate(request) }
+        val onnx = TinyBundle.pipeline(dir).use { it.generate(request) }
+        val et = TinyBundle.pipeline(dir, ExecuTorchBackend()).use { it.generate(request) }
         assertEquals(onnx.raw.toList(), et.raw.toList())
     }
 }

@@ -2,7 +2,6 @@ package com.mobilediff.engine
 
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
-import org.junit.Assert.fail
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.TemporaryFolder
@@ -15,15 +14,9 @@ class NonFiniteTest {
     @get:Rule
     val tmp = TemporaryFolder()
 
-    private fun generate(dir: java.io.File): BundleError {
-        try {
-            Pipeline(Bundle.open(dir), OnnxRuntimeBackend()).use { it.generate(GenerationRequest("a red circle", 0)) }
-        } catch (e: BundleError) {
-            return e
-        }
-        fail("expected a BundleError")
-        throw AssertionError()
-    }
+    /** The BundleError of generating an image from the bundle in [dir]. */
+    private fun generate(dir: java.io.File): BundleError =
+        expectBundleError { TinyBundle.pipeline(dir).use { it.generate(GenerationRequest("a red circle", 0)) } }
 
     @Test
     fun denoiserNaNIsNamed() {

@@ -1,7 +1,6 @@
 package com.mobilediff.engine
 
 import org.junit.Assert.assertEquals
-import org.junit.Assert.fail
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.TemporaryFolder
@@ -11,15 +10,7 @@ class PromptTest {
     @get:Rule
     val tmp = TemporaryFolder()
 
-    private fun refusal(block: () -> Unit): String {
-        try {
-            block()
-        } catch (e: IllegalArgumentException) {
-            return e.message!!
-        }
-        fail("expected an IllegalArgumentException")
-        throw AssertionError()
-    }
+    private fun refusal(block: () -> Unit): String = expectThrown<IllegalArgumentException>(block).message!!
 
     @Test
     fun controlCharactersAreRefusedButTabNewlineAndReturn() {
@@ -74,7 +65,7 @@ class PromptTest {
 
     @Test
     fun pipelineRefusesABadPromptBeforeAnyWork() {
-        Pipeline(Bundle.open(TinyBundle.write(tmp.newFolder("bundle"))), OnnxRuntimeBackend()).use { p ->
+        TinyBundle.pipeline(TinyBundle.write(tmp.newFolder("bundle"))).use { p ->
             assertEquals(
                 "prompt has a control character (U+001B at character 3): only tab, newline and carriage return are allowed",
                 refusal { p.generate(GenerationRequest("red\u001b[0m circle", 0)) },

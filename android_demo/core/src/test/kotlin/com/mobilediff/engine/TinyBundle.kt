@@ -2,6 +2,7 @@ package com.mobilediff.engine
 
 import org.json.JSONArray
 import org.json.JSONObject
+import org.junit.Assert.fail
 import java.io.ByteArrayOutputStream
 import java.io.File
 import java.nio.ByteBuffer
@@ -113,6 +114,9 @@ object TinyBundle {
         return dir
     }
 
+    /** A pipeline on the bundle in [dir], on ONNX Runtime unless another [backend] is given. */
+    fun pipeline(dir: File, backend: Backend = OnnxRuntimeBackend()): Pipeline = Pipeline(Bundle.open(dir), backend)
+
     /** The manifest object of [component] (for [write]'s edit). */
     fun JSONObject.component(component: String): JSONObject = getJSONObject("components").getJSONObject(component)
 
@@ -126,6 +130,22 @@ object TinyBundle {
     /** The committed ExecuTorch programs of [write]'s `executorch` files. */
     val programs: File get() = File(repo, "android_demo/core/src/test/resources/executorch")
 }
+
+/** Runs [block] and returns the [T] it throws (any other exception passes through); the test fails when it throws none. */
+inline fun <reified T : Throwable> expectThrown(block: () -> Unit): T {
+    try {
+        block()
+    } catch (e: Throwable) {
+        if (e is T) return e
+        throw e
+    }
+    val name = T::class.java.simpleName
+    fail("expected ${if (name.first() in "AEIOU") "an" else "a"} $name")
+    throw AssertionError()
+}
+
+/** The BundleError that [block] throws ([expectThrown]). */
+fun expectBundleError(block: () -> Unit): BundleError = expectThrown(block)
 
 /**
  * ONNX models written as protobuf by hand, enough for the tests' graphs: typed inputs and outputs (a dimension is a

@@ -2,7 +2,6 @@ package com.mobilediff.engine
 
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertTrue
-import org.junit.Assert.fail
 import org.junit.Rule
 import org.junit.Test
 import org.junit.rules.TemporaryFolder
@@ -13,21 +12,11 @@ class TokenizerChecksumTest {
     @get:Rule
     val tmp = TemporaryFolder()
 
-    private fun expectError(block: () -> Unit): BundleError {
-        try {
-            block()
-        } catch (e: BundleError) {
-            return e
-        }
-        fail("expected a BundleError")
-        throw AssertionError()
-    }
-
     @Test
     fun modifiedTokenizerFileIsRefused() {
         val dir = TinyBundle.write(tmp.newFolder("bundle"))
         File(dir, "tokenizer/merges.txt").appendText("a b\n")
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
+        val e = expectBundleError { TinyBundle.pipeline(dir) }
         assertEquals("tokenizer/merges.txt", e.file)
         assertTrue(e.problem, e.problem.startsWith("does not match its sha256 in the manifest"))
     }
@@ -36,7 +25,7 @@ class TokenizerChecksumTest {
     fun missingTokenizerFileIsNamed() {
         val dir = TinyBundle.write(tmp.newFolder("bundle"))
         File(dir, "tokenizer/vocab.json").delete()
-        val e = expectError { Bundle.open(dir).tokenizer() }
+        val e = expectBundleError { Bundle.open(dir).tokenizer() }
         assertEquals("tokenizer/vocab.json", e.file)
         assertTrue(e.problem, e.problem.contains("missing"))
     }
@@ -45,7 +34,7 @@ class TokenizerChecksumTest {
     fun modifiedGraphIsRefusedBeforeTheRuntime() {
         val dir = TinyBundle.write(tmp.newFolder("bundle"))
         File(dir, "unet/model.onnx").appendBytes(byteArrayOf(0))
-        val e = expectError { Pipeline(Bundle.open(dir), OnnxRuntimeBackend()) }
+        val e = expectBundleError { TinyBundle.pipeline(dir) }
         assertEquals("unet/model.onnx", e.file)
         assertTrue(e.problem, e.problem.contains("sha256"))
     }
@@ -55,6 +44,6 @@ class TokenizerChecksumTest {
         val dir = TinyBundle.write(tmp.newFolder("bundle")) { m -> m.getJSONObject("tokenizer").remove("file_sha256") }
         Bundle.open(dir).tokenizer()
         File(dir, "tokenizer/merges.txt").delete()
-        assertEquals("tokenizer/merges.txt", expectError { Bundle.open(dir).tokenizer() }.file)
+        assertEquals("tokenizer/merges.txt", expectBundleError { Bundle.open(dir).tokenizer() }.file)
     }
 }
