@@ -75,58 +75,14 @@ generates (euler, CFG scale 7 against our CFG batch of 2) at the same thread cou
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from mobilediff.bench.envelope import Parser, command_line, count, finite, run_command
-from mobilediff.bench.real_architectures import (ARCHITECTURES, PEERS, RUNTIMES, SCALES, TARGETS, RealArchConfig,
-                                                 measure)
+from mobilediff.bench.envelope import run_script
+from mobilediff.bench.real_architectures import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = Parser(__doc__)
-    ap.add_argument("--arch", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES),
-                    help="architectures to measure (default: all)")
-    ap.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(RUNTIMES),
-                    help="export targets (default: onnx executorch; coreml converts on Linux but has no latency here)")
-    ap.add_argument("--resolution", nargs="+", type=count(1), default=[256],
-                    help="image sizes in pixels, square (default 256; 512 where memory and time allow)")
-    ap.add_argument("--runs", type=count(1), default=10, help="timed runs per runtime after warm-up (>= 10 to be reportable)")
-    ap.add_argument("--warmup", type=count(0), default=3, help="untimed runs before timing")
-    ap.add_argument("--batch", type=count(1), default=None,
-                    help="UNet batch (default: the declared CFG batch, 2 for a classifier-free-guidance model)")
-    ap.add_argument("--threads", type=count(1), default=os.cpu_count() or 1,
-                    help="CPU threads for PyTorch, onnxruntime and XNNPACK (default: all cores)")
-    ap.add_argument("--scale", choices=list(SCALES), default="full",
-                    help="full: the real widths; tiny: every channel width / 10 (a smoke test in seconds)")
-    ap.add_argument("--seed", type=count(0, 2**63 - 1), default=0, help="seed of the random weights and of the example inputs")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for real_architectures.json and .md")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="folder for the exported files (default: a new temporary folder); each file is deleted once "
-                         "measured, and the folder at the end, unless --keep")
-    ap.add_argument("--keep", action="store_true", help="keep the exported files")
-    ap.add_argument("--max-memory-gib", type=finite(0, open_min=True), default=None,
-                    help="memory limit of each step's process (default: available memory now minus --reserve-gib)")
-    ap.add_argument("--reserve-gib", type=finite(0), default=3.0,
-                    help="memory left to the rest of the machine by the default --max-memory-gib")
-    ap.add_argument("--cell-timeout", type=finite(0, open_min=True), default=5400.0, help="seconds before one step is stopped")
-    ap.add_argument("--peer", nargs="+", choices=list(PEERS), default=[],
-                    help="also time another CPU engine on the same UNet weights in this run: sdcpp = "
-                         "stable-diffusion.cpp (pip install -e '.[peer]', a source build; not in CI)")
-    ap.add_argument("--peer-steps", type=count(2), default=3,
-                    help="the peer's long generate; a step = (t(N steps) - t(1 step)) / (N - 1) (default 3)")
-    ap.add_argument("--peer-runs", type=count(1), default=3, help="timed generates of each length (default 3)")
-    a = ap.parse_args(argv)
-    cfg = RealArchConfig(out=a.out, arch=tuple(a.arch), targets=tuple(a.targets), resolution=tuple(a.resolution),
-                         runs=a.runs, warmup=a.warmup, batch=a.batch, threads=a.threads, scale=a.scale, seed=a.seed,
-                         work=a.work, keep=a.keep, max_memory_gib=a.max_memory_gib, reserve_gib=a.reserve_gib,
-                         cell_timeout=a.cell_timeout, peers=tuple(a.peer), peer_steps=a.peer_steps,
-                         peer_runs=a.peer_runs)
-    return measure(cfg, command_line("real_architectures", argv))
-
-
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(run_script(main, __doc__, RESULTS))

@@ -125,97 +125,11 @@ apple off macOS) gives one line ``error: ...`` on stderr and exit code 2, and no
 """
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
-from pathlib import Path
 
-from mobilediff.bench.android import AndroidOptions, CommandRunner, subprocess_runner
-from mobilediff.bench.bundles import PlanChoice
-from mobilediff.bench.device_run import DEVICES, Settings, execute, parse_baseline
-from mobilediff.bench.envelope import Parser, count, finite, run_command
-from mobilediff.bench.host import HOST_RUNTIMES
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = Parser(__doc__, epilog="The schema of run_device.json is in this script's module docstring.")
-    ap.add_argument("--bundle", action="append", type=Path, required=True,
-                    help="Bundle folder (output of `mobilediff export`); repeat for several. Give the float teacher "
-                         "and the students (float and quantized) together so ratios come from one run.")
-    ap.add_argument("--device", required=True, choices=DEVICES,
-                    help="host: ONNX Runtime, ExecuTorch and PyTorch eager here; android: over adb; apple: Core ML "
-                         "on this Mac.")
-    ap.add_argument("--out", type=Path, required=True,
-                    help="Result folder (created if missing; only run_device.* files are replaced).")
-    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8],
-                    help="Step counts of LCM students (each must have a table in the bundle). Default: 1 2 4 8.")
-    ap.add_argument("--baseline", default="ddim50",
-                    help="The teacher's sampler and step count, e.g. ddim50 (default) or dpmpp25.")
-    ap.add_argument("--baseline-guidance", type=finite(0), default=None,
-                    help="Guidance of the baseline (default: the teacher bundle's default plan).")
-    ap.add_argument("--student-guidance", type=finite(0), default=None,
-                    help="Guidance of the students (default: each student bundle's default plan).")
-    ap.add_argument("--runs", type=count(1), default=10,
-                    help="Timed runs after warm-up, per component and per end-to-end row (>= 1; >= 10 to publish).")
-    ap.add_argument("--warmup", type=count(0), default=3, help="Untimed component runs before timing (>= 0).")
-    ap.add_argument("--e2e-warmup", type=count(0), default=1, help="Untimed full generates before timing (>= 0).")
-    ap.add_argument("--load-runs", type=count(1), default=3,
-                    help="Loads timed per component file (>= 1); the first is reported as the cold load.")
-    ap.add_argument("--quality-n", type=count(0), default=256,
-                    help="Prompts of the fixed evaluation set scored per end-to-end row (0 skips quality; else >= 2).")
-    ap.add_argument("--runtimes", nargs="+", default=list(HOST_RUNTIMES), choices=HOST_RUNTIMES,
-                    help="Host runtimes to run (default: all; a bundle without a runtime's files skips it).")
-    ap.add_argument("--source", action="append", default=None,
-                    help="Eager reference of each --bundle, in the same order (a folder, 'default', 'default:lcm'; "
-                         "'manifest': the manifest's source record, the default; 'none': no eager rows). Give it "
-                         "once per --bundle or not at all.")
-    ap.add_argument("--threads", type=count(1), default=None,
-                    help="CPU threads of every runtime: host -- torch.set_num_threads, ExecuTorch's threadpool, ONNX "
-                         "Runtime's intra-op threads; android -- the runners' --cpu_threads / -x. Default: each "
-                         "runtime's own (one per core). Use it on a shared machine: threads that wait on each other "
-                         "under contention can make a runtime many times slower.")
-    ap.add_argument("--no-memory", action="store_true",
-                    help="Skip peak-memory measurements (each one starts a fresh Python process).")
-    g = ap.add_argument_group("android")
-    g.add_argument("--adb", default="adb", help="adb executable on this machine (default: adb on PATH).")
-    g.add_argument("--serial", default=None, help="Device serial (adb -s); default: the only attached device.")
-    g.add_argument("--et-runner", default=None, help="Path ON THE DEVICE of ExecuTorch's executor_runner.")
-    g.add_argument("--ort-perf-test", default=None, help="Path ON THE DEVICE of onnxruntime_perf_test.")
-    g.add_argument("--ort-lib", default=None, help="Device folder holding libonnxruntime.so (shared-library builds).")
-    g.add_argument("--ort-provider", default="cpu", choices=("cpu", "nnapi", "xnnpack", "qnn"),
-                   help="onnxruntime_perf_test execution provider (default: cpu).")
-    g = ap.add_argument_group("apple")
-    g.add_argument("--compute-units", nargs="+", default=None,
-                   choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
-                   help="Core ML compute units to time (default: all four).")
-    return ap
-
-
-def parse_settings(argv: list[str] | None) -> Settings:
-    """The typed settings of a command line (checked by Settings.check when the run starts)."""
-    a = build_parser().parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else [str(x) for x in argv]
-    plans = PlanChoice(baseline=parse_baseline(a.baseline), steps=tuple(dict.fromkeys(a.steps)),
-                       baseline_guidance=a.baseline_guidance, student_guidance=a.student_guidance)
-    android = AndroidOptions(adb=a.adb, serial=a.serial, et_runner=a.et_runner, ort_perf_test=a.ort_perf_test,
-                             ort_lib=a.ort_lib, ort_provider=a.ort_provider, threads=a.threads)
-    return Settings(bundles=tuple(a.bundle), device=a.device, out=a.out, plans=plans, runs=a.runs, warmup=a.warmup,
-                    e2e_warmup=a.e2e_warmup, load_runs=a.load_runs, quality_n=a.quality_n, memory=not a.no_memory,
-                    runtimes=tuple(dict.fromkeys(a.runtimes)), threads=a.threads,
-                    sources=tuple(a.source) if a.source is not None else None, android=android,
-                    compute_units=tuple(a.compute_units) if a.compute_units else None,
-                    command="python benchmarks/run_device.py " + shlex.join(argv_used))
-
-
-def main(argv: list[str] | None = None, runner: CommandRunner = subprocess_runner) -> None:
-    from mobilediff.bench.device_report import target_lines
-
-    settings = parse_settings(argv)
-    result = execute(settings, runner)
-    for line in target_lines(result["targets"]):
-        print(line)
-    print(f"wrote {settings.out / 'run_device.json'} and run_device.md" + (", plots" if result["components"] else ""))
+from mobilediff.bench.device_run import main
+from mobilediff.bench.envelope import run_script
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(run_script(main, __doc__))

@@ -27,80 +27,13 @@ Run:  python benchmarks/scaling.py     (every registered default:unet-* model an
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-from mobilediff.bench.envelope import Parser, command_line, count, finite, run_command, write_results
+from mobilediff.bench.envelope import run_script
+from mobilediff.bench.scaling import main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def default_cache() -> Path:
-    """$XDG_CACHE_HOME/mobilediff/scaling-rows (~/.cache when unset)."""
-    import os
-
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mobilediff" / "scaling-rows"
-
-
-def build_parser() -> Parser:
-    from mobilediff.samplers import samplers_for
-
-    ap = Parser(__doc__)
-    ap.add_argument("--model", action="append", default=None, metavar="NAME_OR_DIR",
-                    help="a model (UNet size) to study, repeatable: default:unet-<size> or a pipeline folder "
-                         "(default: every default:unet-* family member registered)")
-    ap.add_argument("--students", nargs="*", default=None, metavar="NAME_OR_DIR",
-                    help="distilled students (folders with a distillation.json), each put with the --model it was "
-                         "distilled from; progressive-N samples at N steps with its own plan, LCM at --student-steps "
-                         "(default: the registered progressive-1, progressive-4 and lcm students of each family "
-                         "model; the flag alone: none)")
-    ap.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp"], choices=samplers_for(False),
-                    help="the teachers' samplers (default: ddim dpmpp)")
-    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8, 16, 32, 50],
-                    help="the teachers' step counts (default: 1 2 4 8 16 32 50)")
-    ap.add_argument("--guidance", type=finite(0), nargs="+", default=[1.0, 2.0, 3.5, 6.0],
-                    help="the teachers' guidance sweep (default: 1 2 3.5 6; <= 1: no CFG batch)")
-    ap.add_argument("--student-steps", type=count(1), nargs="+", default=[1, 4],
-                    help="step counts of LCM students (default: 1 4)")
-    ap.add_argument("--n", type=count(2), default=256, help="prompts (and images) per row (default 256)")
-    ap.add_argument("--runtime", choices=("eager", "onnx"), default="eager",
-                    help="where latency is measured: PyTorch eager (default) or ONNX Runtime (each pipeline exported "
-                         "and checked against PyTorch first)")
-    ap.add_argument("--threads", type=count(1), default=1, help="CPU threads of the latency measurements (default 1)")
-    ap.add_argument("--runs", type=count(1), default=20, help="timed calls per component after warm-up (default 20)")
-    ap.add_argument("--warmup", type=count(0), default=3, help="untimed calls per component first (default 3)")
-    ap.add_argument("--e2e-runs", type=count(1), default=5,
-                    help="timed end-to-end generates per pipeline that check the composed latency (default 5)")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="--runtime onnx: folder for the exported bundles (default: a temporary folder, removed)")
-    ap.add_argument("--cache", type=Path, default=default_cache(), metavar="DIR",
-                    help="scored rows are kept here as they are scored, so an interrupted run resumes and a run with "
-                         "one more model scores only its rows; a row is reused only for the same weights, settings, "
-                         "evaluator and mobilediff version (default: %(default)s)")
-    ap.add_argument("--no-cache", action="store_true", help="score every row again and keep nothing")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="result folder (default benchmarks/results)")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> None:
-    from mobilediff.bench.scaling import ScalingConfig, measure, output_files, resolve_subjects
-
-    args = build_parser().parse_args(argv)
-    t0 = time.time()
-    models, students = resolve_subjects(args.model, args.students)
-    cfg = ScalingConfig(models=models, students=students, samplers=tuple(dict.fromkeys(args.samplers)),
-                        steps=tuple(dict.fromkeys(args.steps)), guidance=tuple(dict.fromkeys(args.guidance)),
-                        student_steps=tuple(dict.fromkeys(args.student_steps)), n=args.n, runtime=args.runtime,
-                        threads=args.threads, runs=args.runs, warmup=args.warmup, e2e_runs=args.e2e_runs,
-                        work=args.work, cache=None if args.no_cache else args.cache)
-    cfg.check()
-    result = measure(cfg, command_line("scaling", argv))
-    result["meta"]["wall_seconds"] = time.time() - t0
-    write_results(args.out, output_files(result))
-    for v in result["meta"]["verdicts"]:
-        print(f"({v['claim']}) {v['verdict']}: {v['evidence']}")
-    print(f"wrote {args.out / 'scaling.json'}, scaling_meta.json, scaling.md and plots")
-
-
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(run_script(main, __doc__, RESULTS))

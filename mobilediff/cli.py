@@ -13,6 +13,7 @@ import click
 
 from mobilediff.errors import MobilediffError, shorten
 from mobilediff.samplers import SAMPLERS
+from mobilediff.sources.files import FITS
 from mobilediff.targets import FUSED_TARGETS, HOST_RUNTIMES, TARGETS
 
 
@@ -37,8 +38,6 @@ DATA_FIELDS = ("prompts", "images", "wds", "synthesize", "strict", "fit", "backg
 
 def data_options(*, images: bool = True, synthesize: bool = False):
     """The data options every data-consuming command takes (mobilediff.sources.DataOptions), plus --dry-run."""
-    from mobilediff.sources.files import FITS
-
     opts = [click.option("--prompts", type=click.Path(path_type=Path), default=None,
                          help="Your prompts: .txt (one a line), .jsonl or .csv with a 'text' field.")]
     if images:
@@ -112,25 +111,32 @@ def _print_data_report(source, model: str) -> None:
 def _refuse_conflicts(*rules: tuple[str, str, str, str]) -> None:
     """Options that contradict each other, or one that does nothing without another, refused in one line before any
     work. A rule is ("conflicts", a, b, why) or ("needs", a, b, why) over parameter names; an option counts as given
-    when it is on the command line (or in the environment), not when it holds its default."""
+    when it is on the command line (or in the environment), not when it holds its default. A name may carry a value,
+    "name=value": that option counts as given only with that value (:data:`LATEST_WITH_FORCE`)."""
     from click.core import ParameterSource
 
     ctx = click.get_current_context()
     flags = {p.name: p.opts[0] for p in ctx.command.params}
 
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    def given(option: str) -> bool:
+        name, _, value = option.partition("=")
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            return False
+        return not value or str(ctx.params[name]) == value
+
+    def flag(option: str) -> str:
+        name, _, value = option.partition("=")
+        return f"{flags[name]} {value}" if value else flags[name]
 
     for kind, a, b, why in rules:
         if kind == "conflicts" and given(a) and given(b):
-            raise MobilediffError(f"{flags[a]} and {flags[b]} conflict: {why}")
+            raise MobilediffError(f"{flag(a)} and {flag(b)} conflict: {why}")
         if kind == "needs" and given(a) and not given(b):
-            raise MobilediffError(f"{flags[a]} needs {flags[b]}: {why}")
+            raise MobilediffError(f"{flag(a)} needs {flag(b)}: {why}")
 
 
-def _refuse_resume_latest_with_force(resume, force) -> None:
-    if resume == "latest" and force:
-        raise MobilediffError("--resume latest and --force conflict: --force deletes OUT, --resume latest continues it")
+# the training commands' --resume latest continues OUT in place; another --resume starts a new run in OUT
+LATEST_WITH_FORCE = ("conflicts", "resume=latest", "force", "--force deletes OUT, --resume latest continues it")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,8 +207,8 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                    tiny, resume, force, **data):
     """Train a model of the default family's architecture (VAE, text encoder, UNet): on the shapes domain, or on your
     captioned images (--images / --wds; object weights and the caption-parsing loss apply to the shapes domain only)."""
-    _refuse_resume_latest_with_force(resume, force)
-    _refuse_conflicts(("conflicts", "vae_from", "vae_steps", "the VAE is taken, not trained"),
+    _refuse_conflicts(LATEST_WITH_FORCE,
+                      ("conflicts", "vae_from", "vae_steps", "the VAE is taken, not trained"),
                       ("conflicts", "vae_from", "vae_batch_size", "the VAE is taken, not trained"),
                       ("conflicts", "init_from", "resume", "a resumed run continues from its checkpoint's weights"))
     from mobilediff.io import check_output
@@ -274,6 +280,41 @@ def train_evaluator_cmd(out, steps, batch_size, seed, checkpoint_every, resume, 
     click.echo(json.dumps(metrics, indent=2))
 
 
+@cli.command("train-features")
+@click.option("--images", type=click.Path(path_type=Path), required=True, help="An imagefolder whose metadata.jsonl holds a label column besides file_name and text.")
+@click.option("--label", "label_field", required=True, help="The metadata.jsonl field to classify (e.g. 'subcategory'); labels seen once are pooled as 'other'.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for model.safetensors + config.json (model_type mobilediff-classifier), usable as --fd-features. It appears whole when the command succeeds, never over anything already there (unless --force).")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Images per step.")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=2e-3, show_default=True, help="Peak learning rate (AdamW, cosine decay).")
+@click.option("--resolution", type=click.IntRange(min=16, max=1024), default=64, show_default=True, help="Image side the classifier reads; images are fitted to it.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of data order, augmentation and initialisation.")
+@click.option("--fit", type=click.Choice(FITS), default="crop", show_default=True, help="How an image reaches the resolution (as the data options of train-base).")
+@click.option("--background", default="white", show_default=True, help="What transparent pixels are composited on: white, black, gray or #rrggbb.")
+@click.option("--validation-fraction", type=Finite(min=0, max=1, max_open=True), default=0.05, show_default=True, help="Share of the images held out for the validation accuracy (a fixed split by a hash of each file's name).")
+@click.option("--strict", is_flag=True, help="Refuse the data at the first unusable item (default: skip and count it).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where decoded images are cached between runs.")
+@click.option("--force", is_flag=True, help="Replace an existing --out.")
+def train_features_cmd(images, label_field, out, steps, batch_size, lr, resolution, seed, fit, background,
+                       validation_fraction, strict, cache_dir, force):
+    """Train a domain classifier on labelled images as the feature extractor of a Fréchet distance (--fd-features)
+    where Inception's photo features say little (icons, emoji, sprites)."""
+    import json
+
+    from mobilediff.features import ClassifierConfig, train_classifier
+    from mobilediff.io import check_output
+    from mobilediff.sources import DataOptions
+
+    options = DataOptions(images=images, fit=fit, background=background, validation_fraction=validation_fraction,
+                          strict=strict, cache_dir=cache_dir)
+    options.validate()
+    check_output(out, folder=True)
+    record = train_classifier(options, label_field, out, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                              cfg=ClassifierConfig(resolution=resolution), force=force,
+                              command="mobilediff " + shlex.join(sys.argv[1:]))
+    click.echo(json.dumps({k: v for k, v in record.items() if k != "labels"}, indent=2))
+
+
 @cli.command("distill")
 @click.option("--teacher", default="default", show_default=True, help="Teacher pipeline folder (diffusers format) or 'default'.")
 @click.option("--method", type=click.Choice(["lcm", "progressive", "slim"]), required=True, help="Latent consistency distillation, progressive (halving) distillation, or block-removal distillation into a slimmer UNet (slim).")
@@ -304,8 +345,8 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
     Data: the shapes domain unless given. progressive needs prompts (--prompts alone: it trains on the teacher's own
     trajectories from noise; images give noised real latents); lcm and slim need latents: --images, --wds, or
     --prompts with --synthesize N."""
-    _refuse_resume_latest_with_force(resume, force)
-    _refuse_conflicts(("conflicts", "init_student", "resume", "a resumed run continues from its checkpoint's weights"))
+    _refuse_conflicts(LATEST_WITH_FORCE,
+                      ("conflicts", "init_student", "resume", "a resumed run continues from its checkpoint's weights"))
     from mobilediff.io import check_output
     from mobilediff.train.distill import DistillConfig, distill
     from mobilediff.train.loop import main_process
@@ -352,7 +393,7 @@ def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, 
                         perceptual_weight, checkpoint_every, seed, resume, force, **data):
     """Distil a tiny decoder (AutoencoderTiny) from a model's VAE decoder, for its latents: of the shapes domain, of
     your images (--images / --wds), or rendered by the model from your prompts (--prompts with --synthesize N)."""
-    _refuse_resume_latest_with_force(resume, force)
+    _refuse_conflicts(LATEST_WITH_FORCE)
     from mobilediff.io import check_output
     from mobilediff.train.decoder import DecoderDistillConfig, distill_decoder, parse_blocks
     from mobilediff.train.loop import main_process

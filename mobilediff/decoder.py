@@ -71,7 +71,7 @@ def decoder_gflop(vae, latent_shape: tuple[int, int, int]) -> float:
 
 def vae_folder(model_dir: Path) -> Path:
     """The folder of a pipeline's VAE (a packed pipeline may borrow it from its base)."""
-    from mobilediff.loading import shared_components
+    from mobilediff.io import shared_components
 
     return shared_components(Path(model_dir)).get("vae", Path(model_dir) / "vae")
 
@@ -147,8 +147,7 @@ def read_record(decoder_dir: Path) -> dict:
 def check_decoder_dir(decoder_dir: Path) -> dict:
     """Check a decoder folder without loading weights (it exists; an AutoencoderTiny config with scaling 1 and no
     shift; safetensors weights only, their headers intact; its record); returns the record."""
-    from mobilediff.io import PICKLE_SUFFIXES
-    from mobilediff.loading import check_safetensors_header
+    from mobilediff.io import PICKLE_SUFFIXES, check_safetensors_header
 
     d = Path(decoder_dir)
     if not d.is_dir():

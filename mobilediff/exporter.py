@@ -204,7 +204,8 @@ class ExportConfig:
     ``model_dir``: the pipeline folder the model was loaded from (its card: role and plan); ``guidance`` overrides
     the plan's guidance scale. ``calibration_prompts``: how many shapes-domain prompts, or the user's own (a static
     int8 recipe only); ``calibration_sampling``: the sampler, steps and guidance of the calibration trajectories
-    (default: a student's own plan, else DDIM 8 steps at the plan's guidance). ``decoder``: the tiny decoder folder
+    (default: a student's own plan, else DDIM 8 steps at the plan's guidance; the quantization benchmark names
+    its own plan for a model without a distillation record). ``decoder``: the tiny decoder folder
     whose AutoencoderTiny replaced the pipeline's VAE (:func:`mobilediff.decoder.with_decoder`), recorded in the
     manifest's ``source.decoder``."""
 
@@ -282,15 +283,14 @@ class ExportConfig:
 def export_bundle(model, target: str, out: Path, height: int | None = None, width: int | None = None,
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
-                  source: str = "", quantize=None, calibration_sampling: dict | None = None,
-                  calibration_prompts: int | list[str] = 32, calibration_rows: int = 64, model_dir: Path | None = None,
-                  decoder: Path | None = None) -> Path:
+                  source: str = "", quantize=None, calibration_prompts: int | list[str] = 32,
+                  calibration_rows: int = 64, model_dir: Path | None = None, decoder: Path | None = None) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path: :func:`run_export` with the
     :class:`ExportConfig` of these options."""
     cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
                           fused_sampler=fused_sampler, guidance=guidance, force=force, source=source,
                           quantize=quantize, calibration_prompts=calibration_prompts, calibration_rows=calibration_rows,
-                          calibration_sampling=calibration_sampling, model_dir=model_dir, decoder=decoder)
+                          model_dir=model_dir, decoder=decoder)
     return run_export(model, cfg, progress)
 
 

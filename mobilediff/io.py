@@ -1,4 +1,5 @@
-"""Atomic, exclusive writes and safe (pickle-free) tensor loading.
+"""Atomic, exclusive writes and safe (pickle-free) tensor loading, and the checks of a model folder that come
+before any weights are read (safetensors headers, the components a packed pipeline borrows).
 
 Every command output goes through here, under one discipline:
 
@@ -636,3 +637,48 @@ def _inside_nested_pipeline(f: Path, root: Path) -> bool:
             return True
         p = p.parent
     return False
+
+
+# ------------------------------------------------------------------------------- model folders, before any weights
+SHARED_FILE = "shared_components.json"  # a packed pipeline's record of the components it borrows from its base
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Parse a safetensors header (8-byte length + JSON) and check the data size; raise if corrupt."""
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError(f"data section is {size - 8 - n} bytes, header says {end}")
+    except (ValueError, struct.error, KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt safetensors file {path}: {e}") from None
+
+
+def shared_components(path: Path) -> dict[str, Path]:
+    """Components a pipeline folder borrows from another one (``shared_components.json``: a base folder relative
+    to it, and the sha256 of each borrowed component's weights); checked, so a changed base is refused."""
+    f = Path(path) / SHARED_FILE
+    if not f.is_file():
+        return {}
+    try:
+        spec = json.loads(f.read_text())
+        base = (Path(path) / spec["base"]).resolve()
+        comps = dict(spec["components"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt {f}: {e}") from None
+    out = {}
+    for comp, sha in comps.items():
+        src = base / comp
+        if not src.is_dir():
+            raise MobilediffError(f"{path} borrows {comp} from {src}, which does not exist")
+        if sha is not None and tree_sha256(src, "**/*") != sha:
+            raise MobilediffError(f"{path} borrows {comp} from {src}, whose files changed since (sha256 mismatch)")
+        out[comp] = src
+    return out

@@ -10,20 +10,18 @@ import importlib
 import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mobilediff.errors import MobilediffError
-from mobilediff.io import PICKLE_SUFFIXES
+from mobilediff.io import PICKLE_SUFFIXES, SHARED_FILE, check_safetensors_header, shared_components
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 DEFAULT_STUDENTS = Path(__file__).parent / "assets" / "students"
 DEFAULT_FAMILY = Path(__file__).parent / "assets" / "family"
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
-SHARED_FILE = "shared_components.json"
 SHAREABLE = ("text_encoder", "tokenizer", "unet", "vae")
 # the family's sizes, smallest first (a size folder with another name is listed after these, by name)
 FAMILY_SIZES = ("xs", "s", "m", "l", "xl")
@@ -94,47 +92,6 @@ def resolve_model(model: str | Path | None) -> Path:
     if model is None:
         return DEFAULT_MODEL_DIR
     return NAMED_MODELS.get(str(model), Path(model))
-
-
-def shared_components(path: Path) -> dict[str, Path]:
-    """Components a pipeline folder borrows from another one (``shared_components.json``: a base folder relative
-    to it, and the sha256 of each borrowed component's weights); checked, so a changed base is refused."""
-    from mobilediff.io import tree_sha256
-
-    f = Path(path) / SHARED_FILE
-    if not f.is_file():
-        return {}
-    try:
-        spec = json.loads(f.read_text())
-        base = (Path(path) / spec["base"]).resolve()
-        comps = dict(spec["components"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise MobilediffError(f"corrupt {f}: {e}") from None
-    out = {}
-    for comp, sha in comps.items():
-        src = base / comp
-        if not src.is_dir():
-            raise MobilediffError(f"{path} borrows {comp} from {src}, which does not exist")
-        if sha is not None and tree_sha256(src, "**/*") != sha:
-            raise MobilediffError(f"{path} borrows {comp} from {src}, whose files changed since (sha256 mismatch)")
-        out[comp] = src
-    return out
-
-
-def check_safetensors_header(path: Path) -> None:
-    """Parse a safetensors header (8-byte length + JSON) and check the data size; raise if corrupt."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header length out of range")
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        if 8 + n + end != size:
-            raise ValueError(f"data section is {size - 8 - n} bytes, header says {end}")
-    except (ValueError, struct.error, KeyError, TypeError) as e:
-        raise MobilediffError(f"corrupt safetensors file {path}: {e}") from None
 
 
 def check_pipeline_dir(path: Path) -> dict:

@@ -462,7 +462,7 @@ def _check_features(features, batch: int, source: str) -> torch.Tensor:
 class FeatureExtractor:
     """A vision network as a feature map for Fréchet distance: images (B, 3, H, W) in [-1, 1] -> (B, D) features.
 
-    Three kinds, behind one call (``embed``, a thin wrapper that takes preprocessed pixels):
+    Four kinds, behind one call (``embed``, a thin wrapper that takes preprocessed pixels):
 
     * ``torchscript``: a ``torch.jit.save`` file, e.g. the ``inception-2015-12-05.pt`` clean-fid and StyleGAN
       distribute. It is called with (B, 3, S, S) float in [0, 255] (images resized to S x S by antialiased bicubic,
@@ -472,13 +472,15 @@ class FeatureExtractor:
       ``CLIPVisionModelWithProjection``), with CLIP's preprocessing (:class:`ClipScorer`).
     * ``vision``: any other ``transformers.AutoModel`` vision folder whose output has ``pooler_output`` (DINOv2's
       normalised class token, a ViT's pooler); preprocessing from its preprocessor_config.json.
+    * ``classifier``: a ``mobilediff train-features`` folder (:mod:`mobilediff.features`, model_type
+      ``mobilediff-classifier``): a domain classifier's features before its label head, at its own resolution.
     """
 
     def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor], preprocess: ImagePreprocess, kind: str,
                  source: Path, device: str | torch.device = "cpu"):
         self.embed = embed  # preprocessed (B, 3, h, w) float32 -> (B, D) tensor
         self.preprocess = preprocess
-        self.kind = kind  # "torchscript", "clip" or "vision"
+        self.kind = kind  # "torchscript", "clip", "vision" or "classifier"
         self.source = Path(source)
         self.device = torch.device(device)
         self.dim = self._probe()  # D, features per image
@@ -545,6 +547,18 @@ class FeatureExtractor:
                 return model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
 
             return cls(embed, preprocess, "clip", folder, device)
+        from mobilediff.features import MODEL_TYPE as CLASSIFIER_TYPE, load_classifier
+
+        if config["model_type"] == CLASSIFIER_TYPE:
+            net = load_classifier(folder, config).to(device)
+            side = net.resolution
+            if image_size is not None and image_size != side:
+                raise MobilediffError(f"the classifier in {folder} takes {side}x{side} images; "
+                                      f"image_size {image_size} was asked")
+            # the network takes images in [-1, 1]: mean 0.5 and std 0.5 map [0, 1] there
+            preprocess = ImagePreprocess(resize=(side, side), crop=(side, side), mean=(0.5, 0.5, 0.5),
+                                         std=(0.5, 0.5, 0.5))
+            return cls(net.features, preprocess, "classifier", folder, device)
         from transformers import AutoModel
 
         model = _from_pretrained(AutoModel, folder).to(device)

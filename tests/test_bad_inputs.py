@@ -10,7 +10,6 @@ a few also as real processes.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -564,6 +563,19 @@ CASES = [
     Case("train-evaluator-resume-another-architecture", lambda c: ["mobilediff", "train-evaluator", "--out",
                                                                    str(c.t / "e"), "--resume", str(c.t / "ck")],
          lambda c: foreign_student(c, ("evaluator",)), "checkpoint {t}/ck does not fit this run (evaluator: "),
+    # train-features -------------------------------------------------------------------------------------------
+    Case("train-features-no-label-column", lambda c: ["mobilediff", "train-features", "--images", str(c.t / "imgs"),
+                                                      "--label", "category", "--out", str(c.t / "o")],
+         lambda c: images(c, [good_row()]), "has a 'category' field to train on"),
+    Case("train-features-sidecar-folder", lambda c: ["mobilediff", "train-features", "--images", str(c.t / "d"),
+                                                     "--label", "category", "--out", str(c.t / "o")],
+         user_folder, "--label needs an imagefolder with metadata.jsonl"),
+    Case("train-features-out-exists", lambda c: ["mobilediff", "train-features", "--images", str(c.t / "imgs"),
+                                                 "--label", "category", "--out", str(c.t / "d")],
+         lambda c: (images(c, [good_row()]), user_folder(c)), "{t}/d already exists"),
+    Case("train-features-lr-nan", lambda c: ["mobilediff", "train-features", "--images", str(c.t / "imgs"), "--label",
+                                             "category", "--lr", "nan", "--out", str(c.t / "o")], None,
+         "'--lr': nan is not a finite number"),
     # distill --------------------------------------------------------------------------------------------------
     Case("distill-resume-latest-corrupt-state", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
                                                            "--method", "lcm", "--steps", "2", "--out", str(c.t / "run"),
@@ -720,6 +732,13 @@ CASES = [
          "{t}/f is a file"),
     Case("baseline_quality-out-read-only", lambda c: ["baseline_quality", "--out", str(c.t / "ro" / "r")],
          lambda c: c.read_only(), "{t}/ro is not writable"),
+    Case("student_quality-fd-without-references", lambda c: ["student_quality", "--teacher", str(c.w.pipe),
+                                                            "--student", str(c.w.pipe), "--prompts", str(c.t / "f"),
+                                                            "--fd-features", str(c.t / "f"), "--out", str(c.t / "r")],
+         user_file, "needs both --fd-features and --reference-images"),
+    Case("student_quality-prompts-missing", lambda c: ["student_quality", "--teacher", str(c.w.pipe), "--student",
+                                                      str(c.w.pipe), "--prompts", str(c.t / "nope.txt"), "--out",
+                                                      str(c.t / "r")], None, "nope.txt"),
     Case("distillation-teacher-rows-not-json", lambda c: ["distillation", "--teacher", str(c.w.pipe), "--lcm",
                                                           str(c.w.pipe), "--progressive", str(c.t / "none"), "--n", "2",
                                                           "--teacher-rows", str(c.t / "rows.json"), "--out",
@@ -806,21 +825,9 @@ CASES = [
 
 
 # ------------------------------------------------------------------------------------------------ the checks
-_SCRIPTS: dict[str, object] = {}
-
-
-def _script(name: str):
-    """benchmarks/<name>.py as a module (imported once; importing one runs nothing)."""
-    if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[name] = module
-    return _SCRIPTS[name]
-
-
 def run_in_process(argv: list[str]) -> int:
-    """Exit code of ``mobilediff ARGV`` or ``python benchmarks/<script>.py ARGV``, run in this process."""
+    """Exit code of ``mobilediff ARGV`` or of the command ``python benchmarks/<script>.py ARGV`` runs (its library
+    ``main``), run in this process."""
     if argv[0] == "mobilediff":
         from mobilediff.cli import main
 
@@ -829,9 +836,10 @@ def run_in_process(argv: list[str]) -> int:
         except SystemExit as e:
             return e.code if isinstance(e.code, int) else 1
         return 0
+    from mobilediff.bench import script_main
     from mobilediff.bench.envelope import run_command
 
-    return run_command(_script(argv[0]).main, argv[1:])
+    return run_command(script_main(argv[0]), argv[1:])
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
@@ -878,6 +886,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, ctx, capsys):
 
 
 def test_the_table_covers_every_command_and_benchmark():
+    from mobilediff.bench import SCRIPTS
     from mobilediff.cli import cli
 
     commands = {c.argv(Ctx(Path("/t"), World(Path("/p"), Path("/b"))))[1] for c in CASES
@@ -885,7 +894,8 @@ def test_the_table_covers_every_command_and_benchmark():
                                                  "recommend", "build")}
     scripts = {c.name.split("-")[0] for c in CASES}
     assert set(cli.commands) <= commands
-    assert {p.stem for p in (REPO / "benchmarks").glob("*.py")} <= scripts
+    # every script runs a library command, and every one of those is in the table
+    assert {p.stem for p in (REPO / "benchmarks").glob("*.py")} == set(SCRIPTS) <= scripts
     assert len(CASES) >= 40
 
 

@@ -259,9 +259,13 @@ class FakeModel:
 
 
 def test_coreml_timing_loop_with_a_fake_model():
+    import time
+
     made = []
+    load_s = 0.02  # each fake load sleeps this long: at least 20 ms of load_ms
 
     def factory(unit):
+        time.sleep(load_s)
         made.append(FakeModel(unit))
         return made[-1]
 
@@ -269,7 +273,7 @@ def test_coreml_timing_loop_with_a_fake_model():
                                   coremltools_module=FAKE_CT, platform="darwin")
     assert list(res) == ["CPU_ONLY", "ALL"]
     assert [m.unit.name for m in made] == ["CPU_ONLY", "ALL"] and all(m.calls == 12 for m in made)
-    assert all(r["n"] == 10 and r["reportable"] and r["load_ms"] >= 0 for r in res.values())
+    assert all(r["n"] == 10 and r["reportable"] and r["load_ms"] >= load_s * 1e3 for r in res.values())
 
 
 def test_coreml_failure_names_the_compute_unit():

@@ -202,12 +202,15 @@ def test_host_end_to_end_rows(host_result):
     assert fused["latency_kind"] == "measured (fused program)" and fused["quality_from"] == "lcm-fp32 onnx row (same plan)"
     assert fused["guidance"] == 2.5 and fused["nfe"] == 1 and fused["gflop"] > 0
     for x in rows:
-        assert x["latency_kind"] in ("measured", "measured (fused program)") and set(x["latency"]) >= SUMMARY_KEYS
+        assert x["latency_kind"] == ("measured (fused program)" if x["fused"] else "measured")
+        assert set(x["latency"]) >= SUMMARY_KEYS
         b = base[x["runtime"]]  # the baseline is on the same runtime
         assert x["baseline"]["model"] == b["model"]
         assert x["speedup_vs_baseline"] == pytest.approx(b["latency"]["median_ms"] / x["latency"]["median_ms"])
         q = x["quality"]
-        assert q["n"] == 3 and 0 <= q["prompt_accuracy"] <= 1 and q["fd"] >= 0 and "shape" in q["attribute_accuracy"]
+        # a share of the 3 prompts, each image right or wrong
+        assert q["n"] == 3 and q["prompt_accuracy"] * 3 == pytest.approx(round(q["prompt_accuracy"] * 3))
+        assert "shape" in q["attribute_accuracy"]
         assert isinstance(x["pareto_accuracy"], bool) and isinstance(x["pareto_fd"], bool)
     teacher = base["onnx"]
     assert (teacher["cfg"], teacher["unet_batch"], teacher["nfe"]) == (True, 2, 4)
@@ -216,7 +219,6 @@ def test_host_end_to_end_rows(host_result):
     # the fastest row is always on both frontiers
     fastest = min(rows, key=lambda x: x["latency"]["median_ms"])
     assert fastest["pareto_accuracy"] and fastest["pareto_fd"]
-    # the float bundle on ONNX Runtime makes the images its source makes in PyTorch: same prompts and seeds
     eager4 = next(x for x in rows if x["model"] == "eager:student" and x["steps"] == 4)
     # FLOPs per image: text encoder + steps x UNet (at the row's batch) + decoder, eager rows as their bundle's
     comp = {(x["model"], x["component"]): x["gflop"] for x in r["components"] if x["runtime"] == "onnx"}
@@ -225,8 +227,17 @@ def test_host_end_to_end_rows(host_result):
     assert teacher["gflop"] == pytest.approx(comp["teacher-fp32", "text_encoder"] + 2 * comp["teacher-fp32", "unet"]
                                              + comp["teacher-fp32", "vae_decoder"])
     assert eager4["gflop"] == pytest.approx(lcm4["gflop"]) and lcm4["baseline"]["gflop"] == teacher["gflop"]
-    assert lcm4["quality"]["prompt_accuracy"] == eager4["quality"]["prompt_accuracy"]
-    assert lcm4["quality"]["fd"] == pytest.approx(eager4["quality"]["fd"], rel=0.02)
+    # a float bundle on ONNX Runtime makes the images its source makes in PyTorch (same prompts and seeds; its
+    # graphs were checked against PyTorch at export), so they score the same
+    plan = ("source", "sampler", "steps", "guidance")
+    eager = {tuple(x[k] for k in plan): x["quality"] for x in rows if x["runtime"] == "eager"}
+    floats = [x for x in rows if x["runtime"] == "onnx" and x["precision"] == "fp32" and not x["fused"]]
+    assert len(floats) == 3
+    for x in floats:
+        e = eager[tuple(x[k] for k in plan)]
+        assert x["quality"]["prompt_accuracy"] == e["prompt_accuracy"], x["model"]
+        assert x["quality"]["attribute_accuracy"] == e["attribute_accuracy"], x["model"]
+        assert x["quality"]["fd"] == pytest.approx(e["fd"], rel=1e-4), x["model"]  # 3e-7 apart when recorded
 
 
 def test_host_targets(host_result, capsys):
@@ -298,7 +309,7 @@ def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads)
     assert not (out / "run_device_quality.png").exists()  # no quality measured: no quality plot
     for row in r["components"] + r["end_to_end"]:
         m = row["memory"]
-        assert m["peak_mib"] >= m["baseline_mib"] > 50 and m["delta_mib"] >= 0
+        assert m["peak_mib"] >= m["baseline_mib"] > 50
         assert m["delta_mib"] == pytest.approx(m["peak_mib"] - m["baseline_mib"], abs=0.2)
         if sys.platform.startswith("linux"):
             assert m["source"] == "VmHWM"
@@ -522,8 +533,14 @@ def test_apple_needs_macos(bundles, tmp_path, capsys):
     assert not out.exists()
 
 
+FAKE_LOAD_S = 0.01  # each fake Core ML load sleeps this long
+
+
 class FakeMLModel:
     def __init__(self, path, compute_units):
+        import time
+
+        time.sleep(FAKE_LOAD_S)
         self.path, self.unit = path, compute_units
 
     def predict(self, inputs):
@@ -557,7 +574,7 @@ def test_apple_code_path_with_a_fake_coremltools(bundles, tmp_path):
         (c, f"coreml:{u}") for c in COMPONENTS for u in ("CPU_ONLY", "CPU_AND_NE")]
     unet = next(x for x in rows if x["component"] == "unet")
     assert unet["input_shapes"] == {"sample": [2, 4, 32, 32], "timestep": [2], "encoder_hidden_states": [2, 32, 32]}
-    assert all(x["latency"]["n"] == 4 and x["load"]["first_ms"] >= 0 for x in rows)
+    assert all(x["latency"]["n"] == 4 and x["load"]["first_ms"] >= FAKE_LOAD_S * 1e3 for x in rows)
     e2e = estimated_end_to_end(infos, rows)
     assert {x["runtime"] for x in e2e} == {"coreml:CPU_ONLY", "coreml:CPU_AND_NE"}
     assert all(x["latency_kind"] == "estimate" and x["steps"] == 2 for x in e2e)
@@ -703,14 +720,12 @@ def test_a_bundle_with_another_decoder_has_no_eager_reference(bundles, tmp_path)
     assert "decodes with default:tiny" in info.source["note"]
 
 
-def test_op_profile_script_profiles_float_and_int8_bundles(bundles, tmp_path, keep_threads):
-    """benchmarks/op_profile.py on real bundles: one row per component file, every kind accounted for, the int8
-    (dynamic) UNet's quantize cost visible as its own kind, FLOPs from the manifest, the Markdown and plot written."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import op_profile
-    finally:
-        sys.path.pop(0)
+def test_op_profile_command_profiles_float_and_int8_bundles(bundles, tmp_path, keep_threads):
+    """The operator profiles (mobilediff.bench.op_profile.main, what benchmarks/op_profile.py runs) on real bundles:
+    one row per component file, every kind accounted for, the int8 (dynamic) UNet's quantize cost visible as its own
+    kind, FLOPs from the manifest, the Markdown and plot written."""
+    from mobilediff.bench import op_profile
+
     out = tmp_path / "results"
     res = op_profile.main(["--bundle", str(bundles.student), "--bundle", str(bundles.student_int8), "--component",
                            "unet", "--runs", "3", "--warmup", "1", "--out", str(out)])

@@ -1,21 +1,14 @@
-"""benchmarks/xnnpack_convs.py: the convolutions it finds in a UNet, a measured row for a convolution that is split
-and one that is not, and a whole run's files (on two of the tiny SD-1.5's convolutions, with a budget that splits
-one of them), and a whole UNet profiled with its convolutions whole and split."""
-import importlib.util
+"""The XNNPACK convolution benchmark (mobilediff.bench.xnnpack_convs, what benchmarks/xnnpack_convs.py runs): the
+convolutions it finds in a UNet, a measured row for a convolution that is split and one that is not, and a whole
+run's files (on two of the tiny SD-1.5's convolutions, with a budget that splits one of them), and a whole UNet
+profiled with its convolutions whole and split."""
 import json
-from pathlib import Path
 
 import pytest
 
+from mobilediff.bench import xnnpack_convs as xc
+
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("benchmarks_xnnpack_convs", REPO / "benchmarks" / "xnnpack_convs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_conv_configs_count_every_convolution_of_the_unet():
@@ -23,8 +16,7 @@ def test_conv_configs_count_every_convolution_of_the_unet():
 
     from mobilediff.bench.real_architectures import build_spec
 
-    script = _script()
-    configs = script.conv_configs("sd15", "tiny", 64, 0)
+    configs = xc.conv_configs("sd15", "tiny", 64, 0)
     unet = build_spec("sd15", "tiny", 64, None, 0).module.unet
     convs = [m for m in unet.modules() if type(m) is torch.nn.Conv2d]
     assert sum(c["count"] for c in configs) == len(convs)  # each runs once a step
@@ -36,14 +28,13 @@ def test_conv_configs_count_every_convolution_of_the_unet():
 def test_a_run_measures_whole_and_split_and_writes_its_files(tmp_path, monkeypatch):
     from mobilediff.targets import xnnpack_forms
 
-    script = _script()
-    found = script.conv_configs("sd15", "tiny", 64, 0)
+    found = xc.conv_configs("sd15", "tiny", 64, 0)
     pick = lambda ci, co, k: min((c for c in found if (c["in_channels"], c["out_channels"], c["kernel"]) == (ci, co, k)),
                                  key=lambda c: c["input_shape"][2])
     configs = [pick(256, 128, [3, 3]), pick(32, 32, [1, 1])]
-    monkeypatch.setattr(script, "conv_configs", lambda *a: configs)
+    monkeypatch.setattr(xc, "conv_configs", lambda *a: configs)
     monkeypatch.setattr(xnnpack_forms, "CONV_WEIGHT_BUDGET_BYTES", 300 * 1024)  # 256 -> 128 3x3: 1.125 MiB, 4 parts
-    res = script.main(["--scale", "tiny", "--resolution", "64", "--runs", "2", "--warmup", "0", "--no-unet", "--out",
+    res = xc.main(["--scale", "tiny", "--resolution", "64", "--runs", "2", "--warmup", "0", "--no-unet", "--out",
                        str(tmp_path)])
     data = json.loads((tmp_path / "xnnpack_convs.json").read_text())
     assert data == json.loads(json.dumps(res))
@@ -67,9 +58,8 @@ def test_a_run_measures_whole_and_split_and_writes_its_files(tmp_path, monkeypat
 def test_the_whole_unet_is_profiled_with_its_convolutions_whole_and_split(tmp_path, monkeypatch):
     from mobilediff.targets import xnnpack_forms
 
-    script = _script()
     monkeypatch.setattr(xnnpack_forms, "CONV_WEIGHT_BUDGET_BYTES", 300 * 1024)
-    unet = {name: script.unet_profile("bk-sdm-tiny", "tiny", 64, 0, 1, 1, tmp_path, name == "split")
+    unet = {name: xc.unet_profile("bk-sdm-tiny", "tiny", 64, 0, 1, 1, tmp_path, name == "split")
             for name in ("whole", "split")}
     assert xnnpack_forms.CONV_WEIGHT_BUDGET_BYTES == 300 * 1024  # put back after the whole one
     assert unet["whole"]["facts"]["split_convolutions"] == 0 and unet["split"]["facts"]["split_convolutions"] >= 1
@@ -81,10 +71,10 @@ def test_the_whole_unet_is_profiled_with_its_convolutions_whole_and_split(tmp_pa
              "count": 1, "weight_mib": 0.01, "parts": 1, "gflop": 0.01, "eager_ms": 1.0, "whole_ms": 1.0,
              "split_ms": 1.0, "eager_gflops_per_s": 10.0, "whole_gflops_per_s": 10.0, "split_gflops_per_s": 10.0}]
     res = {"command": "c", "machine": {"cpu": "x", "cores": 2, "load_average": [0.1]}, "rows": rows,
-           "totals": script.totals(rows), "unet": unet,
+           "totals": xc.totals(rows), "unet": unet,
            "settings": {"arch": "bk-sdm-tiny", "scale": "tiny", "resolution": 64, "runs": 1, "warmup": 1, "threads": 2,
                         "budget_mib": 0.29, "unet_runs": 1}}
-    md = script.write_markdown(res)
+    md = xc.write_markdown(res)
     assert "## The whole UNet step" in md and "| whole |" in md and "| as exported |" in md
-    script.plot(res)(tmp_path / "p.png")
+    xc.plot(res)(tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

@@ -64,7 +64,6 @@ def test_onnx_profile_counts_only_the_timed_calls(tmp_path):
     assert prof["kinds"]["gemm"] > 0 and prof["total_ms"] >= prof["kernel_ms"] > 0
     # the CPU provider may fuse the quantize pair away; whatever runs is accounted for in some kind
     assert abs(sum(prof["kinds"].values()) - max(prof["total_ms"], prof["kernel_ms"])) < 1e-6
-    assert all(ms >= 0 for ms in prof["ops"].values())
 
 
 def test_executorch_profile_sees_xnnpack_kernels_and_portable_ops(tmp_path):

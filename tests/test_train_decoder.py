@@ -164,13 +164,13 @@ def test_export_takes_the_decoder_at_the_parity_floor(student, run, tmp_path, ca
 
 
 def test_decoder_benchmark_pairs_each_student_row_with_both_decoders(tmp_path):
-    """benchmarks/decoder.py on a tiny 64-px student (the evaluator's resolution) and a random decoder of its latent
-    space: one VAE row and one tiny row per plan, paired on the same latents, the decoders' cost measured, the bars
-    checked, every report file written; a model without a sampling plan is refused before any sampling."""
+    """The decoder benchmark (mobilediff.bench.decoder.main, what benchmarks/decoder.py runs) on a tiny 64-px
+    student (the evaluator's resolution) and a random decoder of its latent space: one VAE row and one tiny row per
+    plan, paired on the same latents, the decoders' cost measured, the bars checked, every report file written; a
+    model without a sampling plan is refused before any sampling."""
     import dataclasses
-    import sys
-    from pathlib import Path
 
+    from mobilediff.bench import decoder as bench
     from mobilediff.decoder import KIND, RECORD, build_tiny
     from mobilediff.models import VaeConfig
     from mobilediff.tiny import TINY_MODEL, tiny_pipeline
@@ -186,9 +186,6 @@ def test_decoder_benchmark_pairs_each_student_row_with_both_decoders(tmp_path):
     (dec / RECORD).write_text(json.dumps({"kind": KIND, "latent": {
         "latent_channels": 4, "vae_scale_factor": 4, "scaling_factor": pipe.vae.config.scaling_factor,
         "shift_factor": 0.0}}))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import decoder as bench
-
     out = tmp_path / "results"
     res = bench.main(["--decoder", str(dec), "--students", str(student), "--n", "2", "--psnr-samples", "3",
                       "--out", str(out)])

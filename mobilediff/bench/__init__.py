@@ -1,5 +1,6 @@
 """The benchmark library under benchmarks/: latency statistics, host and device harnesses, the bars as one table, the
-result envelope, and each benchmark's measurement.
+result envelope, and each benchmark's measurement and command line (``main``; a script under benchmarks/ only runs
+it, see :data:`SCRIPTS`).
 
     stats               latency statistics (summarize, timer, peak memory in a fresh process, Pareto frontier)
     envelope            machine and versions, the all-or-nothing writing of JSON + Markdown + PNG, the error exit
@@ -7,11 +8,29 @@ result envelope, and each benchmark's measurement.
     bundles             a bundle's role, precision, targets and sampling plans, from its manifest alone
     host                host runtimes: component and end-to-end latency, cold loads, memory, quality
     android / apple     phone runners over adb; Core ML on a Mac
-    device_run          the device benchmark (run_device): settings, measurement, derived numbers, targets
+    device_run          the device benchmark (run_device): command line, settings, measurement, derived numbers,
+                        targets
     device_report       its Markdown, plots and target lines
     sweep               quality sweeps on the fixed prompts (baseline_quality, distillation)
     quantization        the quantization benchmark
     real_architectures  real UNet architectures with random weights: export and latency in isolated processes
+    baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
+    app_parity, optimum_check
+                        the other benchmarks (optimum_worker: optimum_check's side, run in optimum's environment)
 
 Nothing heavy is imported here.
 """
+
+# benchmarks/<script>.py -> the module of this package whose main(argv, doc, results) the script runs
+SCRIPTS = {"app_parity": "app_parity", "baseline_quality": "baseline_quality", "decoder": "decoder",
+           "distillation": "distillation", "export_parity": "export_parity", "op_profile": "op_profile",
+           "optimum_check": "optimum_check", "quantization": "quantization", "real_architectures": "real_architectures",
+           "run_device": "device_run", "scaling": "scaling", "student_quality": "student_quality",
+           "xnnpack_convs": "xnnpack_convs"}
+
+
+def script_main(name: str):
+    """The ``main(argv, doc="", results=None)`` that ``benchmarks/<name>.py`` runs."""
+    import importlib
+
+    return importlib.import_module(f"{__name__}.{SCRIPTS[name]}").main

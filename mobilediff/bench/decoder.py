@@ -1,16 +1,17 @@
 """What a tiny decoder (``mobilediff distill-decoder``) costs and buys: for each student, the same prompts and noise
 seeds sampled once with the model's own VAE decoder and once with the tiny decoder (the same latents reach both),
 scored with the shapes evaluator; the decoders' GFLOP, parameters and image PSNR against the VAE decoder on fresh
-samples the VAE encoded. Used by ``benchmarks/decoder.py``."""
+samples the VAE encoded. ``benchmarks/decoder.py`` runs :func:`main`."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from mobilediff.bench import bars
-from mobilediff.bench.envelope import envelope, fmt, pyplot, savefig
+from mobilediff.bench.envelope import Parser, command_line, count, envelope, fmt, pyplot, savefig, write_results
 from mobilediff.errors import MobilediffError
 
 STUDENTS = ("default:progressive-1", "default:progressive-2", "default:progressive-4", "default:progressive-8",
@@ -217,3 +218,24 @@ def output_files(res: dict) -> dict:
     out = {k: v for k, v in res.items() if k != "grid"}
     return {"decoder.json": out, "decoder.md": write_markdown(res), "decoder.png": savefig(plot(res)),
             "decoder_grid.png": savefig(res["grid"], dpi=100)}
+
+
+def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> dict:
+    """The command line of ``benchmarks/decoder.py``: ``argv`` (None: ``sys.argv[1:]``) parsed, every student row
+    measured with both decoders, written to ``--out``, the bars printed; returns the result. ``doc``: the script's
+    docstring (its ``--help``); ``results``: the default ``--out`` (None: ``--out`` is required)."""
+    ap = Parser(doc)
+    ap.add_argument("--decoder", default="default:tiny", help="Decoder folder (mobilediff distill-decoder) or 'default:tiny'.")
+    ap.add_argument("--students", nargs="+", default=list(STUDENTS), help="Distilled students (folders or named models).")
+    ap.add_argument("--lcm-steps", type=count(1), nargs="+", default=[1, 2, 4, 8], help="Step counts of an LCM student.")
+    ap.add_argument("--n", type=count(2), default=256, help="Prompts (images) per row.")
+    ap.add_argument("--psnr-samples", type=count(1), default=256, help="Fresh samples for the decoders' image PSNR.")
+    ap.add_out(results, "Result folder (default benchmarks/results).")
+    a = ap.parse_args(argv)
+    cfg = DecoderBenchConfig(decoder=a.decoder, students=tuple(a.students), lcm_steps=tuple(a.lcm_steps), n=a.n,
+                             psnr_samples=a.psnr_samples)
+    res = measure(cfg, command_line("decoder", argv))
+    write_results(a.out, output_files(res))
+    for t in res["targets"]:
+        print(f"{t['check']} {t['where']}: {t['value']:.3f} (bar {t['op']} {t['bar']:g}): {'met' if t['met'] else 'NOT met'}")
+    return res

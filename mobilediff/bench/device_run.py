@@ -1,12 +1,14 @@
 """The device benchmark as a library: its settings, the measurement on the host, an Android phone or a Mac, the
 numbers derived from the rows (baselines, estimates, Pareto frontiers) and its targets checked against the bars.
 
-``benchmarks/run_device.py`` is the command over :func:`execute`; its module docstring holds the result schema.
+``benchmarks/run_device.py`` runs :func:`main`, the command over :func:`execute`; its module docstring holds the
+result schema.
 """
 from __future__ import annotations
 
 import math
 import re
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from pathlib import Path
 from mobilediff.bench import bars
 from mobilediff.bench.android import AndroidOptions, CommandRunner, subprocess_runner
 from mobilediff.bench.bundles import COMPONENTS, INT8_RECIPES, BundleInfo, PlanChoice, fused_entry
+from mobilediff.bench.envelope import Parser, count, finite
 from mobilediff.bench.host import BUNDLE_RUNTIMES, HOST_RUNTIMES, end_to_end_row
 from mobilediff.bench.peak import attach_compute, gemm_peak
 from mobilediff.bench.stats import check_count, pareto_front, row_median
@@ -413,3 +416,89 @@ def check_targets(bundles: list[BundleInfo], components: list[dict], e2e: list[d
         out.append({"name": "denoiser_step_vs_eager", "bar_id": step.id, "bar": step.value, "met": None,
                     "reason": "no UNet measured both in PyTorch eager and in a bundle runtime on this device"})
     return out
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+def build_parser(doc: str = "", results: Path | None = None) -> Parser:
+    """The flags of ``benchmarks/run_device.py`` (``doc``: its docstring; ``results``: the default ``--out``, None:
+    required)."""
+    ap = Parser(doc, epilog="The schema of run_device.json is in this script's module docstring.")
+    ap.add_argument("--bundle", action="append", type=Path, required=True,
+                    help="Bundle folder (output of `mobilediff export`); repeat for several. Give the float teacher "
+                         "and the students (float and quantized) together so ratios come from one run.")
+    ap.add_argument("--device", required=True, choices=DEVICES,
+                    help="host: ONNX Runtime, ExecuTorch and PyTorch eager here; android: over adb; apple: Core ML "
+                         "on this Mac.")
+    ap.add_out(results, "Result folder (created if missing; only run_device.* files are replaced).")
+    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8],
+                    help="Step counts of LCM students (each must have a table in the bundle). Default: 1 2 4 8.")
+    ap.add_argument("--baseline", default="ddim50",
+                    help="The teacher's sampler and step count, e.g. ddim50 (default) or dpmpp25.")
+    ap.add_argument("--baseline-guidance", type=finite(0), default=None,
+                    help="Guidance of the baseline (default: the teacher bundle's default plan).")
+    ap.add_argument("--student-guidance", type=finite(0), default=None,
+                    help="Guidance of the students (default: each student bundle's default plan).")
+    ap.add_argument("--runs", type=count(1), default=10,
+                    help="Timed runs after warm-up, per component and per end-to-end row (>= 1; >= 10 to publish).")
+    ap.add_argument("--warmup", type=count(0), default=3, help="Untimed component runs before timing (>= 0).")
+    ap.add_argument("--e2e-warmup", type=count(0), default=1, help="Untimed full generates before timing (>= 0).")
+    ap.add_argument("--load-runs", type=count(1), default=3,
+                    help="Loads timed per component file (>= 1); the first is reported as the cold load.")
+    ap.add_argument("--quality-n", type=count(0), default=256,
+                    help="Prompts of the fixed evaluation set scored per end-to-end row (0 skips quality; else >= 2).")
+    ap.add_argument("--runtimes", nargs="+", default=list(HOST_RUNTIMES), choices=HOST_RUNTIMES,
+                    help="Host runtimes to run (default: all; a bundle without a runtime's files skips it).")
+    ap.add_argument("--source", action="append", default=None,
+                    help="Eager reference of each --bundle, in the same order (a folder, 'default', 'default:lcm'; "
+                         "'manifest': the manifest's source record, the default; 'none': no eager rows). Give it "
+                         "once per --bundle or not at all.")
+    ap.add_argument("--threads", type=count(1), default=None,
+                    help="CPU threads of every runtime: host -- torch.set_num_threads, ExecuTorch's threadpool, ONNX "
+                         "Runtime's intra-op threads; android -- the runners' --cpu_threads / -x. Default: each "
+                         "runtime's own (one per core). Use it on a shared machine: threads that wait on each other "
+                         "under contention can make a runtime many times slower.")
+    ap.add_argument("--no-memory", action="store_true",
+                    help="Skip peak-memory measurements (each one starts a fresh Python process).")
+    g = ap.add_argument_group("android")
+    g.add_argument("--adb", default="adb", help="adb executable on this machine (default: adb on PATH).")
+    g.add_argument("--serial", default=None, help="Device serial (adb -s); default: the only attached device.")
+    g.add_argument("--et-runner", default=None, help="Path ON THE DEVICE of ExecuTorch's executor_runner.")
+    g.add_argument("--ort-perf-test", default=None, help="Path ON THE DEVICE of onnxruntime_perf_test.")
+    g.add_argument("--ort-lib", default=None, help="Device folder holding libonnxruntime.so (shared-library builds).")
+    g.add_argument("--ort-provider", default="cpu", choices=("cpu", "nnapi", "xnnpack", "qnn"),
+                   help="onnxruntime_perf_test execution provider (default: cpu).")
+    g = ap.add_argument_group("apple")
+    g.add_argument("--compute-units", nargs="+", default=None,
+                   choices=("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL"),
+                   help="Core ML compute units to time (default: all four).")
+    return ap
+
+
+def parse_settings(argv: list[str] | None, doc: str = "", results: Path | None = None) -> Settings:
+    """The typed settings of a command line (checked by Settings.check when the run starts)."""
+    a = build_parser(doc, results).parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else [str(x) for x in argv]
+    plans = PlanChoice(baseline=parse_baseline(a.baseline), steps=tuple(dict.fromkeys(a.steps)),
+                       baseline_guidance=a.baseline_guidance, student_guidance=a.student_guidance)
+    android = AndroidOptions(adb=a.adb, serial=a.serial, et_runner=a.et_runner, ort_perf_test=a.ort_perf_test,
+                             ort_lib=a.ort_lib, ort_provider=a.ort_provider, threads=a.threads)
+    return Settings(bundles=tuple(a.bundle), device=a.device, out=a.out, plans=plans, runs=a.runs, warmup=a.warmup,
+                    e2e_warmup=a.e2e_warmup, load_runs=a.load_runs, quality_n=a.quality_n, memory=not a.no_memory,
+                    runtimes=tuple(dict.fromkeys(a.runtimes)), threads=a.threads,
+                    sources=tuple(a.source) if a.source is not None else None, android=android,
+                    compute_units=tuple(a.compute_units) if a.compute_units else None,
+                    command="python benchmarks/run_device.py " + shlex.join(argv_used))
+
+
+def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None,
+         runner: CommandRunner = subprocess_runner) -> None:
+    """The command line of ``benchmarks/run_device.py``: ``argv`` (None: ``sys.argv[1:]``) parsed, every bundle
+    measured on ``--device`` through ``runner``, written to ``--out``, the targets printed. ``doc``: the script's
+    docstring (its ``--help``); ``results``: the default ``--out`` (None: ``--out`` is required)."""
+    from mobilediff.bench.device_report import target_lines
+
+    settings = parse_settings(argv, doc, results)
+    result = execute(settings, runner)
+    for line in target_lines(result["targets"]):
+        print(line)
+    print(f"wrote {settings.out / 'run_device.json'} and run_device.md" + (", plots" if result["components"] else ""))

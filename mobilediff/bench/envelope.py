@@ -1,9 +1,11 @@
 """The result envelope every benchmark writes: schema, machine, library versions, command and wall time around its
 rows; its files (JSON + Markdown + PNG) written all or nothing; and the one-line ``error:`` exit for expected failures.
 
-A benchmark command is ``sys.exit(run_command(main))`` over a ``main(argv)`` that parses its flags with
-:class:`Parser`, measures, and ends in :func:`write_results`. Bad input raises :class:`MobilediffError` before any
-work; the user sees one ``error: ...`` line, exit code 2, and no file is written.
+A benchmark command is a ``main(argv, doc, results)`` in its module of this package that parses its flags with
+:class:`Parser`, measures, and ends in :func:`write_results`; its script ``benchmarks/<name>.py`` is its documentation
+and ``sys.exit(run_script(main, __doc__, RESULTS))`` (:data:`mobilediff.bench.SCRIPTS` maps one to the other). Bad
+input raises :class:`MobilediffError` before any work; the user sees one ``error: ...`` line, exit code 2, and no
+file is written.
 """
 from __future__ import annotations
 
@@ -211,6 +213,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise MobilediffError(message)
 
+    def add_out(self, results: Path | None, help: str) -> None:
+        """``--out``, the result folder: ``results`` unless given (a benchmark script's own results folder), or
+        required where there is none."""
+        self.add_argument("--out", type=Path, default=results, required=results is None, help=help)
+
     def parse_args(self, args=None, namespace=None):
         from mobilediff.io import check_output
 
@@ -241,3 +248,12 @@ def run_command(main: Callable[[list[str] | None], object], argv: list[str] | No
         print("error: interrupted; no result file was written", file=sys.stderr)
         return 130
     return 0
+
+
+def run_script(main: Callable[..., object], doc: str, results: Path | None = None) -> int:
+    """A benchmark script's whole run: its command's ``main(argv, doc, results)`` under :func:`run_command`, with the
+    script's docstring (the first line is its ``--help`` description) and its results folder (the default ``--out``;
+    None: ``--out`` is required)."""
+    from functools import partial
+
+    return run_command(partial(main, doc=doc, results=results))

@@ -1,6 +1,6 @@
 """The quantization benchmark as a library: every recipe of each target exported for one student, then per
 component its size, parity and host latency, and end to end its quality, image PSNR against float and latency,
-checked against the int8 bars. ``benchmarks/quantization.py`` is the command over :func:`measure`."""
+checked against the int8 bars. ``benchmarks/quantization.py`` runs :func:`main`, the command over :func:`measure`."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mobilediff.bench import bars
 from mobilediff.bench.bundles import COMPONENTS
-from mobilediff.bench.envelope import pyplot, savefig
+from mobilediff.bench.envelope import Parser, command_line, count, pyplot, savefig, write_results
 from mobilediff.bench.host import BUNDLE_RUNTIMES as HOST_RUNTIMES
 from mobilediff.bench.stats import check_count
 from mobilediff.targets import TARGETS as EXPORT_TARGETS
@@ -205,7 +205,7 @@ def measure(cfg: QuantizationConfig, command: str = "") -> dict:
 
     from mobilediff.bench.envelope import envelope
     from mobilediff.evaluator import Evaluator
-    from mobilediff.exporter import export_bundle
+    from mobilediff.exporter import ExportConfig, run_export
     from mobilediff.io import tree_sha256
     from mobilediff.loading import load_pipeline, resolve_model
     from mobilediff.quality import bundle_images, eval_scenes
@@ -227,9 +227,12 @@ def measure(cfg: QuantizationConfig, command: str = "") -> dict:
             bar.set_postfix_str(f"{target} {label}")
             out = work / f"{target}-{label.replace(' ', '_').replace(',', '').replace('+', 'plus')}"
             if not (cfg.reuse and (out / "manifest.json").is_file()):
-                export_bundle(pipe, target, out, guidance=smp["guidance"], force=True, source=str(model_dir),
-                              quantize=recipe, calibration_sampling=smp, calibration_prompts=cfg.calibration_prompts,
-                              calibration_rows=cfg.calibration_rows, model_dir=model_dir)
+                # calibrated on the trajectories measured end to end: a student's own plan (what its card gives
+                # too), and for a model without a distillation record this benchmark's fallback plan
+                run_export(pipe, ExportConfig.of(target, out, guidance=smp["guidance"], force=True,
+                                                 source=str(model_dir), quantize=recipe, calibration_sampling=smp,
+                                                 calibration_prompts=cfg.calibration_prompts,
+                                                 calibration_rows=cfg.calibration_rows, model_dir=model_dir))
             components += component_rows(out, target, label, recipe, cfg.runs, cfg.warmup)
             if target in HOST_RUNTIMES and cfg.n:
                 times = []
@@ -263,3 +266,31 @@ def measure(cfg: QuantizationConfig, command: str = "") -> dict:
 def output_files(res: dict) -> dict:
     """quantization.md, .png and .json (last) for :func:`mobilediff.bench.envelope.write_results`."""
     return {"quantization.md": write_markdown(res), "quantization.png": savefig(plot(res)), "quantization.json": res}
+
+
+def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> dict:
+    """The command line of ``benchmarks/quantization.py``: ``argv`` (None: ``sys.argv[1:]``) parsed, every variant
+    exported and measured, written to ``--out``, the int8 bars printed; returns the result. ``doc``: the script's
+    docstring (its ``--help``); ``results``: the default ``--out`` (None: ``--out`` is required)."""
+    ap = Parser(doc)
+    ap.add_argument("--model", default="default:lcm", help="Student pipeline folder or a named model.")
+    ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="Targets to export.")
+    ap.add_argument("--n", type=count(0), default=256, help="Prompts (images) per end-to-end row; 0 skips end to end.")
+    ap.add_argument("--runs", type=count(1), default=30, help="Timed calls per component (after warm-up).")
+    ap.add_argument("--warmup", type=count(0), default=5, help="Untimed calls per component first.")
+    ap.add_argument("--calibration-prompts", type=count(1), default=32, help="Prompts whose trajectories calibrate.")
+    ap.add_argument("--calibration-rows", type=count(1), default=64, help="Calibration rows kept per component.")
+    ap.add_out(results, "Result folder (default benchmarks/results).")
+    ap.add_argument("--work", type=Path, default=None, help="Folder for the bundles (default: a temporary folder).")
+    ap.add_argument("--reuse", action="store_true", help="With --work: measure the bundles already exported there "
+                                                         "(complete ones: manifest.json is written last) again.")
+    a = ap.parse_args(argv)
+    cfg = QuantizationConfig(model=a.model, targets=tuple(a.targets), n=a.n, runs=a.runs, warmup=a.warmup,
+                             calibration_prompts=a.calibration_prompts, calibration_rows=a.calibration_rows,
+                             work=a.work, reuse=a.reuse)
+    res = measure(cfg, command_line("quantization", argv))
+    write_results(a.out, output_files(res))
+    for t in res["targets"]:
+        print(f"{t['target']} {t['recipe']} {t['check']}: {t['value']:.3f} (bar {t['op']} {t['bar']}): "
+              f"{'met' if t['met'] else 'NOT met'}")
+    return res

@@ -1,7 +1,7 @@
 """The scaling study as a library: quality, FLOPs and latency of every UNet size of a model family over samplers, step
 counts and guidance scales, and of its distilled students, then the verdicts on the claims of "Bigger is not Always
-Better" (Mei et al. 2024; rules in :mod:`mobilediff.bench.claims`). ``benchmarks/scaling.py`` is the command over
-:func:`measure`; ``mobilediff recommend`` reads its rows.
+Better" (Mei et al. 2024; rules in :mod:`mobilediff.bench.claims`). ``benchmarks/scaling.py`` runs :func:`main`,
+the command over :func:`measure`; ``mobilediff recommend`` reads its rows.
 
 Rows (scaling.json), one per configuration
 ------------------------------------------
@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobilediff.bench.claims import BudgetRule, budget_table, models_by_size, verdicts
-from mobilediff.bench.envelope import fmt, json_safe, pyplot, savefig
+from mobilediff.bench.envelope import (Parser, command_line, count, finite, fmt, json_safe, pyplot, savefig,
+                                       write_results)
 from mobilediff.bench.stats import check_count
 from mobilediff.bundle import COMPONENTS
 from mobilediff.errors import MobilediffError
@@ -660,3 +661,73 @@ def output_files(result: dict) -> dict:
             "scaling.md": write_markdown(result),
             "scaling_meta.json": json_safe(meta),
             "scaling.json": json_safe(rows)}
+
+
+# ---------------------------------------------------------------------------------------------- the command line
+def default_cache() -> Path:
+    """$XDG_CACHE_HOME/mobilediff/scaling-rows (~/.cache when unset)."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mobilediff" / "scaling-rows"
+
+
+def build_parser(doc: str = "", results: Path | None = None) -> Parser:
+    """The flags of ``benchmarks/scaling.py`` (``doc``: its docstring; ``results``: the default ``--out``)."""
+    from mobilediff.samplers import samplers_for
+
+    ap = Parser(doc)
+    ap.add_argument("--model", action="append", default=None, metavar="NAME_OR_DIR",
+                    help="a model (UNet size) to study, repeatable: default:unet-<size> or a pipeline folder "
+                         "(default: every default:unet-* family member registered)")
+    ap.add_argument("--students", nargs="*", default=None, metavar="NAME_OR_DIR",
+                    help="distilled students (folders with a distillation.json), each put with the --model it was "
+                         "distilled from; progressive-N samples at N steps with its own plan, LCM at --student-steps "
+                         "(default: the registered progressive-1, progressive-4 and lcm students of each family "
+                         "model; the flag alone: none)")
+    ap.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp"], choices=samplers_for(False),
+                    help="the teachers' samplers (default: ddim dpmpp)")
+    ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8, 16, 32, 50],
+                    help="the teachers' step counts (default: 1 2 4 8 16 32 50)")
+    ap.add_argument("--guidance", type=finite(0), nargs="+", default=[1.0, 2.0, 3.5, 6.0],
+                    help="the teachers' guidance sweep (default: 1 2 3.5 6; <= 1: no CFG batch)")
+    ap.add_argument("--student-steps", type=count(1), nargs="+", default=[1, 4],
+                    help="step counts of LCM students (default: 1 4)")
+    ap.add_argument("--n", type=count(2), default=256, help="prompts (and images) per row (default 256)")
+    ap.add_argument("--runtime", choices=("eager", "onnx"), default="eager",
+                    help="where latency is measured: PyTorch eager (default) or ONNX Runtime (each pipeline exported "
+                         "and checked against PyTorch first)")
+    ap.add_argument("--threads", type=count(1), default=1, help="CPU threads of the latency measurements (default 1)")
+    ap.add_argument("--runs", type=count(1), default=20, help="timed calls per component after warm-up (default 20)")
+    ap.add_argument("--warmup", type=count(0), default=3, help="untimed calls per component first (default 3)")
+    ap.add_argument("--e2e-runs", type=count(1), default=5,
+                    help="timed end-to-end generates per pipeline that check the composed latency (default 5)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="--runtime onnx: folder for the exported bundles (default: a temporary folder, removed)")
+    ap.add_argument("--cache", type=Path, default=default_cache(), metavar="DIR",
+                    help="scored rows are kept here as they are scored, so an interrupted run resumes and a run with "
+                         "one more model scores only its rows; a row is reused only for the same weights, settings, "
+                         "evaluator and mobilediff version (default: %(default)s)")
+    ap.add_argument("--no-cache", action="store_true", help="score every row again and keep nothing")
+    ap.add_out(results, "result folder (default benchmarks/results)")
+    return ap
+
+
+def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> None:
+    """The command line of ``benchmarks/scaling.py``: ``argv`` (None: ``sys.argv[1:]``) parsed, the study measured and
+    written to ``--out``, its verdicts printed. ``doc``: the script's docstring (its ``--help``); ``results``: the
+    default ``--out`` (None: ``--out`` is required)."""
+    args = build_parser(doc, results).parse_args(argv)
+    t0 = time.time()
+    models, students = resolve_subjects(args.model, args.students)
+    cfg = ScalingConfig(models=models, students=students, samplers=tuple(dict.fromkeys(args.samplers)),
+                        steps=tuple(dict.fromkeys(args.steps)), guidance=tuple(dict.fromkeys(args.guidance)),
+                        student_steps=tuple(dict.fromkeys(args.student_steps)), n=args.n, runtime=args.runtime,
+                        threads=args.threads, runs=args.runs, warmup=args.warmup, e2e_runs=args.e2e_runs,
+                        work=args.work, cache=None if args.no_cache else args.cache)
+    cfg.check()
+    result = measure(cfg, command_line("scaling", argv))
+    result["meta"]["wall_seconds"] = time.time() - t0
+    write_results(args.out, output_files(result))
+    for v in result["meta"]["verdicts"]:
+        print(f"({v['claim']}) {v['verdict']}: {v['evidence']}")
+    print(f"wrote {args.out / 'scaling.json'}, scaling_meta.json, scaling.md and plots")

@@ -1,0 +1,197 @@
+"""The demo apps' engines against Python on the same bundles, seeds and goldens: each engine's ``check-goldens``,
+its ``generate`` at every reference seed compared with Python's ``generate --bundle`` image and timed beside it, and
+the APK build. ``benchmarks/app_parity.py`` runs :func:`main`; the apps are those of this checkout."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilediff.bench import bars
+from mobilediff.bench.envelope import Parser, command_line, write_results
+from mobilediff.errors import MobilediffError
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout: its android_demo/ and ios_demo/
+
+# app -> (folder, backends its engine runs on this machine)
+APPS = {"android": ("android_demo", ("onnx", "executorch")), "ios": ("ios_demo", ("onnx",))}
+MIN_PSNR_DB = bars.bar("app_image_psnr_db").value
+REPEATS = 3  # timed images per (model, backend, seed), after one untimed warm-up; the median is reported
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def _last_line(text: str) -> str:
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-1][-300:] if lines else "(no output)"
+
+
+def _psnr(got: np.ndarray, ref: np.ndarray) -> float | None:
+    from mobilediff.parity import psnr
+
+    p = psnr(torch.from_numpy(got), torch.from_numpy(ref))
+    return None if math.isinf(p) else p
+
+
+def check_goldens(app: str, engine: Path, model: str, folder: Path, work: Path) -> list[dict]:
+    out = work / f"{app}_{model}_goldens.json"
+    r = _run([str(engine), "check-goldens", "--bundle", str(folder / "bundle"), "--goldens", str(folder / "goldens"),
+              "--backend", "onnx", "--model", model, "--json", str(out)])
+    if not out.is_file():
+        return [{"app": app, "check": "goldens", "backend": "onnx", "model": model, "seed": None, "psnr_db": None,
+                 "max_abs_error": None, "passed": False, "detail": f"check-goldens failed: {_last_line(r.stderr)}"}]
+    return [{"app": app, **row} for row in json.loads(out.read_text())]
+
+
+def python_ms(bundle: Path, runtime: str, prompt: str, seed: int) -> float:
+    """Python's `generate --bundle` time for one image, measured as the engines are: one untimed image, then the
+    median of REPEATS."""
+    from mobilediff.runtimes import BundleRunner
+
+    runner = BundleRunner(bundle, runtime)
+    runner.generate(prompt, seed)
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        runner.generate(prompt, seed)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry: dict, work: Path) -> list[dict]:
+    from safetensors.numpy import load_file
+
+    rows = []
+    for ref in entry["references"]:
+        backend, seed = ref["runtime"], ref["seed"]
+        if backend not in backends:
+            continue
+        png, rec = work / f"{app}_{model}_{backend}_{seed}.png", work / f"{app}_{model}_{backend}_{seed}.json"
+        r = _run([str(engine), "generate", "--bundle", str(folder / "bundle"), "--backend", backend,
+                  "--prompt", ref["prompt"], "--seed", str(seed), "--warmup", "1", "--repeats", str(REPEATS),
+                  "--out", str(png), "--json", str(rec)])
+        row = {"app": app, "check": "end_to_end", "backend": backend, "model": model, "seed": seed}
+        if r.returncode != 0 or not rec.is_file():
+            rows.append({**row, "psnr_db": None, "max_abs_error": None, "passed": False,
+                         "detail": f"generate failed: {_last_line(r.stderr)}"})
+            continue
+        result = json.loads(rec.read_text())
+        expected = load_file(str(folder / ref["raw"]))["image"]  # (H, W, 3) in [-1, 1]
+        if expected.shape[-1] != 3:  # a planar (1, 3, H, W) or (3, H, W) reference
+            expected = np.moveaxis(expected.reshape(expected.shape[-3:]), 0, -1)
+        got = np.fromfile(result["image_raw"], dtype="<f4").reshape(expected.shape)
+        psnr = _psnr(got, expected)
+        plan = f"{result['sampler']}-{result['steps']}, guidance {result['guidance']:g}"
+        rows.append({**row, "psnr_db": psnr, "max_abs_error": float(np.abs(got - expected).max()),
+                     "passed": psnr is None or bars.check("app_image_psnr_db", psnr), "plan": plan,
+                     "engine_ms": round(result["ms_total"], 1), "engine_component_ms": result["ms"],
+                     "python_ms": round(python_ms(folder / "bundle", backend, ref["prompt"], seed), 1),
+                     "detail": f"{plan}; bar >= {MIN_PSNR_DB:g} dB vs Python's generate --bundle"})
+    return rows
+
+
+def apk_row(folder: Path) -> dict:
+    t0 = time.perf_counter()
+    r = _run([str(REPO / folder / "scripts" / "build-apk.sh")])
+    apk = REPO / folder / "build" / "apk" / "mobilediff-demo.apk"
+    ok = r.returncode == 0 and apk.is_file() and "Verifies" in r.stdout
+    return {"app": "android", "check": "apk", "backend": None, "model": None, "seed": None, "psnr_db": None,
+            "max_abs_error": None, "passed": ok, "apk_bytes": apk.stat().st_size if apk.is_file() else None,
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "detail": "signed, apksigner verify (v2+v3), min SDK 26; no native runtime libraries" if ok
+            else f"build-apk.sh failed: {_last_line(r.stderr or r.stdout)}"}
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.1f}" if isinstance(x, float) else str(x)
+
+
+def _sci(x) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    md = ["# App parity: demo app engines vs Python", "",
+          f"Generated by `{result['command']}` in {result['wall_seconds'] / 60:.1f} min on {m['cpu']} "
+          f"({m['cores']} cores, shared with other work: 1-min load average {result['load_average_1min']['start']} at "
+          f"the start, {result['load_average_1min']['end']} at the end, so milliseconds are indicative only; "
+          f"{result['timing']}). Bars: token ids identical; noise max abs <= 1e-6; sampler latents (every "
+          f"step, real ONNX graphs) >= 60 dB, replay on recorded outputs max abs <= 1e-5; end-to-end images "
+          f">= {MIN_PSNR_DB:g} dB against Python's `generate --bundle` at the same seed (PSNR '-' = identical).", "",
+          "| app | check | backend | model | seed | PSNR dB | max abs | passed | engine ms | Python ms | detail |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        md.append(f"| {r['app']} | {r['check']} | {r['backend'] or '-'} | {r['model'] or '-'} | {_fmt(r['seed'])} | "
+                  f"{_fmt(r['psnr_db'])} | {_sci(r['max_abs_error'])} | "
+                  f"{'yes' if r['passed'] else 'NO'} | {_fmt(r.get('engine_ms'))} | {_fmt(r.get('python_ms'))} | "
+                  f"{r.get('detail', '')} |")
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> None:
+    """The command line of ``benchmarks/app_parity.py``: ``argv`` (None: ``sys.argv[1:]``) parsed, every app's engine
+    checked on every fixture model, written to ``--out``. ``doc``: the script's docstring (its ``--help``);
+    ``results``: the default ``--out`` (None: ``--out`` is required)."""
+    from mobilediff.bench.envelope import library_versions, machine_info
+
+    ap = Parser(doc)
+    ap.add_argument("--fixtures", type=Path,
+                    default=Path(os.environ.get("MOBILEDIFF_FIXTURES", REPO / "android_demo" / "build" / "fixtures")),
+                    help="fixtures folder, made or reused by python -m mobilediff.fixtures (default: $MOBILEDIFF_FIXTURES, "
+                         "else android_demo/build/fixtures)")
+    ap.add_argument("--app", action="append", choices=sorted(APPS), help="only these apps (default: every app with engine.sh)")
+    ap.add_out(results, None)
+    ap.add_argument("--no-apk", action="store_true", help="skip the APK build row")
+    ap.add_argument("--fixtures-ready", action="store_true", help="use --fixtures as it is (do not run the fixtures module)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 1)
+    if not args.fixtures_ready:
+        subprocess.run([sys.executable, "-m", "mobilediff.fixtures", str(args.fixtures), "--all-runtimes"], check=True)
+    index_file = args.fixtures / "index.json"
+    try:
+        index = json.loads(index_file.read_text())
+        models = index["models"]
+        if not isinstance(models, dict):
+            raise TypeError("'models' is not an object")
+    except FileNotFoundError:
+        raise MobilediffError(f"--fixtures {args.fixtures}: no index.json (run python -m mobilediff.fixtures "
+                              f"{args.fixtures} first, or drop --fixtures-ready)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise MobilediffError(f"corrupt {index_file}: {type(e).__name__}: {e}") from None
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="app_parity_") as tmp:
+        work = Path(tmp)
+        for app in args.app or sorted(APPS):
+            folder, backends = APPS[app]
+            engine = REPO / folder / "scripts" / "engine.sh"
+            if not engine.is_file():
+                continue
+            for model, entry in index["models"].items():
+                print(f"app_parity: {app} {model}", file=sys.stderr)
+                rows += check_goldens(app, engine, model, args.fixtures / model, work)
+                rows += end_to_end(app, engine, backends, model, args.fixtures / model, entry, work)
+            if app == "android" and not args.no_apk:
+                rows.append(apk_row(Path(folder)))
+    result = {"command": command_line("app_parity", argv),
+              "wall_seconds": round(time.perf_counter() - t0, 1), "machine": machine_info(),
+              "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
+              "timing": f"median of {REPEATS} images after one untimed warm-up, engine and Python alike",
+              "versions": library_versions(), "fixtures": {m: e.get("weights_sha256") for m, e in index["models"].items()},
+              "rows": rows}
+    write_results(args.out, {"app_parity.md": markdown(result), "app_parity.json": result})
+    failed = [r for r in rows if not r["passed"]]
+    print(f"wrote {args.out / 'app_parity.json'}: {len(rows)} rows, {len(failed)} failed")
