@@ -3,6 +3,8 @@
     python benchmarks/run_device.py --bundle DIR [--bundle DIR ...] --device host|android|apple --out DIR
         [--steps 1 2 4 8] [--baseline ddim50] [--runs 10] [--warmup 3] [--quality-n 256]
         [--runtimes onnx executorch eager] [--source MODEL ...] [--no-memory]
+        quality of any model (host): [--prompts FILE [--fd-features F --reference-images DIR] [--fd-image-size N]
+                 [--clip DIR]]
         android: [--adb PATH] [--serial S] [--et-runner DEVICE_PATH] [--ort-perf-test DEVICE_PATH]
                  [--ort-lib DEVICE_DIR] [--ort-provider cpu|nnapi|xnnpack|qnn] [--threads N]
         apple:   [--compute-units CPU_ONLY CPU_AND_GPU CPU_AND_NE ALL]
@@ -39,6 +41,31 @@ their own step count, without a CFG batch). Guidance: ``--baseline-guidance`` / 
 else the bundle's default plan's ("manifest"); each row records which.
 The baseline of a row is the float (unquantized) teacher's baseline row *on the same runtime*.
 
+Quality (host only; --quality-n 0 skips it)
+-------------------------------------------
+Without --prompts, the shapes-domain evaluator (:mod:`mobilediff.quality`): every end-to-end row generates the first
+--quality-n prompts of the fixed evaluation set (seed ``prompt_seed``), image i from noise seed ``noise_seed`` + i,
+scored with prompt accuracy, per-attribute accuracy and FD in the evaluator's features against renders of the same
+scenes.
+
+With --prompts FILE (:mod:`mobilediff.bench.device_quality`), any model: every end-to-end row generates the first
+--quality-n prompts of the file (.txt one a line, .jsonl or .csv with a ``text`` field; all of them, with a warning,
+if it holds fewer; at least 2), image i from noise seed ``noise_seed`` + i, scored with the metric set of
+:mod:`mobilediff.metrics`:
+  teacher fidelity  PSNR (dB) and SSIM of each image against the image of the same prompt and seed made by the row's
+                    baseline row -- the float teacher's baseline (``--baseline``) on the same runtime; for eager rows
+                    the eager teacher's -- generated once per runtime and kept; the baseline row itself gets PSNR +inf
+                    (JSON null) and SSIM 1; a row whose runtime has no float teacher gets null. Every bundle must then
+                    make images of one size.
+  FD                --fd-features F (a TorchScript file such as clean-fid's Inception, or a CLIP, DINOv2 or
+                    ``mobilediff train-features`` folder; --fd-image-size N: a TorchScript extractor's input side)
+                    against --reference-images DIR (every image under it, decoded at the bundles' image size); both
+                    or neither.
+  CLIP score        --clip DIR, a local CLIP folder (0..100).
+Prompt accuracy is not measured then: accuracy_ratio and pareto_accuracy are null, and the 4-step bars are the FD
+ratio (``student_4step_fd_ratio``) and the CLIP score ratio (``student_4step_clip_ratio``), each where measured.
+Every file is read and every network loaded before any timing starts.
+
 Statistics: :func:`mobilediff.bench.stats.summarize` (median, p90, trimmed mean, spread, ``too_noisy``,
 ``reportable``, ``note``); its module docstring defines each key. Runner-reported statistics (Android) fill
 the same keys where the tool prints them and leave the others null.
@@ -49,7 +76,8 @@ run_device.json          the schema below
 run_device.md            tables: targets, components, end to end; which machine ran it and what did not run
 run_device_latency.png   median latency per component, per runtime (bars; log scale)
 run_device_quality.png   prompt accuracy and FD against end-to-end latency, Pareto frontier marked (host only,
-                         when --quality-n > 0)
+                         when --quality-n > 0); with --prompts: PSNR against the teacher's images (baseline rows, at
+                         +inf, not drawn), FD and CLIP score (those measured) against latency
 
 run_device.json schema (version 1; keys are only ever added)
 ------------------------------------------------------------
@@ -65,8 +93,13 @@ versions      mobilediff.bench.envelope.library_versions() of the host
 gemm_peak     host: mobilediff.bench.peak.gemm_peak() at --threads {"n", "threads", "runs", "fp32_gflops",
                "int8_gops", "measured": {how: GFLOP/s}} | null (device kinds)
 settings      {"runs", "warmup", "e2e_warmup", "load_runs", "steps", "baseline": {"sampler", "steps"},
-               "baseline_guidance", "student_guidance", "quality_n", "prompt_seed", "noise_seed", "memory",
-               "runtimes", "threads", "runtime_threads": {...}, "android": {...} | null, "apple": {...} | null}
+               "baseline_guidance", "student_guidance", "quality_n", "prompt_seed" (null with --prompts), "noise_seed",
+               "memory", "runtimes", "threads", "runtime_threads": {...}, "android": {...} | null,
+               "apple": {...} | null,
+               "prompts": the --prompts file | null (the shapes evaluator's fixed set),
+               "metric_set": {"prompts", "n" (prompts scored per row), "metrics": "teacher-fidelity/fd/clip",
+                 "fd_features": {"path", "kind", "dim", "image_size"} | null, "reference_images": {"path", "count",
+                 "decoded_at": [H, W]} | null, "clip": folder | null} | null (no --prompts)}
 bundles       [{"name", "path", "role": "teacher"|"student", "method": "teacher"|"lcm"|"progressive",
                 "precision": "fp32"|"fp16"|<quantization recipe>, "quantization": recipe name | null,
                 "targets": [targets with all three components], "guidance_type", "geometry": {...},
@@ -104,14 +137,21 @@ end_to_end    [{"model", "bundle", "source", "role", "method", "runtime", "preci
                   this median | null,
                 "quality": {"n", "prompt_accuracy", "fd", "attribute_accuracy"} | null (a fused row: copied from
                   the same bundle's row at the same plan and runtime, "quality_from" naming it; the graph was
-                  checked against PyTorch at export),
-                "pareto_accuracy", "pareto_fd": on the frontier of (latency, quality) over all rows | null,
+                  checked against PyTorch at export);
+                  with --prompts: {"n", "metrics": "teacher-fidelity/fd/clip", "psnr_db_vs_teacher" (mean over the
+                  images, dB; null for the baseline row itself, whose PSNR is +inf), "ssim_vs_teacher", "fd",
+                  "clip_score", "prompt_accuracy": null, "attribute_accuracy": null, "fidelity_vs": the baseline
+                  row's model whose images the fidelity compares with}; a metric not measured is null,
+                "pareto_accuracy", "pareto_fd": on the frontier of (latency, quality) over all rows that have that
+                  metric | null,
                 "note"}]
 targets       [{"name": "e2e_int8_4step_vs_ddim50", "runtime", "student", "baseline", "student_ms",
                 "baseline_ms", "speedup", "bar": 25.0, "speed_met", "accuracy_ratio", "fd_ratio",
                 "quality_met" (accuracy >= 0.95x and FD <= 1.5x the baseline's on this run's prompts; null: not
-                scored), "met" (speed_met and quality_met not false), "latency_kind", "flop_ratio" (baseline
-                GFLOP / student GFLOP: the speedup at equal efficiency) | null} ... ,
+                scored; with --prompts: FD <= 1.5x and CLIP score >= 0.95x, each where measured, null when neither
+                was), "clip_ratio" (with --prompts only; accuracy_ratio is then null), "met" (speed_met and
+                quality_met not false), "latency_kind", "flop_ratio" (baseline GFLOP / student GFLOP: the speedup
+                at equal efficiency) | null} ... ,
                {"name": "e2e_4step_vs_ddim50", the same keys + "candidates", "within_quality": per runtime, the
                 fastest 4-step student (any precision, decoder or size) within the quality bars, "bar": 50.0} ...,
                {"name": "denoiser_step_vs_eager", "source", "fastest": {"model", "runtime", "precision"},
@@ -121,7 +161,11 @@ targets       [{"name": "e2e_int8_4step_vs_ddim50", "runtime", "student", "basel
 
 Bad input (a missing bundle folder, a corrupt or missing manifest, a bundle file whose sha256 no longer matches,
 a source model that changed since export, --runs < 1, an unknown --device, android without adb or a device,
-apple off macOS) gives one line ``error: ...`` on stderr and exit code 2, and nothing is written.
+apple off macOS; with --prompts: a missing or malformed prompt file, --fd-features without --reference-images or
+the reverse, a metric flag without --prompts, --prompts on a device or with --quality-n 0, bundles of different image
+sizes, an extractor or CLIP folder that does not load -- a folder without its config.json, pickle weights --, a
+reference folder without a readable image) gives one line ``error: ...`` on stderr and exit code 2, and nothing is
+written.
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ from mobilediff.errors import MobilediffError, shorten
 from mobilediff.io import atomic_write_json, load_tensors, save_tensors
 
 MODEL_TYPE = "mobilediff-classifier"
+# embedded extractors by name (--fd-features NAME): the emoji sub-category classifier (docs/models.md)
+NAMED_EXTRACTORS = {"default:emoji": Path(__file__).parent / "assets" / "features" / "emoji"}
 MIN_PER_LABEL = 2  # a label seen fewer times than this in the data is folded into "other"
 OTHER = "other"
 

@@ -1,7 +1,8 @@
 """`python -m mobilediff.fixtures DIR`: the real bundles, goldens and reference images the apps' tests run on.
 
-For each fixture (the default model, its progressive 4-step student, its LCM student, and the LCM student exported
-at a non-square 48 x 80: every engine's geometry with height != width) this exports an fp32 bundle (ONNX for all;
+For each fixture (the default model, its progressive 4-step student, its LCM student, the LCM student exported
+at a non-square 48 x 80: every engine's geometry with height != width, and the emoji model's LCM student: a model
+with its own VAE and text encoder, trained on real images) this exports an fp32 bundle (ONNX for all;
 ExecuTorch too for the progressive student: one model exercises the ExecuTorch backend, whose sampling code is
 shared with ONNX Runtime's, at a fifth of the export time of all of them; ``--all-runtimes``: both runtimes for
 every fixture, as benchmarks/app_parity.py uses), records its goldens (mobilediff.goldens) and generates Python's
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 3  # bump when what is written here changes
+FIXTURE_VERSION = 4  # bump when what is written here changes
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,15 @@ class Fixture:
     runtimes: tuple[str, ...]  # the host runtimes its bundle is exported for (--all-runtimes: every one)
     height: int | None = None  # the export's image size (None: the model's own)
     width: int | None = None
+    prompt: str = ""  # the prompt of its reference images ("": PROMPT, the shapes domain's)
 
 
 # fixture name (its folder) -> what it is
 FIXTURES = {"default": Fixture("default", ("onnx",)),
             "progressive-4": Fixture("default:progressive-4", ("onnx", "executorch")),
             "lcm": Fixture("default:lcm", ("onnx",)),
-            "lcm-48x80": Fixture("default:lcm", ("onnx",), height=48, width=80)}
+            "lcm-48x80": Fixture("default:lcm", ("onnx",), height=48, width=80),
+            "emoji-lcm": Fixture("default:emoji:lcm", ("onnx",), prompt="cat face")}
 MODELS = tuple(FIXTURES)
 SEEDS = (0, 1)
 PROMPT = "a small blue triangle at the top left and a big yellow square at the bottom right on a black background"
@@ -74,14 +77,14 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
         runner = BundleRunner(bundle, runtime)
         for seed in SEEDS:
             t0 = time.perf_counter()
-            image = runner.generate(PROMPT, seed)
+            image = runner.generate(fixture.prompt or PROMPT, seed)
             ms = (time.perf_counter() - t0) * 1000
             stem = folder / "reference" / f"{runtime}_seed{seed}"
             stem.parent.mkdir(exist_ok=True)
             Image.fromarray(to_uint8(image)[0]).save(stem.with_suffix(".png"))
             save_tensors({"image": image[0].permute(1, 2, 0).contiguous()}, stem.with_suffix(".safetensors"))
             plan = runner.manifest.plan
-            row = {"runtime": runtime, "seed": seed, "prompt": PROMPT, "sampler": plan.sampler, "steps": plan.steps,
+            row = {"runtime": runtime, "seed": seed, "prompt": fixture.prompt or PROMPT, "sampler": plan.sampler, "steps": plan.steps,
                    "guidance": plan.guidance, "ms": round(ms, 2), "png": str(stem.with_suffix(".png").relative_to(folder)),
                    "raw": str(stem.with_suffix(".safetensors").relative_to(folder))}
             atomic_write_json(stem.with_suffix(".json"), row)

@@ -21,6 +21,8 @@ from mobilediff.io import PICKLE_SUFFIXES, SHARED_FILE, check_safetensors_header
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 DEFAULT_STUDENTS = Path(__file__).parent / "assets" / "students"
 DEFAULT_FAMILY = Path(__file__).parent / "assets" / "family"
+# the emoji model: its own VAE and text encoder, trained on the Noto emoji sprites (docs/models.md), and its student
+EMOJI_MODEL_DIR = Path(__file__).parent / "assets" / "emoji"
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
 SHAREABLE = ("text_encoder", "tokenizer", "unet", "vae")
 # the family's sizes, smallest first (a size folder with another name is listed after these, by name)
@@ -78,16 +80,18 @@ def family_names(family: list[FamilyMember]) -> dict[str, Path]:
 
 
 FAMILY = find_family()
-# embedded models by name: the default model, its distilled students, and the UNet-size family that is on disk
+# embedded models by name: the default model, its distilled students, the emoji model and its student, and the
+# UNet-size family that is on disk
 NAMED_MODELS = {"default": DEFAULT_MODEL_DIR, "default:lcm": DEFAULT_STUDENTS / "lcm",
                 **{f"default:progressive-{n}": DEFAULT_STUDENTS / "progressive" / f"steps-{n}" for n in (1, 2, 4, 8)},
                 "default:slim-4": DEFAULT_STUDENTS / "slim-4",
+                "default:emoji": EMOJI_MODEL_DIR, "default:emoji:lcm": EMOJI_MODEL_DIR / "students" / "lcm",
                 **family_names(FAMILY)}
 
 
 def resolve_model(model: str | Path | None) -> Path:
     """'default' or None -> the embedded default model; 'default:lcm', 'default:progressive-N', 'default:slim-4' -> its
-    embedded students; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md);
+    embedded students; 'default:emoji' and 'default:emoji:lcm' -> the emoji model and its student; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md);
     otherwise the given folder."""
     if model is None:
         return DEFAULT_MODEL_DIR
@@ -199,7 +203,8 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
 def pack_pipeline(model: Path, base: Path | None, out: Path, store_fp16: tuple[str, ...] = (),
                   decoder: Path | None = None, force: bool = False) -> dict:
     """Write ``model`` to ``out`` keeping only what differs from ``base``: components whose config and tensors
-    equal the base's are borrowed from it (``shared_components.json``), and the weights of the components named in
+    equal the base's (as stored: in fp16 for those of ``store_fp16``) are borrowed from it (``shared_components.json``),
+    and the weights of the components named in
     ``store_fp16`` are stored in fp16 (loaded back in fp32). Components ``model`` itself borrows are read from where
     it borrows them. ``base`` None: nothing is borrowed (the full form). ``decoder``: a tiny decoder folder
     (``mobilediff distill-decoder``) that replaces the model's VAE, refused unless it decodes the model's latent
@@ -228,7 +233,8 @@ def pack_pipeline(model: Path, base: Path | None, out: Path, store_fp16: tuple[s
             if not item.is_dir():
                 shutil.copy2(item, tmp / comp)
                 continue
-            if base is not None and comp in SHAREABLE and (base / comp).is_dir() and _same_component(item, base / comp):
+            if (base is not None and comp in SHAREABLE and (base / comp).is_dir()
+                    and _same_component(item, base / comp, fp16=comp in store_fp16)):
                 shared[comp] = tree_sha256(base / comp, "**/*")
                 report[comp] = "shared"
                 continue
@@ -247,8 +253,9 @@ def pack_pipeline(model: Path, base: Path | None, out: Path, store_fp16: tuple[s
     return report
 
 
-def _same_component(a: Path, b: Path) -> bool:
-    """Same files, same JSON configs (ignoring version stamps), same tensors."""
+def _same_component(a: Path, b: Path, fp16: bool = False) -> bool:
+    """Same files, same JSON configs (ignoring version stamps), same tensors; ``fp16``: ``a``'s floating-point tensors
+    as they would be stored in fp16 (the base stores them so)."""
     from mobilediff.io import load_tensors
 
     names = sorted(p.name for p in a.iterdir())
@@ -258,6 +265,8 @@ def _same_component(a: Path, b: Path) -> bool:
         fa, fb = a / n, b / n
         if n.endswith(".safetensors"):  # keys compared without the text_model. prefix (see save_pipeline)
             ta, tb = ({k.removeprefix("text_model."): v for k, v in load_tensors(f).items()} for f in (fa, fb))
+            if fp16:
+                ta = {k: v.half() if v.is_floating_point() else v for k, v in ta.items()}
             if ta.keys() != tb.keys() or any(not torch.equal(ta[k], tb[k]) for k in ta):
                 return False
         elif n.endswith(".json") and n != "tokenizer.json":

@@ -490,7 +490,8 @@ class FeatureExtractor:
         """A feature extractor from a TorchScript file or a local Hugging Face vision folder.
 
         Args:
-            path: a ``torch.jit.save`` file, or a folder with config.json and model.safetensors.
+            path: a ``torch.jit.save`` file, a folder with config.json and model.safetensors, or the name of an
+                embedded extractor (``default:emoji``: :data:`mobilediff.features.NAMED_EXTRACTORS`).
             image_size: input side S in pixels: a TorchScript network gets S x S (default 299); a vision folder
                 gets its shorter side resized to S and an S x S centre crop (default: its preprocessor_config.json).
                 A CLIP folder takes only its own image_size.
@@ -500,7 +501,9 @@ class FeatureExtractor:
                 folder refused by the checks of :meth:`ClipScorer.load` or without pooled output, a network that fails
                 on a (2, 3, S, S) probe or whose output is not a finite (2, D) tensor.
         """
-        path = Path(path)
+        from mobilediff.features import NAMED_EXTRACTORS
+
+        path = NAMED_EXTRACTORS.get(str(path), Path(path))
         if image_size is not None and (type(image_size) is not int or image_size < 1):  # bool is an int: refused
             raise MobilediffError(f"image_size must be a positive integer, got {image_size!r}")
         if not path.exists():

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from mobilediff.data import Scene, ShapesDataset
+from mobilediff.errors import MobilediffError
 from mobilediff.evaluator import Evaluator, MetricReport
 
 EVAL_SEED = 20261124  # prompt set of every quality report; training uses seeds 0.. and 1234
@@ -43,14 +44,23 @@ def progress_batches(n: int, batch_size: int = EVAL_BATCH) -> int:
 
 
 def bundle_images(runner, n: int, sampler: str, steps: int, guidance: float | None,
-                  progress: Callable[[int], None] | None = None):
+                  progress: Callable[[int], None] | None = None, prompts: list[str] | None = None):
     """The fixed prompt set and noise seeds of :func:`evaluate_pipeline`, sampled from a bundle through a host
-    runtime (:class:`mobilediff.runtimes.BundleRunner`), one image at a time as an app would: (n, 3, H, W) in [-1, 1]."""
+    runtime (:class:`mobilediff.runtimes.BundleRunner`), one image at a time as an app would: (n, 3, H, W) in [-1, 1].
+
+    ``prompts``: the first ``n`` of these instead of the shapes set (any model's prompts, e.g. ``--prompts FILE``),
+    image i still from noise seed NOISE_SEED + i. Raises MobilediffError when fewer than ``n`` are given."""
     import torch
 
+    if prompts is None:
+        captions = [scene.caption for scene in eval_scenes(n)]
+    elif len(prompts) < n:
+        raise MobilediffError(f"{n} images asked of {len(prompts)} prompts")
+    else:
+        captions = list(prompts[:n])
     out = []
-    for i, scene in enumerate(eval_scenes(n)):
-        out.append(runner.generate(scene.caption, NOISE_SEED + i, steps, sampler, guidance))
+    for i, caption in enumerate(captions):
+        out.append(runner.generate(caption, NOISE_SEED + i, steps, sampler, guidance))
         if progress is not None:
             progress(1)
     return torch.cat(out)

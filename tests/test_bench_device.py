@@ -299,6 +299,118 @@ def test_quality_bars_by_hand():
     assert zero == {"accuracy_ratio": None, "fd_ratio": 1.0, "quality_met": True}
 
 
+# ------------------------------------------------------------------------------- the metric set (--prompts)
+def test_metric_set_bars_by_hand():
+    """With --prompts the 4-step bars are the FD and CLIP score ratios, each where both rows have it."""
+    q = {"metrics": "teacher-fidelity/fd/clip", "prompt_accuracy": None}
+    base = {**q, "fd": 20.0, "clip_score": 30.0}
+    assert quality_bars({**q, "fd": 30.0, "clip_score": 30.0 * 0.95}, base) == \
+        {"accuracy_ratio": None, "fd_ratio": 1.5, "clip_ratio": pytest.approx(0.95), "quality_met": True}
+    assert quality_bars({**q, "fd": 30.1, "clip_score": 30.0}, base)["quality_met"] is False
+    assert quality_bars({**q, "fd": 10.0, "clip_score": 28.0}, base)["quality_met"] is False  # CLIP 93 %
+    # only one metric measured: that one decides; neither (fidelity alone): not scored against a bar
+    assert quality_bars({**q, "fd": 10.0, "clip_score": None}, {**base, "clip_score": None}) == \
+        {"accuracy_ratio": None, "fd_ratio": 0.5, "clip_ratio": None, "quality_met": True}
+    none = {**q, "fd": None, "clip_score": None}
+    assert quality_bars(none, none)["quality_met"] is None
+    assert quality_bars(none, None) == {"accuracy_ratio": None, "fd_ratio": None, "clip_ratio": None,
+                                        "quality_met": None}
+
+
+PROMPTS = ["a large red circle in the center on a white background", "a small blue square at the top left",
+           "a green triangle on the right on a black background", "a photo of a cat"]
+
+
+def _fd_extractor(folder: Path) -> Path:
+    """A tiny `mobilediff train-features` folder (random weights): an FD feature map like any other."""
+    from mobilediff.features import MODEL_TYPE, ClassifierConfig, ClassifierNet
+    from mobilediff.io import save_tensors
+
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(channels=(16, 32), feature_dim=8, resolution=32, num_labels=2)
+    folder.mkdir()
+    save_tensors(ClassifierNet(cfg).state_dict(), folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, "architecture": {
+        "channels": [16, 32], "feature_dim": 8, "resolution": 32, "num_labels": 2}}))
+    return folder
+
+
+def _reference_images(folder: Path, n: int = 6) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_host_metric_set_on_prompts(bundles, tmp_path, capsys, keep_threads):
+    """--prompts: every row scored with the metric set on the file's first --quality-n prompts; its fidelity is the
+    PSNR/SSIM of its images against the float teacher's baseline images on the same runtime (recomputed here through
+    BundleRunner), FD in the given extractor's features (recomputed here), and the 4-step bar is the FD ratio."""
+    from mobilediff.bench.device_run import main
+    from mobilediff.metrics import FeatureExtractor, fd, psnr, ssim
+    from mobilediff.quality import NOISE_SEED
+    from mobilediff.runtimes import BundleRunner
+    from mobilediff.sources import load_reference_images
+
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    fx, real = _fd_extractor(tmp_path / "fx"), _reference_images(tmp_path / "real")
+    out = tmp_path / "out"
+    code = run_command(main, ["--bundle", str(bundles.student_int8), "--bundle", str(bundles.teacher),
+                              "--device", "host", "--out", str(out), "--runtimes", "onnx", "--baseline", "ddim2",
+                              "--steps", "4", "--runs", "1", "--warmup", "0", "--e2e-warmup", "0", "--load-runs", "1",
+                              "--no-memory", "--threads", "1", "--quality-n", "3", "--prompts",
+                              str(tmp_path / "prompts.txt"), "--fd-features", str(fx), "--reference-images", str(real)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    r = json.loads((out / "run_device.json").read_text())
+    assert r["settings"]["prompts"] == str(tmp_path / "prompts.txt") and r["settings"]["prompt_seed"] is None
+    ms = r["settings"]["metric_set"]
+    assert (ms["n"], ms["metrics"], ms["clip"]) == (3, "teacher-fidelity/fd/clip", None)
+    assert ms["fd_features"]["kind"] == "classifier" and ms["reference_images"]["count"] == 6
+    rows = {x["model"]: x for x in r["end_to_end"]}
+    assert set(rows) == {"teacher-fp32", "lcm-int8"}
+    teacher, student = rows["teacher-fp32"], rows["lcm-int8"]
+    # the teacher's own row is the reference: PSNR +inf (null in JSON), SSIM exactly 1
+    tq, sq = teacher["quality"], student["quality"]
+    assert tq["psnr_db_vs_teacher"] is None and tq["ssim_vs_teacher"] == 1.0 and tq["fidelity_vs"] == "teacher-fp32"
+    assert set(sq) == {"n", "metrics", "psnr_db_vs_teacher", "ssim_vs_teacher", "fd", "clip_score", "prompt_accuracy",
+                       "attribute_accuracy", "fidelity_vs"}
+    assert (sq["n"], sq["metrics"], sq["prompt_accuracy"], sq["attribute_accuracy"], sq["clip_score"]) == \
+        (3, "teacher-fidelity/fd/clip", None, None, None)
+    # recomputed independently: the same prompts and seeds through the bundles' own runners
+    def images(bundle, steps, sampler, guidance):
+        runner = BundleRunner(bundle, "onnx", threads=1)
+        return torch.cat([runner.generate(p, NOISE_SEED + i, steps, sampler, guidance)
+                          for i, p in enumerate(PROMPTS[:3])])
+    teacher_images = images(bundles.teacher, 2, "ddim", teacher["guidance"])
+    student_images = images(bundles.student_int8, 4, "lcm", student["guidance"])
+    assert sq["psnr_db_vs_teacher"] == pytest.approx(float(psnr(student_images, teacher_images).mean()), rel=1e-5)
+    assert sq["ssim_vs_teacher"] == pytest.approx(float(ssim(student_images, teacher_images).mean()), rel=1e-5)
+    assert 0 < sq["psnr_db_vs_teacher"] < 100 and sq["ssim_vs_teacher"] < 1
+    extractor = FeatureExtractor.load(fx)
+    geometry = read_manifest(bundles.teacher).geometry
+    assert ms["reference_images"]["decoded_at"] == [geometry.height, geometry.width]  # the bundles' image size
+    reference = load_reference_images(real, (geometry.height, geometry.width))
+    assert sq["fd"] == pytest.approx(fd(extractor, student_images, reference), rel=1e-4)
+    assert tq["fd"] == pytest.approx(fd(extractor, teacher_images, reference), rel=1e-4)
+    # no accuracy: its frontier is null, FD's is there; the 4-step bars are FD (and CLIP, not measured here)
+    assert teacher["pareto_accuracy"] is None and student["pareto_accuracy"] is None
+    assert isinstance(teacher["pareto_fd"], bool) and isinstance(student["pareto_fd"], bool)
+    t = next(x for x in r["targets"] if x["name"] == "e2e_int8_4step_vs_ddim50")
+    assert t["accuracy_ratio"] is None and t["clip_ratio"] is None
+    assert t["fd_ratio"] == pytest.approx(sq["fd"] / tq["fd"])
+    assert t["quality_met"] == (sq["fd"] <= 1.5 * tq["fd"]) and t["met"] == (t["speed_met"] and t["quality_met"])
+    md = (out / "run_device.md").read_text()
+    assert "PSNR vs teacher (dB) | SSIM vs teacher | FD | CLIP score" in md and "prompt accuracy |" not in md
+    assert "| teacher-fp32 | onnx |" in md and "ref. | ref." in md and "FD <= 1.5x and CLIP score >= 95%" in md
+    assert (out / "run_device_quality.png").is_file()
+    assert any("FD " in line and "CLIP score n/a" in line for line in device_report.target_lines(r["targets"]))
+
+
 @pytest.mark.slow
 def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads):
     out = tmp_path / "mem"

@@ -11,6 +11,7 @@ it, see :data:`SCRIPTS`).
     device_run          the device benchmark (run_device): command line, settings, measurement, derived numbers,
                         targets
     device_report       its Markdown, plots and target lines
+    device_quality      its quality of any model on --prompts: the metric set (teacher fidelity, FD, CLIP score)
     sweep               quality sweeps on the fixed prompts (baseline_quality, distillation)
     quantization        the quantization benchmark
     real_architectures  real UNet architectures with random weights: export and latency in isolated processes

@@ -9,15 +9,27 @@ from mobilediff.bench.bundles import COMPONENTS
 from mobilediff.bench.envelope import fmt, json_safe, pyplot, savefig
 from mobilediff.bench.stats import row_median
 
-ACC, FD = bar("student_4step_accuracy_ratio"), bar("student_4step_fd_ratio")
+ACC, FD, CLIP = bar("student_4step_accuracy_ratio"), bar("student_4step_fd_ratio"), bar("student_4step_clip_ratio")
 
 
 def _quality_words(t: dict) -> str:
     if t.get("quality_met") is None:
-        return "quality not scored"
+        return "quality not scored" + (" against a bar (no FD or CLIP score)" if "clip_ratio" in t else "")
+    if "clip_ratio" in t:  # the metric set of --prompts: FD and CLIP score ratios, no accuracy
+        fd = "n/a" if t["fd_ratio"] is None else f"{t['fd_ratio']:.2f}x"
+        clip = "n/a" if t["clip_ratio"] is None else f"{t['clip_ratio']:.0%}"
+        return (f"FD {fd} and CLIP score {clip} of the baseline's ({'within' if t['quality_met'] else 'OUTSIDE'} the "
+                f"quality bars)")
     acc = "n/a (baseline 0)" if t["accuracy_ratio"] is None else f"{t['accuracy_ratio']:.0%}"
     fd = "n/a (baseline 0)" if t["fd_ratio"] is None else f"{t['fd_ratio']:.2f}x"
     return f"accuracy {acc} and FD {fd} of the baseline's ({'within' if t['quality_met'] else 'OUTSIDE'} the quality bars)"
+
+
+def _bar_words(t: dict) -> str:
+    """The quality bars a 4-step target row is held to, in words (the metric set's with --prompts)."""
+    if "clip_ratio" in t:
+        return f"FD <= {FD.value:g}x and CLIP score >= {CLIP.value:.0%} of the baseline's (each where measured)"
+    return f"accuracy >= {ACC.value:.0%} and FD <= {FD.value:g}x of the baseline's"
 
 
 def _flop_words(t: dict) -> str:
@@ -77,10 +89,15 @@ def write_markdown(result: dict) -> str:
              f"({result['created']})."]
     for sentence in dev["not_run"]:
         lines.append(f"**Not run here:** {sentence}")
+    metric_set = s.get("metric_set")
+    if metric_set:
+        quality = (f"quality on the first {metric_set['n']} prompts of {metric_set['prompts']} (noise seeds from "
+                   f"{s['noise_seed']}), the same for every row: {_metric_set_words(metric_set)}")
+    else:
+        quality = (f"quality on {s['quality_n']} prompts of the fixed evaluation set (seed {s['prompt_seed']}, noise "
+                   f"seeds from {s['noise_seed']}), the same for every row" + (" (skipped)" if not s["quality_n"] else ""))
     lines += ["", f"Settings: {s['runs']} timed runs after {s['warmup']} warm-up runs per component "
-                  f"({s['e2e_warmup']} warm-up generate(s) end to end); quality on {s['quality_n']} prompts of the fixed "
-                  f"evaluation set (seed {s['prompt_seed']}, noise seeds from {s['noise_seed']}), the same for every row"
-                  + (" (skipped)" if not s["quality_n"] else "") + ". Median is the headline; spread = "
+                  f"({s['e2e_warmup']} warm-up generate(s) end to end); {quality}. Median is the headline; spread = "
                   "(p90 - median) / median; rows over 25 % spread or under 10 runs are flagged (see mobilediff.bench.stats).",
               "", "## Targets", "", "| target | measured | bar | met |", "|---|---|---|---|"]
     for t in result["targets"]:
@@ -91,14 +108,13 @@ def write_markdown(result: dict) -> str:
                          f"{t['within_quality']} of {t['candidates']} 4-step rows within them) vs float "
                          f"{t['baseline_plan']} ({t['baseline']}), {t['runtime']} | {t['speedup']:.1f}x "
                          f"({t['student_ms']:.1f} vs {t['baseline_ms']:.1f} ms, {t['latency_kind']}{_flop_words(t)}); "
-                         f"{_quality_words(t)} | >= {t['bar']:g}x, accuracy >= {ACC.value:.0%} and FD <= "
-                         f"{FD.value:g}x of the baseline's | {'yes' if t['met'] else '**no**'} |")
+                         f"{_quality_words(t)} | >= {t['bar']:g}x, {_bar_words(t)} | "
+                         f"{'yes' if t['met'] else '**no**'} |")
         elif t["name"] == "e2e_int8_4step_vs_ddim50":
             lines.append(f"| int8 4-step student ({t['student']}) vs float {t['baseline_plan']} ({t['baseline']}), "
                          f"{t['runtime']} | {t['speedup']:.1f}x ({t['student_ms']:.1f} vs {t['baseline_ms']:.1f} ms, "
-                         f"{t['latency_kind']}{_flop_words(t)}); {_quality_words(t)} | >= {t['bar']:g}x, accuracy >= "
-                         f"{ACC.value:.0%} and FD <= {FD.value:g}x of the baseline's | "
-                         f"{'yes' if t['met'] else '**no**'} |")
+                         f"{t['latency_kind']}{_flop_words(t)}); {_quality_words(t)} | >= {t['bar']:g}x, "
+                         f"{_bar_words(t)} | {'yes' if t['met'] else '**no**'} |")
         else:
             f = t["fastest"]
             lines.append(f"| denoiser step of {t['source']}: fastest runtime ({f['runtime']}, {f['model']}, "
@@ -131,28 +147,58 @@ def write_markdown(result: dict) -> str:
                      f"{fmt(lat['p90_ms'], '.3f')} | {fmt(lat['trimmed_mean_ms'], '.3f')} | {fmt(lat['spread'], '.2f')} | {mem_s} | "
                      f"{fmt(r['speedup_vs_eager'], '.2f')} | {fmt(r.get('gflop'), '.3f')} | "
                      f"{fmt(r.get('gflops_per_s'), '.1f')} | {_percent(r.get('peak_fraction'))} | {r['note'] or ''} |")
+    quality_head = ("PSNR vs teacher (dB) | SSIM vs teacher | FD | CLIP score" if metric_set
+                    else "prompt accuracy | FD")
     lines += ["", "## End to end", "",
               "One image: text encoding + N denoiser steps (a CFG teacher runs both rows in one batch-2 UNet call per "
               "step) + VAE decode. Speedup is against the float teacher's baseline on the same runtime. "
-              "P = on the Pareto frontier of latency and that quality metric over all rows.", "",
+              "P = on the Pareto frontier of latency and that quality metric over all rows."
+              + (" PSNR and SSIM: each image against the baseline row's image of the same prompt and seed (ref. = the "
+                 "baseline row itself)." if metric_set else ""), "",
               "| model | runtime | precision | sampler | steps | guidance | NFE | GFLOP | median ms | p90 ms | spread | "
-              "peak MiB | speedup vs baseline | prompt accuracy | FD | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"peak MiB | speedup vs baseline | {quality_head} | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (quality_head.count("|") + 1) + "---|"]
     for r in result["end_to_end"]:
         lat, q, mem = r["latency"] or {}, r["quality"], r["memory"]
         flag = " ⚠" if lat.get("too_noisy") or not lat.get("reportable") else ""
         kind = " (est.)" if r["latency_kind"] == "estimate" else ""
-        acc = "–" if not q else f"{q['prompt_accuracy']:.3f}{' P' if r['pareto_accuracy'] else ''}"
         fd = "–" if not q or q["fd"] is None else f"{q['fd']:.1f}{' P' if r['pareto_fd'] else ''}"
+        if metric_set:
+            quality_cells = " | ".join(_metric_cells(r))
+        else:
+            acc = "–" if not q else f"{q['prompt_accuracy']:.3f}{' P' if r['pareto_accuracy'] else ''}"
+            quality_cells = f"{acc} | {fd}"
         lines.append(f"| {r['model']} | {r['runtime']} | {r['precision']} | {r['sampler']} | {r['steps']} | "
                      f"{r['guidance']:g} | {r['nfe']} | {fmt(r.get('gflop'), '.2f')} | "
                      f"{fmt(lat.get('median_ms'), '.1f')}{kind}{flag} | "
                      f"{fmt(lat.get('p90_ms'), '.1f')} | {fmt(lat.get('spread'), '.2f')} | "
-                     f"{fmt(mem['peak_mib'], '.0f') if mem else '–'} | {fmt(r['speedup_vs_baseline'], '.1f')} | {acc} | {fd} | "
-                     f"{r['note'] or ''} |")
+                     f"{fmt(mem['peak_mib'], '.0f') if mem else '–'} | {fmt(r['speedup_vs_baseline'], '.1f')} | "
+                     f"{quality_cells} | {r['note'] or ''} |")
     lines += ["", "⚠ = too noisy or too few runs to publish (the note says which). Schema of run_device.json: the "
                   "module docstring of benchmarks/run_device.py.", ""]
     return "\n".join(lines)
+
+
+def _metric_set_words(m: dict) -> str:
+    """What the metric set of --prompts measured, for the settings line."""
+    fd = ("not measured (no --fd-features)" if not m["fd_features"] else
+          f"{m['fd_features']['path']} ({m['fd_features']['kind']}, {m['fd_features']['dim']}-d) against "
+          f"{m['reference_images']['count']} images of {m['reference_images']['path']}")
+    return (f"teacher fidelity (PSNR/SSIM against the float teacher's baseline images on the same runtime); FD: {fd}; "
+            f"CLIP score: {m['clip'] or 'not measured (no --clip)'}")
+
+
+def _metric_cells(r: dict) -> list[str]:
+    """PSNR, SSIM, FD and CLIP score cells of an end-to-end row scored with the metric set ("ref." for the baseline
+    row itself, whose fidelity is exact by construction)."""
+    q = r["quality"]
+    if not q:
+        return ["–"] * 4
+    reference = q.get("fidelity_vs") == r["model"]
+    psnr = "ref." if reference else fmt(q["psnr_db_vs_teacher"], ".2f")
+    ssim = "ref." if reference else fmt(q["ssim_vs_teacher"], ".4f")
+    fd = "–" if q["fd"] is None else f"{q['fd']:.4g}{' P' if r['pareto_fd'] else ''}"
+    return [psnr, ssim, fd, fmt(q["clip_score"], ".2f")]
 
 
 def plot_latency(components: list[dict], path: Path, title: str) -> None:
@@ -187,17 +233,40 @@ def plot_latency(components: list[dict], path: Path, title: str) -> None:
     savefig(fig)(path)
 
 
+# quality plot panels: (quality key, Pareto flag of the row or None: computed here, higher is better, y label)
+SHAPES_PANELS = (("prompt_accuracy", "pareto_accuracy", True, "prompt accuracy (higher is better)"),
+                 ("fd", "pareto_fd", False, "FD (lower is better)"))
+METRIC_SET_PANELS = (("psnr_db_vs_teacher", None, True, "PSNR vs the baseline's images (dB, higher is closer)"),
+                     ("fd", "pareto_fd", False, "FD (lower is better)"),
+                     ("clip_score", None, True, "CLIP score (higher is better)"))
+
+
 def plot_quality(e2e: list[dict], path: Path, title: str) -> None:
+    """Quality against end-to-end latency, one panel per metric, Pareto frontier marked: prompt accuracy and FD
+    (shapes evaluator), or with --prompts PSNR against the teacher, FD and CLIP score (those measured)."""
+    import math
+
+    from mobilediff.bench.stats import pareto_front
+
     plt = pyplot()
 
     rows = [r for r in e2e if r["quality"] and row_median(r)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    if any(r["quality"].get("metrics") for r in rows):
+        panels = [p for p in METRIC_SET_PANELS if p[0] == "psnr_db_vs_teacher"
+                  or any(r["quality"][p[0]] is not None for r in rows)]
+    else:
+        panels = list(SHAPES_PANELS)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False)
+    axes = axes[0]
     runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
     markers = "osD^v<>Px*"
     models = list(dict.fromkeys(r["model"] for r in rows))
-    for ax, key, flag, higher in ((axes[0], "prompt_accuracy", "pareto_accuracy", True),
-                                  (axes[1], "fd", "pareto_fd", False)):
-        pts = [r for r in rows if r["quality"][key] is not None]
+    drawn = []  # points per panel: the legend goes where the most rows are
+    for ax, (key, flag, higher, label) in zip(axes, panels):
+        pts = [r for r in rows if r["quality"][key] is not None and math.isfinite(r["quality"][key])]
+        drawn.append(len(pts))
+        on_front = ([r[flag] for r in pts] if flag else
+                    pareto_front([(row_median(r), r["quality"][key]) for r in pts], higher))
         for k, rt in enumerate(runtimes):
             for j, m in enumerate(models):
                 rs = [r for r in pts if r["runtime"] == rt and r["model"] == m]
@@ -207,7 +276,7 @@ def plot_quality(e2e: list[dict], path: Path, title: str) -> None:
                     for r in rs:
                         ax.annotate(str(r["steps"]), (row_median(r), r["quality"][key]), fontsize=6,
                                     xytext=(3, 3), textcoords="offset points")
-        front = sorted((r for r in pts if r[flag]), key=row_median)
+        front = sorted((r for r, f in zip(pts, on_front) if f), key=row_median)
         if front:
             ax.step([row_median(r) for r in front], [r["quality"][key] for r in front], where="post", color="k", lw=1,
                     ls="--", label="Pareto frontier", zorder=2)
@@ -215,9 +284,11 @@ def plot_quality(e2e: list[dict], path: Path, title: str) -> None:
                        edgecolors="k", s=110, zorder=4)
         ax.set_xscale("log")
         ax.set_xlabel("end-to-end latency, median (ms, log); labels: steps")
-        ax.set_ylabel("prompt accuracy (higher is better)" if higher else "FD (lower is better)")
+        ax.set_ylabel(label, **({"fontsize": 8} if len(label) > 40 else {}))
+        if key == "psnr_db_vs_teacher":
+            ax.set_title("the baseline rows themselves (+inf dB) are not drawn", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, loc="best")
+    axes[drawn.index(max(drawn))].legend(fontsize=6, loc="best")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     savefig(fig)(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from mobilediff.bench import bars
 from mobilediff.bench.android import AndroidOptions, CommandRunner, subprocess_runner
 from mobilediff.bench.bundles import COMPONENTS, INT8_RECIPES, BundleInfo, PlanChoice, fused_entry
+from mobilediff.bench.device_quality import PromptMetricsOptions
 from mobilediff.bench.envelope import Parser, count, finite
 from mobilediff.bench.host import BUNDLE_RUNTIMES, HOST_RUNTIMES, end_to_end_row
 from mobilediff.bench.peak import attach_compute, gemm_peak
@@ -51,6 +52,7 @@ class Settings:
     sources: tuple[str, ...] | None = None  # per bundle, the eager reference: a model, "manifest" or "none"
     android: AndroidOptions = field(default_factory=AndroidOptions)
     compute_units: tuple[str, ...] | None = None  # Core ML compute units (None: all four)
+    prompt_metrics: PromptMetricsOptions | None = None  # host: the metric set on --prompts (None: shapes evaluator)
     command: str = ""
 
     def check(self) -> None:
@@ -79,6 +81,13 @@ class Settings:
                                   f"got {len(self.sources)}")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise MobilediffError(f"--out {self.out} exists and is not a folder")
+        if self.prompt_metrics is not None:
+            if self.device != "host":
+                raise MobilediffError(f"--prompts scores the images of host runs; --device {self.device} measures no "
+                                      f"quality (run --device host on the same bundles)")
+            if self.quality_n == 0:
+                raise MobilediffError("--prompts scores quality, which --quality-n 0 skips: give --quality-n >= 2")
+            self.prompt_metrics.check()
 
 
 def parse_baseline(text: str) -> tuple[str, int]:
@@ -113,11 +122,23 @@ def prepare(s: Settings) -> list[BundleInfo]:
     return bundles
 
 
+def load_quality_inputs(s: Settings, bundles: list[BundleInfo]):
+    """With ``--prompts``: its prompts read and the metric set's networks and reference images loaded
+    (:mod:`mobilediff.bench.device_quality`), all before any timing; None without it (the shapes evaluator)."""
+    from mobilediff.bench.device_quality import image_size, load_prompt_quality, read_prompt_file
+
+    if s.prompt_metrics is None:
+        return None
+    prompts = read_prompt_file(s.prompt_metrics, s.quality_n)
+    return load_prompt_quality(s.prompt_metrics, prompts, image_size(bundles))
+
+
 # ------------------------------------------------------------------------------------------------ measuring
 def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subprocess_runner,
             device_info: dict | None = None, pipes: dict | None = None, platform: str | None = None,
-            coremltools_module=None) -> dict:
-    """Measure everything and return the result (see the schema); writes nothing."""
+            coremltools_module=None, prompt_quality=None) -> dict:
+    """Measure everything and return the result (see the schema); writes nothing. ``prompt_quality``: the loaded
+    metric set of ``--prompts`` (:func:`load_quality_inputs`; None: the shapes evaluator scores the rows)."""
     from tqdm.auto import tqdm
 
     from mobilediff.bench.envelope import library_versions, machine_info
@@ -133,17 +154,18 @@ def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subp
         with tqdm(total=n_comp, desc="components (load, latency, memory)", file=sys.stderr) as bar:
             components = host_components(bundles, s.runtimes, s.runs, s.warmup, s.load_runs, s.threads, s.memory, bar)
         evaluator = None
-        if s.quality_n:
+        if s.quality_n and prompt_quality is None:
             from mobilediff.evaluator import Evaluator
 
             evaluator = Evaluator.load()
         n_rows = sum(len(b.plans) * sum(rt in b.targets for rt in s.runtimes) for b in bundles)
         n_rows += len({(_eager(b), p) for b in bundles if str(b.eager_dir) in pipes for p in b.plans})
+        quality_n = len(prompt_quality.prompts) if prompt_quality is not None else s.quality_n
         with tqdm(total=n_rows, desc="end to end (latency, memory)", file=sys.stderr) as bar, \
-                tqdm(total=n_rows * s.quality_n, desc="quality (images)", file=sys.stderr,
-                     disable=not s.quality_n) as qbar:
+                tqdm(total=n_rows * quality_n, desc="quality (images)", file=sys.stderr,
+                     disable=not quality_n) as qbar:
             e2e = host_end_to_end(bundles, s.runtimes, s.runs, s.e2e_warmup, s.threads, s.memory, s.quality_n, pipes,
-                                  bar, qbar, evaluator)
+                                  bar, qbar, evaluator, prompt_quality)
         n_fused = sum(1 for b in bundles if fused_entry(b.manifest) for f in fused_entry(b.manifest).files
                       if f.target in s.runtimes)
         if n_fused:
@@ -173,6 +195,7 @@ def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subp
     attach_compute(components, peak)
     attach_image_gflop(e2e, bundles)
     attach_baselines(e2e)
+    check_fidelity_references(e2e)
     attach_pareto(e2e)
     return {
         "schema": SCHEMA,
@@ -189,7 +212,10 @@ def measure(s: Settings, bundles: list[BundleInfo], runner: CommandRunner = subp
                      "steps": list(s.plans.steps),
                      "baseline": {"sampler": s.plans.baseline[0], "steps": s.plans.baseline[1]},
                      "baseline_guidance": s.plans.baseline_guidance, "student_guidance": s.plans.student_guidance,
-                     "quality_n": s.quality_n, "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED,
+                     "quality_n": s.quality_n, "prompt_seed": EVAL_SEED if prompt_quality is None else None,
+                     "noise_seed": NOISE_SEED,
+                     "prompts": None if prompt_quality is None else prompt_quality.record["prompts"],
+                     "metric_set": None if prompt_quality is None else prompt_quality.record,
                      "memory": s.memory if s.device == "host" else None,
                      "runtimes": list(s.runtimes) if s.device == "host" else None,
                      "threads": s.threads,
@@ -222,11 +248,13 @@ def execute(s: Settings, runner: CommandRunner = subprocess_runner) -> dict:
     if s.device == "apple":
         check_apple()
     bundles = prepare(s)
+    prompt_quality = load_quality_inputs(s, bundles)
     device_info = check_android(s.android, runner) if s.device == "android" else None
     pipes = load_eager_pipelines(bundles) if s.device == "host" and "eager" in s.runtimes else {}
     if not any(b.role == "teacher" for b in bundles):
-        print("warning: no teacher bundle was given: end-to-end rows have no baseline and no speedup", file=sys.stderr)
-    result = measure(s, bundles, runner, device_info, pipes)
+        print("warning: no teacher bundle was given: end-to-end rows have no baseline and no speedup"
+              + (" and no teacher fidelity" if prompt_quality is not None else ""), file=sys.stderr)
+    result = measure(s, bundles, runner, device_info, pipes, prompt_quality=prompt_quality)
     write_results(s.out, output_files(result))
     return result
 
@@ -309,15 +337,28 @@ def attach_baselines(rows: list[dict]) -> None:
         r["speedup_vs_baseline"] = row_median(b) / row_median(r)
 
 
+def check_fidelity_references(rows: list[dict]) -> None:
+    """A row's teacher fidelity (``--prompts``) was measured against the images of the row that is its baseline:
+    the two choices are made apart (the teacher images before the rows, the baseline after), so they are checked
+    to agree."""
+    for r in rows:
+        q = r["quality"] or {}
+        if "fidelity_vs" in q and q["fidelity_vs"] != (r["baseline"] or {}).get("model"):
+            raise RuntimeError(f"{r['model']} {r['runtime']}: fidelity measured against {q['fidelity_vs']}, but its "
+                               f"baseline is {(r['baseline'] or {}).get('model')}")
+
+
 def attach_pareto(rows: list[dict]) -> None:
-    """pareto_accuracy / pareto_fd of every scored row: on the frontier of (latency, that metric) over all rows."""
+    """pareto_accuracy / pareto_fd of every scored row: on the frontier of (latency, that metric) over all rows that
+    have it (no accuracy with --prompts: pareto_accuracy stays None)."""
     scored = [r for r in rows if r["quality"] and row_median(r)]
     if not scored:
         return
-    acc = pareto_front([(row_median(r), r["quality"]["prompt_accuracy"]) for r in scored], True)
+    with_acc = [r for r in scored if r["quality"]["prompt_accuracy"] is not None]
+    acc = pareto_front([(row_median(r), r["quality"]["prompt_accuracy"]) for r in with_acc], True)
     with_fd = [r for r in scored if r["quality"]["fd"] is not None]
     fd = pareto_front([(row_median(r), r["quality"]["fd"]) for r in with_fd], False)
-    for r, f in zip(scored, acc):
+    for r, f in zip(with_acc, acc):
         r["pareto_accuracy"] = f
     for r, f in zip(with_fd, fd):
         r["pareto_fd"] = f
@@ -325,13 +366,31 @@ def attach_pareto(rows: list[dict]) -> None:
 
 def quality_bars(student: dict | None, baseline: dict | None) -> dict:
     """The 4-step student's quality bars against the 50-step teacher, on this run's own prompts and seeds
-    (``student_4step_accuracy_ratio``, ``student_4step_fd_ratio``). ``quality_met`` is None when either side was not
-    scored (--quality-n 0, or a device run)."""
+    (``student_4step_accuracy_ratio``, ``student_4step_fd_ratio``; with --prompts :func:`metric_set_bars`).
+    ``quality_met`` is None when either side was not scored (--quality-n 0, or a device run)."""
+    if student and student.get("metrics"):
+        return metric_set_bars(student, baseline)
     if not student or not baseline or student.get("fd") is None or baseline.get("fd") is None:
         return {"accuracy_ratio": None, "fd_ratio": None, "quality_met": None}
     sa, ba, sf, bf = student["prompt_accuracy"], baseline["prompt_accuracy"], student["fd"], baseline["fd"]
     met = bars.check_ratio("student_4step_accuracy_ratio", sa, ba) and bars.check_ratio("student_4step_fd_ratio", sf, bf)
     return {"accuracy_ratio": sa / ba if ba else None, "fd_ratio": sf / bf if bf else None, "quality_met": met}
+
+
+def metric_set_bars(student: dict, baseline: dict | None) -> dict:
+    """The bars of a row scored with the metric set (--prompts): FD ratio (``student_4step_fd_ratio``) and CLIP score
+    ratio (``student_4step_clip_ratio``) to the baseline's, each where both sides have it; no accuracy bar (no
+    accuracy is measured). ``quality_met``: every bar measured is met; None when neither was measured (fidelity alone
+    has no bar here)."""
+    out, verdicts = {"accuracy_ratio": None}, []
+    for key, ratio, bar_id in (("fd", "fd_ratio", "student_4step_fd_ratio"),
+                               ("clip_score", "clip_ratio", "student_4step_clip_ratio")):
+        s, b = student.get(key), (baseline or {}).get(key)
+        out[ratio] = s / b if s is not None and b else None
+        if s is not None and b is not None:
+            verdicts.append(bars.check_ratio(bar_id, s, b))
+    out["quality_met"] = all(verdicts) if verdicts else None
+    return out
 
 
 def flop_ratio(r: dict) -> float | None:
@@ -445,7 +504,8 @@ def build_parser(doc: str = "", results: Path | None = None) -> Parser:
     ap.add_argument("--load-runs", type=count(1), default=3,
                     help="Loads timed per component file (>= 1); the first is reported as the cold load.")
     ap.add_argument("--quality-n", type=count(0), default=256,
-                    help="Prompts of the fixed evaluation set scored per end-to-end row (0 skips quality; else >= 2).")
+                    help="Prompts scored per end-to-end row: of the fixed evaluation set, or the first N of --prompts "
+                         "(0 skips quality; else >= 2).")
     ap.add_argument("--runtimes", nargs="+", default=list(HOST_RUNTIMES), choices=HOST_RUNTIMES,
                     help="Host runtimes to run (default: all; a bundle without a runtime's files skips it).")
     ap.add_argument("--source", action="append", default=None,
@@ -459,6 +519,21 @@ def build_parser(doc: str = "", results: Path | None = None) -> Parser:
                          "under contention can make a runtime many times slower.")
     ap.add_argument("--no-memory", action="store_true",
                     help="Skip peak-memory measurements (each one starts a fresh Python process).")
+    g = ap.add_argument_group("quality of any model (host; instead of the shapes evaluator)")
+    g.add_argument("--prompts", type=Path, metavar="FILE", default=None,
+                   help="Prompt file (.txt one a line, .jsonl or .csv with 'text'): every end-to-end row generates its "
+                        "first --quality-n prompts (image i from the noise seed of the shapes set's image i) and is "
+                        "scored with PSNR/SSIM against the float teacher's baseline images on the same runtime, and "
+                        "FD / CLIP score when asked for.")
+    g.add_argument("--fd-features", type=Path, metavar="F", default=None,
+                   help="With --prompts: FD in the features of this extractor (a TorchScript file, or a CLIP, DINOv2 "
+                        "or `mobilediff train-features` folder); needs --reference-images.")
+    g.add_argument("--reference-images", type=Path, metavar="DIR", default=None,
+                   help="With --fd-features: the folder of real images the FD compares against (decoded at the "
+                        "bundles' image size).")
+    g.add_argument("--fd-image-size", type=count(8), default=None, metavar="N",
+                   help="Input side of a TorchScript --fd-features (default 299, Inception's).")
+    g.add_argument("--clip", type=Path, metavar="DIR", default=None, help="With --prompts: a local CLIP folder for the CLIP score.")
     g = ap.add_argument_group("android")
     g.add_argument("--adb", default="adb", help="adb executable on this machine (default: adb on PATH).")
     g.add_argument("--serial", default=None, help="Device serial (adb -s); default: the only attached device.")
@@ -482,12 +557,21 @@ def parse_settings(argv: list[str] | None, doc: str = "", results: Path | None =
                        baseline_guidance=a.baseline_guidance, student_guidance=a.student_guidance)
     android = AndroidOptions(adb=a.adb, serial=a.serial, et_runner=a.et_runner, ort_perf_test=a.ort_perf_test,
                              ort_lib=a.ort_lib, ort_provider=a.ort_provider, threads=a.threads)
+    metric_flags = {"--fd-features": a.fd_features, "--reference-images": a.reference_images,
+                    "--fd-image-size": a.fd_image_size, "--clip": a.clip}
+    given = [name for name, value in metric_flags.items() if value is not None]
+    if a.prompts is None and given:
+        raise MobilediffError(f"{given[0]} scores the images of --prompts: pass --prompts FILE too (without it the "
+                              f"shapes evaluator scores the rows)")
+    prompt_metrics = (PromptMetricsOptions(prompts=a.prompts, fd_features=a.fd_features,
+                                           reference_images=a.reference_images, fd_image_size=a.fd_image_size,
+                                           clip=a.clip) if a.prompts is not None else None)
     return Settings(bundles=tuple(a.bundle), device=a.device, out=a.out, plans=plans, runs=a.runs, warmup=a.warmup,
                     e2e_warmup=a.e2e_warmup, load_runs=a.load_runs, quality_n=a.quality_n, memory=not a.no_memory,
                     runtimes=tuple(dict.fromkeys(a.runtimes)), threads=a.threads,
                     sources=tuple(a.source) if a.source is not None else None, android=android,
                     compute_units=tuple(a.compute_units) if a.compute_units else None,
-                    command="python benchmarks/run_device.py " + shlex.join(argv_used))
+                    prompt_metrics=prompt_metrics, command="python benchmarks/run_device.py " + shlex.join(argv_used))
 
 
 def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None,

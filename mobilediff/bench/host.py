@@ -1,6 +1,7 @@
 """The host harness: load and time bundle components and whole generates on this machine's runtimes (ONNX Runtime,
 ExecuTorch, PyTorch eager as the reference), their cold loads, their peak memory in fresh processes, and the
-quality of the images they make on the fixed prompts and seeds.
+quality of the images they make on the fixed prompts and seeds (the shapes evaluator), or on a user's prompts with
+the metric set (:mod:`mobilediff.bench.device_quality`).
 
 Bundle components load through the same classes as ``mobilediff generate --bundle``
 (:class:`mobilediff.runtimes.BundleRunner`), so component and end-to-end numbers measure the same code. The eager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from mobilediff.bench.bundles import COMPONENTS, BundleInfo, Plan, component_inputs, file_precision, fused_entry
+from mobilediff.bench.device_quality import baseline_teachers, make_teacher_images, score_row
 from mobilediff.bench.stats import peak_rss_of_call, row_median, summarize, time_callable
 from mobilediff.errors import MobilediffError
 from mobilediff.targets import HOST_RUNTIMES as TARGET_RUNTIMES
@@ -282,8 +284,11 @@ def end_to_end_row(b: BundleInfo, plan: Plan, runtime: str, model: str, bundle_n
 
 
 def host_end_to_end(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, threads: int | None,
-                    with_memory: bool, quality_n: int, pipes: dict, bar, quality_bar, evaluator=None) -> list[dict]:
-    """One full generate per row, timed whole; then the quality of the same row on the fixed prompts and seeds.
+                    with_memory: bool, quality_n: int, pipes: dict, bar, quality_bar, evaluator=None,
+                    prompt_quality=None) -> list[dict]:
+    """One full generate per row, timed whole; then the quality of the same row on the fixed prompts and seeds:
+    the shapes ``evaluator``'s, or with ``prompt_quality`` (:class:`mobilediff.bench.device_quality.PromptQuality`)
+    the metric set's on the user's prompts, whose teacher images are made first, once per runtime.
     ``pipes``: the eager reference pipelines by folder (:func:`load_eager_pipelines`)."""
     from mobilediff.quality import eval_scenes
     from mobilediff.sampling import generate
@@ -291,6 +296,8 @@ def host_end_to_end(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: 
     prompt, seed = eval_scenes(1)[0].caption, 0
     rows, eager_done = [], set()
     real = evaluator.real_features(eval_scenes(quality_n)) if evaluator is not None else None
+    if prompt_quality is not None:
+        teacher_images(prompt_quality, bundles, runtimes, pipes, threads, quality_bar)
     for b in bundles:
         for rt in runtimes:
             import_runtime(rt, threads)
@@ -318,8 +325,21 @@ def host_end_to_end(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: 
                 bar.update(1)
                 if evaluator is not None:
                     row["quality"] = quality(evaluator, real, rt, obj, plan, quality_n, quality_bar)
+                elif prompt_quality is not None:
+                    row["quality"] = score_row(prompt_quality, rt, model, obj, plan, quality_bar)
                 rows.append(row)
     return rows
+
+
+def teacher_images(pq, bundles: list[BundleInfo], runtimes, pipes: dict, threads: int | None, bar) -> None:
+    """The images of each runtime's baseline row on the user's prompts, made once and kept in ``pq.teachers``
+    (:mod:`mobilediff.bench.device_quality`): every row of that runtime is compared with them."""
+    for rt, (b, plan) in baseline_teachers(bundles, runtimes, pipes).items():
+        import_runtime(rt, threads)
+        if rt == "eager":
+            make_teacher_images(pq, rt, f"eager:{b.source_label}", pipes[str(b.eager_dir)], plan, bar)
+        else:
+            make_teacher_images(pq, rt, b.name, bundle_runner(b.path, rt, threads), plan, bar)
 
 
 def host_fused(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, threads: int | None,
