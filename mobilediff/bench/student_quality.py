@@ -105,8 +105,10 @@ def _markdown(result: dict) -> str:
             lines.append(f"| {t['bar_id']} | {t['student']} | {fmt(t['ratio'], '.3f')} | {t['op']} {t['bar']:g} | "
                          f"{'–' if t['met'] is None else 'yes' if t['met'] else 'NO'} |")
     m = result["machine"]
-    lines += ["", f"Machine: {m.get('cpu', '?')}, {m.get('logical_cpus', '?')} logical CPUs, torch threads "
-                  f"{torch.get_num_threads()}; wall time {result['wall_seconds']:.0f} s.", "",
+    load = m.get("load_average") or []
+    lines += ["", f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch threads {m.get('torch_threads', '?')}"
+                  + (f", load average {load[0]:.1f} at the end (other work shared the cores: timings are not the "
+                     "point of this report)" if load else "") + f"; wall time {result['wall_seconds']:.0f} s.", "",
               f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
