@@ -299,7 +299,7 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     declarations, sampler tables: everything read from the model before anything runs it) -> calibrate (static
     int8 recipes: the pipeline samples, and is left as it was) -> files (every graph exported and checked against
     PyTorch) -> the typed manifest -> write. Returns the bundle path."""
-    from mobilediff.bench.envelope import library_versions
+    from mobilediff.machine import library_versions
     from mobilediff.card import model_card
 
     say = progress or (lambda msg: None)

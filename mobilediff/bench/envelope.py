@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -23,45 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from mobilediff.errors import MobilediffError
-
-
-def machine_info() -> dict:
-    """CPU model, core count, memory and threads: every result file says where it ran."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    try:  # what else was running: the 1/5/15-minute load averages when the record is made (this run included)
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib,
-            "torch_threads": torch.get_num_threads(), "accelerator": "none (CPU only)", "load_average": load}
-
-
-def library_versions() -> dict:
-    """Versions of Python and of every library a measurement can depend on (those installed)."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "accelerate", "numpy", "onnx", "onnxruntime", "executorch",
-                 "coremltools", "torchao"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
+from mobilediff.machine import library_versions, machine_info  # noqa: F401  (every result records them)
 
 
 def command_line(script: str, argv: list[str] | None) -> str:

@@ -218,18 +218,14 @@ def file_sha256(path: Path) -> str:
 
 
 def provenance() -> dict:
-    """What a training record says about where it ran: the machine and the library versions."""
+    """What a training record says about where it ran: :func:`mobilediff.machine.machine_info` (plus ``processor``,
+    the name older records carry) and the library versions."""
     import platform
 
-    import accelerate
-    import diffusers
-    import transformers
+    from mobilediff.machine import library_versions, machine_info
 
-    return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "torch_threads": torch.get_num_threads(),
-                        "accelerator": "none" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)},
-            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
-                         "transformers": transformers.__version__, "accelerate": accelerate.__version__}}
+    return {"machine": {**machine_info(), "processor": platform.processor() or platform.machine()},
+            "versions": library_versions()}
 
 
 def main_process() -> bool:
