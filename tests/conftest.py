@@ -52,7 +52,7 @@ def error_lines(stderr: str) -> list[str]:
 # The slowest files first (measured: `python -m pytest --durations=0`, summed per file), the rest in their usual
 # order: pytest-xdist's --dist loadfile hands whole files to its two workers in this order, and starting the long
 # ones first lets both workers finish together instead of one running a long file alone at the end.
-SLOWEST_FIRST = ("test_bench_xnnpack_convs.py", "test_export.py", "test_bench_device.py", "test_architectures.py", "test_multiprocess.py",
+SLOWEST_FIRST = ("test_export.py", "test_bench_device.py", "test_architectures.py", "test_multiprocess.py",
                  "test_quantize.py", "test_bench_quantization.py", "test_bench_real_architectures.py",
                  "test_train_distill.py", "test_train_base.py", "test_default_model.py", "test_train_decoder.py",
                  "test_bench_scaling.py", "test_sources.py", "test_output_races.py", "test_non_square.py",

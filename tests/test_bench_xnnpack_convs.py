@@ -54,7 +54,7 @@ def test_a_run_measures_whole_and_split_and_writes_its_files(tmp_path, monkeypat
     assert (tmp_path / "xnnpack_convs.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # about 170 s on 2 cores: the tests above cover a measured split and a whole run's files
 def test_the_whole_unet_is_profiled_with_its_convolutions_whole_and_split(tmp_path, monkeypatch):
     from mobilediff.targets import xnnpack_forms
 
