@@ -103,7 +103,7 @@ settings      {"runs", "warmup", "e2e_warmup", "load_runs", "steps", "baseline":
 bundles       [{"name", "path", "role": "teacher"|"student", "method": "teacher"|"lcm"|"progressive",
                 "precision": "fp32"|"fp16"|<quantization recipe>, "quantization": recipe name | null,
                 "targets": [targets with all three components], "guidance_type", "geometry": {...},
-                "source": {"model", "path" (resolved, or null), "weights_sha256", "checked": bool, "from":
+                "source": {"model", "path" (relative to the repository when inside it, else resolved; or null), "weights_sha256", "checked": bool, "from":
                 "manifest"|"--source"|"none" (no eager reference), "decoder": the swapped-in decoder's name or
                 folder | null (such a bundle has no eager reference), "note"?}, "plans": [{"sampler", "steps", "guidance",
                 "guidance_from": "--baseline-guidance"|"--student-guidance"|"manifest"}],

@@ -34,6 +34,14 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return f"python benchmarks/{script}.py {shlex.join(args)}".rstrip()
 
 
+def record_path(path: Path) -> str:
+    """A path as a committed result names it: relative to the repository when it lies inside it (no path of this
+    machine in a record), else resolved."""
+    root = Path(__file__).resolve().parents[2]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+
 def envelope(name: str, command: str, started: float, version: int = 1) -> dict:
     """The record every result file carries: ``schema`` ({"name": "mobilediff.<name>", "version"}; fields are only
     ever added within a version), ``created`` (UTC, ISO 8601), ``command`` (:func:`command_line`), ``machine``,

@@ -51,7 +51,9 @@ def resolve_eager_reference(b: BundleInfo, given: str) -> None:
         raise MobilediffError(f"the bundle's source model {model!r} (manifest source.model) is not a folder here; "
                               f"pass --source MODEL for this bundle, or --source none to skip its eager reference")
     check_pipeline_dir(path)
-    b.source.update(path=str(path.resolve()), **{"from": "manifest" if given == "manifest" else "--source"})
+    from mobilediff.bench.envelope import record_path
+
+    b.source.update(path=record_path(path), **{"from": "manifest" if given == "manifest" else "--source"})
     if sha is not None:
         if tree_sha256(path) != sha:
             raise MobilediffError(f"source model {path} no longer matches the weights the bundle was exported from "
