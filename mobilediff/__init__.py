@@ -4,7 +4,7 @@ Modules, one per stage: data (the shapes domain), evaluator (its quality metrics
 configurations), loading (safe pipeline loading), sampling (diffusers samplers, seeded generation),
 sampler_table (the sampler as data for bundles), training / checkpoint (train-base on accelerate),
 quality (fixed-prompt evaluation), components / targets / parity / exporter / bundle / fused (export),
-runtimes (generate from a bundle), bench/ (the benchmark library), sources (data as an input), metrics
+engine (generate from a bundle), bench/ (the benchmark library), sources (data as an input), metrics
 (quality for any model). Nothing is imported and nothing is configured here: importing mobilediff has no side
 effects (the CLI and benchmarks quiet library chatter through mobilediff.quiet).
 """

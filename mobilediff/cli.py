@@ -245,7 +245,7 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
 
 @cli.command("build-emoji-data")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to create: the imagefolder (PNGs + metadata.jsonl + NOTICE).")
-@click.option("--tarball", type=click.Path(path_type=Path, dir_okay=False), default=None, help="The pinned npm package's tarball, if already downloaded (checked against its sha512 all the same); default: fetched with npm.")
+@click.option("--tarball", type=click.Path(path_type=Path, dir_okay=False), default=None, help="The pinned npm package's tarball, if already downloaded (checked against its sha512 all the same); default: downloaded from the npm registry.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def build_emoji_data_cmd(out, tarball, force):
     """Build the emoji imagefolder (Noto emoji sprites captioned with their names) from the pinned npm package."""
@@ -491,7 +491,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         import torch
 
         from mobilediff.bundle import read_manifest
-        from mobilediff.runtimes import BundleRunner
+        from mobilediff.engine import BundleRunner
 
         manifest = read_manifest(bundle)
         steps, sampler, guidance = _sampling_defaults(manifest.plan, steps, sampler, guidance)

@@ -114,11 +114,11 @@ def _tokenizer_record(pipe, bundle: Path) -> dict:
 
 def _check_bundle_tokenizer(tok, bundle: Path, record: dict) -> None:
     """The bundle's tokenizer as every reader builds it (vocab.json + merges.txt, the manifest's ids: see
-    runtimes.BundleTokenizer) must give the pipeline's own token ids: a tokenizer.json that disagrees with the two
+    engine.BundleTokenizer) must give the pipeline's own token ids: a tokenizer.json that disagrees with the two
     files would have the apps feed the text encoder other ids than the model was made with."""
     from mobilediff.bundle import Tokenizer
     from mobilediff.goldens import TOKENIZER_PROMPTS
-    from mobilediff.runtimes import BundleTokenizer
+    from mobilediff.engine import BundleTokenizer
 
     ours = BundleTokenizer(bundle, Tokenizer(**{k: record[k] for k in ("max_length", "bos_id", "eos_id", "pad_id")},
                                              files=tuple(record["files"])))

@@ -58,7 +58,7 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     from mobilediff.goldens import write_goldens
     from mobilediff.io import atomic_write_json, save_tensors
     from mobilediff.loading import load_pipeline, resolve_model
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
 
     if folder.exists():
         shutil.rmtree(folder)

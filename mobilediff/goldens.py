@@ -64,7 +64,7 @@ def write_goldens(bundle: Path, out: Path, runtime: str = "onnx", seed: int = 0,
     ``seed`` is the noise seed of the recorded plans. Raises MobilediffError on a bad bundle, an existing ``out``
     (without ``force``) or one another process is writing, before recording; on one that appeared meanwhile or
     cannot be written, after (:func:`mobilediff.io.atomic_dir`)."""
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
 
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)

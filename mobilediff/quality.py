@@ -46,7 +46,7 @@ def progress_batches(n: int, batch_size: int = EVAL_BATCH) -> int:
 def bundle_images(runner, n: int, sampler: str, steps: int, guidance: float | None,
                   progress: Callable[[int], None] | None = None, prompts: list[str] | None = None):
     """The fixed prompt set and noise seeds of :func:`evaluate_pipeline`, sampled from a bundle through a host
-    runtime (:class:`mobilediff.runtimes.BundleRunner`), one image at a time as an app would: (n, 3, H, W) in [-1, 1].
+    runtime (:class:`mobilediff.engine.BundleRunner`), one image at a time as an app would: (n, 3, H, W) in [-1, 1].
 
     ``prompts``: the first ``n`` of these instead of the shapes set (any model's prompts, e.g. ``--prompts FILE``),
     image i still from noise seed NOISE_SEED + i. Raises MobilediffError when fewer than ``n`` are given."""

@@ -1,152 +1,88 @@
-"""Generate from a bundle alone: the Python reference of what the demo apps do.
+"""The runtime libraries a phone runs bundles with, as registry packages pinned by name, version and sha512.
 
-Reads only the bundle: manifest, tokenizer files, sampler table, component files (each checked against its
-sha256). No diffusers scheduler and no PyTorch module runs here; PyTorch only holds the tensors.
+No Maven, Google or GitHub download is reachable where this project builds, but the npm registry carries the
+official mobile builds inside packages made for other frameworks. The apps' setup scripts fetch them through this
+module (one shared, checked cache) and never commit them:
+
+    python -m mobilediff.runtimes list                 # the pins, as JSON
+    python -m mobilediff.runtimes fetch onnxruntime-mobile   # prints the unpacked package's root folder
+
+The cache is ``$MOBILEDIFF_RUNTIMES_CACHE`` (default ``~/.cache/mobilediff/runtimes``).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from mobilediff.bundle import (COMPONENTS, classifier_free_guidance, component_file, guidance_embedding, read_manifest,
-                               sha256_path)
 from mobilediff.errors import MobilediffError
-from mobilediff.sampler_table import run_table
-from mobilediff.targets import get_runtime
+from mobilediff.sources.npm import NpmPackage, fetch
 
 
-class BundleTokenizer:
-    """A bundle's tokenizer as the contract defines it (tests/contract/tokenizer.json): the CLIP BPE of its
-    ``vocab.json`` and ``merges.txt`` (a ``tokenizer.json`` beside them is for other tools and never read, as in the
-    apps), then ``[bos_id]`` + the prompt's first ``max_length - 2`` ids + ``[eos_id]``, padded with ``pad_id``. The
-    two files are checked against the manifest's sha256 before they are read."""
-
-    def __init__(self, bundle: Path, spec):
-        from transformers import CLIPTokenizer
-
-        bundle = Path(bundle)
-        for f in spec.files:
-            path = bundle / f
-            if not path.is_file():
-                raise MobilediffError(f"bundle tokenizer file missing: {path}")
-            if f in spec.file_sha256 and sha256_path(path) != spec.file_sha256[f]:
-                raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
-        paths = {}
-        for name in ("vocab.json", "merges.txt"):
-            listed = [f for f in spec.files if Path(f).name == name]
-            paths[name] = bundle / (listed[0] if listed else f"tokenizer/{name}")
-            if not paths[name].is_file():
-                raise MobilediffError(f"bundle tokenizer file missing: {paths[name]}")
-        try:
-            vocab = json.loads(paths["vocab.json"].read_text(encoding="utf-8"))
-            lines = paths["merges.txt"].read_text(encoding="utf-8").split("\n")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise MobilediffError(f"corrupt bundle tokenizer file in {bundle / 'tokenizer'}: {e}") from None
-        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-        if not isinstance(vocab, dict) or any(len(m) != 2 for m in merges):
-            raise MobilediffError(f"corrupt bundle tokenizer in {bundle / 'tokenizer'}: vocab.json must map tokens to "
-                                  f"ids and merges.txt hold one pair a line")
-        self.spec = spec
-        self.bpe = CLIPTokenizer(vocab=vocab, merges=merges)  # the BPE alone; ids() adds the manifest's specials
-        self.bpe.model_max_length = spec.max_length
-
-    def ids(self, prompt: str) -> torch.Tensor:
-        """(1, max_length) int32 ids of ``prompt``."""
-        s = self.spec
-        body = self.bpe(prompt, add_special_tokens=False, verbose=False).input_ids[: s.max_length - 2]
-        ids = [s.bos_id, *body, s.eos_id] + [s.pad_id] * (s.max_length - 2 - len(body))
-        return torch.tensor([ids], dtype=torch.int32)
+@dataclass(frozen=True)
+class RuntimePackage:
+    package: NpmPackage
+    runtime: str
+    runtime_version: str
+    holds: str
 
 
-def bundle_tokenizer(bundle: Path, manifest) -> BundleTokenizer:
-    """The bundle's own tokenizer (its files checked against the manifest's sha256), at the manifest's length."""
-    return BundleTokenizer(bundle, manifest.tokenizer)
+RUNTIME_PACKAGES = {
+    "onnxruntime-mobile": RuntimePackage(
+        NpmPackage("com.github.asus4.onnxruntime", "0.4.9",
+                   "BkzxduSZ9IkeDP6Q8lz2TFU2ie7hSSvS7ZIfzMooExoq0CNzJnuuGaUJ7IsojBgqO4ouD1jXah8OYyJbCN29Fg==", "MIT"),
+        "onnxruntime", "1.29.0",
+        "Plugins/Android/onnxruntime.aar (jni/<abi>/libonnxruntime.so + libonnxruntime4j_jni.so, the ai.onnxruntime "
+        "Java API), Plugins/iOS~/onnxruntime.xcframework (static, C API), Plugins/Linux/x64/libonnxruntime.so"),
+    "executorch-mobile": RuntimePackage(
+        NpmPackage("react-native-executorch", "0.9.3",
+                   "eanpDe8sFFxbKfCh0lqrSVyU4/deiF1pZWtZOjZSV+w+qfuNsdrkQkoscxvhMwJOnvXNkBt4BXAr8pAlGOXStA==", "MIT"),
+        "executorch", "",
+        "third-party/android/libs/executorch/<abi>/libexecutorch.so (JNI, XNNPACK + Vulkan; needs libfbjni.so), "
+        "android/libs/classes.jar (org.pytorch.executorch), third-party/ios/ExecutorchLib.xcframework"),
+}
 
 
-class BundleRunner:
-    """Loads a bundle's three components for one host runtime and samples with its tables."""
+def cache_dir() -> Path:
+    return Path(os.environ.get("MOBILEDIFF_RUNTIMES_CACHE") or Path.home() / ".cache" / "mobilediff" / "runtimes")
 
-    def __init__(self, bundle: Path, runtime: str, precision: str | None = None, threads: int | None = None):
-        target = get_runtime(runtime)  # refuses a name that is not a host runtime
-        self.bundle = Path(bundle)
-        self.manifest = read_manifest(self.bundle)
-        self.runtime = runtime
-        self.parts = {}
-        for name in COMPONENTS:
-            path, entry = component_file(self.manifest, self.bundle, name, runtime, precision)
-            self.parts[name] = target.load(path, self.manifest.component(name), threads, name)
-        self.tokenizer = self._tokenizer()
-        self.geometry = self.manifest.geometry
-        self.guidance = self.manifest.guidance
-        self._uncond: torch.Tensor | None = None
 
-    def _tokenizer(self):
-        return bundle_tokenizer(self.bundle, self.manifest)
+def fetch_runtime(name: str, cache: Path | None = None, say=None) -> Path:
+    if name not in RUNTIME_PACKAGES:
+        raise MobilediffError(f"unknown runtime package {name!r}; known: {', '.join(sorted(RUNTIME_PACKAGES))}")
+    return fetch(RUNTIME_PACKAGES[name].package, cache or cache_dir(), say)
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        return self.parts["text_encoder"](self.tokenizer.ids(prompt))[0]
 
-    def _unet(self, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        unet = self.parts["unet"]
-        b = x.shape[0]
-        ts = torch.full((b,), float(t), dtype=torch.float32)
-        args = [x, ts, text] + ([cond] if cond is not None else [])
-        need = unet.static_batch
-        if need is not None and need != b:  # a static-batch graph: pad with copies of the last row, then drop
-            pad = need - b
-            if pad < 0:
-                raise MobilediffError(f"UNet batch {b} exceeds the exported static batch {need}")
-            args = [torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args]
-            return unet(*args)[0][:b]
-        return unet(*args)[0]
+def pins() -> list[dict]:
+    return [{"name": name, "npm": p.package.name, "version": p.package.version,
+             "integrity": f"sha512-{p.package.sha512}", "license": p.package.license, "runtime": p.runtime,
+             "runtime_version": p.runtime_version or None, "holds": p.holds}
+            for name, p in RUNTIME_PACKAGES.items()]
 
-    @torch.no_grad()
-    def generate(self, prompt: str, seed: int, steps: int | None = None, sampler: str | None = None,
-                 guidance: float | None = None, trace=None) -> torch.Tensor:
-        """One image (1, 3, H, W) in [-1, 1]; unset sampling options come from the manifest's default plan. The
-        noise comes from torch.Generator().manual_seed(seed) as in :func:`mobilediff.sampling.generate`, so the two
-        agree image for image. ``trace(kind, tensor)`` sees "noise", every "fresh_noise" draw and the "latent" after
-        every step (mobilediff.goldens records them)."""
-        from mobilediff.sampling import check_prompt
 
-        check_prompt(prompt)
-        trace = trace or (lambda kind, tensor: None)
-        plan = self.manifest.plan
-        table = self.manifest.sampler_table(sampler or plan.sampler, steps or plan.steps)
-        g = self.guidance
-        scale = plan.guidance if guidance is None else guidance
-        gen = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn(self.geometry.latent_shape, generator=gen)
-        trace("noise", noise)
-        text = self.encode(prompt)
-        cond = None
-        if g.type == "embedding":
-            cond = torch.tensor([guidance_embedding(scale, g.embedding_dim)], dtype=torch.float32)
-            do_cfg = False
-        else:
-            do_cfg = scale > 1.0
-            if do_cfg and self.parts["unet"].static_batch == 1:
-                raise MobilediffError(f"this bundle's denoiser was exported without a classifier-free-guidance batch "
-                                      f"(guidance {plan.guidance:g}): generate with guidance 1, or export "
-                                      f"again with --guidance > 1")
-            if do_cfg:
-                if self._uncond is None:
-                    self._uncond = self.encode("")
-                text = torch.cat([self._uncond, text])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mobilediff.runtimes", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="print the pinned runtime packages as JSON")
+    f = sub.add_parser("fetch", help="download (once), check and unpack a pinned package; print its root folder")
+    f.add_argument("name", help=", ".join(RUNTIME_PACKAGES))
+    f.add_argument("--cache", type=Path, default=None, help="cache folder (default: $MOBILEDIFF_RUNTIMES_CACHE or "
+                                                            "~/.cache/mobilediff/runtimes)")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print(json.dumps(pins(), indent=1))
+        return 0
+    try:
+        root = fetch_runtime(args.name, args.cache, say=lambda m: print(f"[runtimes] {m}", file=sys.stderr))
+    except MobilediffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(root)
+    return 0
 
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            if do_cfg:
-                out = self._unet(torch.cat([x, x]), t, text, None)
-                return classifier_free_guidance(*out.chunk(2), scale)
-            return self._unet(x, t, text, cond)
 
-        def fresh_noise(i: int) -> torch.Tensor:
-            draw = torch.randn(noise.shape, generator=gen)
-            trace("fresh_noise", draw)
-            return draw
-
-        latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
-        z = latents / self.geometry.scaling_factor + self.geometry.shift_factor
-        return self.parts["vae_decoder"](z)[0].clamp(-1, 1)
+if __name__ == "__main__":
+    sys.exit(main())

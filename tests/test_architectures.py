@@ -351,7 +351,7 @@ def _check_manifest(pipe, bundle: Path, target: str) -> None:
 
 def _check_generate(library, name: str, bundle: Path, runtime: str) -> float:
     """``generate --bundle``'s runner against the PyTorch pipeline with the same sampler, steps, guidance, seed."""
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
     from mobilediff.sampling import generate
 
     v = VARIANTS[name]

@@ -353,7 +353,7 @@ def test_host_metric_set_on_prompts(bundles, tmp_path, capsys, keep_threads):
     from mobilediff.bench.device_run import main
     from mobilediff.metrics import FeatureExtractor, fd, psnr, ssim
     from mobilediff.quality import NOISE_SEED
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
     from mobilediff.sources import load_reference_images
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")

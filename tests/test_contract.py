@@ -84,7 +84,7 @@ def test_bundle_tokenizer_gives_the_reference_ids(spec, tmp_path):
     import torch
 
     from mobilediff.bundle import Tokenizer
-    from mobilediff.runtimes import BundleTokenizer
+    from mobilediff.engine import BundleTokenizer
 
     folder = tmp_path / "tokenizer"
     shutil.copytree(REPO / TOKENIZER["tokenizer"], folder)

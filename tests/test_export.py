@@ -11,7 +11,7 @@ from mobilediff.components import declare, latent_geometry
 from mobilediff.errors import MobilediffError
 from mobilediff.exporter import component_path, export_bundle, export_component
 from mobilediff.parity import psnr
-from mobilediff.runtimes import BundleRunner
+from mobilediff.engine import BundleRunner
 from mobilediff.sampling import generate
 from mobilediff.tiny import tiny_pipeline, tiny_variant_pipeline
 

@@ -9,7 +9,7 @@ from mobilediff.bundle import classifier_free_guidance, read_manifest
 from mobilediff.exporter import export_bundle
 from mobilediff.goldens import NOISE_SEEDS, TOKENIZER_PROMPTS, write_goldens
 from mobilediff.io import load_tensors
-from mobilediff.runtimes import BundleRunner
+from mobilediff.engine import BundleRunner
 from mobilediff.sampler_table import run_table
 from mobilediff.tiny import tiny_pipeline
 

@@ -16,7 +16,7 @@ from mobilediff.bundle import read_manifest
 from mobilediff.components import image_size, latent_geometry, latent_size
 from mobilediff.errors import MobilediffError
 from mobilediff.parity import psnr
-from mobilediff.runtimes import BundleRunner
+from mobilediff.engine import BundleRunner
 from mobilediff.tiny import TINY_MODEL, tiny_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")

@@ -142,7 +142,7 @@ def test_export_takes_the_decoder_at_the_parity_floor(student, run, tmp_path, ca
     from mobilediff.exporter import export_component
     from mobilediff.loading import load_pipeline
     from mobilediff.parity import psnr
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
     from mobilediff.sampling import generate
 
     out = tmp_path / "b"

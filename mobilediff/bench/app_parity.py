@@ -56,7 +56,7 @@ def check_goldens(app: str, engine: Path, model: str, folder: Path, work: Path) 
 def python_ms(bundle: Path, runtime: str, prompt: str, seed: int) -> float:
     """Python's `generate --bundle` time for one image, measured as the engines are: one untimed image, then the
     median of REPEATS."""
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
 
     runner = BundleRunner(bundle, runtime)
     runner.generate(prompt, seed)

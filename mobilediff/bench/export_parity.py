@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     from mobilediff.io import tree_sha256
     from mobilediff.loading import load_pipeline, resolve_model
     from mobilediff.parity import psnr
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
     from mobilediff.sampling import generate
 
     t_start = time.time()

@@ -4,7 +4,7 @@ quality of the images they make on the fixed prompts and seeds (the shapes evalu
 the metric set (:mod:`mobilediff.bench.device_quality`).
 
 Bundle components load through the same classes as ``mobilediff generate --bundle``
-(:class:`mobilediff.runtimes.BundleRunner`), so component and end-to-end numbers measure the same code. The eager
+(:class:`mobilediff.engine.BundleRunner`), so component and end-to-end numbers measure the same code. The eager
 reference is the PyTorch pipeline a bundle was exported from; it is opened only when eager rows are asked for, and
 only after its weights are checked against the manifest's ``source.weights_sha256``.
 """
@@ -162,8 +162,8 @@ def load_component(runtime: str, location: str, io, threads: int | None = None, 
 
 
 def bundle_runner(bundle: Path, runtime: str, threads: int | None):
-    """mobilediff.runtimes.BundleRunner (it checks every file's sha256) with ``threads`` runtime threads."""
-    from mobilediff.runtimes import BundleRunner
+    """mobilediff.engine.BundleRunner (it checks every file's sha256) with ``threads`` runtime threads."""
+    from mobilediff.engine import BundleRunner
 
     return BundleRunner(bundle, runtime, threads=threads)
 
@@ -354,7 +354,7 @@ def host_fused(bundles: list[BundleInfo], runtimes, runs: int, e2e_warmup: int, 
 
     from mobilediff.bundle import verify_file
     from mobilediff.quality import eval_scenes
-    from mobilediff.runtimes import bundle_tokenizer
+    from mobilediff.engine import bundle_tokenizer
 
     prompt = eval_scenes(1)[0].caption
     rows = []

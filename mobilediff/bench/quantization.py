@@ -209,7 +209,7 @@ def measure(cfg: QuantizationConfig, command: str = "") -> dict:
     from mobilediff.io import tree_sha256
     from mobilediff.loading import load_pipeline, resolve_model
     from mobilediff.quality import bundle_images, eval_scenes
-    from mobilediff.runtimes import BundleRunner
+    from mobilediff.engine import BundleRunner
 
     cfg.check()
     t_start = time.time()

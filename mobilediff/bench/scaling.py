@@ -28,7 +28,7 @@ Each component is timed once per pipeline and runtime at batch 1 (the UNet also 
     latency_ms = text_encoder_ms x text_encoder_calls + steps x unet_step_ms(unet_rows) + vae_decoder_ms
 
 ``text_encoder_calls`` is 2 for a CFG row on eager (:func:`mobilediff.sampling.generate` encodes the unconditional
-prompt every time) and 1 otherwise (:class:`mobilediff.runtimes.BundleRunner`, as the apps, encodes it once). The
+prompt every time) and 1 otherwise (:class:`mobilediff.engine.BundleRunner`, as the apps, encodes it once). The
 sampler's arithmetic and the pipeline's own overhead are not in the sum: each pipeline's composition is checked
 against one measured end-to-end generate of one of its configurations (``latency_check`` in scaling_meta.json:
 measured median, composed value, relative error), so the size of what is left out is on record.
@@ -248,7 +248,7 @@ class PipelineRuntime:
     """One pipeline's three components on one runtime, callable on example inputs at a batch, and a whole generate.
 
     eager: the exporter's wrapper modules around the pipeline's own modules; onnx: the pipeline exported to a bundle
-    in ``work`` (every graph checked against PyTorch) and run by :class:`mobilediff.runtimes.BundleRunner`."""
+    in ``work`` (every graph checked against PyTorch) and run by :class:`mobilediff.engine.BundleRunner`."""
 
     def __init__(self, pipe, runtime: str, threads: int, work: Path | None = None, label: str = "",
                  model_dir: Path | None = None):
@@ -259,7 +259,7 @@ class PipelineRuntime:
         self.runner = None
         if runtime == "onnx":
             from mobilediff.exporter import export_bundle
-            from mobilediff.runtimes import BundleRunner
+            from mobilediff.engine import BundleRunner
 
             bundle = export_bundle(pipe, "onnx", work, source=label, model_dir=model_dir)
             self.runner = BundleRunner(bundle, "onnx", threads=threads)

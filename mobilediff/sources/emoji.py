@@ -10,21 +10,20 @@ the folder from the pinned package.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 
 from mobilediff.errors import MobilediffError
+from mobilediff.sources.npm import NpmPackage, check_integrity, download
 
 PACKAGE = "emoji-datasource-google"
 VERSION = "16.0.0"
 # the registry's dist.integrity of the version above
 SHA512 = "ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A=="
+NPM = NpmPackage(PACKAGE, VERSION, SHA512, "Apache-2.0")
 IMAGE_DIR = "package/img/google/64/"
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
 NOTICE = f"""Images: Noto Emoji by Google (Apache License 2.0), as shipped in the npm package {PACKAGE}@{VERSION}
@@ -57,34 +56,16 @@ def emoji_rows(emoji: list[dict]) -> list[dict]:
     return rows
 
 
-def fetch_package(workdir: Path) -> Path:
-    """``npm pack`` the pinned package into ``workdir``, check its sha512; returns the tarball."""
-    if shutil.which("npm") is None:
-        raise MobilediffError("npm is not installed: it fetches the emoji package (apt-get install npm)")
-    proc = subprocess.run(["npm", "pack", f"{PACKAGE}@{VERSION}", "--silent", "--pack-destination", str(workdir)],
-                          capture_output=True, text=True)
-    tarballs = list(workdir.glob("*.tgz"))
-    if proc.returncode != 0 or len(tarballs) != 1:
-        raise MobilediffError(f"npm pack {PACKAGE}@{VERSION} failed: {(proc.stderr or proc.stdout).strip()[:200]}")
-    return tarballs[0]
-
-
-def check_integrity(tarball: Path) -> None:
-    digest = base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
-    if digest != SHA512:
-        raise MobilediffError(f"{tarball}: sha512 {digest} is not the pinned {PACKAGE}@{VERSION}'s {SHA512}")
-
-
 def build_emoji_folder(out: Path, tarball: Path | None = None, force: bool = False) -> dict:
     """Write the emoji ``imagefolder`` to ``out`` (atomically): the PNGs, ``metadata.jsonl`` and a NOTICE. Fetches
-    the pinned package with npm unless ``tarball`` (the same package, checked the same way) is given. Returns counts."""
+    the pinned package from the npm registry unless ``tarball`` (the same package, checked the same way) is given. Returns counts."""
     from mobilediff.io import atomic_dir
 
     with tempfile.TemporaryDirectory() as work:
-        tarball = Path(tarball) if tarball is not None else fetch_package(Path(work))
+        tarball = Path(tarball) if tarball is not None else download(NPM, Path(work))
         if not tarball.is_file():
             raise MobilediffError(f"--tarball {tarball} does not exist")
-        check_integrity(tarball)
+        check_integrity(NPM, tarball)
         with tarfile.open(tarball, "r:gz") as tar:
             emoji = json.load(tar.extractfile("package/emoji.json"))
             rows = emoji_rows(emoji)
