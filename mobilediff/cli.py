@@ -534,9 +534,10 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int8-decoder|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (a mobilediff distill-decoder folder, or 'default:tiny': the default model's) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
 @click.option("--calibration-prompts", type=click.Path(path_type=Path), default=None, help="Prompts whose sampling trajectories calibrate a static int8 recipe (.txt one a line, .jsonl/.csv with a 'text' field; at most the first 64 are used). Default: 32 prompts of the shapes domain.")
+@click.option("--ort-format/--no-ort-format", default=True, show_default=True, help="With the onnx target, also write each graph in ORT format (ONNX Runtime's mobile format, optimized for arm once; the apps load it when present), with its mobile usability report (NNAPI, Core ML) and the bundle's required-operators config for a reduced ONNX Runtime build.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
-               calibration_prompts, force):
+               calibration_prompts, ort_format, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     _refuse_conflicts(("needs", "fused_sampler", "fused_steps", "it is the fused program's sampler"))
     from mobilediff.decoder import resolve_decoder
@@ -549,7 +550,7 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
                           fused_sampler=fused_sampler, guidance=guidance, force=force, source=str(model),
                           quantize=quantize, calibration_prompts=() if calibration_prompts is not None else 32,
-                          model_dir=resolve_model(model), decoder=resolve_decoder(decoder))
+                          model_dir=resolve_model(model), decoder=resolve_decoder(decoder), ort_format=ort_format)
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")

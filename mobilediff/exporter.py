@@ -32,6 +32,7 @@ from mobilediff.targets import FUSED_TARGETS, PRECISIONS, TARGETS, get_target
 # optimum's layout of a diffusion pipeline: the bundle component -> the pipeline module whose config it carries
 PIPELINE_FOLDERS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae"}
 PIPELINE_GRAPH = "model.onnx"
+ORT_OPERATORS_CONFIG = "ort_required_operators.config"  # the bundle's ORT graphs' operators, for a reduced build
 # step counts tabulated per sampler; students with a guidance embedding (LCM) get the LCM sampler
 TABLE_STEPS = (1, 2, 4, 8, 16, 25, 50)
 
@@ -178,14 +179,7 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
     t0 = time.time()
     facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized else mod.export(spec, path, precision)
     seconds = time.time() - t0
-    inputs = spec.example_inputs(seed)
-    if quantized and recipe.calibrated:  # a real input: random tensors miss the calibrated ranges
-        from mobilediff.quantize import static_rows
-
-        rows = calibration.batches(spec.name)
-        inputs = static_rows(spec, rows)[0] if mod.STATIC_SHAPES else rows[0]
-    with torch.no_grad():
-        reference = tuple(spec.module(*inputs))
+    inputs, reference = _parity_inputs(spec, mod, recipe if quantized else None, calibration, seed)
     parity = mod.validate(spec, path, precision, inputs, reference, quantization)
     # files the graph reads from beside it (ONNX weights over 1.5 GiB): recorded and checked like the graph itself
     external = [{"path": (path.parent / name).relative_to(bundle).as_posix(), "sha256": sha256_path(path.parent / name),
@@ -194,6 +188,56 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
             "path": path.relative_to(bundle).as_posix(),
             "sha256": sha256_path(path), "size_bytes": size_bytes(path), "external_data": external,
             "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
+
+
+def _parity_inputs(spec: ComponentSpec, mod, recipe, calibration, seed: int) -> tuple[tuple, tuple]:
+    """The inputs an exported graph is checked on, and PyTorch's outputs for them: seeded random tensors, or for a
+    calibrated quantization ``recipe`` a recorded real input (random tensors miss the calibrated ranges)."""
+    inputs = spec.example_inputs(seed)
+    if recipe is not None and recipe.calibrated:
+        from mobilediff.quantize import static_rows
+
+        rows = calibration.batches(spec.name)
+        inputs = static_rows(spec, rows)[0] if mod.STATIC_SHAPES else rows[0]
+    with torch.no_grad():
+        reference = tuple(spec.module(*inputs))
+    return inputs, reference
+
+
+def export_ort_form(spec: ComponentSpec, onnx_entry: dict, bundle: Path, seed: int = 0, recipe=None,
+                    calibration=None) -> dict | str:
+    """The ORT-format form of an exported ONNX graph (ONNX Runtime's mobile format), written beside it and checked
+    against PyTorch at the ONNX graph's floor; returns its manifest file entry (target ``ort``), or the one-line
+    reason it has none (a graph over the format's 2 GiB limit)."""
+    from mobilediff.targets import onnx as onnx_target
+
+    onnx_path = bundle / onnx_entry["path"]
+    refusal = onnx_target.ort_format_refusal(onnx_path)
+    if refusal:
+        return refusal
+    t0 = time.time()
+    facts = onnx_target.to_ort(onnx_path)
+    seconds = time.time() - t0
+    quantization = onnx_entry["quantization"]
+    inputs, reference = _parity_inputs(spec, onnx_target, recipe if quantization else None, calibration, seed)
+    path = onnx_target.ort_path(onnx_path)
+    parity = onnx_target.validate_ort(spec, path, onnx_entry["precision"], inputs, reference, quantization)
+    return {"target": "ort", "precision": onnx_entry["precision"], "quantization": quantization,
+            "path": path.relative_to(bundle).as_posix(), "sha256": sha256_path(path), "size_bytes": size_bytes(path),
+            "external_data": [], "export_seconds": round(seconds, 2), "export": facts, "parity": parity}
+
+
+def ort_required_operators(components: dict[str, "ComponentEntry"]) -> str | None:
+    """The bundle's required-operators config for ONNX Runtime's reduced build: the operators of all its ORT-format
+    graphs (None when it has none)."""
+    from mobilediff.targets import onnx as onnx_target
+
+    ops = [f.export["required_operators"] for c in components.values() for f in c.files if f.target == "ort"]
+    if not ops:
+        return None
+    return onnx_target.required_operators_config(
+        ops, "The operators of this bundle's ORT-format graphs: the --include_ops_by_config input of an ONNX "
+             "Runtime reduced build (tools/ci_build/build.py)")
 
 
 @dataclass(frozen=True)
@@ -225,6 +269,7 @@ class ExportConfig:
     calibration_sampling: dict | None = None
     model_dir: Path | None = None
     decoder: Path | None = None
+    ort_format: bool = True  # --target onnx also writes each graph in ORT format (ONNX Runtime's mobile format)
 
     @classmethod
     def of(cls, target: str, out: Path, **options) -> "ExportConfig":
@@ -323,10 +368,21 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
                 r = recipes.get(tgt)
                 say(f"{name} -> {tgt} ({r.name if r and name in r.components else cfg.precision})")
                 files.append(export_component(spec, tgt, cfg.precision, tmp, recipe=r, calibration=calibration))
+                if tgt == "onnx" and cfg.ort_format:
+                    say(f"{name} -> ort (ONNX Runtime's mobile format)")
+                    ort = export_ort_form(spec, files[-1], tmp, recipe=r, calibration=calibration)
+                    if isinstance(ort, str):
+                        say(ort)
+                        files[-1]["export"]["ort_format"] = ort
+                    else:
+                        files.append(ort)
             components[name] = ComponentEntry.from_dict(
                 {**spec.to_dict(), "files": files, "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)},
                 f"components.{name}", strict=True)
         _pipeline_files(pipe, card.plan, tmp, components)
+        config = ort_required_operators(components)
+        if config:
+            (tmp / ORT_OPERATORS_CONFIG).write_text(config)
         fused = None
         if cfg.fused_steps is not None:
             fused = export_fused(pipe, geometry.to_dict(), [t for t in cfg.targets if t in FUSED_TARGETS],

@@ -43,10 +43,13 @@ def test_manifest_describes_every_file_and_io(bundle):
     assert [i.name for i in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
     assert unet.inputs[0].shape == ["batch", 4, 16, 16] and unet.dims == {"batch": 2}
     for name, comp in m.components.items():
-        for f in comp.files:
-            assert f.path == f"{name}/model.onnx"  # optimum's layout of a diffusion pipeline folder
-            assert (bundle / f.path).stat().st_size == f.size_bytes and f.external_data == ()
-            assert f.parity["psnr_db"] >= 60 and f.parity["checker"].startswith("onnx.checker")
+        assert [f.target for f in comp.files] == ["onnx", "ort"]  # the graph and its ORT-format form
+        f, o = comp.files
+        assert f.path == f"{name}/model.onnx"  # optimum's layout of a diffusion pipeline folder
+        assert (bundle / f.path).stat().st_size == f.size_bytes and f.external_data == ()
+        assert f.parity["psnr_db"] >= 60 and f.parity["checker"].startswith("onnx.checker")
+        assert o.path == f"{name}/model.ort" and (bundle / o.path).stat().st_size == o.size_bytes
+        assert o.precision == "fp32" and o.parity["psnr_db"] >= 60 and "ORT format" in o.parity["runtime"]
     geo = m.geometry
     assert (geo.height, geo.latent_height, geo.latent_channels) == (32, 16, 4)
     assert m.tokenizer.max_length == 32 and "tokenizer/vocab.json" in m.tokenizer.files
@@ -74,6 +77,28 @@ def test_onnx_bundle_is_a_diffusers_style_pipeline_folder(pipe, bundle):
     scheduler = json.loads((bundle / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["_class_name"] == "DDIMScheduler" and scheduler["clip_sample"] is False
     assert (bundle / "tokenizer" / "vocab.json").is_file() and (bundle / "tokenizer" / "merges.txt").is_file()
+
+
+def test_ort_forms_carry_their_mobile_usability_and_the_bundles_operator_set(bundle):
+    """Each ORT-format graph records the per-EP usability report and its operators; the bundle's merged
+    required-operators config (a reduced build's input) lists every one of them and names no path."""
+    from mobilediff.targets.onnx import USABILITY_EPS
+
+    m = read_manifest(bundle)
+    ops = set()
+    for comp in m.components.values():
+        o = comp.file("ort")
+        assert o.export["onnxruntime"] == "1.29.0" and o.export["optimization"]["target_platform"] == "arm"
+        report = o.export["usability"]["eps"]
+        assert tuple(report) == USABILITY_EPS
+        for row in report.values():
+            assert row["verdict"] in ("YES", "MAYBE", "NO") and 0 <= row["supported_nodes"] <= row["nodes"]
+        ops |= {(k, op) for k, names in o.export["required_operators"].items() for op in names}
+    lines = (bundle / "ort_required_operators.config").read_text().splitlines()
+    listed = {(line.rsplit(";", 1)[0], op) for line in lines if not line.startswith("#")
+              for op in line.rsplit(";", 1)[1].split(",")}
+    assert listed == ops and ("ai.onnx;11", "Conv") in ops
+    assert not any("/" in line for line in lines if not line.startswith("#"))
 
 
 def test_only_float_onnx_graphs_take_the_pipeline_layout():
@@ -183,10 +208,14 @@ def test_large_onnx_weights_go_to_checked_external_data_files(pipe, tmp_path, mo
     import mobilediff.targets.onnx as onnx_target
 
     monkeypatch.setattr(onnx_target, "EXTERNAL_DATA_MIN_BYTES", 0)  # every graph takes the path of a > 2 GiB UNet
+    monkeypatch.setattr(onnx_target, "ORT_FORMAT_MAX_BYTES", 0)  # ... which is over the ORT format's limit too
     out = export_bundle(pipe, "onnx", tmp_path / "b")
     m = read_manifest(out)
+    assert not list(out.rglob("*.ort")) and not (out / "ort_required_operators.config").exists()
     for name, comp in m.components.items():
+        assert [f.target for f in comp.files] == ["onnx"]  # the .onnx form is kept, and why there is no other said
         f = comp.files[0]
+        assert "over the ORT format's 2 GiB limit (a flatbuffer); the .onnx form is kept" in f.export["ort_format"]
         # beside the graph, named as torch.onnx names it (onnxruntime reads the name from the graph)
         assert [e.path for e in f.external_data] == [f"{name}/model.onnx.data"] == [f.path + ".data"]
         assert f.export["external_data"] == ["model.onnx.data"]

@@ -315,3 +315,134 @@ def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
             raise MobilediffError(f"onnx has no quantizer for {recipe.kind} recipes ({recipe.name})")
         shutil.move(str(out), str(path))
     return {**facts, "nodes_kept_float": keep, "activation_matmuls_kept_float": len(activation_products)}
+
+
+# --- ONNX Runtime's mobile format ------------------------------------------------------------------------------
+# An ORT-format graph (a flatbuffer) is what ONNX Runtime's mobile and reduced builds load: optimized once at
+# conversion instead of at every session start, and the input of a build with only the operators it needs. A
+# flatbuffer cannot exceed 2 GiB, so a larger graph keeps its .onnx form only.
+ORT_EXT = "ort"
+ORT_FORMAT_MAX_BYTES = 2 << 30
+# the graph is optimized for the phone's CPUs (arm: no x86-only layouts), fully and once ("Fixed")
+ORT_OPTIMIZATION = {"style": "Fixed", "level": "all", "target_platform": "arm"}
+USABILITY_EPS = ("NNAPI", "CoreML MLProgram", "CoreML NeuralNetwork")
+
+
+def ort_path(onnx_path: Path) -> Path:
+    return Path(onnx_path).with_suffix(f".{ORT_EXT}")
+
+
+def ort_format_refusal(onnx_path: Path) -> str | None:
+    """Why ``onnx_path`` has no ORT form (None: it can have one): the format's 2 GiB limit."""
+    total = Path(onnx_path).stat().st_size + sum((Path(onnx_path).parent / n).stat().st_size
+                                                 for n in external_data_files(onnx_path))
+    if total >= ORT_FORMAT_MAX_BYTES:
+        return (f"{Path(onnx_path).name}: {total / 2**30:.2f} GiB of graph and weights is over the ORT format's "
+                f"2 GiB limit (a flatbuffer); the .onnx form is kept")
+    return None
+
+
+def _parse_required_operators(text: str) -> dict[str, list[str]]:
+    """``domain;opset;Op,Op`` lines of a required-operators config -> {"domain;opset": [ops]}."""
+    ops: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            domain, opset, names = line.split(";", 2)
+            ops.setdefault(f"{domain};{opset}", []).extend(n for n in names.split(",") if n)
+    return {k: sorted(set(v)) for k, v in sorted(ops.items(), key=lambda kv: _opset_order(kv[0]))}
+
+
+def _opset_order(key: str) -> tuple[str, int]:
+    domain, opset = key.split(";")
+    return domain, int(opset)
+
+
+def required_operators_config(entries: list[dict], header: str) -> str:
+    """One required-operators config (the input of ONNX Runtime's reduced build) over the ``required_operators``
+    facts of several ORT graphs."""
+    merged: dict[str, set[str]] = {}
+    for ops in entries:
+        for key, names in ops.items():
+            merged.setdefault(key, set()).update(names)
+
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{key};{','.join(sorted(merged[key]))}" for key in sorted(merged, key=_opset_order)]
+    return "\n".join(lines) + "\n"
+
+
+def mobile_usability(onnx_path: Path) -> dict:
+    """ONNX Runtime's mobile usability check per execution provider (onnxruntime.tools' usability checker: the
+    graph optimized at the basic level, then partitioned for NNAPI and the two Core ML model types): nodes, how
+    many the EP takes, in how many partitions, the ops it lacks, and its verdict as the checker gives it (YES /
+    MAYBE / NO), as is and with the dynamic dimensions fixed."""
+    import logging
+    import tempfile
+
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import optimize_model
+
+    checks = {"NNAPI": lambda m, fixed: uc.check_nnapi_partitions(m, fixed),
+              "CoreML MLProgram": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
+              "CoreML NeuralNetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md")}
+    logging.getLogger("usability_checker").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / Path(onnx_path).name
+        optimize_model(Path(onnx_path), optimized, use_external_initializers=True)
+        model = uc.ModelProtoWithShapeInfo(optimized).model_with_shape_info
+        dynamic_inputs, _ = uc.check_shapes(model.graph)
+        report = {}
+        for ep, check in checks.items():
+            info = check(model, True)
+            row = {"nodes": info.num_nodes, "supported_nodes": info.num_supported_nodes,
+                   "partitions": info.num_partitions, "unsupported_ops": sorted(info.unsupported_ops),
+                   "verdict": info.suitability().name}
+            if dynamic_inputs:
+                row["verdict_with_fixed_shapes"] = check(model, False).suitability().name
+            report[ep] = row
+    return {"checker": "onnxruntime.tools.check_onnx_model_mobile_usability", "dynamic_inputs": bool(dynamic_inputs),
+            "eps": report}
+
+
+def to_ort(onnx_path: Path) -> dict:
+    """Write ``onnx_path``'s ORT form beside it (:func:`ort_path`); return its facts: the optimization it was
+    converted with, the operators it needs (for a reduced build) and the mobile usability report."""
+    import contextlib
+    import io
+    import logging
+    import shutil
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    onnx_path = Path(onnx_path)
+    for name in ("ort_format_model", "ort_format_model.utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        try:  # the converter prints its progress: kept off the terminal
+            with contextlib.redirect_stdout(io.StringIO()):
+                convert_onnx_models_to_ort(onnx_path, out, [OptimizationStyle[ORT_OPTIMIZATION["style"]]],
+                                           target_platform=ORT_OPTIMIZATION["target_platform"])
+        except Exception as e:  # onnxruntime's own errors (an op without an ORT-format kernel, ...)
+            raise MobilediffError(f"cannot convert {onnx_path.name} to ORT format: {str(e).splitlines()[0][:200]}") from None
+        written = out / f"{onnx_path.stem}.{ORT_EXT}"
+        configs = list(out.glob("*.config"))
+        if not written.is_file() or len(configs) != 1:
+            raise MobilediffError(f"onnxruntime's ORT-format converter wrote no {written.name} for {onnx_path.name}")
+        required = _parse_required_operators(configs[0].read_text())
+        shutil.move(str(written), str(ort_path(onnx_path)))
+    return {"format": "ORT (flatbuffer)", "onnxruntime": ort.__version__, "converter":
+            "onnxruntime.tools.convert_onnx_models_to_ort", "from": onnx_path.name, "optimization": dict(ORT_OPTIMIZATION),
+            "required_operators": required, "usability": mobile_usability(onnx_path)}
+
+
+def validate_ort(spec, path: Path, precision: str, inputs, reference, quantization: str | None = None) -> dict:
+    """Run the ORT-format graph at ``path`` on onnxruntime's CPU provider and check it against PyTorch."""
+    import onnxruntime as ort
+
+    got = run(load_session(path), spec, inputs)
+    record = compare(spec.name, [s.name for s in spec.outputs], got, reference, precision, "ort", quantization)
+    record["runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider (ORT format)"
+    return record
