@@ -16,7 +16,7 @@ What runs where
 ---------------
 host     Every bundle through each host runtime it has files for -- ONNX Runtime (CPU execution provider) and
          ExecuTorch's Python runtime (XNNPACK + portable kernels), through the same classes as
-         ``mobilediff generate --bundle`` (:class:`mobilediff.runtimes.BundleRunner`) -- and PyTorch eager as the
+         ``mobilediff generate --bundle`` (:class:`mobilediff.engine.BundleRunner`) -- and PyTorch eager as the
          reference: the *source pipeline* the bundle was exported from, found from the manifest's
          ``source.model`` (checked against ``source.weights_sha256``) or given with ``--source``. A quantized
          bundle's eager reference is its float source, so eager rows are per source model, not per bundle. The

@@ -13,7 +13,7 @@ from PIL import Image
 from mobilediff.data import to_uint8
 from mobilediff.exporter import export_bundle
 from mobilediff.loading import load_pipeline
-from mobilediff.runtimes import BundleRunner
+from mobilediff.engine import BundleRunner
 
 out = Path(__file__).parent / "artifacts" / "default"
 pipe = load_pipeline("default")
