@@ -101,6 +101,26 @@ def test_ort_forms_carry_their_mobile_usability_and_the_bundles_operator_set(bun
     assert not any("/" in line for line in lines if not line.startswith("#"))
 
 
+def test_ort_format_benchmark_rows_compare_both_forms(pipe, bundle):
+    """benchmarks/ort_format.py's row of each graph: both forms run, sizes and parity from the manifest, and its
+    Markdown names every component and the verdicts."""
+    from mobilediff.bench import ort_format
+
+    m = read_manifest(bundle)
+    specs = declare(pipe, latent_geometry(pipe), cfg_batch=m.component("unet").dims["batch"])
+    rows = [ort_format.graph_row("tiny", specs[n], c.file("onnx").to_dict(), c.file("ort").to_dict(), bundle, 1)
+            for n, c in m.components.items()]
+    for r in rows:
+        assert r["ort_bytes"] > 0 and r["ort_psnr_db"] >= 60 and r["onnx_call_ms"] > 0 and r["ort_call_ms"] > 0
+    refused = ort_format.graph_row("big", specs["unet"], m.component("unet").file("onnx").to_dict(),
+                                   "unet: over the limit", bundle, 1)
+    assert refused["ort"] is None and refused["ort_refused"] == "unet: over the limit"
+    md = ort_format.markdown({"command": "python benchmarks/ort_format.py", "wall_seconds": 1.0, "threads": 1,
+                              "machine": {"cpu": "cpu", "cores": 2}, "versions": {"onnxruntime": "1.29.0"},
+                              "load_average_1min": {"start": 0.1, "end": 0.2}, "rows": rows + [refused]})
+    assert all(f"| tiny | {n} |" in md for n in m.components) and "NNAPI: " in md and "unet: over the limit" in md
+
+
 def test_only_float_onnx_graphs_take_the_pipeline_layout():
     assert component_path("unet", "onnx", "fp32", "onnx", quantized=False) == "unet/model.onnx"
     assert component_path("vae_decoder", "onnx", "fp16", "onnx", quantized=False) == "vae_decoder/model.onnx"
