@@ -6,7 +6,7 @@ form; the row says so.
 
 Writes to --out (default benchmarks/results/): ort_format.json (rows, machine, versions) and ort_format.md.
 
-Run:  python benchmarks/ort_format.py [--model default --model default:progressive-4] [--architecture sd15:fp16:256]
+Run:  python benchmarks/ort_format.py [--model default --model default:progressive-4] [--architecture sd15:full:fp16:256]
 """
 from __future__ import annotations
 

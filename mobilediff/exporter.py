@@ -212,7 +212,7 @@ def export_ort_form(spec: ComponentSpec, onnx_entry: dict, bundle: Path, seed: i
     from mobilediff.targets import onnx as onnx_target
 
     onnx_path = bundle / onnx_entry["path"]
-    refusal = onnx_target.ort_format_refusal(onnx_path)
+    refusal = onnx_target.ort_format_refusal(onnx_path, onnx_entry["precision"])
     if refusal:
         return refusal
     t0 = time.time()

@@ -68,6 +68,18 @@ def python_ms(bundle: Path, runtime: str, prompt: str, seed: int) -> float:
     return float(np.median(times))
 
 
+def engine_runtime(result: dict, backend: str) -> str | None:
+    """The runtime and version an engine's ``generate --json`` says it ran on ("onnxruntime 1.29.0")."""
+    if result.get("runtime"):
+        return str(result["runtime"])
+    version = result.get("runtime_version")
+    return f"{'onnxruntime' if backend == 'onnx' else backend} {version}" if version else None
+
+
+def _mib(n) -> float | None:
+    return None if n is None else round(n / 2**20, 1)
+
+
 def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry: dict, work: Path) -> list[dict]:
     from safetensors.numpy import load_file
 
@@ -92,6 +104,8 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
         got = np.fromfile(result["image_raw"], dtype="<f4").reshape(expected.shape)
         psnr = _psnr(got, expected)
         plan = f"{result['sampler']}-{result['steps']}, guidance {result['guidance']:g}"
+        row.update(runtime=engine_runtime(result, backend), graph_files=result.get("files"),
+                   peak_memory_mib=_mib(result.get("peak_memory_bytes", result.get("peak_rss_bytes"))))
         rows.append({**row, "psnr_db": psnr, "max_abs_error": float(np.abs(got - expected).max()),
                      "passed": psnr is None or bars.check("app_image_psnr_db", psnr), "plan": plan,
                      "engine_ms": round(result["ms_total"], 1), "engine_component_ms": result["ms"],
@@ -122,6 +136,12 @@ def _sci(x) -> str:
     return "-" if x is None else f"{x:.2e}"
 
 
+def _detail(row: dict) -> str:
+    files = row.get("graph_files") or {}
+    forms = sorted({Path(str(f)).suffix.lstrip(".") for f in files.values()}) if isinstance(files, dict) else []
+    return row.get("detail", "") + (f"; graphs: {', '.join(forms)}" if forms else "")
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     md = ["# App parity: demo app engines vs Python", "",
@@ -130,14 +150,17 @@ def markdown(result: dict) -> str:
           f"the start, {result['load_average_1min']['end']} at the end, so milliseconds are indicative only; "
           f"{result['timing']}). Bars: token ids identical; noise max abs <= 1e-6; sampler latents (every "
           f"step, real ONNX graphs) >= 60 dB, replay on recorded outputs max abs <= 1e-5; end-to-end images "
-          f">= {MIN_PSNR_DB:g} dB against Python's `generate --bundle` at the same seed (PSNR '-' = identical).", "",
-          "| app | check | backend | model | seed | PSNR dB | max abs | passed | engine ms | Python ms | detail |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          f">= {MIN_PSNR_DB:g} dB against Python's `generate --bundle` at the same seed (PSNR '-' = identical). "
+          f"Runtime: what the engine reports it ran on; peak MiB: the engine process's peak resident memory "
+          f"(VmHWM) over its generate runs; graphs: the file forms it loaded (ort = ONNX Runtime's mobile format).", "",
+          "| app | check | backend | runtime | model | seed | PSNR dB | max abs | passed | engine ms | Python ms | "
+          "peak MiB | detail |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        md.append(f"| {r['app']} | {r['check']} | {r['backend'] or '-'} | {r['model'] or '-'} | {_fmt(r['seed'])} | "
-                  f"{_fmt(r['psnr_db'])} | {_sci(r['max_abs_error'])} | "
+        md.append(f"| {r['app']} | {r['check']} | {r['backend'] or '-'} | {r.get('runtime') or '-'} | "
+                  f"{r['model'] or '-'} | {_fmt(r['seed'])} | {_fmt(r['psnr_db'])} | {_sci(r['max_abs_error'])} | "
                   f"{'yes' if r['passed'] else 'NO'} | {_fmt(r.get('engine_ms'))} | {_fmt(r.get('python_ms'))} | "
-                  f"{r.get('detail', '')} |")
+                  f"{_fmt(r.get('peak_memory_mib'))} | {_detail(r)} |")
     return "\n".join(md) + "\n"
 
 

@@ -80,18 +80,20 @@ def bundle_rows(model: str, work: Path, threads: int, say) -> list[dict]:
     return rows
 
 
-def architecture_row(arch: str, precision: str, resolution: int, work: Path, threads: int, say) -> dict:
-    """A real UNet architecture (seeded random weights) at ``resolution``: the project's export of it to ONNX at
-    ``precision``, then its ORT form (or the one-line reason it has none)."""
+def architecture_row(arch: str, scale: str, precision: str, resolution: int, work: Path, threads: int, say) -> dict:
+    """A real UNet architecture (seeded random weights; ``scale`` "full", or "tiny": every width / 10, the same
+    blocks and operators) at ``resolution``: the project's export of it to ONNX at ``precision``, then its ORT form
+    (or the one-line reason it has none)."""
     from mobilediff.bench.real_architectures import ARCHITECTURES, build_spec
     from mobilediff.exporter import export_component, export_ort_form
 
-    spec = build_spec(arch, "full", resolution, 2, 0)
-    folder = work / f"{arch}_{precision}_{resolution}"
-    say(f"{ARCHITECTURES[arch].label} {precision} at {resolution} px: export onnx + ort")
+    spec = build_spec(arch, scale, resolution, 2, 0)
+    folder = work / f"{arch}_{scale}_{precision}_{resolution}"
+    title = f"{ARCHITECTURES[arch].title}{' (widths / 10)' if scale == 'tiny' else ''} {resolution} px"
+    say(f"{title}, {precision}: export onnx + ort")
     onnx_entry = export_component(spec, "onnx", precision, folder)
     ort = export_ort_form(spec, onnx_entry, folder)
-    row = graph_row(f"{ARCHITECTURES[arch].label} {resolution} px", spec, onnx_entry, ort, folder, threads)
+    row = graph_row(title, spec, onnx_entry, ort, folder, threads)
     del spec
     return row
 
@@ -145,9 +147,9 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     ap.add_argument("--model", action="append", default=None,
                     help="a named model or pipeline folder whose bundle is compared (default: default, "
                          "default:progressive-4)")
-    ap.add_argument("--architecture", action="append", default=None, metavar="ARCH:PRECISION:RESOLUTION",
-                    help="a real UNet architecture with random weights, e.g. sd15:fp16:256 (default: none; "
-                         "architectures: sd15, bk-sdm-tiny)")
+    ap.add_argument("--architecture", action="append", default=None, metavar="ARCH:SCALE:PRECISION:RESOLUTION",
+                    help="a real UNet architecture with random weights, e.g. sd15:full:fp16:256 (default: none; "
+                         "architectures: sd15, bk-sdm-tiny; scale full, or tiny: every width / 10)")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     ap.add_out(results, "result folder")
     args = ap.parse_args(argv)
@@ -160,8 +162,8 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
         for model in args.model or ["default", "default:progressive-4"]:
             rows += bundle_rows(model, Path(tmp), args.threads, say)
         for spec in args.architecture or []:
-            arch, precision, resolution = spec.split(":")
-            rows.append(architecture_row(arch, precision, int(resolution), Path(tmp), args.threads, say))
+            arch, scale, precision, resolution = spec.split(":")
+            rows.append(architecture_row(arch, scale, precision, int(resolution), Path(tmp), args.threads, say))
     result = {"command": command_line("ort_format", argv), "wall_seconds": round(time.perf_counter() - t0, 1),
               "machine": machine_info(), "versions": library_versions(), "threads": args.threads,
               "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)}, "rows": rows}
