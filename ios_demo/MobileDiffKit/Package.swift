@@ -2,11 +2,59 @@
 // MobileDiffKit: the on-device engine for mobilediff bundles (manifest, tokenizer, torch-compatible noise,
 // the sampler loop over the manifest's table, image conversion, one backend per runtime).
 //
-// Linux (trixie's Swift 6, see ../scripts/setup-toolchain.sh): the ONNX Runtime backend links the system's
-// libonnxruntime through the COnnxRuntime module map, sha256 comes from the system's libcrypto (CLibCrypto).
-// Apple platforms: sha256 comes from CryptoKit and the Core ML backend is compiled in; the ONNX Runtime backend
-// is compiled in wherever a module named COnnxRuntime (ORT's C API headers) is visible — see ../README.md.
+// The runtimes are the phone's, laid out in Vendor/ by ../scripts/fetch-runtimes.sh (npm packages pinned by name,
+// version and sha512 in mobilediff/runtimes.py; nothing in Vendor/ is committed):
+// - ONNX Runtime (COnnxRuntime): every platform compiles against the headers of onnxruntime.xcframework, the
+//   framework an iPhone build links. Linux (tests, command line) links the same version's libonnxruntime.so,
+//   macOS (`swift build` on a Mac) its libonnxruntime.dylib; on iOS the app links the static xcframework
+//   (../App/project.yml).
+// - ExecuTorch (CExecuTorch, iOS only): a C shim over the C++ Module API of ExecutorchLib.xcframework, compiled
+//   against that package's headers; the app embeds the dynamic framework. Absent on Linux and macOS, where the
+//   framework has no slice.
+// - sha256 comes from CryptoKit on Apple platforms and from the system's libcrypto on Linux (CLibCrypto).
+// Without Vendor/ the package still builds, without the ONNX Runtime and ExecuTorch backends.
+import Foundation
 import PackageDescription
+
+let vendor = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Vendor").path
+func vendored(_ path: String) -> Bool { FileManager.default.fileExists(atPath: "\(vendor)/\(path)") }
+let hasONNXRuntime = vendored("onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/onnxruntime_c_api.h")
+let executorchHeaders = vendored("executorch/include/executorch/extension/module/module.h")
+// The ExecuTorch shim is part of the package where Xcode evaluates it (a Mac), for its iOS builds. On Linux,
+// MOBILEDIFF_CHECK_EXECUTORCH=1 compiles it and the Swift backend over it without linking
+// (../scripts/check-executorch.sh: `swift build --target MobileDiffKit`), to check both against the real headers.
+let checkExecuTorch = ProcessInfo.processInfo.environment["MOBILEDIFF_CHECK_EXECUTORCH"] == "1" && executorchHeaders
+#if os(macOS)
+let hasExecuTorch = executorchHeaders && vendored("ExecutorchLib.xcframework/Info.plist")
+#else
+let hasExecuTorch = checkExecuTorch
+#endif
+let executorchPlatforms: [Platform] = checkExecuTorch ? [.iOS, .linux] : [.iOS]
+
+var runtimeTargets: [Target] = []
+var engineDependencies: [Target.Dependency] = [.target(name: "CLibCrypto", condition: .when(platforms: [.linux]))]
+var engineSwiftSettings: [SwiftSetting] = []
+var engineLinkerSettings: [LinkerSetting] = []
+
+if hasONNXRuntime {
+    // ONNX Runtime's C API: a module map over the xcframework's onnxruntime_c_api.h (see Sources/COnnxRuntime/shim.h)
+    runtimeTargets.append(.systemLibrary(name: "COnnxRuntime", path: "Sources/COnnxRuntime"))
+    engineDependencies.append("COnnxRuntime")
+    for (platform, folder) in [(Platform.linux, "linux-x64"), (.macOS, "macos-arm64")] {
+        let lib = "\(vendor)/onnxruntime/\(folder)"
+        engineLinkerSettings.append(.linkedLibrary("onnxruntime", .when(platforms: [platform])))
+        engineLinkerSettings.append(.unsafeFlags(["-L\(lib)", "-Xlinker", "-rpath", "-Xlinker", lib], .when(platforms: [platform])))
+    }
+}
+if hasExecuTorch {
+    runtimeTargets.append(.target(
+        name: "CExecuTorch",
+        path: "Sources/CExecuTorch",
+        cxxSettings: [.unsafeFlags(["-I\(vendor)/executorch/include"])]
+    ))
+    engineDependencies.append(.target(name: "CExecuTorch", condition: .when(platforms: executorchPlatforms)))
+    engineSwiftSettings.append(.define("MOBILEDIFF_EXECUTORCH", .when(platforms: executorchPlatforms)))
+}
 
 let package = Package(
     name: "MobileDiffKit",
@@ -15,20 +63,18 @@ let package = Package(
         .library(name: "MobileDiffKit", targets: ["MobileDiffKit"]),
         .executable(name: "mobilediff-engine", targets: ["mobilediff-engine"]),
     ],
-    targets: [
-        // ONNX Runtime's C API (onnxruntime_c_api.h) from the system (Debian: libonnxruntime-dev).
-        .systemLibrary(name: "COnnxRuntime", path: "Sources/COnnxRuntime"),
+    targets: runtimeTargets + [
         // libcrypto's EVP digest API (Debian: libssl-dev), for sha256 where CryptoKit is absent.
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
         .target(
             name: "MobileDiffKit",
-            dependencies: [
-                .target(name: "COnnxRuntime", condition: .when(platforms: [.linux])),
-                .target(name: "CLibCrypto", condition: .when(platforms: [.linux])),
-            ]
+            dependencies: engineDependencies,
+            swiftSettings: engineSwiftSettings,
+            linkerSettings: engineLinkerSettings
         ),
         .executableTarget(name: "mobilediff-engine", dependencies: ["MobileDiffKit"]),
         .testTarget(name: "MobileDiffKitTests", dependencies: ["MobileDiffKit"]),
     ],
-    swiftLanguageModes: [.v6]
+    swiftLanguageModes: [.v6],
+    cxxLanguageStandard: .cxx17
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The iOS engine's command line on Linux (the MobileDiffKit code the app runs; ONNX Runtime through its C API).
+# The iOS engine's command line on Linux (the MobileDiffKit code the app runs; ONNX Runtime 1.29.0, the phone's
+# version, through its C API).
 # Builds the toolchain and the engine when needed, then runs it on the host through the toolchain's loader.
 #   engine.sh generate --bundle B --backend onnx --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
 #                      [--threads T] [--warmup N] [--repeats N] --out IMG.png --json RESULT.json
@@ -12,6 +13,8 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/chroot.sh"
 "$IOS_DEMO/scripts/setup-toolchain.sh" >/dev/null
+# the phone's ONNX Runtime (cached after the first run); its messages are shown only when it fails
+runtimes_log="$("$IOS_DEMO/scripts/fetch-runtimes.sh" 2>&1)" || { echo "$runtimes_log" >&2; exit 1; }
 # a rebuild's output is shown only when it fails: on success stderr holds the engine's own lines alone
 build_log="$(build_if_stale 2>&1)" || { echo "$build_log" >&2; exit 1; }
 status=0

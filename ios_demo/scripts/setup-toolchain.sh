@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the Swift toolchain for MobileDiffKit on a Debian/Ubuntu x86-64 host with root: a Debian trixie root
-# (debootstrap, minbase) holding trixie's Swift 6 (`swiftlang`), libc/libstdc++ headers, ONNX Runtime's C
-# library and headers (`libonnxruntime-dev` 1.21) and libcrypto (`libssl-dev`, for sha256 on Linux).
+# (debootstrap, minbase) holding trixie's Swift 6 (`swiftlang`), libc/libstdc++ headers, libcrypto (`libssl-dev`,
+# for sha256 on Linux) and libc++'s headers (`libc++-dev`, for the ExecuTorch shim's symbol check). ONNX Runtime
+# and ExecuTorch are not Debian's: fetch-runtimes.sh lays out the phone's versions beside the package.
 #
 # Idempotent and cached: the root lives in ios_demo/.toolchain/trixie (MOBILEDIFF_TOOLCHAIN_DIR moves it) and
-# is built in a side folder that is renamed into place only when complete, so an interrupted run leaves
-# nothing half-built behind; a second run returns at once. A change of the package list rebuilds it.
+# is built in a side folder that replaces it only when complete, so an interrupted run leaves nothing half-built
+# behind and an outdated root stays usable until then; a second run returns at once. A change of the package list
+# rebuilds it.
 # Needs: root, network access to the Debian archive (MOBILEDIFF_DEBIAN_MIRROR, default deb.debian.org), ~3.5 GB.
 # Mounts (proc, /dev for apt inside the root) live in a private mount namespace and are gone on exit.
 set -euo pipefail
@@ -34,13 +36,15 @@ if ! command -v debootstrap >/dev/null || [ ! -f "$keyring" ]; then
 fi
 
 partial="$TOOLCHAIN_DIR/trixie.partial"
-for d in "$partial" "$TRIXIE_ROOT"; do
-    if [ -e "$d" ]; then
-        # a leftover from an interrupted or outdated build; never delete through a live mount
-        [ -z "$(mounts_under "$d")" ] || die "$d has mounts under it ($(mounts_under "$d" | tr '\n' ' ')); unmount them first"
-        rm -rf "$d"
-    fi
-done
+outdated="$TOOLCHAIN_DIR/trixie.outdated"
+# removes a leftover of an interrupted or outdated build; never deletes through a live mount
+remove_root() {
+    [ -e "$1" ] || return 0
+    [ -z "$(mounts_under "$1")" ] || die "$1 has mounts under it ($(mounts_under "$1" | tr '\n' ' ')); unmount them first"
+    rm -rf "$1"
+}
+remove_root "$partial"
+remove_root "$outdated"
 mkdir -p "$TOOLCHAIN_DIR"
 
 echo "toolchain: debootstrap trixie (minbase) into $partial"
@@ -57,8 +61,11 @@ chroot_run "$partial" -- /bin/bash -c "
     apt-get clean
     rm -rf /var/lib/apt/lists/*
     swift --version 2>&1 | head -1
-    dpkg-query -W -f='\${Package} \${Version}\n' libonnxruntime-dev libssl-dev
+    dpkg-query -W -f='\${Package} \${Version}\n' libssl-dev libc++-dev
 "
 printf '%s' "$TOOLCHAIN_PACKAGES" >"$partial/$TOOLCHAIN_STAMP_NAME"
+# the outdated root (if any) is moved aside and deleted only once the new one is in place
+if [ -e "$TRIXIE_ROOT" ]; then mv "$TRIXIE_ROOT" "$outdated"; fi
 mv "$partial" "$TRIXIE_ROOT"
+remove_root "$outdated"
 echo "toolchain: ready at $TRIXIE_ROOT in $(( $(date +%s) - start )) s"

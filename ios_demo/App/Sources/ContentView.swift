@@ -1,4 +1,7 @@
+import MobileDiffKit
 import SwiftUI
+import UIKit
+import UniformTypeIdentifiers
 
 struct ContentView: View {
     @State private var model = GeneratorModel()
@@ -6,51 +9,128 @@ struct ContentView: View {
     var body: some View {
         NavigationStack {
             Form {
-                Section("Prompt") {
-                    TextField("Prompt", text: $model.prompt, axis: .vertical)
-                    Stepper("Seed: \(model.seed)", value: $model.seed, in: 0...Int(Int32.max))
-                    Picker("Steps", selection: $model.steps) {
-                        ForEach(model.availableSteps, id: \.self) { Text("\($0)").tag($0) }
-                    }
-                    HStack {
-                        Text("Guidance")
-                        Slider(value: $model.guidance, in: 0...10, step: 0.5)
-                        Text(String(format: "%.1f", model.guidance)).monospacedDigit()
-                    }
-                }
-                Section("Runtime") {
-                    Picker("Compute units", selection: $model.computeUnits) {
-                        ForEach(GeneratorModel.ComputeChoice.allCases) { Text($0.rawValue).tag($0) }
-                    }
-                    .onChange(of: model.computeUnits) { model.changeComputeUnits() }
-                    Toggle("Unload models after use", isOn: $model.reduceMemory)
-                    HStack {
-                        Button("Load models") { model.load() }.disabled(model.isBusy || model.modelsLoaded)
-                        Spacer()
-                        Button("Unload") { model.unload() }.disabled(model.isBusy || !model.modelsLoaded)
-                    }
-                }
-                Section {
-                    Button(action: model.generate) {
-                        Label("Generate", systemImage: "wand.and.stars").frame(maxWidth: .infinity)
-                    }
-                    .disabled(model.isBusy)
-                    Text(model.status).font(.footnote).foregroundStyle(.secondary)
-                }
-                if let image = model.image {
-                    Section("Image") {
-                        Image(decorative: image, scale: 1)
-                            .interpolation(.none)
-                            .resizable()
-                            .aspectRatio(contentMode: .fit)
-                        ForEach(model.timings, id: \.0) { name, ms in
-                            LabeledContent(name, value: String(format: "%.1f ms", ms))
-                        }
-                    }
-                }
+                bundleSection
+                promptSection
+                runtimeSection
+                generateSection
+                if let image = model.image { imageSection(image) }
             }
             .navigationTitle("MobileDiff")
-            .task { model.open() }
+            .task { model.start() }
+            .fileImporter(isPresented: $model.isImporting, allowedContentTypes: [.folder], allowsMultipleSelection: false) {
+                model.importPicked($0)
+            }
+            .onReceive(NotificationCenter.default.publisher(for: UIApplication.didReceiveMemoryWarningNotification)) { _ in
+                model.memoryWarning()
+            }
+        }
+    }
+
+    private var bundleSection: some View {
+        Section("Bundle") {
+            if !model.bundles.isEmpty {
+                Picker("Bundle", selection: Binding(get: { model.selectedBundle }, set: { url in if let url { model.open(url) } })) {
+                    ForEach(model.bundles) { Text($0.title).tag(Optional($0.url)) }
+                }
+            }
+            Button("Import a bundle from Files…") { model.isImporting = true }
+                .disabled(model.isBusy)
+        }
+    }
+
+    private var promptSection: some View {
+        Section("Prompt") {
+            TextField("Prompt", text: $model.prompt, axis: .vertical)
+            HStack {
+                Stepper("Seed: \(model.seed)", value: $model.seed, in: 0...Int(Int32.max))
+                Button { model.seed = Int.random(in: 0...Int(Int32.max)) } label: { Image(systemName: "dice") }
+                    .buttonStyle(.borderless)
+            }
+            if model.samplers.count > 1 {
+                Picker("Sampler", selection: $model.sampler) {
+                    ForEach(model.samplers, id: \.self) { Text($0).tag($0) }
+                }
+                .onChange(of: model.sampler) { model.samplerChanged() }
+            }
+            Picker("Steps", selection: $model.steps) {
+                ForEach(model.availableSteps, id: \.self) { Text("\($0)").tag($0) }
+            }
+            HStack {
+                Text("Guidance")
+                Slider(value: $model.guidance, in: 0...max(10, model.guidance), step: 0.5)
+                Text(String(format: "%.1f", model.guidance)).monospacedDigit()
+            }
+        }
+    }
+
+    private var runtimeSection: some View {
+        Section {
+            Picker("Runtime", selection: $model.backend) {
+                ForEach(model.backends) { Text($0.displayName).tag($0) }
+            }
+            .onChange(of: model.backend) { model.runtimeChanged() }
+            if model.backend == .coreml {
+                Picker("Compute units", selection: $model.computeUnits) {
+                    ForEach(GeneratorModel.ComputeChoice.allCases) { Text($0.rawValue).tag($0) }
+                }
+                .onChange(of: model.computeUnits) { model.runtimeChanged() }
+            }
+            Toggle("Unload models after use", isOn: $model.reduceMemory)
+            HStack {
+                Button("Load models") { model.load() }.disabled(model.isBusy || model.modelsLoaded)
+                Spacer()
+                Button("Unload") { model.unload() }.disabled(model.isBusy || !model.modelsLoaded)
+            }
+            .buttonStyle(.borderless)
+        } header: {
+            Text("Runtime")
+        } footer: {
+            Text(model.memoryText)
+        }
+    }
+
+    private var generateSection: some View {
+        Section {
+            if model.isBusy, let progress = model.progress {
+                ProgressView(value: progress.fraction) {
+                    Text(progressText(progress))
+                }
+                Button("Cancel", role: .cancel) { model.cancel() }
+            } else {
+                Button(action: model.generate) {
+                    Label("Generate", systemImage: "wand.and.stars").frame(maxWidth: .infinity)
+                }
+                .disabled(model.isBusy || model.selectedBundle == nil)
+            }
+            Text(model.status).font(.footnote).foregroundStyle(.secondary)
+        }
+    }
+
+    private func imageSection(_ image: CGImage) -> some View {
+        Section("Image") {
+            Image(decorative: image, scale: 1)
+                .interpolation(.none)
+                .resizable()
+                .aspectRatio(contentMode: .fit)
+            HStack {
+                if let file = model.imageFile {
+                    ShareLink(item: file, preview: SharePreview("MobileDiff image", image: Image(decorative: image, scale: 1)))
+                }
+                Spacer()
+                Button("Save to Photos", systemImage: "square.and.arrow.down") { model.saveToPhotos() }
+            }
+            .buttonStyle(.borderless)
+            ForEach(model.timings, id: \.0) { name, ms in
+                LabeledContent(name, value: String(format: "%.1f ms", ms))
+            }
+        }
+    }
+
+    private func progressText(_ progress: Pipeline.Progress) -> String {
+        switch progress.stage {
+        case .textEncoded: return "Prompt encoded"
+        case .denoised: return "Step \(progress.step) of \(progress.steps)"
+        case .decoded: return "Decoded"
         }
     }
 }

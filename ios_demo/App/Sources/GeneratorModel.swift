@@ -2,9 +2,13 @@ import CoreML
 import Foundation
 import MobileDiffKit
 import SwiftUI
+import UIKit
 
-/// The app's state: one pipeline over the bundle shipped in the app, the user's settings (defaulted from the
-/// manifest's plan), the last image and its per-component timings. Generation runs off the main actor.
+/// The app's state. The logic lives in MobileDiffKit, where the Linux tests reach it: the bundle library
+/// (`BundleLibrary`: imports from the document picker), the runtime choice (`BackendKind`: what the bundle has files
+/// for and this build holds), the plan (`Pipeline.Configuration.defaults`: the manifest's `default_sampling`), progress
+/// and cancellation (`Pipeline.generate`), lazy loading and release under memory pressure (`ManagedModel`) and the
+/// peak memory (`MemoryFootprint`). Generation runs off the main actor; every published change happens on it.
 @MainActor
 @Observable
 final class GeneratorModel {
@@ -21,64 +25,186 @@ final class GeneratorModel {
         }
     }
 
+    /// A bundle the app can open: the one packaged in the app or one imported into its library.
+    struct BundleEntry: Identifiable, Hashable {
+        let url: URL
+        let title: String
+        let packaged: Bool
+        var id: URL { url }
+    }
+
+    // the bundle and the runtime
+    var bundles: [BundleEntry] = []
+    var selectedBundle: URL?
+    var backends: [BackendKind] = []
+    var backend: BackendKind = .coreml
+    var computeUnits = ComputeChoice.neuralEngine
+    /// Unload every model after its part of a generation (lower peak memory, slower repeats); switched on by a
+    /// memory warning.
+    var reduceMemory = false
+    var isImporting = false
+
+    // the plan, prefilled from the manifest's default_sampling
     var prompt = "a red circle at the top left on a blue background"
     var seed = 0
+    var samplers: [String] = []
+    var sampler = "ddim"
+    var availableSteps: [Int] = []
     var steps = 4
     var guidance = 1.0
-    var sampler = "ddim"
-    var computeUnits = ComputeChoice.neuralEngine
-    /// Unload every model after use (lower peak memory, slower repeats), as apple's `reduceMemory`.
-    var reduceMemory = false
 
-    var image: CGImage?
-    var timings: [(String, Double)] = []
-    var status = "Loading bundle…"
+    // a generation and its outcome
+    var status = "Choose a bundle"
     var isBusy = false
+    var progress: Pipeline.Progress?
+    var image: CGImage?
+    /// The last image as a PNG file in the app's temporary folder (what ShareLink shares).
+    var imageFile: URL?
+    var timings: [(String, Double)] = []
+    var peakMemory: UInt64?
+    var memoryNow: UInt64?
+    var memoryWarnings = 0
     var modelsLoaded = false
-    var availableSteps: [Int] = []
 
-    private var pipeline: Pipeline? { engine?.pipeline }
     private var engine: Engine?
-    private let bundleURL = Bundle.main.url(forResource: "Bundle", withExtension: nil)
+    private var cancelFlag = CancelFlag()
+    private let library = try? BundleLibrary.applicationSupport()
+    /// A bundle exported into App/Resources/Bundle before the build (see ../README.md), shipped inside the app.
+    private let packagedBundle = Bundle.main.url(forResource: "Bundle", withExtension: nil)
 
-    func open() {
-        guard let bundleURL else {
-            status = "No bundle in the app: export one to ios_demo/App/Resources/Bundle (see README)"
-            return
+    var manifest: BundleManifest? { engine?.pipeline.manifest }
+
+    // MARK: bundles
+
+    func start() {
+        refreshBundles()
+        if selectedBundle == nil, let first = bundles.first { open(first.url) }
+        if bundles.isEmpty { status = "No bundle yet: import one (a folder made by `mobilediff export`)" }
+        memoryNow = MemoryFootprint.current()
+    }
+
+    func refreshBundles() {
+        var entries: [BundleEntry] = []
+        if let packagedBundle, FileManager.default.fileExists(atPath: packagedBundle.appendingPathComponent("manifest.json").path) {
+            entries.append(BundleEntry(url: packagedBundle, title: "In the app", packaged: true))
         }
+        for url in library?.bundles() ?? [] {
+            entries.append(BundleEntry(url: url, title: url.lastPathComponent, packaged: false))
+        }
+        bundles = entries
+    }
+
+    /// The document picker's answer: the picked folder is copied into the app's library (off the main actor: a
+    /// bundle can be gigabytes), then opened.
+    func importPicked(_ picked: Result<[URL], Error>) {
+        switch picked {
+        case .failure(let error):
+            status = "\(error.localizedDescription)"
+        case .success(let urls):
+            guard let source = urls.first, let library else { return }
+            isBusy = true
+            status = "Importing \(source.lastPathComponent)…"
+            Task.detached(priority: .userInitiated) {
+                let outcome = Result { try library.importBundle(from: source, securityScoped: true) }
+                await MainActor.run {
+                    self.isBusy = false
+                    switch outcome {
+                    case .success(let url):
+                        self.refreshBundles()
+                        self.open(url)
+                    case .failure(let error):
+                        self.status = "Not imported: \(error.localizedDescription)"
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a bundle: its runtimes, its plan, a pipeline whose models load when first used.
+    func open(_ url: URL) {
+        engine?.pipeline.unloadResources()
+        engine = nil
+        modelsLoaded = false
+        selectedBundle = url
         do {
-            let pipeline = try Pipeline(bundle: bundleURL, backend: CoreMLBackend(computeUnits: computeUnits.units),
-                                        reduceMemory: reduceMemory)
-            let plan = Pipeline.Configuration.defaults(for: pipeline.manifest)
+            let manifest = try MobileDiffBundle(url: url).manifest
+            backends = BackendKind.available(for: manifest)
+            guard let chosen = BackendKind.choose(for: manifest, preferred: backend) else {
+                status = BackendKind.unavailableReason(for: manifest)
+                return
+            }
+            backend = chosen
+            let plan = Pipeline.Configuration.defaults(for: manifest)
+            samplers = Array(Set(manifest.samplers.map(\.name))).sorted()
             sampler = plan.sampler
             steps = plan.steps
             guidance = plan.guidanceScale
-            availableSteps = pipeline.manifest.samplers.filter { $0.name == plan.sampler }.map(\.steps).sorted()
-            engine = Engine(pipeline: pipeline)
-            status = "Ready: \(plan.sampler), \(plan.steps) steps, guidance \(plan.guidanceScale)"
+            seed = 0
+            updateSteps(for: manifest)
+            try makePipeline(url)
+            status = "Ready: \(plan.sampler), \(plan.steps) steps, guidance \(plan.guidanceScale) on \(backend.displayName)"
         } catch {
             status = "\(error)"
         }
     }
 
-    /// Re-opens the pipeline with other compute units (Core ML models are bound to them at load).
-    func changeComputeUnits() {
-        pipeline?.unloadResources()
-        modelsLoaded = false
-        open()
+    private func makePipeline(_ url: URL) throws {
+        var options = BackendKind.Options()
+        options.computeUnits = computeUnits.units
+        let pipeline = try Pipeline(bundle: url, backend: try backend.makeBackend(options), reduceMemory: reduceMemory)
+        engine = Engine(pipeline: pipeline)
     }
+
+    /// A new runtime or compute units: the pipeline is made again (models are bound to them at load).
+    func runtimeChanged() {
+        guard let url = selectedBundle else { return }
+        engine?.pipeline.unloadResources()
+        modelsLoaded = false
+        do {
+            try makePipeline(url)
+            status = "Ready on \(backend.displayName)"
+        } catch {
+            status = "\(error)"
+        }
+    }
+
+    func samplerChanged() {
+        guard let manifest else { return }
+        updateSteps(for: manifest)
+    }
+
+    private func updateSteps(for manifest: BundleManifest) {
+        availableSteps = manifest.samplers.filter { $0.name == sampler }.map(\.steps).sorted()
+        if !availableSteps.contains(steps) { steps = availableSteps.first ?? steps }
+    }
+
+    // MARK: generation
 
     func load() {
         guard let engine else { return }
-        run("Loading models…") {
-            try engine.pipeline.loadResources()
-            return nil
+        isBusy = true
+        status = "Loading models…"
+        Task.detached(priority: .userInitiated) {
+            let outcome = Result { try engine.pipeline.loadResources() }
+            await MainActor.run {
+                self.isBusy = false
+                self.memoryNow = MemoryFootprint.current()
+                switch outcome {
+                case .success:
+                    self.modelsLoaded = true
+                    let seconds = engine.pipeline.models.map(\.lastLoadSeconds).reduce(0, +)
+                    self.status = String(format: "Models loaded in %.1f s", seconds)
+                case .failure(let error):
+                    self.status = "\(error)"
+                }
+            }
         }
     }
 
     func unload() {
-        pipeline?.unloadResources()
+        engine?.pipeline.unloadResources()
         modelsLoaded = false
+        memoryNow = MemoryFootprint.current()
         status = "Models unloaded"
     }
 
@@ -87,36 +213,96 @@ final class GeneratorModel {
         engine.pipeline.reduceMemory = reduceMemory
         let configuration = Pipeline.Configuration(prompt: prompt, seed: UInt64(seed), sampler: sampler, steps: steps,
                                                    guidanceScale: guidance)
-        run("Generating…") { try engine.pipeline.generate(configuration) }
+        let cancel = CancelFlag()
+        cancelFlag = cancel
+        isBusy = true
+        progress = nil
+        status = "Generating…"
+        Task.detached(priority: .userInitiated) {
+            let outcome = Result {
+                try engine.pipeline.generate(configuration, progress: { step in
+                    Task { @MainActor in
+                        self.progress = step
+                        self.memoryNow = step.memoryBytes
+                    }
+                }, isCancelled: { cancel.isSet })
+            }
+            let png = try? outcome.get().image.cgImage.flatMap { UIImage(cgImage: $0).pngData() }
+            await MainActor.run { self.finish(outcome, png: png) }
+        }
     }
 
-    private func run(_ message: String, _ work: @escaping @Sendable () throws -> Pipeline.Result?) {
-        isBusy = true
-        status = message
-        Task.detached(priority: .userInitiated) {
-            let outcome = Result { try work() }
-            await MainActor.run {
-                self.isBusy = false
-                switch outcome {
-                case .success(let result?):
-                    self.image = result.image.cgImage
-                    self.timings = result.timer.milliseconds.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-                    self.status = String(format: "%.0f ms", result.timer.totalMilliseconds)
-                    self.modelsLoaded = !self.reduceMemory
-                case .success(nil):
-                    self.modelsLoaded = true
-                    self.status = "Models loaded"
-                case .failure(let error):
-                    self.status = "\(error)"
-                }
+    func cancel() {
+        cancelFlag.set()
+        status = "Cancelling…"
+    }
+
+    private func finish(_ outcome: Result<Pipeline.Result, Error>, png: Data?) {
+        isBusy = false
+        progress = nil
+        memoryNow = MemoryFootprint.current()
+        switch outcome {
+        case .success(let result):
+            image = result.image.cgImage
+            timings = result.timer.milliseconds.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+            peakMemory = result.peakMemoryBytes
+            modelsLoaded = engine?.pipeline.models.contains(where: \.isLoaded) ?? false
+            status = String(format: "%.0f ms (%@-%ld, seed %ld)", result.timer.totalMilliseconds, sampler, steps, seed)
+            imageFile = nil
+            if let png {
+                let url = FileManager.default.temporaryDirectory.appendingPathComponent("mobilediff-seed\(seed).png")
+                if (try? png.write(to: url, options: .atomic)) != nil { imageFile = url }
             }
+        case .failure(let error as MobileDiffError) where error == .cancelled:
+            status = "Cancelled"
+        case .failure(let error):
+            status = "\(error)"
         }
+    }
+
+    func saveToPhotos() {
+        guard let image else { return }
+        UIImageWriteToSavedPhotosAlbum(UIImage(cgImage: image), nil, nil, nil)
+        status = "Saved to Photos"
+    }
+
+    // MARK: memory
+
+    /// UIApplication.didReceiveMemoryWarningNotification: every model is released (one in a call right now as soon
+    /// as the call returns; the generation loads again what it still needs) and later generations unload each
+    /// model after its part.
+    func memoryWarning() {
+        memoryWarnings += 1
+        reduceMemory = true
+        if let engine {
+            Task.detached(priority: .userInitiated) { engine.pipeline.unloadResources() }
+        }
+        modelsLoaded = false
+        memoryNow = MemoryFootprint.current()
+        status = "Memory warning: models released; unloading after use from now on"
+    }
+
+    var memoryText: String {
+        let format = { (bytes: UInt64) in ByteCountFormatter.string(fromByteCount: Int64(bytes), countStyle: .memory) }
+        var parts: [String] = []
+        if let memoryNow { parts.append("now \(format(memoryNow))") }
+        if let peakMemory { parts.append("peak \(format(peakMemory)) in the last generation") }
+        if memoryWarnings > 0 { parts.append("\(memoryWarnings) memory warning\(memoryWarnings == 1 ? "" : "s")") }
+        return parts.joined(separator: " · ")
     }
 }
 
-/// Hands the pipeline to the background task. @unchecked: the UI runs one task at a time (every button is
-/// disabled while `isBusy`), so the pipeline is never used from two threads at once.
-private final class Engine: @unchecked Sendable {
+/// Hands the pipeline to background tasks. @unchecked: the UI runs one generation or load at a time (the buttons
+/// are disabled while `isBusy`); the one call that may come from elsewhere, `unloadResources`, is thread-safe.
+final class Engine: @unchecked Sendable {
     let pipeline: Pipeline
     init(pipeline: Pipeline) { self.pipeline = pipeline }
+}
+
+/// Set on the main actor (Cancel), read by the generation between model calls.
+final class CancelFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.withLock { value } }
+    func set() { lock.withLock { value = true } }
 }

@@ -1,10 +1,11 @@
 # Shared by the ios_demo scripts (source it, do not run it): where the Swift toolchain lives and how to run a
 # command inside it.
 #
-# The toolchain is a Debian trixie root (Swift 6 from trixie's `swiftlang`, ONNX Runtime's C library from
-# `libonnxruntime-dev`, libcrypto from `libssl-dev`) built by setup-toolchain.sh under ios_demo/.toolchain/
-# (git-ignored; MOBILEDIFF_TOOLCHAIN_DIR moves it). Trixie's binaries need glibc 2.38, newer than the bookworm
-# host's, so they run chrooted.
+# The toolchain is a Debian trixie root (Swift 6 from trixie's `swiftlang`, libcrypto from `libssl-dev`, libc++'s
+# headers for the ExecuTorch shim's symbol check) built by setup-toolchain.sh under ios_demo/.toolchain/ (git-ignored;
+# MOBILEDIFF_TOOLCHAIN_DIR moves it). Trixie's binaries need glibc 2.38, newer than the bookworm host's, so they run
+# chrooted. ONNX Runtime is not Debian's: fetch-runtimes.sh lays out the phone's version (1.29.0, from npm) under
+# MobileDiffKit/Vendor, inside the repository that every chroot command sees.
 #
 # Mounts: every command runs in its own private mount namespace (`unshare --mount`), so the proc, /dev and bind
 # mounts it needs are visible only to that command and disappear with it, even if it is killed; an EXIT trap
@@ -15,7 +16,7 @@ IOS_DEMO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLCHAIN_DIR="${MOBILEDIFF_TOOLCHAIN_DIR:-$IOS_DEMO/.toolchain}"
 TRIXIE_ROOT="$TOOLCHAIN_DIR/trixie"
 # What the toolchain holds; a change here rebuilds it (the list is written into the stamp file).
-TOOLCHAIN_PACKAGES="swiftlang libc6-dev libstdc++-14-dev libonnxruntime-dev libssl-dev"
+TOOLCHAIN_PACKAGES="swiftlang libc6-dev libstdc++-14-dev libssl-dev libc++-dev"
 TOOLCHAIN_STAMP_NAME=".mobilediff-toolchain"
 
 die() { echo "error: $*" >&2; exit 1; }
@@ -91,8 +92,10 @@ swift_run() {
     chroot_run "$TRIXIE_ROOT" "${binds[@]}" -- /bin/bash -c "cd $CHROOT_PACKAGE && $*"
 }
 
-# Trixie's libonnxruntime and libonnx each register ONNX's operator schemas, and ONNX prints one "Schema error"
-# paragraph per duplicate on stderr at load (harmless: the first registration is kept). Filters those lines.
+# A libonnxruntime linked beside a shared libonnx (Debian's) registers ONNX's operator schemas twice and prints one
+# "Schema error" paragraph per duplicate on stderr at load (harmless: the first registration is kept). The official
+# library the engine links links ONNX statically and prints none; the filter stays for engines built against a
+# distribution's library.
 filter_schema_noise() {
     grep -v -E '^(Schema error: Trying to register schema with name .* but it is already registered from file .*)?$' || true
 }
@@ -100,14 +103,19 @@ filter_schema_noise() {
 # The engine binary (debug build, shared with the tests) and how to run it on the host: trixie's dynamic loader
 # with the root's libraries, so it sees the host's paths (bundles, outputs) without a chroot.
 ENGINE_BIN="$PACKAGE_DIR/.build/debug/mobilediff-engine"
+# The runtimes fetch-runtimes.sh lays out for the package (git-ignored): ONNX Runtime's Linux library and its
+# xcframework's headers, ExecuTorch's xcframework and headers.
+VENDOR_DIR="$PACKAGE_DIR/Vendor"
 run_on_host() {
-    local libs="$TRIXIE_ROOT/usr/lib/x86_64-linux-gnu:$TRIXIE_ROOT/lib/x86_64-linux-gnu:$TRIXIE_ROOT/usr/lib/swift/linux"
+    local libs="$VENDOR_DIR/onnxruntime/linux-x64:$TRIXIE_ROOT/usr/lib/x86_64-linux-gnu:$TRIXIE_ROOT/lib/x86_64-linux-gnu:$TRIXIE_ROOT/usr/lib/swift/linux"
     "$TRIXIE_ROOT/lib64/ld-linux-x86-64.so.2" --library-path "$libs" "$@"
 }
 
-# Builds the package (library, engine and tests) if any source is newer than the engine binary.
+# Builds the package (library, engine and tests) if any source, or the runtimes' layout, is newer than the engine.
 build_if_stale() {
-    if [ ! -x "$ENGINE_BIN" ] || [ -n "$(find "$PACKAGE_DIR/Package.swift" "$PACKAGE_DIR/Sources" "$PACKAGE_DIR/Tests" -newer "$ENGINE_BIN" -print -quit)" ]; then
+    local inputs=("$PACKAGE_DIR/Package.swift" "$PACKAGE_DIR/Sources" "$PACKAGE_DIR/Tests")
+    [ -f "$VENDOR_DIR/runtimes.json" ] && inputs+=("$VENDOR_DIR/runtimes.json")
+    if [ ! -x "$ENGINE_BIN" ] || [ -n "$(find "${inputs[@]}" -newer "$ENGINE_BIN" -print -quit)" ]; then
         echo "[ios] swift build --build-tests" >&2
         if ! swift_run -- "swift build --build-tests 2>&1" | filter_schema_noise >&2; then die "swift build failed"; fi
         touch "$ENGINE_BIN"

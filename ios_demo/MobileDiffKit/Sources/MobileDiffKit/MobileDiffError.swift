@@ -38,6 +38,8 @@ public enum MobileDiffError: Error, Equatable, Sendable {
     case runtime(backend: String, message: String)
     /// Golden vectors or their tensors file could not be read.
     case goldens(String)
+    /// The caller cancelled a generation (`Pipeline.generate`'s `isCancelled`); no image was made.
+    case cancelled
 }
 
 extension MobileDiffError: CustomStringConvertible, LocalizedError {
@@ -75,6 +77,8 @@ extension MobileDiffError: CustomStringConvertible, LocalizedError {
             return "\(backend): \(message)"
         case .goldens(let message):
             return "goldens: \(message)"
+        case .cancelled:
+            return "generation cancelled"
         }
     }
 

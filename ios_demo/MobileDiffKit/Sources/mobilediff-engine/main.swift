@@ -4,7 +4,8 @@
 //
 //   generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
 //            [--threads T] [--warmup N (untimed runs first, default 1)] [--repeats N (timed runs; the median is
-//            reported, default 1)] --out IMG.png --json RESULT.json
+//            reported, default 1)] [--onnx-format auto|ort|onnx (ONNX Runtime: auto runs a component's .ort file
+//            where the bundle lists one, else its .onnx)] --out IMG.png --json RESULT.json
 //   check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
 //
 // Errors follow the Python CLI's convention: bad input (a bad bundle, option or prompt, a path that cannot be
@@ -19,7 +20,8 @@ struct UsageError: Error, CustomStringConvertible {
 
 let usage = """
     usage: mobilediff-engine generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G]
-                                      [--sampler NAME] [--threads T] --out IMG.png --json RESULT.json
+                                      [--sampler NAME] [--threads T] [--warmup N] [--repeats N]
+                                      [--onnx-format auto|ort|onnx] --out IMG.png --json RESULT.json
            mobilediff-engine check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
     """
 
@@ -47,11 +49,17 @@ func number<T: LosslessStringConvertible>(_ options: [String: String], _ name: S
     return value
 }
 
-func makeBackend(_ name: String, threads: Int) throws -> any InferenceBackend {
+func makeBackend(_ name: String, threads: Int, onnxFormat: String) throws -> any InferenceBackend {
+    let formats: [String]
+    switch onnxFormat {
+    case "auto": formats = ["ort", "onnx"]
+    case "ort", "onnx": formats = [onnxFormat]
+    default: throw UsageError(description: "--onnx-format must be auto, ort or onnx, got \(onnxFormat)")
+    }
     switch name {
     case "onnx":
         #if canImport(COnnxRuntime)
-        return try ONNXRuntimeBackend(intraOpThreads: threads)
+        return try ONNXRuntimeBackend(intraOpThreads: threads, formats: formats)
         #else
         throw MobileDiffError.backendUnavailable("this build has no ONNX Runtime (COnnxRuntime module)")
         #endif
@@ -62,9 +70,10 @@ func makeBackend(_ name: String, threads: Int) throws -> any InferenceBackend {
         throw MobileDiffError.backendUnavailable("Core ML runs on Apple platforms only")
         #endif
     case "executorch":
-        throw MobileDiffError.backendUnavailable("the iOS engine has no ExecuTorch backend (onnx or coreml)")
+        // ExecutorchLib.xcframework has iOS slices only: its backend is in the app's builds of MobileDiffKit
+        throw MobileDiffError.backendUnavailable("the iOS engine runs ExecuTorch in the iOS app only (ExecutorchLib.xcframework has no slice for this platform): use onnx")
     default:
-        throw UsageError(description: "unknown backend \(name) (onnx, coreml)")
+        throw UsageError(description: "unknown backend \(name) (onnx, coreml, executorch)")
     }
 }
 
@@ -121,7 +130,8 @@ func generate(_ options: [String: String]) throws {
     let resultPath = try required(options, "json")
     let prompt = try required(options, "prompt")
     try Prompts.check(prompt, label: "--prompt")
-    let backend = try makeBackend(try required(options, "backend"), threads: try number(options, "threads", as: Int.self) ?? 0)
+    let backend = try makeBackend(try required(options, "backend"), threads: try number(options, "threads", as: Int.self) ?? 0,
+                                  onnxFormat: options["onnx-format"] ?? "auto")
     let pipeline = try Pipeline(bundle: bundle, backend: backend)
     var configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: prompt,
                                                         seed: try number(options, "seed", as: UInt64.self) ?? 0)
@@ -158,6 +168,12 @@ func generate(_ options: [String: String]) throws {
         "seed": configuration.seed,
         "prompt": configuration.prompt,
         "backend": backend.target,
+        "runtime": backend.runtimeDescription,
+        // the file each component ran from (ONNX Runtime: model.ort where the bundle lists one)
+        "files": Dictionary(uniqueKeysWithValues: [pipeline.textEncoder.model, pipeline.denoiser.model, pipeline.decoder.model]
+            .map { ($0.component, ["target": $0.file.target, "path": $0.file.path, "precision": $0.file.precision] as [String: Any]) }),
+        "peak_memory_bytes": Int(result.peakMemoryBytes),
+        "peak_memory_method": result.peakMemoryMethod,
         "image": out,
         "image_raw": rawPath,
         "image_raw_shape": [result.image.height, result.image.width, 3],
@@ -205,7 +221,7 @@ do {
     let arguments = try rawArguments()
     switch arguments.first {
     case "generate":
-        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "out", "json"]))
+        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "onnx-format", "out", "json"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))
     case "-h", "--help", "help":

@@ -1,8 +1,9 @@
 import XCTest
 @testable import MobileDiffKit
 
-/// The whole engine through ONNX Runtime's C API on real bundles, against Python's `mobilediff generate
-/// --bundle` image for the same prompt, seed and default plan: PSNR >= 40 dB (images in [-1, 1], peak 2).
+/// The whole engine through ONNX Runtime's C API (the phone's release, the bundle's `.ort` files where it lists
+/// them) on real bundles, against Python's `mobilediff generate --bundle` image for the same prompt, seed and default
+/// plan: PSNR >= 40 dB (images in [-1, 1], peak 2).
 final class EndToEndTests: XCTestCase {
     static let floorDB = 40.0
 
@@ -18,9 +19,10 @@ final class EndToEndTests: XCTestCase {
                            [plan.sampler, "\(plan.steps)", "\(plan.guidanceScale)"], "\(name): the reference uses the manifest's default plan")
             let result = try pipeline.generate(configuration)
             let psnr = Compare.psnr(result.rawImage, expected, peak: 2)
-            print(String(format: "end_to_end %@ %@-%d guidance %g seed %d: %.1f dB (max abs %.2e), engine %.0f ms, python %.0f ms",
+            print(String(format: "end_to_end %@ %@-%d guidance %g seed %d: %.1f dB (max abs %.2e), engine %.0f ms, python %.0f ms, %@ on %@",
                          name, configuration.sampler, configuration.steps, configuration.guidanceScale, seed, psnr,
-                         Compare.maxAbsError(result.rawImage, expected), result.timer.totalMilliseconds, reference.ms ?? .nan))
+                         Compare.maxAbsError(result.rawImage, expected), result.timer.totalMilliseconds, reference.ms ?? .nan,
+                         pipeline.denoiser.model.file.path, "onnxruntime \(ONNXRuntimeBackend.version)"))
             XCTAssertGreaterThanOrEqual(psnr, EndToEndTests.floorDB, "\(name) seed \(seed)")
         }
         #else

@@ -2,18 +2,40 @@
 import COnnxRuntime
 import Foundation
 
-/// Runs `.onnx` component files through ONNX Runtime's C API — the API ORT's mobile packages wrap. On Linux it
-/// links the system's libonnxruntime (Debian trixie: 1.21); the session runs on ORT's CPU provider. A loaded graph's
-/// inputs and outputs are checked against its component's manifest entry before it is returned (`GraphIO.check`);
-/// a file ONNX Runtime cannot open is `graphUnreadable`.
+/// Runs a bundle's ONNX Runtime files through ORT's C API — the API ORT's mobile packages wrap: a component's
+/// `.ort` file (ORT's mobile format, manifest target "ort") when the bundle has one, else its `.onnx` file. The
+/// library is the phone's version everywhere (Package.swift: ORT's iOS xcframework on iOS, the same release's Linux
+/// and macOS libraries elsewhere); the session runs on ORT's CPU provider. A loaded graph's inputs and outputs are
+/// checked against its component's manifest entry before it is returned (`GraphIO.check`); a file ONNX Runtime
+/// cannot open is `graphUnreadable`.
 public final class ONNXRuntimeBackend: InferenceBackend {
     public let target = "onnx"
+    public let fileTargets: [String]
     /// Intra-op threads per session; 0 lets ONNX Runtime choose.
     public let intraOpThreads: Int
     private let env: OpaquePointer
 
-    public init(intraOpThreads: Int = 0) throws {
+    /// The version of the ONNX Runtime library loaded at run time (`OrtGetApiBase()->GetVersionString()`).
+    public static var version: String {
+        guard let base = OrtGetApiBase(), let text = base.pointee.GetVersionString() else { return "unknown" }
+        return String(cString: text)
+    }
+
+    /// The C API version of the headers this engine was compiled against (ORT_API_VERSION: 29 for ORT 1.29).
+    public static let headerAPIVersion = Int(ORT_API_VERSION)
+
+    public var runtimeDescription: String { "onnxruntime \(ONNXRuntimeBackend.version)" }
+
+    /// - Parameters:
+    ///   - intraOpThreads: threads per session; 0 lets ONNX Runtime choose.
+    ///   - formats: the manifest targets to run, preferred first: ["ort", "onnx"] (the default: a component's `ort`
+    ///     file where the bundle has one, else its `onnx` file), ["onnx"] or ["ort"] to run one format only.
+    public init(intraOpThreads: Int = 0, formats: [String] = ["ort", "onnx"]) throws {
+        guard !formats.isEmpty, formats.allSatisfy({ $0 == "ort" || $0 == "onnx" }) else {
+            throw MobileDiffError.invalidArgument("ONNX Runtime runs the targets ort and onnx, got \(formats)")
+        }
         self.intraOpThreads = intraOpThreads
+        self.fileTargets = formats
         var env: OpaquePointer?
         try ORT.check(ORT.api.CreateEnv(ORT_LOGGING_LEVEL_ERROR, "mobilediff", &env))
         guard let env else { throw MobileDiffError.runtime(backend: "onnxruntime", message: "CreateEnv returned no environment") }
@@ -25,6 +47,21 @@ public final class ONNXRuntimeBackend: InferenceBackend {
     public func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
                           spec: BundleManifest.Component) throws -> any InferenceModel {
         try ONNXRuntimeModel(env: env, url: url, component: component, spec: spec, intraOpThreads: intraOpThreads, backend: self)
+    }
+
+    /// Writes `onnx`'s graph in ORT's mobile format to `ort` (a path ending in ".ort"), after ONNX Runtime's basic
+    /// graph optimizations: the session option `python -m onnxruntime.tools.convert_onnx_models_to_ort` uses. The
+    /// tests make `.ort` files of the graphs they write with it.
+    func saveORTFormat(of onnx: URL, to ort: URL) throws {
+        var options: OpaquePointer?
+        try ORT.check(ORT.api.CreateSessionOptions(&options))
+        defer { ORT.api.ReleaseSessionOptions(options) }
+        try ORT.check(ORT.api.SetSessionGraphOptimizationLevel(options, ORT_ENABLE_BASIC))
+        try ORT.check(ORT.api.AddSessionConfigEntry(options, "session.save_model_format", "ORT"))
+        try ORT.check(ort.path.withCString { ORT.api.SetOptimizedModelFilePath(options, $0) })
+        var session: OpaquePointer?
+        try ORT.check(onnx.path.withCString { ORT.api.CreateSession(env, $0, options, &session) })
+        ORT.api.ReleaseSession(session)
     }
 }
 

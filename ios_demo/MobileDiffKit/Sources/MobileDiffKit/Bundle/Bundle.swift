@@ -22,6 +22,32 @@ public struct MobileDiffBundle: Sendable {
         return entry
     }
 
+    /// The file `backend` runs for `component`: the precision is `precision`, else that of the component's first
+    /// file for the backend's own `target` (else of its first file for any of the backend's targets); of the files
+    /// in that precision, the one whose target comes first in `backend.fileTargets`. For ONNX Runtime this picks a
+    /// component's `ort` file (ONNX Runtime's mobile format, written beside each `.onnx`) when the bundle has one,
+    /// else its `onnx` file.
+    public func file(component name: String, for backend: any InferenceBackend,
+                     precision: String? = nil) throws -> BundleManifest.ComponentFile {
+        let component = try manifest.component(name)
+        let runnable = component.files.filter { backend.fileTargets.contains($0.target) }
+        let chosenPrecision = precision
+            ?? component.files.first(where: { $0.target == backend.target })?.precision
+            ?? runnable.first?.precision
+        for target in backend.fileTargets {
+            if let entry = runnable.first(where: { $0.target == target && $0.precision == chosenPrecision }) { return entry }
+        }
+        // a backend limited to one format names that one ("no ort file"), else its own target ("no onnx file")
+        let wanted = backend.fileTargets.count == 1 ? backend.fileTargets[0] : backend.target
+        throw MobileDiffError.componentUnavailable(component: name, target: wanted,
+                                                   available: component.files.map { "\($0.target)/\($0.precision)" })
+    }
+
+    /// Whether `backend` finds a file for every component (in `precision`, if given).
+    public func runs(on backend: any InferenceBackend, precision: String? = nil) -> Bool {
+        BundleManifest.componentNames.allSatisfy { (try? file(component: $0, for: backend, precision: precision)) != nil }
+    }
+
     /// The URL of a component file after checking that it and its external data files exist and match their
     /// sha256 (`fileMissing`, `checksumMismatch`).
     public func verifiedURL(of entry: BundleManifest.ComponentFile) throws -> URL {

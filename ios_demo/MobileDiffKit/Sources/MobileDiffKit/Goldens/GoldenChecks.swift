@@ -103,7 +103,7 @@ public struct GoldenChecks {
         var steps: [[Float]] = []
         let configuration = Pipeline.Configuration(prompt: plan.prompt, seed: plan.seed, sampler: plan.sampler,
                                                    steps: plan.steps, guidanceScale: plan.guidance)
-        let result = try pipeline.generate(configuration) { _, latent in steps.append(latent) }
+        let result = try pipeline.generate(configuration, onStep: { _, latent in steps.append(latent) })
         guard replay.cursor == replay.calls.count else {
             throw MobileDiffError.goldens("plan \(plan.name): the engine made \(replay.cursor) denoiser/decoder calls, the recording has \(replay.calls.count)")
         }

@@ -20,42 +20,76 @@ extension ResourceManaging {
 
 /// One component file behind a backend, loaded on first use and droppable. The file (and any external data) is
 /// checked against its sha256 at the first load; reloads after `unloadResources()` reuse that check.
-public final class ManagedModel: ResourceManaging {
+///
+/// Thread-safe: `unloadResources()` may come from another thread (the app's memory-pressure handler) while a call
+/// runs; the model in use is then released as soon as that call returns, and the next call loads it again.
+public final class ManagedModel: ResourceManaging, @unchecked Sendable {
     public let component: String
     public let spec: BundleManifest.Component
     public let file: BundleManifest.ComponentFile
     private let bundle: MobileDiffBundle
     private let backend: any InferenceBackend
+    // guarded by `lock`
+    private let lock = NSLock()
     private var loaded: (any InferenceModel)?
     private var verified: URL?
-    /// Seconds the last load took (sha256 check + runtime load), for the app's timing display.
-    public private(set) var lastLoadSeconds: Double = 0
+    private var callsInFlight = 0
+    private var unloadWhenIdle = false
+    private var _lastLoadSeconds: Double = 0
+    private var _loads = 0
 
     public init(component: String, bundle: MobileDiffBundle, backend: any InferenceBackend, precision: String? = nil) throws {
         self.component = component
         self.bundle = bundle
         self.backend = backend
         self.spec = try bundle.manifest.component(component)
-        self.file = try bundle.file(component: component, target: backend.target, precision: precision)
+        self.file = try bundle.file(component: component, for: backend, precision: precision)
     }
 
-    public var isLoaded: Bool { loaded != nil }
+    public var isLoaded: Bool { lock.withLock { loaded != nil } }
+    /// Seconds the last load took (sha256 check + runtime load), for the app's timing display.
+    public var lastLoadSeconds: Double { lock.withLock { _lastLoadSeconds } }
+    /// How many times the file was loaded (a reload after an unload counts).
+    public var loads: Int { lock.withLock { _loads } }
 
     public func loadResources() throws {
-        guard loaded == nil else { return }
-        let start = DispatchTime.now()
-        let url = try verified ?? bundle.verifiedURL(of: file)
-        verified = url
-        loaded = try backend.loadModel(at: url, component: component, file: file, spec: spec)
-        lastLoadSeconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        try lock.withLock { _ = try loadLocked() }
     }
 
     public func unloadResources() {
-        loaded = nil
+        lock.withLock {
+            if callsInFlight > 0 { unloadWhenIdle = true } else { loaded = nil }
+        }
     }
 
     public func predict(_ inputs: [String: Tensor]) throws -> [String: Tensor] {
-        try loadResources()
-        return try loaded!.predict(inputs)
+        let model = try lock.withLock {
+            let model = try loadLocked()
+            callsInFlight += 1
+            return model
+        }
+        defer {
+            lock.withLock {
+                callsInFlight -= 1
+                if callsInFlight == 0 && unloadWhenIdle {
+                    loaded = nil
+                    unloadWhenIdle = false
+                }
+            }
+        }
+        return try model.predict(inputs)
+    }
+
+    /// The loaded model, loading it first if needed; the caller holds `lock`.
+    private func loadLocked() throws -> any InferenceModel {
+        if let loaded { return loaded }
+        let start = DispatchTime.now()
+        let url = try verified ?? bundle.verifiedURL(of: file)
+        verified = url
+        let model = try backend.loadModel(at: url, component: component, file: file, spec: spec)
+        loaded = model
+        _loads += 1
+        _lastLoadSeconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+        return model
     }
 }

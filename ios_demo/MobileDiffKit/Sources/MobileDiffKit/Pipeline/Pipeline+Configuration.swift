@@ -34,12 +34,47 @@ extension Pipeline {
         }
     }
 
-    /// One generated image and how long each part took.
+    /// One generated image, how long each part took and the memory it took.
     public struct Result: Sendable {
         public var image: RGBAImage
         /// The decoder's output clamped to [-1, 1], (H, W, 3) row-major.
         public var rawImage: [Float]
         public var timer: SampleTimer
         public var configuration: Configuration
+        /// The process's peak memory during the generation, in bytes (`MemoryFootprint.Tracker`), and how it was
+        /// measured ("VmHWM" on Linux, "phys_footprint samples" on Apple platforms).
+        public var peakMemoryBytes: UInt64 = 0
+        public var peakMemoryMethod: String = ""
+    }
+
+    /// Where a generation is, reported after each unit of work (`Pipeline.generate`'s `progress`).
+    public struct Progress: Sendable, Equatable {
+        public enum Stage: String, Sendable {
+            /// The prompt's text features are ready (step 0).
+            case textEncoded = "text_encoded"
+            /// Sampler step `step` of `steps` is done.
+            case denoised
+            /// The image is decoded (step == steps).
+            case decoded
+        }
+
+        public var stage: Stage
+        /// Sampler steps done.
+        public var step: Int
+        public var steps: Int
+        /// Seconds since the generation started.
+        public var elapsedSeconds: Double
+        /// The process's memory footprint at this point (`MemoryFootprint.current()`).
+        public var memoryBytes: UInt64?
+
+        /// The work done in [0, 1], counting the text encoder and the decoder as one step each.
+        public var fraction: Double {
+            let units = Double(steps + 2)
+            switch stage {
+            case .textEncoded: return 1 / units
+            case .denoised: return Double(step + 1) / units
+            case .decoded: return 1
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ public final class Pipeline: ResourceManaging {
     public var reduceMemory: Bool
 
     public var manifest: BundleManifest { bundle.manifest }
+    /// The three component models (text encoder, denoiser, decoder), for load state and timings.
+    public var models: [ManagedModel] { [textEncoder.model, denoiser.model, decoder.model] }
 
     /// Opens a bundle for `backend`; models are loaded on first use (or by `loadResources()`).
     public init(bundle url: URL, backend: any InferenceBackend, precision: String? = nil, reduceMemory: Bool = false) throws {
@@ -30,6 +32,9 @@ public final class Pipeline: ResourceManaging {
         try decoder.loadResources()
     }
 
+    /// Releases every model; safe from any thread, also while a generation runs (the app's memory-pressure
+    /// handler): a model in a call is released when the call returns, and whatever the generation needs next is
+    /// loaded again when it is needed, so the image is the same.
     public func unloadResources() {
         textEncoder.unloadResources()
         denoiser.unloadResources()
@@ -38,13 +43,33 @@ public final class Pipeline: ResourceManaging {
 
     /// Generates one image. A NaN or infinity at run time is `nonFinite` naming where it came from (a component's
     /// graph, or the manifest whose numbers took the engine's float32 arithmetic out of range), never an image.
-    /// - Parameter onStep: called after each sampler step with the step index and the latent (1, C, h, w).
-    public func generate(_ configuration: Configuration, onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> Result {
+    /// Models are loaded when first needed (lazily) and, with `reduceMemory`, released after their part.
+    /// - Parameters:
+    ///   - progress: called on the calling thread after the text encoder, after every sampler step and after the
+    ///     decoder (`Progress`).
+    ///   - isCancelled: polled before every model call; once it returns true the generation stops with
+    ///     `MobileDiffError.cancelled` (no image; loaded models stay loaded unless `reduceMemory`).
+    ///   - onStep: called after each sampler step with the step index and the latent (1, C, h, w).
+    public func generate(_ configuration: Configuration, progress: (Progress) -> Void = { _ in },
+                         isCancelled: () -> Bool = { false },
+                         onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> Result {
         try configuration.validate(against: manifest)
         let table = try manifest.samplerTable(configuration.sampler, steps: configuration.steps)
         let guidance = try GuidanceMode.make(manifest.guidance, scale: configuration.guidanceScale)
         let geometry = manifest.geometry
         var timer = SampleTimer()
+        var memory = MemoryFootprint.Tracker()
+        let started = DispatchTime.now().uptimeNanoseconds
+        func report(_ stage: Progress.Stage, step: Int) {
+            memory.sample()
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            progress(Progress(stage: stage, step: step, steps: table.steps, elapsedSeconds: elapsed,
+                              memoryBytes: MemoryFootprint.current()))
+        }
+        func checkCancelled() throws {
+            if isCancelled() { throw MobileDiffError.cancelled }
+        }
+        try checkCancelled()
         var random = TorchRandomSource(seed: configuration.seed)
         let latentCount = geometry.latentShape.reduce(1, *)
         let noise = random.normalArray(count: latentCount)
@@ -63,6 +88,7 @@ public final class Pipeline: ResourceManaging {
             text = Tensor(shape: [2] + text.shape.dropFirst(), floats: unconditional.floats + text.floats)
         }
         if reduceMemory { textEncoder.unloadResources() }
+        report(.textEncoded, step: 0)
 
         // 2. the sampler loop
         let condition: Tensor?
@@ -73,6 +99,7 @@ public final class Pipeline: ResourceManaging {
         }
         let latentShape = geometry.latentShape
         let latents = try SamplerLoop.run(table: table, noise: noise, denoise: { modelInput, timestep, _ in
+            try checkCancelled()
             let out = try timer.time("unet") {
                 switch guidance {
                 case .classifierFree:
@@ -86,7 +113,10 @@ public final class Pipeline: ResourceManaging {
             try requireFinite(out, "its output at timestep \(timestep)", from: denoiser.model)
             if case .classifierFree(let scale) = guidance { return GuidanceMode.combine(out, scale: scale) }
             return out
-        }, freshNoise: { random.normalArray(count: latentCount) }, onStep: onStep)
+        }, freshNoise: { random.normalArray(count: latentCount) }, onStep: { step, latent in
+            onStep(step, latent)
+            report(.denoised, step: step + 1)
+        })
         // every denoiser output was finite: only the table's arithmetic can have left float32's range
         try requireFinite(latents, "the final latent (sampler \(table.name):\(table.steps))", from: nil)
         if reduceMemory { denoiser.unloadResources() }
@@ -95,13 +125,16 @@ public final class Pipeline: ResourceManaging {
         let scaling = Float(geometry.scalingFactor), shift = Float(geometry.shiftFactor ?? 0)
         let decoderInput = Tensor(shape: latentShape, floats: latents.map { $0 / scaling + shift })
         try requireFinite(decoderInput.floats, "the decoder's input (final latent / geometry.scaling_factor + geometry.shift_factor)", from: nil)
+        try checkCancelled()
         let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput) }
         try requireFinite(decoded.floats, "the decoded image", from: decoder.model)
         if reduceMemory { decoder.unloadResources() }
+        report(.decoded, step: table.steps)
 
         let raw = ImageConversion.hwcClamped(chw: decoded.floats, height: decoded.shape[2], width: decoded.shape[3])
         let image = ImageConversion.rgba(hwc: raw, height: decoded.shape[2], width: decoded.shape[3])
-        return Result(image: image, rawImage: raw, timer: timer, configuration: configuration)
+        return Result(image: image, rawImage: raw, timer: timer, configuration: configuration,
+                      peakMemoryBytes: memory.peak, peakMemoryMethod: memory.method)
     }
 
     /// One pass over `values`: a NaN or infinity throws `nonFinite` naming `model`'s file when the values are its
