@@ -4,8 +4,9 @@ plugins {
 }
 
 // Runtime versions: use the versions the bundle was exported with (its manifest's `versions.onnxruntime` and
-// `versions.executorch`): a .pte needs an ExecuTorch runtime that reads its program version.
-val onnxruntimeVersion = "1.32.0"
+// `versions.executorch`): a .pte needs an ExecuTorch runtime that reads its program version. ONNX Runtime is the
+// version the offline APK packages and the JVM tests run (mobilediff.runtimes: onnxruntime-mobile).
+val onnxruntimeVersion = "1.29.0"
 val executorchVersion = "1.5.1"
 
 android {

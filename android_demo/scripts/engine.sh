@@ -8,4 +8,4 @@ set -euo pipefail
 "$ANDROID_DEMO/scripts/setup-toolchain.sh" >/dev/null 2>&1 \
   || { echo "error: android_demo/scripts/setup-toolchain.sh failed (run it to see why)" >&2; exit 1; }
 "$ANDROID_DEMO/scripts/build-engine.sh" 2>/dev/null || "$ANDROID_DEMO/scripts/build-engine.sh"
-exec java $JAVA_NATIVE_OPTS -cp "$BUILD/engine.jar:$RUNTIME_CP" com.mobilediff.cli.EngineCliKt "$@"
+exec java $JAVA_NATIVE_OPTS $(runtime_version_opts) -cp "$BUILD/engine.jar:$RUNTIME_CP" com.mobilediff.cli.EngineCliKt "$@"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build the toolchain (cached), the fixtures (cached: bundles, goldens and Python's reference images, written by
-# `python -m mobilediff.fixtures`), the engine, and run the Kotlin JUnit tests on the JVM.
+# `python -m mobilediff.fixtures`), the engine, and run the Kotlin JUnit tests on the JVM; then build the APK and
+# its static link check (build-apk.sh: about 50 s on 2 cores, up to 2 minutes when they are busy).
 #   MOBILEDIFF_FIXTURES=DIR     use/cache the fixtures in DIR (default: android_demo/build/fixtures)
 #   MOBILEDIFF_FIXTURES_READY=1 use DIR as it is (do not run the fixtures module)
+#   MOBILEDIFF_SKIP_APK=1       the engine's tests only
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 start=$SECONDS
@@ -31,6 +33,9 @@ if [[ ! -f "$TESTS_JAR" || -n "$(find "$TEST_SRC" "$BUILD/engine.jar" -newer "$T
 fi
 CLASSES=$(unzip -Z1 "$TESTS_JAR" | grep -E 'Test\.class$' | sed 's/\.class$//; s#/#.#g' | sort)
 echo "[test] JUnit: $(echo $CLASSES | wc -w) classes" >&2
-java $JAVA_NATIVE_OPTS -Dmobilediff.fixtures="$FIXTURES" -Dmobilediff.repo="$REPO_ROOT" -cp "$TESTS_JAR:$BUILD/engine.jar:$RUNTIME_CP:$JUNIT_CP" \
+java $JAVA_NATIVE_OPTS $(runtime_version_opts) -Dmobilediff.fixtures="$FIXTURES" -Dmobilediff.repo="$REPO_ROOT" -cp "$TESTS_JAR:$BUILD/engine.jar:$RUNTIME_CP:$JUNIT_CP" \
   org.junit.runner.JUnitCore $CLASSES
+if [[ -z "${MOBILEDIFF_SKIP_APK:-}" ]]; then
+  "$ANDROID_DEMO/scripts/build-apk.sh"
+fi
 echo "[test] done in $((SECONDS - start)) s" >&2

@@ -1,41 +1,83 @@
 package com.mobilediff.demo
 
 import android.app.Activity
+import android.app.ActivityManager
+import android.content.ActivityNotFoundException
+import android.content.ComponentCallbacks2
+import android.content.Context
+import android.content.Intent
+import android.graphics.Bitmap
 import android.os.Bundle
+import android.view.View
 import android.widget.AdapterView
 import android.widget.ArrayAdapter
 import android.widget.Button
 import android.widget.EditText
 import android.widget.ImageView
+import android.widget.ProgressBar
 import android.widget.Spinner
 import android.widget.TextView
 import com.mobilediff.engine.Backend
 import com.mobilediff.engine.BundleError
+import com.mobilediff.engine.BundleImport
+import com.mobilediff.engine.BundleSource
+import com.mobilediff.engine.CancelToken
+import com.mobilediff.engine.GenerationCancelled
 import com.mobilediff.engine.GenerationListener
 import com.mobilediff.engine.GenerationRequest
 import com.mobilediff.engine.GenerationResult
+import com.mobilediff.engine.ImportCancelled
+import com.mobilediff.engine.Manifest
 import com.mobilediff.engine.Pipeline
+import com.mobilediff.engine.SamplingPlan
+import com.mobilediff.engine.Tensor
 import java.io.File
+import java.io.IOException
+import java.text.SimpleDateFormat
+import java.util.Date
+import java.util.Locale
 import java.util.concurrent.Executors
 import com.mobilediff.engine.Bundle as MobilediffBundle
 
 /**
- * Pick a bundle from app storage, type a prompt and seed (steps default to the manifest's plan), Generate: the
- * image and the milliseconds per component. All engine work runs on one background thread; the loaded pipeline
- * is kept until another bundle or backend is picked. Whatever the engine or a runtime throws on that thread is
- * shown in the status line ([describeFailure]), never let through to crash the app.
+ * Pick a bundle (imported from storage, packaged in the APK, or pushed by adb), a runtime this APK packages and the
+ * bundle holds, a sampling plan from the manifest; type a prompt, seed and guidance (prefilled from the plan);
+ * Generate with progress per step and Cancel; Save or Share the image. All engine work runs on one background
+ * thread, one task at a time; the loaded pipeline is kept until another bundle or runtime is picked, loads its
+ * components lazily and gives them back under memory pressure ([onTrimMemory]). Whatever the engine or a runtime
+ * throws on that thread is shown in the status line ([describeFailure]), never let through to crash the app.
  */
 class MainActivity : Activity() {
     private val worker = Executors.newSingleThreadExecutor()
-    private var pipeline: Pipeline? = null
+    private lateinit var store: BundleStore
+
+    // worker thread only (the UI thread reads `pipeline` to flag memory pressure)
+    @Volatile private var pipeline: Pipeline? = null
+    private var pipelineKey: Pair<File, RuntimeKind>? = null
+
+    /** Set by [onTrimMemory] (or on a low-RAM device): pipelines release each component after use. */
+    @Volatile private var memoryPressure = false
+    @Volatile private var runtimes: List<RuntimeStatus> = emptyList()
+
+    // UI thread only
     private var bundles: List<File> = emptyList()
+    private var backends: List<RuntimeStatus> = emptyList()
+    private var plans: List<SamplingPlan> = emptyList()
+    private var job: CancelToken? = null
+    private var lastImage: Pair<Bitmap, String>? = null
 
     private lateinit var bundleSpinner: Spinner
     private lateinit var backendSpinner: Spinner
+    private lateinit var planSpinner: Spinner
     private lateinit var prompt: EditText
     private lateinit var seed: EditText
-    private lateinit var steps: EditText
+    private lateinit var guidance: EditText
+    private lateinit var importButton: Button
     private lateinit var generate: Button
+    private lateinit var cancel: Button
+    private lateinit var save: Button
+    private lateinit var share: Button
+    private lateinit var progress: ProgressBar
     private lateinit var image: ImageView
     private lateinit var status: TextView
 
@@ -44,120 +86,406 @@ class MainActivity : Activity() {
         setContentView(R.layout.activity_main)
         bundleSpinner = findViewById(R.id.bundle) as Spinner
         backendSpinner = findViewById(R.id.backend) as Spinner
+        planSpinner = findViewById(R.id.plan) as Spinner
         prompt = findViewById(R.id.prompt) as EditText
         seed = findViewById(R.id.seed) as EditText
-        steps = findViewById(R.id.steps) as EditText
+        guidance = findViewById(R.id.guidance) as EditText
+        importButton = findViewById(R.id.import_bundle) as Button
         generate = findViewById(R.id.generate) as Button
+        cancel = findViewById(R.id.cancel) as Button
+        save = findViewById(R.id.save) as Button
+        share = findViewById(R.id.share) as Button
+        progress = findViewById(R.id.progress) as ProgressBar
         image = findViewById(R.id.image) as ImageView
         status = findViewById(R.id.status) as TextView
 
-        backendSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, listOf("onnx", "executorch"))
-        val store = BundleStore(this)
-        bundles = store.list()
-        bundleSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, bundles.map { it.name })
-        if (bundles.isEmpty()) status.text = getString(R.string.no_bundles, store.folders.first().path)
-        bundleSpinner.onItemSelectedListener = object : AdapterView.OnItemSelectedListener {
-            override fun onItemSelected(parent: AdapterView<*>?, view: android.view.View?, position: Int, id: Long) {
-                unload()
-                bundles.getOrNull(position)?.let(::showPlan)
-            }
-            override fun onNothingSelected(parent: AdapterView<*>?) = Unit
-        }
-        backendSpinner.onItemSelectedListener = object : AdapterView.OnItemSelectedListener {
-            override fun onItemSelected(parent: AdapterView<*>?, view: android.view.View?, position: Int, id: Long) = unload()
-            override fun onNothingSelected(parent: AdapterView<*>?) = Unit
-        }
+        store = BundleStore(this)
+        memoryPressure = (getSystemService(Context.ACTIVITY_SERVICE) as ActivityManager).isLowRamDevice
+        prompt.setText(prefs().getString(KEY_PROMPT, null) ?: getString(R.string.default_prompt))
+        bundleSpinner.onItemSelectedListener = onSelected { bundles.getOrNull(it)?.let(::showBundle) }
+        backendSpinner.onItemSelectedListener = onSelected { worker.execute { closePipeline() } }
+        importButton.setOnClickListener { pickFolder() }
         generate.setOnClickListener { onGenerate() }
+        cancel.setOnClickListener { onCancel() }
+        save.setOnClickListener { onSave() }
+        share.setOnClickListener { onShare() }
+        start()
+    }
+
+    /** Probe the packaged runtimes, copy out the packaged bundle on an APK's first run, list the bundles. */
+    private fun start() {
+        val token = begin("starting the runtimes…", PROGRESS_SCALE)
+        worker.execute {
+            var imported: String? = null
+            val message = try {
+                runtimes = Runtimes.probe(assets)
+                val bundle = store.importPackagedIfNew(importTargets(), importProgress("the packaged bundle"), token)
+                imported = bundle?.dir?.name
+                bundle?.let { "Copied the packaged bundle ${it.dir.name} into app storage (every file checked)" }
+            } catch (e: Throwable) {
+                describeFailure(e, "packaged bundle")
+            }
+            runOnUiThread {
+                end()
+                refreshBundles(imported)
+                if (message != null) status.text = message
+            }
+        }
     }
 
     override fun onDestroy() {
-        unload()
+        job?.cancel()
+        worker.execute { closePipeline() }
         worker.shutdown()
         super.onDestroy()
     }
 
-    private fun unload() {
-        val old = pipeline ?: return
-        pipeline = null
+    /**
+     * Memory pressure: the pipeline gives its components back as soon as the running generation is done with each
+     * (and for every later image), then everything loaded is released. Leaving the screen (UI_HIDDEN) releases
+     * without changing how later images run. Android 14 no longer sends the RUNNING_* levels to apps; the
+     * background levels still come.
+     */
+    override fun onTrimMemory(level: Int) {
+        super.onTrimMemory(level)
+        if (level < ComponentCallbacks2.TRIM_MEMORY_RUNNING_LOW) return
+        if (level != ComponentCallbacks2.TRIM_MEMORY_UI_HIDDEN) {
+            memoryPressure = true
+            pipeline?.reduceMemory = true
+        }
         worker.execute {
-            try {
-                old.close()
+            val released = try {
+                pipeline?.release().orEmpty()
             } catch (e: Throwable) {
-                val message = describeFailure(e, "runtime")
-                runOnUiThread { status.text = message }
+                listOf("(failed: ${e.javaClass.simpleName}: ${e.message})")
             }
+            if (released.isNotEmpty()) runOnUiThread { status.append("\nreleased ${released.joinToString()} (memory trim level $level)") }
         }
     }
 
-    /** Read the picked bundle's manifest: fill in its default steps, or say what is wrong with it. */
-    private fun showPlan(dir: File) {
+    override fun onLowMemory() {
+        super.onLowMemory()
+        onTrimMemory(ComponentCallbacks2.TRIM_MEMORY_COMPLETE)
+    }
+
+    // ---- bundles
+
+    private fun refreshBundles(select: String? = null) {
+        bundles = store.list()
+        bundleSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, bundles.map { it.name })
+        val at = bundles.indexOfFirst { it.name == select }
+        if (at >= 0) bundleSpinner.setSelection(at)
+        if (bundles.isEmpty()) {
+            status.text = getString(R.string.no_bundles, store.folders.last().path)
+            showPlans(null)
+        }
+    }
+
+    /** Read the picked bundle's manifest: offer the runtimes that can run it and its plans, prefill the default. */
+    private fun showBundle(dir: File) {
         worker.execute {
-            val text = try {
-                val m = MobilediffBundle.open(dir).manifest
-                val plan = m.defaultSampling
-                runOnUiThread { steps.setText(plan.steps.toString()) }
-                "${dir.name}: ${m.role.role}, default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}"
+            closePipeline()
+            val result = try {
+                MobilediffBundle.open(dir).manifest
             } catch (e: Throwable) {
                 describeFailure(e, "manifest reader")
             }
-            runOnUiThread { status.text = text }
+            runOnUiThread {
+                when (result) {
+                    is Manifest -> {
+                        showPlans(result)
+                        status.text = summary(dir, result)
+                    }
+                    else -> {
+                        showPlans(null)
+                        status.text = result.toString()
+                    }
+                }
+            }
         }
     }
+
+    /** Fill the runtime and plan lists from [manifest] (empty for none): the default plan first, its guidance typed in. */
+    private fun showPlans(manifest: Manifest?) {
+        backends = if (manifest == null) emptyList() else runtimes.filter { it.usable && it.kind.runs(manifest) }
+        backendSpinner.adapter = ArrayAdapter(this, android.R.layout.simple_spinner_dropdown_item, backends.map { it.toString() })
+        val default = manifest?.defaultSampling
+        plans = manifest?.samplers.orEmpty().map { SamplingPlan(it.name, it.steps, default!!.guidance) }
+            .sortedWith(compareBy({ it.sampler != default?.sampler || it.steps != default.steps }, { it.sampler }, { it.steps }))
+        planSpinner.adapter = ArrayAdapter(
+            this,
+            android.R.layout.simple_spinner_dropdown_item,
+            plans.map { "${it.sampler} · ${it.steps} steps" + if (it.sampler == default?.sampler && it.steps == default.steps) " (default)" else "" },
+        )
+        guidance.setText(default?.guidance?.toString() ?: "")
+    }
+
+    private fun summary(dir: File, m: Manifest): String = buildString {
+        val plan = m.defaultSampling
+        append("${dir.name}: ${m.role.role}${m.role.method?.let { " ($it)" } ?: ""}, ${m.geometry.width}x${m.geometry.height}, ")
+        append("default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}")
+        if (m.samplers.none { it.name == plan.sampler && it.steps == plan.steps }) append("\nthe default plan's table is not in the bundle")
+        if (backends.isEmpty()) {
+            val holds = m.components.values.flatMap { c -> c.files.map { it.target } }.distinct().sorted()
+            append("\nThis app runs none of this bundle's targets (${holds.joinToString()}). Runtimes here: ")
+            append(runtimes.joinToString("; ").ifEmpty { "none" })
+        }
+        runtimes.filter { !it.usable }.forEach { append("\n$it") }
+    }
+
+    /** Bundle targets worth copying in: those of the runtimes this APK packages (all when it does not say). */
+    private fun importTargets(): Set<String>? =
+        if (Runtimes.packaged(assets) == null) null else runtimes.flatMap { it.kind.targets }.toSet().ifEmpty { null }
+
+    private fun pickFolder() {
+        try {
+            startActivityForResult(Intent(Intent.ACTION_OPEN_DOCUMENT_TREE), REQUEST_TREE)
+        } catch (e: ActivityNotFoundException) {
+            status.text = "This device has no folder picker (storage access framework): copy bundles with adb instead"
+        }
+    }
+
+    override fun onActivityResult(requestCode: Int, resultCode: Int, data: Intent?) {
+        super.onActivityResult(requestCode, resultCode, data)
+        val tree = data?.data
+        if (requestCode != REQUEST_TREE || resultCode != RESULT_OK || tree == null) return
+        runImport(DocumentTreeSource(contentResolver, tree))
+    }
+
+    private fun runImport(source: BundleSource) {
+        val token = begin("importing…", PROGRESS_SCALE)
+        worker.execute {
+            var name: String? = null
+            val message = try {
+                closePipeline() // an import may replace the folder of the bundle loaded now
+                val bundle = store.import(source, importTargets(), importProgress(source.name), token)
+                name = bundle.dir.name
+                "Imported ${bundle.dir.name}: every file checked against the manifest's sha256"
+            } catch (e: Throwable) {
+                describeFailure(e, "import")
+            }
+            runOnUiThread {
+                end()
+                refreshBundles(name)
+                status.text = message
+            }
+        }
+    }
+
+    /** Import progress as the progress bar (per mille of the bytes) and the status line, posted when it moves. */
+    private fun importProgress(what: String): BundleImport.Progress {
+        var shown = -1L
+        return BundleImport.Progress { phase, path, done, total ->
+            val permille = if (total > 0) (done * PROGRESS_SCALE / total).coerceAtMost(PROGRESS_SCALE.toLong()) else 0L
+            if (permille != shown) {
+                shown = permille
+                val verb = if (phase == BundleImport.Phase.COPY) "copying" else "checking"
+                val text = "$what: $verb $path (%.1f / %.1f MB)".format(done / 1e6, total / 1e6)
+                runOnUiThread {
+                    progress.progress = permille.toInt()
+                    status.text = text
+                }
+            }
+        }
+    }
+
+    // ---- generation
 
     private fun onGenerate() {
         val dir = bundles.getOrNull(bundleSpinner.selectedItemPosition) ?: return
-        val backend = backendSpinner.selectedItem as String
-        val seedText = seed.text.toString().trim()
-        val stepsText = steps.text.toString().trim()
-        val seedValue = if (seedText.isEmpty()) 0L else seedText.toLongOrNull()
-        val stepsValue = stepsText.toIntOrNull()
-        if (seedValue == null || (stepsText.isNotEmpty() && stepsValue == null)) {
-            status.text = if (seedValue == null) "Cannot generate: seed must be an integer, got '$seedText'"
-            else "Cannot generate: steps must be an integer, got '$stepsText'"
+        val runtime = backends.getOrNull(backendSpinner.selectedItemPosition)
+        val plan = plans.getOrNull(planSpinner.selectedItemPosition)
+        if (runtime == null || plan == null) {
+            status.text = "Cannot generate: " + if (runtime == null) "no runtime of this app runs this bundle" else "the bundle has no sampler table"
             return
         }
-        val request = GenerationRequest(prompt = prompt.text.toString(), seed = seedValue, steps = stepsValue)
-        generate.isEnabled = false
-        status.text = "loading ${dir.name} ($backend)…"
+        val seedText = seed.text.toString().trim()
+        val guidanceText = guidance.text.toString().trim()
+        val seedValue = if (seedText.isEmpty()) 0L else seedText.toLongOrNull()
+        val guidanceValue = guidanceText.toDoubleOrNull()
+        if (seedValue == null || (guidanceText.isNotEmpty() && guidanceValue == null)) {
+            status.text = if (seedValue == null) "Cannot generate: seed must be an integer, got '$seedText'"
+            else "Cannot generate: guidance must be a number, got '$guidanceText'"
+            return
+        }
+        val text = prompt.text.toString()
+        prefs().edit().putString(KEY_PROMPT, text).apply()
+        val request = GenerationRequest(text, seedValue, plan.steps, plan.sampler, guidanceValue)
+        val name = imageName(dir.name, seedValue)
+        // progress units: the prompt encoded, each step, the image decoded
+        val token = begin("loading ${dir.name} (${runtime.kind.label})…", plan.steps + 2)
         worker.execute {
             val message = try {
-                val p = pipeline ?: Pipeline(MobilediffBundle.open(dir), Backend.forTarget(backend)).also { pipeline = it }
-                val result = p.generate(request, object : GenerationListener {
-                    override fun onStep(step: Int, steps: Int, latent: FloatArray) {
-                        runOnUiThread { status.text = "step ${step + 1} / $steps" }
-                    }
-                })
+                val p = pipelineFor(dir, runtime.kind)
+                val result = p.generate(request, Progress(plan.steps), token)
                 val bitmap = result.toBitmap()
-                runOnUiThread { image.setImageBitmap(bitmap) }
-                describe(result)
+                runOnUiThread {
+                    image.setImageBitmap(bitmap)
+                    lastImage = bitmap to name
+                }
+                describe(result, runtime, p)
             } catch (e: Throwable) {
-                describeFailure(e, backend)
+                describeFailure(e, runtime.kind.label)
             }
             runOnUiThread {
+                end()
                 status.text = message
-                generate.isEnabled = true
             }
         }
+    }
+
+    /** Generation progress: the bar in units of [steps] + 2, the status line naming what runs. */
+    private inner class Progress(private val steps: Int) : GenerationListener {
+        override fun onLoading(component: String) = post(null, "loading $component…")
+
+        override fun onCall(component: String, inputs: List<Tensor>, outputs: List<Tensor.F32>, ms: Double) = when (component) {
+            "text_encoder" -> post(1, "prompt encoded")
+            "vae_decoder" -> post(steps + 2, "decoded")
+            else -> Unit
+        }
+
+        override fun onStep(step: Int, steps: Int, latent: FloatArray) = post(step + 2, "step ${step + 1} / $steps")
+
+        private fun post(value: Int?, text: String) = runOnUiThread {
+            if (value != null) progress.progress = value
+            status.text = text
+        }
+    }
+
+    /** The pipeline for [dir] on [kind], made (components loaded lazily) when either changed. Worker thread. */
+    private fun pipelineFor(dir: File, kind: RuntimeKind): Pipeline {
+        val key = dir to kind
+        pipeline?.takeIf { pipelineKey == key }?.let { return it }
+        closePipeline()
+        return Pipeline(MobilediffBundle.open(dir), Backend.forTarget(kind.backend), loading = Pipeline.Loading.LAZY).also {
+            it.reduceMemory = memoryPressure
+            it.peakPerGeneration = true
+            pipeline = it
+            pipelineKey = key
+        }
+    }
+
+    /** Worker thread. */
+    private fun closePipeline() {
+        val old = pipeline ?: return
+        pipeline = null
+        pipelineKey = null
+        try {
+            old.close()
+        } catch (e: Throwable) {
+            val message = describeFailure(e, "runtime")
+            runOnUiThread { status.text = message }
+        }
+    }
+
+    private fun onCancel() {
+        job?.cancel()
+        cancel.isEnabled = false
+        status.append("\ncancelling after the current step…")
+    }
+
+    // ---- the image
+
+    private fun onSave() {
+        val (bitmap, name) = lastImage ?: return
+        worker.execute {
+            val message = try {
+                "Saved ${ImageStore.save(this, bitmap, name)}"
+            } catch (e: Throwable) {
+                "Cannot save the image: ${e.javaClass.simpleName}: ${e.message}"
+            }
+            runOnUiThread { status.text = message }
+        }
+    }
+
+    private fun onShare() {
+        val (bitmap, name) = lastImage ?: return
+        worker.execute {
+            val intent = try {
+                ImageStore.shareIntent(this, bitmap, name, getString(R.string.share_title))
+            } catch (e: Throwable) {
+                runOnUiThread { status.text = "Cannot share the image: ${e.javaClass.simpleName}: ${e.message}" }
+                return@execute
+            }
+            runOnUiThread {
+                try {
+                    startActivity(intent)
+                } catch (e: ActivityNotFoundException) {
+                    status.text = "No app here takes an image to share"
+                }
+            }
+        }
+    }
+
+    private fun imageName(bundle: String, seed: Long): String {
+        val time = SimpleDateFormat("yyyyMMdd-HHmmss", Locale.US).format(Date())
+        return "mobilediff_${bundle}_seed${seed}_$time.png".replace(Regex("[^A-Za-z0-9._-]"), "-")
+    }
+
+    // ---- state and messages
+
+    /** Start a cancellable task: buttons to their busy state, the bar at 0 of [max]. */
+    private fun begin(text: String, max: Int): CancelToken {
+        val token = CancelToken()
+        job = token
+        generate.isEnabled = false
+        importButton.isEnabled = false
+        save.isEnabled = false
+        share.isEnabled = false
+        cancel.isEnabled = true
+        progress.max = max
+        progress.progress = 0
+        status.text = text
+        return token
+    }
+
+    private fun end() {
+        job = null
+        generate.isEnabled = true
+        importButton.isEnabled = true
+        cancel.isEnabled = false
+        save.isEnabled = lastImage != null
+        share.isEnabled = lastImage != null
     }
 
     /**
-     * What went wrong, as the status line shows it: a bad bundle names the file and the problem; a bad option or
-     * prompt says why; a runtime whose native library or classes are missing from this build says so; anything else
-     * (a runtime failing inside a call, memory) by its type and message.
+     * What went wrong, as the status line shows it: a cancelled task says where it stopped; a bad bundle names the
+     * file and the problem; a bad option or prompt says why; a runtime whose native library or classes are missing
+     * from this build says so; anything else (a runtime failing inside a call, storage, memory) by its type and message.
      */
-    private fun describeFailure(e: Throwable, backend: String): String = when (e) {
+    private fun describeFailure(e: Throwable, what: String): String = when (e) {
+        is GenerationCancelled -> "Cancelled: ${e.message}; no image"
+        is ImportCancelled -> "Import cancelled: nothing of it was kept"
         is BundleError -> "Bad bundle: ${e.file}: ${e.problem}"
         is IllegalArgumentException -> "Cannot generate: ${e.message}"
-        is UnsatisfiedLinkError -> "The $backend runtime's native library is missing from this build (${e.message})"
+        is UnsatisfiedLinkError -> "The $what runtime's native library is missing from this build (${e.message})"
         is NoClassDefFoundError, is ExceptionInInitializerError ->
-            "The $backend runtime cannot start in this build (${e.javaClass.simpleName}: ${e.message ?: e.cause?.message})"
-        is OutOfMemoryError -> "Out of memory running the $backend runtime: try a smaller bundle"
-        else -> "Generation failed: ${e.javaClass.simpleName}: ${e.message}"
+            "The $what runtime cannot start in this build (${e.javaClass.simpleName}: ${e.message ?: e.cause?.message})"
+        is OutOfMemoryError -> "Out of memory running the $what runtime: try a smaller bundle"
+        is IOException -> "Storage failed ($what): ${e.message}"
+        else -> "$what failed: ${e.javaClass.simpleName}: ${e.message}"
     }
 
-    private fun describe(r: GenerationResult): String = buildString {
-        append("${r.plan.sampler} ${r.plan.steps} steps, guidance ${r.plan.guidance}\n")
+    private fun describe(r: GenerationResult, runtime: RuntimeStatus, p: Pipeline): String = buildString {
+        append("${r.plan.sampler} ${r.plan.steps} steps, guidance ${r.plan.guidance} on $runtime\n")
         for ((component, ms) in r.componentMs) append("%-13s %8.1f ms\n".format(component, ms))
         append("%-13s %8.1f ms".format("total", r.totalMs))
+        if (r.loadMs.isNotEmpty()) append("\nloaded " + r.loadMs.entries.joinToString { (c, ms) -> "%s %.0f ms".format(c, ms) })
+        r.memory?.let { append("\nmemory: $it") }
+        if (p.reduceMemory) append("\ncomponents released after use (memory pressure)")
+    }
+
+    private fun prefs() = getSharedPreferences(PREFS, Context.MODE_PRIVATE)
+
+    private fun onSelected(action: (Int) -> Unit) = object : AdapterView.OnItemSelectedListener {
+        override fun onItemSelected(parent: AdapterView<*>?, view: View?, position: Int, id: Long) = action(position)
+        override fun onNothingSelected(parent: AdapterView<*>?) = Unit
+    }
+
+    private companion object {
+        const val REQUEST_TREE = 1
+        const val PROGRESS_SCALE = 1000
+        const val PREFS = "demo"
+        const val KEY_PROMPT = "prompt"
     }
 }

@@ -154,7 +154,10 @@ private fun generate(o: Options) {
             .put("steps", r.plan.steps).put("sampler", r.plan.sampler).put("guidance", r.plan.guidance)
             .put("image_raw", raw.absolutePath).put("image_raw_shape", JSONArray(listOf(r.height, r.width, 3)))
             .put("backend", pipeline.backend.target).put("warmup_runs", warmup).put("repeats", repeats)
+            .put("runtime_version", pipeline.backend.runtimeVersion)
             .put("ms_total_runs", JSONArray(runs.map { it.totalMs }))
+            // the process's resident peak (VmHWM) over loading, warm-up and every run; absent where not reported
+            .put("peak_rss_bytes", runs.last().memory?.peakRssBytes)
         atomicWrite(json) { it.writeText(record.toString(2)) }
         println("wrote $out (${r.plan.sampler}-${r.plan.steps}, guidance ${r.plan.guidance}, ${"%.1f".format(r.totalMs)} ms)")
     }

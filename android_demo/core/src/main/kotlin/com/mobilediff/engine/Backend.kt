@@ -8,8 +8,15 @@ import java.io.File
  * the JVM (ONNX Runtime's Java API and the ExecuTorch host shim, see android_demo/README.md).
  */
 interface Backend {
-    /** The bundle target this backend reads: "onnx" or "executorch". */
+    /** The bundle target this backend reads: "onnx" (and its "ort" forms) or "executorch". */
     val target: String
+
+    /**
+     * The version of the runtime library this backend runs on, as the runtime reports it, for records beside results
+     * (ONNX Runtime: its native library's version). ExecuTorch's Java API reports none: null, unless the system
+     * property `mobilediff.executorch.runtime` names it (the JVM's test scripts set it to the host library's).
+     */
+    val runtimeVersion: String?
 
     /**
      * Load one component graph; [spec] gives its inputs and outputs in graph order. The graph's own inputs and

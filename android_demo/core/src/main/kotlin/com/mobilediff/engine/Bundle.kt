@@ -9,9 +9,18 @@ import java.security.MessageDigest
  */
 class Bundle private constructor(val dir: File, val manifest: Manifest) {
 
-    /** The verified file of [component] for [target] (onnx | executorch), with its external data checked too. */
-    fun componentFile(component: String, target: String, precision: String? = null): Pair<File, ComponentFile> {
-        val entry = manifest.component(component).file(target, precision)
+    /**
+     * The verified file of [component] that a backend reading [target] (onnx | executorch) runs, with its external
+     * data checked too. For "onnx" that is the component's ORT-format form when the manifest lists one (target "ort",
+     * same precision; ONNX Runtime's mobile format, which a phone loads without parsing or optimizing the ONNX graph
+     * again), else the .onnx file; [preferOrt] false always takes the .onnx. An ORT-format entry keeps its ONNX
+     * graph's batch facts ([ComponentFile.dynamicBatch]): it is the same graph.
+     */
+    fun componentFile(component: String, target: String, precision: String? = null, preferOrt: Boolean = true): Pair<File, ComponentFile> {
+        val spec = manifest.component(component)
+        val onnxOrOther = spec.file(target, precision)
+        val ort = if (target == ONNX && preferOrt) spec.files.firstOrNull { it.target == ORT && it.precision == onnxOrOther.precision } else null
+        val entry = ort?.let { ComponentFile(it.target, it.precision, it.file, it.externalData, onnxOrOther.dynamicBatch) } ?: onnxOrOther
         for (ref in listOf(entry.file) + entry.externalData) verify(ref)
         return File(dir, entry.file.path) to entry
     }
@@ -37,6 +46,10 @@ class Bundle private constructor(val dir: File, val manifest: Manifest) {
     }
 
     companion object {
+        /** The bundle target of ONNX graphs, and of their ORT-format forms (both run by [OnnxRuntimeBackend]). */
+        const val ONNX = "onnx"
+        const val ORT = "ort"
+
         /** Read [dir]/manifest.json. Throws [BundleError] for a missing folder/manifest, bad JSON or a newer format. */
         fun open(dir: File): Bundle {
             if (!dir.isDirectory) throw BundleError(dir.path, "bundle folder not found")

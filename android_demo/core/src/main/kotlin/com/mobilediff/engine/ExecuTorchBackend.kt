@@ -15,6 +15,7 @@ import org.pytorch.executorch.Tensor as EtTensor
  */
 class ExecuTorchBackend : Backend {
     override val target = "executorch"
+    override val runtimeVersion: String? get() = System.getProperty("mobilediff.executorch.runtime")
 
     override fun load(file: File, spec: ComponentSpec, path: String): ComponentSession {
         val (inputs, outputs) = ExecuTorchProgram.methodIo(file, path)

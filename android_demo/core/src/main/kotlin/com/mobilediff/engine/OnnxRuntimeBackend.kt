@@ -11,15 +11,23 @@ import java.io.File
 import java.nio.FloatBuffer
 import java.nio.IntBuffer
 
-/** ONNX Runtime through its Java API (`ai.onnxruntime`, the API of onnxruntime-android), CPU provider. */
+/**
+ * ONNX Runtime through its Java API (`ai.onnxruntime`, the API of onnxruntime-android), CPU provider. Loads a
+ * component's ORT-format file (`.ort`, what [Bundle.componentFile] hands out when the bundle has one) or its `.onnx`.
+ */
 class OnnxRuntimeBackend : Backend {
-    override val target = "onnx"
+    override val target = Bundle.ONNX
     private val env: OrtEnvironment = OrtEnvironment.getEnvironment()
+
+    /** The version the loaded native library reports ("1.29.0"). */
+    override val runtimeVersion: String get() = env.version
 
     override fun load(file: File, spec: ComponentSpec, path: String): ComponentSession {
         val options = OrtSession.SessionOptions()
         // a graph ONNX Runtime refuses is reported by the exception alone
         options.setSessionLogLevel(OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL)
+        // said outright rather than left to the file name: an ORT-format graph is never parsed as ONNX
+        if (file.name.endsWith(".$ORT_EXTENSION")) options.addConfigEntry("session.load_model_format", "ORT")
         val session = try {
             env.createSession(file.path, options)
         } catch (e: OrtException) {
@@ -49,6 +57,10 @@ class OnnxRuntimeBackend : Backend {
             "double" -> "float64"
             else -> t
         }
+
+    companion object {
+        const val ORT_EXTENSION = "ort"
+    }
 
     private fun oneLine(message: String?): String = message.orEmpty().lineSequence().map { it.trim() }.filter { it.isNotEmpty() }.joinToString(" ")
 

@@ -1,5 +1,7 @@
 package com.mobilediff.engine
 
+import java.io.File
+
 /** What to generate. Null fields take the manifest's default sampling plan. */
 data class GenerationRequest(
     val prompt: String,
@@ -22,6 +24,10 @@ class GenerationResult(
     val componentMs: Map<String, Double>,
     /** Milliseconds of the whole generation (tokenizer to pixels; model loading not included). */
     val totalMs: Double,
+    /** Milliseconds per component loaded during this generation (lazy loading, or a reload after a release). */
+    val loadMs: Map<String, Double> = emptyMap(),
+    /** The process's resident memory as the generation ended, with its peak; null where the kernel does not say. */
+    val memory: MemoryUsage? = null,
 )
 
 /** Progress and per-call reports of a generation; every method is optional. Called on the generating thread. */
@@ -31,46 +37,93 @@ interface GenerationListener {
 
     /** After every component call, with its inputs, outputs (batch rows as the engine sees them) and duration. */
     fun onCall(component: String, inputs: List<Tensor>, outputs: List<Tensor.F32>, ms: Double) {}
+
+    /** Before [component] is loaded for its next call (its first, or the first after a release). */
+    fun onLoading(component: String) {}
+
+    /** After [component] was loaded, in [ms] (its sha256 check included the first time). */
+    fun onLoaded(component: String, ms: Double) {}
 }
 
 /**
  * Text -> image from a bundle alone, on one [Backend]: tokenizer, torch-compatible noise, the manifest's sampler
  * table and guidance, the three component graphs, pixel conversion. The Kotlin twin of
- * `mobilediff.runtimes.BundleRunner`; it loads (and sha256-checks) the components once, then generates any
- * number of images. Not thread-safe: generate from one thread at a time.
+ * `mobilediff.runtimes.BundleRunner`; it loads (and sha256-checks) each component once, then generates any number
+ * of images.
+ *
+ * Memory: with [Loading.LAZY] a component is loaded on its first call (text encoder, then UNet, then decoder);
+ * [release] frees every loaded component (each is loaded again, without a second sha256 check, on its next call),
+ * and with [reduceMemory] each is released after its last call of a generation, so at most one component is
+ * resident at a time. [GenerationResult.memory] records the process's peak resident memory.
+ *
+ * Not thread-safe: generate and release from one thread at a time. [reduceMemory] and the [CancelToken] passed to
+ * [generate] may be set from any thread.
  */
-class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = null) : AutoCloseable {
+class Pipeline(
+    val bundle: Bundle,
+    val backend: Backend,
+    private val precision: String? = null,
+    loading: Loading = Loading.EAGER,
+) : AutoCloseable {
+    enum class Loading {
+        /** The constructor checks and loads every component: a bad file fails before any generation. */
+        EAGER,
+
+        /** Each component is checked and loaded on its first call; the constructor checks only the manifest. */
+        LAZY,
+    }
+
     val manifest: Manifest = bundle.manifest
     private val tokenizer: ClipTokenizer = bundle.tokenizer()
     private val components: Map<String, Component>
     private var uncondText: FloatArray? = null
+    private val lastLoadMs = LinkedHashMap<String, Double>()
 
-    /** Milliseconds spent checking and loading each component graph. */
-    val loadMs: Map<String, Double>
+    /**
+     * Release each component after its last call of a generation (text encoder after the prompt, UNet after the
+     * last step, decoder after decoding): the peak holds the largest component instead of all three, at the cost
+     * of loading each again for the next image. Set it under memory pressure; read as each component finishes.
+     */
+    @Volatile
+    var reduceMemory: Boolean = false
+
+    /**
+     * Start a new peak-memory mark as each generation starts ([ProcessMemory.resetPeak], process-wide), so
+     * [GenerationResult.memory] holds that generation's own peak; off, the peak counts from the process's start.
+     */
+    var peakPerGeneration: Boolean = false
+
+    /** Milliseconds of each component's most recent check and load. */
+    val loadMs: Map<String, Double> get() = LinkedHashMap(lastLoadMs)
+
+    /** The components loaded right now (text_encoder, unet, vae_decoder order). */
+    val loadedComponents: List<String> get() = components.values.filter { it.isLoaded }.map { it.name }
 
     init {
-        val load = Timings()
-        val loaded = LinkedHashMap<String, Component>()
-        try {
-            for (name in Manifest.COMPONENTS) {
-                val spec = manifest.component(name)
-                val (file, entry) = bundle.componentFile(name, backend.target, precision)
-                val session = load.measure(name) { backend.load(file, spec, entry.file.path) }
-                loaded[name] = Component(name, entry.file.path, session, if (entry.dynamicBatch) null else spec.batch)
-            }
-        } catch (e: Throwable) {
-            loaded.values.forEach { it.close() }
-            throw e
+        val declared = LinkedHashMap<String, Component>()
+        for (name in Manifest.COMPONENTS) {
+            val spec = manifest.component(name)
+            // the manifest's entry for this backend: a bundle without one fails here, whatever the loading
+            declared[name] = Component(name, spec, spec.file(backend.target, precision))
         }
-        components = loaded
-        loadMs = load.perComponent
+        components = declared
+        if (loading == Loading.EAGER) {
+            try {
+                for (c in components.values) c.session(null, null)
+            } catch (e: Throwable) {
+                close()
+                throw e
+            }
+        }
     }
 
     /**
      * Generate one image. Throws IllegalArgumentException for bad options or a prompt [Prompts.check] refuses,
-     * [BundleError] for a missing table or a component that gives non-finite values (never an image made of them).
+     * [BundleError] for a missing table or a component that gives non-finite values (never an image made of them),
+     * [GenerationCancelled] when [cancel] was set (checked before the text encoder, after every sampler step and
+     * before decoding; a runtime call in progress runs to its end).
      */
-    fun generate(request: GenerationRequest, listener: GenerationListener? = null): GenerationResult {
+    fun generate(request: GenerationRequest, listener: GenerationListener? = null, cancel: CancelToken? = null): GenerationResult {
         val plan = manifest.defaultSampling.let {
             SamplingPlan(request.sampler ?: it.sampler, request.steps ?: it.steps, request.guidance ?: it.guidance)
         }
@@ -78,15 +131,27 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         require(plan.guidance.isFinite() && plan.guidance >= 0) { "guidance must be a finite number >= 0, got ${plan.guidance}" }
         Prompts.check(request.prompt)
         val table = manifest.sampler(plan.sampler, plan.steps)
+        fun checkCancel(completed: Int) {
+            if (cancel?.isCancelled == true) throw GenerationCancelled(completed, table.steps)
+        }
+        checkCancel(0)
+        val peakReset = peakPerGeneration && ProcessMemory.resetPeak()
         val timings = Timings()
+        val loads = Timings()
         val start = System.nanoTime()
         val geo = manifest.geometry
         val shape = geo.latentShape
 
         val generator = TorchGenerator(request.seed)
         val noise = generator.normal(shape)
-        val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, timings, listener)
-        val latent = sample(table, noise, denoise, { generator.normal(shape) }) { i, x -> listener?.onStep(i, table.steps, x) }
+        val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, timings, loads, listener)
+        releaseIfReducing("text_encoder")
+        checkCancel(0)
+        val latent = sample(table, noise, denoise, { generator.normal(shape) }) { i, x ->
+            listener?.onStep(i, table.steps, x)
+            checkCancel(i + 1)
+        }
+        releaseIfReducing("unet")
         // every denoiser output was finite: only the table's arithmetic can have left float32's range
         requireFinite(null, latent, "the final latent (sampler ${table.name}:${table.steps})")
 
@@ -95,12 +160,38 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         val shift = geo.shiftFactor.toFloat()
         val z = FloatArray(latent.size) { latent[it] / sf + shift }
         requireFinite(null, z, "the decoder's input (final latent / geometry.scaling_factor + geometry.shift_factor)")
-        val decoded = call("vae_decoder", listOf(Tensor.F32(shape, z)), timings, listener)[0].data
+        val decoded = call("vae_decoder", listOf(Tensor.F32(shape, z)), timings, loads, listener)[0].data
+        releaseIfReducing("vae_decoder")
         requireFinite("vae_decoder", decoded, "the decoded image")
         val argb = ImageConversion.toArgb(decoded, geo.height, geo.width)
         val raw = ImageConversion.toHwc(decoded, geo.height, geo.width)
-        val totalMs = (System.nanoTime() - start) / 1e6
-        return GenerationResult(geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs)
+        // loading is part of the wall time here; totalMs keeps to the generation itself, as an eager pipeline's
+        val totalMs = (System.nanoTime() - start) / 1e6 - loads.perComponent.values.sum()
+        val memory = ProcessMemory.read()?.let { if (peakReset) it.copy(peakSince = MemoryUsage.PeakSince.GENERATION_START) else it }
+        return GenerationResult(geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs, loads.perComponent, memory)
+    }
+
+    /**
+     * Free every loaded component's runtime session; the next call of each loads it again (its file is not hashed
+     * again: it was checked on its first load). Returns the released components' names. Not during a generation:
+     * from the generating thread, or with none running (set [reduceMemory] to shed memory mid-generation).
+     */
+    fun release(): List<String> {
+        val released = components.values.filter { it.isLoaded }
+        var failure: Throwable? = null
+        for (c in released) {
+            try {
+                c.release()
+            } catch (e: Throwable) {
+                if (failure == null) failure = e
+            }
+        }
+        failure?.let { throw it }
+        return released.map { it.name }
+    }
+
+    private fun releaseIfReducing(name: String) {
+        if (reduceMemory) components.getValue(name).release()
     }
 
     /**
@@ -113,9 +204,10 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
         scale: Double,
         latentShape: IntArray,
         timings: Timings,
+        loads: Timings,
         listener: GenerationListener?,
     ): (FloatArray, Double) -> FloatArray {
-        val encoded = encode(prompt, timings, listener)  // (1, L, D)
+        val encoded = encode(prompt, timings, loads, listener)  // (1, L, D)
         var text = encoded.data
         var extra: Tensor.F32? = null
         var cfg = false
@@ -129,7 +221,7 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
                     )
                 }
                 if (cfg) {
-                    val uncond = uncondText ?: encode(guidance.unconditionalPrompt, timings, listener).data.also { uncondText = it }
+                    val uncond = uncondText ?: encode(guidance.unconditionalPrompt, timings, loads, listener).data.also { uncondText = it }
                     text = uncond + text
                 }
             }
@@ -145,22 +237,24 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
                 textTensor,
             )
             extra?.let { inputs.add(it) }
-            val out = call("unet", inputs, timings, listener)[0].data
+            val out = call("unet", inputs, timings, loads, listener)[0].data
             requireFinite("unet", out, "its output at timestep $t")
             if (cfg) FloatArray(x.size) { j -> out[j] + w * (out[x.size + j] - out[j]) } else out
         }
     }
 
     /** The text encoder's features of [prompt]: (1, L, D). */
-    private fun encode(prompt: String, timings: Timings, listener: GenerationListener?): Tensor.F32 {
+    private fun encode(prompt: String, timings: Timings, loads: Timings, listener: GenerationListener?): Tensor.F32 {
         val ids = tokenizer.encode(prompt)
-        return call("text_encoder", listOf(Tensor.I32(intArrayOf(1, ids.size), ids)), timings, listener)[0]
+        return call("text_encoder", listOf(Tensor.I32(intArrayOf(1, ids.size), ids)), timings, loads, listener)[0]
             .also { requireFinite("text_encoder", it.data, "its output") }
     }
 
-    private fun call(name: String, inputs: List<Tensor>, timings: Timings, listener: GenerationListener?): List<Tensor.F32> {
+    private fun call(name: String, inputs: List<Tensor>, timings: Timings, loads: Timings, listener: GenerationListener?): List<Tensor.F32> {
+        val component = components.getValue(name)
+        component.session(loads, listener)
         val start = System.nanoTime()
-        val out = components.getValue(name).run(inputs)
+        val out = component.run(inputs)
         val ms = (System.nanoTime() - start) / 1e6
         timings.add(name, ms)
         listener?.onCall(name, inputs, out, ms)
@@ -184,14 +278,42 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
     /** The CLIP token ids the engine feeds the text encoder for [prompt]. */
     fun tokenize(prompt: String): IntArray = tokenizer.encode(prompt)
 
-    override fun close() = components.values.forEach { it.close() }
+    /** Release every loaded component (the pipeline cannot generate after this). */
+    override fun close() {
+        release()
+    }
 
     /**
-     * A loaded graph; a graph exported for a static batch ([staticBatch] rows) gets its inputs padded with copies of
-     * their last row and its outputs cut back, as the Python runner does.
+     * One component graph, loaded on demand: the manifest's [declared] entry until the first load, which checks the
+     * file's sha256 ([Bundle.componentFile]) and keeps the file it gave for later reloads. A graph exported for a
+     * static batch ([staticBatch] rows) gets its inputs padded with copies of their last row and its outputs cut
+     * back, as the Python runner does.
      */
-    private class Component(val name: String, val path: String, val session: ComponentSession, val staticBatch: Int?) : AutoCloseable {
+    private inner class Component(val name: String, val spec: ComponentSpec, private val declared: ComponentFile) {
+        private var checked: Pair<File, ComponentFile>? = null
+        private var session: ComponentSession? = null
+
+        val isLoaded: Boolean get() = session != null
+        val path: String get() = (checked?.second ?: declared).file.path
+        val staticBatch: Int? get() = if ((checked?.second ?: declared).dynamicBatch) null else spec.batch
+
+        /** The loaded session, loading it first if needed (the time goes to [loads] and the listener). */
+        fun session(loads: Timings?, listener: GenerationListener?): ComponentSession {
+            session?.let { return it }
+            listener?.onLoading(name)
+            val start = System.nanoTime()
+            val (file, entry) = checked ?: bundle.componentFile(name, backend.target, precision).also { checked = it }
+            val loaded = backend.load(file, spec, entry.file.path)
+            val ms = (System.nanoTime() - start) / 1e6
+            session = loaded
+            lastLoadMs[name] = ms
+            loads?.add(name, ms)
+            listener?.onLoaded(name, ms)
+            return loaded
+        }
+
         fun run(inputs: List<Tensor>): List<Tensor.F32> {
+            val session = session(null, null)
             val rows = inputs[0].shape[0]
             val need = staticBatch ?: return session.run(inputs)
             if (need == rows) return session.run(inputs)
@@ -203,7 +325,11 @@ class Pipeline(val bundle: Bundle, val backend: Backend, precision: String? = nu
             }
         }
 
-        override fun close() = session.close()
+        fun release() {
+            val s = session ?: return
+            session = null
+            s.close()
+        }
 
         private fun padRows(t: Tensor, need: Int): Tensor {
             val rows = t.shape[0]

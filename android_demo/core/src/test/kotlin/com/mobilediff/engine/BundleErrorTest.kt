@@ -31,7 +31,7 @@ class BundleErrorTest {
         val bundle = Bundle.open(dir)
         val path = bundle.manifest.component("unet").file("onnx").file.path
         File(dir, path).delete()
-        val e = expectBundleError { bundle.componentFile("unet", "onnx") }
+        val e = expectBundleError { bundle.componentFile("unet", "onnx", preferOrt = false) }
         assertEquals(path, e.file)
         assertTrue(e.problem, e.problem.contains("missing"))
     }
@@ -40,7 +40,10 @@ class BundleErrorTest {
     fun sha256MismatchIsNamed() {
         val dir = copyBundle()
         val bundle = Bundle.open(dir)
-        val path = bundle.manifest.component("vae_decoder").file("onnx").file.path
+        // the file the ONNX Runtime backend loads: the ORT-format form where the bundle has one
+        val path = bundle.manifest.component("vae_decoder").files.let { files ->
+            (files.firstOrNull { it.target == Bundle.ORT } ?: files.first { it.target == Bundle.ONNX }).file.path
+        }
         val f = File(dir, path)
         f.delete()
         f.writeBytes(ByteArray(16) { 7 })

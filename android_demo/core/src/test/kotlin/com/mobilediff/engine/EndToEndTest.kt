@@ -16,14 +16,17 @@ class EndToEndTest {
         var ran = 0
         for (model in Fixtures.models) {
             if (backendName !in Fixtures.backends(model)) continue
-            Pipeline(Bundle.open(Fixtures.bundle(model)), Backend.forTarget(backendName)).use { pipeline ->
+            val bundle = Bundle.open(Fixtures.bundle(model))
+            Pipeline(bundle, Backend.forTarget(backendName)).use { pipeline ->
+                // what ran: the runtime's version and the graphs' file form (.ort where the bundle has it, on ONNX Runtime)
+                val runtime = "${pipeline.backend.runtimeVersion ?: "?"}, ." + bundle.componentFile("unet", backendName).first.extension
                 for (seed in listOf(0L, 1L)) {
                     val ref = Fixtures.referenceImage(model, backendName, seed)
                     assertNotNull("$model: no $backendName reference for seed $seed", ref)
                     val prompt = Fixtures.referenceRecord(model, backendName, seed)?.optString("prompt")?.ifEmpty { null } ?: PROMPT
                     val result = pipeline.generate(GenerationRequest(prompt, seed))
                     val c = Comparison.of(result.raw, ref!!)
-                    println("end_to_end $backendName $model seed $seed (${result.plan}): psnr ${c.psnrDb ?: "inf"} dB, " +
+                    println("end_to_end $backendName ($runtime) $model seed $seed (${result.plan}): psnr ${c.psnrDb ?: "inf"} dB, " +
                         "max abs ${c.maxAbsError}, ${"%.0f".format(result.totalMs)} ms")
                     assertTrue("$model seed $seed on $backendName: ${c.psnrDb} dB", c.within(minPsnr = 40.0))
                     ran++
