@@ -119,11 +119,20 @@ def apk_row(folder: Path) -> dict:
     r = _run([str(REPO / folder / "scripts" / "build-apk.sh")])
     apk = REPO / folder / "build" / "apk" / "mobilediff-demo.apk"
     ok = r.returncode == 0 and apk.is_file() and "Verifies" in r.stdout
-    return {"app": "android", "check": "apk", "backend": None, "model": None, "seed": None, "psnr_db": None,
-            "max_abs_error": None, "passed": ok, "apk_bytes": apk.stat().st_size if apk.is_file() else None,
-            "build_seconds": round(time.perf_counter() - t0, 1),
-            "detail": "signed, apksigner verify (v2+v3), min SDK 26; no native runtime libraries" if ok
-            else f"build-apk.sh failed: {_last_line(r.stderr or r.stdout)}"}
+    row = {"app": "android", "check": "apk", "backend": None, "model": None, "seed": None, "psnr_db": None,
+           "max_abs_error": None, "passed": ok, "apk_bytes": apk.stat().st_size if apk.is_file() else None,
+           "build_seconds": round(time.perf_counter() - t0, 1)}
+    if not ok:
+        return {**row, "detail": f"build-apk.sh failed: {_last_line(r.stderr or r.stdout)}"}
+    # the static link check build-apk.sh ran (android_demo/scripts/check-apk.py): what the APK packages
+    check = json.loads((apk.parent / "check-apk.json").read_text())
+    abis = check["abis"]
+    packaged = [f"{rt['name']} {rt['version']}" for rt in check["runtimes_json"]["runtimes"]]
+    natives = ", ".join(f"{abi} {a['natives_with_export']}/{a['native_methods']}" for abi, a in abis.items())
+    return {**row, "runtime": "; ".join(packaged) or None, "apk_check": check,
+            "detail": f"signed, apksigner verify (v2+v3), min SDK 26; packages {', '.join(packaged) or 'no runtime'} "
+                      f"for {', '.join(abis)} (16 KB-aligned); JNI exports for native methods: {natives}; "
+                      f"not packaged: {', '.join(n['name'] for n in check['runtimes_json'].get('not_packaged', [])) or '-'}"}
 
 
 def _fmt(x) -> str:
