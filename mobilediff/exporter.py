@@ -329,13 +329,14 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                   precision: str = "fp32", fused_steps: int | None = None, fused_sampler: str | None = None,
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_prompts: int | list[str] = 32,
-                  calibration_rows: int = 64, model_dir: Path | None = None, decoder: Path | None = None) -> Path:
+                  calibration_rows: int = 64, model_dir: Path | None = None, decoder: Path | None = None,
+                  ort_format: bool = True) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path: :func:`run_export` with the
     :class:`ExportConfig` of these options."""
     cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
                           fused_sampler=fused_sampler, guidance=guidance, force=force, source=source,
                           quantize=quantize, calibration_prompts=calibration_prompts, calibration_rows=calibration_rows,
-                          model_dir=model_dir, decoder=decoder)
+                          model_dir=model_dir, decoder=decoder, ort_format=ort_format)
     return run_export(model, cfg, progress)
 
 

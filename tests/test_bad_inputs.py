@@ -40,7 +40,7 @@ def _tiny_graph(path: Path) -> None:
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT32, [1, 4])],
                               [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [1, 4])])
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
 
 
 def make_bundle(path: Path) -> Path:
@@ -811,12 +811,26 @@ CASES = [
          "bundle has no component 'fused9'"),
     Case("op_profile-runs-zero", lambda c: ["op_profile", "--bundle", str(c.t / "b"), "--runs", "0", "--out",
                                             str(c.t / "r")], None, "--runs: must be an integer >= 1"),
+    Case("ort_format-architecture-not-four-parts", lambda c: ["ort_format", "--architecture", "sd15:fp16", "--out",
+                                                               str(c.t / "r")], None,
+         "--architecture 'sd15:fp16': expected ARCH:SCALE:PRECISION:RESOLUTION"),
+    Case("ort_format-architecture-unknown", lambda c: ["ort_format", "--architecture", "sdxl:full:fp16:512", "--out",
+                                                        str(c.t / "r")], None, "unknown architecture 'sdxl'"),
+    Case("ort_format-architecture-odd-resolution", lambda c: ["ort_format", "--architecture", "sd15:tiny:fp32:100",
+                                                               "--out", str(c.t / "r")], None,
+         "the resolution must be a multiple of 8 pixels, got '100'"),
+    Case("ort_format-threads-zero", lambda c: ["ort_format", "--threads", "0", "--out", str(c.t / "r")], None,
+         "--threads: must be an integer >= 1"),
     Case("real_architectures-peer-unknown", lambda c: ["real_architectures", "--peer", "other", "--out", str(c.t / "r")],
          None, "--peer: invalid choice: 'other'"),
     Case("real_architectures-max-memory-nan", lambda c: ["real_architectures", "--max-memory-gib", "nan", "--out",
                                                          str(c.t / "r")], None, "--max-memory-gib: must be a finite"),
     Case("real_architectures-runs-zero", lambda c: ["real_architectures", "--runs", "0", "--out", str(c.t / "r")], None,
          "--runs: must be an integer >= 1"),
+    Case("memory-nothing-to-measure", lambda c: ["memory", "--out", str(c.t / "r")], None,
+         "nothing to measure: pass --bundle B [B ...] and/or --arch A [A ...]"),
+    Case("memory-not-a-bundle", lambda c: ["memory", "--bundle", str(c.t / "d"), "--out", str(c.t / "r")], user_folder,
+         "{t}/d is not a bundle (no manifest.json)"),
     Case("quantization-runs-not-a-number", lambda c: ["quantization", "--runs", "many", "--out", str(c.t / "r")], None,
          "--runs: must be an integer, got 'many'"),
     Case("quantization-work-is-a-file", lambda c: ["quantization", "--work", str(c.t / "f"), "--out", str(c.t / "r")],

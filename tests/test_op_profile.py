@@ -47,7 +47,7 @@ def _qdq_conv_graph(path):
     graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])],
                               initializer=[w, scale, zero])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     model.ir_version = 9
     onnx.save(model, str(path))
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilediff.bench.envelope import Parser, command_line, write_results
+from mobilediff.bench.envelope import Parser, command_line, count, write_results
+from mobilediff.errors import MobilediffError
 
 CALLS = 5  # timed calls per graph after one untimed call; the median is reported
 
@@ -98,6 +99,23 @@ def architecture_row(arch: str, scale: str, precision: str, resolution: int, wor
     return row
 
 
+def parse_architecture(spec: str) -> tuple[str, str, str, int]:
+    """``ARCH:SCALE:PRECISION:RESOLUTION`` -> its parts, checked; MobilediffError names what is wrong."""
+    from mobilediff.bench.real_architectures import ARCHITECTURES, SCALES
+
+    parts = spec.split(":")
+    if len(parts) != 4:
+        raise MobilediffError(f"--architecture {spec!r}: expected ARCH:SCALE:PRECISION:RESOLUTION, e.g. sd15:full:fp16:256")
+    arch, scale, precision, resolution = parts
+    for what, value, known in (("architecture", arch, ARCHITECTURES), ("scale", scale, SCALES),
+                               ("precision", precision, ("fp32", "fp16"))):
+        if value not in known:
+            raise MobilediffError(f"--architecture {spec!r}: unknown {what} {value!r}; choose one of: {', '.join(known)}")
+    if not resolution.isdigit() or int(resolution) < 8 or int(resolution) % 8:
+        raise MobilediffError(f"--architecture {spec!r}: the resolution must be a multiple of 8 pixels, got {resolution!r}")
+    return arch, scale, precision, int(resolution)
+
+
 def _verdicts(row: dict) -> str:
     if not row.get("usability"):
         return "-"
@@ -150,9 +168,10 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     ap.add_argument("--architecture", action="append", default=None, metavar="ARCH:SCALE:PRECISION:RESOLUTION",
                     help="a real UNet architecture with random weights, e.g. sd15:full:fp16:256 (default: none; "
                          "architectures: sd15, bk-sdm-tiny; scale full, or tiny: every width / 10)")
-    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    ap.add_argument("--threads", type=count(1), default=1, help="onnxruntime intra-op threads (default 1)")
     ap.add_out(results, "result folder")
     args = ap.parse_args(argv)
+    architectures = [parse_architecture(spec) for spec in args.architecture or []]  # all checked before any work
     quiet_libraries()
     t0 = time.perf_counter()
     load_start = round(os.getloadavg()[0], 1)
@@ -161,9 +180,8 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     with tempfile.TemporaryDirectory(prefix="ort_format_") as tmp:
         for model in args.model or ["default", "default:progressive-4"]:
             rows += bundle_rows(model, Path(tmp), args.threads, say)
-        for spec in args.architecture or []:
-            arch, scale, precision, resolution = spec.split(":")
-            rows.append(architecture_row(arch, scale, precision, int(resolution), Path(tmp), args.threads, say))
+        for arch, scale, precision, resolution in architectures:
+            rows.append(architecture_row(arch, scale, precision, resolution, Path(tmp), args.threads, say))
     result = {"command": command_line("ort_format", argv), "wall_seconds": round(time.perf_counter() - t0, 1),
               "machine": machine_info(), "versions": library_versions(), "threads": args.threads,
               "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)}, "rows": rows}

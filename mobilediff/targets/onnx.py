@@ -123,6 +123,17 @@ def _strip_exporter_metadata(model) -> int:
     return stripped
 
 
+def _drop_value_info(path: Path) -> None:
+    """Forget the intermediate shapes recorded in the graph at ``path`` (the quantizer infers them again): onnxruntime
+    1.29's pre-processing can record one that its own strict re-inference then contradicts (seen on a tiny
+    guidance-embedding UNet: "Inferred shape and existing shape differ")."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
+
+
 def _strip_metadata_file(path: Path) -> None:
     import onnx
 
@@ -322,6 +333,7 @@ def _quantize_graph(spec, recipe, path: Path, calibration) -> dict:
     with tempfile.TemporaryDirectory(dir=path.parent) as td:
         pre = Path(td) / "pre.onnx"
         quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+        _drop_value_info(pre)
         activation_products = _activation_matmuls(pre)
         keep = keep + [n for n in activation_products if n not in keep]
         out = Path(td) / "q.onnx"
