@@ -152,7 +152,7 @@ def test_host_bundles_roles_and_plans(host_result, models):
     assert b["lcm-fp32"]["default_plan"] == {"sampler": "lcm", "steps": 4, "guidance": 2.5}
     assert b["lcm-int8"]["quantization"] == "int8-dynamic" and b["lcm-int8"]["precision"] == "int8-dynamic"
     for x in b.values():
-        assert x["source"]["checked"] is True and x["source"]["from"] == "manifest" and x["targets"] == ["onnx"]
+        assert x["source"]["checked"] is True and x["source"]["from"] == "manifest" and x["targets"] == ["onnx", "ort"]
     assert b["lcm-int8"]["source"]["path"] == str(models.student.resolve())
 
 
