@@ -412,6 +412,7 @@ def test_host_metric_set_on_prompts(bundles, tmp_path, capsys, keep_threads):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads):
     out = tmp_path / "mem"
     code, _, err = run_main(capsys, settings(bundles.teacher, out=out, runtimes=("onnx",), baseline="ddim1", runs=2,

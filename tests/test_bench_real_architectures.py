@@ -21,6 +21,7 @@ def test_full_configs_have_the_published_parameter_counts(arch, params):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_tiny_run_writes_the_documented_schema(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     returned = ra.measure(RealArchConfig(out=out, arch=("bk-sdm-tiny",), scale="tiny", targets=("onnx",),

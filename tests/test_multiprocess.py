@@ -201,6 +201,7 @@ def test_two_process_run_resumes_bit_identically(two_process_lcm, tiny_pipeline_
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_batch_that_does_not_split_over_the_processes_is_refused(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "run"
     p = _launch(tmp_path, ["-m", "mobilediff"], *_distill_args(tiny_pipeline_dir, out, batch=3))
@@ -210,6 +211,7 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(tiny_pipeline_d
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_two_process_train_base(tmp_path):
     """train-base over two processes: both stages' weights bit-identical across the processes after each stage, every
     file written once (checkpoints, latent cache, VAE, pipeline), output printed once."""
@@ -237,6 +239,7 @@ def test_two_process_train_base(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with GPUs the processes join over them")
 def test_processes_that_accelerate_would_not_join_are_refused(tiny_pipeline_dir, tmp_path):
     """Without ACCELERATE_USE_CPU on a machine without GPUs, accelerate runs each launched process alone: refused in
@@ -291,7 +294,7 @@ def _run_cli(tmp_path: Path, *args, script: Path | None = None, **env) -> subpro
                             stderr=subprocess.PIPE, text=True, env=_env(tmp_path, **env))
 
 
-@pytest.mark.parametrize("where", ["step", "mid-save"])
+@pytest.mark.parametrize("where", ["step", pytest.param("mid-save", marks=pytest.mark.extended)])
 def test_killed_distillation_resumes_bit_identically(tiny_pipeline_dir, tmp_path, where):
     """SIGKILL at a random step ("step") or while checkpoint N is half written ("mid-save"); `--resume latest`
     continues from the newest complete checkpoint, at most one checkpoint interval back, and ends bit-identical to an
@@ -343,7 +346,7 @@ def test_killed_distillation_resumes_bit_identically(tiny_pipeline_dir, tmp_path
 # one launch in the default run (the user's data through the shared cache, main process first, DDP); the other two
 # commands, ~30 s a launch, in the extended tier (python -m pytest -m extended), which keeps CI under 20 minutes
 @pytest.mark.parametrize("command", [pytest.param("train-base --images", marks=pytest.mark.extended),
-                                     "distill lcm --wds",
+                                     pytest.param("distill lcm --wds", marks=pytest.mark.extended),
                                      pytest.param("distill progressive --prompts", marks=pytest.mark.extended)])
 @pytest.mark.slow
 def test_two_processes_on_your_data(command, tiny_pipeline_dir, tmp_path):

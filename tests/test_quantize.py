@@ -145,6 +145,7 @@ def test_default_recipes_keep_the_timestep_projection_float():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_executorch_int8_decoder_recipe_quantizes_the_decoder_too(tmp_path):
     """`--quantize int8-decoder` is `int8` with the VAE decoder in int8 as well: the decoder's program is quantized,
     calibrated on the final latents of sampling, and checked against PyTorch at export (close, not exact)."""
