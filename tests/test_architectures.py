@@ -148,7 +148,7 @@ VARIANTS = {
 # default run, which CI makes: `python -m pytest -m extended`). An export takes seconds per
 # component even at these sizes (torch.export, then ONNX translation and optimisation, or XNNPACK lowering).
 FAST_ONNX = ("sd2-v", "lcm", "plain-mid-c8")
-FAST_EXECUTORCH = ("lcm",)
+FAST_EXECUTORCH = ()  # ExecuTorch bundles of real models run in CI through the apps' fixtures
 FAST_COREML = ("lcm",)
 
 

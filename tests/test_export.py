@@ -442,7 +442,7 @@ def _student_dir(pipe, path, method, sampler, steps, guidance):
     return path
 
 
-@pytest.mark.parametrize("method", ["progressive", "lcm"])
+@pytest.mark.parametrize("method", [pytest.param("progressive", marks=pytest.mark.extended), "lcm"])
 def test_student_bundle_samples_with_its_own_plan_by_default(method, tmp_path, capsys):
     """`generate --bundle` with no sampling flags uses the student's plan from the manifest alone (the source
     folder is deleted before generating), and matches PyTorch sampling with that plan."""

@@ -294,7 +294,7 @@ def _run_cli(tmp_path: Path, *args, script: Path | None = None, **env) -> subpro
                             stderr=subprocess.PIPE, text=True, env=_env(tmp_path, **env))
 
 
-@pytest.mark.parametrize("where", ["step", pytest.param("mid-save", marks=pytest.mark.extended)])
+@pytest.mark.parametrize("where", [pytest.param(w, marks=pytest.mark.extended) for w in ("step", "mid-save")])
 def test_killed_distillation_resumes_bit_identically(tiny_pipeline_dir, tmp_path, where):
     """SIGKILL at a random step ("step") or while checkpoint N is half written ("mid-save"); `--resume latest`
     continues from the newest complete checkpoint, at most one checkpoint interval back, and ends bit-identical to an

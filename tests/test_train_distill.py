@@ -170,7 +170,7 @@ def test_progressive_rounds():
             progressive_rounds(16, bad)
 
 
-@pytest.mark.parametrize("method", ["lcm", "progressive"])
+@pytest.mark.parametrize("method", ["lcm", pytest.param("progressive", marks=pytest.mark.extended)])
 def test_two_step_cli_run_writes_students_that_sample(tiny_pipeline_dir, tmp_path, method):
     out = tmp_path / method
     extra = (["--steps", 2, "--ddim-timesteps", 10, "--guidance-range", 3, 4] if method == "lcm"
