@@ -147,7 +147,8 @@ def _sci(x) -> str:
 
 def _detail(row: dict) -> str:
     files = row.get("graph_files") or {}
-    forms = sorted({Path(str(f)).suffix.lstrip(".") for f in files.values()}) if isinstance(files, dict) else []
+    forms = sorted({Path(str(f.get("path", "") if isinstance(f, dict) else f)).suffix.lstrip(".")
+                    for f in files.values()} - {""}) if isinstance(files, dict) else []
     return row.get("detail", "") + (f"; graphs: {', '.join(forms)}" if forms else "")
 
 
