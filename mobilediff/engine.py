@@ -5,6 +5,8 @@ sha256). No diffusers scheduler and no PyTorch module runs here; PyTorch only ho
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from pathlib import Path
 
@@ -66,30 +68,72 @@ def bundle_tokenizer(bundle: Path, manifest) -> BundleTokenizer:
 
 
 class BundleRunner:
-    """Loads a bundle's three components for one host runtime and samples with its tables."""
+    """Loads a bundle's three components for one host runtime and samples with its tables.
 
-    def __init__(self, bundle: Path, runtime: str, precision: str | None = None, threads: int | None = None):
-        target = get_runtime(runtime)  # refuses a name that is not a host runtime
+    ``resident`` (default): the three components are loaded once, here, and stay loaded for every generate.
+    ``resident=False``: none is loaded here; a generate loads each one when its turn comes (text encoder, then
+    denoiser, then decoder) and releases it before the next is loaded, so the process holds one component's weights
+    and runtime state at a time (benchmarks/memory.py measures both). ``settings``: runtime settings passed to the
+    target's loader (``mobilediff.targets.onnx.load_session``'s session settings; ExecuTorch's ``load`` form).
+    ``ort_format`` (ONNX Runtime only): load each component's ORT-format file (target ``ort``) instead of its
+    ``.onnx`` graph, as the apps do.
+    """
+
+    def __init__(self, bundle: Path, runtime: str, precision: str | None = None, threads: int | None = None,
+                 settings: dict | None = None, resident: bool = True, ort_format: bool = False):
+        self.target = get_runtime(runtime)  # refuses a name that is not a host runtime
+        if ort_format and runtime != "onnx":
+            raise MobilediffError(f"ORT format is ONNX Runtime's: runtime {runtime!r} cannot load it")
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         self.runtime = runtime
-        self.parts = {}
-        for name in COMPONENTS:
-            path, entry = component_file(self.manifest, self.bundle, name, runtime, precision)
-            self.parts[name] = target.load(path, self.manifest.component(name), threads, name)
+        self.precision, self.threads, self.settings, self.resident = precision, threads, settings, resident
+        file_target = "ort" if ort_format else runtime
+        self.files = {name: component_file(self.manifest, self.bundle, name, file_target, precision)[0]
+                      for name in COMPONENTS}  # every file checked against its sha256 before anything is loaded
+        self.parts = {name: self._load(name) for name in COMPONENTS} if resident else {}
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest.geometry
         self.guidance = self.manifest.guidance
         self._uncond: torch.Tensor | None = None
 
+    def _load(self, name: str):
+        kw = {"settings": self.settings} if self.settings else {}
+        return self.target.load(self.files[name], self.manifest.component(name), self.threads, name, **kw)
+
+    @contextlib.contextmanager
+    def _component(self, name: str):
+        """The loaded component ``name``: the resident one, or (``resident=False``) one loaded now and released,
+        its memory returned, when the block ends."""
+        if self.resident:
+            yield self.parts[name]
+            return
+        part = self._load(name)
+        try:
+            yield part
+        finally:
+            del part
+            gc.collect()
+
+    def _static_batch(self) -> int | None:
+        """The denoiser's static batch (None: dynamic), known without loading it: a static-shape target's graph is
+        fixed at the manifest's dims (its loader checks that)."""
+        if self.resident:
+            return self.parts["unet"].static_batch
+        return self.manifest.component("unet").dims.get("batch") if self.target.STATIC_SHAPES else None
+
     def _tokenizer(self):
         return bundle_tokenizer(self.bundle, self.manifest)
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        return self.parts["text_encoder"](self.tokenizer.ids(prompt))[0]
+    def encode(self, prompt: str, text_encoder=None) -> torch.Tensor:
+        """(1, tokens, hidden) text embedding of ``prompt`` (``text_encoder``: an already loaded one)."""
+        if text_encoder is None:
+            with self._component("text_encoder") as text_encoder:
+                return text_encoder(self.tokenizer.ids(prompt))[0]
+        return text_encoder(self.tokenizer.ids(prompt))[0]
 
-    def _unet(self, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        unet = self.parts["unet"]
+    @staticmethod
+    def _unet(unet, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         b = x.shape[0]
         ts = torch.full((b,), float(t), dtype=torch.float32)
         args = [x, ts, text] + ([cond] if cond is not None else [])
@@ -120,33 +164,36 @@ class BundleRunner:
         gen = torch.Generator().manual_seed(int(seed))
         noise = torch.randn(self.geometry.latent_shape, generator=gen)
         trace("noise", noise)
-        text = self.encode(prompt)
         cond = None
         if g.type == "embedding":
             cond = torch.tensor([guidance_embedding(scale, g.embedding_dim)], dtype=torch.float32)
             do_cfg = False
         else:
             do_cfg = scale > 1.0
-            if do_cfg and self.parts["unet"].static_batch == 1:
+            if do_cfg and self._static_batch() == 1:
                 raise MobilediffError(f"this bundle's denoiser was exported without a classifier-free-guidance batch "
                                       f"(guidance {plan.guidance:g}): generate with guidance 1, or export "
                                       f"again with --guidance > 1")
-            if do_cfg:
-                if self._uncond is None:
-                    self._uncond = self.encode("")
-                text = torch.cat([self._uncond, text])
+        with self._component("text_encoder") as text_encoder:
+            text = self.encode(prompt, text_encoder)
+            if do_cfg and self._uncond is None:
+                self._uncond = self.encode("", text_encoder)
+        if do_cfg:
+            text = torch.cat([self._uncond, text])
 
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
             if do_cfg:
-                out = self._unet(torch.cat([x, x]), t, text, None)
+                out = self._unet(unet, torch.cat([x, x]), t, text, None)
                 return classifier_free_guidance(*out.chunk(2), scale)
-            return self._unet(x, t, text, cond)
+            return self._unet(unet, x, t, text, cond)
 
         def fresh_noise(i: int) -> torch.Tensor:
             draw = torch.randn(noise.shape, generator=gen)
             trace("fresh_noise", draw)
             return draw
 
-        latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
+        with self._component("unet") as unet:
+            latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
         z = latents / self.geometry.scaling_factor + self.geometry.shift_factor
-        return self.parts["vae_decoder"](z)[0].clamp(-1, 1)
+        with self._component("vae_decoder") as vae_decoder:
+            return vae_decoder(z)[0].clamp(-1, 1)

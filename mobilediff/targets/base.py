@@ -39,8 +39,10 @@ class Target(Protocol):
         """Load ``path`` back and check it against PyTorch (``reference`` = outputs for ``inputs``); return the
         parity record (mobilediff.parity.compare); raise MobilediffError if it fails."""
 
-    def load(self, path: Path, io, threads: int | None = None, component: str = "component") -> Runner:
-        """Open a verified bundle file for generation; ``io`` is the manifest entry of ``component``. Before it
+    def load(self, path: Path, io, threads: int | None = None, component: str = "component",
+             settings: dict | None = None) -> Runner:
+        """Open a verified bundle file for generation; ``io`` is the manifest entry of ``component``; ``settings``:
+        the runtime's own load settings (None: its defaults; an unknown one raises MobilediffError). Before it
         returns, the graph's own inputs and outputs are checked against ``io``
         (:func:`mobilediff.bundle.check_graph_io`)."""
 

@@ -84,16 +84,31 @@ def runtime_threads(threads: int | None = None) -> dict:
         return {"executorch threadpool": "unknown"}
 
 
-def load_method(path: Path):
+# How a program file reaches the runtime (``settings={"load": ...}``): "file" hands executorch.runtime the path (its
+# loader maps the file: weights are paged in from it, not copied); "buffer" reads the file into Python bytes first
+# (held by the Program while it lives: a second copy of the weights). benchmarks/memory.py measures both.
+LOAD_FORMS = ("file", "buffer")
+
+
+def load_method(path: Path, load: str = "file"):
+    """The ``forward`` method of the program at ``path``, loaded in the ``load`` form (:data:`LOAD_FORMS`). The
+    method keeps its program (and the program its buffer) alive: executorch.runtime's Program holds the bytes a
+    buffer-loaded method reads, and freeing them under a live method crashes the process."""
     from executorch.runtime import Runtime
 
     from mobilediff.quiet import quiet_stderr
 
+    if load not in LOAD_FORMS:
+        raise MobilediffError(f"unknown ExecuTorch load form {load!r}; choose one of: {', '.join(LOAD_FORMS)}")
     try:
         # the runtime's CPU-info probe writes straight to file descriptor 2 on first load ("Failed to open midr
         # file ..."): nothing a user can act on; a failed load still raises with its message
         with quiet_stderr():
-            return Runtime.get().load_program(str(path)).load_method("forward")
+            data = str(path) if load == "file" else Path(path).read_bytes()
+            program = Runtime.get().load_program(data)
+            method = program.load_method("forward")
+            method.program = program
+            return method
     except RuntimeError as e:  # executorch.runtime reports a truncated or foreign program file as a RuntimeError
         raise MobilediffError(f"cannot load ExecuTorch program {path}: {str(e).splitlines()[0][:200]}") from None
 
@@ -134,10 +149,16 @@ def graph_io(method) -> tuple[list, list]:
 class Runner:
     """A loaded program as the bundle runner calls it: tensors in the declared input order -> declared outputs."""
 
-    def __init__(self, path: Path, io, threads: int | None = None, component: str = "component"):
+    def __init__(self, path: Path, io, threads: int | None = None, component: str = "component",
+                 settings: dict | None = None):
         from mobilediff.bundle import check_graph_io
 
-        self.method = load_method(path)
+        settings = dict(settings or {})
+        load = settings.pop("load", "file")
+        if settings:
+            raise MobilediffError(f"unknown ExecuTorch load setting(s) {', '.join(map(repr, settings))}: only 'load' "
+                                  f"({', '.join(LOAD_FORMS)})")
+        self.method = load_method(path, load)
         check_graph_io(component, path, io, *graph_io(self.method))
         self.static_batch = io.dims.get("batch")  # shapes are static: the runner pads a smaller batch
 
@@ -145,11 +166,13 @@ class Runner:
         return run(self.method, [a.contiguous() for a in args])
 
 
-def load(path: Path, io, threads: int | None = None, component: str = "component") -> Runner:
+def load(path: Path, io, threads: int | None = None, component: str = "component",
+         settings: dict | None = None) -> Runner:
     """Open a verified bundle program; ``io`` is the manifest entry of ``component``. ``threads`` is not settable per
-    program in executorch.runtime (its thread pool is process-wide). Raises MobilediffError when the program's inputs
-    or outputs (count, dtype, sizes) disagree with the entry (:func:`mobilediff.bundle.check_graph_io`)."""
-    return Runner(path, io, threads, component)
+    program in executorch.runtime (its thread pool is process-wide); ``settings``: ``{"load": form}`` (see
+    :data:`LOAD_FORMS`; default "file"). Raises MobilediffError when the program's inputs or outputs (count, dtype,
+    sizes) disagree with the entry (:func:`mobilediff.bundle.check_graph_io`)."""
+    return Runner(path, io, threads, component, settings)
 
 
 def _shared_refs(annotation):

@@ -159,15 +159,40 @@ def _check_io(spec, model) -> None:
                 raise MobilediffError(f"onnx {spec.name}: {kind} {name} has shape {shape}, declared {s.shape}")
 
 
-def load_session(path: Path, threads: int | None = None):
-    """An onnxruntime CPU session for the graph at ``path`` (its external data files are read from beside it).
-    ``threads``: intra-op threads (onnxruntime's default, one per physical core, when None)."""
+# Session settings a caller may pass to load_session (benchmarks/memory.py measures each): SessionOptions attributes,
+# and any "session.*" configuration entry of onnxruntime (onnxruntime_session_options_config_keys.h), as strings
+SESSION_ATTRIBUTES = ("enable_cpu_mem_arena", "enable_mem_pattern", "graph_optimization_level")
+
+
+def session_options(threads: int | None = None, settings: dict | None = None):
+    """onnxruntime SessionOptions: CPU, quiet, ``threads`` intra-op threads, and ``settings`` ({attribute or
+    "session.*" config key: value}). Raises MobilediffError for a key it does not know."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
+    for key, value in (settings or {}).items():
+        if key in SESSION_ATTRIBUTES:
+            if key == "graph_optimization_level":
+                value = getattr(ort.GraphOptimizationLevel, str(value))
+            setattr(opts, key, value)
+        elif key.startswith("session."):
+            opts.add_session_config_entry(key, str(value))
+        else:
+            raise MobilediffError(f"unknown onnxruntime session setting {key!r}: one of {', '.join(SESSION_ATTRIBUTES)} "
+                                  f"or a 'session.*' configuration key")
+    return opts
+
+
+def load_session(path: Path, threads: int | None = None, settings: dict | None = None):
+    """An onnxruntime CPU session for the graph at ``path`` (its external data files are read from beside it).
+    ``threads``: intra-op threads (onnxruntime's default, one per physical core, when None); ``settings``: see
+    :func:`session_options`."""
+    import onnxruntime as ort
+
+    opts = session_options(threads, settings)
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     try:
@@ -234,10 +259,11 @@ class Runner:
 
     static_batch = None  # named dimensions are dynamic
 
-    def __init__(self, path: Path, io, threads: int | None = None, component: str = "component"):
+    def __init__(self, path: Path, io, threads: int | None = None, component: str = "component",
+                 settings: dict | None = None):
         from mobilediff.bundle import check_graph_io
 
-        self.sess = load_session(path, threads)
+        self.sess = load_session(path, threads, settings)
         check_graph_io(component, path, io, *graph_io(self.sess))
         self.inputs = [s.name for s in io.inputs]
         self.outputs = [s.name for s in io.outputs]
@@ -247,10 +273,12 @@ class Runner:
         return [torch.from_numpy(o) for o in self.sess.run(self.outputs, feed)]
 
 
-def load(path: Path, io, threads: int | None = None, component: str = "component") -> Runner:
-    """Open a verified bundle graph; ``io`` is the manifest entry (inputs, outputs, dims) of ``component``. Raises
-    MobilediffError when the graph's inputs or outputs disagree with it (:func:`mobilediff.bundle.check_graph_io`)."""
-    return Runner(path, io, threads, component)
+def load(path: Path, io, threads: int | None = None, component: str = "component",
+         settings: dict | None = None) -> Runner:
+    """Open a verified bundle graph; ``io`` is the manifest entry (inputs, outputs, dims) of ``component``;
+    ``settings``: session settings (:func:`session_options`). Raises MobilediffError when the graph's inputs or
+    outputs disagree with it (:func:`mobilediff.bundle.check_graph_io`)."""
+    return Runner(path, io, threads, component, settings)
 
 
 class _Reader:
