@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from mobilediff.attention import DEFAULT_BUDGET_MIB as DEFAULT_ATTENTION_BUDGET
 from mobilediff.errors import MobilediffError, shorten
 from mobilediff.samplers import SAMPLERS
 from mobilediff.sources.files import FITS
@@ -531,13 +532,16 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--fused-steps", type=click.IntRange(1, 16), default=None, help=f"Also export one program: text encoder + N unrolled denoiser steps + VAE decoder ({', '.join(FUSED_TARGETS)}).")
 @click.option("--fused-sampler", type=click.Choice(list(SAMPLERS)), default=None, help="Sampler of the fused program (default: lcm for LCM students, else ddim).")
 @click.option("--guidance", type=Finite(min=0), default=None, help="Guidance scale of the manifest's default sampling plan (default: what a distilled student was made for, else 5.0). At most 1 exports a denoiser without a classifier-free-guidance batch.")
-@click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|fp16; executorch int8|int8-decoder|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
+@click.option("--quantize", default=None, help="Quantization recipe (per target: onnx int8-static|int8-dynamic|int8-weights|int4-weights|fp16; executorch int8|int8-decoder|int4-weights; coreml palettize4|palettize6|palettize8|int8-weights|mixed).")
 @click.option("--decoder", type=click.Path(path_type=Path), default=None, help="Export with this tiny decoder (a mobilediff distill-decoder folder, or 'default:tiny': the default model's) in place of the model's VAE decoder; refused unless it decodes the model's latents.")
 @click.option("--calibration-prompts", type=click.Path(path_type=Path), default=None, help="Prompts whose sampling trajectories calibrate a static int8 recipe (.txt one a line, .jsonl/.csv with a 'text' field; at most the first 64 are used). Default: 32 prompts of the shapes domain.")
+@click.option("--attention-budget", type=Finite(min=0), default=DEFAULT_ATTENTION_BUDGET, show_default=True, metavar="MIB", help="Attention whose fp32 score tensor (batch x heads x queries x keys) is larger is exported in query chunks that fit it, so a runtime never holds the whole (the same result; 0: never chunk).")
+@click.option("--decoder-tile", type=click.IntRange(min=1), default=None, metavar="LATENT_PX", help="Export the VAE decoder as one graph that decodes tiles of this many latent pixels (square) one after another and blends their overlaps: its activations shrink with the tile area (a 512 px SD decoder at 40: 4 tiles), at the cost of the overlaps' extra decoding and a decode that differs from the whole one (measured at export: export.tiling in the manifest). Default: the whole latent at once.")
+@click.option("--decoder-overlap", type=click.IntRange(min=0), default=8, show_default=True, metavar="LATENT_PX", help="Latent pixels neighbouring decoder tiles share (blended); less than half of --decoder-tile.")
 @click.option("--ort-format/--no-ort-format", default=True, show_default=True, help="With the onnx target, also write each graph in ORT format (ONNX Runtime's mobile format, optimized for arm once; the apps load it when present), with its mobile usability report (NNAPI, Core ML) and the bundle's required-operators config for a reduced ONNX Runtime build.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
-               calibration_prompts, ort_format, force):
+               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     _refuse_conflicts(("needs", "fused_sampler", "fused_steps", "it is the fused program's sampler"))
     from mobilediff.decoder import resolve_decoder
@@ -550,7 +554,9 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
     cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
                           fused_sampler=fused_sampler, guidance=guidance, force=force, source=str(model),
                           quantize=quantize, calibration_prompts=() if calibration_prompts is not None else 32,
-                          model_dir=resolve_model(model), decoder=resolve_decoder(decoder), ort_format=ort_format)
+                          model_dir=resolve_model(model), decoder=resolve_decoder(decoder), ort_format=ort_format,
+                          attention_budget_mib=attention_budget, decoder_tile=decoder_tile,
+                          decoder_overlap=decoder_overlap)
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")

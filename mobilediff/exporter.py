@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from mobilediff.attention import DEFAULT_BUDGET_MIB, chunked_attention
 from mobilediff.bundle import (FORMAT, FORMAT_VERSION, ComponentEntry, Geometry, Guidance, Manifest, SamplerEntry,
                                SamplingPlan, Source, Tokenizer, file_name, guidance_embedding, sha256_path, size_bytes,
                                write_manifest)
@@ -167,18 +168,24 @@ def _pipeline_files(pipe, plan: SamplingPlan, bundle: Path, components: dict[str
 
 
 def export_component(spec: ComponentSpec, target: str, precision: str, bundle: Path, seed: int = 0,
-                     recipe=None, calibration=None) -> dict:
+                     recipe=None, calibration=None, attention_budget_mib: float | None = DEFAULT_BUDGET_MIB) -> dict:
     """Export one component to ``bundle`` and check it; returns its manifest file entry. With a quantization
     ``recipe`` that covers this component, the graph is quantized and checked against the float component at
-    the quantized floor (mobilediff.parity)."""
+    the quantized floor (mobilediff.parity). Attention whose fp32 scores exceed ``attention_budget_mib`` is
+    exported in query chunks (:mod:`mobilediff.attention`; None or 0: never), recorded in the entry's
+    ``export.attention``."""
     mod = get_target(target)
     quantized = recipe is not None and spec.name in recipe.components
     quantization = recipe.name if quantized else None
     path = bundle / component_path(spec.name, target, quantization or precision, mod.EXT, quantized)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized else mod.export(spec, path, precision)
+    with chunked_attention(attention_budget_mib, spec.dims.get("batch", 1)) as chunks:
+        facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized \
+            else mod.export(spec, path, precision)
     seconds = time.time() - t0
+    if chunks is not None and chunks.calls:
+        facts = {**facts, "attention": chunks.to_dict()}
     inputs, reference = _parity_inputs(spec, mod, recipe if quantized else None, calibration, seed)
     parity = mod.validate(spec, path, precision, inputs, reference, quantization)
     # files the graph reads from beside it (ONNX weights over 1.5 GiB): recorded and checked like the graph itself
@@ -270,6 +277,9 @@ class ExportConfig:
     model_dir: Path | None = None
     decoder: Path | None = None
     ort_format: bool = True  # --target onnx also writes each graph in ORT format (ONNX Runtime's mobile format)
+    attention_budget_mib: float = DEFAULT_BUDGET_MIB  # attention in query chunks above it (mobilediff.attention)
+    decoder_tile: int | None = None  # VAE decoder run per tile of this many latent pixels (mobilediff.tiling)
+    decoder_overlap: int = 8  # latent pixels shared by neighbouring tiles
 
     @classmethod
     def of(cls, target: str, out: Path, **options) -> "ExportConfig":
@@ -299,6 +309,13 @@ class ExportConfig:
             raise MobilediffError(f"unknown sampler {self.fused_sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         if self.guidance is not None and not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise MobilediffError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        if not (math.isfinite(self.attention_budget_mib) and self.attention_budget_mib >= 0):
+            raise MobilediffError(f"--attention-budget must be a finite number of MiB >= 0 (0: whole attention), "
+                                  f"got {self.attention_budget_mib}")
+        if self.decoder_tile is not None:
+            from mobilediff.tiling import check_tiling
+
+            check_tiling(self.decoder_tile, self.decoder_overlap)
         if self.calibration_rows < 1:
             raise MobilediffError(f"calibration rows must be >= 1, got {self.calibration_rows}")
         recipes = self.recipes  # an unknown recipe, or one for another target, is refused here
@@ -356,6 +373,7 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     geometry = Geometry.from_dict(latent_geometry(pipe, cfg.height, cfg.width), "geometry", strict=True)
     # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
     specs = declare(pipe, geometry.to_dict(), cfg_batch=1 if card.plan.guidance <= 1.0 else None)
+    tiling = _tile_decoder(specs, geometry.to_dict(), cfg, say) if cfg.decoder_tile else None
     tables = tuple(SamplerEntry.from_dict(t, f"samplers[{i}]", strict=True)
                    for i, t in enumerate(sampler_tables(pipe, card.plan)))
     guidance = Guidance.from_dict(guidance_record(pipe, card.plan.guidance), "guidance", strict=True)
@@ -368,7 +386,10 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
             for tgt in cfg.targets:
                 r = recipes.get(tgt)
                 say(f"{name} -> {tgt} ({r.name if r and name in r.components else cfg.precision})")
-                files.append(export_component(spec, tgt, cfg.precision, tmp, recipe=r, calibration=calibration))
+                files.append(export_component(spec, tgt, cfg.precision, tmp, recipe=r, calibration=calibration,
+                                              attention_budget_mib=cfg.attention_budget_mib))
+                if name == "vae_decoder" and tiling is not None:
+                    files[-1]["export"]["tiling"] = tiling
                 if tgt == "onnx" and cfg.ort_format:
                     say(f"{name} -> ort (ONNX Runtime's mobile format)")
                     ort = export_ort_form(spec, files[-1], tmp, recipe=r, calibration=calibration)
@@ -387,7 +408,8 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
         fused = None
         if cfg.fused_steps is not None:
             fused = export_fused(pipe, geometry.to_dict(), [t for t in cfg.targets if t in FUSED_TARGETS],
-                                 cfg.precision, cfg.fused_steps, cfg.fused_sampler, card.plan.guidance, tmp, say)
+                                 cfg.precision, cfg.fused_steps, cfg.fused_sampler, card.plan.guidance, tmp, say,
+                                 cfg.attention_budget_mib)
         manifest = Manifest(
             format=FORMAT, format_version=FORMAT_VERSION,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -407,7 +429,8 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
 
 
 def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,
-                 guidance: float, bundle: Path, say: Callable[[str], None]) -> dict:
+                 guidance: float, bundle: Path, say: Callable[[str], None],
+                 attention_budget_mib: float | None = DEFAULT_BUDGET_MIB) -> dict:
     """The --fused-steps program (mobilediff.fused: text encoder + ``steps`` unrolled denoiser steps + decoder) on
     each fused target, checked against PyTorch like every component; returns the manifest's ``fused`` record."""
     from mobilediff.fused import fused_has_cfg, fused_spec
@@ -423,10 +446,34 @@ def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps
     files = []
     for tgt in targets:
         say(f"{spec.name} -> {tgt} ({precision})")
-        files.append(export_component(spec, tgt, precision, bundle))
+        files.append(export_component(spec, tgt, precision, bundle, attention_budget_mib=attention_budget_mib))
     return {"name": spec.name, "steps": steps, "sampler": sampler, "default_guidance": guidance,
             "cfg_batch": 2 if cfg else 1, "table": table, **spec.to_dict(), "files": files,
             "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)}
+
+
+def _tile_decoder(specs: dict, geometry: dict, cfg: ExportConfig, say) -> dict | None:
+    """Replace the VAE decoder's spec by its tiled form (mobilediff.tiling); returns the tiling's record with the
+    PSNR of the tiled decode against the whole one on the component's example latent (None: one tile covers the
+    latent, nothing tiled)."""
+    from mobilediff.metrics import psnr
+    from mobilediff.tiling import tiled_spec
+
+    whole = specs["vae_decoder"]
+    tiled = tiled_spec(whole, geometry, cfg.decoder_tile, cfg.decoder_overlap)
+    if tiled is None:
+        say(f"decoder tile {cfg.decoder_tile} covers the {geometry['latent_height']}x{geometry['latent_width']} "
+            f"latent: decoded whole")
+        return None
+    x = whole.example_inputs(0)
+    with torch.no_grad():
+        a, b = whole.module(*x)[0], tiled.module(*x)[0]
+    record = {**tiled.module.record(), "psnr_db_vs_whole": round(float(psnr(b.clamp(-1, 1), a.clamp(-1, 1)).min()), 2),
+              "psnr_input": "the component's seeded example latent (standard normal)"}
+    say(f"vae_decoder tiled: {record['tiles'][0]}x{record['tiles'][1]} tiles of {record['tile_latent']} latent "
+        f"pixels, {record['compute_ratio']:.2f}x the decoding, {record['psnr_db_vs_whole']:.1f} dB against the whole")
+    specs["vae_decoder"] = tiled
+    return record
 
 
 def _calibrate(pipe, cfg: ExportConfig, card, recipes: dict, say):

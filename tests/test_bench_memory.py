@@ -148,7 +148,9 @@ def test_a_run_on_a_bundle_writes_its_rows_and_files(bundle, tmp_path):
     assert default["setting"] == "default" and default["step"]["n"] == 2
     assert sequential["setting"] == "sequential" and sequential["step"] is None
     md = (out / "memory.md").read_text()
-    assert md.count(f"| {bundle.name} | 32 | onnx | fp32 | generate |") == 2
+    assert md.count(f"| {bundle.name} | 32 | onnx | fp32 | - | generate |") == 2
+    # the image of each setting against the default one: one component at a time changes nothing
+    assert sequential["identical_to_reference"] and sequential["psnr_reference"].startswith("onnx fp32")
     assert (out / "memory.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(out.glob(".memory.*"))
 
@@ -158,6 +160,9 @@ def test_a_run_on_a_bundle_writes_its_rows_and_files(bundle, tmp_path):
     ({"archs": ("sd15",), "resolutions": (96,)}, "--resolution must be a positive multiple of 64 for sd15, got 96"),
     ({"archs": ("sd15",), "settings": ("mmap",)}, "unknown setting 'mmap'"),
     ({"archs": ("sd15",), "variants": ("int3",)}, "unknown variant 'int3'"),
+    ({"archs": ("sd15",), "variants": ("fp32:attn=-1",)}, "attn must be a finite number >= 0"),
+    ({"archs": ("sd15",), "variants": ("fp32:tile=x",)}, "tile must be a number, got 'x'"),
+    ({"archs": ("sd15",), "variants": ("fp32:depth=2",)}, "unknown option 'depth=2'"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, kw, message):
     with pytest.raises(MobilediffError, match=message):

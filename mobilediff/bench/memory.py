@@ -90,8 +90,36 @@ SETTING_NOTES = {
                          "(session.use_memory_mapped_ort_model, session.use_ort_model_bytes_for_initializers)",
 }
 ALL_SETTINGS = tuple(dict.fromkeys(s for rt in SETTINGS.values() for s in rt))
-# Variants of an --arch pipeline: a precision (both runtimes) or a quantization recipe (the runtime that has it)
-VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8", "int8-decoder", "int4-weights")
+# Variants of an --arch pipeline: a precision (both runtimes) or a quantization recipe (the runtime that has it),
+# optionally with export options after colons: "fp32:attn=0" (attention whole), "int8-weights:tile=40" (the VAE
+# decoder in tiles of 40 latent pixels), "fp32:attn=32:tile=32:overlap=4"
+VARIANTS = ("fp32", "fp16", "int8-dynamic", "int8-static", "int8-weights", "int4-weights", "int8", "int8-decoder")
+VARIANT_OPTIONS = {"attn": ("attention_budget_mib", float), "tile": ("decoder_tile", int),
+                   "overlap": ("decoder_overlap", int)}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``"int8-weights:tile=40"`` -> ("int8-weights", {"decoder_tile": 40}); MobilediffError naming the problem."""
+    import math
+
+    base, *opts = text.split(":")
+    if base not in VARIANTS:
+        raise MobilediffError(f"unknown variant {base!r} in {text!r}; choose from: {', '.join(VARIANTS)}")
+    out = {}
+    for o in opts:
+        key, eq, value = o.partition("=")
+        if key not in VARIANT_OPTIONS or not eq:
+            raise MobilediffError(f"variant {text!r}: unknown option {o!r}; options: "
+                                  f"{', '.join(k + '=N' for k in VARIANT_OPTIONS)}")
+        name, kind = VARIANT_OPTIONS[key]
+        try:
+            v = kind(value)
+        except ValueError:
+            raise MobilediffError(f"variant {text!r}: {key} must be a number, got {value!r}") from None
+        if not math.isfinite(v) or v < 0 or (key == "tile" and v < 1):
+            raise MobilediffError(f"variant {text!r}: {key} must be a finite number >= {1 if key == 'tile' else 0}")
+        out[name] = v
+    return base, out
 
 
 @dataclass(frozen=True)
@@ -128,8 +156,7 @@ class MemoryConfig:
             if s not in ALL_SETTINGS:
                 raise MobilediffError(f"unknown setting {s!r}; choose from: {', '.join(ALL_SETTINGS)}")
         for v in self.variants:
-            if v not in VARIANTS:
-                raise MobilediffError(f"unknown variant {v!r}; choose from: {', '.join(VARIANTS)}")
+            parse_variant(v)
         if self.scale not in SCALES:
             raise MobilediffError(f"unknown scale {self.scale!r}; choose from: {', '.join(SCALES)}")
         for arch in self.archs:
@@ -247,6 +274,10 @@ def cell_generate(job: dict, result: str) -> None:
         unet = runner.parts["unet"]
         with torch.no_grad():
             steps = _time_step(lambda: unet(*inputs), job["runs"])
+    if job.get("image_out"):
+        import numpy as np
+
+        np.save(job["image_out"], image.float().numpy())
     _write(result, {"marks": marks, "samples_ms": steps, "image_shape": list(image.shape),
                     "image_finite": bool(torch.isfinite(image).all())})
 
@@ -315,12 +346,13 @@ def cell_export(job: dict, result: str) -> None:
     from mobilediff.loading import load_pipeline
 
     _prepare({**job, "max_memory_bytes": None})
-    variant = job["variant"]
+    variant, options = parse_variant(job["variant"])
     precision = variant if variant in ("fp32", "fp16") else "fp32"
     quantize = None if variant in ("fp32", "fp16") else variant
     cfg = ExportConfig.of(job["runtime"], Path(job["out"]), height=job["resolution"], width=job["resolution"],
                           precision=precision, quantize=quantize, source=f"memory:{job['arch']}",
-                          model_dir=Path(job["dir"]), ort_format=False, calibration_prompts=4, calibration_rows=4)
+                          model_dir=Path(job["dir"]), ort_format=False, calibration_prompts=4, calibration_rows=4,
+                          **options)
     t0 = time.time()
     run_export(load_pipeline(job["dir"]), cfg)
     _write(result, {"seconds": round(time.time() - t0, 1)})
@@ -375,15 +407,22 @@ def file_bytes(manifest, component: str, runtime: str, tag: str | None) -> tuple
     return entry.size_bytes + sum(e.size_bytes for e in entry.external_data), entry.tag
 
 
-def bundle_variants(manifest, runtimes) -> list[tuple[str, str]]:
-    """(runtime, tag) of every complete set of files in the bundle: a runtime and precision or recipe that all three
-    components have."""
+def bundle_variants(manifest, runtimes) -> list[tuple[str, str, str]]:
+    """(runtime, tag, label) of every complete set of files in the bundle: a precision or recipe tag that finds a file
+    of all three components (a recipe leaves some components float: an int8-weights bundle's decoder is fp32, found
+    by the tag "fp32" with the quantized UNet); ``label`` names the set by its quantization where it has one."""
     out = []
     for rt in runtimes:
-        tags = [{f.tag for f in manifest.component(c).files if f.target == rt} for c in COMPONENTS]
-        out += [(rt, tag) for tag in sorted(set.intersection(*tags))]
+        seen = set()
+        tags = sorted({f.tag for c in COMPONENTS for f in manifest.component(c).files if f.target == rt})
+        for tag in tags:
+            files = [manifest.component(c).file(rt, tag) for c in COMPONENTS]
+            if any(f is None for f in files) or tuple(f.path for f in files) in seen:
+                continue
+            seen.add(tuple(f.path for f in files))
+            quantized = sorted({f.quantization for f in files if f.quantization})
+            out.append((rt, tag, "+".join(quantized) if quantized else tag))
     return out
-
 
 def _has_ort_format(manifest, tag: str) -> bool:
     """Whether every component has an ORT-format file of ``tag``."""
@@ -442,12 +481,50 @@ def measure(cfg: MemoryConfig, command: str = "") -> dict:
             for arch in cfg.archs:
                 measure_arch(cfg, arch, res, work, result)
         result["complete"] = True
+        image_psnr(result)
     finally:
         result["wall_seconds"] = round(time.time() - started, 1)
         write(cfg.out, result)
         if owns_work and not cfg.keep:
             shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _is_reference(row: dict) -> bool:
+    return (row["what"] == "generate" and row["setting"] == "default" and row["precision"] == "fp32"
+            and row.get("variant") in (None, "fp32", "fp32:attn=0") and row["status"] == "ok" and row.get("image"))
+
+
+def image_psnr(result: dict) -> None:
+    """Each generate row's image against its pipeline's fp32 reference (the first default-setting fp32 generate of
+    the same pipeline and resolution, the ONNX one where there is one): ``psnr_vs_fp32_db`` and
+    ``psnr_reference``, then the images are dropped (paths of this machine stay out of the record)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from mobilediff.metrics import psnr
+
+    rows = result["rows"]
+    refs = {}
+    for r in sorted(rows, key=lambda r: r["runtime"] != "onnx"):
+        if _is_reference(r):
+            refs.setdefault((r["pipeline"], r.get("resolution")), r)
+    for r in rows:
+        ref = refs.get((r["pipeline"], r.get("resolution")))
+        if r["what"] == "generate" and r["status"] == "ok" and r.get("image") and ref is not None:
+            try:
+                a = torch.from_numpy(np.load(r["image"])).clamp(-1, 1)
+                b = torch.from_numpy(np.load(ref["image"])).clamp(-1, 1)
+                db = float(psnr(a, b).min())
+                r["psnr_vs_fp32_db"] = round(db, 2) if math.isfinite(db) else None  # None: the same image
+                r["identical_to_reference"] = not math.isfinite(db)
+                r["psnr_reference"] = f"{ref['runtime']} fp32 {ref.get('variant') or ''} default".replace("  ", " ")
+            except (OSError, ValueError, MobilediffError) as e:
+                r["psnr_vs_fp32_db"], r["psnr_reference"] = None, _one_line(e)
+    for r in rows:
+        r.pop("image", None)
 
 
 def _record_path(p) -> str:
@@ -471,12 +548,14 @@ def measure_arch(cfg: MemoryConfig, arch: str, res: int, work: Path, result: dic
             result["failures"].append({"pipeline": label, "resolution": res, "stage": "pipeline", "reason": err})
             write(cfg.out, result)
             return
-    activations = None
+    activations = {}  # per export options: the largest activations of that variant's ONNX graph
     for variant in cfg.variants:
+        base, options = parse_variant(variant)
+        key = json.dumps(options, sort_keys=True)
         for rt in cfg.runtimes:
-            if variant not in ("fp32", "fp16") and variant not in RECIPES[rt]:
+            if base not in ("fp32", "fp16") and base not in RECIPES[rt]:
                 continue
-            out = work / f"{label}_{res}_{rt}_{variant}"
+            out = work / f"{label}_{res}_{rt}_{variant.replace(':', '_').replace('=', '')}"
             info = {"pipeline": label, "resolution": res, "variant": variant}
             if not (out / "manifest.json").is_file():
                 _say(f"{label} {res}px {rt} {variant}: export")
@@ -490,7 +569,10 @@ def measure_arch(cfg: MemoryConfig, arch: str, res: int, work: Path, result: dic
                 result.setdefault("exports", []).append({**info, "runtime": rt, "seconds": got["seconds"],
                                                          "peak_mib": round(mem["peak_mib"], 1)})
             try:
-                activations = measure_bundle(cfg, out, {**info, "bundle": None}, work, result, activations)
+                found = measure_bundle(cfg, out, {**info, "bundle": None, "export_options": options}, work, result,
+                                       activations.get(key))
+                if found is not None:
+                    activations[key] = found
             finally:
                 if not cfg.keep:
                     shutil.rmtree(out, ignore_errors=True)
@@ -513,7 +595,7 @@ def measure_bundle(cfg: MemoryConfig, bundle: Path, info: dict, work: Path, resu
         return activations
     base = {"bundle": str(bundle), "seed": cfg.seed, "threads": cfg.threads, "runs": cfg.runs}
     own = None
-    for rt, tag in variants:
+    for rt, tag, label in variants:
         if rt == "onnx" and own is None:
             got, _, err = run_cell(cell_activations, {**base, "tag": tag, "runtime": None}, work, cfg.cell_timeout)
             own = {"found": got, "from": f"this bundle's ONNX graph ({tag})"} if got else None
@@ -528,10 +610,10 @@ def measure_bundle(cfg: MemoryConfig, bundle: Path, info: dict, work: Path, resu
     geometry = {"height": m.geometry.height, "width": m.geometry.width,
                 "latent": list(m.geometry.latent_shape)}
     plan = m.plan
-    for rt, tag in variants:
+    for rt, tag, label in variants:
         weights = {c: file_bytes(m, c, rt, tag)[0] for c in COMPONENTS}
         weights_ort = {c: file_bytes(m, c, "ort", tag)[0] for c in COMPONENTS} if _has_ort_format(m, tag) else None
-        row0 = {**info, "runtime": rt, "precision": tag, "geometry": geometry,
+        row0 = {**info, "runtime": rt, "precision": label, "geometry": geometry,
                 "plan": {"sampler": plan.sampler, "steps": plan.steps, "guidance": plan.guidance,
                          "unet_batch": m.component("unet").dims.get("batch")}}
         jobs = []
@@ -551,6 +633,10 @@ def measure_bundle(cfg: MemoryConfig, bundle: Path, info: dict, work: Path, resu
                     row["largest_activation"] = {**max(found, key=lambda a: a["bytes"]), "from": act_source}
             _say(f"{info['pipeline']} {info.get('resolution')}px {rt} {tag} {what} [{setting}]")
             job = {**base, "runtime": rt, "tag": tag, **chosen, "component": comp}
+            if kind == "generate":
+                images = work / "images"
+                images.mkdir(exist_ok=True)
+                row["image"] = job["image_out"] = str(images / f"{len(result['rows']):04d}.npy")
             got, mem, err = run_cell(cell_component if kind == "component" else cell_generate, job, work,
                                      cfg.cell_timeout)
             if got is None:
@@ -571,6 +657,19 @@ def _f(x, spec: str = ".0f") -> str:
     return fmt(x, spec, none="-")
 
 
+def _export_options(options: dict | None) -> str:
+    """How a variant was exported beyond its precision: attention budget, decoder tiles."""
+    if options is None:
+        return "-"
+    from mobilediff.attention import DEFAULT_BUDGET_MIB
+
+    attn = options.get("attention_budget_mib", DEFAULT_BUDGET_MIB)
+    out = ["whole attention" if not attn else f"attention <= {attn:g} MiB"]
+    if options.get("decoder_tile"):
+        out.append(f"decoder tiles {options['decoder_tile']}/{options.get('decoder_overlap', 8)}")
+    return ", ".join(out)
+
+
 def markdown(result: dict) -> str:
     s, m = result["settings"], result["machine"]
     load = m.get("load_average_at_start") or ["?"]
@@ -587,9 +686,10 @@ def markdown(result: dict) -> str:
         "largest intermediate tensor of the ONNX graph at the static shapes (onnx shape inference). Step = the UNet "
         "alone after the generate, median of the timed runs. Random-weight pipelines say nothing about image "
         "quality.", "",
-        "| pipeline | px | runtime | precision | measured | setting | weights (MiB) | baseline (MiB) | peak (MiB) "
-        "| peak (GiB) | overhead (MiB) | largest activation | packing (MiB) | step (ms) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| pipeline | px | runtime | precision | export | measured | setting | weights (MiB) | baseline (MiB) "
+        "| peak (MiB) | peak (GiB) | peak - baseline (MiB) | overhead (MiB) | largest activation | packing (MiB) "
+        "| step (ms) | PSNR vs fp32 (dB) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         act = r.get("largest_activation")
         act_s = (f"{act['bytes'] / MIB:{'.0f' if act['bytes'] >= 10 * MIB else '.2f'}} MiB {act.get('op') or ''} "
@@ -598,10 +698,12 @@ def markdown(result: dict) -> str:
         status = "ok" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         peak = r.get("peak_mib")
         lines.append(
-            f"| {r['pipeline']} | {r.get('resolution')} | {r['runtime']} | {r['precision']} | {r['what']} "
+            f"| {r['pipeline']} | {r.get('resolution')} | {r['runtime']} | {r['precision']} "
+            f"| {_export_options(r.get('export_options'))} | {r['what']} "
             f"| {r['setting']} | {_f(r['weight_bytes'] / MIB)} | {_f(r.get('baseline_mib'))} | {_f(peak)} "
-            f"| {_f(peak / 1024 if peak else None, '.2f')} | {_f(r.get('overhead_mib'))} | {act_s} "
-            f"| {_f(r.get('packing_mib'))} | {_f(step, '.1f')} | {status} |")
+            f"| {_f(peak / 1024 if peak else None, '.2f')} | {_f(r.get('delta_mib'))} | {_f(r.get('overhead_mib'))} "
+            f"| {act_s} | {_f(r.get('packing_mib'))} | {_f(step, '.1f')} | {'same' if r.get('identical_to_reference') else _f(r.get('psnr_vs_fp32_db'), '.1f')} "
+            f"| {status} |")
     if result.get("failures"):
         lines += ["", "Not measured:", ""]
         lines += [f"- {f.get('pipeline')} {f.get('resolution')} {f.get('runtime', '')} {f.get('variant', '')} "
@@ -667,8 +769,11 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     ap.add_argument("--resolution", nargs="+", type=count(1), default=[512], help="--arch image sizes (square)")
     ap.add_argument("--scale", choices=list(SCALES), default="full",
                     help="--arch UNet widths: full, or tiny (every channel width / 10; a smoke run)")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["fp32"],
-                    help="--arch precisions and quantization recipes (a recipe for the runtime that has it)")
+    ap.add_argument("--variants", nargs="+", default=["fp32"],
+                    help="--arch precisions and quantization recipes (a recipe for the runtime that has it: "
+                         f"{', '.join(VARIANTS)}), each optionally with export options: attn=MIB (attention "
+                         "budget; 0: whole), tile=N (VAE decoder tiles of N latent pixels), overlap=N; e.g. "
+                         "fp32:attn=0 int8-weights:tile=40")
     ap.add_argument("--runtimes", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES), help="host runtimes")
     ap.add_argument("--settings", nargs="+", choices=list(ALL_SETTINGS), default=list(ALL_SETTINGS),
                     help="runtime settings measured on the whole generate (each where its runtime has it)")

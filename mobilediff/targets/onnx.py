@@ -333,10 +333,19 @@ def _activation_matmuls(path: Path) -> list[str]:
 def quantize(spec, path: Path, recipe, precision: str, calibration) -> dict:
     """Export ``spec`` to ``path`` with ``recipe`` (onnxruntime's quantization tool on the fp32 graph, or the fp16
     export for the ``fp16`` recipe); returns the export facts, with ``quantization`` facts."""
-    from mobilediff.quantize import FLOAT
+    from mobilediff.quantize import FLOAT, WEIGHT_ONLY, kept_modules
 
     if recipe.kind == FLOAT:
         return export(spec, path, "fp16")
+    if recipe.kind == WEIGHT_ONLY:  # reads and writes external data itself: no size limit
+        from mobilediff.targets.onnx_weights import quantize_weights
+
+        facts = export(spec, path, "fp32", keep_metadata=True)
+        keep = _onnx_float_nodes(Path(path), kept_modules(recipe, spec))
+        quantization = quantize_weights(Path(path), bits=recipe.options.get("weight_bits", 8),
+                                        block_size=recipe.options.get("group_size", 32), keep=keep)
+        _strip_metadata_file(Path(path))
+        return {**facts, "external_data": quantization.pop("external_data"), "quantization": quantization}
     # refused before the export: onnxruntime.quantization would read the whole model through protobuf (2 GiB)
     if weight_bytes(spec.module, "fp32") >= EXTERNAL_DATA_MIN_BYTES:
         raise MobilediffError(f"onnx {recipe.name}: quantizing a graph with external data ({spec.name}, over "
@@ -411,7 +420,18 @@ def ort_format_refusal(onnx_path: Path, precision: str = "fp32") -> str | None:
                 f"{total / 2**30:.2f} GiB of fp16 graph and weights ({expected / 2**30:.2f} GiB as the CPU provider's "
                 f"float32 ORT form)")
         return f"{Path(onnx_path).name}: {what} is over the ORT format's 2 GiB limit (a flatbuffer); the .onnx form is kept"
+    if _has_int4(onnx_path):
+        return (f"{Path(onnx_path).name}: int4 weights, which the ORT format cannot hold (ONNX Runtime 1.29 refuses the "
+                f"converted file); the .onnx form is kept")
     return None
+
+
+def _has_int4(onnx_path: Path) -> bool:
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(t.data_type in (TensorProto.INT4, TensorProto.UINT4) for t in model.graph.initializer)
 
 
 def _parse_required_operators(text: str) -> dict[str, list[str]]:
