@@ -472,10 +472,12 @@ def _warn(msg: str) -> None:
 @click.option("--scale", type=click.IntRange(1, 16), default=4, show_default=True, help="Nearest-neighbour upscaling of the saved PNG.")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
 @click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True, help="Host runtime for --bundle.")
-def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime):
+@click.option("--low-memory", is_flag=True, help="With --bundle: load each component when its turn comes and release it before the next, ONNX Runtime without its CPU arena and memory pattern (the same image; each image reloads the components). For real-size models on a small machine: docs/results.md, Memory.")
+def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime, low_memory):
     """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes)."""
     _refuse_conflicts(("conflicts", "bundle", "model", "a bundle holds its own model"),
-                      ("needs", "runtime", "bundle", "the runtime runs a bundle's graphs"))
+                      ("needs", "runtime", "bundle", "the runtime runs a bundle's graphs"),
+                      ("needs", "low_memory", "bundle", "it is how a bundle's graphs are loaded"))
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -492,13 +494,14 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         import torch
 
         from mobilediff.bundle import read_manifest
-        from mobilediff.engine import BundleRunner
+        from mobilediff.engine import LOW_MEMORY, BundleRunner
 
         manifest = read_manifest(bundle)
         steps, sampler, guidance = _sampling_defaults(manifest.plan, steps, sampler, guidance)
         validate_generation(steps, guidance, list(prompts), list(seeds))
         manifest.sampler_table(sampler, steps)  # fail fast on a missing table
-        runner = BundleRunner(bundle, runtime)
+        runner = BundleRunner(bundle, runtime, settings=LOW_MEMORY[runtime] or None, resident=False) if low_memory \
+            else BundleRunner(bundle, runtime)
         for p in prompts:
             check_prompt_length(runner.tokenizer.bpe, p, _warn)
         with tqdm(total=len(all_prompts), desc=f"{runtime} {sampler} {steps} steps") as bar:

@@ -861,6 +861,8 @@ CASES = [
     Case("app_parity-fixtures-index-not-json", lambda c: ["app_parity", "--fixtures-ready", "--fixtures",
                                                           str(c.t / "fx"), "--out", str(c.t / "r")],
          lambda c: fixtures(c, '{"models": '), "corrupt {t}/fx/index.json"),
+    Case("app_memory-not-a-bundle", lambda c: ["app_memory", "--bundle", str(c.t / "d"), "--out", str(c.t / "r")],
+         user_folder, "{t}/d is not a bundle (no manifest.json)"),
 ]
 
 

@@ -101,6 +101,19 @@ def test_one_component_at_a_time_gives_the_same_image(bundle):
     assert torch.equal(a, b) and sequential.parts == {}
 
 
+def test_generate_low_memory_writes_the_same_image(bundle, tmp_path, capsys):
+    from conftest import error_lines, run_cli_here
+
+    args = ("generate", "--bundle", bundle, "--prompt", "a red circle", "--seed", 3, "--steps", 2)
+    code, _, err = run_cli_here(capsys, *args, "--out", tmp_path / "a.png")
+    assert code == 0, err
+    code, _, err = run_cli_here(capsys, *args, "--low-memory", "--out", tmp_path / "b.png")
+    assert code == 0, err
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    code, _, err = run_cli_here(capsys, "generate", "--prompt", "x", "--low-memory", "--out", tmp_path / "c.png")
+    assert code == 2 and error_lines(err)[0].startswith("error: --low-memory") and not (tmp_path / "c.png").exists()
+
+
 def test_the_markdown_and_plot_show_every_row(tmp_path):
     rows = [{"pipeline": "sd15", "resolution": 512, "runtime": rt, "precision": "fp32", "what": what,
              "setting": setting, "status": "ok", "reason": None, "weight_bytes": 3 * mem.GIB, "baseline_mib": 400.0,
