@@ -4,8 +4,10 @@ decoder weights, and the tiles' images blended across their overlaps with linear
 A 512 px SD VAE decoder's activations are what a phone cannot hold: its last up-block works on 128 x 512 x 512
 tensors (128 MiB each in fp32) and the upsampling into it on 256 channels (256 MiB); ONNX Runtime peaked at 3.1 GiB
 for a decoder of 189 MiB of weights (benchmarks/results/memory_512.md). A tile's activations scale with its area,
-and a runtime that runs the graph in order frees one tile's before the next; the graph's inputs and outputs are the
-whole latent and the whole image, so engines run it as they run any decoder (the bundle contract is unchanged).
+and each tile's input is made to depend on the previous tile's image, so a runtime free to schedule independent
+branches in any order (ONNX Runtime's default order starts them all) decodes one tile at a time and frees its
+activations before the next; the graph's inputs and outputs are the whole latent and the whole image, so engines run
+it as they run any decoder (the bundle contract is unchanged).
 
 The cost: tiles overlap, so more pixels are decoded (:attr:`TiledDecoder.compute_ratio`), and the decoder's group
 normalisations see one tile's statistics instead of the whole image's, so a tiled decode differs from the whole one
@@ -18,6 +20,7 @@ import math
 
 import torch
 
+from mobilediff.attention import _after
 from mobilediff.errors import MobilediffError
 
 
@@ -93,7 +96,10 @@ class TiledDecoder(torch.nn.Module):
         k = 0
         for y in self.rows:
             for x in self.cols:
-                part = self.inner(latent_sample[:, :, y:y + th, x:x + tw])[0] * getattr(self, f"blend{k}")
+                tile = latent_sample[:, :, y:y + th, x:x + tw]
+                if image is not None:  # after the previous tile: see mobilediff.attention._after
+                    tile = _after(tile, image)
+                part = self.inner(tile)[0] * getattr(self, f"blend{k}")
                 # the tile placed in the full image: padded with zeros around it (no in-place writes: a plain graph)
                 placed = torch.nn.functional.pad(part, (x * f, (w - x - tw) * f, y * f, (h - y - th) * f))
                 image = placed if image is None else image + placed

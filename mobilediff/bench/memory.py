@@ -458,6 +458,7 @@ def measure(cfg: MemoryConfig, command: str = "") -> dict:
     from mobilediff.bundle import read_manifest
 
     cfg.check()
+    _IMAGES.clear()
     started = time.time()
     owns_work = cfg.work is None
     work = Path(tempfile.mkdtemp(prefix="memory.")) if owns_work else Path(cfg.work)
@@ -490,15 +491,19 @@ def measure(cfg: MemoryConfig, command: str = "") -> dict:
     return result
 
 
-def _is_reference(row: dict) -> bool:
+# row index -> the .npy image its generate wrote (in the work folder; paths of this machine stay out of the record)
+_IMAGES: dict[int, str] = {}
+
+
+def _is_reference(row: dict, image: str | None) -> bool:
     return (row["what"] == "generate" and row["setting"] == "default" and row["precision"] == "fp32"
-            and row.get("variant") in (None, "fp32", "fp32:attn=0") and row["status"] == "ok" and row.get("image"))
+            and row.get("variant") in (None, "fp32", "fp32:attn=0") and row["status"] == "ok" and image is not None)
 
 
 def image_psnr(result: dict) -> None:
     """Each generate row's image against its pipeline's fp32 reference (the first default-setting fp32 generate of
     the same pipeline and resolution, the ONNX one where there is one): ``psnr_vs_fp32_db`` and
-    ``psnr_reference``, then the images are dropped (paths of this machine stay out of the record)."""
+    ``psnr_reference``."""
     import math
 
     import numpy as np
@@ -508,23 +513,22 @@ def image_psnr(result: dict) -> None:
 
     rows = result["rows"]
     refs = {}
-    for r in sorted(rows, key=lambda r: r["runtime"] != "onnx"):
-        if _is_reference(r):
-            refs.setdefault((r["pipeline"], r.get("resolution")), r)
-    for r in rows:
-        ref = refs.get((r["pipeline"], r.get("resolution")))
-        if r["what"] == "generate" and r["status"] == "ok" and r.get("image") and ref is not None:
+    for i in sorted(range(len(rows)), key=lambda i: rows[i]["runtime"] != "onnx"):
+        if _is_reference(rows[i], _IMAGES.get(i)):
+            refs.setdefault((rows[i]["pipeline"], rows[i].get("resolution")), i)
+    for i, r in enumerate(rows):
+        j = refs.get((r["pipeline"], r.get("resolution")))
+        if r["what"] == "generate" and r["status"] == "ok" and _IMAGES.get(i) and j is not None:
+            ref = rows[j]
             try:
-                a = torch.from_numpy(np.load(r["image"])).clamp(-1, 1)
-                b = torch.from_numpy(np.load(ref["image"])).clamp(-1, 1)
+                a = torch.from_numpy(np.load(_IMAGES[i])).clamp(-1, 1)
+                b = torch.from_numpy(np.load(_IMAGES[j])).clamp(-1, 1)
                 db = float(psnr(a, b).min())
                 r["psnr_vs_fp32_db"] = round(db, 2) if math.isfinite(db) else None  # None: the same image
                 r["identical_to_reference"] = not math.isfinite(db)
                 r["psnr_reference"] = f"{ref['runtime']} fp32 {ref.get('variant') or ''} default".replace("  ", " ")
             except (OSError, ValueError, MobilediffError) as e:
                 r["psnr_vs_fp32_db"], r["psnr_reference"] = None, _one_line(e)
-    for r in rows:
-        r.pop("image", None)
 
 
 def _record_path(p) -> str:
@@ -636,7 +640,8 @@ def measure_bundle(cfg: MemoryConfig, bundle: Path, info: dict, work: Path, resu
             if kind == "generate":
                 images = work / "images"
                 images.mkdir(exist_ok=True)
-                row["image"] = job["image_out"] = str(images / f"{len(result['rows']):04d}.npy")
+                job["image_out"] = str(images / f"{len(result['rows']):04d}.npy")
+                _IMAGES[len(result["rows"])] = job["image_out"]  # beside the row, never in the record
             got, mem, err = run_cell(cell_component if kind == "component" else cell_generate, job, work,
                                      cfg.cell_timeout)
             if got is None:

@@ -53,6 +53,18 @@ def _int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def _int4_tensor(name: str, q: np.ndarray):
+    """An ONNX INT4 initializer of ``q`` (int8 values in [-8, 7]): two values a byte, the first in the low nibble."""
+    from onnx import TensorProto
+
+    flat = (q.reshape(-1).astype(np.int16) & 0x0F).astype(np.uint8)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    t = TensorProto(name=name, data_type=TensorProto.INT4, dims=list(q.shape))
+    t.raw_data = (flat[0::2] | (flat[1::2] << 4)).tobytes()
+    return t
+
+
 def _int4_blocked(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int4 of a [K, N] weight in blocks of ``block`` rows along K: (q int8 values in [-7, 7], scale
     [ceil(K / block), N])."""
@@ -143,7 +155,7 @@ def quantize_weights(path: Path, bits: int = 8, block_size: int = 32, keep: list
             q, scale = _int4_blocked(wk, block_size)
             if axis == 0:  # Gemm transB: back to [N, K], blocks along K (axis 1)
                 q, scale = q.T.copy(), scale.T.copy()
-            q_t = helper.make_tensor(q_name, TensorProto.INT4, q.shape, q.flatten().tolist())
+            q_t = _int4_tensor(q_name, q)
             dq = helper.make_node("DequantizeLinear", [q_name, s_name], [out], name=f"{name}_DequantizeLinear",
                                   axis=0 if axis == 1 else 1, block_size=block_size)
             counts["int4"] += 1
