@@ -176,6 +176,7 @@ def test_a_run_on_a_bundle_writes_its_rows_and_files(bundle, tmp_path):
     ({"archs": ("sd15",), "variants": ("fp32:attn=-1",)}, "attn must be a finite number >= 0"),
     ({"archs": ("sd15",), "variants": ("fp32:tile=x",)}, "tile must be a number, got 'x'"),
     ({"archs": ("sd15",), "variants": ("fp32:depth=2",)}, "unknown option 'depth=2'"),
+    ({"archs": ("sd15",), "components": False, "generate": False}, "--no-components and --no-generate"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, kw, message):
     with pytest.raises(MobilediffError, match=message):

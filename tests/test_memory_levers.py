@@ -45,6 +45,7 @@ def test_the_chunk_fits_the_budget():
     assert chunk_size(1, 1, 10, 10, 1 << 30) == 10 and chunk_size(4, 8, 4096, 4096, 1) == 1
 
 
+@pytest.mark.extended  # one UNet export (~20 s); chunking itself is checked above, the export path below
 def test_an_exported_unet_with_chunked_attention_matches_pytorch(tmp_path):
     """A tiny UNet exported with a budget below its self-attention's scores: a softmax per chunk, the output matches
     PyTorch's, and the entry records the chunking."""

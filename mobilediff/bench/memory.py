@@ -133,6 +133,8 @@ class MemoryConfig:
     runtimes: tuple[str, ...] = RUNTIMES  # host runtimes measured
     settings: tuple[str, ...] = ALL_SETTINGS  # runtime settings measured on the whole generate (default always)
     components: bool = True  # also each component alone (default setting)
+    only: tuple[str, ...] = COMPONENTS  # which components alone
+    generate: bool = True  # the whole generate per setting
     runs: int = 3  # timed UNet steps after the generate, per resident row
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
@@ -149,6 +151,8 @@ class MemoryConfig:
         check_count("--threads", self.threads, 1)
         if not self.bundles and not self.archs:
             raise MobilediffError("nothing to measure: pass --bundle B [B ...] and/or --arch A [A ...]")
+        if not self.components and not self.generate:
+            raise MobilediffError("nothing to measure: --no-components and --no-generate leave no row")
         for rt in self.runtimes:
             if rt not in RUNTIMES:
                 raise MobilediffError(f"unknown runtime {rt!r}; choose from: {', '.join(RUNTIMES)}")
@@ -467,7 +471,8 @@ def measure(cfg: MemoryConfig, command: str = "") -> dict:
               "settings": {"bundles": [_record_path(b) for b in cfg.bundles], "archs": list(cfg.archs),
                            "resolutions": list(cfg.resolutions), "scale": cfg.scale, "variants": list(cfg.variants),
                            "runtimes": list(cfg.runtimes), "settings": list(cfg.settings),
-                           "components": cfg.components, "runs": cfg.runs, "threads": cfg.threads, "seed": cfg.seed,
+                           "components": cfg.components, "only": list(cfg.only), "generate": cfg.generate,
+                           "runs": cfg.runs, "threads": cfg.threads, "seed": cfg.seed,
                            "prompt": PROMPT, "steps": 1},
               "setting_definitions": {rt: {name: {**v, "note": SETTING_NOTES[name]} for name, v in d.items()}
                                       for rt, d in SETTINGS.items()},
@@ -622,9 +627,10 @@ def measure_bundle(cfg: MemoryConfig, bundle: Path, info: dict, work: Path, resu
                          "unet_batch": m.component("unet").dims.get("batch")}}
         jobs = []
         if cfg.components:
-            jobs += [("component", c, "default") for c in COMPONENTS]
-        jobs += [("generate", None, s) for s in cfg.settings if s in SETTINGS[rt]
-                 and (not SETTINGS[rt][s]["ort_format"] or _has_ort_format(m, tag))]
+            jobs += [("component", c, "default") for c in COMPONENTS if c in cfg.only]
+        if cfg.generate:
+            jobs += [("generate", None, s) for s in cfg.settings if s in SETTINGS[rt]
+                     and (not SETTINGS[rt][s]["ort_format"] or _has_ort_format(m, tag))]
         for kind, comp, setting in jobs:
             chosen = SETTINGS[rt][setting]
             what = comp or "generate"
@@ -783,6 +789,9 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     ap.add_argument("--settings", nargs="+", choices=list(ALL_SETTINGS), default=list(ALL_SETTINGS),
                     help="runtime settings measured on the whole generate (each where its runtime has it)")
     ap.add_argument("--no-components", action="store_true", help="only whole generates, not each component alone")
+    ap.add_argument("--component", nargs="+", choices=list(COMPONENTS), default=list(COMPONENTS),
+                    help="which components are measured alone")
+    ap.add_argument("--no-generate", action="store_true", help="only components alone, no whole generate")
     ap.add_argument("--runs", type=count(0), default=3, help="timed UNet steps per resident generate row")
     ap.add_argument("--threads", type=count(1), default=os.cpu_count() or 1, help="runtime threads")
     ap.add_argument("--seed", type=count(0, 2**63 - 1), default=0, help="seed of the random weights and inputs")
@@ -795,6 +804,7 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     a = ap.parse_args(argv)
     cfg = MemoryConfig(out=a.out, bundles=tuple(a.bundle), archs=tuple(a.arch), resolutions=tuple(a.resolution),
                        scale=a.scale, variants=tuple(a.variants), runtimes=tuple(a.runtimes),
-                       settings=tuple(a.settings), components=not a.no_components, runs=a.runs, threads=a.threads,
+                       settings=tuple(a.settings), components=not a.no_components,
+                       only=tuple(a.component), generate=not a.no_generate, runs=a.runs, threads=a.threads,
                        seed=a.seed, work=a.work, keep=a.keep, cell_timeout=a.cell_timeout)
     return measure(cfg, command_line("memory", argv))
