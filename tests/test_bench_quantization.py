@@ -14,7 +14,7 @@ def test_component_rows_for_onnx_recipes_and_an_ablation(tiny_pipeline_dir, tmp_
     recipe) are exported and measured here, each a whole bundle; every one of them is measured by
     `python benchmarks/quantization.py` (benchmarks/results/quantization.json)."""
     planned = qb.variants(["onnx"])
-    assert [v for _, v, _ in planned] == ["fp32", "int8-static", "int8-dynamic", "fp16",
+    assert [v for _, v, _ in planned] == ["fp32", "int8-static", "int8-dynamic", "fp16", "int8-weights", "int4-weights",
                                           "int8-static, nothing kept float", "int8-static + VAE decoder"]
     variants = ["fp32", "int8-static + VAE decoder"]
     from mobilediff.quantize import RECIPES

@@ -62,7 +62,7 @@ def fast(monkeypatch, bundle):
 
     files = {name: c["files"][0] for name, c in json.loads((bundle / "manifest.json").read_text())["components"].items()}
 
-    def replay(spec, target, precision, out, recipe=None, calibration=None):
+    def replay(spec, target, precision, out, recipe=None, calibration=None, attention_budget_mib=None):
         entry = files[spec.name]
         (out / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle / entry["path"], out / entry["path"])
