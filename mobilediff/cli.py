@@ -494,7 +494,8 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         import torch
 
         from mobilediff.bundle import read_manifest
-        from mobilediff.engine import LOW_MEMORY, BundleRunner
+        from mobilediff.engine import BundleRunner
+        from mobilediff.targets import LOW_MEMORY
 
         manifest = read_manifest(bundle)
         steps, sampler, guidance = _sampling_defaults(manifest.plan, steps, sampler, guidance)

@@ -18,12 +18,6 @@ from mobilediff.errors import MobilediffError
 from mobilediff.sampler_table import run_table
 from mobilediff.targets import get_runtime
 
-# Runtime settings of the low-memory mode (generate --bundle --low-memory, with resident=False): ONNX Runtime without
-# its CPU arena (which keeps every block it grew to: a 512 px SD-1.5 UNet's attention and the VAE's 512 px activations)
-# and memory pattern, weights allocated outside any arena; ExecuTorch as it is. benchmarks/memory.py measures it.
-LOW_MEMORY = {"onnx": {"enable_cpu_mem_arena": False, "enable_mem_pattern": False,
-                       "session.use_device_allocator_for_initializers": "1"},
-              "executorch": {}}
 
 
 class BundleTokenizer:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mobilediff.bench.envelope import Parser, command_line, count, finite, fmt
 from mobilediff.errors import MobilediffError
+from mobilediff.targets import LOW_MEMORY
 
 SCHEMA = "memory"
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
@@ -43,8 +44,7 @@ PROMPT = "a red circle at the top left on a white background"
 # Runtime settings measured as separate rows: name -> {settings: the target loader's, resident: components kept
 # loaded (False: mobilediff.engine loads each when its turn comes and releases it before the next), ort_format: the
 # ORT-format files (ONNX Runtime's mobile format, where the bundle has them)}
-_ORT_LEAN = {"enable_cpu_mem_arena": False, "enable_mem_pattern": False,
-             "session.use_device_allocator_for_initializers": "1"}
+_ORT_LEAN = LOW_MEMORY["onnx"]
 _ORT_MAPPED = {"session.use_memory_mapped_ort_model": "1", "session.use_ort_model_bytes_for_initializers": "1"}
 
 

@@ -51,3 +51,12 @@ def get_runtime(name: str) -> Target:
         why = " (its files do not run on this machine)" if name in TARGETS else ""
         raise MobilediffError(f"unknown runtime {name!r}{why}; choose one of: {', '.join(HOST_RUNTIMES)}")
     return get_target(name)
+
+
+# Runtime settings of the low-memory mode (generate --bundle --low-memory, with the engine's resident=False): ONNX
+# Runtime without its CPU arena (which keeps every block it grew to: a 512 px SD-1.5 UNet's attention and the VAE's
+# 512 px activations) and memory pattern, weights allocated outside any arena; ExecuTorch as it is.
+# benchmarks/memory.py measures it (its "lean" settings).
+LOW_MEMORY = {"onnx": {"enable_cpu_mem_arena": False, "enable_mem_pattern": False,
+                       "session.use_device_allocator_for_initializers": "1"},
+              "executorch": {}}
