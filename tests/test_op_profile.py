@@ -31,6 +31,38 @@ def test_summary_accounts_for_every_millisecond():
     assert set(s["kinds"]) == set(KINDS)
 
 
+def test_a_slow_call_does_not_split_the_total_from_its_kernels():
+    """The total and its breakdown come from one call (the median one): a slow call among fast ones cannot make the
+    kernels outweigh the total."""
+    from types import SimpleNamespace
+
+    from mobilediff.bench.op_profile import et_events_summary, ort_events_summary
+
+    def run(ts, dur):
+        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": dur}
+
+    def node(ts, dur, op):
+        return {"cat": "Node", "name": f"n_{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    # calls at 0, 1000, 2000 (warm-up at -1000 dropped); the call at 1000 is slow (900 us of Conv)
+    events = [run(-1000, 500), node(-990, 400, "Conv"), run(0, 100), node(10, 80, "Conv"),
+              run(1000, 1000), node(1010, 900, "Conv"), run(2000, 120), node(2010, 90, "Conv"), node(2100, 10, "Add")]
+    s = ort_events_summary(events, runs=3)
+    assert s["calls"] == 3 and s["total_ms"] == pytest.approx(0.12) and s["ops"] == pytest.approx(
+        {"Conv": 0.09, "Add": 0.01})
+    assert s["kernel_ms"] <= s["total_ms"]
+
+    def ev(name, raw):
+        return SimpleNamespace(name=name, perf_data=SimpleNamespace(raw=raw))
+
+    et = [ev("Method::execute", [9.0, 1.0, 10.0, 1.2]), ev("Convolution (NHWC, F32) IGEMM #1", [8.0, 0.8, 9.5, 0.9]),
+          ev("DELEGATE_CALL", [8.5, 0.9, 9.8, 1.0]), ev("native_call_add.out", [0.1, 0.3])]
+    s = et_events_summary(et, runs=3)
+    assert s["total_ms"] == 1.2 and s["ops"]["Convolution (NHWC, F32) IGEMM"] == 0.9
+    assert s["ops"]["native_call_add.out"] == pytest.approx(0.2)  # not timed once per call: averaged
+    assert s["kernel_ms"] <= s["total_ms"]
+
+
 def _qdq_conv_graph(path):
     """x -> QuantizeLinear -> DequantizeLinear -> Conv (float weights) -> Sigmoid: one op of each kind."""
     import numpy as np

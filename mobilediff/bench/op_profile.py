@@ -62,7 +62,7 @@ def _kernel_name(event_name: str) -> str:
 
 
 def summarize_ops(per_call_ms: dict[str, float], total_ms: float, calls: int) -> dict:
-    """A profile record: ``total_ms`` (median call), ``ops`` {name: ms per call, largest first}, ``kinds``
+    """A profile record: ``total_ms`` (one call, the median one), ``ops`` {name: ms per call, largest first}, ``kinds``
     {kind: ms per call} with ``overhead`` = total - kernels (never below 0), and ``kernel_ms``."""
     kernel = sum(per_call_ms.values())
     kinds = dict.fromkeys(KINDS, 0.0)
@@ -75,22 +75,29 @@ def summarize_ops(per_call_ms: dict[str, float], total_ms: float, calls: int) ->
 
 # ------------------------------------------------------------------------------------------------- ONNX Runtime
 def ort_events_summary(events: list[dict], runs: int) -> dict:
-    """:func:`summarize_ops` of an ONNX Runtime profile (its JSON event list): the node kernel times inside the last
-    ``runs`` ``model_run`` windows, per op type (``args.op_name``), averaged per call."""
+    """:func:`summarize_ops` of an ONNX Runtime profile (its JSON event list): the median of the last ``runs``
+    ``model_run`` windows and the node kernel times (per op type, ``args.op_name``) inside that one window, so the
+    total and its breakdown describe the same call (kernels averaged over calls and a median total disagree as soon as
+    one call is slow)."""
     windows = sorted(((e["ts"], e["ts"] + e["dur"]) for e in events
                       if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda w: w[0])[-runs:]
     if not windows:
         raise ValueError("the profile has no model_run events")
+    a, b = _median_call(windows, lambda w: w[1] - w[0])
     per_op: dict[str, float] = {}
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
             continue
-        if any(a <= e["ts"] <= b for a, b in windows):
+        if a <= e["ts"] <= b:
             op = e.get("args", {}).get("op_name", "?")
             per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000.0
-    n = len(windows)
-    total = statistics.median((b - a) / 1000.0 for a, b in windows)
-    return summarize_ops({k: v / n for k, v in per_op.items()}, total, n)
+    return summarize_ops(per_op, (b - a) / 1000.0, len(windows))
+
+
+def _median_call(calls: list, duration):
+    """The call of median ``duration`` (the lower middle one of an even count)."""
+    ordered = sorted(calls, key=duration)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def profile_onnx(path: Path, feed: dict, runs: int, warmup: int, threads: int | None) -> dict:
@@ -118,22 +125,21 @@ _WRAPPERS = {"DELEGATE_CALL", "OPERATOR_CALL", "Method::execute", "Method::init"
 
 def et_events_summary(events, runs: int) -> dict:
     """:func:`summarize_ops` of ExecuTorch Inspector events (``name``, ``perf_data.raw``: one time in ms per call):
-    leaf events (XNNPACK kernels, portable ``native_call_*``) averaged over the last ``runs`` calls, the total
-    the median of ``Method::execute``."""
-    per_op: dict[str, float] = {}
-    total = None
-    for e in events:
-        raw = list(e.perf_data.raw) if e.perf_data is not None else []
-        if not raw:
-            continue
-        if e.name == "Method::execute":
-            total = statistics.median(raw[-runs:])
-        elif e.name not in _WRAPPERS:
-            name = _kernel_name(e.name)
-            per_op[name] = per_op.get(name, 0.0) + statistics.fmean(raw[-runs:])
-    if total is None:
+    the call of median ``Method::execute`` among the last ``runs`` and the leaf events (XNNPACK kernels, portable
+    ``native_call_*``) of that call; an event not timed once per call is averaged over its last ``runs`` times."""
+    execute = next((list(e.perf_data.raw)[-runs:] for e in events
+                    if e.name == "Method::execute" and e.perf_data is not None and list(e.perf_data.raw)), None)
+    if execute is None:
         raise ValueError("the ETDump has no Method::execute events")
-    return summarize_ops(per_op, total, runs)
+    k = _median_call(list(range(len(execute))), lambda i: execute[i])
+    per_op: dict[str, float] = {}
+    for e in events:
+        raw = list(e.perf_data.raw)[-runs:] if e.perf_data is not None else []
+        if not raw or e.name in _WRAPPERS:
+            continue
+        name = _kernel_name(e.name)
+        per_op[name] = per_op.get(name, 0.0) + (raw[k] if len(raw) == len(execute) else statistics.fmean(raw))
+    return summarize_ops(per_op, execute[k], len(execute))
 
 
 def profile_executorch(path: Path, inputs: list, runs: int, warmup: int) -> dict:
