@@ -84,14 +84,14 @@ FAMILY = find_family()
 # UNet-size family that is on disk
 NAMED_MODELS = {"default": DEFAULT_MODEL_DIR, "default:lcm": DEFAULT_STUDENTS / "lcm",
                 **{f"default:progressive-{n}": DEFAULT_STUDENTS / "progressive" / f"steps-{n}" for n in (1, 2, 4, 8)},
-                "default:slim-4": DEFAULT_STUDENTS / "slim-4",
+                **{f"default:{p.name}": p for p in sorted(DEFAULT_STUDENTS.glob("slim-*")) if p.is_dir()},
                 "default:emoji": EMOJI_MODEL_DIR, "default:emoji:lcm": EMOJI_MODEL_DIR / "students" / "lcm",
                 **family_names(FAMILY)}
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """'default' or None -> the embedded default model; 'default:lcm', 'default:progressive-N', 'default:slim-4' -> its
-    embedded students; 'default:emoji' and 'default:emoji:lcm' -> the emoji model and its student; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md);
+    """'default' or None -> the embedded default model; 'default:lcm', 'default:progressive-N', 'default:slim-N' -> its
+    embedded students (the slim ones on disk); 'default:emoji' and 'default:emoji:lcm' -> the emoji model and its student; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md);
     otherwise the given folder."""
     if model is None:
         return DEFAULT_MODEL_DIR

@@ -299,6 +299,29 @@ def test_quality_bars_by_hand():
     assert zero == {"accuracy_ratio": None, "fd_ratio": 1.0, "quality_met": True}
 
 
+def test_fastest_student_targets_by_hand():
+    """The 4-step target (bar 50x) and the 1- or 2-step one (bar 150x) each take the fastest row within the quality
+    bars at their step counts, per runtime; a faster row outside the bars is passed over."""
+    from mobilediff.bench.device_run import fastest_student_targets
+
+    base = {"model": "teacher", "sampler": "ddim", "steps": 50, "guidance": 3.5, "median_ms": 300.0,
+            "quality": {"prompt_accuracy": 0.9, "fd": 20.0}}
+
+    def row(model, steps, ms, acc):
+        return {"role": "student", "steps": steps, "baseline": base, "bundle": model, "runtime": "executorch",
+                "model": model, "precision": "int8", "latency": {"median_ms": ms}, "speedup_vs_baseline": 300.0 / ms,
+                "latency_kind": "measured", "quality": {"prompt_accuracy": acc, "fd": 25.0}}
+
+    e2e = [row("s4", 4, 4.0, 0.9), row("s2", 2, 2.5, 0.88), row("s1", 1, 1.5, 0.80), row("s1b", 1, 1.9, 0.87)]
+    four, few = fastest_student_targets(e2e)
+    assert (four["name"], four["student"], four["bar"], four["met"]) == ("e2e_4step_vs_ddim50", "s4", 50.0, True)
+    assert (few["name"], few["student"], few["steps"], few["bar"]) == ("e2e_fewstep_vs_ddim50", "s1b", 1, 150.0)
+    assert few["candidates"] == 3 and few["within_quality"] == 2 and few["met"] is True  # 300 / 1.9 = 158x
+    assert any("1- or 2-step" in line and ": met" in line for line in device_report.target_lines([four, few]))
+    (none,) = [t for t in fastest_student_targets(e2e[:1]) if t["name"] == "e2e_fewstep_vs_ddim50"]
+    assert none["met"] is None and "at 1 or 2 steps" in none["reason"]
+
+
 # ------------------------------------------------------------------------------- the metric set (--prompts)
 def test_metric_set_bars_by_hand():
     """With --prompts the 4-step bars are the FD and CLIP score ratios, each where both rows have it."""
@@ -428,7 +451,8 @@ def test_host_memory_in_fresh_processes(bundles, tmp_path, capsys, keep_threads)
             assert m["source"] == "VmHWM"
     assert r["end_to_end"][0]["quality"] is None
     assert r["targets"][1]["name"] == "e2e_4step_vs_ddim50" and r["targets"][1]["met"] is None  # no student
-    assert r["targets"][2] == {"name": "denoiser_step_vs_eager", "bar_id": "denoiser_step_speedup", "bar": 2.0,
+    assert r["targets"][2]["name"] == "e2e_fewstep_vs_ddim50" and r["targets"][2]["met"] is None
+    assert r["targets"][3] == {"name": "denoiser_step_vs_eager", "bar_id": "denoiser_step_speedup", "bar": 2.0,
                                "met": None,
                                "reason": "no UNet measured both in PyTorch eager and in a bundle runtime on this device"}
 

@@ -112,6 +112,37 @@ def test_weight_only_graphs_run_close_to_float_and_are_smaller(tmp_path, bits, m
     assert not (tmp_path / "g.onnx.data").exists()  # the float weights' file is gone with them
 
 
+@pytest.mark.parametrize("opset", [11, 18])
+def test_embedding_tables_are_looked_up_as_int8_rows(tmp_path, opset):
+    """A token table (Gather along axis 0) is stored int8 per row and dequantized after the lookup: the output
+    matches the float lookup to int8 precision, and no node dequantizes the whole table."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mobilediff.targets.onnx_weights import quantize_weights
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((1000, 64)).astype(np.float32) * rng.uniform(0.1, 3, (1000, 1)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed", axis=0),
+             helper.make_node("Relu", ["e"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 64])],
+                              [numpy_helper.from_array(table, "table")])
+    path = tmp_path / "e.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7), str(path))
+    ids = np.array([[0, 7, 999, 7, 3], [1, 2, 500, 0, 0]], np.int64)
+    ref = np.maximum(table[ids], 0)
+    facts = quantize_weights(path)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    rows = np.abs(table[ids]).max(axis=-1, keepdims=True)
+    assert np.all(np.abs(got - ref) <= rows / 127 / 2 + 1e-6)  # half an int8 step of each row's scale
+    assert facts["tables_int8"] == 1 and facts["weights_int8"] == 0
+    assert facts["weight_bytes_after"] < facts["weight_bytes_before"] / 3
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "DequantizeLinear" not in ops and ops.count("Gather") == 2
+
+
 def test_weight_only_refuses_bad_weights_and_settings(tmp_path):
     from mobilediff.targets.onnx_weights import quantize_weights
 

@@ -12,6 +12,8 @@ e2e_int8_4step_speedup           >=    25     float DDIM-50 teacher / int8 4-ste
 e2e_4step_speedup                >=    50     float DDIM-50 teacher / the fastest 4-step student within the quality
                                               bars (any precision, decoder or size), end to end, same runtime
                                               (run_device)
+e2e_fewstep_speedup              >=    150    float DDIM-50 teacher / the fastest 1- or 2-step student within the
+                                              same quality bars, end to end, same runtime (run_device)
 denoiser_step_speedup            >=    2      PyTorch eager / the fastest bundle runtime, one UNet step (run_device)
 student_4step_accuracy_ratio     >=    0.95   4-step student's prompt accuracy / the 50-step teacher's
                                               (distillation; run_device's int8 row)
@@ -56,6 +58,8 @@ BARS: dict[str, Bar] = {b.id: b for b in (
         ">=", 25.0),
     Bar("e2e_4step_speedup", "end-to-end speedup of the fastest 4-step student within the quality bars over the "
         "float DDIM-50 teacher", ">=", 50.0),
+    Bar("e2e_fewstep_speedup", "end-to-end speedup of the fastest 1- or 2-step student within the quality bars over "
+        "the float DDIM-50 teacher", ">=", 150.0),
     Bar("denoiser_step_speedup", "denoiser step speedup of the fastest bundle runtime over PyTorch eager", ">=", 2.0),
     Bar("student_4step_accuracy_ratio", "4-step prompt accuracy / teacher", ">=", 0.95),
     Bar("student_4step_fd_ratio", "4-step FD / teacher", "<=", 1.5),

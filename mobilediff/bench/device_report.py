@@ -45,8 +45,9 @@ def target_lines(targets: list[dict]) -> list[str]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
         if t["met"] is None:
             lines.append(f"target {t['name']} (bar {t['bar']:g}x): {verdict}: {t['reason']}")
-        elif t["name"] == "e2e_4step_vs_ddim50":
-            lines.append(f"target fastest 4-step student within the quality bars vs float {t['baseline_plan']} on "
+        elif t["name"] in ("e2e_4step_vs_ddim50", "e2e_fewstep_vs_ddim50"):
+            lines.append(f"target fastest {t.get('steps_words', '4-step')} student within the quality bars vs float "
+                         f"{t['baseline_plan']} on "
                          f"{t['runtime']}: {t['speedup']:.1f}x ({t['student']} {t['student_ms']:.1f} ms, "
                          f"{t['baseline']} {t['baseline_ms']:.1f} ms; bar {t['bar']:g}x; {t['latency_kind']}"
                          f"{_flop_words(t)}), {_quality_words(t)}: {verdict}")
@@ -103,9 +104,11 @@ def write_markdown(result: dict) -> str:
     for t in result["targets"]:
         if t["met"] is None:
             lines.append(f"| {t['name']} | not measured: {t['reason']} | {t['bar']:g}x | – |")
-        elif t["name"] == "e2e_4step_vs_ddim50":
-            lines.append(f"| fastest 4-step student within the quality bars ({t['student']}, {t['student_precision']}; "
-                         f"{t['within_quality']} of {t['candidates']} 4-step rows within them) vs float "
+        elif t["name"] in ("e2e_4step_vs_ddim50", "e2e_fewstep_vs_ddim50"):
+            w = t.get("steps_words", "4-step")
+            lines.append(f"| fastest {w} student within the quality bars ({t['student']}, {t['student_precision']}"
+                         f"{', ' + str(t['steps']) + ' step' + 's' * (t['steps'] != 1) if 'steps' in t else ''}; "
+                         f"{t['within_quality']} of {t['candidates']} {w} rows within them) vs float "
                          f"{t['baseline_plan']} ({t['baseline']}), {t['runtime']} | {t['speedup']:.1f}x "
                          f"({t['student_ms']:.1f} vs {t['baseline_ms']:.1f} ms, {t['latency_kind']}{_flop_words(t)}); "
                          f"{_quality_words(t)} | >= {t['bar']:g}x, {_bar_words(t)} | "

@@ -10,8 +10,10 @@ pass reads a graph with external data, and writes one file when the result fits.
 Which weights: the second input of Conv, ConvTranspose, Gemm and MatMul when it is an initializer (of at least
 ``MIN_ELEMENTS`` elements) used by no other kind of node; nodes named in ``keep`` stay float. int4 applies to MatMul
 and Gemm weights only (blocks of ``block_size`` along the reduction axis, DequantizeLinear opset 21); convolutions
-stay int8 at ``bits=4``. The token embedding (a Gather) stays float: a DequantizeLinear in front of it would
-materialise the whole table at every call.
+stay int8 at ``bits=4``. Embedding tables (the data of a Gather along axis 0: a text encoder's token and
+position embeddings) are stored int8 per row and dequantized after the lookup: the rows are gathered as int8, their
+scales gathered beside them, and multiplied (a DequantizeLinear in front of the Gather would materialise the whole
+table at every call).
 """
 from __future__ import annotations
 
@@ -40,6 +42,34 @@ def _weight_axis(node, index: int) -> int | None:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
     return None
+
+
+def _is_row_gather(node, index: int) -> bool:
+    """``node.input[index]`` is the table a Gather looks rows up in (axis 0)."""
+    return node.op_type == "Gather" and index == 0 and \
+        next((a.i for a in node.attribute if a.name == "axis"), 0) == 0
+
+
+def _gather_rows(node, q_name: str, s_name: str, tag: str, opset: int) -> list:
+    """Rewrite a Gather of a float table into a Gather of its int8 rows times their gathered scales; the original
+    output name is kept. Returns the nodes to put right after ``node``."""
+    from onnx import TensorProto, helper
+
+    out, ids = node.output[0], node.input[1]
+    node.input[0] = q_name
+    node.output[0] = f"{tag}_rows_q"
+    nodes = [helper.make_node("Gather", [s_name, ids], [f"{tag}_rows_scale"], name=f"{tag}_GatherScale", axis=0),
+             helper.make_node("Cast", [f"{tag}_rows_q"], [f"{tag}_rows_f"], name=f"{tag}_Cast", to=TensorProto.FLOAT)]
+    if opset >= 13:
+        nodes += [helper.make_node("Constant", [], [f"{tag}_axes"], name=f"{tag}_axes",
+                                   value=helper.make_tensor(f"{tag}_axes_v", TensorProto.INT64, [1], [-1])),
+                  helper.make_node("Unsqueeze", [f"{tag}_rows_scale", f"{tag}_axes"], [f"{tag}_rows_s"],
+                                   name=f"{tag}_Unsqueeze")]
+    else:
+        nodes.append(helper.make_node("Unsqueeze", [f"{tag}_rows_scale"], [f"{tag}_rows_s"], name=f"{tag}_Unsqueeze",
+                                      axes=[-1]))
+    nodes.append(helper.make_node("Mul", [f"{tag}_rows_f", f"{tag}_rows_s"], [out], name=f"{tag}_Mul"))
+    return nodes
 
 
 def _int8(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +160,9 @@ def quantize_weights(path: Path, bits: int = 8, block_size: int = 32, keep: list
         for i, name in enumerate(node.input):
             if name in inits:
                 uses.setdefault(name, []).append((node, i))
-    chosen: dict[str, int] = {}
+    chosen: dict[str, int | str] = {}
     for name, sites in uses.items():
-        axes = {_weight_axis(n, i) for n, i in sites}
+        axes = {"gather" if _is_row_gather(n, i) else _weight_axis(n, i) for n, i in sites}
         if len(axes) != 1 or None in axes or any(n.name in keep for n, _ in sites):
             continue
         t = inits[name]
@@ -140,8 +170,11 @@ def quantize_weights(path: Path, bits: int = 8, block_size: int = 32, keep: list
             continue
         chosen[name] = axes.pop()
     before = after = 0
-    counts = {"int8": 0, "int4": 0}
+    counts = {"int8": 0, "int4": 0, "tables": 0}
     new_inits, dq_nodes = [], []
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    after_node: dict[int, list] = {}
+    position = {id(n): k for k, n in enumerate(graph.node)}
     for name, axis in chosen.items():
         t = inits[name]
         w = numpy_helper.to_array(t).astype(np.float32, copy=False)
@@ -150,6 +183,15 @@ def quantize_weights(path: Path, bits: int = 8, block_size: int = 32, keep: list
         op = uses[name][0][0].op_type
         before += w.nbytes
         q_name, s_name, out = f"{name}_q", f"{name}_scale", f"{name}_dq"
+        if axis == "gather":  # an embedding table: int8 rows, dequantized after the lookup
+            q, scale = _int8(w, 0)
+            new_inits += [numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)]
+            for j, (node, _) in enumerate(uses[name]):
+                after_node.setdefault(position[id(node)], []).extend(
+                    _gather_rows(node, q_name, s_name, f"{name}_{j}", opset))
+            counts["tables"] += 1
+            after += q.nbytes + scale.nbytes
+            continue
         if bits == 4 and op in ("MatMul", "Gemm") and w.ndim == 2:
             wk = w if axis == 1 else w.T  # [K, N]: blocks along K
             q, scale = _int4_blocked(wk, block_size)
@@ -196,6 +238,7 @@ def quantize_weights(path: Path, bits: int = 8, block_size: int = 32, keep: list
     for k, node in enumerate(nodes):
         graph.node.extend(before_node.get(k, []))
         graph.node.append(node)
+        graph.node.extend(after_node.get(k, []))
     if counts["int4"]:
         for o in model.opset_import:
             if o.domain in ("", "ai.onnx") and o.version < INT4_OPSET:
@@ -207,5 +250,5 @@ def quantize_weights(path: Path, bits: int = 8, block_size: int = 32, keep: list
     onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
               location=f"{path.name}.data", size_threshold=1024)
     return {"bits": bits, "block_size": block_size if counts["int4"] else None, "weights_int8": counts["int8"],
-            "weights_int4": counts["int4"], "weight_bytes_before": int(before), "weight_bytes_after": int(after),
+            "weights_int4": counts["int4"], "tables_int8": counts["tables"], "weight_bytes_before": int(before), "weight_bytes_after": int(after),
             "nodes_kept_float": sorted(keep), "external_data": external_data_files(path)}
