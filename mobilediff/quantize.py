@@ -8,7 +8,7 @@ A recipe names, per target, how each component is stored and computed, and which
   ``int8-dynamic`` int8 per-channel weights, activations quantized at run time (MatMul/Gemm/Conv -> integer ops);
   ``fp16``         the fp16 export (float16 weights and compute behind float32 I/O);
   ``int8-weights`` weight-only: int8 per-channel weights of convolutions and matrix products behind
-                   DequantizeLinear, float activations (:mod:`mobilediff.targets.onnx_weights`: a memory lever,
+                   DequantizeLinear, embedding tables int8 per row, float activations (:mod:`mobilediff.targets.onnx_weights`: a memory lever,
                    any graph size);
   ``int4-weights`` the same with int4 matrix products (blocks of 32 along the reduction axis), convolutions int8.
 - ExecuTorch (torchao's PT2E flow with executorch's XNNPACKQuantizer, then XNNPACK lowering):
@@ -82,7 +82,8 @@ RECIPES: dict[str, dict[str, Recipe]] = {
                                DYNAMIC_INT8),
         "fp16": Recipe("onnx", "fp16", "float16 weights and compute, float32 I/O", FLOAT, keep_float=()),
         "int8-weights": Recipe("onnx", "int8-weights", "weight-only int8: per-channel symmetric int8 weights of the "
-                               "convolutions and matrix products, each dequantized when its layer runs; float "
+                               "convolutions and matrix products, each dequantized when its layer runs, and of the "
+                               "embedding tables, dequantized after the lookup; float "
                                "activations and compute", WEIGHT_ONLY, options={"weight_bits": 8}),
         "int4-weights": Recipe("onnx", "int4-weights", "weight-only int4 matrix products (blocks of 32 along the "
                                "reduction axis) and int8 convolutions, dequantized when each layer runs; float "
