@@ -73,6 +73,7 @@ the same keys where the tool prints them and leave the others null.
 Output (written into --out only after everything was measured; each file atomically)
 -----------------------------------------------------------------------------------
 run_device.json          the schema below
+configurations.jsonl     the end-to-end rows appended to the store of measured configurations (docs/configurations.md)
 run_device.md            tables: targets, components, end to end; which machine ran it and what did not run
 run_device_latency.png   median latency per component, per runtime (bars; log scale)
 run_device_quality.png   prompt accuracy and FD against end-to-end latency, Pareto frontier marked (host only,

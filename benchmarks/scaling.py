@@ -18,11 +18,12 @@ Writes to --out (default benchmarks/results/):
   scaling_quality.png    prompt accuracy and FD against latency per size, a panel per sampler, students marked
   scaling_budget.png     best accuracy within a latency budget per size, and the winner per budget
   scaling_guidance.png   guidance sweeps per size
+  configurations.jsonl   the rows appended to the store of measured configurations (docs/configurations.md)
 
 Run:  python benchmarks/scaling.py     (every registered default:unet-* model and its students; hours on 2 CPU cores;
                                         scored rows are cached, so an interrupted run picks up where it stopped)
       python benchmarks/scaling.py --model default:unet-xs --model DIR --students DIR ... --n 64
-`mobilediff recommend` answers budget questions from scaling.json.
+`mobilediff recommend` answers budget questions from the store (benchmarks/results/configurations.jsonl).
 """
 from __future__ import annotations
 

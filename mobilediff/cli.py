@@ -145,10 +145,16 @@ def cli() -> None:
     """mobilediff: distil, quantize, export and benchmark small latent diffusion models for phones."""
 
 
+# commands that import none of the libraries quiet_libraries silences: they answer in well under a second
+LIBRARY_FREE = frozenset({"recommend"})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input of any kind becomes one line on stderr and exit code 2."""
-    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
-        # silencing the libraries imports diffusers and torch (seconds): help is printed without them
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not {"-h", "--help"} & set(args) and not (args and args[0] in LIBRARY_FREE):
+        # silencing the libraries imports diffusers and torch (seconds): help, and commands that never load them,
+        # run without them
         from mobilediff.quiet import quiet_libraries
 
         quiet_libraries()
@@ -667,20 +673,21 @@ def evaluate_cmd(model, images_dir, n, steps, sampler, guidance, prompts, teache
 @click.option("--latency-ms", type=Finite(min=0, min_open=True), default=None, help="Latency budget per image (ms): the most accurate configuration within it.")
 @click.option("--min-accuracy", type=Finite(min=0, max=1), default=None, help="Quality floor (prompt accuracy, 0..1): the fastest configuration that reaches it.")
 @click.option("--runtime", default=None, help="Only configurations on this runtime, as the table (or --device file) names it: eager, onnx, executorch, ...")
-@click.option("--precision", default=None, help="Only configurations at this precision, as the table (or --device file) names it: fp32, int8, ...")
-@click.option("--device", default="host", show_default=True, help="Latencies: 'host' (the study's own), or a run_device.json (benchmarks/run_device.py) whose component medians re-estimate the models it covers.")
-@click.option("--table", type=click.Path(path_type=Path, dir_okay=True), default=None, help="The scaling study's rows (benchmarks/scaling.py's scaling.json; default benchmarks/results/scaling.json).")
+@click.option("--precision", default=None, help="Only configurations at this precision, as the table (or --device file) names it: fp32, int8, int8-static, int8-decoder, ...")
+@click.option("--device", default=None, help="Latencies from: a run_device.json (benchmarks/run_device.py; its rows, plus the table's configurations composed from its component medians), or a machine of the table (its id, kind such as 'host', or part of its description). Default: every row of the table.")
+@click.option("--table", type=click.Path(path_type=Path, dir_okay=True), default=None, help="The measured configurations: a store (.jsonl, docs/configurations.md; default benchmarks/results/configurations.jsonl) or a scaling study's scaling.json.")
 def recommend_cmd(latency_ms, min_accuracy, runtime, precision, device, table):
-    """The best model size, sampler, steps, runtime and precision for a latency budget or a quality floor."""
-    from mobilediff.recommend import DEFAULT_TABLE, candidates_for, format_recommendation, recommend
+    """The best model, sampler, steps, runtime, precision and decoder for a latency budget or a quality floor, with
+    the export command that makes it."""
+    from mobilediff.recommend import DEFAULT_STORE, candidates_for, format_recommendation, recommend
 
     if (latency_ms is None) == (min_accuracy is None):
         raise MobilediffError("give exactly one of --latency-ms or --min-accuracy")
     if table is None:
-        if not DEFAULT_TABLE.is_file():
-            raise MobilediffError(f"no scaling study at {DEFAULT_TABLE}: run python benchmarks/scaling.py, or give "
-                                  f"--table FILE")
-        table = DEFAULT_TABLE
+        if not DEFAULT_STORE.is_file():
+            raise MobilediffError(f"no configurations at {DEFAULT_STORE}: run python benchmarks/configurations.py, or "
+                                  f"give --table FILE")
+        table = DEFAULT_STORE
     candidates, notes, source = candidates_for(table, device)
     rec = recommend(candidates, latency_ms=latency_ms, min_accuracy=min_accuracy, runtime=runtime,
                     precision=precision, notes=notes, source=source)

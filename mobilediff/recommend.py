@@ -1,63 +1,48 @@
-"""The best model size, sampler, steps, runtime and precision for a latency budget or a quality floor, from measured
-results: the scaling study's rows (``benchmarks/scaling.py`` -> ``scaling.json``: quality and host latency of every
-configuration) and, optionally, a device's component latencies (``benchmarks/run_device.py`` -> ``run_device.json``).
-Pure functions over rows; ``mobilediff recommend`` is the command over them.
+"""The best model, sampler, steps, runtime, precision and decoder for a latency budget or a quality floor, from the
+store of measured configurations (:mod:`mobilediff.configurations`, ``benchmarks/results/configurations.jsonl``).
+Pure functions over its rows; ``mobilediff recommend`` is the command over them.
 
-Latency of a configuration, by source:
+Candidates are the rows with both a latency and a prompt accuracy: the run_device rows (bundles and PyTorch models
+timed end to end, quality measured on the bundle itself), the quantization benchmark's, and the scaling study's
+(latency composed from component medians, quality measured on the PyTorch pipeline). Quality sweeps without a latency
+(distillation, baseline quality) are not candidates by themselves; with ``--device FILE`` they become candidates
+where the file timed their model's components (:func:`mobilediff.configurations.compose_from_device`).
 
-- ``host`` (default): the study's own ``latency_ms`` (one image end to end on the study's machine and runtime);
-- a run_device file: re-estimated for every model the file covers, per runtime and precision it measured, as
-  ``text_encoder_ms + steps x unet_ms + vae_decoder_ms`` (:func:`mobilediff.bench.scaling.compose_latency`, one
-  text-encoder call: an app encodes the unconditional prompt once) from the file's component medians, with the UNet
-  timed at the configuration's batch (2 rows for a classifier-free-guidance step). A study row whose model the file
-  does not cover, or whose UNet batch it did not time, is left out, and the recommendation says so.
+Where the latencies come from (``--device``):
 
-Quality (prompt accuracy, FD) always comes from the study: the same fixed prompts and seeds for every row. A
-re-estimated row at a precision the study did not measure (a quantized bundle) keeps the study's float quality, and
-the recommendation says that too.
+- nothing (default): every row of the store, whatever machine measured it (a note names the machines when there are
+  several);
+- a machine's id, kind ("host", "android", "apple") or part of its description: the rows measured on it;
+- a run_device result file: its own rows (measured, quality on the bundle), plus every configuration with PyTorch
+  quality in the store whose model the file timed, composed from its component medians; a measured row wins over a
+  composed one of the same configuration.
+
+Every answer says whether its latency was measured end to end or composed, and whether its quality was measured on
+that exact configuration or borrowed, and gives the ``mobilediff export`` command that makes its bundle.
 """
 from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilediff.configurations import (DEFAULT_STORE, Configuration, check_study_rows,  # noqa: F401 (re-exported)
+                                       compose_from_device, device_costs, fill_from, from_run_device, from_scaling,
+                                       plan_key, read_store)
 from mobilediff.errors import MobilediffError
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "scaling.json"
 RUNNER_UPS = 3
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One configuration that can be recommended."""
-
-    model: str  # the UNet size (a family member)
-    pipeline: str  # what samples: the model or one of its students
-    method: str  # teacher | progressive | lcm
-    sampler: str
-    steps: int
-    guidance: float
-    runtime: str
-    precision: str
-    latency_ms: float  # one image end to end
-    prompt_accuracy: float
-    fd: float | None
-    n: int | None  # prompts the quality was measured on
-    unet_rows: int  # UNet batch per step: 2 for a classifier-free-guidance step
-    latency_from: str  # where latency_ms comes from, in words
-    quality_from: str  # where the quality comes from, in words
+Candidate = Configuration  # a configuration that can be recommended: one with a latency and a prompt accuracy
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    best: Candidate
-    runner_ups: tuple[Candidate, ...]
+    best: Configuration
+    runner_ups: tuple[Configuration, ...]
     constraint: str  # "latency <= 50 ms" | "prompt accuracy >= 0.9"
     considered: int  # candidates that met the constraint
-    notes: tuple[str, ...] = ()  # what the reader must know: re-estimated rows, models left out, precisions
+    notes: tuple[str, ...] = ()  # what the reader must know: rows left out, machines, composed rows
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -77,185 +62,105 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_study_rows(rows, path: str) -> list[dict]:
-    """The study's rows, each checked (types, finite numbers, ranges) and given its defaults (``pipeline``: the
-    model, ``precision``: fp32, ``unet_rows``: 1). Raises MobilediffError naming the row and field."""
-    if not isinstance(rows, list):
-        raise MobilediffError(f"corrupt {path}: expected a list of rows (benchmarks/scaling.py's scaling.json), "
-                              f"got {type(rows).__name__}")
-    if not rows:
-        raise MobilediffError(f"{path} has no rows")
-    out = []
-    for i, r in enumerate(rows):
-        where = f"corrupt {path}: row {i}"
-        if not isinstance(r, dict):
-            raise MobilediffError(f"{where} is not an object")
-        for key in ("model", "method", "sampler", "runtime"):
-            if not isinstance(r.get(key), str) or not r[key]:
-                raise MobilediffError(f"{where}: {key!r} missing or not a string")
-        for key in ("pipeline", "precision"):
-            if key in r and (not isinstance(r[key], str) or not r[key]):
-                raise MobilediffError(f"{where}: {key!r} is not a string")
-        if not isinstance(r.get("steps"), int) or isinstance(r["steps"], bool) or r["steps"] < 1:
-            raise MobilediffError(f"{where}: 'steps' missing or not an integer >= 1")
-        if not _finite(r.get("guidance")) or r["guidance"] < 0:
-            raise MobilediffError(f"{where}: 'guidance' missing or not a finite number >= 0")
-        if not _finite(r.get("latency_ms")) or r["latency_ms"] <= 0:
-            raise MobilediffError(f"{where}: 'latency_ms' missing or not a finite number > 0")
-        if not _finite(r.get("prompt_accuracy")) or not 0 <= r["prompt_accuracy"] <= 1:
-            raise MobilediffError(f"{where}: 'prompt_accuracy' missing or not a number in [0, 1]")
-        if r.get("fd") is not None and not _finite(r["fd"]):
-            raise MobilediffError(f"{where}: 'fd' is not a finite number")
-        if r.get("unet_rows", 1) not in (1, 2):
-            raise MobilediffError(f"{where}: 'unet_rows' must be 1 or 2")
-        out.append({**r, "pipeline": r.get("pipeline", r["model"]), "precision": r.get("precision", "fp32"),
-                    "unet_rows": r.get("unet_rows", 1)})
-    return out
+def read_table(path: Path) -> list[Configuration]:
+    """The rows of ``--table``: a store (``.jsonl``) or a scaling study's ``scaling.json`` (imported with the
+    ``scaling_meta.json`` beside it, when there is one). Raises MobilediffError naming the file and the problem."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        if path.exists() and not path.is_file():
+            raise MobilediffError(f"--table {path}: is a folder, not a configurations file")
+        if not path.exists():
+            raise MobilediffError(f"--table {path}: not found")
+        return read_store(path)
+    rows = _read_json(path, "--table")
+    meta_file = path.with_name(path.stem + "_meta.json")
+    meta = None
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = None  # the rows alone still answer; the machine is then unknown
+    return from_scaling(rows, meta, str(path))
 
 
-def read_study(path: Path) -> list[dict]:
-    """The checked rows of a scaling study file (:func:`check_study_rows`)."""
-    return check_study_rows(_read_json(path, "--table"), str(path))
+def is_candidate(c: Configuration) -> bool:
+    return c.latency_ms is not None and c.prompt_accuracy is not None
 
 
-def study_candidates(rows: list[dict], table: str) -> list[Candidate]:
-    """Every study row as a candidate with the study's own (host) latency."""
-    return [Candidate(model=r["model"], pipeline=r["pipeline"], method=r["method"], sampler=r["sampler"],
-                      steps=r["steps"], guidance=float(r["guidance"]), runtime=r["runtime"], precision=r["precision"],
-                      latency_ms=float(r["latency_ms"]), prompt_accuracy=float(r["prompt_accuracy"]), fd=r.get("fd"),
-                      n=r.get("n"), unet_rows=r["unet_rows"],
-                      latency_from=f"{table} (the study's host, {r['runtime']}, "
-                                   f"{r.get('latency_kind', 'measured')})",
-                      quality_from=f"{table} ({r.get('n', '?')} fixed prompts and seeds)")
-            for r in rows]
+def candidates_for(table: Path, device: str | None = None) -> tuple[list[Configuration], tuple[str, ...], str]:
+    """The candidates for ``--table`` (a store or a scaling.json) and ``--device`` (None | a machine | a run_device
+    file), the notes that go with them and a name of their source for messages."""
+    rows = read_table(table)
+    notes = []
+    if device is None or device == "":
+        cands = [r for r in rows if is_candidate(r)]
+        source = str(table)
+    elif _looks_like_file(device):
+        result = _read_json(Path(device), "--device")
+        composed, notes = compose_from_device(result, device, rows)  # first: it refuses a file of another kind
+        device_rows = fill_from(from_run_device(result, device), rows)
+        measured = [r for r in device_rows if is_candidate(r)]
+        have = {plan_key(r) for r in measured}
+        composed = [r for r in composed if plan_key(r) not in have]
+        cands = measured + composed
+        notes = [f"{len(measured)} configuration(s) measured end to end in {device}; {len(composed)} more composed "
+                 f"from its component medians with quality from {table}"] + notes
+        source = f"{device} (with {table})"
+    else:
+        cands = [r for r in rows if is_candidate(r) and _on_machine(r, device)]
+        if not any(_on_machine(r, device) for r in rows):
+            machines = sorted({(r.machine_id, r.machine) for r in rows})
+            raise MobilediffError(f"--device {device}: no such file, and no machine of {table} matches it (there: "
+                                  + "; ".join(f"{i} = {m}" for i, m in machines) + ")")
+        source = f"{table} on {device}"
+    left = sum(1 for r in rows if not is_candidate(r))
+    if left and (device is None or not _looks_like_file(device)):
+        notes.append(f"{left} of {len(rows)} rows of {table} have no latency or no prompt accuracy (quality sweeps of "
+                     f"the PyTorch models, runs scored on other prompts) and are not candidates; --device "
+                     f"RUN_DEVICE.json composes latencies for them")
+    machines = sorted({(r.machine_id, r.machine) for r in cands})
+    if len(machines) > 1:
+        notes.append(f"latencies from {len(machines)} machines (" + "; ".join(f"{i} = {m}" for i, m in machines)
+                     + "): --device MACHINE keeps one")
+    return cands, tuple(notes), source
 
 
-@dataclass(frozen=True)
-class DeviceCost:
-    """Component medians of one model on one runtime and precision, from a run_device file."""
-
-    source: str  # the model's label in the file ("default:unet-xs", a folder name)
-    paths: tuple[str, ...]  # the model's folder(s) as the file's bundles record them
-    runtime: str
-    precision: str
-    text_encoder_ms: float | None
-    unet_ms: dict[int, float]  # UNet batch -> median
-    vae_decoder_ms: float | None
+def _looks_like_file(device: str) -> bool:
+    return Path(device).exists() or device.endswith(".json") or "/" in device
 
 
-def device_costs(result, path: str) -> list[DeviceCost]:
-    """Per (source model, runtime, precision) of a run_device result: its component medians (median or, for runner
-    tools without per-run times, mean). A bundle's precision is the bundle's (an int8 bundle keeps a float VAE
-    decoder); PyTorch eager rows are fp32. Raises MobilediffError on a file that is not a run_device result."""
-    if not isinstance(result, dict) or not isinstance(result.get("schema"), dict) \
-            or result["schema"].get("name") != "mobilediff.run_device":
-        raise MobilediffError(f"--device {path} is not a run_device result (benchmarks/run_device.py's run_device.json)")
-    comps, bundles = result.get("components"), result.get("bundles")
-    if not isinstance(comps, list) or not isinstance(bundles, list):
-        raise MobilediffError(f"corrupt {path}: no components or bundles list")
-    precision, paths = {}, {}
-    try:
-        for b in bundles:
-            precision[b["name"]] = b["precision"]
-            src = b.get("source") or {}
-            for p in (src.get("path"), src.get("model")):
-                if isinstance(p, str) and p:
-                    paths.setdefault(b["name"], set()).add(p)
-        groups: dict[tuple, dict] = {}
-        for r in comps:
-            lat = r["latency"] or {}
-            ms = lat.get("median_ms") if lat.get("median_ms") is not None else lat.get("mean_ms")
-            if not _finite(ms) or ms <= 0:
-                continue
-            prec = precision.get(r["bundle"], r["precision"]) if r["bundle"] else r["precision"]
-            key = (r["source"], r["runtime"], prec)
-            g = groups.setdefault(key, {"text_encoder": [], "unet": {}, "vae_decoder": [], "paths": set()})
-            g["paths"] |= paths.get(r["bundle"], set())
-            if r["component"] == "unet":
-                shapes = r["input_shapes"]
-                batch = int((shapes.get("sample") or next(iter(shapes.values())))[0])
-                g["unet"].setdefault(batch, []).append(float(ms))
-            elif r["component"] in ("text_encoder", "vae_decoder"):
-                g[r["component"]].append(float(ms))
-    except (KeyError, TypeError, ValueError, IndexError, StopIteration, AttributeError) as e:
-        raise MobilediffError(f"corrupt {path}: a bundle or component row lacks {e}") from None
-    return [DeviceCost(source=src, paths=tuple(sorted(g["paths"])), runtime=rt, precision=prec,
-                       text_encoder_ms=statistics.median(g["text_encoder"]) if g["text_encoder"] else None,
-                       unet_ms={b: statistics.median(v) for b, v in g["unet"].items()},
-                       vae_decoder_ms=statistics.median(g["vae_decoder"]) if g["vae_decoder"] else None)
-            for (src, rt, prec), g in groups.items()]
-
-
-def read_device(path: Path) -> list[DeviceCost]:
-    return device_costs(_read_json(path, "--device"), str(path))
-
-
-def reestimate(rows: list[dict], costs: list[DeviceCost], device: str,
-               aliases: dict[str, set[str]] | None = None) -> tuple[list[Candidate], tuple[str, ...]]:
-    """Candidates with device latencies: every study row whose pipeline the device file covers, once per runtime and
-    precision the file measured it on, latency composed from the file's component medians. ``aliases``: pipeline label
-    -> other names of the same model (its folder), matched against the file's source labels and bundle paths.
-    Returns the candidates and notes saying which rows were re-estimated and which were left out."""
-    from mobilediff.bench.scaling import compose_latency
-
-    aliases = aliases or {}
-    out, covered, uncovered, no_batch = [], set(), set(), 0
-    for r in rows:
-        names = {r["pipeline"]} | set(aliases.get(r["pipeline"], set()))
-        mine = [c for c in costs if names & ({c.source} | set(c.paths))]
-        if not mine:
-            uncovered.add(r["pipeline"])
-            continue
-        usable = [c for c in mine if r["unet_rows"] in c.unet_ms and c.text_encoder_ms and c.vae_decoder_ms]
-        if not usable:
-            no_batch += 1
-            continue
-        covered.add(r["pipeline"])
-        for c in usable:
-            unet = c.unet_ms[r["unet_rows"]]
-            ms = compose_latency(c.text_encoder_ms, unet, c.vae_decoder_ms, r["steps"])
-            quality = f"the study ({r.get('n', '?')} fixed prompts and seeds)"
-            if c.precision != r["precision"]:
-                quality += f", measured at {r['precision']}: {c.precision} quality not measured"
-            out.append(Candidate(
-                model=r["model"], pipeline=r["pipeline"], method=r["method"], sampler=r["sampler"], steps=r["steps"],
-                guidance=float(r["guidance"]), runtime=c.runtime, precision=c.precision, latency_ms=ms,
-                prompt_accuracy=float(r["prompt_accuracy"]), fd=r.get("fd"), n=r.get("n"), unet_rows=r["unet_rows"],
-                latency_from=f"re-estimated from {device} ({c.source}, {c.runtime}, {c.precision}): "
-                             f"{c.text_encoder_ms:.2f} + {r['steps']} x {unet:.2f} + {c.vae_decoder_ms:.2f} ms",
-                quality_from=quality))
-    notes = [f"{len({(c.pipeline, c.sampler, c.steps, c.guidance) for c in out})} of {len(rows)} study rows "
-             f"re-estimated from {device} (models: {', '.join(sorted(covered)) or 'none'})"]
-    if uncovered:
-        notes.append(f"not in {device}, left out: {', '.join(sorted(uncovered))}")
-    if no_batch:
-        notes.append(f"{no_batch} row(s) left out: {device} did not time their UNet batch (a teacher bundle's UNet is "
-                     f"timed at its CFG batch of 2; guidance <= 1 needs batch 1)")
-    return out, tuple(notes)
+def _on_machine(r: Configuration, name: str) -> bool:
+    name = name.lower()
+    return r.machine_id.lower() == name or r.machine_id.lower().startswith(name + "-") or name in r.machine.lower()
 
 
 # --------------------------------------------------------------------------------------------------- choosing
-def _describe(c: Candidate) -> str:
-    return (f"{c.pipeline} ({c.method}), {c.sampler} {c.steps} step{'s' * (c.steps != 1)}, guidance {c.guidance:g}, "
-            f"{c.runtime} {c.precision}")
+def _describe(c: Configuration) -> str:
+    decoder = f", {'tiny decoder ' + c.decoder_model if c.decoder_model else 'tiny decoder'}" \
+        if c.decoder == "tiny" else ""
+    fused = ", fused program" if c.fused else ""
+    return (f"{c.model} ({c.method}), {c.sampler} {c.steps} step{'s' * (c.steps != 1)}, guidance {c.guidance:g}, "
+            f"{c.runtime} {c.precision}{decoder}{fused}")
 
 
-def recommend(candidates: list[Candidate], latency_ms: float | None = None, min_accuracy: float | None = None,
+def recommend(candidates: list[Configuration], latency_ms: float | None = None, min_accuracy: float | None = None,
               runtime: str | None = None, precision: str | None = None, k: int = RUNNER_UPS,
               notes: tuple[str, ...] = (), source: str = "the table") -> Recommendation:
     """The best candidate under exactly one constraint: the highest prompt accuracy (then lower FD, then lower latency)
     with ``latency_ms`` or less; or the lowest latency (then higher accuracy, lower FD) with at least
-    ``min_accuracy``; and the next ``k`` in the same order. ``runtime`` / ``precision`` keep only candidates on them.
-    Raises MobilediffError: both or neither constraint, a number that is not finite or out of range, a runtime or
-    precision no candidate has, or nothing meeting the constraint."""
+    ``min_accuracy``; and the next ``k`` in the same order. Only candidates with a latency and a prompt accuracy
+    count. ``runtime`` / ``precision`` keep only candidates on them. Raises MobilediffError: both or neither
+    constraint, a number that is not finite or out of range, a runtime or precision no candidate has, or nothing
+    meeting the constraint (naming the nearest option)."""
     if (latency_ms is None) == (min_accuracy is None):
         raise MobilediffError("give exactly one of --latency-ms or --min-accuracy")
     if latency_ms is not None and not (_finite(latency_ms) and latency_ms > 0):
         raise MobilediffError(f"--latency-ms must be a finite number > 0, got {latency_ms}")
     if min_accuracy is not None and not (_finite(min_accuracy) and 0 <= min_accuracy <= 1):
         raise MobilediffError(f"--min-accuracy must be a number in [0, 1], got {min_accuracy}")
+    candidates = [c for c in candidates if is_candidate(c)]
     if not candidates:
-        raise MobilediffError(f"no configuration in {source} to choose from")
+        raise MobilediffError(f"no configuration in {source} has both a latency and a prompt accuracy to choose from")
     for flag, value, attr in (("--runtime", runtime, "runtime"), ("--precision", precision, "precision")):
         if value is not None:
             have = sorted({getattr(c, attr) for c in candidates})
@@ -288,39 +193,74 @@ def recommend(candidates: list[Candidate], latency_ms: float | None = None, min_
                           considered=len(ok), notes=tuple(notes))
 
 
+# --------------------------------------------------------------------------------------------------- printing
+def latency_origin(c: Configuration) -> str:
+    """Where a row's latency comes from, in words: measured end to end, or composed (and from what)."""
+    threads = "" if c.threads is None else f", {c.threads} thread{'s' * (c.threads != 1)}"
+    where = f"on {c.machine}{threads} ({c.source['file']})"
+    if c.latency_kind == "measured":
+        return f"measured end to end {where}"
+    p = c.latency_parts or {}
+    if {"text_encoder_ms", "unet_step_ms", "vae_decoder_ms"} <= set(p):
+        calls = int(p.get("text_encoder_calls", 1))
+        te = f"{p['text_encoder_ms']:.2f}" + (f" x {calls}" if calls != 1 else "")
+        return (f"composed from component medians, {te} + {c.steps} x {p['unet_step_ms']:.2f} + "
+                f"{p['vae_decoder_ms']:.2f} ms, {where}")
+    return f"composed from component medians {where}"
+
+
+def quality_origin(c: Configuration) -> str:
+    """Where a row's quality comes from, in words: measured on this exact configuration, or borrowed (from what)."""
+    on = f"{c.n or '?'} fixed prompts and seeds, {c.quality_source or c.source['file']}"
+    if c.quality_kind == "bundle":
+        return f"measured on this exact bundle ({on})"
+    if c.quality_kind == "bundle-unfused":
+        return (f"borrowed from the same bundle's step-by-step program ({on}); the fused graph was checked against "
+                f"PyTorch at export")
+    if c.quality_kind == "pytorch" and c.runtime == "eager":
+        return f"measured on this exact configuration, the PyTorch model ({on})"
+    if c.quality_kind == "pytorch":
+        return f"borrowed from the PyTorch model at {c.precision} ({on}); the bundle's graphs match it at export"
+    return f"borrowed from the float PyTorch model ({on}): {c.precision} quality not measured"
+
+
+def how_to_get(c: Configuration) -> str:
+    """The command that makes the configuration's bundle, or, for a PyTorch row, the command that runs it."""
+    if c.export:
+        return f"export: {c.export}"
+    if c.runtime == "eager":
+        return (f"run: mobilediff generate --model {c.model} --sampler {c.sampler} --steps {c.steps} "
+                f"--guidance {c.guidance:g} --prompt TEXT --out FILE.png (PyTorch; no bundle measured)")
+    return "export: not recorded in the source file"
+
+
+def _brief(c: Configuration) -> str:
+    lat = "measured" if c.latency_kind == "measured" else "composed"
+    q = {"bundle": "quality on the bundle", "bundle-unfused": "quality of its unfused program",
+         "pytorch": "quality on PyTorch", "borrowed": "quality borrowed from float"}[c.quality_kind]
+    return f"{lat}, {q}"
+
+
 def format_recommendation(rec: Recommendation) -> str:
     """The recommendation as the command prints it: the best configuration, its expected quality and latency and
-    where they come from, the runner-ups, and the notes."""
+    where they come from, the command that makes it, the runner-ups, and the notes."""
     b = rec.best
     fd = "" if b.fd is None else f", FD {b.fd:.1f}"
+    size = b.base_model or b.model
+    if b.unet_params:
+        size += f", UNet {b.unet_params:,} parameters"
     lines = [f"best for {rec.constraint} ({rec.considered} configuration{'s' * (rec.considered != 1)} meet it):",
              f"  {_describe(b)}",
              f"  expected prompt accuracy {b.prompt_accuracy:.3f}{fd}; latency {b.latency_ms:.1f} ms per image",
-             f"  model size: {b.model}",
-             f"  quality from {b.quality_from}",
-             f"  latency from {b.latency_from}"]
+             f"  model size: {size}",
+             f"  latency {latency_origin(b)}",
+             f"  quality {quality_origin(b)}",
+             f"  {how_to_get(b)}"]
     if rec.runner_ups:
         lines.append("runner-ups:")
         for i, c in enumerate(rec.runner_ups, 2):
             cfd = "" if c.fd is None else f", FD {c.fd:.1f}"
-            lines.append(f"  {i}. {_describe(c)}: prompt accuracy {c.prompt_accuracy:.3f}{cfd}, {c.latency_ms:.1f} ms")
+            lines.append(f"  {i}. {_describe(c)}: prompt accuracy {c.prompt_accuracy:.3f}{cfd}, {c.latency_ms:.1f} ms "
+                         f"({_brief(c)})")
     lines += [f"note: {n}" for n in rec.notes]
     return "\n".join(lines)
-
-
-def candidates_for(table: Path, device: str = "host") -> tuple[list[Candidate], tuple[str, ...], str]:
-    """Read the study (and a run_device file unless ``device`` is "host"): the candidates, notes and a name of their
-    source for messages. Names of models in the study are matched to the device file's by label and by folder."""
-    from mobilediff.loading import resolve_model
-
-    rows = read_study(table)
-    if device == "host":
-        return study_candidates(rows, str(table)), (), str(table)
-    costs = read_device(Path(device))
-    aliases = {}
-    for r in rows:
-        p = Path(resolve_model(r["pipeline"]))
-        aliases[r["pipeline"]] = {str(p), str(p.resolve())} if p.exists() else set()
-    cands, notes = reestimate(rows, costs, device, aliases)
-    return cands, notes, f"{table} re-estimated with {device}"
-

@@ -277,6 +277,18 @@ STUDY_ROW = {"model": "xs", "pipeline": "xs", "unet_params": 1000, "gflops_per_i
              "unet_rows": 1, "cfg": False, "n": 256}
 
 
+# one row of a configurations store (mobilediff.configurations; docs/configurations.md)
+STORE_ROW = json.dumps({"schema_version": 1, "model": "xs", "method": "teacher", "sampler": "ddim", "steps": 4,
+                        "guidance": 1.0, "unet_rows": 1, "runtime": "eager", "precision": "fp32", "decoder": "full",
+                        "machine": "a CPU", "machine_id": "host-00000000",
+                        "source": {"file": "s.json", "command": None}, "bundle": None, "base_model": "xs",
+                        "unet_params": 1000, "model_sha256": None, "decoder_model": None, "fused": False,
+                        "threads": 1, "latency_ms": 50.0, "latency_kind": "composed", "latency_parts": None,
+                        "prompt_accuracy": 0.9, "fd": 30.0, "n": 256, "quality_kind": "pytorch",
+                        "quality_source": None, "prompts": None, "fd_features": None, "gflops_per_image": 1.0,
+                        "created": None, "export": None})
+
+
 def study(c: Ctx, text: str | None = None) -> Path:
     """A scaling study table for recommend at t/s.json (benchmarks/scaling.py's rows), or ``text`` in its place."""
     return user_file(c, "s.json", json.dumps([STUDY_ROW]) if text is None else text)
@@ -733,7 +745,30 @@ CASES = [
     Case("recommend-device-not-run-device", rec("--latency-ms", "60", "--device", P("d.json")),
          lambda c: (study(c), user_file(c, "d.json", json.dumps({"schema": {"name": "mobilediff.scaling"}}))),
          "--device {t}/d.json is not a run_device result"),
+    Case("recommend-store-line-not-finite", rec("--latency-ms", "60"),
+         lambda c: study(c, '{"schema_version": 1, "latency_ms": NaN}'), "corrupt {t}/s.json"),
+    Case("recommend-store-jsonl-nan", lambda c: ["mobilediff", "recommend", "--latency-ms", "60", "--table",
+                                                 str(c.t / "c.jsonl")],
+         lambda c: user_file(c, "c.jsonl", STORE_ROW.replace('"fd": 30.0', '"fd": NaN') + "\n"),
+         "corrupt {t}/c.jsonl line 1: NaN is not a number JSON allows"),
+    Case("recommend-store-jsonl-missing-field", lambda c: ["mobilediff", "recommend", "--latency-ms", "60", "--table",
+                                                           str(c.t / "c.jsonl")],
+         lambda c: user_file(c, "c.jsonl", STORE_ROW + "\n" + STORE_ROW.replace('"steps": 4, ', "") + "\n"),
+         "corrupt {t}/c.jsonl line 2: missing field(s) steps"),
+    Case("recommend-device-unknown-machine", rec("--latency-ms", "60", "--device", "pixel"), study,
+         "--device pixel: no such file, and no machine of {t}/s.json matches it"),
     # benchmarks -----------------------------------------------------------------------------------------------
+    Case("configurations-results-missing", lambda c: ["configurations", "--results", str(c.t / "nope"), "--out",
+                                                      str(c.t / "c.jsonl")], None, "--results {t}/nope: not a folder"),
+    Case("configurations-no-result-files", lambda c: ["configurations", "--results", str(c.t / "d"), "--out",
+                                                      str(c.t / "c.jsonl")], user_folder, "no result files in {t}/d"),
+    Case("configurations-corrupt-result", lambda c: ["configurations", "--results", str(c.t / "r"), "--out",
+                                                     str(c.t / "c.jsonl")],
+         lambda c: user_file(c, "r/scaling.json", "[{"), "corrupt {t}/r/scaling.json"),
+    Case("configurations-out-is-a-folder", lambda c: ["configurations", "--results", str(c.t / "r"), "--out",
+                                                      str(c.t / "d")],
+         lambda c: (user_file(c, "r/scaling.json", json.dumps([STUDY_ROW])), user_folder(c)),
+         "{t}/d is a folder; expected a file path"),
     Case("baseline_quality-guidance-nan", lambda c: ["baseline_quality", "--guidance", "1", "nan", "--out",
                                                      str(c.t / "r")], None, "--guidance: must be a finite number"),
     Case("baseline_quality-n-one", lambda c: ["baseline_quality", "--n", "1", "--out", str(c.t / "r")], None,

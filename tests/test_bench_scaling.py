@@ -182,8 +182,13 @@ def test_the_command_end_to_end_on_tiny_pipelines(family, tmp_path, capsys):
     assert torch.get_num_threads() == threads  # the latency measurements' thread count is restored
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["scaling.json", "scaling_meta.json", "scaling.md", "scaling_quality.png", "scaling_budget.png",
-         "scaling_guidance.png"])
+         "scaling_guidance.png", "configurations.jsonl"])
     rows = json.loads((out / "scaling.json").read_text())
+    # the run's rows appended to the store beside its results, one per row of scaling.json
+    from mobilediff.configurations import read_store
+
+    stored = read_store(out / "configurations.jsonl")
+    assert len(stored) == len(rows) and {c.source["file"] for c in stored} == {str((out / "scaling.json").resolve())}
     teacher = [r for r in rows if r["method"] == "teacher"]
     # one sampler keeps the test short (every row's FD is a 128-d matrix square root); claim (b) per sampler is
     # tested on the synthetic tables above

@@ -1,5 +1,6 @@
 """mobilediff recommend on a small synthetic scaling table: the best configuration and its runner-ups for a latency
-budget and for a quality floor, every refusal, and latencies re-estimated from a run_device-shaped file."""
+budget and for a quality floor, every refusal, and latencies composed from a run_device-shaped file's component
+medians. The store of measured configurations itself: tests/test_results_store.py."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import pytest
 
 from conftest import run_cli_here
 from mobilediff.errors import MobilediffError
-from mobilediff.recommend import (check_study_rows, device_costs, format_recommendation, recommend, reestimate,
-                                  study_candidates)
+from mobilediff.configurations import check_study_rows, compose_from_device, device_costs, from_scaling
+from mobilediff.recommend import format_recommendation, recommend
 
 
 def row(model, pipeline, method, sampler, steps, guidance, latency, acc, fd, rows=1):
@@ -32,11 +33,11 @@ ROWS = [
 
 
 def cands():
-    return study_candidates(check_study_rows(ROWS, "t.json"), "t.json")
+    return from_scaling(ROWS, None, "t.json")
 
 
 def key(c):
-    return (c.pipeline, c.sampler, c.steps, c.guidance)
+    return (c.model, c.sampler, c.steps, c.guidance)
 
 
 def test_best_within_a_latency_budget_and_the_runner_ups():
@@ -60,8 +61,12 @@ def test_the_printout_says_where_the_numbers_come_from():
     text = format_recommendation(recommend(cands(), latency_ms=60))
     assert text.splitlines()[0] == "best for latency <= 60 ms (3 configurations meet it):"
     assert "expected prompt accuracy 0.900, FD 30.0; latency 50.0 ms per image" in text
-    assert "quality from t.json (256 fixed prompts and seeds)" in text and "latency from t.json (the study's host" in text
+    assert "quality measured on this exact configuration, the PyTorch model (256 fixed prompts and seeds, " \
+           "t.json)" in text
+    assert "latency composed from component medians on unknown machine (t.json)" in text
+    assert "run: mobilediff generate --model xs --sampler ddim --steps 4 --guidance 1 " in text  # no bundle: eager
     assert "runner-ups:" in text and "  2. xs:lcm (lcm), lcm 1 step, guidance 3.5" in text
+    assert "(composed, quality on PyTorch)" in text
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -97,7 +102,7 @@ def test_corrupt_tables_are_refused(rows, message):
     assert str(e.value).startswith(message), str(e.value)
 
 
-# ------------------------------------------------------------------------------------------ --device re-estimation
+# ------------------------------------------------------------------------------- --device: composed latencies
 def latency(ms):
     return {"n": 10, "median_ms": ms, "p90_ms": ms, "mean_ms": ms}
 
@@ -111,48 +116,58 @@ def component(source, bundle, runtime, precision, comp, ms, batch=1):
 
 def device_file():
     """A run_device result covering model xs (an fp32 and an int8 ONNX bundle, UNet at batch 1 only) and xs's LCM
-    student (the LCM bundle's source is recorded by folder), not s."""
+    student (its components labelled by folder, its bundle naming the model), not s."""
     bundles = [{"name": "xs-onnx", "precision": "fp32", "source": {"model": "xs", "path": "/models/xs"}},
-               {"name": "xs-int8", "precision": "int8-static", "source": {"model": "xs", "path": "/models/xs"}},
-               {"name": "lcm-onnx", "precision": "fp32", "source": {"model": "/models/xs-lcm", "path": "/models/xs-lcm"}}]
+               {"name": "xs-int8", "precision": "int8-static", "quantization": "int8-static",
+                "source": {"model": "xs", "path": "/models/xs"}},
+               {"name": "lcm-onnx", "precision": "fp32", "source": {"model": "xs:lcm", "path": "/models/xs-lcm"}}]
     comps = [component("xs", "xs-onnx", "onnx", "fp32", "text_encoder", 1.0),
              component("xs", "xs-onnx", "onnx", "fp32", "unet", 5.0),
              component("xs", "xs-onnx", "onnx", "fp32", "vae_decoder", 10.0),
              component("xs", "xs-int8", "onnx", "int8-static", "text_encoder", 0.8),
              component("xs", "xs-int8", "onnx", "int8-static", "unet", 4.0),
              component("xs", "xs-int8", "onnx", "fp32", "vae_decoder", 10.0),  # the int8 bundle's float VAE
-             component("xs-lcm", "lcm-onnx", "onnx", "fp32", "text_encoder", 1.0),
-             component("xs-lcm", "lcm-onnx", "onnx", "fp32", "unet", 6.0),
-             component("xs-lcm", "lcm-onnx", "onnx", "fp32", "vae_decoder", 10.0)]
+             component("/models/xs-lcm", "lcm-onnx", "onnx", "fp32", "text_encoder", 1.0),
+             component("/models/xs-lcm", "lcm-onnx", "onnx", "fp32", "unet", 6.0),
+             component("/models/xs-lcm", "lcm-onnx", "onnx", "fp32", "vae_decoder", 10.0)]
     return {"schema": {"name": "mobilediff.run_device", "version": 1}, "bundles": bundles, "components": comps,
             "end_to_end": []}
 
 
-def test_device_latencies_re_estimate_the_rows_the_file_covers():
+def test_device_latencies_compose_the_rows_the_file_covers():
     costs = device_costs(device_file(), "d.json")
-    assert {(c.source, c.runtime, c.precision) for c in costs} == {("xs", "onnx", "fp32"), ("xs", "onnx", "int8-static"),
-                                                                    ("xs-lcm", "onnx", "fp32")}
-    rows = check_study_rows(ROWS, "t.json")
-    out, notes = reestimate(rows, costs, "d.json", aliases={"xs:lcm": {"/models/xs-lcm"}})
+    assert {(c.source, c.runtime, c.precision) for c in costs} == {
+        ("xs", "onnx", "fp32"), ("xs", "onnx", "int8-static"), ("/models/xs-lcm", "onnx", "fp32")}
+    out, notes = compose_from_device(device_file(), "d.json", cands())
     got = {(key(c), c.precision): c for c in out}
-    # xs without CFG at both precisions; the LCM student by its folder; xs's CFG row (batch 2 not timed) and s left out
+    # xs without CFG at both precisions; the LCM student by its bundle's model name; xs's CFG row (batch 2 not timed)
+    # and s left out
     assert set(got) == {(("xs", "ddim", 1, 1.0), "fp32"), (("xs", "ddim", 4, 1.0), "fp32"),
                         (("xs", "ddim", 1, 1.0), "int8-static"), (("xs", "ddim", 4, 1.0), "int8-static"),
                         (("xs:lcm", "lcm", 1, 3.5), "fp32")}
     c = got[(("xs", "ddim", 4, 1.0), "fp32")]
     assert c.latency_ms == 1.0 + 4 * 5.0 + 10.0 and c.runtime == "onnx" and c.prompt_accuracy == 0.90
-    assert c.latency_from == "re-estimated from d.json (xs, onnx, fp32): 1.00 + 4 x 5.00 + 10.00 ms"
-    assert got[(("xs", "ddim", 4, 1.0), "int8-static")].latency_ms == 0.8 + 4 * 4.0 + 10.0
-    assert "fp32: int8-static quality not measured" in got[(("xs", "ddim", 4, 1.0), "int8-static")].quality_from
-    assert notes[0] == "3 of 6 study rows re-estimated from d.json (models: xs, xs:lcm)"
+    assert c.latency_kind == "composed" and c.quality_kind == "pytorch" and c.quality_source == "t.json"
+    assert c.latency_parts == {"text_encoder_ms": 1.0, "text_encoder_calls": 1, "unet_step_ms": 5.0,
+                               "vae_decoder_ms": 10.0}
+    assert c.export == "mobilediff export --model xs --target onnx --out xs-onnx"
+    int8 = got[(("xs", "ddim", 4, 1.0), "int8-static")]
+    assert int8.latency_ms == 0.8 + 4 * 4.0 + 10.0 and int8.quality_kind == "borrowed"
+    assert int8.export == "mobilediff export --model xs --target onnx --quantize int8-static --out xs-int8"
+    assert notes[0] == ("3 of 6 plans (model, sampler, steps, guidance) with PyTorch quality composed from d.json's "
+                        "component medians (models: xs, xs:lcm)")
     assert notes[1] == "not in d.json, left out: s"
-    assert notes[2].startswith("1 row(s) left out: d.json did not time their UNet batch")
-    rec = recommend(out, latency_ms=30, notes=notes)
+    assert notes[2].startswith("1 configuration(s) left out: d.json did not time their UNet batch")
+    rec = recommend(out, latency_ms=30, notes=tuple(notes))
     # 0.90 in int8 at 26.8 ms (fp32: 31.0 ms, over the budget); then the LCM student's 0.85, then 0.80, faster first
     assert (key(rec.best), rec.best.precision) == (("xs", "ddim", 4, 1.0), "int8-static")
     assert [(key(c), c.precision) for c in rec.runner_ups] == [
         (("xs:lcm", "lcm", 1, 3.5), "fp32"), (("xs", "ddim", 1, 1.0), "int8-static"), (("xs", "ddim", 1, 1.0), "fp32")]
-    assert rec.notes == notes and format_recommendation(rec).endswith("note: " + notes[-1])
+    text = format_recommendation(rec)
+    assert text.endswith("note: " + notes[-1])
+    assert "latency composed from component medians, 0.80 + 4 x 4.00 + 10.00 ms, on unknown machine" in text
+    assert "quality borrowed from the float PyTorch model (256 fixed prompts and seeds, t.json): int8-static quality " \
+           "not measured" in text
     int8 = recommend(out, latency_ms=20, precision="int8-static")
     assert key(int8.best) == ("xs", "ddim", 1, 1.0) and int8.constraint == "latency <= 20 ms on int8-static"
 
@@ -179,12 +194,13 @@ def test_the_command(tmp_path, capsys):
     assert out.count("\n  2. ") == 1 and "\n  3. " in out and "\n  4. " not in out
     device = tmp_path / "run_device.json"
     device.write_text(json.dumps(device_file()))
-    code, out, err = run_cli_here(capsys, "recommend", "--min-accuracy", "0.85", "--device", device, "--table", table,
+    code, out, err = run_cli_here(capsys, "recommend", "--min-accuracy", "0.9", "--device", device, "--table", table,
                                   "--runtime", "onnx")
     assert code == 0, err
     assert "xs (teacher), ddim 4 steps, guidance 1, onnx int8-static" in out  # 26.8 ms against fp32's 31.0
-    assert f"latency from re-estimated from {device} (xs, onnx, int8-static)" in out
-    assert f"note: not in {device}, left out: s, xs:lcm" in out  # the LCM row's folder is unknown to the command
+    assert "latency composed from component medians, 0.80 + 4 x 4.00 + 10.00 ms" in out and f"({device})" in out
+    assert "export: mobilediff export --model xs --target onnx --quantize int8-static --out xs-int8" in out
+    assert f"note: not in {device}, left out: s\n" in out
 
 
 @pytest.mark.parametrize("args,message", [

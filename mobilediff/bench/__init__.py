@@ -16,6 +16,7 @@ it, see :data:`SCRIPTS`).
     quantization        the quantization benchmark
     real_architectures  real UNet architectures with random weights: export and latency in isolated processes
     memory              peak memory of whole pipelines and their components per runtime, precision and setting
+    configurations      the store of measured configurations rebuilt from the result files
     baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
     app_parity, app_memory, optimum_check, ort_format
                         the other benchmarks (optimum_worker: optimum_check's side, run in optimum's environment)
@@ -24,7 +25,8 @@ Nothing heavy is imported here.
 """
 
 # benchmarks/<script>.py -> the module of this package whose main(argv, doc, results) the script runs
-SCRIPTS = {"app_memory": "app_memory", "app_parity": "app_parity", "baseline_quality": "baseline_quality", "decoder": "decoder",
+SCRIPTS = {"app_memory": "app_memory", "app_parity": "app_parity", "baseline_quality": "baseline_quality",
+           "configurations": "configurations", "decoder": "decoder",
            "distillation": "distillation", "export_parity": "export_parity", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",
            "run_device": "device_run", "scaling": "scaling", "student_quality": "student_quality",

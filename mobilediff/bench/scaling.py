@@ -1,7 +1,8 @@
 """The scaling study as a library: quality, FLOPs and latency of every UNet size of a model family over samplers, step
 counts and guidance scales, and of its distilled students, then the verdicts on the claims of "Bigger is not Always
 Better" (Mei et al. 2024; rules in :mod:`mobilediff.bench.claims`). ``benchmarks/scaling.py`` runs :func:`main`,
-the command over :func:`measure`; ``mobilediff recommend`` reads its rows.
+the command over :func:`measure`; at the end of a run it appends the rows to the store of measured configurations
+(:mod:`mobilediff.configurations`) that ``mobilediff recommend`` reads.
 
 Rows (scaling.json), one per configuration
 ------------------------------------------
@@ -716,6 +717,8 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     """The command line of ``benchmarks/scaling.py``: ``argv`` (None: ``sys.argv[1:]``) parsed, the study measured and
     written to ``--out``, its verdicts printed. ``doc``: the script's docstring (its ``--help``); ``results``: the
     default ``--out`` (None: ``--out`` is required)."""
+    from mobilediff.configurations import STORE_NAME, append_result
+
     args = build_parser(doc, results).parse_args(argv)
     t0 = time.time()
     models, students = resolve_subjects(args.model, args.students)
@@ -731,3 +734,5 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     for v in result["meta"]["verdicts"]:
         print(f"({v['claim']}) {v['verdict']}: {v['evidence']}")
     print(f"wrote {args.out / 'scaling.json'}, scaling_meta.json, scaling.md and plots")
+    added, replaced = append_result("scaling", result, args.out)
+    print(f"configurations: {added} rows added, {replaced} replaced in {args.out / STORE_NAME}")

@@ -24,9 +24,12 @@ import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: the CLI imports this package's options without loading torch
+    import torch
 
 from mobilediff.errors import MobilediffError
 from mobilediff.sources.files import (FITS, Example, Skips, content_hash, decode_image, parse_background,
