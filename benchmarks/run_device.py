@@ -155,6 +155,8 @@ targets       [{"name": "e2e_int8_4step_vs_ddim50", "runtime", "student", "basel
                 at equal efficiency) | null} ... ,
                {"name": "e2e_4step_vs_ddim50", the same keys + "candidates", "within_quality": per runtime, the
                 fastest 4-step student (any precision, decoder or size) within the quality bars, "bar": 50.0} ...,
+               {"name": "e2e_fewstep_vs_ddim50", the same keys + "steps": per runtime, the fastest 1- or 2-step
+                student within the same quality bars, "bar": 150.0} ...,
                {"name": "denoiser_step_vs_eager", "source", "fastest": {"model", "runtime", "precision"},
                 "fastest_ms", "eager_ms", "speedup", "bar": 2.0, "met"} ...;
                a target with nothing to measure has "met": null and a "reason"; every target has "bar_id", its row
