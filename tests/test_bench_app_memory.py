@@ -1,7 +1,8 @@
 """The apps' memory benchmark (mobilediff.bench.app_memory, what benchmarks/app_memory.py runs): rows built from
-recorded engine records (the Kotlin CLI's and the Swift CLI's --json), failed and timed-out runs as rows, the image
-compared with Python's, the Markdown table, the files the apps load and the bundle's variant facts, and bad input
-(one error line, exit code 2, nothing written). The real engines run only in the extended tier."""
+recorded engine records (the Kotlin CLI's and the Swift CLI's --json) in both modes (resident, low-memory), failed and
+timed-out runs as rows, the image compared with Python's, the Markdown tables and the plot, the files the apps load
+and the bundle's variant facts, and bad input (one error line, exit code 2, nothing written). The real engines run
+only in the extended tier."""
 import json
 from pathlib import Path
 
@@ -25,10 +26,12 @@ INFO = {"bundle": "../runs/b", "name": "b", "geometry": {"height": 64, "width": 
 KOTLIN = {"ms_total": 812.5, "ms": {"text_encoder": 10.0, "unet": 700.0, "vae_decoder": 102.5},
           "load_ms": {"text_encoder": 50.0, "unet": 150.0, "vae_decoder": 20.0}, "steps": 1, "sampler": "ddim",
           "guidance": 5.0, "image_raw_shape": [4, 4, 3], "backend": "onnx", "warmup_runs": 0, "repeats": 1,
-          "runtime_version": "1.29.0", "ms_total_runs": [812.5], "peak_rss_bytes": 300 * MIB}
+          "runtime_version": "1.29.0", "ms_total_runs": [812.5], "peak_rss_bytes": 300 * MIB, "low_memory": False,
+          "peak_memory_scope": "process"}
 SWIFT = {"ms_total": 900.0, "ms": {"unet": 800.0}, "load_ms": 210.0, "steps": 1, "sampler": "ddim", "guidance": 5.0,
          "backend": "onnx", "runtime": "onnxruntime 1.29.0 (C API 23)", "peak_memory_bytes": 200 * MIB,
-         "peak_memory_method": "VmHWM", "image_raw_shape": [4, 4, 3]}
+         "peak_memory_method": "VmHWM", "image_raw_shape": [4, 4, 3], "low_memory": False,
+         "peak_memory_scope": "process"}
 
 
 def _images(tmp_path, offset: float = 0.0):
@@ -59,7 +62,11 @@ def test_a_swift_record_becomes_a_row_and_an_equal_image_is_identical(tmp_path):
     row = am.engine_row("ios", INFO, 0, "", 3.0, SWIFT, 1800.0)
     assert (row["peak_mib"], row["peak_field"], row["peak_method"]) == (200.0, "peak_memory_bytes", "VmHWM")
     assert row["runtime"] == "onnxruntime 1.29.0 (C API 23)" and row["load_ms"] == 210.0
-    assert "reset" in row["peak_scope"]
+    assert row["peak_scope"] == am.PEAK_SCOPES["ios"] and row["engine_peak_scope"] == "process"
+    assert row["mode"] == "resident"
+    # an engine whose peak counts from the generate's start says so, and the row repeats it
+    reset = am.engine_row("ios", INFO, 0, "", 3.0, {**SWIFT, "peak_memory_scope": "generation"}, 1800.0)
+    assert "reset as the generate starts" in reset["peak_scope"]
     raw, ref = _images(tmp_path)
     am.compare_images(row, raw, SWIFT["image_raw_shape"], ref)
     assert row["psnr_vs_python_db"] is None and row["identical_to_python"] is True
@@ -73,6 +80,36 @@ def test_an_image_of_another_shape_or_no_python_image_is_a_note_not_a_crash(tmp_
     row = am.engine_row("ios", INFO, 0, "", 3.0, SWIFT, 1800.0)
     am.compare_images(row, raw, [4, 4, 3], None)
     assert row["psnr_note"] == "no Python image to compare with"
+
+
+def test_the_low_memory_mode_runs_the_engines_switch_and_checks_their_record():
+    cmd = am.engine_command(Path("engine.sh"), Path("b"), Path("o.png"), Path("o.json"), "low-memory")
+    assert cmd[-1] == "--low-memory" and "--low-memory" not in am.engine_command(Path("e"), Path("b"), Path("o.png"),
+                                                                                 Path("o.json"))
+    low = {**KOTLIN, "low_memory": True, "peak_rss_bytes": 120 * MIB}
+    row = am.engine_row("android", INFO, 0, "", 9.0, low, 1800.0, mode="low-memory")
+    assert (row["status"], row["mode"], row["peak_mib"]) == ("ok", "low-memory", 120.0)
+    # an engine that ran resident when asked for low-memory (or the reverse) is no measurement of that mode
+    row = am.engine_row("android", INFO, 0, "", 9.0, KOTLIN, 1800.0, mode="low-memory")
+    assert row["status"] == "failed" and "low_memory False for mode low-memory" in row["reason"]
+    row = am.engine_row("ios", INFO, 0, "", 9.0, {**SWIFT, "low_memory": True}, 1800.0)
+    assert row["status"] == "failed"
+
+
+def test_python_runs_low_memory_as_generate_low_memory_does(tmp_path):
+    from mobilediff.targets import LOW_MEMORY
+
+    job = am.python_job(tmp_path, "low-memory", tmp_path / "x.npy")
+    assert job["resident"] is False and job["settings"] == LOW_MEMORY["onnx"] and job["image_out"].endswith("x.npy")
+    job = am.python_job(tmp_path, "resident", tmp_path / "x.npy")
+    assert job["resident"] is True and job["settings"] == {}
+    # the low-memory image against the resident one
+    ref = np.linspace(-0.9, 0.9, 48, dtype=np.float32).reshape(1, 3, 4, 4)
+    np.save(tmp_path / "ref.npy", ref)
+    np.save(tmp_path / "low.npy", ref)
+    row = {}
+    am.compare_python_images(row, tmp_path / "low.npy", tmp_path / "ref.npy")
+    assert row["identical_to_python"] is True and row["psnr_vs_python_db"] is None
 
 
 def test_a_failing_or_hanging_engine_is_a_failed_row_with_one_line():
@@ -96,20 +133,35 @@ def test_the_python_row_and_the_markdown_table():
     assert py["weight_bytes"] == 10 * MIB and py["graph_forms"]["unet"] == "onnx"
     failed_py = am.python_row(INFO, None, None, "generate failed in its measurement process: boom", 1.0, None)
     assert failed_py["status"] == "failed" and "boom" in failed_py["reason"]
+    py_low = {**am.python_row(INFO, {"marks": marks[:1] + marks[2:], "image_finite": True},
+                              {"baseline_mib": 400.0, "peak_mib": 448.0, "source": "VmHWM"}, None, 9.5,
+                              "onnxruntime 1.23.2", "low-memory"), "identical_to_python": True}
+    assert py_low["mode"] == "low-memory" and py_low["load_ms"] is None
     android = {**am.engine_row("android", INFO, 0, "", 12.0, KOTLIN, 1800.0), "psnr_vs_python_db": 48.31}
+    android_low = {**am.engine_row("android", INFO, 0, "", 13.0, {**KOTLIN, "low_memory": True,
+                                                                   "peak_rss_bytes": 225 * MIB}, 1800.0,
+                                   mode="low-memory"), "psnr_vs_python_db": 48.31}
     ios = am.engine_row("ios", INFO, 1, "error: bad bundle: unet/model.ort missing\n", 2.0, None, 1800.0)
     result = {"command": "python benchmarks/app_memory.py --bundle ../runs/b", "created": "2026-12-07T00:00:00+00:00",
               "machine": {"cpu": "cpu", "cores": 2, "memory_gib": 23, "load_average_at_start": [0.1]},
               "settings": {"steps": 1, "seed": 0, "prompt": am.PROMPT}, "peak_scopes": am.PEAK_SCOPES,
-              "bundles": [INFO], "rows": [py, android, ios], "complete": True}
+              "bundles": [INFO], "rows": [py, py_low, android, android_low, ios], "complete": True}
     md = am.markdown(result)
-    assert "| bundle | px | variant | app | runtime | weights MiB | peak MiB | seconds | PSNR vs Python dB | status |" \
-        in md
+    assert ("| bundle | px | variant | app | mode | runtime | weights MiB | peak MiB | seconds | PSNR vs Python dB "
+            "| status |") in md
     variant = "| b | 64 | int8-weights, attn 64 MiB, VAE tiles of 40 (2x2) |"
-    assert f"{variant} python | onnxruntime 1.23.2 | 10 | 512 | 9.0 | (reference) | ok |" in md
-    assert f"{variant} android | onnxruntime 1.29.0 | 9 | 300 | 12.0 | 48.3 | ok |" in md
-    assert "| ios | - | 9 | - | 2.0 | - | failed: exit status 1: error: bad bundle: unet/model.ort missing |" in md
+    assert f"{variant} python | resident | onnxruntime 1.23.2 | 10 | 512 | 9.0 | (reference) | ok |" in md
+    assert f"{variant} python | low-memory | onnxruntime 1.23.2 | 10 | 448 | 9.5 | same | ok |" in md
+    assert f"{variant} android | resident | onnxruntime 1.29.0 | 9 | 300 | 12.0 | 48.3 | ok |" in md
+    assert f"{variant} android | low-memory | onnxruntime 1.29.0 | 9 | 225 | 13.0 | 48.3 | ok |" in md
+    assert "| ios | resident | - | 9 | - | 2.0 | - | failed: exit status 1: error: bad bundle: unet/model.ort missing |" in md
+    # the two modes side by side, for each (bundle, app) with both peaks
+    assert "| b | python | 512 | 448 | 64 | 12 | (reference) | same |" in md
+    assert "| b | android | 300 | 225 | 75 | 25 | 48.3 | 48.3 |" in md
+    assert "| b | ios |" not in md
     json.dumps(am.json_safe(result))  # JSON-writable as it is
+    assert callable(am.plot(result))  # a PNG writer
+    assert am.plot({**result, "rows": [ios]}) is None  # no peak to draw: no file
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +205,7 @@ def test_a_folder_that_is_not_a_bundle_is_one_error_line(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--timeout", "0"], "--timeout: must be > 0"),
     (["--app", "windows"], "--app: invalid choice: 'windows'"),
+    (["--mode", "lean"], "--mode: invalid choice: 'lean'"),
     ([], "the following arguments are required: --bundle"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, argv, message):
@@ -166,10 +219,13 @@ def test_bad_flags_are_refused_before_any_work(tmp_path, argv, message):
 def test_the_engines_report_their_peak_on_a_tiny_bundle(bundle, tmp_path):
     result = am.main(["--bundle", str(bundle), "--out", str(tmp_path / "out"), "--timeout", "900"])
     assert result["complete"] and (tmp_path / "out" / "app_memory.json").is_file()
-    rows = {r["app"]: r for r in result["rows"]}
-    assert rows["python"]["status"] == "ok" and rows["python"]["peak_mib"] > 0
-    for app in am.apps_here(None):
-        r = rows[app]
+    rows = {(r["app"], r["mode"]): r for r in result["rows"]}
+    assert set(rows) == {(app, mode) for app in ("python", *am.apps_here(None)) for mode in am.MODES}
+    for (app, mode), r in rows.items():
         assert r["status"] == "ok" and not r["reason"], r
         assert r["peak_mib"] > 0 and r["runtime"].startswith("onnxruntime")
-        assert r["identical_to_python"] or r["psnr_vs_python_db"] >= 40
+        if (app, mode) != ("python", "resident"):
+            assert r["identical_to_python"] or r["psnr_vs_python_db"] >= 40, r
+    # each engine's low-memory image is its resident one
+    for app in am.apps_here(None):
+        assert rows[(app, "low-memory")]["max_abs_vs_python"] == rows[(app, "resident")]["max_abs_vs_python"]

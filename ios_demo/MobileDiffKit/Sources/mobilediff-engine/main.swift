@@ -5,7 +5,12 @@
 //   generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
 //            [--threads T] [--warmup N (untimed runs first, default 1)] [--repeats N (timed runs; the median is
 //            reported, default 1)] [--onnx-format auto|ort|onnx (ONNX Runtime: auto runs a component's .ort file
-//            where the bundle lists one, else its .onnx)] --out IMG.png --json RESULT.json
+//            where the bundle lists one, else its .onnx)] [--low-memory (each model loaded when its turn comes and
+//            unloaded after its part, ONNX Runtime without its arena: the same image, a lower peak; every run loads
+//            the models again)] --out IMG.png --json RESULT.json
+//   RESULT.json's peak_memory_bytes is VmHWM since the process started (peak_memory_scope "process" on Linux):
+//   the engine, every load and every run; load_ms: the load before the runs, or (--low-memory) the loads inside the
+//   reported run.
 //   check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
 //
 // Errors follow the Python CLI's convention: bad input (a bad bundle, option or prompt, a path that cannot be
@@ -21,19 +26,26 @@ struct UsageError: Error, CustomStringConvertible {
 let usage = """
     usage: mobilediff-engine generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G]
                                       [--sampler NAME] [--threads T] [--warmup N] [--repeats N]
-                                      [--onnx-format auto|ort|onnx] --out IMG.png --json RESULT.json
+                                      [--onnx-format auto|ort|onnx] [--low-memory] --out IMG.png --json RESULT.json
            mobilediff-engine check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
     """
 
-func parseOptions(_ arguments: ArraySlice<String>, allowed: Set<String>) throws -> [String: String] {
+/// `--name value` pairs, each name one of `allowed`, and `--name` switches, each one of `switches` (their value in
+/// the result is "1").
+func parseOptions(_ arguments: ArraySlice<String>, allowed: Set<String>, switches: Set<String> = []) throws -> [String: String] {
     var options: [String: String] = [:]
     var rest = arguments
     while let flag = rest.popFirst() {
-        guard flag.hasPrefix("--"), allowed.contains(String(flag.dropFirst(2))) else {
-            throw UsageError(description: "unknown option \(flag) (allowed: \(allowed.sorted().map { "--" + $0 }.joined(separator: " ")))")
+        let name = String(flag.dropFirst(2))
+        guard flag.hasPrefix("--"), allowed.contains(name) || switches.contains(name) else {
+            throw UsageError(description: "unknown option \(flag) (allowed: \(allowed.union(switches).sorted().map { "--" + $0 }.joined(separator: " ")))")
+        }
+        if switches.contains(name) {
+            options[name] = "1"
+            continue
         }
         guard let value = rest.popFirst() else { throw UsageError(description: "\(flag) needs a value") }
-        options[String(flag.dropFirst(2))] = value
+        options[name] = value
     }
     return options
 }
@@ -132,16 +144,20 @@ func generate(_ options: [String: String]) throws {
     try Prompts.check(prompt, label: "--prompt")
     let backend = try makeBackend(try required(options, "backend"), threads: try number(options, "threads", as: Int.self) ?? 0,
                                   onnxFormat: options["onnx-format"] ?? "auto")
-    let pipeline = try Pipeline(bundle: bundle, backend: backend)
+    let lowMemory = options["low-memory"] != nil
+    let pipeline = try Pipeline(bundle: bundle, backend: backend, lowMemory: lowMemory)
+    // the peak since the process started, as the Android engine reports it: the loads and every run included
+    pipeline.peakPerGeneration = false
     var configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: prompt,
                                                         seed: try number(options, "seed", as: UInt64.self) ?? 0)
     if let sampler = options["sampler"] { configuration.sampler = sampler }
     if let steps = try number(options, "steps", as: Int.self) { configuration.steps = steps }
     if let guidance = try number(options, "guidance", as: Double.self) { configuration.guidanceScale = guidance }
 
+    // resident: every model loaded before the runs; low-memory: each generation loads what it needs when it needs it
     let loadStart = Date()
-    try pipeline.loadResources()
-    let loadMs = Date().timeIntervalSince(loadStart) * 1000
+    if !lowMemory { try pipeline.loadResources() }
+    let residentLoadMs = Date().timeIntervalSince(loadStart) * 1000
     // untimed warm-up runs: a session's first calls include one-off allocations (ONNX Runtime's arenas)
     let warmups = try number(options, "warmup", as: Int.self) ?? 1
     for _ in 0..<max(warmups, 0) { _ = try pipeline.generate(configuration) }
@@ -149,6 +165,7 @@ func generate(_ options: [String: String]) throws {
     let repeats = max(try number(options, "repeats", as: Int.self) ?? 1, 1)
     let runs = try (0..<repeats).map { _ in try pipeline.generate(configuration) }
     let result = runs.sorted { $0.timer.totalMilliseconds < $1.timer.totalMilliseconds }[repeats / 2]
+    let loadMs = lowMemory ? result.loadMilliseconds.values.reduce(0, +) : residentLoadMs
 
     try PNGWriter.write(result.image, to: URL(fileURLWithPath: out))
     let rawPath = (out as NSString).deletingPathExtension + "_raw.f32"
@@ -172,8 +189,10 @@ func generate(_ options: [String: String]) throws {
         // the file each component ran from (ONNX Runtime: model.ort where the bundle lists one)
         "files": Dictionary(uniqueKeysWithValues: [pipeline.textEncoder.model, pipeline.denoiser.model, pipeline.decoder.model]
             .map { ($0.component, ["target": $0.file.target, "path": $0.file.path, "precision": $0.file.precision] as [String: Any]) }),
-        "peak_memory_bytes": Int(result.peakMemoryBytes),
+        "low_memory": lowMemory,
+        "peak_memory_bytes": Int(runs.map(\.peakMemoryBytes).max() ?? 0),
         "peak_memory_method": result.peakMemoryMethod,
+        "peak_memory_scope": result.peakMemoryScope,
         "image": out,
         "image_raw": rawPath,
         "image_raw_shape": [result.image.height, result.image.width, 3],
@@ -221,7 +240,8 @@ do {
     let arguments = try rawArguments()
     switch arguments.first {
     case "generate":
-        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "onnx-format", "out", "json"]))
+        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "onnx-format", "out", "json"],
+                                      switches: ["low-memory"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))
     case "-h", "--help", "help":

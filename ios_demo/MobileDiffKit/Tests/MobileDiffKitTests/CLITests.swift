@@ -69,6 +69,31 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(errorLines(run), [])
     }
 
+    func testLowMemoryGivesTheSameImageAndSaysSo() throws {
+        let url = try TinyBundle.write()
+        defer { try? FileManager.default.removeItem(at: url) }
+        var raws: [Data] = []
+        for low in [false, true] {
+            let folder = url.deletingLastPathComponent()
+            let out = folder.appendingPathComponent("\(url.lastPathComponent)-low\(low).png")
+            let json = folder.appendingPathComponent("\(url.lastPathComponent)-low\(low).json")
+            defer { for f in [out, json] { try? FileManager.default.removeItem(at: f) } }
+            let run = try cli(["generate", "--bundle", url.path, "--backend", "onnx", "--prompt", "a red circle", "--seed", "0",
+                               "--warmup", "0", "--out", out.path, "--json", json.path] + (low ? ["--low-memory"] : []))
+            XCTAssertEqual(run.status, 0, run.stderr)
+            let record = try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as! [String: Any]
+            XCTAssertEqual(record["low_memory"] as? Bool, low)
+            XCTAssertEqual(record["peak_memory_scope"] as? String, "process")
+            XCTAssertGreaterThan(record["peak_memory_bytes"] as? Int ?? 0, 0)
+            let raw = URL(fileURLWithPath: record["image_raw"] as! String)
+            raws.append(try Data(contentsOf: raw))
+            try? FileManager.default.removeItem(at: raw)
+        }
+        XCTAssertEqual(raws[0], raws[1], "the low-memory image is the resident one, byte for byte")
+        // a switch takes no value: what follows it is the next option
+        assertBadInput(try generate(url, "--low-memory", "1"), "error: unknown option 1")
+    }
+
     func testBadBundlesAreOneLine() throws {
         assertBadInput(try generate(URL(fileURLWithPath: "/nonexistent/bundle")), "bundle not found")
         let swapped = try TinyBundle.write { m, _ in TinyBundle.set(&m, "unet", "files", TinyBundle.get(m, "vae_decoder", "files")) }

@@ -56,6 +56,33 @@ final class EndToEndTests: XCTestCase {
         XCTAssertEqual(manifest.geometry.latentShape, [1, 4, 12, 20])
     }
 
+    /// The low-memory mode on the default model (DDIM-50 with classifier-free guidance): each model loaded when its
+    /// turn comes and unloaded after its part, with ONNX Runtime's low-memory settings, and the resident image, bit
+    /// for bit, image after image.
+    func testLowMemoryLoadsOneModelAtATimeAndGivesTheResidentImage() throws {
+        #if canImport(COnnxRuntime)
+        let url = try Fixtures.bundle("default")
+        let resident = try Pipeline(bundle: url, backend: try ONNXRuntimeBackend())
+        let configuration = Pipeline.Configuration.defaults(for: resident.manifest, prompt: "a red circle at the top left", seed: 3)
+        let expected = try resident.generate(configuration).rawImage
+        let pipeline = try Pipeline(bundle: url, backend: try ONNXRuntimeBackend(), lowMemory: true)
+        XCTAssertTrue(pipeline.models.allSatisfy { $0.lowMemory })
+        for round in 1...2 {
+            // the models loaded after each unit of work: the denoiser alone while it runs, none after the decoder
+            var loaded: [Pipeline.Progress.Stage: Set<[String]>] = [:]
+            let result = try pipeline.generate(configuration, progress: { progress in
+                loaded[progress.stage, default: []].insert(pipeline.models.filter(\.isLoaded).map(\.component))
+            })
+            XCTAssertEqual(result.rawImage, expected, "round \(round): the resident image")
+            XCTAssertEqual(loaded, [.textEncoded: [[]], .denoised: [["unet"]], .decoded: [[]]])
+            XCTAssertEqual(pipeline.models.map(\.loads), [round, round, round])
+            XCTAssertEqual(Set(result.loadMilliseconds.keys), ["text_encoder", "unet", "vae_decoder"])
+        }
+        #else
+        throw XCTSkip("no ONNX Runtime in this build")
+        #endif
+    }
+
     func testReduceMemoryUnloadsEveryModel() throws {
         #if canImport(COnnxRuntime)
         let pipeline = try Pipeline(bundle: try Fixtures.bundle("progressive-4"), backend: try ONNXRuntimeBackend(), reduceMemory: true)

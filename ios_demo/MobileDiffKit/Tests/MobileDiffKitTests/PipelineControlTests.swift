@@ -41,6 +41,24 @@ final class PipelineControlTests: XCTestCase {
         print(String(format: "peak_memory %.1f MiB (%@)", Double(result.peakMemoryBytes) / 1_048_576, result.peakMemoryMethod))
     }
 
+    /// Without a per-generation reset the peak is the kernel's mark over everything before (what the engine's
+    /// command line reports: "process" there, "last_reset" here, where earlier generations reset it), so it is at
+    /// least the last generation's own.
+    func testPeakWithoutAResetCoversEarlierWork() throws {
+        let pipeline = try Pipeline(bundle: try fourStepBundle(), backend: try ONNXRuntimeBackend())
+        let configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: "a red circle", seed: 1)
+        let own = try pipeline.generate(configuration)
+        pipeline.peakPerGeneration = false
+        let whole = try pipeline.generate(configuration)
+        XCTAssertEqual(own.peakMemoryScope, "generation")
+        #if os(Linux)
+        XCTAssertEqual(whole.peakMemoryScope, MemoryFootprint.wasReset ? "last_reset" : "process")
+        XCTAssertEqual(whole.peakMemoryMethod, "VmHWM")
+        XCTAssertGreaterThanOrEqual(whole.peakMemoryBytes, own.peakMemoryBytes)
+        #endif
+        XCTAssertEqual(own.rawImage, whole.rawImage)
+    }
+
     func testCancelStopsBeforeTheNextModelCall() throws {
         let pipeline = try Pipeline(bundle: try fourStepBundle(), backend: try ONNXRuntimeBackend())
         let configuration = Pipeline.Configuration.defaults(for: pipeline.manifest, prompt: "a red circle", seed: 1)

@@ -14,11 +14,22 @@ public protocol InferenceBackend: AnyObject {
     /// Loads one component's file (already verified against its sha256).
     func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
                    spec: BundleManifest.Component) throws -> any InferenceModel
+    /// Loads one component's file, with the runtime's low-memory settings when `lowMemory` (`Pipeline`'s
+    /// low-memory mode; ONNX Runtime: no CPU arena, no memory pattern, weights outside any arena). The settings
+    /// change what the runtime holds, never the outputs. Default: `loadModel(at:component:file:spec:)`, for a
+    /// runtime that has no such settings.
+    func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
+                   spec: BundleManifest.Component, lowMemory: Bool) throws -> any InferenceModel
 }
 
 extension InferenceBackend {
     public var fileTargets: [String] { [target] }
     public var runtimeDescription: String { target }
+
+    public func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
+                          spec: BundleManifest.Component, lowMemory: Bool) throws -> any InferenceModel {
+        try loadModel(at: url, component: component, file: file, spec: spec)
+    }
 }
 
 /// A loaded component: named inputs in, named outputs out.

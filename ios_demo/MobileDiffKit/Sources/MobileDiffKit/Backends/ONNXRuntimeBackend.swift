@@ -46,8 +46,21 @@ public final class ONNXRuntimeBackend: InferenceBackend {
 
     public func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
                           spec: BundleManifest.Component) throws -> any InferenceModel {
-        try ONNXRuntimeModel(env: env, url: url, component: component, spec: spec, intraOpThreads: intraOpThreads, backend: self)
+        try loadModel(at: url, component: component, file: file, spec: spec, lowMemory: false)
     }
+
+    /// `lowMemory`: the session runs without ONNX Runtime's CPU arena (which keeps every block it grew to, e.g. a
+    /// 512 px UNet's attention activations, after a run) and without its memory pattern (one pre-planned block for
+    /// all of a run's activations), and allocates the weights outside any arena, so releasing the session gives them
+    /// all back: the settings of Python's `generate --bundle --low-memory` (`mobilediff.targets.LOW_MEMORY`).
+    public func loadModel(at url: URL, component: String, file: BundleManifest.ComponentFile,
+                          spec: BundleManifest.Component, lowMemory: Bool) throws -> any InferenceModel {
+        try ONNXRuntimeModel(env: env, url: url, component: component, spec: spec, intraOpThreads: intraOpThreads,
+                             lowMemory: lowMemory, backend: self)
+    }
+
+    /// The session config key that allocates a graph's weights with the device allocator, not the arena.
+    static let initializersOutsideArena = "session.use_device_allocator_for_initializers"
 
     /// Writes `onnx`'s graph in ORT's mobile format to `ort` (a path ending in ".ort"), after ONNX Runtime's basic
     /// graph optimizations: the session option `python -m onnxruntime.tools.convert_onnx_models_to_ort` uses. The
@@ -90,12 +103,17 @@ final class ONNXRuntimeModel: InferenceModel {
     private let backend: ONNXRuntimeBackend  // keeps the environment alive as long as the session
 
     init(env: OpaquePointer, url: URL, component: String, spec: BundleManifest.Component, intraOpThreads: Int,
-         backend: ONNXRuntimeBackend) throws {
+         lowMemory: Bool, backend: ONNXRuntimeBackend) throws {
         var options: OpaquePointer?
         try ORT.check(ORT.api.CreateSessionOptions(&options))
         defer { ORT.api.ReleaseSessionOptions(options) }
         if intraOpThreads > 0 { try ORT.check(ORT.api.SetIntraOpNumThreads(options, Int32(intraOpThreads))) }
         try ORT.check(ORT.api.SetSessionGraphOptimizationLevel(options, ORT_ENABLE_ALL))
+        if lowMemory {
+            try ORT.check(ORT.api.DisableCpuMemArena(options))
+            try ORT.check(ORT.api.DisableMemPattern(options))
+            try ORT.check(ORT.api.AddSessionConfigEntry(options, ONNXRuntimeBackend.initializersOutsideArena, "1"))
+        }
         var session: OpaquePointer?
         do {
             try ORT.check(url.path.withCString { ORT.api.CreateSession(env, $0, options, &session) })

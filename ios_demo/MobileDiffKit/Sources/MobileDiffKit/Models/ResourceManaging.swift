@@ -19,7 +19,8 @@ extension ResourceManaging {
 }
 
 /// One component file behind a backend, loaded on first use and droppable. The file (and any external data) is
-/// checked against its sha256 at the first load; reloads after `unloadResources()` reuse that check.
+/// checked against its sha256 at the first load; reloads after `unloadResources()` reuse that check. `lowMemory`:
+/// every load uses the backend's low-memory settings (`InferenceBackend.loadModel(at:component:file:spec:lowMemory:)`).
 ///
 /// Thread-safe: `unloadResources()` may come from another thread (the app's memory-pressure handler) while a call
 /// runs; the model in use is then released as soon as that call returns, and the next call loads it again.
@@ -27,6 +28,7 @@ public final class ManagedModel: ResourceManaging, @unchecked Sendable {
     public let component: String
     public let spec: BundleManifest.Component
     public let file: BundleManifest.ComponentFile
+    public let lowMemory: Bool
     private let bundle: MobileDiffBundle
     private let backend: any InferenceBackend
     // guarded by `lock`
@@ -38,8 +40,10 @@ public final class ManagedModel: ResourceManaging, @unchecked Sendable {
     private var _lastLoadSeconds: Double = 0
     private var _loads = 0
 
-    public init(component: String, bundle: MobileDiffBundle, backend: any InferenceBackend, precision: String? = nil) throws {
+    public init(component: String, bundle: MobileDiffBundle, backend: any InferenceBackend, precision: String? = nil,
+                lowMemory: Bool = false) throws {
         self.component = component
+        self.lowMemory = lowMemory
         self.bundle = bundle
         self.backend = backend
         self.spec = try bundle.manifest.component(component)
@@ -86,7 +90,7 @@ public final class ManagedModel: ResourceManaging, @unchecked Sendable {
         let start = DispatchTime.now()
         let url = try verified ?? bundle.verifiedURL(of: file)
         verified = url
-        let model = try backend.loadModel(at: url, component: component, file: file, spec: spec)
+        let model = try backend.loadModel(at: url, component: component, file: file, spec: spec, lowMemory: lowMemory)
         loaded = model
         _loads += 1
         _lastLoadSeconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9

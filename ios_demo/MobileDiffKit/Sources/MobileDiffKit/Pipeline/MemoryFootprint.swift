@@ -36,8 +36,8 @@ public enum MemoryFootprint {
         #endif
     }
 
-    /// Starts a new peak: on Linux, writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS. Returns
-    /// whether the kernel's peak was reset.
+    /// Starts a new peak: on Linux, writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS
+    /// (process-wide). Returns whether the kernel's peak was reset.
     @discardableResult
     public static func resetPeak() -> Bool {
         #if canImport(Darwin)
@@ -46,8 +46,23 @@ public enum MemoryFootprint {
         guard let handle = FileHandle(forWritingAtPath: "/proc/self/clear_refs") else { return false }
         defer { try? handle.close() }
         do { try handle.write(contentsOf: Data("5".utf8)) } catch { return false }
+        resets.withLock { $0 = true }
         return true
         #endif
+    }
+
+    /// Whether `resetPeak()` ever succeeded in this process (then the kernel's peak no longer counts from its start).
+    public static var wasReset: Bool { resets.withLock { $0 } }
+    private static let resets = LockedFlag()
+
+    private final class LockedFlag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        func withLock<T>(_ body: (inout Bool) -> T) -> T {
+            lock.lock()
+            defer { lock.unlock() }
+            return body(&value)
+        }
     }
 
     /// A field of /proc/self/status in bytes ("VmHWM:   123456 kB").
@@ -62,14 +77,21 @@ public enum MemoryFootprint {
     }
 
     /// The peak over one piece of work: the kernel's high-water mark where the platform keeps a resettable one,
-    /// else the largest of the samples taken (at every stage and sampler step of a generation).
+    /// else the largest of the samples taken (at every stage and sampler step of a generation). Without a reset
+    /// (`resetPeak` false) the kernel's mark counts from the process's start (`scope` "process"), or from the last
+    /// reset where one was made ("last_reset").
     public struct Tracker: Sendable {
         public private(set) var sampledPeak: UInt64 = 0
         private let kernelReset: Bool
+        private let sinceProcessStart: Bool
+        private let earlierReset: Bool
 
-        /// Starts tracking (resets the kernel's peak where possible) and takes the first sample.
-        public init() {
-            kernelReset = MemoryFootprint.resetPeak()
+        /// Starts tracking (resets the kernel's peak where possible, unless `resetPeak` is false) and takes the
+        /// first sample.
+        public init(resetPeak: Bool = true) {
+            kernelReset = resetPeak && MemoryFootprint.resetPeak()
+            sinceProcessStart = !resetPeak && MemoryFootprint.kernelPeak() != nil
+            earlierReset = MemoryFootprint.wasReset
             sample()
         }
 
@@ -79,13 +101,18 @@ public enum MemoryFootprint {
 
         /// The peak so far in bytes (0 if nothing could be read).
         public var peak: UInt64 {
-            if kernelReset, let kernel = MemoryFootprint.kernelPeak() { return max(kernel, sampledPeak) }
+            if kernelReset || sinceProcessStart, let kernel = MemoryFootprint.kernelPeak() { return max(kernel, sampledPeak) }
             return sampledPeak
         }
 
+        /// What `peak` covers, for records: "process" (the kernel's mark since the process started), "last_reset"
+        /// (since an earlier reset) or "generation" (since the tracker started: the kernel's mark after its reset,
+        /// or the samples).
+        public var scope: String { sinceProcessStart ? (earlierReset ? "last_reset" : "process") : "generation" }
+
         /// How `peak` was measured, for records: "VmHWM" or "phys_footprint samples" / "VmRSS samples".
         public var method: String {
-            if kernelReset && MemoryFootprint.kernelPeak() != nil { return "VmHWM" }
+            if (kernelReset || sinceProcessStart) && MemoryFootprint.kernelPeak() != nil { return "VmHWM" }
             #if canImport(Darwin)
             return "phys_footprint samples"
             #else

@@ -41,10 +41,16 @@ extension Pipeline {
         public var rawImage: [Float]
         public var timer: SampleTimer
         public var configuration: Configuration
-        /// The process's peak memory during the generation, in bytes (`MemoryFootprint.Tracker`), and how it was
-        /// measured ("VmHWM" on Linux, "phys_footprint samples" on Apple platforms).
+        /// The process's peak memory during the generation, in bytes (`MemoryFootprint.Tracker`), how it was
+        /// measured ("VmHWM" on Linux, "phys_footprint samples" on Apple platforms) and what it covers: "generation"
+        /// (this generation, its loads included) or "process" (since the process started: every load and
+        /// generation; `Pipeline.peakPerGeneration` off, on Linux).
         public var peakMemoryBytes: UInt64 = 0
         public var peakMemoryMethod: String = ""
+        public var peakMemoryScope: String = ""
+        /// Milliseconds per model loaded during this generation (before its part; not in `timer`): lazy first loads,
+        /// and every load in low-memory mode or after an unload.
+        public var loadMilliseconds: [String: Double] = [:]
     }
 
     /// Where a generation is, reported after each unit of work (`Pipeline.generate`'s `progress`).

@@ -11,19 +11,37 @@ public final class Pipeline: ResourceManaging {
     public let decoder: VAEDecoder
     /// Unload each model as soon as its part of a generation is done (lower peak memory, slower repeats).
     public var reduceMemory: Bool
+    /// The low-memory mode (`mobilediff generate --bundle --low-memory`'s): each model is loaded when its turn comes
+    /// in a generation (text encoder → the prompts' features → unloaded; denoiser → every step → unloaded; decoder →
+    /// the image → unloaded), whatever `reduceMemory` says, with the backend's low-memory settings
+    /// (`InferenceBackend.loadModel(at:component:file:spec:lowMemory:)`): the process holds one model at a time and
+    /// the runtime keeps no arena between calls. The same image as the resident mode; every image loads the three
+    /// models again (without a second sha256 check).
+    public let lowMemory: Bool
+    /// Start the reported peak (`Result.peakMemoryBytes`) as each generation starts (the default: the app shows
+    /// each generation's own peak); off, it counts from the process's start where the platform keeps such a peak
+    /// (Linux: VmHWM), so it covers every load and generation before (`Result.peakMemoryScope`).
+    public var peakPerGeneration = true
 
     public var manifest: BundleManifest { bundle.manifest }
     /// The three component models (text encoder, denoiser, decoder), for load state and timings.
     public var models: [ManagedModel] { [textEncoder.model, denoiser.model, decoder.model] }
 
-    /// Opens a bundle for `backend`; models are loaded on first use (or by `loadResources()`).
-    public init(bundle url: URL, backend: any InferenceBackend, precision: String? = nil, reduceMemory: Bool = false) throws {
-        bundle = try MobileDiffBundle(url: url)
-        tokenizer = try BPETokenizer(folder: bundle.tokenizerURL(), info: bundle.manifest.tokenizer)
-        textEncoder = TextEncoder(model: try ManagedModel(component: "text_encoder", bundle: bundle, backend: backend, precision: precision))
-        denoiser = Denoiser(model: try ManagedModel(component: "unet", bundle: bundle, backend: backend, precision: precision))
-        decoder = VAEDecoder(model: try ManagedModel(component: "vae_decoder", bundle: bundle, backend: backend, precision: precision))
+    /// Opens a bundle for `backend`; models are loaded on first use (or by `loadResources()`). `lowMemory`: the
+    /// low-memory mode (see `lowMemory`).
+    public init(bundle url: URL, backend: any InferenceBackend, precision: String? = nil, reduceMemory: Bool = false,
+                lowMemory: Bool = false) throws {
+        let opened = try MobileDiffBundle(url: url)
+        bundle = opened
+        tokenizer = try BPETokenizer(folder: opened.tokenizerURL(), info: opened.manifest.tokenizer)
+        let model = { (component: String) in
+            try ManagedModel(component: component, bundle: opened, backend: backend, precision: precision, lowMemory: lowMemory)
+        }
+        textEncoder = TextEncoder(model: try model("text_encoder"))
+        denoiser = Denoiser(model: try model("unet"))
+        decoder = VAEDecoder(model: try model("vae_decoder"))
         self.reduceMemory = reduceMemory
+        self.lowMemory = lowMemory
     }
 
     public func loadResources() throws {
@@ -43,7 +61,8 @@ public final class Pipeline: ResourceManaging {
 
     /// Generates one image. A NaN or infinity at run time is `nonFinite` naming where it came from (a component's
     /// graph, or the manifest whose numbers took the engine's float32 arithmetic out of range), never an image.
-    /// Models are loaded when first needed (lazily) and, with `reduceMemory`, released after their part.
+    /// Models are loaded when first needed (lazily: each before its part, timed apart from it, `Result.loadMilliseconds`)
+    /// and, with `reduceMemory` or `lowMemory`, released after their part.
     /// - Parameters:
     ///   - progress: called on the calling thread after the text encoder, after every sampler step and after the
     ///     decoder (`Progress`).
@@ -58,7 +77,13 @@ public final class Pipeline: ResourceManaging {
         let guidance = try GuidanceMode.make(manifest.guidance, scale: configuration.guidanceScale)
         let geometry = manifest.geometry
         var timer = SampleTimer()
-        var memory = MemoryFootprint.Tracker()
+        var loads = SampleTimer()
+        var memory = MemoryFootprint.Tracker(resetPeak: peakPerGeneration)
+        let unloadAfterUse = reduceMemory || lowMemory
+        // `model` loaded now if it is not (its time goes to `loads`, not to its part's)
+        func ensureLoaded(_ model: ManagedModel) throws {
+            if !model.isLoaded { try loads.time(model.component) { try model.loadResources() } }
+        }
         let started = DispatchTime.now().uptimeNanoseconds
         func report(_ stage: Progress.Stage, step: Int) {
             memory.sample()
@@ -75,6 +100,7 @@ public final class Pipeline: ResourceManaging {
         let noise = random.normalArray(count: latentCount)
 
         // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
+        try ensureLoaded(textEncoder.model)
         var text = try timer.time("text_encoder") { try textEncoder.encode(tokenizer.encode(configuration.prompt)) }
         try requireFinite(text.floats, "its output", from: textEncoder.model)
         if case .classifierFree = guidance {
@@ -87,7 +113,7 @@ public final class Pipeline: ResourceManaging {
             try requireFinite(unconditional.floats, "its output", from: textEncoder.model)
             text = Tensor(shape: [2] + text.shape.dropFirst(), floats: unconditional.floats + text.floats)
         }
-        if reduceMemory { textEncoder.unloadResources() }
+        if unloadAfterUse { textEncoder.unloadResources() }
         report(.textEncoded, step: 0)
 
         // 2. the sampler loop
@@ -98,6 +124,8 @@ public final class Pipeline: ResourceManaging {
             condition = nil
         }
         let latentShape = geometry.latentShape
+        try checkCancelled()
+        try ensureLoaded(denoiser.model)
         let latents = try SamplerLoop.run(table: table, noise: noise, denoise: { modelInput, timestep, _ in
             try checkCancelled()
             let out = try timer.time("unet") {
@@ -119,22 +147,24 @@ public final class Pipeline: ResourceManaging {
         })
         // every denoiser output was finite: only the table's arithmetic can have left float32's range
         try requireFinite(latents, "the final latent (sampler \(table.name):\(table.steps))", from: nil)
-        if reduceMemory { denoiser.unloadResources() }
+        if unloadAfterUse { denoiser.unloadResources() }
 
         // 3. decode: latents / scaling_factor + shift_factor
         let scaling = Float(geometry.scalingFactor), shift = Float(geometry.shiftFactor ?? 0)
         let decoderInput = Tensor(shape: latentShape, floats: latents.map { $0 / scaling + shift })
         try requireFinite(decoderInput.floats, "the decoder's input (final latent / geometry.scaling_factor + geometry.shift_factor)", from: nil)
         try checkCancelled()
+        try ensureLoaded(decoder.model)
         let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput) }
         try requireFinite(decoded.floats, "the decoded image", from: decoder.model)
-        if reduceMemory { decoder.unloadResources() }
+        if unloadAfterUse { decoder.unloadResources() }
         report(.decoded, step: table.steps)
 
         let raw = ImageConversion.hwcClamped(chw: decoded.floats, height: decoded.shape[2], width: decoded.shape[3])
         let image = ImageConversion.rgba(hwc: raw, height: decoded.shape[2], width: decoded.shape[3])
         return Result(image: image, rawImage: raw, timer: timer, configuration: configuration,
-                      peakMemoryBytes: memory.peak, peakMemoryMethod: memory.method)
+                      peakMemoryBytes: memory.peak, peakMemoryMethod: memory.method, peakMemoryScope: memory.scope,
+                      loadMilliseconds: loads.milliseconds)
     }
 
     /// One pass over `values`: a NaN or infinity throws `nonFinite` naming `model`'s file when the values are its

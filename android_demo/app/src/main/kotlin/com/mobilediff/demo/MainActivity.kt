@@ -28,6 +28,7 @@ import com.mobilediff.engine.GenerationRequest
 import com.mobilediff.engine.GenerationResult
 import com.mobilediff.engine.ImportCancelled
 import com.mobilediff.engine.Manifest
+import com.mobilediff.engine.MemoryAdvice
 import com.mobilediff.engine.Pipeline
 import com.mobilediff.engine.SamplingPlan
 import com.mobilediff.engine.Tensor
@@ -44,8 +45,9 @@ import com.mobilediff.engine.Bundle as MobilediffBundle
  * bundle holds, a sampling plan from the manifest; type a prompt, seed and guidance (prefilled from the plan);
  * Generate with progress per step and Cancel; Save or Share the image. All engine work runs on one background
  * thread, one task at a time; the loaded pipeline is kept until another bundle or runtime is picked, loads its
- * components lazily and gives them back under memory pressure ([onTrimMemory]). Whatever the engine or a runtime
- * throws on that thread is shown in the status line ([describeFailure]), never let through to crash the app.
+ * components lazily and gives them back under memory pressure ([onTrimMemory]). A bundle whose resident peak would
+ * not fit in the memory available runs in the engine's low-memory mode ([lowMemoryChoice]). Whatever the engine or a
+ * runtime throws on that thread is shown in the status line ([describeFailure]), never let through to crash the app.
  */
 class MainActivity : Activity() {
     private val worker = Executors.newSingleThreadExecutor()
@@ -54,6 +56,8 @@ class MainActivity : Activity() {
     // worker thread only (the UI thread reads `pipeline` to flag memory pressure)
     @Volatile private var pipeline: Pipeline? = null
     private var pipelineKey: Pair<File, RuntimeKind>? = null
+    /** Why the current pipeline runs in low-memory mode, or null when it is resident. */
+    private var lowMemoryReason: String? = null
 
     /** Set by [onTrimMemory] (or on a low-RAM device): pipelines release each component after use. */
     @Volatile private var memoryPressure = false
@@ -357,12 +361,32 @@ class MainActivity : Activity() {
         val key = dir to kind
         pipeline?.takeIf { pipelineKey == key }?.let { return it }
         closePipeline()
-        return Pipeline(MobilediffBundle.open(dir), Backend.forTarget(kind.backend), loading = Pipeline.Loading.LAZY).also {
+        val bundle = MobilediffBundle.open(dir)
+        val reason = lowMemoryChoice(bundle, kind)
+        return Pipeline(bundle, Backend.forTarget(kind.backend), lowMemory = reason != null, loading = Pipeline.Loading.LAZY).also {
             it.reduceMemory = memoryPressure
             it.peakPerGeneration = true
             pipeline = it
             pipelineKey = key
+            lowMemoryReason = reason
         }
+    }
+
+    /**
+     * Why [bundle] should run on [kind] in the engine's low-memory mode (one component loaded at a time, the
+     * runtime without its arena), or null for the resident mode: a low-RAM device or memory pressure seen earlier,
+     * or a resident peak estimated from the weights ([MemoryAdvice]) above the memory available now
+     * (ActivityManager.MemoryInfo.availMem). Worker thread.
+     */
+    private fun lowMemoryChoice(bundle: MobilediffBundle, kind: RuntimeKind): String? {
+        if (memoryPressure) return "memory pressure or a low-RAM device"
+        val info = ActivityManager.MemoryInfo()
+        (getSystemService(Context.ACTIVITY_SERVICE) as ActivityManager).getMemoryInfo(info)
+        val weights = bundle.weightBytes(kind.backend)
+        if (!MemoryAdvice.lowMemoryAdvised(weights, info.availMem)) return null
+        return "weights %.0f MB, resident peak ~%.0f MB > %.0f MB available".format(
+            weights / 1e6, MemoryAdvice.residentPeakBytes(weights) / 1e6, info.availMem / 1e6,
+        )
     }
 
     /** Worker thread. */
@@ -370,6 +394,7 @@ class MainActivity : Activity() {
         val old = pipeline ?: return
         pipeline = null
         pipelineKey = null
+        lowMemoryReason = null
         try {
             old.close()
         } catch (e: Throwable) {
@@ -472,7 +497,9 @@ class MainActivity : Activity() {
         append("%-13s %8.1f ms".format("total", r.totalMs))
         if (r.loadMs.isNotEmpty()) append("\nloaded " + r.loadMs.entries.joinToString { (c, ms) -> "%s %.0f ms".format(c, ms) })
         r.memory?.let { append("\nmemory: $it") }
-        if (p.reduceMemory) append("\ncomponents released after use (memory pressure)")
+        val reason = lowMemoryReason
+        if (p.lowMemory) append("\nlow-memory mode: one component loaded at a time ($reason)")
+        else if (p.reduceMemory) append("\ncomponents released after use (memory pressure)")
     }
 
     private fun prefs() = getSharedPreferences(PREFS, Context.MODE_PRIVATE)

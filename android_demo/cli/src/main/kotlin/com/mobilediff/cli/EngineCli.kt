@@ -21,8 +21,10 @@ import kotlin.system.exitProcess
 
 private const val USAGE = """usage:
   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--sampler NAME]
-                     [--guidance G] [--warmup 1] [--repeats 1] --out IMG.png --json RESULT.json
-                     (ms_total: the median of the timed repeats, after the untimed warm-up runs)
+                     [--guidance G] [--warmup 1] [--repeats 1] [--low-memory] --out IMG.png --json RESULT.json
+                     (ms_total: the median of the timed repeats, after the untimed warm-up runs, loading excluded;
+                     --low-memory: each component loaded when its turn comes and released after it, the runtime
+                     without its arena: the same image, a lower peak, every run loads the components again)
   engine.sh check-goldens --bundle B --goldens DIR --backend onnx|executorch [--model NAME] --json ROWS.json"""
 
 /**
@@ -37,7 +39,7 @@ fun main(jvmArgs: Array<String>) {
     try {
         val args = rawArguments(jvmArgs)
         when (args.firstOrNull()) {
-            "generate" -> generate(Options(args.drop(1), GENERATE_OPTIONS))
+            "generate" -> generate(Options(args.drop(1), GENERATE_OPTIONS, GENERATE_FLAGS))
             "check-goldens" -> checkGoldens(Options(args.drop(1), CHECK_GOLDENS_OPTIONS))
             "-h", "--help", "help" -> println(USAGE)
             null -> fail("a command is required: generate or check-goldens (--help for usage)")
@@ -84,6 +86,7 @@ private fun rawArguments(jvmArgs: Array<String>): List<String> {
 
 private val GENERATE_OPTIONS =
     setOf("bundle", "backend", "prompt", "seed", "steps", "sampler", "guidance", "warmup", "repeats", "out", "json")
+private val GENERATE_FLAGS = setOf("low-memory")
 private val CHECK_GOLDENS_OPTIONS = setOf("bundle", "goldens", "backend", "model", "json")
 
 private const val MAIN_CLASS = "com.mobilediff.cli.EngineCliKt"
@@ -101,20 +104,30 @@ private fun splitNul(bytes: ByteArray): List<ByteArray> {
     return out
 }
 
-/** `--name value` pairs, each name one of [allowed]. */
-private class Options(args: List<String>, allowed: Set<String>) {
+/** `--name value` pairs, each name one of [allowed], and `--name` switches, each one of [flags]. */
+private class Options(args: List<String>, allowed: Set<String>, private val flags: Set<String> = emptySet()) {
     private val values = HashMap<String, String>()
+    private val set = HashSet<String>()
 
     init {
-        for (i in args.indices step 2) {
+        var i = 0
+        while (i < args.size) {
             val name = args[i].removePrefix("--")
-            require(args[i].startsWith("--") && name in allowed) {
-                "unknown option '${args[i]}' (allowed: ${allowed.sorted().joinToString(" ") { "--$it" }})"
+            require(args[i].startsWith("--") && (name in allowed || name in flags)) {
+                "unknown option '${args[i]}' (allowed: ${(allowed + flags).sorted().joinToString(" ") { "--$it" }})"
+            }
+            if (name in flags) {
+                set.add(name)
+                i += 1
+                continue
             }
             require(i + 1 < args.size) { "${args[i]} needs a value (--help for usage)" }
             values[name] = args[i + 1]
+            i += 2
         }
     }
+
+    fun flag(name: String): Boolean = name in set
 
     fun required(name: String): String = values[name] ?: throw IllegalArgumentException("--$name is required (--help for usage)")
     fun optional(name: String): String? = values[name]
@@ -129,7 +142,8 @@ private fun generate(o: Options) {
     val seed = o.required("seed").toLongOrNull() ?: throw IllegalArgumentException("--seed must be an integer")
     val prompt = o.required("prompt").also { Prompts.check(it, "--prompt") }
     val bundle = Bundle.open(File(o.required("bundle")))
-    Pipeline(bundle, Backend.forTarget(o.required("backend"))).use { pipeline ->
+    val lowMemory = o.flag("low-memory")
+    Pipeline(bundle, Backend.forTarget(o.required("backend")), lowMemory = lowMemory).use { pipeline ->
         val request = GenerationRequest(prompt, seed, o.int("steps"), o.optional("sampler"), o.double("guidance"))
         val warmup = o.int("warmup") ?: 1
         val repeats = o.int("repeats") ?: 1
@@ -156,8 +170,11 @@ private fun generate(o: Options) {
             .put("backend", pipeline.backend.target).put("warmup_runs", warmup).put("repeats", repeats)
             .put("runtime_version", pipeline.backend.runtimeVersion)
             .put("ms_total_runs", JSONArray(runs.map { it.totalMs }))
+            .put("low_memory", lowMemory)
             // the process's resident peak (VmHWM) over loading, warm-up and every run; absent where not reported
             .put("peak_rss_bytes", runs.last().memory?.peakRssBytes)
+            // "process" here: the peak counts from the JVM's start (the pipeline never resets it)
+            .put("peak_memory_scope", runs.last().memory?.peakSince?.scope)
         atomicWrite(json) { it.writeText(record.toString(2)) }
         println("wrote $out (${r.plan.sampler}-${r.plan.steps}, guidance ${r.plan.guidance}, ${"%.1f".format(r.totalMs)} ms)")
     }

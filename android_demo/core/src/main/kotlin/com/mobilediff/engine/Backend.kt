@@ -21,9 +21,11 @@ interface Backend {
     /**
      * Load one component graph; [spec] gives its inputs and outputs in graph order. The graph's own inputs and
      * outputs are checked against [spec] before it is returned ([checkGraphIo]): a mismatch is a [BundleError]
-     * naming [path] (the file as the manifest names it), as is a file the runtime cannot load.
+     * naming [path] (the file as the manifest names it), as is a file the runtime cannot load. [lowMemory]: the
+     * runtime's settings of the low-memory mode ([Pipeline]'s `lowMemory`; ONNX Runtime: no CPU arena, no memory
+     * pattern, weights outside any arena), which change what is held, never the outputs.
      */
-    fun load(file: File, spec: ComponentSpec, path: String = file.name): ComponentSession
+    fun load(file: File, spec: ComponentSpec, path: String = file.name, lowMemory: Boolean = false): ComponentSession
 
     companion object {
         /** The backend for a target name. */

@@ -17,13 +17,27 @@ class Bundle private constructor(val dir: File, val manifest: Manifest) {
      * graph's batch facts ([ComponentFile.dynamicBatch]): it is the same graph.
      */
     fun componentFile(component: String, target: String, precision: String? = null, preferOrt: Boolean = true): Pair<File, ComponentFile> {
-        val spec = manifest.component(component)
-        val onnxOrOther = spec.file(target, precision)
-        val ort = if (target == ONNX && preferOrt) spec.files.firstOrNull { it.target == ORT && it.precision == onnxOrOther.precision } else null
-        val entry = ort?.let { ComponentFile(it.target, it.precision, it.file, it.externalData, onnxOrOther.dynamicBatch) } ?: onnxOrOther
+        val entry = componentEntry(component, target, precision, preferOrt)
         for (ref in listOf(entry.file) + entry.externalData) verify(ref)
         return File(dir, entry.file.path) to entry
     }
+
+    /** The manifest's entry that [componentFile] hands out, from the manifest alone (no file is read). */
+    fun componentEntry(component: String, target: String, precision: String? = null, preferOrt: Boolean = true): ComponentFile {
+        val spec = manifest.component(component)
+        val onnxOrOther = spec.file(target, precision)
+        val ort = if (target == ONNX && preferOrt) spec.files.firstOrNull { it.target == ORT && it.precision == onnxOrOther.precision } else null
+        return ort?.let { ComponentFile(it.target, it.precision, it.file, it.externalData, onnxOrOther.dynamicBatch) } ?: onnxOrOther
+    }
+
+    /**
+     * Bytes of the three component files a backend reading [target] loads ([componentEntry]: graph and external
+     * data), as the manifest records them (the file's length on disk where it omits one). Throws [BundleError] when
+     * the bundle has no such file.
+     */
+    fun weightBytes(target: String, precision: String? = null): Long =
+        Manifest.COMPONENTS.flatMap { c -> componentEntry(c, target, precision).let { listOf(it.file) + it.externalData } }
+            .sumOf { if (it.sizeBytes >= 0) it.sizeBytes else File(dir, it.path).length() }
 
     /** The CLIP tokenizer from the bundle's tokenizer files (each present, and sha256-checked where the manifest lists one). */
     fun tokenizer(): ClipTokenizer {

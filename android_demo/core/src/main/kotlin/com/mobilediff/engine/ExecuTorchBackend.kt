@@ -17,7 +17,8 @@ class ExecuTorchBackend : Backend {
     override val target = "executorch"
     override val runtimeVersion: String? get() = System.getProperty("mobilediff.executorch.runtime")
 
-    override fun load(file: File, spec: ComponentSpec, path: String): ComponentSession {
+    /** [lowMemory] changes nothing: the Module maps the program file, with no arena of its own to give up. */
+    override fun load(file: File, spec: ComponentSpec, path: String, lowMemory: Boolean): ComponentSession {
         val (inputs, outputs) = ExecuTorchProgram.methodIo(file, path)
         checkGraphIo(spec.name, path, spec, inputs, outputs)
         val module = try {

@@ -22,12 +22,23 @@ class OnnxRuntimeBackend : Backend {
     /** The version the loaded native library reports ("1.29.0"). */
     override val runtimeVersion: String get() = env.version
 
-    override fun load(file: File, spec: ComponentSpec, path: String): ComponentSession {
+    /**
+     * [lowMemory]: the session runs without ONNX Runtime's CPU arena (which keeps every block it grew to, e.g. a
+     * 512 px UNet's attention activations, after a run) and without its memory pattern (one pre-planned block for all
+     * of a run's activations), and allocates the weights outside any arena, so closing the session gives them all
+     * back: the settings of Python's `generate --bundle --low-memory` (`mobilediff.targets.LOW_MEMORY`).
+     */
+    override fun load(file: File, spec: ComponentSpec, path: String, lowMemory: Boolean): ComponentSession {
         val options = OrtSession.SessionOptions()
         // a graph ONNX Runtime refuses is reported by the exception alone
         options.setSessionLogLevel(OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL)
         // said outright rather than left to the file name: an ORT-format graph is never parsed as ONNX
         if (file.name.endsWith(".$ORT_EXTENSION")) options.addConfigEntry("session.load_model_format", "ORT")
+        if (lowMemory) {
+            options.setCPUArenaAllocator(false)
+            options.setMemoryPatternOptimization(false)
+            options.addConfigEntry(INITIALIZERS_OUTSIDE_ARENA, "1")
+        }
         val session = try {
             env.createSession(file.path, options)
         } catch (e: OrtException) {
@@ -60,6 +71,9 @@ class OnnxRuntimeBackend : Backend {
 
     companion object {
         const val ORT_EXTENSION = "ort"
+
+        /** The session config key that allocates a graph's weights with the device allocator, not the arena. */
+        const val INITIALIZERS_OUTSIDE_ARENA = "session.use_device_allocator_for_initializers"
     }
 
     private fun oneLine(message: String?): String = message.orEmpty().lineSequence().map { it.trim() }.filter { it.isNotEmpty() }.joinToString(" ")

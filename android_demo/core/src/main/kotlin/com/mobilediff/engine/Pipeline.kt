@@ -54,7 +54,9 @@ interface GenerationListener {
  * Memory: with [Loading.LAZY] a component is loaded on its first call (text encoder, then UNet, then decoder);
  * [release] frees every loaded component (each is loaded again, without a second sha256 check, on its next call),
  * and with [reduceMemory] each is released after its last call of a generation, so at most one component is
- * resident at a time. [GenerationResult.memory] records the process's peak resident memory.
+ * resident at a time. [lowMemory] is the low-memory mode (`mobilediff generate --bundle --low-memory`'s): lazy
+ * loading and release after each part, always, with the backend's low-memory settings ([Backend.load]).
+ * [GenerationResult.memory] records the process's peak resident memory.
  *
  * Not thread-safe: generate and release from one thread at a time. [reduceMemory] and the [CancelToken] passed to
  * [generate] may be set from any thread.
@@ -63,7 +65,16 @@ class Pipeline(
     val bundle: Bundle,
     val backend: Backend,
     private val precision: String? = null,
-    loading: Loading = Loading.EAGER,
+    /**
+     * Low-memory mode: each component is loaded when its turn comes in a generation (text encoder -> the prompts'
+     * features -> released; UNet -> every step -> released; decoder -> the image -> released) with the backend's
+     * low-memory settings, so the process holds one component at a time and the runtime keeps no arena between
+     * calls. Each is released after its part whatever [reduceMemory] says, so every image loads the three again
+     * (without a second sha256 check). The same image as the resident mode, bit for bit. [loading] must be
+     * [Loading.LAZY] (its default here).
+     */
+    val lowMemory: Boolean = false,
+    loading: Loading = if (lowMemory) Loading.LAZY else Loading.EAGER,
 ) : AutoCloseable {
     enum class Loading {
         /** The constructor checks and loads every component: a bad file fails before any generation. */
@@ -100,6 +111,9 @@ class Pipeline(
     val loadedComponents: List<String> get() = components.values.filter { it.isLoaded }.map { it.name }
 
     init {
+        require(!(lowMemory && loading == Loading.EAGER)) {
+            "a low-memory pipeline loads each component when its turn comes: Loading.EAGER contradicts it"
+        }
         val declared = LinkedHashMap<String, Component>()
         for (name in Manifest.COMPONENTS) {
             val spec = manifest.component(name)
@@ -191,7 +205,7 @@ class Pipeline(
     }
 
     private fun releaseIfReducing(name: String) {
-        if (reduceMemory) components.getValue(name).release()
+        if (reduceMemory || lowMemory) components.getValue(name).release()
     }
 
     /**
@@ -303,7 +317,7 @@ class Pipeline(
             listener?.onLoading(name)
             val start = System.nanoTime()
             val (file, entry) = checked ?: bundle.componentFile(name, backend.target, precision).also { checked = it }
-            val loaded = backend.load(file, spec, entry.file.path)
+            val loaded = backend.load(file, spec, entry.file.path, lowMemory)
             val ms = (System.nanoTime() - start) / 1e6
             session = loaded
             lastLoadMs[name] = ms

@@ -8,11 +8,12 @@ import java.io.File
  * arenas), which the Java heap does not.
  */
 data class MemoryUsage(val rssBytes: Long, val peakRssBytes: Long, val peakSince: PeakSince) {
-    enum class PeakSince(val words: String) {
-        PROCESS_START("since the process started"),
-        LAST_RESET("since the last peak reset"),
+    /** Where the peak counts from: [words] for people, [scope] for records (the engine CLI's `peak_memory_scope`). */
+    enum class PeakSince(val words: String, val scope: String) {
+        PROCESS_START("since the process started", "process"),
+        LAST_RESET("since the last peak reset", "last_reset"),
         /** Reset by [Pipeline.generate] as it started ([Pipeline.peakPerGeneration]): this generation's own peak. */
-        GENERATION_START("this generation"),
+        GENERATION_START("this generation", "generation"),
     }
 
     override fun toString(): String = "peak %.1f MiB (%s), now %.1f MiB".format(peakRssBytes / MIB, peakSince.words, rssBytes / MIB)

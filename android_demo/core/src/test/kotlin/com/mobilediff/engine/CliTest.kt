@@ -56,6 +56,29 @@ class CliTest {
     }
 
     @Test
+    fun lowMemoryGivesTheSameImageAndSaysSo() {
+        val bundle = TinyBundle.write(tmp.newFolder("bundle"))
+        val records = listOf(false, true).map { low ->
+            val json = File(tmp.root, "low_$low.json")
+            val more = listOf("--warmup", "0") + if (low) listOf("--low-memory") else emptyList()
+            val run = cli("generate", "--bundle", bundle.path, "--backend", "onnx", "--prompt", "a red circle", "--seed", "0",
+                "--out", File(tmp.root, "low_$low.png").path, "--json", json.path, *more.toTypedArray())
+            assertEquals(run.stderr, 0, run.status)
+            org.json.JSONObject(json.readText())
+        }
+        assertEquals(listOf(false, true), records.map { it.getBoolean("low_memory") })
+        for (r in records) {
+            assertEquals("process", r.getString("peak_memory_scope"))
+            assertTrue(r.toString(), r.getLong("peak_rss_bytes") > 0)
+            assertEquals(Manifest.COMPONENTS.toSet(), r.getJSONObject("load_ms").keys().asSequence().toSet())
+        }
+        val (resident, low) = records.map { File(it.getString("image_raw")).readBytes() }
+        assertTrue("the low-memory image is the resident one, byte for byte", resident.contentEquals(low))
+        // a switch takes no value: what follows it is the next option
+        assertBadInput(generate(bundle, "x", "onnx", "--low-memory", "1"), "error: unknown option '1'")
+    }
+
+    @Test
     fun badBundlesAreOneLine() {
         assertBadInput(generate(File(tmp.root, "missing")), "bad bundle: ", "bundle folder not found")
         val swapped = TinyBundle.write(tmp.newFolder("swapped")) { m ->

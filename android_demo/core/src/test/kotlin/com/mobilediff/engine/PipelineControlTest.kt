@@ -152,6 +152,45 @@ class PipelineControlTest {
     }
 
     @Test
+    fun lowMemoryLoadsOneComponentAtATimeAndGivesTheResidentImage() {
+        Fixtures.require()
+        // the default model (DDIM-50 with classifier-free guidance: two text encoder calls) where the fixtures have it
+        val name = if ("default" in Fixtures.models) "default" else model
+        val bundle = Bundle.open(Fixtures.bundle(name))
+        val resident = Pipeline(bundle, OnnxRuntimeBackend()).use { it.generate(request) }
+        Pipeline(bundle, OnnxRuntimeBackend(), lowMemory = true).use { p ->
+            assertEquals(emptyList<String>(), p.loadedComponents)
+            for (round in 1..2) {
+                // what is loaded as each component finishes loading: that component alone
+                val residentAtLoad = ArrayList<List<String>>()
+                val rec = object : GenerationListener {
+                    val events = ArrayList<String>()
+                    override fun onLoaded(component: String, ms: Double) {
+                        residentAtLoad.add(p.loadedComponents)
+                        events.add("loaded $component")
+                    }
+                    override fun onCall(component: String, inputs: List<Tensor>, outputs: List<Tensor.F32>, ms: Double) {
+                        events.add("call $component")
+                    }
+                }
+                val result = p.generate(request, rec)
+                assertArrayEquals("$name round $round: the resident image, bit for bit", resident.raw, result.raw, 0f)
+                assertEquals(Manifest.COMPONENTS.map { listOf(it) }, residentAtLoad)
+                assertEquals(Manifest.COMPONENTS, result.loadMs.keys.toList())
+                // the text encoder's calls, then the UNet's, then the decoder's, each loaded once before its first call
+                val runs = rec.events.filterIndexed { i, e -> i == 0 || e != rec.events[i - 1] }
+                assertEquals(
+                    listOf("loaded text_encoder", "call text_encoder", "loaded unet", "call unet", "loaded vae_decoder", "call vae_decoder"),
+                    runs,
+                )
+                assertEquals(emptyList<String>(), p.loadedComponents)
+            }
+        }
+        val e = expectThrown<IllegalArgumentException> { Pipeline(bundle, OnnxRuntimeBackend(), lowMemory = true, loading = Pipeline.Loading.EAGER) }
+        assertTrue(e.message!!, e.message!!.contains("Loading.EAGER"))
+    }
+
+    @Test
     fun lazyPipelineNamesABadFileWhenItLoads() {
         val dir = TinyBundle.write(tmp.newFolder("bundle"))
         java.io.File(dir, "vae_decoder/model.onnx").appendBytes(byteArrayOf(0))
