@@ -17,6 +17,8 @@ it, see :data:`SCRIPTS`).
     real_architectures  real UNet architectures with random weights: export and latency in isolated processes
     memory              peak memory of whole pipelines and their components per runtime, precision and setting
     configurations      the store of measured configurations rebuilt from the result files
+    deploy_scaling      the scaling study's verdicts with the budget in FLOPs, eager and runtime latency
+                        (scaling_deploy)
     baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
     app_parity, app_memory, optimum_check, ort_format
                         the other benchmarks (optimum_worker: optimum_check's side, run in optimum's environment)
@@ -29,7 +31,8 @@ SCRIPTS = {"app_memory": "app_memory", "app_parity": "app_parity", "baseline_qua
            "configurations": "configurations", "decoder": "decoder",
            "distillation": "distillation", "export_parity": "export_parity", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",
-           "run_device": "device_run", "scaling": "scaling", "student_quality": "student_quality",
+           "run_device": "device_run", "scaling": "scaling", "scaling_deploy": "deploy_scaling",
+           "student_quality": "student_quality",
            "xnnpack_convs": "xnnpack_convs"}
 
 
