@@ -276,7 +276,8 @@ def write_markdown(result: dict) -> str:
                      f"{f.get('ms_per_gflop', float('nan')):.3f} | {f.get('r2', float('nan')):.3f} | {cross} | {params} |")
     reals = [(t["unit"], p) for t in result["kernel_bound"] for p in t["real"]]
     if reals:
-        lines += ["", "Real-size UNets (random weights, latency only) against the family's line:", "",
+        lines += ["", "Real-size UNets (random weights, latency only) against the family's line (a local fit: where a "
+                  "real-size UNet runs at more GFLOP/s than the family's largest, the line over-predicts its time):", "",
                   "| unit | UNet | GFLOP per call | measured ms | GFLOP/s | the family's line predicts ms |",
                   "|---|---|---|---|---|---|"]
         for unit, p in reals:
