@@ -46,7 +46,9 @@ class Recommendation:
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def _read_json(path: Path, what: str):
+def read_json(path: Path, what: str):
+    """The JSON file at ``path`` (``what``: the flag that named it); one MobilediffError line when it is missing, a
+    folder or not JSON."""
     path = Path(path)
     if not path.exists():
         raise MobilediffError(f"{what} {path}: not found")
@@ -72,7 +74,7 @@ def read_table(path: Path) -> list[Configuration]:
         if not path.exists():
             raise MobilediffError(f"--table {path}: not found")
         return read_store(path)
-    rows = _read_json(path, "--table")
+    rows = read_json(path, "--table")
     meta_file = path.with_name(path.stem + "_meta.json")
     meta = None
     if meta_file.is_file():
@@ -96,7 +98,7 @@ def candidates_for(table: Path, device: str | None = None) -> tuple[list[Configu
         cands = [r for r in rows if is_candidate(r)]
         source = str(table)
     elif _looks_like_file(device):
-        result = _read_json(Path(device), "--device")
+        result = read_json(Path(device), "--device")
         composed, notes = compose_from_device(result, device, rows)  # first: it refuses a file of another kind
         device_rows = fill_from(from_run_device(result, device), rows)
         measured = [r for r in device_rows if is_candidate(r)]

@@ -97,13 +97,14 @@ def rows_in_unit(rows: list[dict], unit: str, costs: dict[tuple[str, str, str], 
 
 
 def judge(rows: list[dict], costs: dict[tuple[str, str, str], StepCost], rule: BudgetRule = BudgetRule()) -> list[dict]:
-    """Per unit: {"unit", "rows", "dropped", "models", "verdicts": claims (a), (b), (c)} (claim (d) does not depend on
+    """Per unit: {"unit", "rows", "dropped", "models", "unit_rows" (:func:`rows_in_unit`), "verdicts": claims (a),
+    (b), (c)} (claim (d) does not depend on
     the budget's unit). A unit where fewer than two model sizes have rows gives no verdicts and says so."""
     out = []
     for unit in units_of(costs):
         urows, dropped = rows_in_unit(rows, unit, costs)
         models = sorted({r["model"] for r in urows})
-        entry = {"unit": unit, "rows": len(urows), "dropped": dropped, "models": models}
+        entry = {"unit": unit, "rows": len(urows), "dropped": dropped, "models": models, "unit_rows": urows}
         if len(models) < 2:
             entry["verdicts"] = []
             entry["reason"] = f"{len(models)} model size(s) costed in this unit: no comparison"
@@ -337,11 +338,11 @@ def plot(result: dict):
 def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> None:
     """``benchmarks/scaling_deploy.py``: the study's rows and run_device results in, the verdicts per unit and the
     kernel-bound table out (scaling_deploy.json, .md, .png in ``--out``)."""
-    import json
     import time
 
     from mobilediff.bench.envelope import Parser, command_line, envelope, json_safe, savefig, write_results
     from mobilediff.configurations import device_costs
+    from mobilediff.recommend import read_json
 
     ap = Parser(doc)
     ap.add_argument("--scaling", type=Path, default=(results or Path(".")) / "scaling.json",
@@ -354,20 +355,10 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     args = ap.parse_args(argv)
     t0 = time.time()
 
-    def read(path: Path, what: str):
-        if not path.is_file():
-            raise MobilediffError(f"{what} {path}: not found")
-        try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MobilediffError(f"corrupt {path}: {e}") from None
-
-    rows = check_rows(read(args.scaling, "--scaling"), str(args.scaling))
-    costs = merge_costs([c for d in args.device for c in device_costs(read(d, "--device"), str(d))])
-    real = [p for f in args.real for p in real_points(read(f, "--real"))]
-    judged = []
-    for j in judge(rows, costs):
-        judged.append({**j, "unit_rows": rows_in_unit(rows, j["unit"], costs)[0]})
+    rows = check_rows(read_json(args.scaling, "--scaling"), str(args.scaling))
+    costs = merge_costs([c for d in args.device for c in device_costs(read_json(d, "--device"), str(d))])
+    real = [p for f in args.real for p in real_points(read_json(f, "--real"))]
+    judged = judge(rows, costs)
     def rel(p: Path) -> str:
         import os
         root = Path(__file__).resolve().parents[2]
