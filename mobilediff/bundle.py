@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ROLES = ("teacher", "student")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # every bundle holds these three
+IMAGE_ENCODER = "vae_encoder"  # and image-to-image / inpainting bundles this one
 
 
 def file_name(component: str, target: str, precision: str, ext: str) -> str:
@@ -283,7 +284,12 @@ class SamplerEntry(_Record):
     output_coef: list  # [i][k]: weight of output_{i-k}
     noise_coef: list
     sampler: str = ""  # the diffusers scheduler class it was measured from
+    # image-to-image / inpainting bundles (mobilediff.sampler_table.image_tables): [image_coef, noise_coef] that noise
+    # a clean latent to timestep j; {start j: table of the run from step j} where it is not this table's rows from j
+    add_noise: list | None = None
+    starts: dict | None = None
     extra: dict = field(default_factory=dict, compare=False)
+    _OMIT_NONE = ("add_noise", "starts")
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,38 @@ class SamplingPlan(_Record):
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
 
 
+IMAGE_MODES = ("img2img", "inpaint")
+
+
+@dataclass(frozen=True)
+class ImageModes(_Record):
+    """Image-to-image and inpainting (``export --image-modes``): the bundle holds a ``vae_encoder`` and every sampler
+    table its ``add_noise`` rows (and ``starts``). The rules an app follows, as diffusers' StableDiffusionImg2Img- and
+    (4-channel UNet) StableDiffusionInpaintPipeline run them (mobilediff.sampler_table.run_image_table):
+
+    - image: RGB at the bundle's height x width, ``x / 127.5 - 1``; encoder -> (mean, std); draws from the seed's
+      generator in this order: eps (latent-shaped, only for a ``gaussian`` posterior), the noise, for inpainting with
+      a ``gaussian`` posterior one more latent-shaped draw (diffusers encodes the masked image with the generator; its
+      latent is unused), then the sampler's fresh noise; clean latent ``z0 = (mean + std * eps - shift_factor) * scaling_factor``;
+    - ``k = min(floor(steps * strength), steps)`` steps run, from step ``j = steps - k``: the table ``starts[j]`` if
+      listed, else the table's rows from j; first latent ``add_noise[j][0] * z0 + add_noise[j][1] * noise``
+      (inpainting at strength 1: ``noise * init_noise_sigma``);
+    - mask: grayscale, repaint where ``value >= 128``; the latent mask is its pixel ``(y * f, x * f)`` (f the VAE
+      factor); after run step i, ``latent = (1 - m) * known + m * latent`` with ``known = add_noise[j+i+1]`` applied
+      to (z0, noise), or z0 after the last step."""
+
+    modes: list  # of IMAGE_MODES
+    encoder_posterior: str  # "gaussian" | "deterministic"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        bad = [m for m in self.modes if m not in IMAGE_MODES]
+        if bad or not self.modes:
+            raise ValueError(f"unknown image mode {bad[0] if bad else None!r} (known: {', '.join(IMAGE_MODES)})")
+        if self.encoder_posterior not in ("gaussian", "deterministic"):
+            raise ValueError(f"encoder_posterior must be gaussian or deterministic, got {self.encoder_posterior!r}")
+
+
 @dataclass(frozen=True)
 class Source(_Record):
     model: str = ""
@@ -371,10 +409,12 @@ class Manifest(_Record):
     default_sampling: SamplingPlan | None = None  # absent in the first bundles: see :meth:`plan`
     quantization: dict | None = None  # recipe, per-target settings, calibration summary
     fused: dict | None = None  # --fused-steps: one program text -> N steps -> image (components' layout + table)
+    image: ImageModes | None = None  # --image-modes: image-to-image and inpainting
     extra: dict = field(default_factory=dict, compare=False)
     _NESTED = {"source": Source, "geometry": Geometry, "tokenizer": Tokenizer, "components": (dict, ComponentEntry),
                "samplers": (list, SamplerEntry), "guidance": Guidance, "model": ModelRole,
-               "default_sampling": SamplingPlan}
+               "default_sampling": SamplingPlan, "image": ImageModes}
+    _OMIT_NONE = ("image",)
 
     def __post_init__(self):
         missing = [c for c in COMPONENTS if c not in self.components]
@@ -382,6 +422,16 @@ class Manifest(_Record):
             raise ValueError(f"components has no {missing[0]!r} (a bundle holds {', '.join(COMPONENTS)})")
         if not self.samplers:
             raise ValueError("samplers is empty (a bundle without sampler tables cannot sample)")
+        if self.image is not None:
+            if IMAGE_ENCODER not in self.components:
+                raise ValueError(f"image modes {', '.join(self.image.modes)} need a {IMAGE_ENCODER!r} component")
+            lacking = [f"{t.name}:{t.steps}" for t in self.samplers if not t.add_noise or len(t.add_noise) != t.steps]
+            if lacking:
+                raise ValueError(f"image modes need every sampler table's add_noise rows (samplers {lacking[0]})")
+
+    def supports(self, mode: str) -> bool:
+        """Whether the bundle runs ``mode`` ("txt2img" always; "img2img", "inpaint" when exported with them)."""
+        return mode == "txt2img" or (self.image is not None and mode in self.image.modes)
 
     @property
     def role(self) -> ModelRole:

@@ -479,11 +479,22 @@ def _warn(msg: str) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
 @click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True, help="Host runtime for --bundle.")
 @click.option("--low-memory", is_flag=True, help="With --bundle: load each component when its turn comes and release it before the next, ONNX Runtime without its CPU arena and memory pattern (the same image; each image reloads the components). For real-size models on a small machine: docs/results.md, Memory.")
-def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime, low_memory):
-    """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes)."""
+@click.option("--init-image", type=click.Path(path_type=Path), default=None, help="Image-to-image: start from this image (8-bit RGB or grayscale, exactly the model's size) instead of noise alone; a bundle needs export --image-modes.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Inpainting, with --init-image: a grayscale image of the same size; white (>= 128) is repainted, black kept.")
+@click.option("--strength", type=Finite(min=0), default=None, help="With --init-image: how much of the sampling runs over the image, in (0, 1] (steps x strength steps, diffusers' rule; 1: from noise). Default: 0.75 for image-to-image, 1 for inpainting.")
+def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime, low_memory, init_image,
+                 mask, strength):
+    """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes): from text,
+    or from an image (--init-image, --mask, --strength)."""
     _refuse_conflicts(("conflicts", "bundle", "model", "a bundle holds its own model"),
                       ("needs", "runtime", "bundle", "the runtime runs a bundle's graphs"),
-                      ("needs", "low_memory", "bundle", "it is how a bundle's graphs are loaded"))
+                      ("needs", "low_memory", "bundle", "it is how a bundle's graphs are loaded"),
+                      ("needs", "mask", "init_image", "a mask marks what to repaint of an image"),
+                      ("needs", "strength", "init_image", "the strength is how far the image is noised"))
+    if strength is not None and not 0 < strength <= 1:
+        raise MobilediffError(f"--strength must be in (0, 1], got {strength:g}")
+    if init_image is not None and strength is None:
+        strength = 1.0 if mask is not None else 0.75
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -507,6 +518,13 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         steps, sampler, guidance = _sampling_defaults(manifest.plan, steps, sampler, guidance)
         validate_generation(steps, guidance, list(prompts), list(seeds))
         manifest.sampler_table(sampler, steps)  # fail fast on a missing table
+        image = mask_latent = None
+        if init_image is not None:
+            if not manifest.supports("inpaint" if mask is not None else "img2img"):
+                raise MobilediffError(f"bundle {bundle} was exported without image modes: export it again with "
+                                      f"--image-modes")
+            image, mask_latent = _image_inputs(init_image, mask, manifest.geometry.height, manifest.geometry.width,
+                                               manifest.geometry.vae_scale_factor, steps, strength)
         runner = BundleRunner(bundle, runtime, settings=LOW_MEMORY[runtime] or None, resident=False) if low_memory \
             else BundleRunner(bundle, runtime)
         for p in prompts:
@@ -514,22 +532,45 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         with tqdm(total=len(all_prompts), desc=f"{runtime} {sampler} {steps} steps") as bar:
             images = []
             for p, sd in zip(all_prompts, all_seeds):
-                images.append(runner.generate(p, sd, steps, sampler, guidance))
+                images.append(runner.generate(p, sd, steps, sampler, guidance, init_image=image, mask=mask_latent,
+                                              strength=strength))
                 bar.update(1)
         images = torch.cat(images)
     else:
+        from mobilediff.components import image_size
+        from mobilediff.sampling import generate_from_image
+
         pipe, plan = _model_plan(model)
         steps, sampler, guidance = _sampling_defaults(plan, steps, sampler, guidance)
         validate_generation(steps, guidance, list(prompts), list(seeds))
+        image = mask_latent = None
+        if init_image is not None:
+            image, mask_latent = _image_inputs(init_image, mask, *image_size(pipe), int(pipe.vae_scale_factor),
+                                               steps, strength)
         for p in prompts:
             check_prompt_length(pipe.tokenizer, p, _warn)
         with tqdm(total=steps * ((len(all_prompts) + 63) // 64), desc=f"{sampler} {steps} steps") as bar:
-            images = generate(pipe, all_prompts, all_seeds, steps, sampler, guidance, progress=bar.update)
+            if image is None:
+                images = generate(pipe, all_prompts, all_seeds, steps, sampler, guidance, progress=bar.update)
+            else:
+                images = generate_from_image(pipe, all_prompts, all_seeds, steps, sampler, guidance, image, strength,
+                                             mask_latent, progress=bar.update)
     grid = image_grid(images, len(prompts), len(seeds), pad=0 if len(all_prompts) == 1 else 2)
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     with atomic_path(out) as tmp:
         grid.save(tmp, format="PNG")
     click.echo(f"wrote {out} ({len(all_prompts)} image{'s' if len(all_prompts) > 1 else ''})")
+
+
+def _image_inputs(init_image: Path, mask: Path | None, height: int, width: int, factor: int, steps: int,
+                  strength: float):
+    """The init image and latent mask of generate --init-image/--mask, read and checked before any model runs."""
+    from mobilediff.image_input import load_init_image, load_mask
+    from mobilediff.sampler_table import strength_steps
+
+    strength_steps(steps, strength)
+    image = load_init_image(init_image, height, width)
+    return image, (load_mask(mask, height, width, factor) if mask is not None else None)
 
 
 @cli.command("export")
@@ -549,9 +590,10 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
 @click.option("--decoder-tile", type=click.IntRange(min=1), default=None, metavar="LATENT_PX", help="Export the VAE decoder as one graph that decodes tiles of this many latent pixels (square) one after another and blends their overlaps: its activations shrink with the tile area (a 512 px SD decoder at 40: 4 tiles), at the cost of the overlaps' extra decoding and a decode that differs from the whole one (measured at export: export.tiling in the manifest). Default: the whole latent at once.")
 @click.option("--decoder-overlap", type=click.IntRange(min=0), default=8, show_default=True, metavar="LATENT_PX", help="Latent pixels neighbouring decoder tiles share (blended); less than half of --decoder-tile.")
 @click.option("--ort-format/--no-ort-format", default=True, show_default=True, help="With the onnx target, also write each graph in ORT format (ONNX Runtime's mobile format, optimized for arm once; the apps load it when present), with its mobile usability report (NNAPI, Core ML) and the bundle's required-operators config for a reduced ONNX Runtime build.")
+@click.option("--image-modes", is_flag=True, help="Also export the VAE encoder and the sampler tables' image-to-image rows, so the bundle runs image-to-image and inpainting (generate --init-image/--mask/--strength, the apps) besides text-to-image.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
-               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, force):
+               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, image_modes, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     _refuse_conflicts(("needs", "fused_sampler", "fused_steps", "it is the fused program's sampler"))
     from mobilediff.decoder import resolve_decoder
@@ -566,7 +608,7 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
                           quantize=quantize, calibration_prompts=() if calibration_prompts is not None else 32,
                           model_dir=resolve_model(model), decoder=resolve_decoder(decoder), ort_format=ort_format,
                           attention_budget_mib=attention_budget, decoder_tile=decoder_tile,
-                          decoder_overlap=decoder_overlap)
+                          decoder_overlap=decoder_overlap, image_modes=image_modes)
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")

@@ -87,6 +87,8 @@ class ComponentSpec:
             elif spec.name == "timestep":
                 # diffusers' default T (1000) only for a spec declared without a scheduler (shape-only benchmarks)
                 x = torch.rand(shape, generator=g) * ((r.num_train_timesteps or 1000) - 1)
+            elif spec.name == "sample" and self.name == "vae_encoder":  # an image, in [-1, 1]
+                x = torch.rand(shape, generator=g) * 2 - 1
             elif spec.name == "guidance_scale":
                 x = torch.full(shape, 4.0)
             else:
@@ -149,6 +151,30 @@ class VaeDecoderWrapper(torch.nn.Module):
 
     def forward(self, latent_sample):
         return (self.vae.decode(latent_sample, return_dict=False)[0],)
+
+
+class VaeEncoderWrapper(torch.nn.Module):
+    """Image in [-1, 1] -> the VAE's latent posterior as (mean, std), *unscaled*: the sampler's clean latent is
+    ``(mean + std * eps - shift_factor) * scaling_factor``, ``eps`` drawn from the seed's generator as diffusers'
+    ``latent_dist.sample(generator)`` draws it. A deterministic encoder (AutoencoderTiny) returns std = 0."""
+
+    prefix = "vae"
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample):
+        out = self.vae.encode(sample, return_dict=False)[0]
+        if hasattr(out, "mean") and hasattr(out, "std"):  # DiagonalGaussianDistribution (AutoencoderKL)
+            return out.mean, out.std
+        return out, torch.zeros_like(out)
+
+
+def encoder_posterior(vae) -> str:
+    """"gaussian" when the VAE's encoder gives a distribution sampled with the seed's generator (AutoencoderKL),
+    "deterministic" when it gives the latent itself (AutoencoderTiny)."""
+    return "deterministic" if type(vae).__name__ == "AutoencoderTiny" else "gaussian"
 
 
 class Fp16IO(torch.nn.Module):
@@ -216,8 +242,9 @@ def latent_geometry(pipe, height: int | None = None, width: int | None = None) -
             "shift_factor": float(getattr(pipe.vae.config, "shift_factor", 0.0) or 0.0)}
 
 
-def declare(pipe, geometry: dict, cfg_batch: int | None = None) -> dict[str, ComponentSpec]:
-    """The three components of ``pipe`` with their declared I/O at ``geometry`` (see :func:`latent_geometry`)."""
+def declare(pipe, geometry: dict, cfg_batch: int | None = None, encoder: bool = False) -> dict[str, ComponentSpec]:
+    """The three components of ``pipe`` with their declared I/O at ``geometry`` (see :func:`latent_geometry`), and
+    with ``encoder`` the VAE encoder too (image-to-image and inpainting)."""
     check_supported(pipe)
     te, unet, vae = pipe.text_encoder, pipe.unet, pipe.vae
     length = pipe.tokenizer.model_max_length
@@ -254,4 +281,14 @@ def declare(pipe, geometry: dict, cfg_batch: int | None = None) -> dict[str, Com
                         "RGB image in [-1, 1]"),),
             {"batch": 1}, type(vae).__name__, ranges),
     }
+    if encoder:
+        posterior = (f"posterior {name} (unscaled; latent = (mean + std * eps - shift_factor) * scaling_factor)"
+                     for name in ("mean", "standard deviation, 0 for a deterministic encoder"))
+        specs["vae_encoder"] = ComponentSpec(
+            "vae_encoder", VaeEncoderWrapper(vae).eval(),
+            (TensorSpec("sample", ("batch", 3, geometry["height"], geometry["width"]), "float32",
+                        "RGB image in [-1, 1]"),),
+            (TensorSpec("latent_mean", ("batch", c, h, w), "float32", next(posterior)),
+             TensorSpec("latent_std", ("batch", c, h, w), "float32", next(posterior))),
+            {"batch": 1}, type(vae).__name__, ranges)
     return specs

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from mobilediff.bundle import (COMPONENTS, classifier_free_guidance, component_file, guidance_embedding, read_manifest,
+from mobilediff.bundle import (COMPONENTS, IMAGE_ENCODER, classifier_free_guidance, component_file, guidance_embedding, read_manifest,
                                sha256_path)
 from mobilediff.errors import MobilediffError
-from mobilediff.sampler_table import run_table
+from mobilediff.sampler_table import run_image_table, run_table, strength_steps
 from mobilediff.targets import get_runtime
 
 
@@ -104,9 +104,10 @@ class BundleRunner:
         self.runtime = runtime
         self.precision, self.threads, self.settings, self.resident = precision, threads, settings, resident
         file_target = "ort" if ort_format else runtime
+        names = COMPONENTS + ((IMAGE_ENCODER,) if self.manifest.image is not None else ())
         self.files = {name: component_file(self.manifest, self.bundle, name, file_target, precision)[0]
-                      for name in COMPONENTS}  # every file checked against its sha256 before anything is loaded
-        self.parts = {name: self._load(name) for name in COMPONENTS} if resident else {}
+                      for name in names}  # every file checked against its sha256 before anything is loaded
+        self.parts = {name: self._load(name) for name in COMPONENTS} if resident else {}  # the encoder: when used
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest.geometry
         self.guidance = self.manifest.guidance
@@ -121,6 +122,8 @@ class BundleRunner:
         """The loaded component ``name``: the resident one, or (``resident=False``) one loaded now and released,
         its memory returned, when the block ends."""
         if self.resident:
+            if name not in self.parts:  # the VAE encoder, loaded at its first image-to-image run
+                self.parts[name] = self._load(name)
             yield self.parts[name]
             return
         release_memory()  # what the previous component left (its caller's reference is gone by now)
@@ -162,13 +165,36 @@ class BundleRunner:
             return unet(*args)[0][:b]
         return unet(*args)[0]
 
+    def check_image_mode(self, mask: bool, strength: float | None, steps: int | None = None,
+                         sampler: str | None = None) -> None:
+        """Refuse, in one line, an image-to-image or inpainting run the bundle cannot make: a bundle exported without
+        ``--image-modes``, a strength outside (0, 1] or one that leaves no step."""
+        mode = "inpaint" if mask else "img2img"
+        if not self.manifest.supports(mode):
+            raise MobilediffError(f"bundle {self.bundle} was exported without image modes: export it again with "
+                                  f"--image-modes for {'inpainting' if mask else 'image-to-image'}")
+        plan = self.manifest.plan
+        strength_steps(self.manifest.sampler_table(sampler or plan.sampler, steps or plan.steps).steps,
+                       1.0 if strength is None else strength)
+
+    def encode_image(self, image: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+        """The clean latent of ``image`` (1, 3, H, W) in [-1, 1]: ``(mean + std * eps - shift) * scaling``."""
+        with self._component(IMAGE_ENCODER) as encoder:
+            mean, std = encoder(image)
+        del encoder
+        z = mean if eps is None else mean + std * eps
+        return (z - self.geometry.shift_factor) * self.geometry.scaling_factor
+
     @torch.no_grad()
     def generate(self, prompt: str, seed: int, steps: int | None = None, sampler: str | None = None,
-                 guidance: float | None = None, trace=None) -> torch.Tensor:
+                 guidance: float | None = None, trace=None, init_image: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None, strength: float | None = None) -> torch.Tensor:
         """One image (1, 3, H, W) in [-1, 1]; unset sampling options come from the manifest's default plan. The
         noise comes from torch.Generator().manual_seed(seed) as in :func:`mobilediff.sampling.generate`, so the two
         agree image for image. ``trace(kind, tensor)`` sees "noise", every "fresh_noise" draw and the "latent" after
-        every step (mobilediff.goldens records them)."""
+        every step (mobilediff.goldens records them). ``init_image`` (1, 3, H, W) in [-1, 1]: image-to-image at
+        ``strength`` (default 1), and with ``mask`` (1, 1, h, w) of 0/1 (repaint) inpainting, in the manifest's
+        image rules (:class:`mobilediff.bundle.ImageModes`)."""
         from mobilediff.sampling import check_prompt
 
         check_prompt(prompt)
@@ -178,8 +204,19 @@ class BundleRunner:
         g = self.guidance
         scale = plan.guidance if guidance is None else guidance
         gen = torch.Generator().manual_seed(int(seed))
+        if mask is not None and init_image is None:
+            raise MobilediffError("a mask needs the image it masks (--init-image)")
+        image_latent = None
+        if init_image is not None:
+            strength = 1.0 if strength is None else strength
+            self.check_image_mode(mask is not None, strength, steps, sampler)
+            gaussian = self.manifest.image.encoder_posterior == "gaussian"
+            eps = torch.randn(self.geometry.latent_shape, generator=gen) if gaussian else None
+            image_latent = self.encode_image(init_image, eps)
         noise = torch.randn(self.geometry.latent_shape, generator=gen)
         trace("noise", noise)
+        if mask is not None and self.manifest.image.encoder_posterior == "gaussian":
+            torch.randn(self.geometry.latent_shape, generator=gen)  # diffusers' masked-image encoding draws one
         cond = None
         if g.type == "embedding":
             cond = torch.tensor([guidance_embedding(scale, g.embedding_dim)], dtype=torch.float32)
@@ -210,7 +247,11 @@ class BundleRunner:
             return draw
 
         with self._component("unet") as unet:
-            latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
+            if image_latent is None:
+                latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
+            else:
+                latents = run_image_table(table, denoise, image_latent, noise, strength, mask, fresh_noise,
+                                          lambda i, x: trace("latent", x))
         unet = None  # denoise's closure refers to it
         z = latents / self.geometry.scaling_factor + self.geometry.shift_factor
         with self._component("vae_decoder") as vae_decoder:

@@ -20,10 +20,10 @@ from typing import Any, Callable
 import torch
 
 from mobilediff.attention import DEFAULT_BUDGET_MIB, chunked_attention
-from mobilediff.bundle import (FORMAT, FORMAT_VERSION, ComponentEntry, Geometry, Guidance, Manifest, SamplerEntry,
-                               SamplingPlan, Source, Tokenizer, file_name, guidance_embedding, sha256_path, size_bytes,
+from mobilediff.bundle import (FORMAT, FORMAT_VERSION, IMAGE_MODES, ComponentEntry, Geometry, Guidance, ImageModes,
+                               Manifest, SamplerEntry, SamplingPlan, Source, Tokenizer, file_name, guidance_embedding, sha256_path, size_bytes,
                                write_manifest)
-from mobilediff.components import ComponentSpec, check_supported, declare, latent_geometry
+from mobilediff.components import ComponentSpec, check_supported, declare, encoder_posterior, latent_geometry
 from mobilediff.decoder import decoder_source
 from mobilediff.errors import MobilediffError
 from mobilediff.flops import count_gflop
@@ -59,9 +59,10 @@ def guidance_record(pipe, default_scale: float) -> dict:
             "formula": "out = out_uncond + scale * (out_cond - out_uncond); UNet batch rows [uncond, cond]"}
 
 
-def sampler_tables(pipe, plan: SamplingPlan | None = None) -> list[dict]:
-    """Every sampler the model can use at every tabulated step count, and the plan's own if not among them."""
-    from mobilediff.sampler_table import sampler_table
+def sampler_tables(pipe, plan: SamplingPlan | None = None, image_modes: bool = False) -> list[dict]:
+    """Every sampler the model can use at every tabulated step count, and the plan's own if not among them; with
+    ``image_modes`` each with its image-to-image rows (:func:`mobilediff.sampler_table.image_tables`)."""
+    from mobilediff.sampler_table import image_tables, sampler_table
     from mobilediff.samplers import make_scheduler, samplers_for
 
     names = samplers_for(bool(pipe.unet.config.time_cond_proj_dim))
@@ -69,8 +70,10 @@ def sampler_tables(pipe, plan: SamplingPlan | None = None) -> list[dict]:
     for name in names:
         steps_list = sorted(set(TABLE_STEPS) | ({plan.steps} if plan is not None and plan.sampler == name else set()))
         for steps in steps_list:
-            table = sampler_table(make_scheduler(name, pipe.scheduler.config), steps).to_dict()
-            out.append({"name": name, **table})
+            scheduler = make_scheduler(name, pipe.scheduler.config)
+            table = sampler_table(scheduler, steps)
+            extra = image_tables(scheduler, steps, table) if image_modes else {}
+            out.append({"name": name, **table.to_dict(), **extra})
     return out
 
 
@@ -280,6 +283,7 @@ class ExportConfig:
     attention_budget_mib: float = DEFAULT_BUDGET_MIB  # attention in query chunks above it (mobilediff.attention)
     decoder_tile: int | None = None  # VAE decoder run per tile of this many latent pixels (mobilediff.tiling)
     decoder_overlap: int = 8  # latent pixels shared by neighbouring tiles
+    image_modes: bool = False  # also the VAE encoder and the tables' image-to-image / inpainting rows
 
     @classmethod
     def of(cls, target: str, out: Path, **options) -> "ExportConfig":
@@ -347,13 +351,13 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_prompts: int | list[str] = 32,
                   calibration_rows: int = 64, model_dir: Path | None = None, decoder: Path | None = None,
-                  ort_format: bool = True) -> Path:
+                  ort_format: bool = True, image_modes: bool = False) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path: :func:`run_export` with the
     :class:`ExportConfig` of these options."""
     cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
                           fused_sampler=fused_sampler, guidance=guidance, force=force, source=source,
                           quantize=quantize, calibration_prompts=calibration_prompts, calibration_rows=calibration_rows,
-                          model_dir=model_dir, decoder=decoder, ort_format=ort_format)
+                          model_dir=model_dir, decoder=decoder, ort_format=ort_format, image_modes=image_modes)
     return run_export(model, cfg, progress)
 
 
@@ -372,10 +376,11 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     recipes = cfg.recipes
     geometry = Geometry.from_dict(latent_geometry(pipe, cfg.height, cfg.width), "geometry", strict=True)
     # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
-    specs = declare(pipe, geometry.to_dict(), cfg_batch=1 if card.plan.guidance <= 1.0 else None)
+    specs = declare(pipe, geometry.to_dict(), cfg_batch=1 if card.plan.guidance <= 1.0 else None,
+                    encoder=cfg.image_modes)
     tiling = _tile_decoder(specs, geometry.to_dict(), cfg, say) if cfg.decoder_tile else None
     tables = tuple(SamplerEntry.from_dict(t, f"samplers[{i}]", strict=True)
-                   for i, t in enumerate(sampler_tables(pipe, card.plan)))
+                   for i, t in enumerate(sampler_tables(pipe, card.plan, cfg.image_modes)))
     guidance = Guidance.from_dict(guidance_record(pipe, card.plan.guidance), "guidance", strict=True)
     # OUT is claimed before the work, not after it: a second writer of OUT fails now (mobilediff.io)
     with atomic_dir(cfg.out, force=cfg.force) as tmp:
@@ -422,7 +427,8 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
             quantization=None if not recipes else {
                 "recipe": cfg.recipe_name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
                 "calibration": calibration.summary() if calibration is not None else None},
-            fused=fused)
+            fused=fused, image=ImageModes(modes=list(IMAGE_MODES), encoder_posterior=encoder_posterior(pipe.vae))
+            if cfg.image_modes else None)
         # last, through the one writer: a bundle without a manifest is not a bundle
         write_manifest(tmp, manifest)
     return cfg.out

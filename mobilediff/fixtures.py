@@ -21,7 +21,19 @@ from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 5  # bump when what is written here changes
+FIXTURE_VERSION = 6  # bump when what is written here changes
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A reference image made from an image: image-to-image (no mask) or inpainting, from the fixture's init image
+    (a rendered shapes scene) and mask (its lower half), at ``seed``."""
+
+    mode: str  # "img2img" | "inpaint"
+    sampler: str
+    steps: int
+    strength: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -31,12 +43,16 @@ class Fixture:
     height: int | None = None  # the export's image size (None: the model's own)
     width: int | None = None
     prompt: str = ""  # the prompt of its reference images ("": PROMPT, the shapes domain's)
+    images: tuple[ImageRef, ...] = ()  # image-to-image / inpainting references (the bundle exported --image-modes)
 
 
+IMAGE_PROMPT = "a big red circle at the top left on a white background"
 # fixture name (its folder) -> what it is
-FIXTURES = {"default": Fixture("default", ("onnx",)),
+FIXTURES = {"default": Fixture("default", ("onnx",), images=(
+                ImageRef("img2img", "ddim", 8, 0.6, 0), ImageRef("inpaint", "dpmpp", 8, 0.75, 1),
+                ImageRef("inpaint", "ddim", 8, 1.0, 0))),
             "progressive-4": Fixture("default:progressive-4", ("onnx", "executorch")),
-            "lcm": Fixture("default:lcm", ("onnx",)),
+            "lcm": Fixture("default:lcm", ("onnx",), images=(ImageRef("inpaint", "lcm", 4, 0.75, 0),)),
             "lcm-48x80": Fixture("default:lcm", ("onnx",), height=48, width=80),
             "emoji-lcm": Fixture("default:emoji:lcm", ("onnx",), prompt="cat face")}
 MODELS = tuple(FIXTURES)
@@ -69,7 +85,7 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     say(f"{name}: export {' + '.join(runtimes)}")
     pipe = load_pipeline(model)
     bundle = export_bundle(pipe, ",".join(runtimes), folder / "bundle", fixture.height, fixture.width, source=model,
-                           model_dir=resolve_model(model))
+                           model_dir=resolve_model(model), image_modes=bool(fixture.images))
     say(f"{name}: goldens")
     write_goldens(bundle, folder / "goldens")
     refs = []
@@ -89,9 +105,63 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
                    "raw": str(stem.with_suffix(".safetensors").relative_to(folder))}
             atomic_write_json(stem.with_suffix(".json"), row)
             refs.append(row)
+        refs += image_references(runner, fixture, folder, runtime)
     return {"model": model, "weights_sha256": _weights_sha(model), "runtimes": list(runtimes), "bundle": "bundle",
             "goldens": "goldens", "references": refs,
             "geometry": {"height": runner.geometry.height, "width": runner.geometry.width}}
+
+
+def image_inputs(folder: Path, height: int, width: int) -> tuple[Path, Path]:
+    """The init image (a rendered shapes scene) and the mask (its lower half: repaint) of a fixture's image
+    references, as PNG files in ``folder`` (made once)."""
+    import numpy as np
+    from PIL import Image
+
+    from mobilediff.data import ShapesConfig, render, sample_scene, to_uint8
+
+    init, mask = folder / "init.png", folder / "mask.png"
+    if not init.is_file():
+        side = max(height, width)
+        scene = render([sample_scene(0, 3, ShapesConfig(resolution=side))], ShapesConfig(resolution=side))
+        Image.fromarray(to_uint8(scene)[0][:height, :width]).save(init)
+        m = np.zeros((height, width), np.uint8)
+        m[height // 2:] = 255
+        Image.fromarray(m).save(mask)
+    return init, mask
+
+
+def image_references(runner, fixture: Fixture, folder: Path, runtime: str) -> list[dict]:
+    """Reference images of the fixture's :class:`ImageRef` on ``runtime``: the init image and mask read as
+    ``generate --init-image/--mask`` reads them, the image from :meth:`BundleRunner.generate`."""
+    import time
+
+    from PIL import Image
+
+    from mobilediff.data import to_uint8
+    from mobilediff.image_input import load_init_image, load_mask
+    from mobilediff.io import atomic_write_json, save_tensors
+
+    g = runner.geometry
+    rows = []
+    for ref in fixture.images:
+        init, mask = image_inputs(folder, g.height, g.width)
+        image = load_init_image(init, g.height, g.width)
+        latent_mask = load_mask(mask, g.height, g.width, g.vae_scale_factor) if ref.mode == "inpaint" else None
+        t0 = time.perf_counter()
+        out = runner.generate(IMAGE_PROMPT, ref.seed, ref.steps, ref.sampler, None, init_image=image,
+                              mask=latent_mask, strength=ref.strength)
+        ms = (time.perf_counter() - t0) * 1000
+        stem = folder / "reference" / f"{runtime}_{ref.mode}_{ref.sampler}{ref.steps}_s{round(ref.strength * 100)}_seed{ref.seed}"
+        Image.fromarray(to_uint8(out)[0]).save(stem.with_suffix(".png"))
+        save_tensors({"image": out[0].permute(1, 2, 0).contiguous()}, stem.with_suffix(".safetensors"))
+        row = {"runtime": runtime, "seed": ref.seed, "prompt": IMAGE_PROMPT, "sampler": ref.sampler,
+               "steps": ref.steps, "guidance": runner.manifest.plan.guidance, "mode": ref.mode,
+               "strength": ref.strength, "init_image": init.name, "mask": mask.name if ref.mode == "inpaint" else None,
+               "ms": round(ms, 2), "png": str(stem.with_suffix(".png").relative_to(folder)),
+               "raw": str(stem.with_suffix(".safetensors").relative_to(folder))}
+        atomic_write_json(stem.with_suffix(".json"), row)
+        rows.append(row)
+    return rows
 
 
 def _weights_sha(model: str) -> str:

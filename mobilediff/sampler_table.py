@@ -63,15 +63,29 @@ def _trim(v: list[float]) -> list[float]:
 _PROBE_SCALE = 1000.0  # a second measurement with every input scaled by this: a linear step scales its result alike
 
 
-def _measure(scheduler, steps: int, unit: float):
-    """Run a copy of ``scheduler`` for ``steps`` steps on basis vectors times ``unit``; return (the copy, and per step
-    (input scale, next latent as a coefficient vector over the basis divided by ``unit``))."""
+def _fresh(scheduler, steps: int, start: int = 0):
+    """A copy of ``scheduler`` set to ``steps`` steps, beginning at step ``start`` as diffusers' image-to-image and
+    inpainting pipelines begin it (``set_begin_index``, where the class has it)."""
     import copy
-    import importlib
 
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
-    n = len(sched.timesteps)
+    if start and hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start * sched.order)
+    return sched
+
+
+def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None):
+    """Run a copy of ``scheduler`` for ``steps`` steps (from step ``start`` on, as an image-to-image run does) on
+    basis vectors times ``unit``; return (the copy, its timesteps from ``start``, and per step (input scale, next
+    latent as a coefficient vector over the basis divided by ``unit``)). ``blend(sched, i, t_next)`` is called after
+    every step but the last with the scheduler as the step left it and the next timestep (the inpainting blend's
+    ``add_noise`` point)."""
+    import importlib
+
+    sched = _fresh(scheduler, steps, start)
+    timesteps = list(sched.timesteps)[start * sched.order:]
+    n = len(timesteps)
     # basis: latent_0..latent_{n-1}, output_0..output_{n-1}, noise_0..noise_{n-1}
     dim = 3 * n
 
@@ -88,16 +102,20 @@ def _measure(scheduler, steps: int, unit: float):
     module = importlib.import_module(type(sched).__module__)
     rows = []
     with _symbolic_noise(module, draw):
-        for i, t in enumerate(sched.timesteps):
+        for i, t in enumerate(timesteps):
             current["i"] = i
             scale = float(sched.scale_model_input(torch.ones(1, 1), t).flatten()[0])
             res = sched.step(e(n + i), t, e(i), return_dict=False)
             rows.append((scale, res[0][0].double() / unit))
-    return sched, rows
+            if blend is not None and i + 1 < n:
+                blend(sched, i, timesteps[i + 1])
+    return sched, timesteps, rows
 
 
-def sampler_table(scheduler, steps: int) -> SamplerTable:
-    """Measure the per-step coefficients of a configured diffusers scheduler for ``steps`` steps.
+def sampler_table(scheduler, steps: int, start: int = 0, blend=None) -> SamplerTable:
+    """Measure the per-step coefficients of a configured diffusers scheduler for ``steps`` steps (``start`` > 0: the
+    run an image-to-image pipeline makes from step ``start`` of those ``steps``, its table holding the remaining ones;
+    ``blend``: see :func:`_measure`).
 
     ``scheduler`` is a fresh instance (e.g. from :func:`mobilediff.sampling.make_scheduler`); it is copied,
     never mutated. The measurement is repeated with every input scaled by ``_PROBE_SCALE``: a step that clips or
@@ -107,9 +125,9 @@ def sampler_table(scheduler, steps: int) -> SamplerTable:
     if steps < 1:
         raise MobilediffError(f"steps must be >= 1, got {steps}")
     name = type(scheduler).__name__
-    sched, rows = _measure(scheduler, steps, 1.0)
-    _, probe = _measure(scheduler, steps, _PROBE_SCALE)
-    timesteps = [float(t) for t in sched.timesteps]
+    sched, timesteps, rows = _measure(scheduler, steps, 1.0, start, blend)
+    _, _, probe = _measure(scheduler, steps, _PROBE_SCALE, start)
+    timesteps = [float(t) for t in timesteps]
     n = len(timesteps)
     lat, out, noi = (lambda i: i), (lambda i: n + i), (lambda i: 2 * n + i)
     table = SamplerTable(sampler=name, steps=n, init_noise_sigma=float(sched.init_noise_sigma),
@@ -134,17 +152,128 @@ def sampler_table(scheduler, steps: int) -> SamplerTable:
     return table
 
 
-def run_table(table, denoise, noise: torch.Tensor, fresh_noise=None, on_step=None) -> torch.Tensor:
+# ------------------------------------------------------------------------------------ image-to-image and inpainting
+def _add_noise(sched, t) -> list[float]:
+    """[image_coef, noise_coef] of ``sched.add_noise(image, noise, t)`` in the scheduler's current state: measured
+    on basis vectors (the step is linear in both), as the tables are."""
+    image = torch.tensor([[[[1.0, 0.0]]]])
+    noise = torch.tensor([[[[0.0, 1.0]]]])
+    out = sched.add_noise(image, noise, torch.as_tensor([t])).flatten().double()
+    return [float(out[0]), float(out[1])]
+
+
+def image_tables(scheduler, steps: int, table: SamplerTable) -> dict:
+    """What image-to-image and inpainting need beyond ``table`` (the full ``steps``-step table of ``scheduler``), as
+    diffusers' StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline run it:
+
+    - ``add_noise[j]``: [image_coef, noise_coef] with which the scheduler noises a clean latent to timestep j
+      (the start of a run from step j, and the inpainting blend's known region after the step before j);
+    - ``starts``: {j: table of the run from step j} for every start whose run is not the full table's rows from j
+      (a multistep solver's first step is of lower order); a start not listed runs the full table's rows from j.
+
+    Raises MobilediffError if the blend the pipeline computes mid-run differs from ``add_noise`` of that timestep
+    (a scheduler whose noising depends on more than the step it is at cannot be tabulated)."""
+    noising = []
+    for j in range(table.steps):
+        sched = _fresh(scheduler, steps, j)
+        noising.append(_add_noise(sched, sched.timesteps[j * sched.order]))
+    starts = {}
+    for j in range(1, table.steps):
+        def check(sched, i, t_next, j=j):
+            got = _add_noise(sched, t_next)
+            want = noising[j + i + 1]
+            if any(abs(a - b) > 1e-6 * max(1.0, abs(b)) for a, b in zip(got, want)):
+                raise MobilediffError(f"{table.sampler}: the inpainting blend after step {j + i} noises with "
+                                      f"{got}, not the start coefficients {want}: cannot tabulate it")
+
+        sub = sampler_table(scheduler, steps, start=j, blend=check)
+        if sub.to_dict() != {**suffix(table, j).to_dict(), "init_noise_sigma": sub.init_noise_sigma}:
+            starts[str(j)] = sub.to_dict()
+    return {"add_noise": noising, "starts": starts}
+
+
+def suffix(table, start: int) -> SamplerTable:
+    """The rows of ``table`` from step ``start`` on, as a table (a run's earlier latents and outputs are dropped, so
+    a row that reaches back before ``start`` keeps only the coefficients within the run)."""
+    n = table.steps - start
+    return SamplerTable(sampler=table.sampler, steps=n, init_noise_sigma=table.init_noise_sigma,
+                        timesteps=list(table.timesteps[start:]), input_scale=list(table.input_scale[start:]),
+                        latent_coef=[list(r[:i + 1]) for i, r in enumerate(table.latent_coef[start:])],
+                        output_coef=[list(r[:i + 1]) for i, r in enumerate(table.output_coef[start:])],
+                        noise_coef=list(table.noise_coef[start:]))
+
+
+def strength_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` an image-to-image run at ``strength`` denoises, diffusers' rule:
+    ``min(floor(steps * strength), steps)``. Raises MobilediffError for a strength outside (0, 1] or one that leaves
+    no step."""
+    import math
+
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and 0 < strength <= 1):
+        raise MobilediffError(f"--strength must be in (0, 1], got {strength}")
+    k = min(int(steps * strength), steps)
+    if k < 1:
+        raise MobilediffError(f"--strength {strength:g} denoises no step of {steps}: give at least {1 / steps:.3g}, "
+                              f"or more steps")
+    return k
+
+
+def start_table(table, strength: float):
+    """(run table, start index) of an image-to-image run of ``table`` at ``strength``: the table's ``starts`` entry
+    for the start where it has one, else its rows from there (:func:`suffix`)."""
+    k = strength_steps(table.steps, strength)
+    start = table.steps - k
+    starts = getattr(table, "starts", None) or {}
+    if str(start) in starts:
+        s = starts[str(start)]
+        return SamplerTable(**{f: s[f] for f in SamplerTable.__dataclass_fields__}), start
+    return suffix(table, start), start
+
+
+def run_image_table(table, denoise, image_latent: torch.Tensor, noise: torch.Tensor, strength: float,
+                    mask: torch.Tensor | None = None, fresh_noise=None, on_step=None) -> torch.Tensor:
+    """Image-to-image (``mask`` None) or inpainting with a tabulated sampler, as diffusers' StableDiffusionImg2Img-
+    and (4-channel UNet) StableDiffusionInpaintPipeline run: start from the scaled clean latent ``image_latent`` noised
+    to the start step (inpainting at strength 1: from ``noise`` alone, as text-to-image), and for inpainting blend
+    after every step ``(1 - mask) * known + mask * latent``, ``known`` the clean latent noised to the next step (the
+    clean latent after the last). ``mask``: (1, 1, h, w) of 0 (keep) and 1 (repaint). ``table`` carries
+    ``add_noise`` (and ``starts``) from :func:`image_tables`."""
+    noising = getattr(table, "add_noise", None)
+    if not noising:
+        raise MobilediffError(f"the {table.sampler or 'sampler'} table has no image-to-image coefficients "
+                              f"(export the bundle with --image-modes)")
+    run, start = start_table(table, strength)
+    a, b = noising[start]
+    if mask is not None and strength == 1.0:
+        init = noise * table.init_noise_sigma
+    else:
+        init = a * image_latent + b * noise
+    blend = None
+    if mask is not None:
+        def blend(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i + 1 < run.steps:
+                ka, kb = noising[start + i + 1]
+                known = ka * image_latent + kb * noise
+            else:
+                known = image_latent
+            return (1 - mask) * known + mask * x
+    return run_table(run, denoise, noise, fresh_noise, on_step, init=init, blend=blend)
+
+
+def run_table(table, denoise, noise: torch.Tensor, fresh_noise=None, on_step=None, init: torch.Tensor | None = None,
+              blend=None) -> torch.Tensor:
     """Sample with a table: the one sampler loop (the Python reference of what the apps do, and the body of the
     fused graph, where it is traced).
 
     ``table`` is a :class:`SamplerTable` or a manifest's ``SamplerEntry`` (the same fields);
     ``denoise(model_input, timestep) -> output``; ``noise`` is the initial N(0, I) draw;
     ``fresh_noise(i)`` gives the re-noising draw of step i (needed only where noise_coef is non-zero);
-    ``on_step(i, latent)`` sees the latent after step i.
+    ``on_step(i, latent)`` sees the latent after step i; ``init`` replaces the first latent
+    (``noise * init_noise_sigma``) and ``blend(i, latent)`` the latent after step i (image-to-image and inpainting,
+    :func:`run_image_table`).
     """
     latents, outputs = [], []  # newest first
-    x = noise * table.init_noise_sigma
+    x = noise * table.init_noise_sigma if init is None else init
     for i in range(table.steps):
         latents.insert(0, x)
         outputs.insert(0, denoise(x * table.input_scale[i], table.timesteps[i]))
@@ -154,7 +283,7 @@ def run_table(table, denoise, noise: torch.Tensor, fresh_noise=None, on_step=Non
             if fresh_noise is None:
                 raise MobilediffError(f"step {i} of {table.sampler} needs fresh noise")
             nxt = nxt + table.noise_coef[i] * fresh_noise(i)
-        x = nxt
+        x = nxt if blend is None else blend(i, nxt)
         if on_step is not None:
             on_step(i, x)
     return x

@@ -127,6 +127,55 @@ def _generate(pipe, prompts, seeds, steps, guidance, batch_size, progress, laten
     return torch.cat(out)
 
 
+@torch.no_grad()
+def generate_from_image(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: str, guidance: float,
+                        init_image: torch.Tensor, strength: float, mask: torch.Tensor | None = None,
+                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Image-to-image (``mask`` None) or inpainting: images (N, 3, H, W) in [-1, 1] from diffusers' own
+    StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline made of ``pipe``'s components with the
+    sampler's scheduler, image ``i`` from ``torch.Generator().manual_seed(seeds[i])`` (the reference the bundles'
+    tables are checked against). ``init_image`` (1, 3, H, W) in [-1, 1] at the model's size; ``mask`` (1, 1, h, w) of
+    0/1 at the latent's size (:func:`mobilediff.image_input.load_mask`)."""
+    import diffusers
+
+    from mobilediff.sampler_table import strength_steps
+
+    if len(prompts) != len(seeds):
+        raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    validate_generation(steps, guidance, prompts, seeds)
+    strength_steps(steps, strength)
+    height, width = image_size(pipe)
+    if tuple(init_image.shape[-2:]) != (height, width):
+        raise MobilediffError(f"--init-image is {init_image.shape[-1]}x{init_image.shape[-2]}, the model generates "
+                              f"{width}x{height}")
+    cls = diffusers.StableDiffusionInpaintPipeline if mask is not None else diffusers.StableDiffusionImg2ImgPipeline
+    parts = {k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet")}
+    runner = cls(**parts, scheduler=make_scheduler(sampler, pipe.scheduler.config), safety_checker=None,
+                 feature_extractor=None, requires_safety_checker=False)
+    runner.set_progress_bar_config(disable=True)
+    kw = {}
+    if mask is not None:  # the latent mask at pixel size: diffusers takes it there and samples it back (nearest)
+        factor = int(pipe.vae_scale_factor)
+        kw = {"mask_image": mask.repeat_interleave(factor, 2).repeat_interleave(factor, 3), "height": height,
+              "width": width}
+    out = []
+    for prompt, seed in zip(prompts, seeds):
+        embeds = text_embeddings(pipe, [prompt])
+        uncond = text_embeddings(pipe, [""]) if guidance > 1 and not pipe.unet.config.time_cond_proj_dim else None
+
+        def on_step(p, step, t, kwargs):
+            if progress is not None:
+                progress(1)
+            return kwargs
+
+        images = runner(prompt_embeds=embeds, negative_prompt_embeds=uncond, image=(init_image + 1) / 2,
+                        strength=strength, num_inference_steps=steps, guidance_scale=guidance,
+                        generator=torch.Generator().manual_seed(int(seed)), output_type="pt",
+                        callback_on_step_end=on_step, **kw).images
+        out.append(images.float() * 2 - 1)
+    return torch.cat(out)
+
+
 def image_grid(images: torch.Tensor, rows: int, cols: int, pad: int = 2):
     """(rows*cols, 3, H, W) in [-1, 1] -> a PIL image grid, row-major, with a pad-pixel white border."""
     from PIL import Image
