@@ -166,7 +166,7 @@ class VaeEncoderWrapper(torch.nn.Module):
 
     def forward(self, sample):
         out = self.vae.encode(sample, return_dict=False)[0]
-        if hasattr(out, "mean") and hasattr(out, "std"):  # DiagonalGaussianDistribution (AutoencoderKL)
+        if not isinstance(out, torch.Tensor):  # a DiagonalGaussianDistribution (AutoencoderKL)
             return out.mean, out.std
         return out, torch.zeros_like(out)
 

@@ -302,6 +302,20 @@ def student_copy(c: Ctx, teacher: str = "elsewhere") -> Path:
     return d
 
 
+def image_file(name: str, shape: tuple = (32, 32, 3), value=0, *also) -> Callable[[Ctx], None]:
+    """A pipeline copy "p" and a PNG ``name`` of ``shape`` filled with ``value`` in the case folder (``also``: more
+    set-ups)."""
+    def setup(c):
+        import numpy as np
+        from PIL import Image
+
+        pipe_copy(c)
+        Image.fromarray(np.full(shape, value, np.uint8)).save(c.t / name)
+        for s in also:
+            s(c)
+    return setup
+
+
 def fixtures(c: Ctx, index: str | None) -> None:
     d = c.t / "fx"
     d.mkdir()
@@ -357,7 +371,41 @@ GEN_MODEL = gen("--model", P("p"), "--out", P("x.png"))  # generate from the cas
 GEN_BUNDLE = gen("--bundle", P("b"), "--out", P("x.png"))  # generate from the case's bundle copy "b"
 
 
+IMG = ("--init-image", P("i.png"))
+
+
 CASES = [
+    # generate from an image -------------------------------------------------------------------------------------
+    Case("generate-strength-zero", gen("--model", P("p"), *IMG, "--strength", "0", "--out", P("x.png")),
+         image_file("i.png"), "--strength must be in (0, 1], got 0"),
+    Case("generate-strength-above-one", gen("--model", P("p"), *IMG, "--strength", "1.5", "--out", P("x.png")),
+         image_file("i.png"), "--strength must be in (0, 1], got 1.5"),
+    Case("generate-strength-nan", gen("--model", P("p"), *IMG, "--strength", "nan", "--out", P("x.png")),
+         image_file("i.png"), "'--strength': nan is not a finite number"),
+    Case("generate-strength-leaves-no-step", gen("--model", P("p"), *IMG, "--strength", "0.5", "--out", P("x.png")),
+         image_file("i.png"), "--strength 0.5 denoises no step of 1"),
+    Case("generate-strength-without-image", gen("--model", P("p"), "--strength", "0.5", "--out", P("x.png")),
+         pipe_copy, "--strength needs --init-image"),
+    Case("generate-mask-without-image", gen("--model", P("p"), "--mask", P("m.png"), "--out", P("x.png")),
+         image_file("m.png", (32, 32), 255), "--mask needs --init-image"),
+    Case("generate-init-image-missing", gen("--model", P("p"), *IMG, "--steps", "8", "--out", P("x.png")), pipe_copy,
+         "--init-image {t}/i.png: no such file"),
+    Case("generate-init-image-not-an-image", gen("--model", P("p"), *IMG, "--steps", "8", "--out", P("x.png")),
+         lambda c: (pipe_copy(c), user_file(c, "i.png")), "--init-image {t}/i.png is not an image file"),
+    Case("generate-init-image-wrong-size", gen("--model", P("p"), *IMG, "--steps", "8", "--out", P("x.png")),
+         image_file("i.png", (20, 32, 3)), "is 32x20 pixels, the model generates 32x32"),
+    Case("generate-init-image-transparent", gen("--model", P("p"), *IMG, "--steps", "8", "--out", P("x.png")),
+         image_file("i.png", (32, 32, 4)), "has transparent pixels"),
+    Case("generate-mask-in-colour", gen("--model", P("p"), *IMG, "--mask", P("m.png"), "--steps", "8", "--out",
+                                        P("x.png")),
+         image_file("i.png", (32, 32, 3), 0, lambda c: __import__("PIL.Image").Image.new(
+             "RGB", (32, 32), (255, 0, 0)).save(c.t / "m.png")), "is in colour"),
+    Case("generate-mask-marks-nothing", gen("--model", P("p"), *IMG, "--mask", P("m.png"), "--steps", "8", "--out",
+                                            P("x.png")),
+         image_file("i.png", (32, 32, 3), 0, lambda c: __import__("PIL.Image").Image.new(
+             "L", (32, 32), 100).save(c.t / "m.png")), "marks nothing to repaint"),
+    Case("generate-init-image-bundle-without-image-modes", gen("--bundle", P("b"), *IMG, "--out", P("x.png")),
+         lambda c: (bundle_copy(c), image_file("i.png")(c)), "exported without image modes"),
     # generate -------------------------------------------------------------------------------------------------
     Case("generate-out-under-a-file", gen("--model", P("p"), "--out", P("f/x.png")),
          lambda c: (pipe_copy(c), user_file(c)), "{t}/f is a file"),

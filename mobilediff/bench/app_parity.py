@@ -53,17 +53,35 @@ def check_goldens(app: str, engine: Path, model: str, folder: Path, work: Path) 
     return [{"app": app, **row} for row in json.loads(out.read_text())]
 
 
-def python_ms(bundle: Path, runtime: str, prompt: str, seed: int) -> float:
+def image_options(ref: dict, folder: Path) -> list[str]:
+    """The engine options of an image-to-image / inpainting reference row (none for a text-to-image one)."""
+    if not ref.get("mode"):
+        return []
+    opts = ["--init-image", str(folder / ref["init_image"]), "--strength", f"{ref['strength']:g}",
+            "--steps", str(ref["steps"]), "--sampler", ref["sampler"]]
+    return opts + (["--mask", str(folder / ref["mask"])] if ref.get("mask") else [])
+
+
+def python_ms(bundle: Path, runtime: str, prompt: str, seed: int, ref: dict | None = None,
+              folder: Path | None = None) -> float:
     """Python's `generate --bundle` time for one image, measured as the engines are: one untimed image, then the
-    median of REPEATS."""
+    median of REPEATS (``ref``: an image reference row, its init image and mask under ``folder``)."""
     from mobilediff.engine import BundleRunner
+    from mobilediff.image_input import load_init_image, load_mask
 
     runner = BundleRunner(bundle, runtime)
-    runner.generate(prompt, seed)
+    kw = {}
+    if ref and ref.get("mode"):
+        g = runner.geometry
+        kw = {"steps": ref["steps"], "sampler": ref["sampler"], "strength": ref["strength"],
+              "init_image": load_init_image(folder / ref["init_image"], g.height, g.width),
+              "mask": load_mask(folder / ref["mask"], g.height, g.width, g.vae_scale_factor) if ref.get("mask")
+              else None}
+    runner.generate(prompt, seed, **kw)
     times = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        runner.generate(prompt, seed)
+        runner.generate(prompt, seed, **kw)
         times.append((time.perf_counter() - t0) * 1000)
     return float(np.median(times))
 
@@ -88,11 +106,13 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
         backend, seed = ref["runtime"], ref["seed"]
         if backend not in backends:
             continue
-        png, rec = work / f"{app}_{model}_{backend}_{seed}.png", work / f"{app}_{model}_{backend}_{seed}.json"
+        mode = ref.get("mode")
+        stem = f"{app}_{model}_{backend}_{seed}" + (f"_{Path(ref['raw']).stem}" if mode else "")
+        png, rec = work / f"{stem}.png", work / f"{stem}.json"
         r = _run([str(engine), "generate", "--bundle", str(folder / "bundle"), "--backend", backend,
                   "--prompt", ref["prompt"], "--seed", str(seed), "--warmup", "1", "--repeats", str(REPEATS),
-                  "--out", str(png), "--json", str(rec)])
-        row = {"app": app, "check": "end_to_end", "backend": backend, "model": model, "seed": seed}
+                  *image_options(ref, folder), "--out", str(png), "--json", str(rec)])
+        row = {"app": app, "check": mode or "end_to_end", "backend": backend, "model": model, "seed": seed}
         if r.returncode != 0 or not rec.is_file():
             rows.append({**row, "psnr_db": None, "max_abs_error": None, "passed": False,
                          "detail": f"generate failed: {_last_line(r.stderr)}"})
@@ -103,13 +123,14 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
             expected = np.moveaxis(expected.reshape(expected.shape[-3:]), 0, -1)
         got = np.fromfile(result["image_raw"], dtype="<f4").reshape(expected.shape)
         psnr = _psnr(got, expected)
-        plan = f"{result['sampler']}-{result['steps']}, guidance {result['guidance']:g}"
+        plan = f"{result['sampler']}-{result['steps']}, guidance {result['guidance']:g}" + (
+            f", strength {ref['strength']:g}" + (", lower half masked" if ref.get("mask") else "") if mode else "")
         row.update(runtime=engine_runtime(result, backend), graph_files=result.get("files"),
                    peak_memory_mib=_mib(result.get("peak_memory_bytes", result.get("peak_rss_bytes"))))
         rows.append({**row, "psnr_db": psnr, "max_abs_error": float(np.abs(got - expected).max()),
                      "passed": psnr is None or bars.check("app_image_psnr_db", psnr), "plan": plan,
                      "engine_ms": round(result["ms_total"], 1), "engine_component_ms": result["ms"],
-                     "python_ms": round(python_ms(folder / "bundle", backend, ref["prompt"], seed), 1),
+                     "python_ms": round(python_ms(folder / "bundle", backend, ref["prompt"], seed, ref, folder), 1),
                      "detail": f"{plan}; bar >= {MIN_PSNR_DB:g} dB vs Python's generate --bundle"})
     return rows
 
