@@ -388,8 +388,9 @@ class Source(_Record):
     pipeline_class: str = ""
     weights_sha256: str | None = None
     decoder: dict | None = None  # export --decoder: the tiny decoder that replaced the VAE (path, class, sha256)
+    adapters: list | None = None  # export --lora: the adapters fused in (file, sha256, scale, components, rank)
     extra: dict = field(default_factory=dict, compare=False)
-    _OMIT_NONE = ("decoder",)
+    _OMIT_NONE = ("decoder", "adapters")
 
 
 @dataclass(frozen=True)

@@ -454,12 +454,27 @@ def _sampling_defaults(plan, steps, sampler, guidance):
             guidance if guidance is not None else plan.guidance)
 
 
-def _model_plan(model):
+def _model_plan(model, adapters=()):
     from mobilediff.card import model_card
     from mobilediff.loading import load_pipeline, resolve_model
 
     pipe = load_pipeline(model)
-    return pipe, model_card(pipe, resolve_model(model), str(model)).plan
+    plan = model_card(pipe, resolve_model(model), str(model)).plan
+    if adapters:
+        from mobilediff.lora import apply_adapters
+
+        apply_adapters(pipe, list(adapters))
+    return pipe, plan
+
+
+def _adapters(values):
+    """--lora FILE[:SCALE] values, each file checked to exist and to be safetensors before any model is loaded."""
+    from mobilediff.lora import parse_adapter, read_adapter
+
+    adapters = [parse_adapter(v) for v in values]
+    for a in adapters:
+        read_adapter(a.path)
+    return adapters
 
 
 def _warn(msg: str) -> None:
@@ -479,18 +494,20 @@ def _warn(msg: str) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
 @click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True, help="Host runtime for --bundle.")
 @click.option("--low-memory", is_flag=True, help="With --bundle: load each component when its turn comes and release it before the next, ONNX Runtime without its CPU arena and memory pattern (the same image; each image reloads the components). For real-size models on a small machine: docs/results.md, Memory.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="With --model: merge this LoRA adapter (safetensors) into the model first, times SCALE (default 1); repeatable. A bundle carries the adapters it was exported with.")
 @click.option("--init-image", type=click.Path(path_type=Path), default=None, help="Image-to-image: start from this image (8-bit RGB or grayscale, exactly the model's size) instead of noise alone; a bundle needs export --image-modes.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Inpainting, with --init-image: a grayscale image of the same size; white (>= 128) is repainted, black kept.")
 @click.option("--strength", type=Finite(min=0), default=None, help="With --init-image: how much of the sampling runs over the image, in (0, 1] (steps x strength steps, diffusers' rule; 1: from noise). Default: 0.75 for image-to-image, 1 for inpainting.")
-def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime, low_memory, init_image,
-                 mask, strength):
+def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bundle, runtime, low_memory, loras,
+                 init_image, mask, strength):
     """Generate images from a pipeline (PyTorch reference) or from an exported bundle (host runtimes): from text,
     or from an image (--init-image, --mask, --strength)."""
     _refuse_conflicts(("conflicts", "bundle", "model", "a bundle holds its own model"),
                       ("needs", "runtime", "bundle", "the runtime runs a bundle's graphs"),
                       ("needs", "low_memory", "bundle", "it is how a bundle's graphs are loaded"),
                       ("needs", "mask", "init_image", "a mask marks what to repaint of an image"),
-                      ("needs", "strength", "init_image", "the strength is how far the image is noised"))
+                      ("needs", "strength", "init_image", "the strength is how far the image is noised"),
+                      ("conflicts", "loras", "bundle", "a bundle carries the adapters it was exported with"))
     if strength is not None and not 0 < strength <= 1:
         raise MobilediffError(f"--strength must be in (0, 1], got {strength:g}")
     if init_image is not None and strength is None:
@@ -540,7 +557,8 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         from mobilediff.components import image_size
         from mobilediff.sampling import generate_from_image
 
-        pipe, plan = _model_plan(model)
+        adapters = _adapters(loras)
+        pipe, plan = _model_plan(model, adapters)
         steps, sampler, guidance = _sampling_defaults(plan, steps, sampler, guidance)
         validate_generation(steps, guidance, list(prompts), list(seeds))
         image = mask_latent = None
@@ -590,10 +608,12 @@ def _image_inputs(init_image: Path, mask: Path | None, height: int, width: int, 
 @click.option("--decoder-tile", type=click.IntRange(min=1), default=None, metavar="LATENT_PX", help="Export the VAE decoder as one graph that decodes tiles of this many latent pixels (square) one after another and blends their overlaps: its activations shrink with the tile area (a 512 px SD decoder at 40: 4 tiles), at the cost of the overlaps' extra decoding and a decode that differs from the whole one (measured at export: export.tiling in the manifest). Default: the whole latent at once.")
 @click.option("--decoder-overlap", type=click.IntRange(min=0), default=8, show_default=True, metavar="LATENT_PX", help="Latent pixels neighbouring decoder tiles share (blended); less than half of --decoder-tile.")
 @click.option("--ort-format/--no-ort-format", default=True, show_default=True, help="With the onnx target, also write each graph in ORT format (ONNX Runtime's mobile format, optimized for arm once; the apps load it when present), with its mobile usability report (NNAPI, Core ML) and the bundle's required-operators config for a reduced ONNX Runtime build.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Merge this LoRA adapter (a safetensors file in the diffusers/PEFT or kohya layout) into the UNet and text encoder before export, times SCALE (default 1); repeat to mix several. Checked against the model first: an adapter for another architecture is refused. Recorded in the manifest's source.adapters.")
 @click.option("--image-modes", is_flag=True, help="Also export the VAE encoder and the sampler tables' image-to-image rows, so the bundle runs image-to-image and inpainting (generate --init-image/--mask/--strength, the apps) besides text-to-image.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
-               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, image_modes, force):
+               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, loras, image_modes,
+               force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     _refuse_conflicts(("needs", "fused_sampler", "fused_steps", "it is the fused program's sampler"))
     from mobilediff.decoder import resolve_decoder
@@ -623,11 +643,18 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
         from mobilediff.decoder import check_decoder_dir, check_fits, latent_space, vae_folder
 
         check_fits(cfg.decoder, check_decoder_dir(cfg.decoder), latent_space(vae_folder(cfg.model_dir)))
+    adapters = _adapters(loras)
     pipe = load_pipeline(model)
     if cfg.decoder is not None:
         from mobilediff.decoder import with_decoder
 
         pipe = with_decoder(pipe, cfg.decoder, cfg.model_dir)
+    if adapters:
+        import dataclasses
+
+        from mobilediff.lora import apply_adapters
+
+        cfg = dataclasses.replace(cfg, adapters=tuple(apply_adapters(pipe, adapters)))
     path = run_export(pipe, cfg, progress=lambda m: click.echo(f"export {m}", err=True))
     click.echo(f"bundle written to {path}")
 

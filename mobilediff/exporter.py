@@ -284,6 +284,7 @@ class ExportConfig:
     decoder_tile: int | None = None  # VAE decoder run per tile of this many latent pixels (mobilediff.tiling)
     decoder_overlap: int = 8  # latent pixels shared by neighbouring tiles
     image_modes: bool = False  # also the VAE encoder and the tables' image-to-image / inpainting rows
+    adapters: tuple = ()  # LoRA adapters fused into the pipeline before export (mobilediff.lora records)
 
     @classmethod
     def of(cls, target: str, out: Path, **options) -> "ExportConfig":
@@ -419,7 +420,8 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
             format=FORMAT, format_version=FORMAT_VERSION,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source=Source(model=cfg.source, pipeline_class=type(pipe).__name__, weights_sha256=card.role.source_sha256,
-                          decoder=decoder_source(cfg.decoder) if cfg.decoder is not None else None),
+                          decoder=decoder_source(cfg.decoder) if cfg.decoder is not None else None,
+                          adapters=list(cfg.adapters) or None),
             model=card.role, default_sampling=card.plan, versions=library_versions(), geometry=geometry,
             prediction_type=pipe.scheduler.config.prediction_type,
             tokenizer=Tokenizer.from_dict(_tokenizer_record(pipe, tmp), "tokenizer", strict=True),

@@ -130,47 +130,57 @@ def _generate(pipe, prompts, seeds, steps, guidance, batch_size, progress, laten
 @torch.no_grad()
 def generate_from_image(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: str, guidance: float,
                         init_image: torch.Tensor, strength: float, mask: torch.Tensor | None = None,
-                        progress: Callable[[int], None] | None = None) -> torch.Tensor:
+                        batch_size: int = 64, progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Image-to-image (``mask`` None) or inpainting: images (N, 3, H, W) in [-1, 1] from diffusers' own
     StableDiffusionImg2ImgPipeline / StableDiffusionInpaintPipeline made of ``pipe``'s components with the
     sampler's scheduler, image ``i`` from ``torch.Generator().manual_seed(seeds[i])`` (the reference the bundles'
-    tables are checked against). ``init_image`` (1, 3, H, W) in [-1, 1] at the model's size; ``mask`` (1, 1, h, w) of
-    0/1 at the latent's size (:func:`mobilediff.image_input.load_mask`)."""
+    tables are checked against; an image does not depend on its batch). ``init_image`` (1 or N, 3, H, W) in [-1, 1]
+    at the model's size; ``mask`` (1 or N, 1, h, w) of 0/1 at the latent's size
+    (:func:`mobilediff.image_input.load_mask`). ``progress(k)`` after every step of every batch."""
     import diffusers
 
     from mobilediff.sampler_table import strength_steps
 
-    if len(prompts) != len(seeds):
-        raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    n = len(prompts)
+    if n != len(seeds):
+        raise MobilediffError(f"{n} prompts but {len(seeds)} seeds")
     validate_generation(steps, guidance, prompts, seeds)
     strength_steps(steps, strength)
     height, width = image_size(pipe)
     if tuple(init_image.shape[-2:]) != (height, width):
         raise MobilediffError(f"--init-image is {init_image.shape[-1]}x{init_image.shape[-2]}, the model generates "
                               f"{width}x{height}")
+    for name, t in (("init images", init_image), ("masks", mask)):
+        if t is not None and len(t) not in (1, n):
+            raise MobilediffError(f"{len(t)} {name} for {n} prompts: give one, or one per prompt")
     cls = diffusers.StableDiffusionInpaintPipeline if mask is not None else diffusers.StableDiffusionImg2ImgPipeline
-    parts = {k: v for k, v in pipe.components.items() if k in ("vae", "text_encoder", "tokenizer", "unet")}
+    parts = {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
     runner = cls(**parts, scheduler=make_scheduler(sampler, pipe.scheduler.config), safety_checker=None,
                  feature_extractor=None, requires_safety_checker=False)
     runner.set_progress_bar_config(disable=True)
-    kw = {}
-    if mask is not None:  # the latent mask at pixel size: diffusers takes it there and samples it back (nearest)
-        factor = int(pipe.vae_scale_factor)
-        kw = {"mask_image": mask.repeat_interleave(factor, 2).repeat_interleave(factor, 3), "height": height,
-              "width": width}
+    factor = int(pipe.vae_scale_factor)
+
+    def on_step(p, step, t, kwargs):
+        if progress is not None:
+            progress(1)
+        return kwargs
+
+    def rows(t: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        return t.expand(n, *t.shape[1:])[i:j]
+
     out = []
-    for prompt, seed in zip(prompts, seeds):
-        embeds = text_embeddings(pipe, [prompt])
-        uncond = text_embeddings(pipe, [""]) if guidance > 1 and not pipe.unet.config.time_cond_proj_dim else None
-
-        def on_step(p, step, t, kwargs):
-            if progress is not None:
-                progress(1)
-            return kwargs
-
-        images = runner(prompt_embeds=embeds, negative_prompt_embeds=uncond, image=(init_image + 1) / 2,
+    for i in range(0, n, batch_size):
+        j = min(n, i + batch_size)
+        embeds = text_embeddings(pipe, prompts[i:j])
+        uncond = text_embeddings(pipe, [""] * (j - i)) \
+            if guidance > 1 and not pipe.unet.config.time_cond_proj_dim else None
+        kw = {}
+        if mask is not None:  # the latent mask at pixel size: diffusers takes it there and samples it back (nearest)
+            kw = {"mask_image": rows(mask, i, j).repeat_interleave(factor, 2).repeat_interleave(factor, 3),
+                  "height": height, "width": width}
+        images = runner(prompt_embeds=embeds, negative_prompt_embeds=uncond, image=(rows(init_image, i, j) + 1) / 2,
                         strength=strength, num_inference_steps=steps, guidance_scale=guidance,
-                        generator=torch.Generator().manual_seed(int(seed)), output_type="pt",
+                        generator=[torch.Generator().manual_seed(int(s)) for s in seeds[i:j]], output_type="pt",
                         callback_on_step_end=on_step, **kw).images
         out.append(images.float() * 2 - 1)
     return torch.cat(out)

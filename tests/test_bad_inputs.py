@@ -953,6 +953,10 @@ CASES = [
     Case("app_parity-fixtures-index-not-json", lambda c: ["app_parity", "--fixtures-ready", "--fixtures",
                                                           str(c.t / "fx"), "--out", str(c.t / "r")],
          lambda c: fixtures(c, '{"models": '), "corrupt {t}/fx/index.json"),
+    Case("image_modes-strength-zero", lambda c: ["image_modes", "--strength", "0", "--out", str(c.t / "r")], None,
+         "--strength must be in (0, 1], got 0"),
+    Case("image_modes-out-is-a-file", lambda c: ["image_modes", "--model", "default", "--n", "2", "--out",
+                                                 str(c.t / "f")], user_file, "{t}/f is a file"),
     Case("app_memory-not-a-bundle", lambda c: ["app_memory", "--bundle", str(c.t / "d"), "--out", str(c.t / "r")],
          user_folder, "{t}/d is not a bundle (no manifest.json)"),
 ]

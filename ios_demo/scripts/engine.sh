@@ -3,9 +3,11 @@
 # version, through its C API).
 # Builds the toolchain and the engine when needed, then runs it on the host through the toolchain's loader.
 #   engine.sh generate --bundle B --backend onnx --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
-#                      [--threads T] [--warmup N] [--repeats N] --out IMG.png --json RESULT.json
+#                      [--threads T] [--warmup N] [--repeats N] [--low-memory]
+#                      [--init-image IMG.png [--mask MASK.png] [--strength S]] --out IMG.png --json RESULT.json
 #   engine.sh check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
-# RESULT.json: ms_total, ms {component: ms}, steps, sampler, guidance, image_raw (float32 LE (H, W, 3) in [-1, 1]);
+# RESULT.json: ms_total, ms {component: ms}, steps, sampler, guidance, mode (txt2img, img2img, inpaint), strength
+# (null for txt2img), image_raw (float32 LE (H, W, 3) in [-1, 1]);
 # the timed run follows N untimed warm-up runs (default 1).
 # ROWS.json: [{check: tokenizer|noise|sampler, backend, model, seed, psnr_db, max_abs_error, passed, detail}]
 # (psnr_db is null for an exact match). Bad input (bundle, option, prompt, output path): one line `error: ...` on

@@ -1,19 +1,22 @@
 import MobileDiffKit
+import PhotosUI
 import SwiftUI
 import UIKit
 import UniformTypeIdentifiers
 
 struct ContentView: View {
     @State private var model = GeneratorModel()
+    @State private var pickedPhoto: PhotosPickerItem?
 
     var body: some View {
         NavigationStack {
             Form {
                 bundleSection
                 promptSection
+                if !model.imageModes.isEmpty { imageSection }
                 runtimeSection
                 generateSection
-                if let image = model.image { imageSection(image) }
+                if let image = model.image { resultSection(image) }
             }
             .navigationTitle("MobileDiff")
             .task { model.start() }
@@ -106,7 +109,47 @@ struct ContentView: View {
         }
     }
 
-    private func imageSection(_ image: CGImage) -> some View {
+    /// Image-to-image and inpainting (bundles exported with --image-modes): a photo from the library, the strength,
+    /// and for inpainting a mask drawn over the photo with the brush.
+    private var imageSection: some View {
+        Section {
+            PhotosPicker(model.initImage == nil ? "Start from a photo…" : "Another photo…", selection: $pickedPhoto, matching: .images)
+                .onChange(of: pickedPhoto) { model.pickImage(pickedPhoto) }
+                .disabled(model.isBusy)
+            if let image = model.initImage {
+                MaskCanvas(image: image, strokes: $model.maskStrokes, radius: model.brushRadius,
+                           drawing: model.imageModes.contains("inpaint") && !model.isBusy)
+                HStack {
+                    Text("Strength")
+                    Slider(value: $model.strength, in: 0.05...1, step: 0.05)
+                    Text(String(format: "%.2f", model.strength)).monospacedDigit()
+                }
+                if model.imageModes.contains("inpaint") {
+                    HStack {
+                        Text("Brush")
+                        Slider(value: $model.brushRadius, in: 0.01...0.25)
+                        Button("Clear mask") { model.clearMask() }.disabled(model.maskStrokes.isEmpty)
+                    }
+                    .buttonStyle(.borderless)
+                }
+                Button("Remove the photo", role: .destructive) {
+                    model.clearImage()
+                    pickedPhoto = nil
+                }
+                .buttonStyle(.borderless)
+            }
+        } header: {
+            Text("Start from an image")
+        } footer: {
+            Text(model.initImage == nil
+                 ? "Generate from a photo (scaled and cropped to the bundle's size)."
+                 : model.maskStrokes.isEmpty
+                 ? "Image-to-image: \(Int((model.strength * Double(model.steps)).rounded(.down))) of \(model.steps) steps over the photo.\(model.imageModes.contains("inpaint") ? " Draw over the photo to repaint only there." : "")"
+                 : "Inpainting: only the painted region is repainted.")
+        }
+    }
+
+    private func resultSection(_ image: CGImage) -> some View {
         Section("Image") {
             Image(decorative: image, scale: 1)
                 .interpolation(.none)

@@ -1,6 +1,7 @@
 import CoreML
 import Foundation
 import MobileDiffKit
+import PhotosUI
 import SwiftUI
 import UIKit
 
@@ -8,7 +9,8 @@ import UIKit
 /// (`BundleLibrary`: imports from the document picker), the runtime choice (`BackendKind`: what the bundle has files
 /// for and this build holds), the plan (`Pipeline.Configuration.defaults`: the manifest's `default_sampling`), progress
 /// and cancellation (`Pipeline.generate`), lazy loading and release under memory pressure (`ManagedModel`) and the
-/// peak memory (`MemoryFootprint`). Generation runs off the main actor; every published change happens on it.
+/// peak memory (`MemoryFootprint`), the init image and mask of image-to-image and inpainting (`ImageInput`,
+/// `MaskBrush`). Generation runs off the main actor; every published change happens on it.
 @MainActor
 @Observable
 final class GeneratorModel {
@@ -52,6 +54,19 @@ final class GeneratorModel {
     var availableSteps: [Int] = []
     var steps = 4
     var guidance = 1.0
+
+    // image-to-image and inpainting, for bundles exported with --image-modes
+    /// The bundle's image modes ("img2img", "inpaint"); empty: text-to-image only.
+    var imageModes: [String] = []
+    /// The picked photo, scaled and centre-cropped to the bundle's size (the engine never resizes), and its pixels.
+    var initImage: CGImage?
+    private var initRGB: [UInt8]?
+    /// How much of the sampling runs over the image, in (0, 1].
+    var strength = Pipeline.ImageCondition.defaultStrength(inpainting: false)
+    /// The mask drawn over the image (repaint under the brush); none: image-to-image.
+    var maskStrokes: [MaskStroke] = []
+    /// The brush's radius, as a fraction of the image's width.
+    var brushRadius = 0.06
 
     // a generation and its outcome
     var status = "Choose a bundle"
@@ -136,6 +151,8 @@ final class GeneratorModel {
             backend = chosen
             let plan = Pipeline.Configuration.defaults(for: manifest)
             samplers = Array(Set(manifest.samplers.map(\.name))).sorted()
+            imageModes = manifest.image?.modes ?? []
+            clearImage()
             sampler = plan.sampler
             steps = plan.steps
             guidance = plan.guidanceScale
@@ -211,8 +228,14 @@ final class GeneratorModel {
     func generate() {
         guard let engine else { return }
         engine.pipeline.reduceMemory = reduceMemory
-        let configuration = Pipeline.Configuration(prompt: prompt, seed: UInt64(seed), sampler: sampler, steps: steps,
+        var configuration = Pipeline.Configuration(prompt: prompt, seed: UInt64(seed), sampler: sampler, steps: steps,
                                                    guidanceScale: guidance)
+        do {
+            configuration.image = try imageCondition(engine.pipeline.manifest.geometry)
+        } catch {
+            status = "\(error)"
+            return
+        }
         let cancel = CancelFlag()
         cancelFlag = cancel
         isBusy = true
@@ -232,6 +255,51 @@ final class GeneratorModel {
         }
     }
 
+    // MARK: image-to-image and inpainting
+
+    /// The photo picked in the library: scaled to cover the bundle's size and centre-cropped (its orientation
+    /// applied), off the main actor.
+    func pickImage(_ item: PhotosPickerItem?) {
+        guard let item, let geometry = manifest?.geometry else { return }
+        status = "Loading the photo…"
+        Task {
+            do {
+                guard let data = try await item.loadTransferable(type: Data.self) else {
+                    status = "The photo could not be read"
+                    return
+                }
+                let fitted = try await Task.detached(priority: .userInitiated) {
+                    try PickedImage.fitted(data, width: geometry.width, height: geometry.height)
+                }.value
+                initImage = fitted.cgImage
+                initRGB = fitted.rgb
+                maskStrokes = []
+                status = "Image-to-image at strength \(String(format: "%.2f", strength))\(imageModes.contains("inpaint") ? "; draw over what to repaint" : "")"
+            } catch {
+                status = "\(error)"
+            }
+        }
+    }
+
+    func clearImage() {
+        initImage = nil
+        initRGB = nil
+        maskStrokes = []
+    }
+
+    func clearMask() { maskStrokes = [] }
+
+    /// The picked image and drawn mask as the pipeline takes them; nil without an image.
+    private func imageCondition(_ geometry: BundleManifest.Geometry) throws -> Pipeline.ImageCondition? {
+        guard let initRGB else { return nil }
+        let pixels = ImageInput.pixels(rgb: initRGB, height: geometry.height, width: geometry.width)
+        guard !maskStrokes.isEmpty else { return Pipeline.ImageCondition(pixels: pixels, strength: strength) }
+        let gray = MaskBrush.rasterize(maskStrokes, width: geometry.width, height: geometry.height)
+        let mask = try ImageInput.latentMask(gray: gray, height: geometry.height, width: geometry.width,
+                                             factor: geometry.pixelsPerLatent, name: "The drawn mask")
+        return Pipeline.ImageCondition(pixels: pixels, mask: mask, strength: strength)
+    }
+
     func cancel() {
         cancelFlag.set()
         status = "Cancelling…"
@@ -247,7 +315,8 @@ final class GeneratorModel {
             timings = result.timer.milliseconds.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
             peakMemory = result.peakMemoryBytes
             modelsLoaded = engine?.pipeline.models.contains(where: \.isLoaded) ?? false
-            status = String(format: "%.0f ms (%@-%ld, seed %ld)", result.timer.totalMilliseconds, sampler, steps, seed)
+            let from = result.configuration.image.map { String(format: ", %@ at strength %.2f", $0.mode, $0.strength) } ?? ""
+            status = String(format: "%.0f ms (%@-%ld, seed %ld%@)", result.timer.totalMilliseconds, sampler, steps, seed, from)
             imageFile = nil
             if let png {
                 let url = FileManager.default.temporaryDirectory.appendingPathComponent("mobilediff-seed\(seed).png")

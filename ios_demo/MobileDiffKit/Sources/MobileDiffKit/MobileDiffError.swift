@@ -20,6 +20,9 @@ public enum MobileDiffError: Error, Equatable, Sendable {
     case samplerUnavailable(sampler: String, steps: Int, available: [String])
     /// An argument outside what the bundle or engine allows.
     case invalidArgument(String)
+    /// An init image or mask that image-to-image or inpainting cannot take (missing, not a PNG this engine reads,
+    /// transparent, of another size, a mask in colour or marking nothing): the message names it and what it must be.
+    case invalidImage(String)
     /// The tokenizer files are missing or malformed.
     case tokenizer(String)
     /// A tensor's shape or element count is not what a component declares.
@@ -60,6 +63,8 @@ extension MobileDiffError: CustomStringConvertible, LocalizedError {
         case .samplerUnavailable(let sampler, let steps, let available):
             return "bundle has no \(sampler) table for \(steps) steps (it has: \(available.joined(separator: ", ")))"
         case .invalidArgument(let message):
+            return message
+        case .invalidImage(let message):
             return message
         case .tokenizer(let message):
             return "tokenizer: \(message)"

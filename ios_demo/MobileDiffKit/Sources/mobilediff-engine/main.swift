@@ -7,7 +7,10 @@
 //            reported, default 1)] [--onnx-format auto|ort|onnx (ONNX Runtime: auto runs a component's .ort file
 //            where the bundle lists one, else its .onnx)] [--low-memory (each model loaded when its turn comes and
 //            unloaded after its part, ONNX Runtime without its arena: the same image, a lower peak; every run loads
-//            the models again)] --out IMG.png --json RESULT.json
+//            the models again)] [--init-image IMG.png (image-to-image from this 8-bit PNG at the bundle's size) [--mask
+//            MASK.png (inpainting: grayscale, >= 128 repainted)] [--strength S (in (0, 1]; default 0.75 for
+//            image-to-image, 1 for inpainting)]] --out IMG.png --json RESULT.json
+//   RESULT.json's mode is txt2img, img2img or inpaint, strength null for txt2img.
 //   RESULT.json's peak_memory_bytes is VmHWM since the process started (peak_memory_scope "process" on Linux):
 //   the engine, every load and every run; load_ms: the load before the runs, or (--low-memory) the loads inside the
 //   reported run.
@@ -26,7 +29,8 @@ struct UsageError: Error, CustomStringConvertible {
 let usage = """
     usage: mobilediff-engine generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G]
                                       [--sampler NAME] [--threads T] [--warmup N] [--repeats N]
-                                      [--onnx-format auto|ort|onnx] [--low-memory] --out IMG.png --json RESULT.json
+                                      [--onnx-format auto|ort|onnx] [--low-memory]
+                                      [--init-image IMG.png [--mask MASK.png] [--strength S]] --out IMG.png --json RESULT.json
            mobilediff-engine check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
     """
 
@@ -153,6 +157,7 @@ func generate(_ options: [String: String]) throws {
     if let sampler = options["sampler"] { configuration.sampler = sampler }
     if let steps = try number(options, "steps", as: Int.self) { configuration.steps = steps }
     if let guidance = try number(options, "guidance", as: Double.self) { configuration.guidanceScale = guidance }
+    configuration.image = try imageCondition(options, manifest: pipeline.manifest)
 
     // resident: every model loaded before the runs; low-memory: each generation loads what it needs when it needs it
     let loadStart = Date()
@@ -181,13 +186,17 @@ func generate(_ options: [String: String]) throws {
         "ms_total_runs": runs.map { $0.timer.totalMilliseconds },
         "steps": configuration.steps,
         "sampler": configuration.sampler,
+        "mode": configuration.mode,
+        "strength": configuration.image.map { $0.strength as Any } ?? NSNull(),
+        "init_image": options["init-image"] ?? NSNull(),
+        "mask": options["mask"] ?? NSNull(),
         "guidance": configuration.guidanceScale,
         "seed": configuration.seed,
         "prompt": configuration.prompt,
         "backend": backend.target,
         "runtime": backend.runtimeDescription,
         // the file each component ran from (ONNX Runtime: model.ort where the bundle lists one)
-        "files": Dictionary(uniqueKeysWithValues: [pipeline.textEncoder.model, pipeline.denoiser.model, pipeline.decoder.model]
+        "files": Dictionary(uniqueKeysWithValues: (pipeline.models + (configuration.image == nil ? [] : [pipeline.imageEncoder?.model].compactMap { $0 }))
             .map { ($0.component, ["target": $0.file.target, "path": $0.file.path, "precision": $0.file.precision] as [String: Any]) }),
         "low_memory": lowMemory,
         "peak_memory_bytes": Int(runs.map(\.peakMemoryBytes).max() ?? 0),
@@ -198,8 +207,31 @@ func generate(_ options: [String: String]) throws {
         "image_raw_shape": [result.image.height, result.image.width, 3],
     ]
     try write(record, to: resultPath)
-    print(String(format: "%@: %@-%d guidance %g seed %llu in %.0f ms (load %.0f ms)", out, configuration.sampler,
-                 configuration.steps, configuration.guidanceScale, configuration.seed, result.timer.totalMilliseconds, loadMs))
+    let from = configuration.image.map { String(format: " %@ strength %g", $0.mode, $0.strength) } ?? ""
+    print(String(format: "%@: %@-%d guidance %g seed %llu%@ in %.0f ms (load %.0f ms)", out, configuration.sampler,
+                 configuration.steps, configuration.guidanceScale, configuration.seed, from, result.timer.totalMilliseconds, loadMs))
+}
+
+/// `--init-image`, `--mask` and `--strength` as the pipeline takes them, read and checked before any model loads
+/// (Python's `generate` rules: a mask or a strength needs an init image; the strength defaults to 0.75 for
+/// image-to-image and 1 for inpainting).
+func imageCondition(_ options: [String: String], manifest: BundleManifest) throws -> Pipeline.ImageCondition? {
+    let strength = try number(options, "strength", as: Double.self)
+    guard let initImage = options["init-image"] else {
+        if options["mask"] != nil { throw UsageError(description: "--mask needs --init-image: a mask marks what to repaint of an image") }
+        if strength != nil { throw UsageError(description: "--strength needs --init-image: the strength is how far the image is noised") }
+        return nil
+    }
+    if let strength, !(strength > 0 && strength <= 1) {
+        throw UsageError(description: "--strength must be in (0, 1], got \(String(format: "%g", strength))")
+    }
+    let g = manifest.geometry
+    let pixels = try ImageInput.readImage(URL(fileURLWithPath: initImage), height: g.height, width: g.width)
+    let mask = try options["mask"].map {
+        try ImageInput.readMask(URL(fileURLWithPath: $0), height: g.height, width: g.width, factor: g.pixelsPerLatent)
+    }
+    return Pipeline.ImageCondition(pixels: pixels, mask: mask,
+                                   strength: strength ?? Pipeline.ImageCondition.defaultStrength(inpainting: mask != nil))
 }
 
 func checkGoldens(_ options: [String: String]) throws {
@@ -240,7 +272,8 @@ do {
     let arguments = try rawArguments()
     switch arguments.first {
     case "generate":
-        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "onnx-format", "out", "json"],
+        try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "onnx-format",
+                                                                     "init-image", "mask", "strength", "out", "json"],
                                       switches: ["low-memory"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))

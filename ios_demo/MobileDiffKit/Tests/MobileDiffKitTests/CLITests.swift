@@ -22,7 +22,10 @@ final class CLITests: XCTestCase {
     }
 
     /// The engine with `arguments`, through bash: a `$'...'` argument can hold bytes no Swift string can.
-    private func cli(_ arguments: [String]) throws -> Run {
+    private func cli(_ arguments: [String]) throws -> Run { try Self.run(arguments) }
+
+    /// The engine with `arguments` (see `cli`), for other suites.
+    static func run(_ arguments: [String]) throws -> Run {
         let quoted = try [Self.engine().path] + arguments
         let script = quoted.map { $0.hasPrefix("$'") ? $0 : "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
             .joined(separator: " ")

@@ -61,6 +61,42 @@ enum Fixtures {
         return (reference, ImageConversion.hwcClamped(chw: tensor.floats, height: shape[shape.count - 2], width: shape[shape.count - 1]))
     }
 
+    /// An image-to-image or inpainting reference of a fixture (a row of DIR/index.json with a `mode`): Python's
+    /// `generate --bundle --init-image [--mask] --strength` image from the fixture's init.png (and mask.png).
+    struct ImageReference: Decodable {
+        var runtime: String
+        var seed: UInt64
+        var prompt: String
+        var sampler: String
+        var steps: Int
+        var guidance: Double
+        var mode: String
+        var strength: Double
+        var initImage: String
+        var mask: String?
+        var ms: Double?
+        var raw: String
+
+        enum CodingKeys: String, CodingKey {
+            case runtime, seed, prompt, sampler, steps, guidance, mode, strength, mask, ms, raw
+            case initImage = "init_image"
+        }
+    }
+
+    /// The image references of fixture `name` (none for a fixture exported without image modes), each with
+    /// Python's raw image (H, W, 3) in [-1, 1].
+    static func imageReferences(_ name: String) throws -> [(ImageReference, [Float])] {
+        let root = try requireRoot()
+        let index = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("index.json"))) as? [String: Any]
+        let entry = (index?["models"] as? [String: Any])?[name] as? [String: Any]
+        let rows = (entry?["references"] as? [[String: Any]] ?? []).filter { $0["mode"] != nil }
+        return try rows.map { row in
+            let reference = try JSONDecoder().decode(ImageReference.self, from: JSONSerialization.data(withJSONObject: row))
+            let tensor = try SafetensorsFile(url: root.appendingPathComponent(name).appendingPathComponent(reference.raw)).tensor("image")
+            return (reference, tensor.floats)
+        }
+    }
+
     /// A writable copy of a fixture's bundle (for the error tests, which damage it).
     static func bundleCopy(_ name: String) throws -> URL {
         let source = try bundle(name)

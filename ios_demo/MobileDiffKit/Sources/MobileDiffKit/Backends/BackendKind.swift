@@ -44,10 +44,11 @@ public enum BackendKind: String, CaseIterable, Sendable, Identifiable {
         return kinds
     }
 
-    /// The runtimes of `compiled` that find a file for every component of `manifest`, in `compiled`'s order.
+    /// The runtimes of `compiled` that find a file for every component of `manifest` (`pipelineComponents`: with the
+    /// VAE encoder of an image-modes bundle), in `compiled`'s order.
     public static func available(for manifest: BundleManifest, compiled: [BackendKind] = compiledIn) -> [BackendKind] {
         compiled.filter { kind in
-            BundleManifest.componentNames.allSatisfy { name in
+            manifest.pipelineComponents.allSatisfy { name in
                 manifest.components[name]?.files.contains { kind.fileTargets.contains($0.target) } ?? false
             }
         }

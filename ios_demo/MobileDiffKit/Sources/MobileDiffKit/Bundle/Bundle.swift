@@ -43,9 +43,9 @@ public struct MobileDiffBundle: Sendable {
                                                    available: component.files.map { "\($0.target)/\($0.precision)" })
     }
 
-    /// Whether `backend` finds a file for every component (in `precision`, if given).
+    /// Whether `backend` finds a file for every component a pipeline opens (in `precision`, if given).
     public func runs(on backend: any InferenceBackend, precision: String? = nil) -> Bool {
-        BundleManifest.componentNames.allSatisfy { (try? file(component: $0, for: backend, precision: precision)) != nil }
+        manifest.pipelineComponents.allSatisfy { (try? file(component: $0, for: backend, precision: precision)) != nil }
     }
 
     /// The URL of a component file after checking that it and its external data files exist and match their

@@ -12,6 +12,11 @@ public struct BundleManifest: Sendable {
     public static let supportedFormatVersion = 1
     /// The components every bundle has.
     public static let componentNames = ["text_encoder", "unet", "vae_decoder"]
+    /// The component of image-to-image and inpainting bundles (`export --image-modes`): RGB image -> the VAE's posterior.
+    public static let imageEncoderName = "vae_encoder"
+    /// The image modes a bundle can list (`image.modes`).
+    public static let imageModes = ["img2img", "inpaint"]
+    public static let encoderPosteriors = ["gaussian", "deterministic"]
     public static let roles = ["teacher", "student"]
     public static let guidanceTypes = ["classifier_free", "embedding"]
 
@@ -27,6 +32,19 @@ public struct BundleManifest: Sendable {
     public var model: ModelInfo?
     /// The manifest's `default_sampling`; absent in bundles exported before it was added (see `plan`).
     public var defaultSampling: DefaultSampling?
+    /// The manifest's `image`: image-to-image and inpainting (`export --image-modes`); nil for a text-to-image bundle.
+    /// When present, the bundle holds a `vae_encoder` component and every sampler table its `addNoise` rows.
+    public var image: ImageModes?
+
+    /// The components a pipeline opens: the three of every bundle, and the VAE encoder of an image-modes bundle.
+    public var pipelineComponents: [String] {
+        BundleManifest.componentNames + (image == nil ? [] : [BundleManifest.imageEncoderName])
+    }
+
+    /// Whether the bundle runs `mode`: "txt2img" always, "img2img" and "inpaint" when its `image.modes` list them.
+    public func supports(_ mode: String) -> Bool {
+        mode == "txt2img" || (image?.modes.contains(mode) ?? false)
+    }
 
     /// What the model is: the manifest's `model`, or for bundles exported before it existed an LCM student when the
     /// denoiser takes a guidance embedding, else a teacher.
@@ -54,8 +72,13 @@ public struct BundleManifest: Sendable {
         /// Decoder input = latents / scalingFactor + shiftFactor.
         public var scalingFactor: Double
         public var shiftFactor: Double?
+        /// Image pixels per latent pixel along each axis; nil in manifests that lack it (see `pixelsPerLatent`).
+        public var vaeScaleFactor: Int? = nil
 
         public var latentShape: [Int] { [1, latentChannels, latentHeight, latentWidth] }
+        /// The VAE's factor: `vae_scale_factor`, else height / latent height. An inpainting mask is sampled at
+        /// every `pixelsPerLatent`-th pixel.
+        public var pixelsPerLatent: Int { vaeScaleFactor ?? max(height / max(latentHeight, 1), 1) }
     }
 
     public struct TokenizerInfo: Sendable {
@@ -114,6 +137,26 @@ public struct BundleManifest: Sendable {
         public var latentCoef: [[Double]]
         public var outputCoef: [[Double]]
         public var noiseCoef: [Double]
+        /// Image-to-image bundles: `addNoise[j] = [a_j, b_j]`, how the scheduler noises a clean latent to step j
+        /// (`a_j * z0 + b_j * noise`), one row per step; nil in text-to-image bundles.
+        public var addNoise: [[Double]]? = nil
+        /// Image-to-image bundles: the table of a run that begins at step j, for the starts where it is not this
+        /// table's rows from j (a multistep solver's first step is of lower order); `ImageToImage.startTable`.
+        public var starts: [Int: SamplerTable]? = nil
+    }
+
+    /// Image-to-image and inpainting (the manifest's `image`): the modes the bundle runs and its encoder's posterior
+    /// (`gaussian`: a latent is `mean + std * eps`, eps drawn from the seed's generator; `deterministic`: the mean).
+    public struct ImageModes: Sendable, Equatable {
+        /// Of `BundleManifest.imageModes`, at least one.
+        public var modes: [String]
+        /// One of `BundleManifest.encoderPosteriors`.
+        public var encoderPosterior: String
+
+        public init(modes: [String], encoderPosterior: String) {
+            self.modes = modes
+            self.encoderPosterior = encoderPosterior
+        }
     }
 
     public struct Guidance: Sendable {
@@ -208,6 +251,9 @@ extension BundleManifest {
         let components = try root.object("components")
         var byName: [String: Component] = [:]
         for name in BundleManifest.componentNames { byName[name] = try Component(components.object(name)) }
+        if let encoder = try components.optionalObject(BundleManifest.imageEncoderName) {
+            byName[BundleManifest.imageEncoderName] = try Component(encoder)
+        }
         self.components = byName
         samplers = try root.objects("samplers").map(SamplerTable.init)
         guard !samplers.isEmpty else { throw root.error("samplers", "no sampler tables (a bundle has at least one)") }
@@ -215,6 +261,20 @@ extension BundleManifest {
         predictionType = try root.optionalString("prediction_type")
         model = try root.optionalObject("model").map(ModelInfo.init)
         defaultSampling = try root.optionalObject("default_sampling").map(DefaultSampling.init)
+        image = try root.optionalObject("image").map(ImageModes.init)
+        if let image {
+            // what the image modes run on: the encoder, and every table's noising rows
+            guard byName[BundleManifest.imageEncoderName] != nil else {
+                throw root.error("components.\(BundleManifest.imageEncoderName)",
+                                 "missing (image modes \(image.modes.joined(separator: ", ")) need the VAE encoder)")
+            }
+            if let i = samplers.firstIndex(where: { $0.addNoise?.count != $0.steps }) {
+                let table = samplers[i]
+                throw root.error("samplers[\(i)].add_noise", table.addNoise == nil
+                    ? "missing (image modes need every sampler table's add_noise rows; \(table.name):\(table.steps) has none)"
+                    : "has \(table.addNoise!.count) rows for \(table.steps) steps (\(table.name):\(table.steps))")
+            }
+        }
     }
 }
 
@@ -227,6 +287,7 @@ extension BundleManifest.Geometry {
         latentWidth = try o.int("latent_width")
         scalingFactor = try o.double("scaling_factor")
         shiftFactor = try o.optionalDouble("shift_factor")
+        vaeScaleFactor = try o.optional("vae_scale_factor") { try o.atLeast(1, $0, o.int) }
     }
 }
 
@@ -301,6 +362,49 @@ extension BundleManifest.SamplerTable {
         latentCoef = try o.rows("latent_coef")
         outputCoef = try o.rows("output_coef")
         noiseCoef = try o.doubles("noise_coef")
+        addNoise = try o.optional("add_noise") { key in
+            try o.checked(key, o.rows) { rows in
+                rows.firstIndex { $0.count != 2 }.map { "row \($0) has \(rows[$0].count) numbers, expected [image_coef, noise_coef]" }
+            }
+        }
+        if let starts = try o.optionalObject("starts") {
+            var byStart: [Int: BundleManifest.SamplerTable] = [:]
+            for key in starts.fields.keys.sorted() {
+                guard let start = Int(key), (1..<steps).contains(start) else {
+                    throw o.error(starts.field(key), "a start is a step in 1...\(steps - 1) of the \(steps)-step table")
+                }
+                byStart[start] = try BundleManifest.SamplerTable(start: starts.object(key), name: name, steps: steps - start)
+            }
+            self.starts = byStart
+        }
+    }
+
+    /// A table of `starts`: the fields of a table but its `name` (the parent's), `steps` the run's (`steps`), and
+    /// every per-step list one entry per step.
+    init(start o: ManifestObject, name: String, steps: Int) throws {
+        self.name = name
+        self.steps = try o.checked("steps", o.int) { $0 == steps ? nil : "must be \(steps) (the steps left after the start), got \($0)" }
+        initNoiseSigma = try o.double("init_noise_sigma")
+        func perStep<T>(_ key: String, _ read: (String) throws -> [T]) throws -> [T] {
+            try o.checked(key, read) { $0.count == steps ? nil : "has \($0.count) entries for \(steps) steps" }
+        }
+        timesteps = try perStep("timesteps", o.doubles)
+        inputScale = try perStep("input_scale", o.doubles)
+        latentCoef = try perStep("latent_coef", o.rows)
+        outputCoef = try perStep("output_coef", o.rows)
+        noiseCoef = try perStep("noise_coef", o.doubles)
+    }
+}
+
+extension BundleManifest.ImageModes {
+    init(_ o: ManifestObject) throws {
+        modes = try o.checked("modes", o.strings) { modes in
+            if modes.isEmpty { return "is empty (known: \(BundleManifest.imageModes.joined(separator: ", ")))" }
+            return modes.first { !BundleManifest.imageModes.contains($0) }.map {
+                "unknown image mode \($0.debugDescription) (known: \(BundleManifest.imageModes.joined(separator: ", ")))"
+            }
+        }
+        encoderPosterior = try o.oneOf(BundleManifest.encoderPosteriors, "encoder_posterior", "encoder posterior")
     }
 }
 

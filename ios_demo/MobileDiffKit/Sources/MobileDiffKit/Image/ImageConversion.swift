@@ -5,6 +5,13 @@ public struct RGBAImage: Sendable, Equatable {
     /// width · height · 4 bytes.
     public var pixels: [UInt8]
 
+    public init(width: Int, height: Int, pixels: [UInt8]) {
+        precondition(pixels.count == width * height * 4, "\(width)x\(height) RGBA needs \(width * height * 4) bytes, got \(pixels.count)")
+        self.width = width
+        self.height = height
+        self.pixels = pixels
+    }
+
     /// The RGB bytes (width · height · 3), dropping alpha.
     public var rgb: [UInt8] {
         var out = [UInt8]()

@@ -9,14 +9,21 @@ extension Pipeline {
         public var sampler: String
         public var steps: Int
         public var guidanceScale: Double
+        /// Image-to-image or inpainting: the image the run starts from; nil for text-to-image.
+        public var image: ImageCondition?
 
-        public init(prompt: String, seed: UInt64, sampler: String, steps: Int, guidanceScale: Double) {
+        public init(prompt: String, seed: UInt64, sampler: String, steps: Int, guidanceScale: Double,
+                    image: ImageCondition? = nil) {
             self.prompt = prompt
             self.seed = seed
             self.sampler = sampler
             self.steps = steps
             self.guidanceScale = guidanceScale
+            self.image = image
         }
+
+        /// "txt2img", "img2img" or "inpaint".
+        public var mode: String { image?.mode ?? "txt2img" }
 
         public static func defaults(for manifest: BundleManifest, prompt: String = "", seed: UInt64 = 0) -> Configuration {
             let plan = manifest.plan
@@ -30,8 +37,47 @@ extension Pipeline {
                 throw MobileDiffError.invalidArgument("guidance must be a finite number >= 0, got \(guidanceScale)")
             }
             try Prompts.check(prompt)
-            _ = try manifest.samplerTable(sampler, steps: steps)
+            let table = try manifest.samplerTable(sampler, steps: steps)
+            guard let image else { return }
+            guard manifest.supports(image.mode) else {
+                let what = image.mode == "inpaint" ? "inpainting" : "image-to-image"
+                throw MobileDiffError.invalidArgument(manifest.image == nil
+                    ? "this bundle was exported without image modes: export it again with --image-modes for \(what)"
+                    : "this bundle runs \(manifest.image!.modes.joined(separator: ", ")), not \(image.mode)")
+            }
+            let g = manifest.geometry
+            guard image.pixels.count == 3 * g.height * g.width else {
+                throw MobileDiffError.shapeMismatch(name: "init image", expected: [1, 3, g.height, g.width], actual: [image.pixels.count])
+            }
+            if let mask = image.mask, mask.count != g.latentHeight * g.latentWidth {
+                throw MobileDiffError.shapeMismatch(name: "mask", expected: [1, 1, g.latentHeight, g.latentWidth], actual: [mask.count])
+            }
+            _ = try ImageToImage.startTable(table, strength: image.strength)
         }
+    }
+
+    /// What image-to-image and inpainting start from (`ImageInput` reads and checks it).
+    public struct ImageCondition: Sendable {
+        /// (1, 3, height, width) RGB in [-1, 1] at the bundle's size (`ImageInput.pixels`).
+        public var pixels: [Float]
+        /// (1, 1, latent height, latent width) of 0 (keep) and 1 (repaint) (`ImageInput.latentMask`); nil for
+        /// image-to-image.
+        public var mask: [Float]?
+        /// How much of the sampling runs over the image, in (0, 1]: `min(floor(steps · strength), steps)` of the
+        /// table's steps, from step `steps - that` (1: from noise, with the image's content only in inpainting's kept
+        /// region).
+        public var strength: Double
+
+        public init(pixels: [Float], mask: [Float]? = nil, strength: Double) {
+            self.pixels = pixels
+            self.mask = mask
+            self.strength = strength
+        }
+
+        /// "img2img" or "inpaint".
+        public var mode: String { mask == nil ? "img2img" : "inpaint" }
+        /// The default strength of a mode: 0.75 for image-to-image, 1 for inpainting (Python's `generate`).
+        public static func defaultStrength(inpainting: Bool) -> Double { inpainting ? 1 : 0.75 }
     }
 
     /// One generated image, how long each part took and the memory it took.

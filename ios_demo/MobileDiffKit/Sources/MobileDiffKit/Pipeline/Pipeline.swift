@@ -1,14 +1,19 @@
 import Foundation
 
 /// Text → image from a bundle alone, with any backend: tokenizer → text encoder → sampler loop over the
-/// manifest's table (guided denoiser calls) → decoder → image. The Python reference is
-/// mobilediff/runtimes.py `BundleRunner.generate`; the same seed gives the same image.
+/// manifest's table (guided denoiser calls) → decoder → image; and, for bundles exported with `--image-modes`,
+/// image → image and inpainting (`Configuration.image`: the VAE encoder first, then the run `ImageToImage` describes).
+/// The Python reference is mobilediff/engine.py `BundleRunner.generate`; the same seed gives the same image.
 public final class Pipeline: ResourceManaging {
     public let bundle: MobileDiffBundle
     public let tokenizer: BPETokenizer
     public let textEncoder: TextEncoder
     public let denoiser: Denoiser
     public let decoder: VAEDecoder
+    /// The VAE encoder of a bundle exported with image modes (`manifest.image`), else nil. Loaded at the first
+    /// image-to-image or inpainting run (not by `loadResources()`), and like the others released by
+    /// `unloadResources()`, after its part with `reduceMemory`, and after each use in the low-memory mode.
+    public let imageEncoder: VAEEncoder?
     /// Unload each model as soon as its part of a generation is done (lower peak memory, slower repeats).
     public var reduceMemory: Bool
     /// The low-memory mode (`mobilediff generate --bundle --low-memory`'s): each model is loaded when its turn comes
@@ -40,6 +45,7 @@ public final class Pipeline: ResourceManaging {
         textEncoder = TextEncoder(model: try model("text_encoder"))
         denoiser = Denoiser(model: try model("unet"))
         decoder = VAEDecoder(model: try model("vae_decoder"))
+        imageEncoder = opened.manifest.image == nil ? nil : VAEEncoder(model: try model(BundleManifest.imageEncoderName))
         self.reduceMemory = reduceMemory
         self.lowMemory = lowMemory
     }
@@ -57,6 +63,7 @@ public final class Pipeline: ResourceManaging {
         textEncoder.unloadResources()
         denoiser.unloadResources()
         decoder.unloadResources()
+        imageEncoder?.unloadResources()
     }
 
     /// Generates one image. A NaN or infinity at run time is `nonFinite` naming where it came from (a component's
@@ -74,6 +81,8 @@ public final class Pipeline: ResourceManaging {
                          onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> Result {
         try configuration.validate(against: manifest)
         let table = try manifest.samplerTable(configuration.sampler, steps: configuration.steps)
+        // the steps this run makes: the table's, or from an image the strength's share of them
+        let runSteps = try configuration.image.map { try ImageToImage.startTable(table, strength: $0.strength).table.steps } ?? table.steps
         let guidance = try GuidanceMode.make(manifest.guidance, scale: configuration.guidanceScale)
         let geometry = manifest.geometry
         var timer = SampleTimer()
@@ -88,7 +97,7 @@ public final class Pipeline: ResourceManaging {
         func report(_ stage: Progress.Stage, step: Int) {
             memory.sample()
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-            progress(Progress(stage: stage, step: step, steps: table.steps, elapsedSeconds: elapsed,
+            progress(Progress(stage: stage, step: step, steps: runSteps, elapsedSeconds: elapsed,
                               memoryBytes: MemoryFootprint.current()))
         }
         func checkCancelled() throws {
@@ -97,7 +106,17 @@ public final class Pipeline: ResourceManaging {
         try checkCancelled()
         var random = TorchRandomSource(seed: configuration.seed)
         let latentCount = geometry.latentShape.reduce(1, *)
+        // the draws, in the reference's order: eps (a gaussian posterior's sample), the noise, for inpainting with a
+        // gaussian posterior one unused draw (diffusers encodes the masked image with the generator), fresh noise
+        let gaussian = manifest.image?.encoderPosterior == "gaussian"
+        var imageLatent: [Float]?
+        if let image = configuration.image {
+            let eps = gaussian ? random.normalArray(count: latentCount) : nil
+            imageLatent = try encodeImage(image.pixels, eps: eps, timer: &timer, loads: &loads, unloadAfterUse: unloadAfterUse,
+                                          checkCancelled: checkCancelled)
+        }
         let noise = random.normalArray(count: latentCount)
+        if configuration.image?.mask != nil && gaussian { _ = random.normalArray(count: latentCount) }
 
         // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
         try ensureLoaded(textEncoder.model)
@@ -126,7 +145,7 @@ public final class Pipeline: ResourceManaging {
         let latentShape = geometry.latentShape
         try checkCancelled()
         try ensureLoaded(denoiser.model)
-        let latents = try SamplerLoop.run(table: table, noise: noise, denoise: { modelInput, timestep, _ in
+        func denoise(_ modelInput: [Float], _ timestep: Double, _: Int) throws -> [Float] {
             try checkCancelled()
             let out = try timer.time("unet") {
                 switch guidance {
@@ -141,10 +160,19 @@ public final class Pipeline: ResourceManaging {
             try requireFinite(out, "its output at timestep \(timestep)", from: denoiser.model)
             if case .classifierFree(let scale) = guidance { return GuidanceMode.combine(out, scale: scale) }
             return out
-        }, freshNoise: { random.normalArray(count: latentCount) }, onStep: { step, latent in
+        }
+        func freshNoise() -> [Float] { random.normalArray(count: latentCount) }
+        func afterStep(_ step: Int, _ latent: [Float]) {
             onStep(step, latent)
             report(.denoised, step: step + 1)
-        })
+        }
+        let latents: [Float]
+        if let image = configuration.image, let imageLatent {
+            latents = try ImageToImage.run(table: table, imageLatent: imageLatent, noise: noise, strength: image.strength,
+                                           mask: image.mask, denoise: denoise, freshNoise: freshNoise, onStep: afterStep)
+        } else {
+            latents = try SamplerLoop.run(table: table, noise: noise, denoise: denoise, freshNoise: freshNoise, onStep: afterStep)
+        }
         // every denoiser output was finite: only the table's arithmetic can have left float32's range
         try requireFinite(latents, "the final latent (sampler \(table.name):\(table.steps))", from: nil)
         if unloadAfterUse { denoiser.unloadResources() }
@@ -158,13 +186,40 @@ public final class Pipeline: ResourceManaging {
         let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput) }
         try requireFinite(decoded.floats, "the decoded image", from: decoder.model)
         if unloadAfterUse { decoder.unloadResources() }
-        report(.decoded, step: table.steps)
+        report(.decoded, step: runSteps)
 
         let raw = ImageConversion.hwcClamped(chw: decoded.floats, height: decoded.shape[2], width: decoded.shape[3])
         let image = ImageConversion.rgba(hwc: raw, height: decoded.shape[2], width: decoded.shape[3])
         return Result(image: image, rawImage: raw, timer: timer, configuration: configuration,
                       peakMemoryBytes: memory.peak, peakMemoryMethod: memory.method, peakMemoryScope: memory.scope,
                       loadMilliseconds: loads.milliseconds)
+    }
+
+    /// The clean latent z0 of an init image (1, 3, H, W): `(mean + std · eps - shift_factor) · scaling_factor` of the
+    /// encoder's posterior (`eps` nil: a deterministic posterior, the mean), in float32 in the reference's order. The
+    /// encoder is loaded here if it is not (its time goes to `loads`) and, with `unloadAfterUse`, released after.
+    private func encodeImage(_ pixels: [Float], eps: [Float]?, timer: inout SampleTimer, loads: inout SampleTimer,
+                             unloadAfterUse: Bool, checkCancelled: () throws -> Void) throws -> [Float] {
+        guard let imageEncoder else {
+            throw MobileDiffError.invalidArgument("this bundle was exported without image modes: export it again with --image-modes")
+        }
+        let geometry = manifest.geometry
+        try checkCancelled()
+        if !imageEncoder.model.isLoaded { try loads.time(imageEncoder.model.component) { try imageEncoder.loadResources() } }
+        let image = Tensor(shape: [1, 3, geometry.height, geometry.width], floats: pixels)
+        let (mean, std) = try timer.time(imageEncoder.model.component) { try imageEncoder.encode(image) }
+        try requireFinite(mean.floats, "its latent mean", from: imageEncoder.model)
+        try requireFinite(std.floats, "its latent std", from: imageEncoder.model)
+        if unloadAfterUse { imageEncoder.unloadResources() }
+        let scaling = Float(geometry.scalingFactor), shift = Float(geometry.shiftFactor ?? 0)
+        let means = mean.floats, stds = std.floats
+        guard means.count == geometry.latentShape.reduce(1, *), stds.count == means.count else {
+            throw MobileDiffError.shapeMismatch(name: "\(imageEncoder.model.component) output", expected: geometry.latentShape, actual: mean.shape)
+        }
+        return (0..<means.count).map { i in
+            let z = eps.map { means[i] + stds[i] * $0[i] } ?? means[i]
+            return (z - shift) * scaling
+        }
     }
 
     /// One pass over `values`: a NaN or infinity throws `nonFinite` naming `model`'s file when the values are its

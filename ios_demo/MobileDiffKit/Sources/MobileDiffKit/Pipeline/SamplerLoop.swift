@@ -21,9 +21,21 @@ public enum SamplerLoop {
                            denoise: ([Float], Double, Int) throws -> [Float],
                            freshNoise: () -> [Float],
                            onStep: (Int, [Float]) -> Void = { _, _ in }) rethrows -> [Float] {
+        try run(table: table, initial: scale(noise, by: table.initNoiseSigma), denoise: denoise, freshNoise: freshNoise,
+                onStep: onStep)
+    }
+
+    /// Runs every step of `table` from the latent `initial` (image-to-image: the noised image latent,
+    /// `ImageToImage.run`), with `blend(i, &latent)` applied to the latent after step i before anything sees it
+    /// (inpainting: the known region put back).
+    public static func run(table: BundleManifest.SamplerTable, initial: [Float],
+                           denoise: ([Float], Double, Int) throws -> [Float],
+                           freshNoise: () -> [Float],
+                           blend: (Int, inout [Float]) -> Void = { _, _ in },
+                           onStep: (Int, [Float]) -> Void = { _, _ in }) rethrows -> [Float] {
         var latents: [[Float]] = []  // newest first
         var outputs: [[Float]] = []
-        var x = scale(noise, by: table.initNoiseSigma)
+        var x = initial
         for i in 0..<table.steps {
             latents.insert(x, at: 0)
             outputs.insert(try denoise(scale(x, by: table.inputScale[i]), table.timesteps[i], i), at: 0)
@@ -40,6 +52,7 @@ public enum SamplerLoop {
                             table.outputCoef.dropFirst(i + 1).map(\.count).max() ?? 0)
             if latents.count >= reach { latents.removeLast(latents.count - max(reach - 1, 0)) }
             if outputs.count >= reach { outputs.removeLast(outputs.count - max(reach - 1, 0)) }
+            blend(i, &next)
             x = next
             onStep(i, x)
         }

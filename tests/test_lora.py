@@ -1,0 +1,134 @@
+"""LoRA adapters merged before generate and export (--lora FILE[:SCALE]): the merged model against the adapter
+applied by PEFT, a bundle against the PyTorch path, and the adapters refused before anything is loaded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import error_lines, run_cli_here
+from mobilediff.errors import MobilediffError
+
+
+def make_adapter(pipe, folder: Path, rank: int = 4, alpha: int = 8, seed: int = 0, name: str = "a") -> Path:
+    """A random LoRA on ``pipe``'s UNet attention projections, saved as diffusers saves one (with PEFT's alpha in
+    the header); the adapter stays active on ``pipe`` (the reference)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                     init_lora_weights=False), adapter_name=name)
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=name),
+                                              unet_lora_adapter_metadata=pipe.unet.peft_config[name].to_dict(),
+                                              weight_name=f"{name}.safetensors")
+    return folder / f"{name}.safetensors"
+
+
+def _unet_out(pipe):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    e = torch.randn(1, 77, pipe.text_encoder.config.hidden_size, generator=g)
+    with torch.no_grad():
+        return pipe.unet(x, torch.tensor([500.0]), encoder_hidden_states=e).sample
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (0.5,), (1.0, -0.7)], ids=["one", "half", "two-mixed"])
+def test_merged_adapters_equal_peft_applying_them(tmp_path, scales):
+    from mobilediff.lora import Adapter, apply_adapters
+    from mobilediff.tiny import tiny_pipeline
+
+    ref = tiny_pipeline()
+    files = [make_adapter(ref, tmp_path, seed=i, name=f"a{i}") for i in range(len(scales))]
+    ref.unet.set_adapters([f"a{i}" for i in range(len(scales))], weights=list(scales))
+    want, base = _unet_out(ref), _unet_out(tiny_pipeline())
+    pipe = tiny_pipeline()
+    records = apply_adapters(pipe, [Adapter(f, s) for f, s in zip(files, scales)])
+    got = _unet_out(pipe)
+    assert (got - want).abs().max() < 1e-5 * max(1.0, float(want.abs().max()))
+    assert (got - base).abs().max() > 1e-2  # the adapter changed the model
+    assert [r["scale"] for r in records] == list(scales) and records[0]["rank"] == [4]
+    assert not any("lora" in n for n, _ in pipe.unet.named_modules())  # a plain model again
+
+
+def test_export_with_an_adapter_matches_the_pytorch_path(tiny_pipeline_dir, tmp_path, capsys):
+    from mobilediff.loading import load_pipeline
+
+    adapter = make_adapter(load_pipeline(tiny_pipeline_dir), tmp_path / "lora")
+    code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "onnx", "--no-ort-format",
+                                "--lora", f"{adapter}:0.8", "--out", tmp_path / "b")
+    assert code == 0, err
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert m["source"]["adapters"][0]["file"] == "a.safetensors" and m["source"]["adapters"][0]["scale"] == 0.8
+    common = ["--prompt", "a red circle", "--seed", "2", "--steps", "4", "--scale", "1"]
+    for args, png in ((["--model", tiny_pipeline_dir, "--lora", f"{adapter}:0.8"], "m.png"),
+                      (["--bundle", tmp_path / "b"], "b.png"), (["--model", tiny_pipeline_dir], "base.png")):
+        code, _, err = run_cli_here(capsys, "generate", *args, *common, "--out", tmp_path / png)
+        assert code == 0, err
+    m_, b_, base = (np.asarray(Image.open(tmp_path / p)).astype(int) for p in ("m.png", "b.png", "base.png"))
+    assert np.abs(m_ - b_).max() <= 1
+    assert np.abs(m_ - base).max() > 2  # the adapter is in the bundle
+
+
+def _edited(adapter: Path, out: Path, edit) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(adapter), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(edit(tensors), str(out), metadata=meta)
+    return out
+
+
+def test_adapters_that_do_not_fit_are_refused_before_the_model_changes(tmp_path):
+    from mobilediff.lora import Adapter, apply_adapters, parse_adapter
+    from mobilediff.tiny import tiny_pipeline, tiny_variant_pipeline
+
+    other = make_adapter(tiny_variant_pipeline("sd2"), tmp_path / "sd2")  # another architecture's attention sizes
+    own = make_adapter(tiny_pipeline(), tmp_path / "own")
+
+    def rank_mismatch(t):
+        k = next(k for k in t if "lora_B" in k)
+        return {**t, k: torch.randn(t[k].shape[0], t[k].shape[1] + 2)}
+
+    cases = [
+        (other, "an adapter for another architecture"),
+        (_edited(own, tmp_path / "r.safetensors", rank_mismatch), "rank mismatch at unet."),
+        (_edited(own, tmp_path / "n.safetensors", lambda t: {"foo.weight": torch.zeros(2)}), "no UNet or text encoder"),
+        (_edited(own, tmp_path / "h.safetensors", lambda t: {k: v for k, v in t.items() if "lora_B" not in k}),
+         "has only its down matrix"),
+        (tmp_path / "missing.safetensors", "no such file"),
+    ]
+    (tmp_path / "a.bin").write_bytes(b"\x80\x04not really")
+    cases.append((tmp_path / "a.bin", "a pickle file (.bin) is never loaded"))
+    (tmp_path / "c.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    cases.append((tmp_path / "c.safetensors", "is not a readable safetensors file"))
+    pipe = tiny_pipeline()
+    before = _unet_out(pipe)
+    for path, message in cases:
+        with pytest.raises(MobilediffError) as e:
+            apply_adapters(pipe, [Adapter(path, 1.0)])
+        assert message in str(e.value), (path, str(e.value))
+    assert torch.equal(_unet_out(pipe), before)
+    assert parse_adapter("x.safetensors:0.25").scale == 0.25 and parse_adapter("x.safetensors").scale == 1.0
+    for bad, message in (("x.safetensors:big", "must be a number"), ("x.safetensors:nan", "finite")):
+        with pytest.raises(MobilediffError, match=message):
+            parse_adapter(bad)
+
+
+def test_cli_refuses_a_lora_with_a_bundle_and_a_pickle_adapter(tiny_pipeline_dir, tmp_path, capsys):
+    (tmp_path / "a.pt").write_bytes(b"\x80\x04")
+    code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "onnx", "--lora",
+                                tmp_path / "a.pt", "--out", tmp_path / "b")
+    assert code == 2 and error_lines(err) == [f"error: --lora {tmp_path / 'a.pt'}: a pickle file (.pt) is never loaded; "
+                                              f"convert the adapter to safetensors"]
+    assert not (tmp_path / "b").exists()
+    code, _, err = run_cli_here(capsys, "generate", "--bundle", tmp_path, "--lora", tmp_path / "a.pt", "--prompt", "x",
+                                "--out", tmp_path / "x.png")
+    assert code == 2 and "--lora and --bundle conflict" in err
