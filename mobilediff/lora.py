@@ -82,7 +82,12 @@ def _diffusers_layout(pipe, tensors: dict, path: Path) -> dict:
         raise MobilediffError(f"--lora {path}: not a LoRA adapter diffusers reads ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120]})") from None
     sd = converted[0] if isinstance(converted, tuple) else converted
-    return sd
+    # the attention-processor names of converted kohya files (attn1.processor.to_q_lora.down), as diffusers maps them
+    out = {}
+    for key, t in sd.items():
+        key = re.sub(r"\.processor\.(to_q|to_k|to_v)_lora\.", r".\1.lora.", key)
+        out[re.sub(r"\.processor\.to_out_lora\.", ".to_out.0.lora.", key)] = t
+    return out
 
 
 def check_adapter(pipe, tensors: dict, path: Path) -> dict:

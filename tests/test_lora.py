@@ -132,3 +132,26 @@ def test_cli_refuses_a_lora_with_a_bundle_and_a_pickle_adapter(tiny_pipeline_dir
     code, _, err = run_cli_here(capsys, "generate", "--bundle", tmp_path, "--lora", tmp_path / "a.pt", "--prompt", "x",
                                 "--out", tmp_path / "x.png")
     assert code == 2 and "--lora and --bundle conflict" in err
+
+
+def test_a_kohya_layout_adapter_merges_to_the_same_model(tmp_path):
+    """The same adapter renamed as kohya/A1111 files name it (lora_unet_<path with _>.lora_down/up + alpha)."""
+    from safetensors.torch import load_file, save_file
+
+    from mobilediff.lora import Adapter, apply_adapters
+    from mobilediff.tiny import tiny_pipeline
+
+    ref = tiny_pipeline()
+    own = make_adapter(ref, tmp_path, rank=4, alpha=4)
+    kohya = {}
+    for k, v in load_file(str(own)).items():
+        name = "lora_unet_" + k[len("unet."):].rsplit(".lora_", 1)[0].replace(".", "_")
+        if ".lora_A." in k:
+            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.alpha"] = v, torch.tensor(4.0)
+        else:
+            kohya[f"{name}.lora_up.weight"] = v
+    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    pipe = tiny_pipeline()
+    apply_adapters(pipe, [Adapter(tmp_path / "kohya.safetensors")])
+    want = _unet_out(ref)
+    assert (_unet_out(pipe) - want).abs().max() < 1e-5 * max(1.0, float(want.abs().max()))
