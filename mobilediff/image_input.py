@@ -40,7 +40,7 @@ def _rgb(im, option: str, path: Path) -> np.ndarray:
     if im.mode not in _CONVERTIBLE:
         raise MobilediffError(f"{option} {path} is a {im.mode} image: give 8-bit RGB or grayscale "
                               f"(convert 16-bit, float and CMYK images first)")
-    if "A" in im.mode or "a" in im.mode or (im.mode == "P" and "transparency" in im.info):
+    if "A" in im.mode or "a" in im.mode or "transparency" in im.info:  # an alpha channel, or a tRNS colour key
         alpha = np.asarray(im.convert("RGBA"))[..., 3]
         if (alpha < 255).any():
             raise MobilediffError(f"{option} {path} has transparent pixels ({int((alpha < 255).sum())}): flatten it "

@@ -1,8 +1,9 @@
-"""Writes the three tiny ExecuTorch programs of the JUnit tests' tiny bundle (TinyBundle.kt), each about 1.5 KB:
+"""Writes the tiny ExecuTorch programs of the JUnit tests' tiny bundle (TinyBundle.kt), each about 1.5 KB:
 
     text_encoder.pte  input_ids (1, 8) int32 -> last_hidden_state (1, 8, 1) float32, all zeros
     unet.pte          sample (1, 3, 4, 4), timestep (1,), encoder_hidden_states (1, 8, 1) -> out_sample = sample / 2
     vae_decoder.pte   latent_sample (1, 3, 4, 4) -> sample = latent_sample
+    vae_encoder.pte   sample (1, 3, 4, 4) -> latent_mean = sample / 2, latent_std = 0.25 everywhere (image modes)
 
 the same functions as the tiny ONNX graphs the tests write themselves. Run with the project's venv from this
 folder: python make_programs.py
@@ -26,6 +27,11 @@ class Decoder(torch.nn.Module):
         return latent_sample * 1.0
 
 
+class Encoder(torch.nn.Module):
+    def forward(self, sample):
+        return sample * 0.5, sample * 0.0 + 0.25
+
+
 def write(name, module, *example):
     program = to_edge_transform_and_lower(torch.export.export(module, example)).to_executorch()
     with open(f"{name}.pte", "wb") as f:
@@ -35,3 +41,4 @@ def write(name, module, *example):
 write("text_encoder", TextEncoder(), torch.zeros(1, 8, dtype=torch.int32))
 write("unet", UNet(), torch.zeros(1, 3, 4, 4), torch.zeros(1), torch.zeros(1, 8, 1))
 write("vae_decoder", Decoder(), torch.zeros(1, 3, 4, 4))
+write("vae_encoder", Encoder(), torch.zeros(1, 3, 4, 4))

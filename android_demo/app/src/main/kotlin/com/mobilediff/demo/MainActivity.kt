@@ -15,6 +15,7 @@ import android.widget.Button
 import android.widget.EditText
 import android.widget.ImageView
 import android.widget.ProgressBar
+import android.widget.SeekBar
 import android.widget.Spinner
 import android.widget.TextView
 import com.mobilediff.engine.Backend
@@ -26,12 +27,14 @@ import com.mobilediff.engine.GenerationCancelled
 import com.mobilediff.engine.GenerationListener
 import com.mobilediff.engine.GenerationRequest
 import com.mobilediff.engine.GenerationResult
+import com.mobilediff.engine.ImageModes
 import com.mobilediff.engine.ImportCancelled
 import com.mobilediff.engine.Manifest
 import com.mobilediff.engine.MemoryAdvice
 import com.mobilediff.engine.Pipeline
 import com.mobilediff.engine.SamplingPlan
 import com.mobilediff.engine.Tensor
+import com.mobilediff.engine.strengthSteps
 import java.io.File
 import java.io.IOException
 import java.text.SimpleDateFormat
@@ -43,7 +46,9 @@ import com.mobilediff.engine.Bundle as MobilediffBundle
 /**
  * Pick a bundle (imported from storage, packaged in the APK, or pushed by adb), a runtime this APK packages and the
  * bundle holds, a sampling plan from the manifest; type a prompt, seed and guidance (prefilled from the plan);
- * Generate with progress per step and Cancel; Save or Share the image. All engine work runs on one background
+ * Generate with progress per step and Cancel; Save or Share the image. With a bundle exported with image modes, pick
+ * an image (gallery, camera roll, files; centre-cropped and scaled to the bundle's size, [PickedImage]) to start from
+ * it at the strength the slider sets (image-to-image), and paint over it ([MaskView]) what to repaint (inpainting). All engine work runs on one background
  * thread, one task at a time; the loaded pipeline is kept until another bundle or runtime is picked, loads its
  * components lazily and gives them back under memory pressure ([onTrimMemory]). A bundle whose resident peak would
  * not fit in the memory available runs in the engine's low-memory mode ([lowMemoryChoice]). Whatever the engine or a
@@ -69,6 +74,10 @@ class MainActivity : Activity() {
     private var plans: List<SamplingPlan> = emptyList()
     private var job: CancelToken? = null
     private var lastImage: Pair<Bitmap, String>? = null
+    /** The manifest of the bundle shown now (null: none, or one that does not read). */
+    private var shown: Manifest? = null
+    /** The picked image as decoded (fitted again to each bundle's size), or null. */
+    private var picked: Bitmap? = null
 
     private lateinit var bundleSpinner: Spinner
     private lateinit var backendSpinner: Spinner
@@ -84,6 +93,12 @@ class MainActivity : Activity() {
     private lateinit var progress: ProgressBar
     private lateinit var image: ImageView
     private lateinit var status: TextView
+    private lateinit var pickImage: Button
+    private lateinit var clearMask: Button
+    private lateinit var removeImage: Button
+    private lateinit var strength: SeekBar
+    private lateinit var strengthLabel: TextView
+    private lateinit var maskView: MaskView
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
@@ -102,17 +117,37 @@ class MainActivity : Activity() {
         progress = findViewById(R.id.progress) as ProgressBar
         image = findViewById(R.id.image) as ImageView
         status = findViewById(R.id.status) as TextView
+        pickImage = findViewById(R.id.pick_image) as Button
+        clearMask = findViewById(R.id.clear_mask) as Button
+        removeImage = findViewById(R.id.remove_image) as Button
+        strength = findViewById(R.id.strength) as SeekBar
+        strengthLabel = findViewById(R.id.strength_label) as TextView
+        maskView = findViewById(R.id.mask_view) as MaskView
 
         store = BundleStore(this)
         memoryPressure = (getSystemService(Context.ACTIVITY_SERVICE) as ActivityManager).isLowRamDevice
         prompt.setText(prefs().getString(KEY_PROMPT, null) ?: getString(R.string.default_prompt))
         bundleSpinner.onItemSelectedListener = onSelected { bundles.getOrNull(it)?.let(::showBundle) }
         backendSpinner.onItemSelectedListener = onSelected { worker.execute { closePipeline() } }
+        planSpinner.onItemSelectedListener = onSelected { showStrength() }
         importButton.setOnClickListener { pickFolder() }
         generate.setOnClickListener { onGenerate() }
         cancel.setOnClickListener { onCancel() }
         save.setOnClickListener { onSave() }
         share.setOnClickListener { onShare() }
+        pickImage.setOnClickListener { onPickImage() }
+        clearMask.setOnClickListener { maskView.clearMask() }
+        removeImage.setOnClickListener {
+            picked = null
+            showPicked()
+        }
+        maskView.onMaskChanged = { showStrength() }
+        strength.setOnSeekBarChangeListener(object : SeekBar.OnSeekBarChangeListener {
+            override fun onProgressChanged(bar: SeekBar?, value: Int, fromUser: Boolean) = showStrength()
+            override fun onStartTrackingTouch(bar: SeekBar?) = Unit
+            override fun onStopTrackingTouch(bar: SeekBar?) = Unit
+        })
+        showPicked()
         start()
     }
 
@@ -182,6 +217,8 @@ class MainActivity : Activity() {
         if (bundles.isEmpty()) {
             status.text = getString(R.string.no_bundles, store.folders.last().path)
             showPlans(null)
+            shown = null
+            showPicked()
         }
     }
 
@@ -205,6 +242,8 @@ class MainActivity : Activity() {
                         status.text = result.toString()
                     }
                 }
+                shown = result as? Manifest
+                showPicked()
             }
         }
     }
@@ -229,6 +268,7 @@ class MainActivity : Activity() {
         append("${dir.name}: ${m.role.role}${m.role.method?.let { " ($it)" } ?: ""}, ${m.geometry.width}x${m.geometry.height}, ")
         append("default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}")
         if (m.samplers.none { it.name == plan.sampler && it.steps == plan.steps }) append("\nthe default plan's table is not in the bundle")
+        append("\n" + (m.image?.let { "from an image: ${it.modes.joinToString()}" } ?: "text-to-image only (exported without --image-modes)"))
         if (backends.isEmpty()) {
             val holds = m.components.values.flatMap { c -> c.files.map { it.target } }.distinct().sorted()
             append("\nThis app runs none of this bundle's targets (${holds.joinToString()}). Runtimes here: ")
@@ -251,9 +291,12 @@ class MainActivity : Activity() {
 
     override fun onActivityResult(requestCode: Int, resultCode: Int, data: Intent?) {
         super.onActivityResult(requestCode, resultCode, data)
-        val tree = data?.data
-        if (requestCode != REQUEST_TREE || resultCode != RESULT_OK || tree == null) return
-        runImport(DocumentTreeSource(contentResolver, tree))
+        val uri = data?.data
+        if (resultCode != RESULT_OK || uri == null) return
+        when (requestCode) {
+            REQUEST_TREE -> runImport(DocumentTreeSource(contentResolver, uri))
+            REQUEST_IMAGE -> loadPicked(uri)
+        }
     }
 
     private fun runImport(source: BundleSource) {
@@ -293,6 +336,71 @@ class MainActivity : Activity() {
         }
     }
 
+    // ---- the image to start from
+
+    /** The system's image picker: gallery and camera roll apps, and files. */
+    private fun onPickImage() {
+        val intent = Intent(Intent.ACTION_GET_CONTENT).setType("image/*").addCategory(Intent.CATEGORY_OPENABLE)
+        try {
+            startActivityForResult(Intent.createChooser(intent, getString(R.string.pick_image)), REQUEST_IMAGE)
+        } catch (e: ActivityNotFoundException) {
+            status.text = "This device has no app to pick an image with"
+        }
+    }
+
+    /** Decode the picked image on the worker thread, then fit it to the shown bundle. */
+    private fun loadPicked(uri: android.net.Uri) {
+        worker.execute {
+            val bitmap = try {
+                PickedImage.decode(contentResolver, uri)
+            } catch (e: Throwable) {
+                val message = describeFailure(e, "image picker")
+                runOnUiThread { status.text = message }
+                return@execute
+            }
+            runOnUiThread {
+                picked = bitmap
+                showPicked()
+                status.text = "Picked a ${bitmap.width}x${bitmap.height} image" + (shown?.geometry?.let { g ->
+                    if (bitmap.width == g.width && bitmap.height == g.height) "" else ", centre-cropped and scaled to ${g.width}x${g.height}"
+                } ?: "")
+            }
+        }
+    }
+
+    /**
+     * The image controls for the shown bundle: the picked image fitted to its size in the mask view (a new, empty
+     * mask), picking offered where the bundle runs image-to-image.
+     */
+    private fun showPicked() {
+        val m = shown
+        val canImage = m?.supports(ImageModes.IMG2IMG) == true || m?.supports(ImageModes.INPAINT) == true
+        val source = picked.takeIf { canImage }
+        val fitted = source?.let { s -> m!!.geometry.let { g -> if (s.width == g.width && s.height == g.height) s else PickedImage.fit(s, g.width, g.height) } }
+        if (fitted !== maskView.image) maskView.setImage(fitted)
+        maskView.visibility = if (fitted != null) View.VISIBLE else View.GONE
+        pickImage.isEnabled = canImage && job == null
+        clearMask.isEnabled = fitted != null && job == null && m?.supports(ImageModes.INPAINT) == true
+        removeImage.isEnabled = picked != null && job == null
+        strength.isEnabled = fitted != null && job == null
+        showStrength()
+    }
+
+    /** The slider's strength in (0, 1] (0.01 steps; the slider's 0 reads as 0.01). */
+    private fun strengthValue(): Double = maxOf(1, strength.progress) / 100.0
+
+    private fun showStrength() {
+        val plan = plans.getOrNull(planSpinner.selectedItemPosition)
+        val s = strengthValue()
+        val steps = plan?.let { p -> try { "${strengthSteps(p.steps, s)} of ${p.steps} steps" } catch (e: IllegalArgumentException) { "no step of ${p.steps}" } }
+        val mode = when {
+            maskView.image == null -> "no image: text-to-image"
+            maskView.hasMask -> "inpainting the painted region"
+            else -> "image-to-image (paint to inpaint)"
+        }
+        strengthLabel.text = getString(R.string.strength_label, "%.2f".format(s), listOfNotNull(steps, mode).joinToString(", "))
+    }
+
     // ---- generation
 
     private fun onGenerate() {
@@ -314,14 +422,27 @@ class MainActivity : Activity() {
         }
         val text = prompt.text.toString()
         prefs().edit().putString(KEY_PROMPT, text).apply()
-        val request = GenerationRequest(text, seedValue, plan.steps, plan.sampler, guidanceValue)
-        val name = imageName(dir.name, seedValue)
-        // progress units: the prompt encoded, each step, the image decoded
-        val token = begin("loading ${dir.name} (${runtime.kind.label})…", plan.steps + 2)
+        val init = maskView.image
+        val request = try {
+            GenerationRequest(
+                text, seedValue, plan.steps, plan.sampler, guidanceValue,
+                initImage = init?.let { PickedImage.rgb(it) },
+                mask = if (init != null) maskView.maskImage() else null,
+                strength = if (init != null) strengthValue() else null,
+            ).also { r -> shown?.let { Pipeline.check(it, r) } }  // bad options in one line, before anything loads
+        } catch (e: Exception) {
+            status.text = describeFailure(e, "request")
+            return
+        }
+        val name = imageName(dir.name, seedValue, request.mode)
+        val stepsRun = request.strength?.let { strengthSteps(plan.steps, it) } ?: plan.steps
+        // progress units: the image encoded (from an image), the prompt encoded, each step, the image decoded
+        val encoded = if (init != null) 1 else 0
+        val token = begin("loading ${dir.name} (${runtime.kind.label})…", encoded + stepsRun + 2)
         worker.execute {
             val message = try {
                 val p = pipelineFor(dir, runtime.kind)
-                val result = p.generate(request, Progress(plan.steps), token)
+                val result = p.generate(request, Progress(stepsRun, encoded), token)
                 val bitmap = result.toBitmap()
                 runOnUiThread {
                     image.setImageBitmap(bitmap)
@@ -338,17 +459,21 @@ class MainActivity : Activity() {
         }
     }
 
-    /** Generation progress: the bar in units of [steps] + 2, the status line naming what runs. */
-    private inner class Progress(private val steps: Int) : GenerationListener {
+    /**
+     * Generation progress: the bar in units of [encoded] (1 when the run starts from an image) + [steps] + 2, the
+     * status line naming what runs.
+     */
+    private inner class Progress(private val steps: Int, private val encoded: Int) : GenerationListener {
         override fun onLoading(component: String) = post(null, "loading $component…")
 
         override fun onCall(component: String, inputs: List<Tensor>, outputs: List<Tensor.F32>, ms: Double) = when (component) {
-            "text_encoder" -> post(1, "prompt encoded")
-            "vae_decoder" -> post(steps + 2, "decoded")
+            Manifest.IMAGE_ENCODER -> post(1, "image encoded")
+            "text_encoder" -> post(encoded + 1, "prompt encoded")
+            "vae_decoder" -> post(encoded + steps + 2, "decoded")
             else -> Unit
         }
 
-        override fun onStep(step: Int, steps: Int, latent: FloatArray) = post(step + 2, "step ${step + 1} / $steps")
+        override fun onStep(step: Int, steps: Int, latent: FloatArray) = post(encoded + step + 2, "step ${step + 1} / $steps")
 
         private fun post(value: Int?, text: String) = runOnUiThread {
             if (value != null) progress.progress = value
@@ -442,9 +567,10 @@ class MainActivity : Activity() {
         }
     }
 
-    private fun imageName(bundle: String, seed: Long): String {
+    private fun imageName(bundle: String, seed: Long, mode: String): String {
         val time = SimpleDateFormat("yyyyMMdd-HHmmss", Locale.US).format(Date())
-        return "mobilediff_${bundle}_seed${seed}_$time.png".replace(Regex("[^A-Za-z0-9._-]"), "-")
+        val from = if (mode == Manifest.MODE_TXT2IMG) "" else "_$mode"
+        return "mobilediff_${bundle}${from}_seed${seed}_$time.png".replace(Regex("[^A-Za-z0-9._-]"), "-")
     }
 
     // ---- state and messages
@@ -458,6 +584,7 @@ class MainActivity : Activity() {
         save.isEnabled = false
         share.isEnabled = false
         cancel.isEnabled = true
+        showPicked()
         progress.max = max
         progress.progress = 0
         status.text = text
@@ -471,6 +598,7 @@ class MainActivity : Activity() {
         cancel.isEnabled = false
         save.isEnabled = lastImage != null
         share.isEnabled = lastImage != null
+        showPicked()
     }
 
     /**
@@ -493,6 +621,7 @@ class MainActivity : Activity() {
 
     private fun describe(r: GenerationResult, runtime: RuntimeStatus, p: Pipeline): String = buildString {
         append("${r.plan.sampler} ${r.plan.steps} steps, guidance ${r.plan.guidance} on $runtime\n")
+        r.strength?.let { append("${r.mode} at strength $it: ${r.stepsRun} of ${r.plan.steps} steps\n") }
         for ((component, ms) in r.componentMs) append("%-13s %8.1f ms\n".format(component, ms))
         append("%-13s %8.1f ms".format("total", r.totalMs))
         if (r.loadMs.isNotEmpty()) append("\nloaded " + r.loadMs.entries.joinToString { (c, ms) -> "%s %.0f ms".format(c, ms) })
@@ -511,6 +640,7 @@ class MainActivity : Activity() {
 
     private companion object {
         const val REQUEST_TREE = 1
+        const val REQUEST_IMAGE = 2
         const val PROGRESS_SCALE = 1000
         const val PREFS = "demo"
         const val KEY_PROMPT = "prompt"

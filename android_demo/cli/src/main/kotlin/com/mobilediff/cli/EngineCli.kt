@@ -4,6 +4,7 @@ import com.mobilediff.engine.Backend
 import com.mobilediff.engine.Bundle
 import com.mobilediff.engine.BundleError
 import com.mobilediff.engine.GenerationRequest
+import com.mobilediff.engine.ImageInput
 import com.mobilediff.engine.Pipeline
 import com.mobilediff.engine.Prompts
 import com.mobilediff.verify.CheckRow
@@ -21,10 +22,14 @@ import kotlin.system.exitProcess
 
 private const val USAGE = """usage:
   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--sampler NAME]
-                     [--guidance G] [--warmup 1] [--repeats 1] [--low-memory] --out IMG.png --json RESULT.json
+                     [--guidance G] [--init-image IMG.png [--mask MASK.png] [--strength S]]
+                     [--warmup 1] [--repeats 1] [--low-memory] --out IMG.png --json RESULT.json
                      (ms_total: the median of the timed repeats, after the untimed warm-up runs, loading excluded;
                      --low-memory: each component loaded when its turn comes and released after it, the runtime
-                     without its arena: the same image, a lower peak, every run loads the components again)
+                     without its arena: the same image, a lower peak, every run loads the components again;
+                     --init-image: image-to-image from an 8-bit PNG at the bundle's size, --mask: inpainting where
+                     the grayscale PNG is >= 128, --strength in (0, 1]: default 0.75, 1 with a mask; a bundle
+                     exported with --image-modes)
   engine.sh check-goldens --bundle B --goldens DIR --backend onnx|executorch [--model NAME] --json ROWS.json"""
 
 /**
@@ -85,7 +90,8 @@ private fun rawArguments(jvmArgs: Array<String>): List<String> {
 }
 
 private val GENERATE_OPTIONS =
-    setOf("bundle", "backend", "prompt", "seed", "steps", "sampler", "guidance", "warmup", "repeats", "out", "json")
+    setOf("bundle", "backend", "prompt", "seed", "steps", "sampler", "guidance", "init-image", "mask", "strength", "warmup",
+        "repeats", "out", "json")
 private val GENERATE_FLAGS = setOf("low-memory")
 private val CHECK_GOLDENS_OPTIONS = setOf("bundle", "goldens", "backend", "model", "json")
 
@@ -141,10 +147,22 @@ private fun generate(o: Options) {
     val json = File(o.required("json"))
     val seed = o.required("seed").toLongOrNull() ?: throw IllegalArgumentException("--seed must be an integer")
     val prompt = o.required("prompt").also { Prompts.check(it, "--prompt") }
+    val initImage = o.optional("init-image")
+    val maskFile = o.optional("mask")
+    require(maskFile == null || initImage != null) { "--mask needs --init-image: a mask marks what to repaint of an image" }
+    require(o.optional("strength") == null || initImage != null) { "--strength needs --init-image: the strength is how far the image is noised" }
     val bundle = Bundle.open(File(o.required("bundle")))
+    val geometry = bundle.manifest.geometry
+    // the images and every option checked before any component loads
+    val request = GenerationRequest(
+        prompt, seed, o.int("steps"), o.optional("sampler"), o.double("guidance"),
+        initImage = initImage?.let { ImageInput.readInitImage(File(it), geometry, "--init-image $it") },
+        mask = maskFile?.let { ImageInput.readMask(File(it), geometry, "--mask $it") },
+        strength = o.double("strength"),
+    )
+    Pipeline.check(bundle.manifest, request)
     val lowMemory = o.flag("low-memory")
     Pipeline(bundle, Backend.forTarget(o.required("backend")), lowMemory = lowMemory).use { pipeline ->
-        val request = GenerationRequest(prompt, seed, o.int("steps"), o.optional("sampler"), o.double("guidance"))
         val warmup = o.int("warmup") ?: 1
         val repeats = o.int("repeats") ?: 1
         require(warmup >= 0 && repeats >= 1) { "--warmup must be >= 0 and --repeats >= 1" }
@@ -166,6 +184,10 @@ private fun generate(o: Options) {
             .put("ms", JSONObject(r.componentMs as Map<*, *>))
             .put("load_ms", JSONObject(pipeline.loadMs as Map<*, *>))
             .put("steps", r.plan.steps).put("sampler", r.plan.sampler).put("guidance", r.plan.guidance)
+            // txt2img | img2img | inpaint; strength null for text-to-image; steps_run: the steps the strength left
+            .put("mode", r.mode).put("strength", r.strength ?: JSONObject.NULL).put("steps_run", r.stepsRun)
+            .put("init_image", initImage?.let { File(it).absolutePath } ?: JSONObject.NULL)
+            .put("mask", maskFile?.let { File(it).absolutePath } ?: JSONObject.NULL)
             .put("image_raw", raw.absolutePath).put("image_raw_shape", JSONArray(listOf(r.height, r.width, 3)))
             .put("backend", pipeline.backend.target).put("warmup_runs", warmup).put("repeats", repeats)
             .put("runtime_version", pipeline.backend.runtimeVersion)
@@ -176,7 +198,8 @@ private fun generate(o: Options) {
             // "process" here: the peak counts from the JVM's start (the pipeline never resets it)
             .put("peak_memory_scope", runs.last().memory?.peakSince?.scope)
         atomicWrite(json) { it.writeText(record.toString(2)) }
-        println("wrote $out (${r.plan.sampler}-${r.plan.steps}, guidance ${r.plan.guidance}, ${"%.1f".format(r.totalMs)} ms)")
+        val from = if (r.strength == null) "" else ", ${r.mode} at strength ${r.strength}: ${r.stepsRun} steps"
+        println("wrote $out (${r.plan.sampler}-${r.plan.steps}, guidance ${r.plan.guidance}$from, ${"%.1f".format(r.totalMs)} ms)")
     }
 }
 

@@ -104,15 +104,18 @@ object BundleImport {
 
     /**
      * The files an import copies for [targets] (null: all), in manifest order: the tokenizer files (sha256 empty where
-     * the manifest lists none), then each component's files and their external data. A component without a file
-     * of any of [targets] is a [BundleError]: the imported bundle could not run.
+     * the manifest lists none), then each component's files and their external data (the VAE encoder's too, in a
+     * bundle with image modes). A component of [Manifest.COMPONENTS] without a file of any of [targets] is a
+     * [BundleError]: the imported bundle could not run. An encoder without one is left out: the bundle runs
+     * text-to-image, and a run from an image names what is missing.
      */
     fun files(manifest: Manifest, targets: Set<String>? = null): List<FileRef> {
         val refs = ArrayList<FileRef>()
         for (f in manifest.tokenizer.files) refs.add(FileRef(f, manifest.tokenizer.fileSha256[f] ?: "", -1))
-        for (name in Manifest.COMPONENTS) {
+        for (name in manifest.componentNames) {
             val spec = manifest.component(name)
             val chosen = spec.files.filter { targets == null || it.target in targets }
+            if (chosen.isEmpty() && name == Manifest.IMAGE_ENCODER) continue
             if (chosen.isEmpty()) {
                 throw BundleError(
                     Manifest.MANIFEST,

@@ -49,6 +49,10 @@ internal class JsonReader(val file: String) {
     fun rows(o: JSONObject, key: String, path: String = key): List<DoubleArray> =
         arr(o, key, path).let { a -> List(a.length()) { i -> finites(a.get(i), "$path[$i]") } }
 
+    /** [rows], or null when the field is absent or null. */
+    fun optRows(o: JSONObject, key: String, path: String = key): List<DoubleArray>? =
+        optional(o, key)?.let { v -> asList(v, path).let { a -> List(a.length()) { i -> finites(a.get(i), "$path[$i]") } } }
+
     fun objects(o: JSONObject, key: String, path: String = key): List<JSONObject> =
         arr(o, key, path).let { a -> List(a.length()) { i -> asObject(a.get(i), "$path[$i]") } }
 
@@ -57,6 +61,7 @@ internal class JsonReader(val file: String) {
 
     fun optObj(o: JSONObject, key: String, path: String = key): JSONObject? = optional(o, key)?.let { asObject(it, path) }
     fun optStr(o: JSONObject, key: String, path: String = key): String? = optional(o, key)?.let { asString(it, path) }
+    fun optInt(o: JSONObject, key: String, path: String = key): Int? = optional(o, key)?.let { asInt(it, path) }
     fun optDouble(o: JSONObject, key: String, path: String = key): Double? =
         optional(o, key)?.let { asFinite(it, path) }
     fun optInts(o: JSONObject, key: String, path: String = key): IntArray? =

@@ -18,6 +18,12 @@ class Manifest(
     val model: ModelInfo?,
     /** The manifest's `default_sampling` (see [defaultSampling]). */
     private val declaredDefault: SamplingPlan?,
+    /**
+     * The manifest's optional `image` record (bundles exported with `--image-modes`): image-to-image and inpainting,
+     * with the component [IMAGE_ENCODER] in [components] and every sampler table's [SamplerTable.addNoise]. Null in
+     * bundles without it, which run text-to-image only.
+     */
+    val image: ImageModes? = null,
 ) {
     /**
      * What the model is: the manifest's `model`, or for bundles written before it existed an LCM student when the
@@ -36,6 +42,13 @@ class Manifest(
             ?: if (guidance is Guidance.Embedding) SamplingPlan("lcm", 4, guidance.defaultScale)
             else SamplingPlan("ddim", 50, guidance.defaultScale)
 
+    /** Whether the bundle runs [mode]: [MODE_TXT2IMG] always, [ImageModes.IMG2IMG] and [ImageModes.INPAINT] as its `image` record lists them. */
+    fun supports(mode: String): Boolean = mode == MODE_TXT2IMG || image?.modes?.contains(mode) == true
+
+    /** The components a generation may load: the three of [COMPONENTS], and [IMAGE_ENCODER] in a bundle with image modes. */
+    val componentNames: List<String>
+        get() = if (image != null) COMPONENTS + IMAGE_ENCODER else COMPONENTS
+
     fun component(name: String): ComponentSpec =
         components[name] ?: throw BundleError(MANIFEST, "has no component '$name' (it has: ${components.keys.joinToString()})")
 
@@ -53,6 +66,9 @@ class Manifest(
         /** The newest manifest format this engine reads; a newer one is refused, never half-read. */
         const val FORMAT_VERSION = 1
         val COMPONENTS = listOf("text_encoder", "unet", "vae_decoder")
+        /** The VAE encoder of image-to-image and inpainting: `sample` (1, 3, H, W) -> `latent_mean`, `latent_std`. */
+        const val IMAGE_ENCODER = "vae_encoder"
+        const val MODE_TXT2IMG = "txt2img"
         const val ROLE_TEACHER = "teacher"
         const val ROLE_STUDENT = "student"
         val ROLES = listOf(ROLE_TEACHER, ROLE_STUDENT)
@@ -79,11 +95,22 @@ class Manifest(
             }
             val geometry = Geometry.parse(r, r.obj(root, "geometry"))
             val tokenizer = TokenizerSpec.parse(r, r.obj(root, "tokenizer"))
+            val image = r.optObj(root, "image")?.let { ImageModes.parse(r, it) }
+            // the encoder is read only where the image record says the bundle runs it
+            val names = if (image != null) COMPONENTS + IMAGE_ENCODER else COMPONENTS
             val components = r.obj(root, "components").let { c ->
-                COMPONENTS.associateWith { ComponentSpec.parse(r, it, r.obj(c, it, "components.$it")) }
+                if (image != null && c.opt(IMAGE_ENCODER).let { it == null || it == JSONObject.NULL }) {
+                    r.fail("components.$IMAGE_ENCODER", "missing (image modes ${image.modes.joinToString()} need it)")
+                }
+                names.associateWith { ComponentSpec.parse(r, it, r.obj(c, it, "components.$it")) }
             }
             val samplers = r.objects(root, "samplers").mapIndexed { i, t -> SamplerTable.parse(r, t, "samplers[$i]") }
             if (samplers.isEmpty()) r.fail("samplers", "no sampler tables (a bundle has at least one)")
+            if (image != null) {
+                samplers.forEachIndexed { i, t ->
+                    if (t.addNoise == null) r.fail("samplers[$i].add_noise", "missing (image modes need every table's add_noise rows)")
+                }
+            }
             return Manifest(
                 formatVersion = formatVersion,
                 geometry = geometry,
@@ -93,12 +120,16 @@ class Manifest(
                 guidance = Guidance.parse(r, r.obj(root, "guidance")),
                 model = r.optObj(root, "model")?.let { ModelInfo.parse(r, it) },
                 declaredDefault = r.optObj(root, "default_sampling")?.let { SamplingPlan.parse(r, it) },
+                image = image,
             )
         }
     }
 }
 
-/** Image and latent sizes. Decoder input = latents / [scalingFactor] + [shiftFactor]. */
+/**
+ * Image and latent sizes. Decoder input = latents / [scalingFactor] + [shiftFactor]. [vaeScaleFactor]: image pixels
+ * per latent pixel (the manifest's `vae_scale_factor`; [height] / [latentHeight] where a manifest omits it).
+ */
 class Geometry(
     val height: Int,
     val width: Int,
@@ -107,20 +138,31 @@ class Geometry(
     val latentWidth: Int,
     val scalingFactor: Double,
     val shiftFactor: Double,
+    val vaeScaleFactor: Int = if (latentHeight > 0) height / latentHeight else 1,
 ) {
     /** (1, C, h, w): the shape of the initial noise and every latent. */
     val latentShape: IntArray get() = intArrayOf(1, latentChannels, latentHeight, latentWidth)
 
+    /** (1, 3, H, W): the shape of an image the VAE encoder takes. */
+    val imageShape: IntArray get() = intArrayOf(1, 3, height, width)
+
     companion object {
-        internal fun parse(r: JsonReader, g: JSONObject) = Geometry(
-            height = r.int(g, "height", "geometry.height"),
-            width = r.int(g, "width", "geometry.width"),
-            latentChannels = r.int(g, "latent_channels", "geometry.latent_channels"),
-            latentHeight = r.int(g, "latent_height", "geometry.latent_height"),
-            latentWidth = r.int(g, "latent_width", "geometry.latent_width"),
-            scalingFactor = r.double(g, "scaling_factor", "geometry.scaling_factor"),
-            shiftFactor = r.optDouble(g, "shift_factor", "geometry.shift_factor") ?: 0.0,
-        )
+        internal fun parse(r: JsonReader, g: JSONObject): Geometry {
+            val height = r.int(g, "height", "geometry.height")
+            val latentHeight = r.int(g, "latent_height", "geometry.latent_height")
+            return Geometry(
+                height = height,
+                width = r.int(g, "width", "geometry.width"),
+                latentChannels = r.int(g, "latent_channels", "geometry.latent_channels"),
+                latentHeight = latentHeight,
+                latentWidth = r.int(g, "latent_width", "geometry.latent_width"),
+                scalingFactor = r.double(g, "scaling_factor", "geometry.scaling_factor"),
+                shiftFactor = r.optDouble(g, "shift_factor", "geometry.shift_factor") ?: 0.0,
+                vaeScaleFactor = r.optInt(g, "vae_scale_factor", "geometry.vae_scale_factor")
+                    ?.also { if (it < 1) r.fail("geometry.vae_scale_factor", "must be >= 1, got $it") }
+                    ?: if (latentHeight > 0) height / latentHeight else 1,
+            )
+        }
     }
 }
 
@@ -256,6 +298,35 @@ data class SamplingPlan(val sampler: String, val steps: Int, val guidance: Doubl
             if (plan.steps < 1) r.fail("default_sampling.steps", "must be >= 1, got ${plan.steps}")
             if (plan.guidance < 0) r.fail("default_sampling.guidance", "must be >= 0, got ${plan.guidance}")
             return plan
+        }
+    }
+}
+
+/**
+ * The manifest's `image` record: the image modes a bundle runs ([IMG2IMG], [INPAINT]) and its encoder's posterior
+ * ([GAUSSIAN]: the clean latent samples it with one latent-shaped draw of the seed's generator; [DETERMINISTIC]: the
+ * mean alone, no draw). The rules are docs/bundle.md's, section "`image` (optional)".
+ */
+class ImageModes(val modes: List<String>, val encoderPosterior: String) {
+    val gaussian: Boolean get() = encoderPosterior == GAUSSIAN
+
+    companion object {
+        const val IMG2IMG = "img2img"
+        const val INPAINT = "inpaint"
+        val MODES = listOf(IMG2IMG, INPAINT)
+        const val GAUSSIAN = "gaussian"
+        const val DETERMINISTIC = "deterministic"
+        val POSTERIORS = listOf(GAUSSIAN, DETERMINISTIC)
+
+        internal fun parse(r: JsonReader, o: JSONObject): ImageModes {
+            val modes = r.strings(o, "modes", "image.modes")
+            if (modes.isEmpty()) r.fail("image.modes", "is empty (known: ${MODES.joinToString()})")
+            modes.firstOrNull { it !in MODES }?.let { r.fail("image.modes", "unknown mode ${JsonReader.describe(it)} (known: ${MODES.joinToString()})") }
+            val posterior = r.str(o, "encoder_posterior", "image.encoder_posterior")
+            if (posterior !in POSTERIORS) {
+                r.fail("image.encoder_posterior", "unknown posterior ${JsonReader.describe(posterior)} (known: ${POSTERIORS.joinToString()})")
+            }
+            return ImageModes(modes, posterior)
         }
     }
 }

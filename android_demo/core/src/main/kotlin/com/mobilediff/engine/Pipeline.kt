@@ -2,14 +2,33 @@ package com.mobilediff.engine
 
 import java.io.File
 
-/** What to generate. Null fields take the manifest's default sampling plan. */
+/**
+ * What to generate. Null sampling fields take the manifest's default sampling plan.
+ *
+ * From an image (a bundle exported with `--image-modes`, [Manifest.image]): [initImage] alone is image-to-image,
+ * with [mask] (white or >= 128: repaint, black: keep) inpainting, both at the bundle's width x height ([ImageInput]
+ * reads and checks them). [strength] in (0, 1] is how much of the sampling runs over the image (`floor(steps *
+ * strength)` of the plan's steps, diffusers' rule; 1: from noise); null: 0.75 for image-to-image, 1 for inpainting,
+ * as `mobilediff generate` defaults it.
+ */
 data class GenerationRequest(
     val prompt: String,
     val seed: Long,
     val steps: Int? = null,
     val sampler: String? = null,
     val guidance: Double? = null,
-)
+    val initImage: RgbImage? = null,
+    val mask: RgbImage? = null,
+    val strength: Double? = null,
+) {
+    /** [Manifest.MODE_TXT2IMG], [ImageModes.IMG2IMG] or [ImageModes.INPAINT]. */
+    val mode: String
+        get() = when {
+            initImage == null -> Manifest.MODE_TXT2IMG
+            mask == null -> ImageModes.IMG2IMG
+            else -> ImageModes.INPAINT
+        }
+}
 
 /** A generated image with what it took. */
 class GenerationResult(
@@ -28,7 +47,19 @@ class GenerationResult(
     val loadMs: Map<String, Double> = emptyMap(),
     /** The process's resident memory as the generation ended, with its peak; null where the kernel does not say. */
     val memory: MemoryUsage? = null,
+    /** What ran: [Manifest.MODE_TXT2IMG], [ImageModes.IMG2IMG] or [ImageModes.INPAINT] ([GenerationRequest.mode]). */
+    val mode: String = Manifest.MODE_TXT2IMG,
+    /** The strength an image-to-image or inpainting run used (its default filled in); null for text-to-image. */
+    val strength: Double? = null,
+    /** The sampler steps that ran: the plan's, or for a run from an image the `floor(steps * strength)` of them. */
+    val stepsRun: Int = plan.steps,
 )
+
+/**
+ * A [GenerationRequest] resolved against a manifest ([Pipeline.check]): the sampling [plan], its [table], and for a
+ * run from an image the [strength] with its default filled in (null for text-to-image).
+ */
+data class CheckedRequest(val plan: SamplingPlan, val table: SamplerTable, val strength: Double?)
 
 /** Progress and per-call reports of a generation; every method is optional. Called on the generating thread. */
 interface GenerationListener {
@@ -48,8 +79,10 @@ interface GenerationListener {
 /**
  * Text -> image from a bundle alone, on one [Backend]: tokenizer, torch-compatible noise, the manifest's sampler
  * table and guidance, the three component graphs, pixel conversion. The Kotlin twin of
- * `mobilediff.runtimes.BundleRunner`; it loads (and sha256-checks) each component once, then generates any number
- * of images.
+ * `mobilediff.engine.BundleRunner`; it loads (and sha256-checks) each component once, then generates any number
+ * of images. A bundle with image modes also runs image-to-image and inpainting ([GenerationRequest.initImage]): its
+ * VAE encoder ([Manifest.IMAGE_ENCODER]) is a fourth component, loaded at the first run from an image whatever the
+ * [Loading] (text-to-image never needs it; the Python runner loads it so too) and released like the others.
  *
  * Memory: with [Loading.LAZY] a component is loaded on its first call (text encoder, then UNet, then decoder);
  * [release] frees every loaded component (each is loaded again, without a second sha256 check, on its next call),
@@ -120,10 +153,16 @@ class Pipeline(
             // the manifest's entry for this backend: a bundle without one fails here, whatever the loading
             declared[name] = Component(name, spec, spec.file(backend.target, precision))
         }
+        // the encoder of image modes: declared where the bundle has a file for this backend (else a run from an
+        // image is refused, naming what the bundle has), loaded at its first call
+        manifest.components[Manifest.IMAGE_ENCODER]?.let { spec ->
+            spec.files.firstOrNull { it.target == backend.target && (precision == null || it.precision == precision) }
+                ?.let { declared[spec.name] = Component(spec.name, spec, it) }
+        }
         components = declared
         if (loading == Loading.EAGER) {
             try {
-                for (c in components.values) c.session(null, null)
+                for (name in Manifest.COMPONENTS) components.getValue(name).session(null, null)
             } catch (e: Throwable) {
                 close()
                 throw e
@@ -132,21 +171,24 @@ class Pipeline(
     }
 
     /**
-     * Generate one image. Throws IllegalArgumentException for bad options or a prompt [Prompts.check] refuses,
-     * [BundleError] for a missing table or a component that gives non-finite values (never an image made of them),
-     * [GenerationCancelled] when [cancel] was set (checked before the text encoder, after every sampler step and
-     * before decoding; a runtime call in progress runs to its end).
+     * Generate one image. Throws IllegalArgumentException for bad options or a prompt [Prompts.check] refuses (an
+     * init image or mask [ImageInput] refuses: [ImageInputError]; a run from an image in a bundle without image
+     * modes), [BundleError] for a missing table or a component that gives non-finite values (never an image made of
+     * them), [GenerationCancelled] when [cancel] was set (checked before the first component, after every sampler
+     * step and before decoding; a runtime call in progress runs to its end).
+     *
+     * From an image ([GenerationRequest.initImage]), the seed's generator draws in the contract's order (docs/bundle.md,
+     * `image`): eps for a gaussian encoder posterior, the noise, for inpainting with a gaussian posterior one more
+     * latent-shaped draw that nothing uses (diffusers' masked-image encoding takes it), then the sampler's fresh noise.
      */
     fun generate(request: GenerationRequest, listener: GenerationListener? = null, cancel: CancelToken? = null): GenerationResult {
-        val plan = manifest.defaultSampling.let {
-            SamplingPlan(request.sampler ?: it.sampler, request.steps ?: it.steps, request.guidance ?: it.guidance)
-        }
-        require(plan.steps >= 1) { "steps must be >= 1, got ${plan.steps}" }
-        require(plan.guidance.isFinite() && plan.guidance >= 0) { "guidance must be a finite number >= 0, got ${plan.guidance}" }
-        Prompts.check(request.prompt)
-        val table = manifest.sampler(plan.sampler, plan.steps)
+        val (plan, table, strength) = check(manifest, request)
+        val image = request.initImage?.let { ImageInput.pixels(it) }
+        val mask = request.mask?.let { ImageInput.latentMask(it, manifest.geometry, "the mask") }
+        val run = strength?.let { table.startTable(it) }
+        val stepsRun = run?.table?.steps ?: table.steps
         fun checkCancel(completed: Int) {
-            if (cancel?.isCancelled == true) throw GenerationCancelled(completed, table.steps)
+            if (cancel?.isCancelled == true) throw GenerationCancelled(completed, stepsRun)
         }
         checkCancel(0)
         val peakReset = peakPerGeneration && ProcessMemory.resetPeak()
@@ -157,14 +199,22 @@ class Pipeline(
         val shape = geo.latentShape
 
         val generator = TorchGenerator(request.seed)
+        val gaussian = manifest.image?.gaussian == true
+        val z0 = image?.let { encodeImage(it, if (gaussian) generator.normal(shape) else null, timings, loads, listener) }
+        if (z0 != null) releaseIfReducing(Manifest.IMAGE_ENCODER)
         val noise = generator.normal(shape)
+        if (mask != null && gaussian) generator.normal(shape)  // diffusers' masked-image encoding draws one; unused
+        checkCancel(0)
         val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, timings, loads, listener)
         releaseIfReducing("text_encoder")
         checkCancel(0)
-        val latent = sample(table, noise, denoise, { generator.normal(shape) }) { i, x ->
-            listener?.onStep(i, table.steps, x)
+        val onStep = { i: Int, x: FloatArray ->
+            listener?.onStep(i, stepsRun, x)
             checkCancel(i + 1)
         }
+        val fresh = { generator.normal(shape) }
+        val latent = if (z0 == null) sample(table, noise, denoise, fresh, onStep = onStep)
+        else sampleImage(table, strength!!, z0, noise, mask, denoise, fresh, onStep)
         releaseIfReducing("unet")
         // every denoiser output was finite: only the table's arithmetic can have left float32's range
         requireFinite(null, latent, "the final latent (sampler ${table.name}:${table.steps})")
@@ -182,7 +232,34 @@ class Pipeline(
         // loading is part of the wall time here; totalMs keeps to the generation itself, as an eager pipeline's
         val totalMs = (System.nanoTime() - start) / 1e6 - loads.perComponent.values.sum()
         val memory = ProcessMemory.read()?.let { if (peakReset) it.copy(peakSince = MemoryUsage.PeakSince.GENERATION_START) else it }
-        return GenerationResult(geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs, loads.perComponent, memory)
+        return GenerationResult(
+            geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs, loads.perComponent, memory,
+            request.mode, strength, stepsRun,
+        )
+    }
+
+    /**
+     * The clean latent of [pixels] ((1, 3, H, W) in [-1, 1]): the VAE encoder's posterior (mean, std), then
+     * `z0 = (mean + std * eps - shift_factor) * scaling_factor` in float32 as Python computes it (the mean alone
+     * for a deterministic posterior, [eps] null).
+     */
+    private fun encodeImage(pixels: FloatArray, eps: FloatArray?, timings: Timings, loads: Timings, listener: GenerationListener?): FloatArray {
+        val out = call(Manifest.IMAGE_ENCODER, listOf(Tensor.F32(manifest.geometry.imageShape, pixels)), timings, loads, listener)
+        val mean = out[0].data
+        requireFinite(Manifest.IMAGE_ENCODER, mean, "its latent mean")
+        val latentSize = manifest.geometry.latentShape.fold(1) { a, b -> a * b }
+        if (mean.size != latentSize) {
+            throw BundleError(components.getValue(Manifest.IMAGE_ENCODER).path, "its latent mean has ${mean.size} values, the latent ${latentSize}")
+        }
+        val z = if (eps == null) mean else {
+            val std = out.getOrNull(1)?.data
+                ?: throw BundleError(components.getValue(Manifest.IMAGE_ENCODER).path, "gives no latent_std (a gaussian posterior needs it)")
+            requireFinite(Manifest.IMAGE_ENCODER, std, "its latent std")
+            FloatArray(mean.size) { mean[it] + std[it] * eps[it] }
+        }
+        val shift = manifest.geometry.shiftFactor.toFloat()
+        val sf = manifest.geometry.scalingFactor.toFloat()
+        return FloatArray(z.size) { (z[it] - shift) * sf }
     }
 
     /**
@@ -265,7 +342,8 @@ class Pipeline(
     }
 
     private fun call(name: String, inputs: List<Tensor>, timings: Timings, loads: Timings, listener: GenerationListener?): List<Tensor.F32> {
-        val component = components.getValue(name)
+        val component = components[name] ?: throw BundleError(Manifest.MANIFEST, "has no ${backend.target} file for $name " +
+            "(it has: ${manifest.component(name).files.joinToString { "${it.target}/${it.precision}" }.ifEmpty { "none" }})")
         component.session(loads, listener)
         val start = System.nanoTime()
         val out = component.run(inputs)
@@ -287,6 +365,42 @@ class Pipeline(
         val where = "$what holds ${values[at]} at index $at ($bad of ${values.size} values not finite)"
         if (component == null) throw BundleError(Manifest.MANIFEST, "$where: the manifest's numbers overflow float32; no image is made of them")
         throw BundleError(components.getValue(component).path, "$component gave non-finite values: $where; no image is made of them")
+    }
+
+    companion object {
+        /**
+         * What [request] runs on [manifest] — the plan, its table, and for a run from an image the strength with its
+         * default filled in — checked before any component loads: the same IllegalArgumentException ([ImageInputError]
+         * for the images) or [BundleError] that [generate] throws. The CLI calls it before it loads the pipeline.
+         */
+        fun check(manifest: Manifest, request: GenerationRequest): CheckedRequest {
+            val plan = manifest.defaultSampling.let {
+                SamplingPlan(request.sampler ?: it.sampler, request.steps ?: it.steps, request.guidance ?: it.guidance)
+            }
+            require(plan.steps >= 1) { "steps must be >= 1, got ${plan.steps}" }
+            require(plan.guidance.isFinite() && plan.guidance >= 0) { "guidance must be a finite number >= 0, got ${plan.guidance}" }
+            Prompts.check(request.prompt)
+            val table = manifest.sampler(plan.sampler, plan.steps)
+            val init = request.initImage
+            if (init == null) {
+                require(request.mask == null) { "a mask needs the image it masks (an init image)" }
+                require(request.strength == null) { "a strength needs an init image: it is how far the image is noised" }
+                return CheckedRequest(plan, table, null)
+            }
+            val mode = request.mode
+            require(manifest.supports(mode)) {
+                "this bundle was exported without image modes" + (manifest.image?.let { " for $mode (it runs ${it.modes.joinToString()})" } ?: "") +
+                    ": export it again with --image-modes for ${if (mode == ImageModes.INPAINT) "inpainting" else "image-to-image"}"
+            }
+            val strength = request.strength ?: if (mode == ImageModes.INPAINT) 1.0 else DEFAULT_IMG2IMG_STRENGTH
+            strengthSteps(table.steps, strength)
+            ImageInput.checkSize(init, manifest.geometry, "the init image")
+            request.mask?.let { ImageInput.latentMask(it, manifest.geometry, "the mask") }
+            return CheckedRequest(plan, table, strength)
+        }
+
+        /** The strength of an image-to-image run that does not give one (`mobilediff generate`'s default). */
+        const val DEFAULT_IMG2IMG_STRENGTH = 0.75
     }
 
     /** The CLIP token ids the engine feeds the text encoder for [prompt]. */

@@ -113,6 +113,50 @@ class CliTest {
     }
 
     @Test
+    fun generatesFromAnImageAndRecordsModeAndStrength() {
+        val bundle = TinyBundle.write(tmp.newFolder("bundle"), imageModes = true)
+        val init = File(tmp.root, "init.png").apply { writeBytes(TestPng.encode(4, 4, 2, 8, IntArray(48) { it * 5 })) }
+        val mask = File(tmp.root, "mask.png").apply { writeBytes(TestPng.encode(4, 4, 0, 8, IntArray(16) { if (it % 4 < 2) 255 else 0 })) }
+        for ((more, mode) in listOf(
+            listOf("--init-image", init.path, "--strength", "1") to "img2img",
+            listOf("--init-image", init.path, "--mask", mask.path) to "inpaint",
+        )) {
+            val run = generate(bundle, "a red circle", "onnx", *more.toTypedArray())
+            assertEquals(run.stderr, 0, run.status)
+            val r = org.json.JSONObject(File(tmp.root, "out.json").readText())
+            assertEquals(mode, r.getString("mode"))
+            assertEquals(1.0, r.getDouble("strength"), 0.0)
+            assertEquals(1, r.getInt("steps_run"))
+            assertEquals(Manifest.COMPONENTS.toSet() + Manifest.IMAGE_ENCODER, r.getJSONObject("ms").keys().asSequence().toSet())
+        }
+        val plain = generate(bundle)
+        assertEquals(plain.stderr, 0, plain.status)
+        val r = org.json.JSONObject(File(tmp.root, "out.json").readText())
+        assertEquals("txt2img", r.getString("mode"))
+        assertTrue(r.isNull("strength"))
+    }
+
+    @Test
+    fun badImageInputsAreOneLine() {
+        val bundle = TinyBundle.write(tmp.newFolder("bundle"), imageModes = true)
+        val init = File(tmp.root, "init.png").apply { writeBytes(TestPng.encode(4, 4, 2, 8, IntArray(48))) }
+        val wide = File(tmp.root, "wide.png").apply { writeBytes(TestPng.encode(5, 4, 2, 8, IntArray(60))) }
+        val black = File(tmp.root, "black.png").apply { writeBytes(TestPng.encode(4, 4, 0, 8, IntArray(16))) }
+        val jpeg = File(tmp.root, "photo.png").apply { writeBytes(byteArrayOf(-1, -40, -1, -32) + ByteArray(64)) }
+        assertBadInput(generate(bundle, "x", "onnx", "--mask", black.path), "error: --mask needs --init-image")
+        assertBadInput(generate(bundle, "x", "onnx", "--strength", "0.5"), "error: --strength needs --init-image")
+        assertBadInput(generate(bundle, "x", "onnx", "--init-image", wide.path, "--strength", "1"),
+            "error: --init-image ${wide.path} is 5x4 pixels, the model generates 4x4")
+        assertBadInput(generate(bundle, "x", "onnx", "--init-image", jpeg.path), "error: --init-image ${jpeg.path} is not a PNG file")
+        assertBadInput(generate(bundle, "x", "onnx", "--init-image", File(tmp.root, "none.png").path), "none.png: no such file")
+        assertBadInput(generate(bundle, "x", "onnx", "--init-image", init.path, "--mask", black.path), "error: --mask ${black.path} marks nothing to repaint")
+        assertBadInput(generate(bundle, "x", "onnx", "--init-image", init.path, "--strength", "1.5"), "error: strength must be in (0, 1], got 1.5")
+        assertBadInput(generate(bundle, "x", "onnx", "--init-image", init.path, "--strength", "0.5"), "error: strength 0.5 denoises no step of 1")
+        val textOnly = TinyBundle.write(tmp.newFolder("text"))
+        assertBadInput(generate(textOnly, "x", "onnx", "--init-image", init.path), "exported without image modes", "--image-modes")
+    }
+
+    @Test
     fun executorchErrorsAreOneLineWithoutRuntimeLogs() {
         // a program of another component: refused from its declaration, before ExecuTorch opens it
         val swapped = TinyBundle.write(tmp.newFolder("swapped"), executorch = true) { m ->

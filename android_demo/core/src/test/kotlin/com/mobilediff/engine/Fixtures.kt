@@ -61,3 +61,14 @@ fun Fixtures.backends(model: String): List<String> {
 /** Python's record beside a reference image (prompt, plan, ms), or null. */
 fun Fixtures.referenceRecord(model: String, runtime: String, seed: Long): JSONObject? =
     File(reference(model), "${runtime}_seed$seed.json").takeIf { it.isFile }?.let { JSONObject(it.readText()) }
+
+/**
+ * The image-to-image and inpainting references of [model] (DIR/index.json's `references` rows with a `mode`):
+ * prompt, seed, plan, `strength`, `init_image` and `mask` (files in DIR/<model>/, mask null for image-to-image) and
+ * `raw` (a safetensors file under DIR/<model>/reference, key "image": Python's BundleRunner output, (H, W, 3) in [-1, 1]).
+ */
+fun Fixtures.imageReferences(model: String): List<JSONObject> {
+    val index = File(root ?: return emptyList(), "index.json").takeIf { it.isFile } ?: return emptyList()
+    val refs = JSONObject(index.readText()).optJSONObject("models")?.optJSONObject(model)?.optJSONArray("references") ?: return emptyList()
+    return List(refs.length()) { refs.getJSONObject(it) }.filter { it.has("mode") }
+}

@@ -19,7 +19,8 @@ class ManifestTest {
             val m = Manifest.parse(text)
             val plan = m.defaultSampling
             m.sampler(plan.sampler, plan.steps)  // throws if the default plan has no table
-            assertEquals(model, 3, m.components.size)
+            // the three components, and the VAE encoder where the bundle has image modes
+            assertEquals(model, m.componentNames, m.components.keys.toList())
             assertTrue(model, m.geometry.latentShape.all { it > 0 })
         }
     }

@@ -20,6 +20,13 @@ import java.nio.ByteOrder
  * so the image is `unetScale * decoderScale * noise` (clamped). With [executorch], the bundle also lists the same three
  * functions as ExecuTorch programs (android_demo/core/src/test/resources/executorch, made by make_programs.py),
  * exported with a static batch of 1. [edit] changes the manifest after every sha256 is recorded in it.
+ *
+ * With [imageModes] it is an image-to-image and inpainting bundle (`export --image-modes`): the `image` record (the
+ * encoder posterior [posterior]), `vae_scale_factor` 1 and the fourth graph
+ *
+ *     vae_encoder   sample (batch, 3, 4, 4) -> latent_mean = sample / 2, latent_std = 0.25 everywhere
+ *
+ * and the table's add_noise row [[ADD_NOISE_IMAGE], [ADD_NOISE_NOISE]].
  */
 object TinyBundle {
     const val MAX_LENGTH = 8
@@ -29,6 +36,8 @@ object TinyBundle {
         unetScale: Float = 0.5f,
         decoderScale: Float = 1f,
         executorch: Boolean = false,
+        imageModes: Boolean = false,
+        posterior: String = ImageModes.GAUSSIAN,
         edit: (JSONObject) -> Unit = {},
     ): File {
         dir.mkdirs()
@@ -37,7 +46,7 @@ object TinyBundle {
             File(tokenizer, name).copyTo(File(dir, "tokenizer/$name"), overwrite = true)
             "tokenizer/$name"
         }
-        val graphs = mapOf(
+        val graphs = linkedMapOf(
             "text_encoder" to Onnx.model(
                 inputs = listOf(Onnx.Io("input_ids", Onnx.INT32, listOf("batch", MAX_LENGTH))),
                 outputs = listOf(Onnx.Io("last_hidden_state", Onnx.FLOAT, listOf("batch", MAX_LENGTH, 1))),
@@ -66,6 +75,18 @@ object TinyBundle {
                 floats = mapOf("scale" to decoderScale),
             ),
         )
+        if (imageModes) {
+            graphs[Manifest.IMAGE_ENCODER] = Onnx.model(
+                inputs = listOf(Onnx.Io("sample", Onnx.FLOAT, listOf("batch", 3, 4, 4))),
+                outputs = listOf(Onnx.Io("latent_mean", Onnx.FLOAT, listOf("batch", 3, 4, 4)), Onnx.Io("latent_std", Onnx.FLOAT, listOf("batch", 3, 4, 4))),
+                nodes = listOf(
+                    Onnx.Node("Mul", listOf("sample", "half"), listOf("latent_mean")),
+                    Onnx.Node("Mul", listOf("sample", "zero"), listOf("zeros")),
+                    Onnx.Node("Add", listOf("zeros", "quarter"), listOf("latent_std")),
+                ),
+                floats = mapOf("half" to 0.5f, "zero" to 0f, "quarter" to ENCODER_STD),
+            )
+        }
         fun fileEntry(target: String, path: String, dynamic: Boolean): JSONObject {
             val f = File(dir, path)
             return JSONObject().put("target", target).put("precision", "fp32").put("path", path)
@@ -79,6 +100,8 @@ object TinyBundle {
             "unet" to (listOf(io("sample", "float32", 1, 3, 4, 4), io("timestep", "float32", 1), io("encoder_hidden_states", "float32", 1, MAX_LENGTH, 1))
                 to listOf(io("out_sample", "float32", 1, 3, 4, 4))),
             "vae_decoder" to (listOf(io("latent_sample", "float32", 1, 3, 4, 4)) to listOf(io("sample", "float32", 1, 3, 4, 4))),
+            Manifest.IMAGE_ENCODER to (listOf(io("sample", "float32", 1, 3, 4, 4))
+                to listOf(io("latent_mean", "float32", 1, 3, 4, 4), io("latent_std", "float32", 1, 3, 4, 4))),
         )
         val components = JSONObject()
         for ((name, graph) in graphs) {
@@ -109,10 +132,22 @@ object TinyBundle {
             .put("guidance", JSONObject().put("type", "classifier_free").put("default_scale", 1.0))
             .put("model", JSONObject().put("role", "teacher"))
             .put("default_sampling", JSONObject().put("sampler", "ddim").put("steps", 1).put("guidance", 1.0))
+        if (imageModes) {
+            manifest.getJSONObject("geometry").put("vae_scale_factor", 1)
+            manifest.put("image", JSONObject().put("modes", JSONArray(ImageModes.MODES)).put("encoder_posterior", posterior))
+            manifest.getJSONArray("samplers").getJSONObject(0)
+                .put("add_noise", JSONArray().put(JSONArray(listOf(ADD_NOISE_IMAGE, ADD_NOISE_NOISE))))
+                .put("starts", JSONObject())
+        }
         edit(manifest)
         File(dir, Manifest.MANIFEST).writeText(manifest.toString(2))
         return dir
     }
+
+    /** The tiny encoder's posterior std, and the add_noise row of the image-modes table. */
+    const val ENCODER_STD = 0.25f
+    const val ADD_NOISE_IMAGE = 0.8
+    const val ADD_NOISE_NOISE = 0.6
 
     /** A pipeline on the bundle in [dir], on ONNX Runtime unless another [backend] is given. */
     fun pipeline(dir: File, backend: Backend = OnnxRuntimeBackend()): Pipeline = Pipeline(Bundle.open(dir), backend)
