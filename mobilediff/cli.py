@@ -380,6 +380,46 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
             click.echo(f"student written to {path}")
 
 
+@cli.command("train-lora")
+@click.option("--model", default="default", show_default=True, help="Pipeline folder or named model the adapter is for (its UNet is frozen).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the adapter lands in OUT/adapter/adapter.safetensors (diffusers' LoRA layout, usable as --lora on generate and export). It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")
+@click.option("--rank", type=click.IntRange(min=1), default=4, show_default=True, help="Rank of the adapter's matrices on the UNet's attention projections (to_q, to_k, to_v, to_out.0).")
+@click.option("--max-train-steps", type=click.IntRange(min=1), default=500, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Global batch.")
+@click.option("--lr", type=Finite(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--latent-cache", type=click.IntRange(min=1), default=8192, show_default=True, help="Shapes-domain samples encoded once (without data options).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Save a checkpoint every K steps.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of data order, noise and initialisation.")
+@data_options(synthesize=True)
+@click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder of a train-lora run; must match the model's weights, the rank and --max-train-steps at least its step.")
+@click.option("--force", is_flag=True, help="Delete an existing OUT first.")
+def train_lora_cmd(model, out, rank, max_train_steps, batch_size, lr, latent_cache, checkpoint_every, seed, resume,
+                   force, **data):
+    """Train a LoRA adapter on your captioned images (or latents the model renders from your prompts): the model's
+    own denoising loss, its weights frozen. Use it with --lora on generate and export."""
+    _refuse_conflicts(LATEST_WITH_FORCE)
+    from mobilediff.io import check_output
+    from mobilediff.train.distill import DistillConfig, distill
+    from mobilediff.train.loop import main_process
+
+    source, dry_run = pop_data_options(data)
+    if dry_run:
+        from mobilediff.sources import check_needs
+
+        if source.given:
+            check_needs(source, "distill:lora")
+        _print_data_report(source, model)
+        return
+    check_output(out, folder=True)
+    cfg = DistillConfig(teacher=model, method="lora", steps=1, out=out, max_train_steps=max_train_steps,
+                        batch_size=batch_size, lr=lr, latent_cache=latent_cache, checkpoint_every=checkpoint_every,
+                        seed=seed, lora_rank=rank, warmup_steps=min(50, max_train_steps // 10), source=source)
+    paths = distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
+    if main_process():
+        for path in paths:
+            click.echo(f"adapter written to {path / 'adapter.safetensors'}")
+
+
 @cli.command("distill-decoder")
 @click.option("--model", default="default", show_default=True, help="Pipeline folder or named model whose VAE is distilled (its encoder makes the latents, its decoder the targets); OUT/model is this model with the tiny decoder.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the decoder lands in OUT/decoder, the model with it in OUT/model. It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")

@@ -155,3 +155,26 @@ def test_a_kohya_layout_adapter_merges_to_the_same_model(tmp_path):
     apply_adapters(pipe, [Adapter(tmp_path / "kohya.safetensors")])
     want = _unet_out(ref)
     assert (_unet_out(pipe) - want).abs().max() < 1e-5 * max(1.0, float(want.abs().max()))
+
+
+def test_train_lora_writes_an_adapter_that_generate_reads_and_resumes(tiny_pipeline_dir, tmp_path, capsys):
+    from safetensors import safe_open
+
+    args = ["train-lora", "--model", tiny_pipeline_dir, "--out", tmp_path / "run", "--batch-size", "4",
+            "--latent-cache", "16", "--checkpoint-every", "3", "--rank", "2"]
+    code, out, err = run_cli_here(capsys, *args, "--max-train-steps", "3")
+    assert code == 0, err
+    adapter = tmp_path / "run" / "adapter" / "adapter.safetensors"
+    with safe_open(str(adapter), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+        assert all(k.startswith("unet.") and ".lora_" in k for k in keys)
+        assert {f.get_tensor(k).shape[0] for k in keys if "lora_A" in k} == {2}
+    assert "lora_adapter_metadata" in meta
+    record = json.loads((tmp_path / "run" / "adapter" / "training.json").read_text())
+    assert record["method"] == "lora" and record["rank"] == 2 and record["stats"]["train_steps"] == 3
+    code, _, err = run_cli_here(capsys, *args, "--max-train-steps", "5", "--resume", "latest")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "adapter" / "training.json").read_text())["stats"]["train_steps"] == 5
+    code, _, err = run_cli_here(capsys, "generate", "--model", tiny_pipeline_dir, "--lora", f"{adapter}:0.5",
+                                "--prompt", "a red circle", "--steps", "2", "--out", tmp_path / "x.png")
+    assert code == 0, err

@@ -135,6 +135,45 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
     return rows
 
 
+def image_grid(models: dict, fixtures: Path, work: Path, apps) -> bytes | None:
+    """A PNG of every image-to-image / inpainting reference: init image, mask, Python's image, then each app's engine
+    image (same bundle, seed and options), one row each; None when the fixtures have none."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for model, entry in models.items():
+        for ref in entry["references"]:
+            if not ref.get("mode"):
+                continue
+            folder = fixtures / model
+            cells = [folder / ref["init_image"], folder / ref["mask"] if ref.get("mask") else None, folder / ref["png"]]
+            stem = f"{model}_{ref['runtime']}_{ref['seed']}_{Path(ref['raw']).stem}"
+            cells += [work / f"{app}_{stem}.png" for app in apps]
+            label = f"{model} {ref['mode']} {ref['sampler']}-{ref['steps']} s{ref['strength']:g} seed {ref['seed']}"
+            rows.append((label, cells))
+    if not rows:
+        return None
+    side, pad, head = 128, 4, 14
+    heads = ["init", "mask", "Python", *apps]
+    canvas = Image.new("RGB", (len(heads) * (side + pad) + pad, head + len(rows) * (side + head + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, h in enumerate(heads):
+        draw.text((pad + j * (side + pad), 1), h, fill="black")
+    for i, (label, cells) in enumerate(rows):
+        y = head + i * (side + head + pad)
+        draw.text((pad, y), label, fill="black")
+        for j, cell in enumerate(cells):
+            if cell is not None and cell.is_file():
+                with Image.open(cell) as im:
+                    canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST),
+                                 (pad + j * (side + pad), y + head))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def apk_row(folder: Path) -> dict:
     t0 = time.perf_counter()
     r = _run([str(REPO / folder / "scripts" / "build-apk.sh")])
@@ -240,12 +279,16 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
                 rows += end_to_end(app, engine, backends, model, args.fixtures / model, entry, work)
             if app == "android" and not args.no_apk:
                 rows.append(apk_row(Path(folder)))
+        grid = image_grid(index["models"], args.fixtures, work, args.app or sorted(APPS))
     result = {"command": command_line("app_parity", argv),
               "wall_seconds": round(time.perf_counter() - t0, 1), "machine": machine_info(),
               "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 1)},
               "timing": f"median of {REPEATS} images after one untimed warm-up, engine and Python alike",
               "versions": library_versions(), "fixtures": {m: e.get("weights_sha256") for m, e in index["models"].items()},
               "rows": rows}
-    write_results(args.out, {"app_parity.md": markdown(result), "app_parity.json": result})
+    files = {"app_parity.md": markdown(result), "app_parity.json": result}
+    if grid is not None:
+        files["app_parity_images.png"] = grid
+    write_results(args.out, files)
     failed = [r for r in rows if not r["passed"]]
     print(f"wrote {args.out / 'app_parity.json'}: {len(rows)} rows, {len(failed)} failed")

@@ -41,6 +41,7 @@ NEEDS = {
     "distill:progressive": "prompts",
     "distill:lcm": "latents",
     "distill:slim": "latents",
+    "distill:lora": "latents",
     "distill-decoder": "latents",
     "calibration": "prompts",
     "evaluate": "prompts",

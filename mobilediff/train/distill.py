@@ -51,7 +51,8 @@ from mobilediff.train.loop import (EMA, Leg, continues_in_place, make_accelerato
                                    prepare_run_folder, process_rows, provenance, refuse_existing, run_folder_lock,
                                    run_leg, state_sha256)
 
-METHODS = ("lcm", "progressive", "slim")
+METHODS = ("lcm", "progressive", "slim", "lora")
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections (as LoRA for SD is trained)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class DistillConfig:
     # progressive
     teacher_steps: int = 16  # the teacher's DDIM step count that the first round halves
     guidance: float = 3.5  # guidance scale of the teacher's target (progressive), and the LCM student's default
+    # lora
+    lora_rank: int = 4  # rank of the adapter's matrices (its alpha equals it: scale 1)
     # slim
     remove: str = "mid,attention-0"  # blocks removed from the teacher's UNet (mobilediff.train.slim)
     feature_weight: float = 1.0  # weight of the feature-distillation term against the output term
@@ -137,6 +140,8 @@ def validate(cfg: DistillConfig) -> None:
                                       f"{cfg.time_cond_proj_dim} (has {dim})")
     elif cfg.init_student is not None:
         raise MobilediffError("--init-student is for --method lcm (progressive rounds start from their teacher)")
+    if cfg.method == "lora" and cfg.lora_rank < 1:
+        raise MobilediffError(f"--lora-rank must be >= 1, got {cfg.lora_rank}")
     if cfg.method == "slim":
         from mobilediff.train.slim import parse_removal
 
@@ -690,6 +695,82 @@ def train_slim(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
 # ---------------------------------------------------------------------------------------------- output
 
 
+class LoraObjective:
+    """A LoRA adapter on the teacher's UNet trained with the teacher's own denoising loss (its prediction type) on the
+    data's latents and captions, the base weights frozen: what the adapter learns is where the data differs from
+    what the model makes."""
+
+    clip = "student"
+
+    def __init__(self, cfg: DistillConfig, data: DistillData, student, scheduler, prediction_type: str):
+        self.cfg, self.data, self.scheduler, self.prediction_type = cfg, data, scheduler, prediction_type
+        self.models = {"student": student}
+        self.log_fields = {"method": "lora"}
+
+    def checkpointed(self) -> dict:
+        return {"student": self.data.accelerator.unwrap_model(self.models["student"])}
+
+    def after_resume(self) -> None:
+        pass
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, str]]:
+        g, latents, mask, cond = self.data.batch(step)
+        noise = self.data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
+        t = self.data.draw(lambda size: torch.randint(0, self.scheduler.config.num_train_timesteps, size, generator=g))
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        target = {"epsilon": noise, "v_prediction": self.scheduler.get_velocity(latents, noise, t),
+                  "sample": latents}[self.prediction_type]
+        with self.data.accelerator.autocast():
+            pred = self.models["student"](noisy, t, encoder_hidden_states=cond).sample.float()
+        pix = self.data.pixel_weight(mask)
+        return ((pred - target) ** 2 * pix).mean() / pix.mean(), {}
+
+    def after_step(self, step: int) -> None:
+        pass
+
+
+def lora_student(teacher_unet, rank: int):
+    """A copy of the teacher's UNet with a rank-``rank`` LoRA adapter on :data:`LORA_TARGETS`, only the adapter
+    trainable (its up matrices start at zero, as LoRA does: the student starts as the teacher)."""
+    from peft import LoraConfig
+
+    student = copy.deepcopy(teacher_unet)
+    student.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS)))
+    for name, param in student.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return student
+
+
+def train_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str, ckpt) -> tuple[dict, dict, dict]:
+    """Train a LoRA adapter (rank ``cfg.lora_rank`` on :data:`LORA_TARGETS`) on a copy of the teacher's UNet; returns
+    (the adapter's tensors in diffusers' layout, its PEFT config as header metadata, stats)."""
+    from peft.utils import get_peft_model_state_dict
+
+    student = lora_student(data.teacher.unet, cfg.lora_rank)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    objective = LoraObjective(cfg, data, student.train(), scheduler, prediction_type)
+    leg = Leg(run_dir=cfg.out, desc="train lora", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
+              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
+              checkpoint_state=data.run_record)
+    seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
+    unet = data.accelerator.unwrap_model(objective.models["student"]).eval()
+    tensors = {f"unet.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    return tensors, unet.peft_config["default"].to_dict(), {"train_steps": cfg.max_train_steps,
+                                                            "train_seconds": seconds}
+
+
+def _save_adapter(path: Path, tensors: dict, peft_config: dict, info: dict) -> None:
+    """OUT/adapter: ``adapter.safetensors`` (diffusers' LoRA layout, PEFT's config in the header, as diffusers'
+    save_lora_weights writes it) and ``training.json``."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "lora_adapter_metadata": json.dumps({"unet." + k: v for k, v in json.loads(
+        json.dumps(peft_config, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o))).items()})}
+    with atomic_dir(path, force=True) as tmp:
+        save_file(tensors, str(tmp / "adapter.safetensors"), metadata=meta)
+        atomic_write_json(tmp / "training.json", info)
+
+
 def _record(cfg: DistillConfig, command: str, stats: dict, **extra) -> dict:
     if cfg.source.given:
         extra = {**extra, "data": _data_record(cfg.source)}
@@ -753,6 +834,8 @@ def _check_resume_fits(cfg: DistillConfig, teacher_unet, ckpt, run: dict) -> Non
             from mobilediff.train.slim import parse_removal, slim_unet
 
             student = slim_unet(teacher_unet, parse_removal(cfg.remove))
+        elif cfg.method == "lora":
+            student = lora_student(teacher_unet, cfg.lora_rank)
         else:
             student = teacher_unet
         shapes = module_shapes(student)
@@ -860,6 +943,13 @@ def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, 
         if accelerator.is_main_process:
             _save_student(out / "model", teacher, resolve_model(cfg.teacher), student, sched, "LatentConsistencyModelPipeline", info)
         return [out / "model"]
+    if cfg.method == "lora":
+        tensors, peft_config, stats = train_lora(cfg, data, scheduler, prediction_type, ckpt)
+        info = _record(cfg, command, stats, rank=cfg.lora_rank, targets=list(LORA_TARGETS),
+                       use="mobilediff generate|export --model TEACHER --lora OUT/adapter/adapter.safetensors[:SCALE]")
+        if accelerator.is_main_process:
+            _save_adapter(out / "adapter", tensors, peft_config, info)
+        return [out / "adapter"]
     if cfg.method == "slim":
         from mobilediff.train.slim import parse_removal
 
