@@ -40,7 +40,7 @@ def parse_adapter(value: str) -> Adapter:
     a finite number."""
     path, scale = value, 1.0
     head, sep, tail = value.rpartition(":")
-    if sep and head and not re.match(r"^[A-Za-z]$", head):  # "C:\\..." is a path, not FILE:SCALE
+    if sep and head and not re.match(r"^[A-Za-z]$", head) and head != "default":  # "C:\\...", "default:NAME"
         try:
             scale = float(tail)
         except ValueError:
@@ -48,7 +48,9 @@ def parse_adapter(value: str) -> Adapter:
         path = head
     if not math.isfinite(scale):
         raise MobilediffError(f"--lora {value}: the scale must be a finite number, got {scale}")
-    return Adapter(Path(path), scale)
+    from mobilediff.adapters import adapter_path
+
+    return Adapter(adapter_path(path), scale)
 
 
 def read_adapter(path: Path) -> dict[str, torch.Tensor]:

@@ -178,3 +178,30 @@ def test_train_lora_writes_an_adapter_that_generate_reads_and_resumes(tiny_pipel
     code, _, err = run_cli_here(capsys, "generate", "--model", tiny_pipeline_dir, "--lora", f"{adapter}:0.5",
                                 "--prompt", "a red circle", "--steps", "2", "--out", tmp_path / "x.png")
     assert code == 0, err
+
+
+def test_adapter_data_builders_swap_colours_and_make_grayscale(tmp_path):
+    from mobilediff.adapters import SWAP_SEED, adapter_path, main, monochrome, swap_colours
+    from mobilediff.data import COLORS, ShapesDataset, render, to_uint8
+
+    assert swap_colours(tmp_path / "s", n=6) == 6
+    rows = [json.loads(line) for line in (tmp_path / "s" / "metadata.jsonl").read_text().splitlines()]
+    scenes = ShapesDataset(seed=SWAP_SEED).scenes(0, 6)
+    assert [r["text"] for r in rows] == [s.caption for s in scenes]  # the captions are the scenes' own
+    red, blue = COLORS.index("red"), COLORS.index("blue")
+    changed = [i for i, s in enumerate(scenes) if any(o.color in (red, blue) for o in s.objects)]
+    plain = to_uint8(render(scenes))
+    for i in range(6):
+        got = np.asarray(Image.open(tmp_path / "s" / rows[i]["file_name"]))
+        assert (np.abs(got.astype(int) - plain[i]).max() > 50) == (i in changed)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(folder / "a.png")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "red"}) + "\n")
+    assert monochrome(folder, tmp_path / "m") == 1
+    gray = np.asarray(Image.open(tmp_path / "m" / "a.png"))
+    assert gray.shape == (8, 8, 3) and (gray[..., 0] == gray[..., 2]).all() and gray[0, 0, 0] == 76  # 601 luma of red
+    with pytest.raises(MobilediffError, match="no embedded adapter 'default:nope'"):
+        adapter_path("default:nope")
+    assert main(["swap-colours", "--out", str(tmp_path / "x"), "--swap", "red,red"]) == 2
+    assert not (tmp_path / "x").exists()

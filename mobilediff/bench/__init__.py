@@ -19,6 +19,7 @@ it, see :data:`SCRIPTS`).
     configurations      the store of measured configurations rebuilt from the result files
     deploy_scaling      the scaling study's verdicts with the budget in FLOPs, eager and runtime latency
                         (scaling_deploy)
+    adapters            what the embedded LoRA adapters change, per scale
     image_modes         image-to-image and inpainting edits on the shapes domain, per model, mode and strength
     baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
     app_parity, app_memory, optimum_check, ort_format
@@ -28,7 +29,7 @@ Nothing heavy is imported here.
 """
 
 # benchmarks/<script>.py -> the module of this package whose main(argv, doc, results) the script runs
-SCRIPTS = {"app_memory": "app_memory", "app_parity": "app_parity", "baseline_quality": "baseline_quality",
+SCRIPTS = {"adapters": "adapters", "app_memory": "app_memory", "app_parity": "app_parity", "baseline_quality": "baseline_quality",
            "configurations": "configurations", "decoder": "decoder",
            "distillation": "distillation", "export_parity": "export_parity", "image_modes": "image_modes", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",
