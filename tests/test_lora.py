@@ -205,3 +205,19 @@ def test_adapter_data_builders_swap_colours_and_make_grayscale(tmp_path):
         adapter_path("default:nope")
     assert main(["swap-colours", "--out", str(tmp_path / "x"), "--swap", "red,red"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name,model", [("default:swap-red-blue", "default"),
+                                        ("default:emoji-monochrome", "default:emoji")])
+def test_embedded_adapters_fit_their_models_and_record_their_training(name, model):
+    from mobilediff.adapters import adapter_path
+    from mobilediff.loading import load_pipeline
+    from mobilediff.lora import check_adapter, read_adapter
+
+    path = adapter_path(name)
+    summary = check_adapter(load_pipeline(model), read_adapter(path), path)
+    assert summary["components"] == ["unet"] and summary["rank"] == [4]
+    record = json.loads((path.parent / "training.json").read_text())
+    assert record["method"] == "lora" and record["teacher"] == model
+    assert "/work/" not in json.dumps(record)  # paths as given, relative to the run folder
+    assert (path.parent / "TRAINING.md").is_file()
