@@ -151,12 +151,13 @@ def image_grid(models: dict, fixtures: Path, work: Path, apps) -> bytes | None:
             cells = [folder / ref["init_image"], folder / ref["mask"] if ref.get("mask") else None, folder / ref["png"]]
             stem = f"{model}_{ref['runtime']}_{ref['seed']}_{Path(ref['raw']).stem}"
             cells += [work / f"{app}_{stem}.png" for app in apps]
-            label = f"{model} {ref['mode']} {ref['sampler']}-{ref['steps']} s{ref['strength']:g} seed {ref['seed']}"
+            label = (f"{model} {ref['runtime']}: {ref['mode']} {ref['sampler']}-{ref['steps']} strength "
+                     f"{ref['strength']:g} seed {ref['seed']}")
             rows.append((label, cells))
     if not rows:
         return None
     side, pad, head = 128, 4, 14
-    heads = ["init", "mask", "Python", *apps]
+    heads = ["init", "mask (white: repaint)", "Python", *apps]
     canvas = Image.new("RGB", (len(heads) * (side + pad) + pad, head + len(rows) * (side + head + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, h in enumerate(heads):
@@ -165,10 +166,11 @@ def image_grid(models: dict, fixtures: Path, work: Path, apps) -> bytes | None:
         y = head + i * (side + head + pad)
         draw.text((pad, y), label, fill="black")
         for j, cell in enumerate(cells):
+            x0 = pad + j * (side + pad)
             if cell is not None and cell.is_file():
                 with Image.open(cell) as im:
-                    canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST),
-                                 (pad + j * (side + pad), y + head))
+                    canvas.paste(im.convert("RGB").resize((side, side), Image.NEAREST), (x0, y + head))
+                draw.rectangle((x0 - 1, y + head - 1, x0 + side, y + head + side), outline="gray")
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
