@@ -963,6 +963,8 @@ CASES = [
                                                                   "--target", "onnx", "--lora", str(c.t / "a.safetensors:nan"),
                                                                   "--out", str(c.t / "o")], None,
          "the scale must be a finite number"),
+    Case("adapters-scale-nan", lambda c: ["adapters", "--scale", "nan", "--out", str(c.t / "r")], None,
+         "--scale takes finite numbers"),
     Case("image_modes-strength-zero", lambda c: ["image_modes", "--strength", "0", "--out", str(c.t / "r")], None,
          "--strength must be in (0, 1], got 0"),
     Case("image_modes-out-is-a-file", lambda c: ["image_modes", "--model", "default", "--n", "2", "--out",
