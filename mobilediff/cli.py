@@ -577,9 +577,9 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         manifest.sampler_table(sampler, steps)  # fail fast on a missing table
         image = mask_latent = None
         if init_image is not None:
-            if not manifest.supports("inpaint" if mask is not None else "img2img"):
-                raise MobilediffError(f"bundle {bundle} was exported without image modes: export it again with "
-                                      f"--image-modes")
+            from mobilediff.engine import require_image_mode
+
+            require_image_mode(manifest, bundle, mask is not None)
             image, mask_latent = _image_inputs(init_image, mask, manifest.geometry.height, manifest.geometry.width,
                                                manifest.geometry.vae_scale_factor, steps, strength)
         runner = BundleRunner(bundle, runtime, settings=LOW_MEMORY[runtime] or None, resident=False) if low_memory \

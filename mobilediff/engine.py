@@ -63,6 +63,13 @@ class BundleTokenizer:
         return torch.tensor([ids], dtype=torch.int32)
 
 
+def require_image_mode(manifest, bundle: Path, inpaint: bool) -> None:
+    """Refuse in one line a bundle exported without the image mode asked for (read from its manifest alone)."""
+    if not manifest.supports("inpaint" if inpaint else "img2img"):
+        raise MobilediffError(f"bundle {bundle} was exported without image modes: export it again with "
+                              f"--image-modes for {'inpainting' if inpaint else 'image-to-image'}")
+
+
 def release_memory() -> None:
     """Collect what is unreferenced and hand the C heap's free pages back to the system: glibc's malloc keeps the
     memory of a released component (its weights and runtime state, freed in pieces below its mmap threshold) for
@@ -169,10 +176,7 @@ class BundleRunner:
                          sampler: str | None = None) -> None:
         """Refuse, in one line, an image-to-image or inpainting run the bundle cannot make: a bundle exported without
         ``--image-modes``, a strength outside (0, 1] or one that leaves no step."""
-        mode = "inpaint" if mask else "img2img"
-        if not self.manifest.supports(mode):
-            raise MobilediffError(f"bundle {self.bundle} was exported without image modes: export it again with "
-                                  f"--image-modes for {'inpainting' if mask else 'image-to-image'}")
+        require_image_mode(self.manifest, self.bundle, mask)
         plan = self.manifest.plan
         strength_steps(self.manifest.sampler_table(sampler or plan.sampler, steps or plan.steps).steps,
                        1.0 if strength is None else strength)

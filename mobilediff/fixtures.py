@@ -143,10 +143,11 @@ def image_references(runner, fixture: Fixture, folder: Path, runtime: str) -> li
 
     g = runner.geometry
     rows = []
+    init, mask = image_inputs(folder, g.height, g.width) if fixture.images else (None, None)
+    image = load_init_image(init, g.height, g.width) if init is not None else None
+    inpaint_mask = load_mask(mask, g.height, g.width, g.vae_scale_factor) if mask is not None else None
     for ref in fixture.images:
-        init, mask = image_inputs(folder, g.height, g.width)
-        image = load_init_image(init, g.height, g.width)
-        latent_mask = load_mask(mask, g.height, g.width, g.vae_scale_factor) if ref.mode == "inpaint" else None
+        latent_mask = inpaint_mask if ref.mode == "inpaint" else None
         t0 = time.perf_counter()
         out = runner.generate(IMAGE_PROMPT, ref.seed, ref.steps, ref.sampler, None, init_image=image,
                               mask=latent_mask, strength=ref.strength)

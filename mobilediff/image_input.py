@@ -90,9 +90,3 @@ def load_mask(path: Path, height: int, width: int, factor: int, option: str = "-
                               f"{factor}x{factor}-pixel cells sampled at their top-left pixel): mark a larger region")
     return torch.from_numpy(latent.astype(np.float32))[None, None].contiguous()
 
-
-def mask_image(mask: torch.Tensor, factor: int) -> np.ndarray:
-    """A latent mask back at pixel size (H, W) uint8 0/255 (each latent pixel a factor x factor cell): what was
-    repainted, for reports."""
-    m = mask[0, 0].numpy().repeat(factor, 0).repeat(factor, 1)
-    return (m * 255).astype(np.uint8)

@@ -74,7 +74,7 @@ def read_adapter(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _diffusers_layout(pipe, tensors: dict, path: Path) -> dict:
+def _diffusers_layout(tensors: dict, path: Path) -> dict:
     """The adapter in diffusers' layout (``unet.<module>.lora_A.weight`` ...), converted by diffusers itself."""
     from diffusers import StableDiffusionPipeline
 
@@ -95,7 +95,7 @@ def _diffusers_layout(pipe, tensors: dict, path: Path) -> dict:
 def check_adapter(pipe, tensors: dict, path: Path) -> dict:
     """Check an adapter against ``pipe`` (every module exists, matrix sizes and ranks fit); returns a summary
     {"components", "modules", "rank"}. Raises MobilediffError naming the first module that does not fit."""
-    sd = _diffusers_layout(pipe, tensors, path)
+    sd = _diffusers_layout(tensors, path)
     pairs: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, t in sd.items():
         m = _PAIR.match(key)
