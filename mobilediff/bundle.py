@@ -411,11 +411,12 @@ class Manifest(_Record):
     quantization: dict | None = None  # recipe, per-target settings, calibration summary
     fused: dict | None = None  # --fused-steps: one program text -> N steps -> image (components' layout + table)
     image: ImageModes | None = None  # --image-modes: image-to-image and inpainting
+    adapters: dict | None = None  # --runtime-lora: rank slots per component and the adapter files (runtime_lora)
     extra: dict = field(default_factory=dict, compare=False)
     _NESTED = {"source": Source, "geometry": Geometry, "tokenizer": Tokenizer, "components": (dict, ComponentEntry),
                "samplers": (list, SamplerEntry), "guidance": Guidance, "model": ModelRole,
                "default_sampling": SamplingPlan, "image": ImageModes}
-    _OMIT_NONE = ("image",)
+    _OMIT_NONE = ("image", "adapters")
 
     def __post_init__(self):
         missing = [c for c in COMPONENTS if c not in self.components]
@@ -429,6 +430,9 @@ class Manifest(_Record):
             lacking = [f"{t.name}:{t.steps}" for t in self.samplers if not t.add_noise or len(t.add_noise) != t.steps]
             if lacking:
                 raise ValueError(f"image modes need every sampler table's add_noise rows (samplers {lacking[0]})")
+
+        if self.adapters is not None:
+            _check_adapters(self)
 
     def supports(self, mode: str) -> bool:
         """Whether the bundle runs ``mode`` ("txt2img" always; "img2img", "inpaint" when exported with them)."""
@@ -470,6 +474,37 @@ class Manifest(_Record):
         """Targets every component has a file for."""
         per = [{f.target for f in c.files} for c in self.components.values()]
         return set.intersection(*per) if per else set()
+
+
+def _check_adapters(manifest: "Manifest") -> None:
+    """The ``adapters`` record (mobilediff.runtime_lora): every slotted component declares ``lora_weights`` as its
+    last input, of the slots' size, and the slots' offsets tile it; every adapter file fits the slots."""
+    a = manifest.adapters
+    slots, files = a.get("slots"), a.get("files")
+    if not isinstance(slots, dict) or not slots or not isinstance(files, list):
+        raise ValueError("adapters needs slots (component -> rank slots) and files")
+    for name, s in slots.items():
+        comp = manifest.components.get(name)
+        if comp is None:
+            raise ValueError(f"adapters.slots names component {name!r}, which the bundle does not have")
+        try:
+            rank, layers = int(s["rank"]), s["layers"]
+            offset = 0
+            for l in layers:
+                if l["down_offset"] != offset or l["up_offset"] != offset + rank * l["in_features"]:
+                    raise ValueError(f"adapters.slots.{name}: the offsets of {l['module']} do not follow the layout")
+                offset += rank * (l["in_features"] + l["out_features"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"adapters.slots.{name}: malformed ({e})") from None
+        last = comp.inputs[-1] if comp.inputs else None
+        if last is None or last.name != a.get("input", "lora_weights") or list(last.static_shape) != [offset]:
+            raise ValueError(f"adapters.slots.{name}: the component's last input must be lora_weights of {offset} "
+                             f"values")
+    for i, f in enumerate(files):
+        if not isinstance(f, dict) or not all(k in f for k in ("name", "path", "sha256", "rank")):
+            raise ValueError(f"adapters.files[{i}] needs name, path, sha256 and rank")
+        if any(int(f["rank"]) > int(s["rank"]) for s in slots.values()):
+            raise ValueError(f"adapters.files[{i}] ({f['name']}) has rank {f['rank']}, more than the slots hold")
 
 
 # ---------------------------------------------------------------------------------------------------------------

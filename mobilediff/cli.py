@@ -534,7 +534,7 @@ def _warn(msg: str) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Generate from an exported bundle instead of a pipeline (no PyTorch model runs).")
 @click.option("--runtime", type=click.Choice(HOST_RUNTIMES), default=HOST_RUNTIMES[0], show_default=True, help="Host runtime for --bundle.")
 @click.option("--low-memory", is_flag=True, help="With --bundle: load each component when its turn comes and release it before the next, ONNX Runtime without its CPU arena and memory pattern (the same image; each image reloads the components). For real-size models on a small machine: docs/results.md, Memory.")
-@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="With --model: merge this LoRA adapter (safetensors) into the model first, times SCALE (default 1); repeatable. A bundle carries the adapters it was exported with.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="With --model: merge this LoRA adapter (safetensors) into the model first, times SCALE (default 1); repeatable. With --bundle: switch on the bundle's run-time adapter NAME (export --runtime-lora) at SCALE; repeat to mix them.")
 @click.option("--init-image", type=click.Path(path_type=Path), default=None, help="Image-to-image: start from this image (8-bit RGB or grayscale, exactly the model's size) instead of noise alone; a bundle needs export --image-modes.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Inpainting, with --init-image: a grayscale image of the same size; white (>= 128) is repainted, black kept.")
 @click.option("--strength", type=Finite(min=0), default=None, help="With --init-image: how much of the sampling runs over the image, in (0, 1] (steps x strength steps, diffusers' rule; 1: from noise). Default: 0.75 for image-to-image, 1 for inpainting.")
@@ -546,8 +546,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
                       ("needs", "runtime", "bundle", "the runtime runs a bundle's graphs"),
                       ("needs", "low_memory", "bundle", "it is how a bundle's graphs are loaded"),
                       ("needs", "mask", "init_image", "a mask marks what to repaint of an image"),
-                      ("needs", "strength", "init_image", "the strength is how far the image is noised"),
-                      ("conflicts", "loras", "bundle", "a bundle carries the adapters it was exported with"))
+                      ("needs", "strength", "init_image", "the strength is how far the image is noised"))
     if strength is not None and not 0 < strength <= 1:
         raise MobilediffError(f"--strength must be in (0, 1], got {strength:g}")
     if init_image is not None and strength is None:
@@ -582,8 +581,11 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
             require_image_mode(manifest, bundle, mask is not None)
             image, mask_latent = _image_inputs(init_image, mask, manifest.geometry.height, manifest.geometry.width,
                                                manifest.geometry.vae_scale_factor, steps, strength)
-        runner = BundleRunner(bundle, runtime, settings=LOW_MEMORY[runtime] or None, resident=False) if low_memory \
-            else BundleRunner(bundle, runtime)
+        from mobilediff.runtime_lora import parse_selection
+
+        mix = parse_selection(loras, [f["name"] for f in (manifest.adapters or {}).get("files", [])])
+        runner = BundleRunner(bundle, runtime, settings=LOW_MEMORY[runtime] or None, resident=False, adapters=mix) \
+            if low_memory else BundleRunner(bundle, runtime, adapters=mix)
         for p in prompts:
             check_prompt_length(runner.tokenizer.bpe, p, _warn)
         with tqdm(total=len(all_prompts), desc=f"{runtime} {sampler} {steps} steps") as bar:
@@ -649,11 +651,13 @@ def _image_inputs(init_image: Path, mask: Path | None, height: int, width: int, 
 @click.option("--decoder-overlap", type=click.IntRange(min=0), default=8, show_default=True, metavar="LATENT_PX", help="Latent pixels neighbouring decoder tiles share (blended); less than half of --decoder-tile.")
 @click.option("--ort-format/--no-ort-format", default=True, show_default=True, help="With the onnx target, also write each graph in ORT format (ONNX Runtime's mobile format, optimized for arm once; the apps load it when present), with its mobile usability report (NNAPI, Core ML) and the bundle's required-operators config for a reduced ONNX Runtime build.")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Merge this LoRA adapter (a safetensors file in the diffusers/PEFT or kohya layout) into the UNet and text encoder before export, times SCALE (default 1); repeat to mix several. Checked against the model first: an adapter for another architecture is refused. Recorded in the manifest's source.adapters.")
+@click.option("--runtime-lora", "runtime_loras", multiple=True, metavar="FILE[:SCALE]", help="Hold this LoRA adapter as a run-time adapter: the UNet (and text encoder, if it adapts it) take its low-rank update as an input, the adapter is written to adapters/NAME.safetensors, and generate --lora NAME[:SCALE] and the apps switch or mix adapters without re-export (SCALE: the scale its parity is checked at, default 1). Repeatable; checked against the model merged with it on every target.")
+@click.option("--lora-rank", type=int, default=None, help="Rank slots of the run-time adapters: how much rank a mix may use (default: the sum of the --runtime-lora adapters' ranks, so all can be on at once).")
 @click.option("--image-modes", is_flag=True, help="Also export the VAE encoder and the sampler tables' image-to-image rows, so the bundle runs image-to-image and inpainting (generate --init-image/--mask/--strength, the apps) besides text-to-image.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def export_cmd(model, target, out, height, width, precision, fused_steps, fused_sampler, guidance, quantize, decoder,
-               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, loras, image_modes,
-               force):
+               calibration_prompts, attention_budget, decoder_tile, decoder_overlap, ort_format, loras, runtime_loras,
+               lora_rank, image_modes, force):
     """Export the text encoder, denoiser and VAE decoder to a validated bundle."""
     _refuse_conflicts(("needs", "fused_sampler", "fused_steps", "it is the fused program's sampler"))
     from mobilediff.decoder import resolve_decoder
@@ -668,7 +672,8 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
                           quantize=quantize, calibration_prompts=() if calibration_prompts is not None else 32,
                           model_dir=resolve_model(model), decoder=resolve_decoder(decoder), ort_format=ort_format,
                           attention_budget_mib=attention_budget, decoder_tile=decoder_tile,
-                          decoder_overlap=decoder_overlap, image_modes=image_modes)
+                          decoder_overlap=decoder_overlap, image_modes=image_modes,
+                          runtime_adapters=tuple(_adapters(runtime_loras)), lora_rank=lora_rank)
     check_output(out, folder=True)
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")

@@ -89,6 +89,8 @@ class ComponentSpec:
                 x = torch.rand(shape, generator=g) * ((r.num_train_timesteps or 1000) - 1)
             elif spec.name == "sample" and self.name == "vae_encoder":  # an image, in [-1, 1]
                 x = torch.rand(shape, generator=g) * 2 - 1
+            elif spec.name == "lora_weights":  # run-time adapter slots (mobilediff.runtime_lora): a small update
+                x = torch.randn(shape, generator=g) * 0.02
             elif spec.name == "guidance_scale":
                 x = torch.full(shape, 4.0)
             else:

@@ -102,7 +102,8 @@ class BundleRunner:
     """
 
     def __init__(self, bundle: Path, runtime: str, precision: str | None = None, threads: int | None = None,
-                 settings: dict | None = None, resident: bool = True, ort_format: bool = False):
+                 settings: dict | None = None, resident: bool = True, ort_format: bool = False,
+                 adapters: list[tuple[str, float]] | None = None):
         self.target = get_runtime(runtime)  # refuses a name that is not a host runtime
         if ort_format and runtime != "onnx":
             raise MobilediffError(f"ORT format is ONNX Runtime's: runtime {runtime!r} cannot load it")
@@ -114,11 +115,60 @@ class BundleRunner:
         names = COMPONENTS + ((IMAGE_ENCODER,) if self.manifest.image is not None else ())
         self.files = {name: component_file(self.manifest, self.bundle, name, file_target, precision)[0]
                       for name in names}  # every file checked against its sha256 before anything is loaded
+        self._slots: dict[str, torch.Tensor] = {}  # component -> its lora_weights input (run-time adapters)
+        self._adapter_cache: dict[str, dict] = {}
+        self.set_adapters(adapters or [])  # every adapter file checked before anything is loaded
         self.parts = {name: self._load(name) for name in COMPONENTS} if resident else {}  # the encoder: when used
         self.tokenizer = self._tokenizer()
         self.geometry = self.manifest.geometry
         self.guidance = self.manifest.guidance
         self._uncond: torch.Tensor | None = None
+
+    def adapter_names(self) -> list[str]:
+        """The run-time adapters the bundle holds (``export --runtime-lora``)."""
+        return [f["name"] for f in (self.manifest.adapters or {}).get("files", [])]
+
+    def set_adapters(self, mix: list[tuple[str, float]]) -> None:
+        """Switch the run-time adapters: ``[(name, scale)]`` of the bundle's adapters, in the slots' order ([] = the
+        base model). Repacks each slotted component's ``lora_weights``; nothing is reloaded. Raises MobilediffError
+        for an adapter the bundle does not hold or a mix that needs more rank slots than it has."""
+        from mobilediff.runtime_lora import Slots, pack, read_bundle_adapter
+
+        record = self.manifest.adapters
+        if record is None:
+            if mix:
+                raise MobilediffError(f"bundle {self.bundle} holds no run-time adapters (export it with "
+                                      f"--runtime-lora; --lora on --model merges an adapter instead)")
+            return
+        files = {f["name"]: f for f in record["files"]}
+        for name, _ in mix:
+            if name not in files:
+                raise MobilediffError(f"--lora {name}: the bundle holds no run-time adapter of that name (it holds: "
+                                      f"{', '.join(files)})")
+            if name not in self._adapter_cache:
+                f = files[name]
+                path = self.bundle / f["path"]
+                if not path.is_file():
+                    raise MobilediffError(f"bundle file missing: {path}")
+                if sha256_path(path) != f["sha256"]:
+                    raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or "
+                                          f"corrupt)")
+                self._adapter_cache[name] = read_bundle_adapter(path)
+        self._slots = {}
+        self._uncond = None  # the unconditional prompt's embedding depends on the text encoder's adapters
+        for component, s in record["slots"].items():
+            slots = Slots.from_dict(component, s)
+            self._slots[component] = pack(slots, [(self._adapter_cache[n].get(component, {}), scale)
+                                                  for n, scale in mix])
+
+    def lora_inputs(self) -> dict[str, torch.Tensor]:
+        """The ``lora_weights`` each slotted component is fed for the current mix (what the apps must pack)."""
+        return dict(self._slots)
+
+    def _lora(self, component: str) -> tuple:
+        """The trailing ``lora_weights`` argument of a slotted component (none for the others)."""
+        v = self._slots.get(component)
+        return () if v is None else (v,)
 
     def _load(self, name: str):
         kw = {"settings": self.settings} if self.settings else {}
@@ -153,13 +203,13 @@ class BundleRunner:
 
     def encode(self, prompt: str, text_encoder=None) -> torch.Tensor:
         """(1, tokens, hidden) text embedding of ``prompt`` (``text_encoder``: an already loaded one)."""
+        extra = self._lora("text_encoder")
         if text_encoder is None:
             with self._component("text_encoder") as text_encoder:
-                return text_encoder(self.tokenizer.ids(prompt))[0]
-        return text_encoder(self.tokenizer.ids(prompt))[0]
+                return text_encoder(self.tokenizer.ids(prompt), *extra)[0]
+        return text_encoder(self.tokenizer.ids(prompt), *extra)[0]
 
-    @staticmethod
-    def _unet(unet, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def _unet(self, unet, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         b = x.shape[0]
         ts = torch.full((b,), float(t), dtype=torch.float32)
         args = [x, ts, text] + ([cond] if cond is not None else [])
@@ -169,8 +219,8 @@ class BundleRunner:
             if pad < 0:
                 raise MobilediffError(f"UNet batch {b} exceeds the exported static batch {need}")
             args = [torch.cat([a, a[-1:].expand(pad, *a.shape[1:])]) for a in args]
-            return unet(*args)[0][:b]
-        return unet(*args)[0]
+            return unet(*args, *self._lora("unet"))[0][:b]
+        return unet(*args, *self._lora("unet"))[0]
 
     def check_image_mode(self, mask: bool, strength: float | None, steps: int | None = None,
                          sampler: str | None = None) -> None:

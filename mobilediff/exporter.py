@@ -10,6 +10,7 @@ interrupted or failed export leaves no bundle and no manifest behind.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -285,6 +286,8 @@ class ExportConfig:
     decoder_overlap: int = 8  # latent pixels shared by neighbouring tiles
     image_modes: bool = False  # also the VAE encoder and the tables' image-to-image / inpainting rows
     adapters: tuple = ()  # LoRA adapters fused into the pipeline before export (mobilediff.lora records)
+    runtime_adapters: tuple = ()  # mobilediff.lora.Adapter: held as run-time adapters (mobilediff.runtime_lora)
+    lora_rank: int | None = None  # rank slots of the run-time adapters (default: the sum of their ranks)
 
     @classmethod
     def of(cls, target: str, out: Path, **options) -> "ExportConfig":
@@ -321,6 +324,13 @@ class ExportConfig:
             from mobilediff.tiling import check_tiling
 
             check_tiling(self.decoder_tile, self.decoder_overlap)
+        if self.lora_rank is not None and not self.runtime_adapters:
+            raise MobilediffError("--lora-rank sizes the run-time adapters' slots: give them with --runtime-lora")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise MobilediffError(f"--lora-rank must be >= 1, got {self.lora_rank}")
+        if self.runtime_adapters and self.fused_steps is not None:
+            raise MobilediffError("--runtime-lora and --fused-steps do not combine: the fused program has no "
+                                  "adapter input (merge the adapter with --lora instead)")
         if self.calibration_rows < 1:
             raise MobilediffError(f"calibration rows must be >= 1, got {self.calibration_rows}")
         recipes = self.recipes  # an unknown recipe, or one for another target, is refused here
@@ -352,13 +362,15 @@ def export_bundle(model, target: str, out: Path, height: int | None = None, widt
                   guidance: float | None = None, force: bool = False, progress: Callable[[str], None] | None = None,
                   source: str = "", quantize=None, calibration_prompts: int | list[str] = 32,
                   calibration_rows: int = 64, model_dir: Path | None = None, decoder: Path | None = None,
-                  ort_format: bool = True, image_modes: bool = False) -> Path:
+                  ort_format: bool = True, image_modes: bool = False, runtime_adapters: tuple = (),
+                  lora_rank: int | None = None) -> Path:
     """Export ``model`` (a loaded pipeline) and return the bundle path: :func:`run_export` with the
     :class:`ExportConfig` of these options."""
     cfg = ExportConfig.of(target, out, height=height, width=width, precision=precision, fused_steps=fused_steps,
                           fused_sampler=fused_sampler, guidance=guidance, force=force, source=source,
                           quantize=quantize, calibration_prompts=calibration_prompts, calibration_rows=calibration_rows,
-                          model_dir=model_dir, decoder=decoder, ort_format=ort_format, image_modes=image_modes)
+                          model_dir=model_dir, decoder=decoder, ort_format=ort_format, image_modes=image_modes,
+                          runtime_adapters=tuple(runtime_adapters), lora_rank=lora_rank)
     return run_export(model, cfg, progress)
 
 
@@ -383,9 +395,13 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     tables = tuple(SamplerEntry.from_dict(t, f"samplers[{i}]", strict=True)
                    for i, t in enumerate(sampler_tables(pipe, card.plan, cfg.image_modes)))
     guidance = Guidance.from_dict(guidance_record(pipe, card.plan.guidance), "guidance", strict=True)
+    runtime = RuntimeAdapters.plan(pipe, specs, cfg, say) if cfg.runtime_adapters else None
     # OUT is claimed before the work, not after it: a second writer of OUT fails now (mobilediff.io)
-    with atomic_dir(cfg.out, force=cfg.force) as tmp:
+    with atomic_dir(cfg.out, force=cfg.force) as tmp, \
+            (runtime.slotted(pipe, specs) if runtime else contextlib.nullcontext()):
         calibration = _calibrate(pipe, cfg, card, recipes, say)
+        if runtime is not None and calibration is not None:
+            calibration = runtime.calibration(calibration)
         components = {}
         for name, spec in specs.items():
             files = []
@@ -396,6 +412,8 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
                                               attention_budget_mib=cfg.attention_budget_mib))
                 if name == "vae_decoder" and tiling is not None:
                     files[-1]["export"]["tiling"] = tiling
+                if runtime is not None:
+                    runtime.check(spec, files[-1], tmp, say)
                 if tgt == "onnx" and cfg.ort_format:
                     say(f"{name} -> ort (ONNX Runtime's mobile format)")
                     ort = export_ort_form(spec, files[-1], tmp, recipe=r, calibration=calibration)
@@ -404,6 +422,8 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
                         files[-1]["export"]["ort_format"] = ort
                     else:
                         files.append(ort)
+                        if runtime is not None:
+                            runtime.check(spec, files[-1], tmp, say)
             components[name] = ComponentEntry.from_dict(
                 {**spec.to_dict(), "files": files, "gflop": round(count_gflop(spec.module, spec.example_inputs()), 6)},
                 f"components.{name}", strict=True)
@@ -430,10 +450,110 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
                 "recipe": cfg.recipe_name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
                 "calibration": calibration.summary() if calibration is not None else None},
             fused=fused, image=ImageModes(modes=list(IMAGE_MODES), encoder_posterior=encoder_posterior(pipe.vae))
-            if cfg.image_modes else None)
+            if cfg.image_modes else None, adapters=runtime.record(tmp) if runtime is not None else None)
         # last, through the one writer: a bundle without a manifest is not a bundle
         write_manifest(tmp, manifest)
     return cfg.out
+
+
+class RuntimeAdapters:
+    """The run-time adapters of an export (mobilediff.runtime_lora): read and slotted before the files are
+    written, each checked on every exported graph against the model with it merged, written to ``adapters/``."""
+
+    def __init__(self, weights, slots, references):
+        self.weights, self.slots, self.references = weights, slots, references
+
+    @classmethod
+    def plan(cls, pipe, specs: dict, cfg: "ExportConfig", say) -> "RuntimeAdapters":
+        from mobilediff import runtime_lora as rl
+
+        weights = rl.read_adapters(pipe, list(cfg.runtime_adapters))
+        slots = rl.plan_slots(pipe, weights, cfg.lora_rank)
+        references = {}  # adapter -> component -> (inputs, PyTorch outputs of the merged model)
+        geometry = latent_geometry(pipe, cfg.height, cfg.width)
+        for adapter, w in zip(cfg.runtime_adapters, weights):
+            say(f"run-time adapter {w.name}: rank {w.rank}, {len(w.layers)} layers; merging it for the parity checks")
+            merged = rl.merged_pipeline(pipe, adapter)
+            mspecs = declare(merged, geometry, cfg_batch=specs["unet"].dims["batch"])
+            references[w.name] = {}
+            for name in slots:
+                inputs = specs[name].example_inputs(0)
+                with torch.no_grad():
+                    references[w.name][name] = (inputs, tuple(mspecs[name].module(*inputs)))
+            del merged, mspecs
+        return cls(weights, slots, references)
+
+    def slotted(self, pipe, specs: dict):
+        from mobilediff.runtime_lora import slotted
+
+        return slotted(pipe, specs, self.slots)
+
+    def vector(self, component: str, w) -> torch.Tensor:
+        from mobilediff.runtime_lora import pack
+
+        layers = {m: pair for (c, m), pair in w.layers.items() if c == component}
+        return pack(self.slots[component], [(layers, w.default_scale)])
+
+    def calibration(self, calibration):
+        """``calibration`` whose rows of a slotted component end with an all-zero ``lora_weights`` (the int8 base
+        is calibrated on the base model)."""
+        slots = self.slots
+
+        class _WithSlots:
+            def __getattr__(self, name):
+                return getattr(calibration, name)
+
+            def batches(self, component):
+                rows = calibration.batches(component)
+                if component not in slots:
+                    return rows
+                zeros = torch.zeros(slots[component].size)
+                return [tuple(r) + (zeros,) for r in rows]
+
+        return _WithSlots()
+
+    def check(self, spec, entry: dict, bundle: Path, say) -> None:
+        """Run the graph of ``entry`` with each adapter packed at its scale against the merged model; the record
+        goes to ``entry["parity"]["adapters"]`` (raises below the graph's floor)."""
+        from mobilediff.targets import get_target
+
+        if spec.name not in self.slots:
+            return
+        mod = get_target(entry["target"]) if entry["target"] != "ort" else None
+        rows = {}
+        for w in self.weights:
+            if not any(c == spec.name for c, _ in w.layers):  # zeros in this component's slots: the base graph
+                continue
+            inputs, reference = self.references[w.name][spec.name]
+            inputs = tuple(inputs) + (self.vector(spec.name, w),)
+            if mod is None:
+                from mobilediff.targets import onnx as onnx_target
+
+                record = onnx_target.validate_ort(spec, bundle / entry["path"], entry["precision"], inputs, reference,
+                                                  entry["quantization"])
+            else:
+                record = mod.validate(spec, bundle / entry["path"], entry["precision"], inputs, reference,
+                                      entry["quantization"])
+            rows[w.name] = {"scale": w.default_scale, "psnr_db": round(record["psnr_db"], 2),
+                            "max_abs_error": record["max_abs_error"]}
+            say(f"  {spec.name} {entry['target']} + {w.name}:{w.default_scale:g} vs merged: {record['psnr_db']:.1f} dB")
+        entry["parity"]["adapters"] = {"against": "the PyTorch model with the adapter merged (--lora), same inputs",
+                                       **rows}
+
+    def record(self, bundle: Path) -> dict:
+        from mobilediff.bundle import sha256_path, size_bytes
+        from mobilediff.runtime_lora import ADAPTER_DIR, write_adapter
+
+        files = []
+        for w in self.weights:
+            rel = f"{ADAPTER_DIR}/{w.name}.safetensors"
+            write_adapter(w, bundle / rel)
+            files.append({"name": w.name, "path": rel, "sha256": sha256_path(bundle / rel),
+                          "size_bytes": size_bytes(bundle / rel), "rank": w.rank, "default_scale": w.default_scale,
+                          "components": sorted({c for c, _ in w.layers}), "layers": len(w.layers),
+                          "source": {"file": w.file, "sha256": w.sha256}})
+        return {"input": "lora_weights",
+                "slots": {name: s.to_dict() for name, s in self.slots.items()}, "files": files}
 
 
 def export_fused(pipe, geometry: dict, targets: list[str], precision: str, steps: int, sampler: str | None,

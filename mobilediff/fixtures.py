@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 6  # bump when what is written here changes
+FIXTURE_VERSION = 7  # bump when what is written here changes
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,18 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A reference image made with the bundle's run-time adapters switched on: ``mix`` ((name, scale), ...) in
+    order, at ``seed``, the bundle's default plan."""
+
+    mix: tuple
+    seed: int
+
+
+RANDOM_ADAPTER = "fixture-random"  # a seeded random adapter on the UNet and text encoder (mobilediff.lora.random_adapter)
+
+
+@dataclass(frozen=True)
 class Fixture:
     model: str  # a named model
     runtimes: tuple[str, ...]  # the host runtimes its bundle is exported for (--all-runtimes: every one)
@@ -44,13 +56,18 @@ class Fixture:
     width: int | None = None
     prompt: str = ""  # the prompt of its reference images ("": PROMPT, the shapes domain's)
     images: tuple[ImageRef, ...] = ()  # image-to-image / inpainting references (the bundle exported --image-modes)
+    adapters: tuple[str, ...] = ()  # run-time adapters (export --runtime-lora): default:NAME or RANDOM_ADAPTER
+    adapter_refs: tuple[AdapterRef, ...] = ()
 
 
 IMAGE_PROMPT = "a big red circle at the top left on a white background"
 # fixture name (its folder) -> what it is
 FIXTURES = {"default": Fixture("default", ("onnx",), images=(
                 ImageRef("img2img", "ddim", 8, 0.6, 0), ImageRef("inpaint", "dpmpp", 8, 0.75, 1),
-                ImageRef("inpaint", "ddim", 8, 1.0, 0))),
+                ImageRef("inpaint", "ddim", 8, 1.0, 0)),
+                adapters=("default:swap-red-blue", RANDOM_ADAPTER),
+                adapter_refs=(AdapterRef((("swap-red-blue", 1.0),), 0),
+                              AdapterRef((("swap-red-blue", 0.6), (RANDOM_ADAPTER, 1.0)), 1))),
             "progressive-4": Fixture("default:progressive-4", ("onnx", "executorch")),
             "lcm": Fixture("default:lcm", ("onnx",), images=(ImageRef("inpaint", "lcm", 4, 0.75, 0),)),
             "lcm-48x80": Fixture("default:lcm", ("onnx",), height=48, width=80),
@@ -84,8 +101,15 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     runtimes = runtimes or fixture.runtimes
     say(f"{name}: export {' + '.join(runtimes)}")
     pipe = load_pipeline(model)
+    adapters = []
+    for spec in fixture.adapters:
+        from mobilediff.lora import Adapter, parse_adapter, random_adapter
+
+        adapters.append(Adapter(random_adapter(pipe, folder / "adapters" / f"{spec}.safetensors", std=0.15))
+                        if spec == RANDOM_ADAPTER else parse_adapter(spec))
     bundle = export_bundle(pipe, ",".join(runtimes), folder / "bundle", fixture.height, fixture.width, source=model,
-                           model_dir=resolve_model(model), image_modes=bool(fixture.images))
+                           model_dir=resolve_model(model), image_modes=bool(fixture.images),
+                           runtime_adapters=tuple(adapters))
     say(f"{name}: goldens")
     write_goldens(bundle, folder / "goldens")
     refs = []
@@ -106,6 +130,7 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
             atomic_write_json(stem.with_suffix(".json"), row)
             refs.append(row)
         refs += image_references(runner, fixture, folder, runtime)
+        refs += adapter_references(runner, fixture, folder, runtime)
     return {"model": model, "weights_sha256": _weights_sha(model), "runtimes": list(runtimes), "bundle": "bundle",
             "goldens": "goldens", "references": refs,
             "geometry": {"height": runner.geometry.height, "width": runner.geometry.width}}
@@ -162,6 +187,39 @@ def image_references(runner, fixture: Fixture, folder: Path, runtime: str) -> li
                "raw": str(stem.with_suffix(".safetensors").relative_to(folder))}
         atomic_write_json(stem.with_suffix(".json"), row)
         rows.append(row)
+    return rows
+
+
+def adapter_references(runner, fixture: Fixture, folder: Path, runtime: str) -> list[dict]:
+    """Reference images of the fixture's :class:`AdapterRef` on ``runtime``: the runner switched to each mix
+    (:meth:`BundleRunner.set_adapters`), then back to the base model."""
+    from PIL import Image
+
+    from mobilediff.data import to_uint8
+    from mobilediff.io import atomic_write_json, save_tensors
+
+    rows = []
+    plan = runner.manifest.plan
+    prompt = fixture.prompt or PROMPT
+    for ref in fixture.adapter_refs:
+        runner.set_adapters(list(ref.mix))
+        t0 = time.perf_counter()
+        out = runner.generate(prompt, ref.seed)
+        ms = (time.perf_counter() - t0) * 1000
+        tag = "_".join(f"{n}{round(s * 100)}" for n, s in ref.mix)
+        stem = folder / "reference" / f"{runtime}_lora_{tag}_seed{ref.seed}"
+        Image.fromarray(to_uint8(out)[0]).save(stem.with_suffix(".png"))
+        save_tensors({"image": out[0].permute(1, 2, 0).contiguous()}, stem.with_suffix(".safetensors"))
+        vectors = stem.with_name(stem.name + "_vectors.safetensors")  # the packed lora_weights per component
+        save_tensors(runner.lora_inputs(), vectors)
+        row = {"runtime": runtime, "seed": ref.seed, "prompt": prompt, "sampler": plan.sampler, "steps": plan.steps,
+               "guidance": plan.guidance, "adapters": [[n, s] for n, s in ref.mix],
+               "ms": round(ms, 2), "png": str(stem.with_suffix(".png").relative_to(folder)),
+               "raw": str(stem.with_suffix(".safetensors").relative_to(folder)),
+               "lora_vectors": str(vectors.relative_to(folder))}
+        atomic_write_json(stem.with_suffix(".json"), row)
+        rows.append(row)
+    runner.set_adapters([])
     return rows
 
 

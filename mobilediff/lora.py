@@ -29,10 +29,11 @@ _DOWN = ("lora_A", "lora.down", "lora_down")
 class Adapter:
     path: Path
     scale: float = 1.0
+    label: str = ""  # ``default:NAME``: NAME
 
     @property
     def name(self) -> str:
-        return re.sub(r"\W", "_", self.path.stem) or "adapter"
+        return re.sub(r"[^\w.-]", "_", self.label or self.path.stem) or "adapter"
 
 
 def parse_adapter(value: str) -> Adapter:
@@ -50,7 +51,7 @@ def parse_adapter(value: str) -> Adapter:
         raise MobilediffError(f"--lora {value}: the scale must be a finite number, got {scale}")
     from mobilediff.adapters import adapter_path
 
-    return Adapter(adapter_path(path), scale)
+    return Adapter(adapter_path(path), scale, path.split(":", 1)[1] if path.startswith("default:") else "")
 
 
 def read_adapter(path: Path) -> dict[str, torch.Tensor]:
@@ -156,7 +157,7 @@ def apply_adapters(pipe, adapters: list[Adapter]) -> list[dict]:
     names = []
     quiet_libraries()
     for i, (a, tensors, _) in enumerate(checked):
-        name = f"{a.name}_{i}"
+        name = re.sub(r"\W", "_", a.name) + f"_{i}"
         # from the file, not its tensors: its header may hold the adapter's alpha (PEFT's lora_alpha, its scaling)
         pipe.load_lora_weights(str(a.path.resolve().parent), weight_name=a.path.name, adapter_name=name)
         names.append(name)
@@ -166,3 +167,32 @@ def apply_adapters(pipe, adapters: list[Adapter]) -> list[dict]:
     pipe.unload_lora_weights()
     return [{"file": a.path.name, "sha256": sha256_path(a.path), "scale": a.scale, **summary}
             for a, _, summary in checked]
+
+
+def random_adapter(pipe, path: Path, rank: int = 2, seed: int = 0, std: float = 0.05,
+                   unet_targets=("to_q", "to_v"), text_targets=("q_proj", "v_proj")) -> Path:
+    """A seeded random LoRA on ``pipe``'s UNet (and, with ``text_targets``, text encoder) projections, saved as
+    diffusers saves one: an adapter with no purpose but to check that every reader applies an adapter exactly
+    (the apps' fixtures, tests). ``pipe`` is left as it was (a copy of each model takes the adapter)."""
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for component, targets in (("unet", unet_targets), ("text_encoder", text_targets)):
+        if not targets:
+            continue
+        model = copy.deepcopy(getattr(pipe, component))
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights=False),
+                          adapter_name="random")
+        state = get_peft_model_state_dict(model, adapter_name="random")
+        layers[component] = {k: torch.randn(v.shape, generator=g) * std for k, v in sorted(state.items())}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(path.parent, unet_lora_layers=layers.get("unet"),
+                                              text_encoder_lora_layers=layers.get("text_encoder"),
+                                              weight_name=path.name)
+    return path

@@ -122,16 +122,13 @@ def test_adapters_that_do_not_fit_are_refused_before_the_model_changes(tmp_path)
             parse_adapter(bad)
 
 
-def test_cli_refuses_a_lora_with_a_bundle_and_a_pickle_adapter(tiny_pipeline_dir, tmp_path, capsys):
+def test_cli_refuses_a_pickle_adapter(tiny_pipeline_dir, tmp_path, capsys):
     (tmp_path / "a.pt").write_bytes(b"\x80\x04")
     code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "onnx", "--lora",
                                 tmp_path / "a.pt", "--out", tmp_path / "b")
     assert code == 2 and error_lines(err) == [f"error: --lora {tmp_path / 'a.pt'}: a pickle file (.pt) is never loaded; "
                                               f"convert the adapter to safetensors"]
     assert not (tmp_path / "b").exists()
-    code, _, err = run_cli_here(capsys, "generate", "--bundle", tmp_path, "--lora", tmp_path / "a.pt", "--prompt", "x",
-                                "--out", tmp_path / "x.png")
-    assert code == 2 and "--lora and --bundle conflict" in err
 
 
 def test_a_kohya_layout_adapter_merges_to_the_same_model(tmp_path):

@@ -54,7 +54,10 @@ def check_goldens(app: str, engine: Path, model: str, folder: Path, work: Path) 
 
 
 def image_options(ref: dict, folder: Path) -> list[str]:
-    """The engine options of an image-to-image / inpainting reference row (none for a text-to-image one)."""
+    """The engine options of an image-to-image / inpainting reference row, or of one made with run-time adapters
+    (``--lora NAME:SCALE`` each; none for a plain text-to-image one)."""
+    if ref.get("adapters"):
+        return [opt for name, scale in ref["adapters"] for opt in ("--lora", f"{name}:{scale:g}")]
     if not ref.get("mode"):
         return []
     opts = ["--init-image", str(folder / ref["init_image"]), "--strength", f"{ref['strength']:g}",
@@ -69,7 +72,7 @@ def python_ms(bundle: Path, runtime: str, prompt: str, seed: int, ref: dict | No
     from mobilediff.engine import BundleRunner
     from mobilediff.image_input import load_init_image, load_mask
 
-    runner = BundleRunner(bundle, runtime)
+    runner = BundleRunner(bundle, runtime, adapters=[tuple(a) for a in (ref or {}).get("adapters", [])])
     kw = {}
     if ref and ref.get("mode"):
         g = runner.geometry
@@ -106,7 +109,7 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
         backend, seed = ref["runtime"], ref["seed"]
         if backend not in backends:
             continue
-        mode = ref.get("mode")
+        mode = ref.get("mode") or ("lora" if ref.get("adapters") else None)
         stem = f"{app}_{model}_{backend}_{seed}" + (f"_{Path(ref['raw']).stem}" if mode else "")
         png, rec = work / f"{stem}.png", work / f"{stem}.json"
         r = _run([str(engine), "generate", "--bundle", str(folder / "bundle"), "--backend", backend,
@@ -124,7 +127,8 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
         got = np.fromfile(result["image_raw"], dtype="<f4").reshape(expected.shape)
         psnr = _psnr(got, expected)
         plan = f"{result['sampler']}-{result['steps']}, guidance {result['guidance']:g}" + (
-            f", strength {ref['strength']:g}" + (", lower half masked" if ref.get("mask") else "") if mode else "")
+            f", strength {ref['strength']:g}" + (", lower half masked" if ref.get("mask") else "")
+            if ref.get("mode") else "") + "".join(f", {n}:{s:g}" for n, s in ref.get("adapters", []))
         row.update(runtime=engine_runtime(result, backend), graph_files=result.get("files"),
                    peak_memory_mib=_mib(result.get("peak_memory_bytes", result.get("peak_rss_bytes"))))
         rows.append({**row, "psnr_db": psnr, "max_abs_error": float(np.abs(got - expected).max()),
@@ -136,8 +140,9 @@ def end_to_end(app: str, engine: Path, backends, model: str, folder: Path, entry
 
 
 def image_grid(models: dict, fixtures: Path, work: Path, apps) -> bytes | None:
-    """A PNG of every image-to-image / inpainting reference: init image, mask, Python's image, then each app's engine
-    image (same bundle, seed and options), one row each; None when the fixtures have none."""
+    """A PNG of every image-to-image / inpainting reference and every one made with run-time adapters: init image,
+    mask (none for adapters), Python's image, then each app's engine image (same bundle, seed and options), one row
+    each; None when the fixtures have none."""
     import io
 
     from PIL import Image, ImageDraw
@@ -145,14 +150,20 @@ def image_grid(models: dict, fixtures: Path, work: Path, apps) -> bytes | None:
     rows = []
     for model, entry in models.items():
         for ref in entry["references"]:
-            if not ref.get("mode"):
+            if not ref.get("mode") and not ref.get("adapters"):
                 continue
             folder = fixtures / model
-            cells = [folder / ref["init_image"], folder / ref["mask"] if ref.get("mask") else None, folder / ref["png"]]
             stem = f"{model}_{ref['runtime']}_{ref['seed']}_{Path(ref['raw']).stem}"
+            if ref.get("adapters"):
+                cells = [None, None, folder / ref["png"]]
+                label = (f"{model} {ref['runtime']}: run-time adapters "
+                         f"{' + '.join(f'{n}:{s:g}' for n, s in ref['adapters'])} seed {ref['seed']}")
+            else:
+                cells = [folder / ref["init_image"], folder / ref["mask"] if ref.get("mask") else None,
+                         folder / ref["png"]]
+                label = (f"{model} {ref['runtime']}: {ref['mode']} {ref['sampler']}-{ref['steps']} strength "
+                         f"{ref['strength']:g} seed {ref['seed']}")
             cells += [work / f"{app}_{stem}.png" for app in apps]
-            label = (f"{model} {ref['runtime']}: {ref['mode']} {ref['sampler']}-{ref['steps']} strength "
-                     f"{ref['strength']:g} seed {ref['seed']}")
             rows.append((label, cells))
     if not rows:
         return None

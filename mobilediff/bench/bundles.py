@@ -170,6 +170,8 @@ def component_inputs(manifest: Manifest, component: str, seed: int = 0, entry=No
         elif spec.name == "timestep_cond":
             emb = guidance_embedding(float(manifest.guidance.default_scale), shape[1])
             x = torch.tensor([emb] * shape[0], dtype=torch.float32)
+        elif spec.name == "lora_weights":  # run-time adapter slots: none on (the base model)
+            x = torch.zeros(shape)
         elif spec.dtype == "int32":
             x = torch.randint(0, 1000, shape, generator=g, dtype=torch.int32)
         else:  # float32 (an fp16 graph keeps float32 inputs and outputs)

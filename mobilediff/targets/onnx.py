@@ -75,6 +75,12 @@ def _dynamic_shapes(spec) -> tuple:
     return tuple(out)
 
 
+def _varargs(module: torch.nn.Module) -> bool:
+    import inspect
+
+    return any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
+
+
 def export(spec, path: Path, precision: str, external_data_min_bytes: int | None = None,
            keep_metadata: bool = False) -> dict:
     """Write ``spec.module`` to ``path``, its weights to ``<path>.data`` when they reach ``external_data_min_bytes``
@@ -93,7 +99,8 @@ def export(spec, path: Path, precision: str, external_data_min_bytes: int | None
     dynamic = _dynamic_shapes(spec)
     if precision == "fp16":
         module = Fp16IO(module)
-        dynamic = {"args": dynamic}  # Fp16IO.forward(*args): torch.export sees one varargs entry
+    if _varargs(module):  # Fp16IO.forward(*args), LoraInputs.forward(*args): torch.export sees one varargs entry
+        dynamic = {"args": dynamic}
     with torch.no_grad():
         program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
                                     dynamic_shapes=dynamic, dynamo=True, external_data=external,
