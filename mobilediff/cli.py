@@ -324,7 +324,7 @@ def train_features_cmd(images, label_field, out, steps, batch_size, lr, resoluti
 
 @cli.command("distill")
 @click.option("--teacher", default="default", show_default=True, help="Teacher pipeline folder (diffusers format) or 'default'.")
-@click.option("--method", type=click.Choice(["lcm", "progressive", "slim"]), required=True, help="Latent consistency distillation, progressive (halving) distillation, or block-removal distillation into a slimmer UNet (slim).")
+@click.option("--method", type=click.Choice(["lcm", "progressive", "slim", "lcm-lora"]), required=True, help="Latent consistency distillation, progressive (halving) distillation, block-removal distillation into a slimmer UNet (slim), or latent consistency distillation into a LoRA adapter on the frozen teacher (lcm-lora: OUT/adapter/adapter.safetensors, used with --lora or --runtime-lora and the lcm sampler at guidance 1).")
 @click.option("--steps", type=int, required=True, help="lcm: the student's default step count (1..50); progressive: the last round's step count (teacher-steps / 2^k); slim: the DDIM step count the student trains at and samples with (a progressive teacher's own).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; students land in OUT/model (lcm, slim) or OUT/steps-N (progressive). It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--max-train-steps", type=click.IntRange(min=1), default=1000, show_default=True, help="lcm, slim: optimizer steps; progressive: optimizer steps per halving round.")
@@ -341,13 +341,15 @@ def train_features_cmd(images, label_field, out, steps, batch_size, lr, resoluti
 @click.option("--init-student", default=None, help="lcm: start from an earlier LCM student of the same architecture (a pipeline folder) instead of the teacher's weights.")
 @click.option("--remove", default="mid,attention-0", show_default=True, help="slim: blocks removed from the teacher's UNet, comma-separated: mid (the middle block), attention-K (the transformers of resolution level K, 0 = highest).")
 @click.option("--feature-weight", type=Finite(min=0), default=1.0, show_default=True, help="slim: weight of the block-output (feature) distillation term.")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="lcm-lora: rank of the adapter on the UNet's linear layers (attention projections, feed-forward, time-embedding projections).")
 @data_options(synthesize=True)
 @click.option("--resume", default=None, help="'latest' (newest complete checkpoint in OUT) or a checkpoint folder (RUN/checkpoints/checkpoint-N): one of OUT's continues in place; another run's continues in OUT as a new run folder (OUT must not exist, or pass --force; a progressive checkpoint brings its run's earlier rounds' students). Must match: the method, the teacher's weights, the student's architecture (slim: --remove), --max-train-steps at least the checkpoint's step (progressive: the same --max-train-steps and --teacher-steps, which number the rounds' steps); may differ: batch size, learning rate, guidance, loss weights, seed, data, checkpoint cadence (the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, guidance, batch_size, lr, latent_cache,
                 checkpoint_every, seed, mixed_precision, guidance_range, ddim_timesteps, init_student, remove,
-                feature_weight, resume, force, **data):
-    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher, or a slimmer UNet (slim).
+                feature_weight, lora_rank, resume, force, **data):
+    """Distil a few-step student (LCM or progressive) from a classifier-free-guided teacher, a slimmer UNet (slim), or
+    an LCM-LoRA adapter that makes the teacher few-step (lcm-lora; --guidance: the teacher's guidance it learns).
 
     Data: the shapes domain unless given. progressive needs prompts (--prompts alone: it trains on the teacher's own
     trajectories from noise; images give noised real latents); lcm and slim need latents: --images, --wds, or
@@ -373,11 +375,11 @@ def distill_cmd(teacher, method, steps, out, max_train_steps, teacher_steps, gui
                         latent_cache=latent_cache, checkpoint_every=checkpoint_every, seed=seed,
                         mixed_precision=mixed_precision, guidance_min=guidance_range[0],
                         guidance_max=guidance_range[1], ddim_timesteps=ddim_timesteps, init_student=init_student,
-                        remove=remove, feature_weight=feature_weight, source=source)
+                        remove=remove, feature_weight=feature_weight, lora_rank=lora_rank, source=source)
     paths = distill(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process():  # once under `accelerate launch`
         for path in paths:
-            click.echo(f"student written to {path}")
+            click.echo(f"{'adapter' if method == 'lcm-lora' else 'student'} written to {path}")
 
 
 @cli.command("train-lora")

@@ -30,7 +30,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
                           ("final_sigmas_type", "zero")), "DPM-Solver++(2M)"),
     "euler": SamplerSpec("EulerDiscreteScheduler", (), "Euler (Karras et al. 2022, ODE)"),
     "lcm": SamplerSpec("LCMScheduler", (("clip_sample", False),),
-                      "latent consistency multistep sampler (for LCM students)",
+                      "latent consistency multistep sampler (LCM students, LCM-LoRA adapters)",
                       guidance_embedding=True),
 }
 
@@ -47,5 +47,6 @@ def make_scheduler(name: str, base_config) -> object:
 
 
 def samplers_for(guidance_embedding: bool) -> list[str]:
-    """The samplers a model can use: LCM's for a guidance-embedding UNet, the classifier-free-guided ones else."""
-    return [name for name, spec in SAMPLERS.items() if spec.guidance_embedding == guidance_embedding]
+    """The samplers a model can use: LCM's for a guidance-embedding UNet (an LCM student); every one for a model
+    guided by a CFG batch, LCM's included (a teacher with an LCM-LoRA adapter samples with it)."""
+    return [name for name, spec in SAMPLERS.items() if spec.guidance_embedding or not guidance_embedding]

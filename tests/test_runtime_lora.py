@@ -199,3 +199,36 @@ def test_a_convolution_adapter_is_refused_for_run_time_slots(tiny_pipeline_dir, 
     with pytest.raises(MobilediffError, match="run-time slots hold linear layers only: merge this adapter with --lora"):
         read_adapters(pipe, [Adapter(tmp_path / "c.safetensors")])
     assert not any("lora" in n for n, _ in pipe.unet.named_modules())  # the pipeline is left as it was
+
+
+def test_lcm_lora_trains_resumes_and_runs_as_a_run_time_adapter_with_the_lcm_table(tiny_pipeline_dir, tmp_path,
+                                                                                    capsys):
+    """distill --method lcm-lora: a LoRA on the teacher's linear layers (attention, feed-forward, time-embedding
+    projections) trained with the LCM objective at one guidance; the teacher's bundle carries LCM tables, so the
+    adapter runs switched on at LCM-2, guidance 1, as the merged model does."""
+    from safetensors import safe_open
+
+    args = ["distill", "--teacher", tiny_pipeline_dir, "--method", "lcm-lora", "--steps", "2", "--out",
+            tmp_path / "run", "--batch-size", "4", "--latent-cache", "16", "--checkpoint-every", "2", "--lora-rank", "2",
+            "--ddim-timesteps", "10"]
+    code, out, err = run_cli_here(capsys, *args, "--max-train-steps", "2")
+    assert code == 0, err
+    adapter = tmp_path / "run" / "adapter" / "adapter.safetensors"
+    with safe_open(str(adapter), "pt") as f:
+        keys = list(f.keys())
+    assert any(".ff.net.2.lora_A" in k for k in keys) and any("time_emb_proj.lora_A" in k for k in keys)
+    record = json.loads((tmp_path / "run" / "adapter" / "training.json").read_text())
+    assert record["method"] == "lcm-lora" and record["sampling"] == {"sampler": "lcm", "steps": 2, "guidance": 1.0}
+    code, _, err = run_cli_here(capsys, *args, "--max-train-steps", "3", "--resume", "latest")
+    assert code == 0, err
+    code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "onnx", "--no-ort-format",
+                                "--runtime-lora", adapter, "--out", tmp_path / "b")
+    assert code == 0, err
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert {t["name"] for t in m["samplers"]} >= {"ddim", "lcm"}  # a teacher's bundle has the LCM tables too
+    plan = ["--sampler", "lcm", "--steps", "2", "--guidance", "1", "--prompt", "a red circle", "--scale", "1"]
+    for args2, png in ((["--bundle", tmp_path / "b", "--lora", "adapter"], "b.png"),
+                       (["--model", tiny_pipeline_dir, "--lora", adapter], "m.png")):
+        code, _, err = run_cli_here(capsys, "generate", *args2, *plan, "--out", tmp_path / png)
+        assert code == 0, err
+    assert np.abs(_png(tmp_path / "b.png") - _png(tmp_path / "m.png")).max() <= 1

@@ -20,6 +20,7 @@ it, see :data:`SCRIPTS`).
     deploy_scaling      the scaling study's verdicts with the budget in FLOPs, eager and runtime latency
                         (scaling_deploy)
     adapters            what the embedded LoRA adapters change, per scale
+    lcm_lora            the LCM-LoRA adapter: few-step prompt accuracy with and without it, on a fine-tune too
     runtime_adapters    run-time adapters against adapters merged at export: parity, sizes, switch and step time
     image_modes         image-to-image and inpainting edits on the shapes domain, per model, mode and strength
     baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
@@ -32,7 +33,7 @@ Nothing heavy is imported here.
 # benchmarks/<script>.py -> the module of this package whose main(argv, doc, results) the script runs
 SCRIPTS = {"adapters": "adapters", "app_memory": "app_memory", "app_parity": "app_parity", "baseline_quality": "baseline_quality",
            "configurations": "configurations", "decoder": "decoder",
-           "distillation": "distillation", "export_parity": "export_parity", "image_modes": "image_modes", "memory": "memory", "op_profile": "op_profile",
+           "distillation": "distillation", "export_parity": "export_parity", "image_modes": "image_modes", "lcm_lora": "lcm_lora", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",
            "run_device": "device_run", "runtime_adapters": "runtime_adapters", "scaling": "scaling", "scaling_deploy": "deploy_scaling",
            "student_quality": "student_quality",

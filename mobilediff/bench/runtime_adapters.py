@@ -27,8 +27,9 @@ import torch
 
 from mobilediff.bench.envelope import Parser, command_line, count, envelope, fmt, json_safe, savefig, write_results
 
-# adapter -> the model it was trained on
-ADAPTERS = {"default:swap-red-blue": "default", "default:emoji-monochrome": "default:emoji"}
+# adapter -> the model it was trained on, and the plan it samples with (None: the model's own)
+ADAPTERS = {"default:swap-red-blue": ("default", None), "default:emoji-monochrome": ("default:emoji", None),
+            "default:lcm-lora": ("default", ("lcm", 4, 1.0))}
 # (runtime, recipe): None is fp32
 VARIANTS = (("onnx", None), ("executorch", None), ("onnx", "int8-static"), ("executorch", "int8"))
 PROMPTS = {"default": ["a red circle and a blue square", "a big blue triangle at the top left",
@@ -56,10 +57,20 @@ def _bundle(work: Path, adapter: str, model: str, runtime: str, recipe: str | No
     return out
 
 
-def _images(runner, prompts: list[str], seeds: list[int]) -> np.ndarray:
+def _images(runner, prompts: list[str], seeds: list[int], plan) -> np.ndarray:
     from mobilediff.data import to_uint8
 
-    return np.stack([to_uint8(runner.generate(p, s))[0] for p in prompts for s in seeds])
+    return np.stack([to_uint8(runner.generate(p, s, plan.steps, plan.sampler, plan.guidance))[0]
+                     for p in prompts for s in seeds])
+
+
+def _plan(manifest, override):
+    from mobilediff.bundle import SamplingPlan
+
+    if override is None:
+        return manifest.plan
+    sampler, steps, guidance = override
+    return SamplingPlan(sampler=sampler, steps=steps, guidance=guidance)
 
 
 def _reference(model: str, adapter: str, prompts: list[str], seeds: list[int], plan) -> np.ndarray:
@@ -104,7 +115,7 @@ def _step_ms(runner, runs: int) -> tuple[float, float]:
 
 
 def measure(work: Path, adapter: str, model: str, runtime: str, recipe: str | None, seeds: list[int], runs: int,
-            threads: int, say, references: dict) -> dict:
+            threads: int, say, references: dict, plan_override=None) -> dict:
     from mobilediff.engine import BundleRunner
 
     name = adapter.split(":")[-1]
@@ -116,21 +127,22 @@ def measure(work: Path, adapter: str, model: str, runtime: str, recipe: str | No
     unet_file = m.component("unet").files[0]
     adapter_file = m.adapters["files"][0]
     prompts = PROMPTS[model]
-    if model not in references:
+    plan = _plan(m, plan_override)
+    if adapter not in references:
         say(f"{name}: PyTorch reference images (adapter merged)")
-        references[model] = _reference(model, adapter, prompts, seeds, m.plan)
-    ref = references[model]
+        references[adapter] = _reference(model, adapter, prompts, seeds, plan)
+    ref = references[adapter]
     # switch times: the first switch reads and checks the file, later ones repack the cached adapter
     t0 = time.perf_counter()
     slot.set_adapters([(name, 1.0)])
     first_ms = (time.perf_counter() - t0) * 1000
     switch_ms, _ = _median_ms(lambda: (slot.set_adapters([]), slot.set_adapters([(name, 1.0)])), runs)
     slot.set_adapters([(name, 1.0)])
-    with_adapter = _images(slot, prompts, seeds)
+    with_adapter = _images(slot, prompts, seeds, plan)
     slot.set_adapters([])
-    base = _images(slot, prompts, seeds)
+    base = _images(slot, prompts, seeds, plan)
     slot.set_adapters([(name, 1.0)])
-    merged_images = _images(merged, prompts, seeds)
+    merged_images = _images(merged, prompts, seeds, plan)
     step_slot = _step_ms(slot, runs)
     step_merged = _step_ms(merged, runs)
     row = {"adapter": adapter, "model": model, "runtime": runtime, "precision": recipe or "fp32",
@@ -144,6 +156,7 @@ def measure(work: Path, adapter: str, model: str, runtime: str, recipe: str | No
            "image_psnr_vs_pytorch_merged_db": _psnr8(with_adapter, ref),
            "merged_bundle_psnr_vs_pytorch_merged_db": _psnr8(merged_images, ref),
            "adapter_effect_db": _psnr8(base, with_adapter),
+           "plan": {"sampler": plan.sampler, "steps": plan.steps, "guidance": plan.guidance},
            "first_switch_ms": first_ms, "switch_ms": switch_ms / 2,
            "step_ms_slotted": step_slot[0], "step_p90_ms_slotted": step_slot[1],
            "step_ms_merged": step_merged[0], "step_p90_ms_merged": step_merged[1],
@@ -160,7 +173,7 @@ def write_markdown(result: dict) -> str:
              f"{result['machine'].get('load_average')}, {s['threads']} thread(s)). For each embedded adapter: a "
              f"*slotted* bundle (`export --runtime-lora`: the adapter a separate file fed as the UNet's `lora_weights` "
              f"input) and a *merged* one (`export --lora`) per runtime and precision, adapter at scale 1, the model's "
-             f"plan, {s['seeds']} seed(s) x 3 prompts. Step: one UNet call at the plan's batch, warm, median over "
+             f"plan (default:lcm-lora: LCM-4, guidance 1), {s['seeds']} seed(s) x 3 prompts. Step: one UNet call at the plan's batch, warm, median over "
              f"{s['runs']} runs. int8: calibrated on the base model; the slotted adapter's products stay float.", "",
              "| adapter | runtime | precision | adapter file | UNet graph | UNet vs merged PyTorch (export check) | "
              "image vs merged bundle | image vs PyTorch merged | merged bundle vs PyTorch merged | step slotted | "
@@ -201,7 +214,7 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     ap.add_argument("--work", type=Path, default=Path("../runs/runtime-adapters"),
                     help="Folder of the exported bundles (reused when there; default ../runs/runtime-adapters).")
     ap.add_argument("--adapter", nargs="+", default=list(ADAPTERS), choices=list(ADAPTERS),
-                    help="Embedded adapters to measure (default: all).")
+                    help="Embedded adapters to measure (default: all; default:lcm-lora at LCM-4, guidance 1).")
     ap.add_argument("--fp32-only", action="store_true", help="Skip the int8 variants.")
     ap.add_argument("--seeds", type=count(1), default=2, help="Seeds per prompt (default 2).")
     ap.add_argument("--runs", type=count(1), default=20, help="Timed runs per step / switch (default 20).")
@@ -212,12 +225,12 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     torch.set_num_threads(a.threads)
     rows, references = [], {}
     for adapter in a.adapter:
-        model = ADAPTERS[adapter]
+        model, plan = ADAPTERS[adapter]
         for runtime, recipe in VARIANTS:
-            if recipe is not None and (a.fp32_only or model != "default"):
-                continue  # int8: the default model's adapter
+            if recipe is not None and (a.fp32_only or adapter != "default:swap-red-blue"):
+                continue  # int8: one adapter shows what quantization does
             rows.append(measure(a.work, adapter, model, runtime, recipe, list(range(a.seeds)), a.runs, a.threads,
-                                print, references))
+                                print, references, plan))
     result = {**envelope("runtime_adapters", command_line("runtime_adapters", argv), t0),
               "settings": {"seeds": a.seeds, "runs": a.runs, "threads": a.threads, "adapters": a.adapter},
               "rows": rows}

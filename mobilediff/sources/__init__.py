@@ -42,6 +42,7 @@ NEEDS = {
     "distill:lcm": "latents",
     "distill:slim": "latents",
     "distill:lora": "latents",
+    "distill:lcm-lora": "latents",
     "distill-decoder": "latents",
     "calibration": "prompts",
     "evaluate": "prompts",

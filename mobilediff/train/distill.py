@@ -51,8 +51,11 @@ from mobilediff.train.loop import (EMA, Leg, continues_in_place, make_accelerato
                                    prepare_run_folder, process_rows, provenance, refuse_existing, run_folder_lock,
                                    run_leg, state_sha256)
 
-METHODS = ("lcm", "progressive", "slim", "lora")
+METHODS = ("lcm", "progressive", "slim", "lora", "lcm-lora")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet's attention projections (as LoRA for SD is trained)
+# lcm-lora: every linear layer of the UNet's blocks, as LCM-LoRA adapts more than attention (its convolutions stay
+# out: run-time adapter slots hold linear layers)
+LCM_LORA_TARGETS = LORA_TARGETS + ("ff.net.0.proj", "ff.net.2", "time_emb_proj")
 
 
 @dataclass
@@ -119,6 +122,17 @@ def validate(cfg: DistillConfig) -> None:
     """Every impossible option is refused here, before anything is read or written."""
     if cfg.method not in METHODS:
         raise MobilediffError(f"unknown distillation method {cfg.method!r}; choose one of: {', '.join(METHODS)}")
+    if cfg.method == "lcm-lora":
+        if cfg.ddim_timesteps < 1 or 1000 % cfg.ddim_timesteps:
+            raise MobilediffError(f"--ddim-timesteps must divide 1000, got {cfg.ddim_timesteps}")
+        if not 1 <= cfg.steps <= cfg.ddim_timesteps:
+            raise MobilediffError(f"an LCM-LoRA samples at 1..{cfg.ddim_timesteps} steps (its solver grid), "
+                                  f"got --steps {cfg.steps}")
+        if cfg.guidance < 1:
+            raise MobilediffError(f"--guidance (the teacher's guidance the adapter learns) must be >= 1, got "
+                                  f"{cfg.guidance}")
+    if cfg.method in ("lora", "lcm-lora") and cfg.lora_rank < 1:
+        raise MobilediffError(f"--lora-rank must be >= 1, got {cfg.lora_rank}")
     if cfg.method == "lcm":
         if cfg.ddim_timesteps < 1 or 1000 % cfg.ddim_timesteps:
             raise MobilediffError(f"--ddim-timesteps must divide 1000, got {cfg.ddim_timesteps}")
@@ -140,8 +154,6 @@ def validate(cfg: DistillConfig) -> None:
                                       f"{cfg.time_cond_proj_dim} (has {dim})")
     elif cfg.init_student is not None:
         raise MobilediffError("--init-student is for --method lcm (progressive rounds start from their teacher)")
-    if cfg.method == "lora" and cfg.lora_rank < 1:
-        raise MobilediffError(f"--lora-rank must be >= 1, got {cfg.lora_rank}")
     if cfg.method == "slim":
         from mobilediff.train.slim import parse_removal
 
@@ -448,6 +460,8 @@ class LcmObjective:
 
     def __init__(self, cfg: DistillConfig, data: DistillData, student, target, scheduler, prediction_type: str):
         self.cfg, self.data, self.student, self.target = cfg, data, student, target
+        self.embedded = bool(getattr(student.config, "time_cond_proj_dim", None))  # False: an LCM-LoRA
+        self.log_fields = {"method": "lcm" if self.embedded else "lcm-lora"}
         self.models = {"student": student}
         self.target_ema = EMA(target.state_dict(), cfg.target_ema, warmup=False)
         self.scheduler, self.prediction_type = scheduler, prediction_type
@@ -466,15 +480,18 @@ class LcmObjective:
         # 1. a grid timestep t_{n+k} per example
         timestep = self.grid[data.draw(lambda size: torch.randint(0, cfg.ddim_timesteps, size, generator=g))]
         noise = data.draw(lambda size: torch.randn(size, generator=g), *latents.shape[1:])
-        # 2. a guidance scale w per example, fed to the student as the embedding of w - 1
-        guidance_scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * data.draw(
-            lambda size: torch.rand(size, generator=g))
-        w_embedding = guidance_embedding(guidance_scale, cfg.time_cond_proj_dim)
+        # 2. a guidance scale w per example, fed to the student as the embedding of w - 1 (an LCM-LoRA has no
+        # embedding: the teacher's guidance is one scale, which the adapter learns)
+        u = data.draw(lambda size: torch.rand(size, generator=g))
+        if self.embedded:
+            guidance_scale = cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * u
+            kw = {"timestep_cond": guidance_embedding(guidance_scale, cfg.time_cond_proj_dim)}
+        else:
+            guidance_scale, kw = torch.full_like(u, float(cfg.guidance)), {}
         sample = self.scheduler.add_noise(latents, noise, timestep)
         # 3. the student's consistency output at z_{t_{n+k}}
         with data.accelerator.autocast():
-            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond,
-                                                  timestep_cond=w_embedding).sample.float()
+            model_output = self.models["student"](sample, timestep, encoder_hidden_states=cond, **kw).sample.float()
         pred_original_sample = pred_original_and_epsilon(model_output, sample, alphas_cumprod[timestep],
                                                          self.prediction_type)[0]
         student_output = consistency_output(sample, pred_original_sample, timestep)
@@ -484,8 +501,7 @@ class LcmObjective:
                                         guidance_scale, self.prediction_type)
             sample_prev, timestep_prev = skipping_step_solver(predict, alphas_cumprod, sample, timestep, self.skip)
             # 5. the target network's consistency output at z_{t_n}
-            target_output = self.target(sample_prev, timestep_prev, encoder_hidden_states=cond,
-                                        timestep_cond=w_embedding).sample.float()
+            target_output = self.target(sample_prev, timestep_prev, encoder_hidden_states=cond, **kw).sample.float()
             target_original_sample = pred_original_and_epsilon(target_output, sample_prev,
                                                                alphas_cumprod[timestep_prev], self.prediction_type)[0]
             target = consistency_output(sample_prev, target_original_sample, timestep_prev)
@@ -729,13 +745,16 @@ class LoraObjective:
         pass
 
 
-def lora_student(teacher_unet, rank: int):
-    """A copy of the teacher's UNet with a rank-``rank`` LoRA adapter on :data:`LORA_TARGETS`, only the adapter
-    trainable (its up matrices start at zero, as LoRA does: the student starts as the teacher)."""
+def lora_student(teacher_unet, rank: int, targets=LORA_TARGETS):
+    """A copy of the teacher's UNet with a rank-``rank`` LoRA adapter on the linear layers named by ``targets``
+    (default :data:`LORA_TARGETS`), only the adapter trainable (its up matrices start at zero, as LoRA does: the
+    student starts as the teacher)."""
     from peft import LoraConfig
 
     student = copy.deepcopy(teacher_unet)
-    student.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS)))
+    names = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Linear)
+             and any(n == t or n.endswith("." + t) for t in targets)]
+    student.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=names))
     for name, param in student.named_parameters():
         param.requires_grad_("lora_" in name)
     return student
@@ -750,6 +769,27 @@ def train_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     objective = LoraObjective(cfg, data, student.train(), scheduler, prediction_type)
     leg = Leg(run_dir=cfg.out, desc="train lora", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
+              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
+              checkpoint_state=data.run_record)
+    seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
+    unet = data.accelerator.unwrap_model(objective.models["student"]).eval()
+    tensors = {f"unet.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    return tensors, unet.peft_config["default"].to_dict(), {"train_steps": cfg.max_train_steps,
+                                                            "train_seconds": seconds}
+
+
+def train_lcm_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str,
+                   ckpt) -> tuple[dict, dict, dict]:
+    """LCM-LoRA: latent consistency distillation (:class:`LcmObjective`, the teacher guided at ``cfg.guidance``) into
+    a rank ``cfg.lora_rank`` adapter on :data:`LCM_LORA_TARGETS` of the teacher's frozen UNet; the target network is
+    the EMA of the adapted UNet. Returns (the adapter's tensors in diffusers' layout, its PEFT config, stats)."""
+    from peft.utils import get_peft_model_state_dict
+
+    student = lora_student(data.teacher.unet, cfg.lora_rank, LCM_LORA_TARGETS)
+    target = copy.deepcopy(student).requires_grad_(False).eval()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    objective = LcmObjective(cfg, data, student.train(), target, scheduler, prediction_type)
+    leg = Leg(run_dir=cfg.out, desc="distill lcm-lora", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
               checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
               checkpoint_state=data.run_record)
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
@@ -836,6 +876,8 @@ def _check_resume_fits(cfg: DistillConfig, teacher_unet, ckpt, run: dict) -> Non
             student = slim_unet(teacher_unet, parse_removal(cfg.remove))
         elif cfg.method == "lora":
             student = lora_student(teacher_unet, cfg.lora_rank)
+        elif cfg.method == "lcm-lora":
+            student, names = lora_student(teacher_unet, cfg.lora_rank, LCM_LORA_TARGETS), ("student", "target")
         else:
             student = teacher_unet
         shapes = module_shapes(student)
@@ -947,6 +989,17 @@ def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, 
         tensors, peft_config, stats = train_lora(cfg, data, scheduler, prediction_type, ckpt)
         info = _record(cfg, command, stats, rank=cfg.lora_rank, targets=list(LORA_TARGETS),
                        use="mobilediff generate|export --model TEACHER --lora OUT/adapter/adapter.safetensors[:SCALE]")
+        if accelerator.is_main_process:
+            _save_adapter(out / "adapter", tensors, peft_config, info)
+        return [out / "adapter"]
+    if cfg.method == "lcm-lora":
+        tensors, peft_config, stats = train_lcm_lora(cfg, data, scheduler, prediction_type, ckpt)
+        info = _record(cfg, command, stats, rank=cfg.lora_rank, targets=list(LCM_LORA_TARGETS),
+                       sampling={"sampler": "lcm", "steps": cfg.steps, "guidance": 1.0},
+                       scheduler={"original_inference_steps": cfg.ddim_timesteps,
+                                  "timestep_scaling": LCM_TIMESTEP_SCALING},
+                       use="mobilediff generate --model TEACHER --lora OUT/adapter/adapter.safetensors --sampler lcm "
+                           f"--steps {cfg.steps} --guidance 1; export --runtime-lora it to switch it at run time")
         if accelerator.is_main_process:
             _save_adapter(out / "adapter", tensors, peft_config, info)
         return [out / "adapter"]
