@@ -2,7 +2,7 @@
 # The Android engine's command line on the JVM (same engine code as the app; ONNX Runtime's Java API and the
 # ExecuTorch host shim as runtimes). See android_demo/README.md and notes in benchmarks/app_parity.py.
 #   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--sampler NAME] [--guidance G]
-#                      [--init-image IMG.png [--mask MASK.png] [--strength S]] --out IMG.png --json R.json
+#                      [--init-image IMG.png [--mask MASK.png] [--strength S]] [--lora NAME[:SCALE] ...] --out IMG.png --json R.json
 #   engine.sh check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
 set -euo pipefail
 . "$(dirname "$0")/env.sh"

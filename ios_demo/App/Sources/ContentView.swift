@@ -14,6 +14,7 @@ struct ContentView: View {
                 bundleSection
                 promptSection
                 if !model.imageModes.isEmpty { imageSection }
+                if !model.adapters.isEmpty { adapterSection }
                 runtimeSection
                 generateSection
                 if let image = model.image { resultSection(image) }
@@ -146,6 +147,35 @@ struct ContentView: View {
                  : model.maskStrokes.isEmpty
                  ? "Image-to-image: \(Int((model.strength * Double(model.steps)).rounded(.down))) of \(model.steps) steps over the photo.\(model.imageModes.contains("inpaint") ? " Draw over the photo to repaint only there." : "")"
                  : "Inpainting: only the painted region is repainted.")
+        }
+    }
+
+    /// Run-time LoRA adapters (bundles exported with --runtime-lora): each on or off with its scale, applied to the
+    /// next generation without reloading the model; those on mix in the bundle's order.
+    private var adapterSection: some View {
+        Section {
+            ForEach($model.adapters) { $adapter in
+                VStack(alignment: .leading) {
+                    Toggle(isOn: $adapter.enabled) {
+                        VStack(alignment: .leading) {
+                            Text(adapter.name)
+                            Text("rank \(adapter.rank) · \(adapter.components.joined(separator: ", "))")
+                                .font(.caption).foregroundStyle(.secondary)
+                        }
+                    }
+                    HStack {
+                        Text("Scale")
+                        Slider(value: $adapter.scale, in: adapter.range, step: 0.05)
+                        Text(String(format: "%.2f", adapter.scale)).monospacedDigit()
+                    }
+                    .disabled(!adapter.enabled)
+                }
+            }
+            .disabled(model.isBusy)
+        } header: {
+            Text("Adapters (LoRA)")
+        } footer: {
+            Text("Applied to the next image without reloading the model. Adapters on together mix in this order, as far as the bundle's rank slots go.")
         }
     }
 

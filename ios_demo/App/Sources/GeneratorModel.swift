@@ -10,7 +10,8 @@ import UIKit
 /// for and this build holds), the plan (`Pipeline.Configuration.defaults`: the manifest's `default_sampling`), progress
 /// and cancellation (`Pipeline.generate`), lazy loading and release under memory pressure (`ManagedModel`) and the
 /// peak memory (`MemoryFootprint`), the init image and mask of image-to-image and inpainting (`ImageInput`,
-/// `MaskBrush`). Generation runs off the main actor; every published change happens on it.
+/// `MaskBrush`), the run-time adapters (`Pipeline.setAdapters`: the mix switched before each generation, no model
+/// reloaded). Generation runs off the main actor; every published change happens on it.
 @MainActor
 @Observable
 final class GeneratorModel {
@@ -25,6 +26,22 @@ final class GeneratorModel {
             case .all: return .all
             }
         }
+    }
+
+    /// One run-time LoRA adapter of the bundle (the manifest's `adapters.files`): on or off, and its scale.
+    struct AdapterSetting: Identifiable, Hashable {
+        let name: String
+        /// The components it adapts ("text_encoder", "unet").
+        let components: [String]
+        let rank: Int
+        /// The manifest's `default_scale`: where the slider starts.
+        let defaultScale: Double
+        var enabled = false
+        var scale: Double
+        var id: String { name }
+
+        /// The slider's range: 0 to 1.5, widened to the default scale where that is larger.
+        var range: ClosedRange<Double> { 0...max(1.5, defaultScale) }
     }
 
     /// A bundle the app can open: the one packaged in the app or one imported into its library.
@@ -67,6 +84,9 @@ final class GeneratorModel {
     var maskStrokes: [MaskStroke] = []
     /// The brush's radius, as a fraction of the image's width.
     var brushRadius = 0.06
+
+    // run-time LoRA adapters (bundles exported with --runtime-lora): applied to the next generation
+    var adapters: [AdapterSetting] = []
 
     // a generation and its outcome
     var status = "Choose a bundle"
@@ -152,6 +172,10 @@ final class GeneratorModel {
             let plan = Pipeline.Configuration.defaults(for: manifest)
             samplers = Array(Set(manifest.samplers.map(\.name))).sorted()
             imageModes = manifest.image?.modes ?? []
+            adapters = (manifest.adapters?.files ?? []).map {
+                AdapterSetting(name: $0.name, components: $0.components, rank: $0.rank, defaultScale: $0.defaultScale,
+                               scale: $0.defaultScale)
+            }
             clearImage()
             sampler = plan.sampler
             steps = plan.steps
@@ -225,9 +249,15 @@ final class GeneratorModel {
         status = "Models unloaded"
     }
 
+    /// The adapters switched on, in the bundle's order (each fills the next rank slots).
+    var adapterMix: [AdapterChoice] {
+        adapters.filter(\.enabled).map { AdapterChoice($0.name, scale: $0.scale) }
+    }
+
     func generate() {
         guard let engine else { return }
         engine.pipeline.reduceMemory = reduceMemory
+        let mix = adapterMix
         var configuration = Pipeline.Configuration(prompt: prompt, seed: UInt64(seed), sampler: sampler, steps: steps,
                                                    guidanceScale: guidance)
         do {
@@ -242,8 +272,10 @@ final class GeneratorModel {
         progress = nil
         status = "Generating…"
         Task.detached(priority: .userInitiated) {
-            let outcome = Result {
-                try engine.pipeline.generate(configuration, progress: { step in
+            let outcome = Result { () throws -> Pipeline.Result in
+                // the mix for this generation: the vectors repacked (each file checked and read once), nothing reloaded
+                try engine.pipeline.setAdapters(mix)
+                return try engine.pipeline.generate(configuration, progress: { step in
                     Task { @MainActor in
                         self.progress = step
                         self.memoryNow = step.memoryBytes
@@ -315,7 +347,9 @@ final class GeneratorModel {
             timings = result.timer.milliseconds.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
             peakMemory = result.peakMemoryBytes
             modelsLoaded = engine?.pipeline.models.contains(where: \.isLoaded) ?? false
-            let from = result.configuration.image.map { String(format: ", %@ at strength %.2f", $0.mode, $0.strength) } ?? ""
+            let mix = engine?.pipeline.adapters.mix ?? []
+            let from = (result.configuration.image.map { String(format: ", %@ at strength %.2f", $0.mode, $0.strength) } ?? "")
+                + (mix.isEmpty ? "" : ", " + mix.map(\.description).joined(separator: " + "))
             status = String(format: "%.0f ms (%@-%ld, seed %ld%@)", result.timer.totalMilliseconds, sampler, steps, seed, from)
             imageFile = nil
             if let png {

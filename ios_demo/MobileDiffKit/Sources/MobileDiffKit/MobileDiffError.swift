@@ -41,6 +41,13 @@ public enum MobileDiffError: Error, Equatable, Sendable {
     case runtime(backend: String, message: String)
     /// Golden vectors or their tensors file could not be read.
     case goldens(String)
+    /// A run-time adapter file (`adapters/<name>.safetensors`, the manifest's `adapters` record) that is not what the
+    /// record says: not safetensors, a tensor that is not float32, offsets outside its data, a tensor no slot holds,
+    /// a shape that does not fit its layer. Checked after its sha256.
+    case invalidAdapter(path: String, reason: String)
+    /// A mix of run-time adapters the bundle cannot take (`Pipeline.setAdapters`): an adapter it does not hold, a
+    /// bundle without adapters, a non-finite scale, a name given twice, more rank than the slots hold.
+    case invalidAdapterMix(String)
     /// The caller cancelled a generation (`Pipeline.generate`'s `isCancelled`); no image was made.
     case cancelled
 }
@@ -82,6 +89,10 @@ extension MobileDiffError: CustomStringConvertible, LocalizedError {
             return "\(backend): \(message)"
         case .goldens(let message):
             return "goldens: \(message)"
+        case .invalidAdapter(let path, let reason):
+            return "bundle adapter \(path): \(reason)"
+        case .invalidAdapterMix(let message):
+            return message
         case .cancelled:
             return "generation cancelled"
         }

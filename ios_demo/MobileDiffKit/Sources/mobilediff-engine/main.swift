@@ -9,8 +9,9 @@
 //            unloaded after its part, ONNX Runtime without its arena: the same image, a lower peak; every run loads
 //            the models again)] [--init-image IMG.png (image-to-image from this 8-bit PNG at the bundle's size) [--mask
 //            MASK.png (inpainting: grayscale, >= 128 repainted)] [--strength S (in (0, 1]; default 0.75 for
-//            image-to-image, 1 for inpainting)]] --out IMG.png --json RESULT.json
-//   RESULT.json's mode is txt2img, img2img or inpaint, strength null for txt2img.
+//            image-to-image, 1 for inpainting)]] [--lora NAME[:SCALE] (repeatable: switch on the bundle's run-time
+//            adapter NAME at SCALE, default 1; several mix in the order given)] --out IMG.png --json RESULT.json
+//   RESULT.json's mode is txt2img, img2img or inpaint, strength null for txt2img; adapters [[name, scale], ...].
 //   RESULT.json's peak_memory_bytes is VmHWM since the process started (peak_memory_scope "process" on Linux):
 //   the engine, every load and every run; load_ms: the load before the runs, or (--low-memory) the loads inside the
 //   reported run.
@@ -30,14 +31,26 @@ let usage = """
     usage: mobilediff-engine generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G]
                                       [--sampler NAME] [--threads T] [--warmup N] [--repeats N]
                                       [--onnx-format auto|ort|onnx] [--low-memory]
-                                      [--init-image IMG.png [--mask MASK.png] [--strength S]] --out IMG.png --json RESULT.json
+                                      [--init-image IMG.png [--mask MASK.png] [--strength S]] [--lora NAME[:SCALE]]...
+                                      --out IMG.png --json RESULT.json
            mobilediff-engine check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
     """
 
+/// The options of a command: every value given for each name, in order.
+struct Options {
+    var values: [String: [String]] = [:]
+
+    /// The value of `--name` (the last one where it is given twice), or nil.
+    subscript(_ name: String) -> String? { values[name]?.last }
+
+    /// Every value of a repeatable `--name`, in the order given.
+    func all(_ name: String) -> [String] { values[name] ?? [] }
+}
+
 /// `--name value` pairs, each name one of `allowed`, and `--name` switches, each one of `switches` (their value in
 /// the result is "1").
-func parseOptions(_ arguments: ArraySlice<String>, allowed: Set<String>, switches: Set<String> = []) throws -> [String: String] {
-    var options: [String: String] = [:]
+func parseOptions(_ arguments: ArraySlice<String>, allowed: Set<String>, switches: Set<String> = []) throws -> Options {
+    var options = Options()
     var rest = arguments
     while let flag = rest.popFirst() {
         let name = String(flag.dropFirst(2))
@@ -45,21 +58,21 @@ func parseOptions(_ arguments: ArraySlice<String>, allowed: Set<String>, switche
             throw UsageError(description: "unknown option \(flag) (allowed: \(allowed.union(switches).sorted().map { "--" + $0 }.joined(separator: " ")))")
         }
         if switches.contains(name) {
-            options[name] = "1"
+            options.values[name, default: []].append("1")
             continue
         }
         guard let value = rest.popFirst() else { throw UsageError(description: "\(flag) needs a value") }
-        options[name] = value
+        options.values[name, default: []].append(value)
     }
     return options
 }
 
-func required(_ options: [String: String], _ name: String) throws -> String {
+func required(_ options: Options, _ name: String) throws -> String {
     guard let value = options[name] else { throw UsageError(description: "missing --\(name)") }
     return value
 }
 
-func number<T: LosslessStringConvertible>(_ options: [String: String], _ name: String, as: T.Type) throws -> T? {
+func number<T: LosslessStringConvertible>(_ options: Options, _ name: String, as: T.Type) throws -> T? {
     guard let text = options[name] else { return nil }
     guard let value = T(text) else { throw UsageError(description: "--\(name) must be a number, got \(text)") }
     return value
@@ -140,7 +153,7 @@ func write(_ value: Any, to path: String) throws {
     try (json(value) + "\n").write(toFile: path, atomically: true, encoding: .utf8)
 }
 
-func generate(_ options: [String: String]) throws {
+func generate(_ options: Options) throws {
     let bundle = URL(fileURLWithPath: try required(options, "bundle"))
     let out = try required(options, "out")
     let resultPath = try required(options, "json")
@@ -158,6 +171,9 @@ func generate(_ options: [String: String]) throws {
     if let steps = try number(options, "steps", as: Int.self) { configuration.steps = steps }
     if let guidance = try number(options, "guidance", as: Double.self) { configuration.guidanceScale = guidance }
     configuration.image = try imageCondition(options, manifest: pipeline.manifest)
+    // the run-time adapters: switched on before any model loads (files checked, vectors packed)
+    let mix = try options.all("lora").map(AdapterChoice.parse)
+    try pipeline.setAdapters(mix)
 
     // resident: every model loaded before the runs; low-memory: each generation loads what it needs when it needs it
     let loadStart = Date()
@@ -191,6 +207,7 @@ func generate(_ options: [String: String]) throws {
         "init_image": options["init-image"] ?? NSNull(),
         "mask": options["mask"] ?? NSNull(),
         "guidance": configuration.guidanceScale,
+        "adapters": mix.map { [$0.name, $0.scale] as [Any] },
         "seed": configuration.seed,
         "prompt": configuration.prompt,
         "backend": backend.target,
@@ -207,7 +224,8 @@ func generate(_ options: [String: String]) throws {
         "image_raw_shape": [result.image.height, result.image.width, 3],
     ]
     try write(record, to: resultPath)
-    let from = configuration.image.map { String(format: " %@ strength %g", $0.mode, $0.strength) } ?? ""
+    let from = (configuration.image.map { String(format: " %@ strength %g", $0.mode, $0.strength) } ?? "")
+        + (mix.isEmpty ? "" : " adapters " + mix.map(\.description).joined(separator: " + "))
     print(String(format: "%@: %@-%d guidance %g seed %llu%@ in %.0f ms (load %.0f ms)", out, configuration.sampler,
                  configuration.steps, configuration.guidanceScale, configuration.seed, from, result.timer.totalMilliseconds, loadMs))
 }
@@ -215,7 +233,7 @@ func generate(_ options: [String: String]) throws {
 /// `--init-image`, `--mask` and `--strength` as the pipeline takes them, read and checked before any model loads
 /// (Python's `generate` rules: a mask or a strength needs an init image; the strength defaults to 0.75 for
 /// image-to-image and 1 for inpainting).
-func imageCondition(_ options: [String: String], manifest: BundleManifest) throws -> Pipeline.ImageCondition? {
+func imageCondition(_ options: Options, manifest: BundleManifest) throws -> Pipeline.ImageCondition? {
     let strength = try number(options, "strength", as: Double.self)
     guard let initImage = options["init-image"] else {
         if options["mask"] != nil { throw UsageError(description: "--mask needs --init-image: a mask marks what to repaint of an image") }
@@ -234,7 +252,7 @@ func imageCondition(_ options: [String: String], manifest: BundleManifest) throw
                                    strength: strength ?? Pipeline.ImageCondition.defaultStrength(inpainting: mask != nil))
 }
 
-func checkGoldens(_ options: [String: String]) throws {
+func checkGoldens(_ options: Options) throws {
     let bundle = URL(fileURLWithPath: try required(options, "bundle"))
     let goldens = try Goldens(directory: URL(fileURLWithPath: try required(options, "goldens")))
     let backend = try required(options, "backend")
@@ -273,7 +291,7 @@ do {
     switch arguments.first {
     case "generate":
         try generate(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "backend", "prompt", "seed", "steps", "guidance", "sampler", "threads", "warmup", "repeats", "onnx-format",
-                                                                     "init-image", "mask", "strength", "out", "json"],
+                                                                     "init-image", "mask", "strength", "lora", "out", "json"],
                                       switches: ["low-memory"]))
     case "check-goldens":
         try checkGoldens(try parseOptions(arguments.dropFirst(), allowed: ["bundle", "goldens", "backend", "model", "json"]))

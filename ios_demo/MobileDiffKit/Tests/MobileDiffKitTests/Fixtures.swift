@@ -97,6 +97,59 @@ enum Fixtures {
         }
     }
 
+    /// A reference made with the bundle's run-time adapters switched on (a row of DIR/index.json with `adapters`):
+    /// Python's `BundleRunner.set_adapters(mix)` then `generate` at the bundle's default plan, and the packed
+    /// `lora_weights` vectors it fed (`lora_vectors`: safetensors, one key per slotted component).
+    struct AdapterReference: Decodable {
+        var runtime: String
+        var seed: UInt64
+        var prompt: String
+        var sampler: String
+        var steps: Int
+        var guidance: Double
+        var adapters: [Choice]
+        var ms: Double?
+        var raw: String
+        var loraVectors: String
+
+        /// One `[name, scale]` pair.
+        struct Choice: Decodable {
+            var name: String
+            var scale: Double
+
+            init(from decoder: any Decoder) throws {
+                var pair = try decoder.unkeyedContainer()
+                name = try pair.decode(String.self)
+                scale = try pair.decode(Double.self)
+            }
+        }
+
+        var mix: [AdapterChoice] { adapters.map { AdapterChoice($0.name, scale: $0.scale) } }
+        var label: String { "\(runtime) seed \(seed) " + mix.map(\.description).joined(separator: " + ") }
+
+        enum CodingKeys: String, CodingKey {
+            case runtime, seed, prompt, sampler, steps, guidance, adapters, ms, raw
+            case loraVectors = "lora_vectors"
+        }
+    }
+
+    /// The adapter references of fixture `name` (none for a fixture exported without run-time adapters), each with
+    /// Python's raw image (H, W, 3) in [-1, 1] and its packed vectors per component.
+    static func adapterReferences(_ name: String) throws -> [(reference: AdapterReference, image: [Float], vectors: [String: [Float]])] {
+        let root = try requireRoot()
+        let index = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("index.json"))) as? [String: Any]
+        let entry = (index?["models"] as? [String: Any])?[name] as? [String: Any]
+        let rows = (entry?["references"] as? [[String: Any]] ?? []).filter { $0["adapters"] != nil }
+        return try rows.map { row in
+            let reference = try JSONDecoder().decode(AdapterReference.self, from: JSONSerialization.data(withJSONObject: row))
+            let folder = root.appendingPathComponent(name)
+            let image = try SafetensorsFile(url: folder.appendingPathComponent(reference.raw)).tensor("image").floats
+            let file = try SafetensorsFile(url: folder.appendingPathComponent(reference.loraVectors))
+            let vectors = try Dictionary(uniqueKeysWithValues: file.entries.keys.map { ($0, try file.tensor($0).floats) })
+            return (reference, image, vectors)
+        }
+    }
+
     /// A writable copy of a fixture's bundle (for the error tests, which damage it).
     static func bundleCopy(_ name: String) throws -> URL {
         let source = try bundle(name)

@@ -35,6 +35,9 @@ public struct BundleManifest: Sendable {
     /// The manifest's `image`: image-to-image and inpainting (`export --image-modes`); nil for a text-to-image bundle.
     /// When present, the bundle holds a `vae_encoder` component and every sampler table its `addNoise` rows.
     public var image: ImageModes?
+    /// The manifest's `adapters`: run-time LoRA adapters (`export --runtime-lora`, `BundleManifest+Adapters.swift`);
+    /// nil for a bundle without them.
+    public var adapters: Adapters?
 
     /// The components a pipeline opens: the three of every bundle, and the VAE encoder of an image-modes bundle.
     public var pipelineComponents: [String] {
@@ -262,6 +265,7 @@ extension BundleManifest {
         model = try root.optionalObject("model").map(ModelInfo.init)
         defaultSampling = try root.optionalObject("default_sampling").map(DefaultSampling.init)
         image = try root.optionalObject("image").map(ImageModes.init)
+        adapters = try root.optionalObject("adapters").map { try Adapters($0, components: byName) }
         if let image {
             // what the image modes run on: the encoder, and every table's noising rows
             guard byName[BundleManifest.imageEncoderName] != nil else {

@@ -6,8 +6,9 @@ public final class VAEDecoder: ResourceManaging {
         self.model = model
     }
 
-    public func decode(_ latents: Tensor) throws -> Tensor {
-        let outputs = try model.predict([model.spec.inputs[0].name: latents])
+    /// `extra`: inputs after the latents (a slotted component's `lora_weights`; none in bundles written so far).
+    public func decode(_ latents: Tensor, extra: [String: Tensor] = [:]) throws -> Tensor {
+        let outputs = try model.predict(extra.merging([model.spec.inputs[0].name: latents]) { _, latents in latents })
         return outputs[model.spec.outputs[0].name]!
     }
 

@@ -13,14 +13,19 @@ public final class Denoiser: ResourceManaging {
     ///   - timestep: the step's timestep, repeated for every row.
     ///   - text: (B, L, D) text features.
     ///   - condition: (B, E) guidance embedding (LCM students), or nil.
+    ///   - extra: the inputs after those, by name, not batched (a slotted UNet's `lora_weights`, last in its inputs:
+    ///     `RuntimeAdapters.inputs()`).
     /// - Returns: (B, C, h, w) model output.
-    public func predict(sample: Tensor, timestep: Double, text: Tensor, condition: Tensor?) throws -> Tensor {
+    public func predict(sample: Tensor, timestep: Double, text: Tensor, condition: Tensor?,
+                        extra: [String: Tensor] = [:]) throws -> Tensor {
         let rows = sample.shape[0]
         var arguments = [sample, Tensor(shape: [rows], floats: [Float](repeating: Float(timestep), count: rows)), text]
         if let condition { arguments.append(condition) }
         let inputs = model.spec.inputs
-        guard arguments.count == inputs.count else {
-            throw MobileDiffError.invalidArgument("the denoiser takes \(inputs.count) inputs (\(inputs.map(\.name).joined(separator: ", "))), the engine has \(arguments.count)")
+        guard arguments.count + extra.count == inputs.count,
+              inputs.dropFirst(arguments.count).allSatisfy({ extra[$0.name] != nil }) else {
+            let given = inputs.prefix(arguments.count).map(\.name) + extra.keys.sorted()
+            throw MobileDiffError.invalidArgument("the denoiser takes \(inputs.count) inputs (\(inputs.map(\.name).joined(separator: ", "))), the engine has \(given.count) (\(given.joined(separator: ", ")))")
         }
         if let batch = model.spec.staticBatch, batch != rows {
             guard batch > rows else {
@@ -28,7 +33,7 @@ public final class Denoiser: ResourceManaging {
             }
             arguments = arguments.map { Denoiser.padRows($0, to: batch) }
         }
-        var feed: [String: Tensor] = [:]
+        var feed = extra
         for (spec, tensor) in zip(inputs, arguments) { feed[spec.name] = tensor }
         var output = try model.predict(feed)[model.spec.outputs[0].name]!
         if output.shape[0] != rows {

@@ -7,12 +7,13 @@ public final class VAEEncoder: ResourceManaging {
         self.model = model
     }
 
-    public func encode(_ image: Tensor) throws -> (mean: Tensor, std: Tensor) {
+    /// `extra`: inputs after the image (a slotted component's `lora_weights`; none in bundles written so far).
+    public func encode(_ image: Tensor, extra: [String: Tensor] = [:]) throws -> (mean: Tensor, std: Tensor) {
         let declared = model.spec.outputs.map(\.name)
         guard declared.count == 2 else {
             throw MobileDiffError.invalidArgument("the bundle's \(model.component) gives \(declared.count) outputs (\(declared.joined(separator: ", "))); an image encoder gives 2, latent_mean and latent_std")
         }
-        let outputs = try model.predict([model.spec.inputs[0].name: image])
+        let outputs = try model.predict(extra.merging([model.spec.inputs[0].name: image]) { _, image in image })
         return (outputs[model.spec.outputs[0].name]!, outputs[model.spec.outputs[1].name]!)
     }
 

@@ -6,14 +6,15 @@ public final class TextEncoder: ResourceManaging {
         self.model = model
     }
 
-    /// Features of one prompt's padded token ids.
-    public func encode(_ ids: [Int32]) throws -> Tensor {
+    /// Features of one prompt's padded token ids. `extra`: the inputs after the ids (a slotted text encoder's
+    /// `lora_weights`, `RuntimeAdapters.inputs()`).
+    public func encode(_ ids: [Int32], extra: [String: Tensor] = [:]) throws -> Tensor {
         let input = model.spec.inputs[0]
         let dtype = input.dtype
         let tensor = dtype.hasPrefix("int64") || dtype.hasPrefix("int32")
             ? Tensor(shape: [1, ids.count], ints: ids)
             : Tensor(shape: [1, ids.count], floats: ids.map(Float.init))
-        let outputs = try model.predict([input.name: tensor])
+        let outputs = try model.predict(extra.merging([input.name: tensor]) { _, ids in ids })
         return outputs[model.spec.outputs[0].name]!
     }
 

@@ -14,6 +14,9 @@ public final class Pipeline: ResourceManaging {
     /// image-to-image or inpainting run (not by `loadResources()`), and like the others released by
     /// `unloadResources()`, after its part with `reduceMemory`, and after each use in the low-memory mode.
     public let imageEncoder: VAEEncoder?
+    /// The bundle's run-time LoRA adapters (the manifest's `adapters`) and the mix switched on (`setAdapters`): every
+    /// slotted component is fed its `lora_weights` vector, all zeros (the base model) until a mix is set.
+    public let adapters: RuntimeAdapters
     /// Unload each model as soon as its part of a generation is done (lower peak memory, slower repeats).
     public var reduceMemory: Bool
     /// The low-memory mode (`mobilediff generate --bundle --low-memory`'s): each model is loaded when its turn comes
@@ -46,6 +49,7 @@ public final class Pipeline: ResourceManaging {
         denoiser = Denoiser(model: try model("unet"))
         decoder = VAEDecoder(model: try model("vae_decoder"))
         imageEncoder = opened.manifest.image == nil ? nil : VAEEncoder(model: try model(BundleManifest.imageEncoderName))
+        adapters = RuntimeAdapters(bundle: opened)
         self.reduceMemory = reduceMemory
         self.lowMemory = lowMemory
     }
@@ -54,6 +58,15 @@ public final class Pipeline: ResourceManaging {
         try textEncoder.loadResources()
         try denoiser.loadResources()
         try decoder.loadResources()
+    }
+
+    /// Switches the run-time adapters to `mix` ([(name, scale)] of the bundle's adapters, in order; [] = the base
+    /// model) for the generations that start after it: the `lora_weights` vectors are repacked, no model is loaded or
+    /// reloaded. Adapter files are checked against their sha256 and read at their first use. Refused whole, the
+    /// previous mix kept (`RuntimeAdapters.set`): a bundle without adapters, an adapter it does not hold, a
+    /// non-finite scale, a name given twice, more rank than the slots hold (`invalidAdapterMix`), a bad file.
+    public func setAdapters(_ mix: [AdapterChoice]) throws {
+        try adapters.set(mix)
     }
 
     /// Releases every model; safe from any thread, also while a generation runs (the app's memory-pressure
@@ -104,6 +117,9 @@ public final class Pipeline: ResourceManaging {
             if isCancelled() { throw MobileDiffError.cancelled }
         }
         try checkCancelled()
+        // the run-time adapters' vectors as this generation starts (a switch during it applies to the next one)
+        let extra = adapters.inputs()
+        func inputs(_ model: ManagedModel) -> [String: Tensor] { extra[model.component] ?? [:] }
         var random = TorchRandomSource(seed: configuration.seed)
         let latentCount = geometry.latentShape.reduce(1, *)
         // the draws, in the reference's order: eps (a gaussian posterior's sample), the noise, for inpainting with a
@@ -112,22 +128,22 @@ public final class Pipeline: ResourceManaging {
         var imageLatent: [Float]?
         if let image = configuration.image {
             let eps = gaussian ? random.normalArray(count: latentCount) : nil
-            imageLatent = try encodeImage(image.pixels, eps: eps, timer: &timer, loads: &loads, unloadAfterUse: unloadAfterUse,
-                                          checkCancelled: checkCancelled)
+            imageLatent = try encodeImage(image.pixels, eps: eps, extra: imageEncoder.map { inputs($0.model) } ?? [:], timer: &timer,
+                                          loads: &loads, unloadAfterUse: unloadAfterUse, checkCancelled: checkCancelled)
         }
         let noise = random.normalArray(count: latentCount)
         if configuration.image?.mask != nil && gaussian { _ = random.normalArray(count: latentCount) }
 
         // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
         try ensureLoaded(textEncoder.model)
-        var text = try timer.time("text_encoder") { try textEncoder.encode(tokenizer.encode(configuration.prompt)) }
+        var text = try timer.time("text_encoder") { try textEncoder.encode(tokenizer.encode(configuration.prompt), extra: inputs(textEncoder.model)) }
         try requireFinite(text.floats, "its output", from: textEncoder.model)
         if case .classifierFree = guidance {
             if let batch = denoiser.model.spec.staticBatch, batch < 2 {
                 throw MobileDiffError.invalidArgument("this bundle's denoiser was exported without a classifier-free-guidance batch: generate with guidance 1")
             }
             let unconditional = try timer.time("text_encoder") {
-                try textEncoder.encode(tokenizer.encode(manifest.guidance.unconditionalPrompt ?? ""))
+                try textEncoder.encode(tokenizer.encode(manifest.guidance.unconditionalPrompt ?? ""), extra: inputs(textEncoder.model))
             }
             try requireFinite(unconditional.floats, "its output", from: textEncoder.model)
             text = Tensor(shape: [2] + text.shape.dropFirst(), floats: unconditional.floats + text.floats)
@@ -151,10 +167,12 @@ public final class Pipeline: ResourceManaging {
                 switch guidance {
                 case .classifierFree:
                     let doubled = Tensor(shape: [2] + latentShape.dropFirst(), floats: modelInput + modelInput)
-                    return try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil).floats
+                    return try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil,
+                                                extra: inputs(denoiser.model)).floats
                 case .none, .embedding:
                     let sample = Tensor(shape: latentShape, floats: modelInput)
-                    return try denoiser.predict(sample: sample, timestep: timestep, text: text, condition: condition).floats
+                    return try denoiser.predict(sample: sample, timestep: timestep, text: text, condition: condition,
+                                                extra: inputs(denoiser.model)).floats
                 }
             }
             try requireFinite(out, "its output at timestep \(timestep)", from: denoiser.model)
@@ -183,7 +201,7 @@ public final class Pipeline: ResourceManaging {
         try requireFinite(decoderInput.floats, "the decoder's input (final latent / geometry.scaling_factor + geometry.shift_factor)", from: nil)
         try checkCancelled()
         try ensureLoaded(decoder.model)
-        let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput) }
+        let decoded = try timer.time("vae_decoder") { try decoder.decode(decoderInput, extra: inputs(decoder.model)) }
         try requireFinite(decoded.floats, "the decoded image", from: decoder.model)
         if unloadAfterUse { decoder.unloadResources() }
         report(.decoded, step: runSteps)
@@ -198,7 +216,7 @@ public final class Pipeline: ResourceManaging {
     /// The clean latent z0 of an init image (1, 3, H, W): `(mean + std · eps - shift_factor) · scaling_factor` of the
     /// encoder's posterior (`eps` nil: a deterministic posterior, the mean), in float32 in the reference's order. The
     /// encoder is loaded here if it is not (its time goes to `loads`) and, with `unloadAfterUse`, released after.
-    private func encodeImage(_ pixels: [Float], eps: [Float]?, timer: inout SampleTimer, loads: inout SampleTimer,
+    private func encodeImage(_ pixels: [Float], eps: [Float]?, extra: [String: Tensor], timer: inout SampleTimer, loads: inout SampleTimer,
                              unloadAfterUse: Bool, checkCancelled: () throws -> Void) throws -> [Float] {
         guard let imageEncoder else {
             throw MobileDiffError.invalidArgument("this bundle was exported without image modes: export it again with --image-modes")
@@ -207,7 +225,7 @@ public final class Pipeline: ResourceManaging {
         try checkCancelled()
         if !imageEncoder.model.isLoaded { try loads.time(imageEncoder.model.component) { try imageEncoder.loadResources() } }
         let image = Tensor(shape: [1, 3, geometry.height, geometry.width], floats: pixels)
-        let (mean, std) = try timer.time(imageEncoder.model.component) { try imageEncoder.encode(image) }
+        let (mean, std) = try timer.time(imageEncoder.model.component) { try imageEncoder.encode(image, extra: extra) }
         try requireFinite(mean.floats, "its latent mean", from: imageEncoder.model)
         try requireFinite(std.floats, "its latent std", from: imageEncoder.model)
         if unloadAfterUse { imageEncoder.unloadResources() }

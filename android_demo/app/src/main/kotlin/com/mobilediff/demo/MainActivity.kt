@@ -14,10 +14,12 @@ import android.widget.ArrayAdapter
 import android.widget.Button
 import android.widget.EditText
 import android.widget.ImageView
+import android.widget.LinearLayout
 import android.widget.ProgressBar
 import android.widget.SeekBar
 import android.widget.Spinner
 import android.widget.TextView
+import com.mobilediff.engine.AdapterMixer
 import com.mobilediff.engine.Backend
 import com.mobilediff.engine.BundleError
 import com.mobilediff.engine.BundleImport
@@ -99,6 +101,7 @@ class MainActivity : Activity() {
     private lateinit var strength: SeekBar
     private lateinit var strengthLabel: TextView
     private lateinit var maskView: MaskView
+    private lateinit var adapterControls: AdapterControls
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
@@ -123,6 +126,7 @@ class MainActivity : Activity() {
         strength = findViewById(R.id.strength) as SeekBar
         strengthLabel = findViewById(R.id.strength_label) as TextView
         maskView = findViewById(R.id.mask_view) as MaskView
+        adapterControls = AdapterControls(findViewById(R.id.adapters) as LinearLayout, findViewById(R.id.adapters_label) as TextView)
 
         store = BundleStore(this)
         memoryPressure = (getSystemService(Context.ACTIVITY_SERVICE) as ActivityManager).isLowRamDevice
@@ -217,6 +221,7 @@ class MainActivity : Activity() {
         if (bundles.isEmpty()) {
             status.text = getString(R.string.no_bundles, store.folders.last().path)
             showPlans(null)
+            adapterControls.show(emptyList())
             shown = null
             showPicked()
         }
@@ -235,10 +240,12 @@ class MainActivity : Activity() {
                 when (result) {
                     is Manifest -> {
                         showPlans(result)
+                        adapterControls.show(result.adapters?.files.orEmpty())
                         status.text = summary(dir, result)
                     }
                     else -> {
                         showPlans(null)
+                        adapterControls.show(emptyList())
                         status.text = result.toString()
                     }
                 }
@@ -269,6 +276,7 @@ class MainActivity : Activity() {
         append("default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}")
         if (m.samplers.none { it.name == plan.sampler && it.steps == plan.steps }) append("\nthe default plan's table is not in the bundle")
         append("\n" + (m.image?.let { "from an image: ${it.modes.joinToString()}" } ?: "text-to-image only (exported without --image-modes)"))
+        m.adapters?.let { a -> append("\nrun-time adapters: ${a.names.joinToString()} (switch them below; no reload)") }
         if (backends.isEmpty()) {
             val holds = m.components.values.flatMap { c -> c.files.map { it.target } }.distinct().sorted()
             append("\nThis app runs none of this bundle's targets (${holds.joinToString()}). Runtimes here: ")
@@ -423,13 +431,19 @@ class MainActivity : Activity() {
         val text = prompt.text.toString()
         prefs().edit().putString(KEY_PROMPT, text).apply()
         val init = maskView.image
+        // the adapters toggled on, applied to this generation: the pipeline repacks its lora_weights, reloads nothing
+        val adapters = adapterControls.mix()
         val request = try {
             GenerationRequest(
                 text, seedValue, plan.steps, plan.sampler, guidanceValue,
                 initImage = init?.let { PickedImage.rgb(it) },
                 mask = if (init != null) maskView.maskImage() else null,
                 strength = if (init != null) strengthValue() else null,
-            ).also { r -> shown?.let { Pipeline.check(it, r) } }  // bad options in one line, before anything loads
+            ).also { r ->
+                // bad options (and adapter mixes) in one line, before anything loads
+                shown?.let { Pipeline.check(it, r) }
+                shown?.let { AdapterMixer.checkMix(it, adapters) }
+            }
         } catch (e: Exception) {
             status.text = describeFailure(e, "request")
             return
@@ -442,6 +456,7 @@ class MainActivity : Activity() {
         worker.execute {
             val message = try {
                 val p = pipelineFor(dir, runtime.kind)
+                if (p.adapters != adapters) p.setAdapters(adapters)
                 val result = p.generate(request, Progress(stepsRun, encoded), token)
                 val bitmap = result.toBitmap()
                 runOnUiThread {
@@ -622,6 +637,7 @@ class MainActivity : Activity() {
     private fun describe(r: GenerationResult, runtime: RuntimeStatus, p: Pipeline): String = buildString {
         append("${r.plan.sampler} ${r.plan.steps} steps, guidance ${r.plan.guidance} on $runtime\n")
         r.strength?.let { append("${r.mode} at strength $it: ${r.stepsRun} of ${r.plan.steps} steps\n") }
+        if (r.adapters.isNotEmpty()) append("adapters: ${r.adapters.joinToString(" + ") { "%s x %.2f".format(it.name, it.scale) }}\n")
         for ((component, ms) in r.componentMs) append("%-13s %8.1f ms\n".format(component, ms))
         append("%-13s %8.1f ms".format("total", r.totalMs))
         if (r.loadMs.isNotEmpty()) append("\nloaded " + r.loadMs.entries.joinToString { (c, ms) -> "%s %.0f ms".format(c, ms) })

@@ -1,5 +1,6 @@
 package com.mobilediff.cli
 
+import com.mobilediff.engine.AdapterMixer
 import com.mobilediff.engine.Backend
 import com.mobilediff.engine.Bundle
 import com.mobilediff.engine.BundleError
@@ -23,13 +24,14 @@ import kotlin.system.exitProcess
 private const val USAGE = """usage:
   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--sampler NAME]
                      [--guidance G] [--init-image IMG.png [--mask MASK.png] [--strength S]]
-                     [--warmup 1] [--repeats 1] [--low-memory] --out IMG.png --json RESULT.json
+                     [--lora NAME[:SCALE] ...] [--warmup 1] [--repeats 1] [--low-memory] --out IMG.png --json RESULT.json
                      (ms_total: the median of the timed repeats, after the untimed warm-up runs, loading excluded;
                      --low-memory: each component loaded when its turn comes and released after it, the runtime
                      without its arena: the same image, a lower peak, every run loads the components again;
                      --init-image: image-to-image from an 8-bit PNG at the bundle's size, --mask: inpainting where
                      the grayscale PNG is >= 128, --strength in (0, 1]: default 0.75, 1 with a mask; a bundle
-                     exported with --image-modes)
+                     exported with --image-modes; --lora, repeatable: switch on the bundle's run-time adapter NAME at
+                     SCALE (default 1), several mixed in the order given, a bundle exported with --runtime-lora)
   engine.sh check-goldens --bundle B --goldens DIR --backend onnx|executorch [--model NAME] --json ROWS.json"""
 
 /**
@@ -44,7 +46,7 @@ fun main(jvmArgs: Array<String>) {
     try {
         val args = rawArguments(jvmArgs)
         when (args.firstOrNull()) {
-            "generate" -> generate(Options(args.drop(1), GENERATE_OPTIONS, GENERATE_FLAGS))
+            "generate" -> generate(Options(args.drop(1), GENERATE_OPTIONS, GENERATE_FLAGS, GENERATE_LISTS))
             "check-goldens" -> checkGoldens(Options(args.drop(1), CHECK_GOLDENS_OPTIONS))
             "-h", "--help", "help" -> println(USAGE)
             null -> fail("a command is required: generate or check-goldens (--help for usage)")
@@ -93,6 +95,7 @@ private val GENERATE_OPTIONS =
     setOf("bundle", "backend", "prompt", "seed", "steps", "sampler", "guidance", "init-image", "mask", "strength", "warmup",
         "repeats", "out", "json")
 private val GENERATE_FLAGS = setOf("low-memory")
+private val GENERATE_LISTS = setOf("lora")
 private val CHECK_GOLDENS_OPTIONS = setOf("bundle", "goldens", "backend", "model", "json")
 
 private const val MAIN_CLASS = "com.mobilediff.cli.EngineCliKt"
@@ -110,17 +113,26 @@ private fun splitNul(bytes: ByteArray): List<ByteArray> {
     return out
 }
 
-/** `--name value` pairs, each name one of [allowed], and `--name` switches, each one of [flags]. */
-private class Options(args: List<String>, allowed: Set<String>, private val flags: Set<String> = emptySet()) {
+/**
+ * `--name value` pairs, each name one of [allowed] (the last value wins) or of [lists] (repeatable, every value kept in
+ * order), and `--name` switches, each one of [flags].
+ */
+private class Options(
+    args: List<String>,
+    allowed: Set<String>,
+    private val flags: Set<String> = emptySet(),
+    private val lists: Set<String> = emptySet(),
+) {
     private val values = HashMap<String, String>()
+    private val repeated = HashMap<String, MutableList<String>>()
     private val set = HashSet<String>()
 
     init {
         var i = 0
         while (i < args.size) {
             val name = args[i].removePrefix("--")
-            require(args[i].startsWith("--") && (name in allowed || name in flags)) {
-                "unknown option '${args[i]}' (allowed: ${(allowed + flags).sorted().joinToString(" ") { "--$it" }})"
+            require(args[i].startsWith("--") && (name in allowed || name in flags || name in lists)) {
+                "unknown option '${args[i]}' (allowed: ${(allowed + flags + lists).sorted().joinToString(" ") { "--$it" }})"
             }
             if (name in flags) {
                 set.add(name)
@@ -128,12 +140,15 @@ private class Options(args: List<String>, allowed: Set<String>, private val flag
                 continue
             }
             require(i + 1 < args.size) { "${args[i]} needs a value (--help for usage)" }
-            values[name] = args[i + 1]
+            if (name in lists) repeated.getOrPut(name) { ArrayList() }.add(args[i + 1]) else values[name] = args[i + 1]
             i += 2
         }
     }
 
     fun flag(name: String): Boolean = name in set
+
+    /** Every value of a repeatable option, in the order given. */
+    fun list(name: String): List<String> = repeated[name].orEmpty()
 
     fun required(name: String): String = values[name] ?: throw IllegalArgumentException("--$name is required (--help for usage)")
     fun optional(name: String): String? = values[name]
@@ -161,8 +176,11 @@ private fun generate(o: Options) {
         strength = o.double("strength"),
     )
     Pipeline.check(bundle.manifest, request)
+    val adapters = o.list("lora").map { AdapterMixer.parseChoice(it) }
+    AdapterMixer.checkMix(bundle.manifest, adapters)
     val lowMemory = o.flag("low-memory")
-    Pipeline(bundle, Backend.forTarget(o.required("backend")), lowMemory = lowMemory).use { pipeline ->
+    // the adapters' files are read and their rank slots checked before any component loads
+    Pipeline(bundle, Backend.forTarget(o.required("backend")), lowMemory = lowMemory, adapters = adapters).use { pipeline ->
         val warmup = o.int("warmup") ?: 1
         val repeats = o.int("repeats") ?: 1
         require(warmup >= 0 && repeats >= 1) { "--warmup must be >= 0 and --repeats >= 1" }
@@ -193,12 +211,15 @@ private fun generate(o: Options) {
             .put("runtime_version", pipeline.backend.runtimeVersion)
             .put("ms_total_runs", JSONArray(runs.map { it.totalMs }))
             .put("low_memory", lowMemory)
+            // the run-time adapters on, [[name, scale], ...] in mix order (empty: the base model)
+            .put("adapters", JSONArray(r.adapters.map { JSONArray(listOf(it.name, it.scale)) }))
             // the process's resident peak (VmHWM) over loading, warm-up and every run; absent where not reported
             .put("peak_rss_bytes", runs.last().memory?.peakRssBytes)
             // "process" here: the peak counts from the JVM's start (the pipeline never resets it)
             .put("peak_memory_scope", runs.last().memory?.peakSince?.scope)
         atomicWrite(json) { it.writeText(record.toString(2)) }
-        val from = if (r.strength == null) "" else ", ${r.mode} at strength ${r.strength}: ${r.stepsRun} steps"
+        val from = (if (r.strength == null) "" else ", ${r.mode} at strength ${r.strength}: ${r.stepsRun} steps") +
+            (if (r.adapters.isEmpty()) "" else ", adapters ${r.adapters.joinToString(" + ")}")
         println("wrote $out (${r.plan.sampler}-${r.plan.steps}, guidance ${r.plan.guidance}$from, ${"%.1f".format(r.totalMs)} ms)")
     }
 }

@@ -24,6 +24,12 @@ class Manifest(
      * bundles without it, which run text-to-image only.
      */
     val image: ImageModes? = null,
+    /**
+     * The manifest's optional `adapters` record (bundles exported with `--runtime-lora`): run-time LoRA adapters, each
+     * slotted component ([AdapterRecord.slots]) taking `lora_weights` as its last input ([AdapterMixer] packs it).
+     * Null in bundles without it.
+     */
+    val adapters: AdapterRecord? = null,
 ) {
     /**
      * What the model is: the manifest's `model`, or for bundles written before it existed an LCM student when the
@@ -104,6 +110,7 @@ class Manifest(
                 }
                 names.associateWith { ComponentSpec.parse(r, it, r.obj(c, it, "components.$it")) }
             }
+            val adapters = r.optObj(root, "adapters")?.let { AdapterRecord.parse(r, it, components) }
             val samplers = r.objects(root, "samplers").mapIndexed { i, t -> SamplerTable.parse(r, t, "samplers[$i]") }
             if (samplers.isEmpty()) r.fail("samplers", "no sampler tables (a bundle has at least one)")
             if (image != null) {
@@ -121,6 +128,7 @@ class Manifest(
                 model = r.optObj(root, "model")?.let { ModelInfo.parse(r, it) },
                 declaredDefault = r.optObj(root, "default_sampling")?.let { SamplingPlan.parse(r, it) },
                 image = image,
+                adapters = adapters,
             )
         }
     }

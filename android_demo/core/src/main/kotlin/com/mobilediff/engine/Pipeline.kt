@@ -53,6 +53,8 @@ class GenerationResult(
     val strength: Double? = null,
     /** The sampler steps that ran: the plan's, or for a run from an image the `floor(steps * strength)` of them. */
     val stepsRun: Int = plan.steps,
+    /** The run-time adapters that were on ([Pipeline.setAdapters]; empty: the base model). */
+    val adapters: List<AdapterChoice> = emptyList(),
 )
 
 /**
@@ -91,6 +93,9 @@ interface GenerationListener {
  * loading and release after each part, always, with the backend's low-memory settings ([Backend.load]).
  * [GenerationResult.memory] records the process's peak resident memory.
  *
+ * Run-time LoRA adapters ([Manifest.adapters]): [setAdapters] switches the mix between generations by repacking the
+ * slotted components' `lora_weights` inputs (zeros: the base model, fed whenever the bundle has slots); nothing reloads.
+ *
  * Not thread-safe: generate and release from one thread at a time. [reduceMemory] and the [CancelToken] passed to
  * [generate] may be set from any thread.
  */
@@ -108,6 +113,10 @@ class Pipeline(
      */
     val lowMemory: Boolean = false,
     loading: Loading = if (lowMemory) Loading.LAZY else Loading.EAGER,
+    /**
+     * The run-time adapters on from the start ([setAdapters]), checked (their files read) before any component loads.
+     */
+    adapters: List<AdapterChoice> = emptyList(),
 ) : AutoCloseable {
     enum class Loading {
         /** The constructor checks and loads every component: a bad file fails before any generation. */
@@ -122,6 +131,7 @@ class Pipeline(
     private val components: Map<String, Component>
     private var uncondText: FloatArray? = null
     private val lastLoadMs = LinkedHashMap<String, Double>()
+    private val mixer = AdapterMixer(bundle)
 
     /**
      * Release each component after its last call of a generation (text encoder after the prompt, UNet after the
@@ -136,6 +146,25 @@ class Pipeline(
      * [GenerationResult.memory] holds that generation's own peak; off, the peak counts from the process's start.
      */
     var peakPerGeneration: Boolean = false
+
+    /** The run-time adapters the bundle holds ([Manifest.adapters]; empty for a bundle without them), in its order. */
+    val availableAdapters: List<AdapterFileSpec> get() = mixer.available
+
+    /** The adapter mix on now ([setAdapters]; empty: the base model). */
+    val adapters: List<AdapterChoice> get() = mixer.mix
+
+    /**
+     * Switch the run-time adapters for the next generations: [mix] of the bundle's adapters ([AdapterChoice]: name and
+     * scale), in order, filling consecutive rank slots ([] = the base model). Repacks each slotted component's
+     * `lora_weights` input; no component is reloaded (each adapter file is read, sha256-checked, once). Throws
+     * IllegalArgumentException for a non-finite scale, a name given twice or not held, a bundle without adapters or a
+     * mix needing more rank slots than the bundle has; [BundleError] for a bad adapter file. On failure the previous
+     * mix stays on. Not during a generation (from the generating thread, or with none running).
+     */
+    fun setAdapters(mix: List<AdapterChoice>) {
+        mixer.set(mix)
+        uncondText = null  // the unconditional prompt's features depend on the text encoder's adapters
+    }
 
     /** Milliseconds of each component's most recent check and load. */
     val loadMs: Map<String, Double> get() = LinkedHashMap(lastLoadMs)
@@ -160,6 +189,7 @@ class Pipeline(
                 ?.let { declared[spec.name] = Component(spec.name, spec, it) }
         }
         components = declared
+        mixer.set(adapters)  // every adapter file checked before anything is loaded
         if (loading == Loading.EAGER) {
             try {
                 for (name in Manifest.COMPONENTS) components.getValue(name).session(null, null)
@@ -234,7 +264,7 @@ class Pipeline(
         val memory = ProcessMemory.read()?.let { if (peakReset) it.copy(peakSince = MemoryUsage.PeakSince.GENERATION_START) else it }
         return GenerationResult(
             geo.width, geo.height, argb, raw, plan, timings.perComponent, totalMs, loads.perComponent, memory,
-            request.mode, strength, stepsRun,
+            request.mode, strength, stepsRun, mixer.mix,
         )
     }
 
@@ -345,11 +375,13 @@ class Pipeline(
         val component = components[name] ?: throw BundleError(Manifest.MANIFEST, "has no ${backend.target} file for $name " +
             "(it has: ${manifest.component(name).files.joinToString { "${it.target}/${it.precision}" }.ifEmpty { "none" }})")
         component.session(loads, listener)
+        // a slotted component's last input: the adapter mix's vector (zeros: the base model)
+        val fed = mixer.vector(name)?.let { inputs + Tensor.F32(intArrayOf(it.size), it) } ?: inputs
         val start = System.nanoTime()
-        val out = component.run(inputs)
+        val out = component.run(fed)
         val ms = (System.nanoTime() - start) / 1e6
         timings.add(name, ms)
-        listener?.onCall(name, inputs, out, ms)
+        listener?.onCall(name, fed, out, ms)
         return out
     }
 
@@ -446,7 +478,9 @@ class Pipeline(
             val need = staticBatch ?: return session.run(inputs)
             if (need == rows) return session.run(inputs)
             require(rows < need) { "$name batch $rows exceeds the exported static batch $need" }
-            val padded = inputs.map { padRows(it, need) }
+            // the batch inputs padded; a trailing lora_weights vector (no batch dimension) as it is
+            val batched = if (mixer.vector(name) != null) inputs.size - 1 else inputs.size
+            val padded = inputs.mapIndexed { i, t -> if (i < batched) padRows(t, need) else t }
             return session.run(padded).map { o ->
                 val per = o.numel / o.shape[0]
                 Tensor.F32(intArrayOf(rows) + o.shape.copyOfRange(1, o.shape.size), o.data.copyOf(rows * per))

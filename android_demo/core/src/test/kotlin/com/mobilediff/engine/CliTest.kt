@@ -113,6 +113,20 @@ class CliTest {
     }
 
     @Test
+    fun badAdapterSelectionsAreOneLine() {
+        val tiny = TinyBundle.write(tmp.newFolder("bundle"))
+        assertBadInput(generate(tiny, "x", "onnx", "--lora", "any"), "error: this bundle holds no run-time adapters", "--runtime-lora")
+        assertBadInput(generate(tiny, "x", "onnx", "--lora", "any:lots"), "error: --lora any:lots: the scale after ':' must be a number, got 'lots'")
+        assertBadInput(generate(tiny, "x", "onnx", "--lora", "any:inf"), "error: adapter any: the scale must be a finite number")
+        assertBadInput(generate(tiny, "x", "onnx", "--lora", "a", "--lora", "a:0.5"), "error: adapter a is given twice")
+        // a bundle with adapters: an unknown name lists the ones it holds (refused before any component loads)
+        val model = Fixtures.models.firstOrNull { Bundle.open(Fixtures.bundle(it)).manifest.adapters != null } ?: return
+        val names = Bundle.open(Fixtures.bundle(model)).manifest.adapters!!.names
+        assertBadInput(generate(Fixtures.bundle(model), "x", "onnx", "--lora", "no-such:0.5"),
+            "error: the bundle holds no run-time adapter named 'no-such' (it holds: ${names.joinToString()})")
+    }
+
+    @Test
     fun generatesFromAnImageAndRecordsModeAndStrength() {
         val bundle = TinyBundle.write(tmp.newFolder("bundle"), imageModes = true)
         val init = File(tmp.root, "init.png").apply { writeBytes(TestPng.encode(4, 4, 2, 8, IntArray(48) { it * 5 })) }

@@ -72,3 +72,18 @@ fun Fixtures.imageReferences(model: String): List<JSONObject> {
     val refs = JSONObject(index.readText()).optJSONObject("models")?.optJSONObject(model)?.optJSONArray("references") ?: return emptyList()
     return List(refs.length()) { refs.getJSONObject(it) }.filter { it.has("mode") }
 }
+
+/**
+ * The run-time adapter references of [model] (DIR/index.json's `references` rows with `adapters`): prompt, seed, plan,
+ * `adapters` ([[name, scale], ...] in mix order), `raw` (Python's image, as for [imageReferences]) and `lora_vectors`
+ * (a safetensors file under DIR/<model>/reference, keys `unet` and `text_encoder`: the packed vectors Python fed).
+ */
+fun Fixtures.adapterReferences(model: String): List<JSONObject> {
+    val index = File(root ?: return emptyList(), "index.json").takeIf { it.isFile } ?: return emptyList()
+    val refs = JSONObject(index.readText()).optJSONObject("models")?.optJSONObject(model)?.optJSONArray("references") ?: return emptyList()
+    return List(refs.length()) { refs.getJSONObject(it) }.filter { it.has("adapters") }
+}
+
+/** A reference row's `adapters` as the engine's mix. */
+fun adapterMix(ref: JSONObject): List<AdapterChoice> =
+    ref.getJSONArray("adapters").let { a -> List(a.length()) { a.getJSONArray(it).let { p -> AdapterChoice(p.getString(0), p.getDouble(1)) } } }

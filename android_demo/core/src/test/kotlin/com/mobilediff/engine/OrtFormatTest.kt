@@ -95,7 +95,7 @@ class OrtFormatTest {
                 val (ortFile, ortEntry) = bundle.componentFile(name, Bundle.ONNX)
                 assertEquals("$model $name: the ORT-format file is the one loaded", Bundle.ORT, ortEntry.target)
                 val (onnxFile, _) = bundle.componentFile(name, Bundle.ONNX, preferOrt = false)
-                val inputs = seededInputs(spec)
+                val inputs = seededInputs(spec, adapterVector(bundle, name))
                 val fromOrt = backend.load(ortFile, spec, ortEntry.file.path).use { it.run(inputs) }
                 val fromOnnx = backend.load(onnxFile, spec).use { it.run(inputs) }
                 for ((i, o) in spec.outputs.withIndex()) {
@@ -112,13 +112,38 @@ class OrtFormatTest {
         }
     }
 
-    /** Inputs for [spec] at its static shapes: token ids in the vocabulary, timesteps in [0, 1000), N(0, 1) floats. */
-    private fun seededInputs(spec: ComponentSpec): List<Tensor> {
+    /**
+     * The `lora_weights` input of a slotted [component] (run-time adapters): the bundle's adapters packed at their
+     * default scales (as many as its rank slots hold, in its order), so the adapter path runs with the weights it was
+     * made for; N(0, 1) values there would blow the activations up past any comparison. Null for other components.
+     */
+    private fun adapterVector(bundle: Bundle, component: String): FloatArray? {
+        val record = bundle.manifest.adapters ?: return null
+        if (component !in record.slots) return null
+        val mixer = AdapterMixer(bundle)
+        val all = record.files.map { AdapterChoice(it.name, it.defaultScale) }
+        for (n in all.size downTo 1) {
+            try {
+                mixer.set(all.take(n))
+                break
+            } catch (e: IllegalArgumentException) {
+                // more adapters than the rank slots hold: fewer
+            }
+        }
+        return mixer.vector(component)
+    }
+
+    /**
+     * Inputs for [spec] at its static shapes: token ids in the vocabulary, timesteps in [0, 1000), N(0, 1) floats;
+     * [lora] as the `lora_weights` input of a component with run-time adapter slots.
+     */
+    private fun seededInputs(spec: ComponentSpec, lora: FloatArray? = null): List<Tensor> {
         val rng = Random(0)
         return spec.inputs.map { s ->
             val shape = s.staticShape ?: error("${spec.name}.${s.name} has no static shape in the manifest")
             val n = shape.fold(1) { a, d -> a * d }
             when {
+                lora != null && s.name == AdapterRecord.INPUT -> Tensor.F32(shape, lora)
                 s.dtype == "int32" -> Tensor.I32(shape, IntArray(n) { rng.nextInt(49408) })
                 s.name.contains("timestep") -> Tensor.F32(shape, FloatArray(n) { rng.nextInt(1000).toFloat() })
                 else -> Tensor.F32(shape, FloatArray(n) { rng.nextGaussian().toFloat() })
