@@ -372,6 +372,9 @@ class ImageModes(_Record):
 
     modes: list  # of IMAGE_MODES
     encoder_posterior: str  # "gaussian" | "deterministic"
+    # "standard": the UNet denoises the latent alone (the rules above); "inpainting": an inpainting UNet (9 channels)
+    # that also takes ``mask`` and ``masked_image_latents``: inpainting only, no blend (docs/bundle.md)
+    denoiser: str = "standard"
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -380,6 +383,14 @@ class ImageModes(_Record):
             raise ValueError(f"unknown image mode {bad[0] if bad else None!r} (known: {', '.join(IMAGE_MODES)})")
         if self.encoder_posterior not in ("gaussian", "deterministic"):
             raise ValueError(f"encoder_posterior must be gaussian or deterministic, got {self.encoder_posterior!r}")
+        if self.denoiser not in ("standard", "inpainting"):
+            raise ValueError(f"image.denoiser must be standard or inpainting, got {self.denoiser!r}")
+        if self.denoiser == "inpainting" and list(self.modes) != ["inpaint"]:
+            raise ValueError(f"an inpainting denoiser runs the inpaint mode alone, not {', '.join(self.modes)}")
+
+    @property
+    def inpainting_denoiser(self) -> bool:
+        return self.denoiser == "inpainting"
 
 
 @dataclass(frozen=True)
@@ -435,8 +446,11 @@ class Manifest(_Record):
             _check_adapters(self)
 
     def supports(self, mode: str) -> bool:
-        """Whether the bundle runs ``mode`` ("txt2img" always; "img2img", "inpaint" when exported with them)."""
-        return mode == "txt2img" or (self.image is not None and mode in self.image.modes)
+        """Whether the bundle runs ``mode`` ("txt2img" unless its denoiser is an inpainting UNet; "img2img",
+        "inpaint" when exported with them)."""
+        if mode == "txt2img":
+            return self.image is None or not self.image.inpainting_denoiser
+        return self.image is not None and mode in self.image.modes
 
     @property
     def role(self) -> ModelRole:

@@ -89,6 +89,8 @@ class ComponentSpec:
                 x = torch.rand(shape, generator=g) * ((r.num_train_timesteps or 1000) - 1)
             elif spec.name == "sample" and self.name == "vae_encoder":  # an image, in [-1, 1]
                 x = torch.rand(shape, generator=g) * 2 - 1
+            elif spec.name == "mask":  # a latent mask: 0 keep, 1 repaint
+                x = (torch.rand(shape, generator=g) > 0.5).float()
             elif spec.name == "lora_weights":  # run-time adapter slots (mobilediff.runtime_lora): a small update
                 x = torch.randn(shape, generator=g) * 0.02
             elif spec.name == "guidance_scale":
@@ -140,6 +142,26 @@ class UnetWrapper(torch.nn.Module):
     def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
         kw = {"timestep_cond": timestep_cond} if self.with_cond else {}
         return (self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False, **kw)[0],)
+
+
+class InpaintUnetWrapper(torch.nn.Module):
+    """An inpainting UNet (``in_channels = 2 C + 1``): the sampler's latent, the latent-size mask (1: repaint) and the
+    masked image's scaled latent, concatenated on channels as diffusers' StableDiffusionInpaintPipeline does."""
+
+    prefix = "unet"
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, mask, masked_image_latents):
+        x = torch.cat([sample, mask, masked_image_latents], dim=1)
+        return (self.unet(x, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0],)
+
+
+def inpainting_unet(unet) -> bool:
+    """Whether ``unet`` is an inpainting UNet: latent + mask + masked-image latent in, the latent's channels out."""
+    return unet.config.in_channels == 2 * unet.config.out_channels + 1
 
 
 class VaeDecoderWrapper(torch.nn.Module):
@@ -238,7 +260,7 @@ def latent_geometry(pipe, height: int | None = None, width: int | None = None) -
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
         raise MobilediffError(f"--height/--width must be positive multiples of {multiple} for this model, got {height}x{width}")
     return {"height": height, "width": width, "vae_scale_factor": factor,
-            "latent_channels": pipe.unet.config.in_channels, "latent_height": height // factor,
+            "latent_channels": pipe.unet.config.out_channels, "latent_height": height // factor,
             "latent_width": width // factor,
             "scaling_factor": float(pipe.vae.config.scaling_factor),
             "shift_factor": float(getattr(pipe.vae.config, "shift_factor", 0.0) or 0.0)}
@@ -264,6 +286,12 @@ def declare(pipe, geometry: dict, cfg_batch: int | None = None, encoder: bool = 
     if cond_dim:
         unet_inputs.append(TensorSpec("timestep_cond", ("batch", cond_dim), "float32",
                                       "guidance-scale embedding (w - 1, sinusoidal; see manifest guidance)"))
+    inpainting = inpainting_unet(unet)
+    if inpainting:
+        encoder = True  # an inpainting UNet needs the masked image's latent
+        unet_inputs += [TensorSpec("mask", ("batch", 1, h, w), "float32", "latent-size mask: 1 repaint, 0 keep"),
+                        TensorSpec("masked_image_latents", ("batch", c, h, w), "float32",
+                                   "the masked image's latent, scaled (manifest image rules)")]
     specs = {
         "text_encoder": ComponentSpec(
             "text_encoder", TextEncoderWrapper(te).eval(),
@@ -271,7 +299,8 @@ def declare(pipe, geometry: dict, cfg_batch: int | None = None, encoder: bool = 
             (TensorSpec("last_hidden_state", ("batch", length, hidden), "float32", "per-token text features"),),
             {"batch": 1}, type(te).__name__, ranges),
         "unet": ComponentSpec(
-            "unet", UnetWrapper(unet, bool(cond_dim)).eval(), tuple(unet_inputs),
+            "unet", (InpaintUnetWrapper(unet) if inpainting else UnetWrapper(unet, bool(cond_dim))).eval(),
+            tuple(unet_inputs),
             (TensorSpec("out_sample", ("batch", c, h, w), "float32",
                         f"model output ({pipe.scheduler.config.prediction_type})"),),
             {"batch": cfg_batch}, type(unet).__name__, ranges),

@@ -66,6 +66,9 @@ class BundleTokenizer:
 def require_image_mode(manifest, bundle: Path, inpaint: bool) -> None:
     """Refuse in one line a bundle exported without the image mode asked for (read from its manifest alone)."""
     if not manifest.supports("inpaint" if inpaint else "img2img"):
+        if manifest.image is not None and manifest.image.inpainting_denoiser:
+            raise MobilediffError(f"bundle {bundle}'s denoiser is an inpainting UNet: it runs inpainting only "
+                                  f"(--init-image with --mask)")
         raise MobilediffError(f"bundle {bundle} was exported without image modes: export it again with "
                               f"--image-modes for {'inpainting' if inpaint else 'image-to-image'}")
 
@@ -209,10 +212,11 @@ class BundleRunner:
                 return text_encoder(self.tokenizer.ids(prompt), *extra)[0]
         return text_encoder(self.tokenizer.ids(prompt), *extra)[0]
 
-    def _unet(self, unet, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    def _unet(self, unet, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None,
+              extra: list | None = None) -> torch.Tensor:
         b = x.shape[0]
         ts = torch.full((b,), float(t), dtype=torch.float32)
-        args = [x, ts, text] + ([cond] if cond is not None else [])
+        args = [x, ts, text] + ([cond] if cond is not None else []) + list(extra or [])
         need = unet.static_batch
         if need is not None and need != b:  # a static-batch graph: pad with copies of the last row, then drop
             pad = need - b
@@ -260,17 +264,34 @@ class BundleRunner:
         gen = torch.Generator().manual_seed(int(seed))
         if mask is not None and init_image is None:
             raise MobilediffError("a mask needs the image it masks (--init-image)")
-        image_latent = None
+        image = self.manifest.image
+        inpainting = image is not None and image.inpainting_denoiser  # an inpainting UNet (mask + masked image in)
+        if inpainting and mask is None:
+            raise MobilediffError(f"bundle {self.bundle}'s denoiser is an inpainting UNet: it generates only with an "
+                                  f"init image and a mask (--init-image, --mask)")
+        image_latent = masked_latent = None
+        started = image_latent_needed = False
         if init_image is not None:
             strength = 1.0 if strength is None else strength
             self.check_image_mode(mask is not None, strength, steps, sampler)
-            gaussian = self.manifest.image.encoder_posterior == "gaussian"
-            eps = torch.randn(self.geometry.latent_shape, generator=gen) if gaussian else None
-            image_latent = self.encode_image(init_image, eps)
+            gaussian = image.encoder_posterior == "gaussian"
+            # an inpainting UNet encodes the image only when it starts from it (strength < 1), as diffusers does
+            image_latent_needed = not inpainting or strength < 1.0
+            if image_latent_needed:
+                eps = torch.randn(self.geometry.latent_shape, generator=gen) if gaussian else None
+                image_latent = self.encode_image(init_image, eps)
+            started = True
         noise = torch.randn(self.geometry.latent_shape, generator=gen)
         trace("noise", noise)
-        if mask is not None and self.manifest.image.encoder_posterior == "gaussian":
-            torch.randn(self.geometry.latent_shape, generator=gen)  # diffusers' masked-image encoding draws one
+        if mask is not None and image.encoder_posterior == "gaussian":
+            # diffusers' masked-image encoding draws one (a 4-channel UNet does not use its latent)
+            eps2 = torch.randn(self.geometry.latent_shape, generator=gen)
+        else:
+            eps2 = None
+        if inpainting:
+            f = self.geometry.vae_scale_factor
+            pixel_mask = mask.repeat_interleave(f, 2).repeat_interleave(f, 3)
+            masked_latent = self.encode_image(init_image * (1 - pixel_mask), eps2)
         cond = None
         if g.type == "embedding":
             cond = torch.tensor([guidance_embedding(scale, g.embedding_dim)], dtype=torch.float32)
@@ -289,11 +310,13 @@ class BundleRunner:
         if do_cfg:
             text = torch.cat([self._uncond, text])
 
+        extra = [mask, masked_latent] if inpainting else []
+
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
             if do_cfg:
-                out = self._unet(unet, torch.cat([x, x]), t, text, None)
+                out = self._unet(unet, torch.cat([x, x]), t, text, None, [torch.cat([e, e]) for e in extra])
                 return classifier_free_guidance(*out.chunk(2), scale)
-            return self._unet(unet, x, t, text, cond)
+            return self._unet(unet, x, t, text, cond, extra)
 
         def fresh_noise(i: int) -> torch.Tensor:
             draw = torch.randn(noise.shape, generator=gen)
@@ -301,11 +324,11 @@ class BundleRunner:
             return draw
 
         with self._component("unet") as unet:
-            if image_latent is None:
+            if not started:
                 latents = run_table(table, denoise, noise, fresh_noise, lambda i, x: trace("latent", x))
             else:
                 latents = run_image_table(table, denoise, image_latent, noise, strength, mask, fresh_noise,
-                                          lambda i, x: trace("latent", x))
+                                          lambda i, x: trace("latent", x), blend=not inpainting)
         unet = None  # denoise's closure refers to it
         z = latents / self.geometry.scaling_factor + self.geometry.shift_factor
         with self._component("vae_decoder") as vae_decoder:

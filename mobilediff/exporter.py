@@ -389,11 +389,21 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     recipes = cfg.recipes
     geometry = Geometry.from_dict(latent_geometry(pipe, cfg.height, cfg.width), "geometry", strict=True)
     # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
+    from mobilediff.components import inpainting_unet
+
+    inpainting = inpainting_unet(pipe.unet)  # an inpainting UNet: inpainting only, the encoder always
+    if inpainting and cfg.fused_steps is not None:
+        raise MobilediffError("--fused-steps is not built for an inpainting UNet (the fused program has no image "
+                              "inputs)")
+    if inpainting and any(r.calibrated for r in recipes.values()):
+        raise MobilediffError("a static int8 recipe calibrates on text-to-image trajectories, which an inpainting UNet "
+                              "cannot sample: use a weight-only or dynamic recipe")
+    image_modes = cfg.image_modes or inpainting
     specs = declare(pipe, geometry.to_dict(), cfg_batch=1 if card.plan.guidance <= 1.0 else None,
-                    encoder=cfg.image_modes)
+                    encoder=image_modes)
     tiling = _tile_decoder(specs, geometry.to_dict(), cfg, say) if cfg.decoder_tile else None
     tables = tuple(SamplerEntry.from_dict(t, f"samplers[{i}]", strict=True)
-                   for i, t in enumerate(sampler_tables(pipe, card.plan, cfg.image_modes)))
+                   for i, t in enumerate(sampler_tables(pipe, card.plan, image_modes)))
     guidance = Guidance.from_dict(guidance_record(pipe, card.plan.guidance), "guidance", strict=True)
     runtime = RuntimeAdapters.plan(pipe, specs, cfg, say) if cfg.runtime_adapters else None
     # OUT is claimed before the work, not after it: a second writer of OUT fails now (mobilediff.io)
@@ -449,8 +459,10 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
             quantization=None if not recipes else {
                 "recipe": cfg.recipe_name, "per_target": {t: r.to_dict() for t, r in recipes.items()},
                 "calibration": calibration.summary() if calibration is not None else None},
-            fused=fused, image=ImageModes(modes=list(IMAGE_MODES), encoder_posterior=encoder_posterior(pipe.vae))
-            if cfg.image_modes else None, adapters=runtime.record(tmp) if runtime is not None else None)
+            fused=fused, image=ImageModes(modes=["inpaint"] if inpainting else list(IMAGE_MODES),
+                                          encoder_posterior=encoder_posterior(pipe.vae),
+                                          denoiser="inpainting" if inpainting else "standard")
+            if image_modes else None, adapters=runtime.record(tmp) if runtime is not None else None)
         # last, through the one writer: a bundle without a manifest is not a bundle
         write_manifest(tmp, manifest)
     return cfg.out

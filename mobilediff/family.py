@@ -87,9 +87,14 @@ def _check_unet(cfg: dict) -> None:
     mid = cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
     if mid not in MID_BLOCKS:
         _refuse("unet", f"mid_block_type {mid}", _names(MID_BLOCKS))
-    if cfg.get("in_channels", 4) != cfg.get("out_channels", 4):
-        _refuse("unet", f"in_channels {cfg.get('in_channels')} != out_channels {cfg.get('out_channels')}",
-                "denoisers whose output has the latent's channels (no inpainting or extra-input UNets)")
+    cin, cout = cfg.get("in_channels", 4), cfg.get("out_channels", 4)
+    if cin == 2 * cout + 1 and cfg.get("time_cond_proj_dim"):
+        _refuse("unet", f"an inpainting UNet (in_channels {cin}) with time_cond_proj_dim={cfg['time_cond_proj_dim']}",
+                "inpainting UNets without a guidance embedding")
+    if cin not in (cout, 2 * cout + 1):
+        _refuse("unet", f"in_channels {cin} with out_channels {cout}",
+                "in_channels = out_channels (a denoiser of the latent) or 2 x out_channels + 1 (an inpainting UNet: "
+                "the latent, the mask and the masked image's latent)")
 
 
 def _check_vae(name: str, cfg: dict, unet_channels: int | None) -> None:
@@ -108,7 +113,7 @@ def _check_vae(name: str, cfg: dict, unet_channels: int | None) -> None:
         _refuse("vae", f"config scaling_factor={cfg.get('scaling_factor')!r}", "a non-zero scaling_factor")
     channels = cfg.get("latent_channels", 4)
     if unet_channels is not None and channels != unet_channels:
-        _refuse("vae", f"latent_channels {channels} != UNet in_channels {unet_channels}", "matching latent channels")
+        _refuse("vae", f"latent_channels {channels} != UNet out_channels {unet_channels}", "matching latent channels")
 
 
 def _check_scheduler(cfg: dict) -> None:
@@ -150,7 +155,7 @@ def check_configs(classes: dict[str, str | None], configs: dict[str, dict | None
     if unet is not None:
         _check_unet(unet)
     if vae is not None:
-        _check_vae(classes.get("vae", "AutoencoderKL"), vae, unet.get("in_channels", 4) if unet else None)
+        _check_vae(classes.get("vae", "AutoencoderKL"), vae, unet.get("out_channels", 4) if unet else None)
     if sched is not None:
         _check_scheduler(sched)
     _check_text(unet, te)

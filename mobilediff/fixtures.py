@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 7  # bump when what is written here changes
+FIXTURE_VERSION = 8  # bump when what is written here changes
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Fixture:
 
 
 IMAGE_PROMPT = "a big red circle at the top left on a white background"
+TINY_INPAINTING = "tiny:inpainting"  # mobilediff.tiny.tiny_inpainting_pipeline(0), written into the fixture's folder
 # fixture name (its folder) -> what it is
 FIXTURES = {"default": Fixture("default", ("onnx",), images=(
                 ImageRef("img2img", "ddim", 8, 0.6, 0), ImageRef("inpaint", "dpmpp", 8, 0.75, 1),
@@ -71,7 +72,10 @@ FIXTURES = {"default": Fixture("default", ("onnx",), images=(
             "progressive-4": Fixture("default:progressive-4", ("onnx", "executorch")),
             "lcm": Fixture("default:lcm", ("onnx",), images=(ImageRef("inpaint", "lcm", 4, 0.75, 0),)),
             "lcm-48x80": Fixture("default:lcm", ("onnx",), height=48, width=80),
-            "emoji-lcm": Fixture("default:emoji:lcm", ("onnx",), prompt="cat face")}
+            "emoji-lcm": Fixture("default:emoji:lcm", ("onnx",), prompt="cat face"),
+            # a seeded tiny random inpainting pipeline (9-channel UNet): inpainting references alone, no goldens
+            "inpainting-unet": Fixture(TINY_INPAINTING, ("onnx",), images=(
+                ImageRef("inpaint", "ddim", 8, 1.0, 0), ImageRef("inpaint", "dpmpp", 8, 0.6, 1)))}
 MODELS = tuple(FIXTURES)
 SEEDS = (0, 1)
 PROMPT = "a small blue triangle at the top left and a big yellow square at the bottom right on a black background"
@@ -100,6 +104,10 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     model = fixture.model
     runtimes = runtimes or fixture.runtimes
     say(f"{name}: export {' + '.join(runtimes)}")
+    if model == TINY_INPAINTING:
+        from mobilediff.tiny import save_tiny_pipeline
+
+        model = str(save_tiny_pipeline(folder / "model", seed=0, inpainting=True))
     pipe = load_pipeline(model)
     adapters = []
     for spec in fixture.adapters:
@@ -110,12 +118,14 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     bundle = export_bundle(pipe, ",".join(runtimes), folder / "bundle", fixture.height, fixture.width, source=model,
                            model_dir=resolve_model(model), image_modes=bool(fixture.images),
                            runtime_adapters=tuple(adapters))
-    say(f"{name}: goldens")
-    write_goldens(bundle, folder / "goldens")
+    inpainting_only = not BundleRunner(bundle, runtimes[0]).manifest.supports("txt2img")
+    if not inpainting_only:  # goldens record text-to-image plans
+        say(f"{name}: goldens")
+        write_goldens(bundle, folder / "goldens")
     refs = []
     for runtime in runtimes:
         runner = BundleRunner(bundle, runtime)
-        for seed in SEEDS:
+        for seed in SEEDS if not inpainting_only else ():
             t0 = time.perf_counter()
             image = runner.generate(fixture.prompt or PROMPT, seed)
             ms = (time.perf_counter() - t0) * 1000
@@ -131,8 +141,8 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
             refs.append(row)
         refs += image_references(runner, fixture, folder, runtime)
         refs += adapter_references(runner, fixture, folder, runtime)
-    return {"model": model, "weights_sha256": _weights_sha(model), "runtimes": list(runtimes), "bundle": "bundle",
-            "goldens": "goldens", "references": refs,
+    return {"model": fixture.model, "weights_sha256": _weights_sha(fixture.model), "runtimes": list(runtimes),
+            "bundle": "bundle", "goldens": None if inpainting_only else "goldens", "references": refs,
             "geometry": {"height": runner.geometry.height, "width": runner.geometry.width}}
 
 
@@ -168,6 +178,7 @@ def image_references(runner, fixture: Fixture, folder: Path, runtime: str) -> li
 
     g = runner.geometry
     rows = []
+    (folder / "reference").mkdir(exist_ok=True)
     init, mask = image_inputs(folder, g.height, g.width) if fixture.images else (None, None)
     image = load_init_image(init, g.height, g.width) if init is not None else None
     inpaint_mask = load_mask(mask, g.height, g.width, g.vae_scale_factor) if mask is not None else None
@@ -227,6 +238,8 @@ def _weights_sha(model: str) -> str:
     from mobilediff.io import tree_sha256
     from mobilediff.loading import resolve_model
 
+    if model == TINY_INPAINTING:  # made from code: FIXTURE_VERSION changes with it
+        return model
     return tree_sha256(resolve_model(model))
 
 

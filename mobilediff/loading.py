@@ -176,8 +176,9 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
     path = resolve_model(model)
     index = check_pipeline_dir(path)
     cls = index.get("_class_name", "")
-    if cls not in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline"):
-        raise MobilediffError(f"unsupported pipeline class {cls!r} in {path}: expected StableDiffusionPipeline")
+    if cls not in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionInpaintPipeline"):
+        raise MobilediffError(f"unsupported pipeline class {cls!r} in {path}: expected StableDiffusionPipeline "
+                              f"(or StableDiffusionInpaintPipeline)")
     check_architecture(path, index)
     kwargs = {"use_safetensors": True, "safety_checker": None, "feature_extractor": None,
               "requires_safety_checker": False}

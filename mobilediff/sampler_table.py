@@ -230,14 +230,16 @@ def start_table(table, strength: float):
     return suffix(table, start), start
 
 
-def run_image_table(table, denoise, image_latent: torch.Tensor, noise: torch.Tensor, strength: float,
-                    mask: torch.Tensor | None = None, fresh_noise=None, on_step=None) -> torch.Tensor:
+def run_image_table(table, denoise, image_latent: torch.Tensor | None, noise: torch.Tensor, strength: float,
+                    mask: torch.Tensor | None = None, fresh_noise=None, on_step=None, blend: bool = True) -> torch.Tensor:
     """Image-to-image (``mask`` None) or inpainting with a tabulated sampler, as diffusers' StableDiffusionImg2Img-
     and (4-channel UNet) StableDiffusionInpaintPipeline run: start from the scaled clean latent ``image_latent`` noised
     to the start step (inpainting at strength 1: from ``noise`` alone, as text-to-image), and for inpainting blend
     after every step ``(1 - mask) * known + mask * latent``, ``known`` the clean latent noised to the next step (the
     clean latent after the last). ``mask``: (1, 1, h, w) of 0 (keep) and 1 (repaint). ``table`` carries
-    ``add_noise`` (and ``starts``) from :func:`image_tables`."""
+    ``add_noise`` (and ``starts``) from :func:`image_tables`. ``blend=False``: an inpainting UNet's run (it sees
+    the mask and the masked image itself): the start rule of inpainting, no blend (``image_latent`` None at strength
+    1, where it is not used)."""
     noising = getattr(table, "add_noise", None)
     if not noising:
         raise MobilediffError(f"the {table.sampler or 'sampler'} table has no image-to-image coefficients "
@@ -248,16 +250,16 @@ def run_image_table(table, denoise, image_latent: torch.Tensor, noise: torch.Ten
         init = noise * table.init_noise_sigma
     else:
         init = a * image_latent + b * noise
-    blend = None
-    if mask is not None:
-        def blend(i: int, x: torch.Tensor) -> torch.Tensor:
+    mix = None
+    if mask is not None and blend:
+        def mix(i: int, x: torch.Tensor) -> torch.Tensor:
             if i + 1 < run.steps:
                 ka, kb = noising[start + i + 1]
                 known = ka * image_latent + kb * noise
             else:
                 known = image_latent
             return (1 - mask) * known + mask * x
-    return run_table(run, denoise, noise, fresh_noise, on_step, init=init, blend=blend)
+    return run_table(run, denoise, noise, fresh_noise, on_step, init=init, blend=mix)
 
 
 def run_table(table, denoise, noise: torch.Tensor, fresh_noise=None, on_step=None, init: torch.Tensor | None = None,

@@ -94,6 +94,11 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
     """
     if len(prompts) != len(seeds):
         raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    from mobilediff.components import inpainting_unet
+
+    if inpainting_unet(pipe.unet):
+        raise MobilediffError("this model's UNet is an inpainting UNet: it generates only by inpainting (--init-image "
+                              "with --mask)")
     validate_generation(steps, guidance, prompts, seeds)
     own = pipe.scheduler  # the pipeline keeps its own scheduler: the sampler's is made from its config for this call
     pipe.scheduler = make_scheduler(sampler, own.config)
@@ -153,6 +158,11 @@ def generate_from_image(pipe, prompts: list[str], seeds: list[int], steps: int, 
     for name, t in (("init images", init_image), ("masks", mask)):
         if t is not None and len(t) not in (1, n):
             raise MobilediffError(f"{len(t)} {name} for {n} prompts: give one, or one per prompt")
+    from mobilediff.components import inpainting_unet
+
+    if mask is None and inpainting_unet(pipe.unet):
+        raise MobilediffError("this model's UNet is an inpainting UNet: it runs inpainting only (--init-image with "
+                              "--mask)")
     cls = diffusers.StableDiffusionInpaintPipeline if mask is not None else diffusers.StableDiffusionImg2ImgPipeline
     parts = {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet")}
     runner = cls(**parts, scheduler=make_scheduler(sampler, pipe.scheduler.config), safety_checker=None,

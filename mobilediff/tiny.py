@@ -49,11 +49,27 @@ def tiny_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
     return pipe
 
 
-def save_tiny_pipeline(path: Path, seed: int = 0) -> Path:
-    """Write a tiny random pipeline folder (safetensors) and return its path."""
+def tiny_inpainting_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
+    """A StableDiffusionInpaintPipeline of tiny random components: its UNet takes the latent, the mask and the masked
+    image's latent (in_channels 9), as stable-diffusion-inpainting's does."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    base = tiny_pipeline(seed, model)
+    torch.manual_seed(seed + 1)
+    c = base.unet.config.out_channels
+    unet = UNet2DConditionModel.from_config({**dict(base.unet.config), "in_channels": 2 * c + 1})
+    pipe = StableDiffusionInpaintPipeline(vae=base.vae, text_encoder=base.text_encoder, unet=unet,
+                                          tokenizer=base.tokenizer, scheduler=base.scheduler, safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(path: Path, seed: int = 0, inpainting: bool = False) -> Path:
+    """Write a tiny random pipeline folder (safetensors) and return its path (``inpainting``: a 9-channel UNet's)."""
     from mobilediff.loading import save_pipeline
 
-    save_pipeline(tiny_pipeline(seed), path)
+    save_pipeline(tiny_inpainting_pipeline(seed) if inpainting else tiny_pipeline(seed), path)
     return Path(path)
 
 

@@ -502,9 +502,9 @@ REFUSED_FOLDERS = [
      "(Stable Diffusion's conditioning: text only)"),
     ("unet/config.json", {"down_block_types": ["SimpleCrossAttnDownBlock2D", "CrossAttnDownBlock2D"]},
      "unsupported unet down_block SimpleCrossAttnDownBlock2D: mobilediff supports CrossAttnDownBlock2D, DownBlock2D"),
-    ("unet/config.json", {"in_channels": 9},
-     "unsupported unet in_channels 9 != out_channels 4: mobilediff supports denoisers whose output has the latent's "
-     "channels (no inpainting or extra-input UNets)"),
+    ("unet/config.json", {"in_channels": 8},
+     "unsupported unet in_channels 8 with out_channels 4: mobilediff supports in_channels = out_channels (a denoiser of "
+     "the latent) or 2 x out_channels + 1 (an inpainting UNet: the latent, the mask and the masked image's latent)"),
     ("unet/config.json", {"time_embedding_type": "learned"},
      "unsupported unet config time_embedding_type='learned': mobilediff supports positional, fourier"),
     ("unet/config.json", {"time_embedding_type": "fourier", "time_embedding_dim": 33},
