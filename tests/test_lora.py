@@ -204,17 +204,18 @@ def test_adapter_data_builders_swap_colours_and_make_grayscale(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("name,model", [("default:swap-red-blue", "default"),
-                                        ("default:emoji-monochrome", "default:emoji")])
-def test_embedded_adapters_fit_their_models_and_record_their_training(name, model):
+@pytest.mark.parametrize("name,model,method,rank", [("default:swap-red-blue", "default", "lora", 4),
+                                                    ("default:emoji-monochrome", "default:emoji", "lora", 4),
+                                                    ("default:lcm-lora", "default", "lcm-lora", 8)])
+def test_embedded_adapters_fit_their_models_and_record_their_training(name, model, method, rank):
     from mobilediff.adapters import adapter_path
     from mobilediff.loading import load_pipeline
     from mobilediff.lora import check_adapter, read_adapter
 
     path = adapter_path(name)
     summary = check_adapter(load_pipeline(model), read_adapter(path), path)
-    assert summary["components"] == ["unet"] and summary["rank"] == [4]
+    assert summary["components"] == ["unet"] and summary["rank"] == [rank]
     record = json.loads((path.parent / "training.json").read_text())
-    assert record["method"] == "lora" and record["teacher"] == model
+    assert record["method"] == method and record["teacher"] == model
     assert "/work/" not in json.dumps(record)  # paths as given, relative to the run folder
     assert (path.parent / "TRAINING.md").is_file()
