@@ -104,7 +104,7 @@ struct ContentView: View {
                 Button(action: model.generate) {
                     Label("Generate", systemImage: "wand.and.stars").frame(maxWidth: .infinity)
                 }
-                .disabled(model.isBusy || model.selectedBundle == nil)
+                .disabled(model.isBusy || model.selectedBundle == nil || !model.canGenerate)
             }
             Text(model.status).font(.footnote).foregroundStyle(.secondary)
         }
@@ -140,9 +140,11 @@ struct ContentView: View {
                 .buttonStyle(.borderless)
             }
         } header: {
-            Text("Start from an image")
+            Text(model.inpaintingOnly ? "Inpaint a photo" : "Start from an image")
         } footer: {
-            Text(model.initImage == nil
+            Text(model.inpaintingOnly && model.maskStrokes.isEmpty
+                 ? "This bundle's denoiser is an inpainting model: it repaints what you draw over a photo (no text-to-image, no image-to-image)."
+                 : model.initImage == nil
                  ? "Generate from a photo (scaled and cropped to the bundle's size)."
                  : model.maskStrokes.isEmpty
                  ? "Image-to-image: \(Int((model.strength * Double(model.steps)).rounded(.down))) of \(model.steps) steps over the photo.\(model.imageModes.contains("inpaint") ? " Draw over the photo to repaint only there." : "")"

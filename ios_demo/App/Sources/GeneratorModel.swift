@@ -75,6 +75,9 @@ final class GeneratorModel {
     // image-to-image and inpainting, for bundles exported with --image-modes
     /// The bundle's image modes ("img2img", "inpaint"); empty: text-to-image only.
     var imageModes: [String] = []
+    /// The bundle's denoiser is an inpainting UNet (`image.denoiser` "inpainting"): it runs inpainting alone, so the
+    /// text-to-image and image-to-image paths are off (Generate needs a photo and a mask).
+    var inpaintingOnly = false
     /// The picked photo, scaled and centre-cropped to the bundle's size (the engine never resizes), and its pixels.
     var initImage: CGImage?
     private var initRGB: [UInt8]?
@@ -172,6 +175,8 @@ final class GeneratorModel {
             let plan = Pipeline.Configuration.defaults(for: manifest)
             samplers = Array(Set(manifest.samplers.map(\.name))).sorted()
             imageModes = manifest.image?.modes ?? []
+            inpaintingOnly = manifest.image?.inpaintingDenoiser ?? false
+            strength = Pipeline.ImageCondition.defaultStrength(inpainting: inpaintingOnly)
             adapters = (manifest.adapters?.files ?? []).map {
                 AdapterSetting(name: $0.name, components: $0.components, rank: $0.rank, defaultScale: $0.defaultScale,
                                scale: $0.defaultScale)
@@ -184,6 +189,7 @@ final class GeneratorModel {
             updateSteps(for: manifest)
             try makePipeline(url)
             status = "Ready: \(plan.sampler), \(plan.steps) steps, guidance \(plan.guidanceScale) on \(backend.displayName)"
+                + (inpaintingOnly ? "; an inpainting model: pick a photo and draw over what to repaint" : "")
         } catch {
             status = "\(error)"
         }
@@ -254,8 +260,16 @@ final class GeneratorModel {
         adapters.filter(\.enabled).map { AdapterChoice($0.name, scale: $0.scale) }
     }
 
+    /// Whether Generate can run what is set: an inpainting UNet's bundle needs a photo and a drawn mask (its
+    /// text-to-image and image-to-image paths are off); any other bundle runs text-to-image at least.
+    var canGenerate: Bool { !inpaintingOnly || (initImage != nil && !maskStrokes.isEmpty) }
+
     func generate() {
         guard let engine else { return }
+        guard canGenerate else {
+            status = BundleManifest.inpaintingOnly
+            return
+        }
         engine.pipeline.reduceMemory = reduceMemory
         let mix = adapterMix
         var configuration = Pipeline.Configuration(prompt: prompt, seed: UInt64(seed), sampler: sampler, steps: steps,
@@ -306,7 +320,9 @@ final class GeneratorModel {
                 initImage = fitted.cgImage
                 initRGB = fitted.rgb
                 maskStrokes = []
-                status = "Image-to-image at strength \(String(format: "%.2f", strength))\(imageModes.contains("inpaint") ? "; draw over what to repaint" : "")"
+                status = inpaintingOnly
+                    ? "Inpainting at strength \(String(format: "%.2f", strength)): draw over what to repaint"
+                    : "Image-to-image at strength \(String(format: "%.2f", strength))\(imageModes.contains("inpaint") ? "; draw over what to repaint" : "")"
             } catch {
                 status = "\(error)"
             }

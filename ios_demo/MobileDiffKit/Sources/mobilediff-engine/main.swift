@@ -12,6 +12,8 @@
 //            image-to-image, 1 for inpainting)]] [--lora NAME[:SCALE] (repeatable: switch on the bundle's run-time
 //            adapter NAME at SCALE, default 1; several mix in the order given)] --out IMG.png --json RESULT.json
 //   RESULT.json's mode is txt2img, img2img or inpaint, strength null for txt2img; adapters [[name, scale], ...].
+//   A bundle whose denoiser is an inpainting UNet (image.denoiser "inpainting") runs only with --init-image and
+//   --mask: text-to-image and image-to-image on it are refused in one line.
 //   RESULT.json's peak_memory_bytes is VmHWM since the process started (peak_memory_scope "process" on Linux):
 //   the engine, every load and every run; load_ms: the load before the runs, or (--low-memory) the loads inside the
 //   reported run.
@@ -171,6 +173,9 @@ func generate(_ options: Options) throws {
     if let steps = try number(options, "steps", as: Int.self) { configuration.steps = steps }
     if let guidance = try number(options, "guidance", as: Double.self) { configuration.guidanceScale = guidance }
     configuration.image = try imageCondition(options, manifest: pipeline.manifest)
+    // refused before any model loads: a mode the bundle does not run (an inpainting UNet's: inpainting only), a
+    // strength that leaves no step
+    try configuration.validate(against: pipeline.manifest)
     // the run-time adapters: switched on before any model loads (files checked, vectors packed)
     let mix = try options.all("lora").map(AdapterChoice.parse)
     try pipeline.setAdapters(mix)

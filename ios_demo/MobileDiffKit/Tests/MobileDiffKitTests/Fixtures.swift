@@ -4,8 +4,9 @@ import XCTest
 
 /// The fixtures the Python side writes for the app tests (`python -m mobilediff.fixtures DIR`, run by
 /// ios_demo/scripts/test.sh): DIR/<name>/bundle, DIR/<name>/goldens, DIR/<name>/reference/onnx_seed<S>.*
-/// for name in default, progressive-4, lcm, lcm-48x80. Tests that need them skip when MOBILEDIFF_FIXTURES is unset
-/// (test.sh always sets it, and fails on any skip).
+/// for name in default, progressive-4, lcm, lcm-48x80, and inpainting-unet (an inpainting UNet's bundle: image
+/// references only, no goldens, no text-to-image references). Tests that need them skip when MOBILEDIFF_FIXTURES is
+/// unset (test.sh always sets it, and fails on any skip).
 enum Fixtures {
     static var root: URL? {
         ProcessInfo.processInfo.environment["MOBILEDIFF_FIXTURES"].map { URL(fileURLWithPath: $0) }
@@ -29,6 +30,24 @@ enum Fixtures {
             throw XCTSkip("fixture \(name) has no bundle at \(url.path)")
         }
         return url
+    }
+
+    /// Whether fixture `name` has goldens: not where DIR/index.json records `"goldens": null` (a model that cannot
+    /// sample text-to-image, an inpainting UNet's), nor where the folder holds none.
+    static func hasGoldens(_ name: String) throws -> Bool {
+        let root = try requireRoot()
+        if let data = try? Data(contentsOf: root.appendingPathComponent("index.json")),
+           let index = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+           let entry = (index["models"] as? [String: Any])?[name] as? [String: Any],
+           entry.keys.contains("goldens"), entry["goldens"] is NSNull {
+            return false
+        }
+        return FileManager.default.fileExists(atPath: root.appendingPathComponent("\(name)/goldens/goldens.json").path)
+    }
+
+    /// The fixtures whose bundles run text-to-image (all but an inpainting UNet's, which runs inpainting alone).
+    static func textToImageNames() throws -> [String] {
+        try names().filter { try BundleManifest.load(bundle: try bundle($0)).supports("txt2img") }
     }
 
     static func goldens(_ name: String) throws -> Goldens {

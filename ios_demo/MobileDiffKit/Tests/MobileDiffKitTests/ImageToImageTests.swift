@@ -6,7 +6,8 @@ import XCTest
 /// component and per-table `add_noise` / `starts`; the strength rule and the start table (mobilediff/sampler_table.py
 /// `strength_steps`, `start_table`, `suffix`); the run from an image on a closed-form table; and on the fixtures'
 /// real bundles, through ONNX Runtime, Python's `generate --bundle --init-image [--mask] --strength` images (PSNR
-/// >= 40 dB), the low-memory mode with the encoder, and the command line's options.
+/// >= 40 dB), the low-memory mode with the encoder, and the command line's options; an inpainting UNet's bundle
+/// (`image.denoiser` "inpainting": its record, its references, its refusals of the other modes).
 final class ImageToImageTests: XCTestCase {
     // MARK: the manifest
 
@@ -158,7 +159,19 @@ final class ImageToImageTests: XCTestCase {
         for name in try Fixtures.names() {
             let manifest = try BundleManifest.load(bundle: try Fixtures.bundle(name))
             guard let image = manifest.image else { continue }
-            XCTAssertEqual(image.modes, ["img2img", "inpaint"], name)
+            if image.inpaintingDenoiser {
+                // an inpainting UNet: inpainting alone, and its two image inputs right after the text features
+                XCTAssertEqual(image.modes, ["inpaint"], name)
+                XCTAssertFalse(manifest.supports("txt2img") || manifest.supports("img2img"), name)
+                let inputs = try manifest.component("unet").inputs
+                let text = try XCTUnwrap(inputs.firstIndex { $0.name == "encoder_hidden_states" }, name)
+                XCTAssertEqual(inputs.dropFirst(text + 1).prefix(2).map(\.name), BundleManifest.inpaintingInputs, name)
+                let g = manifest.geometry
+                XCTAssertEqual(inputs[text + 1].staticShape?.dropFirst().map { $0 }, [1, g.latentHeight, g.latentWidth], name)
+                XCTAssertEqual(inputs[text + 2].staticShape?.dropFirst().map { $0 }, Array(g.latentShape.dropFirst()), name)
+            } else {
+                XCTAssertEqual(image.modes, ["img2img", "inpaint"], name)
+            }
             let encoder = try manifest.component("vae_encoder")
             XCTAssertEqual(encoder.inputs.first?.staticShape, [1, 3, manifest.geometry.height, manifest.geometry.width], name)
             XCTAssertEqual(encoder.outputs.map(\.name), ["latent_mean", "latent_std"], name)
@@ -309,17 +322,19 @@ final class ImageToImageTests: XCTestCase {
             let references = try Fixtures.imageReferences(name)
             if references.isEmpty { continue }
             let pipeline = try Pipeline(bundle: try Fixtures.bundle(name), backend: try ONNXRuntimeBackend())
+            let inpaintingUNet = pipeline.manifest.image?.inpaintingDenoiser ?? false
             for (reference, expected) in references {
                 let configuration = try Self.configuration(reference, fixture: name, manifest: pipeline.manifest)
                 let result = try pipeline.generate(configuration)
                 let psnr = Compare.psnr(result.rawImage, expected, peak: 2)
-                print(String(format: "image_end_to_end %@ %@ strength %g %@-%d guidance %g seed %llu: %.1f dB (max abs %.2e), %d denoiser calls, engine %.0f ms, python %.0f ms",
+                print(String(format: "image_end_to_end %@ %@ strength %g %@-%d guidance %g seed %llu: %.1f dB (max abs %.2e), %d denoiser calls, %d encoder calls, engine %.0f ms, python %.0f ms",
                              name, reference.mode, reference.strength, reference.sampler, reference.steps, reference.guidance, reference.seed,
                              psnr, Compare.maxAbsError(result.rawImage, expected), result.timer.calls["unet"] ?? 0,
-                             result.timer.totalMilliseconds, reference.ms ?? .nan))
+                             result.timer.calls["vae_encoder"] ?? 0, result.timer.totalMilliseconds, reference.ms ?? .nan))
                 XCTAssertGreaterThanOrEqual(psnr, EndToEndTests.floorDB, "\(name) \(reference.mode) \(reference.sampler)-\(reference.steps) seed \(reference.seed)")
                 XCTAssertEqual(result.timer.calls["unet"], try ImageToImage.strengthSteps(steps: reference.steps, strength: reference.strength))
-                XCTAssertEqual(result.timer.calls["vae_encoder"], 1)
+                // an inpainting UNet encodes the masked image, and the image itself only to start from it (strength < 1)
+                XCTAssertEqual(result.timer.calls["vae_encoder"], inpaintingUNet && reference.strength < 1 ? 2 : 1, "\(name) strength \(reference.strength)")
                 checked += 1
             }
         }
@@ -418,6 +433,141 @@ final class ImageToImageTests: XCTestCase {
         #endif
     }
 
+    // MARK: an inpainting UNet (image.denoiser "inpainting")
+
+    /// The record of an inpainting UNet's bundle: `denoiser` read (absent: "standard"), inpainting its only mode,
+    /// refused with other modes, an unknown denoiser, or a UNet without the two image inputs.
+    func testInpaintingDenoiserRecord() throws {
+        func inpaintingUNet(_ record: [String: Any], unetInputs: [String] = BundleManifest.inpaintingInputs) throws -> BundleManifest {
+            try Self.imageManifest { m in
+                m["image"] = record
+                var components = m["components"] as! [String: Any]
+                var unet = components["unet"] as! [String: Any]
+                var inputs = unet["inputs"] as! [[String: Any]]
+                for name in unetInputs {
+                    let channels = name == "mask" ? 1 : 4
+                    inputs.append(["name": name, "dtype": "float32", "shape": ["batch", channels, 16, 16] as [Any], "static_shape": [2, channels, 16, 16]])
+                }
+                unet["inputs"] = inputs
+                components["unet"] = unet
+                m["components"] = components
+            }
+        }
+        let record: [String: Any] = ["modes": ["inpaint"], "encoder_posterior": "gaussian", "denoiser": "inpainting"]
+        let manifest = try inpaintingUNet(record)
+        XCTAssertEqual(manifest.image, BundleManifest.ImageModes(modes: ["inpaint"], encoderPosterior: "gaussian", denoiser: "inpainting"))
+        XCTAssertEqual(manifest.image?.inpaintingDenoiser, true)
+        XCTAssertEqual(["txt2img", "img2img", "inpaint"].map(manifest.supports), [false, false, true])
+        XCTAssertNoThrow(try manifest.requireMode("inpaint"))
+        for mode in ["txt2img", "img2img"] {
+            XCTAssertThrowsError(try manifest.requireMode(mode)) { error in
+                XCTAssertEqual(error as? MobileDiffError, .invalidArgument(BundleManifest.inpaintingOnly), mode)
+            }
+        }
+        // a standard denoiser, said or not
+        XCTAssertEqual(try Self.imageManifest().image?.denoiser, "standard")
+        let standard = try Self.imageManifest { $0["image"] = ["modes": ["img2img", "inpaint"], "encoder_posterior": "gaussian", "denoiser": "standard"] as [String: Any] }
+        XCTAssertEqual(["txt2img", "img2img", "inpaint"].map(standard.supports), [true, true, true])
+
+        let cases: [(String, () throws -> BundleManifest, [String])] = [
+            ("an unknown denoiser", { try inpaintingUNet(["modes": ["inpaint"], "encoder_posterior": "gaussian", "denoiser": "outpainting"]) },
+             ["image.denoiser", "unknown image denoiser \"outpainting\" (known: standard, inpainting)"]),
+            ("an inpainting UNet with img2img", { try inpaintingUNet(["modes": ["img2img", "inpaint"], "encoder_posterior": "gaussian", "denoiser": "inpainting"]) },
+             ["image.modes", "an inpainting denoiser runs the inpaint mode alone, not img2img, inpaint"]),
+            ("no masked image input", { try inpaintingUNet(record, unetInputs: ["mask"]) },
+             ["components.unet.inputs", "has no masked_image_latents"]),
+            ("no image inputs", { try inpaintingUNet(record, unetInputs: []) }, ["components.unet.inputs", "has no mask"]),
+        ]
+        for (name, read, mentions) in cases {
+            XCTAssertThrowsError(try read(), name) { error in
+                guard case .invalidManifest(_, let reason)? = error as? MobileDiffError else { return XCTFail("\(name): \(error)") }
+                for m in mentions { XCTAssertTrue(reason.contains(m), "\(name): '\(m)' not in: \(reason)") }
+            }
+        }
+    }
+
+    /// An inpainting UNet's bundle refuses text-to-image and image-to-image in one line, before any model loads:
+    /// `Pipeline.generate` (invalidArgument) and the command line (`error: ...`, exit status 2).
+    func testInpaintingUNetRefusesTextAndImageToImage() throws {
+        #if canImport(COnnxRuntime)
+        let (name, reference) = try Self.inpaintingUNetReference()
+        let url = try Fixtures.bundle(name)
+        let pipeline = try Pipeline(bundle: url, backend: try ONNXRuntimeBackend())
+        let inpaint = try Self.configuration(reference, fixture: name, manifest: pipeline.manifest)
+        var text = inpaint
+        text.image = nil
+        var imageToImage = inpaint
+        imageToImage.image?.mask = nil
+        imageToImage.image?.strength = 0.6
+        for (mode, configuration) in [("txt2img", text), ("img2img", imageToImage)] {
+            XCTAssertEqual(configuration.mode, mode)
+            XCTAssertThrowsError(try pipeline.generate(configuration), mode) { error in
+                XCTAssertEqual(error as? MobileDiffError, .invalidArgument(BundleManifest.inpaintingOnly), mode)
+            }
+        }
+        XCTAssertFalse((pipeline.models + [try XCTUnwrap(pipeline.imageEncoder).model]).contains(where: \.isLoaded), "refused before any load")
+
+        let folder = try Fixtures.requireRoot().appendingPathComponent(name)
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("cli-inpainting-unet-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: out) }
+        let base = ["generate", "--bundle", url.path, "--backend", "onnx", "--prompt", reference.prompt, "--seed", "\(reference.seed)",
+                    "--sampler", reference.sampler, "--steps", "\(reference.steps)", "--warmup", "0",
+                    "--out", out.appendingPathComponent("x.png").path, "--json", out.appendingPathComponent("x.json").path]
+        let initImage = folder.appendingPathComponent(reference.initImage).path
+        for arguments in [[], ["--init-image", initImage], ["--init-image", initImage, "--strength", "0.6"]] {
+            let bad = try CLITests.run(base + arguments)
+            let lines = bad.stderr.split(separator: "\n").filter { !$0.isEmpty && !$0.hasPrefix("Schema error: ") }
+            XCTAssertEqual(bad.status, 2, "\(arguments): \(bad.stderr)")
+            XCTAssertEqual(lines.map(String.init), ["error: \(BundleManifest.inpaintingOnly)"], "\(arguments)")
+        }
+        // inpainting runs: the record says so, the encoder ran once (strength 1: the masked image alone)
+        let run = try CLITests.run(base + ["--init-image", initImage, "--mask", folder.appendingPathComponent(reference.mask!).path,
+                                           "--strength", "\(reference.strength)", "--guidance", "\(reference.guidance)"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("x.json"))) as! [String: Any]
+        XCTAssertEqual(record["mode"] as? String, "inpaint")
+        XCTAssertEqual((record["calls"] as? [String: Any])?["vae_encoder"] as? Int, reference.strength < 1 ? 2 : 1)
+        #else
+        throw XCTSkip("no ONNX Runtime in this build")
+        #endif
+    }
+
+    /// An inpainting UNet's run in the low-memory mode: the resident image bit for bit, one model at a time, the
+    /// encoder loaded once per image although it runs twice at strength < 1 (the image, then the masked image).
+    func testInpaintingUNetLowMemory() throws {
+        #if canImport(COnnxRuntime)
+        let (name, reference) = try Self.inpaintingUNetReference(strengthBelowOne: true)
+        let url = try Fixtures.bundle(name)
+        let resident = try Pipeline(bundle: url, backend: try ONNXRuntimeBackend())
+        let configuration = try Self.configuration(reference, fixture: name, manifest: resident.manifest)
+        let expected = try resident.generate(configuration)
+        XCTAssertEqual(expected.timer.calls["vae_encoder"], 2)
+        let pipeline = try Pipeline(bundle: url, backend: try ONNXRuntimeBackend(), lowMemory: true)
+        let encoder = try XCTUnwrap(pipeline.imageEncoder)
+        var loaded: [Pipeline.Progress.Stage: Set<[String]>] = [:]
+        let result = try pipeline.generate(configuration, progress: { progress in
+            loaded[progress.stage, default: []].insert((pipeline.models + [encoder.model]).filter(\.isLoaded).map(\.component))
+        })
+        XCTAssertEqual(result.rawImage, expected.rawImage, "the resident image")
+        XCTAssertEqual(loaded, [.textEncoded: [[]], .denoised: [["unet"]], .decoded: [[]]])
+        XCTAssertEqual(encoder.model.loads, 1)
+        #else
+        throw XCTSkip("no ONNX Runtime in this build")
+        #endif
+    }
+
+    /// The first inpainting reference of a fixture whose bundle's denoiser is an inpainting UNet (`strengthBelowOne`:
+    /// one that starts from the image).
+    static func inpaintingUNetReference(strengthBelowOne: Bool = false) throws -> (String, Fixtures.ImageReference) {
+        for name in try Fixtures.names() where try BundleManifest.load(bundle: try Fixtures.bundle(name)).image?.inpaintingDenoiser == true {
+            if let found = try Fixtures.imageReferences(name).map(\.0).first(where: { $0.mode == "inpaint" && (!strengthBelowOne || $0.strength < 1) }) {
+                return (name, found)
+            }
+        }
+        throw XCTSkip("no fixture has an inpainting UNet's reference\(strengthBelowOne ? " at strength < 1" : "") (python -m mobilediff.fixtures writes inpainting-unet)")
+    }
+
     /// The configuration of an image reference, its image and mask read from the fixture's files.
     static func configuration(_ reference: Fixtures.ImageReference, fixture: String, manifest: BundleManifest) throws -> Pipeline.Configuration {
         let folder = try Fixtures.requireRoot().appendingPathComponent(fixture)
@@ -432,9 +582,10 @@ final class ImageToImageTests: XCTestCase {
                                       image: Pipeline.ImageCondition(pixels: pixels, mask: mask, strength: reference.strength))
     }
 
-    /// The first inpainting reference of the fixtures, preferring the fewest steps.
+    /// The first inpainting reference of the fixtures whose bundles also run text-to-image (a standard UNet's; an
+    /// inpainting UNet's is `inpaintingUNetReference`), preferring the fewest steps.
     static func inpaintingReference() throws -> (String, Fixtures.ImageReference) {
-        let all = try Fixtures.names().flatMap { name in try Fixtures.imageReferences(name).map { (name, $0.0) } }
+        let all = try Fixtures.textToImageNames().flatMap { name in try Fixtures.imageReferences(name).map { (name, $0.0) } }
         guard let found = all.filter({ $0.1.mode == "inpaint" }).min(by: { $0.1.steps < $1.1.steps }) else {
             throw XCTSkip("no fixture has an inpainting reference (python -m mobilediff.fixtures writes them)")
         }

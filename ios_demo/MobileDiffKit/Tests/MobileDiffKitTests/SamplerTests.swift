@@ -7,6 +7,10 @@ final class SamplerTests: XCTestCase {
     func testReplayReproducesGoldens() throws {
         var plans = 0
         for name in try Fixtures.names() {
+            guard try Fixtures.hasGoldens(name) else {
+                print("replay \(name): no goldens (its fixture records none), not replayed")
+                continue
+            }
             let goldens = try Fixtures.goldens(name)
             let checks = GoldenChecks(bundle: try Fixtures.bundle(name), goldens: goldens, model: name)
             for plan in goldens.document.plans {

@@ -17,6 +17,11 @@ public struct BundleManifest: Sendable {
     /// The image modes a bundle can list (`image.modes`).
     public static let imageModes = ["img2img", "inpaint"]
     public static let encoderPosteriors = ["gaussian", "deterministic"]
+    /// What an image-modes bundle's UNet is (`image.denoiser`): "standard" (it denoises the latent alone) or
+    /// "inpainting" (an inpainting UNet that also takes `mask` and `masked_image_latents`: inpainting only).
+    public static let imageDenoisers = ["standard", "inpainting"]
+    /// The inputs an inpainting UNet takes after `encoder_hidden_states` (and a guidance embedding), in order.
+    public static let inpaintingInputs = ["mask", "masked_image_latents"]
     public static let roles = ["teacher", "student"]
     public static let guidanceTypes = ["classifier_free", "embedding"]
 
@@ -44,10 +49,28 @@ public struct BundleManifest: Sendable {
         BundleManifest.componentNames + (image == nil ? [] : [BundleManifest.imageEncoderName])
     }
 
-    /// Whether the bundle runs `mode`: "txt2img" always, "img2img" and "inpaint" when its `image.modes` list them.
+    /// Whether the bundle runs `mode`: "txt2img" unless its denoiser is an inpainting UNet, "img2img" and "inpaint"
+    /// when its `image.modes` list them.
     public func supports(_ mode: String) -> Bool {
-        mode == "txt2img" || (image?.modes.contains(mode) ?? false)
+        if mode == "txt2img" { return !(image?.inpaintingDenoiser ?? false) }
+        return image?.modes.contains(mode) ?? false
     }
+
+    /// Refuses, in one line (`invalidArgument`), a run in `mode` ("txt2img", "img2img" or "inpaint") the bundle
+    /// cannot make: an inpainting UNet's bundle runs inpainting alone; image modes need a bundle exported with them.
+    public func requireMode(_ mode: String) throws {
+        guard !supports(mode) else { return }
+        if image?.inpaintingDenoiser == true {
+            throw MobileDiffError.invalidArgument(BundleManifest.inpaintingOnly)
+        }
+        let what = mode == "inpaint" ? "inpainting" : "image-to-image"
+        throw MobileDiffError.invalidArgument(image == nil
+            ? "this bundle was exported without image modes: export it again with --image-modes for \(what)"
+            : "this bundle runs \(image!.modes.joined(separator: ", ")), not \(mode)")
+    }
+
+    /// The refusal of a text-to-image or image-to-image run on an inpainting UNet's bundle.
+    public static let inpaintingOnly = "this bundle's denoiser is an inpainting UNet: it runs inpainting only (an init image and a mask)"
 
     /// What the model is: the manifest's `model`, or for bundles exported before it existed an LCM student when the
     /// denoiser takes a guidance embedding, else a teacher.
@@ -155,11 +178,19 @@ public struct BundleManifest: Sendable {
         public var modes: [String]
         /// One of `BundleManifest.encoderPosteriors`.
         public var encoderPosterior: String
+        /// One of `BundleManifest.imageDenoisers` ("standard" where the manifest does not say).
+        public var denoiser: String
 
-        public init(modes: [String], encoderPosterior: String) {
+        public init(modes: [String], encoderPosterior: String, denoiser: String = "standard") {
             self.modes = modes
             self.encoderPosterior = encoderPosterior
+            self.denoiser = denoiser
         }
+
+        /// An inpainting UNet (docs/bundle.md, "An inpainting UNet"): its `unet` takes `mask` (B, 1, h, w) and
+        /// `masked_image_latents` (B, C, h, w) after `encoder_hidden_states`; the bundle runs inpainting alone, with
+        /// no blend after the steps.
+        public var inpaintingDenoiser: Bool { denoiser == "inpainting" }
     }
 
     public struct Guidance: Sendable {
@@ -271,6 +302,13 @@ extension BundleManifest {
             guard byName[BundleManifest.imageEncoderName] != nil else {
                 throw root.error("components.\(BundleManifest.imageEncoderName)",
                                  "missing (image modes \(image.modes.joined(separator: ", ")) need the VAE encoder)")
+            }
+            if image.inpaintingDenoiser, let unet = byName["unet"] {
+                // an inpainting UNet's two image inputs (after encoder_hidden_states, as diffusers concatenates them)
+                let names = unet.inputs.map(\.name)
+                if let missing = BundleManifest.inpaintingInputs.first(where: { !names.contains($0) }) {
+                    throw root.error("components.unet.inputs", "has no \(missing) (an inpainting denoiser takes \(BundleManifest.inpaintingInputs.joined(separator: " and ")); it has \(names.joined(separator: ", ")))")
+                }
             }
             if let i = samplers.firstIndex(where: { $0.addNoise?.count != $0.steps }) {
                 let table = samplers[i]
@@ -409,6 +447,10 @@ extension BundleManifest.ImageModes {
             }
         }
         encoderPosterior = try o.oneOf(BundleManifest.encoderPosteriors, "encoder_posterior", "encoder posterior")
+        denoiser = try o.has("denoiser") ? o.oneOf(BundleManifest.imageDenoisers, "denoiser", "image denoiser") : "standard"
+        if denoiser == "inpainting" && modes != ["inpaint"] {
+            throw o.error(o.field("modes"), "an inpainting denoiser runs the inpaint mode alone, not \(modes.joined(separator: ", "))")
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-/// The UNet: (sample, timestep, text features[, guidance embedding]) → model output, one batch row per
-/// guidance branch. Graphs exported with a static batch larger than the rows used are padded with copies of
-/// the last row and the extra output rows dropped, as the Python runner does.
+/// The UNet: (sample, timestep, text features[, guidance embedding][, mask, masked image latents: an inpainting UNet])
+/// → model output, one batch row per guidance branch. Graphs exported with a static batch larger than the rows used
+/// are padded with copies of the last row and the extra output rows dropped, as the Python runner does.
 public final class Denoiser: ResourceManaging {
     public let model: ManagedModel
 
@@ -13,14 +13,17 @@ public final class Denoiser: ResourceManaging {
     ///   - timestep: the step's timestep, repeated for every row.
     ///   - text: (B, L, D) text features.
     ///   - condition: (B, E) guidance embedding (LCM students), or nil.
+    ///   - image: an inpainting UNet's `mask` (B, 1, h, w) and `masked_image_latents` (B, C, h, w), batched like the
+    ///     sample (its next inputs, in order); empty for a standard UNet.
     ///   - extra: the inputs after those, by name, not batched (a slotted UNet's `lora_weights`, last in its inputs:
     ///     `RuntimeAdapters.inputs()`).
     /// - Returns: (B, C, h, w) model output.
-    public func predict(sample: Tensor, timestep: Double, text: Tensor, condition: Tensor?,
+    public func predict(sample: Tensor, timestep: Double, text: Tensor, condition: Tensor?, image: [Tensor] = [],
                         extra: [String: Tensor] = [:]) throws -> Tensor {
         let rows = sample.shape[0]
         var arguments = [sample, Tensor(shape: [rows], floats: [Float](repeating: Float(timestep), count: rows)), text]
         if let condition { arguments.append(condition) }
+        arguments += image
         let inputs = model.spec.inputs
         guard arguments.count + extra.count == inputs.count,
               inputs.dropFirst(arguments.count).allSatisfy({ extra[$0.name] != nil }) else {

@@ -14,7 +14,8 @@
 ///
 /// The first latent is `a_j · z0 + b_j · noise` (inpainting at strength exactly 1: `init_noise_sigma · noise`, as
 /// text-to-image); for inpainting, after run step i the latent is `(1 - m) · known + m · latent`, `known` being z0
-/// noised to step j + i + 1 (z0 itself after the last step). Arithmetic is float32 in the reference's order.
+/// noised to step j + i + 1 (z0 itself after the last step). An inpainting UNet (`image.denoiser` "inpainting") sees the
+/// mask and the masked image itself: the same start, no blend. Arithmetic is float32 in the reference's order.
 public enum ImageToImage {
     /// How many of `steps` a run at `strength` denoises, diffusers' rule `min(floor(steps · strength), steps)`.
     /// Throws `invalidArgument` for a strength outside (0, 1] or one that leaves no step.
@@ -52,20 +53,31 @@ public enum ImageToImage {
 
     /// Samples from an image: image-to-image (`mask` nil) or inpainting at `strength`, over `table` (which carries
     /// `addNoise`). `imageLatent` is z0 and `noise` the initial draw, both latent-sized; `mask` is (1, 1, h, w) of 0
-    /// and 1. `denoise`, `freshNoise` and `onStep` as in `SamplerLoop.run` (step indices are the run's, from 0).
-    public static func run(table: BundleManifest.SamplerTable, imageLatent: [Float], noise: [Float], strength: Double,
-                           mask: [Float]?, denoise: ([Float], Double, Int) throws -> [Float], freshNoise: () -> [Float],
-                           onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> [Float] {
+    /// and 1. `blend` false: an inpainting UNet's run (it sees the mask and the masked image itself): inpainting's
+    /// start rule, no blend after the steps, and `imageLatent` nil at strength 1, where it is not used.
+    /// `denoise`, `freshNoise` and `onStep` as in `SamplerLoop.run` (step indices are the run's, from 0).
+    public static func run(table: BundleManifest.SamplerTable, imageLatent: [Float]?, noise: [Float], strength: Double,
+                           mask: [Float]?, blend: Bool = true, denoise: ([Float], Double, Int) throws -> [Float],
+                           freshNoise: () -> [Float], onStep: (Int, [Float]) -> Void = { _, _ in }) throws -> [Float] {
         guard let noising = table.addNoise, noising.count == table.steps else {
             throw MobileDiffError.invalidArgument("the \(table.name):\(table.steps) table has no image-to-image coefficients (export the bundle with --image-modes)")
         }
         let (run, start) = try startTable(table, strength: strength)
-        let initial = mask != nil && strength == 1
+        let fromNoise = mask != nil && strength == 1
+        // z0 is used by the start (unless from noise) and by the blend
+        let requireLatent = { () throws -> [Float] in
+            guard let imageLatent else {
+                throw MobileDiffError.invalidArgument("a run from an image at strength \(shown(strength)) needs the image's latent")
+            }
+            return imageLatent
+        }
+        let initial = fromNoise
             ? SamplerLoop.scale(noise, by: table.initNoiseSigma)
-            : noised(imageLatent, noise, noising[start])
-        guard let mask else {
+            : noised(try requireLatent(), noise, noising[start])
+        guard let mask, blend else {
             return try SamplerLoop.run(table: run, initial: initial, denoise: denoise, freshNoise: freshNoise, onStep: onStep)
         }
+        let imageLatent = try requireLatent()
         let plane = imageLatent.count / mask.count  // the mask repeats over the latent's channels
         return try SamplerLoop.run(table: run, initial: initial, denoise: denoise, freshNoise: freshNoise, blend: { i, latent in
             let known = i + 1 < run.steps ? noised(imageLatent, noise, noising[start + i + 1]) : imageLatent

@@ -30,21 +30,18 @@ extension Pipeline {
             return Configuration(prompt: prompt, seed: seed, sampler: plan.sampler, steps: plan.steps, guidanceScale: plan.guidance)
         }
 
-        /// Checks the arguments before any work starts (the prompt with `Prompts.check`).
-        func validate(against manifest: BundleManifest) throws {
+        /// Checks the arguments before any work starts (the prompt with `Prompts.check`; the mode with
+        /// `BundleManifest.requireMode`).
+        public func validate(against manifest: BundleManifest) throws {
             guard steps >= 1 else { throw MobileDiffError.invalidArgument("steps must be >= 1, got \(steps)") }
             guard guidanceScale.isFinite, guidanceScale >= 0 else {
                 throw MobileDiffError.invalidArgument("guidance must be a finite number >= 0, got \(guidanceScale)")
             }
             try Prompts.check(prompt)
             let table = try manifest.samplerTable(sampler, steps: steps)
+            // an inpainting UNet's bundle refuses text-to-image and image-to-image here, before any work
+            try manifest.requireMode(mode)
             guard let image else { return }
-            guard manifest.supports(image.mode) else {
-                let what = image.mode == "inpaint" ? "inpainting" : "image-to-image"
-                throw MobileDiffError.invalidArgument(manifest.image == nil
-                    ? "this bundle was exported without image modes: export it again with --image-modes for \(what)"
-                    : "this bundle runs \(manifest.image!.modes.joined(separator: ", ")), not \(image.mode)")
-            }
             let g = manifest.geometry
             guard image.pixels.count == 3 * g.height * g.width else {
                 throw MobileDiffError.shapeMismatch(name: "init image", expected: [1, 3, g.height, g.width], actual: [image.pixels.count])

@@ -2,7 +2,9 @@ import Foundation
 
 /// Text → image from a bundle alone, with any backend: tokenizer → text encoder → sampler loop over the
 /// manifest's table (guided denoiser calls) → decoder → image; and, for bundles exported with `--image-modes`,
-/// image → image and inpainting (`Configuration.image`: the VAE encoder first, then the run `ImageToImage` describes).
+/// image → image and inpainting (`Configuration.image`: the VAE encoder first, then the run `ImageToImage` describes;
+/// an inpainting UNet's bundle, `image.denoiser` "inpainting", runs inpainting alone, its UNet fed the mask and the
+/// masked image's latent at every call).
 /// The Python reference is mobilediff/engine.py `BundleRunner.generate`; the same seed gives the same image.
 public final class Pipeline: ResourceManaging {
     public let bundle: MobileDiffBundle
@@ -122,17 +124,31 @@ public final class Pipeline: ResourceManaging {
         func inputs(_ model: ManagedModel) -> [String: Tensor] { extra[model.component] ?? [:] }
         var random = TorchRandomSource(seed: configuration.seed)
         let latentCount = geometry.latentShape.reduce(1, *)
-        // the draws, in the reference's order: eps (a gaussian posterior's sample), the noise, for inpainting with a
-        // gaussian posterior one unused draw (diffusers encodes the masked image with the generator), fresh noise
+        // the draws, in the reference's order: eps (a gaussian posterior's sample; for an inpainting UNet only when it
+        // starts from the image, strength < 1), the noise, for inpainting with a gaussian posterior eps2 (diffusers
+        // encodes the masked image with the generator: a 4-channel UNet leaves it unused, an inpainting UNet's masked
+        // image latent is made with it), fresh noise
         let gaussian = manifest.image?.encoderPosterior == "gaussian"
+        let inpaintingUNet = manifest.image?.inpaintingDenoiser ?? false
+        let encoderExtra = imageEncoder.map { inputs($0.model) } ?? [:]
         var imageLatent: [Float]?
-        if let image = configuration.image {
+        if let image = configuration.image, !inpaintingUNet || image.strength < 1 {
             let eps = gaussian ? random.normalArray(count: latentCount) : nil
-            imageLatent = try encodeImage(image.pixels, eps: eps, extra: imageEncoder.map { inputs($0.model) } ?? [:], timer: &timer,
-                                          loads: &loads, unloadAfterUse: unloadAfterUse, checkCancelled: checkCancelled)
+            imageLatent = try encodeImage(image.pixels, eps: eps, extra: encoderExtra, timer: &timer, loads: &loads,
+                                          unloadAfterUse: unloadAfterUse && !inpaintingUNet, checkCancelled: checkCancelled)
         }
         let noise = random.normalArray(count: latentCount)
-        if configuration.image?.mask != nil && gaussian { _ = random.normalArray(count: latentCount) }
+        let eps2 = configuration.image?.mask != nil && gaussian ? random.normalArray(count: latentCount) : nil
+        // an inpainting UNet's image inputs, the same for every call: the latent mask (1, 1, h, w) and the latent of
+        // the masked image, pixels · (1 - pixel mask) (the latent mask repeated f x f), encoded with eps2
+        var unetImage: [Tensor] = []
+        if inpaintingUNet, let image = configuration.image, let mask = image.mask {
+            let maskedLatent = try encodeImage(try Self.maskedPixels(image.pixels, mask: mask, geometry: geometry), eps: eps2,
+                                               extra: encoderExtra, timer: &timer, loads: &loads, unloadAfterUse: unloadAfterUse,
+                                               checkCancelled: checkCancelled)
+            unetImage = [Tensor(shape: [1, 1, geometry.latentHeight, geometry.latentWidth], floats: mask),
+                         Tensor(shape: geometry.latentShape, floats: maskedLatent)]
+        }
 
         // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
         try ensureLoaded(textEncoder.model)
@@ -161,6 +177,8 @@ public final class Pipeline: ResourceManaging {
         let latentShape = geometry.latentShape
         try checkCancelled()
         try ensureLoaded(denoiser.model)
+        // both classifier-free-guidance rows see the same mask and masked image
+        let doubledImage = unetImage.map { Tensor(shape: [2] + $0.shape.dropFirst(), floats: $0.floats + $0.floats) }
         func denoise(_ modelInput: [Float], _ timestep: Double, _: Int) throws -> [Float] {
             try checkCancelled()
             let out = try timer.time("unet") {
@@ -168,11 +186,11 @@ public final class Pipeline: ResourceManaging {
                 case .classifierFree:
                     let doubled = Tensor(shape: [2] + latentShape.dropFirst(), floats: modelInput + modelInput)
                     return try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil,
-                                                extra: inputs(denoiser.model)).floats
+                                                image: doubledImage, extra: inputs(denoiser.model)).floats
                 case .none, .embedding:
                     let sample = Tensor(shape: latentShape, floats: modelInput)
                     return try denoiser.predict(sample: sample, timestep: timestep, text: text, condition: condition,
-                                                extra: inputs(denoiser.model)).floats
+                                                image: unetImage, extra: inputs(denoiser.model)).floats
                 }
             }
             try requireFinite(out, "its output at timestep \(timestep)", from: denoiser.model)
@@ -185,9 +203,11 @@ public final class Pipeline: ResourceManaging {
             report(.denoised, step: step + 1)
         }
         let latents: [Float]
-        if let image = configuration.image, let imageLatent {
+        if let image = configuration.image {
+            // an inpainting UNet sees the mask and the kept image itself: no blend after the steps
             latents = try ImageToImage.run(table: table, imageLatent: imageLatent, noise: noise, strength: image.strength,
-                                           mask: image.mask, denoise: denoise, freshNoise: freshNoise, onStep: afterStep)
+                                           mask: image.mask, blend: !inpaintingUNet, denoise: denoise, freshNoise: freshNoise,
+                                           onStep: afterStep)
         } else {
             latents = try SamplerLoop.run(table: table, noise: noise, denoise: denoise, freshNoise: freshNoise, onStep: afterStep)
         }
@@ -238,6 +258,28 @@ public final class Pipeline: ResourceManaging {
             let z = eps.map { means[i] + stds[i] * $0[i] } ?? means[i]
             return (z - shift) * scaling
         }
+    }
+
+    /// An inpainting UNet's masked image: `pixels` (1, 3, H, W) times `1 - pixel mask`, the latent `mask` (h · w, 1 =
+    /// repaint) repeated f x f (nearest; f = H / h), over every channel, in float32 as the reference.
+    static func maskedPixels(_ pixels: [Float], mask: [Float], geometry: BundleManifest.Geometry) throws -> [Float] {
+        let height = geometry.height, width = geometry.width, f = geometry.pixelsPerLatent
+        let latentWidth = geometry.latentWidth
+        guard geometry.latentHeight * f == height, latentWidth * f == width, mask.count == geometry.latentHeight * latentWidth,
+              pixels.count == 3 * height * width else {
+            throw MobileDiffError.shapeMismatch(name: "inpainting mask repeated \(f) x \(f) over the image",
+                                                expected: [1, 3, height, width], actual: [1, 3, geometry.latentHeight * f, latentWidth * f])
+        }
+        var masked = pixels
+        for c in 0..<3 {
+            for y in 0..<height {
+                for x in 0..<width {
+                    let i = (c * height + y) * width + x
+                    masked[i] = pixels[i] * (1 - mask[(y / f) * latentWidth + x / f])
+                }
+            }
+        }
+        return masked
     }
 
     /// One pass over `values`: a NaN or infinity throws `nonFinite` naming `model`'s file when the values are its
