@@ -156,6 +156,10 @@ def apply_adapters(pipe, adapters: list[Adapter]) -> list[dict]:
         checked.append((a, tensors, check_adapter(pipe, tensors, a.path)))
     names = []
     quiet_libraries()
+    import warnings
+
+    # PEFT warns that a second adapter joins the first in the same model: that is what mixing them is
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
     for i, (a, tensors, _) in enumerate(checked):
         name = re.sub(r"\W", "_", a.name) + f"_{i}"
         # from the file, not its tensors: its header may hold the adapter's alpha (PEFT's lora_alpha, its scaling)

@@ -275,7 +275,10 @@ class MainActivity : Activity() {
         append("${dir.name}: ${m.role.role}${m.role.method?.let { " ($it)" } ?: ""}, ${m.geometry.width}x${m.geometry.height}, ")
         append("default ${plan.sampler} ${plan.steps} steps, guidance ${plan.guidance}")
         if (m.samplers.none { it.name == plan.sampler && it.steps == plan.steps }) append("\nthe default plan's table is not in the bundle")
-        append("\n" + (m.image?.let { "from an image: ${it.modes.joinToString()}" } ?: "text-to-image only (exported without --image-modes)"))
+        append("\n" + when {
+            m.inpaintingOnly -> "an inpainting UNet: inpainting only (pick an image and paint what to repaint; no text-to-image)"
+            else -> m.image?.let { "from an image: ${it.modes.joinToString()}" } ?: "text-to-image only (exported without --image-modes)"
+        })
         m.adapters?.let { a -> append("\nrun-time adapters: ${a.names.joinToString()} (switch them below; no reload)") }
         if (backends.isEmpty()) {
             val holds = m.components.values.flatMap { c -> c.files.map { it.target } }.distinct().sorted()
@@ -401,13 +404,22 @@ class MainActivity : Activity() {
         val plan = plans.getOrNull(planSpinner.selectedItemPosition)
         val s = strengthValue()
         val steps = plan?.let { p -> try { "${strengthSteps(p.steps, s)} of ${p.steps} steps" } catch (e: IllegalArgumentException) { "no step of ${p.steps}" } }
+        val inpaintingOnly = shown?.inpaintingOnly == true
         val mode = when {
-            maskView.image == null -> "no image: text-to-image"
+            maskView.image == null -> if (inpaintingOnly) "inpainting only: pick an image" else "no image: text-to-image"
             maskView.hasMask -> "inpainting the painted region"
-            else -> "image-to-image (paint to inpaint)"
+            else -> if (inpaintingOnly) "inpainting only: paint what to repaint" else "image-to-image (paint to inpaint)"
         }
         strengthLabel.text = getString(R.string.strength_label, "%.2f".format(s), listOfNotNull(steps, mode).joinToString(", "))
+        generate.isEnabled = job == null && canGenerate()
     }
+
+    /**
+     * Whether the shown bundle runs what the controls ask: a bundle whose denoiser is an inpainting UNet
+     * ([Manifest.inpaintingOnly]) runs inpainting alone, so text-to-image and image-to-image stay off until an image
+     * is picked and a region painted.
+     */
+    private fun canGenerate(): Boolean = shown?.inpaintingOnly != true || (maskView.image != null && maskView.hasMask)
 
     // ---- generation
 
@@ -426,6 +438,10 @@ class MainActivity : Activity() {
         if (seedValue == null || (guidanceText.isNotEmpty() && guidanceValue == null)) {
             status.text = if (seedValue == null) "Cannot generate: seed must be an integer, got '$seedText'"
             else "Cannot generate: guidance must be a number, got '$guidanceText'"
+            return
+        }
+        if (!canGenerate()) {
+            status.text = "Cannot generate: this bundle's denoiser is an inpainting UNet: it runs inpainting only (pick an image and paint what to repaint)"
             return
         }
         val text = prompt.text.toString()
@@ -608,7 +624,7 @@ class MainActivity : Activity() {
 
     private fun end() {
         job = null
-        generate.isEnabled = true
+        generate.isEnabled = canGenerate()
         importButton.isEnabled = true
         cancel.isEnabled = false
         save.isEnabled = lastImage != null

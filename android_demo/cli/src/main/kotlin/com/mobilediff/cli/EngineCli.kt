@@ -30,7 +30,8 @@ private const val USAGE = """usage:
                      without its arena: the same image, a lower peak, every run loads the components again;
                      --init-image: image-to-image from an 8-bit PNG at the bundle's size, --mask: inpainting where
                      the grayscale PNG is >= 128, --strength in (0, 1]: default 0.75, 1 with a mask; a bundle
-                     exported with --image-modes; --lora, repeatable: switch on the bundle's run-time adapter NAME at
+                     exported with --image-modes; a bundle whose denoiser is an inpainting UNet runs only with
+                     --init-image and --mask; --lora, repeatable: switch on the bundle's run-time adapter NAME at
                      SCALE (default 1), several mixed in the order given, a bundle exported with --runtime-lora)
   engine.sh check-goldens --bundle B --goldens DIR --backend onnx|executorch [--model NAME] --json ROWS.json"""
 

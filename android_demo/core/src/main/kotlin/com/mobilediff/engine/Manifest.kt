@@ -48,8 +48,15 @@ class Manifest(
             ?: if (guidance is Guidance.Embedding) SamplingPlan("lcm", 4, guidance.defaultScale)
             else SamplingPlan("ddim", 50, guidance.defaultScale)
 
-    /** Whether the bundle runs [mode]: [MODE_TXT2IMG] always, [ImageModes.IMG2IMG] and [ImageModes.INPAINT] as its `image` record lists them. */
-    fun supports(mode: String): Boolean = mode == MODE_TXT2IMG || image?.modes?.contains(mode) == true
+    /**
+     * Whether the bundle runs [mode]: [MODE_TXT2IMG] unless its denoiser is an inpainting UNet
+     * ([ImageModes.inpaintingDenoiser]), [ImageModes.IMG2IMG] and [ImageModes.INPAINT] as its `image` record lists them.
+     */
+    fun supports(mode: String): Boolean =
+        if (mode == MODE_TXT2IMG) image?.inpaintingDenoiser != true else image?.modes?.contains(mode) == true
+
+    /** Whether the denoiser is an inpainting UNet ([ImageModes.inpaintingDenoiser]): it runs inpainting alone. */
+    val inpaintingOnly: Boolean get() = image?.inpaintingDenoiser == true
 
     /** The components a generation may load: the three of [COMPONENTS], and [IMAGE_ENCODER] in a bundle with image modes. */
     val componentNames: List<String>
@@ -311,12 +318,17 @@ data class SamplingPlan(val sampler: String, val steps: Int, val guidance: Doubl
 }
 
 /**
- * The manifest's `image` record: the image modes a bundle runs ([IMG2IMG], [INPAINT]) and its encoder's posterior
+ * The manifest's `image` record: the image modes a bundle runs ([IMG2IMG], [INPAINT]), its encoder's posterior
  * ([GAUSSIAN]: the clean latent samples it with one latent-shaped draw of the seed's generator; [DETERMINISTIC]: the
- * mean alone, no draw). The rules are docs/bundle.md's, section "`image` (optional)".
+ * mean alone, no draw) and its [denoiser] ([STANDARD]: the UNet denoises the latent alone; [INPAINTING]: an inpainting
+ * UNet that also takes `mask` and `masked_image_latents` after `encoder_hidden_states` and runs [INPAINT] alone, no
+ * text-to-image). The rules are docs/bundle.md's, section "`image` (optional)".
  */
-class ImageModes(val modes: List<String>, val encoderPosterior: String) {
+class ImageModes(val modes: List<String>, val encoderPosterior: String, val denoiser: String = STANDARD) {
     val gaussian: Boolean get() = encoderPosterior == GAUSSIAN
+
+    /** An inpainting UNet (9 channels for SD): inpainting only, fed the mask and the masked image's latent, no blend. */
+    val inpaintingDenoiser: Boolean get() = denoiser == INPAINTING
 
     companion object {
         const val IMG2IMG = "img2img"
@@ -325,6 +337,9 @@ class ImageModes(val modes: List<String>, val encoderPosterior: String) {
         const val GAUSSIAN = "gaussian"
         const val DETERMINISTIC = "deterministic"
         val POSTERIORS = listOf(GAUSSIAN, DETERMINISTIC)
+        const val STANDARD = "standard"
+        const val INPAINTING = "inpainting"
+        val DENOISERS = listOf(STANDARD, INPAINTING)
 
         internal fun parse(r: JsonReader, o: JSONObject): ImageModes {
             val modes = r.strings(o, "modes", "image.modes")
@@ -334,7 +349,14 @@ class ImageModes(val modes: List<String>, val encoderPosterior: String) {
             if (posterior !in POSTERIORS) {
                 r.fail("image.encoder_posterior", "unknown posterior ${JsonReader.describe(posterior)} (known: ${POSTERIORS.joinToString()})")
             }
-            return ImageModes(modes, posterior)
+            val denoiser = r.optStr(o, "denoiser", "image.denoiser") ?: STANDARD
+            if (denoiser !in DENOISERS) {
+                r.fail("image.denoiser", "unknown denoiser ${JsonReader.describe(denoiser)} (known: ${DENOISERS.joinToString()})")
+            }
+            if (denoiser == INPAINTING && modes != listOf(INPAINT)) {
+                r.fail("image.modes", "an inpainting denoiser runs the inpaint mode alone, not ${modes.joinToString()}")
+            }
+            return ImageModes(modes, posterior, denoiser)
         }
     }
 }

@@ -189,6 +189,18 @@ class Pipeline(
                 ?.let { declared[spec.name] = Component(spec.name, spec, it) }
         }
         components = declared
+        if (manifest.inpaintingOnly) {
+            // fed by position after encoder_hidden_states (and a guidance embedding), as the Python runner feeds them
+            val names = manifest.component("unet").inputs.map { it.name }
+            val at = 3 + (if (manifest.guidance is Guidance.Embedding) 1 else 0)
+            if (names.drop(at).take(2) != UNET_IMAGE_INPUTS) {
+                throw BundleError(
+                    Manifest.MANIFEST,
+                    "declares an inpainting denoiser (image.denoiser) but its unet takes (${names.joinToString()}), " +
+                        "not ${UNET_IMAGE_INPUTS.joinToString(" and ")} as inputs ${at + 1} and ${at + 2}",
+                )
+            }
+        }
         mixer.set(adapters)  // every adapter file checked before anything is loaded
         if (loading == Loading.EAGER) {
             try {
@@ -210,6 +222,13 @@ class Pipeline(
      * From an image ([GenerationRequest.initImage]), the seed's generator draws in the contract's order (docs/bundle.md,
      * `image`): eps for a gaussian encoder posterior, the noise, for inpainting with a gaussian posterior one more
      * latent-shaped draw that nothing uses (diffusers' masked-image encoding takes it), then the sampler's fresh noise.
+     *
+     * An inpainting UNet ([Manifest.inpaintingOnly], `image.denoiser: "inpainting"`) runs inpainting alone ([check]
+     * refuses the rest in one line) by diffusers' 9-channel rules: eps is drawn and the image encoded only where the
+     * run starts from it (strength < 1); the second draw (eps2) samples the masked image's latent, `masked =
+     * pixels * (1 - pixel mask)` (the latent mask repeated f x f) through the VAE encoder; every UNet call takes the
+     * latent mask and that latent after `encoder_hidden_states` (both rows of classifier-free guidance the same), and
+     * no blend follows a step.
      */
     fun generate(request: GenerationRequest, listener: GenerationListener? = null, cancel: CancelToken? = null): GenerationResult {
         val (plan, table, strength) = check(manifest, request)
@@ -230,12 +249,22 @@ class Pipeline(
 
         val generator = TorchGenerator(request.seed)
         val gaussian = manifest.image?.gaussian == true
-        val z0 = image?.let { encodeImage(it, if (gaussian) generator.normal(shape) else null, timings, loads, listener) }
-        if (z0 != null) releaseIfReducing(Manifest.IMAGE_ENCODER)
+        // an inpainting UNet encodes the image only when the run starts from it (strength < 1), as diffusers does
+        val inpaintingUnet = manifest.inpaintingOnly
+        val z0 = image?.takeIf { !inpaintingUnet || strength!! < 1.0 }
+            ?.let { encodeImage(it, if (gaussian) generator.normal(shape) else null, timings, loads, listener) }
+        if (z0 != null && !inpaintingUnet) releaseIfReducing(Manifest.IMAGE_ENCODER)
         val noise = generator.normal(shape)
-        if (mask != null && gaussian) generator.normal(shape)  // diffusers' masked-image encoding draws one; unused
+        // diffusers' masked-image encoding draws one (a 4-channel UNet does not use its latent)
+        val eps2 = if (mask != null && gaussian) generator.normal(shape) else null
+        // an inpainting UNet's extra inputs: the latent mask (1, 1, h, w) and the masked image's latent (1, C, h, w)
+        val unetImageInputs = if (!inpaintingUnet) emptyList() else {
+            val masked = encodeImage(maskedPixels(image!!, mask!!), eps2, timings, loads, listener)
+            releaseIfReducing(Manifest.IMAGE_ENCODER)
+            listOf(Tensor.F32(intArrayOf(1, 1, geo.latentHeight, geo.latentWidth), mask), Tensor.F32(shape, masked))
+        }
         checkCancel(0)
-        val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, timings, loads, listener)
+        val denoise = guidedDenoiser(request.prompt, plan.guidance, shape, unetImageInputs, timings, loads, listener)
         releaseIfReducing("text_encoder")
         checkCancel(0)
         val onStep = { i: Int, x: FloatArray ->
@@ -243,8 +272,8 @@ class Pipeline(
             checkCancel(i + 1)
         }
         val fresh = { generator.normal(shape) }
-        val latent = if (z0 == null) sample(table, noise, denoise, fresh, onStep = onStep)
-        else sampleImage(table, strength!!, z0, noise, mask, denoise, fresh, onStep)
+        val latent = if (strength == null) sample(table, noise, denoise, fresh, onStep = onStep)
+        else sampleImage(table, strength, z0, noise, mask, denoise, fresh, blend = !inpaintingUnet, onStep = onStep)
         releaseIfReducing("unet")
         // every denoiser output was finite: only the table's arithmetic can have left float32's range
         requireFinite(null, latent, "the final latent (sampler ${table.name}:${table.steps})")
@@ -293,6 +322,22 @@ class Pipeline(
     }
 
     /**
+     * The masked image of an inpainting UNet: [pixels] ((1, 3, H, W) in [-1, 1]) times `1 - pixel mask`, the pixel
+     * mask the latent [mask] ((1, 1, h, w), 1 = repaint) repeated f x f (nearest), in float32 as Python computes it.
+     */
+    private fun maskedPixels(pixels: FloatArray, mask: FloatArray): FloatArray {
+        val geo = manifest.geometry
+        val f = geo.vaeScaleFactor
+        val plane = geo.height * geo.width
+        return FloatArray(pixels.size) { i ->
+            val p = i % plane
+            val y = minOf(p / geo.width / f, geo.latentHeight - 1)
+            val x = minOf(p % geo.width / f, geo.latentWidth - 1)
+            pixels[i] * (1f - mask[y * geo.latentWidth + x])
+        }
+    }
+
+    /**
      * Free every loaded component's runtime session; the next call of each loads it again (its file is not hashed
      * again: it was checked on its first load). Returns the released components' names. Not during a generation:
      * from the generating thread, or with none running (set [reduceMemory] to shed memory mid-generation).
@@ -318,12 +363,15 @@ class Pipeline(
     /**
      * The denoiser as the sampler sees it, (model input, timestep) -> guided output, for [prompt] at guidance [scale]:
      * classifier-free guidance runs the UNet on rows [uncond, cond] and returns uncond + scale * (cond - uncond)
-     * (float32, as Python), only when scale > 1; a guidance embedding is one more UNet input.
+     * (float32, as Python), only when scale > 1; a guidance embedding is one more UNet input. [imageInputs] (an
+     * inpainting UNet's mask and masked image latent, one row each; empty for any other UNet) follow, stacked for
+     * every row.
      */
     private fun guidedDenoiser(
         prompt: String,
         scale: Double,
         latentShape: IntArray,
+        imageInputs: List<Tensor.F32>,
         timings: Timings,
         loads: Timings,
         listener: GenerationListener?,
@@ -351,6 +399,9 @@ class Pipeline(
         val textTensor = Tensor.F32(intArrayOf(rows, encoded.shape[1], encoded.shape[2]), text)
         val sampleShape = intArrayOf(rows) + latentShape.copyOfRange(1, latentShape.size)
         val w = scale.toFloat()
+        val rowInputs = imageInputs.map { e ->
+            if (rows == 1) e else Tensor.F32(intArrayOf(rows) + e.shape.copyOfRange(1, e.shape.size), e.data + e.data)
+        }
         return { x, t ->
             val inputs = mutableListOf<Tensor>(
                 Tensor.F32(sampleShape, if (cfg) x + x else x),
@@ -358,6 +409,7 @@ class Pipeline(
                 textTensor,
             )
             extra?.let { inputs.add(it) }
+            inputs.addAll(rowInputs)
             val out = call("unet", inputs, timings, loads, listener)[0].data
             requireFinite("unet", out, "its output at timestep $t")
             if (cfg) FloatArray(x.size) { j -> out[j] + w * (out[x.size + j] - out[j]) } else out
@@ -414,12 +466,13 @@ class Pipeline(
             Prompts.check(request.prompt)
             val table = manifest.sampler(plan.sampler, plan.steps)
             val init = request.initImage
+            require(init != null || request.mask == null) { "a mask needs the image it masks (an init image)" }
+            val mode = request.mode
+            if (manifest.inpaintingOnly && mode != ImageModes.INPAINT) throw IllegalArgumentException(INPAINTING_ONLY)
             if (init == null) {
-                require(request.mask == null) { "a mask needs the image it masks (an init image)" }
                 require(request.strength == null) { "a strength needs an init image: it is how far the image is noised" }
                 return CheckedRequest(plan, table, null)
             }
-            val mode = request.mode
             require(manifest.supports(mode)) {
                 "this bundle was exported without image modes" + (manifest.image?.let { " for $mode (it runs ${it.modes.joinToString()})" } ?: "") +
                     ": export it again with --image-modes for ${if (mode == ImageModes.INPAINT) "inpainting" else "image-to-image"}"
@@ -430,6 +483,13 @@ class Pipeline(
             request.mask?.let { ImageInput.latentMask(it, manifest.geometry, "the mask") }
             return CheckedRequest(plan, table, strength)
         }
+
+        /** An inpainting UNet's inputs after `encoder_hidden_states` (docs/bundle.md, "An inpainting UNet"). */
+        val UNET_IMAGE_INPUTS = listOf("mask", "masked_image_latents")
+
+        /** The one-line refusal of text-to-image or image-to-image on a bundle whose denoiser is an inpainting UNet. */
+        const val INPAINTING_ONLY =
+            "this bundle's denoiser is an inpainting UNet: it runs inpainting only (an init image and a mask)"
 
         /** The strength of an image-to-image run that does not give one (`mobilediff generate`'s default). */
         const val DEFAULT_IMG2IMG_STRENGTH = 0.75

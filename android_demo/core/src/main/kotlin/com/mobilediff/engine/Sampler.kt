@@ -57,40 +57,47 @@ fun sample(
  *
  * Float32 throughout, each coefficient rounded to float32 first, as torch computes it.
  *
- * @param z0 the clean latent (1, C, h, w): `(mean + std * eps - shift_factor) * scaling_factor` of the VAE encoder
+ * An inpainting UNet's run ([blend] false: the UNet sees the mask and the masked image itself) starts as inpainting
+ * does and blends nothing; at strength 1 it needs no [z0] (null: the image was not encoded).
+ *
+ * @param z0 the clean latent (1, C, h, w): `(mean + std * eps - shift_factor) * scaling_factor` of the VAE encoder;
+ *   null only where nothing reads it (an inpainting UNet's run at strength 1)
  * @param mask (1, 1, h, w) of 0 (keep) and 1 (repaint), or null for image-to-image
+ * @param blend whether inpainting blends the kept region after every step (false: an inpainting UNet)
  * @throws IllegalArgumentException for a strength [strengthSteps] refuses, or a table without `add_noise` rows
  */
 fun sampleImage(
     table: SamplerTable,
     strength: Double,
-    z0: FloatArray,
+    z0: FloatArray?,
     noise: FloatArray,
     mask: FloatArray?,
     denoise: (modelInput: FloatArray, timestep: Double) -> FloatArray,
     freshNoise: () -> FloatArray,
+    blend: Boolean = true,
     onStep: (step: Int, latent: FloatArray) -> Unit = { _, _ -> },
 ): FloatArray {
     val noising = table.addNoise
         ?: throw IllegalArgumentException("the ${table.name}:${table.steps} table has no image-to-image rows (export the bundle with --image-modes)")
-    require(z0.size == noise.size) { "the clean latent has ${z0.size} values, the noise ${noise.size}" }
+    require(z0 == null || z0.size == noise.size) { "the clean latent has ${z0?.size} values, the noise ${noise.size}" }
     val run = table.startTable(strength)
     fun noised(j: Int): FloatArray {
+        requireNotNull(z0) { "a run from an image at strength $strength needs the image's clean latent" }
         val a = noising[j][0].toFloat()
         val b = noising[j][1].toFloat()
         return FloatArray(z0.size) { a * z0[it] + b * noise[it] }
     }
     val init = if (mask != null && strength == 1.0) scale(noise, table.initNoiseSigma) else noised(run.start)
-    var blend: ((Int, FloatArray) -> FloatArray)? = null
-    if (mask != null) {
+    var mix: ((Int, FloatArray) -> FloatArray)? = null
+    if (mask != null && blend) {
         val plane = mask.size
-        require(plane > 0 && z0.size % plane == 0) { "a mask of $plane values does not cover a latent of ${z0.size}" }
-        blend = { i, x ->
-            val known = if (i + 1 < run.table.steps) noised(run.start + i + 1) else z0
+        require(plane > 0 && noise.size % plane == 0) { "a mask of $plane values does not cover a latent of ${noise.size}" }
+        mix = { i, x ->
+            val known = if (i + 1 < run.table.steps) noised(run.start + i + 1) else z0!!
             FloatArray(x.size) { k -> if (mask[k % plane] != 0f) x[k] else known[k] }
         }
     }
-    return sample(run.table, noise, denoise, freshNoise, init, blend, onStep)
+    return sample(run.table, noise, denoise, freshNoise, init, mix, onStep)
 }
 
 /** sum_k coef[k] * values[k], accumulated in float32 in k order. */

@@ -14,7 +14,7 @@ class EndToEndTest {
     private fun check(backendName: String) {
         Fixtures.require()
         var ran = 0
-        for (model in Fixtures.models) {
+        for (model in Fixtures.textToImage) {  // an inpainting UNet's bundle has no text-to-image references
             if (backendName !in Fixtures.backends(model)) continue
             val bundle = Bundle.open(Fixtures.bundle(model))
             Pipeline(bundle, Backend.forTarget(backendName)).use { pipeline ->

@@ -32,6 +32,18 @@ object Fixtures {
         assumeTrue("no fixtures: run android_demo/scripts/test.sh (python -m mobilediff.fixtures DIR)", models.isNotEmpty())
     }
 
+    /**
+     * The fixture models that have goldens (index.json's `goldens` not null and its folder there): not a bundle whose
+     * denoiser is an inpainting UNet, which cannot sample the goldens' text-to-image plans.
+     */
+    val withGoldens: List<String> by lazy {
+        val index = root?.let { File(it, "index.json") }?.takeIf { it.isFile }?.let { JSONObject(it.readText()).optJSONObject("models") }
+        models.filter { m -> index?.optJSONObject(m)?.isNull("goldens") != true && File(goldens(m), "goldens.json").isFile }
+    }
+
+    /** The fixture models whose bundle runs text-to-image (all but an inpainting UNet's: [Manifest.inpaintingOnly]). */
+    val textToImage: List<String> by lazy { models.filter { Bundle.open(bundle(it)).manifest.supports(Manifest.MODE_TXT2IMG) } }
+
     fun bundle(model: String) = File(root, "$model/bundle")
     fun goldens(model: String) = File(root, "$model/goldens")
     fun reference(model: String) = File(root, "$model/reference")

@@ -21,7 +21,7 @@ class PipelineControlTest {
     /** A fixture model with the fewest default steps (the tests run it several times). */
     private val model: String by lazy {
         Fixtures.require()
-        Fixtures.models.minByOrNull { Bundle.open(Fixtures.bundle(it)).manifest.defaultSampling.steps }!!
+        Fixtures.textToImage.minByOrNull { Bundle.open(Fixtures.bundle(it)).manifest.defaultSampling.steps }!!
     }
 
     private fun pipeline(loading: Pipeline.Loading = Pipeline.Loading.EAGER) =

@@ -11,7 +11,7 @@ class SamplerTest {
     @Test
     fun replayOfRecordedModelOutputsReproducesEveryLatent() {
         Fixtures.require()
-        for (model in Fixtures.models) {
+        for (model in Fixtures.withGoldens) {
             val goldens = Goldens.load(Fixtures.goldens(model))
             assertTrue("$model: no plans in the goldens", goldens.plans.isNotEmpty())
             for (row in GoldenChecks(goldens, model).samplerReplay(Bundle.open(Fixtures.bundle(model)).manifest)) {
@@ -23,7 +23,7 @@ class SamplerTest {
     @Test
     fun realOnnxGraphsReproduceEveryLatent() {
         Fixtures.require()
-        for (model in Fixtures.models) {
+        for (model in Fixtures.withGoldens) {
             val goldens = Goldens.load(Fixtures.goldens(model))
             Pipeline(Bundle.open(Fixtures.bundle(model)), OnnxRuntimeBackend()).use { pipeline ->
                 for (row in GoldenChecks(goldens, model).sampler(pipeline)) {

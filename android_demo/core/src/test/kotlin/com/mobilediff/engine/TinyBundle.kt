@@ -27,6 +27,12 @@ import java.nio.ByteOrder
  *     vae_encoder   sample (batch, 3, 4, 4) -> latent_mean = sample / 2, latent_std = 0.25 everywhere
  *
  * and the table's add_noise row [[ADD_NOISE_IMAGE], [ADD_NOISE_NOISE]].
+ *
+ * With [inpaintingUnet] as well, its denoiser is an inpainting UNet (`image.denoiser: "inpainting"`, modes `inpaint`
+ * alone) whose graph takes two more inputs:
+ *
+ *     unet          ..., mask (batch, 1, 4, 4), masked_image_latents (batch, 3, 4, 4)
+ *                   -> out_sample = sample * [unetScale] + mask * [MASK_WEIGHT] + masked_image_latents * [MASKED_WEIGHT]
  */
 object TinyBundle {
     const val MAX_LENGTH = 8
@@ -38,8 +44,10 @@ object TinyBundle {
         executorch: Boolean = false,
         imageModes: Boolean = false,
         posterior: String = ImageModes.GAUSSIAN,
+        inpaintingUnet: Boolean = false,
         edit: (JSONObject) -> Unit = {},
     ): File {
+        require(!inpaintingUnet || (imageModes && !executorch)) { "an inpainting UNet is an ONNX bundle with image modes" }
         dir.mkdirs()
         val tokenizer = File(repo, "mobilediff/assets/default_model/tokenizer")
         val tokenizerFiles = listOf("vocab.json", "merges.txt").map { name ->
@@ -75,6 +83,26 @@ object TinyBundle {
                 floats = mapOf("scale" to decoderScale),
             ),
         )
+        if (inpaintingUnet) {
+            graphs["unet"] = Onnx.model(
+                inputs = listOf(
+                    Onnx.Io("sample", Onnx.FLOAT, listOf("batch", 3, 4, 4)),
+                    Onnx.Io("timestep", Onnx.FLOAT, listOf("batch")),
+                    Onnx.Io("encoder_hidden_states", Onnx.FLOAT, listOf("batch", MAX_LENGTH, 1)),
+                    Onnx.Io("mask", Onnx.FLOAT, listOf("batch", 1, 4, 4)),
+                    Onnx.Io("masked_image_latents", Onnx.FLOAT, listOf("batch", 3, 4, 4)),
+                ),
+                outputs = listOf(Onnx.Io("out_sample", Onnx.FLOAT, listOf("batch", 3, 4, 4))),
+                nodes = listOf(
+                    Onnx.Node("Mul", listOf("sample", "scale"), listOf("scaled")),
+                    Onnx.Node("Mul", listOf("mask", "mask_weight"), listOf("weighted_mask")),
+                    Onnx.Node("Mul", listOf("masked_image_latents", "masked_weight"), listOf("weighted_masked")),
+                    Onnx.Node("Add", listOf("scaled", "weighted_mask"), listOf("with_mask")),
+                    Onnx.Node("Add", listOf("with_mask", "weighted_masked"), listOf("out_sample")),
+                ),
+                floats = mapOf("scale" to unetScale, "mask_weight" to MASK_WEIGHT, "masked_weight" to MASKED_WEIGHT),
+            )
+        }
         if (imageModes) {
             graphs[Manifest.IMAGE_ENCODER] = Onnx.model(
                 inputs = listOf(Onnx.Io("sample", Onnx.FLOAT, listOf("batch", 3, 4, 4))),
@@ -97,7 +125,8 @@ object TinyBundle {
             .put("shape", JSONArray(listOf<Any>("batch") + dims.drop(1))).put("static_shape", JSONArray(dims.toList()))
         val ios = mapOf(
             "text_encoder" to (listOf(io("input_ids", "int32", 1, MAX_LENGTH)) to listOf(io("last_hidden_state", "float32", 1, MAX_LENGTH, 1))),
-            "unet" to (listOf(io("sample", "float32", 1, 3, 4, 4), io("timestep", "float32", 1), io("encoder_hidden_states", "float32", 1, MAX_LENGTH, 1))
+            "unet" to (listOf(io("sample", "float32", 1, 3, 4, 4), io("timestep", "float32", 1), io("encoder_hidden_states", "float32", 1, MAX_LENGTH, 1)) +
+                (if (inpaintingUnet) listOf(io("mask", "float32", 1, 1, 4, 4), io("masked_image_latents", "float32", 1, 3, 4, 4)) else emptyList())
                 to listOf(io("out_sample", "float32", 1, 3, 4, 4))),
             "vae_decoder" to (listOf(io("latent_sample", "float32", 1, 3, 4, 4)) to listOf(io("sample", "float32", 1, 3, 4, 4))),
             Manifest.IMAGE_ENCODER to (listOf(io("sample", "float32", 1, 3, 4, 4))
@@ -135,6 +164,9 @@ object TinyBundle {
         if (imageModes) {
             manifest.getJSONObject("geometry").put("vae_scale_factor", 1)
             manifest.put("image", JSONObject().put("modes", JSONArray(ImageModes.MODES)).put("encoder_posterior", posterior))
+            if (inpaintingUnet) {
+                manifest.getJSONObject("image").put("modes", JSONArray(listOf(ImageModes.INPAINT))).put("denoiser", ImageModes.INPAINTING)
+            }
             manifest.getJSONArray("samplers").getJSONObject(0)
                 .put("add_noise", JSONArray().put(JSONArray(listOf(ADD_NOISE_IMAGE, ADD_NOISE_NOISE))))
                 .put("starts", JSONObject())
@@ -148,6 +180,10 @@ object TinyBundle {
     const val ENCODER_STD = 0.25f
     const val ADD_NOISE_IMAGE = 0.8
     const val ADD_NOISE_NOISE = 0.6
+
+    /** The inpainting UNet's weights of its mask and masked-image-latent inputs. */
+    const val MASK_WEIGHT = 0.125f
+    const val MASKED_WEIGHT = 0.25f
 
     /** A pipeline on the bundle in [dir], on ONNX Runtime unless another [backend] is given. */
     fun pipeline(dir: File, backend: Backend = OnnxRuntimeBackend()): Pipeline = Pipeline(Bundle.open(dir), backend)

@@ -47,7 +47,7 @@ class TorchRandomTest {
     @Test
     fun latentNoiseMatchesTorchForEveryGoldenSeed() {
         Fixtures.require()
-        for (model in Fixtures.models) {
+        for (model in Fixtures.withGoldens) {
             val goldens = Goldens.load(Fixtures.goldens(model))
             assertTrue("$model: goldens hold ${goldens.noise.size} noise seeds, need >= 3", goldens.noise.map { it.seed }.toSet().size >= 3)
             for (case in goldens.noise) {
