@@ -56,7 +56,9 @@ def test_each_plan_replays_from_its_recorded_denoiser_outputs(recorded):
 
         seen = []
         noise = tensors[f"noise/seed{plan['seed']}"] if plan["seed"] in NOISE_SEEDS else None
-        run_table(m.sampler_table(plan["sampler"], plan["steps"]), denoise, noise, None, lambda i, x: seen.append(x))
+        fresh = iter(tensors[k] for k in plan["fresh_noise"])  # LCM's renoising draws, recorded in order
+        run_table(m.sampler_table(plan["sampler"], plan["steps"]), denoise, noise, lambda i: next(fresh),
+                  lambda i, x: seen.append(x))
         for got, key in zip(seen, plan["latents"]):
             assert torch.allclose(got, tensors[key], atol=1e-6)
         image = BundleRunner(bundle, "onnx").generate(plan["prompt"], plan["seed"], plan["steps"], plan["sampler"],
@@ -77,7 +79,11 @@ def test_recorded_latents_are_diffusers_own_scheduler_steps(recorded):
     pipe, _, index, tensors = recorded
     checked = set()
     for plan in index["plans"]:
-        assert not plan["fresh_noise"]  # the tiny teacher's samplers are deterministic: no draw to replay
+        # LCM renoises after each step but the last: diffusers draws from the generator the noise came from, so a
+        # generator seeded as generate seeds it and advanced past the initial noise replays the recorded draws
+        assert bool(plan["fresh_noise"]) == (plan["sampler"] == "lcm")
+        g = torch.Generator().manual_seed(plan["seed"])
+        torch.randn(tensors[f"noise/seed{plan['seed']}"].shape, generator=g)
         spec = SAMPLERS[plan["sampler"]]
         sched = getattr(diffusers, spec.scheduler_class).from_config(pipe.scheduler.config, **dict(spec.overrides))
         sched.set_timesteps(plan["steps"])
@@ -93,10 +99,10 @@ def test_recorded_latents_are_diffusers_own_scheduler_steps(recorded):
             assert torch.allclose(tensors[call["inputs"]["timestep"]], t.float().expand(given.shape[0]))
             out = tensors[call["outputs"]["out_sample"]]
             out = classifier_free_guidance(*out.chunk(2), plan["guidance"]) if out.shape[0] == 2 else out
-            x = sched.step(out, t, x).prev_sample
+            x = sched.step(out, t, x, **({"generator": g} if plan["sampler"] == "lcm" else {})).prev_sample
             assert torch.allclose(x, tensors[key], atol=atol), (plan["name"], int(t), (x - tensors[key]).abs().max())
         checked.add(plan["sampler"])
-    assert checked == {"ddim", "dpmpp", "euler"}
+    assert checked == {"ddim", "dpmpp", "euler", "lcm"}  # a teacher's bundle has LCM tables (LCM-LoRA adapters)
 
 
 def test_goldens_refuse_an_existing_output_in_one_line(recorded, tmp_path):
