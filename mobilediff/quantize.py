@@ -128,9 +128,11 @@ def kept_modules(recipe: Recipe, spec) -> list[str]:
 def static_rows(spec, rows) -> list[tuple[torch.Tensor, ...]]:
     """Batch-1 calibration rows regrouped to the component's static batch (targets with static shapes)."""
     b = spec.dims.get("batch", 1)
+    batched = [bool(s.shape) and s.shape[0] == "batch" for s in spec.inputs]  # lora_weights is one vector per call
     out = []
     for i in range(0, len(rows) - b + 1, b):
-        out.append(tuple(torch.cat([r[k] for r in rows[i:i + b]]) for k in range(len(rows[0]))))
+        out.append(tuple(torch.cat([r[k] for r in rows[i:i + b]]) if batched[k] else rows[i][k]
+                         for k in range(len(rows[0]))))
     if not out:
         raise MobilediffError(f"need at least {b} calibration rows for {spec.name}")
     return out

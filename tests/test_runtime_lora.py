@@ -232,3 +232,19 @@ def test_lcm_lora_trains_resumes_and_runs_as_a_run_time_adapter_with_the_lcm_tab
         code, _, err = run_cli_here(capsys, "generate", *args2, *plan, "--out", tmp_path / png)
         assert code == 0, err
     assert np.abs(_png(tmp_path / "b.png") - _png(tmp_path / "m.png")).max() <= 1
+
+
+def test_static_calibration_rows_keep_one_lora_vector_per_call():
+    """A static-batch target (ExecuTorch) regroups batch-1 calibration rows to its batch: the batched inputs are
+    concatenated, the adapter slots' vector is not (one per call)."""
+    from types import SimpleNamespace
+
+    from mobilediff.components import TensorSpec
+    from mobilediff.quantize import static_rows
+
+    spec = SimpleNamespace(name="unet", dims={"batch": 2},
+                           inputs=(TensorSpec("sample", ("batch", 4), "float32"), TensorSpec("lora_weights", (6,), "float32")))
+    rows = [(torch.full((1, 4), float(i)), torch.zeros(6)) for i in range(5)]
+    out = static_rows(spec, rows)
+    assert len(out) == 2 and out[0][0].shape == (2, 4) and out[0][1].shape == (6,)
+    assert out[1][0][:, 0].tolist() == [2.0, 3.0]
