@@ -248,3 +248,15 @@ def test_static_calibration_rows_keep_one_lora_vector_per_call():
     out = static_rows(spec, rows)
     assert len(out) == 2 and out[0][0].shape == (2, 4) and out[0][1].shape == (6,)
     assert out[1][0][:, 0].tolist() == [2.0, 3.0]
+
+
+def test_core_ml_takes_the_adapter_input_and_is_checked_structurally_here(tiny_pipeline_dir, adapters, tmp_path,
+                                                                          capsys):
+    u, _ = adapters
+    code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "coreml", "--runtime-lora",
+                                str(u), "--out", tmp_path / "c")
+    assert code == 0, err
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    f = m["components"]["unet"]["files"][0]
+    assert m["components"]["unet"]["inputs"][-1]["name"] == "lora_weights"
+    assert "checked" in f["parity"]["adapters"]["u"]  # numbers on macOS only
