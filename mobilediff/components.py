@@ -101,6 +101,15 @@ class ComponentSpec:
         return tuple(out)
 
     @property
+    def module_path(self) -> str:
+        """The attribute path from the spec's module to the wrapper that holds the model ("" or "inner." for each
+        thin wrapper around it, e.g. the run-time adapters' LoraInputs): what module names inside it start with."""
+        module, path = self.module, ""
+        while not hasattr(module, "prefix") and hasattr(module, "inner"):
+            module, path = module.inner, path + "inner."
+        return path
+
+    @property
     def module_prefix(self) -> str:
         """The attribute under which the wrapper holds the diffusers/transformers model: the first part of the module
         names a recipe keeps in float (``unet.conv_in``)."""

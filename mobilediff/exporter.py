@@ -468,6 +468,24 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     return cfg.out
 
 
+def parity_psnr(got: torch.Tensor, ref: torch.Tensor) -> float:
+    from mobilediff.parity import psnr
+
+    return psnr(got, ref)
+
+
+def _run_file(spec, entry: dict, bundle: Path, inputs) -> list:
+    """The outputs of an exported file (its manifest entry) on ``inputs``, on its host runtime."""
+    path = bundle / entry["path"]
+    if entry["target"] in ("onnx", "ort"):
+        from mobilediff.targets import onnx as onnx_target
+
+        return onnx_target.run(onnx_target.load_session(path), spec, inputs)
+    from mobilediff.targets import executorch as et
+
+    return et.run(et.load_method(path), inputs)
+
+
 class RuntimeAdapters:
     """The run-time adapters of an export (mobilediff.runtime_lora): read and slotted before the files are
     written, each checked on every exported graph against the model with it merged, written to ``adapters/``."""
@@ -549,8 +567,14 @@ class RuntimeAdapters:
             if "psnr_db" not in record:  # Core ML away from macOS: checked structurally, no numbers
                 rows[w.name] = {"scale": w.default_scale, "checked": record.get("checked", "structurally")}
                 continue
+            # the same graph with the adapter off, against the same merged model: how far the adapter moves it
+            off = tuple(inputs[:-1]) + (torch.zeros_like(inputs[-1]),)
+            got_off = _run_file(spec, entry, bundle, off)
+
             rows[w.name] = {"scale": w.default_scale, "psnr_db": round(record["psnr_db"], 2),
-                            "max_abs_error": record["max_abs_error"]}
+                            "max_abs_error": record["max_abs_error"],
+                            "adapter_off_psnr_db": round(min(parity_psnr(torch.as_tensor(g).float(), r.float())
+                                                             for g, r in zip(got_off, reference)), 2)}
             say(f"  {spec.name} {entry['target']} + {w.name}:{w.default_scale:g} vs merged: {record['psnr_db']:.1f} dB")
         entry["parity"]["adapters"] = {"against": "the PyTorch model with the adapter merged (--lora), same inputs",
                                        **rows}

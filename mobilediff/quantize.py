@@ -122,7 +122,9 @@ def kept_modules(recipe: Recipe, spec) -> list[str]:
     """Module names of ``recipe``'s keep-float layers inside the component ``spec``'s wrapper (``unet.conv_in``,
     ``text_encoder.text_model.final_layer_norm``): those under the wrapper's model attribute
     (:attr:`ComponentSpec.module_prefix`)."""
-    return [n for n in recipe.keep_float if n.split(".")[0] == spec.module_prefix]
+    named = [spec.module_path + n for n in recipe.keep_float if n.split(".")[0] == spec.module_prefix]
+    # modules that stay float in every recipe (a run-time adapter's low-rank products: mobilediff.runtime_lora)
+    return named + [fqn for fqn, m in spec.module.named_modules() if getattr(m, "keep_float", False)]
 
 
 def static_rows(spec, rows) -> list[tuple[torch.Tensor, ...]]:

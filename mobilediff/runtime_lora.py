@@ -172,6 +172,25 @@ class _Holder:
     value: torch.Tensor | None = None
 
 
+class LowRank(torch.nn.Module):
+    """The low-rank update of one adapted layer, read from the component's ``lora_weights`` input, added to the base
+    layer's output: ``y + (x @ down^T) @ up^T``. Its products multiply two activations and stay float in every int8 recipe (``keep_float``): an int8 base
+    with a float adapter."""
+
+    keep_float = True
+
+    def __init__(self, layer: dict, rank: int, fan_in: int, fan_out: int):
+        super().__init__()
+        self.d0, self.u0, self.rank, self.fan_in, self.fan_out = layer["down_offset"], layer["up_offset"], rank, fan_in, fan_out
+
+    def forward(self, x, y, flat):
+        """``y`` (the base layer's output) plus the update: the sum is made here, in float, so that no int8
+        quantizer puts an observer (calibrated on the base model, where the update is zero) on the update."""
+        down = flat[self.d0:self.d0 + self.rank * self.fan_in].reshape(self.rank, self.fan_in)
+        up = flat[self.u0:self.u0 + self.fan_out * self.rank].reshape(self.fan_out, self.rank)
+        return y + torch.matmul(torch.matmul(x, down.t()), up.t())
+
+
 class SlotLinear(torch.nn.Module):
     """A linear layer plus its low-rank slots read from the component's ``lora_weights`` input (its base layer alone
     when the component runs without one, e.g. while calibration samples the pipeline)."""
@@ -179,17 +198,12 @@ class SlotLinear(torch.nn.Module):
     def __init__(self, base: torch.nn.Linear, holder: _Holder, layer: dict, rank: int):
         super().__init__()
         self.base, self.holder = base, holder
-        self.d0, self.u0, self.rank = layer["down_offset"], layer["up_offset"], rank
-        self.fan_in, self.fan_out = base.in_features, base.out_features
+        self.low_rank = LowRank(layer, rank, base.in_features, base.out_features)
 
     def forward(self, x):
         flat = self.holder.value
         y = self.base(x)
-        if flat is None:
-            return y
-        down = flat[self.d0:self.d0 + self.rank * self.fan_in].reshape(self.rank, self.fan_in)
-        up = flat[self.u0:self.u0 + self.fan_out * self.rank].reshape(self.fan_out, self.rank)
-        return y + torch.matmul(torch.matmul(x, down.t()), up.t())
+        return y if flat is None else self.low_rank(x, y, flat)
 
 
 class LoraInputs(torch.nn.Module):

@@ -132,6 +132,20 @@ def test_a_static_int8_base_keeps_the_adapters_in_float(tiny_pipeline_dir, adapt
     # the adapter's products multiply two activations: kept float like the attention's
     assert f["export"]["quantization"]["activation_matmuls_kept_float"] >= 2 * len(m["adapters"]["slots"]["unet"]["layers"])
     assert f["parity"]["adapters"]["u"]["psnr_db"] >= f["parity"]["min_psnr_db"]
+    # the adapter is applied: the int8 graph with it is nearer the merged model than without it
+    par = f["parity"]["adapters"]["u"]
+    assert par["psnr_db"] > par["adapter_off_psnr_db"] + 3, par
+
+
+def test_executorch_int8_keeps_the_adapter_float_and_applies_it(tiny_pipeline_dir, adapters, tmp_path, capsys):
+    u, _ = adapters
+    code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "executorch", "--quantize",
+                                "int8", "--calibration-prompts", _prompts(tmp_path), "--runtime-lora", str(u), "--out",
+                                tmp_path / "q")
+    assert code == 0, err
+    m = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    par = m["components"]["unet"]["files"][0]["parity"]["adapters"]["u"]
+    assert par["psnr_db"] > par["adapter_off_psnr_db"] + 3, par
 
 
 def _prompts(tmp_path: Path) -> Path:
