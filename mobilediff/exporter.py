@@ -525,9 +525,11 @@ class RuntimeAdapters:
         return pack(self.slots[component], [(layers, w.default_scale)])
 
     def calibration(self, calibration):
-        """``calibration`` whose rows of a slotted component end with an all-zero ``lora_weights`` (the int8 base
-        is calibrated on the base model)."""
-        slots = self.slots
+        """``calibration`` whose rows of a slotted component end with a ``lora_weights``: every row with all zeros (the
+        base model) and again with each adapter that adapts the component at its scale, so that an int8 graph's activation ranges
+        hold what the adapters make of them too (calibrated on the base model alone, the ranges clip the
+        activations an adapter moves and its effect shrinks: benchmarks/results/runtime_adapters.md)."""
+        slots, vector, weights = self.slots, self.vector, self.weights
 
         class _WithSlots:
             def __getattr__(self, name):
@@ -537,8 +539,10 @@ class RuntimeAdapters:
                 rows = calibration.batches(component)
                 if component not in slots:
                     return rows
-                zeros = torch.zeros(slots[component].size)
-                return [tuple(r) + (zeros,) for r in rows]
+                vectors = [torch.zeros(slots[component].size)] + [
+                    vector(component, w) for w in weights if any(c == component for c, _ in w.layers)]
+                # every row once per vector, a vector's rows together (a static batch regroups neighbouring rows)
+                return [tuple(r) + (v,) for v in vectors for r in rows]
 
         return _WithSlots()
 

@@ -174,7 +174,7 @@ def write_markdown(result: dict) -> str:
              f"*slotted* bundle (`export --runtime-lora`: the adapter a separate file fed as the UNet's `lora_weights` "
              f"input) and a *merged* one (`export --lora`) per runtime and precision, adapter at scale 1, the model's "
              f"plan (default:lcm-lora: LCM-4, guidance 1), {s['seeds']} seed(s) x 3 prompts. Step: one UNet call at the plan's batch, warm, median over "
-             f"{s['runs']} runs. int8: calibrated on the base model; the slotted adapter's products stay float.", "",
+             f"{s['runs']} runs. int8: calibrated on every row with the adapter off and on; the slotted adapter's products stay float.", "",
              "| adapter | runtime | precision | adapter file | UNet graph | UNet vs merged PyTorch (export check) | "
              "image vs merged bundle | image vs PyTorch merged | merged bundle vs PyTorch merged | step slotted | "
              "step merged | overhead | first switch | switch |", "|" + "---|" * 14]
