@@ -983,7 +983,8 @@ CASES = [
          "--lora-rank sizes the run-time adapters' slots: give them with --runtime-lora"),
     Case("runtime_adapters-out-is-a-file", lambda c: ["runtime_adapters", "--fp32-only", "--out", str(c.t / "f")],
          user_file, "{t}/f is a file"),
-    Case("lcm_lora-steps-zero", lambda c: ["lcm_lora", "--steps", "0", "--out", str(c.t / "r")], None, "'--steps'"),
+    Case("lcm_lora-steps-zero", lambda c: ["lcm_lora", "--steps", "0", "--out", str(c.t / "r")], None,
+         "--steps: must be an integer between 1 and 50, got 0"),
     Case("app_memory-not-a-bundle", lambda c: ["app_memory", "--bundle", str(c.t / "d"), "--out", str(c.t / "r")],
          user_folder, "{t}/d is not a bundle (no manifest.json)"),
 ]

@@ -177,7 +177,7 @@ def test_kept_modules_follow_each_components_model_attribute():
     specs = {"text_encoder": TextEncoderWrapper(torch.nn.Identity()), "unet": UnetWrapper(torch.nn.Identity(), False),
              "vae_decoder": VaeDecoderWrapper(torch.nn.Identity())}
     for name, module in specs.items():
-        for wrapped in (module, Fp16IO(module)):
+        for wrapped, path in ((module, ""), (Fp16IO(module), "inner.")):  # names as the wrapped module holds them
             spec = ComponentSpec(name=name, module=wrapped, inputs=(), outputs=())
-            assert kept_modules(recipe, spec) == [n for n in recipe.keep_float
+            assert kept_modules(recipe, spec) == [path + n for n in recipe.keep_float
                                                   if n.startswith({"vae_decoder": "vae."}.get(name, name + "."))]

@@ -208,7 +208,7 @@ def test_a_convolution_adapter_is_refused_for_run_time_slots(tiny_pipeline_dir, 
     pipe = load_pipeline(tiny_pipeline_dir)
     ref = load_pipeline(tiny_pipeline_dir)
     ref.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["conv1"], init_lora_weights=False), "c")
-    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(ref.unet, "c"),
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(ref.unet, adapter_name="c"),
                                               weight_name="c.safetensors")
     with pytest.raises(MobilediffError, match="run-time slots hold linear layers only: merge this adapter with --lora"):
         read_adapters(pipe, [Adapter(tmp_path / "c.safetensors")])

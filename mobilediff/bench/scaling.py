@@ -674,7 +674,7 @@ def default_cache() -> Path:
 
 def build_parser(doc: str = "", results: Path | None = None) -> Parser:
     """The flags of ``benchmarks/scaling.py`` (``doc``: its docstring; ``results``: the default ``--out``)."""
-    from mobilediff.samplers import samplers_for
+    from mobilediff.samplers import SAMPLERS, samplers_for
 
     ap = Parser(doc)
     ap.add_argument("--model", action="append", default=None, metavar="NAME_OR_DIR",
@@ -685,7 +685,7 @@ def build_parser(doc: str = "", results: Path | None = None) -> Parser:
                          "distilled from; progressive-N samples at N steps with its own plan, LCM at --student-steps "
                          "(default: the registered progressive-1, progressive-4 and lcm students of each family "
                          "model; the flag alone: none)")
-    ap.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp"], choices=samplers_for(False),
+    ap.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp"], choices=[n for n in samplers_for(False) if not SAMPLERS[n].guidance_embedding],
                     help="the teachers' samplers (default: ddim dpmpp)")
     ap.add_argument("--steps", type=count(1), nargs="+", default=[1, 2, 4, 8, 16, 32, 50],
                     help="the teachers' step counts (default: 1 2 4 8 16 32 50)")

@@ -460,7 +460,7 @@ class LcmObjective:
 
     def __init__(self, cfg: DistillConfig, data: DistillData, student, target, scheduler, prediction_type: str):
         self.cfg, self.data, self.student, self.target = cfg, data, student, target
-        self.embedded = bool(getattr(student.config, "time_cond_proj_dim", None))  # False: an LCM-LoRA
+        self.embedded = cfg.method != "lcm-lora"  # an LCM-LoRA has no guidance embedding
         self.log_fields = {"method": "lcm" if self.embedded else "lcm-lora"}
         self.models = {"student": student}
         self.target_ema = EMA(target.state_dict(), cfg.target_ema, warmup=False)
