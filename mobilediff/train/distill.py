@@ -760,15 +760,14 @@ def lora_student(teacher_unet, rank: int, targets=LORA_TARGETS):
     return student
 
 
-def train_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str, ckpt) -> tuple[dict, dict, dict]:
-    """Train a LoRA adapter (rank ``cfg.lora_rank`` on :data:`LORA_TARGETS`) on a copy of the teacher's UNet; returns
-    (the adapter's tensors in diffusers' layout, its PEFT config as header metadata, stats)."""
+def _train_adapter(cfg: DistillConfig, data: DistillData, student, objective, desc: str,
+                   ckpt) -> tuple[dict, dict, dict]:
+    """Run ``objective`` over ``student`` (a UNet with a PEFT adapter, only the adapter trainable); returns (the
+    adapter's tensors in diffusers' layout, its PEFT config as header metadata, stats)."""
     from peft.utils import get_peft_model_state_dict
 
-    student = lora_student(data.teacher.unet, cfg.lora_rank)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    objective = LoraObjective(cfg, data, student.train(), scheduler, prediction_type)
-    leg = Leg(run_dir=cfg.out, desc="train lora", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
+    leg = Leg(run_dir=cfg.out, desc=desc, steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
               checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
               checkpoint_state=data.run_record)
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
@@ -776,27 +775,25 @@ def train_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
     tensors = {f"unet.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
     return tensors, unet.peft_config["default"].to_dict(), {"train_steps": cfg.max_train_steps,
                                                             "train_seconds": seconds}
+
+
+def train_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str, ckpt) -> tuple[dict, dict, dict]:
+    """Train a LoRA adapter (rank ``cfg.lora_rank`` on :data:`LORA_TARGETS`) on a copy of the teacher's UNet with its
+    own denoising loss (:func:`_train_adapter`'s result)."""
+    student = lora_student(data.teacher.unet, cfg.lora_rank).train()
+    objective = LoraObjective(cfg, data, student, scheduler, prediction_type)
+    return _train_adapter(cfg, data, student, objective, "train lora", ckpt)
 
 
 def train_lcm_lora(cfg: DistillConfig, data: DistillData, scheduler, prediction_type: str,
                    ckpt) -> tuple[dict, dict, dict]:
     """LCM-LoRA: latent consistency distillation (:class:`LcmObjective`, the teacher guided at ``cfg.guidance``) into
     a rank ``cfg.lora_rank`` adapter on :data:`LCM_LORA_TARGETS` of the teacher's frozen UNet; the target network is
-    the EMA of the adapted UNet. Returns (the adapter's tensors in diffusers' layout, its PEFT config, stats)."""
-    from peft.utils import get_peft_model_state_dict
-
+    the EMA of the adapted UNet (:func:`_train_adapter`'s result)."""
     student = lora_student(data.teacher.unet, cfg.lora_rank, LCM_LORA_TARGETS)
     target = copy.deepcopy(student).requires_grad_(False).eval()
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     objective = LcmObjective(cfg, data, student.train(), target, scheduler, prediction_type)
-    leg = Leg(run_dir=cfg.out, desc="distill lcm-lora", steps=cfg.max_train_steps, lr_warmup_steps=cfg.warmup_steps,
-              checkpoint_every=cfg.checkpoint_every, log_every=25, grad_clip=cfg.grad_clip, loss_format=".5f",
-              checkpoint_state=data.run_record)
-    seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
-    unet = data.accelerator.unwrap_model(objective.models["student"]).eval()
-    tensors = {f"unet.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-    return tensors, unet.peft_config["default"].to_dict(), {"train_steps": cfg.max_train_steps,
-                                                            "train_seconds": seconds}
+    return _train_adapter(cfg, data, student, objective, "distill lcm-lora", ckpt)
 
 
 def _save_adapter(path: Path, tensors: dict, peft_config: dict, info: dict) -> None:
