@@ -137,6 +137,10 @@ def test_a_static_int8_base_keeps_the_adapters_in_float(tiny_pipeline_dir, adapt
     assert par["psnr_db"] > par["adapter_off_psnr_db"] + 3, par
 
 
+# ~100 s on two busy cores (three components quantized and lowered): in the extended tier. The default run checks the
+# ExecuTorch int8 keep-float path in tests/test_quantize.py and the run-time adapter on ExecuTorch fp32 above;
+# benchmarks/runtime_adapters.py measures this combination on the embedded models.
+@pytest.mark.extended
 def test_executorch_int8_keeps_the_adapter_float_and_applies_it(tiny_pipeline_dir, adapters, tmp_path, capsys):
     u, _ = adapters
     code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "executorch", "--quantize",
