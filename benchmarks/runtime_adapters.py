@@ -5,7 +5,7 @@ mobilediff/bench/runtime_adapters.py has the method.
 Writes to --out (default benchmarks/results/): runtime_adapters.json, runtime_adapters.md, runtime_adapters.png.
 Bundles are exported once into --work (default ../runs/runtime-adapters) and reused. Time it on an idle machine.
 
-Run:  python benchmarks/runtime_adapters.py [--adapter default:swap-red-blue] [--fp32-only] [--runs 20] [--threads 1]
+Run:  python benchmarks/runtime_adapters.py [--adapter default:swap-red-blue] [--fp32-only] [--runs 50] [--threads 1]
 """
 from __future__ import annotations
 
