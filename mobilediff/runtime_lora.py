@@ -47,6 +47,26 @@ class AdapterWeights:
         return max(d.shape[0] for d, _ in self.layers.values())
 
 
+def pointwise(module) -> bool:
+    """A 1x1 convolution (stride 1, no padding, dilation 1, one group): a linear layer over each pixel's channels,
+    as SD-1.x's attention ``proj_in``/``proj_out`` are and kohya-format adapters adapt them."""
+    return (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+            and tuple(module.stride) == (1, 1) and tuple(module.dilation) == (1, 1) and module.groups == 1
+            and module.padding in ((0, 0), 0, "valid"))
+
+
+def fans(module) -> tuple[int, int]:
+    """(in, out) features of a slot-able layer: a linear layer or a 1x1 convolution (its channels)."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    return module.in_channels, module.out_channels
+
+
+def _matrix(w: torch.Tensor) -> torch.Tensor:
+    """A LoRA matrix as rows x columns (a 1x1 convolution's weight out x in x 1 x 1 flattened)."""
+    return w.detach().float().reshape(w.shape[0], -1).clone()
+
+
 def _peft_layers(module) -> dict[str, object]:
     from peft.tuners.lora import LoraLayer
 
@@ -56,7 +76,7 @@ def _peft_layers(module) -> dict[str, object]:
 def read_adapters(pipe, adapters) -> list[AdapterWeights]:
     """Each :class:`mobilediff.lora.Adapter` checked against ``pipe`` and read through PEFT (loaded into the pipeline,
     its matrices and scaling copied out, unloaded again: the pipeline is left as it was). Raises MobilediffError for
-    an adapter a run-time slot cannot hold (a convolution or DoRA layer: merge those with --lora)."""
+    an adapter a run-time slot cannot hold (a convolution other than 1x1, or a DoRA layer: merge those with --lora)."""
     from mobilediff.bundle import sha256_path
     from mobilediff.lora import check_adapter, read_adapter
     from mobilediff.quiet import quiet_libraries
@@ -83,13 +103,16 @@ def read_adapters(pipe, adapters) -> list[AdapterWeights]:
                         raise MobilediffError(f"--runtime-lora {a.path}: {component}.{name} is a DoRA layer; merge "
                                               f"it with --lora")
                     down, up = layer.lora_A[tag], layer.lora_B[tag]
-                    if not isinstance(layer.base_layer, torch.nn.Linear) or not isinstance(down, torch.nn.Linear):
-                        raise MobilediffError(f"--runtime-lora {a.path}: it adapts {component}.{name}, a "
-                                              f"{type(layer.base_layer).__name__}; run-time slots hold linear layers "
-                                              f"only: merge this adapter with --lora")
+                    base = layer.base_layer
+                    linear = isinstance(base, torch.nn.Linear) and isinstance(down, torch.nn.Linear)
+                    if not (linear or (pointwise(base) and pointwise(down) and pointwise(up))):
+                        kind = (f"{type(base).__name__} with a {'x'.join(map(str, base.kernel_size))} kernel"
+                                if isinstance(base, torch.nn.Conv2d) else type(base).__name__)
+                        raise MobilediffError(f"--runtime-lora {a.path}: it adapts {component}.{name}, a {kind}; "
+                                              f"run-time slots hold linear layers and 1x1 convolutions only: merge "
+                                              f"this adapter with --lora")
                     scaling = float(layer.scaling[tag])
-                    layers[(component, name)] = (down.weight.detach().float().clone(),
-                                                 (up.weight.detach().float() * scaling).clone())
+                    layers[(component, name)] = (_matrix(down.weight), _matrix(up.weight) * scaling)
         finally:
             pipe.unload_lora_weights()  # the PEFT layers removed, the base layers back in place
         if not layers:
@@ -136,8 +159,7 @@ def plan_slots(pipe, adapters: list[AdapterWeights], rank: int | None) -> dict[s
             continue
         layers, offset = [], 0
         for m in modules:
-            lin = getattr(pipe, component).get_submodule(m)
-            fan_in, fan_out = lin.in_features, lin.out_features
+            fan_in, fan_out = fans(getattr(pipe, component).get_submodule(m))
             layers.append({"module": m, "in_features": fan_in, "out_features": fan_out, "down_offset": offset,
                            "up_offset": offset + rank * fan_in})
             offset += rank * (fan_in + fan_out)
@@ -179,26 +201,31 @@ class LowRank(torch.nn.Module):
 
     keep_float = True
 
-    def __init__(self, layer: dict, rank: int, fan_in: int, fan_out: int):
+    def __init__(self, layer: dict, rank: int, fan_in: int, fan_out: int, channels_first: bool = False):
         super().__init__()
         self.d0, self.u0, self.rank, self.fan_in, self.fan_out = layer["down_offset"], layer["up_offset"], rank, fan_in, fan_out
+        self.channels_first = channels_first  # a 1x1 convolution: features on dim 1 of (B, C, H, W)
 
     def forward(self, x, y, flat):
         """``y`` (the base layer's output) plus the update: the sum is made here, in float, so that no int8
         quantizer puts an observer (calibrated on the base model, where the update is zero) on the update."""
         down = flat[self.d0:self.d0 + self.rank * self.fan_in].reshape(self.rank, self.fan_in)
         up = flat[self.u0:self.u0 + self.fan_out * self.rank].reshape(self.fan_out, self.rank)
+        if self.channels_first:  # the same products over each pixel's channels (matrix products, not a convolution
+            # whose weight is an input: every runtime runs those alike)
+            update = torch.matmul(torch.matmul(x.permute(0, 2, 3, 1), down.t()), up.t())
+            return y + update.permute(0, 3, 1, 2)
         return y + torch.matmul(torch.matmul(x, down.t()), up.t())
 
 
 class SlotLinear(torch.nn.Module):
-    """A linear layer plus its low-rank slots read from the component's ``lora_weights`` input (its base layer alone
-    when the component runs without one, e.g. while calibration samples the pipeline)."""
+    """A linear layer (or 1x1 convolution) plus its low-rank slots read from the component's ``lora_weights`` input
+    (its base layer alone when the component runs without one, e.g. while calibration samples the pipeline)."""
 
-    def __init__(self, base: torch.nn.Linear, holder: _Holder, layer: dict, rank: int):
+    def __init__(self, base: torch.nn.Module, holder: _Holder, layer: dict, rank: int):
         super().__init__()
         self.base, self.holder = base, holder
-        self.low_rank = LowRank(layer, rank, base.in_features, base.out_features)
+        self.low_rank = LowRank(layer, rank, *fans(base), channels_first=not isinstance(base, torch.nn.Linear))
 
     def forward(self, x):
         flat = self.holder.value

@@ -214,9 +214,53 @@ def test_a_convolution_adapter_is_refused_for_run_time_slots(tiny_pipeline_dir, 
     ref.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["conv1"], init_lora_weights=False), "c")
     StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(ref.unet, adapter_name="c"),
                                               weight_name="c.safetensors")
-    with pytest.raises(MobilediffError, match="run-time slots hold linear layers only: merge this adapter with --lora"):
+    with pytest.raises(MobilediffError, match="a Conv2d with a 3x3 kernel; run-time slots hold linear layers and 1x1 convolutions only: merge this "
+                                                 "adapter with --lora"):
         read_adapters(pipe, [Adapter(tmp_path / "c.safetensors")])
     assert not any("lora" in n for n, _ in pipe.unet.named_modules())  # the pipeline is left as it was
+
+
+def _kohya_pointwise_adapter(tiny_pipeline_dir, path: Path) -> Path:
+    """A seeded random adapter in the kohya/A1111 layout on the attention's to_q and its 1x1-convolution proj_in /
+    proj_out (SD-1.x's; what kohya-trained adapters adapt), the convolutions' matrices as 1x1 kernels."""
+    from safetensors.torch import load_file, save_file
+
+    from mobilediff.loading import load_pipeline
+    from mobilediff.lora import random_adapter
+
+    own = random_adapter(load_pipeline(tiny_pipeline_dir), path.parent / "peft.safetensors", rank=2, seed=5, std=0.3,
+                         unet_targets=("to_q", "proj_in", "proj_out"), text_targets=())
+    kohya = {}
+    for k, v in load_file(str(own)).items():
+        name = "lora_unet_" + k[len("unet."):].rsplit(".lora_", 1)[0].replace(".", "_")
+        if ".lora_A." in k:
+            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.alpha"] = v, torch.tensor(2.0)
+        else:
+            kohya[f"{name}.lora_up.weight"] = v
+    assert any(v.dim() == 4 for v in kohya.values())  # the convolutions' 1x1 kernels
+    save_file(kohya, str(path))
+    return path
+
+
+def test_a_kohya_adapter_of_1x1_convolutions_runs_at_run_time_as_merged(tiny_pipeline_dir, tmp_path, capsys):
+    k = _kohya_pointwise_adapter(tiny_pipeline_dir, tmp_path / "k.safetensors")
+    code, _, err = run_cli_here(capsys, "export", "--model", tiny_pipeline_dir, "--target", "onnx", "--no-ort-format",
+                                "--runtime-lora", str(k), "--out", tmp_path / "b")
+    assert code == 0, err
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    modules = [l["module"] for l in m["adapters"]["slots"]["unet"]["layers"]]
+    assert any(n.endswith("proj_in") for n in modules) and any(n.endswith("proj_out") for n in modules)
+    par = m["components"]["unet"]["files"][0]["parity"]
+    assert par["adapters"]["k"]["psnr_db"] >= par["min_psnr_db"]
+    images = {}
+    for side, args in (("b", ["--bundle", tmp_path / "b", "--lora", "k"]),
+                       ("m", ["--model", tiny_pipeline_dir, "--lora", str(k)]),
+                       ("base", ["--bundle", tmp_path / "b"])):
+        code, _, err = run_cli_here(capsys, "generate", *args, *COMMON, "--out", tmp_path / f"{side}.png")
+        assert code == 0, err
+        images[side] = _png(tmp_path / f"{side}.png")
+    assert np.abs(images["b"] - images["m"]).max() <= 1
+    assert np.abs(images["b"] - images["base"]).max() > 2
 
 
 def test_lcm_lora_trains_resumes_and_runs_as_a_run_time_adapter_with_the_lcm_table(tiny_pipeline_dir, tmp_path,
