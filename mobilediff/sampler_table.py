@@ -63,19 +63,29 @@ def _trim(v: list[float]) -> list[float]:
 _PROBE_SCALE = 1000.0  # a second measurement with every input scaled by this: a linear step scales its result alike
 
 
-def _fresh(scheduler, steps: int, start: int = 0):
+def _fresh(scheduler, steps: int, start: int = 0, timestep_args: dict | None = None):
     """A copy of ``scheduler`` set to ``steps`` steps, beginning at step ``start`` as diffusers' image-to-image and
-    inpainting pipelines begin it (``set_begin_index``, where the class has it)."""
+    inpainting pipelines begin it (``set_begin_index``, where the class has it). ``timestep_args``: what the
+    pipeline passes to ``set_timesteps`` besides the step count (a flow-matching pipeline's ``mu``, its ``sigmas``:
+    :func:`flow_timestep_args`)."""
     import copy
 
     sched = copy.deepcopy(scheduler)
-    sched.set_timesteps(steps)
+    sched.set_timesteps(steps, **(timestep_args or {}))
     if start and hasattr(sched, "set_begin_index"):
         sched.set_begin_index(start * sched.order)
     return sched
 
 
-def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None):
+def _input_scale(sched, t) -> float:
+    """The scheduler's model-input scale at ``t`` (1 for the flow-matching schedulers, which have no
+    ``scale_model_input``: their pipelines feed the latent as it is)."""
+    if not hasattr(sched, "scale_model_input"):
+        return 1.0
+    return float(sched.scale_model_input(torch.ones(1, 1), t).flatten()[0])
+
+
+def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None, timestep_args: dict | None = None):
     """Run a copy of ``scheduler`` for ``steps`` steps (from step ``start`` on, as an image-to-image run does) on
     basis vectors times ``unit``; return (the copy, its timesteps from ``start``, and per step (input scale, next
     latent as a coefficient vector over the basis divided by ``unit``)). ``blend(sched, i, t_next)`` is called after
@@ -83,7 +93,10 @@ def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None):
     ``add_noise`` point)."""
     import importlib
 
-    sched = _fresh(scheduler, steps, start)
+    sched = _fresh(scheduler, steps, start, timestep_args)
+    if not torch.isfinite(torch.as_tensor(sched.timesteps, dtype=torch.float64)).all():
+        raise MobilediffError(f"{type(sched).__name__} gives non-finite timesteps at {steps} step(s) with this "
+                              f"configuration (diffusers cannot sample with it either)")
     timesteps = list(sched.timesteps)[start * sched.order:]
     n = len(timesteps)
     # basis: latent_0..latent_{n-1}, output_0..output_{n-1}, noise_0..noise_{n-1}
@@ -104,7 +117,7 @@ def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None):
     with _symbolic_noise(module, draw):
         for i, t in enumerate(timesteps):
             current["i"] = i
-            scale = float(sched.scale_model_input(torch.ones(1, 1), t).flatten()[0])
+            scale = _input_scale(sched, t)
             res = sched.step(e(n + i), t, e(i), return_dict=False)
             rows.append((scale, res[0][0].double() / unit))
             if blend is not None and i + 1 < n:
@@ -112,10 +125,14 @@ def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None):
     return sched, timesteps, rows
 
 
-def sampler_table(scheduler, steps: int, start: int = 0, blend=None) -> SamplerTable:
+def sampler_table(scheduler, steps: int, start: int = 0, blend=None, timestep_args: dict | None = None) -> SamplerTable:
     """Measure the per-step coefficients of a configured diffusers scheduler for ``steps`` steps (``start`` > 0: the
     run an image-to-image pipeline makes from step ``start`` of those ``steps``, its table holding the remaining ones;
-    ``blend``: see :func:`_measure`).
+    ``blend``: see :func:`_measure`; ``timestep_args``: see :func:`_fresh`).
+
+    Flow-matching schedulers (``FlowMatchEulerDiscreteScheduler``: SD3, SANA, Flux) are tabulated alike: their step
+    ``x + (sigma_next - sigma) * v`` is linear too; their input scale and ``init_noise_sigma`` are 1 (the pipelines
+    start from the N(0, I) draw itself) and their timesteps ``sigma * num_train_timesteps`` after the shift.
 
     ``scheduler`` is a fresh instance (e.g. from :func:`mobilediff.sampling.make_scheduler`); it is copied,
     never mutated. The measurement is repeated with every input scaled by ``_PROBE_SCALE``: a step that clips or
@@ -125,12 +142,12 @@ def sampler_table(scheduler, steps: int, start: int = 0, blend=None) -> SamplerT
     if steps < 1:
         raise MobilediffError(f"steps must be >= 1, got {steps}")
     name = type(scheduler).__name__
-    sched, timesteps, rows = _measure(scheduler, steps, 1.0, start, blend)
-    _, _, probe = _measure(scheduler, steps, _PROBE_SCALE, start)
+    sched, timesteps, rows = _measure(scheduler, steps, 1.0, start, blend, timestep_args)
+    _, _, probe = _measure(scheduler, steps, _PROBE_SCALE, start, timestep_args=timestep_args)
     timesteps = [float(t) for t in timesteps]
     n = len(timesteps)
     lat, out, noi = (lambda i: i), (lambda i: n + i), (lambda i: 2 * n + i)
-    table = SamplerTable(sampler=name, steps=n, init_noise_sigma=float(sched.init_noise_sigma),
+    table = SamplerTable(sampler=name, steps=n, init_noise_sigma=float(getattr(sched, "init_noise_sigma", 1.0)),
                          timesteps=timesteps, input_scale=[], latent_coef=[], output_coef=[], noise_coef=[])
     for i, ((scale, nxt), (_, scaled)) in enumerate(zip(rows, probe)):
         # anything outside the basis means the step was not linear (clipping, thresholding, ...)
@@ -150,6 +167,43 @@ def sampler_table(scheduler, steps: int, start: int = 0, blend=None) -> SamplerT
         if stray.abs().max() > 1e-5:
             raise MobilediffError(f"{name} step {i} depends on inputs outside the table")
     return table
+
+
+# ------------------------------------------------------------------------------------------------- flow matching
+def flow_timestep_args(scheduler, latent_height: int, latent_width: int, patch_size: int = 1,
+                       explicit_sigmas: bool = False) -> dict:
+    """The ``set_timesteps`` arguments a flow-matching pipeline passes besides the step count, for a latent of
+    ``latent_height`` x ``latent_width`` cut into ``patch_size`` patches:
+
+    - ``mu`` when the scheduler shifts with the resolution (``use_dynamic_shifting``): the shift interpolated
+      linearly in the image's token count between ``base_shift`` at ``base_image_seq_len`` tokens and
+      ``max_shift`` at ``max_image_seq_len`` (diffusers' ``calculate_shift``, as the SD3 / Flux / SANA pipelines
+      compute it);
+    - ``sigmas`` = linspace(1, 1 / N, N) where the pipeline passes them itself (``explicit_sigmas``: Flux's
+      pipelines), filled in per step count by :func:`flow_table`.
+    """
+    cfg = scheduler.config
+    args = {}
+    if cfg.get("use_dynamic_shifting", False):
+        tokens = (latent_height // patch_size) * (latent_width // patch_size)
+        lo, hi = cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096)
+        b0, b1 = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
+        slope = (b1 - b0) / (hi - lo)
+        args["mu"] = float(tokens * slope + (b0 - slope * lo))
+    if explicit_sigmas:
+        args["sigmas"] = "linspace"
+    return args
+
+
+def flow_table(scheduler, steps: int, timestep_args: dict | None = None) -> SamplerTable:
+    """:func:`sampler_table` of a flow-matching scheduler with the pipeline's ``set_timesteps`` arguments
+    (:func:`flow_timestep_args`; ``sigmas="linspace"`` becomes linspace(1, 1 / steps, steps))."""
+    import numpy as np
+
+    args = dict(timestep_args or {})
+    if args.get("sigmas") == "linspace":
+        args["sigmas"] = np.linspace(1.0, 1.0 / steps, steps).tolist()
+    return sampler_table(scheduler, steps, timestep_args=args)
 
 
 # ------------------------------------------------------------------------------------ image-to-image and inpainting
