@@ -24,6 +24,7 @@ MANIFEST = "manifest.json"
 ROLES = ("teacher", "student")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # every bundle holds these three
 IMAGE_ENCODER = "vae_encoder"  # and image-to-image / inpainting bundles this one
+ADAPTER_INPUT = "lora_weights"  # the extra last input of every component run-time adapters slot (manifest adapters)
 
 
 def file_name(component: str, target: str, precision: str, ext: str) -> str:
@@ -351,6 +352,7 @@ class SamplingPlan(_Record):
 
 
 IMAGE_MODES = ("img2img", "inpaint")
+INPAINTING_INPUTS = ("mask", "masked_image_latents")  # an inpainting UNet's inputs after encoder_hidden_states
 
 
 @dataclass(frozen=True)
@@ -379,14 +381,17 @@ class ImageModes(_Record):
 
     def __post_init__(self):
         bad = [m for m in self.modes if m not in IMAGE_MODES]
-        if bad or not self.modes:
-            raise ValueError(f"unknown image mode {bad[0] if bad else None!r} (known: {', '.join(IMAGE_MODES)})")
+        if not self.modes:
+            raise ValueError(f"modes is empty (known: {', '.join(IMAGE_MODES)})")
+        if bad:
+            raise ValueError(f"unknown image mode {bad[0]!r} in modes (known: {', '.join(IMAGE_MODES)})")
         if self.encoder_posterior not in ("gaussian", "deterministic"):
             raise ValueError(f"encoder_posterior must be gaussian or deterministic, got {self.encoder_posterior!r}")
         if self.denoiser not in ("standard", "inpainting"):
-            raise ValueError(f"image.denoiser must be standard or inpainting, got {self.denoiser!r}")
+            raise ValueError(f"denoiser must be standard or inpainting, got {self.denoiser!r}")
         if self.denoiser == "inpainting" and list(self.modes) != ["inpaint"]:
-            raise ValueError(f"an inpainting denoiser runs the inpaint mode alone, not {', '.join(self.modes)}")
+            raise ValueError(f"modes lists {', '.join(self.modes)}, but an inpainting denoiser runs the inpaint mode "
+                             "alone")
 
     @property
     def inpainting_denoiser(self) -> bool:
@@ -437,7 +442,15 @@ class Manifest(_Record):
             raise ValueError("samplers is empty (a bundle without sampler tables cannot sample)")
         if self.image is not None:
             if IMAGE_ENCODER not in self.components:
-                raise ValueError(f"image modes {', '.join(self.image.modes)} need a {IMAGE_ENCODER!r} component")
+                raise ValueError(f"components has no {IMAGE_ENCODER!r}: image modes {', '.join(self.image.modes)} "
+                                 f"need a {IMAGE_ENCODER!r} component")
+            if self.image.inpainting_denoiser:
+                # mask and masked_image_latents after encoder_hidden_states (and a guidance embedding's input)
+                names = [t.name for t in self.components["unet"].inputs]
+                at = 3 + (self.guidance.type == "embedding")
+                if names[at:at + 2] != list(INPAINTING_INPUTS):
+                    raise ValueError(f"components.unet.inputs are {', '.join(names)}: an inpainting denoiser takes "
+                                     f"{' and '.join(INPAINTING_INPUTS)} as inputs {at + 1} and {at + 2}")
             lacking = [f"{t.name}:{t.steps}" for t in self.samplers if not t.add_noise or len(t.add_noise) != t.steps]
             if lacking:
                 raise ValueError(f"image modes need every sampler table's add_noise rows (samplers {lacking[0]})")
@@ -494,13 +507,18 @@ def _check_adapters(manifest: "Manifest") -> None:
     """The ``adapters`` record (mobilediff.runtime_lora): every slotted component declares ``lora_weights`` as its
     last input, of the slots' size, and the slots' offsets tile it; every adapter file fits the slots."""
     a = manifest.adapters
+    if a.get("input", ADAPTER_INPUT) != ADAPTER_INPUT:
+        raise ValueError(f"adapters.input must be {ADAPTER_INPUT}, got {json.dumps(a['input'])[:40]}")
     slots, files = a.get("slots"), a.get("files")
-    if not isinstance(slots, dict) or not slots or not isinstance(files, list):
-        raise ValueError("adapters needs slots (component -> rank slots) and files")
+    if not isinstance(slots, dict) or not slots:
+        raise ValueError("adapters.slots must name at least one component (component -> rank slots)")
+    if not isinstance(files, list):
+        raise ValueError("adapters.files must be a list of the adapter files")
     for name, s in slots.items():
         comp = manifest.components.get(name)
         if comp is None:
-            raise ValueError(f"adapters.slots names component {name!r}, which the bundle does not have")
+            raise ValueError(f"adapters.slots names component {name!r}, which the bundle does not have "
+                             f"(it has: {', '.join(manifest.components)})")
         try:
             rank, layers = int(s["rank"]), s["layers"]
             offset = 0
@@ -510,13 +528,18 @@ def _check_adapters(manifest: "Manifest") -> None:
                 offset += rank * (l["in_features"] + l["out_features"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"adapters.slots.{name}: malformed ({e})") from None
+        if "size" in s and s["size"] != offset:  # absent: the layers' sum
+            raise ValueError(f"adapters.slots.{name}.size is {json.dumps(s['size'])[:40]} but the layers hold "
+                             f"{offset} values")
         last = comp.inputs[-1] if comp.inputs else None
-        if last is None or last.name != a.get("input", "lora_weights") or list(last.static_shape) != [offset]:
+        if last is None or last.name != ADAPTER_INPUT or list(last.static_shape) != [offset]:
             raise ValueError(f"adapters.slots.{name}: the component's last input must be lora_weights of {offset} "
                              f"values")
     for i, f in enumerate(files):
         if not isinstance(f, dict) or not all(k in f for k in ("name", "path", "sha256", "rank")):
             raise ValueError(f"adapters.files[{i}] needs name, path, sha256 and rank")
+        if f["name"] in [g["name"] for g in files[:i]]:  # a mix names its adapters
+            raise ValueError(f"adapters.files[{i}].name {f['name']!r} is given twice (adapter names are unique)")
         if any(int(f["rank"]) > int(s["rank"]) for s in slots.values()):
             raise ValueError(f"adapters.files[{i}] ({f['name']}) has rank {f['rank']}, more than the slots hold")
 

@@ -14,6 +14,7 @@ CONTRACT = Path(__file__).parent / "contract"
 REPO = Path(__file__).parent.parent
 CASES = json.loads((CONTRACT / "cases.json").read_text(encoding="utf-8"))["cases"]
 TOKENIZER = json.loads((CONTRACT / "tokenizer.json").read_text(encoding="utf-8"))
+MODES = ("txt2img", "img2img", "inpaint")  # the order `expect.modes` lists them in
 
 
 def merge_patch(target, patch):
@@ -42,11 +43,13 @@ def case_text(case: dict) -> str:
 def test_the_cases_are_well_formed():
     names = [c["name"] for c in CASES]
     assert len(names) == len(set(names)) and len(names) >= 30
+    plan = {"role", "method", "plan", "plan_table"}
     for c in CASES:
-        assert set(c["expect"]) in ({"error_mentions"}, {"role", "method", "plan", "plan_table"}), c["name"]
-    # both outcomes, both bases and both ways of building a case are exercised
+        keys = set(c["expect"])
+        assert keys == {"error_mentions"} or plan <= keys <= plan | {"modes", "adapters"}, c["name"]
+    # both outcomes, every base and both ways of building a case are exercised
     assert {bool("error_mentions" in c["expect"]) for c in CASES} == {True, False}
-    assert {c["base"] for c in CASES} == {"teacher.json", "lcm_student.json"}
+    assert {c["base"] for c in CASES} == {"teacher.json", "lcm_student.json", "image_adapters.json"}
     assert any("text_replace" in c for c in CASES) and any("patch" in c for c in CASES)
 
 
@@ -73,6 +76,10 @@ def test_manifest_case(case, tmp_path):
     else:
         with pytest.raises(MobilediffError, match=f"no {plan.sampler} table for {plan.steps} steps"):
             m.sampler_table(plan.sampler, plan.steps)
+    if "modes" in expect:
+        assert [mode for mode in MODES if m.supports(mode)] == expect["modes"]
+    if "adapters" in expect:
+        assert [f["name"] for f in (m.adapters or {}).get("files", [])] == expect["adapters"]
 
 
 @pytest.mark.parametrize("spec", TOKENIZER["specs"], ids=lambda s: f"max{s['max_length']}-pad{s['pad_id']}")

@@ -4,9 +4,9 @@ import XCTest
 
 /// The bundle contract's conformance cases (tests/contract/, see its README.md), read alike by Python
 /// (tests/test_contract.py), Kotlin (ContractTest.kt) and this engine: every manifest case of `cases.json` through
-/// `BundleManifest.load` (the role, the default plan and whether it has a table, or the one error and the fields it
-/// names), and every prompt of `tokenizer.json` through `BPETokenizer` for each of its specs. Each failure names
-/// its case.
+/// `BundleManifest.load` (the role, the default plan and whether it has a table, the modes and adapters where a case
+/// lists them, or the one error and the fields it names), and every prompt of `tokenizer.json` through
+/// `BPETokenizer` for each of its specs. Each failure names its case.
 final class ContractTests: XCTestCase {
     /// The repository's tests/contract: the first folder holding tests/contract/cases.json above this file
     /// (ios_demo/scripts/test.sh mounts the whole repository in its chroot, so this holds there too). Missing, the
@@ -114,6 +114,13 @@ final class ContractTests: XCTestCase {
             XCTAssertThrowsError(try manifest.samplerTable(manifest.plan.sampler, steps: manifest.plan.steps), "\(name): sampling without a table is refused") { error in
                 guard case .samplerUnavailable? = error as? MobileDiffError else { return XCTFail("\(name): \(error)") }
             }
+        }
+        // optional: the modes the bundle runs (in this order) and its adapters' names (the record's order)
+        if let modes = expect["modes"] as? [String] {
+            XCTAssertEqual(["txt2img", "img2img", "inpaint"].filter(manifest.supports), modes, "\(name): modes")
+        }
+        if let adapters = expect["adapters"] as? [String] {
+            XCTAssertEqual(manifest.adapters?.names ?? [], adapters, "\(name): adapters")
         }
     }
 

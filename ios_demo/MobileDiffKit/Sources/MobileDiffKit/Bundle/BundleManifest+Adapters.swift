@@ -76,7 +76,9 @@ extension BundleManifest.Adapters {
     /// slotted component exists and takes `input` last, of the slots' size; the offsets tile the vector in the
     /// layers' order; every file's rank fits every component's slots. Each refusal names its field.
     init(_ o: ManifestObject, components: [String: BundleManifest.Component]) throws {
-        input = try o.optional("input", o.string) ?? "lora_weights"
+        input = try o.optional("input") { key in
+            try o.checked(key, o.string) { $0 == "lora_weights" ? nil : "must be lora_weights, got \($0.debugDescription)" }
+        } ?? "lora_weights"
         let slotsObject = try o.object("slots")
         guard !slotsObject.fields.isEmpty else { throw o.error(slotsObject.path, "is empty (at least one slotted component)") }
         var slots: [String: BundleManifest.Slots] = [:]
@@ -98,7 +100,10 @@ extension BundleManifest.Adapters {
                 offset += rank * (layer.inFeatures + layer.outFeatures)
                 return layer
             }
-            _ = try s.checked("size", s.int) { $0 == offset ? nil : "must be \(offset) (rank x (in + out) summed over the layers), got \($0)" }
+            // absent: the layers' sum
+            _ = try s.optional("size") { key in
+                try s.checked(key, s.int) { $0 == offset ? nil : "must be \(offset) (rank x (in + out) summed over the layers), got \($0)" }
+            }
             guard let last = component.inputs.last, last.name == input, last.staticShape == nil || last.staticShape! == [offset] else {
                 throw o.error(s.path, "the component's last input must be \(input) of \(offset) values (it has \(component.inputs.map(\.name).joined(separator: ", ")))")
             }

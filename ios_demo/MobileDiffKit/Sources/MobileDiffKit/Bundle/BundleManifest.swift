@@ -309,6 +309,10 @@ extension BundleManifest {
                 if let missing = BundleManifest.inpaintingInputs.first(where: { !names.contains($0) }) {
                     throw root.error("components.unet.inputs", "has no \(missing) (an inpainting denoiser takes \(BundleManifest.inpaintingInputs.joined(separator: " and ")); it has \(names.joined(separator: ", ")))")
                 }
+                let at = 3 + (guidance.type == "embedding" ? 1 : 0)  // after encoder_hidden_states (and timestep_cond)
+                guard Array(names.dropFirst(at).prefix(2)) == BundleManifest.inpaintingInputs else {
+                    throw root.error("components.unet.inputs", "takes \(names.joined(separator: ", ")): an inpainting denoiser takes \(BundleManifest.inpaintingInputs.joined(separator: " and ")) as inputs \(at + 1) and \(at + 2)")
+                }
             }
             if let i = samplers.firstIndex(where: { $0.addNoise?.count != $0.steps }) {
                 let table = samplers[i]

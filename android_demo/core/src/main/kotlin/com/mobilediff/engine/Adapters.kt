@@ -53,6 +53,7 @@ class AdapterRecord(val input: String, val slots: Map<String, AdapterSlots>, val
          */
         internal fun parse(r: JsonReader, o: JSONObject, components: Map<String, ComponentSpec>): AdapterRecord {
             val input = r.optStr(o, "input", "adapters.input") ?: INPUT
+            if (input != INPUT) r.fail("adapters.input", "must be $INPUT, got ${JsonReader.describe(input)}")
             val slotsObject = r.obj(o, "slots", "adapters.slots")
             if (slotsObject.length() == 0) r.fail("adapters.slots", "is empty (a component -> rank slots record)")
             val slots = LinkedHashMap<String, AdapterSlots>()

@@ -82,6 +82,8 @@ class Manifest(
         /** The VAE encoder of image-to-image and inpainting: `sample` (1, 3, H, W) -> `latent_mean`, `latent_std`. */
         const val IMAGE_ENCODER = "vae_encoder"
         const val MODE_TXT2IMG = "txt2img"
+        /** An inpainting UNet's inputs after `encoder_hidden_states` (and a guidance embedding), in order. */
+        val INPAINTING_INPUTS = listOf("mask", "masked_image_latents")
         const val ROLE_TEACHER = "teacher"
         const val ROLE_STUDENT = "student"
         val ROLES = listOf(ROLE_TEACHER, ROLE_STUDENT)
@@ -125,13 +127,23 @@ class Manifest(
                     if (t.addNoise == null) r.fail("samplers[$i].add_noise", "missing (image modes need every table's add_noise rows)")
                 }
             }
+            val guidance = Guidance.parse(r, r.obj(root, "guidance"))
+            if (image?.inpaintingDenoiser == true) {
+                // mask and masked_image_latents after encoder_hidden_states (and a guidance embedding's input)
+                val inputs = components.getValue("unet").inputs.map { it.name }
+                val at = 3 + (if (guidance is Guidance.Embedding) 1 else 0)
+                if (inputs.drop(at).take(2) != INPAINTING_INPUTS) {
+                    r.fail("components.unet.inputs", "the manifest declares an inpainting denoiser (image.denoiser) but its unet " +
+                        "takes (${inputs.joinToString()}), not ${INPAINTING_INPUTS.joinToString(" and ")} as inputs ${at + 1} and ${at + 2}")
+                }
+            }
             return Manifest(
                 formatVersion = formatVersion,
                 geometry = geometry,
                 tokenizer = tokenizer,
                 components = components,
                 samplers = samplers,
-                guidance = Guidance.parse(r, r.obj(root, "guidance")),
+                guidance = guidance,
                 model = r.optObj(root, "model")?.let { ModelInfo.parse(r, it) },
                 declaredDefault = r.optObj(root, "default_sampling")?.let { SamplingPlan.parse(r, it) },
                 image = image,

@@ -15,9 +15,9 @@ import java.nio.file.Files
 /**
  * The bundle contract's conformance cases (tests/contract/, see its README.md), read alike by Python
  * (tests/test_contract.py), Swift (ContractTests.swift) and this engine: every manifest case of `cases.json`
- * through [Bundle.open] (the role, the default plan and whether it has a table, or the one error and the fields it
- * names), and every prompt of `tokenizer.json` through [ClipTokenizer] for each of its specs. One JUnit test per
- * case, named after it.
+ * through [Bundle.open] (the role, the default plan and whether it has a table, the modes and adapters where a case
+ * lists them, or the one error and the fields it names), and every prompt of `tokenizer.json` through
+ * [ClipTokenizer] for each of its specs. One JUnit test per case, named after it.
  */
 @RunWith(Parameterized::class)
 class ContractTest(@Suppress("unused") private val name: String, private val check: () -> Unit) {
@@ -142,6 +142,14 @@ class ContractTest(@Suppress("unused") private val name: String, private val che
                 }
                 val refusal = "no ${p.sampler} table for ${p.steps} steps"
                 assertTrue("sampling without a table is refused ($refusal)", e?.problem?.contains(refusal) == true)
+            }
+            // optional: the modes the bundle runs (in this order) and its adapters' names (the record's order)
+            expect.optJSONArray("modes")?.let { modes ->
+                val supported = listOf(Manifest.MODE_TXT2IMG, ImageModes.IMG2IMG, ImageModes.INPAINT).filter { m.supports(it) }
+                assertEquals("modes", List(modes.length()) { modes.getString(it) }, supported)
+            }
+            expect.optJSONArray("adapters")?.let { names ->
+                assertEquals("adapters", List(names.length()) { names.getString(it) }, m.adapters?.names ?: emptyList<String>())
             }
         }
 
