@@ -139,7 +139,8 @@ def test_the_markdown_and_plot_show_every_row(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.slow  # a fresh process per row: ~20 s on 2 cores
+@pytest.mark.slow  # a fresh process per row: ~35 s on 2 cores
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_a_run_on_a_bundle_writes_its_rows_and_files(bundle, tmp_path):
     out = tmp_path / "out"
     returned = mem.main(["--bundle", str(bundle), "--runtimes", "onnx", "--settings", "default", "sequential",

@@ -9,6 +9,7 @@ from mobilediff.bench.envelope import write_results
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_component_rows_for_onnx_recipes_and_an_ablation(tiny_pipeline_dir, tmp_path, monkeypatch):
     """Every ONNX recipe and ablation is planned; two of them (float and the VAE-decoder ablation of the default int8
     recipe) are exported and measured here, each a whole bundle; every one of them is measured by

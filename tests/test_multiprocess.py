@@ -181,6 +181,7 @@ def test_two_process_distillation(two_process_lcm, tiny_pipeline_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the default run's time budget (CI under 20 minutes); run with -m extended
 def test_two_process_run_resumes_bit_identically(two_process_lcm, tiny_pipeline_dir):
     """The run above, cut back to checkpoint 2 and resumed over two processes with `-m mobilediff ... --resume
     latest`, ends with the uninterrupted run's weights exactly."""
