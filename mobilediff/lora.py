@@ -93,6 +93,13 @@ def _diffusers_layout(tensors: dict, path: Path) -> dict:
     return out
 
 
+def fans(module) -> tuple[int, int]:
+    """(in, out) features of a layer a LoRA adapts: a linear layer's, or a convolution's channels."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    return module.in_channels, module.out_channels
+
+
 def check_adapter(pipe, tensors: dict, path: Path) -> dict:
     """Check an adapter against ``pipe`` (every module exists, matrix sizes and ranks fit); returns a summary
     {"components", "modules", "rank"}. Raises MobilediffError naming the first module that does not fit."""
@@ -118,13 +125,10 @@ def check_adapter(pipe, tensors: dict, path: Path) -> dict:
             raise MobilediffError(f"--lora {path}: it adapts {where}, which this model does not have (an adapter for "
                                   f"another architecture)") from None
         down, up = mats["down"], mats["up"]
-        if isinstance(module, torch.nn.Linear):
-            fan_in, fan_out = module.in_features, module.out_features
-        elif isinstance(module, torch.nn.Conv2d):
-            fan_in, fan_out = module.in_channels, module.out_channels
-        else:
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
             raise MobilediffError(f"--lora {path}: it adapts {where}, a {type(module).__name__} (LoRA adapts linear "
                                   f"and convolution layers)")
+        fan_in, fan_out = fans(module)
         if down.shape[0] != up.shape[1]:
             raise MobilediffError(f"--lora {path}: rank mismatch at {where}: its down matrix has rank {down.shape[0]}, "
                                   f"its up matrix {up.shape[1]}")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from mobilediff.errors import MobilediffError
+from mobilediff.lora import fans
 
 INPUT = "lora_weights"
 ADAPTER_DIR = "adapters"
@@ -53,13 +54,6 @@ def pointwise(module) -> bool:
     return (isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
             and tuple(module.stride) == (1, 1) and tuple(module.dilation) == (1, 1) and module.groups == 1
             and module.padding in ((0, 0), 0, "valid"))
-
-
-def fans(module) -> tuple[int, int]:
-    """(in, out) features of a slot-able layer: a linear layer or a 1x1 convolution (its channels)."""
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features, module.out_features
-    return module.in_channels, module.out_channels
 
 
 def _matrix(w: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,23 @@ def run_cli_here(capsys, *args):
     return code, out.out, out.err
 
 
+def kohya_layout(src, dst, alpha: float):
+    """A diffusers/PEFT-layout UNet adapter file ``src`` renamed as kohya/A1111 files name it
+    (lora_unet_<module path with _>.lora_down/up + alpha), written to ``dst``; returns ``dst``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    kohya = {}
+    for k, v in load_file(str(src)).items():
+        name = "lora_unet_" + k[len("unet."):].rsplit(".lora_", 1)[0].replace(".", "_")
+        if ".lora_A." in k:
+            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.alpha"] = v, torch.tensor(float(alpha))
+        else:
+            kohya[f"{name}.lora_up.weight"] = v
+    save_file(kohya, str(dst))
+    return dst
+
+
 def error_lines(stderr: str) -> list[str]:
     """The lines of stderr that are ours (library import chatter aside)."""
     return [line for line in stderr.splitlines() if line.startswith(("error:", "warning:"))]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import error_lines, run_cli_here
+from conftest import error_lines, kohya_layout, run_cli_here
 from mobilediff.errors import MobilediffError
 
 
@@ -133,21 +133,12 @@ def test_cli_refuses_a_pickle_adapter(tiny_pipeline_dir, tmp_path, capsys):
 
 def test_a_kohya_layout_adapter_merges_to_the_same_model(tmp_path):
     """The same adapter renamed as kohya/A1111 files name it (lora_unet_<path with _>.lora_down/up + alpha)."""
-    from safetensors.torch import load_file, save_file
-
     from mobilediff.lora import Adapter, apply_adapters
     from mobilediff.tiny import tiny_pipeline
 
     ref = tiny_pipeline()
     own = make_adapter(ref, tmp_path, rank=4, alpha=4)
-    kohya = {}
-    for k, v in load_file(str(own)).items():
-        name = "lora_unet_" + k[len("unet."):].rsplit(".lora_", 1)[0].replace(".", "_")
-        if ".lora_A." in k:
-            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.alpha"] = v, torch.tensor(4.0)
-        else:
-            kohya[f"{name}.lora_up.weight"] = v
-    save_file(kohya, str(tmp_path / "kohya.safetensors"))
+    kohya_layout(own, tmp_path / "kohya.safetensors", alpha=4)
     pipe = tiny_pipeline()
     apply_adapters(pipe, [Adapter(tmp_path / "kohya.safetensors")])
     want = _unet_out(ref)

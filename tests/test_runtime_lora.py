@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import error_lines, run_cli_here
+from conftest import error_lines, kohya_layout, run_cli_here
 from mobilediff.errors import MobilediffError
 
 COMMON = ["--prompt", "a red circle and a blue square", "--seed", "3", "--steps", "4", "--scale", "1"]
@@ -238,22 +238,15 @@ def test_a_convolution_adapter_is_refused_for_run_time_slots(tiny_pipeline_dir, 
 def _kohya_pointwise_adapter(tiny_pipeline_dir, path: Path) -> Path:
     """A seeded random adapter in the kohya/A1111 layout on the attention's to_q and its 1x1-convolution proj_in /
     proj_out (SD-1.x's; what kohya-trained adapters adapt), the convolutions' matrices as 1x1 kernels."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from mobilediff.loading import load_pipeline
     from mobilediff.lora import random_adapter
 
     own = random_adapter(load_pipeline(tiny_pipeline_dir), path.parent / "peft.safetensors", rank=2, seed=5, std=0.3,
                          unet_targets=("to_q", "proj_in", "proj_out"), text_targets=())
-    kohya = {}
-    for k, v in load_file(str(own)).items():
-        name = "lora_unet_" + k[len("unet."):].rsplit(".lora_", 1)[0].replace(".", "_")
-        if ".lora_A." in k:
-            kohya[f"{name}.lora_down.weight"], kohya[f"{name}.alpha"] = v, torch.tensor(2.0)
-        else:
-            kohya[f"{name}.lora_up.weight"] = v
-    assert any(v.dim() == 4 for v in kohya.values())  # the convolutions' 1x1 kernels
-    save_file(kohya, str(path))
+    kohya_layout(own, path, alpha=2)
+    assert any(v.dim() == 4 for v in load_file(str(path)).values())  # the convolutions' 1x1 kernels
     return path
 
 
