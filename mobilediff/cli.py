@@ -181,6 +181,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
 
+def _source_folder(flag: str, value: str | None) -> Path | None:
+    """A folder a training run reads weights from: a named model ('default', mobilediff.loading.NAMED_MODELS) or a
+    path; refused in one line when it is not a folder."""
+    if value is None:
+        return None
+    from mobilediff.loading import resolve_model
+
+    if not resolve_model(value).is_dir():
+        raise MobilediffError(f"{flag} {value}: no such folder or named model")
+    return Path(value)  # kept as given (a name stays a name in the run's records); the run resolves it
+
+
 @cli.command("train-base")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder; the pipeline lands in OUT/model. It is made where nothing is (an existing one only with --resume or --force); a second command writing it at the same time fails at once, naming the first.")
 @click.option("--vae-steps", type=click.IntRange(min=1), default=1600, show_default=True, help="Optimizer steps of the VAE stage.")
@@ -199,9 +211,9 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--timestep-bias-multiplier", type=Finite(min=0, min_open=True), default=1.0, show_default=True, help="Sampling weight of --timestep-bias-range against the other timesteps (1: uniform).")
 @click.option("--freeze-text-encoder", is_flag=True, help="Train the UNet alone; the text encoder stays bit-identical to the one loaded (students that borrow it stay valid).")
 @click.option("--latent-cache", type=click.IntRange(min=0), default=32768, show_default=True, help="Encode this many samples once and draw batches from them (0: fresh samples every step).")
-@click.option("--init-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the denoiser stage from this checkpoint or pipeline folder's weights (fresh optimizer and schedule); attention blocks the source lacks start as the identity.")
-@click.option("--text-encoder-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Start the text encoder (only) from this pipeline folder ('default' models: mobilediff/assets/default_model); pair with --freeze-text-encoder.")
-@click.option("--vae-from", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None, help="Use this pipeline folder's VAE instead of training one.")
+@click.option("--init-from", default=None, help="Start the denoiser stage from this checkpoint or pipeline folder's (or named model's) weights (fresh optimizer and schedule); attention blocks the source lacks start as the identity.")
+@click.option("--text-encoder-from", default=None, help="Start the text encoder (only) from this pipeline folder or named model ('default': the embedded default model's); pair with --freeze-text-encoder.")
+@click.option("--vae-from", default=None, help="Use this pipeline folder's or named model's VAE ('default': the embedded default model's) instead of training one.")
 @click.option("--unet-channels", default=None, help="UNet block_out_channels, comma-separated (default 32,64,64; with --tiny 16,32): the model size of a family member.")
 @click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1; with --tiny too).")
 @click.option("--tiny", is_flag=True, help="Tiny components and 32x32 images (for smoke tests only).")
@@ -223,6 +235,8 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
     from mobilediff.train.base import TrainBaseConfig, train_base
     from mobilediff.train.loop import main_process
 
+    init_from, text_encoder_from, vae_from = (_source_folder(flag, value) for flag, value in (
+        ("--init-from", init_from), ("--text-encoder-from", text_encoder_from), ("--vae-from", vae_from)))
     source, dry_run = pop_data_options(data)
     if source.given:
         check_needs(source, "train-base")

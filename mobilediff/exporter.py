@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from mobilediff import export_cache
 from mobilediff.attention import DEFAULT_BUDGET_MIB, chunked_attention
 from mobilediff.bundle import (FORMAT, FORMAT_VERSION, IMAGE_MODES, ComponentEntry, Geometry, Guidance, ImageModes,
                                Manifest, SamplerEntry, SamplingPlan, Source, Tokenizer, file_name, guidance_embedding, sha256_path, size_bytes,
@@ -181,17 +182,29 @@ def export_component(spec: ComponentSpec, target: str, precision: str, bundle: P
     mod = get_target(target)
     quantized = recipe is not None and spec.name in recipe.components
     quantization = recipe.name if quantized else None
-    path = bundle / component_path(spec.name, target, quantization or precision, mod.EXT, quantized)
+    rel = component_path(spec.name, target, quantization or precision, mod.EXT, quantized)
+    path = bundle / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with chunked_attention(attention_budget_mib, spec.dims.get("batch", 1)) as chunks:
-        facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized \
-            else mod.export(spec, path, precision)
-    seconds = time.time() - t0
-    if chunks is not None and chunks.calls:
-        facts = {**facts, "attention": chunks.to_dict()}
-    inputs, reference = _parity_inputs(spec, mod, recipe if quantized else None, calibration, seed)
-    parity = mod.validate(spec, path, precision, inputs, reference, quantization)
+    # a graph made and checked before from the same weights, code and settings (MOBILEDIFF_EXPORT_CACHE)
+    key = export_cache.component_key(spec, target, precision, rel, recipe if quantized else None, calibration,
+                                     attention_budget_mib, seed) if export_cache.cache_root() is not None else None
+    cached = export_cache.restore(key, bundle) if key is not None else None
+    if cached is not None:
+        facts, parity, seconds = cached["facts"], cached["parity"], cached["seconds"]
+    else:
+        t0 = time.time()
+        with chunked_attention(attention_budget_mib, spec.dims.get("batch", 1)) as chunks:
+            facts = mod.quantize(spec, path, recipe, precision, calibration) if quantized \
+                else mod.export(spec, path, precision)
+        seconds = time.time() - t0
+        if chunks is not None and chunks.calls:
+            facts = {**facts, "attention": chunks.to_dict()}
+        inputs, reference = _parity_inputs(spec, mod, recipe if quantized else None, calibration, seed)
+        parity = mod.validate(spec, path, precision, inputs, reference, quantization)
+        if key is not None:
+            export_cache.store(key, bundle, [rel] + [(path.parent / name).relative_to(bundle).as_posix()
+                                                     for name in facts.get("external_data", [])],
+                               facts, parity, seconds)
     # files the graph reads from beside it (ONNX weights over 1.5 GiB): recorded and checked like the graph itself
     external = [{"path": (path.parent / name).relative_to(bundle).as_posix(), "sha256": sha256_path(path.parent / name),
                  "size_bytes": size_bytes(path.parent / name)} for name in facts.get("external_data", [])]

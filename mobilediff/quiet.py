@@ -30,16 +30,50 @@ def quiet_libraries() -> None:
     # torch.export / onnx conversion UserWarnings about tracing internals (never about the user's model or input)
     for module in ("torch", "onnxscript", "executorch", "coremltools", "torchao", "diffusers", "transformers"):
         warnings.filterwarnings("ignore", category=UserWarning, module=module)
-    try:  # transformers and diffusers keep their own verbosity switches beside the logging module
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
+    # transformers and diffusers keep their own verbosity and progress-bar switches beside the logging module: set
+    # when each is imported (now if it already is), so a command that never loads a model never pays their import
+    for name in _SWITCHES:
+        _after_import(name, _silence)
 
-        dlog.set_verbosity_error()
-        tlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
+
+# library logging modules whose own switches quiet_libraries sets once they are imported
+_SWITCHES = ("diffusers.utils.logging", "transformers.utils.logging")
+
+
+def _silence(module) -> None:
+    module.set_verbosity_error()
+    module.disable_progress_bar()
+
+
+def _after_import(name: str, action) -> None:
+    """Call ``action(module)`` once module ``name`` is imported: at once when it already is, otherwise right after
+    its import finishes (a finder ahead of the others on sys.meta_path wraps that module's loader, then leaves)."""
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        action(sys.modules[name])
+        return
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)  # find the real spec without this finder, and never act twice
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_and_act(module):
+                exec_module(module)
+                action(module)
+
+            spec.loader.exec_module = exec_and_act
+            return spec
+
+    sys.meta_path.insert(0, Finder())
 
 
 @contextlib.contextmanager

@@ -144,10 +144,15 @@ def sampler_table(scheduler, steps: int, start: int = 0, blend=None, timestep_ar
     name = type(scheduler).__name__
     sched, timesteps, rows = _measure(scheduler, steps, 1.0, start, blend, timestep_args)
     _, _, probe = _measure(scheduler, steps, _PROBE_SCALE, start, timestep_args=timestep_args)
-    timesteps = [float(t) for t in timesteps]
+    return _tabulate(name, float(getattr(sched, "init_noise_sigma", 1.0)), [float(t) for t in timesteps], rows, probe)
+
+
+def _tabulate(name: str, init_noise_sigma: float, timesteps: list[float], rows: list, probe: list) -> SamplerTable:
+    """The table of a measured run: ``rows`` and ``probe`` are per step (input scale, next latent as a coefficient
+    vector over latents, outputs and noise draws), ``probe`` measured with every input times ``_PROBE_SCALE``."""
     n = len(timesteps)
     lat, out, noi = (lambda i: i), (lambda i: n + i), (lambda i: 2 * n + i)
-    table = SamplerTable(sampler=name, steps=n, init_noise_sigma=float(getattr(sched, "init_noise_sigma", 1.0)),
+    table = SamplerTable(sampler=name, steps=n, init_noise_sigma=init_noise_sigma,
                          timesteps=timesteps, input_scale=[], latent_coef=[], output_coef=[], noise_coef=[])
     for i, ((scale, nxt), (_, scaled)) in enumerate(zip(rows, probe)):
         # anything outside the basis means the step was not linear (clipping, thresholding, ...)
@@ -204,6 +209,72 @@ def flow_table(scheduler, steps: int, timestep_args: dict | None = None) -> Samp
     if args.get("sigmas") == "linspace":
         args["sigmas"] = np.linspace(1.0, 1.0 / steps, steps).tolist()
     return sampler_table(scheduler, steps, timestep_args=args)
+
+
+# ---------------------------------------------------------------------------------- sCM (TrigFlow), SANA-Sprint
+SCM_MAX_TIMESTEP = 1.57080  # SanaSprintPipeline's defaults: the first TrigFlow angle, and the middle one at 2 steps
+SCM_INTERMEDIATE_TIMESTEP = 1.3
+
+
+def scm_table(scheduler, steps: int, max_timestep: float = SCM_MAX_TIMESTEP,
+              intermediate_timestep: float = SCM_INTERMEDIATE_TIMESTEP) -> SamplerTable:
+    """The table of a SANA-Sprint run: diffusers' ``SCMScheduler`` (TrigFlow angles from ``max_timestep`` down to 0,
+    through ``intermediate_timestep`` at 2 steps) inside ``SanaSprintPipeline``'s loop, which is linear too:
+
+    - the latent starts as N(0, I) x ``sigma_data`` (``init_noise_sigma``);
+    - at angle ``t`` the model sees ``latent / sigma_data x a`` at timestep ``s = sin t / (cos t + sin t)``, where
+      ``a = sqrt(s^2 + (1 - s)^2)`` (``input_scale``);
+    - its output ``F`` becomes the velocity ``((1 - 2 s) x_in + (1 - 2 s + 2 s^2) F) / a x sigma_data``, which the
+      scheduler's step turns into ``x0 = cos t x latent - sin t x velocity`` and the next latent
+      ``cos t' x x0 + sin t' x sigma_data x noise`` (no noise at the last angle, 0);
+    - the image's latent is the last ``x0 / sigma_data``, folded into the last row.
+
+    The scheduler's step is measured as :func:`sampler_table` measures any step (basis vectors, probed at a second
+    scale); the pipeline's transforms around it are applied to the same basis vectors. ``sigma_data`` is the
+    scheduler's."""
+    import copy
+    import importlib
+
+    if steps < 1:
+        raise MobilediffError(f"steps must be >= 1, got {steps}")
+    name = type(scheduler).__name__
+    sigma = float(scheduler.config.sigma_data)
+    if not (sigma > 0 and torch.isfinite(torch.tensor(sigma))):
+        raise MobilediffError(f"{name}: sigma_data must be a finite number > 0, got {sigma}")
+    module = importlib.import_module(type(scheduler).__module__)
+
+    def measure(unit: float):
+        sched = copy.deepcopy(scheduler)
+        sched.set_timesteps(steps, max_timesteps=max_timestep,
+                            intermediate_timesteps=intermediate_timestep if steps == 2 else None)
+        sched.set_begin_index(0)
+        angles = list(sched.timesteps)[:-1]
+        n = len(angles)
+
+        def e(j: int) -> torch.Tensor:
+            v = torch.zeros(1, 3 * n, dtype=torch.float64)
+            v[0, j] = unit
+            return v
+
+        current = {"i": 0}
+        rows, timesteps = [], []
+        with _symbolic_noise(module, lambda: e(2 * n + current["i"])):
+            for i, t in enumerate(angles):
+                current["i"] = i
+                t = torch.as_tensor(t, dtype=torch.float64)
+                s = torch.sin(t) / (torch.cos(t) + torch.sin(t))
+                a = torch.sqrt(s ** 2 + (1 - s) ** 2)
+                x_in = e(i) / sigma * a
+                velocity = ((1 - 2 * s) * x_in + (1 - 2 * s + 2 * s ** 2) * e(n + i)) / a * sigma
+                latent, x0 = sched.step(velocity, t, e(i), return_dict=False)
+                nxt = (x0 / sigma if i == n - 1 else latent)[0] / unit
+                rows.append((float(a / sigma), nxt))
+                timesteps.append(float(s))
+        return timesteps, rows
+
+    timesteps, rows = measure(1.0)
+    _, probe = measure(_PROBE_SCALE)
+    return _tabulate(name, sigma, timesteps, rows, probe)
 
 
 # ------------------------------------------------------------------------------------ image-to-image and inpainting

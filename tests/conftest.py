@@ -5,6 +5,25 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# one export cache for the whole run (mobilediff.export_cache): the same tiny components exported by many tests are
+# traced, converted and checked once. Made by the controlling process (its workers and their subprocesses inherit the
+# variable), removed when the run ends; tests of the cache itself, and tests that change what an export does, set
+# their own value or clear it.
+_OWN_EXPORT_CACHE = None
+if "MOBILEDIFF_EXPORT_CACHE" not in os.environ and not os.environ.get("PYTEST_XDIST_WORKER"):
+    import tempfile
+
+    _OWN_EXPORT_CACHE = tempfile.mkdtemp(prefix="mobilediff-test-exports-")
+    os.environ["MOBILEDIFF_EXPORT_CACHE"] = _OWN_EXPORT_CACHE
+
+
+def pytest_sessionfinish(session):
+    if _OWN_EXPORT_CACHE is not None and not hasattr(session.config, "workerinput"):
+        import shutil
+
+        shutil.rmtree(_OWN_EXPORT_CACHE, ignore_errors=True)
+
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist runs one worker per core: one torch thread each (subprocesses too) instead of oversubscribing
     os.environ.setdefault("OMP_NUM_THREADS", "1")

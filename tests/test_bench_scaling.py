@@ -13,6 +13,7 @@ from mobilediff.bench.claims import (BudgetRule, budget_grid, budget_table, clai
                                      relative_spread, verdicts)
 from mobilediff.bench.envelope import json_safe
 from mobilediff.bench.scaling import compose_latency, main as scaling_main
+from conftest import error_lines
 from mobilediff.errors import MobilediffError
 
 PARAMS = {"small": 1_000, "big": 10_000}
@@ -240,6 +241,26 @@ def test_the_command_end_to_end_on_tiny_pipelines(family, tmp_path, capsys):
     assert json.loads((out / "scaling_meta.json").read_text())["settings"]["rows_from_cache"] == len(rows)
     quality = ("pipeline", "sampler", "steps", "guidance", "prompt_accuracy", "fd", "attribute_accuracy")
     assert [[r[k] for k in quality] for r in again] == [[r[k] for k in quality] for r in rows]
+
+    # --reuse: an earlier result folder's rows for the unchanged pipelines, each pipeline's cheapest row scored again
+    # first; a stored row that does not reproduce refuses the run in one line and writes nothing
+    reuse_argv = [str(a) for a in argv[:argv.index("--cache")]] + ["--no-cache", "--reuse", str(out)]
+    code = run_command(scaling_main, reuse_argv + ["--out", str(tmp_path / "reused")])
+    assert code == 0, capsys.readouterr().err
+    reused = json.loads((tmp_path / "reused" / "scaling.json").read_text())
+    settings = json.loads((tmp_path / "reused" / "scaling_meta.json").read_text())["settings"]
+    assert settings["rows_reused"] == len(rows) and settings["reused_from"] == str(out)
+    assert len(settings["reuse_check"]) == 4 and all(c["same"] for c in settings["reuse_check"])
+    assert [[r[k] for k in quality] for r in reused] == [[r[k] for k in quality] for r in rows]
+    small = str(family / "small")
+    tampered = [{**r, "prompt_accuracy": 1.0 - r["prompt_accuracy"]}
+                if (r["pipeline"], r["steps"], r["guidance"]) == (small, 1, 1.0) else r for r in rows]
+    (out / "scaling.json").write_text(json.dumps(tampered))
+    capsys.readouterr()
+    code = run_command(scaling_main, reuse_argv + ["--out", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(error_lines(err)) == 1 and "does not reproduce" in err and small in err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_row_cache_misses_on_any_change(tmp_path):

@@ -99,3 +99,63 @@ def test_stochastic_flow_sampling_tabulates_its_fresh_noise():
     want = _diffusers_run(FlowMatchEulerDiscreteScheduler(shift=3.0, stochastic_sampling=True), steps, {}, noise,
                           generator=torch.Generator().manual_seed(7))
     assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def sana_sprint():
+    """diffusers' own SanaSprintPipeline around a tiny random SANA-Sprint transformer (guidance embedding, RMS q/k
+    norm, timestep scale 1000), fed prompt embeddings directly (no text encoder) and stopped at the latent."""
+    from diffusers import SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
+
+    torch.manual_seed(0)
+    transformer = SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
+        mlp_ratio=2.5, sample_size=8, patch_size=1, norm_elementwise_affine=False, guidance_embeds=True,
+        guidance_embeds_scale=0.1, qk_norm="rms_norm_across_heads", timestep_scale=1000.0).eval()
+    pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
+                              scheduler=SCMScheduler(sigma_data=0.5))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, torch.randn(1, 16, 32), torch.ones(1, 16)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_an_scm_table_runs_as_sana_sprints_pipeline(sana_sprint, steps):
+    """SANA-Sprint's sCM (TrigFlow) sampling, tabulated with the pipeline's transforms around the scheduler's step,
+    gives diffusers' SanaSprintPipeline's latent to 1e-5 (its default angles: pi/2 down to 0, through 1.3 at 2
+    steps), fresh noise drawn in the pipeline's order."""
+    from diffusers import SCMScheduler
+
+    from mobilediff.sampler_table import run_table, scm_table
+
+    pipe, embeds, mask = sana_sprint
+    with torch.no_grad():
+        expected = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, num_inference_steps=steps, height=256,
+                        width=256, generator=torch.Generator().manual_seed(3), output_type="latent",
+                        use_resolution_binning=False, guidance_scale=4.5,
+                        intermediate_timesteps=1.3 if steps == 2 else None).images
+        table = scm_table(SCMScheduler(sigma_data=0.5), steps)
+        assert table.init_noise_sigma == 0.5 and len(table.timesteps) == steps
+        assert 0.999 < table.timesteps[0] <= 1.0 + 1e-5  # sin / (cos + sin) at pi/2: the model's timestep in [0, 1]
+        g = torch.Generator().manual_seed(3)
+        noise = torch.randn(expected.shape, generator=g)
+        fresh = [torch.randn(expected.shape, generator=g) for _ in range(steps)]
+        guidance = torch.full([1], 4.5) * pipe.transformer.config.guidance_embeds_scale
+
+        def denoise(x, t):
+            return pipe.transformer(x, encoder_hidden_states=embeds, encoder_attention_mask=mask, guidance=guidance,
+                                    timestep=torch.full([1], float(t)), return_dict=False)[0]
+
+        got = run_table(table, denoise, noise, fresh_noise=lambda i: fresh[i])
+    assert table.noise_coef[-1] == 0.0  # no noise after the last angle
+    assert (got - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_an_scm_table_refuses_a_bad_sigma_data():
+    from diffusers import SCMScheduler
+
+    from mobilediff.errors import MobilediffError
+    from mobilediff.sampler_table import scm_table
+
+    with pytest.raises(MobilediffError, match="sigma_data"):
+        scm_table(SCMScheduler(sigma_data=0.0), 2)

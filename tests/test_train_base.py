@@ -215,3 +215,18 @@ def test_training_markdown_names_what_was_trained():
     info["config"]["vae_from"] = "/models/base"  # a --vae-from run (also when it was resumed: stats lack it)
     assert "- VAE: copied from /models/base (not trained here)" in training_markdown(info)
     assert "nan" not in training_markdown(info)
+
+
+def test_weight_sources_take_named_models_and_keep_the_name(tmp_path):
+    """--text-encoder-from / --vae-from / --init-from take a named model ('default') as well as a folder: the run reads
+    the embedded model's folder, and its config keeps the name (no machine path in a committed training.json)."""
+    from pathlib import Path
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+    from mobilediff.train.base import _check_sources, source_dir
+
+    assert source_dir(Path("default")) == DEFAULT_MODEL_DIR and source_dir(tmp_path) == tmp_path
+    cfg = TrainBaseConfig(out=tmp_path / "run", text_encoder_from=Path("default"), vae_from=Path("default"),
+                          init_from=Path("default"))
+    _check_sources(cfg)  # the default model's folder holds all three
+    assert str(cfg.vae_from) == "default"  # what training.json records

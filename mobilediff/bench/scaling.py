@@ -98,6 +98,7 @@ class ScalingConfig:
     e2e_runs: int = 5  # timed end-to-end generates of the composition check, after one warm-up
     work: Path | None = None  # onnx: folder for the exported bundles (None: a temporary folder, removed)
     cache: Path | None = None  # scored rows kept here (mobilediff.bench.sweep.RowCache); None: no cache
+    reuse: Path | None = None  # a result folder of an earlier study whose rows are taken for unchanged models
     rule: BudgetRule = field(default_factory=BudgetRule)
 
     def check(self) -> None:
@@ -125,6 +126,10 @@ class ScalingConfig:
             from mobilediff.io import check_output
 
             check_output(Path(self.cache) / "row.json")
+        if self.reuse is not None:
+            for name in ("scaling.json", "scaling_meta.json"):
+                if not (Path(self.reuse) / name).is_file():
+                    raise MobilediffError(f"--reuse {self.reuse}: no {name} there (a scaling study's result folder)")
         labels = [s.label for s in self.models + self.students]
         if len(set(labels)) != len(labels):
             twice = sorted({x for x in labels if labels.count(x) > 1})
@@ -356,6 +361,71 @@ def latency_check(rt: PipelineRuntime, costs: dict, point, runs: int, threads: i
             "latency": {**lat, "warmup": 1}}
 
 
+# ------------------------------------------------------------------------------------------------ reused rows
+def point_key(p) -> tuple:
+    """What names a row of the study: pipeline, sampler, steps, guidance."""
+    return p.fields["pipeline"], p.sampler, int(p.steps), float(p.guidance)
+
+
+def reusable_rows(folder: Path, subjects, shas: dict, n: int, points: list) -> dict:
+    """The quality fields of an earlier study's rows (``folder``: its scaling.json and scaling_meta.json) for this
+    study's points, taken only for a pipeline of the same name and the same weights (sha256 of its files), at the
+    same ``n`` and prompt and noise seeds; every other point is scored. Returns point_key -> row."""
+    import json
+
+    from mobilediff.quality import EVAL_SEED, NOISE_SEED
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "scaling_meta.json").read_text())
+        old_rows = json.loads((folder / "scaling.json").read_text())
+        same = {m["label"] for m in meta["models"]
+                if m.get("weights_sha256") == shas.get(m["label"])}
+        if (meta["n"], meta["prompt_seed"], meta["noise_seed"]) != (n, EVAL_SEED, NOISE_SEED):
+            return {}
+        wanted = {point_key(p) for p in points}
+        out = {}
+        for r in old_rows:
+            key = (r["pipeline"], r["sampler"], int(r["steps"]), float(r["guidance"]))
+            if r["pipeline"] in same and key in wanted:
+                out[key] = {"sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"], "guidance": r["guidance"],
+                            "prompt_accuracy": r["prompt_accuracy"], "fd": r["fd"], "n": r["n"],
+                            "attribute_accuracy": r["attribute_accuracy"]}
+        return out
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MobilediffError(f"--reuse {folder}: not a readable scaling study result ({type(e).__name__}: {e})") \
+            from None
+
+
+def check_reused(reused: dict, points: list, evaluator, n: int, real) -> list[dict]:
+    """Score again the cheapest reused row of each pipeline and compare: the same prompt accuracy and FD (to 1e-6
+    relative) show the earlier rows reproduce with this code; otherwise MobilediffError (rerun without --reuse).
+    Returns the checks made."""
+    from mobilediff.bench.sweep import sweep
+
+    cheapest = {}
+    for p in points:
+        if point_key(p) in reused:
+            label = p.fields["pipeline"]
+            if label not in cheapest or p.steps * p.unet_rows < cheapest[label].steps * cheapest[label].unet_rows:
+                cheapest[label] = p
+    checks = []
+    for label, p in cheapest.items():
+        fresh = sweep([p], evaluator, n, real, f"check a reused row of {label}")[0]
+        old = reused[point_key(p)]
+        ok = (fresh["prompt_accuracy"] == old["prompt_accuracy"]
+              and abs(fresh["fd"] - old["fd"]) <= 1e-6 * max(1.0, abs(old["fd"])))
+        checks.append({"pipeline": label, "sampler": p.sampler, "steps": p.steps, "guidance": p.guidance,
+                       "stored": {"prompt_accuracy": old["prompt_accuracy"], "fd": old["fd"]},
+                       "rescored": {"prompt_accuracy": fresh["prompt_accuracy"], "fd": fresh["fd"]}, "same": ok})
+        if not ok:
+            raise MobilediffError(
+                f"--reuse: {label}'s row {p.sampler}-{p.steps} g{p.guidance} does not reproduce (prompt accuracy "
+                f"{old['prompt_accuracy']:.4f} stored, {fresh['prompt_accuracy']:.4f} now; FD {old['fd']:.4f} "
+                f"stored, {fresh['fd']:.4f} now): rerun without --reuse")
+    return checks
+
+
 # ------------------------------------------------------------------------------------------------------ the study
 def measure(cfg: ScalingConfig, command: str = "") -> dict:
     """Run the study: {"rows": scaling.json's rows, "meta": scaling_meta.json (envelope, models and their costs and
@@ -406,7 +476,13 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
         context = {"evaluator": tree_sha256(EVALUATOR_DIR), "mobilediff": mobilediff.__version__,
                    "prompt_seed": EVAL_SEED, "noise_seed": NOISE_SEED}
         cache = RowCache(cfg.cache, context, {id(pipes[s.label]): shas[s.label] for s in subjects})
-    quality = sweep(points, evaluator, cfg.n, real, "scaling study (UNet calls per batch)", cache)
+    reused, reuse_check = {}, []
+    if cfg.reuse is not None:
+        reused = reusable_rows(cfg.reuse, subjects, shas, cfg.n, points)
+        reuse_check = check_reused(reused, points, evaluator, cfg.n, real)
+    todo = [p for p in points if point_key(p) not in reused]
+    scored = iter(sweep(todo, evaluator, cfg.n, real, "scaling study (UNet calls per batch)", cache))
+    quality = [reused[point_key(p)] if point_key(p) in reused else next(scored) for p in points]
     rows = []
     for p, q in zip(points, quality):
         label = p.fields["pipeline"]
@@ -430,6 +506,8 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
                          "student_steps": list(cfg.student_steps), "runtime": cfg.runtime, "threads": cfg.threads,
                          "runs": cfg.runs, "warmup": cfg.warmup, "e2e_runs": cfg.e2e_runs,
                          "rows_from_cache": cache.hits if cache is not None else 0,
+                         "rows_reused": len(reused), "reused_from": str(cfg.reuse) if cfg.reuse is not None else None,
+                         "reuse_check": reuse_check,
                          "rule": {"budgets": cfg.rule.budgets, "margin": cfg.rule.margin,
                                   "min_prefix": cfg.rule.min_prefix}},
             "latency_method": "composed: text_encoder_ms x text_encoder_calls + steps x unet_step_ms(unet_rows) + "
@@ -709,6 +787,10 @@ def build_parser(doc: str = "", results: Path | None = None) -> Parser:
                          "one more model scores only its rows; a row is reused only for the same weights, settings, "
                          "evaluator and mobilediff version (default: %(default)s)")
     ap.add_argument("--no-cache", action="store_true", help="score every row again and keep nothing")
+    ap.add_argument("--reuse", type=Path, default=None, metavar="RESULTS",
+                    help="take the rows of an earlier study's result folder (its scaling.json and scaling_meta.json) "
+                         "for every pipeline whose weights are unchanged, at the same --n, after scoring one row of "
+                         "each again to check it reproduces; latencies are measured anew")
     ap.add_out(results, "result folder (default benchmarks/results)")
     return ap
 
@@ -726,7 +808,7 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
                         steps=tuple(dict.fromkeys(args.steps)), guidance=tuple(dict.fromkeys(args.guidance)),
                         student_steps=tuple(dict.fromkeys(args.student_steps)), n=args.n, runtime=args.runtime,
                         threads=args.threads, runs=args.runs, warmup=args.warmup, e2e_runs=args.e2e_runs,
-                        work=args.work, cache=None if args.no_cache else args.cache)
+                        work=args.work, cache=None if args.no_cache else args.cache, reuse=args.reuse)
     cfg.check()
     result = measure(cfg, command_line("scaling", argv))
     result["meta"]["wall_seconds"] = time.time() - t0

@@ -474,11 +474,11 @@ def train_denoiser(cfg: TrainBaseConfig, ckpt: Checkpoint | None, vae_dir: Path,
     torch.manual_seed(cfg.seed + 1)
     model = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
     if cfg.init_from is not None:
-        new = _load_initial(model, _initial_weights(Path(cfg.init_from)))
+        new = _load_initial(model, _initial_weights(source_dir(cfg.init_from)))
         if new and accelerator.is_main_process:
             print(f"init-from: new attention blocks start as the identity: {', '.join(new)}")
     if cfg.text_encoder_from is not None:
-        weights = _text_encoder_weights(Path(cfg.text_encoder_from))
+        weights = _text_encoder_weights(source_dir(cfg.text_encoder_from))
         if any(k.startswith("text_model.") for k in model.text_encoder.state_dict()):  # transformers 4.x layout
             weights = {f"text_model.{k}": v for k, v in weights.items()}
         try:
@@ -561,7 +561,7 @@ def _train_base(cfg: TrainBaseConfig, resume: str | None, force: bool, command: 
     vae_source = cfg.vae_from if cfg.vae_from is not None else plan.vae_source
     if not vae_done and vae_source is not None:
         if main:
-            src = Path(vae_source) / "vae"
+            src = source_dir(vae_source) / "vae"
             with atomic_dir(vae_dir, force=True) as tmp:
                 for f in src.iterdir():
                     shutil.copy2(f, tmp / f.name)
@@ -598,28 +598,36 @@ def _train_base(cfg: TrainBaseConfig, resume: str | None, force: bool, command: 
     return out / "model"
 
 
+def source_dir(value) -> Path:
+    """The folder of a --init-from / --text-encoder-from / --vae-from value: a named model ('default', see
+    mobilediff.loading.resolve_model) or a path; the config keeps the value as given."""
+    from mobilediff.loading import resolve_model
+
+    return resolve_model(str(value))
+
+
 RUN_ITEMS = ("training.json", "vae", "vae_run", "unet_run", "model")  # what a train-base run folder holds
 
 
 def _check_sources(cfg: TrainBaseConfig) -> None:
     """Refuse --vae-from, --init-from and --text-encoder-from folders that do not hold what the run reads."""
-    if cfg.vae_from is not None and not (Path(cfg.vae_from) / "vae" / "config.json").is_file():
+    if cfg.vae_from is not None and not (source_dir(cfg.vae_from) / "vae" / "config.json").is_file():
         raise MobilediffError(f"--vae-from {cfg.vae_from}: no vae/config.json (not a pipeline folder)")
     if cfg.vae_from is not None:
         try:
-            vae_class = json.loads((Path(cfg.vae_from) / "vae" / "config.json").read_text()).get("_class_name")
+            vae_class = json.loads((source_dir(cfg.vae_from) / "vae" / "config.json").read_text()).get("_class_name")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
             raise MobilediffError(f"--vae-from {cfg.vae_from}: corrupt vae/config.json ({e})") from None
         if vae_class != "AutoencoderKL":
             raise MobilediffError(f"--vae-from {cfg.vae_from}: its VAE is an {vae_class}, not an AutoencoderKL (a tiny "
                                   f"decoder has no encoder to make the training latents)")
     if cfg.init_from is not None:
-        path = Path(cfg.init_from)
+        path = source_dir(cfg.init_from)
         pipeline = (path / "unet" / "diffusion_pytorch_model.safetensors").is_file() and \
             (path / "text_encoder" / "model.safetensors").is_file()
         if not ((path / "denoiser.safetensors").is_file() or pipeline):
             raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline folder")
-    if cfg.text_encoder_from is not None and not (Path(cfg.text_encoder_from) / "text_encoder" / "model.safetensors").is_file():
+    if cfg.text_encoder_from is not None and not (source_dir(cfg.text_encoder_from) / "text_encoder" / "model.safetensors").is_file():
         raise MobilediffError(f"--text-encoder-from {cfg.text_encoder_from}: no text_encoder/model.safetensors "
                               f"(not a pipeline folder)")
 
