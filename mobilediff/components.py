@@ -89,6 +89,9 @@ class ComponentSpec:
                 x = torch.rand(shape, generator=g) * ((r.num_train_timesteps or 1000) - 1)
             elif spec.name == "sample" and self.name == "vae_encoder":  # an image, in [-1, 1]
                 x = torch.rand(shape, generator=g) * 2 - 1
+            elif spec.name.endswith("attention_mask"):  # a padded prompt's token mask: 1 for its tokens, then 0
+                x = torch.zeros(shape)
+                x[:, :max(1, shape[-1] // 2)] = 1
             elif spec.name == "mask":  # a latent mask: 0 keep, 1 repaint
                 x = (torch.rand(shape, generator=g) > 0.5).float()
             elif spec.name == "lora_weights":  # run-time adapter slots (mobilediff.runtime_lora): a small update

@@ -101,10 +101,23 @@ def export(spec, path: Path, precision: str, external_data_min_bytes: int | None
         module = Fp16IO(module)
     if _varargs(module):  # Fp16IO.forward(*args), LoraInputs.forward(*args): torch.export sees one varargs entry
         dynamic = {"args": dynamic}
+    capture = {}
     with torch.no_grad():
-        program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
-                                    dynamic_shapes=dynamic, dynamo=True, external_data=external,
-                                    opset_version=OPSET, optimize=True, verbose=False)
+        try:
+            program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
+                                        dynamic_shapes=dynamic, dynamo=True, external_data=external,
+                                        opset_version=OPSET, optimize=True, verbose=False)
+        except Exception as e:  # noqa: BLE001 - only torch.onnx's capture failure is retried, the rest re-raised
+            if type(e).__name__ != "TorchExportError":
+                raise
+            # torch.onnx's capture (strict, then non-strict with size-oblivious sizes) fails for some transformer
+            # denoisers (PixArt, SANA) at a dynamic batch: capture non-strict with plain symbolic sizes instead
+            exported = torch.export.export(module, inputs, dynamic_shapes=dynamic, strict=False)
+            capture = {"capture": "torch.export (non-strict)",
+                       "noop_squeezes_removed": drop_noop_squeezes(exported)}
+            program = torch.onnx.export(exported, inputs, str(path), input_names=names_in, output_names=names_out,
+                                        dynamo=True, external_data=external, opset_version=OPSET, optimize=True,
+                                        verbose=False)
     del program
     model = onnx.load(str(path), load_external_data=False)
     if not keep_metadata and _strip_exporter_metadata(model):
@@ -114,7 +127,31 @@ def export(spec, path: Path, precision: str, external_data_min_bytes: int | None
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return {"opset": OPSET, "exporter": "torch.onnx (dynamo)", "nodes": len(model.graph.node),
             "op_counts": dict(sorted(ops.items())), "dynamic_dims": sorted(spec.dynamic_names()),
-            "external_data": external_data_files(path)}
+            "external_data": external_data_files(path), **capture}
+
+
+def drop_noop_squeezes(program) -> int:
+    """Remove ``squeeze(dim)`` nodes of an exported program whose squeezed dimensions are never 1 (static sizes other
+    than 1): a no-op in torch, but an ONNX Squeeze that ONNX Runtime refuses at run time (diffusers'
+    BasicTransformerBlock squeezes the token axis of PixArt's adaLN-single path). Returns how many were removed."""
+    graph = program.graph_module.graph
+    removed = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims):
+            continue
+        source = node.args[0]
+        dims = node.args[1] if len(node.args) > 1 else None
+        value = source.meta.get("val") if hasattr(source, "meta") else None
+        if dims is None or value is None:
+            continue
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if all(isinstance(value.shape[d], int) and value.shape[d] != 1 for d in dims):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+            removed += 1
+    if removed:
+        program.graph_module.recompile()
+    return removed
 
 
 def _strip_exporter_metadata(model) -> int:
