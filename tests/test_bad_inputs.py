@@ -948,6 +948,8 @@ CASES = [
          "{t}/f is a file"),
     Case("export_parity-fused-steps-too-many", lambda c: ["export_parity", "--fused-steps", "17", "--out",
                                                           str(c.t / "r")], None, "--fused-steps: must be an integer between 0 and 16"),
+    Case("transformer_matrix-unknown-variant", lambda c: ["transformer_matrix", "--variant", "flux", "--out",
+                                                          str(c.t / "r")], None, "unknown variant 'flux'"),
     Case("optimum_check-out-under-a-file", lambda c: ["optimum_check", "--out", str(c.t / "f" / "r")], user_file,
          "{t}/f is a file"),
     Case("app_parity-fixtures-without-index", lambda c: ["app_parity", "--fixtures-ready", "--fixtures",

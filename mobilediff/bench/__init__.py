@@ -36,7 +36,7 @@ SCRIPTS = {"adapters": "adapters", "app_memory": "app_memory", "app_parity": "ap
            "distillation": "distillation", "export_parity": "export_parity", "image_modes": "image_modes", "lcm_lora": "lcm_lora", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",
            "run_device": "device_run", "runtime_adapters": "runtime_adapters", "scaling": "scaling", "scaling_deploy": "deploy_scaling",
-           "student_quality": "student_quality",
+           "student_quality": "student_quality", "transformer_matrix": "transformer_matrix",
            "xnnpack_convs": "xnnpack_convs"}
 
 

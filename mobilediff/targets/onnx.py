@@ -101,23 +101,26 @@ def export(spec, path: Path, precision: str, external_data_min_bytes: int | None
         module = Fp16IO(module)
     if _varargs(module):  # Fp16IO.forward(*args), LoraInputs.forward(*args): torch.export sees one varargs entry
         dynamic = {"args": dynamic}
-    capture = {}
     with torch.no_grad():
+        # captured here, non-strict with plain symbolic sizes (torch.onnx's own capture -- strict first, sizes treated
+        # as size-oblivious -- fails for some transformer denoisers at a dynamic batch, PixArt's and SANA's), then
+        # two graph fixes onnx needs (see their functions); torch.onnx's own capture where this one fails
         try:
+            exported = torch.export.export(module, inputs, dynamic_shapes=dynamic, strict=False)
+        except Exception:  # noqa: BLE001 - the same module through torch.onnx's capture strategies instead
+            exported = None
+        if exported is not None:
+            capture = {"capture": "torch.export (non-strict)",
+                       "noop_squeezes_removed": drop_noop_squeezes(exported),
+                       "tiny_constants_kept": keep_tiny_constants(exported)}
+            program = torch.onnx.export(exported, inputs, str(path), input_names=names_in, output_names=names_out,
+                                        dynamic_shapes=dynamic, dynamo=True, external_data=external,
+                                        opset_version=OPSET, optimize=True, verbose=False)
+        else:
+            capture = {"capture": "torch.onnx"}
             program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
                                         dynamic_shapes=dynamic, dynamo=True, external_data=external,
                                         opset_version=OPSET, optimize=True, verbose=False)
-        except Exception as e:  # noqa: BLE001 - only torch.onnx's capture failure is retried, the rest re-raised
-            if type(e).__name__ != "TorchExportError":
-                raise
-            # torch.onnx's capture (strict, then non-strict with size-oblivious sizes) fails for some transformer
-            # denoisers (PixArt, SANA) at a dynamic batch: capture non-strict with plain symbolic sizes instead
-            exported = torch.export.export(module, inputs, dynamic_shapes=dynamic, strict=False)
-            capture = {"capture": "torch.export (non-strict)",
-                       "noop_squeezes_removed": drop_noop_squeezes(exported)}
-            program = torch.onnx.export(exported, inputs, str(path), input_names=names_in, output_names=names_out,
-                                        dynamo=True, external_data=external, opset_version=OPSET, optimize=True,
-                                        verbose=False)
     del program
     model = onnx.load(str(path), load_external_data=False)
     if not keep_metadata and _strip_exporter_metadata(model):
@@ -128,6 +131,34 @@ def export(spec, path: Path, precision: str, external_data_min_bytes: int | None
     return {"opset": OPSET, "exporter": "torch.onnx (dynamo)", "nodes": len(model.graph.node),
             "op_counts": dict(sorted(ops.items())), "dynamic_dims": sorted(spec.dynamic_names()),
             "external_data": external_data_files(path), **capture}
+
+
+def keep_tiny_constants(program) -> int:
+    """Give every ``x + c`` / ``x - c`` of an exported program whose scalar ``c`` is non-zero but within 1e-8 of 0 (a
+    division's guard: SANA's linear attention divides by ``sum + 1e-15``) its constant as a one-element tensor:
+    onnxscript's optimizer matches scalar constants within 1e-8 of 0 as ``x + 0`` and drops them, and the division
+    that guard protects then gives NaN where a sum is 0. A one-element tensor is outside that rule. Returns how many
+    constants were kept."""
+    graph = program.graph_module.graph
+    kept = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor):
+            continue
+        for position, c in enumerate(node.args[:2]):
+            if not isinstance(c, float) or c == 0.0 or abs(c) >= 1e-8:
+                continue
+            other = node.args[1 - position]
+            value = other.meta.get("val") if hasattr(other, "meta") else None
+            dtype = value.dtype if value is not None else torch.float32
+            with graph.inserting_before(node):
+                constant = graph.call_function(torch.ops.aten.full.default, ([1], c), {"dtype": dtype})
+            args = list(node.args)
+            args[position] = constant
+            node.args = tuple(args)
+            kept += 1
+    if kept:
+        program.graph_module.recompile()
+    return kept
 
 
 def drop_noop_squeezes(program) -> int:
