@@ -101,20 +101,30 @@ def export(spec, path, precision: str) -> dict:
     ct = _ct()
     compute_precision = _precision(precision)
     with torch.no_grad():
-        ep = torch.export.export(spec.module, spec.example_inputs()).run_decompositions({})
-    aliases = _drop_aliases(ep)
+        program = torch.export.export(spec.module, spec.example_inputs())
     inputs = [ct.TensorType(name=s.name, shape=s.static_shape(spec.dims), dtype=np.dtype(s.dtype).type)
               for s in spec.inputs]
     # The ExportedProgram frontend honours these names. The dtype is needed too: at FLOAT16 compute precision
     # and iOS16+ targets, an output left untyped comes out as a float16 multi-array.
     outputs = [ct.TensorType(name=s.name, dtype=np.dtype(s.dtype).type) for s in spec.outputs]
-    try:
-        mlmodel = ct.convert(ep, convert_to="mlprogram", inputs=inputs, outputs=outputs,
-                             compute_precision=compute_precision,
-                             minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
-    except Exception as e:  # a converter failure is one line for the user; the cause stays chained
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MobilediffError(f"coreml {spec.name}: coremltools could not convert it: {first}") from e
+    # the graph as captured first (functional, no decomposition); where the converter lacks one of its operators
+    # (a masked T5 or Gemma-2 encoder: new_ones, a tensor `and`, where with a scalar), decomposed to core ATen
+    decompositions, error = "none", None
+    for table in ({}, None):
+        with torch.no_grad():
+            ep = program.run_decompositions(table) if table is not None else program.run_decompositions()
+        aliases = _drop_aliases(ep)
+        try:
+            mlmodel = ct.convert(ep, convert_to="mlprogram", inputs=inputs, outputs=outputs,
+                                 compute_precision=compute_precision,
+                                 minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET))
+            break
+        except Exception as e:  # noqa: BLE001 - retried decomposed; a second failure is the user's one line
+            error = e
+            decompositions = "core ATen"
+    else:  # a converter failure is one line for the user; the cause stays chained
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MobilediffError(f"coreml {spec.name}: coremltools could not convert it: {first}") from error
 
     mlmodel.author = "mobilediff"
     mlmodel.short_description = f"{spec.name} ({spec.source_class}), {precision}, exported by mobilediff"
@@ -129,7 +139,8 @@ def export(spec, path, precision: str) -> dict:
 
     proto = mlmodel.get_spec()
     return {"minimum_deployment_target": DEPLOYMENT_TARGET, "spec_version": proto.specificationVersion,
-            "conversion_path": CONVERSION_PATH, "aliases_removed": aliases, "compute_precision": precision,
+            "conversion_path": CONVERSION_PATH, "aliases_removed": aliases, "decompositions": decompositions,
+            "compute_precision": precision,
             **_program_facts(proto), "size_bytes": _package_size(path)}
 
 
