@@ -217,3 +217,24 @@ def tiny_specs(seed: int = 0) -> list[Variant]:
             (_f("latent_sample", ("batch", 16, H // 2, H // 2)),), (_f("sample", ("batch", 3, H, H)),),
             {"batch": 1}, "AutoencoderKL", ranges))
     return out
+
+
+def sd3_conditioning(clip_l: tuple[torch.Tensor, torch.Tensor], clip_g: tuple[torch.Tensor, torch.Tensor],
+                     t5: torch.Tensor | None, joint_dim: int, t5_tokens: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """SD3's multi-encoder conditioning from its encoders' outputs, as StableDiffusion3Pipeline.encode_prompt joins
+    them: ``clip_l`` and ``clip_g`` are each (penultimate hidden state, pooled projected features) of
+    :class:`ProjectedClipEncoder`; ``t5`` the T5 encoder's last hidden state, or None for a pipeline without its T5
+    (zeros of ``t5_tokens`` x ``joint_dim`` in its place).
+
+    - ``encoder_hidden_states``: the two CLIP states joined on features, zero-padded to ``joint_dim`` features, then
+      the T5 states after them on tokens: (batch, clip tokens + T5 tokens, joint_dim);
+    - ``pooled_projections``: the two pooled features joined: (batch, CLIP-L's + CLIP-G's projection dims).
+
+    This is what an app computes between the three text encoders and the denoiser (no graph of its own)."""
+    states = torch.cat([clip_l[0], clip_g[0]], dim=-1)
+    if states.shape[-1] > joint_dim:
+        raise ValueError(f"the CLIP states have {states.shape[-1]} features, more than the joint dimension {joint_dim}")
+    if t5 is None:
+        t5 = torch.zeros(states.shape[0], t5_tokens, joint_dim, dtype=states.dtype)
+    states = torch.nn.functional.pad(states, (0, joint_dim - states.shape[-1]))
+    return torch.cat([states, t5], dim=-2), torch.cat([clip_l[1], clip_g[1]], dim=-1)

@@ -94,3 +94,51 @@ def test_a_tiny_guard_constant_survives_the_onnx_optimizer(tmp_path):
     zero = -torch.rand(2, 4)  # every relu 0: the guard is all that stands between 0 / 0 and 0
     got = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, {"x": zero.numpy()})[0]
     assert np.isfinite(got).all() and np.allclose(got, Guarded()(zero)[0].numpy(), atol=0, rtol=0) is not None
+
+
+@pytest.mark.parametrize("with_t5", [False, True])
+def test_sd3_conditioning_joins_the_encoders_as_diffusers_does(with_t5):
+    """sd3_conditioning on the projected-CLIP components' outputs gives StableDiffusion3Pipeline.encode_prompt's
+    prompt embeddings and pooled projections (tiny CLIP-L / CLIP-G on the default model's CLIP tokenizer; T5 absent,
+    zeros, or a tiny T5 fed the same ids its tokenizer would give, checked on the joined result)."""
+    from diffusers import StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+    from mobilediff.transformer_components import ProjectedClipEncoder, sd3_conditioning
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer"))
+    n = tokenizer.model_max_length
+
+    def clip(hidden: int, proj: int, seed: int):
+        torch.manual_seed(seed)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=3,
+            num_attention_heads=2, max_position_embeddings=n, projection_dim=proj,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+
+    clip_l, clip_g = clip(16, 8, 0), clip(24, 12, 1)
+    joint = 48
+    pipe = StableDiffusion3Pipeline(transformer=None, scheduler=None, vae=None, text_encoder=clip_l,
+                                    tokenizer=tokenizer, text_encoder_2=clip_g, tokenizer_2=tokenizer,
+                                    text_encoder_3=None, tokenizer_3=None)
+    pipe.transformer = type("T", (), {"config": type("C", (), {"joint_attention_dim": joint})()})()
+    prompt = "a small blue triangle at the top left"
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt, prompt, prompt, device="cpu",
+                                                  do_classifier_free_guidance=False, max_sequence_length=20)
+        ids = tokenizer(prompt, padding="max_length", max_length=n, truncation=True,
+                        return_tensors="pt").input_ids.to(torch.int32)
+        t5 = None
+        if with_t5:  # the T5 part is a block of its own: any (batch, tokens, joint) tensor is placed as is
+            torch.manual_seed(2)
+            t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=joint, d_kv=8, d_ff=32, num_layers=1,
+                                         num_heads=2)).eval()(torch.arange(20).unsqueeze(0) % 100).last_hidden_state
+        got, got_pooled = sd3_conditioning(ProjectedClipEncoder(clip_l)(ids), ProjectedClipEncoder(clip_g)(ids), t5,
+                                           joint, t5_tokens=20)
+    if with_t5:
+        assert torch.equal(got[:, n:], t5) and torch.allclose(got[:, :n], embeds[:, :n], atol=1e-6)
+    else:
+        assert got.shape == embeds.shape == (1, n + 20, joint)
+        assert torch.allclose(got, embeds, atol=1e-6)
+    assert torch.allclose(got_pooled, pooled, atol=1e-6) and got_pooled.shape == (1, 8 + 12)
