@@ -24,8 +24,9 @@ Run:  python benchmarks/scaling.py     (every registered default:unet-* model an
                                         scored rows are cached, so an interrupted run picks up where it stopped)
       python benchmarks/scaling.py --model default:unet-xs --model DIR --students DIR ... --n 64
       python benchmarks/scaling.py --n 128 --reuse benchmarks/results   (a size added to the family: the committed
-                                        rows of the unchanged sizes are taken after one row of each is scored again
-                                        and found equal; only the new size's rows are scored, every latency measured)
+                                        rows of the other sizes are taken after one row of each -- two where its
+                                        files changed since -- is scored again and found equal; only the new size's
+                                        rows are scored, every latency measured)
 `mobilediff recommend` answers budget questions from the store (benchmarks/results/configurations.jsonl).
 """
 from __future__ import annotations

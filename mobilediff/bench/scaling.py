@@ -367,10 +367,11 @@ def point_key(p) -> tuple:
     return p.fields["pipeline"], p.sampler, int(p.steps), float(p.guidance)
 
 
-def reusable_rows(folder: Path, subjects, shas: dict, n: int, points: list) -> dict:
+def reusable_rows(folder: Path, subjects, shas: dict, n: int, points: list) -> tuple[dict, set]:
     """The quality fields of an earlier study's rows (``folder``: its scaling.json and scaling_meta.json) for this
-    study's points, taken only for a pipeline of the same name and the same weights (sha256 of its files), at the
-    same ``n`` and prompt and noise seeds; every other point is scored. Returns point_key -> row."""
+    study's points, taken for a pipeline of the same name at the same ``n`` and prompt and noise seeds; every other
+    point is scored. Returns (point_key -> row, the names whose files' sha256 differs from the recorded one: a
+    record or config file edited since, or other weights -- :func:`check_reused` scores more of their rows again)."""
     import json
 
     from mobilediff.quality import EVAL_SEED, NOISE_SEED
@@ -379,43 +380,51 @@ def reusable_rows(folder: Path, subjects, shas: dict, n: int, points: list) -> d
     try:
         meta = json.loads((folder / "scaling_meta.json").read_text())
         old_rows = json.loads((folder / "scaling.json").read_text())
-        same = {m["label"] for m in meta["models"]
-                if m.get("weights_sha256") == shas.get(m["label"])}
+        recorded = {m["label"]: m.get("weights_sha256") for m in meta["models"]}
+        known = {label for label in recorded if label in shas}
+        changed = {label for label in known if recorded[label] != shas[label]}
         if (meta["n"], meta["prompt_seed"], meta["noise_seed"]) != (n, EVAL_SEED, NOISE_SEED):
-            return {}
+            return {}, set()
         wanted = {point_key(p) for p in points}
         out = {}
         for r in old_rows:
             key = (r["pipeline"], r["sampler"], int(r["steps"]), float(r["guidance"]))
-            if r["pipeline"] in same and key in wanted:
+            if r["pipeline"] in known and key in wanted:
                 out[key] = {"sampler": r["sampler"], "steps": r["steps"], "nfe": r["nfe"], "guidance": r["guidance"],
                             "prompt_accuracy": r["prompt_accuracy"], "fd": r["fd"], "n": r["n"],
                             "attribute_accuracy": r["attribute_accuracy"]}
-        return out
+        return out, changed & {key[0] for key in out}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise MobilediffError(f"--reuse {folder}: not a readable scaling study result ({type(e).__name__}: {e})") \
             from None
 
 
-def check_reused(reused: dict, points: list, evaluator, n: int, real) -> list[dict]:
-    """Score again the cheapest reused row of each pipeline and compare: the same prompt accuracy and FD (to 1e-6
-    relative) show the earlier rows reproduce with this code; otherwise MobilediffError (rerun without --reuse).
-    Returns the checks made."""
+def check_reused(reused: dict, points: list, evaluator, n: int, real, changed: set = frozenset()) -> list[dict]:
+    """Score again the cheapest reused row of each pipeline -- and of a pipeline in ``changed`` (its files' sha256
+    is not the recorded one) its cheapest guided row too -- and compare: the same prompt accuracy and FD (to 1e-6
+    relative) show the earlier rows reproduce with these weights and this code; otherwise MobilediffError (rerun
+    without --reuse). Returns the checks made."""
     from mobilediff.bench.sweep import sweep
 
-    cheapest = {}
+    chosen = {}
     for p in points:
         if point_key(p) in reused:
             label = p.fields["pipeline"]
-            if label not in cheapest or p.steps * p.unet_rows < cheapest[label].steps * cheapest[label].unet_rows:
-                cheapest[label] = p
+            kinds = ("any", "guided") if label in changed else ("any",)
+            for kind in kinds:
+                if kind == "guided" and p.unet_rows < 2:
+                    continue
+                best = chosen.get((label, kind))
+                if best is None or p.steps * p.unet_rows < best.steps * best.unet_rows:
+                    chosen[(label, kind)] = p
     checks = []
-    for label, p in cheapest.items():
+    for (label, _), p in chosen.items():
         fresh = sweep([p], evaluator, n, real, f"check a reused row of {label}")[0]
         old = reused[point_key(p)]
         ok = (fresh["prompt_accuracy"] == old["prompt_accuracy"]
               and abs(fresh["fd"] - old["fd"]) <= 1e-6 * max(1.0, abs(old["fd"])))
-        checks.append({"pipeline": label, "sampler": p.sampler, "steps": p.steps, "guidance": p.guidance,
+        checks.append({"pipeline": label, "files_changed": label in changed, "sampler": p.sampler, "steps": p.steps,
+                       "guidance": p.guidance,
                        "stored": {"prompt_accuracy": old["prompt_accuracy"], "fd": old["fd"]},
                        "rescored": {"prompt_accuracy": fresh["prompt_accuracy"], "fd": fresh["fd"]}, "same": ok})
         if not ok:
@@ -437,7 +446,7 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
     from mobilediff.data import ShapesDataset
     from mobilediff.evaluator import Evaluator, frechet_distance
     from mobilediff.io import tree_sha256
-    from mobilediff.loading import load_pipeline
+    from mobilediff.loading import NAMED_MODELS, load_pipeline
     from mobilediff.quality import EVAL_SEED, NOISE_SEED, eval_scenes
 
     cfg.check()
@@ -478,8 +487,8 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
         cache = RowCache(cfg.cache, context, {id(pipes[s.label]): shas[s.label] for s in subjects})
     reused, reuse_check = {}, []
     if cfg.reuse is not None:
-        reused = reusable_rows(cfg.reuse, subjects, shas, cfg.n, points)
-        reuse_check = check_reused(reused, points, evaluator, cfg.n, real)
+        reused, changed = reusable_rows(cfg.reuse, subjects, shas, cfg.n, points)
+        reuse_check = check_reused(reused, points, evaluator, cfg.n, real, changed)
     todo = [p for p in points if point_key(p) not in reused]
     scored = iter(sweep(todo, evaluator, cfg.n, real, "scaling study (UNet calls per batch)", cache))
     quality = [reused[point_key(p)] if point_key(p) in reused else next(scored) for p in points]
@@ -495,7 +504,8 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
                      "latency_parts": parts, "latency_kind": "composed"})
     models = []
     for s in subjects:
-        models.append({"label": s.label, "path": str(s.path), "weights_sha256": shas[s.label],
+        models.append({"label": s.label, "path": s.label if s.label in NAMED_MODELS else str(s.path),
+                       "weights_sha256": shas[s.label],
                        "model": s.model, "method": s.method, "plan": list(s.plan) if s.plan else None,
                        "unet_params": params[s.label],
                        "gflop": costs[s.label]["gflop"], "latency": costs[s.label]["latency"],
@@ -789,8 +799,8 @@ def build_parser(doc: str = "", results: Path | None = None) -> Parser:
     ap.add_argument("--no-cache", action="store_true", help="score every row again and keep nothing")
     ap.add_argument("--reuse", type=Path, default=None, metavar="RESULTS",
                     help="take the rows of an earlier study's result folder (its scaling.json and scaling_meta.json) "
-                         "for every pipeline whose weights are unchanged, at the same --n, after scoring one row of "
-                         "each again to check it reproduces; latencies are measured anew")
+                         "for every pipeline of the same name, at the same --n, after scoring one row of each again "
+                         "(two where its files changed since) to check they reproduce; latencies are measured anew")
     ap.add_out(results, "result folder (default benchmarks/results)")
     return ap
 
