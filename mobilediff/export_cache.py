@@ -203,6 +203,15 @@ def _settings(target: str) -> dict:
             if k.isupper() and isinstance(v, (bool, int, float, str, tuple, type(None)))}
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """A graph file, or a graph folder (a Core ML package), to ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
 def restore(key: str, bundle: Path) -> dict | None:
     """Copy a cached entry's files into ``bundle``; returns its record {"facts", "parity", "seconds"}, or None (a
     miss, or an entry that cannot be read: exported anew)."""
@@ -213,12 +222,7 @@ def restore(key: str, bundle: Path) -> dict | None:
     try:
         record = json.loads((entry / ENTRY).read_text())
         for rel in record["files"]:
-            src, dst = entry / "files" / rel, bundle / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                shutil.copytree(src, dst)
-            else:
-                shutil.copy2(src, dst)
+            _copy(entry / "files" / rel, bundle / rel)
     except (OSError, ValueError, KeyError):
         return None
     return record
@@ -233,12 +237,7 @@ def store(key: str, bundle: Path, files: list[str], facts: dict, parity: dict, s
     tmp = root / f".{key}.{uuid.uuid4().hex}.partial"
     try:
         for rel in files:
-            src, dst = bundle / rel, tmp / "files" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_dir():
-                shutil.copytree(src, dst)
-            else:
-                shutil.copy2(src, dst)
+            _copy(bundle / rel, tmp / "files" / rel)
         (tmp / ENTRY).write_text(json.dumps({"files": files, "facts": facts, "parity": parity, "seconds": seconds}))
         os.rename(tmp, root / key)
     except (OSError, TypeError, ValueError):

@@ -12,7 +12,7 @@ exports today from tiny random modules of diffusers' and transformers' own class
 - text encoders with a padding mask (``input_ids`` and ``attention_mask``: T5, Gemma-2), and CLIP with its
   projection (SD3: the penultimate hidden state and the pooled, projected features);
 - decoders: the deep-compression autoencoder's (``AutoencoderDC``, SANA) and the 16-channel ``AutoencoderKL`` of SD3
-  (its latent given as ``latent / scaling_factor + shift_factor``).
+  (its latent given as ``latent / scaling_factor + shift_factor``), through the exporter's own VaeDecoderWrapper.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mobilediff.components import ComponentSpec, InputRanges, TensorSpec
+from mobilediff.components import ComponentSpec, InputRanges, TensorSpec, VaeDecoderWrapper
 
 
 class MaskedDenoiser(torch.nn.Module):
@@ -83,19 +83,6 @@ class ProjectedClipEncoder(torch.nn.Module):
     def forward(self, input_ids):
         out = self.text_encoder(input_ids.to(torch.long), output_hidden_states=True)
         return out.hidden_states[-2], out.text_embeds
-
-
-class LatentDecoder(torch.nn.Module):
-    """A VAE's decoder (``AutoencoderDC`` or ``AutoencoderKL``): the unscaled latent in, the image in [-1, 1] out."""
-
-    prefix = "vae"
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent_sample):
-        return (self.vae.decode(latent_sample, return_dict=False)[0],)
 
 
 @dataclass(frozen=True)
@@ -200,7 +187,7 @@ def tiny_specs(seed: int = 0) -> list[Variant]:
             (_f("penultimate_hidden_state", ("batch", L, D)), _f("text_embeds", ("batch", 24))),
             {"batch": 1}, "CLIPTextModelWithProjection", ranges))
     add("dc-ae-decoder", "SANA", "vae_decoder", "deep-compression autoencoder: 32x down, pixel-shuffle, linear attention",
-        lambda: ComponentSpec("vae_decoder", LatentDecoder(AutoencoderDC(
+        lambda: ComponentSpec("vae_decoder", VaeDecoderWrapper(AutoencoderDC(
             in_channels=3, latent_channels=8, attention_head_dim=8,
             encoder_block_types=("ResBlock", "EfficientViTBlock"), decoder_block_types=("ResBlock", "EfficientViTBlock"),
             encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1),
@@ -209,7 +196,7 @@ def tiny_specs(seed: int = 0) -> list[Variant]:
             (_f("latent_sample", ("batch", 8, H // 2, H // 2), doc="the sampler's latent / scaling_factor"),),
             (_f("sample", ("batch", 3, H, H), doc="RGB image in [-1, 1]"),), {"batch": 1}, "AutoencoderDC", ranges))
     add("sd3-vae-decoder", "SD3", "vae_decoder", "16-channel AutoencoderKL (latent / scaling_factor + shift_factor)",
-        lambda: ComponentSpec("vae_decoder", LatentDecoder(AutoencoderKL(
+        lambda: ComponentSpec("vae_decoder", VaeDecoderWrapper(AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
             layers_per_block=1, norm_num_groups=4, shift_factor=0.0609, scaling_factor=1.5305,

@@ -367,7 +367,7 @@ def point_key(p) -> tuple:
     return p.fields["pipeline"], p.sampler, int(p.steps), float(p.guidance)
 
 
-def reusable_rows(folder: Path, subjects, shas: dict, n: int, points: list) -> tuple[dict, set]:
+def reusable_rows(folder: Path, shas: dict, n: int, points: list) -> tuple[dict, set]:
     """The quality fields of an earlier study's rows (``folder``: its scaling.json and scaling_meta.json) for this
     study's points, taken for a pipeline of the same name at the same ``n`` and prompt and noise seeds; every other
     point is scored. Returns (point_key -> row, the names whose files' sha256 differs from the recorded one: a
@@ -487,7 +487,7 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
         cache = RowCache(cfg.cache, context, {id(pipes[s.label]): shas[s.label] for s in subjects})
     reused, reuse_check = {}, []
     if cfg.reuse is not None:
-        reused, changed = reusable_rows(cfg.reuse, subjects, shas, cfg.n, points)
+        reused, changed = reusable_rows(cfg.reuse, shas, cfg.n, points)
         reuse_check = check_reused(reused, points, evaluator, cfg.n, real, changed)
     todo = [p for p in points if point_key(p) not in reused]
     scored = iter(sweep(todo, evaluator, cfg.n, real, "scaling study (UNet calls per batch)", cache))

@@ -113,14 +113,11 @@ def export(spec, path: Path, precision: str, external_data_min_bytes: int | None
             capture = {"capture": "torch.export (non-strict)",
                        "noop_squeezes_removed": drop_noop_squeezes(exported),
                        "tiny_constants_kept": keep_tiny_constants(exported)}
-            program = torch.onnx.export(exported, inputs, str(path), input_names=names_in, output_names=names_out,
-                                        dynamic_shapes=dynamic, dynamo=True, external_data=external,
-                                        opset_version=OPSET, optimize=True, verbose=False)
         else:
             capture = {"capture": "torch.onnx"}
-            program = torch.onnx.export(module, inputs, str(path), input_names=names_in, output_names=names_out,
-                                        dynamic_shapes=dynamic, dynamo=True, external_data=external,
-                                        opset_version=OPSET, optimize=True, verbose=False)
+        program = torch.onnx.export(exported if exported is not None else module, inputs, str(path),
+                                    input_names=names_in, output_names=names_out, dynamic_shapes=dynamic, dynamo=True,
+                                    external_data=external, opset_version=OPSET, optimize=True, verbose=False)
     del program
     model = onnx.load(str(path), load_external_data=False)
     if not keep_metadata and _strip_exporter_metadata(model):
