@@ -19,7 +19,11 @@ from typing import Any
 from mobilediff.errors import MobilediffError
 
 FORMAT = "mobilediff.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader knows
+# bundles of a transformer denoiser (mobilediff.transformer_family): masked text inputs, a unigram tokenizer; every
+# other bundle is still written as format 1, which the first readers take
+TRANSFORMER_FORMAT_VERSION = 2
+TOKENIZER_KINDS = ("clip-bpe", "unigram")
 MANIFEST = "manifest.json"
 ROLES = ("teacher", "student")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # every bundle holds these three
@@ -244,14 +248,28 @@ class ComponentEntry(_Record):
 class Tokenizer(_Record):
     files: tuple  # relative paths (tokenizer/vocab.json, tokenizer/merges.txt, ...)
     max_length: int  # pad (with pad_id) or truncate every prompt to this many ids, BOS and EOS included
-    bos_id: int
+    bos_id: int | None  # None: no BOS (a unigram tokenizer)
     eos_id: int
     pad_id: int
     lowercase: bool = True
     note: str = ""
     file_sha256: dict = field(default_factory=dict)  # relative path -> sha256 (bundles written before it: empty)
+    # "clip-bpe": vocab.json + merges.txt, BOS ids EOS pad; "unigram" (format 2): tokenizer.json, ids EOS pad + a mask
+    # (absent: "clip-bpe", as every format-1 bundle)
+    kind: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
     _KEYS = ("class",)  # the source tokenizer's class name
+    _OMIT_NONE = ("kind",)
+
+    def __post_init__(self):
+        if self.kind is not None and self.kind not in TOKENIZER_KINDS:
+            raise ValueError(f"kind {self.kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
+        if self.unigram_kind is False and self.bos_id is None:
+            raise ValueError("a clip-bpe tokenizer needs bos_id")
+
+    @property
+    def unigram_kind(self) -> bool:
+        return self.kind == "unigram"
 
 
 @dataclass(frozen=True)
@@ -440,6 +458,8 @@ class Manifest(_Record):
             raise ValueError(f"components has no {missing[0]!r} (a bundle holds {', '.join(COMPONENTS)})")
         if not self.samplers:
             raise ValueError("samplers is empty (a bundle without sampler tables cannot sample)")
+        if self.tokenizer.unigram_kind and self.format_version < TRANSFORMER_FORMAT_VERSION:
+            raise ValueError(f"a unigram tokenizer needs format version {TRANSFORMER_FORMAT_VERSION}")
         if self.image is not None:
             if IMAGE_ENCODER not in self.components:
                 raise ValueError(f"components has no {IMAGE_ENCODER!r}: image modes {', '.join(self.image.modes)} "

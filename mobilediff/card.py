@@ -56,9 +56,21 @@ def _source_hash(pipe) -> str | None:
     return None
 
 
+def native_sampler(pipe) -> str:
+    """The mobilediff sampler of the pipeline's own scheduler class (DDIM where none matches)."""
+    from mobilediff.samplers import SAMPLERS
+
+    own = type(pipe.scheduler).__name__
+    return next((name for name, spec in SAMPLERS.items()
+                 if spec.scheduler_class == own and not spec.guidance_embedding), TEACHER_PLAN[0])
+
+
 def model_card(pipe, model_dir: Path | None, name: str, guidance: float | None = None) -> ModelCard:
     """The card of ``pipe``, loaded from ``model_dir`` (None: not from a folder) and named ``name``; ``guidance``,
     when given, overrides the plan's guidance scale."""
+    from mobilediff import transformer_family
+    from mobilediff.components import guidance_embedding_dim
+
     record = distillation_record(model_dir)
     sha = _source_hash(pipe)
     if record is not None:
@@ -66,7 +78,11 @@ def model_card(pipe, model_dir: Path | None, name: str, guidance: float | None =
         role = ModelRole(role="student", method=record["method"], name=name, source_sha256=sha,
                          teacher=record.get("teacher"))
         plan = SamplingPlan(sampler=smp["sampler"], steps=int(smp["steps"]), guidance=float(smp["guidance"]))
-    elif pipe.unet.config.time_cond_proj_dim:
+    elif transformer_family.is_transformer_pipeline(pipe):
+        role = ModelRole(role="teacher", name=name, source_sha256=sha)
+        steps, scale = transformer_family.default_plan(pipe)
+        plan = SamplingPlan(sampler=native_sampler(pipe), steps=steps, guidance=scale)
+    elif guidance_embedding_dim(pipe):
         role = ModelRole(role="student", method="lcm", name=name, source_sha256=sha)
         plan = SamplingPlan(sampler=LCM_PLAN[0], steps=LCM_PLAN[1], guidance=DEFAULT_GUIDANCE)
     else:

@@ -603,7 +603,7 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         runner = BundleRunner(bundle, runtime, settings=LOW_MEMORY[runtime] or None, resident=False, adapters=mix) \
             if low_memory else BundleRunner(bundle, runtime, adapters=mix)
         for p in prompts:
-            check_prompt_length(runner.tokenizer.bpe, p, _warn)
+            runner.tokenizer.warn_if_truncated(p, _warn)
         with tqdm(total=len(all_prompts), desc=f"{runtime} {sampler} {steps} steps") as bar:
             images = []
             for p, sd in zip(all_prompts, all_seeds):
@@ -623,8 +623,12 @@ def generate_cmd(model, prompts, seeds, steps, sampler, guidance, out, scale, bu
         if init_image is not None:
             image, mask_latent = _image_inputs(init_image, mask, *image_size(pipe), int(pipe.vae_scale_factor),
                                                steps, strength)
+        from mobilediff import transformer_family
+
+        transformer = transformer_family.is_transformer_pipeline(pipe)
         for p in prompts:
-            check_prompt_length(pipe.tokenizer, p, _warn)
+            check_prompt_length(pipe.tokenizer, p.lower().strip() if transformer else p, _warn,
+                                transformer_family.text_length(pipe) if transformer else None)
         with tqdm(total=steps * ((len(all_prompts) + 63) // 64), desc=f"{sampler} {steps} steps") as bar:
             if image is None:
                 images = generate(pipe, all_prompts, all_seeds, steps, sampler, guidance, progress=bar.update)

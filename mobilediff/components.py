@@ -81,7 +81,8 @@ class ComponentSpec:
                     raise ValueError(f"{self.name}: integer input {spec.name} needs InputRanges.vocab_size")
                 x = torch.randint(0, r.vocab_size, shape, generator=g, dtype=torch.int64).to(torch.int32)
                 if spec.name == "input_ids":  # a real prompt: BOS ... EOS + padding
-                    x[:, 0] = r.bos_id
+                    if r.bos_id is not None:  # a unigram (T5) tokenizer has none
+                        x[:, 0] = r.bos_id
                     x[:, shape[1] // 2] = r.eos_id
                     x[:, shape[1] // 2 + 1:] = r.pad_id
             elif spec.name == "timestep":
@@ -230,9 +231,20 @@ class Fp16IO(torch.nn.Module):
 def check_supported(pipe) -> None:
     """Raise MobilediffError naming the first class or config field outside the Stable Diffusion family
     (mobilediff.family)."""
+    from mobilediff import transformer_family
     from mobilediff.family import check_pipeline
 
+    if transformer_family.is_transformer_pipeline(pipe):
+        transformer_family.check_pipeline(pipe)
+        return
     check_pipeline(pipe)
+
+
+def guidance_embedding_dim(pipe) -> int | None:
+    """The width of the denoiser's guidance-embedding input (an LCM student's ``time_cond_proj_dim``), None when it
+    has none (a model guided by a classifier-free-guidance batch; every transformer pipeline mobilediff takes)."""
+    unet = getattr(pipe, "unet", None)
+    return getattr(unet.config, "time_cond_proj_dim", None) if unet is not None else None
 
 
 def latent_size(unet_config) -> tuple[int, int] | None:
@@ -253,6 +265,11 @@ def image_size(pipe) -> tuple[int, int]:
     """(height, width) in pixels that ``pipe`` generates by default, as diffusers' pipelines compute it: the UNet's
     ``sample_size`` (int or pair, see :func:`latent_size`) times the VAE factor. Raises MobilediffError when the
     UNet config has no ``sample_size``."""
+    from mobilediff import transformer_family
+
+    if transformer_family.is_transformer_pipeline(pipe):
+        g = transformer_family.latent_geometry(pipe, None, None)
+        return g["height"], g["width"]
     size = latent_size(pipe.unet.config)
     if size is None:
         raise MobilediffError("the UNet config has no sample_size, so the model has no default image size: "
@@ -264,6 +281,10 @@ def image_size(pipe) -> tuple[int, int]:
 def latent_geometry(pipe, height: int | None = None, width: int | None = None) -> dict:
     """Image and latent sizes: the pipeline's own (UNet sample size x VAE factor, :func:`image_size`) unless
     overridden."""
+    from mobilediff import transformer_family
+
+    if transformer_family.is_transformer_pipeline(pipe):
+        return transformer_family.latent_geometry(pipe, height, width)
     factor = int(pipe.vae_scale_factor)
     if height is None or width is None:
         default_height, default_width = image_size(pipe)
@@ -281,7 +302,13 @@ def latent_geometry(pipe, height: int | None = None, width: int | None = None) -
 def declare(pipe, geometry: dict, cfg_batch: int | None = None, encoder: bool = False) -> dict[str, ComponentSpec]:
     """The three components of ``pipe`` with their declared I/O at ``geometry`` (see :func:`latent_geometry`), and
     with ``encoder`` the VAE encoder too (image-to-image and inpainting)."""
+    from mobilediff import transformer_family
+
     check_supported(pipe)
+    if transformer_family.is_transformer_pipeline(pipe):
+        if encoder:
+            raise MobilediffError(f"image modes are not built for {type(pipe).__name__} bundles")
+        return transformer_family.declare(pipe, geometry, 2 if cfg_batch is None else cfg_batch)
     te, unet, vae = pipe.text_encoder, pipe.unet, pipe.vae
     length = pipe.tokenizer.model_max_length
     hidden = te.config.hidden_size

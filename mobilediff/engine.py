@@ -55,12 +55,71 @@ class BundleTokenizer:
         self.bpe = CLIPTokenizer(vocab=vocab, merges=merges)  # the BPE alone; ids() adds the manifest's specials
         self.bpe.model_max_length = spec.max_length
 
+    masked = False
+
+    def inputs(self, prompt: str) -> tuple[torch.Tensor, ...]:
+        """The text encoder's inputs for ``prompt``: its ids."""
+        return (self.ids(prompt),)
+
+    def warn_if_truncated(self, prompt: str, warn) -> None:
+        """Warn, naming what is lost, when ``prompt`` is longer than the text encoder takes (it is truncated)."""
+        from mobilediff.sampling import check_prompt_length
+
+        check_prompt_length(self.bpe, prompt, warn)
+
     def ids(self, prompt: str) -> torch.Tensor:
         """(1, max_length) int32 ids of ``prompt``."""
         s = self.spec
         body = self.bpe(prompt, add_special_tokens=False, verbose=False).input_ids[: s.max_length - 2]
         ids = [s.bos_id, *body, s.eos_id] + [s.pad_id] * (s.max_length - 2 - len(body))
         return torch.tensor([ids], dtype=torch.int32)
+
+
+class UnigramTokenizer:
+    """A format-2 bundle's SentencePiece unigram tokenizer (T5's; kind ``unigram``): its ``tokenizer.json`` read by
+    the tokenizers library (checked against the manifest's sha256 first), the prompt lower-cased and stripped, its
+    ids without specials, the first ``max_length - 1`` of them, then ``[eos_id]``, padded with ``pad_id``; the mask
+    is 1 over the ids and EOS."""
+
+    masked = True
+
+    def __init__(self, bundle: Path, spec):
+        from tokenizers import Tokenizer
+
+        bundle = Path(bundle)
+        listed = [f for f in spec.files if Path(f).name == "tokenizer.json"]
+        if not listed:
+            raise MobilediffError(f"bundle {bundle}'s manifest lists no tokenizer.json for its unigram tokenizer")
+        path = bundle / listed[0]
+        if not path.is_file():
+            raise MobilediffError(f"bundle tokenizer file missing: {path}")
+        if listed[0] in spec.file_sha256 and sha256_path(path) != spec.file_sha256[listed[0]]:
+            raise MobilediffError(f"bundle file {path} does not match its sha256 in the manifest (modified or corrupt)")
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the library raises its own exception types for a malformed file
+            raise MobilediffError(f"corrupt bundle tokenizer file {path}: {str(e).splitlines()[0][:200]}") from None
+        self.spec = spec
+
+    def ids_and_mask(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, max_length) int32 ids and mask of ``prompt``."""
+        s = self.spec
+        body = self.tok.encode(prompt.lower().strip(), add_special_tokens=False).ids[: s.max_length - 1]
+        n = len(body) + 1
+        ids = [*body, s.eos_id] + [s.pad_id] * (s.max_length - n)
+        return (torch.tensor([ids], dtype=torch.int32),
+                torch.tensor([[1] * n + [0] * (s.max_length - n)], dtype=torch.int32))
+
+    def inputs(self, prompt: str) -> tuple[torch.Tensor, ...]:
+        return self.ids_and_mask(prompt)
+
+    def warn_if_truncated(self, prompt: str, warn) -> None:
+        """Warn, naming what is lost, when ``prompt`` is longer than the text encoder takes (it is truncated)."""
+        ids = self.tok.encode(prompt.lower().strip(), add_special_tokens=False).ids
+        keep = self.spec.max_length - 1
+        if len(ids) > keep:
+            warn(f"prompt is {len(ids) + 1} tokens, the text encoder takes {self.spec.max_length}: truncated, dropping "
+                 f"{self.tok.decode(ids[keep:])!r}")
 
 
 def require_image_mode(manifest, bundle: Path, inpaint: bool) -> None:
@@ -87,8 +146,10 @@ def release_memory() -> None:
         pass
 
 
-def bundle_tokenizer(bundle: Path, manifest) -> BundleTokenizer:
+def bundle_tokenizer(bundle: Path, manifest) -> BundleTokenizer | UnigramTokenizer:
     """The bundle's own tokenizer (its files checked against the manifest's sha256), at the manifest's length."""
+    if manifest.tokenizer.unigram_kind:
+        return UnigramTokenizer(bundle, manifest.tokenizer)
     return BundleTokenizer(bundle, manifest.tokenizer)
 
 
@@ -206,17 +267,25 @@ class BundleRunner:
 
     def encode(self, prompt: str, text_encoder=None) -> torch.Tensor:
         """(1, tokens, hidden) text embedding of ``prompt`` (``text_encoder``: an already loaded one)."""
+        return self.encode_masked(prompt, text_encoder)[0]
+
+    def encode_masked(self, prompt: str, text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``prompt``'s (1, tokens, hidden) text embedding and, for a masked (unigram) tokenizer, its (1, tokens)
+        float padding mask, which the denoiser takes too (None otherwise)."""
         extra = self._lora("text_encoder")
+        inputs = self.tokenizer.inputs(prompt)
+        mask = inputs[1].to(torch.float32) if self.tokenizer.masked else None
         if text_encoder is None:
             with self._component("text_encoder") as text_encoder:
-                return text_encoder(self.tokenizer.ids(prompt), *extra)[0]
-        return text_encoder(self.tokenizer.ids(prompt), *extra)[0]
+                return text_encoder(*inputs, *extra)[0], mask
+        return text_encoder(*inputs, *extra)[0], mask
 
     def _unet(self, unet, x: torch.Tensor, t: float, text: torch.Tensor, cond: torch.Tensor | None,
-              extra: list | None = None) -> torch.Tensor:
+              extra: list | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         ts = torch.full((b,), float(t), dtype=torch.float32)
-        args = [x, ts, text] + ([cond] if cond is not None else []) + list(extra or [])
+        args = ([x, ts, text] + ([text_mask] if text_mask is not None else []) + ([cond] if cond is not None else [])
+                + list(extra or []))
         need = unet.static_batch
         if need is not None and need != b:  # a static-batch graph: pad with copies of the last row, then drop
             pad = need - b
@@ -303,20 +372,21 @@ class BundleRunner:
                                       f"(guidance {plan.guidance:g}): generate with guidance 1, or export "
                                       f"again with --guidance > 1")
         with self._component("text_encoder") as text_encoder:
-            text = self.encode(prompt, text_encoder)
+            text, text_mask = self.encode_masked(prompt, text_encoder)
             if do_cfg and self._uncond is None:
-                self._uncond = self.encode("", text_encoder)
+                self._uncond = self.encode_masked("", text_encoder)
         del text_encoder  # a component is released when nothing refers to it (resident=False: before the next loads)
         if do_cfg:
-            text = torch.cat([self._uncond, text])
+            text = torch.cat([self._uncond[0], text])
+            text_mask = None if text_mask is None else torch.cat([self._uncond[1], text_mask])
 
         extra = [mask, masked_latent] if inpainting else []
 
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
             if do_cfg:
-                out = self._unet(unet, torch.cat([x, x]), t, text, None, [torch.cat([e, e]) for e in extra])
+                out = self._unet(unet, torch.cat([x, x]), t, text, None, [torch.cat([e, e]) for e in extra], text_mask)
                 return classifier_free_guidance(*out.chunk(2), scale)
-            return self._unet(unet, x, t, text, cond, extra)
+            return self._unet(unet, x, t, text, cond, extra, text_mask)
 
         def fresh_noise(i: int) -> torch.Tensor:
             draw = torch.randn(noise.shape, generator=gen)

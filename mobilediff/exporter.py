@@ -22,10 +22,12 @@ import torch
 
 from mobilediff import export_cache
 from mobilediff.attention import DEFAULT_BUDGET_MIB, chunked_attention
-from mobilediff.bundle import (FORMAT, FORMAT_VERSION, IMAGE_MODES, ComponentEntry, Geometry, Guidance, ImageModes,
+from mobilediff.bundle import (FORMAT, TRANSFORMER_FORMAT_VERSION, IMAGE_MODES, ComponentEntry, Geometry, Guidance, ImageModes,
                                Manifest, SamplerEntry, SamplingPlan, Source, Tokenizer, file_name, guidance_embedding, sha256_path, size_bytes,
                                write_manifest)
-from mobilediff.components import ComponentSpec, check_supported, declare, encoder_posterior, latent_geometry
+from mobilediff import transformer_family
+from mobilediff.components import (ComponentSpec, check_supported, declare, encoder_posterior, guidance_embedding_dim,
+                                   latent_geometry)
 from mobilediff.decoder import decoder_source
 from mobilediff.errors import MobilediffError
 from mobilediff.flops import count_gflop
@@ -51,7 +53,7 @@ def parse_targets(target: str) -> list[str]:
 
 
 def guidance_record(pipe, default_scale: float) -> dict:
-    dim = pipe.unet.config.time_cond_proj_dim
+    dim = guidance_embedding_dim(pipe)
     if dim:
         return {"type": "embedding", "input": "timestep_cond", "embedding_dim": dim, "default_scale": default_scale,
                 "formula": "w = (scale - 1) * 1000; f_k = exp(-k * ln(10000) / (dim/2 - 1)), k < dim/2; "
@@ -67,7 +69,7 @@ def sampler_tables(pipe, plan: SamplingPlan | None = None, image_modes: bool = F
     from mobilediff.sampler_table import image_tables, sampler_table
     from mobilediff.samplers import make_scheduler, samplers_for
 
-    names = samplers_for(bool(pipe.unet.config.time_cond_proj_dim))
+    names = samplers_for(bool(guidance_embedding_dim(pipe)))
     out = []
     for name in names:
         steps_list = sorted(set(TABLE_STEPS) | ({plan.steps} if plan is not None and plan.sampler == name else set()))
@@ -98,7 +100,40 @@ def _bpe_files_from_tokenizer_json(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
+def _unigram_tokenizer_record(pipe, bundle: Path) -> dict:
+    """A T5 tokenizer (SentencePiece unigram) as the bundle carries it: its ``tokenizer.json`` (written by the
+    tokenizers library from the pipeline's tokenizer), read with the manifest's rules (mobilediff.transformer_family)
+    and checked to give the pipeline's own ids and mask."""
+    from mobilediff.engine import UnigramTokenizer
+    from mobilediff.goldens import TOKENIZER_PROMPTS
+
+    tok = pipe.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise MobilediffError(f"the pipeline's tokenizer ({type(tok).__name__}) has no tokenizers-library form "
+                              f"(tokenizer.json) for the bundle to carry")
+    dst = bundle / "tokenizer"
+    dst.mkdir(parents=True, exist_ok=True)
+    tok.backend_tokenizer.save(str(dst / "tokenizer.json"))
+    files = ["tokenizer/tokenizer.json"]
+    length = transformer_family.text_length(pipe)
+    record = {"class": type(tok).__name__, "kind": transformer_family.TOKENIZER_KIND, "files": files,
+              "file_sha256": {f: sha256_path(bundle / f) for f in files}, "max_length": length,
+              "bos_id": None, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "lowercase": True,
+              "note": "SentencePiece unigram (tokenizer.json); the prompt lower-cased and stripped, its ids without "
+                      "specials, then eos_id, padded with pad_id to max_length; attention_mask 1 over ids and EOS"}
+    ours = UnigramTokenizer(bundle, Tokenizer.from_dict(record, "tokenizer", strict=True))
+    for prompt in TOKENIZER_PROMPTS:
+        want = transformer_family.tokenizer_ids(tok, prompt, length)
+        got = ours.ids_and_mask(prompt)
+        if (got[0][0].tolist(), got[1][0].tolist()) != want:
+            raise MobilediffError(f"the bundle's tokenizer.json tokenizes {prompt!r} differently from the pipeline's "
+                                  f"tokenizer")
+    return record
+
+
 def _tokenizer_record(pipe, bundle: Path) -> dict:
+    if transformer_family.is_transformer_pipeline(pipe):
+        return _unigram_tokenizer_record(pipe, bundle)
     src = Path(pipe.tokenizer.name_or_path)
     dst = bundle / "tokenizer"
     if src.is_dir():
@@ -156,6 +191,8 @@ def _pipeline_files(pipe, plan: SamplingPlan, bundle: Path, components: dict[str
 
     graphs = {name for name, comp in components.items()
               if any(f.path == f"{name}/{PIPELINE_GRAPH}" for f in comp.files)}
+    if transformer_family.is_transformer_pipeline(pipe):
+        return  # optimum's layout of these pipelines is another (its transformer folder, its own inputs)
     for name in graphs:
         module = getattr(pipe, PIPELINE_FOLDERS[name])
         if hasattr(module, "save_config"):  # diffusers (UNet, VAE)
@@ -404,7 +441,16 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
     # guidance <= 1: no classifier-free-guidance batch (a student with guidance distilled in samples with one row)
     from mobilediff.components import inpainting_unet
 
-    inpainting = inpainting_unet(pipe.unet)  # an inpainting UNet: inpainting only, the encoder always
+    transformer = transformer_family.is_transformer_pipeline(pipe)
+    if transformer:
+        unbuilt = [flag for flag, on in (("--fused-steps", cfg.fused_steps is not None),
+                                         ("--image-modes", cfg.image_modes), ("--runtime-lora", cfg.runtime_adapters),
+                                         ("--decoder", cfg.decoder is not None),
+                                         ("a static int8 recipe", any(r.calibrated for r in recipes.values())))
+                   if on]
+        if unbuilt:
+            raise MobilediffError(f"{unbuilt[0]} is not built for {type(pipe).__name__} bundles yet")
+    inpainting = not transformer and inpainting_unet(pipe.unet)  # an inpainting UNet: inpainting only, the encoder always
     if inpainting and cfg.fused_steps is not None:
         raise MobilediffError("--fused-steps is not built for an inpainting UNet (the fused program has no image "
                               "inputs)")
@@ -460,7 +506,7 @@ def run_export(pipe, cfg: ExportConfig, progress: Callable[[str], None] | None =
                                  cfg.precision, cfg.fused_steps, cfg.fused_sampler, card.plan.guidance, tmp, say,
                                  cfg.attention_budget_mib)
         manifest = Manifest(
-            format=FORMAT, format_version=FORMAT_VERSION,
+            format=FORMAT, format_version=TRANSFORMER_FORMAT_VERSION if transformer else 1,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source=Source(model=cfg.source, pipeline_class=type(pipe).__name__, weights_sha256=card.role.source_sha256,
                           decoder=decoder_source(cfg.decoder) if cfg.decoder is not None else None,

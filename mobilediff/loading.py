@@ -23,7 +23,7 @@ DEFAULT_STUDENTS = Path(__file__).parent / "assets" / "students"
 DEFAULT_FAMILY = Path(__file__).parent / "assets" / "family"
 # the emoji model: its own VAE and text encoder, trained on the Noto emoji sprites (docs/models.md), and its student
 EMOJI_MODEL_DIR = Path(__file__).parent / "assets" / "emoji"
-WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder")
+WEIGHTED_COMPONENTS = ("unet", "transformer", "vae", "text_encoder")
 SHAREABLE = ("text_encoder", "tokenizer", "unet", "vae")
 # the family's sizes, smallest first (a size folder with another name is listed after these, by name)
 FAMILY_SIZES = ("xs", "s", "m", "l", "xl")
@@ -129,17 +129,22 @@ def check_pipeline_dir(path: Path) -> dict:
     return index
 
 
-CONFIG_FILES = {"text_encoder": "config.json", "unet": "config.json", "vae": "config.json",
-                "scheduler": "scheduler_config.json"}
+CONFIG_FILES = {"text_encoder": "config.json", "unet": "config.json", "transformer": "config.json",
+                "vae": "config.json", "scheduler": "scheduler_config.json"}
 
 
 def check_architecture(path: Path, index: dict) -> None:
     """Refuse a pipeline folder outside the Stable Diffusion family (mobilediff.family) from its model_index.json
     and component configs, before any weights are read. A missing or unreadable config is left to the loader."""
+    from mobilediff import transformer_family
     from mobilediff.family import CLASSES, check_configs
 
     path = Path(path)
     shared = shared_components(path)
+    transformer = transformer_family.is_transformer_pipeline(index.get("_class_name", ""))
+    if transformer:
+        check_configs = transformer_family.check_configs
+        CLASSES = {**transformer_family.CLASSES, "scheduler": ()}
     classes, configs = {}, {}
     for comp in CLASSES:
         entry = index.get(comp)
@@ -171,15 +176,21 @@ def drop_load_paths(folder: Path) -> None:
 
 def load_pipeline(model: str | Path | None = None, scheduler=None):
     """Load a StableDiffusionPipeline (fp32, CPU) from a checked folder, safetensors only."""
+    import diffusers
     from diffusers import StableDiffusionPipeline
+
+    from mobilediff.transformer_family import PIPELINES as TRANSFORMER_PIPELINES
 
     path = resolve_model(model)
     index = check_pipeline_dir(path)
     cls = index.get("_class_name", "")
-    if cls not in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionInpaintPipeline"):
+    if cls not in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline", "StableDiffusionInpaintPipeline",
+                   *TRANSFORMER_PIPELINES):
         raise MobilediffError(f"unsupported pipeline class {cls!r} in {path}: expected StableDiffusionPipeline "
-                              f"(or StableDiffusionInpaintPipeline)")
+                              f"(or StableDiffusionInpaintPipeline, {', '.join(TRANSFORMER_PIPELINES)})")
     check_architecture(path, index)
+    if cls in TRANSFORMER_PIPELINES:
+        return _load_transformer_pipeline(getattr(diffusers, cls), path, scheduler)
     kwargs = {"use_safetensors": True, "safety_checker": None, "feature_extractor": None,
               "requires_safety_checker": False}
     if scheduler is not None:
@@ -197,6 +208,23 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
 
     check_tokenizer(pipe.tokenizer, pipe.text_encoder)
     pipe.to(torch.float32)  # weights may be stored in fp16 (students); the reference computes in fp32
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_transformer_pipeline(pipeline_class, path: Path, scheduler=None):
+    """A PixArt pipeline (mobilediff.transformer_family) from a checked folder, safetensors only, fp32 on the CPU."""
+    from mobilediff.transformer_family import check_pipeline
+
+    kwargs = {"use_safetensors": True}
+    if scheduler is not None:
+        kwargs["scheduler"] = scheduler
+    try:
+        pipe = pipeline_class.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise MobilediffError(f"could not load pipeline from {path}: {str(e).splitlines()[0]}") from None
+    check_pipeline(pipe)
+    pipe.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

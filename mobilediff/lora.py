@@ -150,6 +150,10 @@ def apply_adapters(pipe, adapters: list[Adapter]) -> list[dict]:
 
     if not adapters:
         return []
+    from mobilediff import transformer_family
+
+    if transformer_family.is_transformer_pipeline(pipe):
+        raise MobilediffError(f"--lora is not built for {type(pipe).__name__} models (UNet adapters only)")
     try:
         import peft  # noqa: F401  (diffusers injects adapters with it)
     except ImportError:

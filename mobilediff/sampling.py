@@ -53,10 +53,11 @@ def check_prompts(prompts, option: str = "prompt") -> None:
         check_prompt(p, f"{option} {i}")
 
 
-def check_prompt_length(tokenizer, prompt: str, warn: Callable[[str], None]) -> None:
-    """Prompts longer than the tokenizer allows are truncated (as diffusers does), with a warning naming what is lost."""
+def check_prompt_length(tokenizer, prompt: str, warn: Callable[[str], None], limit: int | None = None) -> None:
+    """Prompts longer than the tokenizer allows (``limit``, default its ``model_max_length``) are truncated (as
+    diffusers does), with a warning naming what is lost."""
     ids = tokenizer(prompt, truncation=False).input_ids
-    limit = tokenizer.model_max_length
+    limit = limit or tokenizer.model_max_length
     if len(ids) > limit:
         dropped = tokenizer.decode(ids[limit - 1:-1])
         warn(f"prompt is {len(ids)} tokens, the text encoder takes {limit}: truncated, dropping {dropped!r}")
@@ -94,16 +95,19 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int, sampler: st
     """
     if len(prompts) != len(seeds):
         raise MobilediffError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    from mobilediff import transformer_family
     from mobilediff.components import inpainting_unet
 
-    if inpainting_unet(pipe.unet):
+    transformer = transformer_family.is_transformer_pipeline(pipe)
+    if not transformer and inpainting_unet(pipe.unet):
         raise MobilediffError("this model's UNet is an inpainting UNet: it generates only by inpainting (--init-image "
                               "with --mask)")
     validate_generation(steps, guidance, prompts, seeds)
     own = pipe.scheduler  # the pipeline keeps its own scheduler: the sampler's is made from its config for this call
     pipe.scheduler = make_scheduler(sampler, own.config)
     try:
-        return _generate(pipe, prompts, seeds, steps, guidance, batch_size, progress, latents_only)
+        run = _generate_transformer if transformer else _generate
+        return run(pipe, prompts, seeds, steps, guidance, batch_size, progress, latents_only)
     finally:
         pipe.scheduler = own
 
@@ -128,6 +132,27 @@ def _generate(pipe, prompts, seeds, steps, guidance, batch_size, progress, laten
                       guidance_scale=guidance, generator=gens, height=height, width=width,
                       output_type="latent" if latents_only else "pt",
                       callback_on_step_end=on_step).images  # (B, 3, H, W) in [0, 1], or (B, C, h, w) latents
+        out.append(images.float() if latents_only else images.float() * 2 - 1)
+    return torch.cat(out)
+
+
+def _generate_transformer(pipe, prompts, seeds, steps, guidance, batch_size, progress, latents_only) -> torch.Tensor:
+    """A PixArt pipeline's own sampling loop (mobilediff.transformer_family): its caption preprocessing without the
+    optional cleaning (lower-cased, stripped), its padded length, the unconditional prompt "", no resolution
+    binning (the image is the size asked for)."""
+    height, width = image_size(pipe)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]
+
+        def on_step(step, t, latents):
+            if progress is not None:
+                progress(1)
+
+        images = pipe(prompt=prompts[i:i + batch_size], negative_prompt="", num_inference_steps=steps,
+                      guidance_scale=guidance, generator=gens, height=height, width=width, clean_caption=False,
+                      use_resolution_binning=False, output_type="latent" if latents_only else "pt",
+                      callback=on_step, callback_steps=1).images
         out.append(images.float() if latents_only else images.float() * 2 - 1)
     return torch.cat(out)
 
@@ -158,8 +183,11 @@ def generate_from_image(pipe, prompts: list[str], seeds: list[int], steps: int, 
     for name, t in (("init images", init_image), ("masks", mask)):
         if t is not None and len(t) not in (1, n):
             raise MobilediffError(f"{len(t)} {name} for {n} prompts: give one, or one per prompt")
+    from mobilediff import transformer_family
     from mobilediff.components import inpainting_unet
 
+    if transformer_family.is_transformer_pipeline(pipe):
+        raise MobilediffError(f"image-to-image and inpainting are not built for {type(pipe).__name__} models")
     if mask is None and inpainting_unet(pipe.unet):
         raise MobilediffError("this model's UNet is an inpainting UNet: it runs inpainting only (--init-image with "
                               "--mask)")

@@ -1,8 +1,8 @@
 """Components of the transformer families (PixArt-alpha/Sigma, SANA, SANA-Sprint, SD3/3.5) as the exporter takes
 them: wrappers that take the inputs positionally and return a tuple, and their I/O declarations.
 
-The loader does not accept these pipelines yet; these declarations are what it will emit for them, and what the
-architecture matrix of the transformer families (``benchmarks/transformer_matrix.py``, tests/test_transformer_denoisers.py)
+The loader takes PixArt pipelines (mobilediff.transformer_family declares their components from the pipeline); for
+SANA and SD3 these declarations are what it will emit, and what the architecture matrix of the transformer families (``benchmarks/transformer_matrix.py``, tests/test_transformer_denoisers.py)
 exports today from tiny random modules of diffusers' and transformers' own classes (:func:`tiny_specs`):
 
 - denoisers: ``sample``, ``timestep``, ``encoder_hidden_states`` and, by family, ``encoder_attention_mask``

@@ -391,7 +391,7 @@ def test_future_manifest_version_is_refused(bundle, tmp_path, tiny_pipeline_dir,
     code, _, stderr = run_cli_here(capsys, "generate", "--bundle", copy, "--prompt", "a red circle", "--steps", 4,
                                    "--out", tmp_path / "x.png")
     assert code == 2 and error_lines(stderr) == [
-        f"error: {copy / 'manifest.json'} has format version 99; this mobilediff reads versions 1..1 "
+        f"error: {copy / 'manifest.json'} has format version 99; this mobilediff reads versions 1..2 "
         "(upgrade mobilediff to read newer bundles)"]
     assert not (tmp_path / "x.png").exists()
 

@@ -83,11 +83,11 @@ final class BundleTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: bundle) }
         let url = bundle.appendingPathComponent("manifest.json")
         var json = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
-        json["format_version"] = BundleManifest.supportedFormatVersion + 1
-        json["geometry"] = "changed meaning in version 2"  // a newer major version need not decode at all
+        json["format_version"] = 3
+        json["geometry"] = "changed meaning in version 3"  // a newer major version need not decode at all
         try JSONSerialization.data(withJSONObject: json).write(to: url)
         XCTAssertThrowsError(try MobileDiffBundle(url: bundle)) { error in
-            XCTAssertEqual(error as? MobileDiffError, .unsupportedManifestVersion(found: 2, supported: 1))
+            XCTAssertEqual(error as? MobileDiffError, .unsupportedManifestVersion(found: 3, supported: 2))
         }
     }
 

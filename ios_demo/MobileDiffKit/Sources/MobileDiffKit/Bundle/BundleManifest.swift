@@ -8,8 +8,9 @@ import Foundation
 /// docs/bundle.md's, pinned down by the conformance cases in tests/contract/ (ContractTests).
 public struct BundleManifest: Sendable {
     public static let format = "mobilediff.bundle"
-    /// The newest format version this engine reads.
-    public static let supportedFormatVersion = 1
+    /// The newest format version this engine reads. Format 2 (transformer bundles) adds `tokenizer.kind` and masked
+    /// text inputs: this engine reads it, and runs its CLIP BPE bundles only (`TokenizerInfo.requireClipBPE`).
+    public static let supportedFormatVersion = 2
     /// The components every bundle has.
     public static let componentNames = ["text_encoder", "unet", "vae_decoder"]
     /// The component of image-to-image and inpainting bundles (`export --image-modes`): RGB image -> the VAE's posterior.
@@ -107,6 +108,7 @@ public struct BundleManifest: Sendable {
         public var pixelsPerLatent: Int { vaeScaleFactor ?? max(height / max(latentHeight, 1), 1) }
     }
 
+    /// The CLIP BPE tokenizer (`tokenizer`): a `tokenizer.kind` other than "clip-bpe" is refused when the manifest is read.
     public struct TokenizerInfo: Sendable {
         public var files: [String]
         public var maxLength: Int
@@ -280,6 +282,10 @@ extension BundleManifest {
         }
         self.format = BundleManifest.format
         self.formatVersion = formatVersion
+        // a tokenizer this engine cannot run (format 2's unigram) is refused as such, before any field it lacks
+        if case .object(let fields)? = root.fields["tokenizer"] {
+            try TokenizerInfo.requireClipBPE(ManifestObject(fields: fields, path: root.field("tokenizer"), file: root.file))
+        }
         geometry = try Geometry(root.object("geometry"))
         tokenizer = try TokenizerInfo(root.object("tokenizer"))
         let components = try root.object("components")
@@ -338,6 +344,18 @@ extension BundleManifest.Geometry {
 }
 
 extension BundleManifest.TokenizerInfo {
+    /// The tokenizer of every format-1 bundle (`tokenizer.kind` absent): CLIP BPE of vocab.json + merges.txt.
+    public static let clipBPE = "clip-bpe"
+
+    /// Refuses, in one line naming it, a `tokenizer.kind` other than "clip-bpe" (format 2's "unigram", a SentencePiece
+    /// tokenizer without bos_id, for transformer bundles that run in mobilediff's Python engine only).
+    static func requireClipBPE(_ o: ManifestObject) throws {
+        guard let kind = try o.optionalString("kind"), kind != clipBPE else { return }
+        throw MobileDiffError.invalidManifest(
+            path: o.file, reason: "tokenizer.kind \(kind.debugDescription) is not supported by this app: it runs CLIP BPE bundles "
+                + "(format 2 transformer bundles run in mobilediff's Python engine only)")
+    }
+
     init(_ o: ManifestObject) throws {
         files = try o.strings("files")
         maxLength = try o.int("max_length")

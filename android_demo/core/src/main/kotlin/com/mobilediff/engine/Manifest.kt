@@ -76,8 +76,12 @@ class Manifest(
     companion object {
         const val MANIFEST = "manifest.json"
         const val FORMAT = "mobilediff.bundle"
-        /** The newest manifest format this engine reads; a newer one is refused, never half-read. */
-        const val FORMAT_VERSION = 1
+        /**
+         * The newest manifest format this engine reads; a newer one is refused, never half-read. Format 2 (transformer
+         * bundles) adds `tokenizer.kind` and masked text inputs: this engine reads it, and runs its CLIP BPE bundles only
+         * ([TokenizerSpec.requireClipBpe]).
+         */
+        const val FORMAT_VERSION = 2
         val COMPONENTS = listOf("text_encoder", "unet", "vae_decoder")
         /** The VAE encoder of image-to-image and inpainting: `sample` (1, 3, H, W) -> `latent_mean`, `latent_std`. */
         const val IMAGE_ENCODER = "vae_encoder"
@@ -108,6 +112,8 @@ class Manifest(
                 val advice = if (newer) " (update the app to read newer bundles)" else ""
                 throw BundleError(MANIFEST, "has $found; this engine reads versions 1..$FORMAT_VERSION$advice")
             }
+            // a tokenizer this engine cannot run (format 2's unigram) is refused as such, before any field it lacks
+            root.optJSONObject("tokenizer")?.let { TokenizerSpec.requireClipBpe(r, it) }
             val geometry = Geometry.parse(r, r.obj(root, "geometry"))
             val tokenizer = TokenizerSpec.parse(r, r.obj(root, "tokenizer"))
             val image = r.optObj(root, "image")?.let { ImageModes.parse(r, it) }
@@ -196,6 +202,7 @@ class Geometry(
 /**
  * CLIP tokenizer settings: files relative to the bundle, pad every prompt to [maxLength] with [padId].
  * [fileSha256] (optional `tokenizer.file_sha256`: path -> sha256) is checked when the manifest has it.
+ * The manifest's `tokenizer.kind` (format 2) is absent or [KIND_CLIP_BPE] in every bundle this engine reads.
  */
 class TokenizerSpec(
     val files: List<String>,
@@ -206,6 +213,24 @@ class TokenizerSpec(
     val fileSha256: Map<String, String> = emptyMap(),
 ) {
     companion object {
+        /** The tokenizer of every format-1 bundle (`tokenizer.kind` absent): CLIP BPE of vocab.json + merges.txt. */
+        const val KIND_CLIP_BPE = "clip-bpe"
+
+        /**
+         * Refuses, in one line naming it, a `tokenizer.kind` other than [KIND_CLIP_BPE] (format 2's "unigram", a
+         * SentencePiece tokenizer without bos_id, for transformer bundles that run in mobilediff's Python engine only).
+         */
+        internal fun requireClipBpe(r: JsonReader, t: JSONObject) {
+            val kind = r.optStr(t, "kind", "tokenizer.kind") ?: return
+            if (kind != KIND_CLIP_BPE) {
+                throw BundleError(
+                    Manifest.MANIFEST,
+                    "tokenizer.kind ${JSONObject.quote(kind)} is not supported by this app: it runs CLIP BPE bundles " +
+                        "(format 2 transformer bundles run in mobilediff's Python engine only)",
+                )
+            }
+        }
+
         internal fun parse(r: JsonReader, t: JSONObject) = TokenizerSpec(
             fileSha256 = r.optObj(t, "file_sha256", "tokenizer.file_sha256")?.let { o ->
                 o.keys().asSequence().associateWith { r.str(o, it, "tokenizer.file_sha256.$it") }
