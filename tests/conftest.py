@@ -90,7 +90,8 @@ def error_lines(stderr: str) -> list[str]:
 # ones first lets both workers finish together instead of one running a long file alone at the end.
 SLOWEST_FIRST = ("test_export.py", "test_bench_device.py", "test_architectures.py", "test_multiprocess.py",
                  "test_quantize.py", "test_bench_quantization.py", "test_bench_real_architectures.py", "test_image_modes.py",
-                 "test_train_distill.py", "test_train_base.py", "test_default_model.py", "test_train_decoder.py",
+                 "test_train_distill.py", "test_train_base.py", "test_transformer_pipelines.py", "test_default_model.py",
+                 "test_train_decoder.py",
                  "test_bench_scaling.py", "test_sources.py", "test_output_races.py", "test_non_square.py",
                  "test_goldens.py", "test_bad_inputs.py", "test_metrics.py", "test_coreml.py")
 

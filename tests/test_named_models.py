@@ -51,7 +51,7 @@ def test_registered_family_names_resolve():
     from mobilediff.loading import check_pipeline_dir, shared_components
 
     family = find_family()
-    assert [m.size for m in family] == ["xs", "s", "m"] and all(m.students for m in family)  # never an empty loop
+    assert [m.size for m in family] == ["xs", "s", "m", "l"] and all(m.students for m in family)  # never an empty loop
     for m in family:
         assert resolve_model(m.name) == m.path and (m.path / "model_index.json").is_file()
         for kind, path in [(None, m.path), *m.students.items()]:
