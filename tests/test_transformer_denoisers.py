@@ -2,7 +2,8 @@
 transformers (diffusers' own classes) export to ONNX with a dynamic batch and run on ONNX Runtime at other batches
 with parity -- torch.onnx's own capture fails for both at a dynamic batch; the target captures them non-strict and
 removes PixArt's no-op squeeze of the token axis (an ONNX Squeeze that ONNX Runtime refuses). The extended tier runs
-the whole matrix (every variant on every target). The loader does not accept these families yet."""
+the whole matrix (every variant on every target) and the PixArt pipelines end to end (tests/test_transformer_pipelines.py
+has the fast checks of those)."""
 from __future__ import annotations
 
 import json
@@ -57,7 +58,8 @@ def test_the_matrix_exports_every_variant_to_every_target(tmp_path, capsys):
     """benchmarks/transformer_matrix.py end to end: 11 variants (6 denoisers of 3 families, 3 text encoders, 2
     decoders) on ONNX and ExecuTorch (XNNPACK taking part), every float graph >= 60 dB; on Core ML (structurally)
     the masked text encoders convert decomposed to core ATen, and the SANA transformers are a known coremltools
-    failure, recorded with its reason."""
+    failure, recorded with its reason; the tiny PixArt-alpha and -Sigma pipelines generate diffusers' image from
+    their ONNX and ExecuTorch bundles."""
     from mobilediff.bench.envelope import run_command
     from mobilediff.bench.transformer_matrix import main
 
@@ -72,6 +74,10 @@ def test_the_matrix_exports_every_variant_to_every_target(tmp_path, capsys):
     assert {r["variant"] for r in rows if r["target"] == "coreml" and r["ok"] and r["variant"].endswith("-encoder")
             } == {"t5-encoder", "gemma2-encoder"}
     assert all(r["error"].startswith("MobilediffError: coreml") for r in rows if not r["ok"])
+    pipes = json.loads((tmp_path / "transformer_matrix.json").read_text())["pipelines"]
+    assert {(r["pipeline"], r["target"]) for r in pipes} == {(p, t) for p in ("pixart-alpha", "pixart-sigma")
+                                                          for t in ("onnx", "executorch")}
+    assert all(r["ok"] and r["met"] and r["format_version"] == 2 for r in pipes)
 
 
 def test_a_tiny_guard_constant_survives_the_onnx_optimizer(tmp_path):
