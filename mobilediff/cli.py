@@ -514,7 +514,7 @@ def _model_plan(model, adapters=()):
     from mobilediff.card import model_card
     from mobilediff.loading import load_pipeline, resolve_model
 
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, transformers=True)
     plan = model_card(pipe, resolve_model(model), str(model)).plan
     if adapters:
         from mobilediff.lora import apply_adapters
@@ -709,7 +709,7 @@ def export_cmd(model, target, out, height, width, precision, fused_steps, fused_
 
         check_fits(cfg.decoder, check_decoder_dir(cfg.decoder), latent_space(vae_folder(cfg.model_dir)))
     adapters = _adapters(loras)
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, transformers=True)
     if cfg.decoder is not None:
         from mobilediff.decoder import with_decoder
 

@@ -68,6 +68,9 @@ def write_goldens(bundle: Path, out: Path, runtime: str = "onnx", seed: int = 0,
 
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
+    if manifest.tokenizer.unigram_kind:
+        raise MobilediffError(f"{bundle} is a format-{manifest.format_version} bundle (a {manifest.tokenizer.kind} "
+                              f"tokenizer): goldens are the apps' test vectors, and the apps run CLIP bundles only")
     if out.exists() and not force:
         raise MobilediffError(f"output directory {out} already exists (pass --force to replace it)")
     runner = BundleRunner(bundle, runtime)

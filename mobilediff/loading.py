@@ -174,8 +174,10 @@ def drop_load_paths(folder: Path) -> None:
             f.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def load_pipeline(model: str | Path | None = None, scheduler=None):
-    """Load a StableDiffusionPipeline (fp32, CPU) from a checked folder, safetensors only."""
+def load_pipeline(model: str | Path | None = None, scheduler=None, transformers: bool = False):
+    """Load a StableDiffusionPipeline (fp32, CPU) from a checked folder, safetensors only. ``transformers``: a PixArt
+    pipeline (mobilediff.transformer_family) is taken too; otherwise it is refused in one line (the caller's work
+    needs a UNet)."""
     import diffusers
     from diffusers import StableDiffusionPipeline
 
@@ -188,6 +190,9 @@ def load_pipeline(model: str | Path | None = None, scheduler=None):
                    *TRANSFORMER_PIPELINES):
         raise MobilediffError(f"unsupported pipeline class {cls!r} in {path}: expected StableDiffusionPipeline "
                               f"(or StableDiffusionInpaintPipeline, {', '.join(TRANSFORMER_PIPELINES)})")
+    if cls in TRANSFORMER_PIPELINES and not transformers:
+        raise MobilediffError(f"{path} is a {cls}: this command needs a UNet pipeline of the Stable Diffusion family "
+                              f"(PixArt models are taken by export, generate and evaluate)")
     check_architecture(path, index)
     if cls in TRANSFORMER_PIPELINES:
         return _load_transformer_pipeline(getattr(diffusers, cls), path, scheduler)

@@ -30,7 +30,7 @@ def pixart_dir(request, tmp_path_factory):
 
 def _bundle(folder, out):
     target = "onnx" if folder.name == "alpha" else "executorch"
-    pipe = load_pipeline(folder)
+    pipe = load_pipeline(folder, transformers=True)
     return export_bundle(pipe, target, out, source="tiny-pixart", model_dir=folder, ort_format=False), target
 
 
@@ -47,7 +47,7 @@ def alpha_dir(tmp_path_factory):
 
 
 def test_loader_takes_pixart_pipelines(pixart_dir):
-    pipe = load_pipeline(pixart_dir)
+    pipe = load_pipeline(pixart_dir, transformers=True)
     assert type(pipe).__name__ == ("PixArtAlphaPipeline" if pixart_dir.name == "alpha" else "PixArtSigmaPipeline")
     assert text_length(pipe) == (120 if pixart_dir.name == "alpha" else 300)
 
@@ -55,7 +55,7 @@ def test_loader_takes_pixart_pipelines(pixart_dir):
 def test_bundle_generates_diffusers_image(pixart_dir, pixart_bundle):
     """The bundle engine (tables, masks, CFG, graphs) against diffusers' PixArt pipeline with the same sampler."""
     bundle, target = pixart_bundle
-    pipe = load_pipeline(pixart_dir)
+    pipe = load_pipeline(pixart_dir, transformers=True)
     runner = BundleRunner(bundle, target)
     for sampler, steps, scale in (("dpmpp", 4, 4.5), ("ddim", 2, 1.0)):
         got = runner.generate(PROMPT, seed=7, steps=steps, sampler=sampler, guidance=scale)
@@ -80,7 +80,7 @@ def test_manifest_is_format_2_with_masked_inputs(pixart_bundle):
 
 def test_bundle_tokenizer_gives_the_pipelines_ids(pixart_dir, pixart_bundle):
     bundle, _ = pixart_bundle
-    pipe = load_pipeline(pixart_dir)
+    pipe = load_pipeline(pixart_dir, transformers=True)
     runner = BundleRunner(bundle, pixart_bundle[1])
     n = text_length(pipe)
     for prompt in (PROMPT, "", "purple star, top right; a BIG blue square", "x " * 400):
@@ -113,20 +113,20 @@ def test_refusals_before_weights_are_read(pixart_dir, tmp_path):
     for f in (pickled / "transformer").glob("*.safetensors"):
         f.rename(f.with_name("diffusion_pytorch_model.bin"))
     with pytest.raises(MobilediffError, match="pickle"):
-        load_pipeline(pickled)
+        load_pipeline(pickled, transformers=True)
     other = _edit(pixart_dir, tmp_path / "other", "transformer", out_channels=5)
     with pytest.raises(MobilediffError, match="unsupported transformer out_channels 5"):
-        load_pipeline(other)
+        load_pipeline(other, transformers=True)
     index = tmp_path / "index"
     shutil.copytree(pixart_dir, index)
     m = json.loads((index / "model_index.json").read_text())
     m["transformer"] = ["diffusers", "SanaTransformer2DModel"]
     (index / "model_index.json").write_text(json.dumps(m))
     with pytest.raises(MobilediffError, match="unsupported transformer class SanaTransformer2DModel"):
-        load_pipeline(index)
+        load_pipeline(index, transformers=True)
     sched = _edit(pixart_dir, tmp_path / "sched", "scheduler", thresholding=True)
     with pytest.raises(MobilediffError, match="thresholding"):
-        load_pipeline(sched)
+        load_pipeline(sched, transformers=True)
 
 
 @pytest.mark.parametrize("flags, what", [(["--fused-steps", "2"], "--fused-steps"),
@@ -153,4 +153,20 @@ def test_cli_generate_from_model_and_bundle(capsys, alpha_dir, tmp_path):
     from mobilediff.lora import apply_adapters
 
     with pytest.raises(MobilediffError, match="--lora is not built for PixArtAlphaPipeline"):
-        apply_adapters(load_pipeline(alpha_dir), [object()])
+        apply_adapters(load_pipeline(alpha_dir, transformers=True), [object()])
+
+
+def test_commands_that_need_a_unet_refuse_pixart_in_one_line(capsys, alpha_dir, tmp_path):
+    """distill, distill-decoder, train-lora (and every other command of the UNet family) refuse a PixArt folder before
+    reading weights; goldens refuses a format-2 bundle (the apps' test vectors; the apps run CLIP bundles)."""
+    for args in (["distill", "--teacher", alpha_dir, "--method", "lcm", "--steps", "4", "--out", tmp_path / "d"],
+                 ["distill-decoder", "--model", alpha_dir, "--out", tmp_path / "dd"],
+                 ["train-lora", "--model", alpha_dir, "--out", tmp_path / "l.safetensors"]):
+        code, _, err = run_cli_here(capsys, *args)
+        assert code == 2 and len(error_lines(err)) == 1, (args, err)
+        assert "PixArtAlphaPipeline" in err and "UNet pipeline" in err, err
+        assert not any(p.name in ("d", "dd", "l.safetensors") for p in tmp_path.iterdir())
+    bundle, target = _bundle(alpha_dir, tmp_path / "bundle")
+    code, _, err = run_cli_here(capsys, "goldens", "--bundle", bundle, "--out", tmp_path / "g")
+    assert code == 2 and error_lines(err) == [error_lines(err)[0]] and "format-2" in err and "CLIP" in err, err
+    assert not (tmp_path / "g").exists()

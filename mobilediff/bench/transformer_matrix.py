@@ -90,7 +90,7 @@ def pipeline_rows(work: Path, targets: list[str], seed: int = 1) -> list[dict]:
     for name, sigma in (("pixart-alpha", False), ("pixart-sigma", True)):
         folder = work / f"pipeline-{name}"
         tiny_pixart_pipeline(seed=seed, sigma=sigma).save_pretrained(str(folder), safe_serialization=True)
-        pipe = load_pipeline(folder)
+        pipe = load_pipeline(folder, transformers=True)
         for target in targets:
             t0 = time.time()
             base = {"pipeline": name, "class": type(pipe).__name__, "target": target}
