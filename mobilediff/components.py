@@ -299,6 +299,16 @@ def latent_geometry(pipe, height: int | None = None, width: int | None = None) -
             "shift_factor": float(getattr(pipe.vae.config, "shift_factor", 0.0) or 0.0)}
 
 
+def vae_decoder_spec(vae, geometry: dict, ranges: InputRanges) -> ComponentSpec:
+    """The VAE decoder component at ``geometry``: the sampler's latent in, the RGB image out."""
+    c, h, w = geometry["latent_channels"], geometry["latent_height"], geometry["latent_width"]
+    return ComponentSpec(
+        "vae_decoder", VaeDecoderWrapper(vae).eval(),
+        (TensorSpec("latent_sample", ("batch", c, h, w), "float32", "final latent / scaling_factor + shift_factor"),),
+        (TensorSpec("sample", ("batch", 3, geometry["height"], geometry["width"]), "float32", "RGB image in [-1, 1]"),),
+        {"batch": 1}, type(vae).__name__, ranges)
+
+
 def declare(pipe, geometry: dict, cfg_batch: int | None = None, encoder: bool = False) -> dict[str, ComponentSpec]:
     """The three components of ``pipe`` with their declared I/O at ``geometry`` (see :func:`latent_geometry`), and
     with ``encoder`` the VAE encoder too (image-to-image and inpainting)."""
@@ -343,13 +353,7 @@ def declare(pipe, geometry: dict, cfg_batch: int | None = None, encoder: bool = 
             (TensorSpec("out_sample", ("batch", c, h, w), "float32",
                         f"model output ({pipe.scheduler.config.prediction_type})"),),
             {"batch": cfg_batch}, type(unet).__name__, ranges),
-        "vae_decoder": ComponentSpec(
-            "vae_decoder", VaeDecoderWrapper(vae).eval(),
-            (TensorSpec("latent_sample", ("batch", c, h, w), "float32",
-                        "final latent / scaling_factor + shift_factor"),),
-            (TensorSpec("sample", ("batch", 3, geometry["height"], geometry["width"]), "float32",
-                        "RGB image in [-1, 1]"),),
-            {"batch": 1}, type(vae).__name__, ranges),
+        "vae_decoder": vae_decoder_spec(vae, geometry, ranges),
     }
     if encoder:
         posterior = (f"posterior {name} (unscaled; latent = (mean + std * eps - shift_factor) * scaling_factor)"

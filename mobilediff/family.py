@@ -168,20 +168,23 @@ def _config_dict(module: Any) -> dict | None:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
 
 
-def check_tokenizer(tokenizer, text_encoder) -> None:
-    """Refuse a tokenizer whose ids or length the text encoder cannot take (an embedding lookup out of range)."""
+def check_tokenizer(tokenizer, text_encoder, roles: tuple[str, ...] = ("bos", "eos", "pad"), length: bool = True) -> None:
+    """Refuse a tokenizer whose ids or length the text encoder cannot take (an embedding lookup out of range).
+    ``roles``: the special ids it must have; ``length``: check its maximum length against the encoder's positions."""
     cfg = text_encoder.config
     vocab = len(tokenizer)
     if vocab > cfg.vocab_size:
         _refuse("tokenizer", f"vocabulary of {vocab} ids > text encoder vocab_size {cfg.vocab_size}",
                 "a tokenizer whose every id the text encoder embeds")
-    for role in ("bos", "eos", "pad"):
+    for role in roles:
         tid = getattr(tokenizer, f"{role}_token_id")
         if tid is None or not 0 <= tid < cfg.vocab_size:
             _refuse("tokenizer", f"{role} id {tid}", f"special ids within the text encoder's vocab_size {cfg.vocab_size}")
-    length = tokenizer.model_max_length
-    if not 2 <= length <= cfg.max_position_embeddings:
-        _refuse("tokenizer", f"model_max_length {length}",
+    if not length:
+        return
+    n = tokenizer.model_max_length
+    if not 2 <= n <= cfg.max_position_embeddings:
+        _refuse("tokenizer", f"model_max_length {n}",
                 f"2 to the text encoder's max_position_embeddings ({cfg.max_position_embeddings})")
 
 

@@ -136,17 +136,13 @@ CONFIG_FILES = {"text_encoder": "config.json", "unet": "config.json", "transform
 def check_architecture(path: Path, index: dict) -> None:
     """Refuse a pipeline folder outside the Stable Diffusion family (mobilediff.family) from its model_index.json
     and component configs, before any weights are read. A missing or unreadable config is left to the loader."""
-    from mobilediff import transformer_family
-    from mobilediff.family import CLASSES, check_configs
+    from mobilediff import family, transformer_family
 
     path = Path(path)
     shared = shared_components(path)
-    transformer = transformer_family.is_transformer_pipeline(index.get("_class_name", ""))
-    if transformer:
-        check_configs = transformer_family.check_configs
-        CLASSES = {**transformer_family.CLASSES, "scheduler": ()}
+    rules = transformer_family if transformer_family.is_transformer_pipeline(index.get("_class_name", "")) else family
     classes, configs = {}, {}
-    for comp in CLASSES:
+    for comp in rules.CLASSES:
         entry = index.get(comp)
         if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
             continue
@@ -157,7 +153,7 @@ def check_architecture(path: Path, index: dict) -> None:
                 configs[comp] = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 continue
-    check_configs(classes, configs)
+    rules.check_configs(classes, configs)
 
 
 def drop_load_paths(folder: Path) -> None:

@@ -23,6 +23,7 @@ import inspect
 import torch
 
 from mobilediff.errors import MobilediffError
+from mobilediff.family import CLASSES as SD_CLASSES
 
 PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -30,6 +31,7 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("T5Tokenizer", "T5TokenizerFast"),
     "transformer": ("PixArtTransformer2DModel",),
     "vae": ("AutoencoderKL",),
+    "scheduler": SD_CLASSES["scheduler"],  # the beta-schedule schedulers every sampler table is measured from
 }
 TOKENIZER_KIND = "unigram"
 DEFAULT_MAX_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -46,15 +48,12 @@ def _refuse(component: str, what: str, supported: str) -> None:
 
 def check_configs(classes: dict[str, str | None], configs: dict[str, dict | None]) -> None:
     """Refuse a PixArt pipeline's component outside what the exporter takes, from class names and config dicts."""
-    from mobilediff.family import CLASSES as SD_CLASSES, _check_scheduler, _check_vae
+    from mobilediff.family import _check_scheduler, _check_vae
 
     for component, allowed in CLASSES.items():
         name = classes.get(component)
         if name is not None and name not in allowed:
             _refuse(component, f"class {name}", ", ".join(allowed) + " (PixArt pipelines)")
-    sched = classes.get("scheduler")
-    if sched is not None and sched not in SD_CLASSES["scheduler"]:
-        _refuse("scheduler", f"class {sched}", ", ".join(SD_CLASSES["scheduler"]))
     tr, vae, te = configs.get("transformer"), configs.get("vae"), configs.get("text_encoder")
     if tr is not None:
         if tr.get("norm_type", "ada_norm_single") != "ada_norm_single":
@@ -73,26 +72,15 @@ def check_configs(classes: dict[str, str | None], configs: dict[str, dict | None
 
 
 def check_pipeline(pipe) -> None:
+    """:func:`check_configs` on a loaded (or built) PixArt pipeline, and its tokenizer's ids against the encoder's
+    vocabulary (T5 has no BOS and relative positions: no length limit to check)."""
+    from mobilediff.family import _config_dict, check_tokenizer
+
     classes = {c: type(getattr(pipe, c, None)).__name__ for c in ("text_encoder", "tokenizer", "transformer", "vae",
                                                                   "scheduler")}
     configs = {c: _config_dict(getattr(pipe, c, None)) for c in ("text_encoder", "transformer", "vae", "scheduler")}
     check_configs(classes, configs)
-    tok, te = pipe.tokenizer, pipe.text_encoder
-    if len(tok) > te.config.vocab_size:
-        _refuse("tokenizer", f"vocabulary of {len(tok)} ids > text encoder vocab_size {te.config.vocab_size}",
-                "a tokenizer whose every id the text encoder embeds")
-    for role in ("eos", "pad"):
-        tid = getattr(tok, f"{role}_token_id")
-        if tid is None or not 0 <= tid < te.config.vocab_size:
-            _refuse("tokenizer", f"{role} id {tid}", f"special ids within the text encoder's vocab_size "
-                                                     f"{te.config.vocab_size}")
-
-
-def _config_dict(module) -> dict | None:
-    cfg = getattr(module, "config", None)
-    if cfg is None:
-        return None
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    check_tokenizer(pipe.tokenizer, pipe.text_encoder, roles=("eos", "pad"), length=False)
 
 
 def call_default(pipe, name: str):
@@ -155,7 +143,7 @@ class PixArtDenoiser(torch.nn.Module):
 
 def declare(pipe, geometry: dict, cfg_batch: int) -> dict:
     """The three components of a PixArt pipeline with their I/O at ``geometry``."""
-    from mobilediff.components import ComponentSpec, InputRanges, TensorSpec, VaeDecoderWrapper
+    from mobilediff.components import ComponentSpec, InputRanges, TensorSpec, vae_decoder_spec
     from mobilediff.transformer_components import MaskedTextEncoder
 
     te, tr, vae, tok = pipe.text_encoder, pipe.transformer, pipe.vae, pipe.tokenizer
@@ -182,13 +170,7 @@ def declare(pipe, geometry: dict, cfg_batch: int) -> dict:
             (TensorSpec("out_sample", ("batch", c, h, w), "float32",
                         f"model output ({pipe.scheduler.config.prediction_type})"),),
             {"batch": cfg_batch}, type(tr).__name__, ranges),
-        "vae_decoder": ComponentSpec(
-            "vae_decoder", VaeDecoderWrapper(vae).eval(),
-            (TensorSpec("latent_sample", ("batch", c, h, w), "float32",
-                        "final latent / scaling_factor + shift_factor"),),
-            (TensorSpec("sample", ("batch", 3, geometry["height"], geometry["width"]), "float32",
-                        "RGB image in [-1, 1]"),),
-            {"batch": 1}, type(vae).__name__, ranges),
+        "vae_decoder": vae_decoder_spec(vae, geometry, ranges),
     }
 
 
