@@ -217,19 +217,28 @@ def _source_folder(flag: str, value: str | None) -> Path | None:
 @click.option("--unet-channels", default=None, help="UNet block_out_channels, comma-separated (default 32,64,64; with --tiny 16,32): the model size of a family member.")
 @click.option("--unet-layers", type=click.IntRange(min=1), default=None, help="UNet layers_per_block (default 1; with --tiny too).")
 @click.option("--tiny", is_flag=True, help="Tiny components and 32x32 images (for smoke tests only).")
+@click.option("--backbone", type=click.Choice(["unet", "dit"]), default="unet", show_default=True, help="The denoiser: the family's UNet, or a PixArt-style diffusion transformer sized by default to the default UNet's FLOPs per call (written as a PixArtAlphaPipeline with this run's CLIP text encoder).")
+@click.option("--dit-width", type=click.IntRange(min=1), default=None, help="Transformer width with --backbone dit (default 128; a multiple of the heads).")
+@click.option("--dit-layers", type=click.IntRange(min=1), default=None, help="Transformer blocks with --backbone dit (default 6).")
+@click.option("--dit-heads", type=click.IntRange(min=1), default=None, help="Attention heads with --backbone dit (default 4).")
 @data_options()
 @click.option("--resume", default=None, help="'latest' (each stage from its newest complete checkpoint in OUT), or a checkpoint folder of either stage (OUT/vae_run/checkpoints/checkpoint-N, OUT/unet_run/...): one of OUT's continues in place; another run's continues in OUT as a new run folder (OUT must not exist, or pass --force), a denoiser-stage one with the VAE of its run folder (or --vae-from). Must match: the architecture (model sizes, --tiny, --unet-channels/--unet-layers) and the stage's steps at least the checkpoint's (--vae-steps/--unet-steps); may differ: batch sizes, learning rate, loss weights, seed, data, checkpoint cadence (the run continues with them; the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, checkpoint_every, seed, mixed_precision,
                    text_aux_weight, min_snr_gamma, object_weight, small_object_weight, timestep_bias_range, timestep_bias_multiplier,
                    freeze_text_encoder, latent_cache, init_from, text_encoder_from, vae_from, unet_channels, unet_layers,
-                   tiny, resume, force, **data):
+                   tiny, backbone, dit_width, dit_layers, dit_heads, resume, force, **data):
     """Train a model of the default family's architecture (VAE, text encoder, UNet): on the shapes domain, or on your
     captioned images (--images / --wds; object weights and the caption-parsing loss apply to the shapes domain only)."""
     _refuse_conflicts(LATEST_WITH_FORCE,
                       ("conflicts", "vae_from", "vae_steps", "the VAE is taken, not trained"),
                       ("conflicts", "vae_from", "vae_batch_size", "the VAE is taken, not trained"),
-                      ("conflicts", "init_from", "resume", "a resumed run continues from its checkpoint's weights"))
+                      ("conflicts", "init_from", "resume", "a resumed run continues from its checkpoint's weights"),
+                      ("needs", "dit_width", "backbone=dit", "it sizes the diffusion transformer"),
+                      ("needs", "dit_layers", "backbone=dit", "it sizes the diffusion transformer"),
+                      ("needs", "dit_heads", "backbone=dit", "it sizes the diffusion transformer"),
+                      ("conflicts", "unet_channels", "backbone=dit", "the diffusion transformer has no UNet"),
+                      ("conflicts", "unet_layers", "backbone=dit", "the diffusion transformer has no UNet"))
     from mobilediff.io import check_output
     from mobilediff.sources import check_needs
     from mobilediff.train.base import TrainBaseConfig, train_base
@@ -259,6 +268,11 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
         from mobilediff.models import sized_unet
 
         cfg.model = replace(cfg.model, unet=sized_unet(cfg.model.unet, unet_channels, unet_layers))
+    if backbone == "dit":
+        from mobilediff.models import sized_dit
+
+        cfg.model = replace(cfg.model, backbone="dit", dit=sized_dit(cfg.model.dit, dit_width, dit_layers, dit_heads,
+                                                                    cfg.model.text_encoder.hidden_size))
     path = train_base(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process() and path is not None:  # once under `accelerate launch`
         click.echo(f"pipeline written to {path}")

@@ -104,6 +104,20 @@ def sized_unet(base: UnetConfig, channels: str | None, layers: int | None) -> Un
     return out
 
 
+def sized_dit(base: DitConfig, width: int | None, layers: int | None, heads: int | None, caption_channels: int) -> DitConfig:
+    """``base`` with another width, block count or head count, reading captions of ``caption_channels`` features."""
+    from mobilediff.errors import MobilediffError
+
+    out = replace(base, caption_channels=caption_channels)
+    out = replace(out, **{k: v for k, v in (("width", width), ("num_layers", layers), ("num_attention_heads", heads))
+                          if v is not None})
+    if out.width % out.num_attention_heads:
+        raise MobilediffError(f"--dit-width {out.width} is not a multiple of --dit-heads {out.num_attention_heads}")
+    if out.sample_size % out.patch_size:
+        raise MobilediffError(f"the latent side {out.sample_size} is not a multiple of the patch size {out.patch_size}")
+    return out
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """The training noise schedule; samplers at inference read it from the pipeline's scheduler config."""
@@ -123,8 +137,44 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class DitConfig:
+    """A PixArt-style diffusion transformer (``PixArtTransformer2DModel``: patchified latents, adaLN-single timestep
+    conditioning, self-attention, cross-attention to the caption tokens with their padding masked, an MLP per block)
+    in place of the UNet. The defaults match the default UNet: 0.191 GFLOP per image call against its 0.198, 1.77 M
+    parameters against its 1.77 M, 64 tokens of 2x2 latent patches, 6 blocks of width 128 (4 heads of 32)."""
+
+    sample_size: int = 16  # latent side
+    in_channels: int = 4
+    patch_size: int = 2
+    width: int = 128
+    num_layers: int = 6
+    num_attention_heads: int = 4
+    caption_channels: int = 64  # = text encoder hidden size
+
+    def build(self):
+        from diffusers import PixArtTransformer2DModel
+
+        return PixArtTransformer2DModel(
+            num_attention_heads=self.num_attention_heads, attention_head_dim=self.width // self.num_attention_heads,
+            in_channels=self.in_channels, out_channels=self.in_channels, num_layers=self.num_layers,
+            cross_attention_dim=self.width, caption_channels=self.caption_channels, sample_size=self.sample_size,
+            patch_size=self.patch_size, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+            use_additional_conditions=False, attention_bias=True, num_embeds_ada_norm=1000,
+        )
+
+
+BACKBONES = ("unet", "dit")
+
+
+@dataclass(frozen=True)
 class DefaultModelConfig:
     vae: VaeConfig = field(default_factory=VaeConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     unet: UnetConfig = field(default_factory=UnetConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    backbone: str = "unet"  # "dit": the denoiser is ``dit`` (a PixArt transformer), not ``unet``
+    dit: DitConfig = field(default_factory=DitConfig)
+
+    def build_denoiser(self):
+        """The denoiser this configuration trains: its UNet, or its diffusion transformer."""
+        return self.dit.build() if self.backbone == "dit" else self.unet.build()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mobilediff.data import ShapesConfig
-from mobilediff.models import DefaultModelConfig, SchedulerConfig, TextEncoderConfig, UnetConfig, VaeConfig
+from mobilediff.models import DefaultModelConfig, DitConfig, SchedulerConfig, TextEncoderConfig, UnetConfig, VaeConfig
 
 TINY_MODEL = DefaultModelConfig(
     vae=VaeConfig(sample_size=32, block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4),
@@ -21,6 +21,7 @@ TINY_MODEL = DefaultModelConfig(
                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
                     norm_num_groups=8, only_cross_attention=False),
     scheduler=SchedulerConfig(),
+    dit=DitConfig(sample_size=16, width=32, num_layers=2, num_attention_heads=2, caption_channels=32),
 )
 TINY_DATA = ShapesConfig(resolution=32, supersample=2)
 

@@ -97,17 +97,35 @@ class TrainBaseConfig:
 
 
 class Denoiser(torch.nn.Module):
-    """Text encoder + UNet as one module, so accelerate prepares (and DDP wraps) them together."""
+    """Text encoder + denoiser as one module, so accelerate prepares (and DDP wraps) them together. The denoiser is a
+    UNet (attribute ``unet``) or a PixArt diffusion transformer (attribute ``transformer``): the pipeline folder's
+    names, which the checkpoint keys follow."""
 
-    def __init__(self, text_encoder, unet):
+    def __init__(self, text_encoder, net):
         super().__init__()
         self.text_encoder = text_encoder
-        self.unet = unet
+        self.kind = "transformer" if type(net).__name__ == "PixArtTransformer2DModel" else "unet"
+        setattr(self, self.kind, net)
+
+    @property
+    def net(self):
+        return getattr(self, self.kind)
 
     def forward(self, input_ids, noisy_latents, timesteps):
-        out = self.text_encoder(input_ids)
-        pred = self.unet(noisy_latents, timesteps, encoder_hidden_states=out.last_hidden_state).sample
-        return pred, out.pooler_output  # (B, 4, h, w), (B, D)
+        if self.kind == "unet":  # Stable Diffusion's conditioning: every token, padding included
+            out = self.text_encoder(input_ids)
+            pred = self.unet(noisy_latents, timesteps, encoder_hidden_states=out.last_hidden_state).sample
+            return pred, out.pooler_output  # (B, 4, h, w), (B, D)
+        # PixArt's: the text encoder and the cross-attention see the caption up to its first EOS (the tokenizer's
+        # attention mask, as PixArtAlphaPipeline passes it); CLIP pads with EOS, so the mask is rebuilt from the ids
+        eos = self.text_encoder.config.eos_token_id
+        is_eos = (input_ids == eos).int()
+        mask = ((is_eos.cumsum(1) - is_eos) == 0).long()
+        out = self.text_encoder(input_ids, attention_mask=mask)
+        pred = self.transformer(noisy_latents, encoder_hidden_states=out.last_hidden_state, timestep=timesteps,
+                                encoder_attention_mask=mask,
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+        return pred, out.pooler_output
 
 
 class SceneHead(torch.nn.Module):
@@ -257,15 +275,27 @@ def _load_initial(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> l
     return new
 
 
+def _denoiser_files(path: Path) -> dict[str, Path] | None:
+    """The weight files a pipeline folder's denoiser and text encoder load from, by checkpoint key prefix (None when
+    ``path`` is not such a folder)."""
+    te = path / "text_encoder" / "model.safetensors"
+    for name in ("unet", "transformer"):
+        net = path / name / "diffusion_pytorch_model.safetensors"
+        if net.is_file() and te.is_file():
+            return {name: net, "text_encoder": te}
+    return None
+
+
 def _initial_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Denoiser weights from a training checkpoint folder or from a pipeline folder (unet/ + text_encoder/)."""
+    """Denoiser weights from a training checkpoint folder or from a pipeline folder (unet/ or transformer/, and
+    text_encoder/)."""
     if (path / "denoiser.safetensors").is_file():
         return load_tensors(path / "denoiser.safetensors")
-    unet, te = path / "unet" / "diffusion_pytorch_model.safetensors", path / "text_encoder" / "model.safetensors"
-    if not (unet.is_file() and te.is_file()):
-        raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline folder")
-    return {**{f"unet.{k}": v for k, v in load_tensors(unet).items()},
-            **{f"text_encoder.{k}": v for k, v in load_tensors(te).items()}}
+    files = _denoiser_files(path)
+    if files is None:
+        raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline folder "
+                              f"(unet/ or transformer/ and text_encoder/ in safetensors)")
+    return {f"{prefix}.{k}": v for prefix, file in files.items() for k, v in load_tensors(file).items()}
 
 
 def _text_encoder_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -472,7 +502,7 @@ def train_denoiser(cfg: TrainBaseConfig, ckpt: Checkpoint | None, vae_dir: Path,
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).eval().requires_grad_(False)
     tokenizer = _tokenizer(cfg)
     torch.manual_seed(cfg.seed + 1)
-    model = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
+    model = Denoiser(cfg.model.text_encoder.build(), cfg.model.build_denoiser())
     if cfg.init_from is not None:
         new = _load_initial(model, _initial_weights(source_dir(cfg.init_from)))
         if new and accelerator.is_main_process:
@@ -507,7 +537,7 @@ def train_denoiser(cfg: TrainBaseConfig, ckpt: Checkpoint | None, vae_dir: Path,
               checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
               checkpoint_state=run_record(command="train-base", stage="denoiser"))
     seconds = run_leg(leg, objective, opt, accelerator, ckpt)
-    final = Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build())
+    final = Denoiser(cfg.model.text_encoder.build(), cfg.model.build_denoiser())
     final.load_state_dict(objective.ema.shadow)
     return {"unet_steps": cfg.unet_steps, "unet_seconds": seconds}, final
 
@@ -543,7 +573,7 @@ def train_base(cfg: TrainBaseConfig, resume: str | None = None, force: bool = Fa
 
 
 def _train_base(cfg: TrainBaseConfig, resume: str | None, force: bool, command: str, accelerator) -> Path:
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from diffusers import AutoencoderKL
 
     out = Path(cfg.out)
     existed = out.exists()
@@ -577,11 +607,7 @@ def _train_base(cfg: TrainBaseConfig, resume: str | None, force: bool, command: 
     stats.update(dstats)
     if not main:
         return out / "model"
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(str(vae_dir)), text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg),
-        unet=den.unet, scheduler=cfg.model.scheduler.build(), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = _pipeline(cfg, AutoencoderKL.from_pretrained(str(vae_dir)), den)
     info = {"command": command, "config": json.loads(json.dumps(asdict(cfg), default=str)), "stats": stats,
             **provenance()}
     atomic_write_json(record, info)
@@ -596,6 +622,18 @@ def _train_base(cfg: TrainBaseConfig, resume: str | None, force: bool, command: 
         atomic_write_json(tmp / "training.json", info)
         atomic_write_bytes(tmp / "TRAINING.md", training_markdown(info).encode())
     return out / "model"
+
+
+def _pipeline(cfg: TrainBaseConfig, vae, den: Denoiser):
+    """The trained pipeline: a StableDiffusionPipeline around a UNet, a PixArtAlphaPipeline around a transformer
+    (with this run's CLIP text encoder and tokenizer, which PixArt's pipeline runs at the tokenizer's length)."""
+    from diffusers import PixArtAlphaPipeline, StableDiffusionPipeline
+
+    common = dict(vae=vae, text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg), scheduler=cfg.model.scheduler.build())
+    if den.kind == "transformer":
+        return PixArtAlphaPipeline(transformer=den.transformer, **common)
+    return StableDiffusionPipeline(unet=den.unet, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False, **common)
 
 
 def source_dir(value) -> Path:
@@ -623,10 +661,9 @@ def _check_sources(cfg: TrainBaseConfig) -> None:
                                   f"decoder has no encoder to make the training latents)")
     if cfg.init_from is not None:
         path = source_dir(cfg.init_from)
-        pipeline = (path / "unet" / "diffusion_pytorch_model.safetensors").is_file() and \
-            (path / "text_encoder" / "model.safetensors").is_file()
-        if not ((path / "denoiser.safetensors").is_file() or pipeline):
-            raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline folder")
+        if not ((path / "denoiser.safetensors").is_file() or _denoiser_files(path) is not None):
+            raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline "
+                                  f"folder (unet/ or transformer/ and text_encoder/ in safetensors)")
     if cfg.text_encoder_from is not None and not (source_dir(cfg.text_encoder_from) / "text_encoder" / "model.safetensors").is_file():
         raise MobilediffError(f"--text-encoder-from {cfg.text_encoder_from}: no text_encoder/model.safetensors "
                               f"(not a pipeline folder)")
@@ -701,7 +738,7 @@ def _resume_plan(cfg: TrainBaseConfig, resume: str | None, force: bool) -> Resum
             check_continues(plan.vae_checkpoint, {"command": "train-base", "stage": "vae"}, cfg.vae_steps,
                             f"--vae-steps {cfg.vae_steps}")
         if plan.denoiser_checkpoint is not None:
-            denoiser = module_shapes(Denoiser(cfg.model.text_encoder.build(), cfg.model.unet.build()))
+            denoiser = module_shapes(Denoiser(cfg.model.text_encoder.build(), cfg.model.build_denoiser()))
             head = module_shapes(SceneHead(cfg.model.text_encoder.hidden_size))
             check_fits(plan.denoiser_checkpoint, {"denoiser": denoiser, "denoiser.ema": denoiser, "scene_head": head})
             check_continues(plan.denoiser_checkpoint, {"command": "train-base", "stage": "denoiser"},
@@ -724,6 +761,17 @@ def _recorded_stats(run: Path) -> dict:
     return stats
 
 
+def _denoiser_label(config: dict) -> str:
+    model = config.get("model", {})
+    if model.get("backbone") == "dit":
+        d = model["dit"]
+        net = (f"Diffusion transformer (PixArt blocks: {d['num_layers']} x width {d['width']}, "
+               f"{d['num_attention_heads']} heads, patch {d['patch_size']})")
+    else:
+        net = "UNet"
+    return f"{net} (text encoder frozen)" if config.get("freeze_text_encoder") else f"Text encoder + {net}"
+
+
 def training_markdown(info: dict) -> str:
     """A human-readable record of how a model was trained (written next to its weights)."""
     st, m, c = info["stats"], info["machine"], info["config"]
@@ -738,7 +786,7 @@ def training_markdown(info: dict) -> str:
         "# How this model was trained", "",
         f"Command: `{info['command']}`", "",
         vae,
-        f"- {'UNet (text encoder frozen)' if c.get('freeze_text_encoder') else 'Text encoder + UNet'}: "
+        f"- {_denoiser_label(c)}: "
         f"{st.get('unet_steps')} steps at batch {c['batch_size']}, "
         f"{st.get('unet_seconds', 0) / 60:.1f} min (wall time spent in training steps, summed over resumed sessions)",
         f"- Machine: {m['platform']}, {m['processor']}, {m['torch_threads']} torch threads, no accelerator",
