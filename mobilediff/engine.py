@@ -55,11 +55,21 @@ class BundleTokenizer:
         self.bpe = CLIPTokenizer(vocab=vocab, merges=merges)  # the BPE alone; ids() adds the manifest's specials
         self.bpe.model_max_length = spec.max_length
 
-    masked = False
+    masked = False  # True where the text encoder takes the caption's padding mask too (bundle_tokenizer sets it)
 
     def inputs(self, prompt: str) -> tuple[torch.Tensor, ...]:
-        """The text encoder's inputs for ``prompt``: its ids."""
-        return (self.ids(prompt),)
+        """The text encoder's inputs for ``prompt``: its ids, and its mask where the text encoder takes one."""
+        return self.ids_and_mask(prompt) if self.masked else (self.ids(prompt),)
+
+    def ids_and_mask(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, max_length) int32 ids and mask of ``prompt``: the mask 1 over BOS, the ids and EOS, 0 over the
+        padding (as the tokenizer's attention_mask)."""
+        ids = self.ids(prompt)
+        n = int((ids[0] != self.spec.pad_id).sum()) if self.spec.pad_id != self.spec.eos_id else \
+            int(ids[0].tolist().index(self.spec.eos_id)) + 1
+        mask = torch.zeros_like(ids)
+        mask[0, :n] = 1
+        return ids, mask
 
     def warn_if_truncated(self, prompt: str, warn) -> None:
         """Warn, naming what is lost, when ``prompt`` is longer than the text encoder takes (it is truncated)."""
@@ -147,10 +157,13 @@ def release_memory() -> None:
 
 
 def bundle_tokenizer(bundle: Path, manifest) -> BundleTokenizer | UnigramTokenizer:
-    """The bundle's own tokenizer (its files checked against the manifest's sha256), at the manifest's length."""
+    """The bundle's own tokenizer (its files checked against the manifest's sha256), at the manifest's length; it
+    gives the caption's padding mask too where the text encoder declares an ``attention_mask`` input (format 2)."""
     if manifest.tokenizer.unigram_kind:
         return UnigramTokenizer(bundle, manifest.tokenizer)
-    return BundleTokenizer(bundle, manifest.tokenizer)
+    tok = BundleTokenizer(bundle, manifest.tokenizer)
+    tok.masked = "attention_mask" in [t.name for t in manifest.component("text_encoder").inputs]
+    return tok
 
 
 class BundleRunner:
@@ -270,7 +283,7 @@ class BundleRunner:
         return self.encode_masked(prompt, text_encoder)[0]
 
     def encode_masked(self, prompt: str, text_encoder=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``prompt``'s (1, tokens, hidden) text embedding and, for a masked (unigram) tokenizer, its (1, tokens)
+        """``prompt``'s (1, tokens, hidden) text embedding and, for a masked tokenizer (format 2), its (1, tokens)
         float padding mask, which the denoiser takes too (None otherwise)."""
         extra = self._lora("text_encoder")
         inputs = self.tokenizer.inputs(prompt)

@@ -132,7 +132,8 @@ def _unigram_tokenizer_record(pipe, bundle: Path) -> dict:
 
 
 def _tokenizer_record(pipe, bundle: Path) -> dict:
-    if transformer_family.is_transformer_pipeline(pipe):
+    transformer = transformer_family.is_transformer_pipeline(pipe)
+    if transformer and not transformer_family.is_clip(pipe):
         return _unigram_tokenizer_record(pipe, bundle)
     src = Path(pipe.tokenizer.name_or_path)
     dst = bundle / "tokenizer"
@@ -150,11 +151,14 @@ def _tokenizer_record(pipe, bundle: Path) -> dict:
               "file_sha256": {f: sha256_path(bundle / f) for f in files}, "max_length": tok.model_max_length,
               "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id,
               "lowercase": True, "note": "CLIP BPE (vocab.json + merges.txt); pad to max_length with pad_id"}
-    _check_bundle_tokenizer(tok, bundle, record)
+    if transformer:  # format 2: the kind named; the caption's mask is 1 over BOS, the ids and EOS
+        record.update(kind="clip-bpe", max_length=transformer_family.text_length(pipe),
+                      note=record["note"] + "; attention_mask 1 over BOS, ids and EOS, 0 over the padding")
+    _check_bundle_tokenizer(tok, bundle, record, masked=transformer)
     return record
 
 
-def _check_bundle_tokenizer(tok, bundle: Path, record: dict) -> None:
+def _check_bundle_tokenizer(tok, bundle: Path, record: dict, masked: bool = False) -> None:
     """The bundle's tokenizer as every reader builds it (vocab.json + merges.txt, the manifest's ids: see
     engine.BundleTokenizer) must give the pipeline's own token ids: a tokenizer.json that disagrees with the two
     files would have the apps feed the text encoder other ids than the model was made with."""
@@ -165,7 +169,11 @@ def _check_bundle_tokenizer(tok, bundle: Path, record: dict) -> None:
     ours = BundleTokenizer(bundle, Tokenizer(**{k: record[k] for k in ("max_length", "bos_id", "eos_id", "pad_id")},
                                              files=tuple(record["files"])))
     for prompt in TOKENIZER_PROMPTS:
-        want = tok([prompt], padding="max_length", max_length=record["max_length"], truncation=True).input_ids[0]
+        enc = tok([prompt], padding="max_length", max_length=record["max_length"], truncation=True)
+        want = enc.input_ids[0]
+        if masked and ours.ids_and_mask(prompt)[1][0].tolist() != [int(m) for m in enc.attention_mask[0]]:
+            raise MobilediffError(f"the bundle's caption mask of {prompt!r} differs from the pipeline tokenizer's "
+                                  f"attention_mask")
         if ours.ids(prompt)[0].tolist() != [int(i) for i in want]:
             raise MobilediffError(f"the tokenizer's vocab.json and merges.txt tokenize {prompt!r} differently from the "
                                   f"pipeline's tokenizer (its tokenizer.json?): the bundle's readers use the two files; "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 8  # bump when what is written here changes
+FIXTURE_VERSION = 9  # bump when what is written here changes
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class Fixture:
 
 IMAGE_PROMPT = "a big red circle at the top left on a white background"
 TINY_INPAINTING = "tiny:inpainting"  # mobilediff.tiny.tiny_inpainting_pipeline(0), written into the fixture's folder
+TINY_DIT = "tiny:dit"  # mobilediff.tiny.tiny_dit_pipeline(0): a format-2 bundle (masked caption, PixArt transformer)
+MADE_FROM_CODE = {TINY_INPAINTING: {"inpainting": True}, TINY_DIT: {"dit": True}}
 # fixture name (its folder) -> what it is
 FIXTURES = {"default": Fixture("default", ("onnx",), images=(
                 ImageRef("img2img", "ddim", 8, 0.6, 0), ImageRef("inpaint", "dpmpp", 8, 0.75, 1),
@@ -75,7 +77,10 @@ FIXTURES = {"default": Fixture("default", ("onnx",), images=(
             "emoji-lcm": Fixture("default:emoji:lcm", ("onnx",), prompt="cat face"),
             # a seeded tiny random inpainting pipeline (9-channel UNet): inpainting references alone, no goldens
             "inpainting-unet": Fixture(TINY_INPAINTING, ("onnx",), images=(
-                ImageRef("inpaint", "ddim", 8, 1.0, 0), ImageRef("inpaint", "dpmpp", 8, 0.6, 1)))}
+                ImageRef("inpaint", "ddim", 8, 1.0, 0), ImageRef("inpaint", "dpmpp", 8, 0.6, 1))),
+            # a seeded tiny random PixArt-transformer pipeline with a CLIP text encoder (train-base --backbone dit's
+            # form): a format-2 bundle, whose text encoder and denoiser take the caption's padding mask; no goldens
+            "dit": Fixture(TINY_DIT, ("onnx", "executorch"))}
 MODELS = tuple(FIXTURES)
 SEEDS = (0, 1)
 PROMPT = "a small blue triangle at the top left and a big yellow square at the bottom right on a black background"
@@ -104,11 +109,11 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     model = fixture.model
     runtimes = runtimes or fixture.runtimes
     say(f"{name}: export {' + '.join(runtimes)}")
-    if model == TINY_INPAINTING:
+    if model in MADE_FROM_CODE:
         from mobilediff.tiny import save_tiny_pipeline
 
-        model = str(save_tiny_pipeline(folder / "model", seed=0, inpainting=True))
-    pipe = load_pipeline(model)
+        model = str(save_tiny_pipeline(folder / "model", seed=0, **MADE_FROM_CODE[model]))
+    pipe = load_pipeline(model, transformers=True)
     adapters = []
     for spec in fixture.adapters:
         from mobilediff.lora import Adapter, parse_adapter, random_adapter
@@ -118,8 +123,10 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
     bundle = export_bundle(pipe, ",".join(runtimes), folder / "bundle", fixture.height, fixture.width, source=model,
                            model_dir=resolve_model(model), image_modes=bool(fixture.images),
                            runtime_adapters=tuple(adapters))
-    inpainting_only = not BundleRunner(bundle, runtimes[0]).manifest.supports("txt2img")
-    if not inpainting_only:  # goldens record text-to-image plans
+    manifest = BundleRunner(bundle, runtimes[0]).manifest
+    inpainting_only = not manifest.supports("txt2img")
+    goldens = not inpainting_only and manifest.format_version == 1  # goldens record format-1 text-to-image plans
+    if goldens:
         say(f"{name}: goldens")
         write_goldens(bundle, folder / "goldens")
     refs = []
@@ -142,7 +149,7 @@ def build_model(name: str, folder: Path, say, runtimes: tuple[str, ...] | None =
         refs += image_references(runner, fixture, folder, runtime)
         refs += adapter_references(runner, fixture, folder, runtime)
     return {"model": fixture.model, "weights_sha256": _weights_sha(fixture.model), "runtimes": list(runtimes),
-            "bundle": "bundle", "goldens": None if inpainting_only else "goldens", "references": refs,
+            "bundle": "bundle", "goldens": "goldens" if goldens else None, "references": refs,
             "geometry": {"height": runner.geometry.height, "width": runner.geometry.width}}
 
 
@@ -238,7 +245,7 @@ def _weights_sha(model: str) -> str:
     from mobilediff.io import tree_sha256
     from mobilediff.loading import resolve_model
 
-    if model == TINY_INPAINTING:  # made from code: FIXTURE_VERSION changes with it
+    if model in MADE_FROM_CODE:  # made from code: FIXTURE_VERSION changes with it
         return model
     return tree_sha256(resolve_model(model))
 

@@ -140,6 +140,8 @@ def _generate_transformer(pipe, prompts, seeds, steps, guidance, batch_size, pro
     """A PixArt pipeline's own sampling loop (mobilediff.transformer_family): its caption preprocessing without the
     optional cleaning (lower-cased, stripped), its padded length, the unconditional prompt "", no resolution
     binning (the image is the size asked for)."""
+    from mobilediff import transformer_family
+
     height, width = image_size(pipe)
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -151,6 +153,7 @@ def _generate_transformer(pipe, prompts, seeds, steps, guidance, batch_size, pro
 
         images = pipe(prompt=prompts[i:i + batch_size], negative_prompt="", num_inference_steps=steps,
                       guidance_scale=guidance, generator=gens, height=height, width=width, clean_caption=False,
+                      max_sequence_length=transformer_family.text_length(pipe),
                       use_resolution_binning=False, output_type="latent" if latents_only else "pt",
                       callback=on_step, callback_steps=1).images
         out.append(images.float() if latents_only else images.float() * 2 - 1)

@@ -66,11 +66,29 @@ def tiny_inpainting_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MOD
     return pipe
 
 
-def save_tiny_pipeline(path: Path, seed: int = 0, inpainting: bool = False) -> Path:
-    """Write a tiny random pipeline folder (safetensors) and return its path (``inpainting``: a 9-channel UNet's)."""
+def tiny_dit_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
+    """A PixArtAlphaPipeline as ``train-base --backbone dit`` writes one, of tiny random components: the family's
+    VAE, CLIP text encoder and tokenizer and scheduler around a PixArt transformer (``model.dit``)."""
+    from diffusers import PixArtAlphaPipeline
+    from transformers import CLIPTokenizer
+
+    from mobilediff.loading import DEFAULT_MODEL_DIR
+
+    torch.manual_seed(seed)
+    pipe = PixArtAlphaPipeline(
+        vae=model.vae.build(), text_encoder=model.text_encoder.build(), transformer=model.dit.build(),
+        tokenizer=CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer")), scheduler=model.scheduler.build())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(path: Path, seed: int = 0, inpainting: bool = False, dit: bool = False) -> Path:
+    """Write a tiny random pipeline folder (safetensors) and return its path (``inpainting``: a 9-channel UNet's;
+    ``dit``: :func:`tiny_dit_pipeline`)."""
     from mobilediff.loading import save_pipeline
 
-    save_pipeline(tiny_inpainting_pipeline(seed) if inpainting else tiny_pipeline(seed), path)
+    pipe = tiny_dit_pipeline(seed) if dit else tiny_inpainting_pipeline(seed) if inpainting else tiny_pipeline(seed)
+    save_pipeline(pipe, path)
     return Path(path)
 
 

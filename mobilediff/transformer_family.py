@@ -27,8 +27,10 @@ from mobilediff.family import CLASSES as SD_CLASSES
 
 PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
 CLASSES: dict[str, tuple[str, ...]] = {
-    "text_encoder": ("T5EncoderModel",),
-    "tokenizer": ("T5Tokenizer", "T5TokenizerFast"),
+    # T5 (the released PixArt models); CLIP: a PixArt transformer trained on a CLIP text encoder (train-base
+    # --backbone dit), whose 77-or-fewer positions the caption length then follows
+    "text_encoder": ("T5EncoderModel", "CLIPTextModel"),
+    "tokenizer": ("T5Tokenizer", "T5TokenizerFast", "CLIPTokenizer", "CLIPTokenizerFast"),
     "transformer": ("PixArtTransformer2DModel",),
     "vae": ("AutoencoderKL",),
     "scheduler": SD_CLASSES["scheduler"],  # the beta-schedule schedulers every sampler table is measured from
@@ -62,13 +64,26 @@ def check_configs(classes: dict[str, str | None], configs: dict[str, dict | None
         if cout not in (cin, 2 * cin):
             _refuse("transformer", f"out_channels {cout} with in_channels {cin}",
                     "out_channels = in_channels, or twice it (learned variance)")
-        if te is not None and tr.get("caption_channels") not in (None, te.get("d_model")):
-            _refuse("transformer", f"caption_channels {tr['caption_channels']} != text encoder d_model "
-                                   f"{te.get('d_model')}", "a transformer that reads the text encoder's features")
+        if te is not None and tr.get("caption_channels") not in (None, _text_width(te)):
+            _refuse("transformer", f"caption_channels {tr['caption_channels']} != the text encoder's width "
+                                   f"{_text_width(te)}", "a transformer that reads the text encoder's features")
+    if classes.get("text_encoder") and classes.get("tokenizer") and \
+            classes["text_encoder"].startswith("CLIP") != classes["tokenizer"].startswith("CLIP"):
+        _refuse("tokenizer", f"{classes['tokenizer']} with a {classes['text_encoder']}",
+                "the text encoder's own tokenizer (T5's with T5, CLIP's with CLIP)")
     if vae is not None:
         _check_vae("AutoencoderKL", vae, tr.get("in_channels", 4) if tr else None)
     if configs.get("scheduler") is not None:
         _check_scheduler(configs["scheduler"])
+
+
+def _text_width(config: dict) -> int | None:
+    return config.get("d_model", config.get("hidden_size"))  # T5, CLIP
+
+
+def is_clip(pipe) -> bool:
+    """Whether the pipeline's text encoder is CLIP (BOS, ids, EOS, padded with EOS; a position limit)."""
+    return type(pipe.text_encoder).__name__.startswith("CLIP")
 
 
 def check_pipeline(pipe) -> None:
@@ -80,7 +95,10 @@ def check_pipeline(pipe) -> None:
                                                                   "scheduler")}
     configs = {c: _config_dict(getattr(pipe, c, None)) for c in ("text_encoder", "transformer", "vae", "scheduler")}
     check_configs(classes, configs)
-    check_tokenizer(pipe.tokenizer, pipe.text_encoder, roles=("eos", "pad"), length=False)
+    if is_clip(pipe):
+        check_tokenizer(pipe.tokenizer, pipe.text_encoder)
+    else:
+        check_tokenizer(pipe.tokenizer, pipe.text_encoder, roles=("eos", "pad"), length=False)
 
 
 def call_default(pipe, name: str):
@@ -90,7 +108,11 @@ def call_default(pipe, name: str):
 
 
 def text_length(pipe) -> int:
-    """The caption length the pipeline pads to: its ``max_sequence_length`` default (120 PixArt-alpha, 300 Sigma)."""
+    """The caption length the pipeline pads to: its ``max_sequence_length`` default (120 PixArt-alpha, 300 Sigma);
+    with a CLIP text encoder, its tokenizer's length (CLIP's positions end there; the pipeline is then run with that
+    ``max_sequence_length``)."""
+    if is_clip(pipe):
+        return int(min(pipe.tokenizer.model_max_length, pipe.text_encoder.config.max_position_embeddings))
     return int(call_default(pipe, "max_sequence_length") or DEFAULT_MAX_LENGTH.get(type(pipe).__name__, 120))
 
 
@@ -147,16 +169,21 @@ def declare(pipe, geometry: dict, cfg_batch: int) -> dict:
     from mobilediff.transformer_components import MaskedTextEncoder
 
     te, tr, vae, tok = pipe.text_encoder, pipe.transformer, pipe.vae, pipe.tokenizer
-    length, hidden = text_length(pipe), int(te.config.d_model)
-    ranges = InputRanges(vocab_size=min(len(tok), te.config.vocab_size), bos_id=None, eos_id=tok.eos_token_id,
+    length, hidden = text_length(pipe), int(_text_width(te.config.to_dict()))
+    clip = is_clip(pipe)
+    ranges = InputRanges(vocab_size=min(len(tok), te.config.vocab_size), bos_id=tok.bos_token_id if clip else None,
+                         eos_id=tok.eos_token_id,
                          pad_id=tok.pad_token_id, num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps))
     c, h, w = geometry["latent_channels"], geometry["latent_height"], geometry["latent_width"]
-    mask_doc = "caption padding mask: 1 over the ids and EOS, 0 over the padding"
+    mask_doc = (f"caption padding mask: 1 over {'BOS, ' if clip else ''}the ids and EOS, 0 over the padding")
     return {
         "text_encoder": ComponentSpec(
             "text_encoder", MaskedTextEncoder(te).eval(),
-            (TensorSpec("input_ids", ("batch", length), "int32", "T5 token ids, then EOS, padded with pad_id"),
-             TensorSpec("attention_mask", ("batch", length), "int32", mask_doc)),
+            (TensorSpec("input_ids", ("batch", length), "int32",
+                        "BOS, CLIP token ids, EOS, padded with pad_id" if clip else
+                        "T5 token ids, then EOS, padded with pad_id"),
+             TensorSpec("attention_mask", ("batch", length), "int32",
+                        mask_doc)),
             (TensorSpec("last_hidden_state", ("batch", length, hidden), "float32", "per-token text features"),),
             {"batch": 1}, type(te).__name__, ranges),
         "unet": ComponentSpec(
