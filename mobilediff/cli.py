@@ -500,7 +500,7 @@ def distill_decoder_cmd(model, out, width, blocks, max_train_steps, batch_size, 
 @click.option("--model", required=True, help="Pipeline folder to pack (e.g. a distilled student).")
 @click.option("--base", default="default", show_default=True, help="Pipeline folder whose identical components are borrowed.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Packed pipeline folder to create. It appears whole when the command succeeds, never over anything already there (unless --force); a second command writing it at the same time fails at once, naming the first.")
-@click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
+@click.option("--fp16", "fp16", multiple=True, type=click.Choice(["unet", "transformer", "text_encoder", "vae"]), help="Store this component's weights in fp16 (repeatable).")
 @click.option("--decoder", type=click.Path(path_type=Path), default=None, help="A tiny decoder folder (mobilediff distill-decoder) or 'default:tiny' (the default model's) that replaces the model's VAE; refused unless it decodes the model's latents.")
 @click.option("--force", is_flag=True, help="Replace an existing --out.")
 def pack_cmd(model, base, out, fp16, decoder, force):

@@ -32,23 +32,26 @@ _FOLDER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 @dataclass(frozen=True)
 class FamilyMember:
-    """One UNet size of the embedded model family: ``mobilediff/assets/family/unet-<size>/`` (it borrows the default
-    model's text encoder, tokenizer and VAE) and its distilled students in ``students/<kind>/``."""
+    """One size of the embedded model family: ``mobilediff/assets/family/unet-<size>/`` (it borrows the default
+    model's text encoder, tokenizer and VAE) and its distilled students in ``students/<kind>/``; or, with backbone
+    ``dit``, ``dit-<size>/``: a PixArt-style diffusion transformer of that UNet size's FLOPs, trained the same way
+    (train-base --backbone dit)."""
 
     size: str  # "xs", "s", "m", ...
     path: Path
     students: dict[str, Path]  # kind ("progressive-1", "progressive-4", "lcm", ...) -> pipeline folder
+    backbone: str = "unet"  # "unet" | "dit"
 
     @property
     def name(self) -> str:
-        return f"default:unet-{self.size}"
+        return f"default:{self.backbone}-{self.size}"
 
     def student_name(self, kind: str) -> str:
         return f"{self.name}:{kind}"
 
 
-def find_family(root: Path = DEFAULT_FAMILY) -> list[FamilyMember]:
-    """The family members present under ``root``, smallest size first: every ``unet-<size>/`` folder holding a
+def find_family(root: Path = DEFAULT_FAMILY, backbone: str = "unet") -> list[FamilyMember]:
+    """The family members present under ``root``, smallest size first: every ``<backbone>-<size>/`` folder holding a
     ``model_index.json``, with every ``students/<kind>/`` folder of it that holds one too. A size that is not on disk
     (not trained yet) is simply not listed. Folder names other than lower-case letters, digits and dashes are
     skipped (they could not be spelled as a model name)."""
@@ -56,8 +59,8 @@ def find_family(root: Path = DEFAULT_FAMILY) -> list[FamilyMember]:
     if not root.is_dir():
         return []
     found = []
-    for folder in root.glob("unet-*"):
-        size = folder.name.removeprefix("unet-")
+    for folder in root.glob(f"{backbone}-*"):
+        size = folder.name.removeprefix(f"{backbone}-")
         if not _FOLDER_NAME.fullmatch(size) or not (folder / "model_index.json").is_file():
             continue
         students = {}
@@ -65,7 +68,7 @@ def find_family(root: Path = DEFAULT_FAMILY) -> list[FamilyMember]:
             for s in sorted((folder / "students").iterdir()):
                 if _FOLDER_NAME.fullmatch(s.name) and (s / "model_index.json").is_file():
                     students[s.name] = s
-        found.append(FamilyMember(size=size, path=folder, students=students))
+        found.append(FamilyMember(size=size, path=folder, students=students, backbone=backbone))
     order = {s: i for i, s in enumerate(FAMILY_SIZES)}
     return sorted(found, key=lambda m: (order.get(m.size, len(order)), m.size))
 
@@ -79,19 +82,20 @@ def family_names(family: list[FamilyMember]) -> dict[str, Path]:
     return out
 
 
-FAMILY = find_family()
+FAMILY = find_family()  # the UNet sizes: the scaling study's members
+DIT_FAMILY = find_family(backbone="dit")  # diffusion transformers matched to a UNet size (the backbone study)
 # embedded models by name: the default model, its distilled students, the emoji model and its student, and the
 # UNet-size family that is on disk
 NAMED_MODELS = {"default": DEFAULT_MODEL_DIR, "default:lcm": DEFAULT_STUDENTS / "lcm",
                 **{f"default:progressive-{n}": DEFAULT_STUDENTS / "progressive" / f"steps-{n}" for n in (1, 2, 4, 8)},
                 **{f"default:{p.name}": p for p in sorted(DEFAULT_STUDENTS.glob("slim-*")) if p.is_dir()},
                 "default:emoji": EMOJI_MODEL_DIR, "default:emoji:lcm": EMOJI_MODEL_DIR / "students" / "lcm",
-                **family_names(FAMILY)}
+                **family_names(FAMILY), **family_names(DIT_FAMILY)}
 
 
 def resolve_model(model: str | Path | None) -> Path:
     """'default' or None -> the embedded default model; 'default:lcm', 'default:progressive-N', 'default:slim-N' -> its
-    embedded students (the slim ones on disk); 'default:emoji' and 'default:emoji:lcm' -> the emoji model and its student; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md);
+    embedded students (the slim ones on disk); 'default:emoji' and 'default:emoji:lcm' -> the emoji model and its student; 'default:unet-<size>' and 'default:unet-<size>:<student>' -> the family members on disk (docs/models.md), 'default:dit-<size>' the diffusion transformers;
     otherwise the given folder."""
     if model is None:
         return DEFAULT_MODEL_DIR

@@ -143,6 +143,16 @@ def _generate_transformer(pipe, prompts, seeds, steps, guidance, batch_size, pro
     from mobilediff import transformer_family
 
     height, width = image_size(pipe)
+    if steps == 1:
+        # PixArt's pipeline takes a one-step run's result from the step's second output (a one-step model's x0), which
+        # the DDIM and DPM-Solver schedulers do not return: the sampler's own step is taken, as at every other count
+        step = pipe.scheduler.step  # pipe.scheduler is this call's own (generate restores the pipeline's)
+
+        def one_step(*args, **kwargs):
+            out = step(*args, **kwargs)
+            return (out[0], out[0]) if isinstance(out, tuple) else out
+
+        pipe.scheduler.step = one_step
     out = []
     for i in range(0, len(prompts), batch_size):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch_size]]

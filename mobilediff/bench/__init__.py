@@ -23,6 +23,7 @@ it, see :data:`SCRIPTS`).
     lcm_lora            the LCM-LoRA adapter: few-step prompt accuracy with and without it, on a fine-tune too
     runtime_adapters    run-time adapters against adapters merged at export: parity, sizes, switch and step time
     image_modes         image-to-image and inpainting edits on the shapes domain, per model, mode and strength
+    backbones           a UNet against a diffusion transformer of equal FLOPs and training compute
     baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
     app_parity, app_memory, optimum_check, ort_format
                         the other benchmarks (optimum_worker: optimum_check's side, run in optimum's environment)
@@ -31,7 +32,8 @@ Nothing heavy is imported here.
 """
 
 # benchmarks/<script>.py -> the module of this package whose main(argv, doc, results) the script runs
-SCRIPTS = {"adapters": "adapters", "app_memory": "app_memory", "app_parity": "app_parity", "baseline_quality": "baseline_quality",
+SCRIPTS = {"adapters": "adapters", "app_memory": "app_memory", "app_parity": "app_parity", "backbones": "backbones",
+           "baseline_quality": "baseline_quality",
            "configurations": "configurations", "decoder": "decoder",
            "distillation": "distillation", "export_parity": "export_parity", "image_modes": "image_modes", "lcm_lora": "lcm_lora", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",

@@ -72,7 +72,7 @@ def load_eager_pipelines(bundles: list[BundleInfo]) -> dict:
     for b in bundles:
         if b.eager_dir is None:
             continue
-        pipe = pipes.get(str(b.eager_dir)) or load_pipeline(b.eager_dir)
+        pipe = pipes.get(str(b.eager_dir)) or load_pipeline(b.eager_dir, transformers=True)
         geo = b.manifest.geometry
         height, width = image_size(pipe)  # what mobilediff.sampling.generate makes
         if (geo.height, geo.width) != (height, width):
@@ -185,7 +185,7 @@ def generate_once(runtime: str, location: str, sampler: str, steps: int, guidanc
         from mobilediff.loading import load_pipeline
         from mobilediff.sampling import generate
 
-        generate(load_pipeline(location), [prompt], [seed], steps, sampler, guidance)
+        generate(load_pipeline(location, transformers=True), [prompt], [seed], steps, sampler, guidance)
     else:
         bundle_runner(Path(location), runtime, threads).generate(prompt, seed, steps, sampler, guidance)
 

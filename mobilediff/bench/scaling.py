@@ -63,6 +63,11 @@ OUTPUT_NAMES = ("scaling_quality.png", "scaling_budget.png", "scaling_guidance.p
                 "scaling_meta.json", "scaling.json")
 
 
+def denoiser_module(pipe):
+    """The pipeline's denoiser: its UNet, or a transformer pipeline's transformer."""
+    return getattr(pipe, "unet", None) or pipe.transformer
+
+
 def compose_latency(text_encoder_ms: float, unet_step_ms: float, vae_decoder_ms: float, steps: int,
                     text_encoder_calls: int = 1) -> float:
     """One image end to end (ms): ``text_encoder_ms x text_encoder_calls + steps x unet_step_ms + vae_decoder_ms``.
@@ -452,10 +457,10 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
     cfg.check()
     t0 = time.time()
     subjects = cfg.models + cfg.students
-    pipes = {s.label: load_pipeline(s.path) for s in subjects}
+    pipes = {s.label: load_pipeline(s.path, transformers=True) for s in subjects}  # a DiT member too
     points = study_points(cfg, pipes)
     by_pipe = {s.label: [p for p in points if p.fields["pipeline"] == s.label] for s in subjects}
-    params = {s.label: sum(x.numel() for x in pipes[s.label].unet.parameters()) for s in subjects}
+    params = {s.label: sum(x.numel() for x in denoiser_module(pipes[s.label]).parameters()) for s in subjects}
     costs, checks = {}, {}
     with tempfile.TemporaryDirectory(prefix="mobilediff-scaling-") as tmp:
         work = Path(cfg.work) if cfg.work is not None else Path(tmp)

@@ -22,7 +22,8 @@ class Point:
     @property
     def unet_rows(self) -> int:
         """UNet rows per step: 2 for a classifier-free-guidance batch (guidance > 1 without an embedding), else 1."""
-        return 2 if self.guidance > 1 and not self.pipe.unet.config.time_cond_proj_dim else 1
+        unet = getattr(self.pipe, "unet", None)  # a transformer pipeline has no guidance embedding
+        return 2 if self.guidance > 1 and not (unet is not None and unet.config.time_cond_proj_dim) else 1
 
 
 class RowCache:
