@@ -159,3 +159,22 @@ def test_an_scm_table_refuses_a_bad_sigma_data():
 
     with pytest.raises(MobilediffError, match="sigma_data"):
         scm_table(SCMScheduler(sigma_data=0.0), 2)
+
+
+def test_the_sampler_tables_benchmark_catches_a_wrong_table(monkeypatch):
+    """benchmarks/sampler_tables.py's rows: within the bar as tabulated, far beyond it with one coefficient off."""
+    from mobilediff.bench import sampler_tables as bench
+    from mobilediff import sampler_table as st
+
+    rows = bench.discrete_rows([2])
+    assert all(r["max_abs_error"] <= bench.allowed(r, bench.BAR) for r in rows)
+    real = st.sampler_table
+
+    def off(*args, **kwargs):
+        table = real(*args, **kwargs)
+        table.output_coef[0][0] *= 1.01
+        return table
+
+    monkeypatch.setattr(st, "sampler_table", off)
+    rows = bench.discrete_rows([2])
+    assert all(r["max_abs_error"] > bench.allowed(r, bench.BAR) for r in rows)

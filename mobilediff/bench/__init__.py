@@ -23,6 +23,7 @@ it, see :data:`SCRIPTS`).
     lcm_lora            the LCM-LoRA adapter: few-step prompt accuracy with and without it, on a fine-tune too
     runtime_adapters    run-time adapters against adapters merged at export: parity, sizes, switch and step time
     image_modes         image-to-image and inpainting edits on the shapes domain, per model, mode and strength
+    sampler_tables      every sampler table against diffusers' own loop (discrete, flow matching, sCM)
     backbones           a UNet against a diffusion transformer of equal FLOPs and training compute
     baseline_quality, distillation, student_quality, decoder, scaling, op_profile, xnnpack_convs, export_parity,
     app_parity, app_memory, optimum_check, ort_format
@@ -37,7 +38,8 @@ SCRIPTS = {"adapters": "adapters", "app_memory": "app_memory", "app_parity": "ap
            "configurations": "configurations", "decoder": "decoder",
            "distillation": "distillation", "export_parity": "export_parity", "image_modes": "image_modes", "lcm_lora": "lcm_lora", "memory": "memory", "op_profile": "op_profile",
            "optimum_check": "optimum_check", "ort_format": "ort_format", "quantization": "quantization", "real_architectures": "real_architectures",
-           "run_device": "device_run", "runtime_adapters": "runtime_adapters", "scaling": "scaling", "scaling_deploy": "deploy_scaling",
+           "run_device": "device_run", "runtime_adapters": "runtime_adapters", "sampler_tables": "sampler_tables",
+           "scaling": "scaling", "scaling_deploy": "deploy_scaling",
            "student_quality": "student_quality", "transformer_matrix": "transformer_matrix",
            "xnnpack_convs": "xnnpack_convs"}
 
