@@ -55,6 +55,22 @@ class Manifest(
     fun supports(mode: String): Boolean =
         if (mode == MODE_TXT2IMG) image?.inpaintingDenoiser != true else image?.modes?.contains(mode) == true
 
+    /**
+     * Whether the text encoder takes the caption's padding mask (format 2: its inputs start with [TEXT_INPUTS],
+     * `input_ids` then `attention_mask`): the mask of each prompt ([ClipTokenizer.attentionMask]) is fed to the text encoder with
+     * its ids, and as float32 to the denoiser as its [UNET_TEXT_MASK] input, right after `encoder_hidden_states`, on
+     * every step (classifier-free guidance: rows [unconditional, conditional], as the hidden states). Decided by the
+     * text encoder declaring an `attention_mask` input, as `mobilediff.engine.bundle_tokenizer` decides it.
+     */
+    val maskedText: Boolean get() = isMasked(components)
+
+    /**
+     * The position of the denoiser's first input after `encoder_hidden_states`, its text mask ([maskedText]) and a
+     * guidance embedding's input: where an inpainting UNet takes [INPAINTING_INPUTS].
+     */
+    val unetExtraInputsAt: Int
+        get() = 3 + (if (maskedText) 1 else 0) + (if (guidance is Guidance.Embedding) 1 else 0)
+
     /** Whether the denoiser is an inpainting UNet ([ImageModes.inpaintingDenoiser]): it runs inpainting alone. */
     val inpaintingOnly: Boolean get() = image?.inpaintingDenoiser == true
 
@@ -78,15 +94,23 @@ class Manifest(
         const val FORMAT = "mobilediff.bundle"
         /**
          * The newest manifest format this engine reads; a newer one is refused, never half-read. Format 2 (transformer
-         * bundles) adds `tokenizer.kind` and masked text inputs: this engine reads it, and runs its CLIP BPE bundles only
-         * ([TokenizerSpec.requireClipBpe]).
+         * bundles) adds `tokenizer.kind` and masked text inputs: this engine reads it, and runs its CLIP BPE bundles, masked
+         * text inputs included ([maskedText]); other tokenizers are refused ([TokenizerSpec.requireClipBpe]).
          */
         const val FORMAT_VERSION = 2
         val COMPONENTS = listOf("text_encoder", "unet", "vae_decoder")
         /** The VAE encoder of image-to-image and inpainting: `sample` (1, 3, H, W) -> `latent_mean`, `latent_std`. */
         const val IMAGE_ENCODER = "vae_encoder"
         const val MODE_TXT2IMG = "txt2img"
-        /** An inpainting UNet's inputs after `encoder_hidden_states` (and a guidance embedding), in order. */
+        /** The inputs of a text encoder that takes the caption's padding mask ([maskedText]), in order. */
+        val TEXT_INPUTS = listOf("input_ids", "attention_mask")
+        /** The denoiser's input of the caption's padding mask ([maskedText]): (batch, max_length) float32. */
+        const val UNET_TEXT_MASK = "encoder_attention_mask"
+
+        private fun isMasked(components: Map<String, ComponentSpec>): Boolean =
+            components["text_encoder"]?.inputs?.any { it.name == TEXT_INPUTS[1] } == true
+
+        /** An inpainting UNet's inputs after `encoder_hidden_states` (and a text mask and a guidance embedding), in order. */
         val INPAINTING_INPUTS = listOf("mask", "masked_image_latents")
         const val ROLE_TEACHER = "teacher"
         const val ROLE_STUDENT = "student"
@@ -134,10 +158,25 @@ class Manifest(
                 }
             }
             val guidance = Guidance.parse(r, r.obj(root, "guidance"))
+            val masked = isMasked(components)
+            if (masked) {
+                // fed by position: the ids then the mask (then a slotted component's lora_weights), and the mask as the
+                // denoiser's input after the hidden states
+                val text = components.getValue("text_encoder").inputs.map { it.name }
+                if (text.take(2) != TEXT_INPUTS) {
+                    r.fail("components.text_encoder.inputs", "a text encoder that takes the caption's padding mask takes " +
+                        "${TEXT_INPUTS.joinToString(" then ")} first, not (${text.joinToString()})")
+                }
+                val unet = components.getValue("unet").inputs.map { it.name }
+                if (unet.getOrNull(3) != UNET_TEXT_MASK) {
+                    r.fail("components.unet.inputs", "the text encoder takes the caption's padding mask (attention_mask) but the " +
+                        "unet takes (${unet.joinToString()}), not $UNET_TEXT_MASK as input 4")
+                }
+            }
             if (image?.inpaintingDenoiser == true) {
-                // mask and masked_image_latents after encoder_hidden_states (and a guidance embedding's input)
+                // mask and masked_image_latents after encoder_hidden_states (and a text mask and a guidance embedding's input)
                 val inputs = components.getValue("unet").inputs.map { it.name }
-                val at = 3 + (if (guidance is Guidance.Embedding) 1 else 0)
+                val at = 3 + (if (masked) 1 else 0) + (if (guidance is Guidance.Embedding) 1 else 0)
                 if (inputs.drop(at).take(2) != INPAINTING_INPUTS) {
                     r.fail("components.unet.inputs", "the manifest declares an inpainting denoiser (image.denoiser) but its unet " +
                         "takes (${inputs.joinToString()}), not ${INPAINTING_INPUTS.joinToString(" and ")} as inputs ${at + 1} and ${at + 2}")
@@ -202,7 +241,8 @@ class Geometry(
 /**
  * CLIP tokenizer settings: files relative to the bundle, pad every prompt to [maxLength] with [padId].
  * [fileSha256] (optional `tokenizer.file_sha256`: path -> sha256) is checked when the manifest has it.
- * The manifest's `tokenizer.kind` (format 2) is absent or [KIND_CLIP_BPE] in every bundle this engine reads.
+ * The manifest's `tokenizer.kind` (format 2) is absent or [KIND_CLIP_BPE] in every bundle this engine reads. Where the
+ * text encoder takes `attention_mask` ([Manifest.maskedText]), each prompt's mask follows [ClipTokenizer.attentionMask].
  */
 class TokenizerSpec(
     val files: List<String>,
@@ -217,8 +257,8 @@ class TokenizerSpec(
         const val KIND_CLIP_BPE = "clip-bpe"
 
         /**
-         * Refuses, in one line naming it, a `tokenizer.kind` other than [KIND_CLIP_BPE] (format 2's "unigram", a
-         * SentencePiece tokenizer without bos_id, for transformer bundles that run in mobilediff's Python engine only).
+         * Refuses, in one line naming it, a `tokenizer.kind` other than [KIND_CLIP_BPE] (format 2's "unigram", T5's
+         * SentencePiece tokenizer without bos_id, whose bundles run in mobilediff's Python engine only).
          */
         internal fun requireClipBpe(r: JsonReader, t: JSONObject) {
             val kind = r.optStr(t, "kind", "tokenizer.kind") ?: return
@@ -226,7 +266,7 @@ class TokenizerSpec(
                 throw BundleError(
                     Manifest.MANIFEST,
                     "tokenizer.kind ${JSONObject.quote(kind)} is not supported by this app: it runs CLIP BPE bundles " +
-                        "(format 2 transformer bundles run in mobilediff's Python engine only)",
+                        "(bundles of other tokenizers run in mobilediff's Python engine only)",
                 )
             }
         }

@@ -129,7 +129,7 @@ class Pipeline(
     val manifest: Manifest = bundle.manifest
     private val tokenizer: ClipTokenizer = bundle.tokenizer()
     private val components: Map<String, Component>
-    private var uncondText: FloatArray? = null
+    private var uncondText: EncodedText? = null
     private val lastLoadMs = LinkedHashMap<String, Double>()
     private val mixer = AdapterMixer(bundle)
 
@@ -190,9 +190,9 @@ class Pipeline(
         }
         components = declared
         if (manifest.inpaintingOnly) {
-            // fed by position after encoder_hidden_states (and a guidance embedding), as the Python runner feeds them
+            // fed by position after encoder_hidden_states (and a text mask and a guidance embedding), as the Python runner feeds them
             val names = manifest.component("unet").inputs.map { it.name }
-            val at = 3 + (if (manifest.guidance is Guidance.Embedding) 1 else 0)
+            val at = manifest.unetExtraInputsAt
             if (names.drop(at).take(2) != UNET_IMAGE_INPUTS) {
                 throw BundleError(
                     Manifest.MANIFEST,
@@ -363,9 +363,11 @@ class Pipeline(
     /**
      * The denoiser as the sampler sees it, (model input, timestep) -> guided output, for [prompt] at guidance [scale]:
      * classifier-free guidance runs the UNet on rows [uncond, cond] and returns uncond + scale * (cond - uncond)
-     * (float32, as Python), only when scale > 1; a guidance embedding is one more UNet input. [imageInputs] (an
-     * inpainting UNet's mask and masked image latent, one row each; empty for any other UNet) follow, stacked for
-     * every row.
+     * (float32, as Python), only when scale > 1; a guidance embedding is one more UNet input. A bundle whose text
+     * encoder takes the caption's padding mask ([Manifest.maskedText]) feeds the denoiser that mask as float32 right
+     * after `encoder_hidden_states`, its rows in the hidden states' order ([uncond, cond] under guidance: the
+     * unconditional prompt's own mask first). [imageInputs] (an inpainting UNet's mask and masked image latent, one
+     * row each; empty for any other UNet) follow, stacked for every row.
      */
     private fun guidedDenoiser(
         prompt: String,
@@ -376,8 +378,9 @@ class Pipeline(
         loads: Timings,
         listener: GenerationListener?,
     ): (FloatArray, Double) -> FloatArray {
-        val encoded = encode(prompt, timings, loads, listener)  // (1, L, D)
-        var text = encoded.data
+        val encoded = encode(prompt, timings, loads, listener)
+        var text = encoded.features.data  // (1, L, D)
+        var textMask = encoded.mask  // L values, or null
         var extra: Tensor.F32? = null
         var cfg = false
         when (val guidance = manifest.guidance) {
@@ -390,13 +393,15 @@ class Pipeline(
                     )
                 }
                 if (cfg) {
-                    val uncond = uncondText ?: encode(guidance.unconditionalPrompt, timings, loads, listener).data.also { uncondText = it }
-                    text = uncond + text
+                    val uncond = uncondText ?: encode(guidance.unconditionalPrompt, timings, loads, listener).also { uncondText = it }
+                    text = uncond.features.data + text
+                    textMask = textMask?.let { uncond.mask!! + it }
                 }
             }
         }
         val rows = if (cfg) 2 else 1
-        val textTensor = Tensor.F32(intArrayOf(rows, encoded.shape[1], encoded.shape[2]), text)
+        val textTensor = Tensor.F32(intArrayOf(rows, encoded.features.shape[1], encoded.features.shape[2]), text)
+        val maskTensor = textMask?.let { Tensor.F32(intArrayOf(rows, it.size / rows), it) }
         val sampleShape = intArrayOf(rows) + latentShape.copyOfRange(1, latentShape.size)
         val w = scale.toFloat()
         val rowInputs = imageInputs.map { e ->
@@ -408,6 +413,7 @@ class Pipeline(
                 Tensor.F32(intArrayOf(rows), FloatArray(rows) { t.toFloat() }),
                 textTensor,
             )
+            maskTensor?.let { inputs.add(it) }
             extra?.let { inputs.add(it) }
             inputs.addAll(rowInputs)
             val out = call("unet", inputs, timings, loads, listener)[0].data
@@ -416,12 +422,21 @@ class Pipeline(
         }
     }
 
-    /** The text encoder's features of [prompt]: (1, L, D). */
-    private fun encode(prompt: String, timings: Timings, loads: Timings, listener: GenerationListener?): Tensor.F32 {
-        val ids = tokenizer.encode(prompt)
-        return call("text_encoder", listOf(Tensor.I32(intArrayOf(1, ids.size), ids)), timings, loads, listener)[0]
+    /**
+     * The text encoder's features of [prompt], (1, L, D), and for a bundle whose text encoder takes the caption's
+     * padding mask ([Manifest.maskedText]) that mask as float32, L values (fed to the text encoder as int32 after the
+     * ids).
+     */
+    private fun encode(prompt: String, timings: Timings, loads: Timings, listener: GenerationListener?): EncodedText {
+        val (ids, mask) = textInputs(prompt)
+        val inputs = listOf(Tensor.I32(intArrayOf(1, ids.size), ids)) + listOfNotNull(mask?.let { Tensor.I32(intArrayOf(1, it.size), it) })
+        val features = call("text_encoder", inputs, timings, loads, listener)[0]
             .also { requireFinite("text_encoder", it.data, "its output") }
+        return EncodedText(features, mask?.let { m -> FloatArray(m.size) { m[it].toFloat() } })
     }
+
+    /** A prompt's text features (1, L, D) and its padding mask as float32 (L values; null: the bundle feeds none). */
+    private class EncodedText(val features: Tensor.F32, val mask: FloatArray?)
 
     private fun call(name: String, inputs: List<Tensor>, timings: Timings, loads: Timings, listener: GenerationListener?): List<Tensor.F32> {
         val component = components[name] ?: throw BundleError(Manifest.MANIFEST, "has no ${backend.target} file for $name " +
@@ -497,6 +512,13 @@ class Pipeline(
 
     /** The CLIP token ids the engine feeds the text encoder for [prompt]. */
     fun tokenize(prompt: String): IntArray = tokenizer.encode(prompt)
+
+    /**
+     * What the engine feeds the text encoder for [prompt]: its ids, and its padding mask ([ClipTokenizer.attentionMask])
+     * where the text encoder takes one ([Manifest.maskedText]), else null.
+     */
+    fun textInputs(prompt: String): Pair<IntArray, IntArray?> =
+        if (manifest.maskedText) tokenizer.encodeWithMask(prompt) else tokenizer.encode(prompt) to null
 
     /** Release every loaded component (the pipeline cannot generate after this). */
     override fun close() {

@@ -7,7 +7,8 @@ import org.junit.Test
 
 /**
  * Text to image on the JVM through the real runtimes against Python's `mobilediff generate --bundle` at the same
- * seed: every fixture model (default DDIM-50 + CFG, progressive 4-step, LCM), seeds 0 and 1, default plan,
+ * seed: every fixture model that runs text-to-image (default DDIM-50 + CFG, progressive 4-step, LCM, and the format-2
+ * "dit" transformer whose text encoder and denoiser take the caption's padding mask), seeds 0 and 1, default plan,
  * ONNX Runtime and (where the bundle has it) ExecuTorch. Bar: image PSNR >= 40 dB.
  */
 class EndToEndTest {

@@ -33,6 +33,15 @@ import java.nio.ByteOrder
  *
  *     unet          ..., mask (batch, 1, 4, 4), masked_image_latents (batch, 3, 4, 4)
  *                   -> out_sample = sample * [unetScale] + mask * [MASK_WEIGHT] + masked_image_latents * [MASKED_WEIGHT]
+ *
+ * With [maskedText] it is a format-2 bundle (`tokenizer.kind` "clip-bpe") whose text encoder and denoiser take the
+ * caption's padding mask, as a transformer pipeline's export declares them:
+ *
+ *     text_encoder  input_ids (batch, 8) int32, attention_mask (batch, 8) int32
+ *                   -> last_hidden_state (batch, 8, 1) = attention_mask as float (the ids times zero)
+ *     unet          sample, timestep, encoder_hidden_states (batch, 8, 1), encoder_attention_mask (batch, 8) float32
+ *                   -> out_sample = sample * [unetScale] + sum(encoder_attention_mask) * [TEXT_MASK_WEIGHT]
+ *                                   + sum(encoder_hidden_states) * [HIDDEN_WEIGHT], each sum over its own row
  */
 object TinyBundle {
     const val MAX_LENGTH = 8
@@ -45,9 +54,11 @@ object TinyBundle {
         imageModes: Boolean = false,
         posterior: String = ImageModes.GAUSSIAN,
         inpaintingUnet: Boolean = false,
+        maskedText: Boolean = false,
         edit: (JSONObject) -> Unit = {},
     ): File {
         require(!inpaintingUnet || (imageModes && !executorch)) { "an inpainting UNet is an ONNX bundle with image modes" }
+        require(!maskedText || (!executorch && !imageModes)) { "a masked-text bundle is an ONNX text-to-image bundle" }
         dir.mkdirs()
         val tokenizer = File(repo, "mobilediff/assets/default_model/tokenizer")
         val tokenizerFiles = listOf("vocab.json", "merges.txt").map { name ->
@@ -103,6 +114,48 @@ object TinyBundle {
                 floats = mapOf("scale" to unetScale, "mask_weight" to MASK_WEIGHT, "masked_weight" to MASKED_WEIGHT),
             )
         }
+        if (maskedText) {
+            graphs["text_encoder"] = Onnx.model(
+                inputs = listOf(
+                    Onnx.Io("input_ids", Onnx.INT32, listOf("batch", MAX_LENGTH)),
+                    Onnx.Io("attention_mask", Onnx.INT32, listOf("batch", MAX_LENGTH)),
+                ),
+                outputs = listOf(Onnx.Io("last_hidden_state", Onnx.FLOAT, listOf("batch", MAX_LENGTH, 1))),
+                nodes = listOf(
+                    Onnx.Node("Cast", listOf("input_ids"), listOf("ids"), intAttributes = mapOf("to" to Onnx.FLOAT.toLong())),
+                    Onnx.Node("Mul", listOf("ids", "zero"), listOf("zeros")),
+                    Onnx.Node("Cast", listOf("attention_mask"), listOf("mask"), intAttributes = mapOf("to" to Onnx.FLOAT.toLong())),
+                    Onnx.Node("Add", listOf("mask", "zeros"), listOf("features")),
+                    Onnx.Node("Unsqueeze", listOf("features", "axes"), listOf("last_hidden_state")),
+                ),
+                floats = mapOf("zero" to 0f),
+                int64Vectors = mapOf("axes" to longArrayOf(2)),
+            )
+            graphs["unet"] = Onnx.model(
+                inputs = listOf(
+                    Onnx.Io("sample", Onnx.FLOAT, listOf("batch", 3, 4, 4)),
+                    Onnx.Io("timestep", Onnx.FLOAT, listOf("batch")),
+                    Onnx.Io("encoder_hidden_states", Onnx.FLOAT, listOf("batch", MAX_LENGTH, 1)),
+                    Onnx.Io("encoder_attention_mask", Onnx.FLOAT, listOf("batch", MAX_LENGTH)),
+                ),
+                outputs = listOf(Onnx.Io("out_sample", Onnx.FLOAT, listOf("batch", 3, 4, 4))),
+                nodes = listOf(
+                    Onnx.Node("Mul", listOf("sample", "scale"), listOf("scaled")),
+                    // (batch, 8) -> (batch, 1) -> (batch, 1, 1, 1)
+                    Onnx.Node("ReduceSum", listOf("encoder_attention_mask", "axis1"), listOf("mask_sum")),
+                    Onnx.Node("Unsqueeze", listOf("mask_sum", "axes23"), listOf("mask_sum4")),
+                    Onnx.Node("Mul", listOf("mask_sum4", "mask_weight"), listOf("weighted_mask")),
+                    // (batch, 8, 1) -> (batch, 1, 1) -> (batch, 1, 1, 1)
+                    Onnx.Node("ReduceSum", listOf("encoder_hidden_states", "axis1"), listOf("hidden_sum")),
+                    Onnx.Node("Unsqueeze", listOf("hidden_sum", "axes3"), listOf("hidden_sum4")),
+                    Onnx.Node("Mul", listOf("hidden_sum4", "hidden_weight"), listOf("weighted_hidden")),
+                    Onnx.Node("Add", listOf("scaled", "weighted_mask"), listOf("with_mask")),
+                    Onnx.Node("Add", listOf("with_mask", "weighted_hidden"), listOf("out_sample")),
+                ),
+                floats = mapOf("scale" to unetScale, "mask_weight" to TEXT_MASK_WEIGHT, "hidden_weight" to HIDDEN_WEIGHT),
+                int64Vectors = mapOf("axis1" to longArrayOf(1), "axes23" to longArrayOf(2, 3), "axes3" to longArrayOf(3)),
+            )
+        }
         if (imageModes) {
             graphs[Manifest.IMAGE_ENCODER] = Onnx.model(
                 inputs = listOf(Onnx.Io("sample", Onnx.FLOAT, listOf("batch", 3, 4, 4))),
@@ -124,8 +177,11 @@ object TinyBundle {
         fun io(name: String, dtype: String, vararg dims: Int) = JSONObject().put("name", name).put("dtype", dtype)
             .put("shape", JSONArray(listOf<Any>("batch") + dims.drop(1))).put("static_shape", JSONArray(dims.toList()))
         val ios = mapOf(
-            "text_encoder" to (listOf(io("input_ids", "int32", 1, MAX_LENGTH)) to listOf(io("last_hidden_state", "float32", 1, MAX_LENGTH, 1))),
+            "text_encoder" to (listOf(io("input_ids", "int32", 1, MAX_LENGTH)) +
+                (if (maskedText) listOf(io("attention_mask", "int32", 1, MAX_LENGTH)) else emptyList())
+                to listOf(io("last_hidden_state", "float32", 1, MAX_LENGTH, 1))),
             "unet" to (listOf(io("sample", "float32", 1, 3, 4, 4), io("timestep", "float32", 1), io("encoder_hidden_states", "float32", 1, MAX_LENGTH, 1)) +
+                (if (maskedText) listOf(io("encoder_attention_mask", "float32", 1, MAX_LENGTH)) else emptyList()) +
                 (if (inpaintingUnet) listOf(io("mask", "float32", 1, 1, 4, 4), io("masked_image_latents", "float32", 1, 3, 4, 4)) else emptyList())
                 to listOf(io("out_sample", "float32", 1, 3, 4, 4))),
             "vae_decoder" to (listOf(io("latent_sample", "float32", 1, 3, 4, 4)) to listOf(io("sample", "float32", 1, 3, 4, 4))),
@@ -171,6 +227,10 @@ object TinyBundle {
                 .put("add_noise", JSONArray().put(JSONArray(listOf(ADD_NOISE_IMAGE, ADD_NOISE_NOISE))))
                 .put("starts", JSONObject())
         }
+        if (maskedText) {
+            manifest.put("format_version", 2)
+            manifest.getJSONObject("tokenizer").put("kind", TokenizerSpec.KIND_CLIP_BPE)
+        }
         edit(manifest)
         File(dir, Manifest.MANIFEST).writeText(manifest.toString(2))
         return dir
@@ -184,6 +244,10 @@ object TinyBundle {
     /** The inpainting UNet's weights of its mask and masked-image-latent inputs. */
     const val MASK_WEIGHT = 0.125f
     const val MASKED_WEIGHT = 0.25f
+
+    /** The masked-text denoiser's weights of its mask's sum and its hidden states' sum ([write]'s `maskedText`). */
+    const val TEXT_MASK_WEIGHT = 0.0625f
+    const val HIDDEN_WEIGHT = 0.03125f
 
     /** A pipeline on the bundle in [dir], on ONNX Runtime unless another [backend] is given. */
     fun pipeline(dir: File, backend: Backend = OnnxRuntimeBackend()): Pipeline = Pipeline(Bundle.open(dir), backend)
