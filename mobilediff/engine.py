@@ -62,14 +62,14 @@ class BundleTokenizer:
         return self.ids_and_mask(prompt) if self.masked else (self.ids(prompt),)
 
     def ids_and_mask(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, max_length) int32 ids and mask of ``prompt``: the mask 1 over BOS, the ids and EOS, 0 over the
-        padding (as the tokenizer's attention_mask)."""
-        ids = self.ids(prompt)
-        n = int((ids[0] != self.spec.pad_id).sum()) if self.spec.pad_id != self.spec.eos_id else \
-            int(ids[0].tolist().index(self.spec.eos_id)) + 1
-        mask = torch.zeros_like(ids)
+        """(1, max_length) int32 ids and mask of ``prompt``: the mask 1 over BOS, the prompt's ids that fit and EOS,
+        0 over the padding (the tokenizer's attention_mask; an EOS or pad id spelled out in the prompt is the
+        prompt's, not padding)."""
+        s = self.spec
+        n = len(self._body(prompt)) + 2
+        mask = torch.zeros((1, s.max_length), dtype=torch.int32)
         mask[0, :n] = 1
-        return ids, mask
+        return self.ids(prompt), mask
 
     def warn_if_truncated(self, prompt: str, warn) -> None:
         """Warn, naming what is lost, when ``prompt`` is longer than the text encoder takes (it is truncated)."""
@@ -77,10 +77,14 @@ class BundleTokenizer:
 
         check_prompt_length(self.bpe, prompt, warn)
 
+    def _body(self, prompt: str) -> list[int]:
+        """The prompt's ids without specials, truncated to what fits between BOS and EOS."""
+        return self.bpe(prompt, add_special_tokens=False, verbose=False).input_ids[: self.spec.max_length - 2]
+
     def ids(self, prompt: str) -> torch.Tensor:
         """(1, max_length) int32 ids of ``prompt``."""
         s = self.spec
-        body = self.bpe(prompt, add_special_tokens=False, verbose=False).input_ids[: s.max_length - 2]
+        body = self._body(prompt)
         ids = [s.bos_id, *body, s.eos_id] + [s.pad_id] * (s.max_length - 2 - len(body))
         return torch.tensor([ids], dtype=torch.int32)
 

@@ -829,6 +829,8 @@ CASES = [
                                                             "--device", str(c.t / "d.json"), "--out", str(c.t / "r")],
          lambda c: (user_file(c, "s.json", json.dumps([STUDY_ROW])), user_file(c, "d.json", "{}")),
          "is not a run_device result"),
+    Case("sampler_tables-steps-zero", lambda c: ["sampler_tables", "--steps", "0", "--out", str(c.t / "r")], None,
+         "--steps: must be an integer >= 1"),
     Case("backbones-device-missing", lambda c: ["backbones", "--device", str(c.t / "nope.json"), "--out",
                                                 str(c.t / "r")], None, "--device {t}/nope.json: no such file"),
     Case("backbones-unet-without-dit", lambda c: ["backbones", "--unet", "default:unet-l", "--out", str(c.t / "r")],

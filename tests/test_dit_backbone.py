@@ -83,7 +83,7 @@ def test_clip_caption_mask_is_the_tokenizers_attention_mask(dit_run, dit_bundle)
     tok = load_pipeline(dit_run / "model", transformers=True).tokenizer
     ours = bundle_tokenizer(dit_bundle, read_manifest(dit_bundle))
     assert ours.masked
-    for prompt in ("", PROMPT, "a " * 40):
+    for prompt in ("", PROMPT, "a " * 40, "a <|endoftext|> red"):
         enc = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True)
         ids, mask = ours.inputs(prompt)
         assert ids[0].tolist() == enc.input_ids[0] and mask[0].tolist() == enc.attention_mask[0]
@@ -100,10 +100,11 @@ def test_clip_caption_mask_with_a_padding_token_other_than_eos(tmp_path):
     files = tuple(f"tok/{n}" for n in ("vocab.json", "merges.txt"))
     ours = BundleTokenizer(tmp_path, Tokenizer(max_length=12, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id,
                                                pad_id=tok.pad_token_id, files=files))
-    enc = tok(["a red circle"], padding="max_length", max_length=12)
-    ids, mask = ours.ids_and_mask("a red circle")
     assert tok.pad_token_id != tok.eos_token_id
-    assert ids[0].tolist() == enc.input_ids[0] and mask[0].tolist() == enc.attention_mask[0]
+    for prompt in ("a red circle", "a <|endoftext|> red", ""):  # the EOS id spelled out is the prompt's
+        enc = tok([prompt], padding="max_length", max_length=12)
+        ids, mask = ours.ids_and_mask(prompt)
+        assert ids[0].tolist() == enc.input_ids[0] and mask[0].tolist() == enc.attention_mask[0], prompt
 
 
 def test_resuming_a_unet_run_as_a_dit_is_refused(dit_run, capsys):

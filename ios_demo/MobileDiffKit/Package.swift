@@ -8,9 +8,12 @@
 //   framework an iPhone build links. Linux (tests, command line) links the same version's libonnxruntime.so,
 //   macOS (`swift build` on a Mac) its libonnxruntime.dylib; on iOS the app links the static xcframework
 //   (../App/project.yml).
-// - ExecuTorch (CExecuTorch, iOS only): a C shim over the C++ Module API of ExecutorchLib.xcframework, compiled
-//   against that package's headers; the app embeds the dynamic framework. Absent on Linux and macOS, where the
-//   framework has no slice.
+// - ExecuTorch (CExecuTorch): a C shim over ExecuTorch's C++ Module API. On iOS it is compiled against the headers
+//   of ExecutorchLib.xcframework, which the app embeds. That framework has no Linux or macOS slice: on Linux (tests,
+//   command line) the shim is compiled against the executorch wheel's headers and links the wheel's host runtime
+//   (Vendor/executorch/linux-x64, laid out by fetch-runtimes.sh from the project's Python: libexecutorch with its
+//   optimized kernels, XNNPACK backend and thread pool, the runtime Python's `generate --bundle` runs `.pte` files on).
+//   Absent on macOS.
 // - sha256 comes from CryptoKit on Apple platforms and from the system's libcrypto on Linux (CLibCrypto).
 // Without Vendor/ the package still builds, without the ONNX Runtime and ExecuTorch backends.
 import Foundation
@@ -20,16 +23,21 @@ let vendor = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendi
 func vendored(_ path: String) -> Bool { FileManager.default.fileExists(atPath: "\(vendor)/\(path)") }
 let hasONNXRuntime = vendored("onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/onnxruntime_c_api.h")
 let executorchHeaders = vendored("executorch/include/executorch/extension/module/module.h")
+let hostExecuTorch = "\(vendor)/executorch/linux-x64"
+let hasHostExecuTorch = vendored("executorch/linux-x64/include/executorch/extension/module/module.h")
+    && vendored("executorch/linux-x64/lib/libexecutorch.so")
 // The ExecuTorch shim is part of the package where Xcode evaluates it (a Mac), for its iOS builds. On Linux,
 // MOBILEDIFF_CHECK_EXECUTORCH=1 compiles it and the Swift backend over it without linking
 // (../scripts/check-executorch.sh: `swift build --target MobileDiffKit`), to check both against the real headers.
 let checkExecuTorch = ProcessInfo.processInfo.environment["MOBILEDIFF_CHECK_EXECUTORCH"] == "1" && executorchHeaders
 #if os(macOS)
 let hasExecuTorch = executorchHeaders && vendored("ExecutorchLib.xcframework/Info.plist")
+let runsHostExecuTorch = false
 #else
-let hasExecuTorch = checkExecuTorch
+let runsHostExecuTorch = hasHostExecuTorch && !checkExecuTorch
+let hasExecuTorch = checkExecuTorch || runsHostExecuTorch
 #endif
-let executorchPlatforms: [Platform] = checkExecuTorch ? [.iOS, .linux] : [.iOS]
+let executorchPlatforms: [Platform] = checkExecuTorch || runsHostExecuTorch ? [.iOS, .linux] : [.iOS]
 
 var runtimeTargets: [Target] = []
 var engineDependencies: [Target.Dependency] = [.target(name: "CLibCrypto", condition: .when(platforms: [.linux]))]
@@ -47,13 +55,28 @@ if hasONNXRuntime {
     }
 }
 if hasExecuTorch {
+    // the host runtime's headers as the wheel's executorch-config.cmake gives them to a consumer (its c10 headers and
+    // the definitions it was built with)
+    let headers = runsHostExecuTorch
+        ? ["-I\(hostExecuTorch)/include", "-I\(hostExecuTorch)/include/executorch/runtime/core/portable_type/c10",
+           "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED", "-DET_USE_THREADPOOL"]
+        : ["-I\(vendor)/executorch/include"]
     runtimeTargets.append(.target(
         name: "CExecuTorch",
         path: "Sources/CExecuTorch",
-        cxxSettings: [.unsafeFlags(["-I\(vendor)/executorch/include"])]
+        cxxSettings: [.unsafeFlags(headers)]
     ))
     engineDependencies.append(.target(name: "CExecuTorch", condition: .when(platforms: executorchPlatforms)))
     engineSwiftSettings.append(.define("MOBILEDIFF_EXECUTORCH", .when(platforms: executorchPlatforms)))
+    if runsHostExecuTorch {
+        // every library linked whether or not a symbol of it is referenced: the kernels and the XNNPACK backend
+        // register themselves with the runtime when loaded
+        let lib = "\(hostExecuTorch)/lib"
+        engineLinkerSettings.append(.unsafeFlags([
+            "-L\(lib)", "-Xlinker", "--no-as-needed", "-lexecutorch", "-lexecutorch_kernels_optimized",
+            "-lexecutorch_backend_xnnpack", "-lexecutorch_threadpool", "-Xlinker", "-rpath", "-Xlinker", lib,
+        ], .when(platforms: [.linux])))
+    }
 }
 
 let package = Package(

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The iOS engine's command line on Linux (the MobileDiffKit code the app runs; ONNX Runtime 1.29.0, the phone's
-# version, through its C API).
+# version, through its C API; ExecuTorch, the executorch wheel's host runtime, for `--backend executorch`).
 # Builds the toolchain and the engine when needed, then runs it on the host through the toolchain's loader.
-#   engine.sh generate --bundle B --backend onnx --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
+#   engine.sh generate --bundle B --backend onnx|executorch --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
 #                      [--threads T] [--warmup N] [--repeats N] [--low-memory]
 #                      [--init-image IMG.png [--mask MASK.png] [--strength S]] --out IMG.png --json RESULT.json
 #   engine.sh check-goldens --bundle B --goldens DIR --backend onnx [--model NAME] --json ROWS.json
@@ -15,7 +15,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/chroot.sh"
 "$IOS_DEMO/scripts/setup-toolchain.sh" >/dev/null
-# the phone's ONNX Runtime (cached after the first run); its messages are shown only when it fails
+# the runtimes (cached after the first run); its messages are shown only when it fails
 runtimes_log="$("$IOS_DEMO/scripts/fetch-runtimes.sh" 2>&1)" || { echo "$runtimes_log" >&2; exit 1; }
 # a rebuild's output is shown only when it fails: on success stderr holds the engine's own lines alone
 build_log="$(build_if_stale 2>&1)" || { echo "$build_log" >&2; exit 1; }

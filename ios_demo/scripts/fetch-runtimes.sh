@@ -6,6 +6,9 @@
 # name, version and sha512 (mobilediff/runtimes.py), checks the tarball and prints the unpacked package's root:
 #   onnxruntime-mobile  com.github.asus4.onnxruntime (official ONNX Runtime builds, one version for every platform)
 #   executorch-mobile   react-native-executorch (ExecuTorch's iOS framework and its C++ headers)
+# and, for Linux, the host runtime of the executorch wheel installed in the project's Python (a dependency of
+# mobilediff; ExecutorchLib has iOS slices only): the same C++ Module API, the library Python's `generate --bundle`
+# and the Android engine's JVM tests run `.pte` files on.
 #
 # Layout (Vendor/):
 #   onnxruntime.xcframework/         ORT's static C API framework for iOS (device, simulator, Mac Catalyst); the app
@@ -14,9 +17,14 @@
 #   onnxruntime/macos-arm64/         the same version's macOS library (`swift build` on a Mac)
 #   ExecutorchLib.xcframework/       ExecuTorch's dynamic framework for iOS (device, simulator); the app embeds it
 #   executorch/include/              ExecuTorch's C++ headers of that framework (the CExecuTorch shim's)
+#   executorch/linux-x64/            the executorch wheel's host runtime: lib/ (libexecutorch, its optimized kernels,
+#                                    its XNNPACK backend and thread pool) and include/ (its headers); the engine's
+#                                    Linux builds (tests, command line) link it
 #   runtimes.json                    what was laid out: the pins (package, version, sha512, runtime version), the ORT
-#                                    version of the Linux library (checked against the pin) and the headers' C API
-# A second run with the same pins returns at once; other pins lay everything out again.
+#                                    version of the Linux library (checked against the pin), the headers' C API and
+#                                    the executorch wheel's version
+# A second run with the same pins and executorch wheel returns at once; others lay everything out again. Without an
+# executorch wheel in that Python, executorch/linux-x64/ is not laid out (the Linux builds hold ONNX Runtime alone).
 #   MOBILEDIFF_PYTHON=PY   the Python with mobilediff installed (default: the repository's .venv, else python3)
 set -euo pipefail
 . "$(dirname "$0")/lib/chroot.sh"
@@ -38,8 +46,19 @@ if missing:
     sys.exit(f"error: mobilediff.runtimes has no pin for {missing}")
 print(json.dumps({n: pins[n] for n in ("onnxruntime-mobile", "executorch-mobile")}, sort_keys=True))
 ')" || exit 1
+# the executorch wheel in that Python: its package folder and version (empty where it is not installed)
+et_host="$("$PYTHON" -c '
+import importlib.metadata, importlib.util
+spec = importlib.util.find_spec("executorch")
+if spec and spec.submodule_search_locations:
+    print(importlib.metadata.version("executorch"))
+    print(list(spec.submodule_search_locations)[0])
+' 2>/dev/null || true)"
+et_host_version="$(printf '%s\n' "$et_host" | sed -n 1p)"
+et_host_dir="$(printf '%s\n' "$et_host" | sed -n 2p)"
+layout="$(printf '%s' "$pins" | "$PYTHON" -c 'import json, sys; print(json.dumps({"pins": json.load(sys.stdin), "executorch_host": sys.argv[1] or None}, sort_keys=True))' "$et_host_version")"
 stamp="$VENDOR_DIR/runtimes.json"
-if [ -f "$stamp" ] && [ "$("$PYTHON" -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["pins"], sort_keys=True))' "$stamp")" = "$pins" ]; then
+if [ -f "$stamp" ] && [ "$("$PYTHON" -c 'import json,sys; d = json.load(open(sys.argv[1])); print(json.dumps({"pins": d["pins"], "executorch_host": (d.get("executorch_host") or {}).get("version")}, sort_keys=True))' "$stamp")" = "$layout" ]; then
     echo "[ios] runtimes: cached in $VENDOR_DIR" >&2
     exit 0
 fi
@@ -79,6 +98,17 @@ cp "$ort/Plugins/macOS/arm64/libonnxruntime.dylib" "$partial/onnxruntime/macos-a
 # the names the libraries are loaded by (their SONAME / install name)
 ln -s libonnxruntime.so "$partial/onnxruntime/linux-x64/libonnxruntime.so.1"
 ln -s libonnxruntime.dylib "$partial/onnxruntime/macos-arm64/libonnxruntime.1.dylib"
+# the executorch wheel's host runtime (the libraries find each other through their $ORIGIN run path)
+et_host_libs="libexecutorch.so libexecutorch_kernels_optimized.so libexecutorch_backend_xnnpack.so libexecutorch_threadpool.so"
+if [ -n "$et_host_version" ]; then
+    for f in $et_host_libs; do need "$et_host_dir/lib/$f"; done
+    need "$et_host_dir/include/executorch/extension/module/module.h"
+    mkdir -p "$partial/executorch/linux-x64/lib"
+    for f in $et_host_libs; do copy "$et_host_dir/lib/$f" "$partial/executorch/linux-x64/lib/$f"; done
+    copy "$et_host_dir/include" "$partial/executorch/linux-x64/include"
+else
+    echo "[ios] runtimes: $PYTHON has no executorch wheel: the Linux builds will hold ONNX Runtime alone" >&2
+fi
 # npm tarballs hold no symbolic links, so the Mac Catalyst slice (a versioned macOS-style framework) arrives without
 # the links Xcode expects at its top level; they are made again here
 catalyst="$partial/onnxruntime.xcframework/ios-arm64_x86_64-maccatalyst/onnxruntime.framework"
@@ -98,10 +128,10 @@ pinned_version="$(printf '%s' "$pins" | "$PYTHON" -c 'import json, sys; print(js
 [ -z "$pinned_version" ] || [ "$pinned_version" = "$linux_version" ] ||
     die "the package's ONNX Runtime is $linux_version but mobilediff.runtimes pins onnxruntime-mobile as ONNX Runtime $pinned_version"
 
-"$PYTHON" - "$partial/runtimes.json" "$pins" "$ort" "$et" "$api" "$linux_version" <<'PY'
+"$PYTHON" - "$partial/runtimes.json" "$pins" "$ort" "$et" "$api" "$linux_version" "$et_host_version" "$et_host_libs" <<'PY'
 import json, sys
 from pathlib import Path
-out, pins, ort, et, api, linux_version = sys.argv[1:]
+out, pins, ort, et, api, linux_version, et_host_version, et_host_libs = sys.argv[1:]
 record = {
     "pins": json.loads(pins),
     "onnxruntime": {
@@ -115,6 +145,11 @@ record = {
         "package": json.loads((Path(et) / "package.json").read_text())["version"],
         "files": ["ExecutorchLib.xcframework", "executorch/include"],
     },
+    "executorch_host": {
+        "wheel": "executorch",
+        "version": et_host_version,
+        "files": [f"executorch/linux-x64/lib/{f}" for f in et_host_libs.split()] + ["executorch/linux-x64/include"],
+    } if et_host_version else None,
 }
 Path(out).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 PY
@@ -122,4 +157,5 @@ rm -rf "$VENDOR_DIR.old"
 [ -e "$VENDOR_DIR" ] && mv "$VENDOR_DIR" "$VENDOR_DIR.old"
 mv "$partial" "$VENDOR_DIR"
 rm -rf "$VENDOR_DIR.old"
-echo "[ios] runtimes: ONNX Runtime $linux_version (C API $api) and ExecuTorch's framework laid out in $VENDOR_DIR" >&2
+host_et="${et_host_version:+ and the host runtime of the executorch $et_host_version wheel}"
+echo "[ios] runtimes: ONNX Runtime $linux_version (C API $api), ExecuTorch's framework$host_et laid out in $VENDOR_DIR" >&2

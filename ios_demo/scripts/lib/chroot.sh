@@ -104,10 +104,10 @@ filter_schema_noise() {
 # with the root's libraries, so it sees the host's paths (bundles, outputs) without a chroot.
 ENGINE_BIN="$PACKAGE_DIR/.build/debug/mobilediff-engine"
 # The runtimes fetch-runtimes.sh lays out for the package (git-ignored): ONNX Runtime's Linux library and its
-# xcframework's headers, ExecuTorch's xcframework and headers.
+# xcframework's headers, ExecuTorch's xcframework and headers, the executorch wheel's host runtime.
 VENDOR_DIR="$PACKAGE_DIR/Vendor"
 run_on_host() {
-    local libs="$VENDOR_DIR/onnxruntime/linux-x64:$TRIXIE_ROOT/usr/lib/x86_64-linux-gnu:$TRIXIE_ROOT/lib/x86_64-linux-gnu:$TRIXIE_ROOT/usr/lib/swift/linux"
+    local libs="$VENDOR_DIR/onnxruntime/linux-x64:$VENDOR_DIR/executorch/linux-x64/lib:$TRIXIE_ROOT/usr/lib/x86_64-linux-gnu:$TRIXIE_ROOT/lib/x86_64-linux-gnu:$TRIXIE_ROOT/usr/lib/swift/linux"
     "$TRIXIE_ROOT/lib64/ld-linux-x86-64.so.2" --library-path "$libs" "$@"
 }
 

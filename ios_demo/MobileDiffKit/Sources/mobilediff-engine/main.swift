@@ -2,7 +2,7 @@
 // notes/apps_contract.md and ../../README.md). Wrapped by ios_demo/scripts/engine.sh, which runs it inside the
 // Linux toolchain's chroot.
 //
-//   generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
+//   generate --bundle B --backend onnx|coreml|executorch --prompt P --seed S [--steps N] [--guidance G] [--sampler NAME]
 //            [--threads T] [--warmup N (untimed runs first, default 1)] [--repeats N (timed runs; the median is
 //            reported, default 1)] [--onnx-format auto|ort|onnx (ONNX Runtime: auto runs a component's .ort file
 //            where the bundle lists one, else its .onnx)] [--low-memory (each model loaded when its turn comes and
@@ -30,7 +30,7 @@ struct UsageError: Error, CustomStringConvertible {
 }
 
 let usage = """
-    usage: mobilediff-engine generate --bundle B --backend onnx|coreml --prompt P --seed S [--steps N] [--guidance G]
+    usage: mobilediff-engine generate --bundle B --backend onnx|coreml|executorch --prompt P --seed S [--steps N] [--guidance G]
                                       [--sampler NAME] [--threads T] [--warmup N] [--repeats N]
                                       [--onnx-format auto|ort|onnx] [--low-memory]
                                       [--init-image IMG.png [--mask MASK.png] [--strength S]] [--lora NAME[:SCALE]]...
@@ -101,8 +101,9 @@ func makeBackend(_ name: String, threads: Int, onnxFormat: String) throws -> any
         throw MobileDiffError.backendUnavailable("Core ML runs on Apple platforms only")
         #endif
     case "executorch":
-        // ExecutorchLib.xcframework has iOS slices only: its backend is in the app's builds of MobileDiffKit
-        throw MobileDiffError.backendUnavailable("the iOS engine runs ExecuTorch in the iOS app only (ExecutorchLib.xcframework has no slice for this platform): use onnx")
+        // iOS builds hold ExecutorchLib.xcframework, Linux builds the executorch wheel's host runtime where it was laid
+        // out; elsewhere this is `backendUnavailable`
+        return try BackendKind.executorch.makeBackend()
     default:
         throw UsageError(description: "unknown backend \(name) (onnx, coreml, executorch)")
     }

@@ -3,10 +3,12 @@ import XCTest
 @testable import MobileDiffKit
 
 /// The fixtures the Python side writes for the app tests (`python -m mobilediff.fixtures DIR`, run by
-/// ios_demo/scripts/test.sh): DIR/<name>/bundle, DIR/<name>/goldens, DIR/<name>/reference/onnx_seed<S>.*
-/// for name in default, progressive-4, lcm, lcm-48x80, and inpainting-unet (an inpainting UNet's bundle: image
-/// references only, no goldens, no text-to-image references). Tests that need them skip when MOBILEDIFF_FIXTURES is
-/// unset (test.sh always sets it, and fails on any skip).
+/// ios_demo/scripts/test.sh): DIR/<name>/bundle, DIR/<name>/goldens, DIR/<name>/reference/<runtime>_seed<S>.* (one
+/// set per runtime the fixture's bundle is exported for: DIR/index.json's `runtimes`) for name in default,
+/// progressive-4, lcm, lcm-48x80, emoji-lcm, inpainting-unet (an inpainting UNet's bundle: image references only, no
+/// goldens, no text-to-image references) and dit (a format-2 transformer bundle whose text encoder and denoiser take
+/// the caption's padding mask: no goldens). Tests that need them skip when MOBILEDIFF_FIXTURES is unset (test.sh
+/// always sets it, and fails on any skip).
 enum Fixtures {
     static var root: URL? {
         ProcessInfo.processInfo.environment["MOBILEDIFF_FIXTURES"].map { URL(fileURLWithPath: $0) }
@@ -43,6 +45,17 @@ enum Fixtures {
             return false
         }
         return FileManager.default.fileExists(atPath: root.appendingPathComponent("\(name)/goldens/goldens.json").path)
+    }
+
+    /// The runtimes fixture `name`'s bundle is exported for and Python made references on (DIR/index.json's
+    /// `runtimes`; ["onnx"] where the index does not list them).
+    static func runtimes(_ name: String) throws -> [String] {
+        let root = try requireRoot()
+        guard let data = try? Data(contentsOf: root.appendingPathComponent("index.json")),
+              let index = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let entry = (index["models"] as? [String: Any])?[name] as? [String: Any],
+              let runtimes = entry["runtimes"] as? [String], !runtimes.isEmpty else { return ["onnx"] }
+        return runtimes
     }
 
     /// The fixtures whose bundles run text-to-image (all but an inpainting UNet's, which runs inpainting alone).

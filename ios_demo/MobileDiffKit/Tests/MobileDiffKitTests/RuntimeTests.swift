@@ -71,9 +71,20 @@ final class RuntimeTests: XCTestCase {
         XCTAssertTrue(BackendKind.compiledIn.contains(.onnx))
         #endif
         #if os(Linux)
-        XCTAssertEqual(BackendKind.compiledIn, [.onnx], "Core ML is Apple's; ExecutorchLib has iOS slices only")
+        // Core ML is Apple's; ExecutorchLib has iOS slices only, so a Linux build holds ExecuTorch where the executorch
+        // wheel's host runtime was laid out (test.sh names its version in MOBILEDIFF_EXECUTORCH_VERSION, and then it
+        // must be there)
+        let hostExecuTorch = BackendKind.compiledIn.contains(.executorch)
+        XCTAssertEqual(BackendKind.compiledIn, hostExecuTorch ? [.onnx, .executorch] : [.onnx])
+        if let version = ProcessInfo.processInfo.environment["MOBILEDIFF_EXECUTORCH_VERSION"] {
+            XCTAssertTrue(hostExecuTorch, "test.sh laid out the executorch \(version) wheel's host runtime, but this build does not hold ExecuTorch")
+            print("executorch_version \(version) (the executorch wheel's host runtime)")
+        }
         XCTAssertEqual(try BackendKind.onnx.makeBackend().fileTargets, ["ort", "onnx"])
-        for kind in [BackendKind.coreml, .executorch] {
+        if hostExecuTorch {
+            XCTAssertEqual(try BackendKind.executorch.makeBackend().fileTargets, ["executorch"])
+        }
+        for kind in [BackendKind.coreml] + (hostExecuTorch ? [] : [.executorch]) {
             XCTAssertThrowsError(try kind.makeBackend()) { error in
                 guard case .backendUnavailable = error as? MobileDiffError else { return XCTFail("\(error)") }
             }

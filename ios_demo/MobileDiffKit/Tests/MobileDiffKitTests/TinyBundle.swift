@@ -11,10 +11,20 @@ import Foundation
 ///
 /// so the image is `unetScale * decoderScale * noise` (clamped). `edit` changes the manifest after every sha256 is
 /// recorded in it. The Kotlin engine's tests write the same bundle (android_demo/core/src/test/.../TinyBundle.kt).
+///
+/// `masked`: a format-2 bundle whose text encoder and denoiser take the caption's padding mask, as a transformer
+/// bundle's do (`tokenizer.kind` "clip-bpe"):
+///
+///     text_encoder  input_ids (batch, 8) int32, attention_mask (batch, 8) int32 -> last_hidden_state = attention_mask (batch, 8, 1) float32
+///     unet          sample, timestep, encoder_hidden_states, encoder_attention_mask (batch, 8) float32
+///                   -> out_sample = sample * unetScale + maskWeight * Σ encoder_attention_mask (over the 8 tokens, per row)
+///
+/// so each denoiser row's output moves by `maskWeight` times the ones of the mask fed to that row.
 enum TinyBundle {
     static let maxLength = 8
+    static let maskWeight: Float = 0.05
 
-    static func write(unetScale: Float = 0.5, decoderScale: Float = 1,
+    static func write(unetScale: Float = 0.5, decoderScale: Float = 1, masked: Bool = false,
                       edit: (inout [String: Any], URL) throws -> Void = { _, _ in }) throws -> URL {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tiny-bundle-\(UUID().uuidString)")
         let fm = FileManager.default
@@ -28,7 +38,7 @@ enum TinyBundle {
             tokenizerSums["tokenizer/\(name)"] = try FileChecks.sha256(of: dir.appendingPathComponent("tokenizer/\(name)"))
         }
         let L = maxLength
-        let graphs: [(String, Data)] = [
+        var graphs: [(String, Data)] = [
             ("text_encoder", ONNXWriter.model(
                 inputs: [.init("input_ids", ONNXWriter.int32, ["batch", L])],
                 outputs: [.init("last_hidden_state", ONNXWriter.float, ["batch", L, 1])],
@@ -51,12 +61,36 @@ enum TinyBundle {
         func io(_ name: String, _ dtype: String, _ dims: [Int]) -> [String: Any] {
             ["name": name, "dtype": dtype, "shape": (["batch"] as [Any]) + dims.dropFirst().map { $0 as Any }, "static_shape": dims]
         }
-        let ios: [String: ([[String: Any]], [[String: Any]])] = [
+        var ios: [String: ([[String: Any]], [[String: Any]])] = [
             "text_encoder": ([io("input_ids", "int32", [1, L])], [io("last_hidden_state", "float32", [1, L, 1])]),
             "unet": ([io("sample", "float32", [1, 3, 4, 4]), io("timestep", "float32", [1]), io("encoder_hidden_states", "float32", [1, L, 1])],
                      [io("out_sample", "float32", [1, 3, 4, 4])]),
             "vae_decoder": ([io("latent_sample", "float32", [1, 3, 4, 4])], [io("sample", "float32", [1, 3, 4, 4])]),
         ]
+        if masked {
+            graphs[0].1 = ONNXWriter.model(
+                inputs: [.init("input_ids", ONNXWriter.int32, ["batch", L]), .init("attention_mask", ONNXWriter.int32, ["batch", L])],
+                outputs: [.init("last_hidden_state", ONNXWriter.float, ["batch", L, 1])],
+                nodes: [.init("Cast", ["input_ids"], ["ids"], ints: ["to": Int64(ONNXWriter.float)]),
+                        .init("Mul", ["ids", "zero"], ["zeros"]),
+                        .init("Cast", ["attention_mask"], ["mask"], ints: ["to": Int64(ONNXWriter.float)]),
+                        .init("Add", ["zeros", "mask"], ["features"]),
+                        .init("Unsqueeze", ["features", "axes"], ["last_hidden_state"])],
+                floats: ["zero": 0], int64Vectors: ["axes": [2]])
+            graphs[1].1 = ONNXWriter.model(
+                inputs: [.init("sample", ONNXWriter.float, ["batch", 3, 4, 4]), .init("timestep", ONNXWriter.float, ["batch"]),
+                         .init("encoder_hidden_states", ONNXWriter.float, ["batch", L, 1]),
+                         .init("encoder_attention_mask", ONNXWriter.float, ["batch", L])],
+                outputs: [.init("out_sample", ONNXWriter.float, ["batch", 3, 4, 4])],
+                nodes: [.init("Mul", ["sample", "scale"], ["scaled"]),
+                        .init("ReduceSum", ["encoder_attention_mask", "token_axis"], ["ones"], ints: ["keepdims": 1]),
+                        .init("Unsqueeze", ["ones", "image_axes"], ["ones_4d"]),
+                        .init("Mul", ["ones_4d", "weight"], ["shift"]),
+                        .init("Add", ["scaled", "shift"], ["out_sample"])],
+                floats: ["scale": unetScale, "weight": maskWeight], int64Vectors: ["token_axis": [1], "image_axes": [2, 3]])
+            ios["text_encoder"]!.0.append(io("attention_mask", "int32", [1, L]))
+            ios["unet"]!.0.append(io("encoder_attention_mask", "float32", [1, L]))
+        }
         var components: [String: Any] = [:]
         for (name, graph) in graphs {
             let path = "\(name)/model.onnx"
@@ -81,6 +115,12 @@ enum TinyBundle {
             "model": ["role": "teacher"],
             "default_sampling": ["sampler": "ddim", "steps": 1, "guidance": 1.0],
         ]
+        if masked {
+            manifest["format_version"] = 2
+            var tokenizer = manifest["tokenizer"] as! [String: Any]
+            tokenizer["kind"] = "clip-bpe"
+            manifest["tokenizer"] = tokenizer
+        }
         try edit(&manifest, dir)
         try JSONSerialization.data(withJSONObject: manifest, options: [.prettyPrinted, .sortedKeys])
             .write(to: dir.appendingPathComponent("manifest.json"))

@@ -29,7 +29,8 @@ public enum BackendKind: String, CaseIterable, Sendable, Identifiable {
     }
 
     /// The runtimes compiled into this build, in the order an app prefers them: Core ML (Apple platforms), ONNX
-    /// Runtime (where the package found its headers), ExecuTorch (iOS builds with ExecutorchLib.xcframework).
+    /// Runtime (where the package found its headers), ExecuTorch (iOS builds with ExecutorchLib.xcframework; Linux
+    /// builds with the executorch wheel's host runtime laid out).
     public static var compiledIn: [BackendKind] {
         var kinds: [BackendKind] = []
         #if canImport(CoreML)
@@ -92,7 +93,7 @@ public enum BackendKind: String, CaseIterable, Sendable, Identifiable {
             #if MOBILEDIFF_EXECUTORCH
             return ExecuTorchBackend()
             #else
-            throw MobileDiffError.backendUnavailable("this build has no ExecuTorch (ExecutorchLib.xcframework: iOS builds only, after ios_demo/scripts/fetch-runtimes.sh)")
+            throw MobileDiffError.backendUnavailable("this build has no ExecuTorch (ExecutorchLib.xcframework in iOS builds, the executorch wheel's host runtime in Linux builds, after ios_demo/scripts/fetch-runtimes.sh)")
             #endif
         }
     }

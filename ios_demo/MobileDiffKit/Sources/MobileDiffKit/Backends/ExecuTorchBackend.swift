@@ -2,16 +2,21 @@
 import CExecuTorch
 import Foundation
 
-/// Runs `.pte` component files (manifest target "executorch") with ExecuTorch on iOS, through the CExecuTorch shim
-/// over the C++ Module API of ExecutorchLib.xcframework (npm react-native-executorch; XNNPACK, Core ML and MPS
-/// delegates compiled in). Compiled only where the package has that framework (Package.swift: iOS builds on a Mac
-/// with Vendor/ laid out); written against its headers, not run in this repository's CI (see ../../../README.md).
+/// Runs `.pte` component files (manifest target "executorch") with ExecuTorch through the CExecuTorch shim over its
+/// C++ Module API: on iOS the API of ExecutorchLib.xcframework (npm react-native-executorch; XNNPACK, Core ML and MPS
+/// delegates compiled in; iOS builds on a Mac with Vendor/ laid out, never run in this repository's CI), on Linux the
+/// executorch wheel's host runtime (optimized kernels and the XNNPACK backend; the runtime Python's
+/// `generate --bundle` runs the same files on), which the tests and the command line run (see ../../../README.md).
 ///
 /// A program's "forward" method keeps no tensor names: a loaded program's inputs and outputs are checked against
 /// the manifest by position, dtype, rank and fixed sizes (`GraphIO.check`).
 public final class ExecuTorchBackend: InferenceBackend {
     public let target = "executorch"
+    #if os(Linux)
+    public var runtimeDescription: String { "executorch (the executorch wheel's host runtime)" }
+    #else
     public var runtimeDescription: String { "executorch (react-native-executorch ExecutorchLib)" }
+    #endif
 
     public init() {}
 

@@ -9,7 +9,8 @@ import Foundation
 public struct BundleManifest: Sendable {
     public static let format = "mobilediff.bundle"
     /// The newest format version this engine reads. Format 2 (transformer bundles) adds `tokenizer.kind` and masked
-    /// text inputs: this engine reads it, and runs its CLIP BPE bundles only (`TokenizerInfo.requireClipBPE`).
+    /// text inputs: this engine reads it, and runs its CLIP BPE bundles only (`TokenizerInfo.requireClipBPE`), with the
+    /// caption's padding mask where the text encoder takes one (`masksText`).
     public static let supportedFormatVersion = 2
     /// The components every bundle has.
     public static let componentNames = ["text_encoder", "unet", "vae_decoder"]
@@ -21,8 +22,13 @@ public struct BundleManifest: Sendable {
     /// What an image-modes bundle's UNet is (`image.denoiser`): "standard" (it denoises the latent alone) or
     /// "inpainting" (an inpainting UNet that also takes `mask` and `masked_image_latents`: inpainting only).
     public static let imageDenoisers = ["standard", "inpainting"]
-    /// The inputs an inpainting UNet takes after `encoder_hidden_states` (and a guidance embedding), in order.
+    /// The inputs an inpainting UNet takes after `encoder_hidden_states` (its mask and a guidance embedding), in order.
     public static let inpaintingInputs = ["mask", "masked_image_latents"]
+    /// The text encoder input that makes a bundle masked (format 2): the caption's padding mask, int32 (batch, L).
+    public static let textMaskInput = "attention_mask"
+    /// The denoiser input a masked bundle's text encoder implies, right after `encoder_hidden_states`: the same mask
+    /// as float32 (batch, L), one row per guidance branch.
+    public static let denoiserTextMaskInput = "encoder_attention_mask"
     public static let roles = ["teacher", "student"]
     public static let guidanceTypes = ["classifier_free", "embedding"]
 
@@ -44,6 +50,13 @@ public struct BundleManifest: Sendable {
     /// The manifest's `adapters`: run-time LoRA adapters (`export --runtime-lora`, `BundleManifest+Adapters.swift`);
     /// nil for a bundle without them.
     public var adapters: Adapters?
+
+    /// Whether the bundle is masked: its text encoder declares an `attention_mask` input (format 2 transformer
+    /// bundles), so the text encoder takes the caption's padding mask beside its ids and the denoiser takes it, as
+    /// float, after `encoder_hidden_states` at every step (mobilediff/engine.py `bundle_tokenizer`, `BundleRunner._unet`).
+    public var masksText: Bool {
+        components["text_encoder"]?.inputs.contains { $0.name == BundleManifest.textMaskInput } ?? false
+    }
 
     /// The components a pipeline opens: the three of every bundle, and the VAE encoder of an image-modes bundle.
     public var pipelineComponents: [String] {
@@ -303,6 +316,13 @@ extension BundleManifest {
         defaultSampling = try root.optionalObject("default_sampling").map(DefaultSampling.init)
         image = try root.optionalObject("image").map(ImageModes.init)
         adapters = try root.optionalObject("adapters").map { try Adapters($0, components: byName) }
+        if masksText, let unet = byName["unet"] {
+            // the mask goes to the denoiser by position, as the reference passes it: right after the text features
+            let names = unet.inputs.map(\.name)
+            guard names.count > 3, names[3] == BundleManifest.denoiserTextMaskInput else {
+                throw root.error("components.unet.inputs", "takes \(names.joined(separator: ", ")): a text encoder that takes \(BundleManifest.textMaskInput) needs a denoiser that takes \(BundleManifest.denoiserTextMaskInput) as input 4, after encoder_hidden_states")
+            }
+        }
         if let image {
             // what the image modes run on: the encoder, and every table's noising rows
             guard byName[BundleManifest.imageEncoderName] != nil else {
@@ -315,7 +335,8 @@ extension BundleManifest {
                 if let missing = BundleManifest.inpaintingInputs.first(where: { !names.contains($0) }) {
                     throw root.error("components.unet.inputs", "has no \(missing) (an inpainting denoiser takes \(BundleManifest.inpaintingInputs.joined(separator: " and ")); it has \(names.joined(separator: ", ")))")
                 }
-                let at = 3 + (guidance.type == "embedding" ? 1 : 0)  // after encoder_hidden_states (and timestep_cond)
+                // after encoder_hidden_states (and the text mask, and timestep_cond)
+                let at = 3 + (masksText ? 1 : 0) + (guidance.type == "embedding" ? 1 : 0)
                 guard Array(names.dropFirst(at).prefix(2)) == BundleManifest.inpaintingInputs else {
                     throw root.error("components.unet.inputs", "takes \(names.joined(separator: ", ")): an inpainting denoiser takes \(BundleManifest.inpaintingInputs.joined(separator: " and ")) as inputs \(at + 1) and \(at + 2)")
                 }

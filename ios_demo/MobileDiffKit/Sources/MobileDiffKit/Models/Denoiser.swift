@@ -1,4 +1,5 @@
-/// The UNet: (sample, timestep, text features[, guidance embedding][, mask, masked image latents: an inpainting UNet])
+/// The UNet: (sample, timestep, text features[, the text's padding mask: a masked bundle][, guidance embedding]
+/// [, mask, masked image latents: an inpainting UNet])
 /// → model output, one batch row per guidance branch. Graphs exported with a static batch larger than the rows used
 /// are padded with copies of the last row and the extra output rows dropped, as the Python runner does.
 public final class Denoiser: ResourceManaging {
@@ -12,16 +13,19 @@ public final class Denoiser: ResourceManaging {
     ///   - sample: (B, C, h, w) model input (already scaled by the table's input scale).
     ///   - timestep: the step's timestep, repeated for every row.
     ///   - text: (B, L, D) text features.
+    ///   - textMask: (B, L) float32 padding mask of the text rows, row for row (`encoder_attention_mask` of a masked
+    ///     bundle, `BundleManifest.masksText`), or nil.
     ///   - condition: (B, E) guidance embedding (LCM students), or nil.
     ///   - image: an inpainting UNet's `mask` (B, 1, h, w) and `masked_image_latents` (B, C, h, w), batched like the
     ///     sample (its next inputs, in order); empty for a standard UNet.
     ///   - extra: the inputs after those, by name, not batched (a slotted UNet's `lora_weights`, last in its inputs:
     ///     `RuntimeAdapters.inputs()`).
     /// - Returns: (B, C, h, w) model output.
-    public func predict(sample: Tensor, timestep: Double, text: Tensor, condition: Tensor?, image: [Tensor] = [],
-                        extra: [String: Tensor] = [:]) throws -> Tensor {
+    public func predict(sample: Tensor, timestep: Double, text: Tensor, textMask: Tensor? = nil, condition: Tensor?,
+                        image: [Tensor] = [], extra: [String: Tensor] = [:]) throws -> Tensor {
         let rows = sample.shape[0]
         var arguments = [sample, Tensor(shape: [rows], floats: [Float](repeating: Float(timestep), count: rows)), text]
+        if let textMask { arguments.append(textMask) }
         if let condition { arguments.append(condition) }
         arguments += image
         let inputs = model.spec.inputs

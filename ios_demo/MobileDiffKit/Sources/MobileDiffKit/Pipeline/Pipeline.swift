@@ -5,6 +5,8 @@ import Foundation
 /// image → image and inpainting (`Configuration.image`: the VAE encoder first, then the run `ImageToImage` describes;
 /// an inpainting UNet's bundle, `image.denoiser` "inpainting", runs inpainting alone, its UNet fed the mask and the
 /// masked image's latent at every call).
+/// A masked bundle (format 2, `BundleManifest.masksText`) also feeds the caption's padding mask to the text encoder
+/// and, as float rows in the text's batch order, to the denoiser at every step.
 /// The Python reference is mobilediff/engine.py `BundleRunner.generate`; the same seed gives the same image.
 public final class Pipeline: ResourceManaging {
     public let bundle: MobileDiffBundle
@@ -150,20 +152,24 @@ public final class Pipeline: ResourceManaging {
                          Tensor(shape: geometry.latentShape, floats: maskedLatent)]
         }
 
-        // 1. text features: rows [uncond, cond] for classifier-free guidance, else [cond]
+        // 1. text features (and a masked bundle's padding masks): rows [uncond, cond] for classifier-free guidance,
+        // else [cond]
         try ensureLoaded(textEncoder.model)
-        var text = try timer.time("text_encoder") { try textEncoder.encode(tokenizer.encode(configuration.prompt), extra: inputs(textEncoder.model)) }
-        try requireFinite(text.floats, "its output", from: textEncoder.model)
+        let masked = manifest.masksText
+        func encodePrompt(_ prompt: String) throws -> TextRow {
+            let (ids, mask) = masked ? tokenizer.encodeWithMask(prompt) : (tokenizer.encode(prompt), nil)
+            let features = try timer.time("text_encoder") { try textEncoder.encode(ids, mask: mask, extra: inputs(textEncoder.model)) }
+            try requireFinite(features.floats, "its output", from: textEncoder.model)
+            return TextRow(features: features, mask: mask)
+        }
+        var rows = [try encodePrompt(configuration.prompt)]
         if case .classifierFree = guidance {
             if let batch = denoiser.model.spec.staticBatch, batch < 2 {
                 throw MobileDiffError.invalidArgument("this bundle's denoiser was exported without a classifier-free-guidance batch: generate with guidance 1")
             }
-            let unconditional = try timer.time("text_encoder") {
-                try textEncoder.encode(tokenizer.encode(manifest.guidance.unconditionalPrompt ?? ""), extra: inputs(textEncoder.model))
-            }
-            try requireFinite(unconditional.floats, "its output", from: textEncoder.model)
-            text = Tensor(shape: [2] + text.shape.dropFirst(), floats: unconditional.floats + text.floats)
+            rows.insert(try encodePrompt(manifest.guidance.unconditionalPrompt ?? ""), at: 0)
         }
+        let (text, textMask) = Pipeline.textBatch(rows)
         if unloadAfterUse { textEncoder.unloadResources() }
         report(.textEncoded, step: 0)
 
@@ -185,12 +191,12 @@ public final class Pipeline: ResourceManaging {
                 switch guidance {
                 case .classifierFree:
                     let doubled = Tensor(shape: [2] + latentShape.dropFirst(), floats: modelInput + modelInput)
-                    return try denoiser.predict(sample: doubled, timestep: timestep, text: text, condition: nil,
+                    return try denoiser.predict(sample: doubled, timestep: timestep, text: text, textMask: textMask, condition: nil,
                                                 image: doubledImage, extra: inputs(denoiser.model)).floats
                 case .none, .embedding:
                     let sample = Tensor(shape: latentShape, floats: modelInput)
-                    return try denoiser.predict(sample: sample, timestep: timestep, text: text, condition: condition,
-                                                image: unetImage, extra: inputs(denoiser.model)).floats
+                    return try denoiser.predict(sample: sample, timestep: timestep, text: text, textMask: textMask,
+                                                condition: condition, image: unetImage, extra: inputs(denoiser.model)).floats
                 }
             }
             try requireFinite(out, "its output at timestep \(timestep)", from: denoiser.model)
@@ -231,6 +237,24 @@ public final class Pipeline: ResourceManaging {
         return Result(image: image, rawImage: raw, timer: timer, configuration: configuration,
                       peakMemoryBytes: memory.peak, peakMemoryMethod: memory.method, peakMemoryScope: memory.scope,
                       loadMilliseconds: loads.milliseconds)
+    }
+
+    /// One prompt's text encoding: its features (1, L, D) and, for a masked bundle, its padding mask (L values).
+    struct TextRow {
+        var features: Tensor
+        var mask: [Int32]?
+    }
+
+    /// The denoiser's text inputs for `rows` in batch order ([uncond, cond] with classifier-free guidance, else
+    /// [cond]): the features stacked (B, L, D) and, when the rows carry masks, the masks stacked in the same order as
+    /// float32 (B, L) (the reference's `torch.cat([uncond_mask, mask]).float()`).
+    static func textBatch(_ rows: [TextRow]) -> (text: Tensor, mask: Tensor?) {
+        let first = rows[0].features
+        let text = rows.count == 1 ? first
+            : Tensor(shape: [rows.count] + first.shape.dropFirst(), floats: rows.flatMap(\.features.floats))
+        let masks = rows.compactMap(\.mask)
+        guard masks.count == rows.count, let length = masks.first?.count else { return (text, nil) }
+        return (text, Tensor(shape: [rows.count, length], floats: masks.flatMap { $0.map(Float.init) }))
     }
 
     /// The clean latent z0 of an init image (1, 3, H, W): `(mean + std · eps - shift_factor) · scaling_factor` of the

@@ -11,7 +11,8 @@ import Foundation
 /// 3. map each word's UTF-8 bytes to printable characters (GPT-2's byte-to-unicode table) and mark the word's
 ///    end with `</w>`;
 /// 4. merge adjacent symbol pairs, lowest merge rank first, until no ranked pair remains; look up the ids;
-/// 5. `[bos] + ids + [eos]`, truncated to `maxLength` (keeping eos) and padded with `padId`.
+/// 5. `[bos] + ids + [eos]`, truncated to `maxLength` (keeping eos) and padded with `padId`; for a text encoder that
+///    takes the caption's padding mask, the mask 1 over `[bos] + ids + [eos]` and 0 over the padding (`encodeWithMask`).
 public final class BPETokenizer: @unchecked Sendable {
     // @unchecked: the only mutable state is `cache`, guarded by `lock`.
     public let maxLength: Int
@@ -53,6 +54,28 @@ public final class BPETokenizer: @unchecked Sendable {
         if ids.count > maxLength - 1 { ids = Array(ids.prefix(maxLength - 1)) }
         ids.append(eosId)
         return ids + [Int32](repeating: padId, count: maxLength - ids.count)
+    }
+
+    /// Token ids of `text` as `encode` gives them and the caption's padding mask (format-2 bundles whose text encoder
+    /// takes `attention_mask`; mobilediff/engine.py `BundleTokenizer.ids_and_mask`): 1 over BOS, the ids and EOS, 0
+    /// over the padding. Both are `maxLength` long.
+    public func encodeWithMask(_ text: String) -> (ids: [Int32], mask: [Int32]) {
+        let ids = encode(text)
+        return (ids, paddingMask(ids))
+    }
+
+    /// The padding mask of ids `encode` made: 1 up to and including the EOS that ends the caption, 0 after it. When
+    /// `padId` is `eosId` the padding cannot be told from an EOS, so the caption ends at the first EOS (an
+    /// `<|endoftext|>` spelled in the prompt ends it there, as in the reference); otherwise the padding is the run of
+    /// `padId` after the last other id.
+    public func paddingMask(_ ids: [Int32]) -> [Int32] {
+        let length: Int
+        if padId == eosId {
+            length = ids.firstIndex(of: eosId).map { $0 + 1 } ?? ids.count
+        } else {
+            length = (ids.lastIndex { $0 != padId } ?? -1) + 1
+        }
+        return [Int32](repeating: 1, count: length) + [Int32](repeating: 0, count: ids.count - length)
     }
 
     /// Token ids of `text` without bos/eos framing, padding or truncation. The special tokens' text inside `text`
