@@ -370,6 +370,7 @@ class SamplingPlan(_Record):
 
 
 IMAGE_MODES = ("img2img", "inpaint")
+MASK_INPUT = "encoder_attention_mask"  # a masked caption's denoiser input, after encoder_hidden_states
 INPAINTING_INPUTS = ("mask", "masked_image_latents")  # an inpainting UNet's inputs after encoder_hidden_states
 
 
@@ -460,6 +461,15 @@ class Manifest(_Record):
             raise ValueError("samplers is empty (a bundle without sampler tables cannot sample)")
         if self.tokenizer.unigram_kind and self.format_version < TRANSFORMER_FORMAT_VERSION:
             raise ValueError(f"a unigram tokenizer needs format version {TRANSFORMER_FORMAT_VERSION}")
+        text = [t.name for t in self.components["text_encoder"].inputs]
+        if "attention_mask" in text or self.tokenizer.unigram_kind:  # a masked caption: both graphs take the mask
+            unet = [t.name for t in self.components["unet"].inputs]
+            if text[:2] != ["input_ids", "attention_mask"]:
+                raise ValueError(f"components.text_encoder.inputs are {', '.join(text)}: a masked text encoder takes "
+                                 f"input_ids and attention_mask, in that order")
+            if unet[3:4] != [MASK_INPUT]:
+                raise ValueError(f"components.unet.inputs are {', '.join(unet)}: with a masked text encoder the "
+                                 f"denoiser takes {MASK_INPUT} as input 4")
         if self.image is not None:
             if IMAGE_ENCODER not in self.components:
                 raise ValueError(f"components has no {IMAGE_ENCODER!r}: image modes {', '.join(self.image.modes)} "

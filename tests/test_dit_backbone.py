@@ -157,3 +157,15 @@ def test_training_record_is_read_and_a_corrupt_one_refused(tmp_path):
     (tmp_path / "training.json").write_text("{")
     with pytest.raises(MobilediffError, match="training record"):
         training_record(tmp_path)
+
+
+def test_a_masked_text_encoder_without_the_denoisers_mask_input_is_refused(dit_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(dit_bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["components"]["unet"]["inputs"] = m["components"]["unet"]["inputs"][:3]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(MobilediffError, match="encoder_attention_mask as input 4"):
+        read_manifest(copy)
