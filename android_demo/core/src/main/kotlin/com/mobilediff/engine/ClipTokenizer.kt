@@ -40,7 +40,8 @@ class ClipTokenizer(
      * The text encoder's inputs of a format-2 bundle whose text encoder takes `attention_mask` ([Manifest.maskedText]):
      * [encode]'s ids and their padding mask ([attentionMask]), each exactly [TokenizerSpec.maxLength] long.
      */
-    fun encodeWithMask(prompt: String): Pair<IntArray, IntArray> = encode(prompt).let { it to attentionMask(it, spec) }
+    fun encodeWithMask(prompt: String): Pair<IntArray, IntArray> =
+        encode(prompt) to attentionMask(tokens(prompt).size, spec)
 
     /** The number of tokens of [prompt] before truncation, BOS and EOS included. */
     fun untruncatedLength(prompt: String): Int = 2 + tokens(prompt).size
@@ -114,19 +115,14 @@ class ClipTokenizer(
 
     companion object {
         /**
-         * The caption's padding mask of [ids] ([encode]'s output), as transformers' `attention_mask` and
-         * `mobilediff.engine.BundleTokenizer.ids_and_mask` give it: 1 over BOS, the prompt's ids and EOS, 0 over the
-         * padding. With `pad_id != eos_id` the ones are the first n positions, n the count of ids that are not
-         * `pad_id`; with `pad_id == eos_id` (SD 1.x's `<|endoftext|>` padding) they run up to and including the
-         * first `eos_id`, everything after it being padding.
+         * The caption's padding mask of a prompt of [promptTokens] ids (before truncation), as transformers'
+         * `attention_mask` and `mobilediff.engine.BundleTokenizer.ids_and_mask` give it: 1 over BOS, the prompt's ids
+         * that fit and EOS, 0 over the padding, whatever the padding id (an EOS or pad id spelled out in the prompt
+         * is the prompt's, not padding).
          */
-        fun attentionMask(ids: IntArray, spec: TokenizerSpec): IntArray {
-            val ones = if (spec.padId != spec.eosId) {
-                ids.count { it != spec.padId }
-            } else {
-                ids.indexOf(spec.eosId).let { if (it < 0) ids.size else it + 1 }
-            }
-            return IntArray(ids.size) { if (it < ones) 1 else 0 }
+        fun attentionMask(promptTokens: Int, spec: TokenizerSpec): IntArray {
+            val ones = minOf(promptTokens, spec.maxLength - 2) + 2
+            return IntArray(spec.maxLength) { if (it < ones) 1 else 0 }
         }
 
         private const val START = "<|startoftext|>"
