@@ -22,7 +22,7 @@ from mobilediff.errors import MobilediffError
 REPO = Path(__file__).resolve().parents[2]  # the checkout: its android_demo/ and ios_demo/
 
 # app -> (folder, backends its engine runs on this machine)
-APPS = {"android": ("android_demo", ("onnx", "executorch")), "ios": ("ios_demo", ("onnx",))}
+APPS = {"android": ("android_demo", ("onnx", "executorch")), "ios": ("ios_demo", ("onnx", "executorch"))}
 MIN_PSNR_DB = bars.bar("app_image_psnr_db").value
 REPEATS = 3  # timed images per (model, backend, seed), after one untimed warm-up; the median is reported
 
