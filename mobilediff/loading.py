@@ -195,17 +195,13 @@ def load_pipeline(model: str | Path | None = None, scheduler=None, transformers:
                               f"(PixArt models are taken by export, generate and evaluate)")
     check_architecture(path, index)
     if cls in TRANSFORMER_PIPELINES:
-        return _load_transformer_pipeline(getattr(diffusers, cls), path, scheduler)
+        return _load_transformer_pipeline(getattr(diffusers, cls), path, index, scheduler)
     kwargs = {"use_safetensors": True, "safety_checker": None, "feature_extractor": None,
               "requires_safety_checker": False}
     if scheduler is not None:
         kwargs["scheduler"] = scheduler
     try:
-        for comp, src in shared_components(path).items():
-            library, cls_name = index[comp]
-            cls = getattr(importlib.import_module(library), cls_name)
-            extra = {"use_safetensors": True} if comp in WEIGHTED_COMPONENTS else {}
-            kwargs[comp] = cls.from_pretrained(str(src), **extra)
+        kwargs.update(_borrowed_components(path, index))
         pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise MobilediffError(f"could not load pipeline from {path}: {str(e).splitlines()[0]}") from None
@@ -217,14 +213,27 @@ def load_pipeline(model: str | Path | None = None, scheduler=None, transformers:
     return pipe
 
 
-def _load_transformer_pipeline(pipeline_class, path: Path, scheduler=None):
-    """A PixArt pipeline (mobilediff.transformer_family) from a checked folder, safetensors only, fp32 on the CPU."""
+def _borrowed_components(path: Path, index: dict) -> dict:
+    """The components a packed pipeline folder borrows from its base (``shared_components.json``), loaded."""
+    out = {}
+    for comp, src in shared_components(path).items():
+        library, cls_name = index[comp]
+        cls = getattr(importlib.import_module(library), cls_name)
+        extra = {"use_safetensors": True} if comp in WEIGHTED_COMPONENTS else {}
+        out[comp] = cls.from_pretrained(str(src), **extra)
+    return out
+
+
+def _load_transformer_pipeline(pipeline_class, path: Path, index: dict, scheduler=None):
+    """A PixArt pipeline (mobilediff.transformer_family) from a checked folder, safetensors only, fp32 on the CPU;
+    a packed one with the components it borrows from its base."""
     from mobilediff.transformer_family import check_pipeline
 
     kwargs = {"use_safetensors": True}
     if scheduler is not None:
         kwargs["scheduler"] = scheduler
     try:
+        kwargs.update(_borrowed_components(path, index))
         pipe = pipeline_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, RuntimeError, TypeError) as e:
         raise MobilediffError(f"could not load pipeline from {path}: {str(e).splitlines()[0]}") from None

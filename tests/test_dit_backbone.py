@@ -169,3 +169,16 @@ def test_a_masked_text_encoder_without_the_denoisers_mask_input_is_refused(dit_b
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(MobilediffError, match="encoder_attention_mask as input 4"):
         read_manifest(copy)
+
+
+def test_the_embedded_transformer_loads_with_the_default_models_borrowed_components():
+    from mobilediff.loading import DIT_FAMILY, NAMED_MODELS, load_pipeline as load
+
+    assert "default:dit-l" in NAMED_MODELS and [m.name for m in DIT_FAMILY] == ["default:dit-l"]
+    pipe = load("default:dit-l", transformers=True)
+    default = load("default")
+    assert type(pipe).__name__ == "PixArtAlphaPipeline" and pipe.transformer.dtype == torch.float32
+    for a, b in zip(pipe.text_encoder.parameters(), default.text_encoder.parameters()):
+        assert torch.equal(a, b)  # borrowed, not copied
+    with pytest.raises(MobilediffError, match="needs a UNet pipeline"):
+        load("default:dit-l")
