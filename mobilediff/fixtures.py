@@ -1,10 +1,11 @@
 """`python -m mobilediff.fixtures DIR`: the real bundles, goldens and reference images the apps' tests run on.
 
 For each fixture (the default model, its progressive 4-step student, its LCM student, the LCM student exported
-at a non-square 48 x 80: every engine's geometry with height != width, and the emoji model's LCM student: a model
-with its own VAE and text encoder, trained on real images) this exports an fp32 bundle (ONNX for all;
-ExecuTorch too for the progressive student: one model exercises the ExecuTorch backend, whose sampling code is
-shared with ONNX Runtime's, at a fifth of the export time of all of them; ``--all-runtimes``: both runtimes for
+at a non-square 48 x 80: every engine's geometry with height != width, the emoji model's LCM student: a model
+with its own VAE and text encoder, trained on real images, a tiny inpainting UNet, and the diffusion transformer
+``default:dit-l``: a format-2 bundle with the caption mask) this exports an fp32 bundle (ONNX for all;
+ExecuTorch too for the progressive student and the transformer: they exercise the ExecuTorch backend, whose sampling
+code is shared with ONNX Runtime's, at a fraction of the export time of all of them; ``--all-runtimes``: both runtimes for
 every fixture, as benchmarks/app_parity.py uses), records its goldens (mobilediff.goldens) and generates Python's
 reference images with ``generate --bundle`` semantics (the bundle's default plan) at seeds 0 and 1 on each runtime
 of the bundle. Idempotent: a fixture whose entry in ``DIR/index.json`` names the same model weights and mobilediff
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from mobilediff.targets import HOST_RUNTIMES
 
-FIXTURE_VERSION = 9  # bump when what is written here changes
+FIXTURE_VERSION = 10  # bump when what is written here changes
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class Fixture:
 
 IMAGE_PROMPT = "a big red circle at the top left on a white background"
 TINY_INPAINTING = "tiny:inpainting"  # mobilediff.tiny.tiny_inpainting_pipeline(0), written into the fixture's folder
-TINY_DIT = "tiny:dit"  # mobilediff.tiny.tiny_dit_pipeline(0): a format-2 bundle (masked caption, PixArt transformer)
-MADE_FROM_CODE = {TINY_INPAINTING: {"inpainting": True}, TINY_DIT: {"dit": True}}
+MADE_FROM_CODE = {TINY_INPAINTING: {"inpainting": True}}  # model -> mobilediff.tiny.save_tiny_pipeline's options
 # fixture name (its folder) -> what it is
 FIXTURES = {"default": Fixture("default", ("onnx",), images=(
                 ImageRef("img2img", "ddim", 8, 0.6, 0), ImageRef("inpaint", "dpmpp", 8, 0.75, 1),
@@ -78,9 +78,9 @@ FIXTURES = {"default": Fixture("default", ("onnx",), images=(
             # a seeded tiny random inpainting pipeline (9-channel UNet): inpainting references alone, no goldens
             "inpainting-unet": Fixture(TINY_INPAINTING, ("onnx",), images=(
                 ImageRef("inpaint", "ddim", 8, 1.0, 0), ImageRef("inpaint", "dpmpp", 8, 0.6, 1))),
-            # a seeded tiny random PixArt-transformer pipeline with a CLIP text encoder (train-base --backbone dit's
-            # form): a format-2 bundle, whose text encoder and denoiser take the caption's padding mask; no goldens
-            "dit": Fixture(TINY_DIT, ("onnx", "executorch"))}
+            # the diffusion transformer (a PixArt transformer on the default CLIP text encoder): a format-2 bundle, whose
+            # text encoder and denoiser take the caption's padding mask; no goldens
+            "dit": Fixture("default:dit-l", ("onnx", "executorch"))}
 MODELS = tuple(FIXTURES)
 SEEDS = (0, 1)
 PROMPT = "a small blue triangle at the top left and a big yellow square at the bottom right on a black background"
