@@ -8,6 +8,9 @@ import math
 import pytest
 import torch
 
+# a fixed velocity field, non-linear in the latent and dependent on the timestep: both loops call it alike
+from mobilediff.bench.sampler_tables import field as _denoiser
+
 # (label, scheduler config, flow_timestep_args options)
 CONFIGS = [
     ("sd3-static-shift", {"shift": 3.0}, {}),
@@ -17,12 +20,6 @@ CONFIGS = [
     ("dynamic-linear", {"use_dynamic_shifting": True, "time_shift_type": "linear"}, {}),
     ("terminal-shift", {"shift": 2.0, "shift_terminal": 0.1}, {}),
 ]
-
-
-def _denoiser(x: torch.Tensor, t) -> torch.Tensor:
-    """A fixed velocity field, non-linear in the latent and dependent on the timestep: both loops call it alike."""
-    t = float(t)
-    return 0.6 * x - 0.3 * torch.tanh(2 * x) + (t / 1000.0) * torch.linspace(-1, 1, x.numel()).reshape(x.shape)
 
 
 def _diffusers_run(sched, steps: int, args: dict, noise: torch.Tensor, generator=None) -> torch.Tensor:
@@ -103,19 +100,11 @@ def test_stochastic_flow_sampling_tabulates_its_fresh_noise():
 
 @pytest.fixture(scope="module")
 def sana_sprint():
-    """diffusers' own SanaSprintPipeline around a tiny random SANA-Sprint transformer (guidance embedding, RMS q/k
-    norm, timestep scale 1000), fed prompt embeddings directly (no text encoder) and stopped at the latent."""
-    from diffusers import SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
+    """diffusers' own SanaSprintPipeline around a tiny random SANA-Sprint transformer, fed prompt embeddings directly
+    (no text encoder) and stopped at the latent."""
+    from mobilediff.bench.sampler_tables import tiny_sana_sprint_pipeline
 
-    torch.manual_seed(0)
-    transformer = SanaTransformer2DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
-        num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=32,
-        mlp_ratio=2.5, sample_size=8, patch_size=1, norm_elementwise_affine=False, guidance_embeds=True,
-        guidance_embeds_scale=0.1, qk_norm="rms_norm_across_heads", timestep_scale=1000.0).eval()
-    pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
-                              scheduler=SCMScheduler(sigma_data=0.5))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_sana_sprint_pipeline()
     return pipe, torch.randn(1, 16, 32), torch.ones(1, 16)
 
 

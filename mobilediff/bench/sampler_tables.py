@@ -119,10 +119,11 @@ def flow_rows(steps_list) -> list[dict]:
     return rows
 
 
-def scm_rows(steps_list) -> list[dict]:
+def tiny_sana_sprint_pipeline():
+    """diffusers' own SanaSprintPipeline around a tiny random SANA-Sprint transformer (guidance embedding, RMS q/k
+    norm, timestep scale 1000; seeded with 0), without text encoder or VAE: fed prompt embeddings, stopped at the
+    latent."""
     from diffusers import SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
-
-    from mobilediff.sampler_table import run_table, scm_table
 
     torch.manual_seed(0)
     transformer = SanaTransformer2DModel(
@@ -133,6 +134,16 @@ def scm_rows(steps_list) -> list[dict]:
     pipe = SanaSprintPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=transformer,
                               scheduler=SCMScheduler(sigma_data=0.5))
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def scm_rows(steps_list) -> list[dict]:
+    from diffusers import SCMScheduler
+
+    from mobilediff.sampler_table import run_table, scm_table
+
+    pipe = tiny_sana_sprint_pipeline()
+    transformer = pipe.transformer
     embeds, mask = torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(1)), torch.ones(1, 16)
     guidance = torch.full([1], 4.5) * transformer.config.guidance_embeds_scale
     rows = []
