@@ -221,13 +221,15 @@ def _source_folder(flag: str, value: str | None) -> Path | None:
 @click.option("--dit-width", type=click.IntRange(min=1), default=None, help="Transformer width with --backbone dit (default 128; a multiple of the heads).")
 @click.option("--dit-layers", type=click.IntRange(min=1), default=None, help="Transformer blocks with --backbone dit (default 6).")
 @click.option("--dit-heads", type=click.IntRange(min=1), default=None, help="Attention heads with --backbone dit (default 4).")
+@click.option("--objective", type=click.Choice(["v", "flow"]), default="v", show_default=True, help="v: v-prediction on the cosine noise schedule (the family's). flow: flow matching (rectified flow: the straight path from latent to noise, the velocity as target, as SD3 and SANA), with --backbone dit; the pipeline samples with the flow samplers (euler / ddim, dpmpp, lcm: the consistency sampler).")
+@click.option("--flow-shift", type=click.FloatRange(min=0, min_open=True), default=None, help="With --objective flow: the sampling schedule's shift towards high noise, sigma' = shift sigma / (1 + (shift - 1) sigma) (default 1: none; SD3 uses 3 at 1024 px).")
 @data_options()
 @click.option("--resume", default=None, help="'latest' (each stage from its newest complete checkpoint in OUT), or a checkpoint folder of either stage (OUT/vae_run/checkpoints/checkpoint-N, OUT/unet_run/...): one of OUT's continues in place; another run's continues in OUT as a new run folder (OUT must not exist, or pass --force), a denoiser-stage one with the VAE of its run folder (or --vae-from). Must match: the architecture (model sizes, --tiny, --unet-channels/--unet-layers) and the stage's steps at least the checkpoint's (--vae-steps/--unet-steps); may differ: batch sizes, learning rate, loss weights, seed, data, checkpoint cadence (the run continues with them; the same ones reproduce an uninterrupted run). Anything else is refused before OUT is written.")
 @click.option("--force", is_flag=True, help="Delete an existing OUT first.")
 def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, checkpoint_every, seed, mixed_precision,
                    text_aux_weight, min_snr_gamma, object_weight, small_object_weight, timestep_bias_range, timestep_bias_multiplier,
                    freeze_text_encoder, latent_cache, init_from, text_encoder_from, vae_from, unet_channels, unet_layers,
-                   tiny, backbone, dit_width, dit_layers, dit_heads, resume, force, **data):
+                   tiny, backbone, dit_width, dit_layers, dit_heads, objective, flow_shift, resume, force, **data):
     """Train a model of the default family's architecture (VAE, text encoder, UNet): on the shapes domain, or on your
     captioned images (--images / --wds; object weights and the caption-parsing loss apply to the shapes domain only)."""
     _refuse_conflicts(LATEST_WITH_FORCE,
@@ -238,7 +240,12 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
                       ("needs", "dit_layers", "backbone=dit", "it sizes the diffusion transformer"),
                       ("needs", "dit_heads", "backbone=dit", "it sizes the diffusion transformer"),
                       ("conflicts", "unet_channels", "backbone=dit", "the diffusion transformer has no UNet"),
-                      ("conflicts", "unet_layers", "backbone=dit", "the diffusion transformer has no UNet"))
+                      ("conflicts", "unet_layers", "backbone=dit", "the diffusion transformer has no UNet"),
+                      ("needs", "objective=flow", "backbone=dit", "flow matching is trained on the diffusion "
+                                                                   "transformer (a PixArt pipeline)"),
+                      ("needs", "flow_shift", "objective=flow", "it shifts the flow-matching schedule"),
+                      ("conflicts", "min_snr_gamma", "objective=flow", "min-SNR weighting is for the v-prediction "
+                                                                       "loss; the flow loss is unweighted"))
     from mobilediff.io import check_output
     from mobilediff.sources import check_needs
     from mobilediff.train.base import TrainBaseConfig, train_base
@@ -273,6 +280,8 @@ def train_base_cmd(out, vae_steps, unet_steps, batch_size, vae_batch_size, lr, c
 
         cfg.model = replace(cfg.model, backbone="dit", dit=sized_dit(cfg.model.dit, dit_width, dit_layers, dit_heads,
                                                                     cfg.model.text_encoder.hidden_size))
+    if objective == "flow":
+        cfg.model = replace(cfg.model, objective="flow", flow=replace(cfg.model.flow, shift=flow_shift or 1.0))
     path = train_base(cfg, resume=resume, force=force, command="mobilediff " + shlex.join(sys.argv[1:]))
     if main_process() and path is not None:  # once under `accelerate launch`
         click.echo(f"pipeline written to {path}")

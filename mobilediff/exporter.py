@@ -69,7 +69,9 @@ def sampler_tables(pipe, plan: SamplingPlan | None = None, image_modes: bool = F
     from mobilediff.sampler_table import image_tables, sampler_table
     from mobilediff.samplers import make_scheduler, samplers_for
 
-    names = samplers_for(bool(guidance_embedding_dim(pipe)))
+    from mobilediff.samplers import is_flow
+
+    names = samplers_for(bool(guidance_embedding_dim(pipe)), flow=is_flow(pipe.scheduler.config))
     out = []
     for name in names:
         steps_list = sorted(set(TABLE_STEPS) | ({plan.steps} if plan is not None and plan.sampler == name else set()))

@@ -164,6 +164,27 @@ class DitConfig:
 
 
 BACKBONES = ("unet", "dit")
+OBJECTIVES = ("v", "flow")
+
+
+@dataclass(frozen=True)
+class FlowSchedulerConfig:
+    """The flow-matching (rectified-flow) path of ``--objective flow``: x_t = (1 - s) x_0 + s noise at
+    s = timestep / num_train_timesteps, the model predicting the velocity noise - x_0. The pipeline carries it as
+    SANA's pipelines do: a DPM-Solver++ scheduler on flow sigmas with flow prediction, from whose config every flow
+    sampler of :mod:`mobilediff.samplers` is made. ``shift`` 1: the 16x16 latents need no shift towards high noise
+    (SD3's shift 3 is for 128x128 latents)."""
+
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+
+    def build(self):
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler(num_train_timesteps=self.num_train_timesteps,
+                                           prediction_type="flow_prediction", use_flow_sigmas=True,
+                                           flow_shift=self.shift, algorithm_type="dpmsolver++", solver_order=2,
+                                           lower_order_final=True, final_sigmas_type="zero")
 
 
 @dataclass(frozen=True)
@@ -174,6 +195,12 @@ class DefaultModelConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     backbone: str = "unet"  # "dit": the denoiser is ``dit`` (a PixArt transformer), not ``unet``
     dit: DitConfig = field(default_factory=DitConfig)
+    objective: str = "v"  # "flow": trained on the flow-matching path (``flow``), not ``scheduler``'s
+    flow: FlowSchedulerConfig = field(default_factory=FlowSchedulerConfig)
+
+    def build_scheduler(self):
+        """The pipeline's scheduler: the v-prediction beta schedule, or the flow-matching one."""
+        return self.flow.build() if self.objective == "flow" else self.scheduler.build()
 
     def build_denoiser(self):
         """The denoiser this configuration trains: its UNet, or its diffusion transformer."""

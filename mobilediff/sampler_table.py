@@ -112,7 +112,7 @@ def _measure(scheduler, steps: int, unit: float, start: int = 0, blend=None, tim
     def draw():  # the noise a step draws is the basis vector of that step's noise
         return e(2 * n + current["i"])
 
-    module = importlib.import_module(type(sched).__module__)
+    module = importlib.import_module(type(sched).step.__module__)  # where the step draws its noise
     rows = []
     with _symbolic_noise(module, draw):
         for i, t in enumerate(timesteps):

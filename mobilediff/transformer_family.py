@@ -33,7 +33,9 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "tokenizer": ("T5Tokenizer", "T5TokenizerFast", "CLIPTokenizer", "CLIPTokenizerFast"),
     "transformer": ("PixArtTransformer2DModel",),
     "vae": ("AutoencoderKL",),
-    "scheduler": SD_CLASSES["scheduler"],  # the beta-schedule schedulers every sampler table is measured from
+    # the beta-schedule schedulers every sampler table is measured from; a flow-matching model's (flow prediction:
+    # DPM-Solver on flow sigmas as SANA's pipelines hold it, or FlowMatchEuler), whose tables are the flow samplers'
+    "scheduler": tuple(dict.fromkeys(SD_CLASSES["scheduler"] + ("FlowMatchEulerDiscreteScheduler",))),
 }
 TOKENIZER_KIND = "unigram"
 DEFAULT_MAX_LENGTH = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -74,7 +76,26 @@ def check_configs(classes: dict[str, str | None], configs: dict[str, dict | None
     if vae is not None:
         _check_vae("AutoencoderKL", vae, tr.get("in_channels", 4) if tr else None)
     if configs.get("scheduler") is not None:
-        _check_scheduler(configs["scheduler"])
+        from mobilediff.samplers import is_flow
+
+        (_check_flow_scheduler if is_flow(configs["scheduler"]) else _check_scheduler)(configs["scheduler"])
+
+
+def _check_flow_scheduler(cfg: dict) -> None:
+    """A flow-matching model's scheduler: a static shift (a PixArt pipeline passes no resolution ``mu``), flow sigmas
+    where the scheduler is a DPM-Solver's, linear steps."""
+    import math
+
+    if "use_flow_sigmas" in cfg and not cfg.get("use_flow_sigmas"):
+        _refuse("scheduler", "config prediction_type='flow_prediction' without use_flow_sigmas",
+                "flow prediction on flow sigmas (use_flow_sigmas=True, as SANA's)")
+    if cfg.get("use_dynamic_shifting"):
+        _refuse("scheduler", "config use_dynamic_shifting=True", "a static shift (PixArt pipelines pass no mu)")
+    shift = cfg.get("flow_shift", cfg.get("shift", 1.0))
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        _refuse("scheduler", f"config shift {shift!r}", "a finite shift > 0")
+    if cfg.get("thresholding"):
+        _refuse("scheduler", "config thresholding=True", "thresholding=False (sampler steps must be linear)")
 
 
 def _text_width(config: dict) -> int | None:

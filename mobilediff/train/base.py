@@ -278,7 +278,9 @@ def _load_initial(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> l
 def _denoiser_files(path: Path) -> dict[str, Path] | None:
     """The weight files a pipeline folder's denoiser and text encoder load from, by checkpoint key prefix (None when
     ``path`` is not such a folder)."""
-    te = path / "text_encoder" / "model.safetensors"
+    from mobilediff.io import shared_components
+
+    te = shared_components(path).get("text_encoder", path / "text_encoder") / "model.safetensors"
     for name in ("unet", "transformer"):
         net = path / name / "diffusion_pytorch_model.safetensors"
         if net.is_file() and te.is_file():
@@ -295,7 +297,10 @@ def _initial_weights(path: Path) -> dict[str, torch.Tensor]:
     if files is None:
         raise MobilediffError(f"--init-from {path}: neither a checkpoint (denoiser.safetensors) nor a pipeline folder "
                               f"(unet/ or transformer/ and text_encoder/ in safetensors)")
-    return {f"{prefix}.{k}": v for prefix, file in files.items() for k, v in load_tensors(file).items()}
+    # a packed model's weights may be stored in fp16: training starts from them in fp32
+    # without the text encoder's ``text_model.`` prefix (transformers 5 keys, as a checkpoint holds them)
+    return {f"{prefix}.{k.removeprefix('text_model.')}": v.float() for prefix, file in files.items()
+            for k, v in load_tensors(file).items()}
 
 
 def _text_encoder_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -419,7 +424,7 @@ def latent_cache(vae, vae_sha256: str, tokenizer, data, n: int, path: Path, auto
 
 class DenoiserObjective:
     """Stage 2's loss: the v-prediction loss of text encoder + UNet on frozen-VAE latents (object-weighted per latent
-    pixel, min-SNR-gamma optional), caption dropout, the auxiliary caption-parsing loss, and the EMA of the weights."""
+    pixel, min-SNR-gamma optional), or the flow-matching velocity loss (``objective`` "flow"), caption dropout, the auxiliary caption-parsing loss, and the EMA of the weights."""
 
     log_fields = {"stage": "denoiser"}
     clip = "denoiser"
@@ -431,6 +436,7 @@ class DenoiserObjective:
         self.noise_scheduler, self.cache, self.encode, self.empty_ids = noise_scheduler, cache, encode, empty_ids
         self.ema = EMA.of(model, cfg.ema_decay)
         self.rows = process_rows(cfg.batch_size, accelerator)
+        self.flow = cfg.model.objective == "flow"
         alphas = noise_scheduler.alphas_cumprod
         self.snr_all = alphas / (1 - alphas)
 
@@ -462,14 +468,25 @@ class DenoiserObjective:
         noise = torch.randn((batch_size, *latents.shape[1:]), generator=g)[rows]
         t = _sample_timesteps(batch_size, self.noise_scheduler.config.num_train_timesteps, cfg.timestep_bias_range,
                               cfg.timestep_bias_multiplier, g)[rows]
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        target = self.noise_scheduler.get_velocity(latents, noise, t)
+        if self.flow:
+            # flow matching (rectified flow): the timestep's point s in (0, 1] of the straight path from the latent
+            # to the noise, and the path's velocity as the target (unweighted, as SD3 and SANA train it)
+            T = self.cfg.model.flow.num_train_timesteps
+            s = (t.float() + 1) / T
+            noisy = (1 - s)[:, None, None, None] * latents + s[:, None, None, None] * noise
+            target, t = noise - latents, s * T
+        else:
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+            target = self.noise_scheduler.get_velocity(latents, noise, t)
         with acc.autocast():
             pred, pooled = self.models["denoiser"](ids, noisy, t)
         pred = pred.float()
-        # v-loss = (snr + 1) * x0-loss; min-SNR-gamma (Hang et al. 2023) re-weights the x0 error to min(snr, gamma)
-        snr = self.snr_all[t]
-        w = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
+        if self.flow:
+            w = torch.ones(len(t))
+        else:
+            # v-loss = (snr + 1) * x0-loss; min-SNR-gamma (Hang et al. 2023) re-weights the x0 error to min(snr, gamma)
+            snr = self.snr_all[t]
+            w = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1) if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
         pix = 1.0 + cfg.object_weight * batch["mask"]
         if cfg.small_object_weight > 0:
             small = _small_object_cells(batch["label.shape"], batch["label.size"], latents.shape[-2:])
@@ -504,7 +521,11 @@ def train_denoiser(cfg: TrainBaseConfig, ckpt: Checkpoint | None, vae_dir: Path,
     torch.manual_seed(cfg.seed + 1)
     model = Denoiser(cfg.model.text_encoder.build(), cfg.model.build_denoiser())
     if cfg.init_from is not None:
-        new = _load_initial(model, _initial_weights(source_dir(cfg.init_from)))
+        weights = _initial_weights(source_dir(cfg.init_from))
+        if any(k.startswith("text_model.") for k in model.text_encoder.state_dict()):  # transformers 4.x layout
+            weights = {(f"text_encoder.text_model.{k[len('text_encoder.'):]}" if k.startswith("text_encoder.") and
+                        not k.startswith("text_encoder.text_model.") else k): v for k, v in weights.items()}
+        new = _load_initial(model, weights)
         if new and accelerator.is_main_process:
             print(f"init-from: new attention blocks start as the identity: {', '.join(new)}")
     if cfg.text_encoder_from is not None:
@@ -629,7 +650,8 @@ def _pipeline(cfg: TrainBaseConfig, vae, den: Denoiser):
     (with this run's CLIP text encoder and tokenizer, which PixArt's pipeline runs at the tokenizer's length)."""
     from diffusers import PixArtAlphaPipeline, StableDiffusionPipeline
 
-    common = dict(vae=vae, text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg), scheduler=cfg.model.scheduler.build())
+    common = dict(vae=vae, text_encoder=den.text_encoder, tokenizer=_tokenizer(cfg),
+                  scheduler=cfg.model.build_scheduler())
     if den.kind == "transformer":
         return PixArtAlphaPipeline(transformer=den.transformer, **common)
     return StableDiffusionPipeline(unet=den.unet, safety_checker=None, feature_extractor=None,
@@ -769,6 +791,8 @@ def _denoiser_label(config: dict) -> str:
                f"{d['num_attention_heads']} heads, patch {d['patch_size']})")
     else:
         net = "UNet"
+    if model.get("objective") == "flow":
+        net += f", flow matching (shift {model.get('flow', {}).get('shift', 1.0):g})"
     return f"{net} (text encoder frozen)" if config.get("freeze_text_encoder") else f"Text encoder + {net}"
 
 
