@@ -66,9 +66,10 @@ def tiny_inpainting_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MOD
     return pipe
 
 
-def tiny_dit_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
+def tiny_dit_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL, flow: bool = False):
     """A PixArtAlphaPipeline as ``train-base --backbone dit`` writes one, of tiny random components: the family's
-    VAE, CLIP text encoder and tokenizer and scheduler around a PixArt transformer (``model.dit``)."""
+    VAE, CLIP text encoder and tokenizer and scheduler (``flow``: the flow-matching one of ``--objective flow``)
+    around a PixArt transformer (``model.dit``)."""
     from diffusers import PixArtAlphaPipeline
     from transformers import CLIPTokenizer
 
@@ -77,17 +78,19 @@ def tiny_dit_pipeline(seed: int = 0, model: DefaultModelConfig = TINY_MODEL):
     torch.manual_seed(seed)
     pipe = PixArtAlphaPipeline(
         vae=model.vae.build(), text_encoder=model.text_encoder.build(), transformer=model.dit.build(),
-        tokenizer=CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer")), scheduler=model.scheduler.build())
+        tokenizer=CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer")),
+        scheduler=model.flow.build() if flow else model.scheduler.build())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def save_tiny_pipeline(path: Path, seed: int = 0, inpainting: bool = False, dit: bool = False) -> Path:
+def save_tiny_pipeline(path: Path, seed: int = 0, inpainting: bool = False, dit: bool = False,
+                       flow: bool = False) -> Path:
     """Write a tiny random pipeline folder (safetensors) and return its path (``inpainting``: a 9-channel UNet's;
-    ``dit``: :func:`tiny_dit_pipeline`)."""
+    ``dit``: :func:`tiny_dit_pipeline`, ``flow``: a flow-matching one)."""
     from mobilediff.loading import save_pipeline
 
-    pipe = tiny_dit_pipeline(seed) if dit else tiny_inpainting_pipeline(seed) if inpainting else tiny_pipeline(seed)
+    pipe = tiny_dit_pipeline(seed, flow=flow) if dit or flow else tiny_inpainting_pipeline(seed) if inpainting else tiny_pipeline(seed)
     save_pipeline(pipe, path)
     return Path(path)
 

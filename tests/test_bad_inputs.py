@@ -117,6 +117,13 @@ def pipe_copy(c: Ctx, name: str = "p") -> Path:
     return Path(shutil.copytree(c.w.pipe, c.t / name))
 
 
+def tiny_dit(c: Ctx, flow: bool) -> Path:
+    """A tiny PixArt pipeline folder at c.t / "dit" (a flow-matching one with ``flow``)."""
+    from mobilediff.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(c.t / "dit", dit=True, flow=flow)
+
+
 def pipe_pickle(suffix: str) -> Callable[[Ctx], None]:
     def setup(c):
         w = pipe_copy(c) / "unet" / "diffusion_pytorch_model.safetensors"
@@ -607,6 +614,30 @@ CASES = [
     Case("train-base-vae-from-with-vae-steps", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
                                                           "--vae-from", str(c.t), "--vae-steps", "5"], None,
          "--vae-from and --vae-steps conflict: the VAE is taken, not trained"),
+    Case("train-base-flow-without-dit", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
+                                                   "--objective", "flow"], None,
+         "--objective flow needs --backbone dit"),
+    Case("train-base-flow-shift-nan", lambda c: ["mobilediff", "train-base", "--tiny", "--out", str(c.t / "run"),
+                                                 "--backbone", "dit", "--objective", "flow", "--flow-shift", "nan"],
+         None, "--flow-shift"),
+    Case("train-base-flow-shift-without-flow", lambda c: ["mobilediff", "train-base", "--tiny", "--out",
+                                                          str(c.t / "run"), "--backbone", "dit", "--flow-shift", "3"],
+         None, "--flow-shift needs --objective flow"),
+    Case("distill-dit-teacher-without-flow", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "dit"),
+                                                        "--method", "progressive", "--steps", "2", "--out",
+                                                        str(c.t / "run")], lambda c: tiny_dit(c, flow=False),
+         "without a flow-matching scheduler"),
+    Case("distill-flow-remove-missing-block", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "dit"),
+                                                         "--method", "slim", "--steps", "2", "--remove", "block-9",
+                                                         "--out", str(c.t / "run")], lambda c: tiny_dit(c, flow=True),
+         "--remove: the teacher's transformer has blocks 0..1, got 'block-9'"),
+    Case("distill-flow-lora", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "dit"), "--method",
+                                         "lcm-lora", "--steps", "2", "--out", str(c.t / "run")],
+         lambda c: tiny_dit(c, flow=True), "--method lcm-lora is for UNet teachers"),
+    Case("distill-unet-remove-transformer-block", lambda c: ["mobilediff", "distill", "--teacher", str(c.t / "p"),
+                                                             "--method", "slim", "--steps", "2", "--remove", "block-1",
+                                                             "--out", str(c.t / "run")], pipe_copy,
+         "block-K names a diffusion transformer's blocks"),
     Case("distill-resume-latest-with-force", lambda c: ["mobilediff", "distill", "--teacher", "default", "--method", "lcm",
                                                         "--steps", "4", "--out", str(c.t / "run"), "--resume", "latest",
                                                         "--force"], None, "--resume latest and --force conflict"),

@@ -90,7 +90,9 @@ class DistillConfig:
     # lora
     lora_rank: int = 4  # rank of the adapter's matrices (its alpha equals it: scale 1)
     # slim
-    remove: str = "mid,attention-0"  # blocks removed from the teacher's UNet (mobilediff.train.slim)
+    # blocks removed from the teacher's UNet (mobilediff.train.slim) or transformer (block-K: mobilediff.train.
+    # flow_distill); None: the UNet's mid block and highest-resolution attention, or the transformer's middle third
+    remove: str | None = None
     feature_weight: float = 1.0  # weight of the feature-distillation term against the output term
     # the data: none given = the shapes domain; each method's needs: mobilediff.sources.NEEDS
     source: DataOptions = field(default_factory=DataOptions)
@@ -116,6 +118,19 @@ def progressive_rounds(teacher_steps: int, steps: int) -> list[int]:
             f"progressive distillation halves the teacher's {teacher_steps} steps: --steps must be one of "
             f"{', '.join(map(str, valid)) or '(none: --teacher-steps is odd)'}, got {steps}")
     return rounds
+
+
+UNET_REMOVAL = "mid,attention-0"  # slim's default on a UNet teacher
+
+
+def unet_removal(cfg: DistillConfig) -> list[str]:
+    """The UNet blocks a slim run removes (``--remove``, default :data:`UNET_REMOVAL`)."""
+    from mobilediff.train.slim import parse_removal
+
+    if cfg.remove is not None and cfg.remove.strip().startswith("block-"):
+        raise MobilediffError(f"--remove {cfg.remove}: block-K names a diffusion transformer's blocks; the teacher is "
+                              f"a UNet (remove mid, attention-K)")
+    return parse_removal(cfg.remove or UNET_REMOVAL)
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -157,7 +172,8 @@ def validate(cfg: DistillConfig) -> None:
     if cfg.method == "slim":
         from mobilediff.train.slim import parse_removal
 
-        parse_removal(cfg.remove)
+        if cfg.remove is not None and not cfg.remove.strip().startswith("block-"):
+            parse_removal(cfg.remove)  # a transformer's block-K list is checked against the teacher's blocks
         if not 1 <= cfg.steps <= 1000:
             raise MobilediffError(f"--steps: a slim student samples at 1..1000 DDIM steps, got {cfg.steps}")
         if not cfg.feature_weight >= 0:
@@ -188,7 +204,16 @@ def load_teacher(teacher: str):
     if (vae_folder(resolve_model(teacher)) / RECORD).is_file():
         raise MobilediffError(f"the teacher {teacher} holds a tiny decoder (mobilediff distill-decoder), whose encoder "
                               f"is empty: distil from the model it was made for, whose VAE encodes the training images")
-    pipe = load_pipeline(teacher)
+    pipe = load_pipeline(teacher, transformers=True)
+    from mobilediff import transformer_family
+    from mobilediff.samplers import is_flow
+
+    if transformer_family.is_transformer_pipeline(pipe):
+        if not is_flow(pipe.scheduler.config):
+            raise MobilediffError(f"the teacher {teacher} is a {type(pipe).__name__} without a flow-matching scheduler: "
+                                  f"a diffusion transformer distils with velocity targets from a flow-matching "
+                                  f"teacher (mobilediff train-base --backbone dit --objective flow)")
+        return pipe
     if not isinstance(pipe.unet, UNet2DConditionModel):
         raise MobilediffError(f"unsupported denoiser {type(pipe.unet).__name__}: expected UNet2DConditionModel")
     if pipe.unet.config.time_cond_proj_dim is not None:
@@ -259,8 +284,11 @@ class DistillData:
 
         self.cfg, self.teacher, self.accelerator = cfg, teacher, accelerator
         self.run_record: dict = {}  # the "run" entry of every checkpoint of the run (distill sets it)
-        self.latent_hw = latent_size(teacher.unet.config)
-        self.latent_channels = teacher.unet.config.in_channels
+        net = denoiser(teacher)
+        self.latent_hw = latent_size(net.config)
+        self.latent_channels = net.config.in_channels
+        # a PixArt teacher's caption is masked after its first EOS (flow_distill.Caption: features and mask)
+        self.masked = net is not getattr(teacher, "unet", None)
         size = teacher_image_size(teacher)
         vae_dir = vae_folder(resolve_model(cfg.teacher))  # a packed teacher borrows its VAE from its base
         vae_sha256 = file_sha256(vae_dir / "diffusion_pytorch_model.safetensors")
@@ -295,8 +323,7 @@ class DistillData:
                     self.cache = {"ids": ids}
         tok = teacher.tokenizer
         empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-        with torch.no_grad():
-            self.uncond = teacher.text_encoder(empty).last_hidden_state.float()  # (1, 77, D)
+        self.uncond = self.encode(empty)  # (1, 77, D), or its Caption
         self.rows = process_rows(cfg.batch_size, accelerator)  # this process's rows of every global batch
 
     def draw(self, sample, *shape) -> torch.Tensor:
@@ -314,15 +341,30 @@ class DistillData:
         and timesteps (with :meth:`draw`, so that every process draws the whole batch's numbers in the same order)."""
         g = torch.Generator().manual_seed((self.cfg.seed + 7) * 1_000_003 + step * 7919)
         idx = self.draw(lambda size: torch.randint(0, len(self.cache["ids"]), size, generator=g))
-        with torch.no_grad():
-            cond = self.teacher.text_encoder(self.cache["ids"][idx]).last_hidden_state.float()
+        cond = self.encode(self.cache["ids"][idx])
         if not self.has_latents:
             return g, None, torch.zeros(len(idx), 1, *self.latent_hw), cond
         return g, self.cache["latents"][idx], self.cache["mask"][idx], cond
 
+    @torch.no_grad()
+    def encode(self, ids: torch.Tensor):
+        """The teacher's frozen text features of token ``ids`` (B, L): (B, L, D), or for a PixArt teacher a
+        :class:`mobilediff.train.flow_distill.Caption` of them and the caption mask."""
+        if not self.masked:
+            return self.teacher.text_encoder(ids).last_hidden_state.float()
+        from mobilediff.train.flow_distill import Caption, caption_mask
+
+        mask = caption_mask(ids, self.teacher.text_encoder.config.eos_token_id)
+        return Caption(self.teacher.text_encoder(ids, attention_mask=mask).last_hidden_state.float(), mask)
+
     def pixel_weight(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) loss weight per latent pixel: 1 + object_weight x the fraction of it covered by shapes."""
         return 1.0 + self.cfg.object_weight * mask
+
+
+def denoiser(pipe):
+    """A pipeline's denoiser: its UNet, or its diffusion transformer."""
+    return pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
 
 
 def teacher_image_size(teacher) -> tuple[int, int]:
@@ -369,7 +411,7 @@ def synthesized_latents(cfg: DistillConfig, teacher, prompts: list[str], show: b
     model_dir = resolve_model(cfg.teacher)
     plan = model_card(teacher, model_dir, str(cfg.teacher)).plan
     unet_hash = hashlib.sha256()
-    for k, v in sorted(teacher.unet.state_dict().items()):
+    for k, v in sorted(denoiser(teacher).state_dict().items()):
         unet_hash.update(k.encode())
         unet_hash.update(v.detach().float().numpy().tobytes())
     key = json.dumps({"captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(), "seeds": seeds[:1] + [n],
@@ -676,7 +718,7 @@ class SlimObjective:
         pass
 
 
-def slim_guidance(cfg: DistillConfig, teacher_dir: Path) -> float | None:
+def slim_guidance(cfg: DistillConfig, teacher_dir: Path, samplers: tuple[str, ...] = ("ddim",)) -> float | None:
     """The slim student's target: None (the teacher's conditional prediction) for a guidance-distilled student
     teacher, whose plan must be DDIM at ``cfg.steps`` steps; else the classifier-free guidance scale ``cfg.guidance``
     (None at 1: the conditional prediction)."""
@@ -684,7 +726,7 @@ def slim_guidance(cfg: DistillConfig, teacher_dir: Path) -> float | None:
     plan = record["sampling"] if record else None
     if plan is None:
         return None if cfg.guidance == 1 else cfg.guidance
-    if plan.get("sampler") != "ddim" or plan.get("steps") != cfg.steps or float(plan.get("guidance", 1.0)) > 1:
+    if plan.get("sampler") not in samplers or plan.get("steps") != cfg.steps or float(plan.get("guidance", 1.0)) > 1:
         raise MobilediffError(f"the teacher {cfg.teacher} is a distilled student sampling {plan.get('sampler')} at "
                               f"{plan.get('steps')} steps, guidance {plan.get('guidance')}: a slim student learns a "
                               f"DDIM student at its own step count without guidance (pass --steps {plan.get('steps')}"
@@ -696,11 +738,11 @@ def train_slim(cfg: DistillConfig, data: DistillData, scheduler, prediction_type
                guidance: float | None, ckpt) -> tuple[torch.nn.Module, dict]:
     from mobilediff.train.slim import parse_removal, slim_unet
 
-    student = slim_unet(teacher_unet, parse_removal(cfg.remove)).requires_grad_(True).train()
+    student = slim_unet(teacher_unet, unet_removal(cfg)).requires_grad_(True).train()
     teacher_unet = teacher_unet.requires_grad_(False).eval()
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     objective = SlimObjective(cfg, data, student, teacher_unet, scheduler, prediction_type, guidance)
-    leg = Leg(run_dir=cfg.out, desc=f"distill slim (remove {cfg.remove})", steps=cfg.max_train_steps,
+    leg = Leg(run_dir=cfg.out, desc=f"distill slim (remove {','.join(unet_removal(cfg))})", steps=cfg.max_train_steps,
               lr_warmup_steps=cfg.warmup_steps, checkpoint_every=cfg.checkpoint_every, log_every=25,
               grad_clip=cfg.grad_clip, loss_format=".5f", checkpoint_state=data.run_record)
     seconds = run_leg(leg, objective, opt, data.accelerator, ckpt)
@@ -865,19 +907,25 @@ def _check_resume_fits(cfg: DistillConfig, teacher_unet, ckpt, run: dict) -> Non
         return
     names = ("student",)
     with torch.random.fork_rng(devices=[]):  # the student this run builds, for its shapes (the run's seeds stay put)
-        if cfg.method == "lcm":
-            student, names = make_lcm_student(teacher_unet, cfg.time_cond_proj_dim), ("student", "target")
-        elif cfg.method == "slim":
-            from mobilediff.train.slim import parse_removal, slim_unet
+        if type(teacher_unet).__name__ != "UNet2DConditionModel":  # a flow transformer's (train.flow_distill)
+            from mobilediff.train.flow_distill import student_shapes
 
-            student = slim_unet(teacher_unet, parse_removal(cfg.remove))
-        elif cfg.method == "lora":
-            student = lora_student(teacher_unet, cfg.lora_rank)
-        elif cfg.method == "lcm-lora":
-            student, names = lora_student(teacher_unet, cfg.lora_rank, LCM_LORA_TARGETS), ("student", "target")
+            by_name = student_shapes(cfg, teacher_unet)
+            names, shapes = tuple(by_name), by_name["student"]
         else:
-            student = teacher_unet
-        shapes = module_shapes(student)
+            if cfg.method == "lcm":
+                student, names = make_lcm_student(teacher_unet, cfg.time_cond_proj_dim), ("student", "target")
+            elif cfg.method == "slim":
+                from mobilediff.train.slim import slim_unet
+
+                student = slim_unet(teacher_unet, unet_removal(cfg))
+            elif cfg.method == "lora":
+                student = lora_student(teacher_unet, cfg.lora_rank)
+            elif cfg.method == "lcm-lora":
+                student, names = lora_student(teacher_unet, cfg.lora_rank, LCM_LORA_TARGETS), ("student", "target")
+            else:
+                student = teacher_unet
+            shapes = module_shapes(student)
     check_fits(ckpt, {name: shapes for name in names})
     progressive = "round" in ckpt.state
     if progressive != (cfg.method == "progressive"):
@@ -944,11 +992,13 @@ def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, 
     refuse_existing(out, resume, force)
     ckpt = _check_resume(cfg, resume, force)
     teacher = load_teacher(cfg.teacher)  # refuses bad teachers before anything is written
+    if getattr(teacher, "unet", None) is None:
+        return _distill_flow(cfg, resume, command, accelerator, teacher, ckpt, existed)
     guidance = None
     if cfg.method == "slim":  # the removal must fit the teacher's UNet, and a student teacher's plan the steps
         from mobilediff.train.slim import parse_removal, slim_config
 
-        slim_config(dict(teacher.unet.config), parse_removal(cfg.remove))
+        slim_config(dict(teacher.unet.config), unet_removal(cfg))
         guidance = slim_guidance(cfg, resolve_model(cfg.teacher))
     run = {"command": "distill", "method": cfg.method, "teacher_unet_sha256": state_sha256(teacher.unet)}
     _check_resume_fits(cfg, teacher.unet, ckpt, run)  # a checkpoint this run cannot continue, before any work
@@ -1004,7 +1054,7 @@ def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, 
         from mobilediff.train.slim import parse_removal
 
         unet, stats = train_slim(cfg, data, scheduler, prediction_type, teacher.unet, guidance, ckpt)
-        info = _record(cfg, command, stats, removed=parse_removal(cfg.remove), target_guidance=guidance,
+        info = _record(cfg, command, stats, removed=unet_removal(cfg), target_guidance=guidance,
                        sampling={"sampler": "ddim", "steps": cfg.steps, "guidance": 1.0})
         if accelerator.is_main_process:
             _save_student(out / "model", teacher, resolve_model(cfg.teacher), unet, copy.deepcopy(scheduler),
@@ -1026,5 +1076,73 @@ def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, 
         if accelerator.is_main_process:
             _save_student(path, teacher, resolve_model(cfg.teacher), unet, copy.deepcopy(scheduler),
                           "StableDiffusionPipeline", info)
+        written.append(path)
+    return written
+
+
+def _distill_flow(cfg: DistillConfig, resume: str | None, command: str, accelerator, teacher, ckpt,
+                  existed: bool) -> list[Path]:
+    """:func:`_distill` for a flow-matching PixArt teacher (:mod:`mobilediff.train.flow_distill`)."""
+    from mobilediff.loading import resolve_model
+    from mobilediff.train import flow_distill as fd
+    from mobilediff.train.checkpoint import run_record
+
+    if cfg.method not in fd.FLOW_METHODS:
+        raise MobilediffError(f"--method {cfg.method} is for UNet teachers; a flow-matching diffusion transformer "
+                              f"distils with {', '.join(fd.FLOW_METHODS)}")
+    out, net, teacher_dir = Path(cfg.out), teacher.transformer, resolve_model(cfg.teacher)
+    guidance, removed = cfg.guidance, None
+    if cfg.method == "slim":
+        removed = fd.removal(cfg, net)  # must fit the teacher's blocks, before anything is written
+        guidance = slim_guidance(cfg, teacher_dir, samplers=("euler", "ddim"))
+    run = {"command": "distill", "method": cfg.method, "objective": "flow", "teacher_transformer_sha256": state_sha256(net),
+           **({"removed": removed} if removed is not None else {})}
+    _check_resume_fits(cfg, net, ckpt, run)
+    earlier = _earlier_rounds(cfg, ckpt)
+    if cfg.source.given:
+        preflight_data(cfg.source, teacher, show=accelerator.is_main_process)
+    if cfg.method == "lcm" and cfg.source.given and not cfg.source.has_images and not cfg.source.synthesize:
+        raise MobilediffError("--method lcm trains on latents: give images (--images / --wds) or --synthesize N with "
+                              "the prompts")
+    prepare_run_folder(out, continues_in_place(out, resume), existed, accelerator)
+    if accelerator.is_main_process:
+        for folder in earlier:
+            with atomic_dir(out / folder.name, force=True) as tmp:
+                shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    accelerator.wait_for_everyone()
+    for module in (teacher.text_encoder, net, teacher.vae):
+        module.requires_grad_(False).eval()
+    data = DistillData(cfg, teacher, accelerator)
+    data.run_record = run_record(**run)
+    main = accelerator.is_main_process
+    if cfg.method == "lcm":
+        student, stats = fd.train_consistency(cfg, data, net, ckpt)
+        info = _record(cfg, command, stats, objective="flow", target_guidance=cfg.guidance,
+                       sampling={"sampler": "lcm", "steps": cfg.steps, "guidance": 1.0})
+        if main:
+            fd.save_student(out / "model", teacher, teacher_dir, student, info)
+        return [out / "model"]
+    if cfg.method == "slim":
+        student, stats = fd.train_slim(cfg, data, net, removed, guidance, ckpt)
+        info = _record(cfg, command, stats, objective="flow", removed=[f"block-{b}" for b in removed],
+                       target_guidance=guidance, sampling={"sampler": "euler", "steps": cfg.steps, "guidance": 1.0})
+        if main:
+            fd.save_student(out / "model", teacher, teacher_dir, student, info)
+        return [out / "model"]
+    written = []
+    for r, n in enumerate(progressive_rounds(cfg.teacher_steps, cfg.steps)):
+        path = out / f"steps-{n}"
+        if (path / "distillation.json").is_file() and (ckpt is None or ckpt.step >= (r + 1) * cfg.max_train_steps):
+            from diffusers import PixArtTransformer2DModel
+
+            net = PixArtTransformer2DModel.from_pretrained(str(path / "transformer"), use_safetensors=True)
+            written.append(path)
+            continue
+        net, stats = fd.train_progressive_round(cfg, data, net, n, r, ckpt)
+        info = _record(cfg, command, stats, objective="flow", round=r, teacher_steps=2 * n,
+                       target_guidance=cfg.guidance if r == 0 else None,
+                       sampling={"sampler": "euler", "steps": n, "guidance": 1.0})
+        if main:
+            fd.save_student(path, teacher, teacher_dir, net, info)
         written.append(path)
     return written
