@@ -192,8 +192,9 @@ def validate(cfg: DistillConfig) -> None:
             raise MobilediffError(f"{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
 
 
-def load_teacher(teacher: str):
-    """The teacher pipeline (checked, safetensors only); refuses students and unsupported classes."""
+def load_teacher(teacher: str, flow: bool = False):
+    """The teacher pipeline (checked, safetensors only); refuses students and unsupported classes. ``flow``: a
+    flow-matching PixArt pipeline is taken too (what `distill` runs with mobilediff.train.flow_distill)."""
     from diffusers import UNet2DConditionModel
 
     from mobilediff.loading import load_pipeline
@@ -204,7 +205,7 @@ def load_teacher(teacher: str):
     if (vae_folder(resolve_model(teacher)) / RECORD).is_file():
         raise MobilediffError(f"the teacher {teacher} holds a tiny decoder (mobilediff distill-decoder), whose encoder "
                               f"is empty: distil from the model it was made for, whose VAE encodes the training images")
-    pipe = load_pipeline(teacher, transformers=True)
+    pipe = load_pipeline(teacher, transformers=flow)
     from mobilediff import transformer_family
     from mobilediff.samplers import is_flow
 
@@ -991,7 +992,10 @@ def _distill(cfg: DistillConfig, resume: str | None, force: bool, command: str, 
     existed = out.exists()
     refuse_existing(out, resume, force)
     ckpt = _check_resume(cfg, resume, force)
-    teacher = load_teacher(cfg.teacher)  # refuses bad teachers before anything is written
+    from mobilediff.train.flow_distill import FLOW_METHODS
+
+    # refuses bad teachers before anything is written (a diffusion transformer distils by FLOW_METHODS only)
+    teacher = load_teacher(cfg.teacher, flow=cfg.method in FLOW_METHODS)
     if getattr(teacher, "unet", None) is None:
         return _distill_flow(cfg, resume, command, accelerator, teacher, ckpt, existed)
     guidance = None
