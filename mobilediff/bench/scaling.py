@@ -57,7 +57,7 @@ from mobilediff.errors import MobilediffError
 from mobilediff.flops import count_gflop
 
 RUNTIMES = ("eager", "onnx")
-METHODS = ("teacher", "progressive", "lcm")
+METHODS = ("teacher", "progressive", "lcm", "slim")
 DEFAULT_STUDENT_KINDS = ("progressive-1", "progressive-4", "lcm")  # family students the study takes by default
 OUTPUT_NAMES = ("scaling_quality.png", "scaling_budget.png", "scaling_guidance.png", "scaling.md",
                 "scaling_meta.json", "scaling.json")
@@ -83,7 +83,7 @@ class Subject:
     label: str  # as the user named it: "default:unet-xs", "default:unet-xs:lcm", a folder
     path: Path
     model: str  # the model (size) its rows belong to: its own label, or its teacher's for a student
-    method: str = "teacher"  # teacher | progressive | lcm
+    method: str = "teacher"  # teacher | progressive | lcm | slim
     plan: tuple[str, int, float] | None = None  # a student's (sampler, steps, guidance), from its distillation.json
 
 
@@ -535,7 +535,7 @@ def measure(cfg: ScalingConfig, command: str = "") -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- the report
-STUDENT_MARKERS = {"progressive": "D", "lcm": "^"}
+STUDENT_MARKERS = {"progressive": "D", "lcm": "^", "slim": "s"}
 
 
 def display(label: str) -> str:
