@@ -1,7 +1,8 @@
 """Export and latency of real denoiser architectures with random weights: an SD-1.5-shaped and a
-BK-SDM-Tiny-shaped UNet, one denoiser step, on each host runtime against PyTorch eager.
+BK-SDM-Tiny-shaped UNet and a PixArt-alpha-shaped diffusion transformer, one denoiser step, on each host runtime
+against PyTorch eager.
 
-    python benchmarks/real_architectures.py [--arch sd15 bk-sdm-tiny] [--targets onnx executorch]
+    python benchmarks/real_architectures.py [--arch sd15 bk-sdm-tiny pixart-alpha] [--targets onnx executorch]
         [--resolution 256] [--runs 10] [--warmup 3] [--out benchmarks/results] [--work DIR] [--keep]
 
 No weights can be downloaded here, so each UNet is built from its checkpoint's ``unet/config.json`` with
@@ -39,7 +40,14 @@ Architectures (``mobilediff.bench.real_architectures.ARCHITECTURES``; the steps 
   (diffusers adds one per up block: 2), CrossAttnDownBlock2D x3, no mid block, CrossAttnUpBlock2D x3.
   323,384,964 parameters: the 0.32 B that the BK-SDM paper (Kim et al. 2023) gives for BK-SDM-Tiny's UNet.
 
-Text context 77 x 768 (CLIP ViT-L/14, as both models read). Only the UNet is exported; the text encoder and
+- ``pixart-alpha``: PixArt-alpha XL/2 (PixArt-alpha/PixArt-XL-2-512x512 ``transformer/config.json``: diffusers'
+  PixArtTransformer2DModel defaults with sample_size 64): 28 blocks of width 1152 (16 heads of 72), 2x2 patches,
+  adaLN-single, cross-attention to 120 T5-XXL tokens of width 4096 with their mask, learned variance (the exported
+  step drops that half, as the pipeline does). 610,856,096 parameters: PixArt-alpha's 0.6 B (Chen et al. 2023).
+  Its T5 encoder (4.7 B parameters) is a one-layer stand-in of the real width that fixes the context; the
+  stable-diffusion.cpp peer (--peer) runs the UNets only.
+
+Text context of the UNets 77 x 768 (CLIP ViT-L/14, as both models read). Only the UNet is exported; the text encoder and
 VAE of the pipeline handed to ``declare`` are tiny stand-ins that fix that context and the latent geometry
 (4 channels, factor 8: 256 x 256 -> 32 x 32 latents). ``--scale tiny`` divides every channel width by 10
 (same blocks, depth and inputs) so that the whole script runs in a test.

@@ -144,3 +144,29 @@ def test_a_peer_row_is_written_with_how_its_step_was_measured(tmp_path):
     md = (tmp_path / "real_architectures.md").read_text()
     assert "| stable-diffusion.cpp |" in md and "(t(3-step generate) - t(1-step generate)) / 2" in md
     assert "stable-diffusion-cpp-python 0.4.7" in md
+
+
+def test_pixart_alpha_is_the_published_0_6_b_transformer_declared_as_the_exporter_declares_it():
+    """PixArt-alpha XL/2: 0.6 B parameters (Chen et al. 2023); its declared step takes the caption mask and the 120
+    T5 tokens of width 4096 (at scale tiny: width / 10), at the CFG batch of 2."""
+    import torch
+
+    n = ra._weight_bytes_estimate("pixart-alpha", "full") // 4
+    assert 0.6e9 <= n < 0.62e9
+    spec = ra.build_spec("pixart-alpha", "tiny", 64, None, 0)
+    shapes = {t.name: t.static_shape(spec.dims) for t in spec.inputs}
+    assert shapes == {"sample": (2, 4, 8, 8), "timestep": (2,), "encoder_hidden_states": (2, 120, 409),
+                      "encoder_attention_mask": (2, 120)}
+    with torch.no_grad():
+        out = spec.module(*spec.example_inputs(0))
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    with pytest.raises(MobilediffError, match="multiple of 16 for pixart-alpha"):
+        RealArchConfig(out=tmp_path_unused(), arch=("pixart-alpha",), resolution=(72,)).check()
+    assert ra._peers(RealArchConfig(out=tmp_path_unused(), peers=("sdcpp",)), "pixart-alpha") == ()
+
+
+def tmp_path_unused():
+    from pathlib import Path
+
+    return Path("/nonexistent/never-written")

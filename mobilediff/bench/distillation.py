@@ -201,11 +201,11 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    teacher = load_pipeline(args.teacher)
-    lcm = load_pipeline(args.lcm)
-    progressive = {k: load_pipeline(args.progressive / f"steps-{k}") for k in args.steps
+    teacher = load_pipeline(args.teacher, transformers=True)  # a flow-matching PixArt teacher too
+    lcm = load_pipeline(args.lcm, transformers=True)
+    progressive = {k: load_pipeline(args.progressive / f"steps-{k}", transformers=True) for k in args.steps
                    if (args.progressive / f"steps-{k}").is_dir()}
-    slim = load_pipeline(args.slim) if args.slim.is_dir() else None
+    slim = load_pipeline(args.slim, transformers=True) if args.slim.is_dir() else None
     slim_plan = None
     if slim is not None:
         from mobilediff.card import distillation_record

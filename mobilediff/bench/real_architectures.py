@@ -36,15 +36,36 @@ OUT_OF_MEMORY = ("can't allocate memory", "Cannot allocate memory", "MemoryError
 class Architecture:
     title: str  # name in tables
     source: str  # where the configuration comes from
-    unet_config: dict  # UNet2DConditionModel keyword arguments: the checkpoint's unet/config.json
+    # the denoiser's keyword arguments (the checkpoint's unet/config.json or transformer/config.json)
+    unet_config: dict
+    kind: str = "unet"  # "unet": UNet2DConditionModel; "pixart": PixArtTransformer2DModel
+    text: tuple[int, int] = (TEXT_TOKENS, TEXT_DIM)  # the text encoder's context: tokens x width
 
     def config(self, scale: str) -> dict:
-        """The UNet configuration at ``scale``: "full", or "tiny" (every channel width / 10; same blocks)."""
-        div = SCALES[scale]
-        return {**self.unet_config, "block_out_channels": tuple(c // div for c in self.unet_config["block_out_channels"])}
+        """The denoiser's configuration at ``scale``: "full", or "tiny" (every channel width / 10; same blocks)."""
+        div, c = SCALES[scale], self.unet_config
+        if self.kind == "pixart":
+            head = c["attention_head_dim"] // div
+            return {**c, "attention_head_dim": head, "cross_attention_dim": head * c["num_attention_heads"],
+                    "caption_channels": c["caption_channels"] // div}
+        return {**c, "block_out_channels": tuple(ch // div for ch in c["block_out_channels"])}
 
-    def levels(self) -> int:
-        return len(self.unet_config["down_block_types"])
+    def text_context(self, scale: str) -> tuple[int, int]:
+        return (self.text[0], self.config(scale)["caption_channels"]) if self.kind == "pixart" else self.text
+
+    def build(self, scale: str):
+        """The denoiser with random weights (on the current default device: ``torch.device("meta")`` allocates none)."""
+        from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+
+        cls = PixArtTransformer2DModel if self.kind == "pixart" else UNet2DConditionModel
+        return cls(**self.config(scale))
+
+    def pixel_multiple(self) -> int:
+        """What an image side must be a multiple of: the VAE's factor 8 times the UNet's downsamplings, or times the
+        transformer's patch size."""
+        if self.kind == "pixart":
+            return 8 * self.unet_config["patch_size"]
+        return 8 * 2 ** (len(self.unet_config["down_block_types"]) - 1)
 
 
 # Every architectural field of the checkpoint's unet/config.json, diffusers' defaults included: the table is the record.
@@ -62,6 +83,17 @@ ARCHITECTURES = {
         "BK-SDM-Tiny UNet", "Nota-NetsPresso/BK-SDM src/unet_config/bk_tiny/config.json (student of nota-ai/bk-sdm-tiny)",
         {**_SD15, "down_block_types": ("CrossAttnDownBlock2D",) * 3, "mid_block_type": None,
          "up_block_types": ("CrossAttnUpBlock2D",) * 3, "block_out_channels": (320, 640, 1280), "layers_per_block": 1}),
+    # PixArt-alpha XL/2 at 512 px: diffusers' PixArtTransformer2DModel defaults are PixArt-XL-2's transformer/config.json
+    # (28 blocks of width 1152 = 16 heads x 72, cross-attention to 120 T5-XXL tokens of width 4096, 2x2 patches,
+    # learned variance), with sample_size 64 as PixArt-alpha/PixArt-XL-2-512x512 (no resolution conditions)
+    "pixart-alpha": Architecture(
+        "PixArt-alpha XL/2 transformer", "PixArt-alpha/PixArt-XL-2-512x512 transformer/config.json "
+        "(diffusers' PixArtTransformer2DModel defaults, sample_size 64)",
+        dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+             cross_attention_dim=1152, attention_bias=True, sample_size=64, patch_size=2,
+             activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+             norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, use_additional_conditions=False),
+        kind="pixart", text=(120, 4096)),
 }
 
 
@@ -96,7 +128,9 @@ class RealArchConfig:
         if self.batch is not None:
             check_count("--batch", self.batch, 1)
         for arch in self.arch:
-            multiple = 8 * 2 ** (ARCHITECTURES[arch].levels() - 1)  # VAE factor 8 x the UNet's downsamplings
+            if arch not in ARCHITECTURES:
+                raise MobilediffError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch}")
+            multiple = ARCHITECTURES[arch].pixel_multiple()
             for res in self.resolution:
                 if res <= 0 or res % multiple:
                     raise MobilediffError(f"--resolution must be a positive multiple of {multiple} for {arch}, got {res}")
@@ -124,7 +158,7 @@ def sd15_scheduler():
 
 
 def build_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: int):
-    """The UNet's ComponentSpec exactly as ``mobilediff export`` declares it, with seeded random weights.
+    """The denoiser's ComponentSpec exactly as ``mobilediff export`` declares it, with seeded random weights.
 
     ``declare`` reads a whole pipeline; its text encoder (one CLIP layer of width 768, 77 positions) and VAE
     (4 latent channels, 3 downsamplings) are stand-ins that only fix the text context and latent geometry.
@@ -137,6 +171,8 @@ def build_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: 
     from mobilediff.components import declare, latent_geometry
     from mobilediff.loading import DEFAULT_MODEL_DIR
 
+    if ARCHITECTURES[arch].kind == "pixart":
+        return _pixart_spec(arch, scale, resolution, batch, seed)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**ARCHITECTURES[arch].config(scale)).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(DEFAULT_MODEL_DIR / "tokenizer"))
@@ -153,6 +189,38 @@ def build_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: 
                                    requires_safety_checker=False)
     geometry = latent_geometry(pipe, resolution, resolution)
     return declare(pipe, geometry, cfg_batch=batch)["unet"]
+
+
+def _pixart_spec(arch: str, scale: str, resolution: int, batch: int | None, seed: int):
+    """:func:`build_spec` of a PixArt transformer: its pipeline's T5 encoder is a one-layer stand-in of the real width
+    (4096 features per token) over a small unigram vocabulary, padded to the real 120 tokens; the VAE a stand-in of
+    factor 8."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    from mobilediff.components import declare, latent_geometry
+    from mobilediff.transformer_family import tiny_tokenizer
+
+    a = ARCHITECTURES[arch]
+    tokens, width = a.text_context(scale)
+    torch.manual_seed(seed)
+    transformer = a.build(scale).eval()
+    tokenizer = tiny_tokenizer(max_length=tokens)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=16, num_layers=1,
+                                           num_heads=1, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1)
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                               scheduler=DPMSolverMultistepScheduler())
+    geometry = latent_geometry(pipe, resolution, resolution)
+    return declare(pipe, geometry, cfg_batch=batch)["unet"]
+
+
+def _denoiser(module):
+    """The network inside a declared denoiser module (its ``unet`` or ``transformer``)."""
+    return getattr(module, "unet", None) or module.transformer
 
 
 def _io_spec(io: dict):
@@ -206,7 +274,7 @@ def cell_eager(job: dict, result: str) -> None:
         spec.module(*inputs)
         first = (time.perf_counter() - t0) * 1e3
         samples = time_callable(lambda: spec.module(*inputs), job["warmup"], job["runs"])
-    unet = spec.module.unet
+    unet = _denoiser(spec.module)
     _write(result, {"params": sum(p.numel() for p in unet.parameters()),
                     "weight_bytes": sum(p.numel() * p.element_size() for p in unet.parameters()),
                     "io": spec.to_dict(), "first_call_ms": first, "samples_ms": samples,
@@ -453,11 +521,11 @@ def write_results(out: Path, result: dict) -> None:
           f"{s['threads']} threads, load average {m.get('load_average_at_start', ['?'])[0]} at the start, "
           f"{result['created']}{'' if result.get('complete') else ' (incomplete: still running or interrupted)'}.",
           "",
-          "**Random weights** (seeded): the UNets have the real architectures (configurations below) but no trained "
+          "**Random weights** (seeded): the denoisers have the real architectures (configurations below) but no trained "
           "weights, so these are **latency-only** numbers - speed, file size, export cost and numerical parity of "
           "the exported graph against PyTorch eager - and say nothing about image quality. "
           f"One denoiser step, fp32, {batch}, "
-          f"text context {TEXT_TOKENS} x {TEXT_DIM}; latency over {s['runs']} runs after {s['warmup']} warm-up runs. "
+          f"text context {TEXT_TOKENS} x {TEXT_DIM} (a UNet's; a transformer's below); latency over {s['runs']} runs after {s['warmup']} warm-up runs. "
           "Load = creating the session / program from the file, which had just been written (OS page cache warm). "
           "Speedup = PyTorch eager median / runtime median; a median marked noisy had a slow tail (p90 > 1.25 x median), "
           "one marked n=... had fewer than 10 runs (not reportable). Parity: fp32 floor "
@@ -496,6 +564,14 @@ def write_results(out: Path, result: dict) -> None:
     md += ["", "## Architectures", ""]
     for name, a in result["architectures"].items():
         cfg = a["unet_config"]
+        if a.get("kind") == "pixart":
+            tokens, width = a["text_context"]
+            md.append(f"- `{name}`: {a['title']}, {a['params']:,} parameters ({a['weight_bytes'] / 1e9:.2f} GB fp32) at "
+                      f"scale `{s['scale']}`; source: {a['source']}; {cfg['num_layers']} blocks of width "
+                      f"{cfg['num_attention_heads'] * cfg['attention_head_dim']} ({cfg['num_attention_heads']} heads), "
+                      f"patch {cfg['patch_size']}, cross-attention to {tokens} caption tokens of width {width} (a T5 "
+                      f"stand-in of one layer feeds it: the encoder itself is not measured), caption mask as input.")
+            continue
         md.append(f"- `{name}`: {a['title']}, {a['params']:,} parameters ({a['weight_bytes'] / 1e9:.2f} GB fp32) at scale "
                   f"`{s['scale']}`; source: {a['source']}; blocks {' + '.join(cfg['down_block_types'])} / mid "
                   f"{cfg['mid_block_type']} / {' + '.join(cfg['up_block_types'])}, channels "
@@ -539,7 +615,8 @@ def measure(args: RealArchConfig, command: str = "") -> dict:
     }
     base = {"scale": args.scale, "batch": args.batch, "seed": args.seed, "threads": args.threads, "runs": args.runs,
             "warmup": args.warmup, "max_memory_bytes": limit}
-    cells = len(args.arch) * len(args.resolution) * (1 + len(args.targets) + len(args.peers))
+    # the peer engine (stable-diffusion.cpp) runs the UNets only
+    cells = sum(len(args.resolution) * (1 + len(args.targets) + len(_peers(args, a))) for a in args.arch)
     done = 0
 
     def record(row: dict) -> None:
@@ -565,7 +642,8 @@ def measure(args: RealArchConfig, command: str = "") -> dict:
                     io = eager["io"]
                     result["architectures"].setdefault(arch, {
                         "title": ARCHITECTURES[arch].title, "source": ARCHITECTURES[arch].source,
-                        "unet_config": ARCHITECTURES[arch].config(args.scale), "params": eager["params"],
+                        "unet_config": ARCHITECTURES[arch].config(args.scale), "kind": ARCHITECTURES[arch].kind,
+                        "text_context": list(ARCHITECTURES[arch].text_context(args.scale)), "params": eager["params"],
                         "weight_bytes": eager["weight_bytes"]})
                     row.update(input_shapes={i["name"]: i["static_shape"] for i in io["inputs"]},
                                batch=io["dims"]["batch"], first_call_ms=eager["first_call_ms"],
@@ -580,7 +658,7 @@ def measure(args: RealArchConfig, command: str = "") -> dict:
                     _say(f"[{done + 1}/{cells}] {tag} {target}: export + parity")
                     row = _target_row(target, job, work / f"{arch}_{res}", eager_median, args, io)
                     record(row)
-                for peer in args.peers:
+                for peer in _peers(args, arch):
                     _say(f"[{done + 1}/{cells}] {tag} {PEER_NAMES[peer]}: the same weights, "
                          f"{args.peer_runs} x (1-step and {args.peer_steps}-step generates)")
                     record(_peer_row(peer, job, work / f"{arch}_{res}_{peer}", eager_median, args, io))
@@ -599,6 +677,11 @@ def measure(args: RealArchConfig, command: str = "") -> dict:
             shutil.rmtree(work, ignore_errors=True)  # each exported file is already gone once measured
     _say(f"wrote {args.out / 'real_architectures.json'} and .md in {result['wall_seconds'] / 60:.1f} min")
     return result
+
+
+def _peers(args: RealArchConfig, arch: str) -> tuple[str, ...]:
+    """The peers that run ``arch``: stable-diffusion.cpp builds SD-1.x UNets, no transformer."""
+    return args.peers if ARCHITECTURES[arch].kind == "unet" else ()
 
 
 def _target_row(target: str, job: dict, folder: Path, eager_median: float | None, args, io: dict | None) -> dict:
@@ -659,11 +742,10 @@ def _target_row(target: str, job: dict, folder: Path, eager_median: float | None
 def _weight_bytes_estimate(arch: str, scale: str) -> int:
     """fp32 bytes of the UNet's parameters, counted on the meta device (nothing allocated)."""
     import torch
-    from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**ARCHITECTURES[arch].config(scale))
-    return sum(p.numel() * 4 for p in unet.parameters())
+        net = ARCHITECTURES[arch].build(scale)
+    return sum(p.numel() * 4 for p in net.parameters())
 
 
 def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> dict:
