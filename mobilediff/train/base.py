@@ -812,7 +812,8 @@ def training_markdown(info: dict) -> str:
         vae,
         f"- {_denoiser_label(c)}: "
         f"{st.get('unet_steps')} steps at batch {c['batch_size']}, "
-        f"{st.get('unet_seconds', 0) / 60:.1f} min (wall time spent in training steps, summed over resumed sessions)",
+        f"{st.get('unet_seconds', 0) / 60:.1f} min (wall time spent in training steps, summed over resumed sessions)"
+        + (f"; started from {c['init_from']}'s weights" if c.get("init_from") else ""),
         f"- Machine: {m['platform']}, {m['processor']}, {m['torch_threads']} torch threads, no accelerator",
         f"- Mixed precision: {c['mixed_precision']}; seed {c['seed']}", "",
         "Full configuration and library versions: training.json.", ""])
