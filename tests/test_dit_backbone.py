@@ -174,7 +174,13 @@ def test_a_masked_text_encoder_without_the_denoisers_mask_input_is_refused(dit_b
 def test_the_embedded_transformer_loads_with_the_default_models_borrowed_components():
     from mobilediff.loading import DIT_FAMILY, NAMED_MODELS, load_pipeline as load
 
-    assert "default:dit-l" in NAMED_MODELS and [m.name for m in DIT_FAMILY] == ["default:dit-l"]
+    assert [m.name for m in DIT_FAMILY] == ["default:dit-l", "default:dit-l-flow"]  # the second: flow matching
+    from mobilediff.bench.backbones import default_pairs
+    from mobilediff.samplers import is_flow
+
+    assert default_pairs() == [("default:unet-l", "default:dit-l")]  # the backbone study's pair: equal training
+    assert is_flow(load("default:dit-l-flow", transformers=True).scheduler.config)
+    assert not is_flow(load("default:dit-l", transformers=True).scheduler.config)
     pipe = load("default:dit-l", transformers=True)
     default = load("default")
     assert type(pipe).__name__ == "PixArtAlphaPipeline" and pipe.transformer.dtype == torch.float32
