@@ -141,6 +141,12 @@ def test_flow_loss_trains_the_velocity_of_the_straight_path(monkeypatch):
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
+def test_resuming_a_flow_run_with_the_v_objective_is_refused(flow_run, capsys):
+    code, _, stderr = run_cli_here(capsys, "train-base", "--out", flow_run, "--tiny", "--backbone", "dit",
+                                   "--vae-steps", 2, "--unet-steps", 4, "--resume", "latest")
+    assert code != 0 and len(error_lines(stderr)) == 1 and "its objective is flow, this run's v" in stderr, stderr
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--objective", "flow"], "--objective flow needs --backbone dit"),
     (["--backbone", "dit", "--objective", "flow", "--min-snr-gamma", "5"], "--min-snr-gamma and --objective flow conflict"),

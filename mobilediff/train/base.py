@@ -556,7 +556,7 @@ def train_denoiser(cfg: TrainBaseConfig, ckpt: Checkpoint | None, vae_dir: Path,
     objective = DenoiserObjective(cfg, accelerator, model, head, noise_scheduler, cache, encode, empty_ids)
     leg = Leg(run_dir=run_dir, desc="train denoiser", steps=cfg.unet_steps, lr_warmup_steps=cfg.warmup_steps,
               checkpoint_every=cfg.checkpoint_every, log_every=50, grad_clip=cfg.grad_clip,
-              checkpoint_state=run_record(command="train-base", stage="denoiser"))
+              checkpoint_state=run_record(command="train-base", stage="denoiser", objective=cfg.model.objective))
     seconds = run_leg(leg, objective, opt, accelerator, ckpt)
     final = Denoiser(cfg.model.text_encoder.build(), cfg.model.build_denoiser())
     final.load_state_dict(objective.ema.shadow)
@@ -763,7 +763,8 @@ def _resume_plan(cfg: TrainBaseConfig, resume: str | None, force: bool) -> Resum
             denoiser = module_shapes(Denoiser(cfg.model.text_encoder.build(), cfg.model.build_denoiser()))
             head = module_shapes(SceneHead(cfg.model.text_encoder.hidden_size))
             check_fits(plan.denoiser_checkpoint, {"denoiser": denoiser, "denoiser.ema": denoiser, "scene_head": head})
-            check_continues(plan.denoiser_checkpoint, {"command": "train-base", "stage": "denoiser"},
+            check_continues(plan.denoiser_checkpoint, {"command": "train-base", "stage": "denoiser",
+                                                       "objective": cfg.model.objective},
                             cfg.unet_steps, f"--unet-steps {cfg.unet_steps}")
     return plan
 
