@@ -867,15 +867,18 @@ def _data_record(source: DataOptions) -> dict:
 def _save_student(path: Path, teacher, teacher_dir: Path, unet, scheduler, pipeline_class: str, info: dict) -> None:
     import diffusers
 
-    from mobilediff.loading import shared_components
-
     cls = getattr(diffusers, pipeline_class)
     pipe = cls(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer, unet=unet,
                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    write_student(path, pipe, teacher_dir, info)
+
+
+def write_student(path: Path, pipe, teacher_dir: Path, info: dict) -> None:
+    """The student pipeline ``pipe`` written to ``path`` (atomically) with its ``distillation.json``."""
+    from mobilediff.loading import drop_load_paths, shared_components
+
     with atomic_dir(path, force=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        from mobilediff.loading import drop_load_paths
-
         drop_load_paths(tmp)
         # keep the CLIP BPE files (vocab.json, merges.txt, licence) the apps read, also where a packed teacher
         # borrows its tokenizer from a base (shared_components.json)

@@ -378,20 +378,10 @@ def removal(cfg, teacher_net) -> list[int]:
 def save_student(path: Path, teacher, teacher_dir: Path, transformer, info: dict) -> None:
     """A PixArt pipeline of the teacher's text encoder, tokenizer (its CLIP BPE files kept for the apps), VAE and flow
     scheduler around the student's transformer, with ``distillation.json``."""
-    import shutil
-
     from diffusers import PixArtAlphaPipeline
 
-    from mobilediff.io import atomic_dir, atomic_write_json, shared_components
-    from mobilediff.loading import drop_load_paths
+    from mobilediff.train.distill import write_student
 
     pipe = PixArtAlphaPipeline(vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
                                transformer=transformer, scheduler=copy.deepcopy(teacher.scheduler))
-    with atomic_dir(path, force=True) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        drop_load_paths(tmp)
-        src = shared_components(teacher_dir).get("tokenizer", teacher_dir / "tokenizer")
-        if src.is_dir():
-            shutil.rmtree(tmp / "tokenizer")
-            shutil.copytree(src, tmp / "tokenizer")
-        atomic_write_json(tmp / "distillation.json", info)
+    write_student(path, pipe, teacher_dir, info)
