@@ -136,7 +136,8 @@ def test_train_base_continues_another_runs_checkpoint_in_a_new_out(base_run, sta
         record = json.loads((out / "training.json").read_text())["stats"]
         assert record["vae_steps"] == 2 and "vae_from" not in record
     state = json.loads((_ckpt(out / stage, 2) / "state.json").read_text())
-    assert state["run"] == {"command": "train-base", "stage": "vae" if stage == "vae_run" else "denoiser"}
+    assert state["run"] == ({"command": "train-base", "stage": "vae"} if stage == "vae_run" else
+                            {"command": "train-base", "stage": "denoiser", "objective": "v"})
 
 
 def test_train_base_refuses_what_it_cannot_continue_before_out_exists(base_run, tmp_path, capsys):

@@ -144,7 +144,7 @@ class MemoryConfig:
 
     def check(self) -> None:
         """Raise MobilediffError on bad settings, before any work."""
-        from mobilediff.bench.real_architectures import ARCHITECTURES, SCALES
+        from mobilediff.bench.real_architectures import SCALES, UNET_ARCHITECTURES as ARCHITECTURES
         from mobilediff.bench.stats import check_count
 
         check_count("--runs", self.runs, 0)
@@ -166,7 +166,7 @@ class MemoryConfig:
         for arch in self.archs:
             if arch not in ARCHITECTURES:
                 raise MobilediffError(f"unknown architecture {arch!r}; choose from: {', '.join(ARCHITECTURES)}")
-            multiple = 8 * 2 ** (ARCHITECTURES[arch].levels() - 1)
+            multiple = ARCHITECTURES[arch].pixel_multiple()
             for res in self.resolutions:
                 if res <= 0 or res % multiple:
                     raise MobilediffError(f"--resolution must be a positive multiple of {multiple} for {arch}, "
@@ -771,7 +771,7 @@ def write(out: Path, result: dict) -> None:
 
 def main(argv: list[str] | None = None, doc: str = "", results: Path | None = None) -> dict:
     """The command line of ``benchmarks/memory.py``."""
-    from mobilediff.bench.real_architectures import ARCHITECTURES, SCALES
+    from mobilediff.bench.real_architectures import SCALES, UNET_ARCHITECTURES as ARCHITECTURES
 
     ap = Parser(doc)
     ap.add_argument("--bundle", nargs="+", type=Path, default=[], help="bundles to measure as they are")

@@ -96,6 +96,10 @@ ARCHITECTURES = {
         kind="pixart", text=(120, 4096)),
 }
 
+# the UNets: what the whole-pipeline memory benchmark (a CLIP text encoder and SD's VAE around it) and the convolution
+# profile take
+UNET_ARCHITECTURES = {name: a for name, a in ARCHITECTURES.items() if a.kind == "unet"}
+
 
 @dataclass(frozen=True)
 class RealArchConfig:

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None, doc: str = "", results: Path | None = No
     convolution (and unless ``--no-unet`` the whole UNet) measured, written to ``--out``; returns the result.
     ``doc``: the script's docstring (its ``--help``); ``results``: the default ``--out`` (None: ``--out`` is
     required)."""
-    from mobilediff.bench.real_architectures import ARCHITECTURES, SCALES
+    from mobilediff.bench.real_architectures import SCALES, UNET_ARCHITECTURES as ARCHITECTURES
 
     ap = Parser(doc)
     ap.add_argument("--arch", choices=sorted(ARCHITECTURES), default="sd15", help="UNet architecture (default sd15)")
