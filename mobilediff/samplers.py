@@ -65,7 +65,8 @@ def is_flow(config) -> bool:
     return config.get("prediction_type") == "flow_prediction" or _flow_match_config(config)
 
 
-def _flow_shift(config) -> float:
+def flow_shift(config) -> float:
+    """The shift of a flow-matching scheduler config (a DPM-Solver's ``flow_shift``, a FlowMatch* one's ``shift``)."""
     return float(config.get("flow_shift") if "flow_shift" in config else config.get("shift", 1.0))
 
 
@@ -98,7 +99,7 @@ def _flow_euler(config, overrides: dict):
         cls = _LINSPACE_CLASSES["euler"] = FlowMatchEulerLinspace
     if _flow_match_config(config):
         return cls.from_config(config, **overrides)
-    return cls(num_train_timesteps=int(config.get("num_train_timesteps", 1000)), shift=_flow_shift(config), **overrides)
+    return cls(num_train_timesteps=int(config.get("num_train_timesteps", 1000)), shift=flow_shift(config), **overrides)
 
 
 def make_scheduler(name: str, base_config) -> object:
@@ -116,7 +117,7 @@ def make_scheduler(name: str, base_config) -> object:
     cls = getattr(diffusers, spec.scheduler_class)
     if flow and "use_flow_sigmas" not in base_config:  # from a FlowMatch* config
         return cls(num_train_timesteps=int(base_config.get("num_train_timesteps", 1000)),
-                   flow_shift=_flow_shift(base_config), **dict(spec.overrides))
+                   flow_shift=flow_shift(base_config), **dict(spec.overrides))
     return cls.from_config(base_config, **dict(spec.overrides))
 
 

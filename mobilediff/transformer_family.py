@@ -102,6 +102,13 @@ def _text_width(config: dict) -> int | None:
     return config.get("d_model", config.get("hidden_size"))  # T5, CLIP
 
 
+def caption_mask(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, L) 1 over a caption's tokens up to and including its first EOS, 0 after (CLIP pads with EOS): the
+    attention mask PixArt's pipeline passes for a CLIP-tokenized prompt, rebuilt from the ids."""
+    is_eos = (input_ids == eos_id).int()
+    return ((is_eos.cumsum(1) - is_eos) == 0).long()
+
+
 def is_clip(pipe) -> bool:
     """Whether the pipeline's text encoder is CLIP (BOS, ids, EOS, padded with EOS; a position limit)."""
     return type(pipe.text_encoder).__name__.startswith("CLIP")

@@ -118,9 +118,9 @@ class Denoiser(torch.nn.Module):
             return pred, out.pooler_output  # (B, 4, h, w), (B, D)
         # PixArt's: the text encoder and the cross-attention see the caption up to its first EOS (the tokenizer's
         # attention mask, as PixArtAlphaPipeline passes it); CLIP pads with EOS, so the mask is rebuilt from the ids
-        eos = self.text_encoder.config.eos_token_id
-        is_eos = (input_ids == eos).int()
-        mask = ((is_eos.cumsum(1) - is_eos) == 0).long()
+        from mobilediff.transformer_family import caption_mask
+
+        mask = caption_mask(input_ids, self.text_encoder.config.eos_token_id)
         out = self.text_encoder(input_ids, attention_mask=mask)
         pred = self.transformer(noisy_latents, encoder_hidden_states=out.last_hidden_state, timestep=timesteps,
                                 encoder_attention_mask=mask,

@@ -353,7 +353,8 @@ class DistillData:
         :class:`mobilediff.train.flow_distill.Caption` of them and the caption mask."""
         if not self.masked:
             return self.teacher.text_encoder(ids).last_hidden_state.float()
-        from mobilediff.train.flow_distill import Caption, caption_mask
+        from mobilediff.train.flow_distill import Caption
+        from mobilediff.transformer_family import caption_mask
 
         mask = caption_mask(ids, self.teacher.text_encoder.config.eos_token_id)
         return Caption(self.teacher.text_encoder(ids, attention_mask=mask).last_hidden_state.float(), mask)
@@ -1094,9 +1095,6 @@ def _distill_flow(cfg: DistillConfig, resume: str | None, command: str, accelera
     from mobilediff.train import flow_distill as fd
     from mobilediff.train.checkpoint import run_record
 
-    if cfg.method not in fd.FLOW_METHODS:
-        raise MobilediffError(f"--method {cfg.method} is for UNet teachers; a flow-matching diffusion transformer "
-                              f"distils with {', '.join(fd.FLOW_METHODS)}")
     out, net, teacher_dir = Path(cfg.out), teacher.transformer, resolve_model(cfg.teacher)
     guidance, removed = cfg.guidance, None
     if cfg.method == "slim":

@@ -39,18 +39,12 @@ import torch
 
 from mobilediff.errors import MobilediffError
 from mobilediff.train.loop import EMA, Leg, run_leg
+from mobilediff.transformer_family import caption_mask  # noqa: F401 (the caption's mask, as DistillData builds it)
 
 FLOW_METHODS = ("progressive", "lcm", "slim")
 
 
 # ---------------------------------------------------------------------------------------------- the flow path
-def caption_mask(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """(B, L) 1 over a caption's tokens up to and including its first EOS, 0 after (CLIP pads with EOS): the
-    attention mask PixArt's pipeline passes for a CLIP-tokenized prompt."""
-    is_eos = (input_ids == eos_id).int()
-    return ((is_eos.cumsum(1) - is_eos) == 0).long()
-
-
 def shifted(s: torch.Tensor, shift: float) -> torch.Tensor:
     """The flow schedule's shift towards high noise: shift s / (1 + (shift - 1) s) (identity at 1)."""
     return shift * s / (1 + (shift - 1) * s)
@@ -119,9 +113,10 @@ def noised(latents: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> torch
 
 def flow_config(teacher) -> tuple[int, float]:
     """(num_train_timesteps, shift) of a flow teacher's scheduler."""
+    from mobilediff.samplers import flow_shift
+
     cfg = teacher.scheduler.config
-    shift = cfg.get("flow_shift") if "flow_shift" in cfg else cfg.get("shift", 1.0)
-    return int(cfg.get("num_train_timesteps", 1000)), float(shift)
+    return int(cfg.get("num_train_timesteps", 1000)), flow_shift(cfg)
 
 
 # ---------------------------------------------------------------------------------------------- block removal
